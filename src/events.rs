@@ -1,0 +1,344 @@
+//! The event model: what a capture agent records, and its compact binary encoding.
+//!
+//! Events are encoded with postcard (varint integers, length-prefixed strings), so a
+//! mouse move is about 13 bytes. The encoding of one event is its *event bytes*; a frame
+//! is a sequence number followed by the event bytes of consecutive events
+//! (see docs/FORMAT.md, "Frames").
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroize;
+
+use crate::error::{Error, Result};
+
+/// Microseconds since the Unix epoch.
+pub type TimestampUs = i64;
+
+/// One captured event. `Debug` prints the type and timestamp only, never content.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Zeroize)]
+#[non_exhaustive]
+pub enum Event {
+    /// The pointer moved to (x, y).
+    MouseMove {
+        /// Capture time.
+        ts_us: TimestampUs,
+        /// Screen x.
+        x: i32,
+        /// Screen y.
+        y: i32,
+    },
+    /// A mouse button changed state.
+    MouseButton {
+        /// Capture time.
+        ts_us: TimestampUs,
+        /// Button number (1 left, 2 middle, 3 right, ...).
+        button: u32,
+        /// True when pressed, false when released.
+        pressed: bool,
+        /// Screen x.
+        x: i32,
+        /// Screen y.
+        y: i32,
+    },
+    /// A scroll wheel or touchpad scroll.
+    Scroll {
+        /// Capture time.
+        ts_us: TimestampUs,
+        /// Horizontal amount.
+        dx: i32,
+        /// Vertical amount.
+        dy: i32,
+    },
+    /// A key press or release, as far as the keystroke policy lets it be kept.
+    Key {
+        /// Capture time.
+        ts_us: TimestampUs,
+        /// True when pressed.
+        pressed: bool,
+        /// USB HID usage id (keyboard page), kept at the `codes` and `text` levels only.
+        key_code: Option<u32>,
+        /// Text the key produced, kept at the `text` level only.
+        text: Option<String>,
+        /// Key category, kept at the `categories` level.
+        category: Option<KeyCategory>,
+    },
+    /// Input focus moved to a window.
+    WindowFocus {
+        /// Capture time.
+        ts_us: TimestampUs,
+        /// Application name or bundle id.
+        app: String,
+        /// Window title.
+        title: String,
+    },
+    /// A screenshot image.
+    Screenshot {
+        /// Capture time.
+        ts_us: TimestampUs,
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+        /// Image format, for example "png" or "webp".
+        format: String,
+        /// Encoded image bytes.
+        data: Vec<u8>,
+    },
+    /// An agent-defined event.
+    Custom {
+        /// Capture time.
+        ts_us: TimestampUs,
+        /// Agent-defined kind, for example "clipboard-meta".
+        kind: String,
+        /// Agent-defined payload.
+        data: Vec<u8>,
+    },
+    /// A marker written by the vault itself (pause, gaps, losses, policy changes).
+    Marker {
+        /// Time the vault wrote it.
+        ts_us: TimestampUs,
+        /// What happened.
+        marker: Marker,
+    },
+}
+
+/// Coarse key classes kept at the `categories` keystroke level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Zeroize)]
+#[non_exhaustive]
+pub enum KeyCategory {
+    /// a-z (any letter).
+    Letter,
+    /// 0-9.
+    Digit,
+    /// Space, tab.
+    Whitespace,
+    /// Punctuation and symbols.
+    Punctuation,
+    /// Enter / return.
+    Enter,
+    /// Backspace, delete.
+    Editing,
+    /// Arrows, home/end, page up/down.
+    Navigation,
+    /// Shift, control, alt, meta.
+    Modifier,
+    /// F1-F24.
+    Function,
+    /// Anything else.
+    Other,
+}
+
+impl KeyCategory {
+    /// Lower-case name used in JSON output.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyCategory::Letter => "letter",
+            KeyCategory::Digit => "digit",
+            KeyCategory::Whitespace => "whitespace",
+            KeyCategory::Punctuation => "punctuation",
+            KeyCategory::Enter => "enter",
+            KeyCategory::Editing => "editing",
+            KeyCategory::Navigation => "navigation",
+            KeyCategory::Modifier => "modifier",
+            KeyCategory::Function => "function",
+            KeyCategory::Other => "other",
+        }
+    }
+}
+
+/// Vault-written markers. They carry counts and times, never captured content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Zeroize)]
+#[non_exhaustive]
+pub enum Marker {
+    /// Capture paused until the given time.
+    PauseStart {
+        /// When the pause ends unless resumed earlier.
+        until_us: TimestampUs,
+    },
+    /// Capture resumed; `dropped` events arrived during the pause and were not stored.
+    PauseEnd {
+        /// Events dropped during the pause.
+        dropped: u64,
+    },
+    /// A deny-listed window had focus; nothing was stored until focus moved.
+    DenyListGapStart,
+    /// Focus left the deny-listed window.
+    DenyListGapEnd {
+        /// Events dropped during the gap.
+        dropped: u64,
+    },
+    /// Records were removed before release (retention or byte budget).
+    Loss {
+        /// Why they were removed.
+        reason: LossReason,
+        /// Number of records removed.
+        records: u64,
+        /// Plaintext bytes removed (approximate: ciphertext size less overhead).
+        bytes: u64,
+    },
+    /// The policy changed to this version.
+    PolicyChanged {
+        /// New policy version.
+        version: u32,
+    },
+    /// A new data-key epoch started.
+    KeyRotated {
+        /// New epoch number.
+        epoch: u32,
+    },
+}
+
+/// Why records left the vault without being released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Zeroize)]
+#[non_exhaustive]
+pub enum LossReason {
+    /// Older than the retention limit.
+    Retention,
+    /// Evicted to stay within the byte budget.
+    Budget,
+}
+
+impl LossReason {
+    /// Lower-case name used in JSON output.
+    pub fn name(self) -> &'static str {
+        match self {
+            LossReason::Retention => "retention",
+            LossReason::Budget => "budget",
+        }
+    }
+}
+
+impl Event {
+    /// Capture time of the event.
+    pub fn ts_us(&self) -> TimestampUs {
+        match self {
+            Event::MouseMove { ts_us, .. }
+            | Event::MouseButton { ts_us, .. }
+            | Event::Scroll { ts_us, .. }
+            | Event::Key { ts_us, .. }
+            | Event::WindowFocus { ts_us, .. }
+            | Event::Screenshot { ts_us, .. }
+            | Event::Custom { ts_us, .. }
+            | Event::Marker { ts_us, .. } => *ts_us,
+        }
+    }
+
+    /// The JSON Lines `type` name (SPEC section 9).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::MouseMove { .. } => "mouse_move",
+            Event::MouseButton { .. } => "mouse_button",
+            Event::Scroll { .. } => "scroll",
+            Event::Key { .. } => "key",
+            Event::WindowFocus { .. } => "window_focus",
+            Event::Screenshot { .. } => "screenshot",
+            Event::Custom { .. } => "custom",
+            Event::Marker { .. } => "marker",
+        }
+    }
+
+    /// A key event as the agent reports it (before the keystroke policy applies).
+    pub fn key(ts_us: TimestampUs, key_code: u32, pressed: bool, text: Option<String>) -> Self {
+        Event::Key {
+            ts_us,
+            pressed,
+            key_code: Some(key_code),
+            text,
+            category: None,
+        }
+    }
+
+    /// Size of the binary payload (screenshot or custom data), 0 for other events.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Event::Screenshot { data, .. } | Event::Custom { data, .. } => data.len(),
+            _ => 0,
+        }
+    }
+
+    /// Appends this event's event bytes to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        // postcard to an extending Vec cannot fail for these types.
+        let bytes = postcard::to_extend(self, std::mem::take(out))
+            .expect("postcard encoding of an in-memory event never fails");
+        *out = bytes;
+    }
+
+    /// Decodes one event from the front of `bytes`, returning it and the rest.
+    pub fn decode_from(bytes: &[u8]) -> Result<(Event, &[u8])> {
+        postcard::take_from_bytes(bytes)
+            .map_err(|_| Error::tampered("an event inside a record does not decode"))
+    }
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Marker { ts_us, marker } => write!(f, "Event::Marker({ts_us}, {marker:?})"),
+            other => write!(f, "Event::{}({}, <content>)", other.type_name(), other.ts_us()),
+        }
+    }
+}
+
+/// An event with the sequence number the vault gave it. Event sequence numbers increase
+/// by one per stored event; a gap means events were removed (see the loss markers).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqEvent {
+    /// Event sequence number within this user's log.
+    pub seq: u64,
+    /// The event.
+    pub event: Event,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn one_of_each() -> Vec<Event> {
+        vec![
+            Event::MouseMove { ts_us: 1, x: 10, y: -20 },
+            Event::MouseButton { ts_us: 2, button: 1, pressed: true, x: 3, y: 4 },
+            Event::Scroll { ts_us: 3, dx: 0, dy: -120 },
+            Event::key(4, 0x04, true, Some("a".into())),
+            Event::WindowFocus { ts_us: 5, app: "editor".into(), title: "notes.txt".into() },
+            Event::Screenshot { ts_us: 6, width: 2, height: 1, format: "png".into(), data: vec![1, 2, 3] },
+            Event::Custom { ts_us: 7, kind: "k".into(), data: vec![] },
+            Event::Marker { ts_us: 8, marker: Marker::PauseStart { until_us: 9 } },
+        ]
+    }
+
+    #[test]
+    fn every_event_round_trips_back_to_back() {
+        let evs = one_of_each();
+        let mut buf = Vec::new();
+        for e in &evs {
+            e.encode_into(&mut buf);
+        }
+        let mut rest = &buf[..];
+        for e in &evs {
+            let (d, r) = Event::decode_from(rest).unwrap();
+            assert_eq!(&d, e);
+            rest = r;
+        }
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn mouse_move_is_compact() {
+        let mut buf = Vec::new();
+        Event::MouseMove { ts_us: 1_764_000_000_000_000, x: 1919, y: 1079 }.encode_into(&mut buf);
+        assert!(buf.len() <= 14, "{}", buf.len());
+    }
+
+    #[test]
+    fn debug_hides_content() {
+        let e = Event::WindowFocus { ts_us: 1, app: "SecretApp".into(), title: "private chat".into() };
+        let s = format!("{e:?}");
+        assert!(!s.contains("SecretApp") && !s.contains("private"), "{s}");
+    }
+
+    #[test]
+    fn garbage_does_not_decode_as_an_event() {
+        assert!(Event::decode_from(&[0xff, 0xff, 0xff]).is_err());
+        assert!(Event::decode_from(&[]).is_err());
+    }
+}

@@ -1,0 +1,2 @@
+//! Keys: the OS keychain backends and the key hierarchy (KEK -> DEK epochs).
+pub(crate) mod keystore;

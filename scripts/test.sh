@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The whole test suite, in one command:  bash scripts/test.sh
+#
+# On a fresh Debian machine (as root) this installs what the tests need, only when it
+# is missing, and then runs scripts/test-inner.sh inside a private D-Bus session so the
+# Secret Service tests talk to a fresh, empty gnome-keyring instead of the user's own.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# --- system packages -----------------------------------------------------------------
+# command that proves the package is present -> Debian package providing it
+declare -A APT_FOR=(
+  [gnome-keyring-daemon]=gnome-keyring
+  [dbus-run-session]=dbus-daemon
+  [secret-tool]=libsecret-tools
+  [keyctl]=keyutils
+  [valgrind]=valgrind
+  [pkg-config]=pkg-config
+  [cc]=gcc
+  [python3]=python3
+)
+missing=()
+for cmd in "${!APT_FOR[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${APT_FOR[$cmd]}")
+done
+if ((${#missing[@]})); then
+  command -v apt-get >/dev/null 2>&1 ||
+    die "missing tools (${missing[*]}) and no apt-get: install them with your package manager"
+  [[ $(id -u) -eq 0 ]] || die "missing packages (${missing[*]}): run as root or: sudo apt-get install ${missing[*]}"
+  say "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # dbus-daemon is its own package on Debian 12+; older releases ship it in dbus.
+  if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+    missing=("${missing[@]/dbus-daemon/dbus}")
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+      die "apt-get install ${missing[*]} failed"
+  fi
+fi
+
+# --- Python (interop tests) --------------------------------------------------------
+if ! python3 -c 'import pyhpke' 2>/dev/null; then
+  say "installing the Python package pyhpke"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    [[ $(id -u) -eq 0 ]] || die "python3 has no pip: install python3-pip"
+    apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  python3 -m pip install --quiet pyhpke 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages pyhpke ||
+    die "pip install pyhpke failed"
+fi
+
+# --- Rust tools ----------------------------------------------------------------------
+command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust with rustup (https://rustup.rs)"
+if ! command -v cbindgen >/dev/null 2>&1; then
+  say "installing cbindgen 0.29.4"
+  cargo install cbindgen --version 0.29.4 --locked --quiet
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  say "installing cargo-nextest"
+  cargo install cargo-nextest --locked --quiet
+fi
+
+# --- run everything in a private D-Bus session ---------------------------------------
+say "starting a private D-Bus session for the keychain tests"
+exec dbus-run-session -- bash scripts/test-inner.sh "$@"

@@ -647,6 +647,32 @@ mod tests {
     }
 
     #[test]
+    fn keyutils_keys_are_readable_from_another_session_keyring() {
+        // A capture agent started by a service manager does not share the CLI's session
+        // keyring, so the key must be readable by the uid without possession.
+        let store = open(KeyStoreKind::Keyutils);
+        let name = unique("session");
+        store.put(&name, b"shared-across-sessions").unwrap();
+        let out = std::process::Command::new("keyctl")
+            .args(["session", "-", "keyctl", "pipe"])
+            .arg(format!("%user:capvault:{name}"))
+            .output();
+        store.delete(&name).unwrap();
+        let out = out.unwrap_or_else(|e| {
+            panic!(
+                "cannot run keyctl ({e}): install keyutils, or run the tests through \
+                 `bash scripts/test.sh`, which does"
+            )
+        });
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, b"shared-across-sessions");
+    }
+
+    #[test]
     fn bad_names_are_rejected() {
         let store = open(KeyStoreKind::Keyutils);
         for name in ["", "a\nb", "nul\0"] {

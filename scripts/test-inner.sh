@@ -23,6 +23,8 @@ step() {
 # own homes so the toolchain and the build cache stay where they are.
 export CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
 export RUSTUP_HOME=${RUSTUP_HOME:-$HOME/.rustup}
+# Likewise a pyenv-managed python3 (where test.sh installed pyhpke) finds itself by HOME.
+[[ -d $HOME/.pyenv && -z ${PYENV_ROOT:-} ]] && export PYENV_ROOT=$HOME/.pyenv
 TEST_ROOT=$(mktemp -d "${TMPDIR:-/tmp}/capvault-test.XXXXXX")
 cleanup() {
   [[ -n ${GNOME_KEYRING_PID:-} ]] && kill "$GNOME_KEYRING_PID" 2>/dev/null || true
@@ -61,6 +63,9 @@ if command -v keyctl >/dev/null 2>&1; then
     die "cannot add a key to the kernel user keyring (keyctl add user ... @u)"
   keyctl unlink "$id" @u >/dev/null
 fi
+
+python3 -c 'import pyhpke' 2>/dev/null ||
+  die "python3 cannot import pyhpke (test.sh installs it): check which python3 is on PATH"
 
 # --- Rust checks ------------------------------------------------------------------
 step "cargo fmt --check" cargo fmt --all -- --check

@@ -67,6 +67,13 @@ fi
 python3 -c 'import pyhpke' 2>/dev/null ||
   die "python3 cannot import pyhpke (test.sh installs it): check which python3 is on PATH"
 
+# `bash scripts/test.sh nextest ARGS...` runs only `cargo nextest run ARGS...` (for
+# working on one test); with no arguments everything below runs.
+if [[ ${1:-} == nextest ]]; then
+  shift
+  exec cargo nextest run "$@"
+fi
+
 # --- Rust checks ------------------------------------------------------------------
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy (warnings denied)" cargo clippy --workspace --all-targets -- -D warnings

@@ -1,7 +1,21 @@
 //! The audit ledger: every open, seal, ack, rotation, pause/resume, policy change,
 //! erase and subject-access read, chained and encrypted like the capture log.
+//!
+//! Entries are sealed with a key derived from the user's anchor MAC key (so they outlive
+//! data-key epochs and die with the KEK at erase), chained by tag, and anchored by a
+//! MAC'd head so deleting or editing an entry is detected.
 
+use std::sync::Mutex;
+
+use ring::hkdf;
 use serde::{Deserialize, Serialize};
+
+use crate::aead::TAG_LEN;
+use crate::error::{Error, Result};
+use crate::log::anchor::{AnchorKey, Head};
+use crate::log::record::{tag_of, RecordBinding, RecordHeader, RecordKind};
+use crate::log::store::{record_key, record_keys, seq_of_key, HEAD_KEY};
+use crate::secret::Key32;
 
 /// One ledger entry. It says what was done and when, never captured content.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,4 +28,150 @@ pub struct AuditEntry {
     pub action: String,
     /// Details without captured content, for example "epoch 3" or "bundle 7".
     pub detail: String,
+}
+
+/// Ledger entries reuse the record layout with this purpose string.
+const LEDGER_PURPOSE: &str = "capvault-ledger";
+
+pub(crate) struct Ledger {
+    tree: sled::Tree,
+    binding: RecordBinding,
+    anchors: AnchorKey,
+    key: Key32,
+    head: Mutex<Head>,
+}
+
+fn derive_ledger_key(mac_key: &Key32) -> Key32 {
+    struct Len32;
+    impl hkdf::KeyType for Len32 {
+        fn len(&self) -> usize {
+            32
+        }
+    }
+    let prk =
+        hkdf::Salt::new(hkdf::HKDF_SHA256, b"capvault-ledger-key-v1").extract(mac_key.expose());
+    let okm = prk
+        .expand(&[b"ledger"], Len32)
+        .expect("32 bytes is a valid HKDF-SHA256 length");
+    let mut out = zeroize::Zeroizing::new([0u8; 32]);
+    okm.fill(&mut out[..]).expect("length matches");
+    Key32::from_slice_zeroizing(&mut out[..]).expect("32 bytes")
+}
+
+impl Ledger {
+    pub(crate) fn open(
+        tree: sled::Tree,
+        mac_key: &Key32,
+        vault_id: &[u8; 16],
+        user: &str,
+    ) -> Result<Ledger> {
+        let mut label_user = String::from(user);
+        label_user.push_str("\u{0}ledger");
+        let binding = RecordBinding::new(vault_id, &label_user);
+        let anchors = AnchorKey::with_label(b"capvault-ledger-anchor-v1", mac_key, vault_id, user);
+        let head = match tree.get(HEAD_KEY)? {
+            Some(h) => anchors.open_head(&h)?,
+            None => Head::default(),
+        };
+        let last = tree.range(record_keys()).next_back().transpose()?;
+        let consistent = match &last {
+            None => head.last_seq == 0,
+            Some((k, v)) => seq_of_key(k) == Some(head.last_seq) && tag_of(v) == head.last_tag,
+        };
+        if !consistent {
+            return Err(Error::tampered("the audit ledger does not match its head anchor (entries were removed or rolled back)"));
+        }
+        Ok(Ledger {
+            tree,
+            binding,
+            anchors,
+            key: derive_ledger_key(mac_key),
+            head: Mutex::new(head),
+        })
+    }
+
+    /// Appends an entry (durable at the next vault flush).
+    pub(crate) fn record(&self, ts_us: i64, action: &str, detail: &str) -> Result<u64> {
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = head.last_seq + 1;
+        let entry = AuditEntry {
+            seq,
+            ts_us,
+            action: action.into(),
+            detail: detail.into(),
+        };
+        let plain = zeroize::Zeroizing::new(serde_json::to_vec(&entry).expect("entry serializes"));
+        let header = RecordHeader {
+            kind: RecordKind::Frame,
+            flags: 0,
+            epoch: 0,
+            policy_version: 0,
+            created_us: ts_us,
+        };
+        let value = self.binding.seal(
+            seq,
+            &header,
+            &head.last_tag,
+            LEDGER_PURPOSE,
+            &self.key,
+            &plain,
+        );
+        let new_head = Head {
+            last_seq: seq,
+            last_tag: tag_of(&value),
+            next_event_seq: 0,
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(&record_key(seq), value);
+        batch.insert(HEAD_KEY, self.anchors.seal_head(&new_head));
+        self.tree.apply_batch(batch)?;
+        *head = new_head;
+        Ok(seq)
+    }
+
+    /// Entries with `seq > after`, checking the whole chain from the first entry.
+    pub(crate) fn read_after(&self, after: u64) -> Result<Vec<AuditEntry>> {
+        let head = *self.head.lock().unwrap_or_else(|p| p.into_inner());
+        let mut prev = [0u8; TAG_LEN];
+        let mut expect = 1;
+        let mut out = Vec::new();
+        for item in self.tree.range(record_keys()) {
+            let (k, v) = item?;
+            let seq = seq_of_key(&k).ok_or_else(|| Error::tampered("a ledger key is malformed"))?;
+            if seq != expect {
+                return Err(Error::tampered(format!(
+                    "audit ledger entry {expect} is missing"
+                )));
+            }
+            let plain = self
+                .binding
+                .open(seq, &v, &prev, LEDGER_PURPOSE, &self.key)
+                .map_err(|_| {
+                    Error::tampered(format!("audit ledger entry {seq} does not authenticate"))
+                })?;
+            let entry: AuditEntry = serde_json::from_slice(&plain).map_err(|_| {
+                Error::tampered(format!("audit ledger entry {seq} does not decode"))
+            })?;
+            if entry.seq != seq {
+                return Err(Error::tampered(format!(
+                    "audit ledger entry {seq} names another position"
+                )));
+            }
+            prev = tag_of(&v);
+            expect += 1;
+            if seq > after {
+                out.push(entry);
+            }
+        }
+        if expect != head.last_seq + 1 || prev != head.last_tag {
+            return Err(Error::tampered(
+                "the audit ledger does not end at its head anchor",
+            ));
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.head.lock().unwrap_or_else(|p| p.into_inner()).last_seq
+    }
 }

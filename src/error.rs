@@ -109,3 +109,20 @@ mod tests {
         assert!(matches!(e, Error::StorageFull(_)));
     }
 }
+
+impl Error {
+    /// A copy of this error for a second waiter (errors hold only text, never secrets).
+    pub(crate) fn clone_for_reply(&self) -> Error {
+        match self {
+            Error::InvalidArgument(s) => Error::InvalidArgument(s.clone()),
+            Error::Keychain(s) => Error::Keychain(s.clone()),
+            Error::Storage(s) => Error::Storage(s.clone()),
+            Error::StorageFull(s) => Error::StorageFull(s.clone()),
+            Error::Tampered(s) => Error::Tampered(s.clone()),
+            Error::InUse => Error::InUse,
+            Error::Erased => Error::Erased,
+            Error::NotFound(s) => Error::NotFound(s.clone()),
+            Error::Closed => Error::Closed,
+        }
+    }
+}

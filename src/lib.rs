@@ -3,21 +3,42 @@
 //!
 //! Events are encrypted the moment they are captured, under per-user keys held in the
 //! OS keychain, and leave the device only as bundles sealed (HPKE) to one collector key.
+//!
+//! ```no_run
+//! use capvault::{Vault, VaultOptions};
+//! let vault = Vault::open("/var/lib/capvault/alice", "alice", VaultOptions::default())?;
+//! let _ = vault.append_mouse_move(1_764_000_000_000_000, 640, 480)?;
+//! vault.flush()?; // durable from here on
+//! vault.close()?;
+//! # Ok::<(), capvault::Error>(())
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod aead;
 mod audit;
-// Parts of these are consumed only by the vault layer, which lands separately; the
-// allows go when it does.
-#[allow(dead_code)]
 mod error;
 mod events;
-#[allow(dead_code)]
+mod failpoint;
 mod keys;
-#[allow(dead_code)]
+mod log;
+mod options;
+mod policy;
 mod secret;
+mod vault;
 
 pub use audit::AuditEntry;
 pub use error::{Error, Result};
 pub use events::{Event, KeyCategory, LossReason, Marker, SeqEvent, TimestampUs};
+pub use keys::hierarchy::EpochInfo;
 pub use keys::keystore::KeyStoreKind;
+pub use log::VerifyReport;
+pub use options::VaultOptions;
+pub use policy::{BudgetAction, KeystrokeLevel, Policy};
+pub use vault::{Appended, EpochStatus, PauseState, Status, Vault};
+
+/// Hooks for crash-safety tests. Never enable the `test-hooks` feature in production.
+#[cfg(feature = "test-hooks")]
+pub mod testing {
+    pub use crate::failpoint::arm;
+}

@@ -545,8 +545,9 @@ mod tests {
     fn unique(tag: &str) -> String {
         static N: AtomicU32 = AtomicU32::new(0);
         format!(
-            "test-{tag}-{}-{}",
+            "test-{tag}-{}-{:016x}-{}",
             std::process::id(),
+            u64::from_le_bytes(crate::secret::random_array()),
             N.fetch_add(1, Ordering::Relaxed)
         )
     }

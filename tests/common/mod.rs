@@ -45,3 +45,52 @@ pub fn files_under(dir: impl AsRef<Path>) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Options for tests: the given keychain, everything else default.
+pub fn options(kind: KeyStoreKind) -> capvault::VaultOptions {
+    let mut o = capvault::VaultOptions::default();
+    o.keystore = kind;
+    o
+}
+
+/// Reads a capvault secret straight from the OS keychain with the platform's own tool
+/// (secret-tool or keyctl), independent of capvault's code. `None` when absent.
+pub fn keychain_secret(kind: KeyStoreKind, name: &str) -> Option<Vec<u8>> {
+    use std::process::Command;
+    match kind {
+        KeyStoreKind::SecretService => {
+            let out = Command::new("secret-tool")
+                .args(["lookup", "service", "capvault", "username", name])
+                .output()
+                .expect("secret-tool is installed by scripts/test.sh");
+            (out.status.success() && !out.stdout.is_empty()).then_some(out.stdout)
+        }
+        KeyStoreKind::Keyutils => {
+            let id = Command::new("keyctl")
+                .args(["search", "@u", "user", &format!("capvault:{name}")])
+                .output()
+                .expect("keyctl is installed by scripts/test.sh");
+            if !id.status.success() {
+                return None;
+            }
+            let id = String::from_utf8(id.stdout).unwrap();
+            let out = Command::new("keyctl")
+                .args(["pipe", id.trim()])
+                .output()
+                .unwrap();
+            out.status.success().then_some(out.stdout)
+        }
+        other => panic!("no independent reader for {other:?}"),
+    }
+}
+
+/// Name of a user's KEK entry (docs/FORMAT.md, "Keychain entries").
+pub fn kek_name(vault_id_hex: &str, user: &str, version: u32) -> String {
+    let user_hex: String = user.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("kek/{vault_id_hex}/{user_hex}/v{version}")
+}
+
+/// True when `needle` occurs in `hay`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}

@@ -1,0 +1,446 @@
+//! The key hierarchy of one user in one vault:
+//!
+//! ```text
+//! KEK v(N)   32 bytes, OS keychain entry "kek/<vault>/<user>/v<N>"
+//!   wraps -> DEK epoch e (32 bytes)   keys tree "dek" || e
+//!   wraps -> anchor MAC key           keys tree "mac"
+//! ```
+//!
+//! Wrapping is XChaCha20-Poly1305 with associated data naming vault, user, entry and KEK
+//! version (docs/FORMAT.md, "Key wrapping"). KEK rotation rewraps every entry and then
+//! deletes the old KEK; a marker makes each step restartable.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::aead;
+use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::keys::keystore::KeyStore;
+use crate::secret::Key32;
+
+const KEK_VERSION: &[u8] = b"kek_version";
+const CURRENT_EPOCH: &[u8] = b"current_epoch";
+const MAC_ENTRY: &[u8] = b"mac";
+const ROTATION_MARKER: &[u8] = b"kek_rotation";
+const ERASED: &[u8] = b"erased";
+
+fn dek_entry(epoch: u32) -> Vec<u8> {
+    let mut k = b"dek".to_vec();
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k
+}
+
+fn epoch_of_entry(key: &[u8]) -> Option<u32> {
+    let rest = key.strip_prefix(b"dek")?;
+    Some(u32::from_be_bytes(rest.try_into().ok()?))
+}
+
+fn be_u32(v: &[u8], what: &str) -> Result<u32> {
+    v.try_into()
+        .map(u32::from_be_bytes)
+        .map_err(|_| Error::tampered(format!("{what} has the wrong size")))
+}
+
+/// A wrapped key as stored: KEK version, creation time, nonce || ciphertext || tag.
+struct Wrapped {
+    kek_version: u32,
+    created_us: i64,
+    sealed: Vec<u8>,
+}
+
+impl Wrapped {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(12 + self.sealed.len());
+        v.extend_from_slice(&self.kek_version.to_be_bytes());
+        v.extend_from_slice(&self.created_us.to_be_bytes());
+        v.extend_from_slice(&self.sealed);
+        v
+    }
+    fn decode(v: &[u8]) -> Result<Self> {
+        if v.len() < 12 {
+            return Err(Error::tampered("a wrapped key is truncated"));
+        }
+        Ok(Wrapped {
+            kek_version: be_u32(&v[..4], "a wrapped key")?,
+            created_us: i64::from_be_bytes(v[4..12].try_into().expect("8")),
+            sealed: v[12..].to_vec(),
+        })
+    }
+}
+
+/// Information about one DEK epoch (no key material).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EpochInfo {
+    /// Epoch number.
+    pub epoch: u32,
+    /// When its DEK was created (microseconds since the Unix epoch).
+    pub created_us: i64,
+}
+
+/// Unwrapped keys of one user, loaded at open.
+pub(crate) struct KeyHierarchy {
+    store: Arc<dyn KeyStore>,
+    tree: sled::Tree,
+    vault_hex: String,
+    user: String,
+    vault_id: [u8; 16],
+    kek: Key32,
+    kek_version: u32,
+    deks: BTreeMap<u32, (Key32, i64)>,
+    current_epoch: u32,
+    mac_key: Key32,
+}
+
+impl KeyHierarchy {
+    fn kek_name(vault_hex: &str, user: &str, version: u32) -> String {
+        let user_hex = data_encoding::HEXLOWER.encode(user.as_bytes());
+        format!("kek/{vault_hex}/{user_hex}/v{version}")
+    }
+
+    fn wrap_ad(vault_id: &[u8; 16], user: &str, entry: &[u8], kek_version: u32) -> Vec<u8> {
+        let mut ad = b"capvault-wrap-v1".to_vec();
+        ad.extend_from_slice(vault_id);
+        ad.extend_from_slice(&(user.len() as u16).to_be_bytes());
+        ad.extend_from_slice(user.as_bytes());
+        ad.extend_from_slice(&(entry.len() as u16).to_be_bytes());
+        ad.extend_from_slice(entry);
+        ad.extend_from_slice(&kek_version.to_be_bytes());
+        ad
+    }
+
+    fn wrap(
+        &self,
+        entry: &[u8],
+        key: &Key32,
+        created_us: i64,
+        kek: &Key32,
+        kek_version: u32,
+    ) -> Vec<u8> {
+        let ad = Self::wrap_ad(&self.vault_id, &self.user, entry, kek_version);
+        Wrapped {
+            kek_version,
+            created_us,
+            sealed: aead::wrap(kek, &ad, key.expose()),
+        }
+        .encode()
+    }
+
+    fn load_kek(
+        store: &dyn KeyStore,
+        vault_hex: &str,
+        user: &str,
+        version: u32,
+    ) -> Result<Option<Key32>> {
+        match store.get(&Self::kek_name(vault_hex, user, version))? {
+            None => Ok(None),
+            Some(mut bytes) => Key32::from_slice_zeroizing(&mut bytes)
+                .map(Some)
+                .ok_or_else(|| {
+                    Error::keychain("the key-encryption key in the keychain has the wrong size")
+                }),
+        }
+    }
+
+    /// True when this user's keys were destroyed by `erase`.
+    pub(crate) fn is_erased(tree: &sled::Tree) -> Result<bool> {
+        Ok(tree.get(ERASED)?.is_some())
+    }
+
+    /// Loads the keys of `user`, creating them on first use. Completes an interrupted
+    /// KEK rotation. Nothing is written to sled before the keychain accepted the KEK.
+    pub(crate) fn open(
+        store: Arc<dyn KeyStore>,
+        tree: sled::Tree,
+        vault_id: [u8; 16],
+        user: &str,
+        now_us: i64,
+    ) -> Result<KeyHierarchy> {
+        if Self::is_erased(&tree)? {
+            return Err(Error::Erased);
+        }
+        let vault_hex = data_encoding::HEXLOWER.encode(&vault_id);
+        let Some(version) = tree.get(KEK_VERSION)? else {
+            return Self::create(store, tree, vault_id, vault_hex, user, now_us);
+        };
+        let mut kek_version = be_u32(&version, "the KEK version")?;
+        if let Some(marker) = tree.get(ROTATION_MARKER)? {
+            // An interrupted rotation: roll it forward.
+            let to = be_u32(&marker[4..], "the rotation marker")?;
+            let from = be_u32(&marker[..4], "the rotation marker")?;
+            let mut h = Self::load(
+                store.clone(),
+                tree.clone(),
+                vault_id,
+                vault_hex.clone(),
+                user,
+                kek_version,
+            )?;
+            if kek_version == from {
+                let new = match Self::load_kek(&*store, &vault_hex, user, to)? {
+                    Some(k) => k,
+                    None => {
+                        let k = Key32::generate();
+                        store.put(&Self::kek_name(&vault_hex, user, to), k.expose())?;
+                        k
+                    }
+                };
+                h.rewrap_all(new, to)?;
+            }
+            h.finish_rotation(from)?;
+            kek_version = to;
+            drop(h);
+        }
+        Self::load(store, tree, vault_id, vault_hex, user, kek_version)
+    }
+
+    fn load(
+        store: Arc<dyn KeyStore>,
+        tree: sled::Tree,
+        vault_id: [u8; 16],
+        vault_hex: String,
+        user: &str,
+        kek_version: u32,
+    ) -> Result<KeyHierarchy> {
+        let kek = Self::load_kek(&*store, &vault_hex, user, kek_version)?.ok_or_else(|| {
+            let hint = if store.persistent() {
+                "it was deleted from the keychain, or this is another user's or machine's keychain"
+            } else {
+                "kernel keyutils keys are lost at reboot"
+            };
+            Error::keychain(format!(
+                "the key-encryption key v{kek_version} of user {user:?} is missing from the {:?} keychain ({hint}); the data encrypted under it cannot be read",
+                store.kind()
+            ))
+        })?;
+        let wrong_key = || {
+            Error::Keychain(format!(
+            "the key-encryption key in the keychain does not unwrap this vault's keys for user {user:?} (the keychain entry or the vault was replaced or tampered with)"
+        ))
+        };
+        let mut olds: BTreeMap<u32, Key32> = BTreeMap::new();
+        let mut unwrap = |entry: &[u8], w: &Wrapped| -> Result<Key32> {
+            let k = if w.kek_version == kek_version {
+                &kek
+            } else {
+                if !olds.contains_key(&w.kek_version) {
+                    let old = Self::load_kek(&*store, &vault_hex, user, w.kek_version)?
+                        .ok_or_else(wrong_key)?;
+                    olds.insert(w.kek_version, old);
+                }
+                &olds[&w.kek_version]
+            };
+            let ad = Self::wrap_ad(&vault_id, user, entry, w.kek_version);
+            aead::unwrap_key(k, &ad, &w.sealed).map_err(|_| wrong_key())
+        };
+        let mac_w = Wrapped::decode(
+            &tree
+                .get(MAC_ENTRY)?
+                .ok_or_else(|| Error::tampered("the anchor key entry is missing"))?,
+        )?;
+        let mac_key = unwrap(MAC_ENTRY, &mac_w)?;
+        let mut deks = BTreeMap::new();
+        for item in tree.scan_prefix(b"dek") {
+            let (k, v) = item?;
+            let epoch = epoch_of_entry(&k)
+                .ok_or_else(|| Error::tampered("a key entry has a malformed name"))?;
+            let w = Wrapped::decode(&v)?;
+            deks.insert(epoch, (unwrap(&k, &w)?, w.created_us));
+        }
+        let current_epoch = be_u32(
+            &tree
+                .get(CURRENT_EPOCH)?
+                .ok_or_else(|| Error::tampered("the current epoch is missing"))?,
+            "the current epoch",
+        )?;
+        if !deks.contains_key(&current_epoch) {
+            return Err(Error::tampered("the current epoch's data key is missing"));
+        }
+        Ok(KeyHierarchy {
+            store,
+            tree,
+            vault_hex,
+            user: user.to_string(),
+            vault_id,
+            kek,
+            kek_version,
+            deks,
+            current_epoch,
+            mac_key,
+        })
+    }
+
+    fn create(
+        store: Arc<dyn KeyStore>,
+        tree: sled::Tree,
+        vault_id: [u8; 16],
+        vault_hex: String,
+        user: &str,
+        now_us: i64,
+    ) -> Result<KeyHierarchy> {
+        let kek = Key32::generate();
+        store.put(&Self::kek_name(&vault_hex, user, 1), kek.expose())?;
+        let mut h = KeyHierarchy {
+            store,
+            tree,
+            vault_hex,
+            user: user.to_string(),
+            vault_id,
+            kek,
+            kek_version: 1,
+            deks: BTreeMap::new(),
+            current_epoch: 1,
+            mac_key: Key32::generate(),
+        };
+        let dek = Key32::generate();
+        let mut batch = sled::Batch::default();
+        batch.insert(MAC_ENTRY, h.wrap(MAC_ENTRY, &h.mac_key, now_us, &h.kek, 1));
+        batch.insert(dek_entry(1), h.wrap(&dek_entry(1), &dek, now_us, &h.kek, 1));
+        batch.insert(CURRENT_EPOCH, &1u32.to_be_bytes());
+        batch.insert(KEK_VERSION, &1u32.to_be_bytes());
+        h.tree.apply_batch(batch)?;
+        h.deks.insert(1, (dek, now_us));
+        Ok(h)
+    }
+
+    /// The DEK of the current epoch and its number.
+    pub(crate) fn current(&self) -> (u32, &Key32) {
+        (self.current_epoch, &self.deks[&self.current_epoch].0)
+    }
+
+    /// Creation time of the current epoch.
+    pub(crate) fn current_created_us(&self) -> i64 {
+        self.deks[&self.current_epoch].1
+    }
+
+    /// The DEK of `epoch`, if it is still live.
+    pub(crate) fn dek(&self, epoch: u32) -> Option<&Key32> {
+        self.deks.get(&epoch).map(|(k, _)| k)
+    }
+
+    pub(crate) fn mac_key(&self) -> &Key32 {
+        &self.mac_key
+    }
+
+    pub(crate) fn kek_version(&self) -> u32 {
+        self.kek_version
+    }
+
+    pub(crate) fn epochs(&self) -> Vec<EpochInfo> {
+        self.deks
+            .iter()
+            .map(|(&epoch, &(_, created_us))| EpochInfo { epoch, created_us })
+            .collect()
+    }
+
+    /// Starts a new DEK epoch (no rewrite of existing records). The caller makes the
+    /// change durable before any record uses the new epoch.
+    pub(crate) fn rotate_dek(&mut self, now_us: i64) -> Result<u32> {
+        let epoch = self
+            .current_epoch
+            .checked_add(1)
+            .ok_or_else(|| Error::invalid("epoch numbers exhausted"))?;
+        let dek = Key32::generate();
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            dek_entry(epoch),
+            self.wrap(&dek_entry(epoch), &dek, now_us, &self.kek, self.kek_version),
+        );
+        batch.insert(CURRENT_EPOCH, &epoch.to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        self.deks.insert(epoch, (dek, now_us));
+        self.current_epoch = epoch;
+        Ok(epoch)
+    }
+
+    /// Destroys the DEKs of `epochs` (never the current one): crypto-shredding.
+    pub(crate) fn retire(&mut self, epochs: &[u32]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for &e in epochs {
+            if e != self.current_epoch {
+                batch.remove(dek_entry(e));
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        for e in epochs {
+            if *e != self.current_epoch {
+                self.deks.remove(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rotates the KEK: new KEK in the keychain, rotation marker, rewrap of every entry,
+    /// delete of the old KEK, marker removed. `flush` makes each sled step durable.
+    /// A failure at any step leaves a vault that [`KeyHierarchy::open`] completes.
+    pub(crate) fn rotate_kek(&mut self, flush: &dyn Fn() -> Result<()>) -> Result<u32> {
+        let from = self.kek_version;
+        let to = from
+            .checked_add(1)
+            .ok_or_else(|| Error::invalid("KEK versions exhausted"))?;
+        let new = Key32::generate();
+        self.store.put(
+            &Self::kek_name(&self.vault_hex, &self.user, to),
+            new.expose(),
+        )?;
+        failpoint::hit("kek-rotate:after-keychain-put")?;
+        let mut marker = from.to_be_bytes().to_vec();
+        marker.extend_from_slice(&to.to_be_bytes());
+        self.tree.insert(ROTATION_MARKER, marker)?;
+        flush()?;
+        failpoint::hit("kek-rotate:after-marker")?;
+        self.rewrap_all(new, to)?;
+        flush()?;
+        failpoint::hit("kek-rotate:after-rewrap")?;
+        self.finish_rotation(from)?;
+        flush()?;
+        Ok(to)
+    }
+
+    /// Rewraps every entry under `new` and makes it the current KEK, in one atomic batch.
+    fn rewrap_all(&mut self, new: Key32, new_version: u32) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            MAC_ENTRY,
+            self.wrap(MAC_ENTRY, &self.mac_key, 0, &new, new_version),
+        );
+        for (&epoch, (dek, created)) in &self.deks {
+            batch.insert(
+                dek_entry(epoch),
+                self.wrap(&dek_entry(epoch), dek, *created, &new, new_version),
+            );
+        }
+        batch.insert(KEK_VERSION, &new_version.to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        self.kek = new;
+        self.kek_version = new_version;
+        Ok(())
+    }
+
+    fn finish_rotation(&mut self, old_version: u32) -> Result<()> {
+        self.store
+            .delete(&Self::kek_name(&self.vault_hex, &self.user, old_version))?;
+        failpoint::hit("kek-rotate:after-keychain-delete")?;
+        self.tree.remove(ROTATION_MARKER)?;
+        Ok(())
+    }
+
+    /// Crypto-shreds this user: every wrapped key is removed and marked erased, then every
+    /// KEK version is deleted from the keychain.
+    pub(crate) fn erase(&mut self, flush: &dyn Fn() -> Result<()>) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for item in self.tree.iter() {
+            batch.remove(item?.0);
+        }
+        batch.insert(ERASED, &[1u8]);
+        self.tree.apply_batch(batch)?;
+        flush()?;
+        failpoint::hit("erase:after-keys-removed")?;
+        for v in 1..=self.kek_version + 1 {
+            self.store
+                .delete(&Self::kek_name(&self.vault_hex, &self.user, v))?;
+        }
+        self.deks.clear();
+        Ok(())
+    }
+}

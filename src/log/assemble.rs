@@ -1,0 +1,75 @@
+//! Turns decrypted records back into events: frames hold consecutive events, chunks are
+//! joined until the last-chunk flag.
+
+use crate::error::{Error, Result};
+use crate::events::{Event, SeqEvent};
+use crate::log::framer::FRAME_PREFIX;
+use crate::log::record::{RecordHeader, RecordKind, FLAG_FIRST, FLAG_LAST};
+use crate::secret::PlainBuf;
+
+#[derive(Default)]
+pub(crate) struct Assembler {
+    partial: Option<PlainBuf>,
+}
+
+impl Assembler {
+    /// True when no chunked payload is half-read (a safe place to end a read).
+    pub(crate) fn at_boundary(&self) -> bool {
+        self.partial.is_none()
+    }
+
+    /// Feeds one decrypted record; appends any completed events to `out`.
+    pub(crate) fn feed(
+        &mut self,
+        header: &RecordHeader,
+        plaintext: PlainBuf,
+        out: &mut Vec<SeqEvent>,
+    ) -> Result<()> {
+        match header.kind {
+            RecordKind::Frame => {
+                if self.partial.is_some() {
+                    return Err(Error::tampered("a frame interrupts a chunked payload"));
+                }
+                let (seq, mut rest) = split_seq(&plaintext)?;
+                let mut seq = seq;
+                while !rest.is_empty() {
+                    let (event, r) = Event::decode_from(rest)?;
+                    out.push(SeqEvent { seq, event });
+                    seq += 1;
+                    rest = r;
+                }
+            }
+            RecordKind::Chunk => {
+                let first = header.flags & FLAG_FIRST != 0;
+                match (&mut self.partial, first) {
+                    (None, true) => self.partial = Some(plaintext),
+                    (Some(p), false) => p.extend_from_slice(&plaintext),
+                    _ => {
+                        return Err(Error::tampered(
+                            "chunks of a large payload are out of order",
+                        ))
+                    }
+                }
+                if header.flags & FLAG_LAST != 0 {
+                    let whole = self.partial.take().expect("set above");
+                    let (seq, body) = split_seq(&whole)?;
+                    let (event, rest) = Event::decode_from(body)?;
+                    if !rest.is_empty() {
+                        return Err(Error::tampered("a chunked payload has trailing bytes"));
+                    }
+                    out.push(SeqEvent { seq, event });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn split_seq(p: &[u8]) -> Result<(u64, &[u8])> {
+    if p.len() < FRAME_PREFIX {
+        return Err(Error::tampered(
+            "a record is too short to hold its event sequence number",
+        ));
+    }
+    Ok((u64::from_be_bytes(p[..8].try_into().expect("8")), &p[8..]))
+}

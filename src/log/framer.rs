@@ -1,0 +1,150 @@
+//! Packs events into frames (small events) and chunks (large payloads) on the append
+//! path. It only encodes and copies; encryption and storage happen on the writer thread.
+
+use std::time::Instant;
+
+use crate::events::Event;
+use crate::log::record::{RecordKind, FLAG_FIRST, FLAG_LAST};
+use crate::secret::PlainBuf;
+
+/// A record's plaintext on its way to the writer.
+pub(crate) struct Job {
+    pub kind: RecordKind,
+    pub flags: u8,
+    pub plaintext: PlainBuf,
+    /// The event sequence number after this record's events.
+    pub end_event_seq: u64,
+    pub policy_version: u32,
+}
+
+/// Frame layout: first event sequence number (u64 BE), then encoded events.
+pub(crate) const FRAME_PREFIX: usize = 8;
+
+pub(crate) struct Framer {
+    buf: PlainBuf,
+    events_in_frame: u64,
+    started: Option<Instant>,
+    max_bytes: usize,
+    chunk_bytes: usize,
+    next_event_seq: u64,
+    policy_version: u32,
+}
+
+impl Framer {
+    pub(crate) fn new(
+        max_bytes: usize,
+        chunk_bytes: usize,
+        next_event_seq: u64,
+        policy_version: u32,
+    ) -> Self {
+        Framer {
+            buf: PlainBuf::new(Vec::new()),
+            events_in_frame: 0,
+            started: None,
+            max_bytes,
+            chunk_bytes,
+            next_event_seq,
+            policy_version,
+        }
+    }
+
+    pub(crate) fn next_event_seq(&self) -> u64 {
+        self.next_event_seq
+    }
+
+    /// Events still in the open frame.
+    pub(crate) fn pending_events(&self) -> u64 {
+        self.events_in_frame
+    }
+
+    /// True when the open frame is older than `max_age`.
+    pub(crate) fn is_older_than(&self, max_age: std::time::Duration) -> bool {
+        self.started.is_some_and(|s| s.elapsed() >= max_age)
+    }
+
+    /// Changes the policy version for records after the open frame.
+    pub(crate) fn set_policy_version(&mut self, v: u32, emit: &mut dyn FnMut(Job)) {
+        if let Some(j) = self.cut() {
+            emit(j);
+        }
+        self.policy_version = v;
+    }
+
+    /// Adds one event; emits every record it completes.
+    pub(crate) fn push(&mut self, event: &Event, emit: &mut dyn FnMut(Job)) {
+        if event.payload_len() > self.max_bytes / 2 {
+            return self.push_large(event, emit);
+        }
+        if self.events_in_frame == 0 {
+            self.buf.clear();
+            self.buf
+                .extend_from_slice(&self.next_event_seq.to_be_bytes());
+            self.started = Some(Instant::now());
+        }
+        let before = self.buf.len();
+        event.encode_into(&mut self.buf);
+        if self.buf.len() > self.max_bytes && self.events_in_frame > 0 {
+            // The event does not fit: close the frame without it and start the next with it.
+            let mut moved = PlainBuf::new(Vec::with_capacity(self.max_bytes.min(4096)));
+            moved.extend_from_slice(&self.next_event_seq.to_be_bytes());
+            moved.extend_from_slice(&self.buf[before..]);
+            self.buf.truncate(before);
+            emit(self.take_frame());
+            self.buf = moved;
+            self.started = Some(Instant::now());
+        }
+        self.events_in_frame += 1;
+        self.next_event_seq += 1;
+        if self.buf.len() >= self.max_bytes {
+            emit(self.take_frame());
+        }
+    }
+
+    fn push_large(&mut self, event: &Event, emit: &mut dyn FnMut(Job)) {
+        if let Some(j) = self.cut() {
+            emit(j);
+        }
+        let mut whole = PlainBuf::new(Vec::with_capacity(event.payload_len() + 64 + FRAME_PREFIX));
+        whole.extend_from_slice(&self.next_event_seq.to_be_bytes());
+        event.encode_into(&mut whole);
+        self.next_event_seq += 1;
+        let n = whole.len().div_ceil(self.chunk_bytes);
+        for (i, part) in whole.chunks(self.chunk_bytes).enumerate() {
+            let mut flags = 0;
+            if i == 0 {
+                flags |= FLAG_FIRST;
+            }
+            if i + 1 == n {
+                flags |= FLAG_LAST;
+            }
+            emit(Job {
+                kind: RecordKind::Chunk,
+                flags,
+                plaintext: PlainBuf::new(part.to_vec()),
+                end_event_seq: self.next_event_seq,
+                policy_version: self.policy_version,
+            });
+        }
+    }
+
+    /// Closes the open frame, if any.
+    pub(crate) fn cut(&mut self) -> Option<Job> {
+        (self.events_in_frame > 0).then(|| self.take_frame())
+    }
+
+    fn take_frame(&mut self) -> Job {
+        let plaintext = std::mem::replace(
+            &mut self.buf,
+            PlainBuf::new(Vec::with_capacity(self.max_bytes + 64)),
+        );
+        self.events_in_frame = 0;
+        self.started = None;
+        Job {
+            kind: RecordKind::Frame,
+            flags: 0,
+            plaintext,
+            end_event_seq: self.next_event_seq,
+            policy_version: self.policy_version,
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! The append-only, tamper-evident log of one user: records chained by their tags,
+//! anchored at both ends, stored in sled with inserts that never replace.
+
+pub(crate) mod anchor;
+pub(crate) mod assemble;
+pub(crate) mod framer;
+pub(crate) mod record;
+pub(crate) mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard};
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::aead::TAG_LEN;
+use crate::error::{Error, Result};
+use crate::keys::hierarchy::KeyHierarchy;
+use crate::secret::PlainBuf;
+use anchor::{AnchorKey, Head, Tail};
+use framer::Job;
+use record::{tag_of, RecordBinding, RecordHeader};
+use store::{counter_key, record_key, record_keys, seq_of_key, EpochCount, HEAD_KEY, TAIL_KEY};
+
+/// Where the log stands (mirrors the anchors and counters on disk).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LogState {
+    pub head: Head,
+    pub tail: Tail,
+    pub counts: BTreeMap<u32, EpochCount>,
+}
+
+impl LogState {
+    pub(crate) fn records(&self) -> u64 {
+        self.counts.values().map(|c| c.records).sum()
+    }
+    pub(crate) fn bytes(&self) -> u64 {
+        self.counts.values().map(|c| c.bytes).sum()
+    }
+}
+
+/// One user's log. All mutations go through `state`'s lock, so they are serialized.
+pub(crate) struct Log {
+    tree: sled::Tree,
+    binding: RecordBinding,
+    anchors: AnchorKey,
+    state: Mutex<LogState>,
+}
+
+/// A record read back: its place, clear header and stored size.
+pub(crate) struct ReadRecord {
+    pub seq: u64,
+    pub header: RecordHeader,
+    pub stored_len: usize,
+    pub plaintext: PlainBuf,
+}
+
+/// Summary of a full verification walk.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VerifyReport {
+    /// Records checked.
+    pub records: u64,
+    /// Events decoded.
+    pub events: u64,
+    /// First live record sequence number (0 when empty).
+    pub first_seq: u64,
+    /// Last record sequence number (0 when empty).
+    pub last_seq: u64,
+    /// Stored bytes of the checked records.
+    pub bytes: u64,
+}
+
+fn tampered_at(seq: u64, what: &str) -> Error {
+    Error::tampered(format!("record {seq}: {what}"))
+}
+
+impl Log {
+    /// Opens the log and checks its anchors against the records at both ends, so a
+    /// rolled-back, truncated or extended log is reported before anything is appended.
+    pub(crate) fn open(
+        tree: sled::Tree,
+        binding: RecordBinding,
+        anchors: AnchorKey,
+    ) -> Result<Log> {
+        let head = match tree.get(HEAD_KEY)? {
+            Some(h) => anchors.open_head(&h)?,
+            None => {
+                if tree.scan_prefix([0u8]).next().is_some() {
+                    return Err(Error::tampered("the log has records but no head anchor"));
+                }
+                Head::default()
+            }
+        };
+        let tail = match tree.get(TAIL_KEY)? {
+            Some(t) => anchors.open_tail(&t)?,
+            None => Tail::default(),
+        };
+        let mut counts = BTreeMap::new();
+        for item in tree.scan_prefix([0x02u8]) {
+            let (k, v) = item?;
+            let epoch = u32::from_be_bytes(
+                k[1..]
+                    .try_into()
+                    .map_err(|_| Error::tampered("bad counter key"))?,
+            );
+            counts.insert(epoch, EpochCount::decode(&v)?);
+        }
+        let log = Log {
+            tree,
+            binding,
+            anchors,
+            state: Mutex::new(LogState { head, tail, counts }),
+        };
+        log.check_ends()?;
+        Ok(log)
+    }
+
+    fn check_ends(&self) -> Result<()> {
+        let st = self.lock();
+        let last = self.tree.range(record_keys()).next_back().transpose()?;
+        let first = self.tree.range(record_keys()).next().transpose()?;
+        match (first, last) {
+            (None, None) => {
+                if st.head.last_seq + 1 != st.tail.first_seq {
+                    return Err(Error::tampered(format!(
+                        "the head anchor names record {} but the log holds no records",
+                        st.head.last_seq
+                    )));
+                }
+            }
+            (Some((fk, _)), Some((lk, lv))) => {
+                let first_seq = seq_of_key(&fk).unwrap_or(0);
+                let last_seq = seq_of_key(&lk).unwrap_or(0);
+                if last_seq != st.head.last_seq || tag_of(&lv) != st.head.last_tag {
+                    return Err(Error::tampered(format!(
+                        "the head anchor (record {}) does not match the last record ({last_seq}): the log was truncated, extended or rolled back",
+                        st.head.last_seq
+                    )));
+                }
+                if first_seq != st.tail.first_seq {
+                    return Err(Error::tampered(format!(
+                        "the tail anchor (record {}) does not match the first record ({first_seq}): records were removed or added at the start",
+                        st.tail.first_seq
+                    )));
+                }
+            }
+            _ => return Err(Error::tampered("the log's record range is inconsistent")),
+        }
+        Ok(())
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, LogState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Encrypts `jobs` under the current epoch and stores them after the head, with the
+    /// new head anchor and counters, in one transaction that refuses to replace any key.
+    pub(crate) fn append(
+        &self,
+        jobs: &[Job],
+        keys: &KeyHierarchy,
+        purpose_of: &dyn Fn(u32) -> Result<String>,
+        now_us: i64,
+    ) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let (epoch, dek) = keys.current();
+        let mut st = self.lock();
+        let mut seq = st.head.last_seq;
+        let mut prev = st.head.last_tag;
+        let mut count = st.counts.get(&epoch).copied().unwrap_or_default();
+        let mut values = Vec::with_capacity(jobs.len());
+        let mut purposes: BTreeMap<u32, String> = BTreeMap::new();
+        for job in jobs {
+            seq += 1;
+            let header = RecordHeader {
+                kind: job.kind,
+                flags: job.flags,
+                epoch,
+                policy_version: job.policy_version,
+                created_us: now_us,
+            };
+            if !purposes.contains_key(&job.policy_version) {
+                purposes.insert(job.policy_version, purpose_of(job.policy_version)?);
+            }
+            let v = self.binding.seal(
+                seq,
+                &header,
+                &prev,
+                &purposes[&job.policy_version],
+                dek,
+                &job.plaintext,
+            );
+            prev = tag_of(&v);
+            count.records += 1;
+            count.bytes += v.len() as u64;
+            values.push((record_key(seq), sled::IVec::from(v)));
+        }
+        let head = Head {
+            last_seq: seq,
+            last_tag: prev,
+            next_event_seq: jobs[jobs.len() - 1].end_event_seq,
+        };
+        let head_bytes = sled::IVec::from(self.anchors.seal_head(&head));
+        let count_bytes = count.encode();
+        let res = self.tree.transaction(|tx| {
+            for (k, v) in &values {
+                if tx.get(k)?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(()));
+                }
+                tx.insert(k, v.clone())?;
+            }
+            tx.insert(HEAD_KEY, head_bytes.clone())?;
+            tx.insert(&counter_key(epoch), &count_bytes)?;
+            Ok(())
+        });
+        match res {
+            Ok(()) => {}
+            Err(TransactionError::Abort(())) => {
+                return Err(Error::tampered(
+                    "a record already exists where the next one belongs; refusing to overwrite it",
+                ))
+            }
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        }
+        st.head = head;
+        st.counts.insert(epoch, count);
+        Ok(())
+    }
+
+    /// Reads records `from..=to` (clamped to the live range), checking the chain from
+    /// the tail. Calls `f` for each; stops early when `f` returns false.
+    pub(crate) fn read(
+        &self,
+        keys: &KeyHierarchy,
+        purpose_of: &dyn Fn(u32) -> Result<String>,
+        to: u64,
+        f: &mut dyn FnMut(ReadRecord) -> Result<bool>,
+    ) -> Result<()> {
+        let (tail, head) = {
+            let st = self.lock();
+            (st.tail, st.head)
+        };
+        let to = to.min(head.last_seq);
+        let mut prev: [u8; TAG_LEN] = tail.prev_tag;
+        let mut expect = tail.first_seq;
+        for item in self
+            .tree
+            .range(record_key(tail.first_seq)..=record_key(to.max(tail.first_seq)))
+        {
+            let (k, v) = item?;
+            let seq = seq_of_key(&k).ok_or_else(|| Error::tampered("a record key is malformed"))?;
+            if seq != expect {
+                return Err(tampered_at(expect, "is missing (a record was deleted)"));
+            }
+            let header =
+                RecordHeader::parse(&v).map_err(|_| tampered_at(seq, "has a damaged header"))?;
+            let dek = keys
+                .dek(header.epoch)
+                .ok_or_else(|| tampered_at(seq, "names a data key that does not exist"))?;
+            let purpose = purpose_of(header.policy_version)
+                .map_err(|_| tampered_at(seq, "names an unknown policy version"))?;
+            let plaintext = self
+                .binding
+                .open(seq, &v, &prev, &purpose, dek)
+                .map_err(|_| tampered_at(seq, "does not authenticate (modified, moved, replayed or from another vault or user)"))?;
+            prev = tag_of(&v);
+            expect = seq + 1;
+            if !f(ReadRecord {
+                seq,
+                header,
+                stored_len: v.len(),
+                plaintext,
+            })? {
+                return Ok(());
+            }
+        }
+        if to >= tail.first_seq && expect != to + 1 {
+            return Err(tampered_at(expect, "is missing at the end of the log"));
+        }
+        if expect == head.last_seq + 1 && head.last_seq >= tail.first_seq && prev != head.last_tag {
+            return Err(Error::tampered(
+                "the last record does not match the head anchor",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Walks the whole log: anchors, chain, every record and every event.
+    pub(crate) fn verify(
+        &self,
+        keys: &KeyHierarchy,
+        purpose_of: &dyn Fn(u32) -> Result<String>,
+    ) -> Result<VerifyReport> {
+        self.check_ends()?;
+        let (tail, head) = {
+            let st = self.lock();
+            (st.tail, st.head)
+        };
+        // Keys outside the live range would be records added behind the anchors' back.
+        let outside = self
+            .tree
+            .range(record_keys())
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter_map(|k| seq_of_key(&k))
+            .any(|s| s < tail.first_seq || s > head.last_seq);
+        if outside {
+            return Err(Error::tampered("a record lies outside the anchored range"));
+        }
+        let mut report = VerifyReport::default();
+        let mut asm = assemble::Assembler::default();
+        let mut events = Vec::new();
+        let mut per_epoch: BTreeMap<u32, EpochCount> = BTreeMap::new();
+        self.read(keys, purpose_of, u64::MAX, &mut |r| {
+            if report.records == 0 {
+                report.first_seq = r.seq;
+            }
+            report.records += 1;
+            report.last_seq = r.seq;
+            report.bytes += r.stored_len as u64;
+            let c = per_epoch.entry(r.header.epoch).or_default();
+            c.records += 1;
+            c.bytes += r.stored_len as u64;
+            asm.feed(&r.header, r.plaintext, &mut events)
+                .map_err(|e| Error::tampered(format!("record {}: {e}", r.seq)))?;
+            report.events += events.len() as u64;
+            events.clear();
+            Ok(true)
+        })?;
+        if !asm.at_boundary() {
+            return Err(Error::tampered("the log ends inside a chunked payload"));
+        }
+        let stored: BTreeMap<u32, EpochCount> = self
+            .lock()
+            .counts
+            .iter()
+            .filter(|(_, c)| c.records > 0)
+            .map(|(e, c)| (*e, *c))
+            .collect();
+        if stored != per_epoch {
+            return Err(Error::tampered(
+                "the per-epoch record counters do not match the records",
+            ));
+        }
+        Ok(report)
+    }
+
+    /// Removes records from the tail through `last` (inclusive), moving the tail anchor.
+    /// Returns the epochs that have no records left.
+    pub(crate) fn prune_through(&self, last: u64) -> Result<Vec<u32>> {
+        let mut st = self.lock();
+        if last < st.tail.first_seq {
+            return Ok(Vec::new());
+        }
+        if last > st.head.last_seq {
+            return Err(Error::invalid("cannot prune past the head of the log"));
+        }
+        let mut batch = sled::Batch::default();
+        let mut counts = st.counts.clone();
+        let mut prev_tag = st.tail.prev_tag;
+        for item in self
+            .tree
+            .range(record_key(st.tail.first_seq)..=record_key(last))
+        {
+            let (k, v) = item?;
+            let header = RecordHeader::parse(&v)?;
+            let c = counts.entry(header.epoch).or_default();
+            c.records = c.records.saturating_sub(1);
+            c.bytes = c.bytes.saturating_sub(v.len() as u64);
+            prev_tag = tag_of(&v);
+            batch.remove(k);
+        }
+        let tail = Tail {
+            first_seq: last + 1,
+            prev_tag,
+        };
+        batch.insert(TAIL_KEY, self.anchors.seal_tail(&tail));
+        let mut emptied = Vec::new();
+        for (e, c) in &counts {
+            if c.records == 0 {
+                batch.remove(&counter_key(*e));
+                emptied.push(*e);
+            } else {
+                batch.insert(&counter_key(*e), &c.encode());
+            }
+        }
+        crate::failpoint::hit("prune:before-batch")?;
+        self.tree.apply_batch(batch)?;
+        counts.retain(|_, c| c.records > 0);
+        st.counts = counts;
+        st.tail = tail;
+        Ok(emptied)
+    }
+
+    /// Epochs that still have records.
+    pub(crate) fn live_epochs(&self) -> BTreeSet<u32> {
+        self.lock()
+            .counts
+            .iter()
+            .filter(|(_, c)| c.records > 0)
+            .map(|(e, _)| *e)
+            .collect()
+    }
+
+    /// Stored value of record `seq` (for tests and the seal path's size accounting).
+    pub(crate) fn raw(&self, seq: u64) -> Result<Option<sled::IVec>> {
+        Ok(self.tree.get(record_key(seq))?)
+    }
+}

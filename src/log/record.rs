@@ -1,0 +1,221 @@
+//! One record of the log: a frame of small events or one chunk of a large payload,
+//! sealed with XChaCha20-Poly1305. The layout and associated data are specified in
+//! docs/FORMAT.md ("Records"); this file is the only code that knows them.
+
+use crate::aead::{self, Unauthentic, NONCE_LEN, TAG_LEN};
+use crate::error::{Error, Result};
+use crate::secret::{Key32, PlainBuf};
+
+/// Record format version.
+pub(crate) const RECORD_VERSION: u8 = 1;
+/// Bytes before the nonce: version, kind, flags, epoch, policy version, created time.
+pub(crate) const HEADER_LEN: usize = 1 + 1 + 1 + 4 + 4 + 8;
+/// Bytes a record adds to its plaintext.
+pub(crate) const OVERHEAD: usize = HEADER_LEN + NONCE_LEN + TAG_LEN;
+
+/// Chunk flag: first chunk of a payload.
+pub(crate) const FLAG_FIRST: u8 = 1;
+/// Chunk flag: last chunk of a payload.
+pub(crate) const FLAG_LAST: u8 = 2;
+
+/// What a record holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum RecordKind {
+    /// A frame: first event sequence number, then consecutive encoded events.
+    Frame = 1,
+    /// A chunk of one large event (flags say first/last).
+    Chunk = 2,
+}
+
+/// The clear part of a record, all of it bound into the associated data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RecordHeader {
+    pub kind: RecordKind,
+    pub flags: u8,
+    pub epoch: u32,
+    pub policy_version: u32,
+    pub created_us: i64,
+}
+
+impl RecordHeader {
+    /// Parses the clear header of a stored record value.
+    pub(crate) fn parse(value: &[u8]) -> Result<RecordHeader> {
+        if value.len() < OVERHEAD || value[0] != RECORD_VERSION {
+            return Err(Error::tampered(
+                "a record is truncated or has an unknown version",
+            ));
+        }
+        let kind = match value[1] {
+            1 => RecordKind::Frame,
+            2 => RecordKind::Chunk,
+            _ => return Err(Error::tampered("a record has an unknown kind")),
+        };
+        let flags = value[2];
+        if (kind == RecordKind::Frame && flags != 0) || flags > (FLAG_FIRST | FLAG_LAST) {
+            return Err(Error::tampered("a record has invalid flags"));
+        }
+        Ok(RecordHeader {
+            kind,
+            flags,
+            epoch: u32::from_be_bytes(value[3..7].try_into().expect("4 bytes")),
+            policy_version: u32::from_be_bytes(value[7..11].try_into().expect("4 bytes")),
+            created_us: i64::from_be_bytes(value[11..19].try_into().expect("8 bytes")),
+        })
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        out.push(RECORD_VERSION);
+        out.push(self.kind as u8);
+        out.push(self.flags);
+        out.extend_from_slice(&self.epoch.to_be_bytes());
+        out.extend_from_slice(&self.policy_version.to_be_bytes());
+        out.extend_from_slice(&self.created_us.to_be_bytes());
+    }
+}
+
+/// The per-user constant prefix of every record's associated data.
+#[derive(Clone, Debug)]
+pub(crate) struct RecordBinding {
+    prefix: Vec<u8>,
+}
+
+impl RecordBinding {
+    pub(crate) fn new(vault_id: &[u8; 16], user: &str) -> Self {
+        let mut prefix = b"capvault-record-v1".to_vec();
+        prefix.extend_from_slice(vault_id);
+        prefix.extend_from_slice(&(user.len() as u16).to_be_bytes());
+        prefix.extend_from_slice(user.as_bytes());
+        RecordBinding { prefix }
+    }
+
+    /// Associated data: prefix || seq || header || previous tag || purpose.
+    fn associated_data(
+        &self,
+        seq: u64,
+        header: &RecordHeader,
+        prev_tag: &[u8; TAG_LEN],
+        purpose: &str,
+    ) -> Vec<u8> {
+        let mut ad =
+            Vec::with_capacity(self.prefix.len() + 8 + HEADER_LEN + TAG_LEN + 2 + purpose.len());
+        ad.extend_from_slice(&self.prefix);
+        ad.extend_from_slice(&seq.to_be_bytes());
+        header.write(&mut ad);
+        ad.extend_from_slice(prev_tag);
+        ad.extend_from_slice(&(purpose.len() as u16).to_be_bytes());
+        ad.extend_from_slice(purpose.as_bytes());
+        ad
+    }
+
+    /// Seals `plaintext` as record `seq`, chained to `prev_tag`. Returns the stored value.
+    pub(crate) fn seal(
+        &self,
+        seq: u64,
+        header: &RecordHeader,
+        prev_tag: &[u8; TAG_LEN],
+        purpose: &str,
+        dek: &Key32,
+        plaintext: &[u8],
+    ) -> Vec<u8> {
+        let nonce = aead::new_nonce();
+        let mut value = Vec::with_capacity(OVERHEAD + plaintext.len());
+        header.write(&mut value);
+        value.extend_from_slice(&nonce);
+        value.extend_from_slice(plaintext);
+        let ad = self.associated_data(seq, header, prev_tag, purpose);
+        let tag = aead::seal_in_place(dek, &nonce, &ad, &mut value[HEADER_LEN + NONCE_LEN..]);
+        value.extend_from_slice(&tag);
+        value
+    }
+
+    /// Opens record `seq`, which must follow `prev_tag`. Any mismatch is one opaque error.
+    pub(crate) fn open(
+        &self,
+        seq: u64,
+        value: &[u8],
+        prev_tag: &[u8; TAG_LEN],
+        purpose: &str,
+        dek: &Key32,
+    ) -> Result<PlainBuf, Unauthentic> {
+        let header = RecordHeader::parse(value).map_err(|_| Unauthentic)?;
+        let nonce: [u8; NONCE_LEN] = value[HEADER_LEN..HEADER_LEN + NONCE_LEN]
+            .try_into()
+            .map_err(|_| Unauthentic)?;
+        let tag = tag_of(value);
+        let mut body = PlainBuf::new(value[HEADER_LEN + NONCE_LEN..value.len() - TAG_LEN].to_vec());
+        let ad = self.associated_data(seq, &header, prev_tag, purpose);
+        aead::open_in_place(dek, &nonce, &ad, &mut body, &tag)?;
+        Ok(body)
+    }
+}
+
+/// The tag of a stored record (its last 16 bytes): the chain link to the next record.
+/// Callers have checked the length with [`RecordHeader::parse`].
+pub(crate) fn tag_of(value: &[u8]) -> [u8; TAG_LEN] {
+    let mut t = [0u8; TAG_LEN];
+    if value.len() >= TAG_LEN {
+        t.copy_from_slice(&value[value.len() - TAG_LEN..]);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> RecordHeader {
+        RecordHeader {
+            kind: RecordKind::Frame,
+            flags: 0,
+            epoch: 1,
+            policy_version: 1,
+            created_us: 5,
+        }
+    }
+
+    #[test]
+    fn a_record_opens_only_at_its_place_in_the_chain() {
+        let b = RecordBinding::new(&[1; 16], "alice");
+        let dek = Key32::generate();
+        let v = b.seal(7, &header(), &[9; 16], "p", &dek, b"events");
+        assert_eq!(RecordHeader::parse(&v).unwrap(), header());
+        assert_eq!(&b.open(7, &v, &[9; 16], "p", &dek).unwrap()[..], b"events");
+        assert!(
+            b.open(8, &v, &[9; 16], "p", &dek).is_err(),
+            "replayed at another seq"
+        );
+        assert!(
+            b.open(7, &v, &[8; 16], "p", &dek).is_err(),
+            "spliced after another record"
+        );
+        assert!(b.open(7, &v, &[9; 16], "q", &dek).is_err(), "other purpose");
+        assert!(RecordBinding::new(&[1; 16], "bob")
+            .open(7, &v, &[9; 16], "p", &dek)
+            .is_err());
+        assert!(RecordBinding::new(&[2; 16], "alice")
+            .open(7, &v, &[9; 16], "p", &dek)
+            .is_err());
+        for i in 0..v.len() {
+            let mut t = v.clone();
+            t[i] ^= 0x40;
+            assert!(b.open(7, &t, &[9; 16], "p", &dek).is_err(), "flip at {i}");
+        }
+        assert!(b.open(7, &v[..v.len() - 1], &[9; 16], "p", &dek).is_err());
+    }
+
+    #[test]
+    fn overhead_is_what_the_format_says() {
+        let b = RecordBinding::new(&[1; 16], "alice");
+        let v = b.seal(
+            1,
+            &header(),
+            &[0; 16],
+            "p",
+            &Key32::generate(),
+            &[0u8; 1000],
+        );
+        assert_eq!(v.len(), 1000 + OVERHEAD);
+        assert_eq!(OVERHEAD, 59);
+    }
+}

@@ -1,0 +1,349 @@
+//! Administrative operations on an open vault: pause and resume, key rotation, status,
+//! verification, the audit ledger, and the test-only reader.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{now_us, Inner, Vault, STATE_PAUSE_DROPPED, STATE_PAUSE_UNTIL};
+use crate::audit::AuditEntry;
+use crate::error::{Error, Result};
+use crate::events::{Marker, SeqEvent, TimestampUs};
+use crate::keys::keystore::{KeyStore, KeyStoreKind};
+use crate::log::assemble::Assembler;
+use crate::log::VerifyReport;
+use crate::secret::Key32;
+
+/// The keychain entry of the device signing seed of a vault.
+fn device_key_name(vault_id: &[u8; 16]) -> String {
+    format!("device/{}", data_encoding::HEXLOWER.encode(vault_id))
+}
+
+pub(crate) fn load_or_create_device_seed(
+    store: &dyn KeyStore,
+    vault_id: &[u8; 16],
+) -> Result<Key32> {
+    let name = device_key_name(vault_id);
+    if let Some(mut bytes) = store.get(&name)? {
+        return Key32::from_slice_zeroizing(&mut bytes).ok_or_else(|| {
+            Error::keychain("the device signing key in the keychain has the wrong size")
+        });
+    }
+    let seed = Key32::generate();
+    store.put(&name, seed.expose())?;
+    Ok(seed)
+}
+
+/// Pause state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PauseState {
+    /// When the pause ends (microseconds since the Unix epoch), if paused.
+    pub paused_until_us: Option<TimestampUs>,
+    /// Events dropped during the current or last pause.
+    pub dropped: u64,
+}
+
+/// One data-key epoch in [`Status`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EpochStatus {
+    /// Epoch number.
+    pub epoch: u32,
+    /// Creation time of its key.
+    pub created_us: i64,
+    /// Records encrypted under it that are still in the log.
+    pub records: u64,
+    /// Their stored bytes.
+    pub bytes: u64,
+}
+
+/// What `status` reports. Contains no key material and no captured content.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct Status {
+    /// Vault directory.
+    pub dir: String,
+    /// Random vault identifier (hex).
+    pub vault_id: String,
+    /// Random device identifier used in bundle headers (hex).
+    pub device_id: String,
+    /// The user (data subject) this handle is for.
+    pub user: String,
+    /// The keychain in use.
+    pub keystore: KeyStoreKind,
+    /// False when keys are lost at reboot (kernel keyutils).
+    pub keystore_persistent: bool,
+    /// A warning about the keychain, if any.
+    pub keystore_warning: Option<String>,
+    /// Current KEK version.
+    pub kek_version: u32,
+    /// Current DEK epoch.
+    pub current_epoch: u32,
+    /// Live epochs.
+    pub epochs: Vec<EpochStatus>,
+    /// Records in the log.
+    pub records: u64,
+    /// Stored bytes of those records.
+    pub stored_bytes: u64,
+    /// Size of the database files on disk.
+    pub disk_bytes: u64,
+    /// First and last live record (0 when empty).
+    pub first_record: u64,
+    /// Last record.
+    pub last_record: u64,
+    /// Next event sequence number.
+    pub next_event_seq: u64,
+    /// Pause state.
+    pub pause: PauseState,
+    /// Events dropped by policy since open.
+    pub filtered: u64,
+    /// Policy version in force.
+    pub policy_version: u32,
+    /// Purpose in force.
+    pub purpose: String,
+    /// Audit ledger entries.
+    pub audit_entries: u64,
+    /// Always false for an open vault (an erased vault does not open).
+    pub erased: bool,
+}
+
+impl Inner {
+    pub(crate) fn audit(&self, action: &str, detail: &str) -> Result<()> {
+        self.ledger.record(now_us(), action, detail).map(|_| ())
+    }
+
+    /// True when paused now. Ends an expired pause (writing its end marker).
+    pub(crate) fn check_pause(&self) -> Result<bool> {
+        let until = self.paused_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return Ok(false);
+        }
+        if now_us() < until {
+            return Ok(true);
+        }
+        self.end_pause("expired")?;
+        Ok(false)
+    }
+
+    fn end_pause(&self, why: &str) -> Result<()> {
+        let mut p = self.producer();
+        // Another thread may have ended it while we waited for the lock.
+        if self.paused_until.swap(0, Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        let dropped = self.dropped_paused.load(Ordering::Relaxed);
+        self.trees
+            .state
+            .insert(STATE_PAUSE_UNTIL, &0i64.to_be_bytes())?;
+        self.trees
+            .state
+            .insert(STATE_PAUSE_DROPPED, &(dropped as i64).to_be_bytes())?;
+        self.push_markers(&mut p, &[Marker::PauseEnd { dropped }])?;
+        drop(p);
+        self.audit(
+            "resume",
+            &format!("{why}; {dropped} events dropped during the pause"),
+        )
+    }
+
+    /// Rotates the DEK when the current epoch is older than `dek_epoch_hours`.
+    pub(crate) fn rotate_if_due(&self) -> Result<()> {
+        let hours = self.opts.dek_epoch_hours;
+        if hours == 0 {
+            return Ok(());
+        }
+        let age_us = now_us() - self.keys().current_created_us();
+        if age_us >= (hours as i64) * 3_600_000_000 {
+            self.rotate_dek("scheduled")?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn rotate_dek(&self, why: &str) -> Result<u32> {
+        let mut p = self.quiesce()?;
+        let epoch = self.keys_mut().rotate_dek(now_us())?;
+        // The new epoch's key must be durable before any record uses it.
+        self.durable_flush()?;
+        self.push_markers(&mut p, &[Marker::KeyRotated { epoch }])?;
+        drop(p);
+        self.audit("rotate-dek", &format!("epoch {epoch} ({why})"))?;
+        Ok(epoch)
+    }
+
+    pub(crate) fn rotate_kek(&self) -> Result<u32> {
+        let p = self.quiesce()?;
+        let version = self.keys_mut().rotate_kek(&|| self.durable_flush())?;
+        drop(p);
+        self.audit("rotate-kek", &format!("version {version}"))?;
+        Ok(version)
+    }
+
+    /// Destroys the keys of epochs that have no records left (never the current one).
+    pub(crate) fn retire_empty_epochs(&self) -> Result<Vec<u32>> {
+        let live = self.log.live_epochs();
+        let mut keys = self.keys_mut();
+        let current = keys.current().0;
+        let dead: Vec<u32> = keys
+            .epochs()
+            .iter()
+            .map(|e| e.epoch)
+            .filter(|e| *e != current && !live.contains(e))
+            .collect();
+        if dead.is_empty() {
+            return Ok(dead);
+        }
+        keys.retire(&dead)?;
+        drop(keys);
+        self.durable_flush()?;
+        self.audit("retire-dek", &format!("epochs {dead:?} destroyed"))?;
+        Ok(dead)
+    }
+
+    /// Decrypts every live record in order and returns its events (crate-internal: the
+    /// sealing and subject-access paths, and tests).
+    pub(crate) fn read_events(&self, to_record: u64) -> Result<Vec<SeqEvent>> {
+        let keys = self.keys();
+        let mut asm = Assembler::default();
+        let mut out = Vec::new();
+        self.log
+            .read(&keys, &|v| self.purpose_of(v), to_record, &mut |r| {
+                asm.feed(&r.header, r.plaintext, &mut out)?;
+                Ok(true)
+            })?;
+        Ok(out)
+    }
+}
+
+impl Vault {
+    /// Pauses capture for `duration`, capped at the policy's `max_pause_secs`. Events
+    /// appended during the pause are dropped and counted. Returns the pause deadline.
+    /// The deadline survives restarts.
+    pub fn pause(&self, duration: Duration) -> Result<TimestampUs> {
+        let inner = self.inner();
+        if duration.is_zero() {
+            return Err(Error::invalid("a pause must last at least one second"));
+        }
+        let secs = duration
+            .as_secs()
+            .clamp(1, inner.opts.policy.max_pause_secs);
+        let until = now_us() + (secs as i64) * 1_000_000;
+        {
+            let mut p = inner.producer();
+            let was = inner.paused_until.load(Ordering::Relaxed);
+            if was == 0 {
+                inner.dropped_paused.store(0, Ordering::Relaxed);
+                inner.push_markers(&mut p, &[Marker::PauseStart { until_us: until }])?;
+            }
+            inner
+                .trees
+                .state
+                .insert(STATE_PAUSE_UNTIL, &until.to_be_bytes())?;
+            inner.trees.state.insert(
+                STATE_PAUSE_DROPPED,
+                &(inner.dropped_paused.load(Ordering::Relaxed) as i64).to_be_bytes(),
+            )?;
+            inner.paused_until.store(until, Ordering::Relaxed);
+        }
+        inner.flush()?;
+        inner.audit("pause", &format!("{secs} s"))?;
+        Ok(until)
+    }
+
+    /// Ends a pause early. Resuming when not paused is harmless.
+    pub fn resume(&self) -> Result<()> {
+        self.inner().end_pause("resumed")?;
+        self.flush()
+    }
+
+    /// The pause state.
+    pub fn pause_state(&self) -> Result<PauseState> {
+        let inner = self.inner();
+        let paused = inner.check_pause()?;
+        Ok(PauseState {
+            paused_until_us: paused.then(|| inner.paused_until.load(Ordering::Relaxed)),
+            dropped: inner.dropped_paused.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Starts a new data-key epoch; later records use the new key. Returns its number.
+    pub fn rotate_dek(&self) -> Result<u32> {
+        self.inner().rotate_dek("on demand")
+    }
+
+    /// Rotates the key-encryption key: every data key is rewrapped under a new KEK and
+    /// the old KEK is deleted from the keychain. Crash-safe at every step. Returns the
+    /// new KEK version.
+    pub fn rotate_kek(&self) -> Result<u32> {
+        self.inner().rotate_kek()
+    }
+
+    /// Walks the whole log and reports the first inconsistency as [`Error::Tampered`].
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let inner = self.inner();
+        let _p = inner.quiesce()?;
+        let keys = inner.keys();
+        let report = inner.log.verify(&keys, &|v| inner.purpose_of(v))?;
+        inner.ledger.read_after(u64::MAX)?;
+        Ok(report)
+    }
+
+    /// The audit ledger: every entry, oldest first. Reading it is not itself audited.
+    pub fn audit_log(&self) -> Result<Vec<AuditEntry>> {
+        self.inner().ledger.read_after(0)
+    }
+
+    /// Status report.
+    pub fn status(&self) -> Result<Status> {
+        let inner = self.inner();
+        let pause = self.pause_state()?;
+        let keys = inner.keys();
+        let st = inner.log.lock().clone();
+        let epochs = keys
+            .epochs()
+            .into_iter()
+            .map(|e| {
+                let c = st.counts.get(&e.epoch).copied().unwrap_or_default();
+                EpochStatus {
+                    epoch: e.epoch,
+                    created_us: e.created_us,
+                    records: c.records,
+                    bytes: c.bytes,
+                }
+            })
+            .collect();
+        let persistent = inner.keystore.persistent();
+        Ok(Status {
+            dir: inner.dir().display().to_string(),
+            vault_id: data_encoding::HEXLOWER.encode(&inner.vault_id),
+            device_id: data_encoding::HEXLOWER.encode(&inner.device_id),
+            user: inner.user.clone(),
+            keystore: inner.keystore.kind(),
+            keystore_persistent: persistent,
+            keystore_warning: (!persistent).then(|| "kernel keyutils keys are lost at reboot: everything in this vault becomes unreadable after a restart unless it was sealed and uploaded first".to_string()),
+            kek_version: keys.kek_version(),
+            current_epoch: keys.current().0,
+            epochs,
+            records: st.records(),
+            stored_bytes: st.bytes(),
+            disk_bytes: inner.store.size_on_disk()?,
+            first_record: if st.records() > 0 { st.tail.first_seq } else { 0 },
+            last_record: st.head.last_seq,
+            next_event_seq: st.head.next_event_seq,
+            pause,
+            filtered: inner.filtered.load(Ordering::Relaxed),
+            policy_version: inner.opts.policy.version,
+            purpose: inner.opts.policy.purpose.clone(),
+            audit_entries: inner.ledger.last_seq(),
+            erased: false,
+        })
+    }
+
+    /// Decrypts every stored event. Test builds only: the public API never returns stored
+    /// plaintext to an agent.
+    #[cfg(feature = "test-hooks")]
+    pub fn test_read_all(&self) -> Result<Vec<SeqEvent>> {
+        let inner = self.inner();
+        let _p = inner.quiesce()?;
+        inner.read_events(u64::MAX)
+    }
+}

@@ -1,0 +1,586 @@
+//! The vault: the public API that ties policy, framer, record crypto, keys and the log
+//! together for one user of one vault directory.
+
+mod admin;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::events::{Event, Marker, TimestampUs};
+use crate::keys::hierarchy::KeyHierarchy;
+use crate::keys::keystore::{open_keystore, KeyStore};
+use crate::log::anchor::AnchorKey;
+use crate::log::framer::{Framer, Job};
+use crate::log::record::RecordBinding;
+use crate::log::store::{Store, UserTrees};
+use crate::log::Log;
+use crate::options::VaultOptions;
+use crate::policy::{Admission, Policy, PolicyGate};
+use crate::secret::{random_array, Key32};
+
+pub use admin::{EpochStatus, PauseState, Status};
+use writer::Msg;
+
+/// What happened to an appended event. Dropped events are not errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Appended {
+    /// The event was accepted and will be stored.
+    Stored,
+    /// Capture is paused: the event was dropped and counted.
+    Paused,
+    /// The policy dropped the event (deny list, keystrokes off, screenshots off).
+    Filtered,
+}
+
+/// Records in flight between the append path and the writer (each at most one frame or
+/// chunk), which bounds memory when the disk is slower than capture.
+const QUEUE_RECORDS: usize = 512;
+
+const META_VAULT_ID: &[u8] = b"vault_id";
+const META_DEVICE_ID: &[u8] = b"device_id";
+const META_FORMAT: &[u8] = b"format";
+const FORMAT_VERSION: u32 = 1;
+
+pub(crate) const STATE_PAUSE_UNTIL: &[u8] = b"pause_until";
+pub(crate) const STATE_PAUSE_DROPPED: &[u8] = b"pause_dropped";
+const STATE_POLICY_PREFIX: &[u8] = b"policy/";
+
+/// Now, in microseconds since the Unix epoch.
+pub(crate) fn now_us() -> TimestampUs {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    d.as_micros() as TimestampUs
+}
+
+/// State of the append path, behind one lock: policy gate and framer.
+pub(crate) struct Producer {
+    pub(crate) gate: PolicyGate,
+    pub(crate) framer: Framer,
+}
+
+pub(crate) struct Inner {
+    pub(crate) opts: VaultOptions,
+    pub(crate) user: String,
+    pub(crate) store: Store,
+    pub(crate) trees: UserTrees,
+    pub(crate) keystore: Arc<dyn KeyStore>,
+    pub(crate) vault_id: [u8; 16],
+    pub(crate) device_id: [u8; 16],
+    pub(crate) device_seed: Key32,
+    keys: RwLock<KeyHierarchy>,
+    pub(crate) log: Log,
+    pub(crate) ledger: crate::audit::Ledger,
+    pub(crate) producer: Mutex<Producer>,
+    tx: SyncSender<Msg>,
+    /// Pause deadline (0 when not paused).
+    pub(crate) paused_until: AtomicI64,
+    pub(crate) dropped_paused: AtomicU64,
+    pub(crate) filtered: AtomicU64,
+    write_error: Mutex<Option<String>>,
+    purposes: RwLock<BTreeMap<u32, String>>,
+}
+
+/// An open vault for one user. Cheap to share between threads (`&Vault` is `Sync`);
+/// appends from many threads are serialized in one order.
+pub struct Vault {
+    inner: Arc<Inner>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("dir", &self.inner.store.dir())
+            .field("user", &self.inner.user)
+            .finish()
+    }
+}
+
+fn check_user(user: &str) -> Result<()> {
+    if user.is_empty() || user.len() > 128 || user.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "user must be 1 to 128 bytes of UTF-8 without control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn load_or_create_id(db: &sled::Db, key: &[u8]) -> Result<[u8; 16]> {
+    if let Some(v) = db.get(key)? {
+        return v
+            .as_ref()
+            .try_into()
+            .map_err(|_| Error::tampered("a vault identifier has the wrong size"));
+    }
+    let id: [u8; 16] = random_array();
+    db.insert(key, &id)?;
+    Ok(id)
+}
+
+impl Vault {
+    /// Opens (creating on first use) the vault in `dir` for `user`.
+    ///
+    /// Keys come from the OS keychain selected in `options`; if it is unusable the vault
+    /// does not open. A vault held by another process gives [`Error::InUse`]; a log whose
+    /// anchors do not match its records gives [`Error::Tampered`].
+    pub fn open(dir: impl AsRef<Path>, user: &str, options: VaultOptions) -> Result<Vault> {
+        check_user(user)?;
+        options.validate()?;
+        let dir = dir.as_ref();
+        // Keychain first: nothing is written to disk unless keys can be kept safely.
+        let keystore = open_keystore(options.keystore)?;
+        let store = Store::open(dir, options.cache_bytes, options.fsync)?;
+        match store.db.get(META_FORMAT)? {
+            None => {
+                store
+                    .db
+                    .insert(META_FORMAT, &FORMAT_VERSION.to_be_bytes())?;
+            }
+            Some(v) if v.as_ref() == FORMAT_VERSION.to_be_bytes() => {}
+            Some(_) => {
+                return Err(Error::invalid(format!(
+                    "{} holds a vault of an unsupported format version",
+                    dir.display()
+                )))
+            }
+        }
+        let vault_id = load_or_create_id(&store.db, META_VAULT_ID)?;
+        let device_id = load_or_create_id(&store.db, META_DEVICE_ID)?;
+        let device_seed = admin::load_or_create_device_seed(&*keystore, &vault_id)?;
+        let trees = store.user_trees(user)?;
+        let now = now_us();
+        let keys = KeyHierarchy::open(keystore.clone(), trees.keys.clone(), vault_id, user, now)?;
+        let log = Log::open(
+            trees.log.clone(),
+            RecordBinding::new(&vault_id, user),
+            AnchorKey::new(keys.mac_key(), &vault_id, user),
+        )?;
+        let ledger =
+            crate::audit::Ledger::open(trees.ledger.clone(), keys.mac_key(), &vault_id, user)?;
+        let (purposes, policy_changed) = record_policy(&trees.state, &options.policy)?;
+        let next_event_seq = log.lock().head.next_event_seq;
+        let framer = Framer::new(
+            options.frame_max_bytes,
+            options.chunk_bytes,
+            next_event_seq,
+            options.policy.version,
+        );
+        let paused_until = read_i64(&trees.state, STATE_PAUSE_UNTIL)?;
+        let dropped = read_i64(&trees.state, STATE_PAUSE_DROPPED)? as u64;
+        store.durable_flush()?;
+        store.restrict_permissions()?;
+        let (tx, rx) = mpsc::sync_channel(QUEUE_RECORDS);
+        let inner = Arc::new(Inner {
+            producer: Mutex::new(Producer {
+                gate: PolicyGate::new(options.policy.clone()),
+                framer,
+            }),
+            opts: options,
+            user: user.to_string(),
+            store,
+            trees,
+            keystore,
+            vault_id,
+            device_id,
+            device_seed,
+            keys: RwLock::new(keys),
+            log,
+            ledger,
+            tx,
+            paused_until: AtomicI64::new(paused_until),
+            dropped_paused: AtomicU64::new(dropped),
+            filtered: AtomicU64::new(0),
+            write_error: Mutex::new(None),
+            purposes: RwLock::new(purposes),
+        });
+        let worker = inner.clone();
+        let writer = std::thread::Builder::new()
+            .name("capvault-writer".into())
+            .spawn(move || writer::run(worker, rx))
+            .map_err(|e| Error::Storage(format!("cannot start the writer thread: {e}")))?;
+        let vault = Vault {
+            inner,
+            writer: Some(writer),
+        };
+        if let Some(v) = policy_changed {
+            vault
+                .inner
+                .append_markers(&[Marker::PolicyChanged { version: v }])?;
+            vault
+                .inner
+                .audit("policy-change", &format!("version {v}"))?;
+        }
+        vault.inner.rotate_if_due()?;
+        vault.inner.audit(
+            "open",
+            &format!("policy v{}", vault.inner.opts.policy.version),
+        )?;
+        Ok(vault)
+    }
+
+    /// Appends one event. Returns once the event is in the framer: it never waits on the
+    /// disk (only on a full queue when the disk is far behind). Markers are written by the
+    /// vault itself and are rejected here.
+    pub fn append(&self, event: Event) -> Result<Appended> {
+        self.inner.append(event)
+    }
+
+    /// Appends a mouse move.
+    pub fn append_mouse_move(&self, ts_us: TimestampUs, x: i32, y: i32) -> Result<Appended> {
+        self.append(Event::MouseMove { ts_us, x, y })
+    }
+
+    /// Appends a mouse button press or release.
+    pub fn append_mouse_button(
+        &self,
+        ts_us: TimestampUs,
+        button: u32,
+        pressed: bool,
+        x: i32,
+        y: i32,
+    ) -> Result<Appended> {
+        self.append(Event::MouseButton {
+            ts_us,
+            button,
+            pressed,
+            x,
+            y,
+        })
+    }
+
+    /// Appends a scroll.
+    pub fn append_scroll(&self, ts_us: TimestampUs, dx: i32, dy: i32) -> Result<Appended> {
+        self.append(Event::Scroll { ts_us, dx, dy })
+    }
+
+    /// Appends a key press or release; the keystroke policy decides what is kept.
+    pub fn append_key(
+        &self,
+        ts_us: TimestampUs,
+        key_code: u32,
+        pressed: bool,
+        text: Option<&str>,
+    ) -> Result<Appended> {
+        self.append(Event::key(
+            ts_us,
+            key_code,
+            pressed,
+            text.map(str::to_string),
+        ))
+    }
+
+    /// Appends a window-focus change.
+    pub fn append_window_focus(
+        &self,
+        ts_us: TimestampUs,
+        app: &str,
+        title: &str,
+    ) -> Result<Appended> {
+        self.append(Event::WindowFocus {
+            ts_us,
+            app: app.into(),
+            title: title.into(),
+        })
+    }
+
+    /// Appends a screenshot.
+    pub fn append_screenshot(
+        &self,
+        ts_us: TimestampUs,
+        width: u32,
+        height: u32,
+        format: &str,
+        data: &[u8],
+    ) -> Result<Appended> {
+        self.inner.check_payload(data.len())?;
+        self.append(Event::Screenshot {
+            ts_us,
+            width,
+            height,
+            format: format.into(),
+            data: data.to_vec(),
+        })
+    }
+
+    /// Appends an agent-defined event.
+    pub fn append_custom(&self, ts_us: TimestampUs, kind: &str, data: &[u8]) -> Result<Appended> {
+        self.inner.check_payload(data.len())?;
+        self.append(Event::Custom {
+            ts_us,
+            kind: kind.into(),
+            data: data.to_vec(),
+        })
+    }
+
+    /// Returns once everything appended before the call is on disk and survives a crash
+    /// or power loss (with the default `fsync: true`).
+    pub fn flush(&self) -> Result<()> {
+        self.inner.flush()
+    }
+
+    /// Flushes, stops the writer and releases the directory lock.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        let Some(handle) = self.writer.take() else {
+            return Ok(());
+        };
+        let result = self.inner.stop_writer();
+        let _ = handle.join();
+        result
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl Drop for Vault {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+fn read_i64(tree: &sled::Tree, key: &[u8]) -> Result<i64> {
+    match tree.get(key)? {
+        None => Ok(0),
+        Some(v) => Ok(i64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+            Error::tampered("a stored counter has the wrong size")
+        })?)),
+    }
+}
+
+/// Records the policy under its version, refusing a changed policy under an old version.
+/// Returns all known purposes and, when this version is new and not the first, the version.
+fn record_policy(
+    state: &sled::Tree,
+    policy: &Policy,
+) -> Result<(BTreeMap<u32, String>, Option<u32>)> {
+    let mut purposes = BTreeMap::new();
+    for item in state.scan_prefix(STATE_POLICY_PREFIX) {
+        let (k, v) = item?;
+        let ver = u32::from_be_bytes(
+            k[STATE_POLICY_PREFIX.len()..]
+                .try_into()
+                .map_err(|_| Error::tampered("a policy entry name is malformed"))?,
+        );
+        let p: Policy = serde_json::from_slice(&v)
+            .map_err(|_| Error::tampered("a stored policy does not parse"))?;
+        purposes.insert(ver, p.purpose);
+    }
+    let mut key = STATE_POLICY_PREFIX.to_vec();
+    key.extend_from_slice(&policy.version.to_be_bytes());
+    let json = serde_json::to_vec(policy).expect("policy serializes");
+    let changed = match state.get(&key)? {
+        Some(stored) if stored.as_ref() == json.as_slice() => None,
+        Some(_) => {
+            return Err(Error::invalid(format!(
+                "policy version {} is already recorded with different settings; raise policy.version when the policy changes",
+                policy.version
+            )))
+        }
+        None => {
+            if purposes.keys().any(|&v| v > policy.version) {
+                return Err(Error::invalid(format!("policy version {} is older than one already used", policy.version)));
+            }
+            state.insert(&key, json)?;
+            let first = purposes.is_empty();
+            purposes.insert(policy.version, policy.purpose.clone());
+            (!first).then_some(policy.version)
+        }
+    };
+    Ok((purposes, changed))
+}
+
+impl Inner {
+    pub(crate) fn keys(&self) -> RwLockReadGuard<'_, KeyHierarchy> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn keys_mut(&self) -> RwLockWriteGuard<'_, KeyHierarchy> {
+        self.keys.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn producer(&self) -> MutexGuard<'_, Producer> {
+        self.producer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn purpose_of(&self, version: u32) -> Result<String> {
+        self.purposes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&version)
+            .cloned()
+            .ok_or_else(|| Error::tampered(format!("unknown policy version {version}")))
+    }
+
+    fn check_payload(&self, len: usize) -> Result<()> {
+        if len > self.opts.max_payload_bytes {
+            return Err(Error::invalid(format!(
+                "payload of {len} bytes exceeds max_payload_bytes ({})",
+                self.opts.max_payload_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn append(&self, mut event: Event) -> Result<Appended> {
+        if matches!(event, Event::Marker { .. }) {
+            return Err(Error::invalid(
+                "markers are written by the vault, not appended",
+            ));
+        }
+        self.check_payload(event.payload_len())?;
+        if let Some(e) = self
+            .write_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return Err(Error::StorageFull(format!("the vault cannot store more data right now ({e}); nothing already accepted is lost; retry after freeing space")));
+        }
+        if self.paused_until.load(Ordering::Relaxed) != 0 && self.check_pause()? {
+            self.dropped_paused.fetch_add(1, Ordering::Relaxed);
+            return Ok(Appended::Paused);
+        }
+        let mut p = self.producer();
+        let Producer { gate, framer } = &mut *p;
+        let admission = gate.admit(&mut event);
+        let (markers, store) = match admission {
+            Admission::Store(m) => (m, true),
+            Admission::Drop(m) => (m, false),
+        };
+        let mut sent = Ok(());
+        let mut emit = |job: Job| {
+            if sent.is_ok() {
+                sent = self.tx.send(Msg::Record(job)).map_err(|_| Error::Closed);
+            }
+        };
+        let ts = event.ts_us();
+        for marker in markers {
+            framer.push(&Event::Marker { ts_us: ts, marker }, &mut emit);
+        }
+        if store {
+            framer.push(&event, &mut emit);
+        }
+        sent?;
+        if store {
+            Ok(Appended::Stored)
+        } else {
+            self.filtered.fetch_add(1, Ordering::Relaxed);
+            Ok(Appended::Filtered)
+        }
+    }
+
+    /// Queues vault-written markers (never filtered or paused).
+    pub(crate) fn append_markers(&self, markers: &[Marker]) -> Result<()> {
+        let mut p = self.producer();
+        self.push_markers(&mut p, markers)
+    }
+
+    pub(crate) fn push_markers(&self, p: &mut Producer, markers: &[Marker]) -> Result<()> {
+        let mut sent = Ok(());
+        let ts = now_us();
+        for marker in markers {
+            p.framer.push(
+                &Event::Marker {
+                    ts_us: ts,
+                    marker: marker.clone(),
+                },
+                &mut |job| {
+                    if sent.is_ok() {
+                        sent = self.tx.send(Msg::Record(job)).map_err(|_| Error::Closed);
+                    }
+                },
+            );
+        }
+        sent
+    }
+
+    /// Sends the open frame and a flush request while holding the append lock, so the
+    /// flush covers exactly what was appended before. Returns the reply channel.
+    fn request_flush(&self, p: &mut Producer) -> Result<mpsc::Receiver<Result<()>>> {
+        if self.paused_until.load(Ordering::Relaxed) != 0 {
+            // The count of events dropped during a pause survives a restart too.
+            let dropped = self.dropped_paused.load(Ordering::Relaxed) as i64;
+            self.trees
+                .state
+                .insert(STATE_PAUSE_DROPPED, &dropped.to_be_bytes())?;
+        }
+        if let Some(job) = p.framer.cut() {
+            self.tx.send(Msg::Record(job)).map_err(|_| Error::Closed)?;
+        }
+        let (reply, wait) = mpsc::channel();
+        self.tx.send(Msg::Flush(reply)).map_err(|_| Error::Closed)?;
+        Ok(wait)
+    }
+
+    pub(crate) fn flush(&self) -> Result<()> {
+        let wait = {
+            let mut p = self.producer();
+            self.request_flush(&mut p)?
+        };
+        wait.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Flushes while keeping the append lock: on return every appended event is stored
+    /// and nothing new can be appended until the guard drops. Used by operations that
+    /// change keys or read the whole log.
+    pub(crate) fn quiesce(&self) -> Result<MutexGuard<'_, Producer>> {
+        let mut p = self.producer();
+        let wait = self.request_flush(&mut p)?;
+        wait.recv().map_err(|_| Error::Closed)??;
+        Ok(p)
+    }
+
+    fn stop_writer(&self) -> Result<()> {
+        let (reply, wait) = mpsc::channel();
+        {
+            let mut p = self.producer();
+            if let Some(job) = p.framer.cut() {
+                self.tx.send(Msg::Record(job)).map_err(|_| Error::Closed)?;
+            }
+            if self.paused_until.load(Ordering::Relaxed) != 0 {
+                let dropped = self.dropped_paused.load(Ordering::Relaxed) as i64;
+                self.trees
+                    .state
+                    .insert(STATE_PAUSE_DROPPED, &dropped.to_be_bytes())?;
+            }
+            self.tx.send(Msg::Stop(reply)).map_err(|_| Error::Closed)?;
+        }
+        wait.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Called by the writer thread: encrypts and stores a batch.
+    pub(crate) fn write_records(&self, jobs: &[Job]) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        crate::failpoint::hit("write:before-batch")?;
+        let keys = self.keys();
+        self.log
+            .append(jobs, &keys, &|v| self.purpose_of(v), now_us())
+    }
+
+    pub(crate) fn durable_flush(&self) -> Result<()> {
+        self.store.durable_flush()
+    }
+
+    pub(crate) fn set_write_error(&self, e: Option<&Error>) {
+        *self.write_error.lock().unwrap_or_else(|p| p.into_inner()) = e.map(|e| e.to_string());
+    }
+
+    pub(crate) fn dir(&self) -> PathBuf {
+        self.store.dir().to_path_buf()
+    }
+}

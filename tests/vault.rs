@@ -1,0 +1,577 @@
+//! The core vault against real keychains and real sled files: round trips, no plaintext
+//! at rest, tamper detection, per-user isolation, concurrency, rotation, one owner.
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use capvault::{Appended, Error, Event, KeyStoreKind, Marker, SeqEvent, Vault};
+use common::{contains, files_under, options, stores};
+
+const SECRET_TITLE: &str = "TITLE-7f3a9c-private-chat-with-hr";
+const SECRET_TEXT: &str = "TYPED-51be2d";
+const SECRET_CUSTOM: &[u8] = b"CUSTOM-PAYLOAD-e4d1b0";
+
+fn screenshot_bytes(len: usize) -> Vec<u8> {
+    // Incompressible but recognisable: a marker followed by pseudo-random bytes.
+    let mut v = b"SCREENSHOT-MARKER-c0ffee".to_vec();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn every_event() -> Vec<Event> {
+    vec![
+        Event::MouseMove {
+            ts_us: 10,
+            x: 100,
+            y: -5,
+        },
+        Event::MouseButton {
+            ts_us: 11,
+            button: 1,
+            pressed: true,
+            x: 100,
+            y: -5,
+        },
+        Event::Scroll {
+            ts_us: 12,
+            dx: 0,
+            dy: -120,
+        },
+        Event::key(13, 0x04, true, Some(SECRET_TEXT.into())),
+        Event::WindowFocus {
+            ts_us: 14,
+            app: "chat".into(),
+            title: SECRET_TITLE.into(),
+        },
+        Event::Screenshot {
+            ts_us: 15,
+            width: 800,
+            height: 600,
+            format: "png".into(),
+            data: screenshot_bytes(300_000),
+        },
+        Event::Custom {
+            ts_us: 16,
+            kind: "clipboard-meta".into(),
+            data: SECRET_CUSTOM.to_vec(),
+        },
+        Event::Screenshot {
+            ts_us: 17,
+            width: 2,
+            height: 2,
+            format: "raw".into(),
+            data: b"SMALL-SHOT-77".to_vec(),
+        },
+    ]
+}
+
+fn text_level(kind: KeyStoreKind) -> capvault::VaultOptions {
+    let mut o = options(kind);
+    o.policy.keystrokes = capvault::KeystrokeLevel::Text;
+    o
+}
+
+fn captured(events: &[SeqEvent]) -> Vec<Event> {
+    events
+        .iter()
+        .filter(|e| !matches!(e.event, Event::Marker { .. }))
+        .map(|e| e.event.clone())
+        .collect()
+}
+
+fn all_bytes_under(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    files_under(dir)
+        .into_iter()
+        .map(|p| {
+            let b = std::fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect()
+}
+
+#[test]
+fn every_event_type_round_trips_through_flush_and_reopen() {
+    for kind in stores() {
+        let d = tempfile::tempdir().unwrap();
+        let v = Vault::open(d.path(), "alice", text_level(kind)).unwrap();
+        for e in every_event() {
+            assert_eq!(v.append(e).unwrap(), Appended::Stored);
+        }
+        v.flush().unwrap();
+        v.close().unwrap();
+        let v = Vault::open(d.path(), "alice", text_level(kind)).unwrap();
+        let got = v.test_read_all().unwrap();
+        assert_eq!(captured(&got), every_event(), "{kind:?}");
+        // Event sequence numbers are consecutive.
+        for w in got.windows(2) {
+            assert_eq!(w[1].seq, w[0].seq + 1);
+        }
+        let report = v.verify().unwrap();
+        assert_eq!(report.events, got.len() as u64);
+        v.close().unwrap();
+    }
+}
+
+#[test]
+fn no_plaintext_or_key_bytes_anywhere_in_the_vault_directory() {
+    for kind in stores() {
+        let d = tempfile::tempdir().unwrap();
+        let v = Vault::open(d.path(), "alice", text_level(kind)).unwrap();
+        for e in every_event() {
+            let _ = v.append(e).unwrap();
+        }
+        v.flush().unwrap();
+        let status = v.status().unwrap();
+        let kek = common::keychain_secret(kind, &common::kek_name(&status.vault_id, "alice", 1))
+            .expect("the KEK is in the keychain");
+        assert_eq!(kek.len(), 32);
+        let needles: Vec<&[u8]> = vec![
+            SECRET_TITLE.as_bytes(),
+            SECRET_TEXT.as_bytes(),
+            SECRET_CUSTOM,
+            b"SCREENSHOT-MARKER-c0ffee",
+            b"SMALL-SHOT-77",
+            &kek,
+        ];
+        let check = |when: &str| {
+            for (path, bytes) in all_bytes_under(d.path()) {
+                for n in &needles {
+                    assert!(
+                        !contains(&bytes, n),
+                        "{kind:?} {when}: {} contains a secret",
+                        path.display()
+                    );
+                }
+            }
+        };
+        check("after flush");
+        v.close().unwrap();
+        check("after close");
+    }
+}
+
+/// Opens the raw sled database of a closed vault for tampering.
+fn raw_log(dir: &Path, user: &str) -> (sled::Db, sled::Tree) {
+    let db = sled::open(dir).unwrap();
+    let hex: String = user.bytes().map(|b| format!("{b:02x}")).collect();
+    let t = db.open_tree(format!("u/{hex}/log")).unwrap();
+    (db, t)
+}
+
+fn rec_key(seq: u64) -> Vec<u8> {
+    let mut k = vec![0u8];
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// A closed vault with several records (small frames so there are many).
+fn vault_with_records(kind: KeyStoreKind) -> (tempfile::TempDir, u64) {
+    let d = tempfile::tempdir().unwrap();
+    let mut o = options(kind);
+    o.frame_max_bytes = 256;
+    let v = Vault::open(d.path(), "alice", o).unwrap();
+    for i in 0..1000 {
+        let _ = v.append_mouse_move(i, i as i32, 0).unwrap();
+    }
+    v.flush().unwrap();
+    let last = v.status().unwrap().last_record;
+    assert!(last >= 6, "{last}");
+    v.close().unwrap();
+    (d, last)
+}
+
+fn small_frames(kind: KeyStoreKind) -> capvault::VaultOptions {
+    let mut o = options(kind);
+    o.frame_max_bytes = 256;
+    o
+}
+
+/// Opening or verifying must report tampering.
+fn assert_detected(dir: &Path, kind: KeyStoreKind, what: &str) {
+    match Vault::open(dir, "alice", small_frames(kind)) {
+        Err(Error::Tampered(_)) => {}
+        Err(e) => panic!("{what}: open failed with {e} instead of a tamper error"),
+        Ok(v) => {
+            let r = v.verify();
+            assert!(
+                matches!(r, Err(Error::Tampered(_))),
+                "{what}: verify said {r:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn tampering_with_records_is_detected() {
+    let kind = KeyStoreKind::Keyutils;
+    type Edit = fn(&sled::Tree, u64);
+    let edits: Vec<(&str, Edit)> = vec![
+        ("flip a byte inside a record", |t, _| {
+            let mut v = t.get(rec_key(3)).unwrap().unwrap().to_vec();
+            let i = v.len() / 2;
+            v[i] ^= 0x01;
+            t.insert(rec_key(3), v).unwrap();
+        }),
+        ("flip a byte in a record header", |t, _| {
+            let mut v = t.get(rec_key(2)).unwrap().unwrap().to_vec();
+            v[4] ^= 0x01;
+            t.insert(rec_key(2), v).unwrap();
+        }),
+        ("delete a middle record", |t, _| {
+            t.remove(rec_key(3)).unwrap();
+        }),
+        ("delete the first record", |t, _| {
+            t.remove(rec_key(1)).unwrap();
+        }),
+        ("delete the last record", |t, last| {
+            t.remove(rec_key(last)).unwrap();
+        }),
+        ("swap two records", |t, _| {
+            let a = t.get(rec_key(2)).unwrap().unwrap();
+            let b = t.get(rec_key(4)).unwrap().unwrap();
+            t.insert(rec_key(2), b).unwrap();
+            t.insert(rec_key(4), a).unwrap();
+        }),
+        ("replay an old record at a new seq", |t, last| {
+            let a = t.get(rec_key(2)).unwrap().unwrap();
+            t.insert(rec_key(last + 1), a).unwrap();
+        }),
+        ("replay an old record over a newer one", |t, _| {
+            let a = t.get(rec_key(2)).unwrap().unwrap();
+            t.insert(rec_key(5), a).unwrap();
+        }),
+    ];
+    for (what, edit) in edits {
+        let (d, last) = vault_with_records(kind);
+        {
+            let (db, t) = raw_log(d.path(), "alice");
+            edit(&t, last);
+            db.flush().unwrap();
+        }
+        assert_detected(d.path(), kind, what);
+    }
+}
+
+#[test]
+fn rolling_the_head_back_is_detected() {
+    let kind = KeyStoreKind::Keyutils;
+    let d = tempfile::tempdir().unwrap();
+    let v = Vault::open(d.path(), "alice", small_frames(kind)).unwrap();
+    for i in 0..50 {
+        let _ = v.append_mouse_move(i, 1, 1).unwrap();
+    }
+    v.flush().unwrap();
+    v.close().unwrap();
+    let old_head = {
+        let (_db, t) = raw_log(d.path(), "alice");
+        t.get([1u8, b'h']).unwrap().unwrap()
+    };
+    let v = Vault::open(d.path(), "alice", small_frames(kind)).unwrap();
+    for i in 0..50 {
+        let _ = v.append_mouse_move(100 + i, 2, 2).unwrap();
+    }
+    v.flush().unwrap();
+    v.close().unwrap();
+    {
+        let (db, t) = raw_log(d.path(), "alice");
+        t.insert([1u8, b'h'], old_head).unwrap();
+        db.flush().unwrap();
+    }
+    assert_detected(d.path(), kind, "head rolled back");
+}
+
+#[test]
+fn another_users_keys_cannot_open_a_users_records() {
+    for kind in stores() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Vault::open(d.path(), "alice", text_level(kind)).unwrap();
+        a.append_window_focus(1, "app", SECRET_TITLE).unwrap();
+        a.close().unwrap();
+        let b = Vault::open(d.path(), "bob", text_level(kind)).unwrap();
+        b.append_window_focus(2, "app", "bob's window").unwrap();
+        b.close().unwrap();
+        // Graft alice's log (records and anchors) into bob's tree.
+        {
+            let (db, ta) = raw_log(d.path(), "alice");
+            let tb = db
+                .open_tree(format!(
+                    "u/{}/log",
+                    "bob"
+                        .bytes()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                ))
+                .unwrap();
+            tb.clear().unwrap();
+            for item in ta.iter() {
+                let (k, v) = item.unwrap();
+                tb.insert(k, v).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let r = Vault::open(d.path(), "bob", text_level(kind));
+        assert!(
+            matches!(r, Err(Error::Tampered(_))),
+            "{kind:?}: bob opened alice's log: {r:?}"
+        );
+        // Records only, under bob's own anchors: they do not authenticate either.
+        let a = Vault::open(d.path(), "alice", text_level(kind)).unwrap();
+        let got = a.test_read_all().unwrap();
+        assert_eq!(captured(&got).len(), 1);
+        a.close().unwrap();
+    }
+}
+
+#[test]
+fn eight_threads_appending_lose_nothing_and_duplicate_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let v = Vault::open(d.path(), "alice", options(KeyStoreKind::Keyutils)).unwrap();
+    const PER: i32 = 20_000;
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let v = &v;
+            s.spawn(move || {
+                for i in 0..PER {
+                    assert_eq!(
+                        v.append_mouse_move(i as i64, t, i).unwrap(),
+                        Appended::Stored
+                    );
+                }
+            });
+        }
+    });
+    v.flush().unwrap();
+    let got = v.test_read_all().unwrap();
+    let mut seen = HashSet::new();
+    for e in &got {
+        if let Event::MouseMove { x, y, .. } = e.event {
+            assert!(seen.insert((x, y)), "duplicate ({x},{y})");
+        }
+    }
+    assert_eq!(seen.len(), 8 * PER as usize);
+    // Per thread, order is preserved.
+    for t in 0..8 {
+        let ys: Vec<i32> = got
+            .iter()
+            .filter_map(|e| match e.event {
+                Event::MouseMove { x, y, .. } if x == t => Some(y),
+                _ => None,
+            })
+            .collect();
+        assert!(ys.windows(2).all(|w| w[0] < w[1]));
+    }
+    v.close().unwrap();
+}
+
+#[test]
+fn dek_and_kek_rotation_keep_everything_readable() {
+    for kind in stores() {
+        let d = tempfile::tempdir().unwrap();
+        let v = Vault::open(d.path(), "alice", options(kind)).unwrap();
+        let _ = v.append_mouse_move(1, 1, 1).unwrap();
+        assert_eq!(v.rotate_dek().unwrap(), 2);
+        let _ = v.append_mouse_move(2, 2, 2).unwrap();
+        assert_eq!(v.rotate_kek().unwrap(), 2);
+        let _ = v.append_mouse_move(3, 3, 3).unwrap();
+        let status = v.status().unwrap();
+        assert_eq!(status.kek_version, 2);
+        assert!(
+            common::keychain_secret(kind, &common::kek_name(&status.vault_id, "alice", 1))
+                .is_none(),
+            "old KEK deleted"
+        );
+        assert!(
+            common::keychain_secret(kind, &common::kek_name(&status.vault_id, "alice", 2))
+                .is_some()
+        );
+        v.close().unwrap();
+        let v = Vault::open(d.path(), "alice", options(kind)).unwrap();
+        let got = captured(&v.test_read_all().unwrap());
+        assert_eq!(got.len(), 3, "{kind:?}");
+        let markers: Vec<_> = v
+            .test_read_all()
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e.event {
+                Event::Marker { marker, .. } => Some(marker),
+                _ => None,
+            })
+            .collect();
+        assert!(markers.contains(&Marker::KeyRotated { epoch: 2 }));
+        v.verify().unwrap();
+        v.close().unwrap();
+    }
+}
+
+#[test]
+fn a_failure_between_kek_rotation_steps_leaves_a_readable_vault() {
+    for point in [
+        "kek-rotate:after-keychain-put",
+        "kek-rotate:after-marker",
+        "kek-rotate:after-rewrap",
+        "kek-rotate:after-keychain-delete",
+    ] {
+        for kind in stores() {
+            let d = tempfile::tempdir().unwrap();
+            let v = Vault::open(d.path(), "alice", options(kind)).unwrap();
+            let _ = v.append_mouse_move(1, 1, 1).unwrap();
+            v.rotate_dek().unwrap();
+            let _ = v.append_mouse_move(2, 2, 2).unwrap();
+            capvault::testing::arm(point);
+            let r = v.rotate_kek();
+            assert!(r.is_err(), "{point}: the armed failure fired");
+            // The process "dies" here: drop without a clean rotation.
+            drop(v);
+            let v = Vault::open(d.path(), "alice", options(kind))
+                .unwrap_or_else(|e| panic!("{point} {kind:?}: reopen failed: {e}"));
+            assert_eq!(
+                captured(&v.test_read_all().unwrap()).len(),
+                2,
+                "{point} {kind:?}"
+            );
+            v.verify().unwrap();
+            // The vault can rotate again afterwards.
+            v.rotate_kek().unwrap();
+            v.close().unwrap();
+        }
+    }
+}
+
+#[test]
+fn pause_drops_and_counts_events_and_survives_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let kind = KeyStoreKind::Keyutils;
+    let v = Vault::open(d.path(), "alice", options(kind)).unwrap();
+    let _ = v.append_mouse_move(1, 1, 1).unwrap();
+    let until = v.pause(Duration::from_secs(3600)).unwrap();
+    // Capped at the policy's 30 minutes.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    assert!(until <= now + 30 * 60 * 1_000_000 + 1_000_000);
+    assert_eq!(v.append_mouse_move(2, 2, 2).unwrap(), Appended::Paused);
+    v.close().unwrap();
+    let v = Vault::open(d.path(), "alice", options(kind)).unwrap();
+    assert_eq!(v.append_mouse_move(3, 3, 3).unwrap(), Appended::Paused);
+    assert_eq!(v.pause_state().unwrap().dropped, 2);
+    v.resume().unwrap();
+    assert_eq!(v.append_mouse_move(4, 4, 4).unwrap(), Appended::Stored);
+    let all = v.test_read_all().unwrap();
+    let got = captured(&all);
+    assert_eq!(
+        got,
+        vec![
+            Event::MouseMove {
+                ts_us: 1,
+                x: 1,
+                y: 1
+            },
+            Event::MouseMove {
+                ts_us: 4,
+                x: 4,
+                y: 4
+            }
+        ]
+    );
+    let markers: Vec<_> = all
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::Marker { marker, .. } => Some(marker.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(matches!(markers[0], Marker::PauseStart { .. }));
+    assert_eq!(markers[1], Marker::PauseEnd { dropped: 2 });
+    v.close().unwrap();
+}
+
+#[test]
+fn the_time_bound_seals_frames_without_a_flush() {
+    let d = tempfile::tempdir().unwrap();
+    let mut o = options(KeyStoreKind::Keyutils);
+    o.frame_max_ms = 20;
+    let v = Vault::open(d.path(), "alice", o).unwrap();
+    let _ = v.append_mouse_move(1, 1, 1).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while v.status().unwrap().records == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the frame was never sealed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    v.close().unwrap();
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let d = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        Vault::open(d.path(), "", options(KeyStoreKind::Keyutils)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        Vault::open(d.path(), "a\nb", options(KeyStoreKind::Keyutils)),
+        Err(Error::InvalidArgument(_))
+    ));
+    let mut o = options(KeyStoreKind::Keyutils);
+    o.max_payload_bytes = 1000;
+    let v = Vault::open(d.path(), "alice", o).unwrap();
+    assert!(matches!(
+        v.append_custom(1, "k", &[0; 1001]),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        v.append(Event::Marker {
+            ts_us: 1,
+            marker: Marker::DenyListGapStart
+        }),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        v.pause(Duration::ZERO),
+        Err(Error::InvalidArgument(_))
+    ));
+    v.close().unwrap();
+}
+
+/// Run in a child process by `a_second_process_gets_the_in_use_error`.
+#[test]
+#[ignore = "helper: run by a_second_process_gets_the_in_use_error in a child process"]
+fn child_opens_vault() {
+    let dir = std::env::var("CAPVAULT_CHILD_DIR").expect("set by the parent test");
+    match Vault::open(dir, "alice", options(KeyStoreKind::Keyutils)) {
+        Err(Error::InUse) => println!("CHILD-SAW-IN-USE"),
+        other => println!("CHILD-SAW-{other:?}"),
+    }
+}
+
+#[test]
+fn a_second_process_gets_the_in_use_error() {
+    let d = tempfile::tempdir().unwrap();
+    let v = Vault::open(d.path(), "alice", options(KeyStoreKind::Keyutils)).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "child_opens_vault", "--nocapture"])
+        .env("CAPVAULT_CHILD_DIR", d.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("CHILD-SAW-IN-USE"), "{stdout}");
+    let _ = v.append_mouse_move(1, 1, 1).unwrap();
+    v.close().unwrap();
+    // After close the directory is free again.
+    Vault::open(d.path(), "alice", options(KeyStoreKind::Keyutils))
+        .unwrap()
+        .close()
+        .unwrap();
+}

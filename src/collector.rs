@@ -333,14 +333,17 @@ impl ChainChecker {
 
     /// Adds a bundle (its header and digest) as it arrived.
     pub fn add(&mut self, header: &BundleHeader, digest: &[u8; 32]) {
-        self.seen.entry(*header.device_id()).or_default().push(Seen {
-            seq: header.bundle_seq(),
-            key: *header.device_key(),
-            first_record: header.first_record(),
-            last_record: header.last_record(),
-            prev_digest: *header.prev_digest(),
-            digest: *digest,
-        });
+        self.seen
+            .entry(*header.device_id())
+            .or_default()
+            .push(Seen {
+                seq: header.bundle_seq(),
+                key: *header.device_key(),
+                first_record: header.first_record(),
+                last_record: header.last_record(),
+                prev_digest: *header.prev_digest(),
+                digest: *digest,
+            });
     }
 
     /// Adds an opened bundle.
@@ -481,13 +484,20 @@ impl ChainChecker {
 fn marker_fields(m: &Marker) -> (&'static str, Vec<(&'static str, serde_json::Value)>) {
     use serde_json::Value;
     match m {
-        Marker::PauseStart { until_us } => ("pause_start", vec![("until_us", Value::from(*until_us))]),
+        Marker::PauseStart { until_us } => {
+            ("pause_start", vec![("until_us", Value::from(*until_us))])
+        }
         Marker::PauseEnd { dropped } => ("pause_end", vec![("dropped", Value::from(*dropped))]),
         Marker::DenyListGapStart => ("deny_list_gap_start", vec![]),
-        Marker::DenyListGapEnd { dropped } => {
-            ("deny_list_gap_end", vec![("dropped", Value::from(*dropped))])
-        }
-        Marker::Loss { reason, records, bytes } => (
+        Marker::DenyListGapEnd { dropped } => (
+            "deny_list_gap_end",
+            vec![("dropped", Value::from(*dropped))],
+        ),
+        Marker::Loss {
+            reason,
+            records,
+            bytes,
+        } => (
             "loss",
             vec![
                 ("reason", Value::from(reason.name())),
@@ -559,7 +569,13 @@ pub fn write_json_lines<W: Write>(
                 fields.push(("x", Value::from(*x)));
                 fields.push(("y", Value::from(*y)));
             }
-            Event::MouseButton { button, pressed, x, y, .. } => {
+            Event::MouseButton {
+                button,
+                pressed,
+                x,
+                y,
+                ..
+            } => {
                 fields.push(("button", Value::from(*button)));
                 fields.push(("pressed", Value::from(*pressed)));
                 fields.push(("x", Value::from(*x)));
@@ -569,7 +585,13 @@ pub fn write_json_lines<W: Write>(
                 fields.push(("dx", Value::from(*dx)));
                 fields.push(("dy", Value::from(*dy)));
             }
-            Event::Key { pressed, key_code, text, category, .. } => {
+            Event::Key {
+                pressed,
+                key_code,
+                text,
+                category,
+                ..
+            } => {
                 fields.push(("pressed", Value::from(*pressed)));
                 if let Some(k) = key_code {
                     fields.push(("key_code", Value::from(*k)));
@@ -585,7 +607,13 @@ pub fn write_json_lines<W: Write>(
                 fields.push(("app", Value::from(app.as_str())));
                 fields.push(("title", Value::from(title.as_str())));
             }
-            Event::Screenshot { width, height, format, data, .. } => {
+            Event::Screenshot {
+                width,
+                height,
+                format,
+                data,
+                ..
+            } => {
                 fields.push(("width", Value::from(*width)));
                 fields.push(("height", Value::from(*height)));
                 fields.push(("format", Value::from(format.as_str())));
@@ -603,7 +631,9 @@ pub fn write_json_lines<W: Write>(
         }
         if let Some((data, ext)) = blob {
             match blobs_dir {
-                Some(dir) => fields.push(("data_file", Value::from(write_blob(dir, *seq, &ext, data)?))),
+                Some(dir) => {
+                    fields.push(("data_file", Value::from(write_blob(dir, *seq, &ext, data)?)))
+                }
                 None => fields.push(("data_b64", Value::from(data_encoding::BASE64.encode(data)))),
             }
         }
@@ -631,7 +661,14 @@ mod tests {
     #[test]
     fn json_lines_field_order_and_names() {
         let events = vec![
-            SeqEvent { seq: 1, event: Event::MouseMove { ts_us: 5, x: 1, y: -2 } },
+            SeqEvent {
+                seq: 1,
+                event: Event::MouseMove {
+                    ts_us: 5,
+                    x: 1,
+                    y: -2,
+                },
+            },
             SeqEvent {
                 seq: 2,
                 event: Event::Key {
@@ -644,20 +681,39 @@ mod tests {
             },
             SeqEvent {
                 seq: 3,
-                event: Event::Marker { ts_us: 7, marker: Marker::PauseEnd { dropped: 4 } },
+                event: Event::Marker {
+                    ts_us: 7,
+                    marker: Marker::PauseEnd { dropped: 4 },
+                },
             },
             SeqEvent {
                 seq: 4,
-                event: Event::Custom { ts_us: 8, kind: "k".into(), data: vec![1, 2, 3] },
+                event: Event::Custom {
+                    ts_us: 8,
+                    kind: "k".into(),
+                    data: vec![1, 2, 3],
+                },
             },
         ];
         let mut out = Vec::new();
         write_json_lines(&events, &mut out, None).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], r#"{"seq":1,"ts_us":5,"type":"mouse_move","x":1,"y":-2}"#);
-        assert_eq!(lines[1], r#"{"seq":2,"ts_us":6,"type":"key","pressed":true,"category":"letter"}"#);
-        assert_eq!(lines[2], r#"{"seq":3,"ts_us":7,"type":"marker","marker":"pause_end","dropped":4}"#);
-        assert_eq!(lines[3], r#"{"seq":4,"ts_us":8,"type":"custom","kind":"k","data_b64":"AQID"}"#);
+        assert_eq!(
+            lines[0],
+            r#"{"seq":1,"ts_us":5,"type":"mouse_move","x":1,"y":-2}"#
+        );
+        assert_eq!(
+            lines[1],
+            r#"{"seq":2,"ts_us":6,"type":"key","pressed":true,"category":"letter"}"#
+        );
+        assert_eq!(
+            lines[2],
+            r#"{"seq":3,"ts_us":7,"type":"marker","marker":"pause_end","dropped":4}"#
+        );
+        assert_eq!(
+            lines[3],
+            r#"{"seq":4,"ts_us":8,"type":"custom","kind":"k","data_b64":"AQID"}"#
+        );
     }
 }

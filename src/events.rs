@@ -274,7 +274,12 @@ impl std::fmt::Debug for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Event::Marker { ts_us, marker } => write!(f, "Event::Marker({ts_us}, {marker:?})"),
-            other => write!(f, "Event::{}({}, <content>)", other.type_name(), other.ts_us()),
+            other => write!(
+                f,
+                "Event::{}({}, <content>)",
+                other.type_name(),
+                other.ts_us()
+            ),
         }
     }
 }
@@ -295,14 +300,45 @@ mod tests {
 
     pub(crate) fn one_of_each() -> Vec<Event> {
         vec![
-            Event::MouseMove { ts_us: 1, x: 10, y: -20 },
-            Event::MouseButton { ts_us: 2, button: 1, pressed: true, x: 3, y: 4 },
-            Event::Scroll { ts_us: 3, dx: 0, dy: -120 },
+            Event::MouseMove {
+                ts_us: 1,
+                x: 10,
+                y: -20,
+            },
+            Event::MouseButton {
+                ts_us: 2,
+                button: 1,
+                pressed: true,
+                x: 3,
+                y: 4,
+            },
+            Event::Scroll {
+                ts_us: 3,
+                dx: 0,
+                dy: -120,
+            },
             Event::key(4, 0x04, true, Some("a".into())),
-            Event::WindowFocus { ts_us: 5, app: "editor".into(), title: "notes.txt".into() },
-            Event::Screenshot { ts_us: 6, width: 2, height: 1, format: "png".into(), data: vec![1, 2, 3] },
-            Event::Custom { ts_us: 7, kind: "k".into(), data: vec![] },
-            Event::Marker { ts_us: 8, marker: Marker::PauseStart { until_us: 9 } },
+            Event::WindowFocus {
+                ts_us: 5,
+                app: "editor".into(),
+                title: "notes.txt".into(),
+            },
+            Event::Screenshot {
+                ts_us: 6,
+                width: 2,
+                height: 1,
+                format: "png".into(),
+                data: vec![1, 2, 3],
+            },
+            Event::Custom {
+                ts_us: 7,
+                kind: "k".into(),
+                data: vec![],
+            },
+            Event::Marker {
+                ts_us: 8,
+                marker: Marker::PauseStart { until_us: 9 },
+            },
         ]
     }
 
@@ -325,13 +361,22 @@ mod tests {
     #[test]
     fn mouse_move_is_compact() {
         let mut buf = Vec::new();
-        Event::MouseMove { ts_us: 1_764_000_000_000_000, x: 1919, y: 1079 }.encode_into(&mut buf);
+        Event::MouseMove {
+            ts_us: 1_764_000_000_000_000,
+            x: 1919,
+            y: 1079,
+        }
+        .encode_into(&mut buf);
         assert!(buf.len() <= 14, "{}", buf.len());
     }
 
     #[test]
     fn debug_hides_content() {
-        let e = Event::WindowFocus { ts_us: 1, app: "SecretApp".into(), title: "private chat".into() };
+        let e = Event::WindowFocus {
+            ts_us: 1,
+            app: "SecretApp".into(),
+            title: "private chat".into(),
+        };
         let s = format!("{e:?}");
         assert!(!s.contains("SecretApp") && !s.contains("private"), "{s}");
     }

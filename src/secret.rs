@@ -65,7 +65,10 @@ mod tests {
     fn debug_never_shows_key_bytes() {
         let k = Key32::from_slice_zeroizing(&mut [0xAB; 32]).unwrap();
         let s = format!("{k:?}");
-        assert!(!s.contains("171") && !s.to_lowercase().contains("ab,"), "{s}");
+        assert!(
+            !s.contains("171") && !s.to_lowercase().contains("ab,"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -1,3 +1,3 @@
 //! Keys: the OS keychain backends and the key hierarchy (KEK -> DEK epochs).
-pub(crate) mod keystore;
 pub(crate) mod device;
+pub(crate) mod keystore;

@@ -180,9 +180,9 @@ impl BundleHeader {
             created_us: u64_at(144) as i64,
             purpose,
         };
-        header.check_ranges().map_err(|why| {
-            Error::tampered(format!("the bundle header is malformed: {why}"))
-        })?;
+        header
+            .check_ranges()
+            .map_err(|why| Error::tampered(format!("the bundle header is malformed: {why}")))?;
         Ok(header)
     }
 
@@ -219,29 +219,30 @@ struct BundlePayloadRef<'a> {
     audit: &'a [AuditEntry],
 }
 
-/// What the vault hands to [`seal_bundle`].
+/// What the vault hands to [`seal_bundle`]: the records to release and their place in
+/// the device's chain.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct BundleInput<'a> {
+pub struct BundleInput<'a> {
     /// Random per-vault id (never a user name).
-    pub(crate) device_id: [u8; 16],
+    pub device_id: [u8; 16],
     /// This bundle's number in the device's chain.
-    pub(crate) bundle_seq: u64,
+    pub bundle_seq: u64,
     /// First log record sealed (inclusive).
-    pub(crate) first_record: u64,
+    pub first_record: u64,
     /// Last log record sealed (inclusive).
-    pub(crate) last_record: u64,
+    pub last_record: u64,
     /// Digest of the previous bundle, zero for the first.
-    pub(crate) prev_digest: [u8; 32],
+    pub prev_digest: [u8; 32],
     /// Sealing time.
-    pub(crate) created_us: TimestampUs,
+    pub created_us: TimestampUs,
     /// The release purpose.
-    pub(crate) purpose: &'a str,
+    pub purpose: &'a str,
     /// The data subject.
-    pub(crate) user: &'a str,
+    pub user: &'a str,
     /// The events, in increasing sequence order.
-    pub(crate) events: &'a [SeqEvent],
+    pub events: &'a [SeqEvent],
     /// Audit entries released with them.
-    pub(crate) audit: &'a [AuditEntry],
+    pub audit: &'a [AuditEntry],
 }
 
 /// A sealed bundle, ready to ship.
@@ -292,6 +293,8 @@ pub fn bundle_id(digest: &[u8; 32]) -> String {
 }
 
 /// Seals `input` to `recipient` and signs it with `device`.
+// Called by the vault's `seal_next`.
+#[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
 pub(crate) fn seal_bundle(
     input: &BundleInput<'_>,
     recipient: &Recipient,
@@ -513,12 +516,16 @@ pub(crate) fn parse_bundle(bytes: &[u8]) -> Result<ParsedBundle<'_>> {
 }
 
 /// Opens the HPKE layer of a parsed bundle and decodes the payload.
-pub(crate) fn open_payload(parsed: &ParsedBundle<'_>, identity: &Identity) -> Result<BundlePayload> {
+pub(crate) fn open_payload(
+    parsed: &ParsedBundle<'_>,
+    identity: &Identity,
+) -> Result<BundlePayload> {
     let suite = parsed.header.suite;
     if suite != identity.suite() {
         return Err(Error::invalid(format!(
             "this bundle is sealed to an {} recipient, but the identity is an {} identity",
-            suite, identity.suite()
+            suite,
+            identity.suite()
         )));
     }
     let plain = match suite {
@@ -590,7 +597,11 @@ mod tests {
     fn header_layout_is_fixed() {
         let events = [SeqEvent {
             seq: 5,
-            event: Event::MouseMove { ts_us: 1, x: 2, y: 3 },
+            event: Event::MouseMove {
+                ts_us: 1,
+                x: 2,
+                y: 3,
+            },
         }];
         let id = Identity::generate(Suite::X25519);
         let dev = DeviceKey::from_seed(&Key32::generate()).unwrap();
@@ -618,7 +629,11 @@ mod tests {
         let dev = DeviceKey::from_seed(&Key32::generate()).unwrap();
         let ev = |seq| SeqEvent {
             seq,
-            event: Event::Scroll { ts_us: 1, dx: 0, dy: 1 },
+            event: Event::Scroll {
+                ts_us: 1,
+                dx: 0,
+                dy: 1,
+            },
         };
         let unordered = [ev(3), ev(2)];
         assert!(seal_bundle(&input(&unordered), &id.recipient(), &dev).is_err());

@@ -5,8 +5,13 @@ pub(crate) mod bundle;
 pub(crate) mod receipt;
 pub(crate) mod recipient;
 
-pub use bundle::{bundle_id, BundleHeader, SealedBundle};
 #[allow(unused_imports)]
-pub(crate) use bundle::{seal_bundle, BundleInput};
+pub(crate) use bundle::seal_bundle;
+#[cfg(feature = "test-hooks")]
+pub use bundle::BundleInput;
+pub use bundle::{bundle_id, BundleHeader, SealedBundle};
+
+#[cfg(test)]
+mod tests;
 pub use receipt::{verify_receipt, RECEIPT_LEN};
 pub use recipient::{Identity, ReceiptKey, Recipient, Suite};

@@ -147,7 +147,10 @@ pub(crate) fn decode_key(
         .enumerate()
         .find(|(_, p)| s.starts_with(**p))
     else {
-        let hint = if prefixes.iter().any(|p| s.eq_ignore_ascii_case(p) || s.len() < p.len()) {
+        let hint = if prefixes
+            .iter()
+            .any(|p| s.eq_ignore_ascii_case(p) || s.len() < p.len())
+        {
             " (it is empty or too short)"
         } else {
             ""
@@ -316,6 +319,17 @@ impl Identity {
         }
     }
 
+    /// An identity from its raw parts (deterministic test vectors).
+    #[cfg(test)]
+    pub(crate) fn from_raw(suite: Suite, kem_secret: [u8; 32], receipt_seed: [u8; 32]) -> Identity {
+        let (mut a, mut b) = (kem_secret, receipt_seed);
+        Identity {
+            suite,
+            kem_secret: Key32::from_slice_zeroizing(&mut a).expect("32 bytes"),
+            receipt_seed: Key32::from_slice_zeroizing(&mut b).expect("32 bytes"),
+        }
+    }
+
     /// The suite of this identity.
     pub fn suite(&self) -> Suite {
         self.suite
@@ -325,9 +339,7 @@ impl Identity {
     pub fn recipient(&self) -> Recipient {
         let key = match self.suite {
             Suite::X25519 => RecipientKey::X25519(X25519Kem::sk_to_pk(&self.x25519_secret())),
-            Suite::XWing => {
-                RecipientKey::XWing(Box::new(XWingKem::sk_to_pk(&self.xwing_secret())))
-            }
+            Suite::XWing => RecipientKey::XWing(Box::new(XWingKem::sk_to_pk(&self.xwing_secret()))),
         };
         Recipient { key }
     }
@@ -446,7 +458,11 @@ impl FromStr for Identity {
         if payload.len() != 64 {
             return Err(Error::invalid("the identity has the wrong length"));
         }
-        let suite = if idx == 0 { Suite::X25519 } else { Suite::XWing };
+        let suite = if idx == 0 {
+            Suite::X25519
+        } else {
+            Suite::XWing
+        };
         let kem_secret = Key32::from_slice_zeroizing(&mut payload[..32]).expect("32 bytes");
         let receipt_seed = Key32::from_slice_zeroizing(&mut payload[32..]).expect("32 bytes");
         Ok(Identity {
@@ -478,7 +494,10 @@ mod tests {
             assert_eq!(k.parse::<ReceiptKey>().unwrap(), id.receipt_key());
         }
         assert_eq!(
-            Identity::generate(Suite::X25519).recipient().to_string().len(),
+            Identity::generate(Suite::X25519)
+                .recipient()
+                .to_string()
+                .len(),
             RECIPIENT_X25519.len() + 58
         );
     }

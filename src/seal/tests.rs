@@ -1,0 +1,445 @@
+//! Seal-side tests (they need the crate-private `seal_bundle`) and the generator of
+//! the committed test vectors in tests/vectors/bundles/.
+
+use proptest::prelude::*;
+
+use super::bundle::{seal_bundle, BundleInput, FIXED_HEADER_LEN};
+use super::recipient::{Identity, Suite};
+use super::verify_receipt;
+use crate::collector::{inspect_bundle, open_bundle, ChainChecker, ChainIssue};
+use crate::error::Error;
+use crate::events::{Event, KeyCategory, LossReason, Marker, SeqEvent};
+use crate::keys::device::DeviceKey;
+use crate::secret::Key32;
+use crate::AuditEntry;
+
+pub(crate) fn device(seed: u8) -> DeviceKey {
+    let mut s = [seed; 32];
+    DeviceKey::from_seed(&Key32::from_slice_zeroizing(&mut s).unwrap()).unwrap()
+}
+
+pub(crate) fn all_events(first_seq: u64, screenshot_len: usize) -> Vec<SeqEvent> {
+    let shot: Vec<u8> = (0..screenshot_len).map(|i| (i * 31 % 251) as u8).collect();
+    let evs = vec![
+        Event::MouseMove {
+            ts_us: 1,
+            x: 10,
+            y: -20,
+        },
+        Event::MouseButton {
+            ts_us: 2,
+            button: 1,
+            pressed: true,
+            x: 3,
+            y: 4,
+        },
+        Event::Scroll {
+            ts_us: 3,
+            dx: 0,
+            dy: -120,
+        },
+        Event::key(4, 0x04, true, Some("a".into())),
+        Event::Key {
+            ts_us: 5,
+            pressed: false,
+            key_code: None,
+            text: None,
+            category: Some(KeyCategory::Letter),
+        },
+        Event::WindowFocus {
+            ts_us: 6,
+            app: "editor".into(),
+            title: "notes — ünïcode \"quoted\"".into(),
+        },
+        Event::Screenshot {
+            ts_us: 7,
+            width: 1920,
+            height: 1080,
+            format: "png".into(),
+            data: shot,
+        },
+        Event::Custom {
+            ts_us: 8,
+            kind: "clipboard-meta".into(),
+            data: vec![0, 1, 2, 255],
+        },
+        Event::Marker {
+            ts_us: 9,
+            marker: Marker::PauseStart { until_us: 99 },
+        },
+        Event::Marker {
+            ts_us: 10,
+            marker: Marker::PauseEnd { dropped: 3 },
+        },
+        Event::Marker {
+            ts_us: 11,
+            marker: Marker::DenyListGapStart,
+        },
+        Event::Marker {
+            ts_us: 12,
+            marker: Marker::DenyListGapEnd { dropped: 4 },
+        },
+        Event::Marker {
+            ts_us: 13,
+            marker: Marker::Loss {
+                reason: LossReason::Budget,
+                records: 2,
+                bytes: 100,
+            },
+        },
+        Event::Marker {
+            ts_us: 14,
+            marker: Marker::PolicyChanged { version: 2 },
+        },
+        Event::Marker {
+            ts_us: 15,
+            marker: Marker::KeyRotated { epoch: 5 },
+        },
+    ];
+    evs.into_iter()
+        .enumerate()
+        .map(|(i, event)| SeqEvent {
+            seq: first_seq + i as u64,
+            event,
+        })
+        .collect()
+}
+
+fn audit() -> Vec<AuditEntry> {
+    vec![AuditEntry {
+        seq: 1,
+        ts_us: 5,
+        action: "seal".into(),
+        detail: "bundle 1".into(),
+    }]
+}
+
+pub(crate) fn input<'a>(
+    seq: u64,
+    prev: [u8; 32],
+    events: &'a [SeqEvent],
+    audit: &'a [AuditEntry],
+) -> BundleInput<'a> {
+    BundleInput {
+        device_id: [0x11; 16],
+        bundle_seq: seq,
+        first_record: seq * 100,
+        last_record: seq * 100 + 99,
+        prev_digest: prev,
+        created_us: 1_764_000_000_000_000 + seq as i64,
+        purpose: "model-training",
+        user: "alice@example.com",
+        events,
+        audit,
+    }
+}
+
+fn err_has(e: Error, variant: fn(&Error) -> bool, text: &str) {
+    assert!(variant(&e), "wrong variant: {e:?}");
+    assert!(
+        e.to_string().contains(text),
+        "{e} does not mention {text:?}"
+    );
+}
+fn is_tampered(e: &Error) -> bool {
+    matches!(e, Error::Tampered(_))
+}
+fn is_invalid(e: &Error) -> bool {
+    matches!(e, Error::InvalidArgument(_))
+}
+fn is_not_found(e: &Error) -> bool {
+    matches!(e, Error::NotFound(_))
+}
+
+#[test]
+fn every_event_type_round_trips_with_a_2mb_screenshot() {
+    for suite in [Suite::X25519, Suite::XWing] {
+        let id = Identity::generate(suite);
+        let events = all_events(40, 2 * 1024 * 1024);
+        let audit = audit();
+        let b = seal_bundle(
+            &input(1, [0; 32], &events, &audit),
+            &id.recipient(),
+            &device(1),
+        )
+        .unwrap();
+        let o = open_bundle(b.bytes(), &id).unwrap();
+        assert_eq!(o.events, events);
+        assert_eq!(o.audit, audit);
+        assert_eq!(o.user, "alice@example.com");
+        assert_eq!(o.digest, *b.digest());
+        assert_eq!(o.id, b.id());
+        assert_eq!(o.header, *b.header());
+        assert_eq!(o.header.suite(), suite);
+        assert_eq!((o.header.first_event(), o.header.last_event()), (40, 54));
+        assert_eq!(o.header.event_count(), 15);
+        assert_eq!(o.header.device_key(), &device(1).public_key());
+        let i = inspect_bundle(b.bytes()).unwrap();
+        assert_eq!(i.digest, *b.digest());
+    }
+}
+
+#[test]
+fn empty_bundle_round_trips() {
+    let id = Identity::generate(Suite::X25519);
+    let b = seal_bundle(&input(1, [0; 32], &[], &[]), &id.recipient(), &device(1)).unwrap();
+    let o = open_bundle(b.bytes(), &id).unwrap();
+    assert!(o.events.is_empty());
+    assert_eq!(
+        (
+            o.header.first_event(),
+            o.header.last_event(),
+            o.header.event_count()
+        ),
+        (0, 0, 0)
+    );
+}
+
+#[test]
+fn every_bad_input_has_its_own_error() {
+    let id = Identity::generate(Suite::X25519);
+    let events = all_events(1, 1000);
+    let audit = audit();
+    let b = seal_bundle(
+        &input(1, [0; 32], &events, &audit),
+        &id.recipient(),
+        &device(1),
+    )
+    .unwrap();
+    let bytes = b.bytes();
+    let hlen = FIXED_HEADER_LEN + "model-training".len();
+
+    let other = Identity::generate(Suite::X25519);
+    err_has(
+        open_bundle(bytes, &other).unwrap_err(),
+        is_not_found,
+        "not sealed to this identity",
+    );
+    let pq = Identity::generate(Suite::XWing);
+    err_has(
+        open_bundle(bytes, &pq).unwrap_err(),
+        is_invalid,
+        "identity is an xwing identity",
+    );
+
+    for (what, at) in [
+        ("header", 70),
+        ("enc", hlen + 5),
+        ("ct", hlen + 2 + 32 + 16 + 8 + 3),
+        ("sig", bytes.len() - 10),
+    ] {
+        let mut bad = bytes.to_vec();
+        bad[at] ^= 0x01;
+        let e = open_bundle(&bad, &id).unwrap_err();
+        assert!(
+            is_tampered(&e) && e.to_string().contains("signature does not verify"),
+            "{what}: {e}"
+        );
+    }
+    err_has(
+        open_bundle(&bytes[..bytes.len() - 1], &id).unwrap_err(),
+        is_tampered,
+        "truncated",
+    );
+    err_has(
+        open_bundle(&bytes[..100], &id).unwrap_err(),
+        is_tampered,
+        "truncated",
+    );
+    let mut longer = bytes.to_vec();
+    longer.push(0);
+    err_has(
+        open_bundle(&longer, &id).unwrap_err(),
+        is_tampered,
+        "trailing bytes",
+    );
+    err_has(
+        open_bundle(b"hello world", &id).unwrap_err(),
+        is_invalid,
+        "not a capvault bundle",
+    );
+    err_has(
+        open_bundle(b"", &id).unwrap_err(),
+        is_invalid,
+        "not a capvault bundle",
+    );
+    let mut v2 = bytes.to_vec();
+    v2[9] = 2;
+    err_has(
+        open_bundle(&v2, &id).unwrap_err(),
+        is_invalid,
+        "unsupported bundle format version 2",
+    );
+
+    // Swapped header: the header of bundle 2 on the body of bundle 1.
+    let b2 = seal_bundle(
+        &input(2, *b.digest(), &events, &audit),
+        &id.recipient(),
+        &device(1),
+    )
+    .unwrap();
+    let mut swapped = b2.bytes()[..hlen].to_vec();
+    swapped.extend_from_slice(&bytes[hlen..]);
+    err_has(
+        open_bundle(&swapped, &id).unwrap_err(),
+        is_tampered,
+        "signature does not verify",
+    );
+    // ... and re-signed by someone else's key: the signature checks, HPKE does not.
+    let resigned = resign(&swapped, &device(9));
+    inspect_bundle(&resigned).unwrap();
+    err_has(
+        open_bundle(&resigned, &id).unwrap_err(),
+        is_tampered,
+        "header does not belong",
+    );
+}
+
+/// Replaces the device key in the header and re-signs (what a forger with their own
+/// key can do).
+pub(crate) fn resign(bytes: &[u8], key: &DeviceKey) -> Vec<u8> {
+    let mut out = bytes[..bytes.len() - 64].to_vec();
+    out[32..64].copy_from_slice(&key.public_key());
+    let hash = ring::digest::digest(&ring::digest::SHA256, &out);
+    let mut msg = super::bundle::SIG_CONTEXT.to_vec();
+    msg.extend_from_slice(hash.as_ref());
+    out.extend_from_slice(&key.sign(&msg));
+    out
+}
+
+#[test]
+fn chain_checker_reports_each_kind_of_problem() {
+    let id = Identity::generate(Suite::X25519);
+    let ev = all_events(1, 10);
+    let r = id.recipient();
+    let b1 = seal_bundle(&input(1, [0; 32], &ev, &[]), &r, &device(1)).unwrap();
+    let b2 = seal_bundle(&input(2, *b1.digest(), &ev, &[]), &r, &device(1)).unwrap();
+    let b2alt = seal_bundle(&input(2, *b1.digest(), &ev[..3], &[]), &r, &device(1)).unwrap();
+    let b4 = seal_bundle(&input(4, [5; 32], &ev, &[]), &r, &device(1)).unwrap();
+    let forged = seal_bundle(&input(3, *b2.digest(), &ev, &[]), &r, &device(2)).unwrap();
+    let mut badlink = input(3, [1; 32], &ev, &[]);
+    badlink.first_record = 500;
+    badlink.last_record = 599;
+    let b3 = seal_bundle(&badlink, &r, &device(1)).unwrap();
+
+    let kinds = |bundles: &[&super::SealedBundle]| {
+        let mut c = ChainChecker::new();
+        for b in bundles {
+            c.add(b.header(), b.digest());
+        }
+        let rep = c.report();
+        let mut k: Vec<String> = rep
+            .issues()
+            .map(|(_, i)| {
+                serde_json::to_value(i).unwrap()["kind"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        k.sort();
+        (rep.is_clean(), k)
+    };
+    assert_eq!(kinds(&[&b1, &b2]), (true, vec![]));
+    assert_eq!(kinds(&[&b2, &b1]), (true, vec!["reordered".to_string()]));
+    assert_eq!(
+        kinds(&[&b1, &b2, &b1]),
+        (true, vec!["duplicate_retry".into(), "reordered".into()])
+    );
+    assert_eq!(kinds(&[&b1, &b2, &b2alt]).1, vec!["conflict"]);
+    assert_eq!(
+        kinds(&[&b1, &b2, &b4]),
+        (false, vec!["missing_bundles".into()])
+    );
+    assert_eq!(
+        kinds(&[&b1, &b2, &forged]),
+        (false, vec!["device_key_changed".into()])
+    );
+    assert_eq!(
+        kinds(&[&b1, &b2, &b3]),
+        (
+            false,
+            vec!["prev_digest_mismatch".into(), "record_gap".into()]
+        )
+    );
+    assert_eq!(kinds(&[&b2]), (true, vec!["starts_mid_chain".into()]));
+    let mut c = ChainChecker::new();
+    c.pin_device_key([0x11; 16], device(2).public_key());
+    c.add(b1.header(), b1.digest());
+    assert!(matches!(
+        c.report().devices[0].issues[0],
+        ChainIssue::DeviceKeyChanged { .. }
+    ));
+}
+
+#[test]
+fn receipts_bind_the_bundle() {
+    let id = Identity::generate(Suite::X25519);
+    let ev = all_events(1, 10);
+    let b1 = seal_bundle(&input(1, [0; 32], &ev, &[]), &id.recipient(), &device(1)).unwrap();
+    let b2 = seal_bundle(
+        &input(2, *b1.digest(), &ev, &[]),
+        &id.recipient(),
+        &device(1),
+    )
+    .unwrap();
+    let o = open_bundle(b1.bytes(), &id).unwrap();
+    let receipt = id.receipt_for(&o.digest);
+    verify_receipt(&id.receipt_key(), b1.digest(), &receipt).unwrap();
+    assert!(matches!(
+        verify_receipt(&id.receipt_key(), b2.digest(), &receipt),
+        Err(Error::Tampered(_))
+    ));
+    let mut forged = receipt;
+    forged[0] ^= 1;
+    assert!(matches!(
+        verify_receipt(&id.receipt_key(), b1.digest(), &forged),
+        Err(Error::Tampered(_))
+    ));
+    let impostor = Identity::generate(Suite::X25519).receipt_for(b1.digest());
+    assert!(matches!(
+        verify_receipt(&id.receipt_key(), b1.digest(), &impostor),
+        Err(Error::Tampered(_))
+    ));
+}
+
+fn small_bundle() -> (Identity, Vec<u8>) {
+    let mut k = [3u8; 32];
+    k[0] = 1;
+    let id = Identity::from_raw(Suite::X25519, k, [4; 32]);
+    let ev = all_events(1, 64);
+    let b = seal_bundle(&input(1, [0; 32], &ev, &[]), &id.recipient(), &device(1)).unwrap();
+    (id, b.into_bytes())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn byte_flips_never_panic_and_never_open(pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+        let (id, mut bytes) = small_bundle();
+        let i = pos.index(bytes.len());
+        bytes[i] ^= 1 << bit;
+        prop_assert!(open_bundle(&bytes, &id).is_err());
+        prop_assert!(inspect_bundle(&bytes).is_err());
+    }
+
+    #[test]
+    fn truncations_never_panic_and_never_open(len in any::<prop::sample::Index>()) {
+        let (id, bytes) = small_bundle();
+        let n = len.index(bytes.len());
+        prop_assert!(open_bundle(&bytes[..n], &id).is_err());
+        prop_assert!(inspect_bundle(&bytes[..n]).is_err());
+    }
+
+    #[test]
+    fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..600), keep_magic in any::<bool>()) {
+        let (id, _) = small_bundle();
+        let mut data = data;
+        if keep_magic && data.len() >= 10 {
+            data[..8].copy_from_slice(b"CVBUNDLE");
+            data[8..10].copy_from_slice(&1u16.to_be_bytes());
+        }
+        prop_assert!(open_bundle(&data, &id).is_err());
+    }
+}

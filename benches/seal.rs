@@ -25,7 +25,14 @@ fn events() -> Vec<SeqEvent> {
     for s in 0..40 {
         for i in 0..5_000i32 {
             let ts_us = 1_764_000_000_000_000 + (s * 5_000 + i as i64) * 125;
-            push(Event::MouseMove { ts_us, x: i % 1920, y: i % 1080 }, &mut out);
+            push(
+                Event::MouseMove {
+                    ts_us,
+                    x: i % 1920,
+                    y: i % 1080,
+                },
+                &mut out,
+            );
             if i % 50 == 0 {
                 push(Event::key(ts_us, 4, true, None), &mut out);
             }

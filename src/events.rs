@@ -81,6 +81,7 @@ pub enum Event {
         /// Image format, for example "png" or "webp".
         format: String,
         /// Encoded image bytes.
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// An agent-defined event.
@@ -90,6 +91,7 @@ pub enum Event {
         /// Agent-defined kind, for example "clipboard-meta".
         kind: String,
         /// Agent-defined payload.
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// A marker written by the vault itself (pause, gaps, losses, policy changes).

@@ -1,17 +1,36 @@
 //! Packs events into frames (small events) and chunks (large payloads) on the append
 //! path. It only encodes and copies; encryption and storage happen on the writer thread.
 
+use std::ops::Range;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::events::Event;
 use crate::log::record::{RecordKind, FLAG_FIRST, FLAG_LAST};
 use crate::secret::PlainBuf;
 
+/// A record's plaintext: a frame it owns, or one chunk of a large payload shared with
+/// the payload's other chunks (so chunking does not copy).
+pub(crate) enum Plaintext {
+    Owned(PlainBuf),
+    Chunk(Arc<PlainBuf>, Range<usize>),
+}
+
+impl std::ops::Deref for Plaintext {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Plaintext::Owned(b) => b,
+            Plaintext::Chunk(b, r) => &b[r.clone()],
+        }
+    }
+}
+
 /// A record's plaintext on its way to the writer.
 pub(crate) struct Job {
     pub kind: RecordKind,
     pub flags: u8,
-    pub plaintext: PlainBuf,
+    pub plaintext: Plaintext,
     /// The event sequence number after this record's events.
     pub end_event_seq: u64,
     pub policy_version: u32,
@@ -91,8 +110,11 @@ impl Framer {
         whole.extend_from_slice(&self.next_event_seq.to_be_bytes());
         event.encode_into(&mut whole);
         self.next_event_seq += 1;
+        let whole = Arc::new(whole);
         let n = whole.len().div_ceil(self.chunk_bytes);
-        for (i, part) in whole.chunks(self.chunk_bytes).enumerate() {
+        for i in 0..n {
+            let start = i * self.chunk_bytes;
+            let end = (start + self.chunk_bytes).min(whole.len());
             let mut flags = 0;
             if i == 0 {
                 flags |= FLAG_FIRST;
@@ -103,7 +125,7 @@ impl Framer {
             emit(Job {
                 kind: RecordKind::Chunk,
                 flags,
-                plaintext: PlainBuf::new(part.to_vec()),
+                plaintext: Plaintext::Chunk(whole.clone(), start..end),
                 end_event_seq: self.next_event_seq,
                 policy_version: self.policy_version,
             });
@@ -125,7 +147,7 @@ impl Framer {
         Job {
             kind: RecordKind::Frame,
             flags: 0,
-            plaintext,
+            plaintext: Plaintext::Owned(plaintext),
             end_event_seq: self.next_event_seq,
             policy_version: self.policy_version,
         }

@@ -57,9 +57,6 @@ impl From<capvault::Error> for CliError {
             E::Tampered(_) => CliError::integrity(format!(
                 "{e}; keep a copy of the vault or bundle for investigation and do not use it further"
             )),
-            E::Keychain(_) => CliError::failure(format!(
-                "{e} (choose another store with --keystore, or unlock the keychain)"
-            )),
             E::Erased => CliError::failure(e.to_string()),
             E::InUse => CliError::failure(
                 "the vault is in use by another process (a capture agent?); stop it and retry \

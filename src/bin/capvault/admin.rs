@@ -105,7 +105,10 @@ fn user_present(t: &Target) -> Result<bool, Error> {
         "u/{}/keys",
         data_encoding::HEXLOWER.encode(t.user.as_bytes())
     );
-    let present = db.tree_names().iter().any(|n| n.as_ref() == name.as_bytes());
+    let present = db
+        .tree_names()
+        .iter()
+        .any(|n| n.as_ref() == name.as_bytes());
     drop(db);
     Ok(present)
 }
@@ -216,11 +219,7 @@ fn fmt_wait(d: Duration) -> String {
 
 pub fn init(va: &VaultArgs, json: bool) -> CliResult<()> {
     let t = resolve(va)?;
-    let existed = vault_exists(&t.dir)
-        && match user_present(&t) {
-            Ok(p) => p,
-            Err(e) => return Err(e.into()),
-        };
+    let existed = vault_exists(&t.dir) && user_present(&t)?;
     let vault = Vault::open(&t.dir, &t.user, t.options.clone())?;
     let st = serde_json::to_value(vault.status()?).expect("status serializes");
     vault.close()?;
@@ -353,7 +352,10 @@ pub fn render_status(st: &Value) -> String {
         u(&st["policy_version"]),
         s("purpose")
     ));
-    o.push_str(&format!("audit      {} ledger entries\n", u(&st["audit_entries"])));
+    o.push_str(&format!(
+        "audit      {} ledger entries\n",
+        u(&st["audit_entries"])
+    ));
     o
 }
 
@@ -410,10 +412,7 @@ pub fn keys_rotate(a: &RotateArgs, json: bool) -> CliResult<()> {
         if json {
             print_json(&json!({ "rotated": "dek", "epoch": v["epoch"] }));
         } else {
-            println!(
-                "data key rotated: new records use epoch {}",
-                u(&v["epoch"])
-            );
+            println!("data key rotated: new records use epoch {}", u(&v["epoch"]));
         }
     }
     Ok(())
@@ -531,12 +530,11 @@ pub fn seal(a: &SealArgs, json: bool) -> CliResult<()> {
     let sp = output::spinner("sealing bundles");
     let mut out = Vec::new();
     let mut last: Option<u64> = None;
-    loop {
-        let Some(b) = vault.seal_next(&a.to, a.max_bytes)? else {
-            break;
-        };
+    while let Some(b) = vault.seal_next(&a.to, a.max_bytes)? {
         // The same unacknowledged range may be offered again: stop at the first repeat.
-        if out.iter().any(|(id, _, _): &(String, PathBuf, usize)| id == b.id())
+        if out
+            .iter()
+            .any(|(id, _, _): &(String, PathBuf, usize)| id == b.id())
             || last.is_some_and(|l| b.header().first_record() <= l)
         {
             break;

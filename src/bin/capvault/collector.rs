@@ -55,9 +55,8 @@ fn read_identity(path: &Path) -> CliResult<Identity> {
 }
 
 fn read_bundle(path: &Path) -> CliResult<Vec<u8>> {
-    std::fs::read(path).map_err(|e| {
-        CliError::failure(format!("cannot read bundle {}: {e}", path.display()))
-    })
+    std::fs::read(path)
+        .map_err(|e| CliError::failure(format!("cannot read bundle {}: {e}", path.display())))
 }
 
 /// An error about one bundle, with what to do.
@@ -222,15 +221,11 @@ pub fn receipt(a: &ReceiptArgs, json: bool) -> CliResult<()> {
         let r = identity.receipt_for(&b.digest);
         lines.push((b.id.clone(), data_encoding::BASE64.encode(&r)));
     }
-    let text: String = lines
-        .iter()
-        .map(|(id, r)| format!("{id} {r}\n"))
-        .collect();
+    let text: String = lines.iter().map(|(id, r)| format!("{id} {r}\n")).collect();
     match &a.out {
         Some(p) => {
-            std::fs::write(p, &text).map_err(|e| {
-                CliError::failure(format!("cannot write {}: {e}", p.display()))
-            })?;
+            std::fs::write(p, &text)
+                .map_err(|e| CliError::failure(format!("cannot write {}: {e}", p.display())))?;
             if json {
                 let list: Vec<Value> = lines
                     .iter()

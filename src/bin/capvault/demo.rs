@@ -43,7 +43,10 @@ const USER: &str = "demo-user";
 const WINDOWS: &[(&str, &str)] = &[
     ("Slack", "#hr-investigations | Acme Corp"),
     ("Excel", "Q3 salary review - CONFIDENTIAL.xlsx"),
-    ("Chrome", "Performance improvement plan - J. Doe - Google Docs"),
+    (
+        "Chrome",
+        "Performance improvement plan - J. Doe - Google Docs",
+    ),
     ("Zoom", "1:1 with manager (recording transcript)"),
     ("Outlook", "Inbox - jane.doe@example.com"),
 ];
@@ -85,10 +88,8 @@ fn work_dir(keep: Option<&Path>) -> CliResult<WorkDir> {
                 .map(|d| d.subsec_nanos())
                 .unwrap_or(0);
             (
-                std::env::temp_dir().join(format!(
-                    "capvault-demo-{}-{nanos:08x}",
-                    std::process::id()
-                )),
+                std::env::temp_dir()
+                    .join(format!("capvault-demo-{}-{nanos:08x}", std::process::id())),
                 false,
             )
         }
@@ -221,7 +222,10 @@ pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
     let t_seal = Instant::now();
     let mut bundles = Vec::new();
     while let Some(b) = vault.seal_next(&recipient, 4 << 20)? {
-        if bundles.iter().any(|(id, _): &(String, Vec<u8>)| id == b.id()) {
+        if bundles
+            .iter()
+            .any(|(id, _): &(String, Vec<u8>)| id == b.id())
+        {
             break;
         }
         let path = bundle_dir.join(format!("{}.cvb", b.id()));
@@ -314,7 +318,16 @@ pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
     if json {
         print_json(&report);
     } else {
-        print_report(a, c, &st, &session, &bundles, bundle_bytes, &report, &leaked);
+        print_report(
+            a,
+            c,
+            &st,
+            &session,
+            &bundles,
+            bundle_bytes,
+            &report,
+            &leaked,
+        );
         if let Some(n) = notes.iter().find(|n| n.contains("could not erase")) {
             eprintln!("note: {n}");
         }

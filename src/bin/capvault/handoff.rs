@@ -173,7 +173,10 @@ fn now_us() -> i64 {
 }
 
 fn valid_id(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
@@ -191,7 +194,9 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> capvault::Result<()> {
         opts.mode(0o600);
     }
     let _ = fs::remove_file(&tmp);
-    let mut f = opts.open(&tmp).map_err(|e| io_err("cannot create", &tmp, e))?;
+    let mut f = opts
+        .open(&tmp)
+        .map_err(|e| io_err("cannot create", &tmp, e))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(|e| io_err("cannot write", &tmp, e))?;
@@ -317,7 +322,10 @@ pub fn serve_requests(vault: &Vault, vault_dir: &Path) -> capvault::Result<Serve
             continue;
         }
         if req.op == Op::Erase {
-            served.erase = Some(PendingErase { dir: dir.clone(), id });
+            served.erase = Some(PendingErase {
+                dir: dir.clone(),
+                id,
+            });
             continue;
         }
         let resp = match execute(vault, &req.op) {

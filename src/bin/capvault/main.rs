@@ -103,19 +103,27 @@ impl KeystoreArg {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Simulate a capture session end to end (temporary vault, seal, open, ack) and report.
-    #[command(after_help = "Examples:\n  capvault demo\n  capvault demo --seconds 20 --keep ./demo-out --json")]
+    #[command(
+        after_help = "Examples:\n  capvault demo\n  capvault demo --seconds 20 --keep ./demo-out --json"
+    )]
     Demo(demo::DemoArgs),
     /// Create a vault for a user (keys in the OS keychain).
-    #[command(after_help = "Example:\n  capvault init --vault /var/lib/capvault --user alice --keystore secret-service")]
+    #[command(
+        after_help = "Example:\n  capvault init --vault /var/lib/capvault --user alice --keystore secret-service"
+    )]
     Init(VaultArgs),
     /// Report keys, epochs, records, pause state; `erased: true` after an erase.
-    #[command(after_help = "Example:\n  capvault status --vault /var/lib/capvault --user alice --json\n\nWorks while a capture agent holds the vault (through its hand-off).")]
+    #[command(
+        after_help = "Example:\n  capvault status --vault /var/lib/capvault --user alice --json\n\nWorks while a capture agent holds the vault (through its hand-off)."
+    )]
     Status(HandoffArgs),
     /// Walk and check every record and the audit ledger (exit 3 on tampering).
     #[command(after_help = "Example:\n  capvault verify --vault /var/lib/capvault --user alice")]
     Verify(VaultArgs),
     /// Pause capture for a while (capped by the policy, default 30 minutes).
-    #[command(after_help = "Example:\n  capvault pause --for 30m --vault /var/lib/capvault --user alice")]
+    #[command(
+        after_help = "Example:\n  capvault pause --for 30m --vault /var/lib/capvault --user alice"
+    )]
     Pause(PauseArgs),
     /// End a pause now.
     #[command(after_help = "Example:\n  capvault resume --vault /var/lib/capvault --user alice")]
@@ -124,28 +132,42 @@ pub enum Cmd {
     #[command(subcommand)]
     Keys(KeysCmd),
     /// Seal unreleased records into bundles for the collector.
-    #[command(after_help = "Example:\n  capvault seal --to cvrecip-x25519-1... --out-dir outbox/ --vault /var/lib/capvault --user alice")]
+    #[command(
+        after_help = "Example:\n  capvault seal --to cvrecip-x25519-1... --out-dir outbox/ --vault /var/lib/capvault --user alice"
+    )]
     Seal(admin::SealArgs),
     /// Acknowledge bundles the collector received; their records are pruned.
-    #[command(after_help = "Examples:\n  capvault ack cvb1abc... --vault /var/lib/capvault --user alice\n  capvault ack --receipt receipts.txt --receipt-key cvreceipt-ed25519-1... --vault /var/lib/capvault --user alice")]
+    #[command(
+        after_help = "Examples:\n  capvault ack cvb1abc... --vault /var/lib/capvault --user alice\n  capvault ack --receipt receipts.txt --receipt-key cvreceipt-ed25519-1... --vault /var/lib/capvault --user alice"
+    )]
     Ack(admin::AckArgs),
     /// Crypto-shred this user's data: keys are destroyed, nothing stays readable.
-    #[command(after_help = "Example:\n  capvault erase --yes --vault /var/lib/capvault --user alice")]
+    #[command(
+        after_help = "Example:\n  capvault erase --yes --vault /var/lib/capvault --user alice"
+    )]
     Erase(EraseArgs),
     /// Your own records, as JSON Lines (every use is written to the audit ledger).
-    #[command(after_help = "Example:\n  capvault show --vault ~/.local/share/capvault --user $USER > my-data.jsonl")]
+    #[command(
+        after_help = "Example:\n  capvault show --vault ~/.local/share/capvault --user $USER > my-data.jsonl"
+    )]
     Show(admin::ShowArgs),
     /// The audit ledger: opens, seals, acks, rotations, pauses, erasures, reads.
-    #[command(after_help = "Example:\n  capvault audit --vault /var/lib/capvault --user alice --json")]
+    #[command(
+        after_help = "Example:\n  capvault audit --vault /var/lib/capvault --user alice --json"
+    )]
     Audit(VaultArgs),
     /// Collector identities and recipients.
     #[command(subcommand)]
     Recipient(RecipientCmd),
     /// Open bundles: events as JSON Lines on stdout, chain check on stderr.
-    #[command(after_help = "Example:\n  capvault open --identity collector.identity inbox/*.cvb --blobs-dir blobs/ > events.jsonl\n\nExit 3 when a bundle or the chain fails an integrity check.")]
+    #[command(
+        after_help = "Example:\n  capvault open --identity collector.identity inbox/*.cvb --blobs-dir blobs/ > events.jsonl\n\nExit 3 when a bundle or the chain fails an integrity check."
+    )]
     Open(collector::OpenArgs),
     /// Write collector receipts for bundles (give them to `capvault ack --receipt`).
-    #[command(after_help = "Example:\n  capvault receipt --identity collector.identity inbox/cvb1abc.cvb --out receipts.txt")]
+    #[command(
+        after_help = "Example:\n  capvault receipt --identity collector.identity inbox/cvb1abc.cvb --out receipts.txt"
+    )]
     Receipt(collector::ReceiptArgs),
     /// Hold the vault and answer hand-off requests until killed (admin and test aid).
     #[command(hide = true)]
@@ -173,10 +195,14 @@ pub struct EraseArgs {
 #[derive(Subcommand, Debug)]
 pub enum KeysCmd {
     /// Key store, KEK version, data-key epochs with creation times and record counts.
-    #[command(after_help = "Example:\n  capvault keys list --vault /var/lib/capvault --user alice")]
+    #[command(
+        after_help = "Example:\n  capvault keys list --vault /var/lib/capvault --user alice"
+    )]
     List(HandoffArgs),
     /// Start a new data-key epoch, or with --kek rewrap all data keys under a new KEK.
-    #[command(after_help = "Examples:\n  capvault keys rotate --vault /var/lib/capvault --user alice\n  capvault keys rotate --kek --vault /var/lib/capvault --user alice\n\nWorks while a capture agent holds the vault (through its hand-off).")]
+    #[command(
+        after_help = "Examples:\n  capvault keys rotate --vault /var/lib/capvault --user alice\n  capvault keys rotate --kek --vault /var/lib/capvault --user alice\n\nWorks while a capture agent holds the vault (through its hand-off)."
+    )]
     Rotate(RotateArgs),
 }
 
@@ -192,7 +218,9 @@ pub struct RotateArgs {
 #[derive(Subcommand, Debug)]
 pub enum RecipientCmd {
     /// Create a collector identity; prints the recipient to give to devices.
-    #[command(after_help = "Example:\n  capvault recipient new --out collector.identity\n  capvault recipient new --pq --out collector-pq.identity")]
+    #[command(
+        after_help = "Example:\n  capvault recipient new --out collector.identity\n  capvault recipient new --pq --out collector-pq.identity"
+    )]
     New(collector::NewRecipientArgs),
 }
 

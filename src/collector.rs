@@ -16,7 +16,7 @@ use zeroize::Zeroize;
 use crate::audit::AuditEntry;
 use crate::error::{Error, Result};
 use crate::events::{Event, Marker, SeqEvent};
-use crate::seal::bundle::{bundle_id, open_payload, parse_bundle, BundleHeader};
+use crate::seal::bundle::{bundle_id, parse_and_open, parse_bundle, BundleHeader};
 use crate::seal::recipient::Identity;
 
 /// A bundle opened and verified by [`open_bundle`]. Its event content is zeroized when
@@ -99,9 +99,8 @@ pub fn inspect_bundle(bytes: &[u8]) -> Result<InspectedBundle> {
 /// | header swapped and re-signed by another key | `Tampered`: "the header does not belong to this payload" |
 /// | payload that does not decode, events outside the header's range | `Tampered` |
 pub fn open_bundle(bytes: &[u8], identity: &Identity) -> Result<OpenedBundle> {
-    let parsed = parse_bundle(bytes)?;
-    let payload = open_payload(&parsed, identity)?;
-    let h = &parsed.header;
+    let (header, digest, payload) = parse_and_open(bytes, identity)?;
+    let h = &header;
     let ev = &payload.events;
     let in_range = ev.len() as u64 == h.event_count()
         && ev.windows(2).all(|w| w[0].seq < w[1].seq)
@@ -123,12 +122,12 @@ pub fn open_bundle(bytes: &[u8], identity: &Identity) -> Result<OpenedBundle> {
     }
     let mut payload = payload;
     Ok(OpenedBundle {
-        header: parsed.header,
+        header,
         user: std::mem::take(&mut payload.user),
         events: std::mem::take(&mut payload.events),
         audit: std::mem::take(&mut payload.audit),
-        id: bundle_id(&parsed.digest),
-        digest: parsed.digest,
+        id: bundle_id(&digest),
+        digest,
     })
 }
 

@@ -443,10 +443,17 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Checks the framing and the device signature and decodes the header; does not
-/// decrypt. Errors: not a bundle / unknown version / unknown suite -> InvalidArgument;
-/// truncated, trailing bytes, bad signature, malformed header -> Tampered.
-pub(crate) fn parse_bundle(bytes: &[u8]) -> Result<ParsedBundle<'_>> {
+/// The pieces of a bundle whose lengths add up (nothing verified yet).
+struct Framed<'a> {
+    bytes: &'a [u8],
+    aad: &'a [u8],
+    enc: &'a [u8],
+    rcheck: &'a [u8],
+    ct: &'a [u8],
+    signed_end: usize,
+}
+
+fn frame(bytes: &[u8]) -> Result<Framed<'_>> {
     let magic_len = bytes.len().min(MAGIC.len());
     if bytes[..magic_len] != MAGIC[..magic_len] || bytes.is_empty() {
         return Err(Error::invalid(
@@ -477,20 +484,32 @@ pub(crate) fn parse_bundle(bytes: &[u8]) -> Result<ParsedBundle<'_>> {
     let enc_len = r.u16()? as usize;
     let enc = r.take(enc_len)?;
     let rcheck = r.take(RCHECK_LEN)?;
-    let ct_len = r.u64()?;
-    let ct_len = usize::try_from(ct_len)
+    let ct_len = usize::try_from(r.u64()?)
         .map_err(|_| Error::tampered("the bundle is truncated (its lengths point past its end)"))?;
     let ct = r.take(ct_len)?;
     let signed_end = r.pos;
-    let sig = r.take(SIG_LEN)?;
+    r.take(SIG_LEN)?;
     if r.pos != bytes.len() {
         return Err(Error::tampered(
             "the bundle has trailing bytes after its signature",
         ));
     }
-    let device_key: [u8; 32] = bytes[32..64].try_into().expect("32 bytes");
+    Ok(Framed {
+        bytes,
+        aad,
+        enc,
+        rcheck,
+        ct,
+        signed_end,
+    })
+}
+
+/// Checks the device signature; returns the bundle digest.
+fn verify_signature(f: &Framed<'_>) -> Result<[u8; 32]> {
+    let device_key: [u8; 32] = f.bytes[32..64].try_into().expect("32 bytes");
+    let sig = &f.bytes[f.signed_end..];
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(&bytes[..signed_end]);
+    ctx.update(&f.bytes[..f.signed_end]);
     let signed_hash = ctx.clone().finish();
     verify_ed25519(&device_key, &signature_input(signed_hash.as_ref()), sig).map_err(|_| {
         Error::tampered(
@@ -498,21 +517,79 @@ pub(crate) fn parse_bundle(bytes: &[u8]) -> Result<ParsedBundle<'_>> {
         )
     })?;
     ctx.update(sig);
-    let digest = ctx.finish().as_ref().try_into().expect("32 bytes");
-    let header = BundleHeader::decode(aad)?;
-    if ct.len() < TAG_LEN {
+    Ok(ctx.finish().as_ref().try_into().expect("32 bytes"))
+}
+
+fn decode_header(f: &Framed<'_>) -> Result<BundleHeader> {
+    let header = BundleHeader::decode(f.aad)?;
+    if f.ct.len() < TAG_LEN {
         return Err(Error::tampered(
             "the bundle is malformed: its ciphertext is shorter than a tag",
         ));
     }
+    Ok(header)
+}
+
+/// Checks the framing and the device signature and decodes the header; does not
+/// decrypt. Errors: not a bundle / unknown version / unknown suite -> InvalidArgument;
+/// truncated, trailing bytes, bad signature, malformed header -> Tampered.
+pub(crate) fn parse_bundle(bytes: &[u8]) -> Result<ParsedBundle<'_>> {
+    let f = frame(bytes)?;
+    let digest = verify_signature(&f)?;
+    let header = decode_header(&f)?;
     Ok(ParsedBundle {
         header,
-        aad,
-        enc,
-        rcheck,
-        ct,
+        aad: f.aad,
+        enc: f.enc,
+        rcheck: f.rcheck,
+        ct: f.ct,
         digest,
     })
+}
+
+/// Bundles at least this large are verified and decrypted on two threads.
+const PARALLEL_OPEN_MIN: usize = 1 << 20;
+
+/// Parses, verifies and opens a bundle. For large bundles the signature check (one
+/// SHA-256 pass) runs on a second thread while the payload is decrypted; the result
+/// is the same as checking first: a signature failure wins, and the decrypted
+/// payload is then dropped (its buffer zeroized) without being returned.
+pub(crate) fn parse_and_open(
+    bytes: &[u8],
+    identity: &Identity,
+) -> Result<(BundleHeader, [u8; 32], BundlePayload)> {
+    let f = frame(bytes)?;
+    let open = |f: &Framed<'_>| -> Result<(BundleHeader, BundlePayload)> {
+        let header = decode_header(f)?;
+        let parsed = ParsedBundle {
+            header,
+            aad: f.aad,
+            enc: f.enc,
+            rcheck: f.rcheck,
+            ct: f.ct,
+            digest: [0; 32],
+        };
+        let payload = open_payload(&parsed, identity)?;
+        Ok((parsed.header, payload))
+    };
+    let (digest, opened) = if f.ct.len() >= PARALLEL_OPEN_MIN {
+        std::thread::scope(|s| {
+            let sig = s.spawn(|| verify_signature(&f));
+            let opened = open(&f);
+            let digest = sig
+                .join()
+                .unwrap_or_else(|_| Err(Error::tampered("the device signature check failed")));
+            (digest, opened)
+        })
+    } else {
+        match verify_signature(&f) {
+            Ok(d) => (Ok(d), open(&f)),
+            Err(e) => return Err(e),
+        }
+    };
+    let digest = digest?;
+    let (header, payload) = opened?;
+    Ok((header, digest, payload))
 }
 
 /// Opens the HPKE layer of a parsed bundle and decodes the payload.

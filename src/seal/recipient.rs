@@ -161,10 +161,21 @@ pub(crate) fn decode_key(
         )));
     };
     let body = &s[prefix.len()..];
-    let decoded = Zeroizing::new(base32(upper).decode(body.as_bytes()).map_err(|_| {
-        Error::invalid(format!(
+    let alphabet: &[u8] = if upper {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+    } else {
+        b"abcdefghijklmnopqrstuvwxyz234567"
+    };
+    if body.bytes().any(|c| !alphabet.contains(&c)) {
+        return Err(Error::invalid(format!(
             "the {what} is not valid: its text after {prefix} is not {} base32",
             if upper { "upper-case" } else { "lower-case" }
+        )));
+    }
+    // Every symbol is valid, so a decoding error is a length that no payload has.
+    let decoded = Zeroizing::new(base32(upper).decode(body.as_bytes()).map_err(|_| {
+        Error::invalid(format!(
+            "the {what} checksum failed: the text was truncated or has extra characters"
         ))
     })?);
     if decoded.len() < CHECKSUM_LEN {

@@ -443,3 +443,386 @@ proptest! {
         prop_assert!(open_bundle(&data, &id).is_err());
     }
 }
+
+// ----- test vector generator -----
+
+fn vector(dir: &std::path::Path, name: &str, fields: &[(&str, String)], body: &[u8]) {
+    let mut out = b"capvault bundle test vector\n".to_vec();
+    for (k, v) in fields {
+        out.extend_from_slice(format!("{k}: {v}\n").as_bytes());
+    }
+    out.push(b'\n');
+    out.extend_from_slice(body);
+    std::fs::write(dir.join(name), out).unwrap();
+}
+
+fn jsonl_sha256(events: &[SeqEvent]) -> String {
+    let mut out = Vec::new();
+    crate::collector::write_json_lines(events, &mut out, None).unwrap();
+    data_encoding::HEXLOWER.encode(ring::digest::digest(&ring::digest::SHA256, &out).as_ref())
+}
+
+/// Writes the committed vectors. Keys are fixed; the HPKE ephemeral keys are random,
+/// so regenerating changes the files (the tests read whatever is committed).
+#[test]
+#[ignore = "writes tests/vectors/bundles/; run with --ignored to regenerate"]
+fn write_bundle_vectors() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/bundles");
+    std::fs::create_dir_all(&dir).unwrap();
+    let id = Identity::from_raw(Suite::X25519, [0x42; 32], [0x43; 32]);
+    let pq = Identity::from_raw(Suite::XWing, [0x44; 32], [0x45; 32]);
+    let stranger = Identity::from_raw(Suite::X25519, [0x55; 32], [0x56; 32]);
+    let idt = id.to_string();
+    let dev = device(1);
+    let ev = all_events(1, 3000);
+    let au = audit();
+    let hlen = FIXED_HEADER_LEN + "model-training".len();
+    let r = id.recipient();
+
+    let b1 = seal_bundle(&input(1, [0; 32], &ev, &au), &r, &dev).unwrap();
+    let ev2 = all_events(16, 100);
+    let b2 = seal_bundle(&input(2, *b1.digest(), &ev2, &[]), &r, &dev).unwrap();
+    let b2alt = seal_bundle(&input(2, *b1.digest(), &ev2[..2], &[]), &r, &dev).unwrap();
+    let b4 = seal_bundle(&input(4, [9; 32], &ev2, &[]), &r, &dev).unwrap();
+    let other_dev = seal_bundle(&input(3, *b2.digest(), &ev2, &[]), &r, &device(2)).unwrap();
+    let bpq = seal_bundle(&input(1, [0; 32], &ev, &au), &pq.recipient(), &dev).unwrap();
+    let bstranger = seal_bundle(&input(1, [0; 32], &ev, &au), &stranger.recipient(), &dev).unwrap();
+
+    let ok = |name: &str,
+              b: &super::SealedBundle,
+              ident: &Identity,
+              events: &[SeqEvent],
+              comment: &str| {
+        vector(
+            &dir,
+            name,
+            &[
+                ("kind", "bundle".into()),
+                ("comment", comment.into()),
+                ("expect", "ok".into()),
+                ("inspect", "ok".into()),
+                ("identity", ident.to_string()),
+                ("suite", b.header().suite().to_string()),
+                ("bundle_seq", b.header().bundle_seq().to_string()),
+                ("digest", data_encoding::HEXLOWER.encode(b.digest())),
+                ("id", b.id().into()),
+                ("user", "alice@example.com".into()),
+                ("events", events.len().to_string()),
+                ("jsonl_sha256", jsonl_sha256(events)),
+            ],
+            b.bytes(),
+        )
+    };
+    ok(
+        "x25519_ok.cvb",
+        &b1,
+        &id,
+        &ev,
+        "every event type, X25519 suite",
+    );
+    ok(
+        "x25519_ok_seq2.cvb",
+        &b2,
+        &id,
+        &ev2,
+        "the next bundle of the same device",
+    );
+    ok(
+        "x25519_conflict_seq2.cvb",
+        &b2alt,
+        &id,
+        &ev2[..2],
+        "another bundle claiming sequence 2",
+    );
+    ok(
+        "x25519_seq4.cvb",
+        &b4,
+        &id,
+        &ev2,
+        "sequence 4 (3 is missing)",
+    );
+    ok(
+        "other_device_key.cvb",
+        &other_dev,
+        &id,
+        &ev2,
+        "same device id, signed by another key",
+    );
+    ok(
+        "xwing_ok.cvb",
+        &bpq,
+        &pq,
+        &ev,
+        "every event type, X-Wing suite",
+    );
+
+    let bad =
+        |name: &str, body: &[u8], ident: &Identity, expect: &str, inspect: &str, comment: &str| {
+            vector(
+                &dir,
+                name,
+                &[
+                    ("kind", "bundle".into()),
+                    ("comment", comment.into()),
+                    ("expect", expect.into()),
+                    ("inspect", inspect.into()),
+                    ("identity", ident.to_string()),
+                ],
+                body,
+            )
+        };
+    const SIG: &str = "tampered: device signature does not verify";
+    let flip = |at: usize| {
+        let mut v = b1.bytes().to_vec();
+        v[at] ^= 0x01;
+        v
+    };
+    let bytes = b1.bytes();
+    bad(
+        "wrong_identity.cvb",
+        bstranger.bytes(),
+        &id,
+        "not_found: not sealed to this identity",
+        "ok",
+        "sealed to another X25519 recipient",
+    );
+    bad(
+        "wrong_suite.cvb",
+        bpq.bytes(),
+        &id,
+        "invalid_argument: sealed to an xwing recipient",
+        "ok",
+        "X-Wing bundle, X25519 identity",
+    );
+    bad(
+        "flip_header.cvb",
+        &flip(70),
+        &id,
+        SIG,
+        SIG,
+        "bundle_seq byte flipped",
+    );
+    bad(
+        "flip_enc.cvb",
+        &flip(hlen + 2 + 7),
+        &id,
+        SIG,
+        SIG,
+        "encapsulated key byte flipped",
+    );
+    bad(
+        "flip_ciphertext.cvb",
+        &flip(hlen + 2 + 32 + 16 + 8 + 100),
+        &id,
+        SIG,
+        SIG,
+        "ciphertext byte flipped",
+    );
+    bad(
+        "flip_signature.cvb",
+        &flip(bytes.len() - 1),
+        &id,
+        SIG,
+        SIG,
+        "signature byte flipped",
+    );
+    bad(
+        "truncated.cvb",
+        &bytes[..bytes.len() - 20],
+        &id,
+        "tampered: truncated",
+        "tampered: truncated",
+        "last 20 bytes cut",
+    );
+    bad(
+        "truncated_header.cvb",
+        &bytes[..60],
+        &id,
+        "tampered: truncated",
+        "tampered: truncated",
+        "cut inside the header",
+    );
+    let mut trailing = bytes.to_vec();
+    trailing.extend_from_slice(b"\0\0");
+    bad(
+        "trailing_bytes.cvb",
+        &trailing,
+        &id,
+        "tampered: trailing bytes",
+        "tampered: trailing bytes",
+        "two bytes appended",
+    );
+    let mut swapped = b2.bytes()[..hlen].to_vec();
+    swapped.extend_from_slice(&bytes[hlen..]);
+    bad(
+        "swapped_header.cvb",
+        &swapped,
+        &id,
+        SIG,
+        SIG,
+        "header of bundle 2 on the body of bundle 1",
+    );
+    let resigned = resign(&swapped, &device(2));
+    bad(
+        "swapped_header_resigned.cvb",
+        &resigned,
+        &id,
+        "tampered: header does not belong to this payload",
+        "ok",
+        "swapped header, re-signed by another device key",
+    );
+    let mut suite = bytes.to_vec();
+    suite[10..12].copy_from_slice(&0x0021u16.to_be_bytes());
+    let suite = resign(&suite, &dev);
+    bad(
+        "unsupported_suite.cvb",
+        &suite,
+        &id,
+        "invalid_argument: unsupported HPKE suite",
+        "invalid_argument: unsupported HPKE suite",
+        "KEM id 0x0021, validly signed",
+    );
+    let mut v2 = bytes.to_vec();
+    v2[9] = 2;
+    bad(
+        "unsupported_version.cvb",
+        &v2,
+        &id,
+        "invalid_argument: unsupported bundle format version",
+        "invalid_argument: unsupported bundle format version",
+        "version 2",
+    );
+    bad(
+        "not_a_bundle.cvb",
+        b"PK\x03\x04 this is a zip file",
+        &id,
+        "invalid_argument: not a capvault bundle",
+        "invalid_argument: not a capvault bundle",
+        "wrong magic",
+    );
+
+    let chain = |name: &str, files: &[&str], issues: &[&str], clean: bool, comment: &str| {
+        vector(
+            &dir,
+            name,
+            &[
+                ("kind", "chain".into()),
+                ("comment", comment.into()),
+                ("bundles", files.join(" ")),
+                ("issues", issues.join(" ")),
+                ("clean", clean.to_string()),
+            ],
+            b"",
+        )
+    };
+    chain(
+        "chain_ok.vec",
+        &["x25519_ok.cvb", "x25519_ok_seq2.cvb"],
+        &[],
+        true,
+        "two linked bundles",
+    );
+    chain(
+        "chain_replayed.vec",
+        &["x25519_ok.cvb", "x25519_ok_seq2.cvb", "x25519_ok.cvb"],
+        &["duplicate_retry", "reordered"],
+        true,
+        "bundle 1 delivered again",
+    );
+    chain(
+        "chain_conflict.vec",
+        &[
+            "x25519_ok.cvb",
+            "x25519_ok_seq2.cvb",
+            "x25519_conflict_seq2.cvb",
+        ],
+        &["conflict"],
+        false,
+        "two different bundles with sequence 2",
+    );
+    chain(
+        "chain_gap.vec",
+        &["x25519_ok.cvb", "x25519_ok_seq2.cvb", "x25519_seq4.cvb"],
+        &["missing_bundles"],
+        false,
+        "bundle 3 missing",
+    );
+    chain(
+        "chain_other_device_key.vec",
+        &[
+            "x25519_ok.cvb",
+            "x25519_ok_seq2.cvb",
+            "other_device_key.cvb",
+        ],
+        &["device_key_changed"],
+        false,
+        "bundle 3 from another key under the same device id",
+    );
+    chain(
+        "chain_reordered.vec",
+        &["x25519_ok_seq2.cvb", "x25519_ok.cvb"],
+        &["reordered"],
+        true,
+        "arrived out of order",
+    );
+
+    let rec = id.recipient().to_string();
+    let recipient = |name: &str, text: &str, expect: &str, comment: &str| {
+        vector(
+            &dir,
+            name,
+            &[
+                ("kind", "recipient".into()),
+                ("comment", comment.into()),
+                ("text", text.into()),
+                ("expect", expect.into()),
+            ],
+            b"",
+        )
+    };
+    recipient(
+        "recipient_ok.vec",
+        &rec,
+        "ok",
+        "the recipient of the X25519 identity",
+    );
+    recipient(
+        "recipient_xwing_ok.vec",
+        &pq.recipient().to_string(),
+        "ok",
+        "the recipient of the X-Wing identity",
+    );
+    let mut typo = rec.clone().into_bytes();
+    let i = rec.len() - 9;
+    typo[i] = if typo[i] == b'q' { b'p' } else { b'q' };
+    recipient(
+        "recipient_typo.vec",
+        std::str::from_utf8(&typo).unwrap(),
+        "invalid_argument: checksum failed",
+        "one character changed",
+    );
+    recipient(
+        "recipient_truncated.vec",
+        &rec[..rec.len() - 8],
+        "invalid_argument: checksum failed",
+        "last 8 characters cut",
+    );
+    recipient(
+        "recipient_bad_prefix.vec",
+        &rec.replacen("cvrecip-x25519-1", "age1", 1),
+        "invalid_argument: must start with",
+        "unknown prefix",
+    );
+    recipient(
+        "recipient_bad_base32.vec",
+        &format!("{rec}0"),
+        "invalid_argument: base32",
+        "0 is not a base32 digit",
+    );
+    recipient(
+        "recipient_is_identity.vec",
+        &idt,
+        "invalid_argument: must start with",
+        "a secret key given as a recipient",
+    );
+}

@@ -107,28 +107,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-/// Parses byte sizes like `1048576`, `512K`, `16M`, `1G` (powers of 1024).
+/// Parses byte sizes like `1048576`, `512K`, `16M`, `16MiB`, `1G` (powers of 1024).
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let bad = || format!("'{s}' is not a size: use bytes or K, M, G (e.g. 16M)");
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'B' => 1,
-                _ => return Err(bad()),
-            };
-            (&t[..i], m)
-        }
-        _ => (t, 1),
+    let t = s.trim().to_ascii_uppercase();
+    let t = t
+        .strip_suffix("IB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(&t);
+    let (num, shift) = match t.chars().last() {
+        Some('K') => (&t[..t.len() - 1], 10),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('G') => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
     };
-    let n: u64 = num
-        .trim_end_matches(['i', 'I'])
-        .parse()
-        .map_err(|_| bad())?;
-    let v = n.checked_mul(mult).ok_or_else(bad)?;
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let v = n.checked_mul(1u64 << shift).ok_or_else(bad)?;
     if v == 0 {
         return Err("the size must be at least 1 byte".into());
     }
@@ -245,7 +239,8 @@ mod tests {
     fn sizes() {
         assert_eq!(parse_size("1024").unwrap(), 1024);
         assert_eq!(parse_size("16M").unwrap(), 16 << 20);
-        assert_eq!(parse_size("2KiB").unwrap_or(0), 0);
+        assert_eq!(parse_size("2KiB").unwrap(), 2048);
+        assert_eq!(parse_size("100b").unwrap(), 100);
         assert!(parse_size("0").is_err());
         assert!(parse_size("12Q").is_err());
     }

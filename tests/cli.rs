@@ -634,54 +634,81 @@ fn seal_open_ack_with_receipts_end_to_end() {
     f.init();
     capture(&f, 300);
     let outbox = f.root.join("outbox");
-    let sealed = f.json(&[
-        "seal",
-        "--to",
-        &recipient,
-        "--out-dir",
-        outbox.to_str().unwrap(),
-        "--max-bytes",
-        "2K",
-    ]);
-    let list = sealed["bundles"].as_array().unwrap();
-    assert!(!list.is_empty(), "{sealed}");
-    let files: Vec<String> = list
-        .iter()
-        .map(|b| b["file"].as_str().unwrap().to_string())
-        .collect();
-    // The bundles hold no window title in clear.
-    for p in &files {
-        let bytes = std::fs::read(p).unwrap();
+    let seal = || {
+        f.json(&[
+            "seal",
+            "--to",
+            &recipient,
+            "--out-dir",
+            outbox.to_str().unwrap(),
+            "--max-bytes",
+            "2K",
+        ])["bundles"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let open = |files: &[&str]| {
+        let mut args = vec!["open", "--identity", id_file.to_str().unwrap()];
+        args.extend(files);
+        let out = run(&args);
+        assert_ok(&out, &args);
+        text(&out.stdout)
+    };
+    let first = seal();
+    assert_eq!(first.len(), 1);
+    let first_id = first[0]["id"].as_str().unwrap().to_string();
+    // Unacknowledged: the same range is offered again.
+    let again = seal();
+    assert_eq!(again[0]["bundle_seq"], first[0]["bundle_seq"]);
+    assert_eq!(again[0]["first_record"], first[0]["first_record"]);
+    // A vault that requires receipts refuses an ack without one, and changes nothing.
+    let out = f.run(&["ack", &first_id, "--receipt-key", &receipt_key]);
+    assert_ne!(code(&out), 0, "{}", text(&out.stdout));
+    let records_before = f.json(&["status"])["records"].as_u64().unwrap();
+    assert!(records_before > 0);
+
+    let receipts = f.root.join("receipts.txt");
+    let mut files: Vec<String> = Vec::new();
+    let mut bundle = first;
+    let mut rounds = 0;
+    while let Some(b) = bundle.first() {
+        rounds += 1;
+        assert!(rounds < 1000, "sealing does not end");
+        let file = b["file"].as_str().unwrap().to_string();
+        // The bundle holds no window title or user name in clear.
+        let bytes = std::fs::read(&file).unwrap();
         assert!(!common::contains(&bytes, b"salary review"));
         assert!(!common::contains(&bytes, b"alice"));
+        let args = [
+            "receipt",
+            "--identity",
+            id_file.to_str().unwrap(),
+            &file,
+            "--out",
+            receipts.to_str().unwrap(),
+        ];
+        assert_ok(&run(&args), &args);
+        let acked = f.json(&[
+            "ack",
+            "--receipt",
+            receipts.to_str().unwrap(),
+            "--receipt-key",
+            &receipt_key,
+        ]);
+        assert_eq!(acked["acknowledged"].as_array().unwrap().len(), 1);
+        files.push(file);
+        bundle = seal();
     }
-    let mut args = vec!["open", "--identity", id_file.to_str().unwrap()];
-    args.extend(files.iter().map(String::as_str));
-    let out = run(&args);
-    assert_ok(&out, &args);
-    let n = text(&out.stdout)
+    assert!(rounds >= 2, "2K bundles should split 300 events");
+    // Every bundle that was acknowledged opens, in order, with a clean chain.
+    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
+    let all = open(&refs);
+    let n = all
         .lines()
         .filter(|l| l.contains("\"mouse_move\"") || l.contains("\"window_focus\""))
         .count();
     assert_eq!(n, 300);
-
-    let receipts = f.root.join("receipts.txt");
-    let mut args = vec!["receipt", "--identity", id_file.to_str().unwrap()];
-    args.extend(files.iter().map(String::as_str));
-    args.extend(["--out", receipts.to_str().unwrap()]);
-    assert_ok(&run(&args), &args);
-    // Without a receipt, a vault that requires one refuses.
-    let first_id = list[0]["id"].as_str().unwrap();
-    let out = f.run(&["ack", first_id, "--receipt-key", &receipt_key]);
-    assert_ne!(code(&out), 0);
-    let acked = f.json(&[
-        "ack",
-        "--receipt",
-        receipts.to_str().unwrap(),
-        "--receipt-key",
-        &receipt_key,
-    ]);
-    assert_eq!(acked["acknowledged"].as_array().unwrap().len(), list.len());
     assert_eq!(f.json(&["status"])["records"], 0);
     assert!(f
         .json(&["audit"])

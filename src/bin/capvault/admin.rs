@@ -10,9 +10,6 @@ use serde_json::{json, Value};
 
 use capvault::{Error, Recipient, Vault, VaultOptions};
 
-#[allow(unused_imports)]
-use crate::pending::PendingVaultApi;
-
 use crate::handoff::{self, HandoffError, Op};
 use crate::output::{self, human_bytes, human_time, print_json, CliError, CliResult};
 use crate::{EraseArgs, HandoffArgs, KeystoreArg, PauseArgs, RotateArgs, VaultArgs};
@@ -527,41 +524,47 @@ pub fn seal(a: &SealArgs, json: bool) -> CliResult<()> {
             a.out_dir.display()
         ))
     })?;
-    let sp = output::spinner("sealing bundles");
+    // The vault offers one bundle at a time: the oldest unacknowledged range (the same
+    // range again, freshly sealed, until it is acknowledged).
+    let sp = output::spinner("sealing");
+    let sealed = vault.seal_next(&a.to, a.max_bytes);
+    sp.finish_and_clear();
     let mut out = Vec::new();
-    let mut last: Option<u64> = None;
-    while let Some(b) = vault.seal_next(&a.to, a.max_bytes)? {
-        // The same unacknowledged range may be offered again: stop at the first repeat.
-        if out
-            .iter()
-            .any(|(id, _, _): &(String, PathBuf, usize)| id == b.id())
-            || last.is_some_and(|l| b.header().first_record() <= l)
-        {
-            break;
-        }
-        last = Some(b.header().last_record());
+    if let Some(b) = sealed? {
         let path = write_file_atomic(&a.out_dir, &format!("{}.cvb", b.id()), b.bytes())
             .map_err(|e| CliError::failure(format!("cannot write bundle: {e}")))?;
-        out.push((b.id().to_string(), path, b.bytes().len()));
-        sp.inc(1);
+        let h = b.header();
+        out.push(json!({
+            "id": b.id(),
+            "file": path.display().to_string(),
+            "bytes": b.bytes().len(),
+            "bundle_seq": h.bundle_seq(),
+            "first_record": h.first_record(),
+            "last_record": h.last_record(),
+            "events": h.event_count(),
+        }));
     }
-    sp.finish_and_clear();
     vault.close()?;
     if json {
-        let list: Vec<Value> = out
-            .iter()
-            .map(|(id, p, n)| json!({ "id": id, "file": p.display().to_string(), "bytes": n }))
-            .collect();
-        print_json(&json!({ "bundles": list }));
+        print_json(&json!({ "bundles": out }));
     } else if out.is_empty() {
-        println!("nothing to seal: every record is already sealed");
+        println!("nothing to seal: no records are waiting for release");
     } else {
-        for (id, p, n) in &out {
-            println!("{id}  {}  {}", p.display(), human_bytes(*n as u64));
+        for b in &out {
+            println!(
+                "{}  {}  bundle {}, records {}..={}, {} events, {}",
+                b["id"].as_str().unwrap_or(""),
+                b["file"].as_str().unwrap_or(""),
+                u(&b["bundle_seq"]),
+                u(&b["first_record"]),
+                u(&b["last_record"]),
+                u(&b["events"]),
+                human_bytes(u(&b["bytes"]))
+            );
         }
         println!(
-            "{} bundle(s) sealed; after the collector confirms, run `capvault ack` with the ids or receipts",
-            out.len()
+            "until it is acknowledged this range is offered again; after the collector confirms, \
+             run `capvault ack` with the id or its receipt, then seal again for the next records"
         );
     }
     Ok(())
@@ -785,9 +788,7 @@ pub fn serve(a: &ServeArgs) -> CliResult<()> {
     loop {
         let served = handoff::serve_requests(&vault, &t.dir)?;
         if let Some(pending) = served.erase {
-            vault.close()?;
-            let result = Vault::erase(&t.dir, &t.user, t.options.clone());
-            pending.finish(result)?;
+            pending.finish(vault.erase_open())?;
             println!("erased");
             return Ok(());
         }

@@ -142,8 +142,8 @@ impl Response {
 pub struct Served {
     /// Requests answered.
     pub answered: usize,
-    /// An erase request, taken but not yet answered: close the vault, call
-    /// `Vault::erase`, then [`PendingErase::finish`] with the result.
+    /// An erase request, taken but not yet answered: call `Vault::erase_open` (which
+    /// consumes the handle), then [`PendingErase::finish`] with the result.
     pub erase: Option<PendingErase>,
 }
 
@@ -155,7 +155,7 @@ pub struct PendingErase {
 }
 
 impl PendingErase {
-    /// Answers the erase request with the outcome of `Vault::erase`.
+    /// Answers the erase request with the outcome of `Vault::erase_open`.
     pub fn finish(self, result: capvault::Result<()>) -> capvault::Result<()> {
         let resp = match result {
             Ok(()) => Response::ok(&self.id, serde_json::json!({})),

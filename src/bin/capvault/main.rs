@@ -9,7 +9,6 @@ mod collector;
 mod demo;
 mod handoff;
 mod output;
-mod pending;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -632,7 +632,10 @@ fn seal_open_ack_with_receipts_end_to_end() {
     let recipient = v["recipient"].as_str().unwrap().to_string();
     let receipt_key = v["receipt_key"].as_str().unwrap().to_string();
     f.init();
-    capture(&f, 300);
+    // Three captures, three records at least: more than one 2K bundle.
+    for _ in 0..3 {
+        capture(&f, 100);
+    }
     let outbox = f.root.join("outbox");
     let seal = || {
         f.json(&[

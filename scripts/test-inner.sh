@@ -49,6 +49,16 @@ while IFS='=' read -r name value; do
   [[ $name =~ ^[A-Z_]+$ ]] && export "$name=$value"
 done <<<"$daemon_env"
 
+# The daemon claims its bus name a moment after --daemonize returns; a client asking
+# before that would have D-Bus start a second, locked daemon. Wait for the name.
+for _ in $(seq 1 100); do
+  if dbus-send --session --print-reply --dest=org.freedesktop.DBus /org/freedesktop/DBus \
+    org.freedesktop.DBus.NameHasOwner string:org.freedesktop.secrets 2>/dev/null | grep -q 'boolean true'; then
+    break
+  fi
+  sleep 0.1
+done
+
 # Prove the Secret Service works before running anything that depends on it.
 probe=capvault-probe-$$
 printf 'probe' | secret-tool store --label="capvault test probe" capvault-probe "$probe" ||

@@ -412,7 +412,10 @@ mod linux {
             loop {
                 let len = match key.read(&mut Vec::new()) {
                     Ok(len) => len,
-                    Err(KeyError::KeyDoesNotExist) => return Ok(None),
+                    // Invalidated (deleted) keys linger briefly until the kernel collects them.
+                    Err(
+                        KeyError::KeyDoesNotExist | KeyError::KeyRevoked | KeyError::KeyExpired,
+                    ) => return Ok(None),
                     Err(e) => return Err(Self::error("read", &desc, e)),
                 };
                 let mut buf = Zeroizing::new(vec![0u8; len]);
@@ -422,7 +425,10 @@ mod linux {
                         return Ok(Some(buf));
                     }
                     Ok(_) => continue, // replaced by a longer secret meanwhile
-                    Err(KeyError::KeyDoesNotExist) => return Ok(None),
+                    // Invalidated (deleted) keys linger briefly until the kernel collects them.
+                    Err(
+                        KeyError::KeyDoesNotExist | KeyError::KeyRevoked | KeyError::KeyExpired,
+                    ) => return Ok(None),
                     Err(e) => return Err(Self::error("read", &desc, e)),
                 }
             }
@@ -432,13 +438,19 @@ mod linux {
             let desc = Self::description(name)?;
             let key = match self.ring.search(&desc) {
                 Ok(key) => key,
-                Err(KeyError::KeyDoesNotExist) => return Ok(()),
+                // Already invalidated, not yet collected by the kernel: already deleted.
+                Err(KeyError::KeyDoesNotExist | KeyError::KeyRevoked | KeyError::KeyExpired) => {
+                    return Ok(())
+                }
                 Err(e) => return Err(Self::error("find", &desc, e)),
             };
             // Invalidation removes the key from every keyring at once and has the kernel
             // free (and wipe) its payload.
             match key.invalidate() {
-                Ok(()) | Err(KeyError::KeyDoesNotExist) => Ok(()),
+                Ok(())
+                | Err(KeyError::KeyDoesNotExist | KeyError::KeyRevoked | KeyError::KeyExpired) => {
+                    Ok(())
+                }
                 Err(e) => Err(Self::error("delete", &desc, e)),
             }
         }

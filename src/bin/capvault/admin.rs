@@ -1,0 +1,797 @@
+//! Vault-scoped commands: init, status, verify, pause, resume, keys, seal, ack, erase,
+//! show, audit, and the hidden `serve`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::{json, Value};
+
+use capvault::{Error, Recipient, Vault, VaultOptions};
+
+use crate::handoff::{self, HandoffError, Op};
+use crate::output::{self, human_bytes, human_time, print_json, CliError, CliResult};
+use crate::{EraseArgs, HandoffArgs, KeystoreArg, PauseArgs, RotateArgs, VaultArgs};
+
+// ----- resolving --vault / --user / options -----
+
+/// A resolved vault target.
+pub struct Target {
+    pub dir: PathBuf,
+    pub user: String,
+    pub options: VaultOptions,
+}
+
+pub fn resolve(va: &VaultArgs) -> CliResult<Target> {
+    let dir = match (&va.vault, std::env::var_os("CAPVAULT_VAULT")) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) if !d.is_empty() => PathBuf::from(d),
+        _ => {
+            return Err(CliError::usage(
+                "--vault DIR is required (or set CAPVAULT_VAULT)",
+            ))
+        }
+    };
+    let user = match (&va.user, std::env::var("CAPVAULT_USER")) {
+        (Some(u), _) => u.clone(),
+        (None, Ok(u)) if !u.is_empty() => u,
+        _ => {
+            return Err(CliError::usage(
+                "--user NAME is required (or set CAPVAULT_USER)",
+            ))
+        }
+    };
+    if user.is_empty() || user.len() > 128 || user.chars().any(char::is_control) {
+        return Err(CliError::usage(
+            "--user must be 1 to 128 bytes without control characters",
+        ));
+    }
+    let mut options = match &va.options {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                CliError::usage(format!("cannot read --options {}: {e}", path.display()))
+            })?;
+            VaultOptions::from_json(&text)
+                .map_err(|e| CliError::usage(format!("--options {}: {e}", path.display())))?
+        }
+        None => VaultOptions::default(),
+    };
+    if va.keystore != KeystoreArg::Auto || va.options.is_none() {
+        options.keystore = va.keystore.kind();
+    }
+    Ok(Target { dir, user, options })
+}
+
+/// True when `dir` holds a vault (a sled database).
+fn vault_exists(dir: &Path) -> bool {
+    dir.join("conf").is_file() || dir.join("db").is_file()
+}
+
+fn no_vault(t: &Target) -> CliError {
+    CliError::failure(format!(
+        "no vault at {}: check --vault, or create one with `capvault init --vault {} --user {}`",
+        t.dir.display(),
+        t.dir.display(),
+        t.user
+    ))
+}
+
+fn no_user(t: &Target) -> CliError {
+    CliError::failure(format!(
+        "the vault at {} has no data for user '{}': check --user, or create it with `capvault init`",
+        t.dir.display(),
+        t.user
+    ))
+}
+
+/// Whether the vault holds trees for the user, without creating anything. `InUse` when
+/// another process holds the directory.
+fn user_present(t: &Target) -> Result<bool, Error> {
+    let db = sled::Config::new()
+        .path(&t.dir)
+        .cache_capacity(1 << 20)
+        .open()
+        .map_err(|e| match e {
+            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                Error::InUse
+            }
+            other => Error::Storage(other.to_string()),
+        })?;
+    let name = format!(
+        "u/{}/keys",
+        data_encoding::HEXLOWER.encode(t.user.as_bytes())
+    );
+    let present = db
+        .tree_names()
+        .iter()
+        .any(|n| n.as_ref() == name.as_bytes());
+    drop(db);
+    Ok(present)
+}
+
+/// Why a vault-scoped command could not run.
+pub enum Failure {
+    /// A library error (the caller may treat some specially, e.g. `Erased`).
+    Lib(Error),
+    /// Anything else, ready to print.
+    Cli(CliError),
+}
+
+impl From<Failure> for CliError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Lib(e) => e.into(),
+            Failure::Cli(c) => c,
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Lib(e)
+    }
+}
+
+/// Opens an existing vault for an existing user (never creates one).
+pub fn open_existing(t: &Target) -> Result<Vault, Failure> {
+    if !vault_exists(&t.dir) {
+        return Err(Failure::Cli(no_vault(t)));
+    }
+    match user_present(t) {
+        Ok(true) => {}
+        Ok(false) => return Err(Failure::Cli(no_user(t))),
+        Err(e) => return Err(Failure::Lib(e)),
+    }
+    Ok(Vault::open(&t.dir, &t.user, t.options.clone())?)
+}
+
+fn open_or_fail(va: &VaultArgs) -> CliResult<(Target, Vault)> {
+    let t = resolve(va)?;
+    let v = open_existing(&t).map_err(CliError::from)?;
+    Ok((t, v))
+}
+
+/// Runs `local` on the vault, or, when another process holds it, sends `op` through the
+/// hand-off. Returns the operation's JSON result.
+fn local_or_handoff(
+    h: &HandoffArgs,
+    op: Op,
+    local: impl FnOnce(&Vault) -> capvault::Result<Value>,
+) -> Result<(Target, Value), Failure> {
+    let t = resolve(&h.vault).map_err(Failure::Cli)?;
+    match open_existing(&t) {
+        Ok(vault) => {
+            let v = local(&vault)?;
+            vault.close()?;
+            Ok((t, v))
+        }
+        Err(Failure::Lib(Error::InUse)) => {
+            let v = via_handoff(&t, op, h.wait)?;
+            Ok((t, v))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn via_handoff(t: &Target, op: Op, wait: Duration) -> Result<Value, Failure> {
+    match handoff::request(&t.dir, &t.user, op, wait) {
+        Ok(r) if r.ok => Ok(r.result),
+        Ok(r) => {
+            let msg = r.error.unwrap_or_else(|| "the request failed".into());
+            Err(match r.error_kind.as_deref() {
+                Some("erased") => Failure::Lib(Error::Erased),
+                Some("tampered") => Failure::Cli(CliError::integrity(format!(
+                    "{msg} (reported by the process holding the vault)"
+                ))),
+                _ => Failure::Cli(CliError::failure(format!(
+                    "{msg} (reported by the process holding the vault)"
+                ))),
+            })
+        }
+        Err(HandoffError::NoAnswer) => Err(Failure::Cli(CliError::failure(format!(
+            "the vault is held by another process that does not answer requests; stop the \
+             capture agent or retry (waited {}; --wait sets how long)",
+            fmt_wait(wait)
+        )))),
+        Err(HandoffError::Accepted) => Err(Failure::Cli(CliError::failure(
+            "the process holding the vault accepted the request but did not answer in time; \
+             check `capvault status` or `capvault audit` later",
+        ))),
+        Err(HandoffError::Io(e)) => Err(Failure::Cli(CliError::failure(format!(
+            "the vault is held by another process and the request could not be sent: {e}"
+        )))),
+    }
+}
+
+fn fmt_wait(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+// ----- init -----
+
+pub fn init(va: &VaultArgs, json: bool) -> CliResult<()> {
+    let t = resolve(va)?;
+    let existed = vault_exists(&t.dir) && user_present(&t)?;
+    let vault = Vault::open(&t.dir, &t.user, t.options.clone())?;
+    let st = serde_json::to_value(vault.status()?).expect("status serializes");
+    vault.close()?;
+    if json {
+        print_json(&json!({ "created": !existed, "status": st }));
+    } else {
+        if existed {
+            println!(
+                "vault {} already holds user '{}': nothing changed",
+                t.dir.display(),
+                t.user
+            );
+        } else {
+            println!(
+                "created vault {} for user '{}' (keys in {})",
+                t.dir.display(),
+                t.user,
+                st["keystore"].as_str().unwrap_or("?")
+            );
+        }
+        if let Some(w) = st["keystore_warning"].as_str() {
+            eprintln!("warning: {w}");
+        }
+    }
+    Ok(())
+}
+
+// ----- status and keys list -----
+
+fn erased_report(t: &Target, json: bool) {
+    if json {
+        print_json(&json!({
+            "dir": t.dir.display().to_string(),
+            "user": t.user,
+            "erased": true,
+        }));
+    } else {
+        println!(
+            "user '{}' in vault {} was erased: the keys were destroyed and nothing of this user can be read",
+            t.user,
+            t.dir.display()
+        );
+    }
+}
+
+pub fn status(h: &HandoffArgs, json: bool) -> CliResult<()> {
+    match local_or_handoff(h, Op::Status, |v| {
+        Ok(serde_json::to_value(v.status()?).expect("status serializes"))
+    }) {
+        Ok((_, st)) => {
+            if json {
+                print_json(&st);
+            } else {
+                print!("{}", render_status(&st));
+            }
+            Ok(())
+        }
+        Err(Failure::Lib(Error::Erased)) => {
+            erased_report(&resolve(&h.vault)?, json);
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+fn render_epochs(st: &Value, out: &mut String) {
+    let current = u(&st["current_epoch"]);
+    for e in st["epochs"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  epoch {:>4}{}  created {}  {:>8} records  {:>10}\n",
+            u(&e["epoch"]),
+            if u(&e["epoch"]) == current { "*" } else { " " },
+            human_time(e["created_us"].as_i64().unwrap_or(0)),
+            u(&e["records"]),
+            human_bytes(u(&e["bytes"])),
+        ));
+    }
+}
+
+fn keystore_line(st: &Value) -> String {
+    format!(
+        "{} ({})",
+        st["keystore"].as_str().unwrap_or("?"),
+        if st["keystore_persistent"].as_bool().unwrap_or(false) {
+            "persistent"
+        } else {
+            "NOT persistent: lost at reboot"
+        }
+    )
+}
+
+pub fn render_status(st: &Value) -> String {
+    let mut o = String::new();
+    let s = |k: &str| st[k].as_str().unwrap_or("").to_string();
+    o.push_str(&format!("vault      {} (id {})\n", s("dir"), s("vault_id")));
+    o.push_str(&format!("user       {}\n", s("user")));
+    o.push_str(&format!("keystore   {}\n", keystore_line(st)));
+    if let Some(w) = st["keystore_warning"].as_str() {
+        o.push_str(&format!("           warning: {w}\n"));
+    }
+    o.push_str(&format!("KEK        version {}\n", u(&st["kek_version"])));
+    o.push_str(&format!(
+        "epochs     {} live, current {} (* below)\n",
+        st["epochs"].as_array().map_or(0, Vec::len),
+        u(&st["current_epoch"])
+    ));
+    render_epochs(st, &mut o);
+    o.push_str(&format!(
+        "records    {} ({} stored, {} on disk), next event {}\n",
+        u(&st["records"]),
+        human_bytes(u(&st["stored_bytes"])),
+        human_bytes(u(&st["disk_bytes"])),
+        u(&st["next_event_seq"])
+    ));
+    let pause = &st["pause"];
+    match pause["paused_until_us"].as_i64() {
+        Some(until) => o.push_str(&format!(
+            "pause      paused until {} ({} events dropped so far)\n",
+            human_time(until),
+            u(&pause["dropped"])
+        )),
+        None => o.push_str("pause      not paused\n"),
+    }
+    o.push_str(&format!(
+        "policy     version {}, purpose \"{}\"\n",
+        u(&st["policy_version"]),
+        s("purpose")
+    ));
+    o.push_str(&format!(
+        "audit      {} ledger entries\n",
+        u(&st["audit_entries"])
+    ));
+    o
+}
+
+pub fn keys_list(h: &HandoffArgs, json: bool) -> CliResult<()> {
+    let (_, st) = local_or_handoff(h, Op::KeysList, |v| {
+        Ok(serde_json::to_value(v.status()?).expect("status serializes"))
+    })?;
+    if json {
+        let mut keys = serde_json::Map::new();
+        for k in [
+            "keystore",
+            "keystore_persistent",
+            "keystore_warning",
+            "kek_version",
+            "current_epoch",
+            "epochs",
+        ] {
+            keys.insert(k.into(), st[k].clone());
+        }
+        print_json(&Value::Object(keys));
+    } else {
+        let mut o = String::new();
+        o.push_str(&format!("keystore   {}\n", keystore_line(&st)));
+        if let Some(w) = st["keystore_warning"].as_str() {
+            o.push_str(&format!("           warning: {w}\n"));
+        }
+        o.push_str(&format!("KEK        version {}\n", u(&st["kek_version"])));
+        o.push_str("data keys  (* = current epoch)\n");
+        render_epochs(&st, &mut o);
+        print!("{o}");
+    }
+    Ok(())
+}
+
+// ----- rotate, pause, resume -----
+
+pub fn keys_rotate(a: &RotateArgs, json: bool) -> CliResult<()> {
+    if a.kek {
+        let (_, v) = local_or_handoff(&a.h, Op::RotateKek, |v| {
+            Ok(json!({ "kek_version": v.rotate_kek()? }))
+        })?;
+        if json {
+            print_json(&json!({ "rotated": "kek", "kek_version": v["kek_version"] }));
+        } else {
+            println!(
+                "KEK rotated: data keys rewrapped under KEK version {}; the old KEK was deleted from the keychain",
+                u(&v["kek_version"])
+            );
+        }
+    } else {
+        let (_, v) = local_or_handoff(&a.h, Op::RotateDek, |v| {
+            Ok(json!({ "epoch": v.rotate_dek()? }))
+        })?;
+        if json {
+            print_json(&json!({ "rotated": "dek", "epoch": v["epoch"] }));
+        } else {
+            println!("data key rotated: new records use epoch {}", u(&v["epoch"]));
+        }
+    }
+    Ok(())
+}
+
+pub fn pause(a: &PauseArgs, json: bool) -> CliResult<()> {
+    if a.duration < Duration::from_secs(1) {
+        return Err(CliError::usage("--for must be at least 1s"));
+    }
+    let secs = a.duration.as_secs();
+    let (_, v) = local_or_handoff(&a.h, Op::Pause { secs }, |v| {
+        Ok(json!({ "paused_until_us": v.pause(Duration::from_secs(secs))? }))
+    })?;
+    let until = v["paused_until_us"].as_i64().unwrap_or(0);
+    if json {
+        print_json(&json!({ "paused_until_us": until }));
+    } else {
+        let granted = (until - output::now_us()).max(0) / 1_000_000;
+        println!("capture paused until {}", human_time(until));
+        if granted + 2 < secs as i64 {
+            println!("(the policy caps a pause at about {} s)", granted + 1);
+        }
+    }
+    Ok(())
+}
+
+pub fn resume(h: &HandoffArgs, json: bool) -> CliResult<()> {
+    local_or_handoff(h, Op::Resume, |v| {
+        v.resume()?;
+        Ok(json!({}))
+    })?;
+    if json {
+        print_json(&json!({ "resumed": true }));
+    } else {
+        println!("capture resumed");
+    }
+    Ok(())
+}
+
+// ----- verify -----
+
+pub fn verify(va: &VaultArgs, json: bool) -> CliResult<()> {
+    let (_, vault) = open_or_fail(va)?;
+    let sp = output::spinner("verifying records");
+    let result = vault.verify();
+    sp.finish_and_clear();
+    let report = result?;
+    vault.close()?;
+    if json {
+        let mut v = serde_json::to_value(&report).expect("report serializes");
+        v["ok"] = Value::Bool(true);
+        print_json(&v);
+    } else {
+        println!(
+            "ok: {} records ({}) and {} events verified, records {}..={}; the audit ledger verifies",
+            report.records,
+            human_bytes(report.bytes),
+            report.events,
+            report.first_seq,
+            report.last_seq
+        );
+    }
+    Ok(())
+}
+
+// ----- seal and ack -----
+
+fn parse_recipient(s: &str) -> Result<Recipient, String> {
+    s.trim().parse::<Recipient>().map_err(|e| match e {
+        Error::InvalidArgument(m) => m,
+        other => other.to_string(),
+    })
+}
+
+#[derive(Args, Debug)]
+pub struct SealArgs {
+    /// The collector's recipient (cvrecip-x25519-1... or cvrecip-xwing-1...).
+    #[arg(long, value_name = "RECIPIENT", value_parser = parse_recipient)]
+    pub to: Recipient,
+    /// Directory to write bundles to (created if missing), one `<id>.cvb` per bundle.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: PathBuf,
+    /// Largest plaintext per bundle (bytes, or with K, M, G).
+    #[arg(long, value_name = "N", default_value = "16M", value_parser = output::parse_size)]
+    pub max_bytes: usize,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+}
+
+fn write_file_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    let dest = dir.join(name);
+    std::fs::rename(&tmp, &dest)?;
+    Ok(dest)
+}
+
+pub fn seal(a: &SealArgs, json: bool) -> CliResult<()> {
+    let (_, vault) = open_or_fail(&a.vault)?;
+    std::fs::create_dir_all(&a.out_dir).map_err(|e| {
+        CliError::failure(format!(
+            "cannot create --out-dir {}: {e}",
+            a.out_dir.display()
+        ))
+    })?;
+    // The vault offers one bundle at a time: the oldest unacknowledged range (the same
+    // range again, freshly sealed, until it is acknowledged).
+    let sp = output::spinner("sealing");
+    let sealed = vault.seal_next(&a.to, a.max_bytes);
+    sp.finish_and_clear();
+    let mut out = Vec::new();
+    if let Some(b) = sealed? {
+        let path = write_file_atomic(&a.out_dir, &format!("{}.cvb", b.id()), b.bytes())
+            .map_err(|e| CliError::failure(format!("cannot write bundle: {e}")))?;
+        let h = b.header();
+        out.push(json!({
+            "id": b.id(),
+            "file": path.display().to_string(),
+            "bytes": b.bytes().len(),
+            "bundle_seq": h.bundle_seq(),
+            "first_record": h.first_record(),
+            "last_record": h.last_record(),
+            "events": h.event_count(),
+        }));
+    }
+    vault.close()?;
+    if json {
+        print_json(&json!({ "bundles": out }));
+    } else if out.is_empty() {
+        println!("nothing to seal: no records are waiting for release");
+    } else {
+        for b in &out {
+            println!(
+                "{}  {}  bundle {}, records {}..={}, {} events, {}",
+                b["id"].as_str().unwrap_or(""),
+                b["file"].as_str().unwrap_or(""),
+                u(&b["bundle_seq"]),
+                u(&b["first_record"]),
+                u(&b["last_record"]),
+                u(&b["events"]),
+                human_bytes(u(&b["bytes"]))
+            );
+        }
+        println!(
+            "until it is acknowledged this range is offered again; after the collector confirms, \
+             run `capvault ack` with the id or its receipt, then seal again for the next records"
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct AckArgs {
+    /// Bundle ids (cvb1...) the collector received. With --receipt, may be omitted to
+    /// acknowledge every bundle named in the receipt files.
+    #[arg(value_name = "BUNDLE_ID")]
+    pub ids: Vec<String>,
+    /// Receipt file written by `capvault receipt` (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub receipt: Vec<PathBuf>,
+    /// The collector's receipt key (cvreceipt-ed25519-1...): only bundles with a valid
+    /// receipt from that collector are acknowledged.
+    #[arg(long, value_name = "KEY")]
+    pub receipt_key: Option<String>,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+}
+
+/// Reads a receipt file: lines `<bundle id> <receipt, base64>`; `#` comments.
+pub fn read_receipts(path: &Path) -> CliResult<Vec<(String, Vec<u8>)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CliError::failure(format!("cannot read receipt file {}: {e}", path.display()))
+    })?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = || {
+            CliError::failure(format!(
+                "{}:{}: not a receipt line (expected `<bundle id> <receipt>` as written by `capvault receipt`)",
+                path.display(),
+                n + 1
+            ))
+        };
+        let mut parts = line.split_whitespace();
+        let (Some(id), Some(r), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad());
+        };
+        let r = data_encoding::BASE64
+            .decode(r.as_bytes())
+            .map_err(|_| bad())?;
+        out.push((id.to_string(), r));
+    }
+    Ok(out)
+}
+
+pub fn ack(a: &AckArgs, json: bool) -> CliResult<()> {
+    let mut receipts = Vec::new();
+    for p in &a.receipt {
+        receipts.extend(read_receipts(p)?);
+    }
+    let ids: Vec<String> = if a.ids.is_empty() {
+        receipts.iter().map(|(id, _)| id.clone()).collect()
+    } else {
+        a.ids.clone()
+    };
+    if ids.is_empty() {
+        return Err(CliError::usage(
+            "name the bundles to acknowledge (BUNDLE_ID...) or give --receipt FILE",
+        ));
+    }
+    for id in &ids {
+        if !id.starts_with("cvb1") || id.len() != 36 {
+            return Err(CliError::usage(format!(
+                "'{id}' is not a bundle id (they look like cvb1 followed by 32 characters)"
+            )));
+        }
+    }
+    let mut t = resolve(&a.vault)?;
+    if let Some(k) = &a.receipt_key {
+        k.parse::<capvault::ReceiptKey>()
+            .map_err(|e| CliError::usage(format!("--receipt-key: {e}")))?;
+        t.options.collector_receipt_key = Some(k.clone());
+    }
+    let vault = open_existing(&t).map_err(CliError::from)?;
+    let mut done = Vec::new();
+    let mut first_err = None;
+    for id in &ids {
+        let receipt = receipts
+            .iter()
+            .find(|(r, _)| r == id)
+            .map(|(_, r)| r.as_slice());
+        if !a.receipt.is_empty() && receipt.is_none() {
+            first_err.get_or_insert(CliError::failure(format!(
+                "no receipt for {id} in the receipt files"
+            )));
+            continue;
+        }
+        match vault.ack(id, receipt) {
+            Ok(_) => done.push(id.clone()),
+            Err(e) => {
+                first_err.get_or_insert(CliError::from(e).prefixed(id));
+            }
+        }
+    }
+    vault.close()?;
+    if json {
+        print_json(&json!({ "acknowledged": done }));
+    } else {
+        for id in &done {
+            println!("acknowledged {id}");
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+impl CliError {
+    fn prefixed(mut self, what: &str) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+}
+
+// ----- erase -----
+
+pub fn erase(a: &EraseArgs, json: bool) -> CliResult<()> {
+    if !a.yes {
+        return Err(CliError::usage(
+            "erase destroys this user's keys and data for good; add --yes to confirm",
+        ));
+    }
+    let t = resolve(&a.h.vault)?;
+    if !vault_exists(&t.dir) {
+        return Err(no_vault(&t));
+    }
+    let result = match user_present(&t) {
+        Ok(false) => return Err(no_user(&t)),
+        Ok(true) => Vault::erase(&t.dir, &t.user, t.options.clone()).map_err(Failure::Lib),
+        Err(Error::InUse) => via_handoff(&t, Op::Erase, a.h.wait).map(|_| ()),
+        Err(e) => Err(Failure::Lib(e)),
+    };
+    match result {
+        Ok(()) | Err(Failure::Lib(Error::Erased)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    if json {
+        print_json(&json!({ "erased": true, "dir": t.dir.display().to_string(), "user": t.user }));
+    } else {
+        println!(
+            "erased user '{}' in {}: the keys were destroyed; nothing of this user can be read any more",
+            t.user,
+            t.dir.display()
+        );
+    }
+    Ok(())
+}
+
+// ----- show and audit -----
+
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// Write screenshots and other binary payloads as files here instead of base64.
+    #[arg(long, value_name = "DIR")]
+    pub blobs_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+}
+
+pub fn show(a: &ShowArgs) -> CliResult<()> {
+    let (_, vault) = open_or_fail(&a.vault)?;
+    if let Some(d) = &a.blobs_dir {
+        std::fs::create_dir_all(d).map_err(|e| {
+            CliError::failure(format!("cannot create --blobs-dir {}: {e}", d.display()))
+        })?;
+    }
+    let events = vault.subject_access()?;
+    vault.close()?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    capvault::write_json_lines(&events, &mut out, a.blobs_dir.as_deref())?;
+    out.flush()?;
+    Ok(())
+}
+
+pub fn audit(va: &VaultArgs, json: bool) -> CliResult<()> {
+    let (_, vault) = open_or_fail(va)?;
+    let entries = vault.audit_log()?;
+    vault.close()?;
+    if json {
+        print_json(&serde_json::to_value(&entries).expect("entries serialize"));
+    } else {
+        for e in &entries {
+            println!(
+                "{:>6}  {}  {:<14} {}",
+                e.seq,
+                human_time(e.ts_us),
+                e.action,
+                e.detail
+            );
+        }
+    }
+    Ok(())
+}
+
+// ----- serve (hidden) -----
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// How often to look for requests.
+    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = output::parse_duration)]
+    pub poll: Duration,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+}
+
+/// Holds the vault and answers hand-off requests until killed (or until an erase).
+pub fn serve(a: &ServeArgs) -> CliResult<()> {
+    let t = resolve(&a.vault)?;
+    let vault = Vault::open(&t.dir, &t.user, t.options.clone())?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    loop {
+        let served = handoff::serve_requests(&vault, &t.dir)?;
+        if let Some(pending) = served.erase {
+            pending.finish(vault.erase_open())?;
+            println!("erased");
+            return Ok(());
+        }
+        std::thread::sleep(a.poll);
+    }
+}

@@ -1,0 +1,818 @@
+//! The `capvault` command-line tool, run as a user would: the built binary, spawned with
+//! real keychains (`bash scripts/test.sh` provides Secret Service and keyutils), checking
+//! output and exit codes (0 ok, 1 operational failure, 2 usage error, 3 integrity).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use capvault::{Event, Identity, KeyStoreKind, SeqEvent, Vault};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_capvault");
+
+fn store_name(kind: KeyStoreKind) -> &'static str {
+    match kind {
+        KeyStoreKind::SecretService => "secret-service",
+        KeyStoreKind::Keyutils => "keyutils",
+        KeyStoreKind::MacosKeychain => "macos-keychain",
+        KeyStoreKind::WindowsCredential => "windows-credential",
+        _ => "auto",
+    }
+}
+
+/// A vault directory in a temp dir plus the arguments that name it.
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    dir: PathBuf,
+    user: String,
+    store: KeyStoreKind,
+}
+
+impl Fixture {
+    fn new(store: KeyStoreKind) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        Fixture {
+            dir: root.join("vault"),
+            root,
+            _tmp: tmp,
+            user: "alice".into(),
+            store,
+        }
+    }
+
+    fn vault_args(&self) -> Vec<String> {
+        vec![
+            "--vault".into(),
+            self.dir.display().to_string(),
+            "--user".into(),
+            self.user.clone(),
+            "--keystore".into(),
+            store_name(self.store).into(),
+        ]
+    }
+
+    /// Runs `capvault <args> <vault args>`.
+    fn run(&self, args: &[&str]) -> Output {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(self.vault_args());
+        run(&all.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.run(&a);
+        assert_ok(&out, args);
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: stdout is not JSON ({e}): {}", text(&out.stdout)))
+    }
+
+    fn init(&self) {
+        let out = self.run(&["init"]);
+        assert_ok(&out, &["init"]);
+    }
+
+    fn options(&self) -> capvault::VaultOptions {
+        common::options(self.store)
+    }
+
+    /// Spawns `capvault serve` holding the vault; returns once it is ready.
+    fn serve(&self) -> Server {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(self.vault_args())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "serve did not start");
+        Server(child)
+    }
+}
+
+/// A `capvault serve` child process, killed on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("CAPVAULT_VAULT")
+        .env_remove("CAPVAULT_USER")
+        .output()
+        .expect("spawn capvault")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("exited normally")
+}
+
+fn assert_ok(out: &Output, what: &[&str]) {
+    assert_eq!(
+        code(out),
+        0,
+        "{what:?} failed\nstdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// Asserts the exit code and that stderr is one `error:` line containing `needle`.
+fn assert_fails(out: &Output, want: i32, needle: &str) {
+    let err = text(&out.stderr);
+    assert_eq!(
+        code(out),
+        want,
+        "stdout: {}\nstderr: {err}",
+        text(&out.stdout)
+    );
+    assert!(
+        err.to_lowercase().contains(&needle.to_lowercase()),
+        "stderr lacks {needle:?}: {err}"
+    );
+}
+
+fn events(n: u64, t0: i64) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            if i % 10 == 0 {
+                Event::WindowFocus {
+                    ts_us: t0 + i as i64,
+                    app: "Excel".into(),
+                    title: format!("salary review {i}"),
+                }
+            } else {
+                Event::MouseMove {
+                    ts_us: t0 + i as i64,
+                    x: i as i32,
+                    y: -(i as i32),
+                }
+            }
+        })
+        .collect()
+}
+
+/// Appends events through the library (as a capture agent would), then closes.
+fn capture(f: &Fixture, n: u64) {
+    let v = Vault::open(&f.dir, &f.user, f.options()).unwrap();
+    for e in events(n, 1_700_000_000_000_000) {
+        let _ = v.append(e).unwrap();
+    }
+    v.flush().unwrap();
+    v.close().unwrap();
+}
+
+// ----- admin commands -----
+
+#[test]
+fn init_status_rotate_list_verify_audit_on_every_keychain() {
+    for store in common::stores() {
+        let f = Fixture::new(store);
+        f.init();
+        let st = f.json(&["status"]);
+        assert_eq!(st["keystore"], store_name(store));
+        assert_eq!(st["kek_version"], 1);
+        assert_eq!(st["erased"], false);
+        let human = text(&f.run(&["status"]).stdout);
+        assert!(human.contains("KEK        version 1"), "{human}");
+
+        capture(&f, 50);
+        let r = f.json(&["keys", "rotate"]);
+        assert_eq!(r["rotated"], "dek");
+        assert_eq!(r["epoch"], 2);
+        let r = f.json(&["keys", "rotate", "--kek"]);
+        assert_eq!(r["kek_version"], 2);
+        let vault_id = st["vault_id"].as_str().unwrap();
+        assert!(common::keychain_secret(store, &common::kek_name(vault_id, "alice", 1)).is_none());
+        assert!(common::keychain_secret(store, &common::kek_name(vault_id, "alice", 2)).is_some());
+
+        let keys = f.json(&["keys", "list"]);
+        assert_eq!(keys["kek_version"], 2);
+        assert_eq!(keys["current_epoch"], 2);
+        let epochs = keys["epochs"].as_array().unwrap();
+        assert_eq!(epochs.len(), 2);
+        assert!(epochs[0]["records"].as_u64().unwrap() >= 1);
+        assert!(epochs[0]["created_us"].as_i64().unwrap() > 0);
+
+        let v = f.json(&["verify"]);
+        assert_eq!(v["ok"], true);
+        assert!(v["events"].as_u64().unwrap() >= 50, "{v}");
+        let out = f.run(&["verify"]);
+        assert_ok(&out, &["verify"]);
+        assert!(text(&out.stdout).starts_with("ok:"));
+
+        let p = f.json(&["pause", "--for", "15m"]);
+        assert!(p["paused_until_us"].as_i64().unwrap() > 0);
+        assert!(f.json(&["status"])["pause"]["paused_until_us"].is_i64());
+        f.json(&["resume"]);
+        assert!(f.json(&["status"])["pause"]["paused_until_us"].is_null());
+
+        let audit = f.json(&["audit"]);
+        let actions: Vec<&str> = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        for want in ["rotate-dek", "rotate-kek", "pause", "resume"] {
+            assert!(actions.contains(&want), "{actions:?}");
+        }
+        // Text output of audit is one line per entry (plus this run's own "open").
+        let out = f.run(&["audit"]);
+        assert_ok(&out, &["audit"]);
+        assert_eq!(text(&out.stdout).lines().count(), actions.len() + 1);
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_with_one_line_messages() {
+    let f = Fixture::new(KeyStoreKind::Keyutils);
+    // Missing --vault / --user.
+    let out = run(&["status", "--user", "alice"]);
+    assert_fails(&out, 2, "--vault DIR is required");
+    let out = run(&["status", "--vault", "/tmp/x"]);
+    assert_fails(&out, 2, "--user NAME is required");
+    // Bad durations.
+    let out = f.run(&["pause", "--for", "30x"]);
+    assert_fails(&out, 2, "not a duration");
+    let out = f.run(&["status", "--wait", "soon"]);
+    assert_fails(&out, 2, "not a duration");
+    // erase without --yes changes nothing.
+    f.init();
+    let out = f.run(&["erase"]);
+    assert_fails(&out, 2, "--yes");
+    assert_eq!(f.json(&["status"])["erased"], false);
+    // A recipient with a typo: the checksum catches it.
+    let id_file = f.root.join("c.identity");
+    let out = run(&["recipient", "new", "--out", id_file.to_str().unwrap()]);
+    assert_ok(&out, &["recipient new"]);
+    let recipient = text(&out.stdout).trim().to_string();
+    let mut typo: Vec<char> = recipient.chars().collect();
+    let i = typo.len() - 5;
+    typo[i] = if typo[i] == 'q' { 'p' } else { 'q' };
+    let typo: String = typo.into_iter().collect();
+    let out = f.run(&["seal", "--to", &typo, "--out-dir", "/tmp/unused"]);
+    assert_fails(&out, 2, "checksum");
+    assert!(!Path::new("/tmp/unused").join("x").exists());
+    // Bad ack ids, unknown commands.
+    let out = f.run(&["ack", "not-a-bundle"]);
+    assert_fails(&out, 2, "not a bundle id");
+    let out = run(&["frobnicate"]);
+    assert_eq!(code(&out), 2);
+}
+
+#[test]
+fn help_shows_an_example_for_every_command() {
+    for cmd in [
+        vec!["demo"],
+        vec!["init"],
+        vec!["status"],
+        vec!["verify"],
+        vec!["pause"],
+        vec!["resume"],
+        vec!["keys", "list"],
+        vec!["keys", "rotate"],
+        vec!["seal"],
+        vec!["ack"],
+        vec!["erase"],
+        vec!["show"],
+        vec!["audit"],
+        vec!["recipient", "new"],
+        vec!["open"],
+        vec!["receipt"],
+    ] {
+        let mut args = cmd.clone();
+        args.push("--help");
+        let out = run(&args);
+        assert_ok(&out, &args);
+        let help = text(&out.stdout);
+        assert!(help.contains("Example"), "{cmd:?}: {help}");
+        assert!(help.contains("capvault "), "{cmd:?}");
+    }
+    let out = run(&["--help"]);
+    assert!(text(&out.stdout).contains("Exit codes"));
+}
+
+#[test]
+fn wrong_vault_or_user_fails_and_changes_nothing() {
+    let f = Fixture::new(KeyStoreKind::Keyutils);
+    let out = f.run(&["status"]);
+    assert_fails(&out, 1, "no vault at");
+    assert!(!f.dir.exists(), "status must not create a vault");
+    f.init();
+    let before = common::files_under(&f.dir).len();
+    let mut other = f.vault_args();
+    other[3] = "bob".into();
+    let mut args = vec!["keys".to_string(), "rotate".to_string()];
+    args.extend(other);
+    let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_fails(&out, 1, "no data for user 'bob'");
+    // Still no user bob afterwards.
+    let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_fails(&out, 1, "no data for user 'bob'");
+    assert_eq!(f.json(&["status"])["kek_version"], 1);
+    assert!(common::files_under(&f.dir).len() >= before);
+}
+
+// ----- hand-off while another process holds the vault -----
+
+#[test]
+fn rotation_and_admin_while_another_process_holds_the_vault() {
+    for store in common::stores() {
+        let f = Fixture::new(store);
+        f.init();
+        capture(&f, 20);
+        let server = f.serve();
+        let r = f.json(&["keys", "rotate", "--kek"]);
+        assert_eq!(r["kek_version"], 2);
+        let r = f.json(&["keys", "rotate"]);
+        assert_eq!(r["epoch"], 2);
+        let st = f.json(&["status"]);
+        assert_eq!(st["kek_version"], 2);
+        assert_eq!(st["current_epoch"], 2);
+        assert_eq!(
+            f.json(&["keys", "list"])["epochs"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        f.json(&["pause", "--for", "10m"]);
+        assert!(f.json(&["status"])["pause"]["paused_until_us"].is_i64());
+        f.json(&["resume"]);
+        // Commands without a hand-off say what to do.
+        let out = f.run(&["verify"]);
+        assert_fails(&out, 1, "in use by another process");
+        // Nothing is left behind in the request directory.
+        let left: Vec<_> = std::fs::read_dir(f.dir.join("requests"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        drop(server);
+        // The rotations are durable and everything verifies after the owner is gone.
+        let st = f.json(&["status"]);
+        assert_eq!(st["kek_version"], 2);
+        assert_eq!(f.json(&["verify"])["ok"], true);
+    }
+}
+
+#[test]
+fn vault_held_by_a_process_that_does_not_answer() {
+    let f = Fixture::new(KeyStoreKind::Keyutils);
+    f.init();
+    // This test process holds the vault and never serves requests.
+    let held = Vault::open(&f.dir, &f.user, f.options()).unwrap();
+    let t = std::time::Instant::now();
+    let out = f.run(&["keys", "rotate", "--kek", "--wait", "1s"]);
+    assert_fails(
+        &out,
+        1,
+        "held by another process that does not answer requests; stop the capture agent or retry",
+    );
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        text(&out.stderr).lines().count(),
+        1,
+        "{}",
+        text(&out.stderr)
+    );
+    // The unanswered request was withdrawn, so nothing happens later.
+    let left = std::fs::read_dir(f.dir.join("requests")).unwrap().count();
+    assert_eq!(left, 0);
+    held.close().unwrap();
+    assert_eq!(f.json(&["status"])["kek_version"], 1);
+}
+
+// ----- integrity -----
+
+#[test]
+fn verify_exits_3_on_a_tampered_vault() {
+    let f = Fixture::new(KeyStoreKind::Keyutils);
+    f.init();
+    capture(&f, 200);
+    assert_eq!(f.json(&["verify"])["ok"], true);
+    {
+        let db = sled::open(&f.dir).unwrap();
+        let hex: String = f.user.bytes().map(|b| format!("{b:02x}")).collect();
+        let log = db.open_tree(format!("u/{hex}/log")).unwrap();
+        let (key, value) = log
+            .iter()
+            .map(Result::unwrap)
+            .find(|(k, _)| k.len() == 9 && k[0] == 0x00)
+            .expect("a record");
+        let mut bytes = value.to_vec();
+        let i = bytes.len() / 2;
+        bytes[i] ^= 0x01;
+        log.insert(key, bytes).unwrap();
+        db.flush().unwrap();
+    }
+    let out = f.run(&["verify"]);
+    assert_fails(&out, 3, "integrity check failed");
+    let out = f.run(&["verify", "--json"]);
+    assert_eq!(code(&out), 3);
+}
+
+// ----- collector side -----
+
+/// Two chained bundles sealed as a vault would, for the collector commands.
+fn test_bundles(identity: &Identity) -> Vec<capvault::SealedBundle> {
+    use capvault::test_hooks::{seal_bundle, BundleInput};
+    let seed = [7u8; 32];
+    let evs: Vec<SeqEvent> = events(20, 1_700_000_000_000_000)
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| SeqEvent {
+            seq: i as u64,
+            event,
+        })
+        .collect();
+    let mut out: Vec<capvault::SealedBundle> = Vec::new();
+    for (n, chunk) in evs.chunks(10).enumerate() {
+        let prev = out.last().map(|b| *b.digest()).unwrap_or([0; 32]);
+        let input = BundleInput {
+            device_id: [0x42; 16],
+            bundle_seq: n as u64 + 1,
+            first_record: n as u64 + 1,
+            last_record: n as u64 + 1,
+            prev_digest: prev,
+            created_us: 1_700_000_000_000_000,
+            purpose: "activity-capture",
+            user: "alice",
+            events: chunk,
+            audit: &[],
+        };
+        out.push(seal_bundle(&input, &identity.recipient(), &seed).unwrap());
+    }
+    out
+}
+
+#[test]
+fn recipient_open_receipt_as_a_collector_would() {
+    let tmp = tempfile::tempdir().unwrap();
+    let id_file = tmp.path().join("collector.identity");
+    let out = run(&["recipient", "new", "--out", id_file.to_str().unwrap()]);
+    assert_ok(&out, &["recipient new"]);
+    let recipient = text(&out.stdout).trim().to_string();
+    assert!(recipient.starts_with("cvrecip-x25519-1"), "{recipient}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&id_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // Never overwrites an identity.
+    let out = run(&["recipient", "new", "--out", id_file.to_str().unwrap()]);
+    assert_fails(&out, 1, "already exists");
+    // --pq and --json.
+    let pq_file = tmp.path().join("pq.identity");
+    let out = run(&[
+        "recipient",
+        "new",
+        "--pq",
+        "--json",
+        "--out",
+        pq_file.to_str().unwrap(),
+    ]);
+    assert_ok(&out, &["recipient new --pq"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["recipient"]
+        .as_str()
+        .unwrap()
+        .starts_with("cvrecip-xwing-1"));
+
+    let identity = Identity::read_from_file(&id_file).unwrap();
+    let bundles = test_bundles(&identity);
+    let mut files = Vec::new();
+    for b in &bundles {
+        let p = tmp.path().join(format!("{}.cvb", b.id()));
+        std::fs::write(&p, b.bytes()).unwrap();
+        files.push(p.display().to_string());
+    }
+    // Given in reverse order: opened in sequence order anyway.
+    let mut args = vec!["open", "--identity", id_file.to_str().unwrap()];
+    args.extend(files.iter().rev().map(String::as_str));
+    let out = run(&args);
+    assert_ok(&out, &args);
+    let lines: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 20);
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..20).collect::<Vec<_>>());
+    assert_eq!(lines[0]["type"], "window_focus");
+    assert_eq!(lines[0]["title"], "salary review 0");
+    assert_eq!(lines[1]["type"], "mouse_move");
+    assert_eq!(lines[1]["x"], 1);
+    let err = text(&out.stderr);
+    assert!(err.contains("chain: device"), "{err}");
+    assert!(err.contains(": ok"), "{err}");
+
+    // Wrong identity: a clear message, exit 1.
+    let other = tmp.path().join("other.identity");
+    assert_ok(
+        &run(&["recipient", "new", "--out", other.to_str().unwrap()]),
+        &[],
+    );
+    let out = run(&["open", "--identity", other.to_str().unwrap(), &files[0]]);
+    assert_fails(&out, 1, "not sealed to this identity");
+    assert!(out.stdout.is_empty());
+    // Unreadable or missing bundle files: exit 1.
+    let missing = tmp.path().join("nope.cvb");
+    let out = run(&[
+        "open",
+        "--identity",
+        id_file.to_str().unwrap(),
+        missing.to_str().unwrap(),
+    ]);
+    assert_fails(&out, 1, "cannot read bundle");
+    let junk = tmp.path().join("junk.cvb");
+    std::fs::write(&junk, b"hello").unwrap();
+    let out = run(&[
+        "open",
+        "--identity",
+        id_file.to_str().unwrap(),
+        junk.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    // A modified bundle: integrity failure, exit 3, no events.
+    let mut bad = bundles[1].bytes().to_vec();
+    let i = bad.len() / 2;
+    bad[i] ^= 0x80;
+    let bad_file = tmp.path().join("bad.cvb");
+    std::fs::write(&bad_file, &bad).unwrap();
+    let out = run(&[
+        "open",
+        "--identity",
+        id_file.to_str().unwrap(),
+        bad_file.to_str().unwrap(),
+    ]);
+    assert_fails(&out, 3, "integrity check failed");
+    assert!(out.stdout.is_empty());
+    // Bundle 2 alone is fine (a set that starts mid-chain is informational).
+    let out = run(&["open", "--identity", id_file.to_str().unwrap(), &files[1]]);
+    assert_ok(&out, &["open bundle 2"]);
+    // A missing identity file.
+    let out = run(&["open", "--identity", "/nonexistent/id", &files[0]]);
+    assert_fails(&out, 1, "identity file");
+    // --blobs-dir is accepted; --json reports the chain on stderr as JSON.
+    let out = run(&[
+        "open",
+        "--json",
+        "--identity",
+        id_file.to_str().unwrap(),
+        &files[0],
+        &files[1],
+    ]);
+    assert_ok(&out, &["open --json"]);
+    let report: Value = serde_json::from_str(text(&out.stderr).trim()).unwrap();
+    assert_eq!(report["chain_clean"], true);
+    assert_eq!(report["events"], 20);
+
+    // Receipts verify against the identity's receipt key.
+    let receipts = tmp.path().join("receipts.txt");
+    let out = run(&[
+        "receipt",
+        "--identity",
+        id_file.to_str().unwrap(),
+        &files[0],
+        &files[1],
+        "--out",
+        receipts.to_str().unwrap(),
+    ]);
+    assert_ok(&out, &["receipt"]);
+    let body = std::fs::read_to_string(&receipts).unwrap();
+    assert_eq!(body.lines().count(), 2);
+    for (line, b) in body.lines().zip(&bundles) {
+        let (id, r) = line.split_once(' ').unwrap();
+        assert_eq!(id, b.id());
+        let r = data_encoding::BASE64.decode(r.as_bytes()).unwrap();
+        capvault::verify_receipt(&identity.receipt_key(), b.digest(), &r).unwrap();
+    }
+    // No receipt for a bundle that is not ours.
+    let out = run(&["receipt", "--identity", other.to_str().unwrap(), &files[0]]);
+    assert_fails(&out, 1, "not sealed to this identity");
+}
+
+// ----- seal, ack, show, erase, demo (need the sealing and erase calls of the vault) -----
+
+#[test]
+fn seal_open_ack_with_receipts_end_to_end() {
+    let f = Fixture::new(KeyStoreKind::Keyutils);
+    let id_file = f.root.join("collector.identity");
+    let out = run(&[
+        "recipient",
+        "new",
+        "--json",
+        "--out",
+        id_file.to_str().unwrap(),
+    ]);
+    assert_ok(&out, &["recipient new"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let recipient = v["recipient"].as_str().unwrap().to_string();
+    let receipt_key = v["receipt_key"].as_str().unwrap().to_string();
+    f.init();
+    // Three captures, three records at least: more than one 2K bundle.
+    for _ in 0..3 {
+        capture(&f, 100);
+    }
+    let outbox = f.root.join("outbox");
+    let seal = || {
+        f.json(&[
+            "seal",
+            "--to",
+            &recipient,
+            "--out-dir",
+            outbox.to_str().unwrap(),
+            "--max-bytes",
+            "2K",
+        ])["bundles"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let open = |files: &[&str]| {
+        let mut args = vec!["open", "--identity", id_file.to_str().unwrap()];
+        args.extend(files);
+        let out = run(&args);
+        assert_ok(&out, &args);
+        text(&out.stdout)
+    };
+    let first = seal();
+    assert_eq!(first.len(), 1);
+    let first_id = first[0]["id"].as_str().unwrap().to_string();
+    // Unacknowledged: the same range is offered again.
+    let again = seal();
+    assert_eq!(again[0]["bundle_seq"], first[0]["bundle_seq"]);
+    assert_eq!(again[0]["first_record"], first[0]["first_record"]);
+    // A vault that requires receipts refuses an ack without one, and changes nothing.
+    let out = f.run(&["ack", &first_id, "--receipt-key", &receipt_key]);
+    assert_ne!(code(&out), 0, "{}", text(&out.stdout));
+    let records_before = f.json(&["status"])["records"].as_u64().unwrap();
+    assert!(records_before > 0);
+
+    let receipts = f.root.join("receipts.txt");
+    let mut files: Vec<String> = Vec::new();
+    let mut bundle = first;
+    let mut rounds = 0;
+    while let Some(b) = bundle.first() {
+        rounds += 1;
+        assert!(rounds < 1000, "sealing does not end");
+        let file = b["file"].as_str().unwrap().to_string();
+        // The bundle holds no window title or user name in clear.
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(!common::contains(&bytes, b"salary review"));
+        assert!(!common::contains(&bytes, b"alice"));
+        let args = [
+            "receipt",
+            "--identity",
+            id_file.to_str().unwrap(),
+            &file,
+            "--out",
+            receipts.to_str().unwrap(),
+        ];
+        assert_ok(&run(&args), &args);
+        let acked = f.json(&[
+            "ack",
+            "--receipt",
+            receipts.to_str().unwrap(),
+            "--receipt-key",
+            &receipt_key,
+        ]);
+        assert_eq!(acked["acknowledged"].as_array().unwrap().len(), 1);
+        files.push(file);
+        bundle = seal();
+    }
+    assert!(rounds >= 2, "2K bundles should split 300 events");
+    // Every bundle that was acknowledged opens, in order, with a clean chain.
+    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
+    let all = open(&refs);
+    let n = all
+        .lines()
+        .filter(|l| l.contains("\"mouse_move\"") || l.contains("\"window_focus\""))
+        .count();
+    assert_eq!(n, 300);
+    assert_eq!(f.json(&["status"])["records"], 0);
+    assert!(f
+        .json(&["audit"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "ack"));
+}
+
+#[test]
+fn show_is_audited_and_erase_leaves_nothing_readable() {
+    for store in common::stores() {
+        let f = Fixture::new(store);
+        f.init();
+        capture(&f, 30);
+        let out = f.run(&["show"]);
+        assert_ok(&out, &["show"]);
+        let lines: Vec<Value> = text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(lines.iter().any(|l| l["title"] == "salary review 10"));
+        let audit = f.json(&["audit"]);
+        assert!(audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"].as_str().unwrap().contains("subject")));
+
+        let vault_id = f.json(&["status"])["vault_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let out = f.run(&["erase", "--yes"]);
+        assert_ok(&out, &["erase"]);
+        let st = f.json(&["status"]);
+        assert_eq!(st["erased"], true);
+        let out = f.run(&["status"]);
+        assert_ok(&out, &["status"]);
+        assert!(text(&out.stdout).contains("erased"));
+        for cmd in [&["show"][..], &["verify"], &["audit"], &["keys", "rotate"]] {
+            let out = f.run(cmd);
+            assert_fails(&out, 1, "erased");
+            assert!(!text(&out.stdout).contains("salary"));
+        }
+        assert!(common::keychain_secret(store, &common::kek_name(&vault_id, "alice", 1)).is_none());
+        for file in common::files_under(&f.dir) {
+            let bytes = std::fs::read(&file).unwrap();
+            assert!(
+                !common::contains(&bytes, b"salary review"),
+                "{}",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn erase_while_another_process_holds_the_vault() {
+    let f = Fixture::new(KeyStoreKind::Keyutils);
+    f.init();
+    capture(&f, 10);
+    let mut server = f.serve();
+    let out = f.run(&["erase", "--yes"]);
+    assert_ok(&out, &["erase"]);
+    // The serving process closed the vault, erased it and exited.
+    let status = server.0.wait().unwrap();
+    assert!(status.success());
+    assert_eq!(f.json(&["status"])["erased"], true);
+}
+
+#[test]
+fn demo_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keep = tmp.path().join("kept");
+    let out = run(&[
+        "demo",
+        "--seconds",
+        "2",
+        "--json",
+        "--keep",
+        keep.to_str().unwrap(),
+    ]);
+    assert_ok(&out, &["demo"]);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["seconds_simulated"], 2);
+    assert!(r["events"]["mouse"].as_u64().unwrap() >= 2000);
+    assert_eq!(r["events"]["screenshots"], 2);
+    assert!(r["events"]["dropped_while_paused"].as_u64().unwrap() > 0);
+    assert!(r["bundles"].as_u64().unwrap() >= 1);
+    assert_eq!(r["chain_clean"], true);
+    assert_eq!(r["secrets_found_in_bundles"].as_array().unwrap().len(), 0);
+    assert!(r["epochs"].as_u64().unwrap() >= 2);
+    assert!(keep.join("vault").is_dir());
+    assert!(keep.join("collector.identity").is_file());
+    assert!(std::fs::read_dir(keep.join("bundles")).unwrap().count() >= 1);
+    // The text report, with no arguments but the length.
+    let out = run(&["demo", "--seconds", "1"]);
+    assert_ok(&out, &["demo"]);
+    let s = text(&out.stdout);
+    for want in ["events", "storage", "bundles", "insider"] {
+        assert!(s.contains(want), "{s}");
+    }
+}

@@ -80,6 +80,23 @@ impl From<std::io::Error> for Error {
     }
 }
 
+impl Error {
+    /// A copy of this error for a second waiter (errors hold only text, never secrets).
+    pub(crate) fn clone_for_reply(&self) -> Error {
+        match self {
+            Error::InvalidArgument(s) => Error::InvalidArgument(s.clone()),
+            Error::Keychain(s) => Error::Keychain(s.clone()),
+            Error::Storage(s) => Error::Storage(s.clone()),
+            Error::StorageFull(s) => Error::StorageFull(s.clone()),
+            Error::Tampered(s) => Error::Tampered(s.clone()),
+            Error::InUse => Error::InUse,
+            Error::Erased => Error::Erased,
+            Error::NotFound(s) => Error::NotFound(s.clone()),
+            Error::Closed => Error::Closed,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,22 +124,5 @@ mod tests {
     fn disk_full_maps_to_storage_full() {
         let e: Error = std::io::Error::from_raw_os_error(28).into();
         assert!(matches!(e, Error::StorageFull(_)));
-    }
-}
-
-impl Error {
-    /// A copy of this error for a second waiter (errors hold only text, never secrets).
-    pub(crate) fn clone_for_reply(&self) -> Error {
-        match self {
-            Error::InvalidArgument(s) => Error::InvalidArgument(s.clone()),
-            Error::Keychain(s) => Error::Keychain(s.clone()),
-            Error::Storage(s) => Error::Storage(s.clone()),
-            Error::StorageFull(s) => Error::StorageFull(s.clone()),
-            Error::Tampered(s) => Error::Tampered(s.clone()),
-            Error::InUse => Error::InUse,
-            Error::Erased => Error::Erased,
-            Error::NotFound(s) => Error::NotFound(s.clone()),
-            Error::Closed => Error::Closed,
-        }
     }
 }

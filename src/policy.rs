@@ -136,10 +136,6 @@ impl PolicyGate {
         }
     }
 
-    pub(crate) fn policy(&self) -> &Policy {
-        &self.policy
-    }
-
     /// Decides whether `event` is stored and minimises it in place.
     pub(crate) fn admit(&mut self, event: &mut Event) -> Admission {
         let mut markers = Vec::new();

@@ -294,10 +294,10 @@ fn another_users_keys_cannot_open_a_users_records() {
     for kind in stores() {
         let d = tempfile::tempdir().unwrap();
         let a = Vault::open(d.path(), "alice", text_level(kind)).unwrap();
-        a.append_window_focus(1, "app", SECRET_TITLE).unwrap();
+        let _ = a.append_window_focus(1, "app", SECRET_TITLE).unwrap();
         a.close().unwrap();
         let b = Vault::open(d.path(), "bob", text_level(kind)).unwrap();
-        b.append_window_focus(2, "app", "bob's window").unwrap();
+        let _ = b.append_window_focus(2, "app", "bob's window").unwrap();
         b.close().unwrap();
         // Graft alice's log (records and anchors) into bob's tree.
         {

@@ -223,10 +223,11 @@ impl KeyHierarchy {
             let k = if w.kek_version == kek_version {
                 &kek
             } else {
-                if !olds.contains_key(&w.kek_version) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = olds.entry(w.kek_version)
+                {
                     let old = Self::load_kek(&*store, &vault_hex, user, w.kek_version)?
                         .ok_or_else(wrong_key)?;
-                    olds.insert(w.kek_version, old);
+                    slot.insert(old);
                 }
                 &olds[&w.kek_version]
             };

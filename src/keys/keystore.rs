@@ -401,7 +401,10 @@ mod linux {
             // in the thread, process and session keyrings).
             let key = match self.ring.search(&desc) {
                 Ok(key) => key,
-                Err(KeyError::KeyDoesNotExist) => return Ok(None),
+                // A key being invalidated or expiring is as good as gone.
+                Err(KeyError::KeyDoesNotExist | KeyError::KeyRevoked | KeyError::KeyExpired) => {
+                    return Ok(None)
+                }
                 Err(e) => return Err(Self::error("find", &desc, e)),
             };
             // Read into a buffer of exactly the right size so that no copy of the

@@ -48,26 +48,9 @@ impl Framer {
         }
     }
 
-    pub(crate) fn next_event_seq(&self) -> u64 {
-        self.next_event_seq
-    }
-
-    /// Events still in the open frame.
-    pub(crate) fn pending_events(&self) -> u64 {
-        self.events_in_frame
-    }
-
     /// True when the open frame is older than `max_age`.
     pub(crate) fn is_older_than(&self, max_age: std::time::Duration) -> bool {
         self.started.is_some_and(|s| s.elapsed() >= max_age)
-    }
-
-    /// Changes the policy version for records after the open frame.
-    pub(crate) fn set_policy_version(&mut self, v: u32, emit: &mut dyn FnMut(Job)) {
-        if let Some(j) = self.cut() {
-            emit(j);
-        }
-        self.policy_version = v;
     }
 
     /// Adds one event; emits every record it completes.

@@ -180,8 +180,10 @@ impl Log {
                 policy_version: job.policy_version,
                 created_us: now_us,
             };
-            if !purposes.contains_key(&job.policy_version) {
-                purposes.insert(job.policy_version, purpose_of(job.policy_version)?);
+            if let std::collections::btree_map::Entry::Vacant(slot) =
+                purposes.entry(job.policy_version)
+            {
+                slot.insert(purpose_of(job.policy_version)?);
             }
             let v = self.binding.seal(
                 seq,
@@ -403,8 +405,17 @@ impl Log {
             .collect()
     }
 
-    /// Stored value of record `seq` (for tests and the seal path's size accounting).
-    pub(crate) fn raw(&self, seq: u64) -> Result<Option<sled::IVec>> {
-        Ok(self.tree.get(record_key(seq))?)
+    /// Clear headers and stored sizes of records `from..=to`, without decrypting.
+    pub(crate) fn headers(&self, from: u64, to: u64) -> Result<Vec<(u64, RecordHeader, usize)>> {
+        let mut out = Vec::new();
+        if to < from {
+            return Ok(out);
+        }
+        for item in self.tree.range(record_key(from)..=record_key(to)) {
+            let (k, v) = item?;
+            let seq = seq_of_key(&k).ok_or_else(|| Error::tampered("a record key is malformed"))?;
+            out.push((seq, RecordHeader::parse(&v)?, v.len()));
+        }
+        Ok(out)
     }
 }

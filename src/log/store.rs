@@ -127,27 +127,6 @@ impl Store {
         })
     }
 
-    /// Users with trees in this vault.
-    pub(crate) fn users(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for name in self.db.tree_names() {
-            let Ok(name) = std::str::from_utf8(&name) else {
-                continue;
-            };
-            if let Some(hex) = name
-                .strip_prefix("u/")
-                .and_then(|r| r.strip_suffix("/keys"))
-            {
-                if let Ok(bytes) = data_encoding::HEXLOWER.decode(hex.as_bytes()) {
-                    if let Ok(user) = String::from_utf8(bytes) {
-                        out.push(user);
-                    }
-                }
-            }
-        }
-        out
-    }
-
     /// Makes everything written so far durable: sled's flush, then fsync of its files and
     /// the directory (sled's own flush does not survive power loss).
     pub(crate) fn durable_flush(&self) -> Result<()> {

@@ -103,6 +103,9 @@ pub struct Status {
     pub purpose: String,
     /// Audit ledger entries.
     pub audit_entries: u64,
+    /// The last failure of background maintenance (retention, budget, scheduled
+    /// rotation), if the most recent run failed.
+    pub maintenance_error: Option<String>,
     /// Always false for an open vault (an erased vault does not open).
     pub erased: bool,
 }
@@ -334,6 +337,7 @@ impl Vault {
             policy_version: inner.opts.policy.version,
             purpose: inner.opts.policy.purpose.clone(),
             audit_entries: inner.ledger.last_seq(),
+            maintenance_error: inner.maintenance_error(),
             erased: false,
         })
     }

@@ -2,6 +2,8 @@
 //! together for one user of one vault directory.
 
 mod admin;
+mod limits;
+mod release;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -85,7 +87,10 @@ pub(crate) struct Inner {
     pub(crate) dropped_paused: AtomicU64,
     pub(crate) filtered: AtomicU64,
     write_error: Mutex<Option<String>>,
+    maintenance_error: Mutex<Option<String>>,
     purposes: RwLock<BTreeMap<u32, String>>,
+    /// Serializes seal, ack and eviction (they move the release cursor and the tail).
+    release: Mutex<()>,
 }
 
 /// An open vault for one user. Cheap to share between threads (`&Vault` is `Sync`);
@@ -93,6 +98,7 @@ pub(crate) struct Inner {
 pub struct Vault {
     inner: Arc<Inner>,
     writer: Option<JoinHandle<()>>,
+    maintenance: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -134,6 +140,9 @@ impl Vault {
     pub fn open(dir: impl AsRef<Path>, user: &str, options: VaultOptions) -> Result<Vault> {
         check_user(user)?;
         options.validate()?;
+        if let Some(k) = &options.collector_receipt_key {
+            k.parse::<crate::seal::ReceiptKey>()?;
+        }
         let dir = dir.as_ref();
         // Keychain first: nothing is written to disk unless keys can be kept safely.
         let keystore = open_keystore(options.keystore)?;
@@ -199,16 +208,25 @@ impl Vault {
             dropped_paused: AtomicU64::new(dropped),
             filtered: AtomicU64::new(0),
             write_error: Mutex::new(None),
+            maintenance_error: Mutex::new(None),
             purposes: RwLock::new(purposes),
+            release: Mutex::new(()),
         });
         let worker = inner.clone();
         let writer = std::thread::Builder::new()
             .name("capvault-writer".into())
             .spawn(move || writer::run(worker, rx))
             .map_err(|e| Error::Storage(format!("cannot start the writer thread: {e}")))?;
+        let (stop, stopped) = mpsc::channel();
+        let worker = inner.clone();
+        let maintenance = std::thread::Builder::new()
+            .name("capvault-maintenance".into())
+            .spawn(move || limits::run(worker, stopped))
+            .map_err(|e| Error::Storage(format!("cannot start the maintenance thread: {e}")))?;
         let vault = Vault {
             inner,
             writer: Some(writer),
+            maintenance: Some((stop, maintenance)),
         };
         if let Some(v) = policy_changed {
             vault
@@ -218,6 +236,8 @@ impl Vault {
                 .inner
                 .audit("policy-change", &format!("version {v}"))?;
         }
+        vault.inner.recover_release()?;
+        vault.inner.enforce_limits()?;
         vault.inner.rotate_if_due()?;
         vault.inner.audit(
             "open",
@@ -331,7 +351,11 @@ impl Vault {
         self.shutdown()
     }
 
-    fn shutdown(&mut self) -> Result<()> {
+    pub(crate) fn shutdown(&mut self) -> Result<()> {
+        if let Some((stop, handle)) = self.maintenance.take() {
+            let _ = stop.send(());
+            let _ = handle.join();
+        }
         let Some(handle) = self.writer.take() else {
             return Ok(());
         };
@@ -448,6 +472,12 @@ impl Inner {
             .as_ref()
         {
             return Err(Error::StorageFull(format!("the vault cannot store more data right now ({e}); nothing already accepted is lost; retry after freeing space")));
+        }
+        if self.budget_refuses() {
+            return Err(Error::StorageFull(format!(
+                "the byte budget of {} bytes is used up and the policy refuses new data; seal and acknowledge bundles to make room",
+                self.opts.policy.budget_bytes
+            )));
         }
         if self.paused_until.load(Ordering::Relaxed) != 0 && self.check_pause()? {
             self.dropped_paused.fetch_add(1, Ordering::Relaxed);
@@ -574,6 +604,20 @@ impl Inner {
 
     pub(crate) fn durable_flush(&self) -> Result<()> {
         self.store.durable_flush()
+    }
+
+    pub(crate) fn set_maintenance_error(&self, e: Option<Error>) {
+        *self
+            .maintenance_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = e.map(|e| e.to_string());
+    }
+
+    pub(crate) fn maintenance_error(&self) -> Option<String> {
+        self.maintenance_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn set_write_error(&self, e: Option<&Error>) {

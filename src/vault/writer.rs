@@ -2,7 +2,7 @@
 //! order, stores them, and answers flush requests once everything before them is on disk.
 //! It also closes frames that reach the time bound.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,11 +103,8 @@ fn cut_old_frame(
     if !producer.framer.is_older_than(age) {
         return;
     }
-    loop {
-        match rx.try_recv() {
-            Ok(msg) => take(msg, pending, waiting, stop),
-            Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
-        }
+    while let Ok(msg) = rx.try_recv() {
+        take(msg, pending, waiting, stop);
     }
     if let Some(job) = producer.framer.cut() {
         pending.push(job);

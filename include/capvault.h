@@ -132,6 +132,41 @@ extern "C" {
 #endif // __cplusplus
 
 /**
+ * The bundle's bytes: returns a pointer to them and writes their length to
+ * `*out_len`.
+ *
+ * The bytes are owned by the bundle and stay valid, unchanged, until
+ * `capvault_bundle_free(b)`. Returns NULL (and leaves `*out_len` untouched) if `b` or
+ * `out_len` is NULL; `capvault_last_error()` then says which.
+ *
+ * # Safety
+ * `b` is NULL or a live bundle from `capvault_seal_next`; `out_len` is NULL or points
+ * to writable storage for one `size_t`.
+ */
+const uint8_t *capvault_bundle_data(const capvault_bundle *b, size_t *out_len);
+
+/**
+ * The bundle's id (a NUL-terminated ASCII string) to pass to `capvault_ack`.
+ *
+ * The string is owned by the bundle and stays valid until `capvault_bundle_free(b)`.
+ * Returns NULL if `b` is NULL.
+ *
+ * # Safety
+ * `b` is NULL or a live bundle from `capvault_seal_next`.
+ */
+const char *capvault_bundle_id(const capvault_bundle *b);
+
+/**
+ * Frees a bundle. NULL is fine. Pointers returned by `capvault_bundle_data` and
+ * `capvault_bundle_id` for it are invalid afterwards.
+ *
+ * # Safety
+ * `b` is NULL or a bundle from `capvault_seal_next` that was not freed yet; no other
+ * thread may be using it.
+ */
+void capvault_bundle_free(capvault_bundle *b);
+
+/**
  * The library version, for example "0.1.0".
  *
  * Returns a static NUL-terminated string: never free it; it is valid for the life of
@@ -389,41 +424,6 @@ capvault_result capvault_ack(capvault *v,
                              const char *bundle_id,
                              const uint8_t *receipt,
                              size_t receipt_len);
-
-/**
- * The bundle's bytes: returns a pointer to them and writes their length to
- * `*out_len`.
- *
- * The bytes are owned by the bundle and stay valid, unchanged, until
- * `capvault_bundle_free(b)`. Returns NULL (and leaves `*out_len` untouched) if `b` or
- * `out_len` is NULL; `capvault_last_error()` then says which.
- *
- * # Safety
- * `b` is NULL or a live bundle from `capvault_seal_next`; `out_len` is NULL or points
- * to writable storage for one `size_t`.
- */
-const uint8_t *capvault_bundle_data(const capvault_bundle *b, size_t *out_len);
-
-/**
- * The bundle's id (a NUL-terminated ASCII string) to pass to `capvault_ack`.
- *
- * The string is owned by the bundle and stays valid until `capvault_bundle_free(b)`.
- * Returns NULL if `b` is NULL.
- *
- * # Safety
- * `b` is NULL or a live bundle from `capvault_seal_next`.
- */
-const char *capvault_bundle_id(const capvault_bundle *b);
-
-/**
- * Frees a bundle. NULL is fine. Pointers returned by `capvault_bundle_data` and
- * `capvault_bundle_id` for it are invalid afterwards.
- *
- * # Safety
- * `b` is NULL or a bundle from `capvault_seal_next` that was not freed yet; no other
- * thread may be using it.
- */
-void capvault_bundle_free(capvault_bundle *b);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -20,7 +20,6 @@
 pub mod bundle;
 mod error;
 mod ptr;
-mod seal_pending;
 pub mod strings;
 pub mod vault;
 

@@ -22,8 +22,6 @@ use capvault_core::{Appended, Recipient, Vault, VaultOptions};
 use crate::bundle::capvault_bundle;
 use crate::error::{boundary, Fail};
 use crate::ptr::{opt_str, out_ptr, req_str, slice, write_out};
-#[allow(unused_imports)]
-use crate::seal_pending::SealPending;
 use crate::*;
 
 /// An open vault (opaque). Create it with `capvault_open`, release it with

@@ -14,7 +14,10 @@ fn main() -> capvault::Result<()> {
         options.keystore = KeyStoreKind::Keyutils;
     }
     let vault = Vault::open(&dir, &user, options)?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
     for i in 0..1000 {
         let _ = vault.append_mouse_move(now + i, (i % 1920) as i32, (i % 1080) as i32)?;
     }
@@ -22,6 +25,9 @@ fn main() -> capvault::Result<()> {
     let _ = vault.append_window_focus(now + 1001, "editor", "notes.txt")?;
     vault.flush()?;
     let status = vault.status()?;
-    println!("{} records, {} bytes stored, keychain {:?}", status.records, status.stored_bytes, status.keystore);
+    println!(
+        "{} records, {} bytes stored, keychain {:?}",
+        status.records, status.stored_bytes, status.keystore
+    );
     vault.close()
 }

@@ -48,7 +48,10 @@ fn ffi_c_agent_on_both_keychains() {
         let out = run_agent(&agent, &[], keystore);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains("status: {"), "{stdout}");
-        assert!(stdout.contains(&format!("\"keystore\":\"{keystore}\"")), "{stdout}");
+        assert!(
+            stdout.contains(&format!("\"keystore\":\"{keystore}\"")),
+            "{stdout}"
+        );
     }
 }
 
@@ -65,6 +68,10 @@ fn ffi_c_agent_under_valgrind() {
             "--leak-check=full",
             "--errors-for-leak-kinds=definite,possible",
             "--show-leak-kinds=definite,possible",
+            &format!(
+                "--suppressions={}",
+                repo().join("tests/ffi/valgrind.supp").display()
+            ),
         ],
         "keyutils",
     );
@@ -87,7 +94,10 @@ fn ffi_c_pkg_config_static() {
     let template = std::fs::read_to_string(repo().join("capvault.pc.in")).unwrap();
     let pc = template
         .replace("@LIBDIR@", &lib.display().to_string())
-        .replace("@INCLUDEDIR@", &repo().join("include").display().to_string())
+        .replace(
+            "@INCLUDEDIR@",
+            &repo().join("include").display().to_string(),
+        )
         .replace("@VERSION@", env!("CARGO_PKG_VERSION"));
     std::fs::write(tmp.path().join("capvault.pc"), pc).unwrap();
     let flags = run_ok(

@@ -79,6 +79,51 @@ fn check_payload(handle: &capvault, len: usize, arg: &str) -> Result<(), Fail> {
     Ok(())
 }
 
+/// Parses `options_json`. The core's message names an unknown key but not the key
+/// holding a value of the wrong type, so on failure the offending key is found by
+/// parsing each key on its own, and named.
+fn parse_options(json: &str) -> Result<VaultOptions, Fail> {
+    VaultOptions::from_json(json).map_err(|e| {
+        let msg = e.to_string();
+        match bad_option_key(json) {
+            Some(key) if !msg.contains(&format!("`{key}`")) => Fail::new(
+                CAPVAULT_ERR_INVALID_ARGUMENT,
+                format!("{msg} (key `{key}`)"),
+            ),
+            _ => Fail::from(e),
+        }
+    })
+}
+
+/// The first key of the `options_json` object (`policy.x` inside `policy`) whose value
+/// does not parse on its own.
+fn bad_option_key(json: &str) -> Option<String> {
+    use serde_json::{Map, Value};
+    fn alone<T: serde::de::DeserializeOwned>(key: &str, value: &Value) -> bool {
+        let mut one = Map::new();
+        one.insert(key.to_string(), value.clone());
+        serde_json::from_value::<T>(Value::Object(one)).is_ok()
+    }
+    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(json) else {
+        return None;
+    };
+    for (key, value) in &map {
+        if alone::<VaultOptions>(key, value) {
+            continue;
+        }
+        if let ("policy", Value::Object(policy)) = (key.as_str(), value) {
+            if let Some((k, _)) = policy
+                .iter()
+                .find(|(k, v)| !alone::<capvault_core::Policy>(k, v))
+            {
+                return Some(format!("policy.{k}"));
+            }
+        }
+        return Some(key.clone());
+    }
+    None
+}
+
 /// Opens (creating on first use) the vault in directory `dir` for user `user`.
 ///
 /// On success writes the new handle to `*out` and returns `CAPVAULT_OK`; on failure
@@ -136,7 +181,7 @@ pub unsafe extern "C" fn capvault_open(
         let user = unsafe { req_str(user, "user") }?;
         let options = match unsafe { opt_str(options_json, "options_json") }? {
             None => VaultOptions::default(),
-            Some(json) => VaultOptions::from_json(json)?,
+            Some(json) => parse_options(json)?,
         };
         let max_payload = options.max_payload_bytes;
         let vault = Vault::open(dir, user, options)?;
@@ -165,7 +210,17 @@ pub extern "C" fn capvault_close(v: *mut capvault) {
         if v.is_null() {
             return Ok(());
         }
-        let Some(handle) = handles().remove(&(v as usize)) else {
+        let handle = {
+            let mut handles = handles();
+            let handle = handles.remove(&(v as usize));
+            if handles.is_empty() {
+                // Give the table's memory back when the last vault is closed, so a
+                // program that closes everything ends with nothing allocated here.
+                handles.shrink_to_fit();
+            }
+            handle
+        };
+        let Some(handle) = handle else {
             return Ok(());
         };
         let vault = handle

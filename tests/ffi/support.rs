@@ -77,7 +77,9 @@ pub fn compile_c(sources: &[&Path], out: &Path, extra: &[&str]) {
 
 /// Runs `cmd`, panicking with its output unless it exits 0; returns its output.
 pub fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "{cmd:?} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
@@ -169,7 +171,9 @@ pub fn check_agent_events(events: &[SeqEvent]) {
     // The move appended while paused (t + 9) was dropped.
     assert!(matches!(captured[8], Event::MouseMove { ts_us, x: 700, y: 500 } if *ts_us == t + 10));
     assert!(
-        events.iter().any(|e| matches!(e.event, Event::Marker { .. })),
+        events
+            .iter()
+            .any(|e| matches!(e.event, Event::Marker { .. })),
         "the pause left no marker"
     );
 }

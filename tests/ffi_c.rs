@@ -107,14 +107,15 @@ fn ffi_c_pkg_config_static() {
     );
     let flags = String::from_utf8(flags.stdout).unwrap();
     let agent = tmp.path().join("agent-static");
-    // Link libcapvault.a by path, with the system libraries pkg-config lists.
+    // Link libcapvault.a by path (a -L directory also holding libcapvault.so would pick
+    // the shared one), followed by the system libraries pkg-config lists for it.
     let mut cmd = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
     cmd.args(["-std=c11", "-Wall", "-Wextra", "-Werror"])
         .arg(repo().join("examples/c/agent.c"))
+        .arg(lib.join("libcapvault.a"))
         .arg("-o")
         .arg(&agent)
-        .args(flags.split_whitespace().filter(|f| *f != "-lcapvault"))
-        .arg(lib.join("libcapvault.a"));
+        .args(flags.split_whitespace().filter(|f| *f != "-lcapvault"));
     run_ok(&mut cmd);
     run_agent(&agent, &[], "keyutils");
 }

@@ -96,7 +96,18 @@ step "cargo doc, C library crate (warnings denied)" \
 step "cargo nextest" cargo nextest run --workspace --no-fail-fast
 
 # --- C and Python FFI checks ------------------------------------------------------
-# (header regeneration check with cbindgen, C programs, valgrind, Python ctypes and
-# pyhpke interop go here)
+# The committed header must be exactly what cbindgen generates from ffi/src.
+check_header() {
+  local fresh
+  fresh=$(mktemp "$TEST_ROOT/capvault.h.XXXXXX")
+  cbindgen --quiet --config cbindgen.toml --crate capvault-ffi --output "$fresh" ffi &&
+    diff -u include/capvault.h "$fresh" ||
+    { printf 'include/capvault.h is stale: regenerate it with\n  cbindgen --config cbindgen.toml --crate capvault-ffi --output include/capvault.h ffi\n' >&2; return 1; }
+}
+step "C header is up to date (cbindgen)" check_header
+# The C example (also under valgrind), the bad-input C program, the pkg-config file
+# and the Python ctypes example are Rust integration tests (tests/ffi_c.rs,
+# tests/ffi_python.rs) that build the library with cargo themselves, so they ran in
+# the nextest step above (and with `bash scripts/test.sh nextest ffi_`).
 
 say "all checks passed"

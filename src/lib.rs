@@ -21,6 +21,7 @@ mod collector;
 mod error;
 mod events;
 mod failpoint;
+pub mod handoff;
 mod keys;
 mod log;
 mod options;

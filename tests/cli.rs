@@ -381,8 +381,9 @@ fn rotation_and_admin_while_another_process_holds_the_vault() {
 fn vault_held_by_a_process_that_does_not_answer() {
     let f = Fixture::new(KeyStoreKind::Keyutils);
     f.init();
-    // This test process holds the vault and never serves requests.
-    let held = Vault::open(&f.dir, &f.user, f.options()).unwrap();
+    // This test process holds the vault directory's lock (as a hung or foreign process
+    // would) and never serves requests.
+    let held = sled::open(&f.dir).unwrap();
     let t = std::time::Instant::now();
     let out = f.run(&["keys", "rotate", "--kek", "--wait", "1s"]);
     assert_fails(
@@ -400,8 +401,35 @@ fn vault_held_by_a_process_that_does_not_answer() {
     // The unanswered request was withdrawn, so nothing happens later.
     let left = std::fs::read_dir(f.dir.join("requests")).unwrap().count();
     assert_eq!(left, 0);
-    held.close().unwrap();
+    drop(held);
     assert_eq!(f.json(&["status"])["kek_version"], 1);
+}
+
+#[test]
+fn an_agent_holding_the_vault_answers_admin_requests_by_itself() {
+    let f = Fixture::new(KeyStoreKind::Keyutils);
+    f.init();
+    // A capture agent (this process, through the library) holds the vault and keeps
+    // appending; it runs no hand-off code of its own.
+    let agent = Vault::open(&f.dir, &f.user, f.options()).unwrap();
+    let _ = agent.append_mouse_move(1, 1, 1).unwrap();
+    let out = f.run(&["keys", "rotate", "--kek", "--wait", "10s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = f.run(&["keys", "rotate", "--wait", "10s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = f.run(&["pause", "--for", "1m", "--wait", "10s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(agent.append_mouse_move(2, 2, 2).unwrap(), capvault::Appended::Paused);
+    let out = f.run(&["resume", "--wait", "10s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let st = agent.status().unwrap();
+    assert_eq!(st.kek_version, 2);
+    assert_eq!(st.current_epoch, 2);
+    let out = f.run(&["erase", "--yes", "--wait", "10s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(matches!(agent.append_mouse_move(3, 3, 3), Err(capvault::Error::Erased)));
+    drop(agent);
+    assert!(matches!(Vault::open(&f.dir, &f.user, f.options()), Err(capvault::Error::Erased)));
 }
 
 // ----- integrity -----

@@ -149,6 +149,103 @@ impl Inner {
         )
     }
 
+    /// Pauses capture for `duration`, capped at the policy's `max_pause_secs`. Events
+    /// appended during the pause are dropped and counted. Returns the pause deadline.
+    /// The deadline survives restarts.
+    pub(crate) fn pause(&self, duration: Duration) -> Result<TimestampUs> {
+        let inner = self;
+        inner.check_live()?;
+        if duration.is_zero() {
+            return Err(Error::invalid("a pause must last at least one second"));
+        }
+        let secs = duration
+            .as_secs()
+            .clamp(1, inner.opts.policy.max_pause_secs);
+        let until = now_us() + (secs as i64) * 1_000_000;
+        {
+            let mut p = inner.producer();
+            let was = inner.paused_until.load(Ordering::Relaxed);
+            if was == 0 {
+                inner.dropped_paused.store(0, Ordering::Relaxed);
+                inner.push_markers(&mut p, &[Marker::PauseStart { until_us: until }])?;
+            }
+            inner
+                .trees
+                .state
+                .insert(STATE_PAUSE_UNTIL, &until.to_be_bytes())?;
+            inner.trees.state.insert(
+                STATE_PAUSE_DROPPED,
+                &(inner.dropped_paused.load(Ordering::Relaxed) as i64).to_be_bytes(),
+            )?;
+            inner.paused_until.store(until, Ordering::Relaxed);
+        }
+        inner.flush()?;
+        inner.audit("pause", &format!("{secs} s"))?;
+        Ok(until)
+    }
+
+    pub(crate) fn resume(&self) -> Result<()> {
+        self.check_live()?;
+        self.end_pause("resumed")?;
+        self.flush()
+    }
+
+    pub(crate) fn pause_state(&self) -> Result<PauseState> {
+        let inner = self;
+        let paused = inner.check_pause()?;
+        Ok(PauseState {
+            paused_until_us: paused.then(|| inner.paused_until.load(Ordering::Relaxed)),
+            dropped: inner.dropped_paused.load(Ordering::Relaxed),
+        })
+    }
+
+    pub(crate) fn status(&self) -> Result<Status> {
+        let inner = self;
+        inner.check_live()?;
+        let pause = inner.pause_state()?;
+        let keys = inner.keys();
+        let st = inner.log.lock().clone();
+        let epochs = keys
+            .epochs()
+            .into_iter()
+            .map(|e| {
+                let c = st.counts.get(&e.epoch).copied().unwrap_or_default();
+                EpochStatus {
+                    epoch: e.epoch,
+                    created_us: e.created_us,
+                    records: c.records,
+                    bytes: c.bytes,
+                }
+            })
+            .collect();
+        let persistent = inner.keystore.persistent();
+        Ok(Status {
+            dir: inner.dir().display().to_string(),
+            vault_id: data_encoding::HEXLOWER.encode(&inner.vault_id),
+            device_id: data_encoding::HEXLOWER.encode(&inner.device_id),
+            user: inner.user.clone(),
+            keystore: inner.keystore.kind(),
+            keystore_persistent: persistent,
+            keystore_warning: (!persistent).then(|| "kernel keyutils keys are lost at reboot: everything in this vault becomes unreadable after a restart unless it was sealed and uploaded first".to_string()),
+            kek_version: keys.kek_version(),
+            current_epoch: keys.current().0,
+            epochs,
+            records: st.records(),
+            stored_bytes: st.bytes(),
+            disk_bytes: inner.store.size_on_disk()?,
+            first_record: if st.records() > 0 { st.tail.first_seq } else { 0 },
+            last_record: st.head.last_seq,
+            next_event_seq: st.head.next_event_seq,
+            pause,
+            filtered: inner.filtered.load(Ordering::Relaxed),
+            policy_version: inner.opts.policy.version,
+            purpose: inner.opts.policy.purpose.clone(),
+            audit_entries: inner.ledger.last_seq(),
+            maintenance_error: inner.maintenance_error(),
+            erased: false,
+        })
+    }
+
     /// Rotates the DEK when the current epoch is older than `dek_epoch_hours`.
     pub(crate) fn rotate_if_due(&self) -> Result<()> {
         let hours = self.opts.dek_epoch_hours;
@@ -222,50 +319,17 @@ impl Vault {
     /// appended during the pause are dropped and counted. Returns the pause deadline.
     /// The deadline survives restarts.
     pub fn pause(&self, duration: Duration) -> Result<TimestampUs> {
-        let inner = self.inner();
-        if duration.is_zero() {
-            return Err(Error::invalid("a pause must last at least one second"));
-        }
-        let secs = duration
-            .as_secs()
-            .clamp(1, inner.opts.policy.max_pause_secs);
-        let until = now_us() + (secs as i64) * 1_000_000;
-        {
-            let mut p = inner.producer();
-            let was = inner.paused_until.load(Ordering::Relaxed);
-            if was == 0 {
-                inner.dropped_paused.store(0, Ordering::Relaxed);
-                inner.push_markers(&mut p, &[Marker::PauseStart { until_us: until }])?;
-            }
-            inner
-                .trees
-                .state
-                .insert(STATE_PAUSE_UNTIL, &until.to_be_bytes())?;
-            inner.trees.state.insert(
-                STATE_PAUSE_DROPPED,
-                &(inner.dropped_paused.load(Ordering::Relaxed) as i64).to_be_bytes(),
-            )?;
-            inner.paused_until.store(until, Ordering::Relaxed);
-        }
-        inner.flush()?;
-        inner.audit("pause", &format!("{secs} s"))?;
-        Ok(until)
+        self.inner().pause(duration)
     }
 
     /// Ends a pause early. Resuming when not paused is harmless.
     pub fn resume(&self) -> Result<()> {
-        self.inner().end_pause("resumed")?;
-        self.flush()
+        self.inner().resume()
     }
 
     /// The pause state.
     pub fn pause_state(&self) -> Result<PauseState> {
-        let inner = self.inner();
-        let paused = inner.check_pause()?;
-        Ok(PauseState {
-            paused_until_us: paused.then(|| inner.paused_until.load(Ordering::Relaxed)),
-            dropped: inner.dropped_paused.load(Ordering::Relaxed),
-        })
+        self.inner().pause_state()
     }
 
     /// Starts a new data-key epoch; later records use the new key. Returns its number.
@@ -297,49 +361,7 @@ impl Vault {
 
     /// Status report.
     pub fn status(&self) -> Result<Status> {
-        let inner = self.inner();
-        let pause = self.pause_state()?;
-        let keys = inner.keys();
-        let st = inner.log.lock().clone();
-        let epochs = keys
-            .epochs()
-            .into_iter()
-            .map(|e| {
-                let c = st.counts.get(&e.epoch).copied().unwrap_or_default();
-                EpochStatus {
-                    epoch: e.epoch,
-                    created_us: e.created_us,
-                    records: c.records,
-                    bytes: c.bytes,
-                }
-            })
-            .collect();
-        let persistent = inner.keystore.persistent();
-        Ok(Status {
-            dir: inner.dir().display().to_string(),
-            vault_id: data_encoding::HEXLOWER.encode(&inner.vault_id),
-            device_id: data_encoding::HEXLOWER.encode(&inner.device_id),
-            user: inner.user.clone(),
-            keystore: inner.keystore.kind(),
-            keystore_persistent: persistent,
-            keystore_warning: (!persistent).then(|| "kernel keyutils keys are lost at reboot: everything in this vault becomes unreadable after a restart unless it was sealed and uploaded first".to_string()),
-            kek_version: keys.kek_version(),
-            current_epoch: keys.current().0,
-            epochs,
-            records: st.records(),
-            stored_bytes: st.bytes(),
-            disk_bytes: inner.store.size_on_disk()?,
-            first_record: if st.records() > 0 { st.tail.first_seq } else { 0 },
-            last_record: st.head.last_seq,
-            next_event_seq: st.head.next_event_seq,
-            pause,
-            filtered: inner.filtered.load(Ordering::Relaxed),
-            policy_version: inner.opts.policy.version,
-            purpose: inner.opts.policy.purpose.clone(),
-            audit_entries: inner.ledger.last_seq(),
-            maintenance_error: inner.maintenance_error(),
-            erased: false,
-        })
+        self.inner().status()
     }
 
     /// Decrypts every stored event. Test builds only: the public API never returns stored

@@ -16,7 +16,8 @@ use crate::policy::BudgetAction;
 /// How often the maintenance thread checks the limits.
 const MAINTENANCE_TICK: Duration = Duration::from_millis(500);
 
-/// The maintenance thread: enforces limits and scheduled DEK rotation until told to stop
+/// The maintenance thread: enforces limits and scheduled DEK rotation, and answers
+/// hand-off requests from other processes (`capvault` CLI), until told to stop
 /// (or until the vault is dropped).
 pub(crate) fn run(inner: Arc<Inner>, stop: Receiver<()>) {
     loop {
@@ -24,7 +25,13 @@ pub(crate) fn run(inner: Arc<Inner>, stop: Receiver<()>) {
             Err(RecvTimeoutError::Timeout) => {}
             _ => return,
         }
-        let result = inner.enforce_limits().and_then(|()| inner.rotate_if_due());
+        if inner.is_erased() {
+            continue;
+        }
+        let result = inner
+            .enforce_limits()
+            .and_then(|()| inner.rotate_if_due())
+            .and_then(|()| crate::handoff::serve_requests(&inner, &inner.dir()).map(|_| ()));
         inner.set_maintenance_error(result.err());
     }
 }

@@ -86,6 +86,8 @@ pub(crate) struct Inner {
     pub(crate) paused_until: AtomicI64,
     pub(crate) dropped_paused: AtomicU64,
     pub(crate) filtered: AtomicU64,
+    /// Set once this user was erased through this handle: every later call fails.
+    erased: std::sync::atomic::AtomicBool,
     write_error: Mutex<Option<String>>,
     maintenance_error: Mutex<Option<String>>,
     purposes: RwLock<BTreeMap<u32, String>>,
@@ -207,6 +209,7 @@ impl Vault {
             paused_until: AtomicI64::new(paused_until),
             dropped_paused: AtomicU64::new(dropped),
             filtered: AtomicU64::new(0),
+            erased: std::sync::atomic::AtomicBool::new(false),
             write_error: Mutex::new(None),
             maintenance_error: Mutex::new(None),
             purposes: RwLock::new(purposes),
@@ -458,7 +461,24 @@ impl Inner {
         Ok(())
     }
 
+    /// Fails with [`Error::Erased`] once the user was erased through this handle.
+    pub(crate) fn check_live(&self) -> Result<()> {
+        if self.is_erased() {
+            return Err(Error::Erased);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_erased(&self) -> bool {
+        self.erased.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_erased(&self) {
+        self.erased.store(true, Ordering::Relaxed);
+    }
+
     fn append(&self, mut event: Event) -> Result<Appended> {
+        self.check_live()?;
         if matches!(event, Event::Marker { .. }) {
             return Err(Error::invalid(
                 "markers are written by the vault, not appended",
@@ -556,6 +576,7 @@ impl Inner {
     }
 
     pub(crate) fn flush(&self) -> Result<()> {
+        self.check_live()?;
         let wait = {
             let mut p = self.producer();
             self.request_flush(&mut p)?
@@ -567,6 +588,7 @@ impl Inner {
     /// and nothing new can be appended until the guard drops. Used by operations that
     /// change keys or read the whole log.
     pub(crate) fn quiesce(&self) -> Result<MutexGuard<'_, Producer>> {
+        self.check_live()?;
         let mut p = self.producer();
         let wait = self.request_flush(&mut p)?;
         wait.recv().map_err(|_| Error::Closed)??;

@@ -55,6 +55,21 @@ struct Pending {
 }
 
 impl Inner {
+    /// Crypto-shreds this user while the handle stays open (the hand-off's erase): keys
+    /// first, then data; afterwards every call on the handle fails with `Erased`.
+    pub(crate) fn erase_in_place(&self) -> Result<()> {
+        let p = self.quiesce()?;
+        let _g = self.release_lock();
+        self.keys_mut().erase(&|| self.durable_flush())?;
+        self.mark_erased();
+        for tree in [&self.trees.log, &self.trees.state, &self.trees.ledger] {
+            tree.clear()?;
+        }
+        self.durable_flush()?;
+        drop(p);
+        Ok(())
+    }
+
     fn release_state(&self) -> Result<ReleaseState> {
         match self.trees.state.get(RELEASE_STATE)? {
             None => Ok(ReleaseState {
@@ -254,6 +269,7 @@ impl Inner {
     }
 
     pub(crate) fn ack(&self, id: &str, receipt: Option<&[u8]>) -> Result<()> {
+        self.check_live()?;
         let _g = self.release_lock();
         let mut state = self.release_state()?;
         self.complete_ack(&mut state)?;
@@ -340,17 +356,7 @@ impl Vault {
 
     /// Crypto-shreds the user of this open vault (see [`Vault::erase`]).
     pub fn erase_open(mut self) -> Result<()> {
-        {
-            let inner = self.inner();
-            let p = inner.quiesce()?;
-            let _g = inner.release_lock();
-            inner.keys_mut().erase(&|| inner.durable_flush())?;
-            for tree in [&inner.trees.log, &inner.trees.state, &inner.trees.ledger] {
-                tree.clear()?;
-            }
-            inner.durable_flush()?;
-            drop(p);
-        }
+        self.inner().erase_in_place()?;
         self.shutdown()
     }
 }

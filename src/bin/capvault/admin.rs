@@ -10,9 +10,9 @@ use serde_json::{json, Value};
 
 use capvault::{Error, Recipient, Vault, VaultOptions};
 
-use crate::handoff::{self, HandoffError, Op};
 use crate::output::{self, human_bytes, human_time, print_json, CliError, CliResult};
 use crate::{EraseArgs, HandoffArgs, KeystoreArg, PauseArgs, RotateArgs, VaultArgs};
+use capvault::handoff::{self, HandoffError, Op};
 
 // ----- resolving --vault / --user / options -----
 
@@ -772,26 +772,22 @@ pub fn audit(va: &VaultArgs, json: bool) -> CliResult<()> {
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// How often to look for requests.
-    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = output::parse_duration)]
-    pub poll: Duration,
     #[command(flatten)]
     pub vault: VaultArgs,
 }
 
-/// Holds the vault and answers hand-off requests until killed (or until an erase).
+/// Holds the vault open (as a capture agent does) until killed or until the user is
+/// erased. The vault itself answers hand-off requests while it is open.
 pub fn serve(a: &ServeArgs) -> CliResult<()> {
     let t = resolve(&a.vault)?;
     let vault = Vault::open(&t.dir, &t.user, t.options.clone())?;
     println!("ready");
     std::io::stdout().flush()?;
     loop {
-        let served = handoff::serve_requests(&vault, &t.dir)?;
-        if let Some(pending) = served.erase {
-            pending.finish(vault.erase_open())?;
+        std::thread::sleep(Duration::from_millis(100));
+        if let Err(capvault::Error::Erased) = vault.status() {
             println!("erased");
             return Ok(());
         }
-        std::thread::sleep(a.poll);
     }
 }

@@ -7,7 +7,6 @@
 mod admin;
 mod collector;
 mod demo;
-mod handoff;
 mod output;
 
 use std::path::PathBuf;

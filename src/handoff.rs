@@ -2,9 +2,9 @@
 //!
 //! sled lets one process own a vault directory. When a capture agent holds it, the CLI
 //! cannot open it; instead it drops a request file into `<vault>/requests/` and waits
-//! for the owner to answer. The owner calls [`serve_requests`] now and then (for
-//! example once a second from its flush loop); the function is self-contained (it uses
-//! only the public `capvault` API) so it can move into the library and behind the C API.
+//! for the owner to answer. Every open vault serves these requests from its
+//! maintenance thread (about twice a second), so a capture agent, whether it uses the
+//! Rust crate or the C library, answers without any code of its own.
 //!
 //! Protocol (docs/CLI.md, "Hand-off"), all files 0600 in a 0700 directory:
 //!
@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use capvault::{Error, Vault};
+use crate::error::{Error, Result};
+use crate::vault::Inner;
 
 /// Protocol version in every request and response.
 pub const VERSION: u32 = 1;
@@ -59,8 +60,7 @@ pub enum Op {
     },
     /// `Vault::resume` (answer: `{}`).
     Resume,
-    /// Crypto-shred the user: the owner must close its handle first, so
-    /// [`serve_requests`] hands it back in [`Served::erase`].
+    /// Crypto-shred the user; the owner's handle then reports the vault erased.
     Erase,
 }
 
@@ -123,7 +123,6 @@ impl Response {
             Error::Erased => "erased",
             Error::NotFound(_) => "not-found",
             Error::Closed => "closed",
-            _ => "other",
         };
         Response {
             v: VERSION,
@@ -133,35 +132,6 @@ impl Response {
             error_kind: Some(kind.into()),
             error: Some(e.to_string()),
         }
-    }
-}
-
-/// What one [`serve_requests`] pass did.
-#[derive(Debug, Default)]
-#[must_use]
-pub struct Served {
-    /// Requests answered.
-    pub answered: usize,
-    /// An erase request, taken but not yet answered: call `Vault::erase_open` (which
-    /// consumes the handle), then [`PendingErase::finish`] with the result.
-    pub erase: Option<PendingErase>,
-}
-
-/// An erase request waiting for the owner to close its handle and erase.
-#[derive(Debug)]
-pub struct PendingErase {
-    dir: PathBuf,
-    id: String,
-}
-
-impl PendingErase {
-    /// Answers the erase request with the outcome of `Vault::erase_open`.
-    pub fn finish(self, result: capvault::Result<()>) -> capvault::Result<()> {
-        let resp = match result {
-            Ok(()) => Response::ok(&self.id, serde_json::json!({})),
-            Err(e) => Response::err(&self.id, &e),
-        };
-        answer(&self.dir, &self.id, &resp)
     }
 }
 
@@ -184,7 +154,7 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
 }
 
 /// Writes `bytes` to `dir/name` atomically (temp file, then rename), owner-only.
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> capvault::Result<()> {
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -226,45 +196,44 @@ fn requests_dir(vault_dir: &Path) -> PathBuf {
     vault_dir.join(REQUEST_DIR)
 }
 
-fn answer(dir: &Path, id: &str, resp: &Response) -> capvault::Result<()> {
+fn answer(dir: &Path, id: &str, resp: &Response) -> Result<()> {
     let bytes = serde_json::to_vec(resp).expect("responses serialize");
     write_atomic(dir, &format!("{id}.resp"), &bytes)?;
     let _ = fs::remove_file(dir.join(format!("{id}.taken")));
     Ok(())
 }
 
-fn execute(vault: &Vault, op: &Op) -> capvault::Result<serde_json::Value> {
+fn execute(inner: &Inner, op: &Op) -> Result<serde_json::Value> {
     Ok(match op {
         Op::Status | Op::KeysList => {
-            serde_json::to_value(vault.status()?).expect("status serializes")
+            serde_json::to_value(inner.status()?).expect("status serializes")
         }
-        Op::RotateDek => serde_json::json!({ "epoch": vault.rotate_dek()? }),
-        Op::RotateKek => serde_json::json!({ "kek_version": vault.rotate_kek()? }),
+        Op::RotateDek => serde_json::json!({ "epoch": inner.rotate_dek("requested")? }),
+        Op::RotateKek => serde_json::json!({ "kek_version": inner.rotate_kek()? }),
         Op::Pause { secs } => {
-            serde_json::json!({ "paused_until_us": vault.pause(Duration::from_secs(*secs))? })
+            serde_json::json!({ "paused_until_us": inner.pause(Duration::from_secs(*secs))? })
         }
         Op::Resume => {
-            vault.resume()?;
+            inner.resume()?;
             serde_json::json!({})
         }
-        Op::Erase => unreachable!("erase is handed back to the owner"),
+        Op::Erase => {
+            inner.erase_in_place()?;
+            serde_json::json!({})
+        }
     })
 }
 
-/// Answers the pending hand-off requests for `vault` (opened from `vault_dir`).
-///
-/// Call it periodically from the process that holds the vault. Requests for other users
-/// are left for the handle that serves them. Returns what was done; an erase request is
-/// returned unanswered in [`Served::erase`] because it needs the handle closed.
-pub fn serve_requests(vault: &Vault, vault_dir: &Path) -> capvault::Result<Served> {
+/// Answers the pending hand-off requests for the user of `inner`. Requests for other
+/// users are left for the handle that serves them. Returns how many were answered.
+pub(crate) fn serve_requests(inner: &Inner, vault_dir: &Path) -> Result<usize> {
     let dir = requests_dir(vault_dir);
-    let mut served = Served::default();
+    let mut answered = 0;
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(served),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(io_err("cannot list", &dir, e)),
     };
-    let mut user: Option<String> = None;
     let mut pending: Vec<(i64, String, Request)> = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name();
@@ -284,7 +253,7 @@ pub fn serve_requests(vault: &Vault, vault_dir: &Path) -> capvault::Result<Serve
             if fs::rename(&path, dir.join(format!("{id}.taken"))).is_ok() {
                 let e = Error::InvalidArgument("malformed hand-off request".into());
                 answer(&dir, id, &Response::err(id, &e))?;
-                served.answered += 1;
+                answered += 1;
             }
             continue;
         };
@@ -292,15 +261,7 @@ pub fn serve_requests(vault: &Vault, vault_dir: &Path) -> capvault::Result<Serve
             let _ = fs::remove_file(&path);
             continue;
         }
-        let me = match &user {
-            Some(u) => u.clone(),
-            None => {
-                let u = vault.status()?.user;
-                user = Some(u.clone());
-                u
-            }
-        };
-        if req.user != me {
+        if req.user != inner.user {
             continue;
         }
         pending.push((req.created_us, id.to_string(), req));
@@ -308,8 +269,8 @@ pub fn serve_requests(vault: &Vault, vault_dir: &Path) -> capvault::Result<Serve
     // Oldest first, so a rotate queued before an erase runs before it.
     pending.sort_by_key(|(t, id, _)| (*t, id.clone()));
     for (_, id, req) in pending {
-        if served.erase.is_some() {
-            break; // the handle is about to close; later requests wait for the next owner
+        if inner.is_erased() {
+            break; // nothing more can be done with this handle
         }
         // Take the request; if the rename fails another server (or the client's timeout)
         // got there first.
@@ -321,24 +282,17 @@ pub fn serve_requests(vault: &Vault, vault_dir: &Path) -> capvault::Result<Serve
         {
             continue;
         }
-        if req.op == Op::Erase {
-            served.erase = Some(PendingErase {
-                dir: dir.clone(),
-                id,
-            });
-            continue;
-        }
-        let resp = match execute(vault, &req.op) {
+        let resp = match execute(inner, &req.op) {
             Ok(v) => Response::ok(&id, v),
             Err(e) => Response::err(&id, &e),
         };
         answer(&dir, &id, &resp)?;
-        served.answered += 1;
+        answered += 1;
     }
-    Ok(served)
+    Ok(answered)
 }
 
-// ----- client side (CLI only) -----
+// ----- client side -----
 
 /// Why a hand-off did not produce an answer.
 #[derive(Debug)]
@@ -352,18 +306,7 @@ pub enum HandoffError {
 }
 
 fn random_id() -> String {
-    let mut b = [0u8; 16];
-    // getrandom through std's hasher keys is not enough; use the OS source directly.
-    if let Ok(mut f) = fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut b);
-    }
-    if b == [0u8; 16] {
-        // Non-Unix fallback: time and process id (ids need to be unique, not secret).
-        let t = now_us() as u128 ^ ((std::process::id() as u128) << 64);
-        b = t.to_le_bytes();
-    }
-    data_encoding::HEXLOWER.encode(&b)
+    data_encoding::HEXLOWER.encode(&crate::secret::random_array::<16>())
 }
 
 /// Sends `op` to the process holding the vault and waits up to `wait` for its answer.

@@ -14,6 +14,8 @@ const RECORD_PREFIX: u8 = 0x00;
 pub(crate) const HEAD_KEY: &[u8] = &[0x01, b'h'];
 pub(crate) const TAIL_KEY: &[u8] = &[0x01, b't'];
 const COUNTER_PREFIX: u8 = 0x02;
+/// sled segment size (fixed when the vault is created).
+const SEGMENT_SIZE: usize = 8 << 20;
 
 /// Key of record `seq` in a log tree.
 pub(crate) fn record_key(seq: u64) -> [u8; 9] {
@@ -95,6 +97,9 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
+            // sled stores a tree node larger than a quarter segment as a file of its own;
+            // with 64 KiB records, 8 MiB segments keep nodes in the log instead.
+            .segment_size(SEGMENT_SIZE)
             .flush_every_ms(Some(200))
             .open()
             .map_err(|e| match e {

@@ -49,6 +49,11 @@ pub use vault::{Appended, EpochStatus, PauseState, Status, Vault};
 #[doc(hidden)]
 pub mod testing {
     pub use crate::failpoint::arm;
+
+    /// The raw sled database of a closed vault, for tampering tests.
+    pub fn open_raw_db(dir: &std::path::Path) -> sled::Db {
+        crate::log::store::Store::raw(dir, 1 << 20).expect("the vault's database opens")
+    }
 }
 pub use seal::{
     bundle_id, verify_receipt, BundleHeader, Identity, ReceiptKey, Recipient, SealedBundle, Suite,

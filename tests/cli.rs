@@ -383,7 +383,7 @@ fn vault_held_by_a_process_that_does_not_answer() {
     f.init();
     // This test process holds the vault directory's lock (as a hung or foreign process
     // would) and never serves requests.
-    let held = sled::open(&f.dir).unwrap();
+    let held = capvault::testing::open_raw_db(&f.dir);
     let t = std::time::Instant::now();
     let out = f.run(&["keys", "rotate", "--kek", "--wait", "1s"]);
     assert_fails(
@@ -419,7 +419,10 @@ fn an_agent_holding_the_vault_answers_admin_requests_by_itself() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let out = f.run(&["pause", "--for", "1m", "--wait", "10s"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(agent.append_mouse_move(2, 2, 2).unwrap(), capvault::Appended::Paused);
+    assert_eq!(
+        agent.append_mouse_move(2, 2, 2).unwrap(),
+        capvault::Appended::Paused
+    );
     let out = f.run(&["resume", "--wait", "10s"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let st = agent.status().unwrap();
@@ -427,9 +430,15 @@ fn an_agent_holding_the_vault_answers_admin_requests_by_itself() {
     assert_eq!(st.current_epoch, 2);
     let out = f.run(&["erase", "--yes", "--wait", "10s"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(matches!(agent.append_mouse_move(3, 3, 3), Err(capvault::Error::Erased)));
+    assert!(matches!(
+        agent.append_mouse_move(3, 3, 3),
+        Err(capvault::Error::Erased)
+    ));
     drop(agent);
-    assert!(matches!(Vault::open(&f.dir, &f.user, f.options()), Err(capvault::Error::Erased)));
+    assert!(matches!(
+        Vault::open(&f.dir, &f.user, f.options()),
+        Err(capvault::Error::Erased)
+    ));
 }
 
 // ----- integrity -----
@@ -441,7 +450,7 @@ fn verify_exits_3_on_a_tampered_vault() {
     capture(&f, 200);
     assert_eq!(f.json(&["verify"])["ok"], true);
     {
-        let db = sled::open(&f.dir).unwrap();
+        let db = capvault::testing::open_raw_db(&f.dir);
         let hex: String = f.user.bytes().map(|b| format!("{b:02x}")).collect();
         let log = db.open_tree(format!("u/{hex}/log")).unwrap();
         let (key, value) = log

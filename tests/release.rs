@@ -207,7 +207,7 @@ fn after_everything_is_acknowledged_no_record_and_no_retired_key_remains() {
         );
         assert_eq!(st.epochs[0].epoch, 2);
         v.close().unwrap();
-        let db = sled::open(d.path()).unwrap();
+        let db = capvault::testing::open_raw_db(d.path());
         let hex: String = "alice".bytes().map(|b| format!("{b:02x}")).collect();
         let log = db.open_tree(format!("u/{hex}/log")).unwrap();
         assert_eq!(
@@ -306,7 +306,7 @@ fn a_tampered_ledger_is_detected() {
     v.resume().unwrap();
     v.close().unwrap();
     {
-        let db = sled::open(d.path()).unwrap();
+        let db = capvault::testing::open_raw_db(d.path());
         let hex: String = "alice".bytes().map(|b| format!("{b:02x}")).collect();
         let t = db.open_tree(format!("u/{hex}/ledger")).unwrap();
         let mut k = vec![0u8];
@@ -495,7 +495,7 @@ fn a_policy_change_is_bound_into_later_records_and_marked() {
     v.verify().unwrap();
     v.close().unwrap();
     // The record headers name the policy version (it is also in the associated data).
-    let db = sled::open(d.path()).unwrap();
+    let db = capvault::testing::open_raw_db(d.path());
     let hex: String = "alice".bytes().map(|b| format!("{b:02x}")).collect();
     let log = db.open_tree(format!("u/{hex}/log")).unwrap();
     let versions: Vec<u32> = log

@@ -161,7 +161,7 @@ fn no_plaintext_or_key_bytes_anywhere_in_the_vault_directory() {
 
 /// Opens the raw sled database of a closed vault for tampering.
 fn raw_log(dir: &Path, user: &str) -> (sled::Db, sled::Tree) {
-    let db = sled::open(dir).unwrap();
+    let db = capvault::testing::open_raw_db(dir);
     let hex: String = user.bytes().map(|b| format!("{b:02x}")).collect();
     let t = db.open_tree(format!("u/{hex}/log")).unwrap();
     (db, t)
@@ -574,4 +574,31 @@ fn a_second_process_gets_the_in_use_error() {
         .unwrap()
         .close()
         .unwrap();
+}
+
+#[test]
+fn a_vault_remembers_its_keychain_and_policy() {
+    let d = tempfile::tempdir().unwrap();
+    let mut o = options(KeyStoreKind::Keyutils);
+    o.policy.version = 3;
+    o.policy.screenshots = false;
+    let v = Vault::open(d.path(), "alice", o).unwrap();
+    let _ = v.append_mouse_move(1, 1, 1).unwrap();
+    v.close().unwrap();
+    // auto + default policy: the recorded keychain and policy are used.
+    let v = Vault::open(d.path(), "alice", capvault::VaultOptions::default()).unwrap();
+    let st = v.status().unwrap();
+    assert_eq!(st.keystore, KeyStoreKind::Keyutils);
+    assert_eq!(st.policy_version, 3);
+    assert_eq!(
+        v.append_screenshot(2, 1, 1, "png", b"x").unwrap(),
+        Appended::Filtered
+    );
+    v.close().unwrap();
+    // Asking for another keychain explicitly is refused with a clear message.
+    let e = Vault::open(d.path(), "alice", options(KeyStoreKind::SecretService)).unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidArgument(_)) && e.to_string().contains("keyutils"),
+        "{e}"
+    );
 }

@@ -94,7 +94,33 @@ impl Store {
     /// process gives [`Error::InUse`].
     pub(crate) fn open(dir: &Path, cache_bytes: u64, fsync: bool) -> Result<Store> {
         create_private_dir(dir)?;
-        let db = sled::Config::new()
+        let db = Self::raw(dir, cache_bytes)?;
+        let store = Store {
+            db,
+            dir: dir.to_path_buf(),
+            fsync,
+        };
+        store.restrict_permissions()?;
+        Ok(store)
+    }
+
+    /// Whether the vault in `dir` has keys for `user`, creating nothing.
+    /// [`Error::InUse`] when another process holds the vault.
+    pub(crate) fn probe_user(dir: &Path, user: &str) -> Result<bool> {
+        if !dir.join("conf").exists() {
+            return Ok(false);
+        }
+        let db = Self::raw(dir, 1 << 20)?;
+        let name = format!("u/{}/keys", data_encoding::HEXLOWER.encode(user.as_bytes()));
+        Ok(db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == name.as_bytes()))
+    }
+
+    /// The sled database of a vault with capvault's configuration (no checks).
+    pub(crate) fn raw(dir: &Path, cache_bytes: u64) -> Result<sled::Db> {
+        sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             // sled stores a tree node larger than a quarter segment as a file of its own;
@@ -107,14 +133,7 @@ impl Store {
                     Error::InUse
                 }
                 other => other.into(),
-            })?;
-        let store = Store {
-            db,
-            dir: dir.to_path_buf(),
-            fsync,
-        };
-        store.restrict_permissions()?;
-        Ok(store)
+            })
     }
 
     pub(crate) fn dir(&self) -> &Path {

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use crate::error::{Error, Result};
 use crate::events::{Event, Marker, TimestampUs};
 use crate::keys::hierarchy::KeyHierarchy;
-use crate::keys::keystore::{open_keystore, KeyStore};
+use crate::keys::keystore::{open_keystore, KeyStore, KeyStoreKind};
 use crate::log::anchor::AnchorKey;
 use crate::log::framer::{Framer, Job};
 use crate::log::record::RecordBinding;
@@ -48,6 +48,7 @@ const QUEUE_RECORDS: usize = 512;
 const META_VAULT_ID: &[u8] = b"vault_id";
 const META_DEVICE_ID: &[u8] = b"device_id";
 const META_FORMAT: &[u8] = b"format";
+const META_KEYSTORE: &[u8] = b"keystore";
 const FORMAT_VERSION: u32 = 1;
 
 pub(crate) const STATE_PAUSE_UNTIL: &[u8] = b"pause_until";
@@ -139,16 +140,18 @@ impl Vault {
     /// Keys come from the OS keychain selected in `options`; if it is unusable the vault
     /// does not open. A vault held by another process gives [`Error::InUse`]; a log whose
     /// anchors do not match its records gives [`Error::Tampered`].
-    pub fn open(dir: impl AsRef<Path>, user: &str, options: VaultOptions) -> Result<Vault> {
+    ///
+    /// The vault remembers its keychain: with `keystore: auto` an existing vault uses the
+    /// one it was created with. An options policy equal to [`Policy::default`] keeps the
+    /// policy the vault already records (so administrative tools do not change it).
+    pub fn open(dir: impl AsRef<Path>, user: &str, mut options: VaultOptions) -> Result<Vault> {
         check_user(user)?;
         options.validate()?;
         if let Some(k) = &options.collector_receipt_key {
             k.parse::<crate::seal::ReceiptKey>()?;
         }
         let dir = dir.as_ref();
-        // Keychain first: nothing is written to disk unless keys can be kept safely.
-        let keystore = open_keystore(options.keystore)?;
-        let store = Store::open(dir, options.cache_bytes, options.fsync)?;
+        let (store, keystore) = open_store_and_keystore(dir, &options)?;
         match store.db.get(META_FORMAT)? {
             None => {
                 store
@@ -176,7 +179,8 @@ impl Vault {
         )?;
         let ledger =
             crate::audit::Ledger::open(trees.ledger.clone(), keys.mac_key(), &vault_id, user)?;
-        let (purposes, policy_changed) = record_policy(&trees.state, &options.policy)?;
+        let (purposes, policy_changed, policy) = record_policy(&trees.state, &options.policy)?;
+        options.policy = policy;
         let next_event_seq = log.lock().head.next_event_seq;
         let framer = Framer::new(
             options.frame_max_bytes,
@@ -247,6 +251,13 @@ impl Vault {
             &format!("policy v{}", vault.inner.opts.policy.version),
         )?;
         Ok(vault)
+    }
+
+    /// Whether the vault in `dir` holds keys for `user` (it was created and not erased,
+    /// or erased), without creating anything. [`Error::InUse`] when another process
+    /// holds the vault.
+    pub fn user_exists(dir: impl AsRef<Path>, user: &str) -> Result<bool> {
+        Store::probe_user(dir.as_ref(), user)
     }
 
     /// Appends one event. Returns once the event is in the framer: it never waits on the
@@ -388,12 +399,14 @@ fn read_i64(tree: &sled::Tree, key: &[u8]) -> Result<i64> {
 }
 
 /// Records the policy under its version, refusing a changed policy under an old version.
-/// Returns all known purposes and, when this version is new and not the first, the version.
+/// Returns all known purposes, the version when it is new and not the first, and the
+/// policy in force (the latest recorded one when `policy` is the default).
 fn record_policy(
     state: &sled::Tree,
     policy: &Policy,
-) -> Result<(BTreeMap<u32, String>, Option<u32>)> {
+) -> Result<(BTreeMap<u32, String>, Option<u32>, Policy)> {
     let mut purposes = BTreeMap::new();
+    let mut latest: Option<Policy> = None;
     for item in state.scan_prefix(STATE_POLICY_PREFIX) {
         let (k, v) = item?;
         let ver = u32::from_be_bytes(
@@ -403,7 +416,13 @@ fn record_policy(
         );
         let p: Policy = serde_json::from_slice(&v)
             .map_err(|_| Error::tampered("a stored policy does not parse"))?;
-        purposes.insert(ver, p.purpose);
+        purposes.insert(ver, p.purpose.clone());
+        latest = Some(p);
+    }
+    if let Some(latest) = latest {
+        if *policy == Policy::default() {
+            return Ok((purposes, None, latest));
+        }
     }
     let mut key = STATE_POLICY_PREFIX.to_vec();
     key.extend_from_slice(&policy.version.to_be_bytes());
@@ -418,7 +437,10 @@ fn record_policy(
         }
         None => {
             if purposes.keys().any(|&v| v > policy.version) {
-                return Err(Error::invalid(format!("policy version {} is older than one already used", policy.version)));
+                return Err(Error::invalid(format!(
+                    "policy version {} is older than one already used",
+                    policy.version
+                )));
             }
             state.insert(&key, json)?;
             let first = purposes.is_empty();
@@ -426,7 +448,49 @@ fn record_policy(
             (!first).then_some(policy.version)
         }
     };
-    Ok((purposes, changed))
+    Ok((purposes, changed, policy.clone()))
+}
+
+/// Opens the vault directory and its keychain. A new vault asks the keychain first, so
+/// nothing is written unless keys can be kept safely; an existing vault uses the keychain
+/// it records (asking for another one explicitly is an error).
+fn open_store_and_keystore(
+    dir: &Path,
+    options: &VaultOptions,
+) -> Result<(Store, Arc<dyn KeyStore>)> {
+    let existing = dir.join("conf").exists();
+    let early = if existing {
+        None
+    } else {
+        Some(open_keystore(options.keystore)?)
+    };
+    let store = Store::open(dir, options.cache_bytes, options.fsync)?;
+    let recorded: Option<KeyStoreKind> = match store.db.get(META_KEYSTORE)? {
+        Some(v) => Some(
+            serde_json::from_slice(&v)
+                .map_err(|_| Error::tampered("the recorded keychain kind does not parse"))?,
+        ),
+        None => None,
+    };
+    let keystore = match (early, recorded) {
+        (Some(ks), _) => ks,
+        (None, Some(rec)) if options.keystore == KeyStoreKind::Auto || options.keystore == rec => open_keystore(rec)?,
+        (None, Some(rec)) => {
+            return Err(Error::invalid(format!(
+                "this vault keeps its keys in the {} keychain; open it with keystore \"{}\" or \"auto\"",
+                rec.as_str(),
+                rec.as_str()
+            )))
+        }
+        (None, None) => open_keystore(options.keystore)?,
+    };
+    if recorded.is_none() {
+        store.db.insert(
+            META_KEYSTORE,
+            serde_json::to_vec(&keystore.kind()).expect("serializes"),
+        )?;
+    }
+    Ok((store, keystore))
 }
 
 impl Inner {

@@ -88,26 +88,7 @@ fn no_user(t: &Target) -> CliError {
 /// Whether the vault holds trees for the user, without creating anything. `InUse` when
 /// another process holds the directory.
 fn user_present(t: &Target) -> Result<bool, Error> {
-    let db = sled::Config::new()
-        .path(&t.dir)
-        .cache_capacity(1 << 20)
-        .open()
-        .map_err(|e| match e {
-            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                Error::InUse
-            }
-            other => Error::Storage(other.to_string()),
-        })?;
-    let name = format!(
-        "u/{}/keys",
-        data_encoding::HEXLOWER.encode(t.user.as_bytes())
-    );
-    let present = db
-        .tree_names()
-        .iter()
-        .any(|n| n.as_ref() == name.as_bytes());
-    drop(db);
-    Ok(present)
+    Vault::user_exists(&t.dir, &t.user)
 }
 
 /// Why a vault-scoped command could not run.

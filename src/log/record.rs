@@ -118,7 +118,31 @@ impl RecordBinding {
         dek: &Key32,
         plaintext: &[u8],
     ) -> Vec<u8> {
-        let nonce = aead::new_nonce();
+        self.seal_with_nonce(
+            seq,
+            header,
+            prev_tag,
+            purpose,
+            dek,
+            plaintext,
+            &aead::new_nonce(),
+        )
+    }
+
+    /// [`RecordBinding::seal`] with a given nonce (test vectors only; production nonces
+    /// are always fresh and random).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn seal_with_nonce(
+        &self,
+        seq: u64,
+        header: &RecordHeader,
+        prev_tag: &[u8; TAG_LEN],
+        purpose: &str,
+        dek: &Key32,
+        plaintext: &[u8],
+        nonce: &[u8; NONCE_LEN],
+    ) -> Vec<u8> {
+        let nonce = *nonce;
         let mut value = Vec::with_capacity(OVERHEAD + plaintext.len());
         header.write(&mut value);
         value.extend_from_slice(&nonce);
@@ -202,6 +226,104 @@ mod tests {
             assert!(b.open(7, &t, &[9; 16], "p", &dek).is_err(), "flip at {i}");
         }
         assert!(b.open(7, &v[..v.len() - 1], &[9; 16], "p", &dek).is_err());
+    }
+
+    /// Runs tests/vectors/records.txt (docs/FORMAT.md, section 2): each vector's value
+    /// must be what sealing produces, and must open back to its plaintext.
+    #[test]
+    fn record_vectors() {
+        let text = include_str!("../../tests/vectors/records.txt");
+        let hex = |s: &str| data_encoding::HEXLOWER.decode(s.trim().as_bytes()).unwrap();
+        let mut n = 0;
+        for block in text.split("\n\n").filter(|b| b.contains("expect:")) {
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                    .unwrap_or_else(|| panic!("vector lacks {name}"))
+                    .to_string()
+            };
+            let mut key = hex(&field("dek"));
+            let dek = Key32::from_slice_zeroizing(&mut key).unwrap();
+            let vault: [u8; 16] = hex(&field("vault_id")).try_into().unwrap();
+            let b = RecordBinding::new(&vault, &field("user"));
+            let kind = match field("kind").as_str() {
+                "frame" => RecordKind::Frame,
+                _ => RecordKind::Chunk,
+            };
+            let header = RecordHeader {
+                kind,
+                flags: field("flags").parse().unwrap(),
+                epoch: field("epoch").parse().unwrap(),
+                policy_version: field("policy_version").parse().unwrap(),
+                created_us: field("created_us").parse().unwrap(),
+            };
+            let seq: u64 = field("seq").parse().unwrap();
+            let prev: [u8; 16] = hex(&field("prev_tag")).try_into().unwrap();
+            let nonce: [u8; 24] = hex(&field("nonce")).try_into().unwrap();
+            let plaintext = hex(&field("plaintext"));
+            let purpose = field("purpose");
+            let value = hex(&field("expect"));
+            assert_eq!(
+                b.seal_with_nonce(seq, &header, &prev, &purpose, &dek, &plaintext, &nonce),
+                value
+            );
+            assert_eq!(
+                &b.open(seq, &value, &prev, &purpose, &dek).unwrap()[..],
+                &plaintext[..]
+            );
+            assert!(b.open(seq + 1, &value, &prev, &purpose, &dek).is_err());
+            n += 1;
+        }
+        assert!(n >= 2, "the vector file holds {n} vectors");
+    }
+
+    /// Prints vectors for tests/vectors/records.txt (`cargo test print_record_vectors -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "generator for tests/vectors/records.txt"]
+    fn print_record_vectors() {
+        let hexs = |b: &[u8]| data_encoding::HEXLOWER.encode(b);
+        let mut k: Vec<u8> = (0u8..32).collect();
+        let dek = Key32::from_slice_zeroizing(&mut k).unwrap();
+        let vault = [0x11u8; 16];
+        let mut events = 7u64.to_be_bytes().to_vec();
+        crate::events::Event::MouseMove {
+            ts_us: 1_764_000_000_000_000,
+            x: 640,
+            y: 480,
+        }
+        .encode_into(&mut events);
+        let cases = [
+            (1u64, RecordKind::Frame, 0u8, [0u8; 16], events.clone()),
+            (
+                2u64,
+                RecordKind::Chunk,
+                FLAG_FIRST | FLAG_LAST,
+                [0xabu8; 16],
+                b"chunk payload".to_vec(),
+            ),
+        ];
+        for (seq, kind, flags, prev, pt) in cases {
+            let header = RecordHeader {
+                kind,
+                flags,
+                epoch: 3,
+                policy_version: 1,
+                created_us: 1_764_000_000_000_000,
+            };
+            let nonce = [0x24u8; 24];
+            let v = RecordBinding::new(&vault, "alice").seal_with_nonce(
+                seq,
+                &header,
+                &prev,
+                "activity-capture",
+                &dek,
+                &pt,
+                &nonce,
+            );
+            println!("dek: {}\nvault_id: {}\nuser: alice\nseq: {seq}\nkind: {}\nflags: {flags}\nepoch: 3\npolicy_version: 1\ncreated_us: 1764000000000000\nprev_tag: {}\npurpose: activity-capture\nnonce: {}\nplaintext: {}\nexpect: {}\n",
+                hexs(dek.expose()), hexs(&vault), if kind == RecordKind::Frame { "frame" } else { "chunk" }, hexs(&prev), hexs(&nonce), hexs(&pt), hexs(&v));
+        }
     }
 
     #[test]

@@ -235,7 +235,10 @@ mod tests {
         let text = include_str!("../../tests/vectors/records.txt");
         let hex = |s: &str| data_encoding::HEXLOWER.decode(s.trim().as_bytes()).unwrap();
         let mut n = 0;
-        for block in text.split("\n\n").filter(|b| b.contains("expect:")) {
+        for block in text
+            .split("\n\n")
+            .filter(|b| b.trim_start().starts_with("dek:"))
+        {
             let field = |name: &str| {
                 block
                     .lines()

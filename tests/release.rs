@@ -511,3 +511,34 @@ fn a_policy_change_is_bound_into_later_records_and_marked() {
     drop(log);
     drop(db);
 }
+
+#[test]
+fn disk_use_levels_off_with_continuous_seal_and_ack() {
+    let d = tempfile::tempdir().unwrap();
+    let mut o = options(KeyStoreKind::Keyutils);
+    o.policy.budget_bytes = 8 << 20;
+    let v = Vault::open(d.path(), "alice", o).unwrap();
+    let id = Identity::generate(Suite::X25519);
+    let shot = noise(400_000, 5);
+    let mut disk = Vec::new();
+    for round in 0..80 {
+        let _ = v.append_screenshot(round, 100, 100, "png", &shot).unwrap();
+        for i in 0..3000 {
+            let _ = v.append_mouse_move(i, 1, 1).unwrap();
+        }
+        // An uploader that keeps up: everything sealed is acknowledged.
+        while let Some(b) = v.seal_next(&id.recipient(), 2 << 20).unwrap() {
+            v.ack(b.id(), None).unwrap();
+        }
+        disk.push(v.status().unwrap().disk_bytes);
+    }
+    let st = v.status().unwrap();
+    assert_eq!(st.records, 0, "everything was released");
+    let mid = *disk[20..50].iter().max().unwrap();
+    let late = *disk[50..].iter().max().unwrap();
+    assert!(
+        late <= mid + mid / 4,
+        "disk use levels off with uploads: {disk:?}"
+    );
+    v.close().unwrap();
+}

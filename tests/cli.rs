@@ -853,3 +853,35 @@ fn demo_end_to_end() {
         assert!(s.contains(want), "{s}");
     }
 }
+
+#[test]
+fn without_a_usable_keychain_nothing_is_written() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("vault");
+    let out = Command::new(BIN)
+        .args([
+            "init",
+            "--vault",
+            dir.to_str().unwrap(),
+            "--user",
+            "alice",
+            "--keystore",
+            "secret-service",
+        ])
+        .env(
+            "DBUS_SESSION_BUS_ADDRESS",
+            "unix:path=/nonexistent/capvault-test-bus",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("Secret Service") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(
+        !dir.exists(),
+        "no vault directory (and so no data) was created"
+    );
+}

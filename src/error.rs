@@ -57,9 +57,20 @@ impl From<sled::Error> for Error {
             sled::Error::Corruption { .. } => {
                 Error::Tampered(format!("the database is corrupt ({e})"))
             }
+            // sled re-reports an I/O failure of its background writer as text.
+            other if mentions_disk_full(&other.to_string()) => {
+                Error::StorageFull(other.to_string())
+            }
             other => Error::Storage(other.to_string()),
         }
     }
+}
+
+/// True when an error's text is the operating system's "disk full".
+fn mentions_disk_full(text: &str) -> bool {
+    text.contains("No space left on device")
+        || text.contains("StorageFull")
+        || text.contains("Disk quota exceeded")
 }
 
 impl From<std::io::Error> for Error {
@@ -67,6 +78,12 @@ impl From<std::io::Error> for Error {
         // ENOSPC and EDQUOT are the two ways a disk says "full".
         match e.raw_os_error() {
             Some(28) | Some(122) => Error::StorageFull(e.to_string()),
+            _ if e.kind() == std::io::ErrorKind::StorageFull
+                || e.kind() == std::io::ErrorKind::QuotaExceeded
+                || mentions_disk_full(&e.to_string()) =>
+            {
+                Error::StorageFull(e.to_string())
+            }
             _ => {
                 if e.kind() == std::io::ErrorKind::WouldBlock
                     || e.to_string().contains("could not acquire lock")

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::log::framer::Job;
+use crate::log::record::{RecordKind, FLAG_LAST};
 use crate::vault::Inner;
 
 /// Messages to the writer, in append order.
@@ -35,6 +36,15 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
                 take(msg, &mut pending, &mut waiting, &mut stop);
                 while pending.len() < MAX_BATCH && stop.is_none() {
                     match rx.try_recv() {
+                        Ok(msg) => take(msg, &mut pending, &mut waiting, &mut stop),
+                        Err(_) => break,
+                    }
+                }
+                // A large payload's chunks go into one transaction, so a crash never
+                // leaves half of one (its remaining chunks are already on their way:
+                // the append path queues a payload's chunks in one go).
+                while ends_mid_payload(&pending) {
+                    match rx.recv() {
                         Ok(msg) => take(msg, &mut pending, &mut waiting, &mut stop),
                         Err(_) => break,
                     }

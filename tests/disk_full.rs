@@ -1,0 +1,113 @@
+//! R4: a full disk. The vault lives on a small tmpfs (mounted by the test; the suite runs
+//! as root). Appends and flushes report storage full, nothing flushed is lost, and work
+//! resumes once space returns.
+mod common;
+
+use std::process::Command;
+
+use capvault::{Error, Event, KeyStoreKind, Vault};
+
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("mount(8) is available");
+        assert!(st.success(), "cannot mount a tmpfs for the disk-full test: run the suite as root (scripts/test.sh in CI is)");
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn moves(v: &[capvault::SeqEvent]) -> Vec<i64> {
+    v.iter()
+        .filter_map(|e| matches!(e.event, Event::MouseMove { .. }).then(|| e.event.ts_us()))
+        .collect()
+}
+
+#[test]
+fn a_full_disk_reports_storage_full_and_loses_nothing_flushed() {
+    let fs = Tmpfs::mount("96m");
+    let filler = fs.0.join("filler");
+    let dir = fs.0.join("vault");
+    let o = || common::options(KeyStoreKind::Keyutils);
+    let v = Vault::open(&dir, "alice", o()).unwrap();
+    // Take most of the space so the vault runs out quickly.
+    let avail = {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&fs.0)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    std::fs::write(&filler, vec![0u8; (avail - (24 << 20)) as usize]).unwrap();
+    let shot: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    let mut flushed = 0i64;
+    let mut ts = 0i64;
+    let mut full = None;
+    for _ in 0..200 {
+        let mut step = || -> capvault::Result<()> {
+            for _ in 0..100 {
+                ts += 1;
+                let _ = v.append_mouse_move(ts, 1, 1)?;
+            }
+            let _ = v.append_screenshot(ts, 1, 1, "raw", &shot)?;
+            v.flush()
+        };
+        match step() {
+            Ok(()) => flushed = ts,
+            Err(e) => {
+                full = Some(e);
+                break;
+            }
+        }
+    }
+    let e = full.expect("the disk filled up");
+    assert!(
+        matches!(e, Error::StorageFull(_)),
+        "reported as storage full: {e}"
+    );
+    assert!(flushed > 0);
+    // Space returns.
+    std::fs::remove_file(&filler).unwrap();
+    let resumed = (|| -> capvault::Result<()> {
+        let _ = v.append_mouse_move(ts + 1, 2, 2)?;
+        v.flush()
+    })();
+    drop(v);
+    let v = Vault::open(&dir, "alice", o()).unwrap();
+    let got = moves(&v.test_read_all().unwrap());
+    assert!(
+        got.len() as i64 >= flushed,
+        "every flushed event survives: {} < {flushed}",
+        got.len()
+    );
+    assert_eq!(
+        &got[..flushed as usize],
+        &(1..=flushed).collect::<Vec<_>>()[..]
+    );
+    let _ = v.append_mouse_move(ts + 2, 3, 3).unwrap();
+    v.flush().unwrap();
+    v.verify().unwrap();
+    eprintln!("flushed {flushed} before the disk filled; resume in place: {resumed:?}");
+    v.close().unwrap();
+}

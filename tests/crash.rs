@@ -545,11 +545,9 @@ fn big_shot_child() {
 }
 
 /// A kill while the chunks of one screenshot are being stored must leave a vault that
-/// verifies, takes new events and seals. The writer stores at most 256 records per
-/// transaction, so a payload of more chunks is never stored atomically.
+/// verifies, takes new events and seals (the writer stores a payload's chunks in one
+/// transaction, however many there are).
 #[test]
-#[ignore = "fails: a kill between the chunk records of one payload leaves the log ending \
-            inside it; verify, reads and seal_next then fail for good"]
 fn kill_9_while_a_chunked_screenshot_is_written() {
     for attempt in 0..5u64 {
         let d = tempfile::tempdir().unwrap();

@@ -84,6 +84,12 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
     }
 }
 
+fn ends_mid_payload(pending: &[Job]) -> bool {
+    pending
+        .last()
+        .is_some_and(|j| j.kind == RecordKind::Chunk && j.flags & FLAG_LAST == 0)
+}
+
 fn take(
     msg: Msg,
     pending: &mut Vec<Job>,

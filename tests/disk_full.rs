@@ -31,7 +31,8 @@ impl Drop for Tmpfs {
 
 fn moves(v: &[capvault::SeqEvent]) -> Vec<i64> {
     v.iter()
-        .filter_map(|e| matches!(e.event, Event::MouseMove { .. }).then(|| e.event.ts_us()))
+        .filter(|e| matches!(e.event, Event::MouseMove { .. }))
+        .map(|e| e.event.ts_us())
         .collect()
 }
 

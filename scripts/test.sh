@@ -47,7 +47,8 @@ if ! python3 -c 'import pyhpke' 2>/dev/null; then
   say "installing the Python package pyhpke"
   if ! python3 -m pip --version >/dev/null 2>&1; then
     [[ $(id -u) -eq 0 ]] || die "python3 has no pip: install python3-pip"
-    apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
   fi
   python3 -m pip install --quiet pyhpke 2>/dev/null ||
     python3 -m pip install --quiet --break-system-packages pyhpke ||

@@ -542,3 +542,58 @@ fn disk_use_levels_off_with_continuous_seal_and_ack() {
     );
     v.close().unwrap();
 }
+
+#[test]
+fn an_erase_interrupted_before_the_keychain_is_cleared_is_finished_on_open() {
+    for kind in common::stores() {
+        let d = tempfile::tempdir().unwrap();
+        let v = Vault::open(d.path(), "alice", options(kind)).unwrap();
+        let _ = v.append_mouse_move(1, 1, 1).unwrap();
+        v.rotate_kek().unwrap();
+        let vault_id = v.status().unwrap().vault_id;
+        capvault::testing::arm("erase:after-keys-removed");
+        assert!(v.erase_open().is_err());
+        assert!(
+            common::keychain_secret(kind, &common::kek_name(&vault_id, "alice", 2)).is_some(),
+            "the failure left the KEK"
+        );
+        assert!(matches!(
+            Vault::open(d.path(), "alice", options(kind)),
+            Err(Error::Erased)
+        ));
+        for ver in 1..=3 {
+            assert!(
+                common::keychain_secret(kind, &common::kek_name(&vault_id, "alice", ver)).is_none(),
+                "{kind:?}: KEK v{ver} deleted on open"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_crash_before_key_retirement_is_finished_on_open() {
+    let d = tempfile::tempdir().unwrap();
+    let o = || options(KeyStoreKind::Keyutils);
+    let v = Vault::open(d.path(), "alice", o()).unwrap();
+    let _ = v.append_mouse_move(1, 1, 1).unwrap();
+    v.rotate_dek().unwrap();
+    let id = Identity::generate(Suite::X25519);
+    let b = v.seal_next(&id.recipient(), 1 << 20).unwrap().unwrap();
+    capvault::testing::arm("retire:before-batch");
+    assert!(v.ack(b.id(), None).is_err());
+    assert!(
+        v.status().unwrap().epochs.iter().any(|e| e.epoch == 1),
+        "epoch 1's key survived the failure"
+    );
+    drop(v);
+    let v = Vault::open(d.path(), "alice", o()).unwrap();
+    let st = v.status().unwrap();
+    assert_eq!(
+        st.epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(),
+        vec![2],
+        "retired on open"
+    );
+    assert_eq!(st.records, 0, "everything was released");
+    v.verify().unwrap();
+    v.close().unwrap();
+}

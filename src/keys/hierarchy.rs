@@ -156,10 +156,13 @@ impl KeyHierarchy {
         user: &str,
         now_us: i64,
     ) -> Result<KeyHierarchy> {
-        if Self::is_erased(&tree)? {
+        let vault_hex = data_encoding::HEXLOWER.encode(&vault_id);
+        if let Some(marker) = tree.get(ERASED)? {
+            // Finish an interrupted erase: no KEK of this user may survive it.
+            let up_to = be_u32(&marker, "the erase marker").unwrap_or(64);
+            Self::delete_keks(&*store, &vault_hex, user, up_to)?;
             return Err(Error::Erased);
         }
-        let vault_hex = data_encoding::HEXLOWER.encode(&vault_id);
         let Some(version) = tree.get(KEK_VERSION)? else {
             return Self::create(store, tree, vault_id, vault_hex, user, now_us);
         };
@@ -433,15 +436,25 @@ impl KeyHierarchy {
         for item in self.tree.iter() {
             batch.remove(item?.0);
         }
-        batch.insert(ERASED, &[1u8]);
+        // The marker keeps the highest KEK version, so an erase interrupted before the
+        // keychain entries are gone is finished by the next open.
+        batch.insert(ERASED, &(self.kek_version + 1).to_be_bytes());
         self.tree.apply_batch(batch)?;
         flush()?;
-        failpoint::hit("erase:after-keys-removed")?;
-        for v in 1..=self.kek_version + 1 {
-            self.store
-                .delete(&Self::kek_name(&self.vault_hex, &self.user, v))?;
-        }
         self.deks.clear();
+        failpoint::hit("erase:after-keys-removed")?;
+        Self::delete_keks(
+            &*self.store,
+            &self.vault_hex,
+            &self.user,
+            self.kek_version + 1,
+        )
+    }
+
+    fn delete_keks(store: &dyn KeyStore, vault_hex: &str, user: &str, up_to: u32) -> Result<()> {
+        for v in 1..=up_to {
+            store.delete(&Self::kek_name(vault_hex, user, v))?;
+        }
         Ok(())
     }
 }

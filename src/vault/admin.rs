@@ -292,6 +292,7 @@ impl Inner {
         if dead.is_empty() {
             return Ok(dead);
         }
+        crate::failpoint::hit("retire:before-batch")?;
         keys.retire(&dead)?;
         drop(keys);
         self.durable_flush()?;

@@ -119,9 +119,14 @@ impl Inner {
 
     /// Finishes interrupted work found at open.
     pub(crate) fn recover_release(&self) -> Result<()> {
-        let _g = self.release_lock();
-        let mut state = self.release_state()?;
-        self.complete_ack(&mut state)
+        {
+            let _g = self.release_lock();
+            let mut state = self.release_state()?;
+            self.complete_ack(&mut state)?;
+        }
+        // A crash between a prune and the retirement of emptied epochs leaves their keys;
+        // destroy them now.
+        self.retire_empty_epochs().map(|_| ())
     }
 
     /// Drops a pending bundle whose records were evicted (retention or budget).

@@ -142,11 +142,6 @@ impl KeyHierarchy {
         }
     }
 
-    /// True when this user's keys were destroyed by `erase`.
-    pub(crate) fn is_erased(tree: &sled::Tree) -> Result<bool> {
-        Ok(tree.get(ERASED)?.is_some())
-    }
-
     /// Loads the keys of `user`, creating them on first use. Completes an interrupted
     /// KEK rotation. Nothing is written to sled before the keychain accepted the KEK.
     pub(crate) fn open(

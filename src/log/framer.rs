@@ -49,6 +49,14 @@ pub(crate) struct Framer {
     policy_version: u32,
 }
 
+/// Chunked-payload plaintext: room for the event sequence number, then the event bytes.
+pub(crate) fn encode_large(event: &Event) -> PlainBuf {
+    let mut whole = PlainBuf::new(Vec::with_capacity(event.payload_len() + 64 + FRAME_PREFIX));
+    whole.extend_from_slice(&[0u8; FRAME_PREFIX]);
+    event.encode_into(&mut whole);
+    whole
+}
+
 impl Framer {
     pub(crate) fn new(
         max_bytes: usize,
@@ -103,12 +111,16 @@ impl Framer {
     }
 
     fn push_large(&mut self, event: &Event, emit: &mut dyn FnMut(Job)) {
+        self.push_encoded_large(encode_large(event), emit);
+    }
+
+    /// Stores a payload encoded by [`encode_large`] (which callers do before taking the
+    /// append lock, so other appenders never wait for a screenshot's copy).
+    pub(crate) fn push_encoded_large(&mut self, mut whole: PlainBuf, emit: &mut dyn FnMut(Job)) {
         if let Some(j) = self.cut() {
             emit(j);
         }
-        let mut whole = PlainBuf::new(Vec::with_capacity(event.payload_len() + 64 + FRAME_PREFIX));
-        whole.extend_from_slice(&self.next_event_seq.to_be_bytes());
-        event.encode_into(&mut whole);
+        whole[..FRAME_PREFIX].copy_from_slice(&self.next_event_seq.to_be_bytes());
         self.next_event_seq += 1;
         let whole = Arc::new(whole);
         let n = whole.len().div_ceil(self.chunk_bytes);

@@ -405,17 +405,24 @@ impl Log {
             .collect()
     }
 
-    /// Clear headers and stored sizes of records `from..=to`, without decrypting.
-    pub(crate) fn headers(&self, from: u64, to: u64) -> Result<Vec<(u64, RecordHeader, usize)>> {
-        let mut out = Vec::new();
+    /// Visits the clear headers and stored sizes of records `from..=to` in order, without
+    /// decrypting, until `f` returns false.
+    pub(crate) fn scan_headers(
+        &self,
+        from: u64,
+        to: u64,
+        f: &mut dyn FnMut(u64, &RecordHeader, usize) -> bool,
+    ) -> Result<()> {
         if to < from {
-            return Ok(out);
+            return Ok(());
         }
         for item in self.tree.range(record_key(from)..=record_key(to)) {
             let (k, v) = item?;
             let seq = seq_of_key(&k).ok_or_else(|| Error::tampered("a record key is malformed"))?;
-            out.push((seq, RecordHeader::parse(&v)?, v.len()));
+            if !f(seq, &RecordHeader::parse(&v)?, v.len()) {
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
     }
 }

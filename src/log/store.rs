@@ -14,6 +14,8 @@ const RECORD_PREFIX: u8 = 0x00;
 pub(crate) const HEAD_KEY: &[u8] = &[0x01, b'h'];
 pub(crate) const TAIL_KEY: &[u8] = &[0x01, b't'];
 const COUNTER_PREFIX: u8 = 0x02;
+/// How long an opener waits for a lock that is about to be released.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 /// sled segment size (fixed when the vault is created).
 const SEGMENT_SIZE: usize = 8 << 20;
 
@@ -94,7 +96,7 @@ impl Store {
     /// process gives [`Error::InUse`].
     pub(crate) fn open(dir: &Path, cache_bytes: u64, fsync: bool) -> Result<Store> {
         create_private_dir(dir)?;
-        let db = Self::raw(dir, cache_bytes)?;
+        let db = Self::raw(dir, cache_bytes, true)?;
         let store = Store {
             db,
             dir: dir.to_path_buf(),
@@ -110,7 +112,7 @@ impl Store {
         if !dir.join("conf").exists() {
             return Ok(false);
         }
-        let db = Self::raw(dir, 1 << 20)?;
+        let db = Self::raw(dir, 1 << 20, false)?;
         let name = format!("u/{}/keys", data_encoding::HEXLOWER.encode(user.as_bytes()));
         Ok(db
             .tree_names()
@@ -118,22 +120,32 @@ impl Store {
             .any(|n| n.as_ref() == name.as_bytes()))
     }
 
-    /// The sled database of a vault with capvault's configuration (no checks).
-    pub(crate) fn raw(dir: &Path, cache_bytes: u64) -> Result<sled::Db> {
-        sled::Config::new()
+    /// The sled database of a vault with capvault's configuration (no checks). Without
+    /// the background flusher, dropping the handle releases the directory lock at once
+    /// (short-lived handles: probes, tests).
+    pub(crate) fn raw(dir: &Path, cache_bytes: u64, background_flush: bool) -> Result<sled::Db> {
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             // sled stores a tree node larger than a quarter segment as a file of its own;
             // with 64 KiB records, 8 MiB segments keep nodes in the log instead.
             .segment_size(SEGMENT_SIZE)
-            .flush_every_ms(Some(200))
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                    Error::InUse
+            .flush_every_ms(background_flush.then_some(200));
+        // sled's I/O threads release the directory lock a moment after the previous
+        // owner in this process closed it; wait briefly before calling the vault in use.
+        let deadline = std::time::Instant::now() + LOCK_GRACE;
+        loop {
+            match config.open() {
+                Ok(db) => return Ok(db),
+                Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(Error::InUse);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
                 }
-                other => other.into(),
-            })
+                Err(other) => return Err(other.into()),
+            }
+        }
     }
 
     pub(crate) fn dir(&self) -> &Path {

@@ -203,7 +203,7 @@ impl Inner {
         let inner = self;
         inner.check_live()?;
         let pause = inner.pause_state()?;
-        let keys = inner.keys();
+        let keys = inner.keys()?;
         let st = inner.log.lock().clone();
         let epochs = keys
             .epochs()
@@ -252,7 +252,7 @@ impl Inner {
         if hours == 0 {
             return Ok(());
         }
-        let age_us = now_us() - self.keys().current_created_us();
+        let age_us = now_us() - self.keys()?.current_created_us();
         if age_us >= (hours as i64) * 3_600_000_000 {
             self.rotate_dek("scheduled")?;
         }
@@ -261,7 +261,7 @@ impl Inner {
 
     pub(crate) fn rotate_dek(&self, why: &str) -> Result<u32> {
         let mut p = self.quiesce()?;
-        let epoch = self.keys_mut().rotate_dek(now_us())?;
+        let epoch = self.keys_mut()?.rotate_dek(now_us())?;
         // The new epoch's key must be durable before any record uses it.
         self.durable_flush()?;
         self.push_markers(&mut p, &[Marker::KeyRotated { epoch }])?;
@@ -272,7 +272,7 @@ impl Inner {
 
     pub(crate) fn rotate_kek(&self) -> Result<u32> {
         let p = self.quiesce()?;
-        let version = self.keys_mut().rotate_kek(&|| self.durable_flush())?;
+        let version = self.keys_mut()?.rotate_kek(&|| self.durable_flush())?;
         drop(p);
         self.audit("rotate-kek", &format!("version {version}"))?;
         Ok(version)
@@ -281,7 +281,7 @@ impl Inner {
     /// Destroys the keys of epochs that have no records left (never the current one).
     pub(crate) fn retire_empty_epochs(&self) -> Result<Vec<u32>> {
         let live = self.log.live_epochs();
-        let mut keys = self.keys_mut();
+        let mut keys = self.keys_mut()?;
         let current = keys.current().0;
         let dead: Vec<u32> = keys
             .epochs()
@@ -303,7 +303,7 @@ impl Inner {
     /// Decrypts every live record in order and returns its events (crate-internal: the
     /// sealing and subject-access paths, and tests).
     pub(crate) fn read_events(&self, to_record: u64) -> Result<Vec<SeqEvent>> {
-        let keys = self.keys();
+        let keys = self.keys()?;
         let mut asm = Assembler::default();
         let mut out = Vec::new();
         self.log
@@ -349,7 +349,7 @@ impl Vault {
     pub fn verify(&self) -> Result<VerifyReport> {
         let inner = self.inner();
         let _p = inner.quiesce()?;
-        let keys = inner.keys();
+        let keys = inner.keys()?;
         let report = inner.log.verify(&keys, &|v| inner.purpose_of(v))?;
         inner.ledger.read_after(u64::MAX)?;
         Ok(report)

@@ -83,15 +83,18 @@ impl Inner {
         let mut records = 0u64;
         let mut bytes = 0u64;
         let mut in_chunks = false;
-        for (seq, header, len) in self.log.headers(first, head)? {
-            if !in_chunks && !take(&header, len) {
-                break;
-            }
-            in_chunks = header.kind == RecordKind::Chunk && header.flags & FLAG_LAST == 0;
-            last = Some(seq);
-            records += 1;
-            bytes += len as u64;
-        }
+        // Stops at the first record to keep: the scan is as long as what is evicted.
+        self.log
+            .scan_headers(first, head, &mut |seq, header, len| {
+                if !in_chunks && !take(header, len) {
+                    return false;
+                }
+                in_chunks = header.kind == RecordKind::Chunk && header.flags & FLAG_LAST == 0;
+                last = Some(seq);
+                records += 1;
+                bytes += len as u64;
+                true
+            })?;
         let Some(last) = last else { return Ok(()) };
         self.invalidate_pending_through(last)?;
         self.log.prune_through(last)?;

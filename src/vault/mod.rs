@@ -18,7 +18,7 @@ use crate::events::{Event, Marker, TimestampUs};
 use crate::keys::hierarchy::KeyHierarchy;
 use crate::keys::keystore::{open_keystore, KeyStore, KeyStoreKind};
 use crate::log::anchor::AnchorKey;
-use crate::log::framer::{Framer, Job};
+use crate::log::framer::{encode_large, Framer, Job};
 use crate::log::record::RecordBinding;
 use crate::log::store::{Store, UserTrees};
 use crate::log::Log;
@@ -494,12 +494,18 @@ fn open_store_and_keystore(
 }
 
 impl Inner {
-    pub(crate) fn keys(&self) -> RwLockReadGuard<'_, KeyHierarchy> {
-        self.keys.read().unwrap_or_else(|p| p.into_inner())
+    /// The user's keys; [`Error::Erased`] once they were destroyed through this handle
+    /// (checked under the lock, so no caller sees a half-erased hierarchy).
+    pub(crate) fn keys(&self) -> Result<RwLockReadGuard<'_, KeyHierarchy>> {
+        let guard = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        self.check_live()?;
+        Ok(guard)
     }
 
-    pub(crate) fn keys_mut(&self) -> RwLockWriteGuard<'_, KeyHierarchy> {
-        self.keys.write().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn keys_mut(&self) -> Result<RwLockWriteGuard<'_, KeyHierarchy>> {
+        let guard = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        self.check_live()?;
+        Ok(guard)
     }
 
     pub(crate) fn producer(&self) -> MutexGuard<'_, Producer> {
@@ -567,6 +573,11 @@ impl Inner {
             self.dropped_paused.fetch_add(1, Ordering::Relaxed);
             return Ok(Appended::Paused);
         }
+        // A large payload (a screenshot or custom event, the only ones with payloads) is
+        // encoded before taking the append lock; the gate keeps or drops such events but
+        // never changes them.
+        let encoded =
+            (event.payload_len() > self.opts.frame_max_bytes / 2).then(|| encode_large(&event));
         let mut p = self.producer();
         let Producer { gate, framer } = &mut *p;
         let admission = gate.admit(&mut event);
@@ -585,7 +596,10 @@ impl Inner {
             framer.push(&Event::Marker { ts_us: ts, marker }, &mut emit);
         }
         if store {
-            framer.push(&event, &mut emit);
+            match encoded {
+                Some(whole) => framer.push_encoded_large(whole, &mut emit),
+                None => framer.push(&event, &mut emit),
+            }
         }
         sent?;
         if store {
@@ -683,7 +697,7 @@ impl Inner {
             return Ok(());
         }
         crate::failpoint::hit("write:before-batch")?;
-        let keys = self.keys();
+        let keys = self.keys()?;
         self.log
             .append(jobs, &keys, &|v| self.purpose_of(v), now_us())
     }

@@ -60,8 +60,13 @@ impl Inner {
     pub(crate) fn erase_in_place(&self) -> Result<()> {
         let p = self.quiesce()?;
         let _g = self.release_lock();
-        self.keys_mut().erase(&|| self.durable_flush())?;
-        self.mark_erased();
+        {
+            // Marked erased under the key lock: from here on every use of the keys on this
+            // handle fails with `Erased` instead of finding them gone.
+            let mut keys = self.keys_mut()?;
+            self.mark_erased();
+            keys.erase(&|| self.durable_flush())?;
+        }
         for tree in [&self.trees.log, &self.trees.state, &self.trees.ledger] {
             tree.clear()?;
         }
@@ -156,7 +161,7 @@ impl Inner {
         let _g = self.release_lock();
         let mut state = self.release_state()?;
         self.complete_ack(&mut state)?;
-        let keys = self.keys();
+        let keys = self.keys()?;
         let (first, last, events, bundle_seq) = match &state.pending {
             Some(p) => {
                 let (events, last) = self.collect(&keys, p.last_record, usize::MAX)?;

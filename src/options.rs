@@ -32,7 +32,7 @@ pub struct VaultOptions {
     pub dek_epoch_hours: u64,
     /// Memory the storage engine may use as cache, in bytes (default 16 MiB).
     pub cache_bytes: u64,
-    /// Collector receipt key (`capvault-receipt1...`). When set, `ack` prunes only with a
+    /// Collector receipt key (`cvreceipt-ed25519-1...`). When set, `ack` prunes only with a
     /// valid receipt signed by that collector.
     pub collector_receipt_key: Option<String>,
     /// Privacy policy enforced by the vault.

@@ -215,10 +215,19 @@ fn restrict(path: &Path) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         for entry in fs::read_dir(path)? {
             let entry = entry?;
-            let meta = entry.metadata()?;
+            // Files may vanish while we walk (sled's old snapshots, answered hand-off
+            // requests): what is gone needs no permissions.
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
             let mode = if meta.is_dir() { 0o700 } else { 0o600 };
             if meta.permissions().mode() & 0o777 != mode {
-                fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode))?;
+                match fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode)) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    other => other?,
+                }
             }
             if meta.is_dir() {
                 restrict(&entry.path())?;

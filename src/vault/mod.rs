@@ -638,8 +638,15 @@ impl Inner {
     /// Sends the open frame and a flush request while holding the append lock, so the
     /// flush covers exactly what was appended before. Returns the reply channel.
     fn request_flush(&self, p: &mut Producer) -> Result<mpsc::Receiver<Result<()>>> {
+        let (reply, wait) = mpsc::channel();
+        self.send_with_open_frame(p, Msg::Flush(reply))?;
+        Ok(wait)
+    }
+
+    /// Queues the open frame, then `msg`. The count of events dropped during a pause is
+    /// saved first, so it survives a restart too.
+    fn send_with_open_frame(&self, p: &mut Producer, msg: Msg) -> Result<()> {
         if self.paused_until.load(Ordering::Relaxed) != 0 {
-            // The count of events dropped during a pause survives a restart too.
             let dropped = self.dropped_paused.load(Ordering::Relaxed) as i64;
             self.trees
                 .state
@@ -648,9 +655,7 @@ impl Inner {
         if let Some(job) = p.framer.cut() {
             self.tx.send(Msg::Record(job)).map_err(|_| Error::Closed)?;
         }
-        let (reply, wait) = mpsc::channel();
-        self.tx.send(Msg::Flush(reply)).map_err(|_| Error::Closed)?;
-        Ok(wait)
+        self.tx.send(msg).map_err(|_| Error::Closed)
     }
 
     pub(crate) fn flush(&self) -> Result<()> {
@@ -677,16 +682,7 @@ impl Inner {
         let (reply, wait) = mpsc::channel();
         {
             let mut p = self.producer();
-            if let Some(job) = p.framer.cut() {
-                self.tx.send(Msg::Record(job)).map_err(|_| Error::Closed)?;
-            }
-            if self.paused_until.load(Ordering::Relaxed) != 0 {
-                let dropped = self.dropped_paused.load(Ordering::Relaxed) as i64;
-                self.trees
-                    .state
-                    .insert(STATE_PAUSE_DROPPED, &dropped.to_be_bytes())?;
-            }
-            self.tx.send(Msg::Stop(reply)).map_err(|_| Error::Closed)?;
+            self.send_with_open_frame(&mut p, Msg::Stop(reply))?;
         }
         wait.recv().map_err(|_| Error::Closed)?
     }

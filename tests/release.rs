@@ -419,12 +419,17 @@ fn the_byte_budget_holds_under_sustained_capture() {
     // Eviction runs every half second; between runs the log may overshoot by what was
     // appended meanwhile (here at most a few rounds).
     assert!(
-        peak_stored < 8 << 20,
+        peak_stored < 12 << 20,
         "stored bytes stayed near the budget: {peak_stored}"
     );
-    let tail_max = *disk[30..].iter().max().unwrap();
+    // Disk use in the last quarter is no larger than in the middle of the run (with room
+    // for sled's segment granularity): it stopped growing.
+    let mid_max = *disk[20..45].iter().max().unwrap();
     let late_max = *disk[45..].iter().max().unwrap();
-    assert!(late_max <= tail_max, "disk use levels off: {disk:?}");
+    assert!(
+        late_max <= mid_max + mid_max / 4,
+        "disk use levels off: {disk:?}"
+    );
     let all = v.test_read_all().unwrap();
     assert!(all.iter().any(|e| matches!(
         e.event,

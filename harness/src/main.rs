@@ -32,7 +32,11 @@ fn dir_size(path: &Path) -> u64 {
     for e in std::fs::read_dir(path).unwrap() {
         let e = e.unwrap();
         let m = e.metadata().unwrap();
-        total += if m.is_dir() { dir_size(&e.path()) } else { m.len() };
+        total += if m.is_dir() {
+            dir_size(&e.path())
+        } else {
+            m.len()
+        };
     }
     total
 }
@@ -59,7 +63,9 @@ fn run_vault(n: u64, rep: usize) -> Run {
     let v = Vault::open(dir.join("v"), "harness", o).unwrap();
     let start = Instant::now();
     for i in 0..n {
-        let Event::MouseMove { ts_us, x, y } = event(i) else { unreachable!() };
+        let Event::MouseMove { ts_us, x, y } = event(i) else {
+            unreachable!()
+        };
         let _ = v.append_mouse_move(ts_us, x, y).unwrap();
     }
     v.flush().unwrap();
@@ -67,7 +73,10 @@ fn run_vault(n: u64, rep: usize) -> Run {
     v.close().unwrap();
     let disk_bytes = dir_size(&dir);
     std::fs::remove_dir_all(&dir).unwrap();
-    Run { events_per_s: n as f64 / secs, disk_bytes }
+    Run {
+        events_per_s: n as f64 / secs,
+        disk_bytes,
+    }
 }
 
 fn run_sled(n: u64, rep: usize) -> Run {
@@ -85,7 +94,10 @@ fn run_sled(n: u64, rep: usize) -> Run {
     drop(db);
     let disk_bytes = dir_size(&dir);
     std::fs::remove_dir_all(&dir).unwrap();
-    Run { events_per_s: n as f64 / secs, disk_bytes }
+    Run {
+        events_per_s: n as f64 / secs,
+        disk_bytes,
+    }
 }
 
 fn raw_key_hex() -> String {
@@ -145,12 +157,21 @@ fn run_sqlcipher(n: u64, rep: usize) -> Run {
     conn.close().map_err(|(_, e)| e).unwrap();
     // The file must be encrypted: a plain SQLite file starts with this header.
     let mut head = [0u8; 16];
-    std::io::Read::read_exact(&mut std::fs::File::open(dir.join("events.db")).unwrap(), &mut head)
-        .unwrap();
-    assert!(!head.starts_with(b"SQLite format 3\0"), "database is not encrypted");
+    std::io::Read::read_exact(
+        &mut std::fs::File::open(dir.join("events.db")).unwrap(),
+        &mut head,
+    )
+    .unwrap();
+    assert!(
+        !head.starts_with(b"SQLite format 3\0"),
+        "database is not encrypted"
+    );
     let disk_bytes = dir_size(&dir);
     std::fs::remove_dir_all(&dir).unwrap();
-    Run { events_per_s: n as f64 / secs, disk_bytes }
+    Run {
+        events_per_s: n as f64 / secs,
+        disk_bytes,
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -169,7 +190,11 @@ fn fmt_rate(r: f64) -> String {
 fn main() {
     let n: u64 = std::env::args()
         .nth(1)
-        .map(|a| a.replace(['_', ','], "").parse().expect("EVENTS must be a number"))
+        .map(|a| {
+            a.replace(['_', ','], "")
+                .parse()
+                .expect("EVENTS must be a number")
+        })
         .unwrap_or(2_000_000);
     let plain: u64 = (0..n)
         .map(|i| {

@@ -561,7 +561,7 @@ impl Inner {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
         {
-            return Err(Error::StorageFull(format!("the vault cannot store more data right now ({e}); nothing already accepted is lost; retry after freeing space")));
+            return Err(Error::StorageFull(format!("the vault cannot store more data right now ({e}); what was flushed is safe; free disk space, then close and reopen the vault")));
         }
         if self.budget_refuses() {
             return Err(Error::StorageFull(format!(

@@ -17,7 +17,7 @@ const COUNTER_PREFIX: u8 = 0x02;
 /// How long an opener waits for a lock that is about to be released.
 const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 /// sled segment size (fixed when the vault is created).
-const SEGMENT_SIZE: usize = 8 << 20;
+const SEGMENT_SIZE: usize = 4 << 20;
 
 /// Key of record `seq` in a log tree.
 pub(crate) fn record_key(seq: u64) -> [u8; 9] {
@@ -128,7 +128,7 @@ impl Store {
             .path(dir)
             .cache_capacity(cache_bytes)
             // sled stores a tree node larger than a quarter segment as a file of its own;
-            // with 64 KiB records, 8 MiB segments keep nodes in the log instead.
+            // with 64 KiB records, 4 MiB segments keep nodes in the log instead.
             .segment_size(SEGMENT_SIZE)
             .flush_every_ms(background_flush.then_some(200));
         // sled's I/O threads release the directory lock a moment after the previous

@@ -90,6 +90,7 @@ pub(crate) struct Inner {
     /// Set once this user was erased through this handle: every later call fails.
     erased: std::sync::atomic::AtomicBool,
     write_error: Mutex<Option<String>>,
+    write_failed: std::sync::atomic::AtomicBool,
     maintenance_error: Mutex<Option<String>>,
     purposes: RwLock<BTreeMap<u32, String>>,
     /// Serializes seal, ack and eviction (they move the release cursor and the tail).
@@ -215,6 +216,7 @@ impl Vault {
             filtered: AtomicU64::new(0),
             erased: std::sync::atomic::AtomicBool::new(false),
             write_error: Mutex::new(None),
+            write_failed: std::sync::atomic::AtomicBool::new(false),
             maintenance_error: Mutex::new(None),
             purposes: RwLock::new(purposes),
             release: Mutex::new(()),
@@ -555,12 +557,14 @@ impl Inner {
             ));
         }
         self.check_payload(event.payload_len())?;
-        if let Some(e) = self
-            .write_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
+        // The flag keeps the common case to one atomic load.
+        if self.write_failed.load(Ordering::Relaxed) {
+            let e = self
+                .write_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_default();
             return Err(Error::StorageFull(format!("the vault cannot store more data right now ({e}); what was flushed is safe; free disk space, then close and reopen the vault")));
         }
         if self.budget_refuses() {
@@ -717,7 +721,11 @@ impl Inner {
     }
 
     pub(crate) fn set_write_error(&self, e: Option<&Error>) {
+        if e.is_none() && !self.write_failed.load(Ordering::Relaxed) {
+            return;
+        }
         *self.write_error.lock().unwrap_or_else(|p| p.into_inner()) = e.map(|e| e.to_string());
+        self.write_failed.store(e.is_some(), Ordering::Relaxed);
     }
 
     pub(crate) fn dir(&self) -> PathBuf {

@@ -8,9 +8,9 @@
 //! for its duration, and `capvault_close` takes it out under the write lock, so closing
 //! on one thread while others are calling is safe (close waits for calls in flight).
 //!
-//! The one case that cannot be detected: after a handle is closed, a later
-//! `capvault_open` may be given the same address, and a stale copy of the old pointer
-//! then refers to the new vault.
+//! A closed handle's (small) allocation is kept for the life of the process, so its
+//! address is never given to a later `capvault_open`: a stale pointer stays CLOSED
+//! instead of reaching another vault. That costs about 100 bytes per closed handle.
 
 use std::collections::HashMap;
 use std::ffi::c_char;
@@ -36,6 +36,9 @@ pub struct capvault {
 /// Live handles by address.
 static HANDLES: LazyLock<Mutex<HashMap<usize, Arc<capvault>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Closed handles, kept so their addresses are never reused.
+static RETIRED: Mutex<Vec<Arc<capvault>>> = Mutex::new(Vec::new());
 
 fn handles() -> std::sync::MutexGuard<'static, HashMap<usize, Arc<capvault>>> {
     HANDLES.lock().unwrap_or_else(PoisonError::into_inner)
@@ -228,6 +231,10 @@ pub extern "C" fn capvault_close(v: *mut capvault) {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        RETIRED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(handle);
         if let Some(vault) = vault {
             if let Err(e) = vault.close() {
                 return Err(Fail::from(e));

@@ -296,9 +296,16 @@ int main(int argc, char **argv) {
         failures++;
     }
 
-    /* Reopen: everything the threads appended and flushed is there to seal. */
+    /* Reopen: everything the threads appended and flushed is there to seal. A new
+       handle never reuses a closed one's address, so the stale pointer stays CLOSED. */
+    capvault *stale = v;
     v = NULL;
     EXPECT(capvault_open(dir, "alice", options, &v), CAPVAULT_OK);
+    if (v == stale) {
+        fprintf(stderr, "FAIL: a new handle reused a closed handle's address\n");
+        failures++;
+    }
+    EXPECT(capvault_flush(stale), CAPVAULT_ERR_CLOSED);
     EXPECT(capvault_status_json(v, &json), CAPVAULT_OK);
     capvault_string_free(json);
     capvault_close(v);

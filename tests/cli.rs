@@ -451,8 +451,7 @@ fn verify_exits_3_on_a_tampered_vault() {
     assert_eq!(f.json(&["verify"])["ok"], true);
     {
         let db = capvault::testing::open_raw_db(&f.dir);
-        let hex: String = f.user.bytes().map(|b| format!("{b:02x}")).collect();
-        let log = db.open_tree(format!("u/{hex}/log")).unwrap();
+        let log = common::user_tree(&db, &f.user, "log");
         let (key, value) = log
             .iter()
             .map(Result::unwrap)

@@ -208,14 +208,13 @@ fn after_everything_is_acknowledged_no_record_and_no_retired_key_remains() {
         assert_eq!(st.epochs[0].epoch, 2);
         v.close().unwrap();
         let db = capvault::testing::open_raw_db(d.path());
-        let hex: String = "alice".bytes().map(|b| format!("{b:02x}")).collect();
-        let log = db.open_tree(format!("u/{hex}/log")).unwrap();
+        let log = common::user_tree(&db, "alice", "log");
         assert_eq!(
             log.scan_prefix([0u8]).count(),
             0,
             "no record of the acked data is left"
         );
-        let keys = db.open_tree(format!("u/{hex}/keys")).unwrap();
+        let keys = common::user_tree(&db, "alice", "keys");
         let deks: Vec<_> = keys
             .scan_prefix(b"dek")
             .map(|r| r.unwrap().0.to_vec())
@@ -307,8 +306,7 @@ fn a_tampered_ledger_is_detected() {
     v.close().unwrap();
     {
         let db = capvault::testing::open_raw_db(d.path());
-        let hex: String = "alice".bytes().map(|b| format!("{b:02x}")).collect();
-        let t = db.open_tree(format!("u/{hex}/ledger")).unwrap();
+        let t = common::user_tree(&db, "alice", "ledger");
         let mut k = vec![0u8];
         k.extend_from_slice(&2u64.to_be_bytes());
         let mut val = t.get(&k).unwrap().unwrap().to_vec();
@@ -501,8 +499,7 @@ fn a_policy_change_is_bound_into_later_records_and_marked() {
     v.close().unwrap();
     // The record headers name the policy version (it is also in the associated data).
     let db = capvault::testing::open_raw_db(d.path());
-    let hex: String = "alice".bytes().map(|b| format!("{b:02x}")).collect();
-    let log = db.open_tree(format!("u/{hex}/log")).unwrap();
+    let log = common::user_tree(&db, "alice", "log");
     let versions: Vec<u32> = log
         .scan_prefix([0u8])
         .map(|r| {

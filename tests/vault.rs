@@ -162,8 +162,7 @@ fn no_plaintext_or_key_bytes_anywhere_in_the_vault_directory() {
 /// Opens the raw sled database of a closed vault for tampering.
 fn raw_log(dir: &Path, user: &str) -> (sled::Db, sled::Tree) {
     let db = capvault::testing::open_raw_db(dir);
-    let hex: String = user.bytes().map(|b| format!("{b:02x}")).collect();
-    let t = db.open_tree(format!("u/{hex}/log")).unwrap();
+    let t = common::user_tree(&db, user, "log");
     (db, t)
 }
 
@@ -302,15 +301,7 @@ fn another_users_keys_cannot_open_a_users_records() {
         // Graft alice's log (records and anchors) into bob's tree.
         {
             let (db, ta) = raw_log(d.path(), "alice");
-            let tb = db
-                .open_tree(format!(
-                    "u/{}/log",
-                    "bob"
-                        .bytes()
-                        .map(|b| format!("{b:02x}"))
-                        .collect::<String>()
-                ))
-                .unwrap();
+            let tb = common::user_tree(&db, "bob", "log");
             tb.clear().unwrap();
             for item in ta.iter() {
                 let (k, v) = item.unwrap();

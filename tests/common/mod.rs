@@ -94,3 +94,10 @@ pub fn kek_name(vault_id_hex: &str, user: &str, version: u32) -> String {
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
+
+/// The sled tree `name` (`log`, `keys`, `state`, `ledger`) of `user` in a raw vault
+/// database (docs/FORMAT.md: trees are named `u/<hex(user)>/<name>`).
+pub fn user_tree(db: &sled::Db, user: &str, name: &str) -> sled::Tree {
+    let hex: String = user.bytes().map(|b| format!("{b:02x}")).collect();
+    db.open_tree(format!("u/{hex}/{name}")).unwrap()
+}

@@ -27,11 +27,56 @@ fn cpu_secs() -> f64 {
     ticks / 100.0
 }
 
-fn pct(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
+/// Latency histogram with ~1.6% resolution (64 sub-buckets per power of two), so the
+/// harness's own memory stays small and constant whatever the run length.
+struct Histogram {
+    counts: Vec<u64>,
+    total: u64,
+    max: u64,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Histogram {
+            counts: vec![0; 64 * 64],
+            total: 0,
+            max: 0,
+        }
     }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+    fn bucket(v: u64) -> usize {
+        if v < 64 {
+            return v as usize;
+        }
+        let exp = 63 - v.leading_zeros() as usize; // >= 6
+        let mantissa = ((v >> (exp - 6)) & 63) as usize;
+        (exp - 5) * 64 + mantissa
+    }
+    fn lower_bound(b: usize) -> u64 {
+        if b < 64 {
+            return b as u64;
+        }
+        let exp = b / 64 + 5;
+        ((64 + (b % 64)) as u64) << (exp - 6)
+    }
+    fn record(&mut self, v: u64) {
+        self.counts[Self::bucket(v).min(64 * 64 - 1)] += 1;
+        self.total += 1;
+        self.max = self.max.max(v);
+    }
+    fn pct(&self, p: f64) -> u64 {
+        if p >= 1.0 {
+            return self.max;
+        }
+        let want = ((self.total as f64) * p).ceil() as u64;
+        let mut seen = 0;
+        for (b, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= want.max(1) {
+                return Self::lower_bound(b);
+            }
+        }
+        self.max
+    }
 }
 
 fn options() -> VaultOptions {
@@ -60,9 +105,9 @@ fn main() {
             .collect()
     };
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let mut appends: Vec<u64> = Vec::with_capacity(secs as usize * 8_100);
-    let mut shots: Vec<u64> = Vec::new();
-    let mut flushes: Vec<u64> = Vec::new();
+    let mut appends = Histogram::new();
+    let mut shots = Histogram::new();
+    let mut flushes = Histogram::new();
     let mut disk: Vec<(u64, u64)> = Vec::new();
     let mut peak_rss = 0;
     let mut released = 0usize;
@@ -100,20 +145,20 @@ fn main() {
             let _ = vault
                 .append_mouse_move(ts, (i % 1920) as i32, (i % 1080) as i32)
                 .unwrap();
-            appends.push(t.elapsed().as_nanos() as u64);
+            appends.record(t.elapsed().as_nanos() as u64);
             if last_shot.elapsed() >= Duration::from_secs(1) {
                 last_shot = Instant::now();
                 let t = Instant::now();
                 let _ = vault
                     .append_screenshot(ts, 1920, 1080, "png", &shot)
                     .unwrap();
-                shots.push(t.elapsed().as_nanos() as u64);
+                shots.record(t.elapsed().as_nanos() as u64);
             }
             if last_flush.elapsed() >= Duration::from_millis(100) {
                 last_flush = Instant::now();
                 let t = Instant::now();
                 vault.flush().unwrap();
-                flushes.push(t.elapsed().as_nanos() as u64);
+                flushes.record(t.elapsed().as_nanos() as u64);
             }
             if last_sample.elapsed() >= Duration::from_secs(5) {
                 last_sample = Instant::now();
@@ -127,28 +172,25 @@ fn main() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         released = uploader.join().unwrap();
     });
-    appends.sort_unstable();
-    shots.sort_unstable();
-    flushes.sort_unstable();
     println!("soak: {secs} s at 8 kHz mouse + 1 fps 1.5 MB screenshots, flush every 100 ms, continuous seal/ack");
     println!(
         "  mouse append   p50 {:.2} us  p99 {:.2} us  p99.9 {:.2} us  max {:.0} us  ({} appends)",
-        pct(&appends, 0.5) as f64 / 1e3,
-        pct(&appends, 0.99) as f64 / 1e3,
-        pct(&appends, 0.999) as f64 / 1e3,
-        pct(&appends, 1.0) as f64 / 1e3,
-        appends.len()
+        appends.pct(0.5) as f64 / 1e3,
+        appends.pct(0.99) as f64 / 1e3,
+        appends.pct(0.999) as f64 / 1e3,
+        appends.pct(1.0) as f64 / 1e3,
+        appends.total
     );
     println!(
         "  screenshot append p50 {:.0} us  p99 {:.0} us",
-        pct(&shots, 0.5) as f64 / 1e3,
-        pct(&shots, 0.99) as f64 / 1e3
+        shots.pct(0.5) as f64 / 1e3,
+        shots.pct(0.99) as f64 / 1e3
     );
     println!(
         "  flush          p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
-        pct(&flushes, 0.5) as f64 / 1e6,
-        pct(&flushes, 0.99) as f64 / 1e6,
-        pct(&flushes, 1.0) as f64 / 1e6
+        flushes.pct(0.5) as f64 / 1e6,
+        flushes.pct(0.99) as f64 / 1e6,
+        flushes.pct(1.0) as f64 / 1e6
     );
     println!(
         "  peak RSS       {:.1} MiB, bundles released {released}",

@@ -2,7 +2,7 @@
 //! carry key bytes or captured plaintext.
 
 /// Everything that can go wrong in capvault. Each variant maps to one C result code.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A caller-supplied value is malformed or out of range.
@@ -93,23 +93,6 @@ impl From<std::io::Error> for Error {
                     Error::Storage(e.to_string())
                 }
             }
-        }
-    }
-}
-
-impl Error {
-    /// A copy of this error for a second waiter (errors hold only text, never secrets).
-    pub(crate) fn clone_for_reply(&self) -> Error {
-        match self {
-            Error::InvalidArgument(s) => Error::InvalidArgument(s.clone()),
-            Error::Keychain(s) => Error::Keychain(s.clone()),
-            Error::Storage(s) => Error::Storage(s.clone()),
-            Error::StorageFull(s) => Error::StorageFull(s.clone()),
-            Error::Tampered(s) => Error::Tampered(s.clone()),
-            Error::InUse => Error::InUse,
-            Error::Erased => Error::Erased,
-            Error::NotFound(s) => Error::NotFound(s.clone()),
-            Error::Closed => Error::Closed,
         }
     }
 }

@@ -63,6 +63,25 @@ pub(crate) fn now_us() -> TimestampUs {
     d.as_micros() as TimestampUs
 }
 
+/// Queues records for the writer in order, keeping the first failure (the writer has
+/// stopped) for the caller.
+struct Queue<'a> {
+    tx: &'a SyncSender<Msg>,
+    result: Result<()>,
+}
+
+impl<'a> Queue<'a> {
+    fn new(tx: &'a SyncSender<Msg>) -> Self {
+        Queue { tx, result: Ok(()) }
+    }
+
+    fn send(&mut self, job: Job) {
+        if self.result.is_ok() {
+            self.result = self.tx.send(Msg::Record(job)).map_err(|_| Error::Closed);
+        }
+    }
+}
+
 /// State of the append path, behind one lock: policy gate and framer.
 pub(crate) struct Producer {
     pub(crate) gate: PolicyGate,
@@ -589,23 +608,16 @@ impl Inner {
             Admission::Store(m) => (m, true),
             Admission::Drop(m) => (m, false),
         };
-        let mut sent = Ok(());
-        let mut emit = |job: Job| {
-            if sent.is_ok() {
-                sent = self.tx.send(Msg::Record(job)).map_err(|_| Error::Closed);
-            }
-        };
         let ts = event.ts_us();
-        for marker in markers {
-            framer.push(&Event::Marker { ts_us: ts, marker }, &mut emit);
-        }
+        self.push_markers_at(framer, ts, markers)?;
         if store {
+            let mut queue = Queue::new(&self.tx);
             match encoded {
-                Some(whole) => framer.push_encoded_large(whole, &mut emit),
-                None => framer.push(&event, &mut emit),
+                Some(whole) => framer.push_encoded_large(whole, &mut |j| queue.send(j)),
+                None => framer.push(&event, &mut |j| queue.send(j)),
             }
+            queue.result?;
         }
-        sent?;
         if store {
             Ok(Appended::Stored)
         } else {
@@ -621,22 +633,20 @@ impl Inner {
     }
 
     pub(crate) fn push_markers(&self, p: &mut Producer, markers: &[Marker]) -> Result<()> {
-        let mut sent = Ok(());
-        let ts = now_us();
+        self.push_markers_at(&mut p.framer, now_us(), markers.to_vec())
+    }
+
+    fn push_markers_at(
+        &self,
+        framer: &mut Framer,
+        ts_us: TimestampUs,
+        markers: Vec<Marker>,
+    ) -> Result<()> {
+        let mut queue = Queue::new(&self.tx);
         for marker in markers {
-            p.framer.push(
-                &Event::Marker {
-                    ts_us: ts,
-                    marker: marker.clone(),
-                },
-                &mut |job| {
-                    if sent.is_ok() {
-                        sent = self.tx.send(Msg::Record(job)).map_err(|_| Error::Closed);
-                    }
-                },
-            );
+            framer.push(&Event::Marker { ts_us, marker }, &mut |j| queue.send(j));
         }
-        sent
+        queue.result
     }
 
     /// Sends the open frame and a flush request while holding the append lock, so the

@@ -6,7 +6,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::log::framer::Job;
 use crate::log::record::{RecordKind, FLAG_LAST};
 use crate::vault::Inner;
@@ -74,7 +74,7 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
         if !waiting.is_empty() || stop.is_some() {
             let result = written.and_then(|()| inner.durable_flush());
             for w in waiting.drain(..) {
-                let _ = w.send(result.as_ref().map(|_| ()).map_err(Error::clone_for_reply));
+                let _ = w.send(result.clone());
             }
             if let Some(s) = stop.take() {
                 let _ = s.send(result);

@@ -593,3 +593,23 @@ fn a_vault_remembers_its_keychain_and_policy() {
         "{e}"
     );
 }
+
+#[test]
+fn sealing_a_tampered_log_fails_and_releases_nothing() {
+    let kind = KeyStoreKind::Keyutils;
+    let (d, _) = vault_with_records(kind);
+    {
+        let (db, t) = raw_log(d.path(), "alice");
+        let mut v = t.get(rec_key(3)).unwrap().unwrap().to_vec();
+        let i = v.len() / 2;
+        v[i] ^= 0x01;
+        t.insert(rec_key(3), v).unwrap();
+        db.flush().unwrap();
+    }
+    // The ends still match, so the vault opens; the walk to seal finds the edit.
+    let v = Vault::open(d.path(), "alice", small_frames(kind)).unwrap();
+    let id = capvault::Identity::generate(capvault::Suite::X25519);
+    let r = v.seal_next(&id.recipient(), 1 << 20);
+    assert!(matches!(r, Err(Error::Tampered(_))), "{r:?}");
+    v.close().unwrap();
+}

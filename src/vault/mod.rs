@@ -355,6 +355,7 @@ impl Vault {
         format: &str,
         data: &[u8],
     ) -> Result<Appended> {
+        // Checked before the copy below, so an oversized buffer is never duplicated.
         self.inner.check_payload(data.len())?;
         self.append(Event::Screenshot {
             ts_us,

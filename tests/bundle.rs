@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use capvault::{
+use capvault_format::{
     inspect_bundle, open_bundle, verify_receipt, write_json_lines, ChainChecker, Error, Identity,
     Recipient,
 };

@@ -3,13 +3,13 @@
 
 use proptest::prelude::*;
 
-use super::bundle::{seal_bundle, BundleInput, FIXED_HEADER_LEN};
-use super::recipient::{Identity, Suite};
-use super::verify_receipt;
+use crate::bundle::{seal_bundle, BundleInput, FIXED_HEADER_LEN};
 use crate::collector::{inspect_bundle, open_bundle, ChainChecker, ChainIssue};
+use crate::device::DeviceKey;
 use crate::error::Error;
 use crate::events::{Event, KeyCategory, LossReason, Marker, SeqEvent};
-use crate::keys::device::DeviceKey;
+use crate::receipt::verify_receipt;
+use crate::recipient::{Identity, Suite};
 use crate::secret::Key32;
 use crate::AuditEntry;
 
@@ -467,7 +467,7 @@ fn jsonl_sha256(events: &[SeqEvent]) -> String {
 #[test]
 #[ignore = "writes tests/vectors/bundles/; run with --ignored to regenerate"]
 fn write_bundle_vectors() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/bundles");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/vectors/bundles");
     std::fs::create_dir_all(&dir).unwrap();
     let id = Identity::from_raw(Suite::X25519, [0x42; 32], [0x43; 32]);
     let pq = Identity::from_raw(Suite::XWing, [0x44; 32], [0x45; 32]);

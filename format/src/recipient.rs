@@ -13,8 +13,8 @@ use std::str::FromStr;
 use hpke::{Deserializable, Kem as _, Serializable};
 use zeroize::Zeroizing;
 
+use crate::device::DeviceKey;
 use crate::error::{Error, Result};
-use crate::keys::device::DeviceKey;
 use crate::secret::Key32;
 
 pub(crate) type X25519Kem = hpke::kem::X25519HkdfSha256;

@@ -6,10 +6,10 @@
 //! receipt = Ed25519(receipt seed of the identity, RECEIPT_CONTEXT || digest)   (64 bytes)
 //! ```
 
+use crate::device::verify_ed25519;
 use crate::error::{Error, Result};
-use crate::keys::device::verify_ed25519;
 
-use super::recipient::{Identity, ReceiptKey};
+use crate::recipient::{Identity, ReceiptKey};
 
 /// Domain separation for receipts (ends in a NUL byte).
 pub(crate) const RECEIPT_CONTEXT: &[u8] = b"capvault receipt v1\0";
@@ -50,7 +50,7 @@ pub fn verify_receipt(key: &ReceiptKey, digest: &[u8; 32], receipt: &[u8]) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::seal::recipient::Suite;
+    use crate::recipient::Suite;
 
     #[test]
     fn receipts_verify_only_for_their_bundle_and_key() {

@@ -23,11 +23,11 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::audit::AuditEntry;
+use crate::device::{verify_ed25519, DeviceKey};
 use crate::error::{Error, Result};
 use crate::events::{SeqEvent, TimestampUs};
-use crate::keys::device::{verify_ed25519, DeviceKey};
 
-use super::recipient::{Identity, Recipient, RecipientKey, Suite, X25519Kem, XWingKem};
+use crate::recipient::{Identity, Recipient, RecipientKey, Suite, X25519Kem, XWingKem};
 
 /// The first 8 bytes of every bundle.
 pub(crate) const MAGIC: &[u8; 8] = b"CVBUNDLE";
@@ -295,7 +295,7 @@ pub fn bundle_id(digest: &[u8; 32]) -> String {
 /// Seals `input` to `recipient` and signs it with `device`.
 // Called by the vault's `seal_next`.
 #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
-pub(crate) fn seal_bundle(
+pub fn seal_bundle(
     input: &BundleInput<'_>,
     recipient: &Recipient,
     device: &DeviceKey,

@@ -25,7 +25,7 @@ impl Vector {
 }
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/bundles")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/bundles/v1")
 }
 
 fn load(name: &str) -> Vector {

@@ -13,6 +13,7 @@ mod audit;
 mod bundle;
 mod collector;
 mod device;
+mod enrollment;
 mod error;
 mod events;
 mod receipt;
@@ -26,9 +27,10 @@ pub use collector::{
     DeviceChain, InspectedBundle, OpenedBundle,
 };
 pub use device::{verify_ed25519, DeviceKey};
+pub use enrollment::{DevicePins, EnrollmentRecord, PinVerdict};
 pub use error::{Error, Result};
 pub use events::{Event, KeyCategory, LossReason, Marker, SeqEvent, TimestampUs};
-pub use receipt::{verify_receipt, RECEIPT_LEN};
+pub use receipt::{verify_receipt, ReceiptSigner, RECEIPT_LEN};
 pub use recipient::{Identity, ReceiptKey, Recipient, Suite};
 
 #[cfg(test)]

@@ -201,6 +201,8 @@ impl Inner {
         let bundle = seal_bundle(
             &BundleInput {
                 device_id: self.device_id,
+                stream_id: [0; 16],
+                records_lost: 0,
                 bundle_seq,
                 first_record: first,
                 last_record: last,

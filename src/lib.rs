@@ -32,6 +32,7 @@ pub use capvault_format::{
     InspectedBundle, KeyCategory, LossReason, Marker, OpenedBundle, ReceiptKey, Recipient,
     SealedBundle, SeqEvent, Suite, TimestampUs, RECEIPT_LEN,
 };
+pub use capvault_format::EnrollmentRecord;
 pub use error::{Error, Result};
 pub use keys::hierarchy::EpochInfo;
 pub use keys::keystore::KeyStoreKind;

@@ -26,13 +26,13 @@ mod options;
 mod policy;
 mod vault;
 
+pub use capvault_format::EnrollmentRecord;
 pub use capvault_format::{
     bundle_id, inspect_bundle, open_bundle, verify_receipt, write_json_lines, AuditEntry,
     BundleHeader, ChainChecker, ChainIssue, ChainReport, DeviceChain, Event, Identity,
     InspectedBundle, KeyCategory, LossReason, Marker, OpenedBundle, ReceiptKey, Recipient,
     SealedBundle, SeqEvent, Suite, TimestampUs, RECEIPT_LEN,
 };
-pub use capvault_format::EnrollmentRecord;
 pub use error::{Error, Result};
 pub use keys::hierarchy::EpochInfo;
 pub use keys::keystore::KeyStoreKind;

@@ -895,7 +895,13 @@ fn seal_retries_are_identical_enroll_works_held_or_not_and_the_receipt_key_stick
     let other_file = f.root.join("other.identity");
     let mut keys = Vec::new();
     for file in [&id_file, &other_file] {
-        let out = run(&["recipient", "new", "--json", "--out", file.to_str().unwrap()]);
+        let out = run(&[
+            "recipient",
+            "new",
+            "--json",
+            "--out",
+            file.to_str().unwrap(),
+        ]);
         assert_ok(&out, &["recipient new"]);
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         keys.push((
@@ -940,7 +946,10 @@ fn seal_retries_are_identical_enroll_works_held_or_not_and_the_receipt_key_stick
     assert_eq!(r["device_id"], record.device_id_hex());
     assert_eq!(r["path"], enroll_file.display().to_string());
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&enroll_file).unwrap().permissions().mode();
+    let mode = std::fs::metadata(&enroll_file)
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let inspected = capvault::inspect_bundle(&bytes).unwrap();
     assert_eq!(inspected.header.device_key(), &record.device_key());

@@ -107,8 +107,8 @@ fn mixed_events_with_large_screenshots_round_trip_through_bundles() {
 }
 
 #[test]
-fn a_sealed_bundle_is_offered_byte_for_byte_until_acknowledged_and_appends_during_sealing_survive(
-) {
+fn a_sealed_bundle_is_offered_byte_for_byte_until_acknowledged_and_appends_during_sealing_survive()
+{
     let d = tempfile::tempdir().unwrap();
     let v = Vault::open(d.path(), "alice", options(KeyStoreKind::Keyutils)).unwrap();
     for i in 0..100 {

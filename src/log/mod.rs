@@ -473,7 +473,8 @@ impl Log {
                 next_event_seq: jobs[jobs.len() - 1].end_event_seq,
             };
         }
-        let head_bytes = (!jobs.is_empty()).then(|| sled::IVec::from(self.anchors.seal_head(&head)));
+        let head_bytes =
+            (!jobs.is_empty()).then(|| sled::IVec::from(self.anchors.seal_head(&head)));
         let counters: Vec<(u32, Option<[u8; 16]>)> = counts
             .iter()
             .map(|(e, c)| (*e, (c.records > 0).then(|| c.encode())))

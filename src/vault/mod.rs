@@ -195,9 +195,6 @@ impl Vault {
         let vault_id = load_or_create_id(&store.db, META_VAULT_ID)?;
         let device_id = load_or_create_id(&store.db, META_DEVICE_ID)?;
         let device_seed = admin::load_or_create_device_seed(&*keystore, &vault_id)?;
-        let (receipt_key, receipt_key_change) =
-            configure_receipt_key(&store.db, options.collector_receipt_key.as_deref())?;
-        options.collector_receipt_key = receipt_key;
         let trees = store.user_trees(user)?;
         let now = now_us();
         let keys = KeyHierarchy::open(keystore.clone(), trees.keys.clone(), vault_id, user, now)?;
@@ -208,6 +205,10 @@ impl Vault {
         )?;
         let ledger =
             crate::audit::Ledger::open(trees.ledger.clone(), keys.mac_key(), &vault_id, user)?;
+        // After the user's keys opened (an erased user changes nothing).
+        let (receipt_key, receipt_key_change) =
+            configure_receipt_key(&store.db, options.collector_receipt_key.as_deref())?;
+        options.collector_receipt_key = receipt_key;
         let (purposes, policy_changed, policy) = record_policy(&trees.state, &options.policy)?;
         options.policy = policy;
         let next_event_seq = log.lock().head.next_event_seq;
@@ -445,7 +446,9 @@ fn configure_receipt_key(
             let text = std::str::from_utf8(&v)
                 .ok()
                 .filter(|t| t.parse::<capvault_format::ReceiptKey>().is_ok())
-                .ok_or_else(|| Error::tampered("the stored collector receipt key does not parse"))?;
+                .ok_or_else(|| {
+                    Error::tampered("the stored collector receipt key does not parse")
+                })?;
             Some(text.to_string())
         }
     };

@@ -215,8 +215,7 @@ impl Inner {
         let bundle = SealedBundle::from_bytes(bytes.to_vec())
             .map_err(|e| Error::tampered(format!("the bundle in the outbox is damaged: {e}")))?;
         let device = DeviceKey::from_seed(&self.device_seed)?;
-        if *bundle.digest() != p.digest || *bundle.header().device_key() != device.public_key()
-        {
+        if *bundle.digest() != p.digest || *bundle.header().device_key() != device.public_key() {
             return Err(Error::tampered(
                 "the bundle in the outbox is not the pending bundle of this device",
             ));

@@ -48,7 +48,7 @@ struct Stream {
     user: String,
     /// bundle seq -> (digest, first record, last record)
     bundles: BTreeMap<u64, ([u8; 32], u64, u64)>,
-    last_event: u64,
+    last_event: Option<u64>,
     records_lost: u64,
     loss_marker_records: u64,
     captured: u64,
@@ -104,8 +104,11 @@ impl Collector {
             );
         }
         for e in &b.events {
-            assert!(e.seq > s.last_event, "events of a stream only move forward");
-            s.last_event = e.seq;
+            assert!(
+                s.last_event.is_none_or(|l| e.seq > l),
+                "events of a stream only move forward"
+            );
+            s.last_event = Some(e.seq);
             match &e.event {
                 Event::Marker {
                     marker:
@@ -231,12 +234,17 @@ fn users_interleaved_with_eviction_and_retention_keep_one_clean_chain_each() {
             !sid.contains(&data_encoding::HEXLOWER.encode(s.user.as_bytes())),
             "the stream id is not derived from the user name"
         );
-        // Every record removed unreleased is accounted for by a loss marker.
-        assert_eq!(
-            s.records_lost, s.loss_marker_records,
-            "{}: records_lost in headers vs loss markers",
-            s.user
+        // The headers count every record removed unreleased; each removal also left a
+        // loss marker, which a later removal may itself take (it is a record too, and
+        // that removal counts it), so the markers seen never claim more than the headers.
+        assert!(
+            s.loss_marker_records <= s.records_lost,
+            "{}: loss markers claim {} records, the headers {}",
+            s.user,
+            s.loss_marker_records,
+            s.records_lost
         );
+        assert_eq!(s.records_lost > 0, s.loss_marker_records > 0, "{}", s.user);
         lost_somewhere |= s.records_lost > 0;
         assert!(s.captured <= appended[s.user.as_str()]);
     }
@@ -280,7 +288,8 @@ fn a_pending_bundle_survives_eviction_of_its_records_and_the_gap_is_explained() 
         v.ack(b.id(), None).unwrap();
     }
     let s = c.streams.values().next().unwrap();
-    assert_eq!(s.records_lost, s.loss_marker_records);
+    assert!(s.records_lost > 0);
+    assert!(s.loss_marker_records > 0 && s.loss_marker_records <= s.records_lost);
     v.close().unwrap();
 }
 

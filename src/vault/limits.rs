@@ -43,7 +43,17 @@ impl Inner {
         let policy = &self.opts.policy;
         if policy.retention_secs > 0 {
             let cutoff = now_us() - (policy.retention_secs as i64).saturating_mul(1_000_000);
-            self.evict(LossReason::Retention, &mut |h, _| h.created_us < cutoff)?;
+            // Eviction holds appends and flushes; look at the oldest record first so an
+            // idle vault does no work.
+            let first = self.log.lock().tail.first_seq;
+            let mut due = false;
+            self.log.scan_headers(first, first, &mut |_, h, _| {
+                due = h.created_us < cutoff;
+                false
+            })?;
+            if due {
+                self.evict(LossReason::Retention, &mut |h, _| h.created_us < cutoff)?;
+            }
         }
         if policy.budget_bytes > 0 && policy.on_budget == BudgetAction::EvictOldest {
             let stored = self.log.lock().bytes();

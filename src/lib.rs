@@ -26,7 +26,6 @@ mod options;
 mod policy;
 mod vault;
 
-pub use capvault_format::EnrollmentRecord;
 pub use capvault_format::{
     bundle_id, inspect_bundle, open_bundle, verify_receipt, write_bundle_json_lines,
     write_json_lines, AuditEntry, BundleHeader, ChainChecker, ChainIssue, ChainReport, DeviceChain,

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use capvault::{
-    open_bundle, EnrollmentRecord, Error, Event, Identity, KeyStoreKind, LossReason, Marker,
-    OpenedBundle, Suite, Vault, VaultOptions,
+    open_bundle, ChainChecker, EnrollmentRecord, Error, Event, Identity, KeyStoreKind, LossReason,
+    Marker, OpenedBundle, Suite, Vault, VaultOptions,
 };
 use common::options;
 
@@ -60,10 +60,13 @@ struct Stream {
 struct Collector {
     streams: BTreeMap<[u8; 16], Stream>,
     device_key: Option<[u8; 32]>,
+    /// The collector's own chain checker, given every bundle (retries included).
+    checker: ChainChecker,
 }
 
 impl Collector {
     fn accept(&mut self, b: &OpenedBundle) {
+        self.checker.add_opened(b);
         let h = &b.header;
         assert_eq!(h.version(), 2);
         assert_ne!(
@@ -227,6 +230,8 @@ fn users_interleaved_with_eviction_and_retention_keep_one_clean_chain_each() {
         v.close().unwrap();
     }
     assert!(c.streams.len() >= 2, "the users have streams of their own");
+    let report = c.checker.report();
+    assert!(report.is_clean(), "{report:?}");
     let mut lost_somewhere = false;
     for (sid, s) in &c.streams {
         let sid = data_encoding::HEXLOWER.encode(sid);
@@ -287,6 +292,7 @@ fn a_pending_bundle_survives_eviction_of_its_records_and_the_gap_is_explained() 
     while let Some(b) = seal(&v, &id, &mut c, 1 << 20) {
         v.ack(b.id(), None).unwrap();
     }
+    assert!(c.checker.report().is_clean(), "{:?}", c.checker.report());
     let s = c.streams.values().next().unwrap();
     assert!(s.records_lost > 0);
     assert!(s.loss_marker_records > 0 && s.loss_marker_records <= s.records_lost);

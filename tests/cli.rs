@@ -971,16 +971,19 @@ fn seal_retries_are_identical_enroll_works_held_or_not_and_the_receipt_key_stick
     let out = f.run(&["ack", id]);
     assert_fails(&out, 1, &receipt_key);
     // A receipt from another collector is a configuration mistake (exit 1), naming both.
+    // (`capvault receipt` only signs bundles sealed to its identity: sign directly.)
     let wrong = f.root.join("wrong-receipts.txt");
-    let args = [
-        "receipt",
-        "--identity",
-        other_file.to_str().unwrap(),
-        &file,
-        "--out",
-        wrong.to_str().unwrap(),
-    ];
-    assert_ok(&run(&args), &args);
+    let other = Identity::read_from_file(&other_file).unwrap();
+    let receipt = other.receipt_for(&inspected.digest);
+    std::fs::write(
+        &wrong,
+        format!(
+            "{} {}\n",
+            inspected.id,
+            data_encoding::BASE64.encode(&receipt)
+        ),
+    )
+    .unwrap();
     let out = f.run(&["ack", "--receipt", wrong.to_str().unwrap()]);
     assert_fails(&out, 1, &other_key);
     assert!(text(&out.stderr).contains(&receipt_key));

@@ -223,11 +223,11 @@ fn spawn_reader(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<St
 #[derive(Clone, Copy, Debug)]
 enum Kill {
     /// This long after starting it (often while it opens and recovers the vault).
-    AfterSpawn(Duration),
+    Spawn(Duration),
     /// This long after it reported the vault open.
-    AfterOpen(Duration),
+    Open(Duration),
     /// This long after it reported a sealed bundle (between seal and ack).
-    AfterSeal(Duration),
+    Seal(Duration),
 }
 
 /// Runs one child and kills it with SIGKILL. Returns what it printed.
@@ -268,14 +268,14 @@ fn run_child(dir: &Path, books: &Books, cycle: u64, seed: u64, kill: Kill) -> Ch
     });
     let err = spawn_reader(child.stderr.take().unwrap());
     match kill {
-        Kill::AfterSpawn(d) => std::thread::sleep(d),
-        Kill::AfterOpen(d) => {
+        Kill::Spawn(d) => std::thread::sleep(d),
+        Kill::Open(d) => {
             // A child that never opens the vault is reported below.
             if opened_rx.recv_timeout(Duration::from_secs(20)).is_ok() {
                 std::thread::sleep(d);
             }
         }
-        Kill::AfterSeal(d) => {
+        Kill::Seal(d) => {
             // Children that happen not to seal soon are killed anyway.
             if opened_rx.recv_timeout(Duration::from_secs(20)).is_ok() {
                 let _ = sealed_rx.recv_timeout(Duration::from_secs(3));
@@ -289,7 +289,7 @@ fn run_child(dir: &Path, books: &Books, cycle: u64, seed: u64, kill: Kill) -> Ch
     let stdout = out.join().unwrap();
     let stderr = err.join().unwrap();
     let log = parse_child(&stdout);
-    if exited_early.is_some() || (!matches!(kill, Kill::AfterSpawn(_)) && !log.opened) {
+    if exited_early.is_some() || (!matches!(kill, Kill::Spawn(_)) && !log.opened) {
         panic!(
             "cycle {cycle} (seed {seed}): the child exited by itself ({exited_early:?}) or never \
              opened the vault\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
@@ -534,9 +534,9 @@ fn kill_9_at_random_moments_loses_no_flushed_event() {
         // Mostly well into the work; sometimes while the vault is still opening (and
         // recovering from the previous kill).
         let kill = match rng.below(8) {
-            0 => Kill::AfterSpawn(Duration::from_millis(rng.below(120))),
-            1 | 2 => Kill::AfterSeal(Duration::from_micros(rng.below(3000))),
-            _ => Kill::AfterOpen(Duration::from_millis(rng.below(250))),
+            0 => Kill::Spawn(Duration::from_millis(rng.below(120))),
+            1 | 2 => Kill::Seal(Duration::from_micros(rng.below(3000))),
+            _ => Kill::Open(Duration::from_millis(rng.below(250))),
         };
         let log = run_child(&dir, &books, cycle, seed, kill);
         kills_after_open += u64::from(log.opened);

@@ -133,11 +133,14 @@ fn a_sealed_bundle_is_offered_byte_for_byte_until_acknowledged_and_appends_durin
         }
         other => panic!("{other:?}"),
     }
-    // Rotation and reopen change nothing about it.
+    // Rotation, a policy change and reopen change nothing about it.
     v.rotate_dek().unwrap();
     v.rotate_kek().unwrap();
     v.close().unwrap();
-    let v = Vault::open(d.path(), "alice", options(KeyStoreKind::Keyutils)).unwrap();
+    let mut o = options(KeyStoreKind::Keyutils);
+    o.policy.version = 2;
+    o.policy.purpose = "incident review".into();
+    let v = Vault::open(d.path(), "alice", o).unwrap();
     let c = v.seal_next(&id.recipient(), 1 << 20).unwrap().unwrap();
     assert_eq!(c.bytes(), a.bytes());
     v.ack(a.id(), None).unwrap();

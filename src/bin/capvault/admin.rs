@@ -505,8 +505,8 @@ pub fn seal(a: &SealArgs, json: bool) -> CliResult<()> {
             a.out_dir.display()
         ))
     })?;
-    // The vault offers one bundle at a time: the oldest unacknowledged range (the same
-    // range again, freshly sealed, until it is acknowledged).
+    // The vault offers one bundle at a time: the sealed bundle in its outbox until it is
+    // acknowledged (the same bytes every time), then the next records.
     let sp = output::spinner("sealing");
     let sealed = vault.seal_next(&a.to, a.max_bytes);
     sp.finish_and_clear();
@@ -544,7 +544,7 @@ pub fn seal(a: &SealArgs, json: bool) -> CliResult<()> {
             );
         }
         println!(
-            "until it is acknowledged this range is offered again; after the collector confirms, \
+            "until it is acknowledged this same bundle is offered again; after the collector confirms, \
              run `capvault ack` with the id or its receipt, then seal again for the next records"
         );
     }

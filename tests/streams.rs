@@ -12,6 +12,7 @@ use capvault::{
     Marker, OpenedBundle, Suite, Vault, VaultOptions,
 };
 use common::options;
+use serde_json::Value;
 
 /// SplitMix64.
 struct Rng(u64);
@@ -445,4 +446,41 @@ fn the_enrollment_record_verifies_and_names_the_key_that_signs_bundles() {
         assert_eq!(v.enrollment_record().unwrap().to_json(), r.to_json());
         v.close().unwrap();
     }
+}
+
+#[test]
+fn a_gap_the_release_state_does_not_account_for_refuses_to_seal() {
+    let d = tempfile::tempdir().unwrap();
+    let id = Identity::generate(Suite::X25519);
+    let o = || {
+        let mut o = options(KeyStoreKind::Keyutils);
+        o.frame_max_bytes = 256;
+        o
+    };
+    let v = Vault::open(d.path(), "alice", o()).unwrap();
+    for i in 0..200 {
+        let _ = v.append_mouse_move(i, 1, 1).unwrap();
+    }
+    let b = v.seal_next(&id.recipient(), 4096).unwrap().unwrap();
+    v.ack(b.id(), None).unwrap();
+    v.close().unwrap();
+    // The release state claims records were removed that the log still holds (as if
+    // the count and the log disagreed): sealing must not paper over it.
+    {
+        let db = capvault::testing::open_raw_db(d.path());
+        let state = common::user_tree(&db, "alice", "state");
+        let mut json: Value =
+            serde_json::from_slice(&state.get(b"release").unwrap().unwrap()).unwrap();
+        json["records_lost"] = 3.into();
+        state
+            .insert(b"release", serde_json::to_vec(&json).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let v = Vault::open(d.path(), "alice", o()).unwrap();
+    match v.seal_next(&id.recipient(), 4096) {
+        Err(Error::Tampered(m)) => assert!(m.contains("without a loss marker"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    v.close().unwrap();
 }

@@ -159,7 +159,10 @@ fn init_logs(format: LogFormat, default_level: &str) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| default_level.parse().expect("a valid level"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Text => registry.with(fmt).try_init(),
@@ -291,7 +294,11 @@ async fn dispatch(command: Command) -> Result<u8, ApiError> {
                         "{}  key {}  {}\n",
                         d.device_id,
                         d.device_key,
-                        if d.revoked_us.is_some() { "revoked" } else { "active" }
+                        if d.revoked_us.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        }
                     ));
                 }
             }
@@ -306,7 +313,9 @@ async fn dispatch(command: Command) -> Result<u8, ApiError> {
             let found = db.revoke(&id, config::now_us()).await?;
             db.close().await;
             if !found {
-                return Err(ApiError::Operational(format!("device {id} is not enrolled")));
+                return Err(ApiError::Operational(format!(
+                    "device {id} is not enrolled"
+                )));
             }
             print_out(&format!("revoked {id}\n"))?;
             Ok(0)
@@ -318,19 +327,28 @@ async fn dispatch(command: Command) -> Result<u8, ApiError> {
             let store = BlobStore::open(&config::store_url(&a.dir.dir, a.store.as_deref()))?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            let report = crate::export::export(&db, &store, &identity, a.device.as_deref(), &mut out).await?;
+            let report =
+                crate::export::export(&db, &store, &identity, a.device.as_deref(), &mut out)
+                    .await?;
             drop(out);
             db.close().await;
             let mut err = std::io::stderr().lock();
             if a.json {
-                let _ = writeln!(err, "{}", serde_json::to_string(&report).unwrap_or_default());
+                let _ = writeln!(
+                    err,
+                    "{}",
+                    serde_json::to_string(&report).unwrap_or_default()
+                );
             } else {
                 let _ = report.write_text(&mut err);
             }
             if report.is_clean() {
                 Ok(0)
             } else {
-                let _ = writeln!(err, "capvault-collector: integrity failure: see the report above");
+                let _ = writeln!(
+                    err,
+                    "capvault-collector: integrity failure: see the report above"
+                );
                 Ok(3)
             }
         }

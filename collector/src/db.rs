@@ -157,9 +157,15 @@ impl Db {
                 Box::pin(async move {
                     if engine == Engine::Sqlite {
                         // WAL, and durable commits: a receipt promises the row survives.
-                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = FULL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000")
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })
@@ -235,13 +241,15 @@ impl Db {
         expires_us: Option<i64>,
         now_us: i64,
     ) -> Result<(), ApiError> {
-        sqlx::query("INSERT INTO tokens (hash, uses_left, expires_us, created_us) VALUES ($1, $2, $3, $4)")
-            .bind(hash)
-            .bind(i64::from(uses))
-            .bind(expires_us)
-            .bind(now_us)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO tokens (hash, uses_left, expires_us, created_us) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(hash)
+        .bind(i64::from(uses))
+        .bind(expires_us)
+        .bind(now_us)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -64,9 +64,9 @@ impl ApiError {
         match self {
             ApiError::MalformedBundle(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::BadToken => StatusCode::UNAUTHORIZED,
-            ApiError::UnknownDevice(_) | ApiError::RevokedDevice(_) | ApiError::WrongDeviceKey(_) => {
-                StatusCode::FORBIDDEN
-            }
+            ApiError::UnknownDevice(_)
+            | ApiError::RevokedDevice(_)
+            | ApiError::WrongDeviceKey(_) => StatusCode::FORBIDDEN,
             ApiError::EnrolledWithOtherKey(_) | ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Busy => StatusCode::TOO_MANY_REQUESTS,

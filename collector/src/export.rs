@@ -121,7 +121,11 @@ impl ExportReport {
                 s.stream_id,
                 s.bundles_exported,
                 s.events,
-                if s.issues.is_empty() { "chain ok" } else { "INTEGRITY FAILURE" }
+                if s.issues.is_empty() {
+                    "chain ok"
+                } else {
+                    "INTEGRITY FAILURE"
+                }
             )?;
             for i in &s.issues {
                 writeln!(w, "  {}", serde_json::to_string(i).unwrap_or_default())?;
@@ -195,7 +199,10 @@ pub async fn export<W: Write>(
                 formats::write_events(&opened, out).map_err(op)?;
                 cur.bundles_exported += 1;
                 cur.events += opened.events.len() as u64;
-                cur.seq_range = Some(cur.seq_range.map_or((row.seq, row.seq), |(a, _)| (a, row.seq)));
+                cur.seq_range = Some(
+                    cur.seq_range
+                        .map_or((row.seq, row.seq), |(a, _)| (a, row.seq)),
+                );
                 cur.issues.extend(issues);
                 prev = Some(Link {
                     seq: row.seq,
@@ -214,7 +221,7 @@ pub async fn export<W: Write>(
 }
 
 enum Checked {
-    Released(capvault::OpenedBundle, Vec<Issue>),
+    Released(Box<capvault::OpenedBundle>, Vec<Issue>),
     Rejected(Issue),
 }
 
@@ -270,5 +277,5 @@ async fn check_one(
             });
         }
     }
-    Ok(Checked::Released(opened, issues))
+    Ok(Checked::Released(Box::new(opened), issues))
 }

@@ -113,8 +113,7 @@ impl ReceiptSigner {
         let mut body = public.to_vec();
         body.extend_from_slice(&checksum(RECEIPT_KEY_PREFIX, public));
         let text = format!("{RECEIPT_KEY_PREFIX}{}", lower_base32().encode(&body));
-        text.parse()
-            .expect("a freshly encoded receipt key parses")
+        text.parse().expect("a freshly encoded receipt key parses")
     }
 
     /// The receipt for the bundle with this digest (64 bytes).
@@ -128,17 +127,20 @@ impl ReceiptSigner {
 
 impl fmt::Debug for ReceiptSigner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ReceiptSigner({}, secret <redacted>)", self.receipt_key())
+        write!(
+            f,
+            "ReceiptSigner({}, secret <redacted>)",
+            self.receipt_key()
+        )
     }
 }
 
 impl FromStr for ReceiptSigner {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let body = s
-            .trim()
-            .strip_prefix(SIGNER_PREFIX)
-            .ok_or_else(|| format!("not a receipt signing key: it must start with {SIGNER_PREFIX}"))?;
+        let body = s.trim().strip_prefix(SIGNER_PREFIX).ok_or_else(|| {
+            format!("not a receipt signing key: it must start with {SIGNER_PREFIX}")
+        })?;
         let mut decoded = data_encoding::BASE32_NOPAD
             .decode(body.as_bytes())
             .map_err(|_| "the receipt signing key is not valid base32".to_string())?;
@@ -211,7 +213,10 @@ impl EnrollmentRecord {
         let j: EnrollmentJson =
             serde_json::from_str(text).map_err(|e| format!("not an enrollment record: {e}"))?;
         if j.version != 1 {
-            return Err(format!("unsupported enrollment record version {}", j.version));
+            return Err(format!(
+                "unsupported enrollment record version {}",
+                j.version
+            ));
         }
         let hex = |s: &str, n: usize| {
             data_encoding::HEXLOWER_PERMISSIVE
@@ -277,10 +282,17 @@ mod tests {
         let text = s.to_secret_string();
         let back: ReceiptSigner = text.parse().unwrap();
         assert_eq!(back.receipt_key(), s.receipt_key());
-        assert!(s.receipt_key().to_string().starts_with("cvreceipt-ed25519-1"));
+        assert!(s
+            .receipt_key()
+            .to_string()
+            .starts_with("cvreceipt-ed25519-1"));
         let d = [7u8; 32];
         assert!(verify_receipt(&s.receipt_key(), &d, &back.receipt_for(&d)));
-        assert!(!verify_receipt(&s.receipt_key(), &[8u8; 32], &s.receipt_for(&d)));
+        assert!(!verify_receipt(
+            &s.receipt_key(),
+            &[8u8; 32],
+            &s.receipt_for(&d)
+        ));
         let mut edited = text.to_string();
         edited.pop();
         edited.push(if text.ends_with('A') { 'B' } else { 'A' });

@@ -26,15 +26,24 @@ fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, ApiError> {
     let op = |what: &str, e: &dyn std::fmt::Display| ApiError::Operational(format!("{what}: {e}"));
     let certs = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| op(&format!("cannot read certificates from {}", files.cert.display()), &e))?;
+        .map_err(|e| {
+            op(
+                &format!("cannot read certificates from {}", files.cert.display()),
+                &e,
+            )
+        })?;
     if certs.is_empty() {
         return Err(ApiError::Operational(format!(
             "{} holds no certificate",
             files.cert.display()
         )));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| op(&format!("cannot read the private key from {}", files.key.display()), &e))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        op(
+            &format!("cannot read the private key from {}", files.key.display()),
+            &e,
+        )
+    })?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -97,7 +106,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ApiError> {
         tokio::spawn(async move {
             let http = {
                 let mut b = hyper::server::conn::http1::Builder::new();
-                b.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+                b.timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT);
                 b
             };
             let result = match tls {

@@ -56,7 +56,10 @@ impl BlobStore {
         let path = url.strip_prefix("file://").unwrap_or(url);
         let root = PathBuf::from(path);
         std::fs::create_dir_all(&root).map_err(|e| {
-            ApiError::Operational(format!("cannot create the blob directory {}: {e}", root.display()))
+            ApiError::Operational(format!(
+                "cannot create the blob directory {}: {e}",
+                root.display()
+            ))
         })?;
         Ok(BlobStore {
             inner: Backend::Local(Arc::new(LocalStore {
@@ -70,7 +73,9 @@ impl BlobStore {
     fn open_s3(rest: &str) -> Result<BlobStore, ApiError> {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
-            return Err(ApiError::Operational("--store s3://BUCKET[/PREFIX] needs a bucket".into()));
+            return Err(ApiError::Operational(
+                "--store s3://BUCKET[/PREFIX] needs a bucket".into(),
+            ));
         }
         let store = object_store::aws::AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
@@ -214,7 +219,10 @@ impl LocalStore {
         let mut nonce = [0u8; 8];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
             .map_err(|_| unavailable("random", "unavailable"))?;
-        let tmp = dir.join(format!(".tmp-{digest_hex}-{}", data_encoding::HEXLOWER.encode(&nonce)));
+        let tmp = dir.join(format!(
+            ".tmp-{digest_hex}-{}",
+            data_encoding::HEXLOWER.encode(&nonce)
+        ));
         let result = (|| {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)

@@ -16,7 +16,9 @@ pub fn hash(token: &str) -> String {
 /// its hash and returns its text (shown once, never stored).
 pub async fn create(db: &Db, uses: u32, expires_us: Option<i64>) -> Result<String, ApiError> {
     if uses == 0 {
-        return Err(ApiError::BadRequest("a token needs at least one use".into()));
+        return Err(ApiError::BadRequest(
+            "a token needs at least one use".into(),
+        ));
     }
     let mut raw = [0u8; 20];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)

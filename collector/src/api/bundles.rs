@@ -95,11 +95,10 @@ async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepte
     let digest = hex(&inspected.digest);
 
     // Enrollment and pinning: a forged bundle is never stored.
-    let device = s
-        .db
-        .device(&device_id)
-        .await?
-        .ok_or_else(|| ApiError::UnknownDevice(device_id.clone()))?;
+    let device =
+        s.db.device(&device_id)
+            .await?
+            .ok_or_else(|| ApiError::UnknownDevice(device_id.clone()))?;
     if device.revoked_us.is_some() {
         return Err(ApiError::RevokedDevice(device_id));
     }

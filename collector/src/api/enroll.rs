@@ -31,9 +31,8 @@ pub async fn enroll(
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let device_id = record.device_id_hex();
     let key = data_encoding::HEXLOWER.encode(&record.device_key());
-    let outcome = s
-        .db
-        .enroll(
+    let outcome =
+        s.db.enroll(
             &crate::tokens::hash(&req.token),
             &device_id,
             &key,

@@ -65,7 +65,7 @@ impl Server {
         args.extend_from_slice(extra);
         let mut child = Command::new(BIN)
             .args(&args)
-            .env("CAPVAULT_LOG", "warn")
+            .env("CAPVAULT_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -103,7 +103,11 @@ impl Server {
 
     pub fn enroll(&self, token: &str, device: &Device) -> Resp {
         let body = serde_json::json!({ "token": token, "record": device.record() });
-        self.post("/v1/enroll", "application/json", body.to_string().as_bytes())
+        self.post(
+            "/v1/enroll",
+            "application/json",
+            body.to_string().as_bytes(),
+        )
     }
 
     pub fn upload(&self, bundle: &[u8]) -> Resp {
@@ -247,13 +251,19 @@ impl Device {
     }
 
     /// Seals a bundle at an arbitrary position (for conflicts), not kept in the chain.
-    pub fn seal_at(&mut self, recipient: &Recipient, seq: u64, prev: [u8; 32], n: u64) -> SealedBundle {
+    pub fn seal_at(
+        &mut self,
+        recipient: &Recipient,
+        seq: u64,
+        prev: [u8; 32],
+        n: u64,
+    ) -> SealedBundle {
         let first = self.next_event;
         let events: Vec<SeqEvent> = (0..n)
             .map(|i| SeqEvent {
                 seq: first + i,
                 event: Event::MouseMove {
-                    ts_us: 1_764_000_000_000_000 + first + i,
+                    ts_us: 1_764_000_000_000_000 + (first + i) as i64,
                     x: (first + i) as i32,
                     y: seq as i32,
                 },
@@ -308,7 +318,11 @@ pub fn blob_count(dir: &Path) -> usize {
 }
 
 /// `export` of `dir`: (exit code, stdout lines as JSON, stderr).
-pub fn export(dir: &Path, identity: &Path, extra: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
+pub fn export(
+    dir: &Path,
+    identity: &Path,
+    extra: &[&str],
+) -> (i32, Vec<serde_json::Value>, String) {
     let mut args = vec![
         "export",
         "--dir",

@@ -62,6 +62,8 @@ fn bench(c: &mut Criterion) {
         let recipient = id.recipient();
         let input = BundleInput {
             device_id: [1; 16],
+            stream_id: [0x22; 16],
+            records_lost: 0,
             bundle_seq: 1,
             first_record: 1,
             last_record: 1000,

@@ -4,7 +4,7 @@
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
-use crate::secret::{random_array, Key32};
+use capvault_format::secret::{random_array, Key32};
 
 /// Nonce length in bytes.
 pub(crate) const NONCE_LEN: usize = 24;

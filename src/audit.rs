@@ -8,27 +8,15 @@
 use std::sync::Mutex;
 
 use ring::hkdf;
-use serde::{Deserialize, Serialize};
 
 use crate::aead::TAG_LEN;
 use crate::error::{Error, Result};
 use crate::log::anchor::{AnchorKey, Head};
 use crate::log::record::{tag_of, RecordBinding, RecordHeader, RecordKind};
 use crate::log::store::{record_key, record_keys, seq_of_key, HEAD_KEY};
-use crate::secret::Key32;
+use capvault_format::secret::Key32;
 
-/// One ledger entry. It says what was done and when, never captured content.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    /// Ledger sequence number (increases by one per entry).
-    pub seq: u64,
-    /// When it happened, microseconds since the Unix epoch.
-    pub ts_us: i64,
-    /// What happened, for example "open", "seal", "ack", "rotate-dek", "pause".
-    pub action: String,
-    /// Details without captured content, for example "epoch 3" or "bundle 7".
-    pub detail: String,
-}
+pub use capvault_format::AuditEntry;
 
 /// Ledger entries reuse the record layout with this purpose string.
 const LEDGER_PURPOSE: &str = "capvault-ledger";

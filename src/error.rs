@@ -66,6 +66,19 @@ impl From<sled::Error> for Error {
     }
 }
 
+impl From<capvault_format::Error> for Error {
+    fn from(e: capvault_format::Error) -> Self {
+        use capvault_format::Error as F;
+        match e {
+            F::InvalidArgument(m) => Error::InvalidArgument(m),
+            F::Tampered(m) => Error::Tampered(m),
+            F::NotFound(m) => Error::NotFound(m),
+            F::Io(m) => Error::Storage(m),
+            other => Error::Storage(other.to_string()),
+        }
+    }
+}
+
 /// True when an error's text is the operating system's "disk full".
 fn mentions_disk_full(text: &str) -> bool {
     text.contains("No space left on device")

@@ -306,7 +306,7 @@ pub enum HandoffError {
 }
 
 fn random_id() -> String {
-    data_encoding::HEXLOWER.encode(&crate::secret::random_array::<16>())
+    data_encoding::HEXLOWER.encode(&capvault_format::secret::random_array::<16>())
 }
 
 /// Sends `op` to the process holding the vault and waits up to `wait` for its answer.

@@ -17,26 +17,22 @@
 
 mod aead;
 mod audit;
-mod collector;
 mod error;
-mod events;
 mod failpoint;
 pub mod handoff;
 mod keys;
 mod log;
 mod options;
 mod policy;
-mod seal;
-mod secret;
 mod vault;
 
-pub use audit::AuditEntry;
-pub use collector::{
-    inspect_bundle, open_bundle, write_json_lines, ChainChecker, ChainIssue, ChainReport,
-    DeviceChain, InspectedBundle, OpenedBundle,
+pub use capvault_format::{
+    bundle_id, inspect_bundle, open_bundle, verify_receipt, write_json_lines, AuditEntry,
+    BundleHeader, ChainChecker, ChainIssue, ChainReport, DeviceChain, Event, Identity,
+    InspectedBundle, KeyCategory, LossReason, Marker, OpenedBundle, ReceiptKey, Recipient,
+    SealedBundle, SeqEvent, Suite, TimestampUs, RECEIPT_LEN,
 };
 pub use error::{Error, Result};
-pub use events::{Event, KeyCategory, LossReason, Marker, SeqEvent, TimestampUs};
 pub use keys::hierarchy::EpochInfo;
 pub use keys::keystore::KeyStoreKind;
 pub use log::VerifyReport;
@@ -55,18 +51,14 @@ pub mod testing {
         crate::log::store::Store::raw(dir, 1 << 20, false).expect("the vault's database opens")
     }
 }
-pub use seal::{
-    bundle_id, verify_receipt, BundleHeader, Identity, ReceiptKey, Recipient, SealedBundle, Suite,
-    RECEIPT_LEN,
-};
 
 /// Hooks for tests and benchmarks outside the crate (feature `test-hooks`). Never
 /// enable in production builds.
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub mod test_hooks {
-    pub use crate::seal::BundleInput;
     use crate::{Recipient, Result, SealedBundle};
+    pub use capvault_format::BundleInput;
 
     /// Seals a bundle as the vault does, signing with the Ed25519 key of `device_seed`.
     pub fn seal_bundle(
@@ -75,8 +67,9 @@ pub mod test_hooks {
         device_seed: &[u8; 32],
     ) -> Result<SealedBundle> {
         let mut seed = *device_seed;
-        let seed = crate::secret::Key32::from_slice_zeroizing(&mut seed).expect("32 bytes");
-        let device = crate::keys::device::DeviceKey::from_seed(&seed)?;
-        crate::seal::seal_bundle(input, recipient, &device)
+        let seed =
+            capvault_format::secret::Key32::from_slice_zeroizing(&mut seed).expect("32 bytes");
+        let device = capvault_format::DeviceKey::from_seed(&seed)?;
+        Ok(capvault_format::seal_bundle(input, recipient, &device)?)
     }
 }

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::events::{Event, KeyCategory, Marker};
+use capvault_format::{Event, KeyCategory, Marker};
 
 /// What is kept of each keystroke.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use capvault::{
+use capvault_format::{
     inspect_bundle, open_bundle, verify_receipt, write_json_lines, ChainChecker, Error, Identity,
     Recipient,
 };
@@ -25,7 +25,7 @@ impl Vector {
 }
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/bundles")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/bundles/v1")
 }
 
 fn load(name: &str) -> Vector {

@@ -488,6 +488,8 @@ fn test_bundles(identity: &Identity) -> Vec<capvault::SealedBundle> {
         let prev = out.last().map(|b| *b.digest()).unwrap_or([0; 32]);
         let input = BundleInput {
             device_id: [0x42; 16],
+            stream_id: [0x22; 16],
+            records_lost: 0,
             bundle_seq: n as u64 + 1,
             first_record: n as u64 + 1,
             last_record: n as u64 + 1,

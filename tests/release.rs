@@ -166,7 +166,7 @@ fn receipts_are_required_when_configured_and_forgeries_do_not_prune() {
     let impostor = Identity::generate(Suite::X25519);
     assert!(matches!(
         v.ack(b.id(), Some(&impostor.receipt_for(b.digest()))),
-        Err(Error::Tampered(_))
+        Err(Error::InvalidArgument(_))
     ));
     assert!(matches!(
         v.ack(b.id(), Some(&collector.receipt_for(&[7; 32]))),

@@ -507,7 +507,9 @@ pub unsafe extern "C" fn capvault_seal_next(
         let out = out_ptr(out, "out")?;
         let sealed = with_vault(v, |vault, _| {
             // SAFETY: NULL or NUL-terminated (caller contract).
-            let recipient: Recipient = unsafe { req_str(recipient, "recipient") }?.parse()?;
+            let recipient: Recipient = unsafe { req_str(recipient, "recipient") }?
+                .parse::<Recipient>()
+                .map_err(capvault_core::Error::from)?;
             Ok(vault.seal_next(&recipient, max_bytes)?)
         })?;
         let ptr = match sealed {

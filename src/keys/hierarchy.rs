@@ -17,7 +17,7 @@ use crate::aead;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::keys::keystore::KeyStore;
-use crate::secret::Key32;
+use capvault_format::secret::Key32;
 
 const KEK_VERSION: &[u8] = b"kek_version";
 const CURRENT_EPOCH: &[u8] = b"current_epoch";

@@ -562,7 +562,7 @@ mod tests {
         format!(
             "test-{tag}-{}-{:016x}-{}",
             std::process::id(),
-            u64::from_le_bytes(crate::secret::random_array()),
+            u64::from_le_bytes(capvault_format::secret::random_array()),
             N.fetch_add(1, Ordering::Relaxed)
         )
     }

@@ -1,5 +1,4 @@
-//! Keys: the OS keychain backends, the device signing key and the key hierarchy
+//! Keys: the OS keychain backends, and the key hierarchy
 //! (KEK -> DEK epochs).
-pub(crate) mod device;
 pub(crate) mod hierarchy;
 pub(crate) mod keystore;

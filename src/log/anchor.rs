@@ -5,7 +5,7 @@ use ring::hmac;
 
 use crate::aead::TAG_LEN;
 use crate::error::{Error, Result};
-use crate::secret::Key32;
+use capvault_format::secret::Key32;
 
 /// The end of the log: last record and its tag, and the next event sequence number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

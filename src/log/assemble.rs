@@ -2,10 +2,10 @@
 //! joined until the last-chunk flag.
 
 use crate::error::{Error, Result};
-use crate::events::{Event, SeqEvent};
 use crate::log::framer::FRAME_PREFIX;
 use crate::log::record::{RecordHeader, RecordKind, FLAG_FIRST, FLAG_LAST};
-use crate::secret::PlainBuf;
+use capvault_format::secret::PlainBuf;
+use capvault_format::{Event, SeqEvent};
 
 #[derive(Default)]
 pub(crate) struct Assembler {

@@ -5,9 +5,9 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::events::Event;
 use crate::log::record::{RecordKind, FLAG_FIRST, FLAG_LAST};
-use crate::secret::PlainBuf;
+use capvault_format::secret::PlainBuf;
+use capvault_format::Event;
 
 /// A record's plaintext: a frame it owns, or one chunk of a large payload shared with
 /// the payload's other chunks (so chunking does not copy).

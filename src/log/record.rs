@@ -4,7 +4,7 @@
 
 use crate::aead::{self, Unauthentic, NONCE_LEN, TAG_LEN};
 use crate::error::{Error, Result};
-use crate::secret::{Key32, PlainBuf};
+use capvault_format::secret::{Key32, PlainBuf};
 
 /// Record format version.
 pub(crate) const RECORD_VERSION: u8 = 1;
@@ -290,7 +290,7 @@ mod tests {
         let dek = Key32::from_slice_zeroizing(&mut k).unwrap();
         let vault = [0x11u8; 16];
         let mut events = 7u64.to_be_bytes().to_vec();
-        crate::events::Event::MouseMove {
+        capvault_format::Event::MouseMove {
             ts_us: 1_764_000_000_000_000,
             x: 640,
             y: 480,

@@ -7,13 +7,13 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{now_us, Inner, Vault, STATE_PAUSE_DROPPED, STATE_PAUSE_UNTIL};
-use crate::audit::AuditEntry;
 use crate::error::{Error, Result};
-use crate::events::{Marker, SeqEvent, TimestampUs};
 use crate::keys::keystore::{KeyStore, KeyStoreKind};
 use crate::log::assemble::Assembler;
 use crate::log::VerifyReport;
-use crate::secret::Key32;
+use capvault_format::secret::Key32;
+use capvault_format::AuditEntry;
+use capvault_format::{Marker, SeqEvent, TimestampUs};
 
 /// The keychain entry of the device signing seed of a vault.
 fn device_key_name(vault_id: &[u8; 16]) -> String {

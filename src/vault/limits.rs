@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use super::{now_us, Inner};
 use crate::error::Result;
-use crate::events::{LossReason, Marker};
 use crate::log::record::{RecordHeader, RecordKind, FLAG_LAST};
 use crate::policy::BudgetAction;
+use capvault_format::{LossReason, Marker};
 
 /// How often the maintenance thread checks the limits.
 const MAINTENANCE_TICK: Duration = Duration::from_millis(500);

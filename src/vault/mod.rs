@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::events::{Event, Marker, TimestampUs};
 use crate::keys::hierarchy::KeyHierarchy;
 use crate::keys::keystore::{open_keystore, KeyStore, KeyStoreKind};
 use crate::log::anchor::AnchorKey;
@@ -24,7 +23,8 @@ use crate::log::store::{Store, UserTrees};
 use crate::log::Log;
 use crate::options::VaultOptions;
 use crate::policy::{Admission, Policy, PolicyGate};
-use crate::secret::{random_array, Key32};
+use capvault_format::secret::{random_array, Key32};
+use capvault_format::{Event, Marker, TimestampUs};
 
 pub use admin::{EpochStatus, PauseState, Status};
 use writer::Msg;
@@ -168,7 +168,7 @@ impl Vault {
         check_user(user)?;
         options.validate()?;
         if let Some(k) = &options.collector_receipt_key {
-            k.parse::<crate::seal::ReceiptKey>()?;
+            k.parse::<capvault_format::ReceiptKey>()?;
         }
         let dir = dir.as_ref();
         let (store, keystore) = open_store_and_keystore(dir, &options)?;

@@ -14,14 +14,14 @@ use serde::{Deserialize, Serialize};
 
 use super::{now_us, Inner, Vault};
 use crate::error::{Error, Result};
-use crate::events::SeqEvent;
 use crate::failpoint;
-use crate::keys::device::DeviceKey;
 use crate::keys::hierarchy::KeyHierarchy;
 use crate::log::assemble::Assembler;
 use crate::options::VaultOptions;
-use crate::seal::bundle::{seal_bundle, BundleInput};
-use crate::seal::{bundle_id, verify_receipt, ReceiptKey, Recipient, SealedBundle};
+use capvault_format::DeviceKey;
+use capvault_format::SeqEvent;
+use capvault_format::{bundle_id, verify_receipt, ReceiptKey, Recipient, SealedBundle};
+use capvault_format::{seal_bundle, BundleInput};
 
 const RELEASE_STATE: &[u8] = b"release";
 /// Room kept in a bundle for its header, HPKE encapsulation, tag, signature and ledger.
@@ -201,6 +201,8 @@ impl Inner {
         let bundle = seal_bundle(
             &BundleInput {
                 device_id: self.device_id,
+                stream_id: [0; 16],
+                records_lost: 0,
                 bundle_seq,
                 first_record: first,
                 last_record: last,

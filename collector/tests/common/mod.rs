@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use capvault::test_hooks::{seal_bundle, BundleInput};
-use capvault::{Event, Identity, Recipient, SealedBundle, SeqEvent, Suite};
-use ring::signature::{Ed25519KeyPair, KeyPair};
+use capvault_format::secret::Key32;
+use capvault_format::{
+    seal_bundle, BundleInput, DeviceKey, EnrollmentRecord, Event, Identity, Recipient,
+    SealedBundle, SeqEvent, Suite,
+};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_capvault-collector");
 
@@ -193,6 +195,7 @@ pub fn try_request(
 /// A simulated device: an id and an Ed25519 seed, sealing real bundles.
 pub struct Device {
     pub id: [u8; 16],
+    pub stream: [u8; 16],
     pub seed: [u8; 32],
     pub user: String,
     pub sealed: Vec<SealedBundle>,
@@ -203,6 +206,7 @@ impl Device {
     pub fn new(tag: u8) -> Device {
         Device {
             id: [tag; 16],
+            stream: [tag ^ 0x55; 16],
             seed: [tag.wrapping_add(100); 32],
             user: format!("user-{tag}"),
             sealed: Vec::new(),
@@ -222,23 +226,15 @@ impl Device {
         hex(&self.id)
     }
 
+    fn key(&self) -> DeviceKey {
+        let mut seed = self.seed;
+        DeviceKey::from_seed(&Key32::from_slice_zeroizing(&mut seed).unwrap()).unwrap()
+    }
+
     /// The self-signed enrollment record (JSON value).
     pub fn record(&self) -> serde_json::Value {
-        let pair = Ed25519KeyPair::from_seed_unchecked(&self.seed).unwrap();
-        let key: [u8; 32] = pair.public_key().as_ref().try_into().unwrap();
-        let created_us: u64 = 1_764_000_000_000_000;
-        let mut m = b"capvault enrollment v1\0".to_vec();
-        m.extend_from_slice(&self.id);
-        m.extend_from_slice(&key);
-        m.extend_from_slice(&created_us.to_be_bytes());
-        let sig = pair.sign(&m);
-        serde_json::json!({
-            "version": 1,
-            "device_id": hex(&self.id),
-            "device_key": hex(&key),
-            "created_us": created_us,
-            "signature": data_encoding::BASE64.encode(sig.as_ref()),
-        })
+        let r = EnrollmentRecord::new(self.id, &self.key(), 1_764_000_000_000_000);
+        serde_json::from_str(&r.to_json()).unwrap()
     }
 
     /// Seals the next bundle of the chain with `n` mouse moves.
@@ -272,9 +268,11 @@ impl Device {
         self.next_event += n;
         let input = BundleInput {
             device_id: self.id,
+            stream_id: self.stream,
             bundle_seq: seq,
             first_record: seq,
             last_record: seq,
+            records_lost: 0,
             prev_digest: prev,
             created_us: 1_764_000_000_000_000,
             purpose: "activity-capture",
@@ -282,7 +280,7 @@ impl Device {
             events: &events,
             audit: &[],
         };
-        seal_bundle(&input, recipient, &self.seed).expect("seals")
+        seal_bundle(&input, recipient, &self.key()).expect("seals")
     }
 }
 

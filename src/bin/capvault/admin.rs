@@ -460,7 +460,7 @@ pub fn verify(va: &VaultArgs, json: bool) -> CliResult<()> {
 
 fn parse_recipient(s: &str) -> Result<Recipient, String> {
     s.trim().parse::<Recipient>().map_err(|e| match e {
-        Error::InvalidArgument(m) => m,
+        capvault_format::Error::InvalidArgument(m) => m,
         other => other.to_string(),
     })
 }

@@ -46,7 +46,7 @@ pub fn recipient_new(a: &NewRecipientArgs, json: bool) -> CliResult<()> {
 
 fn read_identity(path: &Path) -> CliResult<Identity> {
     Identity::read_from_file(path).map_err(|e| match e {
-        Error::NotFound(_) => CliError::failure(format!(
+        capvault_format::Error::NotFound(_) => CliError::failure(format!(
             "identity file {} not found: pass the file written by `capvault recipient new`",
             path.display()
         )),
@@ -60,9 +60,9 @@ fn read_bundle(path: &Path) -> CliResult<Vec<u8>> {
 }
 
 /// An error about one bundle, with what to do.
-fn bundle_error(path: &Path, e: Error) -> CliError {
+fn bundle_error(path: &Path, e: impl Into<Error>) -> CliError {
     let p = path.display();
-    match e {
+    match e.into() {
         Error::NotFound(_) => CliError::failure(format!(
             "{p}: this bundle is not sealed to this identity; use the identity whose recipient the device seals to"
         )),

@@ -67,6 +67,12 @@ impl From<capvault::Error> for CliError {
     }
 }
 
+impl From<capvault_format::Error> for CliError {
+    fn from(e: capvault_format::Error) -> Self {
+        capvault::Error::from(e).into()
+    }
+}
+
 impl From<std::io::Error> for CliError {
     fn from(e: std::io::Error) -> Self {
         CliError::failure(e.to_string())

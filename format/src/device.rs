@@ -47,7 +47,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Checks an Ed25519 signature. Any failure (bad key encoding, bad signature) is
 /// `Error::Tampered`: the caller decides what the signed thing was.
-pub(crate) fn verify_ed25519(public: &[u8; 32], msg: &[u8], sig: &[u8]) -> Result<()> {
+pub fn verify_ed25519(public: &[u8; 32], msg: &[u8], sig: &[u8]) -> Result<()> {
     UnparsedPublicKey::new(&signature::ED25519, public)
         .verify(msg, sig)
         .map_err(|_| Error::tampered("an Ed25519 signature does not verify"))

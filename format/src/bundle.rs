@@ -5,13 +5,18 @@
 //! bundle = header || enc_len:u16 || enc || rcheck[16] || ct_len:u64 || ct || sig[64]
 //! ```
 //!
+//! Version 2 (written) adds a per-user stream id and a count of records lost before
+//! the bundle to the header, and uses its own HPKE `info`, recipient-check and
+//! signature contexts; version 1 bundles are still read (stream id all zero).
+//!
 //! * `header` (fixed layout, big-endian, see [`BundleHeader`]) is the HPKE associated data.
 //! * `enc` is the HPKE encapsulated key, `ct` the HPKE ciphertext (with its 16-byte tag) of
-//!   the postcard-encoded [`BundlePayload`], single-shot base mode, `info` = [`HPKE_INFO`].
-//! * `rcheck` = HPKE `Export(`[`RCHECK_CONTEXT`]`, 16)`: it lets the collector tell "not
+//!   the postcard-encoded [`BundlePayload`], single-shot base mode, `info` =
+//!   [`hpke_info`]`(version)`.
+//! * `rcheck` = HPKE `Export(`[`rcheck_context`]`(version), 16)`: it lets the collector tell "not
 //!   sealed to this identity" apart from "header swapped" without guessing.
 //! * `sig` = Ed25519 by the device key named in the header over
-//!   [`SIG_CONTEXT`]` || SHA-256(everything before sig)`.
+//!   [`sig_context`]`(version) || SHA-256(everything before sig)`.
 //! * The bundle digest is SHA-256 of all bundle bytes; the bundle id is text derived
 //!   from it ([`bundle_id`]).
 
@@ -23,26 +28,59 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::audit::AuditEntry;
+use crate::device::{verify_ed25519, DeviceKey};
 use crate::error::{Error, Result};
 use crate::events::{SeqEvent, TimestampUs};
-use crate::keys::device::{verify_ed25519, DeviceKey};
 
-use super::recipient::{Identity, Recipient, RecipientKey, Suite, X25519Kem, XWingKem};
+use crate::recipient::{Identity, Recipient, RecipientKey, Suite, X25519Kem, XWingKem};
 
 /// The first 8 bytes of every bundle.
 pub(crate) const MAGIC: &[u8; 8] = b"CVBUNDLE";
-/// The bundle format version this code writes and reads.
-pub(crate) const VERSION: u16 = 1;
-/// The HPKE `info` string.
-pub(crate) const HPKE_INFO: &[u8] = b"capvault bundle v1";
-/// The HPKE exporter context of the recipient check.
-pub(crate) const RCHECK_CONTEXT: &[u8] = b"capvault bundle recipient check v1";
+/// The bundle format version this code writes.
+pub(crate) const VERSION: u16 = 2;
+/// The oldest version this code reads.
+pub(crate) const OLDEST_VERSION: u16 = 1;
 /// Length of the recipient check.
 pub(crate) const RCHECK_LEN: usize = 16;
-/// Domain separation for the device signature (ends in a NUL byte).
-pub(crate) const SIG_CONTEXT: &[u8] = b"capvault bundle signature v1\0";
-/// Header length without the purpose string.
-pub(crate) const FIXED_HEADER_LEN: usize = 154;
+/// Version 2 header length without the purpose string.
+pub(crate) const FIXED_HEADER_LEN: usize = 178;
+/// Version 1 header length without the purpose string.
+pub(crate) const FIXED_HEADER_LEN_V1: usize = 154;
+
+/// The HPKE `info` string of a version.
+pub(crate) fn hpke_info(version: u16) -> &'static [u8] {
+    if version == 1 {
+        b"capvault bundle v1"
+    } else {
+        b"capvault bundle v2"
+    }
+}
+
+/// The HPKE exporter context of the recipient check of a version.
+pub(crate) fn rcheck_context(version: u16) -> &'static [u8] {
+    if version == 1 {
+        b"capvault bundle recipient check v1"
+    } else {
+        b"capvault bundle recipient check v2"
+    }
+}
+
+/// Domain separation for the device signature of a version (ends in a NUL byte).
+pub(crate) fn sig_context(version: u16) -> &'static [u8] {
+    if version == 1 {
+        b"capvault bundle signature v1\0"
+    } else {
+        b"capvault bundle signature v2\0"
+    }
+}
+
+fn fixed_header_len(version: u16) -> usize {
+    if version == 1 {
+        FIXED_HEADER_LEN_V1
+    } else {
+        FIXED_HEADER_LEN
+    }
+}
 /// Longest purpose string, in bytes.
 pub(crate) const MAX_PURPOSE_LEN: usize = 1024;
 const TAG_LEN: usize = 16;
@@ -51,12 +89,15 @@ const SIG_LEN: usize = 64;
 /// The clear header of a bundle. It names no user and carries no event content.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BundleHeader {
+    pub(crate) version: u16,
     pub(crate) suite: Suite,
     pub(crate) device_id: [u8; 16],
     pub(crate) device_key: [u8; 32],
+    pub(crate) stream_id: [u8; 16],
     pub(crate) bundle_seq: u64,
     pub(crate) first_record: u64,
     pub(crate) last_record: u64,
+    pub(crate) records_lost: u64,
     pub(crate) first_event: u64,
     pub(crate) last_event: u64,
     pub(crate) event_count: u64,
@@ -66,9 +107,9 @@ pub struct BundleHeader {
 }
 
 impl BundleHeader {
-    /// The bundle format version (1).
+    /// The bundle format version (1 or 2).
     pub fn version(&self) -> u16 {
-        VERSION
+        self.version
     }
     /// The HPKE suite the payload is sealed with.
     pub fn suite(&self) -> Suite {
@@ -86,7 +127,23 @@ impl BundleHeader {
     pub fn device_key(&self) -> &[u8; 32] {
         &self.device_key
     }
-    /// The bundle's sequence number in this device's chain.
+    /// The random id of the user stream the bundle belongs to (one per user of a
+    /// vault; all zero in version 1 bundles). Derived from nothing: it names no user.
+    pub fn stream_id(&self) -> &[u8; 16] {
+        &self.stream_id
+    }
+    /// The stream id as lower-case hex.
+    pub fn stream_id_hex(&self) -> String {
+        data_encoding::HEXLOWER.encode(&self.stream_id)
+    }
+    /// Records removed from the log without being released (budget eviction or
+    /// retention expiry) after the previous bundle of the stream and before this one.
+    /// Each removal is also stated by a loss marker among the events. Always 0 in
+    /// version 1 bundles.
+    pub fn records_lost(&self) -> u64 {
+        self.records_lost
+    }
+    /// The bundle's sequence number in its (device, stream) chain.
     pub fn bundle_seq(&self) -> u64 {
         self.bundle_seq
     }
@@ -125,37 +182,42 @@ impl BundleHeader {
 
     /// The header bytes (also the HPKE associated data).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(FIXED_HEADER_LEN + self.purpose.len());
+        let v2 = self.version >= 2;
+        let fixed = fixed_header_len(self.version);
+        let mut out = Vec::with_capacity(fixed + self.purpose.len());
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_be_bytes());
+        out.extend_from_slice(&self.version.to_be_bytes());
         out.extend_from_slice(&self.suite.kem_id().to_be_bytes());
         out.extend_from_slice(&self.suite.kdf_id().to_be_bytes());
         out.extend_from_slice(&self.suite.aead_id().to_be_bytes());
         out.extend_from_slice(&self.device_id);
         out.extend_from_slice(&self.device_key);
-        for n in [
-            self.bundle_seq,
-            self.first_record,
-            self.last_record,
-            self.first_event,
-            self.last_event,
-            self.event_count,
-        ] {
+        if v2 {
+            out.extend_from_slice(&self.stream_id);
+        }
+        out.extend_from_slice(&self.bundle_seq.to_be_bytes());
+        out.extend_from_slice(&self.first_record.to_be_bytes());
+        out.extend_from_slice(&self.last_record.to_be_bytes());
+        if v2 {
+            out.extend_from_slice(&self.records_lost.to_be_bytes());
+        }
+        for n in [self.first_event, self.last_event, self.event_count] {
             out.extend_from_slice(&n.to_be_bytes());
         }
         out.extend_from_slice(&self.prev_digest);
         out.extend_from_slice(&self.created_us.to_be_bytes());
         out.extend_from_slice(&(self.purpose.len() as u16).to_be_bytes());
         out.extend_from_slice(self.purpose.as_bytes());
-        debug_assert_eq!(out.len(), FIXED_HEADER_LEN + self.purpose.len());
+        debug_assert_eq!(out.len(), fixed + self.purpose.len());
         out
     }
 
     /// Decodes the header fields of `h` (exactly the header bytes). Called only after
-    /// the framing has been checked, so `h` is long enough.
+    /// the framing has been checked, so `h` is long enough for its version.
     fn decode(h: &[u8]) -> Result<BundleHeader> {
         let u16_at = |o: usize| u16::from_be_bytes([h[o], h[o + 1]]);
         let u64_at = |o: usize| u64::from_be_bytes(h[o..o + 8].try_into().expect("8 bytes"));
+        let version = u16_at(8);
         let (kem, kdf, aead) = (u16_at(10), u16_at(12), u16_at(14));
         let suite = Suite::from_ids(kem, kdf, aead).ok_or_else(|| {
             Error::invalid(format!(
@@ -163,21 +225,34 @@ impl BundleHeader {
                  AEAD {aead:#06x}); this capvault opens X25519 and X-Wing bundles"
             ))
         })?;
-        let purpose = std::str::from_utf8(&h[FIXED_HEADER_LEN..])
+        let fixed = fixed_header_len(version);
+        let purpose = std::str::from_utf8(&h[fixed..])
             .map_err(|_| Error::tampered("the bundle header is malformed: purpose is not UTF-8"))?
             .to_owned();
+        // Version 2 inserts the stream id after the device key and the lost-record count
+        // after the record range; `o` is where the fields after the stream id start.
+        let (stream_id, o, lost) = if version >= 2 {
+            (h[64..80].try_into().expect("16 bytes"), 80, 8)
+        } else {
+            ([0u8; 16], 64, 0)
+        };
         let header = BundleHeader {
+            version,
             suite,
             device_id: h[16..32].try_into().expect("16 bytes"),
             device_key: h[32..64].try_into().expect("32 bytes"),
-            bundle_seq: u64_at(64),
-            first_record: u64_at(72),
-            last_record: u64_at(80),
-            first_event: u64_at(88),
-            last_event: u64_at(96),
-            event_count: u64_at(104),
-            prev_digest: h[112..144].try_into().expect("32 bytes"),
-            created_us: u64_at(144) as i64,
+            stream_id,
+            bundle_seq: u64_at(o),
+            first_record: u64_at(o + 8),
+            last_record: u64_at(o + 16),
+            records_lost: if lost > 0 { u64_at(o + 24) } else { 0 },
+            first_event: u64_at(o + 24 + lost),
+            last_event: u64_at(o + 32 + lost),
+            event_count: u64_at(o + 40 + lost),
+            prev_digest: h[o + 48 + lost..o + 80 + lost]
+                .try_into()
+                .expect("32 bytes"),
+            created_us: u64_at(o + 80 + lost) as i64,
             purpose,
         };
         header
@@ -225,12 +300,17 @@ struct BundlePayloadRef<'a> {
 pub struct BundleInput<'a> {
     /// Random per-vault id (never a user name).
     pub device_id: [u8; 16],
-    /// This bundle's number in the device's chain.
+    /// Random per-user stream id (never derived from the user name).
+    pub stream_id: [u8; 16],
+    /// This bundle's number in the (device, stream) chain.
     pub bundle_seq: u64,
     /// First log record sealed (inclusive).
     pub first_record: u64,
     /// Last log record sealed (inclusive).
     pub last_record: u64,
+    /// Records removed unreleased since the previous bundle (see
+    /// [`BundleHeader::records_lost`]).
+    pub records_lost: u64,
     /// Digest of the previous bundle, zero for the first.
     pub prev_digest: [u8; 32],
     /// Sealing time.
@@ -295,7 +375,7 @@ pub fn bundle_id(digest: &[u8; 32]) -> String {
 /// Seals `input` to `recipient` and signs it with `device`.
 // Called by the vault's `seal_next`.
 #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
-pub(crate) fn seal_bundle(
+pub fn seal_bundle(
     input: &BundleInput<'_>,
     recipient: &Recipient,
     device: &DeviceKey,
@@ -318,12 +398,15 @@ pub(crate) fn seal_bundle(
         _ => (0, 0),
     };
     let header = BundleHeader {
+        version: VERSION,
         suite: recipient.suite(),
         device_id: input.device_id,
         device_key: device.public_key(),
+        stream_id: input.stream_id,
         bundle_seq: input.bundle_seq,
         first_record: input.first_record,
         last_record: input.last_record,
+        records_lost: input.records_lost,
         first_event,
         last_event,
         event_count: input.events.len() as u64,
@@ -345,7 +428,7 @@ pub(crate) fn seal_bundle(
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(&bytes);
     let signed_hash = ctx.clone().finish();
-    let sig = device.sign(&signature_input(signed_hash.as_ref()));
+    let sig = device.sign(&signature_input(VERSION, signed_hash.as_ref()));
     ctx.update(&sig);
     bytes.extend_from_slice(&sig);
     let digest: [u8; 32] = ctx.finish().as_ref().try_into().expect("32 bytes");
@@ -357,9 +440,10 @@ pub(crate) fn seal_bundle(
     })
 }
 
-fn signature_input(hash: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(SIG_CONTEXT.len() + hash.len());
-    m.extend_from_slice(SIG_CONTEXT);
+fn signature_input(version: u16, hash: &[u8]) -> Vec<u8> {
+    let ctx = sig_context(version);
+    let mut m = Vec::with_capacity(ctx.len() + hash.len());
+    m.extend_from_slice(ctx);
     m.extend_from_slice(hash);
     m
 }
@@ -378,11 +462,15 @@ fn seal_with<K: Kem>(
     payload: &BundlePayloadRef<'_>,
 ) -> Result<Vec<u8>> {
     let aad = header.to_bytes();
-    let (enc, mut ctx) =
-        hpke::setup_sender::<ChaCha20Poly1305, HkdfSha256, K>(&OpModeS::Base, pk, HPKE_INFO)
-            .map_err(hpke_err)?;
+    let (enc, mut ctx) = hpke::setup_sender::<ChaCha20Poly1305, HkdfSha256, K>(
+        &OpModeS::Base,
+        pk,
+        hpke_info(header.version),
+    )
+    .map_err(hpke_err)?;
     let mut rcheck = [0u8; RCHECK_LEN];
-    ctx.export(RCHECK_CONTEXT, &mut rcheck).map_err(hpke_err)?;
+    ctx.export(rcheck_context(header.version), &mut rcheck)
+        .map_err(hpke_err)?;
     let enc = enc.to_bytes();
     let pt_len = postcard::experimental::serialized_size(payload)
         .map_err(|e| Error::invalid(format!("the bundle payload does not encode: {e}")))?;
@@ -445,6 +533,7 @@ impl<'a> Reader<'a> {
 
 /// The pieces of a bundle whose lengths add up (nothing verified yet).
 struct Framed<'a> {
+    version: u16,
     bytes: &'a [u8],
     aad: &'a [u8],
     enc: &'a [u8],
@@ -460,19 +549,26 @@ fn frame(bytes: &[u8]) -> Result<Framed<'_>> {
             "this is not a capvault bundle (it does not start with CVBUNDLE)",
         ));
     }
-    if bytes.len() < FIXED_HEADER_LEN {
+    if bytes.len() < 10 {
         return Err(Error::tampered(
             "the bundle is truncated (shorter than its header)",
         ));
     }
     let version = u16::from_be_bytes([bytes[8], bytes[9]]);
-    if version != VERSION {
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
         return Err(Error::invalid(format!(
-            "unsupported bundle format version {version}; this capvault reads version {VERSION}"
+            "unsupported bundle format version {version}; this capvault reads versions \
+             {OLDEST_VERSION} to {VERSION}"
         )));
     }
+    let fixed = fixed_header_len(version);
+    if bytes.len() < fixed {
+        return Err(Error::tampered(
+            "the bundle is truncated (shorter than its header)",
+        ));
+    }
     let mut r = Reader { bytes, pos: 0 };
-    r.take(FIXED_HEADER_LEN - 2)?;
+    r.take(fixed - 2)?;
     let purpose_len = r.u16()? as usize;
     if purpose_len > MAX_PURPOSE_LEN {
         return Err(Error::tampered(
@@ -495,6 +591,7 @@ fn frame(bytes: &[u8]) -> Result<Framed<'_>> {
         ));
     }
     Ok(Framed {
+        version,
         bytes,
         aad,
         enc,
@@ -511,7 +608,8 @@ fn verify_signature(f: &Framed<'_>) -> Result<[u8; 32]> {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(&f.bytes[..f.signed_end]);
     let signed_hash = ctx.clone().finish();
-    verify_ed25519(&device_key, &signature_input(signed_hash.as_ref()), sig).map_err(|_| {
+    let msg = signature_input(f.version, signed_hash.as_ref());
+    verify_ed25519(&device_key, &msg, sig).map_err(|_| {
         Error::tampered(
             "the device signature does not verify: the bundle was modified or corrupted",
         )
@@ -620,11 +718,11 @@ fn open_with<K: Kem>(sk: &K::PrivateKey, p: &ParsedBundle<'_>) -> Result<Zeroizi
         &OpModeR::Base,
         sk,
         &enc,
-        HPKE_INFO,
+        hpke_info(p.header.version),
     )
     .map_err(|_| Error::tampered("the bundle's encapsulated key is invalid"))?;
     let mut check = [0u8; RCHECK_LEN];
-    ctx.export(RCHECK_CONTEXT, &mut check)
+    ctx.export(rcheck_context(p.header.version), &mut check)
         .map_err(|_| Error::tampered("HPKE export failed"))?;
     let diff = check
         .iter()
@@ -658,6 +756,8 @@ mod tests {
     fn input<'a>(events: &'a [SeqEvent]) -> BundleInput<'a> {
         BundleInput {
             device_id: [7; 16],
+            stream_id: [0x22; 16],
+            records_lost: 0,
             bundle_seq: 1,
             first_record: 10,
             last_record: 12,

@@ -14,7 +14,6 @@ use hpke::{Deserializable, Kem as _, Serializable};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-use crate::keys::device::DeviceKey;
 use crate::secret::Key32;
 
 pub(crate) type X25519Kem = hpke::kem::X25519HkdfSha256;
@@ -357,9 +356,7 @@ impl Identity {
 
     /// The public key that checks this identity's receipts.
     pub fn receipt_key(&self) -> ReceiptKey {
-        ReceiptKey {
-            public: self.receipt_signer().public_key(),
-        }
+        self.receipt_signer().receipt_key()
     }
 
     /// The secret text, in a string that is zeroized when dropped.
@@ -444,8 +441,8 @@ impl Identity {
             .expect("any 32 bytes are an X-Wing decapsulation key seed")
     }
 
-    pub(crate) fn receipt_signer(&self) -> DeviceKey {
-        DeviceKey::from_seed(&self.receipt_seed).expect("any 32-byte seed is an Ed25519 key")
+    pub(crate) fn receipt_signer(&self) -> crate::receipt::ReceiptSigner {
+        crate::receipt::ReceiptSigner::from_seed(self.receipt_seed.clone())
     }
 }
 

@@ -3,13 +3,13 @@
 
 use proptest::prelude::*;
 
-use super::bundle::{seal_bundle, BundleInput, FIXED_HEADER_LEN};
-use super::recipient::{Identity, Suite};
-use super::verify_receipt;
+use crate::bundle::{seal_bundle, BundleInput, FIXED_HEADER_LEN};
 use crate::collector::{inspect_bundle, open_bundle, ChainChecker, ChainIssue};
+use crate::device::DeviceKey;
 use crate::error::Error;
 use crate::events::{Event, KeyCategory, LossReason, Marker, SeqEvent};
-use crate::keys::device::DeviceKey;
+use crate::receipt::verify_receipt;
+use crate::recipient::{Identity, Suite};
 use crate::secret::Key32;
 use crate::AuditEntry;
 
@@ -122,6 +122,8 @@ pub(crate) fn input<'a>(
 ) -> BundleInput<'a> {
     BundleInput {
         device_id: [0x11; 16],
+        stream_id: [0x22; 16],
+        records_lost: 0,
         bundle_seq: seq,
         first_record: seq * 100,
         last_record: seq * 100 + 99,
@@ -301,7 +303,8 @@ pub(crate) fn resign(bytes: &[u8], key: &DeviceKey) -> Vec<u8> {
     let mut out = bytes[..bytes.len() - 64].to_vec();
     out[32..64].copy_from_slice(&key.public_key());
     let hash = ring::digest::digest(&ring::digest::SHA256, &out);
-    let mut msg = super::bundle::SIG_CONTEXT.to_vec();
+    let version = u16::from_be_bytes([bytes[8], bytes[9]]);
+    let mut msg = crate::bundle::sig_context(version).to_vec();
     msg.extend_from_slice(hash.as_ref());
     out.extend_from_slice(&key.sign(&msg));
     out
@@ -391,7 +394,7 @@ fn receipts_bind_the_bundle() {
         Err(Error::Tampered(_))
     ));
     let mut forged = receipt;
-    forged[0] ^= 1;
+    forged[40] ^= 1;
     assert!(matches!(
         verify_receipt(&id.receipt_key(), b1.digest(), &forged),
         Err(Error::Tampered(_))
@@ -399,6 +402,10 @@ fn receipts_bind_the_bundle() {
     let impostor = Identity::generate(Suite::X25519).receipt_for(b1.digest());
     assert!(matches!(
         verify_receipt(&id.receipt_key(), b1.digest(), &impostor),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        verify_receipt(&id.receipt_key(), b1.digest(), &impostor[32..]),
         Err(Error::Tampered(_))
     ));
 }
@@ -467,7 +474,7 @@ fn jsonl_sha256(events: &[SeqEvent]) -> String {
 #[test]
 #[ignore = "writes tests/vectors/bundles/; run with --ignored to regenerate"]
 fn write_bundle_vectors() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/bundles");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/vectors/bundles/v2");
     std::fs::create_dir_all(&dir).unwrap();
     let id = Identity::from_raw(Suite::X25519, [0x42; 32], [0x43; 32]);
     let pq = Identity::from_raw(Suite::XWing, [0x44; 32], [0x45; 32]);

@@ -14,10 +14,10 @@ use serde::Serialize;
 use zeroize::Zeroize;
 
 use crate::audit::AuditEntry;
+use crate::bundle::{bundle_id, parse_and_open, parse_bundle, BundleHeader};
 use crate::error::{Error, Result};
 use crate::events::{Event, Marker, SeqEvent};
-use crate::seal::bundle::{bundle_id, parse_and_open, parse_bundle, BundleHeader};
-use crate::seal::recipient::Identity;
+use crate::recipient::Identity;
 
 /// A bundle opened and verified by [`open_bundle`]. Its event content is zeroized when
 /// it is dropped.
@@ -642,9 +642,9 @@ pub fn write_json_lines<W: Write>(
             if i > 0 {
                 line.push(b',');
             }
-            serde_json::to_writer(&mut line, k).map_err(|e| Error::Storage(e.to_string()))?;
+            serde_json::to_writer(&mut line, k).map_err(|e| Error::Io(e.to_string()))?;
             line.push(b':');
-            serde_json::to_writer(&mut line, v).map_err(|e| Error::Storage(e.to_string()))?;
+            serde_json::to_writer(&mut line, v).map_err(|e| Error::Io(e.to_string()))?;
         }
         line.extend_from_slice(b"}\n");
         out.write_all(&line)?;

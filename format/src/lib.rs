@@ -1,0 +1,37 @@
+//! capvault's shared formats, used by the device vault (`capvault`) and by the collector
+//! service (`capvault-collector`): the event model, sealed bundles (HPKE + device
+//! signature), enrollment records, collector keys as text, receipts, and the rules by
+//! which a collector checks a device's chains.
+//!
+//! No storage engine, no keychain and no network: everything here is a pure function of
+//! its inputs (identity files and JSON Lines blobs are the only files it touches, and
+//! only where the caller names them). The formats are specified in docs/FORMAT.md.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod audit;
+mod bundle;
+mod collector;
+mod device;
+mod enrollment;
+mod error;
+mod events;
+mod receipt;
+mod recipient;
+pub mod secret;
+
+pub use audit::AuditEntry;
+pub use bundle::{bundle_id, seal_bundle, BundleHeader, BundleInput, SealedBundle};
+pub use collector::{
+    inspect_bundle, open_bundle, write_json_lines, ChainChecker, ChainIssue, ChainReport,
+    DeviceChain, InspectedBundle, OpenedBundle,
+};
+pub use device::{verify_ed25519, DeviceKey};
+pub use enrollment::{DevicePins, EnrollmentRecord, PinVerdict};
+pub use error::{Error, Result};
+pub use events::{Event, KeyCategory, LossReason, Marker, SeqEvent, TimestampUs};
+pub use receipt::{verify_receipt, ReceiptSigner, RECEIPT_LEN};
+pub use recipient::{Identity, ReceiptKey, Recipient, Suite};
+
+#[cfg(test)]
+mod tests;

@@ -30,7 +30,14 @@ pub fn text(b: &[u8]) -> String {
 
 /// `init --json` in `dir`: (receipt key, token).
 pub fn init(dir: &Path) -> (String, String) {
-    let out = cli(&["init", "--dir", dir.to_str().unwrap(), "--json"]);
+    init_with(dir, &[])
+}
+
+/// `init --json` with extra arguments (`--db URL`).
+pub fn init_with(dir: &Path, extra: &[&str]) -> (String, String) {
+    let mut args = vec!["init", "--dir", dir.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    let out = cli(&args);
     assert!(out.status.success(), "init: {}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     (
@@ -212,6 +219,16 @@ impl Device {
             sealed: Vec::new(),
             next_event: 1,
         }
+    }
+
+    /// A device with random id, stream and key (for shared databases).
+    pub fn random() -> Device {
+        let mut d = Device::new(0);
+        d.id = capvault_format::secret::random_array();
+        d.stream = capvault_format::secret::random_array();
+        d.seed = capvault_format::secret::random_array();
+        d.user = format!("user-{}", hex(&d.id[..4]));
+        d
     }
 
     /// The same id with another key (a forger).

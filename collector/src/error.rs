@@ -134,3 +134,39 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_formats_and_maps_to_a_status_and_code() {
+        let all = [
+            ApiError::MalformedBundle("truncated".into()),
+            ApiError::BadRequest("x".into()),
+            ApiError::BadToken,
+            ApiError::UnknownDevice("00".into()),
+            ApiError::RevokedDevice("00".into()),
+            ApiError::WrongDeviceKey("00".into()),
+            ApiError::EnrolledWithOtherKey("00".into()),
+            ApiError::Conflict("x".into()),
+            ApiError::TooLarge(10),
+            ApiError::Busy,
+            ApiError::Unavailable("x".into()),
+            ApiError::Operational("x".into()),
+            ApiError::Integrity("x".into()),
+            ApiError::NotFound,
+        ];
+        let mut codes = std::collections::BTreeSet::new();
+        for e in all {
+            assert!(!e.to_string().is_empty());
+            assert!(e.code().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(codes.insert(e.code()), "codes are distinct");
+            let status = e.status();
+            let retry = matches!(e, ApiError::Busy | ApiError::Unavailable(_));
+            let resp = e.into_response();
+            assert_eq!(resp.status(), status);
+            assert_eq!(resp.headers().contains_key(header::RETRY_AFTER), retry);
+        }
+    }
+}

@@ -86,6 +86,7 @@ impl Server {
         let addr = line
             .trim()
             .strip_prefix("listening on http://")
+            .or_else(|| line.trim().strip_prefix("listening on https://"))
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .parse()
             .unwrap();
@@ -168,15 +169,37 @@ pub fn try_request(
 ) -> std::io::Result<Resp> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    exchange(&mut s, &addr.to_string(), method, path, ct, body)
+}
+
+/// One request and its answer on an open stream (plain or TLS).
+pub fn exchange<S: Read + Write>(
+    s: &mut S,
+    host: &str,
+    method: &str,
+    path: &str,
+    ct: &str,
+    body: &[u8],
+) -> std::io::Result<Resp> {
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )?;
     // The server may answer (413) before reading a large body: ignore a reset here.
     let _ = s.write_all(body);
+    let _ = s.flush();
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            // A TLS peer that closes without close_notify, after its answer.
+            Err(e) if !raw.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        }
+    }
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

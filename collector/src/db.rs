@@ -345,6 +345,30 @@ impl Db {
 
     // ----- bundles -----
 
+    /// The rows stored at `seq - 1`, `seq` and `seq + 1` of a stream, in one query:
+    /// (sequence, digest, previous digest).
+    pub async fn neighbourhood(
+        &self,
+        device_id: &str,
+        stream_id: &str,
+        seq: u64,
+    ) -> Result<Vec<(u64, String, String)>, ApiError> {
+        let s = seq_to_db(seq)?;
+        let rows = sqlx::query(
+            "SELECT seq, digest, prev_digest FROM bundles
+             WHERE device_id = $1 AND stream_id = $2 AND seq >= $3 AND seq <= $4",
+        )
+        .bind(device_id)
+        .bind(stream_id)
+        .bind(s.saturating_sub(1))
+        .bind(s.saturating_add(1))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<i64, _>(0)? as u64, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
     /// The digest and previous digest stored at a chain position, if any.
     pub async fn digest_at(
         &self,

@@ -160,7 +160,10 @@ mod tests {
         let mut codes = std::collections::BTreeSet::new();
         for e in all {
             assert!(!e.to_string().is_empty());
-            assert!(e.code().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(e
+                .code()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_'));
             assert!(codes.insert(e.code()), "codes are distinct");
             let status = e.status();
             let retry = matches!(e, ApiError::Busy | ApiError::Unavailable(_));

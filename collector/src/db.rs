@@ -62,9 +62,12 @@ pub enum Engine {
     Postgres,
 }
 
+/// The SQLite file of a collector directory.
+pub const DEFAULT_FILE: &str = "collector.db";
+
 /// The default database URL for a collector directory.
 pub fn default_url(dir: &Path) -> String {
-    format!("sqlite://{}?mode=rwc", dir.join("collector.db").display())
+    format!("sqlite://{}?mode=rwc", dir.join(DEFAULT_FILE).display())
 }
 
 /// A device row.

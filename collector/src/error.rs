@@ -106,16 +106,19 @@ impl ApiError {
     }
 }
 
+/// A database error as text, without query text or bound values.
+pub fn db_error_text(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => format!("database error {}", d.code().unwrap_or_default()),
+        sqlx::Error::PoolTimedOut => "the database pool timed out".to_string(),
+        sqlx::Error::Io(io) => format!("database I/O error: {io}"),
+        other => format!("database error: {other}"),
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        // Query text and bound values stay out of the message.
-        let what = match &e {
-            sqlx::Error::Database(d) => format!("database error {}", d.code().unwrap_or_default()),
-            sqlx::Error::PoolTimedOut => "the database pool timed out".to_string(),
-            sqlx::Error::Io(io) => format!("database I/O error: {io}"),
-            other => format!("database error: {other}"),
-        };
-        ApiError::Unavailable(what)
+        ApiError::Unavailable(db_error_text(&e))
     }
 }
 

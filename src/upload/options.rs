@@ -113,6 +113,7 @@ impl UploadOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct CollectorUrl(String);
 
+#[cfg_attr(not(feature = "upload"), allow(dead_code))]
 impl CollectorUrl {
     pub(crate) fn parse(url: &str) -> Result<CollectorUrl> {
         let bad = |why: &str| Error::invalid(format!("upload.url {url:?}: {why}"));

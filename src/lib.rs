@@ -28,10 +28,11 @@ mod upload;
 mod vault;
 
 pub use capvault_format::{
-    bundle_id, inspect_bundle, open_bundle, verify_receipt, write_json_lines, AuditEntry,
-    BundleHeader, ChainChecker, ChainIssue, ChainReport, DeviceChain, Event, Identity,
-    InspectedBundle, KeyCategory, LossReason, Marker, OpenedBundle, ReceiptKey, Recipient,
-    SealedBundle, SeqEvent, Suite, TimestampUs, RECEIPT_LEN,
+    bundle_id, inspect_bundle, open_bundle, verify_receipt, write_bundle_json_lines,
+    write_json_lines, AuditEntry, BundleHeader, ChainChecker, ChainIssue, ChainReport, DeviceChain,
+    DevicePins, EnrollmentRecord, Event, Identity, InspectedBundle, KeyCategory, LossReason,
+    Marker, OpenedBundle, PinVerdict, ReceiptKey, ReceiptSigner, Recipient, SealedBundle, SeqEvent,
+    Suite, TimestampUs, RECEIPT_LEN,
 };
 pub use error::{Error, Result};
 pub use keys::hierarchy::EpochInfo;

@@ -1,13 +1,14 @@
-//! Runs every committed bundle test vector (tests/vectors/bundles/) through every
-//! decoder path: `open_bundle`, `inspect_bundle` (parse and verify only), the chain
-//! checker, JSON Lines output, receipts, and the recipient parser.
+//! Runs every committed bundle test vector (tests/vectors/bundles/v1 and v2) through
+//! every decoder path: `open_bundle`, `inspect_bundle` (parse and verify only), the
+//! chain checker (with and without pins from enrollment records), JSON Lines output,
+//! receipts, the enrollment record parser and the recipient parser.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use capvault_format::{
-    inspect_bundle, open_bundle, verify_receipt, write_json_lines, ChainChecker, Error, Identity,
-    Recipient,
+    inspect_bundle, open_bundle, verify_receipt, write_json_lines, ChainChecker, DevicePins,
+    EnrollmentRecord, Error, Identity, Recipient,
 };
 
 struct Vector {
@@ -24,12 +25,17 @@ impl Vector {
     }
 }
 
-fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/bundles/v1")
+/// The format versions with committed vectors: version 1 is still read.
+const VERSIONS: [&str; 2] = ["v1", "v2"];
+
+fn dir(version: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/vectors/bundles")
+        .join(version)
 }
 
-fn load(name: &str) -> Vector {
-    let raw = std::fs::read(dir().join(name)).unwrap();
+fn load(version: &str, name: &str) -> Vector {
+    let raw = std::fs::read(dir(version).join(name)).unwrap();
     let split = raw
         .windows(2)
         .position(|w| w == b"\n\n")
@@ -44,20 +50,24 @@ fn load(name: &str) -> Vector {
         })
         .collect();
     Vector {
-        name: name.into(),
+        name: format!("{version}/{name}"),
         fields,
         body: raw[split + 2..].to_vec(),
     }
 }
 
 fn all() -> Vec<Vector> {
-    let mut names: Vec<String> = std::fs::read_dir(dir())
+    VERSIONS.iter().flat_map(|v| all_of(v)).collect()
+}
+
+fn all_of(version: &str) -> Vec<Vector> {
+    let mut names: Vec<String> = std::fs::read_dir(dir(version))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
     assert!(names.len() >= 30, "vectors missing: {names:?}");
-    names.iter().map(|n| load(n)).collect()
+    names.iter().map(|n| load(version, n)).collect()
 }
 
 fn kind(e: &Error) -> &'static str {
@@ -146,9 +156,24 @@ fn chain_vectors() {
     let mut n = 0;
     for v in all().iter().filter(|v| v.get("kind") == "chain") {
         n += 1;
-        let mut checker = ChainChecker::new();
+        let version = v.name.split('/').next().unwrap();
+        let devices = v.fields.get("devices").map(String::as_str).unwrap_or("");
+        let mut checker = if devices.is_empty() {
+            ChainChecker::new()
+        } else {
+            let mut pins = DevicePins::new();
+            for f in devices.split_whitespace() {
+                let rec = EnrollmentRecord::from_json(
+                    std::str::from_utf8(&load(version, f).body).unwrap(),
+                )
+                .unwrap();
+                pins.add(&rec).unwrap();
+            }
+            ChainChecker::with_pins(pins)
+        };
+        let mut digests = BTreeMap::new();
         for f in v.get("bundles").split_whitespace() {
-            let b = load(f);
+            let b = load(version, f);
             // Chain checking needs no identity: the parse-only path is enough, and
             // opening must agree.
             let inspected = inspect_bundle(&b.body).unwrap();
@@ -156,8 +181,15 @@ fn chain_vectors() {
             let opened = open_bundle(&b.body, &id).unwrap();
             assert_eq!(opened.digest, inspected.digest);
             checker.add_inspected(&inspected);
+            digests.insert(f.to_owned(), inspected.digest);
         }
         let report = checker.report();
+        let rejected = v.fields.get("rejected").map(String::as_str).unwrap_or("");
+        for (f, d) in &digests {
+            let want = !rejected.split_whitespace().any(|r| r == f);
+            assert_eq!(report.accepts(d), want, "{}: {f} accepted?", v.name);
+        }
+        assert_eq!(report.pinned, !devices.is_empty(), "{}", v.name);
         let mut kinds: Vec<String> = report
             .issues()
             .map(|(_, i)| {
@@ -184,6 +216,29 @@ fn chain_vectors() {
 }
 
 #[test]
+fn enrollment_vectors() {
+    let mut n = 0;
+    for v in all().iter().filter(|v| v.get("kind") == "enrollment") {
+        n += 1;
+        let text = std::str::from_utf8(&v.body).unwrap();
+        if let Some(r) = check(
+            v,
+            "EnrollmentRecord::from_json",
+            v.get("expect"),
+            EnrollmentRecord::from_json(text),
+        ) {
+            assert_eq!(
+                r.to_json(),
+                text,
+                "{}: re-encoding changes the record",
+                v.name
+            );
+        }
+    }
+    assert!(n >= 4, "{n}");
+}
+
+#[test]
 fn recipient_vectors() {
     let mut n = 0;
     for v in all().iter().filter(|v| v.get("kind") == "recipient") {
@@ -202,7 +257,7 @@ fn recipient_vectors() {
 
 #[test]
 fn blobs_go_to_files() {
-    let v = load("x25519_ok.cvb");
+    let v = load("v2", "x25519_ok.cvb");
     let id: Identity = v.get("identity").parse().unwrap();
     let o = open_bundle(&v.body, &id).unwrap();
     let blobs = tempfile::tempdir().unwrap();

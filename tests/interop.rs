@@ -6,9 +6,10 @@ use std::process::Command;
 
 use capvault::{open_bundle, Identity};
 
-fn vector(name: &str) -> (std::path::PathBuf, String, Vec<u8>) {
+fn vector(version: &str, name: &str) -> (std::path::PathBuf, String, Vec<u8>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/vectors/bundles")
+        .join(version)
         .join(name);
     let raw = std::fs::read(&path).unwrap();
     let split = raw.windows(2).position(|w| w == b"\n\n").unwrap();
@@ -32,8 +33,14 @@ fn run(path: &Path, identity: &str) -> std::process::Output {
 }
 
 #[test]
-fn pyhpke_opens_an_x25519_bundle() {
-    let (path, identity, bundle) = vector("x25519_ok.cvb");
+fn pyhpke_opens_x25519_bundles_of_both_versions() {
+    for version in ["v1", "v2"] {
+        pyhpke_opens(version);
+    }
+}
+
+fn pyhpke_opens(version: &str) {
+    let (path, identity, bundle) = vector(version, "x25519_ok.cvb");
     let out = run(&path, &identity);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -64,9 +71,9 @@ fn pyhpke_opens_an_x25519_bundle() {
 
 #[test]
 fn pyhpke_rejects_the_wrong_identity_and_a_swapped_header() {
-    let (_, identity, _) = vector("x25519_ok.cvb");
+    let (_, identity, _) = vector("v2", "x25519_ok.cvb");
     for name in ["wrong_identity.cvb", "swapped_header_resigned.cvb"] {
-        let (path, _, _) = vector(name);
+        let (path, _, _) = vector("v2", name);
         let out = run(&path, &identity);
         assert_ne!(
             out.status.code(),

@@ -11,25 +11,26 @@
 
 mod audit;
 mod bundle;
-mod collector;
+mod chain;
 mod device;
 mod enrollment;
 mod error;
 mod events;
+mod jsonl;
+mod open;
 mod receipt;
 mod recipient;
 pub mod secret;
 
 pub use audit::AuditEntry;
 pub use bundle::{bundle_id, seal_bundle, BundleHeader, BundleInput, SealedBundle};
-pub use collector::{
-    inspect_bundle, open_bundle, write_json_lines, ChainChecker, ChainIssue, ChainReport,
-    DeviceChain, InspectedBundle, OpenedBundle,
-};
+pub use chain::{ChainChecker, ChainIssue, ChainReport, DeviceChain};
 pub use device::{verify_ed25519, DeviceKey};
 pub use enrollment::{DevicePins, EnrollmentRecord, PinVerdict};
 pub use error::{Error, Result};
 pub use events::{Event, KeyCategory, LossReason, Marker, SeqEvent, TimestampUs};
+pub use jsonl::{write_bundle_json_lines, write_json_lines};
+pub use open::{inspect_bundle, open_bundle, InspectedBundle, OpenedBundle};
 pub use receipt::{verify_receipt, ReceiptSigner, RECEIPT_LEN};
 pub use recipient::{Identity, ReceiptKey, Recipient, Suite};
 

@@ -4,10 +4,11 @@
 use proptest::prelude::*;
 
 use crate::bundle::{seal_bundle, BundleInput, FIXED_HEADER_LEN};
-use crate::collector::{inspect_bundle, open_bundle, ChainChecker, ChainIssue};
+use crate::chain::ChainChecker;
 use crate::device::DeviceKey;
 use crate::error::Error;
 use crate::events::{Event, KeyCategory, LossReason, Marker, SeqEvent};
+use crate::open::{inspect_bundle, open_bundle};
 use crate::receipt::verify_receipt;
 use crate::recipient::{Identity, Suite};
 use crate::secret::Key32;
@@ -265,12 +266,12 @@ fn every_bad_input_has_its_own_error() {
         is_invalid,
         "not a capvault bundle",
     );
-    let mut v2 = bytes.to_vec();
-    v2[9] = 2;
+    let mut v3 = bytes.to_vec();
+    v3[9] = 3;
     err_has(
-        open_bundle(&v2, &id).unwrap_err(),
+        open_bundle(&v3, &id).unwrap_err(),
         is_invalid,
-        "unsupported bundle format version 2",
+        "unsupported bundle format version 3",
     );
 
     // Swapped header: the header of bundle 2 on the body of bundle 1.
@@ -310,6 +311,20 @@ pub(crate) fn resign(bytes: &[u8], key: &DeviceKey) -> Vec<u8> {
     out
 }
 
+fn kinds_of(rep: &crate::ChainReport) -> Vec<String> {
+    let mut k: Vec<String> = rep
+        .issues()
+        .map(|(_, i)| {
+            serde_json::to_value(i).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    k.sort();
+    k
+}
+
 #[test]
 fn chain_checker_reports_each_kind_of_problem() {
     let id = Identity::generate(Suite::X25519);
@@ -324,6 +339,11 @@ fn chain_checker_reports_each_kind_of_problem() {
     badlink.first_record = 500;
     badlink.last_record = 599;
     let b3 = seal_bundle(&badlink, &r, &device(1)).unwrap();
+    let mut gap = input(3, *b2.digest(), &ev, &[]);
+    gap.first_record = 305;
+    let b3gap = seal_bundle(&gap, &r, &device(1)).unwrap();
+    gap.records_lost = 5;
+    let b3lost = seal_bundle(&gap, &r, &device(1)).unwrap();
 
     let kinds = |bundles: &[&super::SealedBundle]| {
         let mut c = ChainChecker::new();
@@ -331,19 +351,10 @@ fn chain_checker_reports_each_kind_of_problem() {
             c.add(b.header(), b.digest());
         }
         let rep = c.report();
-        let mut k: Vec<String> = rep
-            .issues()
-            .map(|(_, i)| {
-                serde_json::to_value(i).unwrap()["kind"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect();
-        k.sort();
-        (rep.is_clean(), k)
+        (rep.is_clean(), kinds_of(&rep))
     };
-    assert_eq!(kinds(&[&b1, &b2]), (true, vec![]));
+    let none: Vec<String> = vec![];
+    assert_eq!(kinds(&[&b1, &b2]), (true, none.clone()));
     assert_eq!(kinds(&[&b2, &b1]), (true, vec!["reordered".to_string()]));
     assert_eq!(
         kinds(&[&b1, &b2, &b1]),
@@ -354,25 +365,109 @@ fn chain_checker_reports_each_kind_of_problem() {
         kinds(&[&b1, &b2, &b4]),
         (false, vec!["missing_bundles".into()])
     );
+    // Without pins, a second key for the device id makes every bundle of it suspect,
+    // whichever arrived first.
     assert_eq!(
         kinds(&[&b1, &b2, &forged]),
-        (false, vec!["device_key_changed".into()])
+        (false, vec!["ambiguous_device_key".into()])
+    );
+    assert_eq!(
+        kinds(&[&forged, &b1, &b2]),
+        (false, vec!["ambiguous_device_key".into()])
     );
     assert_eq!(
         kinds(&[&b1, &b2, &b3]),
-        (
-            false,
-            vec!["prev_digest_mismatch".into(), "record_gap".into()]
-        )
+        (false, vec!["prev_digest_mismatch".into()])
+    );
+    assert_eq!(
+        kinds(&[&b1, &b2, &b3gap]),
+        (false, vec!["record_gap".into()])
+    );
+    // The same gap, declared by the device, is explained.
+    assert_eq!(
+        kinds(&[&b1, &b2, &b3lost]),
+        (true, vec!["records_lost".into()])
     );
     assert_eq!(kinds(&[&b2]), (true, vec!["starts_mid_chain".into()]));
+}
+
+#[test]
+fn chain_checker_releases_only_what_it_accepts() {
+    let id = Identity::generate(Suite::X25519);
+    let ev = all_events(1, 10);
+    let r = id.recipient();
+    let b1 = seal_bundle(&input(1, [0; 32], &ev, &[]), &r, &device(1)).unwrap();
+    let b2 = seal_bundle(&input(2, *b1.digest(), &ev, &[]), &r, &device(1)).unwrap();
+    let b2alt = seal_bundle(&input(2, *b1.digest(), &ev[..3], &[]), &r, &device(1)).unwrap();
+    let forged = seal_bundle(&input(3, *b2.digest(), &ev, &[]), &r, &device(2)).unwrap();
+    let mut elsewhere = input(1, [0; 32], &ev, &[]);
+    elsewhere.device_id = [0x99; 16];
+    let stranger = seal_bundle(&elsewhere, &r, &device(3)).unwrap();
+    let mut pins = crate::DevicePins::new();
+    pins.pin([0x11; 16], device(1).public_key()).unwrap();
+
+    // Pinned: the forger's bundle under the enrolled id and the unenrolled device are
+    // rejected, whatever arrives first; the genuine bundles stay accepted.
+    let mut c = ChainChecker::with_pins(pins.clone());
+    for b in [&forged, &stranger, &b1, &b2] {
+        c.add(b.header(), b.digest());
+    }
+    let rep = c.report();
+    assert!(rep.pinned);
+    assert!(!rep.is_clean());
+    assert!(rep.accepts(b1.digest()) && rep.accepts(b2.digest()));
+    assert!(!rep.accepts(forged.digest()) && !rep.accepts(stranger.digest()));
+    assert_eq!(
+        kinds_of(&rep),
+        vec!["device_key_changed".to_string(), "unenrolled_device".into()]
+    );
+    // A conflict releases neither copy.
+    let mut c = ChainChecker::with_pins(pins);
+    for b in [&b1, &b2, &b2alt] {
+        c.add(b.header(), b.digest());
+    }
+    let rep = c.report();
+    assert!(rep.accepts(b1.digest()));
+    assert!(!rep.accepts(b2.digest()) && !rep.accepts(b2alt.digest()));
+    // Unpinned and consistent: accepted, and the report says keys were not pinned.
     let mut c = ChainChecker::new();
-    c.pin_device_key([0x11; 16], device(2).public_key());
     c.add(b1.header(), b1.digest());
-    assert!(matches!(
-        c.report().devices[0].issues[0],
-        ChainIssue::DeviceKeyChanged { .. }
-    ));
+    let rep = c.report();
+    assert!(!rep.pinned && rep.is_clean() && rep.accepts(b1.digest()));
+}
+
+#[test]
+fn streams_of_one_device_are_separate_chains() {
+    let id = Identity::generate(Suite::X25519);
+    let ev = all_events(1, 10);
+    let r = id.recipient();
+    let mut chains = Vec::new();
+    for stream in [[1u8; 16], [2u8; 16], [3u8; 16]] {
+        let mut prev = [0u8; 32];
+        let mut bundles = Vec::new();
+        for seq in 1..=3 {
+            let mut i = input(seq, prev, &ev, &[]);
+            i.stream_id = stream;
+            let b = seal_bundle(&i, &r, &device(1)).unwrap();
+            prev = *b.digest();
+            bundles.push(b);
+        }
+        chains.push(bundles);
+    }
+    // Interleaved arrival: three clean chains, no conflict between equal numbers.
+    let mut c = ChainChecker::new();
+    for seq in 0..3 {
+        for chain in &chains {
+            c.add(chain[seq].header(), chain[seq].digest());
+        }
+    }
+    let rep = c.report();
+    assert!(rep.is_clean(), "{:?}", kinds_of(&rep));
+    assert_eq!(rep.devices.len(), 3);
+    assert!(rep
+        .devices
+        .iter()
+        .all(|d| d.bundles == 3 && d.issues.is_empty()));
 }
 
 #[test]
@@ -465,7 +560,7 @@ fn vector(dir: &std::path::Path, name: &str, fields: &[(&str, String)], body: &[
 
 fn jsonl_sha256(events: &[SeqEvent]) -> String {
     let mut out = Vec::new();
-    crate::collector::write_json_lines(events, &mut out, None).unwrap();
+    crate::jsonl::write_json_lines(events, &mut out, None).unwrap();
     data_encoding::HEXLOWER.encode(ring::digest::digest(&ring::digest::SHA256, &out).as_ref())
 }
 
@@ -513,7 +608,7 @@ fn write_bundle_vectors() {
                 ("bundle_seq", b.header().bundle_seq().to_string()),
                 ("digest", data_encoding::HEXLOWER.encode(b.digest())),
                 ("id", b.id().into()),
-                ("user", "alice@example.com".into()),
+                ("user", open_bundle(b.bytes(), ident).unwrap().user.clone()),
                 ("events", events.len().to_string()),
                 ("jsonl_sha256", jsonl_sha256(events)),
             ],
@@ -603,7 +698,7 @@ fn write_bundle_vectors() {
     );
     bad(
         "flip_header.cvb",
-        &flip(70),
+        &flip(87),
         &id,
         SIG,
         SIG,
@@ -689,15 +784,15 @@ fn write_bundle_vectors() {
         "invalid_argument: unsupported HPKE suite",
         "KEM id 0x0021, validly signed",
     );
-    let mut v2 = bytes.to_vec();
-    v2[9] = 2;
+    let mut v3 = bytes.to_vec();
+    v3[9] = 3;
     bad(
         "unsupported_version.cvb",
-        &v2,
+        &v3,
         &id,
         "invalid_argument: unsupported bundle format version",
         "invalid_argument: unsupported bundle format version",
-        "version 2",
+        "version 3",
     );
     bad(
         "not_a_bundle.cvb",
@@ -708,7 +803,100 @@ fn write_bundle_vectors() {
         "wrong magic",
     );
 
-    let chain = |name: &str, files: &[&str], issues: &[&str], clean: bool, comment: &str| {
+    // Version 2: a second user stream of the same device, and a declared and an
+    // undeclared gap in the record range before bundle 3.
+    let mut s2 = input(1, [0; 32], &ev2, &[]);
+    s2.stream_id = [0x33; 16];
+    s2.user = "bob@example.com";
+    let bstream2 = seal_bundle(&s2, &r, &dev).unwrap();
+    ok(
+        "x25519_stream2.cvb",
+        &bstream2,
+        &id,
+        &ev2,
+        "bundle 1 of another user stream of the same device",
+    );
+    let mut lost = input(3, *b2.digest(), &ev2, &[]);
+    lost.first_record = 305;
+    lost.records_lost = 5;
+    let blost = seal_bundle(&lost, &r, &dev).unwrap();
+    ok(
+        "x25519_seq3_lost.cvb",
+        &blost,
+        &id,
+        &ev2,
+        "bundle 3 declares 5 records removed unreleased before it",
+    );
+    lost.records_lost = 0;
+    let bgap = seal_bundle(&lost, &r, &dev).unwrap();
+    ok(
+        "x25519_seq3_gap.cvb",
+        &bgap,
+        &id,
+        &ev2,
+        "bundle 3 skips 5 records without declaring them",
+    );
+    let mut stranger_in = input(1, [0; 32], &ev2, &[]);
+    stranger_in.device_id = [0x77; 16];
+    let bunknown = seal_bundle(&stranger_in, &r, &device(3)).unwrap();
+    ok(
+        "unenrolled_device.cvb",
+        &bunknown,
+        &id,
+        &ev2,
+        "a well-formed bundle from a device nobody enrolled",
+    );
+
+    // Enrollment records.
+    let enrollment = |name: &str, body: &str, expect: &str, comment: &str| {
+        vector(
+            &dir,
+            name,
+            &[
+                ("kind", "enrollment".into()),
+                ("comment", comment.into()),
+                ("expect", expect.into()),
+            ],
+            body.as_bytes(),
+        )
+    };
+    let rec1 = crate::EnrollmentRecord::new([0x11; 16], &dev, 1_764_000_000_000_000).to_json();
+    enrollment(
+        "enroll_device1.json",
+        &rec1,
+        "ok",
+        "device 0x11.. with the key that signs the ok bundles",
+    );
+    let forged_rec =
+        crate::EnrollmentRecord::new([0x11; 16], &device(2), 1_764_000_000_000_000).to_json();
+    enrollment(
+        "enroll_other_key.json",
+        &forged_rec,
+        "ok",
+        "the same device id, self-signed by another key (valid alone; pins conflict)",
+    );
+    let key1 = data_encoding::HEXLOWER.encode(&dev.public_key());
+    let key2 = data_encoding::HEXLOWER.encode(&device(2).public_key());
+    enrollment(
+        "enroll_key_swapped.json",
+        &rec1.replace(&key1, &key2),
+        "tampered: signature does not verify",
+        "device key replaced without re-signing",
+    );
+    enrollment(
+        "enroll_bad_format.json",
+        &rec1.replace("capvault-enrollment-1", "capvault-enrollment-0"),
+        "invalid_argument: unsupported enrollment record format",
+        "unknown format string",
+    );
+
+    let chain_pinned = |name: &str,
+                        files: &[&str],
+                        devices: &[&str],
+                        issues: &[&str],
+                        clean: bool,
+                        rejected: &[&str],
+                        comment: &str| {
         vector(
             &dir,
             name,
@@ -716,12 +904,82 @@ fn write_bundle_vectors() {
                 ("kind", "chain".into()),
                 ("comment", comment.into()),
                 ("bundles", files.join(" ")),
+                ("devices", devices.join(" ")),
                 ("issues", issues.join(" ")),
                 ("clean", clean.to_string()),
+                ("rejected", rejected.join(" ")),
             ],
             b"",
         )
     };
+    let chain = |name: &str, files: &[&str], issues: &[&str], clean: bool, comment: &str| {
+        chain_pinned(name, files, &[], issues, clean, &[], comment)
+    };
+    chain(
+        "chain_two_streams.vec",
+        &["x25519_ok.cvb", "x25519_stream2.cvb", "x25519_ok_seq2.cvb"],
+        &[],
+        true,
+        "two user streams of one device: two chains, no conflict",
+    );
+    chain(
+        "chain_records_lost.vec",
+        &[
+            "x25519_ok.cvb",
+            "x25519_ok_seq2.cvb",
+            "x25519_seq3_lost.cvb",
+        ],
+        &["records_lost"],
+        true,
+        "a gap the device declares is explained",
+    );
+    chain(
+        "chain_record_gap.vec",
+        &["x25519_ok.cvb", "x25519_ok_seq2.cvb", "x25519_seq3_gap.cvb"],
+        &["record_gap"],
+        false,
+        "a gap the device does not declare",
+    );
+    chain_pinned(
+        "chain_pinned_ok.vec",
+        &["x25519_ok.cvb", "x25519_ok_seq2.cvb"],
+        &["enroll_device1.json"],
+        &[],
+        true,
+        &[],
+        "pinned by the device's enrollment record",
+    );
+    chain_pinned(
+        "chain_pinned_forged_first.vec",
+        &[
+            "other_device_key.cvb",
+            "x25519_ok.cvb",
+            "x25519_ok_seq2.cvb",
+        ],
+        &["enroll_device1.json"],
+        &["device_key_changed"],
+        false,
+        &["other_device_key.cvb"],
+        "a forger's bundle under the enrolled device id arrives first: only it is rejected",
+    );
+    chain_pinned(
+        "chain_pinned_unenrolled.vec",
+        &["x25519_ok.cvb", "unenrolled_device.cvb"],
+        &["enroll_device1.json"],
+        &["unenrolled_device"],
+        false,
+        &["unenrolled_device.cvb"],
+        "a device without an enrollment record",
+    );
+    chain_pinned(
+        "chain_pinned_by_forger.vec",
+        &["x25519_ok.cvb", "x25519_ok_seq2.cvb"],
+        &["enroll_other_key.json"],
+        &["device_key_changed", "device_key_changed"],
+        false,
+        &["x25519_ok.cvb", "x25519_ok_seq2.cvb"],
+        "pins from a forged enrollment record reject the device's real bundles",
+    );
     chain(
         "chain_ok.vec",
         &["x25519_ok.cvb", "x25519_ok_seq2.cvb"],
@@ -736,16 +994,18 @@ fn write_bundle_vectors() {
         true,
         "bundle 1 delivered again",
     );
-    chain(
+    chain_pinned(
         "chain_conflict.vec",
         &[
             "x25519_ok.cvb",
             "x25519_ok_seq2.cvb",
             "x25519_conflict_seq2.cvb",
         ],
+        &[],
         &["conflict"],
         false,
-        "two different bundles with sequence 2",
+        &["x25519_ok_seq2.cvb", "x25519_conflict_seq2.cvb"],
+        "two different bundles with sequence 2: neither is released",
     );
     chain(
         "chain_gap.vec",
@@ -754,16 +1014,22 @@ fn write_bundle_vectors() {
         false,
         "bundle 3 missing",
     );
-    chain(
+    chain_pinned(
         "chain_other_device_key.vec",
         &[
             "x25519_ok.cvb",
             "x25519_ok_seq2.cvb",
             "other_device_key.cvb",
         ],
-        &["device_key_changed"],
+        &[],
+        &["ambiguous_device_key"],
         false,
-        "bundle 3 from another key under the same device id",
+        &[
+            "x25519_ok.cvb",
+            "x25519_ok_seq2.cvb",
+            "other_device_key.cvb",
+        ],
+        "bundle 3 from another key under the same device id, no pins: all rejected",
     );
     chain(
         "chain_reordered.vec",

@@ -18,8 +18,12 @@ except ImportError as e:  # the Rust driver turns this into a failing test
     print(f"pyhpke is not importable ({e}); run: pip install pyhpke", file=sys.stderr)
     sys.exit(2)
 
-INFO = b"capvault bundle v1"
-RCHECK_CONTEXT = b"capvault bundle recipient check v1"
+# Per format version: HPKE info, recipient-check context, header length before the
+# purpose string (docs/FORMAT.md, "Bundles").
+VERSIONS = {
+    1: (b"capvault bundle v1", b"capvault bundle recipient check v1", 154),
+    2: (b"capvault bundle v2", b"capvault bundle recipient check v2", 178),
+}
 IDENTITY_PREFIX = "CVSECRET-X25519-1"
 
 
@@ -37,9 +41,10 @@ def identity_secret(text: str) -> bytes:
 def parse(bundle: bytes):
     assert bundle[:8] == b"CVBUNDLE", "magic"
     version, kem, kdf, aead = struct.unpack(">HHHH", bundle[8:16])
-    assert (version, kem, kdf, aead) == (1, 0x0020, 0x0001, 0x0003), "suite"
-    (purpose_len,) = struct.unpack(">H", bundle[152:154])
-    pos = 154 + purpose_len
+    assert version in VERSIONS and (kem, kdf, aead) == (0x0020, 0x0001, 0x0003), "suite"
+    fixed = VERSIONS[version][2]
+    (purpose_len,) = struct.unpack(">H", bundle[fixed - 2:fixed])
+    pos = fixed + purpose_len
     header = bundle[:pos]
     (enc_len,) = struct.unpack(">H", bundle[pos:pos + 2])
     pos += 2
@@ -52,20 +57,21 @@ def parse(bundle: bytes):
     ct = bundle[pos:pos + ct_len]
     pos += ct_len
     assert len(bundle) == pos + 64, "length"
-    return header, enc, rcheck, ct
+    return version, header, enc, rcheck, ct
 
 
 def main() -> int:
     data = open(sys.argv[1], "rb").read()
     if data.startswith(b"capvault bundle test vector\n"):
         data = data[data.index(b"\n\n") + 2:]
-    header, enc, rcheck, ct = parse(data)
+    version, header, enc, rcheck, ct = parse(data)
+    info, rcheck_context, _ = VERSIONS[version]
     sk = KEMKey.from_pyca_cryptography_key(
         X25519PrivateKey.from_private_bytes(identity_secret(sys.argv[2])))
     suite = CipherSuite.new(KEMId.DHKEM_X25519_HKDF_SHA256, KDFId.HKDF_SHA256,
                             AEADId.CHACHA20_POLY1305)
-    ctx = suite.create_recipient_context(enc, sk, info=INFO)
-    if ctx.export(RCHECK_CONTEXT, 16) != rcheck:
+    ctx = suite.create_recipient_context(enc, sk, info=info)
+    if ctx.export(rcheck_context, 16) != rcheck:
         print("recipient check differs: not sealed to this identity", file=sys.stderr)
         return 1
     payload = ctx.open(ct, aad=header)

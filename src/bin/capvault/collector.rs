@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde_json::{json, Value};
 
-use capvault::{ChainChecker, Error, Identity, Suite};
+use capvault::{ChainChecker, DevicePins, EnrollmentRecord, Error, Identity, Suite};
 
 use crate::output::{self, print_json, CliError, CliResult, EXIT_FAILURE, EXIT_INTEGRITY};
 
@@ -78,7 +78,13 @@ pub struct OpenArgs {
     /// The collector identity file (from `capvault recipient new`).
     #[arg(long, value_name = "FILE")]
     pub identity: PathBuf,
-    /// Bundle files (.cvb). Opened in device and sequence order whatever the order given.
+    /// Enrollment records (from `capvault enroll`) of the devices whose bundles may be
+    /// released: a bundle from another device, or under an enrolled device id but
+    /// signed by another key, is rejected and none of its events are written.
+    #[arg(long, value_name = "RECORD", num_args = 1..)]
+    pub devices: Vec<PathBuf>,
+    /// Bundle files (.cvb; `-` reads one bundle from stdin). Opened in device, stream and
+    /// sequence order whatever the order given.
     #[arg(value_name = "BUNDLE", required = true)]
     pub bundles: Vec<PathBuf>,
     /// Write screenshots and other binary payloads as files here instead of base64.
@@ -86,115 +92,197 @@ pub struct OpenArgs {
     pub blobs_dir: Option<PathBuf>,
 }
 
+/// Reads enrollment records and pins their keys.
+fn read_pins(paths: &[PathBuf]) -> CliResult<DevicePins> {
+    let mut pins = DevicePins::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            CliError::failure(format!(
+                "cannot read enrollment record {}: {e}",
+                path.display()
+            ))
+        })?;
+        let record = EnrollmentRecord::from_json(&text).map_err(|e| match e {
+            capvault_format::Error::Tampered(m) => {
+                CliError::integrity(format!("{}: {m}", path.display()))
+            }
+            other => CliError::failure(format!("{}: {other}", path.display())),
+        })?;
+        pins.add(&record)
+            .map_err(|e| CliError::integrity(format!("{}: {e}", path.display())))?;
+    }
+    Ok(pins)
+}
+
+/// The bundles given on the command line, read once (stdin can only be read once).
+fn read_bundles(paths: &[PathBuf]) -> Vec<(PathBuf, CliResult<Vec<u8>>)> {
+    paths
+        .iter()
+        .map(|p| {
+            let bytes = if p.as_os_str() == "-" {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                    .map(|_| buf)
+                    .map_err(|e| CliError::failure(format!("cannot read a bundle from stdin: {e}")))
+            } else {
+                read_bundle(p)
+            };
+            (p.clone(), bytes)
+        })
+        .collect()
+}
+
 pub fn open(a: &OpenArgs, json: bool) -> CliResult<()> {
     let identity = read_identity(&a.identity)?;
+    let pins = if a.devices.is_empty() {
+        None
+    } else {
+        Some(read_pins(&a.devices)?)
+    };
+    if a.bundles.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
+        return Err(CliError::usage("`-` (stdin) can stand for one bundle only"));
+    }
     if let Some(d) = &a.blobs_dir {
         std::fs::create_dir_all(d).map_err(|e| {
             CliError::failure(format!("cannot create --blobs-dir {}: {e}", d.display()))
         })?;
     }
     let mut worst: Option<CliError> = None;
-    let mut note = |e: CliError| {
-        eprintln!("error: {}", e.message);
+    let mut failed: Vec<Value> = Vec::new();
+    let mut note = |path: &Path, e: CliError| {
+        if !json {
+            eprintln!("error: {}", e.message);
+        }
+        failed.push(json!({ "file": path.display().to_string(), "error": e.message }));
         if worst.as_ref().is_none_or(|w| e.code > w.code) {
             worst = Some(CliError::silent(e.code));
         }
     };
-    // Pass 1: check signatures and order by device and bundle sequence.
+    // Pass 1: signatures and headers only (no plaintext yet); the chain verdict.
+    let mut checker = match pins {
+        Some(p) => ChainChecker::with_pins(p),
+        None => ChainChecker::new(),
+    };
     let mut order = Vec::new();
-    for path in &a.bundles {
-        match read_bundle(path) {
-            Ok(bytes) => match capvault::inspect_bundle(&bytes) {
-                Ok(ins) => order.push((
-                    *ins.header.device_id(),
-                    ins.header.bundle_seq(),
-                    path.clone(),
-                )),
-                Err(e) => note(bundle_error(path, e)),
-            },
-            Err(e) => note(e),
+    for (path, bytes) in read_bundles(&a.bundles) {
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => {
+                note(&path, e);
+                continue;
+            }
+        };
+        match capvault::inspect_bundle(&bytes) {
+            Ok(ins) => {
+                checker.add_inspected(&ins);
+                let h = &ins.header;
+                let key = (*h.device_id(), *h.stream_id(), h.bundle_seq(), ins.digest);
+                order.push((key, path, bytes));
+            }
+            Err(e) => note(&path, bundle_error(&path, e)),
         }
     }
-    order.sort();
-    // Pass 2: open and write the events.
+    let report = checker.report();
+    order.sort_by_key(|o| o.0);
+    // Retries of one bundle: open it once.
+    order.dedup_by(|later, first| later.0 == first.0);
+    // Pass 2: open the accepted bundles in chain order; a bundle's events are written
+    // only once it has fully opened and checked.
     let pb = if std::io::stderr().is_terminal() {
         output::bar(order.len() as u64, "opening")
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let mut checker = ChainChecker::new();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut events = 0usize;
-    let mut opened = 0usize;
-    for (_, _, path) in &order {
+    let (mut events, mut opened, mut rejected) = (0usize, 0usize, 0usize);
+    for ((_, _, _, digest), path, bytes) in &order {
         pb.inc(1);
-        let bytes = match read_bundle(path) {
-            Ok(b) => b,
-            Err(e) => {
-                note(e);
-                continue;
-            }
-        };
-        match capvault::open_bundle(&bytes, &identity) {
+        if !report.accepts(digest) {
+            rejected += 1;
+            continue;
+        }
+        match capvault::open_bundle(bytes, &identity) {
             Ok(b) => {
-                checker.add_opened(&b);
-                capvault::write_json_lines(&b.events, &mut out, a.blobs_dir.as_deref())?;
+                capvault::write_bundle_json_lines(&b, &mut out, a.blobs_dir.as_deref())?;
                 events += b.events.len();
                 opened += 1;
             }
-            Err(e) => note(bundle_error(path, e)),
+            Err(e) => note(path, bundle_error(path, e)),
         }
     }
     out.flush()?;
     drop(out);
     pb.finish_and_clear();
-    let report = checker.report();
+    let clean = report.is_clean() && failed.is_empty();
     if json {
         let v = json!({
-            "bundles_opened": opened,
             "bundles_given": a.bundles.len(),
+            "bundles_opened": opened,
+            "bundles_rejected": rejected,
             "events": events,
-            "chain_clean": report.is_clean(),
+            "keys_pinned": report.pinned,
+            "chain_clean": clean,
+            "failed": failed,
             "chain": serde_json::to_value(&report).expect("report serializes"),
         });
         eprintln!("{}", serde_json::to_string(&v).expect("JSON"));
     } else {
-        for d in &report.devices {
-            eprintln!(
-                "chain: device {}: {} bundle(s), sequence {}..={}{}",
-                d.device_id,
-                d.bundles,
-                d.first_seq,
-                d.last_seq,
-                if d.issues.iter().any(|i| i.is_integrity_failure()) {
-                    ": PROBLEMS"
-                } else {
-                    ": ok"
-                }
-            );
-            for i in &d.issues {
-                let tag = if i.is_integrity_failure() {
-                    "problem"
-                } else {
-                    "note"
-                };
-                eprintln!("  {tag}: {i}");
+        print_chain_report(&report);
+        eprintln!(
+            "{opened} bundle(s) opened, {events} event(s) written{}",
+            if rejected > 0 {
+                format!(", {rejected} bundle(s) rejected (none of their events written)")
+            } else {
+                String::new()
             }
+        );
+        if !report.pinned {
+            eprintln!(
+                "note: device keys were not pinned: pass --devices with the devices' \
+                 enrollment records (`capvault enroll`) to reject bundles from any other key"
+            );
         }
-        eprintln!("{opened} bundle(s) opened, {events} event(s) written");
     }
     if !report.is_clean() {
-        let e = CliError::integrity(
-            "the bundle chain has gaps or conflicts (see above): data is missing or not authentic",
-        );
-        eprintln!("error: {}", e.message);
+        if !json {
+            eprintln!(
+                "error: the bundle chain has gaps, conflicts or foreign signers (see above): \
+                 data is missing or not authentic"
+            );
+        }
         return Err(CliError::silent(EXIT_INTEGRITY));
     }
     match worst {
         Some(w) => Err(w),
         None if opened == 0 => Err(CliError::silent(EXIT_FAILURE)),
         None => Ok(()),
+    }
+}
+
+fn print_chain_report(report: &capvault::ChainReport) {
+    for d in &report.devices {
+        eprintln!(
+            "chain: device {} stream {}: {} bundle(s), sequence {} to {}{}",
+            d.device_id,
+            d.stream_id,
+            d.bundles,
+            d.first_seq,
+            d.last_seq,
+            if d.issues.iter().any(|i| i.is_integrity_failure()) {
+                ": PROBLEMS"
+            } else {
+                ": ok"
+            }
+        );
+        for i in &d.issues {
+            let tag = if i.is_integrity_failure() {
+                "problem"
+            } else {
+                "note"
+            };
+            eprintln!("  {tag}: {i}");
+        }
     }
 }
 

@@ -40,9 +40,9 @@ pub use keys::keystore::KeyStoreKind;
 pub use log::VerifyReport;
 pub use options::VaultOptions;
 pub use policy::{BudgetAction, KeystrokeLevel, Policy};
-pub use upload::{UploadOptions, UploadStatus};
 #[cfg(feature = "upload")]
 pub use upload::{UploadError, UploadReport};
+pub use upload::{UploadOptions, UploadStatus};
 pub use vault::{Appended, EpochStatus, PauseState, Status, Vault};
 
 /// Hooks for crash-safety tests. Never enable the `test-hooks` feature in production.

@@ -199,10 +199,7 @@ mod tests {
     fn retry_after_is_capped_and_floored() {
         let mut b = Backoff::default();
         assert_eq!(b.fail_after(Duration::ZERO), BACKOFF_MIN);
-        assert_eq!(
-            b.fail_after(Duration::from_secs(7)),
-            Duration::from_secs(7)
-        );
+        assert_eq!(b.fail_after(Duration::from_secs(7)), Duration::from_secs(7));
         assert_eq!(b.fail_after(Duration::from_secs(86_400)), BACKOFF_MAX);
         assert_eq!(b.failures(), 3);
     }
@@ -210,7 +207,10 @@ mod tests {
     #[test]
     fn retry_after_seconds_and_http_dates() {
         assert_eq!(parse_retry_after("2", 0), Some(Duration::from_secs(2)));
-        assert_eq!(parse_retry_after(" 120 ", 0), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after(" 120 ", 0),
+            Some(Duration::from_secs(120))
+        );
         // RFC 9110's example date is 784111777 seconds after the epoch.
         let date = "Sun, 06 Nov 1994 08:49:37 GMT";
         assert_eq!(parse_imf_fixdate(date), Some(784_111_777));
@@ -223,15 +223,18 @@ mod tests {
             parse_retry_after(date, 784_111_777 + 30),
             Some(Duration::ZERO)
         );
-        assert_eq!(
-            parse_imf_fixdate("Thu, 01 Jan 1970 00:00:00 GMT"),
-            Some(0)
-        );
+        assert_eq!(parse_imf_fixdate("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
         assert_eq!(
             parse_imf_fixdate("Sat, 29 Feb 2020 12:00:00 GMT"),
             Some(1_582_977_600)
         );
-        for bad in ["", "-1", "soon", "Sun, 06 Nov 1994 08:49:37 CET", "Sun, 06 Foo 1994 08:49:37 GMT"] {
+        for bad in [
+            "",
+            "-1",
+            "soon",
+            "Sun, 06 Nov 1994 08:49:37 CET",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+        ] {
             assert_eq!(parse_retry_after(bad, 0), None, "{bad}");
         }
     }

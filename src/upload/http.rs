@@ -39,11 +39,7 @@ impl Reply {
             Ok(ApiError { error: Some(e), .. }) => e,
             _ => String::from_utf8_lossy(&self.body).into_owned(),
         };
-        let text: String = text
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(300)
-            .collect();
+        let text: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
         if text.is_empty() {
             format!("HTTP {}", self.status)
         } else {
@@ -92,7 +88,12 @@ impl Client {
             .with_config()
             .limit(MAX_REPLY_BYTES)
             .read_to_vec()
-            .map_err(|e| format!("reading the collector's reply failed: {}", transport_error(&e)))?;
+            .map_err(|e| {
+                format!(
+                    "reading the collector's reply failed: {}",
+                    transport_error(&e)
+                )
+            })?;
         Ok(Reply {
             status,
             retry_after,

@@ -64,7 +64,7 @@ pub struct UploadStatus {
     pub last_attempt_us: Option<TimestampUs>,
     /// Why the most recent cycle failed; `None` once a cycle succeeds again.
     pub last_error: Option<String>,
-    /// When the next cycle is due.
+    /// When the next cycle is due (`None` while a request is in flight).
     pub next_attempt_us: Option<TimestampUs>,
     /// True once this device is enrolled with the collector at `url` (through
     /// `upload.token`).
@@ -202,8 +202,11 @@ impl Shared {
         self.lock().enrolled = enrolled;
     }
 
+    /// A request starts now; the next attempt is unknown until it ends.
     fn attempt(&self, at: TimestampUs) {
-        self.lock().last_attempt_us = Some(at);
+        let mut s = self.lock();
+        s.last_attempt_us = Some(at);
+        s.next_attempt_us = None;
     }
 
     fn uploaded(&self, bytes: u64, at: TimestampUs) {

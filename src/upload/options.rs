@@ -130,8 +130,7 @@ impl CollectorUrl {
             "http" => false,
             _ => return Err(bad("the scheme must be https (or http to a loopback host)")),
         };
-        if rest.contains(['?', '#']) || url.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
+        if rest.contains(['?', '#']) || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(bad("a query, fragment or whitespace is not allowed"));
         }
         let authority = rest.split('/').next().unwrap_or_default();
@@ -219,7 +218,9 @@ mod tests {
             assert!(e.to_string().contains("upload.url"), "{e}");
         }
         assert_eq!(
-            CollectorUrl::parse("https://h/p/").unwrap().endpoint("/v1/bundles"),
+            CollectorUrl::parse("https://h/p/")
+                .unwrap()
+                .endpoint("/v1/bundles"),
             "https://h/p/v1/bundles"
         );
     }

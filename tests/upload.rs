@@ -399,8 +399,11 @@ fn a_receipt_under_another_key_is_refused_and_nothing_is_pruned() {
 #[test]
 fn retry_after_is_honoured() {
     let mut c = Collector::init();
-    // No upload slot at all: every bundle gets 429 with Retry-After.
-    c.start(&["--max-in-flight", "0"]);
+    c.start(&[]);
+    // Its blob store turns into a file: every bundle gets 503 with Retry-After.
+    let store = c.dir.path().join("bundles");
+    std::fs::remove_dir_all(&store).unwrap();
+    std::fs::write(&store, b"").unwrap();
     let keys = identity();
     let dir = tempfile::tempdir().unwrap();
     let v = Vault::open(
@@ -424,7 +427,7 @@ fn retry_after_is_honoured() {
                 attempts.push(a);
             }
         }
-        assert!(Instant::now() < deadline, "{attempts:?}");
+        assert!(Instant::now() < deadline, "{attempts:?} {s:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
     for w in attempts.windows(2) {

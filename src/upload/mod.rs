@@ -226,6 +226,8 @@ impl Shared {
 
     fn failed(&self, error: String, failures: u32, next: TimestampUs) {
         let mut s = self.lock();
+        // A wake-up asked for during the failed cycle does not cut the backoff short.
+        s.wake = false;
         s.last_error = Some(error);
         s.consecutive_failures = failures;
         s.next_attempt_us = Some(next);

@@ -409,3 +409,80 @@ impl Vault {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_formats_to_an_actionable_message() {
+        let all = [
+            UploadError::Network("the collector refused the connection".into()),
+            UploadError::Busy {
+                reply: "HTTP 429".into(),
+                retry_after: Duration::from_secs(2),
+            },
+            UploadError::Enrollment("the enrollment token was refused".into()),
+            UploadError::Rejected("HTTP 403".into()),
+            UploadError::BadReceipt("wrong key".into()),
+            UploadError::Vault(Error::Closed),
+        ];
+        for e in all {
+            let s = e.to_string();
+            assert!(s.len() > 10, "{s}");
+        }
+    }
+
+    fn reply(status: u16, retry_after: Option<&str>, body: &str) -> Reply {
+        Reply {
+            status,
+            retry_after: retry_after.map(str::to_string),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn replies_map_to_how_they_are_retried() {
+        let api = r#"{"error": "slow down", "code": "busy"}"#;
+        let e = classify(&reply(429, Some("7"), api), "bundle");
+        assert!(
+            matches!(e, UploadError::Busy { retry_after, .. } if retry_after == Duration::from_secs(7))
+        );
+        assert!(e.to_string().contains("busy: slow down"), "{e}");
+        assert!(matches!(classify(&reply(503, Some("99999"), ""), "bundle"),
+            UploadError::Busy { retry_after, .. } if retry_after == BACKOFF_MAX));
+        // Busy without a usable Retry-After falls back to the exponential backoff.
+        assert!(matches!(
+            classify(&reply(503, None, ""), "bundle").retry(),
+            Retry::Backoff
+        ));
+        for status in [400, 403, 409, 413] {
+            let e = classify(&reply(status, None, api), "bundle");
+            assert!(matches!(e.retry(), Retry::Long), "{status}: {e}");
+            assert!(e.to_string().contains(&status.to_string()), "{e}");
+        }
+        assert!(classify(&reply(413, None, ""), "bundle")
+            .to_string()
+            .contains("max_bundle_bytes"));
+        assert!(classify(&reply(403, None, ""), "bundle")
+            .to_string()
+            .contains("revoked"));
+        for status in [500, 502, 404] {
+            assert!(matches!(
+                classify(&reply(status, None, ""), "bundle").retry(),
+                Retry::Backoff
+            ));
+        }
+    }
+
+    #[test]
+    fn reply_text_is_bounded_and_printable() {
+        let long = format!(
+            "{{\"error\": \"{}\u{7}\", \"code\": \"x\"}}",
+            "a".repeat(10_000)
+        );
+        let t = reply(400, None, &long).error_text();
+        assert!(t.len() < 400 && !t.contains('\u{7}'), "{t}");
+        assert_eq!(reply(502, None, "").error_text(), "HTTP 502");
+    }
+}

@@ -11,7 +11,9 @@
 //! 3. check the reply names this bundle, verify the receipt against
 //!    `collector_receipt_key`, and only then `ack` (records are pruned);
 //! 4. repeat while bundles are pending, paced by `max_bytes_per_sec`; then sleep until
-//!    the next check (`interval_secs`) with one timer and no other wakeups.
+//!    the next check (`interval_secs`) with one timer. A flush that leaves a full
+//!    bundle's worth (`max_bundle_bytes`) waiting wakes it early; an idle vault has no
+//!    other wakeups.
 //!
 //! Failures: transport errors and 5xx back off exponentially with full jitter from 1 s
 //! to 15 min; 429 and 503 wait as `Retry-After` says; rejections that a retry of the
@@ -151,6 +153,15 @@ impl Shared {
         }
     }
 
+    /// Called after a successful flush with the stored bytes not yet acknowledged: wakes
+    /// the uploader early once a full bundle is waiting (smaller amounts wait for the
+    /// next check, so frequent flushes do not turn into many small bundles).
+    pub(crate) fn flushed(&self, stored_bytes: u64) {
+        if stored_bytes >= self.max_bundle_bytes as u64 {
+            self.wake();
+        }
+    }
+
     fn stopping(&self) -> bool {
         self.lock().stop
     }
@@ -247,6 +258,21 @@ mod tests {
         assert_eq!(s.status(1).pending_bundles, 1);
         assert_eq!(s.status(2001).pending_bundles, 3);
         assert_eq!(s.status(0).url, "https://h");
+    }
+
+    #[test]
+    fn a_full_bundle_wakes_the_uploader_unless_it_backs_off() {
+        let mut o = UploadOptions::new("https://h", "r");
+        o.max_bundle_bytes = 1000;
+        let s = Shared::new(&o);
+        s.flushed(999);
+        assert!(!s.lock().wake);
+        s.flushed(1000);
+        assert!(s.wait_until(Instant::now() + Duration::from_secs(3600)));
+        assert!(!s.lock().wake, "a wake-up is used once");
+        s.failed("down".into(), 1, 0);
+        s.flushed(5000);
+        assert!(!s.lock().wake, "no early wake-up during a backoff");
     }
 
     #[test]

@@ -702,7 +702,11 @@ impl Inner {
             let mut p = self.producer();
             self.request_flush(&mut p)?
         };
-        wait.recv().map_err(|_| Error::Closed)?
+        wait.recv().map_err(|_| Error::Closed)??;
+        if let Some(upload) = &self.upload {
+            upload.flushed(self.log.lock().bytes());
+        }
+        Ok(())
     }
 
     /// Flushes while keeping the append lock: on return every appended event is stored

@@ -230,7 +230,9 @@ void capvault_string_free(char *s);
  *   rotation;
  * - `cache_bytes` (integer, default 16777216, at least 1048576): storage cache;
  * - `collector_receipt_key` (string "cvreceipt-ed25519-1...", default null): when set,
- *   `capvault_ack` releases data only with a receipt signed by that collector;
+ *   `capvault_ack` releases data only with a receipt signed by that collector. The
+ *   vault keeps the key: later opens without it still require its receipts; another
+ *   key replaces it and "none" removes it (both recorded in the audit ledger);
  * - `policy` (object): `version` (integer, default 1), `purpose` (string, default
  *   "activity-capture"), `keystrokes` ("none", "timing", "categories" (default),
  *   "codes", "text"), `deny_apps` (array of app names), `deny_titles` (array of
@@ -404,9 +406,11 @@ capvault_result capvault_status_json(capvault *v, char **out_json);
  * recipient string such as "cvrecip-x25519-1..."), at most about `max_bytes` of
  * records (at least one record is always included).
  *
- * On success `*out` is the new bundle, or NULL when nothing is pending. Until the
- * bundle is acknowledged with `capvault_ack`, the next call offers the same records
- * again. The caller owns the bundle and frees it with `capvault_bundle_free`.
+ * On success `*out` is the new bundle, or NULL when nothing is pending. The vault keeps
+ * a sealed bundle until it is acknowledged with `capvault_ack`: every call until then
+ * returns the same bytes and id (also after a crash or reopen, whatever `max_bytes`
+ * is); another recipient meanwhile gives `CAPVAULT_ERR_INVALID_ARGUMENT`. The caller
+ * owns the bundle and frees it with `capvault_bundle_free`.
  *
  * `recipient` and `out` must not be NULL. A malformed recipient (wrong prefix,
  * checksum, or length) gives `CAPVAULT_ERR_INVALID_ARGUMENT`. `*out` is written only

@@ -62,6 +62,8 @@ pub enum Op {
     Resume,
     /// Crypto-shred the user; the owner's handle then reports the vault erased.
     Erase,
+    /// `Vault::enrollment_record` (answer: `{"record": {enrollment record}}`).
+    Enroll,
 }
 
 /// A request file.
@@ -220,6 +222,12 @@ fn execute(inner: &Inner, op: &Op) -> Result<serde_json::Value> {
         Op::Erase => {
             inner.erase_in_place()?;
             serde_json::json!({})
+        }
+        Op::Enroll => {
+            let record: serde_json::Value =
+                serde_json::from_str(&inner.enrollment_record()?.to_json())
+                    .expect("an enrollment record is JSON");
+            serde_json::json!({ "record": record })
         }
     })
 }

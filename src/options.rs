@@ -34,7 +34,10 @@ pub struct VaultOptions {
     /// Memory the storage engine may use as cache, in bytes (default 16 MiB).
     pub cache_bytes: u64,
     /// Collector receipt key (`cvreceipt-ed25519-1...`). When set, `ack` prunes only with a
-    /// valid receipt signed by that collector.
+    /// valid receipt signed by that collector. The vault keeps the key: later opens
+    /// without one still require its receipts; another key replaces it and `"none"`
+    /// removes it (both recorded in the audit ledger). After open this holds the key in
+    /// force.
     pub collector_receipt_key: Option<String>,
     /// Privacy policy enforced by the vault.
     pub policy: Policy,

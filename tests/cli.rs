@@ -295,6 +295,7 @@ fn help_shows_an_example_for_every_command() {
         vec!["seal"],
         vec!["ack"],
         vec!["erase"],
+        vec!["enroll"],
         vec!["show"],
         vec!["audit"],
         vec!["recipient", "new"],
@@ -885,4 +886,125 @@ fn without_a_usable_keychain_nothing_is_written() {
         !dir.exists(),
         "no vault directory (and so no data) was created"
     );
+}
+
+#[test]
+fn seal_retries_are_identical_enroll_works_held_or_not_and_the_receipt_key_sticks() {
+    let f = Fixture::new(KeyStoreKind::Keyutils);
+    let id_file = f.root.join("collector.identity");
+    let other_file = f.root.join("other.identity");
+    let mut keys = Vec::new();
+    for file in [&id_file, &other_file] {
+        let out = run(&[
+            "recipient",
+            "new",
+            "--json",
+            "--out",
+            file.to_str().unwrap(),
+        ]);
+        assert_ok(&out, &["recipient new"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        keys.push((
+            v["recipient"].as_str().unwrap().to_string(),
+            v["receipt_key"].as_str().unwrap().to_string(),
+        ));
+    }
+    let (recipient, receipt_key) = keys[0].clone();
+    let (other_recipient, other_key) = keys[1].clone();
+    f.init();
+    capture(&f, 50);
+    let outbox = f.root.join("outbox");
+    let seal = |to: &str| {
+        f.run(&[
+            "seal",
+            "--json",
+            "--to",
+            to,
+            "--out-dir",
+            outbox.to_str().unwrap(),
+        ])
+    };
+    let a: Value = serde_json::from_slice(&seal(&recipient).stdout).unwrap();
+    let a = a["bundles"][0].clone();
+    let file = a["file"].as_str().unwrap().to_string();
+    let bytes = std::fs::read(&file).unwrap();
+    capture(&f, 10);
+    let b: Value = serde_json::from_slice(&seal(&recipient).stdout).unwrap();
+    assert_eq!(b["bundles"][0]["id"], a["id"], "a retry is the same bundle");
+    assert_eq!(std::fs::read(&file).unwrap(), bytes);
+    // Sealing to another collector while one is pending: refused, both named.
+    let out = seal(&other_recipient);
+    assert_fails(&out, 1, &recipient);
+    assert!(text(&out.stderr).contains(&other_recipient));
+
+    // Enrollment: a record that verifies and names the key that signed the bundle.
+    let enroll_file = f.root.join("device.enroll.json");
+    let r = f.json(&["enroll", "--out", enroll_file.to_str().unwrap()]);
+    let record =
+        capvault::EnrollmentRecord::from_json(&std::fs::read_to_string(&enroll_file).unwrap())
+            .unwrap();
+    assert_eq!(r["device_id"], record.device_id_hex());
+    assert_eq!(r["path"], enroll_file.display().to_string());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&enroll_file)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let inspected = capvault::inspect_bundle(&bytes).unwrap();
+    assert_eq!(inspected.header.device_key(), &record.device_key());
+    let out = f.run(&["enroll", "--out", "-"]);
+    assert_ok(&out, &["enroll --out -"]);
+    assert_eq!(text(&out.stdout).trim(), record.to_json());
+    {
+        let _server = f.serve();
+        let out = f.run(&["enroll", "--out", "-"]);
+        assert_ok(&out, &["enroll through the hand-off"]);
+        assert_eq!(text(&out.stdout).trim(), record.to_json());
+    }
+
+    // Configure the receipt key once (this ack fails: no receipt) ...
+    let id = a["id"].as_str().unwrap();
+    let out = f.run(&["ack", id, "--receipt-key", &receipt_key]);
+    assert_fails(&out, 1, "receipt");
+    // ... and it stays required without --receipt-key.
+    let out = f.run(&["ack", id]);
+    assert_fails(&out, 1, &receipt_key);
+    // A receipt from another collector is a configuration mistake (exit 1), naming both.
+    // (`capvault receipt` only signs bundles sealed to its identity: sign directly.)
+    let wrong = f.root.join("wrong-receipts.txt");
+    let other = Identity::read_from_file(&other_file).unwrap();
+    let receipt = other.receipt_for(&inspected.digest);
+    std::fs::write(
+        &wrong,
+        format!(
+            "{} {}\n",
+            inspected.id,
+            data_encoding::BASE64.encode(&receipt)
+        ),
+    )
+    .unwrap();
+    let out = f.run(&["ack", "--receipt", wrong.to_str().unwrap()]);
+    assert_fails(&out, 1, &other_key);
+    assert!(text(&out.stderr).contains(&receipt_key));
+    assert!(f.json(&["status"])["records"].as_u64().unwrap() > 0);
+    let good = f.root.join("receipts.txt");
+    let args = [
+        "receipt",
+        "--identity",
+        id_file.to_str().unwrap(),
+        &file,
+        "--out",
+        good.to_str().unwrap(),
+    ];
+    assert_ok(&run(&args), &args);
+    let acked = f.json(&["ack", "--receipt", good.to_str().unwrap()]);
+    assert_eq!(acked["acknowledged"][0], a["id"]);
+    // The next bundle follows it in the same stream.
+    let c: Value = serde_json::from_slice(&seal(&recipient).stdout).unwrap();
+    let next = std::fs::read(c["bundles"][0]["file"].as_str().unwrap()).unwrap();
+    let next = capvault::inspect_bundle(&next).unwrap();
+    assert_eq!(next.header.bundle_seq(), 2);
+    assert_eq!(next.header.prev_digest(), &inspected.digest);
+    assert_eq!(next.header.stream_id(), inspected.header.stream_id());
 }

@@ -8,7 +8,10 @@
 //! now and then a ~200 KB screenshot, flushes every few hundred events and prints
 //! `DURABLE <x>` after each flush; sometimes it seals a bundle, stores the bundle file
 //! (the "upload") and acknowledges it. The parent kills it after a delay drawn from the
-//! cycle's seed, opens the vault and accounts for every event.
+//! cycle's seed (some kills land right after a seal, before its ack), opens the vault
+//! and accounts for every event. A bundle sealed and not acknowledged must come back
+//! byte for byte after the kill, and no bundle sequence number is ever sealed twice
+//! with different bytes.
 //!
 //! Reproduce a failure with `CAPVAULT_CRASH_SEED=<seed printed in the failure>`;
 //! `CAPVAULT_CRASH_CYCLES` changes the number of cycles (default 120).
@@ -172,6 +175,12 @@ struct Books {
     shots_seen: BTreeSet<i64>,
     /// Every acknowledged bundle, as a collector would check them.
     chain: ChainChecker,
+    /// The digest of every bundle sequence number sealed so far: a retry after a crash
+    /// must be the very same bundle (the outbox), never a new sealing.
+    sealed: BTreeMap<u64, ([u8; 32], String)>,
+    /// Kills between a seal and its acknowledgement after which the reopened vault
+    /// offered the same bytes again.
+    outbox_checks: u64,
 }
 
 /// What one child printed.
@@ -217,6 +226,8 @@ enum Kill {
     AfterSpawn(Duration),
     /// This long after it reported the vault open.
     AfterOpen(Duration),
+    /// This long after it reported a sealed bundle (between seal and ack).
+    AfterSeal(Duration),
 }
 
 /// Runs one child and kills it with SIGKILL. Returns what it printed.
@@ -238,6 +249,7 @@ fn run_child(dir: &Path, books: &Books, cycle: u64, seed: u64, kill: Kill) -> Ch
         .spawn()
         .expect("the test binary re-runs itself");
     let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+    let (sealed_tx, sealed_rx) = std::sync::mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     let out = std::thread::spawn(move || {
         let mut text = String::new();
@@ -245,6 +257,9 @@ fn run_child(dir: &Path, books: &Books, cycle: u64, seed: u64, kill: Kill) -> Ch
             let Ok(line) = line else { break };
             if line == "OPENED" {
                 let _ = opened_tx.send(());
+            }
+            if line.starts_with("SEALED ") {
+                let _ = sealed_tx.send(());
             }
             text.push_str(&line);
             text.push('\n');
@@ -260,6 +275,13 @@ fn run_child(dir: &Path, books: &Books, cycle: u64, seed: u64, kill: Kill) -> Ch
                 std::thread::sleep(d);
             }
         }
+        Kill::AfterSeal(d) => {
+            // Children that happen not to seal soon are killed anyway.
+            if opened_rx.recv_timeout(Duration::from_secs(20)).is_ok() {
+                let _ = sealed_rx.recv_timeout(Duration::from_secs(3));
+                std::thread::sleep(d);
+            }
+        }
     }
     let exited_early = child.try_wait().unwrap();
     child.kill().unwrap(); // SIGKILL
@@ -267,7 +289,7 @@ fn run_child(dir: &Path, books: &Books, cycle: u64, seed: u64, kill: Kill) -> Ch
     let stdout = out.join().unwrap();
     let stderr = err.join().unwrap();
     let log = parse_child(&stdout);
-    if exited_early.is_some() || (matches!(kill, Kill::AfterOpen(_)) && !log.opened) {
+    if exited_early.is_some() || (!matches!(kill, Kill::AfterSpawn(_)) && !log.opened) {
         panic!(
             "cycle {cycle} (seed {seed}): the child exited by itself ({exited_early:?}) or never \
              opened the vault\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
@@ -308,14 +330,28 @@ fn check_after_kill(dir: &Path, books: &mut Books, log: &ChildLog) -> Result<(),
         .collect();
     files.sort();
     // A bundle was acknowledged iff its events left the vault (after the reopen has
-    // completed any acknowledgement the kill interrupted). Of several sealings of one
-    // bundle sequence number only the last can have been acknowledged.
+    // completed any acknowledgement the kill interrupted). Every sealing of one bundle
+    // sequence number is the same bundle (the outbox), so any copy may be the acked one.
     let mut acked_now: BTreeMap<u64, (String, capvault::OpenedBundle)> = BTreeMap::new();
+    let mut offered: Option<(String, Vec<u8>)> = None;
     for name in &files {
         books.seen_files.insert(name.clone());
         let bytes = std::fs::read(books.bundles.join(name)).unwrap();
         let b = open_bundle(&bytes, &books.identity)
             .map_err(|e| format!("bundle {name} does not open: {e}"))?;
+        let seq = b.header.bundle_seq();
+        match books.sealed.get(&seq) {
+            Some((d, first)) if *d != b.digest => {
+                return Err(format!(
+                    "bundles {first} and {name} are two different sealings of bundle {seq}: \
+                     a retry must return the sealed bytes"
+                ))
+            }
+            Some(_) => {}
+            None => {
+                books.sealed.insert(seq, (b.digest, name.clone()));
+            }
+        }
         let present = b
             .events
             .iter()
@@ -328,6 +364,7 @@ fn check_after_kill(dir: &Path, books: &mut Books, log: &ChildLog) -> Result<(),
                     b.id
                 ));
             }
+            offered = Some((name.clone(), bytes));
             continue; // offered, not acknowledged: it will be offered again
         }
         if present != 0 {
@@ -370,6 +407,20 @@ fn check_after_kill(dir: &Path, books: &mut Books, log: &ChildLog) -> Result<(),
         }
         books.acked.insert(seq, (name, b.id.clone()));
         books.acks_seen += 1;
+    }
+
+    // A bundle sealed and not acknowledged before the kill comes back byte for byte.
+    if let Some((name, bytes)) = offered {
+        let again = v
+            .seal_next(&books.identity.recipient(), 1 << 20)
+            .map_err(|e| format!("seal after the kill failed: {e}"))?
+            .ok_or_else(|| format!("bundle {name} was sealed, not acknowledged, and is gone"))?;
+        if again.bytes() != bytes.as_slice() {
+            return Err(format!(
+                "after the kill the vault offers other bytes than bundle {name}"
+            ));
+        }
+        books.outbox_checks += 1;
     }
 
     // The acknowledged bundles form one unbroken chain from bundle 1.
@@ -472,6 +523,8 @@ fn kill_9_at_random_moments_loses_no_flushed_event() {
         acks_seen: 0,
         shots_seen: BTreeSet::new(),
         chain: ChainChecker::new(),
+        sealed: BTreeMap::new(),
+        outbox_checks: 0,
     };
     let started = Instant::now();
     let mut kills_after_open = 0;
@@ -482,6 +535,7 @@ fn kill_9_at_random_moments_loses_no_flushed_event() {
         // recovering from the previous kill).
         let kill = match rng.below(8) {
             0 => Kill::AfterSpawn(Duration::from_millis(rng.below(120))),
+            1 | 2 => Kill::AfterSeal(Duration::from_micros(rng.below(3000))),
             _ => Kill::AfterOpen(Duration::from_millis(rng.below(250))),
         };
         let log = run_child(&dir, &books, cycle, seed, kill);
@@ -496,17 +550,24 @@ fn kill_9_at_random_moments_loses_no_flushed_event() {
     }
     eprintln!(
         "{cycles} kills ({kills_after_open} after the vault was open) in {:.1} s: \
-         {} mouse moves durable, {} acknowledged bundles, {} events released, {} screenshots",
+         {} mouse moves durable, {} acknowledged bundles, {} events released, {} screenshots, \
+         {} pending bundles offered again after the kill",
         started.elapsed().as_secs_f64(),
         books.durable + 1,
         books.acks_seen,
         books.released.len(),
-        books.shots_seen.len()
+        books.shots_seen.len(),
+        books.outbox_checks
     );
     // The test only means something if the children got real work done.
     assert!(kills_after_open >= cycles / 2, "{kills_after_open}");
     assert!(books.durable as u64 > 40 * cycles, "{}", books.durable);
     assert!(books.acks_seen >= cycles / 8, "{}", books.acks_seen);
+    assert!(
+        books.outbox_checks >= cycles / 20,
+        "kills between seal and ack: {}",
+        books.outbox_checks
+    );
     assert!(
         books.shots_seen.len() as u64 >= cycles / 20,
         "{}",

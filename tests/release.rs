@@ -107,7 +107,8 @@ fn mixed_events_with_large_screenshots_round_trip_through_bundles() {
 }
 
 #[test]
-fn the_same_range_is_offered_until_acknowledged_and_appends_during_sealing_survive() {
+fn a_sealed_bundle_is_offered_byte_for_byte_until_acknowledged_and_appends_during_sealing_survive()
+{
     let d = tempfile::tempdir().unwrap();
     let v = Vault::open(d.path(), "alice", options(KeyStoreKind::Keyutils)).unwrap();
     for i in 0..100 {
@@ -119,26 +120,42 @@ fn the_same_range_is_offered_until_acknowledged_and_appends_during_sealing_survi
     for i in 100..150 {
         let _ = v.append_mouse_move(i, 1, 1).unwrap();
     }
-    let b = v.seal_next(&id.recipient(), 1 << 20).unwrap().unwrap();
-    let (oa, ob) = (
-        open_bundle(a.bytes(), &id).unwrap(),
-        open_bundle(b.bytes(), &id).unwrap(),
-    );
-    assert_eq!(oa.header.bundle_seq(), ob.header.bundle_seq());
-    assert_eq!(oa.events, ob.events);
-    assert_ne!(a.id(), b.id(), "each sealing has fresh HPKE keys");
-    // Either sealing can be acknowledged; the other then is the last acked or unknown.
+    // A retry, even with another size limit, is the same bundle.
+    let b = v.seal_next(&id.recipient(), 100).unwrap().unwrap();
+    assert_eq!(a.id(), b.id());
+    assert_eq!(a.bytes(), b.bytes(), "the outbox returns the sealed bytes");
+    // Another recipient while it is pending: refused, naming both.
+    let other = Identity::generate(Suite::X25519);
+    match v.seal_next(&other.recipient(), 1 << 20) {
+        Err(Error::InvalidArgument(m)) => {
+            assert!(m.contains(&id.recipient().to_string()), "{m}");
+            assert!(m.contains(&other.recipient().to_string()), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Rotation and reopen change nothing about it.
+    v.rotate_dek().unwrap();
+    v.rotate_kek().unwrap();
+    v.close().unwrap();
+    let v = Vault::open(d.path(), "alice", options(KeyStoreKind::Keyutils)).unwrap();
+    let c = v.seal_next(&id.recipient(), 1 << 20).unwrap().unwrap();
+    assert_eq!(c.bytes(), a.bytes());
     v.ack(a.id(), None).unwrap();
     v.ack(a.id(), None).unwrap(); // harmless repeat
-    assert!(matches!(v.ack(b.id(), None), Err(Error::NotFound(_))));
     assert!(matches!(
         v.ack("cvb1nosuchbundle", None),
         Err(Error::NotFound(_))
     ));
     let c = v.seal_next(&id.recipient(), 1 << 20).unwrap().unwrap();
-    let oc = open_bundle(c.bytes(), &id).unwrap();
+    let (oa, oc) = (
+        open_bundle(a.bytes(), &id).unwrap(),
+        open_bundle(c.bytes(), &id).unwrap(),
+    );
     assert_eq!(oc.header.bundle_seq(), oa.header.bundle_seq() + 1);
     assert_eq!(oc.header.prev_digest(), a.digest());
+    assert_eq!(oc.header.stream_id(), oa.header.stream_id());
+    assert_eq!(oc.header.first_record(), oa.header.last_record() + 1);
+    assert_eq!(oc.header.records_lost(), 0);
     let moves: Vec<i64> = captured(&oc.events).iter().map(|e| e.ts_us()).collect();
     assert_eq!(moves, (100..150).collect::<Vec<_>>());
     v.close().unwrap();

@@ -355,6 +355,23 @@ impl SealedBundle {
     pub fn header(&self) -> &BundleHeader {
         &self.header
     }
+
+    /// A bundle read back from storage (a device's outbox): the framing and the device
+    /// signature are checked and the header decoded; nothing is decrypted.
+    ///
+    /// Errors as for [`crate::inspect_bundle`].
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<SealedBundle> {
+        let (header, digest) = {
+            let p = parse_bundle(&bytes)?;
+            (p.header, p.digest)
+        };
+        Ok(SealedBundle {
+            id: bundle_id(&digest),
+            digest,
+            bytes,
+            header,
+        })
+    }
 }
 
 impl std::fmt::Debug for SealedBundle {

@@ -144,6 +144,26 @@ impl Framer {
         }
     }
 
+    /// Frames `event` as a record of its own, for a caller that stores it itself. The
+    /// open frame must be empty (the caller flushed it); returns the record and the event
+    /// sequence number to go back to with [`Framer::rewind`] if it is not stored.
+    pub(crate) fn standalone(&mut self, event: &Event) -> (Vec<Job>, u64) {
+        debug_assert_eq!(self.events_in_frame, 0, "the open frame was flushed first");
+        let before = self.next_event_seq;
+        let mut jobs = Vec::new();
+        self.push(event, &mut |j| jobs.push(j));
+        jobs.extend(self.cut());
+        (jobs, before)
+    }
+
+    /// Gives back the event sequence numbers of records that were not stored.
+    pub(crate) fn rewind(&mut self, next_event_seq: u64) {
+        self.buf.clear();
+        self.events_in_frame = 0;
+        self.started = None;
+        self.next_event_seq = next_event_seq;
+    }
+
     /// Closes the open frame, if any.
     pub(crate) fn cut(&mut self) -> Option<Job> {
         (self.events_in_frame > 0).then(|| self.take_frame())

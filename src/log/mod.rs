@@ -402,6 +402,129 @@ impl Log {
         Ok(emptied)
     }
 
+    /// Removes records from the tail through `last` and appends `jobs` (the loss marker
+    /// of the removal) after the head, together with `extra` (the release state that
+    /// counts the removed records), in one transaction over both trees: a crash leaves
+    /// either none or all of it. Returns the epochs that have no records left.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn evict_through(
+        &self,
+        last: u64,
+        jobs: &[Job],
+        keys: &KeyHierarchy,
+        purpose_of: &dyn Fn(u32) -> Result<String>,
+        now_us: i64,
+        extra: (&sled::Tree, &[u8], Vec<u8>),
+    ) -> Result<Vec<u32>> {
+        use sled::Transactional;
+        let mut st = self.lock();
+        if last < st.tail.first_seq || last > st.head.last_seq {
+            return Err(Error::invalid("eviction outside the live range of the log"));
+        }
+        let mut removed = Vec::new();
+        let mut counts = st.counts.clone();
+        let mut prev_tag = st.tail.prev_tag;
+        for item in self
+            .tree
+            .range(record_key(st.tail.first_seq)..=record_key(last))
+        {
+            let (k, v) = item?;
+            let header = RecordHeader::parse(&v)?;
+            let c = counts.entry(header.epoch).or_default();
+            c.records = c.records.saturating_sub(1);
+            c.bytes = c.bytes.saturating_sub(v.len() as u64);
+            prev_tag = tag_of(&v);
+            removed.push(k);
+        }
+        let tail = Tail {
+            first_seq: last + 1,
+            prev_tag,
+        };
+        let tail_bytes = sled::IVec::from(self.anchors.seal_tail(&tail));
+        // The marker records, sealed after the head.
+        let mut head = st.head;
+        let mut values = Vec::with_capacity(jobs.len());
+        if !jobs.is_empty() {
+            let (epoch, dek) = keys.current();
+            let mut seq = head.last_seq;
+            let mut prev = head.last_tag;
+            let c = counts.entry(epoch).or_default();
+            for job in jobs {
+                seq += 1;
+                let header = RecordHeader {
+                    kind: job.kind,
+                    flags: job.flags,
+                    epoch,
+                    policy_version: job.policy_version,
+                    created_us: now_us,
+                };
+                let purpose = purpose_of(job.policy_version)?;
+                let v = self
+                    .binding
+                    .seal(seq, &header, &prev, &purpose, dek, &job.plaintext);
+                prev = tag_of(&v);
+                c.records += 1;
+                c.bytes += v.len() as u64;
+                values.push((record_key(seq), sled::IVec::from(v)));
+            }
+            head = Head {
+                last_seq: seq,
+                last_tag: prev,
+                next_event_seq: jobs[jobs.len() - 1].end_event_seq,
+            };
+        }
+        let head_bytes =
+            (!jobs.is_empty()).then(|| sled::IVec::from(self.anchors.seal_head(&head)));
+        let counters: Vec<(u32, Option<[u8; 16]>)> = counts
+            .iter()
+            .map(|(e, c)| (*e, (c.records > 0).then(|| c.encode())))
+            .collect();
+        let (extra_tree, extra_key, extra_value) = extra;
+        crate::failpoint::hit("prune:before-batch")?;
+        let res = (&self.tree, extra_tree).transaction(|(log, other)| {
+            for k in &removed {
+                log.remove(k)?;
+            }
+            log.insert(TAIL_KEY, tail_bytes.clone())?;
+            for (k, v) in &values {
+                if log.get(k)?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(()));
+                }
+                log.insert(k, v.clone())?;
+            }
+            if let Some(h) = &head_bytes {
+                log.insert(HEAD_KEY, h.clone())?;
+            }
+            for (e, c) in &counters {
+                match c {
+                    Some(c) => log.insert(&counter_key(*e), &c[..])?,
+                    None => log.remove(&counter_key(*e))?,
+                };
+            }
+            other.insert(extra_key, extra_value.as_slice())?;
+            Ok(())
+        });
+        match res {
+            Ok(()) => {}
+            Err(TransactionError::Abort(())) => {
+                return Err(Error::tampered(
+                    "a record already exists where the next one belongs; refusing to overwrite it",
+                ))
+            }
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        }
+        let emptied = counts
+            .iter()
+            .filter(|(_, c)| c.records == 0)
+            .map(|(e, _)| *e)
+            .collect();
+        counts.retain(|_, c| c.records > 0);
+        st.counts = counts;
+        st.tail = tail;
+        st.head = head;
+        Ok(emptied)
+    }
+
     /// Epochs that still have records.
     pub(crate) fn live_epochs(&self) -> BTreeSet<u32> {
         self.lock()

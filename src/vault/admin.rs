@@ -13,7 +13,11 @@ use crate::log::assemble::Assembler;
 use crate::log::VerifyReport;
 use capvault_format::secret::Key32;
 use capvault_format::AuditEntry;
+use capvault_format::{DeviceKey, EnrollmentRecord};
 use capvault_format::{Marker, SeqEvent, TimestampUs};
+
+/// When the device's enrollment record was made (vault metadata, i64 BE).
+const META_ENROLLMENT_US: &[u8] = b"enrollment_created_us";
 
 /// The keychain entry of the device signing seed of a vault.
 fn device_key_name(vault_id: &[u8; 16]) -> String {
@@ -304,6 +308,28 @@ impl Inner {
         Ok(dead)
     }
 
+    /// The signed enrollment record of this vault's device key. Its creation time is
+    /// fixed at the first call, so every call gives the same record.
+    pub(crate) fn enrollment_record(&self) -> Result<EnrollmentRecord> {
+        self.check_live()?;
+        let db = &self.store.db;
+        let created_us = match db.get(META_ENROLLMENT_US)? {
+            Some(v) => i64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| Error::tampered("the enrollment time has the wrong size"))?,
+            ),
+            None => {
+                let now = now_us();
+                db.insert(META_ENROLLMENT_US, &now.to_be_bytes())?;
+                self.durable_flush()?;
+                now
+            }
+        };
+        let device = DeviceKey::from_seed(&self.device_seed)?;
+        Ok(EnrollmentRecord::new(self.device_id, &device, created_us))
+    }
+
     /// Decrypts every live record in order and returns its events (crate-internal: the
     /// sealing and subject-access paths, and tests).
     pub(crate) fn read_events(&self, to_record: u64) -> Result<Vec<SeqEvent>> {
@@ -362,6 +388,13 @@ impl Vault {
     /// The audit ledger: every entry, oldest first. Reading it is not itself audited.
     pub fn audit_log(&self) -> Result<Vec<AuditEntry>> {
         self.inner().ledger.read_after(0)
+    }
+
+    /// The device's signed enrollment record (docs/FORMAT.md, "Enrollment records"):
+    /// device id, device Ed25519 public key and creation time, signed by the device key.
+    /// Collectors pin the key from it. The same record on every call.
+    pub fn enrollment_record(&self) -> Result<EnrollmentRecord> {
+        self.inner().enrollment_record()
     }
 
     /// Status report.

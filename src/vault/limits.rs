@@ -7,11 +7,12 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::release::RELEASE_STATE;
 use super::{now_us, Inner};
 use crate::error::Result;
 use crate::log::record::{RecordHeader, RecordKind, FLAG_LAST};
 use crate::policy::BudgetAction;
-use capvault_format::{LossReason, Marker};
+use capvault_format::{Event, LossReason, Marker};
 
 /// How often the maintenance thread checks the limits.
 const MAINTENANCE_TICK: Duration = Duration::from_millis(500);
@@ -42,7 +43,17 @@ impl Inner {
         let policy = &self.opts.policy;
         if policy.retention_secs > 0 {
             let cutoff = now_us() - (policy.retention_secs as i64).saturating_mul(1_000_000);
-            self.evict(LossReason::Retention, &mut |h, _| h.created_us < cutoff)?;
+            // Eviction holds appends and flushes; look at the oldest record first so an
+            // idle vault does no work.
+            let first = self.log.lock().tail.first_seq;
+            let mut due = false;
+            self.log.scan_headers(first, first, &mut |_, h, _| {
+                due = h.created_us < cutoff;
+                false
+            })?;
+            if due {
+                self.evict(LossReason::Retention, &mut |h, _| h.created_us < cutoff)?;
+            }
         }
         if policy.budget_bytes > 0 && policy.on_budget == BudgetAction::EvictOldest {
             let stored = self.log.lock().bytes();
@@ -68,20 +79,27 @@ impl Inner {
     }
 
     /// Removes records from the tail while `take(header, stored_len)` says so, never
-    /// splitting a chunked payload, then writes a loss marker.
+    /// splitting a chunked payload.
+    ///
+    /// Records already sealed (in the pending bundle) are not lost: the outbox keeps
+    /// them. The others are counted into the release state's `records_lost` and
+    /// described by a loss marker; the removal, the marker record and the count are
+    /// written in one transaction, so a crash never leaves a gap without its marker or
+    /// count (appends wait meanwhile, so the marker takes the next event number).
     fn evict(
         &self,
         reason: LossReason,
         take: &mut dyn FnMut(&RecordHeader, usize) -> bool,
     ) -> Result<()> {
-        let _g = self.release.lock().unwrap_or_else(|p| p.into_inner());
+        let mut p = self.quiesce()?;
+        let g = self.release_lock();
+        let mut state = self.release_state()?;
         let (first, head) = {
             let st = self.log.lock();
             (st.tail.first_seq, st.head.last_seq)
         };
         let mut last = None;
-        let mut records = 0u64;
-        let mut bytes = 0u64;
+        let (mut records, mut bytes, mut lost, mut lost_bytes) = (0u64, 0u64, 0u64, 0u64);
         let mut in_chunks = false;
         // Stops at the first record to keep: the scan is as long as what is evicted.
         self.log
@@ -93,22 +111,53 @@ impl Inner {
                 last = Some(seq);
                 records += 1;
                 bytes += len as u64;
+                if seq > state.last_sealed_record {
+                    lost += 1;
+                    lost_bytes += len as u64;
+                }
                 true
             })?;
         let Some(last) = last else { return Ok(()) };
-        self.invalidate_pending_through(last)?;
-        self.log.prune_through(last)?;
-        drop(_g);
-        self.append_markers(&[Marker::Loss {
-            reason,
-            records,
-            bytes,
-        }])?;
+        let (jobs, rewind_to) = if lost > 0 {
+            p.framer.standalone(&Event::Marker {
+                ts_us: now_us(),
+                marker: Marker::Loss {
+                    reason,
+                    records: lost,
+                    bytes: lost_bytes,
+                },
+            })
+        } else {
+            (Vec::new(), 0)
+        };
+        state.records_lost += lost;
+        let result = {
+            let keys = self.keys()?;
+            self.log.evict_through(
+                last,
+                &jobs,
+                &keys,
+                &|v| self.purpose_of(v),
+                now_us(),
+                (
+                    &self.trees.state,
+                    RELEASE_STATE,
+                    serde_json::to_vec(&state).expect("serializes"),
+                ),
+            )
+        };
+        if result.is_err() && !jobs.is_empty() {
+            p.framer.rewind(rewind_to);
+        }
+        result?;
+        self.durable_flush()?;
+        drop(g);
+        drop(p);
         self.retire_empty_epochs()?;
         self.audit(
             "evict",
             &format!(
-                "{records} records ({bytes} bytes) removed: {}",
+                "{records} records ({bytes} bytes) removed: {}; {lost} of them never released",
                 reason.name()
             ),
         )?;

@@ -50,6 +50,10 @@ const META_DEVICE_ID: &[u8] = b"device_id";
 const META_FORMAT: &[u8] = b"format";
 const META_KEYSTORE: &[u8] = b"keystore";
 const FORMAT_VERSION: u32 = 1;
+/// The collector receipt key the vault requires for acks (text form), once configured.
+const META_RECEIPT_KEY: &[u8] = b"collector_receipt_key";
+/// The `collector_receipt_key` option value that removes a configured key.
+pub const NO_RECEIPT_KEY: &str = "none";
 
 pub(crate) const STATE_PAUSE_UNTIL: &[u8] = b"pause_until";
 pub(crate) const STATE_PAUSE_DROPPED: &[u8] = b"pause_dropped";
@@ -172,7 +176,9 @@ impl Vault {
         check_user(user)?;
         options.validate()?;
         if let Some(k) = &options.collector_receipt_key {
-            k.parse::<capvault_format::ReceiptKey>()?;
+            if k != NO_RECEIPT_KEY {
+                k.parse::<capvault_format::ReceiptKey>()?;
+            }
         }
         let dir = dir.as_ref();
         let (store, keystore) = open_store_and_keystore(dir, &options)?;
@@ -203,6 +209,10 @@ impl Vault {
         )?;
         let ledger =
             crate::audit::Ledger::open(trees.ledger.clone(), keys.mac_key(), &vault_id, user)?;
+        // After the user's keys opened (an erased user changes nothing).
+        let (receipt_key, receipt_key_change) =
+            configure_receipt_key(&store.db, options.collector_receipt_key.as_deref())?;
+        options.collector_receipt_key = receipt_key;
         let (purposes, policy_changed, policy) = record_policy(&trees.state, &options.policy)?;
         options.policy = policy;
         let next_event_seq = log.lock().head.next_event_seq;
@@ -274,6 +284,9 @@ impl Vault {
             vault
                 .inner
                 .audit("policy-change", &format!("version {v}"))?;
+        }
+        if let Some(change) = receipt_key_change {
+            vault.inner.audit("receipt-key", &change)?;
         }
         vault.inner.recover_release()?;
         vault.inner.enforce_limits()?;
@@ -440,6 +453,52 @@ fn read_i64(tree: &sled::Tree, key: &[u8]) -> Result<i64> {
         Some(v) => Ok(i64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
             Error::tampered("a stored counter has the wrong size")
         })?)),
+    }
+}
+
+/// The receipt key in force: the one asked for replaces the stored one ("none" removes
+/// it), no key asked for keeps the stored one. Returns it and, when it changed, a line
+/// for the audit ledger.
+fn configure_receipt_key(
+    db: &sled::Db,
+    asked: Option<&str>,
+) -> Result<(Option<String>, Option<String>)> {
+    let stored = match db.get(META_RECEIPT_KEY)? {
+        None => None,
+        Some(v) => {
+            let text = std::str::from_utf8(&v)
+                .ok()
+                .filter(|t| t.parse::<capvault_format::ReceiptKey>().is_ok())
+                .ok_or_else(|| {
+                    Error::tampered("the stored collector receipt key does not parse")
+                })?;
+            Some(text.to_string())
+        }
+    };
+    match asked {
+        None => Ok((stored, None)),
+        Some(NO_RECEIPT_KEY) => {
+            let Some(old) = stored else {
+                return Ok((None, None));
+            };
+            db.remove(META_RECEIPT_KEY)?;
+            Ok((
+                None,
+                Some(format!("removed {old}: acks no longer need a receipt")),
+            ))
+        }
+        Some(k) => {
+            let key = k.parse::<capvault_format::ReceiptKey>()?.to_string();
+            if stored.as_deref() == Some(key.as_str()) {
+                return Ok((stored, None));
+            }
+            db.insert(META_RECEIPT_KEY, key.as_bytes())?;
+            let change = match stored {
+                Some(old) => format!("{key} replaces {old}: acks need its receipts"),
+                None => format!("{key}: acks need its receipts"),
+            };
+            Ok((Some(key), Some(change)))
+        }
     }
 }
 

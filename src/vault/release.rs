@@ -1,12 +1,20 @@
-//! Release: sealing the oldest unreleased records into a bundle, acknowledging it, and
-//! pruning what was acknowledged (destroying data keys that have nothing left to read).
-//! Also the data subject's own read (subject access) and erasure.
+//! Release: sealing the oldest unreleased records into a bundle, keeping it in the
+//! outbox until it is acknowledged, acknowledging it, and pruning what was acknowledged
+//! (destroying data keys that have nothing left to read). Also the data subject's own
+//! read (subject access) and erasure.
 //!
-//! State in the user's state tree: the next bundle sequence number, the digest of the
-//! last acknowledged bundle, the ledger position released so far, and the pending
-//! (offered, unacknowledged) bundle. Ack is ordered so a crash at any step is completed
-//! on the next seal or open: `acking` is written, records are pruned, then the state
-//! advances in one batch.
+//! State in the user's state tree (docs/FORMAT.md, "Release state and outbox"):
+//! `release` (JSON, [`ReleaseState`]): the user's stream id, the next bundle sequence
+//! number, the digest of the last acknowledged bundle, the last sealed record, the
+//! records removed unreleased since then, the ledger position released so far and the
+//! pending (sealed, unacknowledged) bundle; `outbox`: the pending bundle's bytes. Both
+//! are written in one batch, so a sealed bundle exists exactly when the state names it.
+//!
+//! A sealed bundle is final: every `seal_next` until its acknowledgement returns the
+//! same bytes; eviction, retention, rotation and policy changes never touch it. Ack is
+//! ordered so a crash at any step is completed on the next seal, ack or open: `acking`
+//! is written, records are pruned, then the state advances and the outbox entry is
+//! deleted in one batch.
 
 use std::path::Path;
 
@@ -18,25 +26,40 @@ use crate::failpoint;
 use crate::keys::hierarchy::KeyHierarchy;
 use crate::log::assemble::Assembler;
 use crate::options::VaultOptions;
+use capvault_format::secret::random_array;
 use capvault_format::DeviceKey;
 use capvault_format::SeqEvent;
 use capvault_format::{bundle_id, verify_receipt, ReceiptKey, Recipient, SealedBundle};
 use capvault_format::{seal_bundle, BundleInput};
 
-const RELEASE_STATE: &[u8] = b"release";
+pub(crate) const RELEASE_STATE: &[u8] = b"release";
+/// The pending bundle's bytes, in the user's state tree.
+const OUTBOX: &[u8] = b"outbox";
+/// Version of the stored release state (1: before streams and the outbox).
+const RELEASE_STATE_VERSION: u32 = 2;
 /// Room kept in a bundle for its header, HPKE encapsulation, tag, signature and ledger.
 const BUNDLE_OVERHEAD: usize = 4096;
 
-/// The release cursor of one user.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct ReleaseState {
-    /// Sequence number of the next new bundle (the first is 1).
+/// The release cursor of one user: one chain (stream) per user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ReleaseState {
+    /// [`RELEASE_STATE_VERSION`].
+    v: u32,
+    /// The user's random stream id, made at the first seal (never derived from the name).
+    stream_id: Option<[u8; 16]>,
+    /// Sequence number of the next new bundle of the stream (the first is 1).
     next_bundle_seq: u64,
     /// Digest of the last acknowledged bundle (zeros before the first).
     prev_digest: [u8; 32],
     /// Audit ledger entries up to here were released.
     ledger_released: u64,
-    /// The bundle offered and not yet acknowledged.
+    /// Last record of the last sealed bundle (0 before the first).
+    pub(crate) last_sealed_record: u64,
+    /// Records after `last_sealed_record` removed unreleased (budget, retention) since;
+    /// goes into the next bundle's header. Counted when they are removed, in the same
+    /// transaction, independently of where the log's tail is.
+    pub(crate) records_lost: u64,
+    /// The bundle sealed and not yet acknowledged (its bytes are in the outbox).
     pending: Option<Pending>,
     /// Set while an acknowledgement is being applied.
     acking: Option<[u8; 32]>,
@@ -50,13 +73,32 @@ struct Pending {
     first_record: u64,
     last_record: u64,
     ledger_through: u64,
-    /// Digests of every sealing of this range (each retry re-seals with fresh HPKE keys).
-    digests: Vec<[u8; 32]>,
+    /// Digest of the bundle in the outbox.
+    digest: [u8; 32],
+    /// The recipient it is sealed to (text form).
+    recipient: String,
+}
+
+/// What a version 1 release state held that is still needed.
+#[derive(Deserialize)]
+struct ReleaseStateV1 {
+    #[serde(default)]
+    ledger_released: u64,
+    #[serde(default)]
+    acking: Option<[u8; 32]>,
+    #[serde(default)]
+    pending: Option<PendingV1>,
+}
+
+#[derive(Deserialize)]
+struct PendingV1 {
+    last_record: u64,
 }
 
 impl Inner {
     /// Crypto-shreds this user while the handle stays open (the hand-off's erase): keys
-    /// first, then data; afterwards every call on the handle fails with `Erased`.
+    /// first, then data (records, state with the outbox, ledger); afterwards every call on
+    /// the handle fails with `Erased`.
     pub(crate) fn erase_in_place(&self) -> Result<()> {
         let p = self.quiesce()?;
         let _g = self.release_lock();
@@ -75,25 +117,52 @@ impl Inner {
         Ok(())
     }
 
-    fn release_state(&self) -> Result<ReleaseState> {
-        match self.trees.state.get(RELEASE_STATE)? {
-            None => Ok(ReleaseState {
-                next_bundle_seq: 1,
-                ..ReleaseState::default()
-            }),
-            Some(v) => serde_json::from_slice(&v)
-                .map_err(|_| Error::tampered("the release state does not parse")),
+    /// The release state. A user without one starts a fresh stream whose records so
+    /// far are all unreleased; a version 1 state (no stream, no outbox) is carried over
+    /// into a fresh stream after finishing an interrupted acknowledgement.
+    pub(crate) fn release_state(&self) -> Result<ReleaseState> {
+        let fresh = |ledger_released| ReleaseState {
+            v: RELEASE_STATE_VERSION,
+            stream_id: None,
+            next_bundle_seq: 1,
+            prev_digest: [0; 32],
+            ledger_released,
+            last_sealed_record: self.log.lock().tail.first_seq.saturating_sub(1),
+            records_lost: 0,
+            pending: None,
+            acking: None,
+            last_acked_id: None,
+        };
+        let Some(v) = self.trees.state.get(RELEASE_STATE)? else {
+            return Ok(fresh(0));
+        };
+        let bad = || Error::tampered("the release state does not parse");
+        let json: serde_json::Value = serde_json::from_slice(&v).map_err(|_| bad())?;
+        if json.get("v").and_then(|v| v.as_u64()) == Some(RELEASE_STATE_VERSION as u64) {
+            return serde_json::from_value(json).map_err(|_| bad());
         }
+        let old: ReleaseStateV1 = serde_json::from_value(json).map_err(|_| bad())?;
+        if let (Some(_), Some(p)) = (old.acking, &old.pending) {
+            self.log.prune_through(p.last_record)?;
+        }
+        Ok(fresh(old.ledger_released))
     }
 
-    fn save_release_state(&self, s: &ReleaseState) -> Result<()> {
-        self.trees
-            .state
-            .insert(RELEASE_STATE, serde_json::to_vec(s).expect("serializes"))?;
+    /// Saves the state, and with `outbox` the pending bundle's bytes (`Some(None)`
+    /// deletes them), in one batch.
+    fn save_release_state(&self, s: &ReleaseState, outbox: Option<Option<&[u8]>>) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        batch.insert(RELEASE_STATE, serde_json::to_vec(s).expect("serializes"));
+        match outbox {
+            Some(Some(bytes)) => batch.insert(OUTBOX, bytes),
+            Some(None) => batch.remove(OUTBOX),
+            None => {}
+        }
+        self.trees.state.apply_batch(batch)?;
         Ok(())
     }
 
-    fn release_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(crate) fn release_lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.release.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -102,10 +171,11 @@ impl Inner {
         let (Some(digest), Some(p)) = (state.acking, state.pending.clone()) else {
             if state.acking.is_some() {
                 state.acking = None;
-                self.save_release_state(state)?;
+                self.save_release_state(state, None)?;
             }
             return Ok(());
         };
+        // Records of the bundle that eviction already removed need no pruning.
         let emptied = self.log.prune_through(p.last_record)?;
         failpoint::hit("ack:after-prune")?;
         state.pending = None;
@@ -114,7 +184,7 @@ impl Inner {
         state.prev_digest = digest;
         state.ledger_released = state.ledger_released.max(p.ledger_through);
         state.last_acked_id = Some(bundle_id(&digest));
-        self.save_release_state(state)?;
+        self.save_release_state(state, Some(None))?;
         self.durable_flush()?;
         if !emptied.is_empty() {
             self.retire_empty_epochs()?;
@@ -134,18 +204,23 @@ impl Inner {
         self.retire_empty_epochs().map(|_| ())
     }
 
-    /// Drops a pending bundle whose records were evicted (retention or budget).
-    pub(crate) fn invalidate_pending_through(&self, last_evicted: u64) -> Result<()> {
-        let mut state = self.release_state()?;
-        if let Some(p) = &state.pending {
-            if p.first_record <= last_evicted {
-                // The collector sees the skipped sequence number as a gap.
-                state.next_bundle_seq = p.bundle_seq + 1;
-                state.pending = None;
-                self.save_release_state(&state)?;
-            }
+    /// The pending bundle, read back from the outbox and checked: it must be intact,
+    /// signed by this device and the one the state names.
+    fn outbox_bundle(&self, p: &Pending) -> Result<SealedBundle> {
+        let bytes = self
+            .trees
+            .state
+            .get(OUTBOX)?
+            .ok_or_else(|| Error::tampered("the pending bundle is missing from the outbox"))?;
+        let bundle = SealedBundle::from_bytes(bytes.to_vec())
+            .map_err(|e| Error::tampered(format!("the bundle in the outbox is damaged: {e}")))?;
+        let device = DeviceKey::from_seed(&self.device_seed)?;
+        if *bundle.digest() != p.digest || *bundle.header().device_key() != device.public_key() {
+            return Err(Error::tampered(
+                "the bundle in the outbox is not the pending bundle of this device",
+            ));
         }
-        Ok(())
+        Ok(bundle)
     }
 
     pub(crate) fn seal_next(
@@ -161,51 +236,55 @@ impl Inner {
         let _g = self.release_lock();
         let mut state = self.release_state()?;
         self.complete_ack(&mut state)?;
+        if let Some(p) = &state.pending {
+            // Final: the same bytes until acknowledged, whatever max_bytes says now.
+            let to = recipient.to_string();
+            if p.recipient != to {
+                return Err(Error::invalid(format!(
+                    "bundle {} ({}) is waiting for acknowledgement and is sealed to {}; a                      sealed bundle is final: deliver and acknowledge it before sealing to {to}",
+                    p.bundle_seq,
+                    bundle_id(&p.digest),
+                    p.recipient
+                )));
+            }
+            return self.outbox_bundle(p).map(Some);
+        }
         let keys = self.keys()?;
-        let (first, last, events, bundle_seq) = match &state.pending {
-            Some(p) => {
-                let (events, last) = self.collect(&keys, p.last_record, usize::MAX)?;
-                if last != p.last_record {
-                    return Err(Error::tampered(
-                        "the records of the pending bundle are no longer all there",
-                    ));
-                }
-                (p.first_record, p.last_record, events, p.bundle_seq)
-            }
-            None => {
-                let head = self.log.lock().head.last_seq;
-                let (events, last) = self.collect(&keys, head, max_bytes)?;
-                if events.is_empty() {
-                    return Ok(None);
-                }
-                (
-                    self.log.lock().tail.first_seq,
-                    last,
-                    events,
-                    state.next_bundle_seq,
-                )
-            }
-        };
+        let head = self.log.lock().head.last_seq;
+        let (events, last) = self.collect(&keys, head, max_bytes)?;
         drop(keys);
-        let ledger_through = match &state.pending {
-            Some(p) => p.ledger_through,
-            None => self.ledger.last_seq(),
-        };
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let first = self.log.lock().tail.first_seq;
+        // Every record between the last sealed one and this bundle must have been removed
+        // by eviction or retention, which count what they remove (and leave a loss
+        // marker); anything else is a deletion nobody accounted for.
+        let expected = state.last_sealed_record + 1 + state.records_lost;
+        if first != expected {
+            return Err(Error::tampered(format!(
+                "the log resumes at record {first} but the last sealed record is {} and {}                  records were removed since (expected record {expected}): records were lost                  without a loss marker",
+                state.last_sealed_record, state.records_lost
+            )));
+        }
+        let ledger_through = self.ledger.last_seq();
         let audit: Vec<_> = self
             .ledger
             .read_after(state.ledger_released)?
             .into_iter()
             .filter(|e| e.seq <= ledger_through)
             .collect();
+        let stream_id = *state.stream_id.get_or_insert_with(random_array);
+        let bundle_seq = state.next_bundle_seq;
         let device = DeviceKey::from_seed(&self.device_seed)?;
         let bundle = seal_bundle(
             &BundleInput {
                 device_id: self.device_id,
-                stream_id: [0; 16],
-                records_lost: 0,
+                stream_id,
                 bundle_seq,
                 first_record: first,
                 last_record: last,
+                records_lost: state.records_lost,
                 prev_digest: state.prev_digest,
                 created_us: now_us(),
                 purpose: &self.opts.policy.purpose,
@@ -216,19 +295,17 @@ impl Inner {
             recipient,
             &device,
         )?;
-        let pending = state.pending.get_or_insert_with(|| Pending {
+        state.pending = Some(Pending {
             bundle_seq,
             first_record: first,
             last_record: last,
             ledger_through,
-            digests: Vec::new(),
+            digest: *bundle.digest(),
+            recipient: recipient.to_string(),
         });
-        // Keep the last few sealings of the range: an ack may name any of them.
-        pending.digests.push(*bundle.digest());
-        if pending.digests.len() > 16 {
-            pending.digests.remove(0);
-        }
-        self.save_release_state(&state)?;
+        state.last_sealed_record = last;
+        state.records_lost = 0;
+        self.save_release_state(&state, Some(Some(bundle.bytes())))?;
         self.durable_flush()?;
         drop(_g);
         self.audit(
@@ -288,12 +365,7 @@ impl Inner {
         if state.last_acked_id.as_deref() == Some(id) {
             return Ok(());
         }
-        let Some(p) = &state.pending else {
-            return Err(Error::NotFound(format!(
-                "no outstanding bundle has id {id}"
-            )));
-        };
-        let Some(digest) = p.digests.iter().find(|d| bundle_id(d) == id).copied() else {
+        let Some(p) = state.pending.clone().filter(|p| bundle_id(&p.digest) == id) else {
             return Err(Error::NotFound(format!(
                 "no outstanding bundle has id {id}"
             )));
@@ -301,15 +373,15 @@ impl Inner {
         if let Some(key) = &self.opts.collector_receipt_key {
             let key: ReceiptKey = key.parse()?;
             let receipt = receipt.ok_or_else(|| {
-                Error::invalid(
-                    "this vault requires the collector's receipt to acknowledge a bundle",
-                )
+                Error::invalid(format!(
+                    "this vault requires a receipt from collector key {key} to acknowledge                      a bundle (it was configured with collector_receipt_key; open with                      collector_receipt_key \"none\" to stop requiring receipts)"
+                ))
             })?;
-            verify_receipt(&key, &digest, receipt)?;
+            verify_receipt(&key, &p.digest, receipt)?;
         }
         let (seq, first, last) = (p.bundle_seq, p.first_record, p.last_record);
-        state.acking = Some(digest);
-        self.save_release_state(&state)?;
+        state.acking = Some(p.digest);
+        self.save_release_state(&state, None)?;
         failpoint::hit("ack:after-acking")?;
         self.complete_ack(&mut state)?;
         drop(_g);
@@ -323,9 +395,13 @@ impl Inner {
 
 impl Vault {
     /// Seals the oldest unreleased records (about `max_bytes` of events, at least one
-    /// whole event) into a bundle for `recipient`, signed by this device. Returns `None`
-    /// when nothing is waiting. Until the bundle is acknowledged, the same range is
-    /// offered again under the same bundle sequence number.
+    /// whole event) into a bundle for `recipient`, signed by this device, and keeps it in
+    /// the vault's outbox. Returns `None` when nothing is waiting.
+    ///
+    /// A sealed bundle is final: until it is acknowledged every call returns the same
+    /// bytes and id (also after a crash or a reopen, whatever `max_bytes` is now).
+    /// Asking for another recipient meanwhile is [`Error::InvalidArgument`] naming both.
+    /// Each user of a vault has a stream (chain) of its own.
     pub fn seal_next(
         &self,
         recipient: &Recipient,
@@ -336,7 +412,10 @@ impl Vault {
 
     /// Acknowledges the bundle `id`: its records are pruned and data keys with nothing
     /// left to read are destroyed. With a collector receipt key configured, `receipt`
-    /// must be the collector's signature over the bundle digest. Acknowledging the last
+    /// must be the collector's signature over the bundle digest (a receipt from another
+    /// collector key is [`Error::InvalidArgument`] naming both keys; one that does not
+    /// verify is [`Error::Tampered`]). The key, once configured, is kept by the vault, so
+    /// this holds for later opens without one too. Acknowledging the last
     /// acknowledged bundle again is harmless; an unknown id is [`Error::NotFound`].
     pub fn ack(&self, id: &str, receipt: Option<&[u8]>) -> Result<()> {
         self.inner().ack(id, receipt)

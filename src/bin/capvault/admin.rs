@@ -701,6 +701,61 @@ impl CliError {
     }
 }
 
+// ----- enroll -----
+
+#[derive(Args, Debug)]
+pub struct EnrollArgs {
+    /// Where to write the enrollment record (`-` for stdout); written 0600.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub h: HandoffArgs,
+}
+
+pub fn enroll(a: &EnrollArgs, json: bool) -> CliResult<()> {
+    let (_, v) = local_or_handoff(&a.h, Op::Enroll, |v| {
+        let text = v.enrollment_record()?.to_json();
+        Ok(json!({ "record": serde_json::from_str::<Value>(&text).expect("JSON") }))
+    })?;
+    // Checked here too: what reaches the file is a record that verifies.
+    let record = capvault::EnrollmentRecord::from_json(&v["record"].to_string())
+        .map_err(|e| CliError::integrity(format!("the enrollment record does not verify: {e}")))?;
+    let text = format!("{}\n", record.to_json());
+    let device_id = record.device_id_hex();
+    if a.out.as_os_str() == "-" {
+        if json {
+            print_json(&json!({ "device_id": device_id, "path": "-", "record": v["record"] }));
+        } else {
+            print!("{text}");
+        }
+        return Ok(());
+    }
+    let dir = match a.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = a
+        .out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| CliError::usage("--out must name a file (or `-` for stdout)"))?;
+    let path = write_file_atomic(&dir, name, text.as_bytes()).map_err(|e| {
+        CliError::failure(format!(
+            "cannot write the enrollment record to {}: {e}",
+            a.out.display()
+        ))
+    })?;
+    if json {
+        print_json(&json!({ "device_id": device_id, "path": path.display().to_string() }));
+    } else {
+        println!(
+            "device {device_id}: enrollment record written to {} (give it to the collector)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 // ----- erase -----
 
 pub fn erase(a: &EraseArgs, json: bool) -> CliResult<()> {

@@ -140,6 +140,11 @@ pub enum Cmd {
         after_help = "Examples:\n  capvault ack cvb1abc... --vault /var/lib/capvault --user alice\n  capvault ack --receipt receipts.txt --receipt-key cvreceipt-ed25519-1... --vault /var/lib/capvault --user alice"
     )]
     Ack(admin::AckArgs),
+    /// Write the device's signed enrollment record (collectors pin its key from it).
+    #[command(
+        after_help = "Examples:\n  capvault enroll --out device.enroll.json --vault /var/lib/capvault --user alice\n  capvault enroll --out - --vault /var/lib/capvault --user alice | curl ...\n\nThe record is public (device id, device public key, creation time, signature); the same on every run.\nWorks while a capture agent holds the vault (through its hand-off)."
+    )]
+    Enroll(admin::EnrollArgs),
     /// Crypto-shred this user's data: keys are destroyed, nothing stays readable.
     #[command(
         after_help = "Example:\n  capvault erase --yes --vault /var/lib/capvault --user alice"
@@ -242,6 +247,7 @@ fn run(cli: Cli) -> CliResult<()> {
         Cmd::Seal(a) => admin::seal(&a, json),
         Cmd::Ack(a) => admin::ack(&a, json),
         Cmd::Erase(a) => admin::erase(&a, json),
+        Cmd::Enroll(a) => admin::enroll(&a, json),
         Cmd::Show(a) => admin::show(&a),
         Cmd::Audit(a) => admin::audit(&a, json),
         Cmd::Recipient(RecipientCmd::New(a)) => collector::recipient_new(&a, json),

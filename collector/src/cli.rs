@@ -199,7 +199,9 @@ fn print_out(text: &str) -> Result<(), ApiError> {
 }
 
 async fn open_db(dir: &Path, db: Option<&str>) -> Result<Db, ApiError> {
-    if db.is_none() && !config::signer_path(dir).exists() {
+    // Without --db the SQLite file must already exist: a typo in --dir should not
+    // create an empty collector.
+    if db.is_none() && !dir.join(crate::db::DEFAULT_FILE).exists() {
         return Err(ApiError::Operational(format!(
             "{} is not a collector directory; run `capvault-collector init --dir {}` first",
             dir.display(),

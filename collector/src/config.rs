@@ -116,8 +116,9 @@ pub fn load_signer(dir: &Path) -> Result<ReceiptSigner, ApiError> {
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with('#'))
         .ok_or_else(|| ApiError::Operational(format!("{} holds no key", path.display())))?;
-    line.parse()
-        .map_err(|e: String| ApiError::Operational(format!("{}: {e}", path.display())))
+    line.parse().map_err(|e: capvault_format::Error| {
+        ApiError::Operational(format!("{}: {e}", path.display()))
+    })
 }
 
 /// Microseconds since the Unix epoch.

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApiError;
 
@@ -62,9 +63,12 @@ pub enum Engine {
     Postgres,
 }
 
+/// The SQLite file of a collector directory.
+pub const DEFAULT_FILE: &str = "collector.db";
+
 /// The default database URL for a collector directory.
 pub fn default_url(dir: &Path) -> String {
-    format!("sqlite://{}?mode=rwc", dir.join("collector.db").display())
+    format!("sqlite://{}?mode=rwc", dir.join(DEFAULT_FILE).display())
 }
 
 /// A device row.
@@ -126,7 +130,20 @@ pub enum Enrolled {
 pub struct Db {
     pool: AnyPool,
     engine: Engine,
+    /// SQLite: index rows go through one writer that commits them in batches.
+    batcher: Option<mpsc::Sender<PendingRow>>,
 }
+
+/// An index row waiting for the batch writer; the answer is "inserted".
+#[derive(Debug)]
+struct PendingRow {
+    row: BundleRow,
+    now_us: i64,
+    reply: oneshot::Sender<Result<bool, String>>,
+}
+
+/// Most rows committed in one SQLite transaction.
+const MAX_BATCH: usize = 256;
 
 fn seq_to_db(seq: u64) -> Result<i64, ApiError> {
     i64::try_from(seq).map_err(|_| ApiError::MalformedBundle("bundle sequence out of range".into()))
@@ -173,8 +190,20 @@ impl Db {
             .connect(url)
             .await
             .map_err(|e| ApiError::Operational(format!("cannot open the database: {e}")))?;
-        let db = Db { pool, engine };
+        let mut db = Db {
+            pool,
+            engine,
+            batcher: None,
+        };
         db.migrate().await?;
+        if engine == Engine::Sqlite {
+            // SQLite has one writer and every commit is an fsync: rows that arrive while
+            // a commit is under way are committed together (group commit). Each caller
+            // still gets its answer only after its row is durable.
+            let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+            tokio::spawn(batch_writer(db.pool.clone(), rx));
+            db.batcher = Some(tx);
+        }
         Ok(db)
     }
 
@@ -345,6 +374,30 @@ impl Db {
 
     // ----- bundles -----
 
+    /// The rows stored at `seq - 1`, `seq` and `seq + 1` of a stream, in one query:
+    /// (sequence, digest, previous digest).
+    pub async fn neighbourhood(
+        &self,
+        device_id: &str,
+        stream_id: &str,
+        seq: u64,
+    ) -> Result<Vec<(u64, String, String)>, ApiError> {
+        let s = seq_to_db(seq)?;
+        let rows = sqlx::query(
+            "SELECT seq, digest, prev_digest FROM bundles
+             WHERE device_id = $1 AND stream_id = $2 AND seq >= $3 AND seq <= $4",
+        )
+        .bind(device_id)
+        .bind(stream_id)
+        .bind(s.saturating_sub(1))
+        .bind(s.saturating_add(1))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<i64, _>(0)? as u64, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
     /// The digest and previous digest stored at a chain position, if any.
     pub async fn digest_at(
         &self,
@@ -365,23 +418,27 @@ impl Db {
             .transpose()?)
     }
 
-    /// Inserts an index row unless its position is taken.
+    /// Inserts an index row unless its position is taken; returns once it is durable.
     pub async fn insert_bundle(&self, b: &BundleRow, now_us: i64) -> Result<Inserted, ApiError> {
-        let n = sqlx::query(
-            "INSERT INTO bundles (device_id, stream_id, seq, digest, prev_digest, size, received_us)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-        )
-        .bind(&b.device_id)
-        .bind(&b.stream_id)
-        .bind(seq_to_db(b.seq)?)
-        .bind(&b.digest)
-        .bind(&b.prev_digest)
-        .bind(b.size as i64)
-        .bind(now_us)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if n == 1 {
+        seq_to_db(b.seq)?;
+        let inserted = match &self.batcher {
+            Some(tx) => {
+                let (reply, answer) = oneshot::channel();
+                let pending = PendingRow {
+                    row: b.clone(),
+                    now_us,
+                    reply,
+                };
+                let gone = || ApiError::Unavailable("the index writer stopped".into());
+                tx.send(pending).await.map_err(|_| gone())?;
+                answer
+                    .await
+                    .map_err(|_| gone())?
+                    .map_err(ApiError::Unavailable)?
+            }
+            None => insert_row(&self.pool, b, now_us).await? == 1,
+        };
+        if inserted {
             return Ok(Inserted::New);
         }
         match self.digest_at(&b.device_id, &b.stream_id, b.seq).await? {
@@ -430,6 +487,62 @@ impl Db {
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+async fn insert_row<'e, E>(exec: E, b: &BundleRow, now_us: i64) -> Result<u64, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    Ok(sqlx::query(
+        "INSERT INTO bundles (device_id, stream_id, seq, digest, prev_digest, size, received_us)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+    )
+    .bind(&b.device_id)
+    .bind(&b.stream_id)
+    .bind(b.seq as i64)
+    .bind(&b.digest)
+    .bind(&b.prev_digest)
+    .bind(b.size as i64)
+    .bind(now_us)
+    .execute(exec)
+    .await?
+    .rows_affected())
+}
+
+/// Commits index rows in batches: everything queued while the previous commit ran.
+async fn batch_writer(pool: AnyPool, mut rx: mpsc::Receiver<PendingRow>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let result = async {
+            let mut tx = pool.begin().await?;
+            let mut flags = Vec::with_capacity(batch.len());
+            for p in &batch {
+                flags.push(insert_row(&mut *tx, &p.row, p.now_us).await? == 1);
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(flags)
+        }
+        .await;
+        match result {
+            Ok(flags) => {
+                for (p, f) in batch.into_iter().zip(flags) {
+                    let _ = p.reply.send(Ok(f));
+                }
+            }
+            Err(e) => {
+                let msg = crate::error::db_error_text(&e);
+                for p in batch {
+                    let _ = p.reply.send(Err(msg.clone()));
+                }
+            }
+        }
     }
 }
 

@@ -106,16 +106,19 @@ impl ApiError {
     }
 }
 
+/// A database error as text, without query text or bound values.
+pub fn db_error_text(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => format!("database error {}", d.code().unwrap_or_default()),
+        sqlx::Error::PoolTimedOut => "the database pool timed out".to_string(),
+        sqlx::Error::Io(io) => format!("database I/O error: {io}"),
+        other => format!("database error: {other}"),
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        // Query text and bound values stay out of the message.
-        let what = match &e {
-            sqlx::Error::Database(d) => format!("database error {}", d.code().unwrap_or_default()),
-            sqlx::Error::PoolTimedOut => "the database pool timed out".to_string(),
-            sqlx::Error::Io(io) => format!("database I/O error: {io}"),
-            other => format!("database error: {other}"),
-        };
-        ApiError::Unavailable(what)
+        ApiError::Unavailable(db_error_text(&e))
     }
 }
 
@@ -132,5 +135,44 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_formats_and_maps_to_a_status_and_code() {
+        let all = [
+            ApiError::MalformedBundle("truncated".into()),
+            ApiError::BadRequest("x".into()),
+            ApiError::BadToken,
+            ApiError::UnknownDevice("00".into()),
+            ApiError::RevokedDevice("00".into()),
+            ApiError::WrongDeviceKey("00".into()),
+            ApiError::EnrolledWithOtherKey("00".into()),
+            ApiError::Conflict("x".into()),
+            ApiError::TooLarge(10),
+            ApiError::Busy,
+            ApiError::Unavailable("x".into()),
+            ApiError::Operational("x".into()),
+            ApiError::Integrity("x".into()),
+            ApiError::NotFound,
+        ];
+        let mut codes = std::collections::BTreeSet::new();
+        for e in all {
+            assert!(!e.to_string().is_empty());
+            assert!(e
+                .code()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(codes.insert(e.code()), "codes are distinct");
+            let status = e.status();
+            let retry = matches!(e, ApiError::Busy | ApiError::Unavailable(_));
+            let resp = e.into_response();
+            assert_eq!(resp.status(), status);
+            assert_eq!(resp.headers().contains_key(header::RETRY_AFTER), retry);
+        }
     }
 }

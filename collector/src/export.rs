@@ -10,14 +10,13 @@
 //! still released, since their signature under the pinned key proves them authentic.
 //! The chain report goes to stderr.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 
 use serde::Serialize;
 
 use crate::db::{BundleRow, Db};
 use crate::error::ApiError;
-use crate::formats::{self, EnrollmentRecord, Identity};
+use crate::formats::{self, DevicePins, EnrollmentRecord, Identity, OpenedBundle, PinVerdict};
 use crate::store::BlobStore;
 
 /// One finding of the export.
@@ -151,16 +150,19 @@ pub async fn export<W: Write>(
 ) -> Result<ExportReport, ApiError> {
     let mut report = ExportReport::default();
     // Pins from the enrollment records, re-verified: an edited key column is caught.
-    let mut pins: BTreeMap<String, [u8; 32]> = BTreeMap::new();
+    let mut pins = DevicePins::new();
     for d in db.devices().await? {
-        match EnrollmentRecord::from_json(&d.record) {
+        let pinned = match EnrollmentRecord::from_json(&d.record) {
             Ok(r)
                 if r.device_id_hex() == d.device_id
                     && data_encoding::HEXLOWER.encode(&r.device_key()) == d.device_key =>
             {
-                pins.insert(d.device_id, r.device_key());
+                pins.add(&r).is_ok()
             }
-            _ => report.devices.push((d.device_id, Issue::BadEnrollment)),
+            _ => false,
+        };
+        if !pinned {
+            report.devices.push((d.device_id, Issue::BadEnrollment));
         }
     }
     let device = device.map(str::to_ascii_lowercase);
@@ -182,7 +184,7 @@ pub async fn export<W: Write>(
                 ..Default::default()
             });
             prev = None;
-            if !pins.contains_key(&row.device_id) {
+            if pin_of(&pins, &row.device_id).is_none() {
                 current
                     .as_mut()
                     .expect("just set")
@@ -191,10 +193,10 @@ pub async fn export<W: Write>(
             }
         }
         let cur = current.as_mut().expect("set above");
-        let Some(pin) = pins.get(&row.device_id) else {
+        if pin_of(&pins, &row.device_id).is_none() {
             continue;
-        };
-        match check_one(store, identity, pin, &row, prev.as_ref()).await? {
+        }
+        match check_one(store, identity, &pins, &row, prev.as_ref()).await? {
             Checked::Released(opened, issues) => {
                 formats::write_events(&opened, out).map_err(op)?;
                 cur.bundles_exported += 1;
@@ -220,15 +222,24 @@ pub async fn export<W: Write>(
     Ok(report)
 }
 
+fn pin_of<'a>(pins: &'a DevicePins, device_hex: &str) -> Option<&'a [u8; 32]> {
+    let id: [u8; 16] = data_encoding::HEXLOWER
+        .decode(device_hex.as_bytes())
+        .ok()?
+        .try_into()
+        .ok()?;
+    pins.key_of(&id)
+}
+
 enum Checked {
-    Released(Box<capvault::OpenedBundle>, Vec<Issue>),
+    Released(Box<OpenedBundle>, Vec<Issue>),
     Rejected(Issue),
 }
 
 async fn check_one(
     store: &BlobStore,
     identity: &Identity,
-    pin: &[u8; 32],
+    pins: &DevicePins,
     row: &BundleRow,
     prev: Option<&Link>,
 ) -> Result<Checked, ApiError> {
@@ -253,7 +264,7 @@ async fn check_one(
     let matches_row = h.device_id_hex() == row.device_id
         && data_encoding::HEXLOWER.encode(&formats::stream_id(h)) == row.stream_id
         && h.bundle_seq() == seq
-        && h.device_key() == pin;
+        && pins.check(h) == PinVerdict::Pinned;
     if !matches_row {
         return Ok(Checked::Rejected(Issue::NotPinned { seq }));
     }
@@ -263,10 +274,13 @@ async fn check_one(
             if h.prev_digest() != &p.digest {
                 return Ok(Checked::Rejected(Issue::PrevDigestMismatch { seq }));
             }
-            if h.first_record() != p.last_record.wrapping_add(1) {
+            // Records removed before release (budget, retention) are declared in the
+            // header and by a loss marker among the events.
+            let expected = p.last_record.wrapping_add(1).wrapping_add(h.records_lost());
+            if h.first_record() != expected {
                 issues.push(Issue::RecordGap {
                     seq,
-                    expected: p.last_record.wrapping_add(1),
+                    expected,
                     found: h.first_record(),
                 });
             }

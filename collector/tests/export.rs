@@ -120,7 +120,7 @@ fn a_collector_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("c");
     let (receipt_key, token) = init(&dir);
-    let key: capvault::ReceiptKey = receipt_key.parse().unwrap();
+    let key: capvault_format::ReceiptKey = receipt_key.parse().unwrap();
     let (id, id_path) = identity(tmp.path());
     let mut dev = Device::new(30);
     let total = 40u64;
@@ -161,7 +161,7 @@ fn a_collector_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
         let receipt = data_encoding::BASE64
             .decode(r.json()["receipt"].as_str().unwrap().as_bytes())
             .unwrap();
-        capvault::verify_receipt(&key, bundles[next].digest(), &receipt).unwrap();
+        capvault_format::verify_receipt(&key, bundles[next].digest(), &receipt).unwrap();
         next += 1;
     }
     assert_eq!(kills, 6);

@@ -45,7 +45,7 @@ fn init_serve_enroll_upload_and_the_receipt_verifies_with_the_printed_key() {
     let r = server.enroll(&token, &dev);
     assert_eq!(r.status, 200, "{}", text(&r.body));
 
-    let key: capvault::ReceiptKey = receipt_key.parse().unwrap();
+    let key: capvault_format::ReceiptKey = receipt_key.parse().unwrap();
     let b1 = dev.seal_next(&id.recipient(), 5);
     let r = server.upload(b1.bytes());
     assert_eq!(r.status, 200, "{}", text(&r.body));
@@ -54,7 +54,7 @@ fn init_serve_enroll_upload_and_the_receipt_verifies_with_the_printed_key() {
     let receipt = data_encoding::BASE64
         .decode(j["receipt"].as_str().unwrap().as_bytes())
         .unwrap();
-    capvault::verify_receipt(&key, b1.digest(), &receipt).unwrap();
+    capvault_format::verify_receipt(&key, b1.digest(), &receipt).unwrap();
 
     // An identical retry gets the same receipt and stores nothing new.
     let again = server.upload(b1.bytes());
@@ -266,7 +266,9 @@ fn a_full_server_answers_429_with_retry_after() {
     .unwrap();
     slow.flush().unwrap();
     let mut r = server.upload(b"x");
-    for _ in 0..50 {
+    // The slow request takes the slot once its headers are read; allow a loaded machine
+    // a few seconds for that.
+    for _ in 0..250 {
         if r.status == 429 {
             break;
         }

@@ -122,30 +122,29 @@ async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepte
         ))
     };
 
-    // Chain position.
-    match s.db.digest_at(&device_id, &stream_id, seq).await? {
-        Some((d, _)) if d == digest => return Ok(accepted(true)),
+    // Chain position: this sequence number and its stored neighbours.
+    let near = s.db.neighbourhood(&device_id, &stream_id, seq).await?;
+    let at = |n: u64| near.iter().find(|(q, _, _)| *q == n);
+    match at(seq) {
+        Some((_, d, _)) if *d == digest => return Ok(accepted(true)),
         Some(_) => return Err(conflict()),
         None => {}
     }
-    if let Some(prev_seq) = seq.checked_sub(1) {
-        if let Some((prev, _)) = s.db.digest_at(&device_id, &stream_id, prev_seq).await? {
-            if prev != hex(h.prev_digest()) {
-                return Err(ApiError::Conflict(format!(
-                    "bundle {seq} of device {device_id} stream {stream_id} does not link to the stored bundle {prev_seq}"
-                )));
-            }
+    if let Some((_, prev, _)) = seq.checked_sub(1).and_then(at) {
+        if *prev != hex(h.prev_digest()) {
+            return Err(ApiError::Conflict(format!(
+                "bundle {seq} of device {device_id} stream {stream_id} does not link to the stored bundle {}",
+                seq - 1
+            )));
         }
     }
-
     // A successor that arrived first must name this bundle as its predecessor.
-    if let Some(next_seq) = seq.checked_add(1) {
-        if let Some((_, next_prev)) = s.db.digest_at(&device_id, &stream_id, next_seq).await? {
-            if next_prev != digest {
-                return Err(ApiError::Conflict(format!(
-                    "the stored bundle {next_seq} of device {device_id} stream {stream_id} does not link to this bundle"
-                )));
-            }
+    if let Some((_, _, next_prev)) = seq.checked_add(1).and_then(at) {
+        if *next_prev != digest {
+            return Err(ApiError::Conflict(format!(
+                "the stored bundle {} of device {device_id} stream {stream_id} does not link to this bundle",
+                seq + 1
+            )));
         }
     }
 

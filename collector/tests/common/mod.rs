@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use capvault::test_hooks::{seal_bundle, BundleInput};
-use capvault::{Event, Identity, Recipient, SealedBundle, SeqEvent, Suite};
-use ring::signature::{Ed25519KeyPair, KeyPair};
+use capvault_format::secret::Key32;
+use capvault_format::{
+    seal_bundle, BundleInput, DeviceKey, EnrollmentRecord, Event, Identity, Recipient,
+    SealedBundle, SeqEvent, Suite,
+};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_capvault-collector");
 
@@ -28,7 +30,14 @@ pub fn text(b: &[u8]) -> String {
 
 /// `init --json` in `dir`: (receipt key, token).
 pub fn init(dir: &Path) -> (String, String) {
-    let out = cli(&["init", "--dir", dir.to_str().unwrap(), "--json"]);
+    init_with(dir, &[])
+}
+
+/// `init --json` with extra arguments (`--db URL`).
+pub fn init_with(dir: &Path, extra: &[&str]) -> (String, String) {
+    let mut args = vec!["init", "--dir", dir.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    let out = cli(&args);
     assert!(out.status.success(), "init: {}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     (
@@ -77,6 +86,7 @@ impl Server {
         let addr = line
             .trim()
             .strip_prefix("listening on http://")
+            .or_else(|| line.trim().strip_prefix("listening on https://"))
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .parse()
             .unwrap();
@@ -159,15 +169,37 @@ pub fn try_request(
 ) -> std::io::Result<Resp> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    exchange(&mut s, &addr.to_string(), method, path, ct, body)
+}
+
+/// One request and its answer on an open stream (plain or TLS).
+pub fn exchange<S: Read + Write>(
+    s: &mut S,
+    host: &str,
+    method: &str,
+    path: &str,
+    ct: &str,
+    body: &[u8],
+) -> std::io::Result<Resp> {
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )?;
     // The server may answer (413) before reading a large body: ignore a reset here.
     let _ = s.write_all(body);
+    let _ = s.flush();
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            // A TLS peer that closes without close_notify, after its answer.
+            Err(e) if !raw.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        }
+    }
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -193,6 +225,7 @@ pub fn try_request(
 /// A simulated device: an id and an Ed25519 seed, sealing real bundles.
 pub struct Device {
     pub id: [u8; 16],
+    pub stream: [u8; 16],
     pub seed: [u8; 32],
     pub user: String,
     pub sealed: Vec<SealedBundle>,
@@ -203,11 +236,22 @@ impl Device {
     pub fn new(tag: u8) -> Device {
         Device {
             id: [tag; 16],
+            stream: [tag ^ 0x55; 16],
             seed: [tag.wrapping_add(100); 32],
             user: format!("user-{tag}"),
             sealed: Vec::new(),
             next_event: 1,
         }
+    }
+
+    /// A device with random id, stream and key (for shared databases).
+    pub fn random() -> Device {
+        let mut d = Device::new(0);
+        d.id = capvault_format::secret::random_array();
+        d.stream = capvault_format::secret::random_array();
+        d.seed = capvault_format::secret::random_array();
+        d.user = format!("user-{}", hex(&d.id[..4]));
+        d
     }
 
     /// The same id with another key (a forger).
@@ -222,23 +266,15 @@ impl Device {
         hex(&self.id)
     }
 
+    fn key(&self) -> DeviceKey {
+        let mut seed = self.seed;
+        DeviceKey::from_seed(&Key32::from_slice_zeroizing(&mut seed).unwrap()).unwrap()
+    }
+
     /// The self-signed enrollment record (JSON value).
     pub fn record(&self) -> serde_json::Value {
-        let pair = Ed25519KeyPair::from_seed_unchecked(&self.seed).unwrap();
-        let key: [u8; 32] = pair.public_key().as_ref().try_into().unwrap();
-        let created_us: u64 = 1_764_000_000_000_000;
-        let mut m = b"capvault enrollment v1\0".to_vec();
-        m.extend_from_slice(&self.id);
-        m.extend_from_slice(&key);
-        m.extend_from_slice(&created_us.to_be_bytes());
-        let sig = pair.sign(&m);
-        serde_json::json!({
-            "version": 1,
-            "device_id": hex(&self.id),
-            "device_key": hex(&key),
-            "created_us": created_us,
-            "signature": data_encoding::BASE64.encode(sig.as_ref()),
-        })
+        let r = EnrollmentRecord::new(self.id, &self.key(), 1_764_000_000_000_000);
+        serde_json::from_str(&r.to_json()).unwrap()
     }
 
     /// Seals the next bundle of the chain with `n` mouse moves.
@@ -272,9 +308,11 @@ impl Device {
         self.next_event += n;
         let input = BundleInput {
             device_id: self.id,
+            stream_id: self.stream,
             bundle_seq: seq,
             first_record: seq,
             last_record: seq,
+            records_lost: 0,
             prev_digest: prev,
             created_us: 1_764_000_000_000_000,
             purpose: "activity-capture",
@@ -282,7 +320,7 @@ impl Device {
             events: &events,
             audit: &[],
         };
-        seal_bundle(&input, recipient, &self.seed).expect("seals")
+        seal_bundle(&input, recipient, &self.key()).expect("seals")
     }
 }
 

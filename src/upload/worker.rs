@@ -12,7 +12,7 @@ use super::options::CollectorUrl;
 use super::{Shared, UploadOptions};
 use crate::error::{Error, Result};
 use crate::vault::{now_us, Inner, Vault};
-use capvault_format::{verify_receipt, DeviceKey, EnrollmentRecord, ReceiptKey, Recipient};
+use capvault_format::{verify_receipt, ReceiptKey, Recipient};
 
 /// Where the vault remembers that the device enrolled with a collector (per base URL).
 const ENROLLED_PREFIX: &[u8] = b"upload/enrolled/";
@@ -133,8 +133,8 @@ impl<'a> Engine<'a> {
         if self.is_enrolled()? {
             return Ok(false);
         }
-        let device = DeviceKey::from_seed(&self.inner.device_seed).map_err(Error::from)?;
-        let record = EnrollmentRecord::new(self.inner.device_id, &device, now_us());
+        // The same record `capvault enroll` writes (its time is fixed at first use).
+        let record = self.inner.enrollment_record()?;
         let record: serde_json::Value = serde_json::from_str(&record.to_json())
             .map_err(|e| Error::Storage(format!("the enrollment record: {e}")))?;
         let body = serde_json::json!({ "token": token, "record": record }).to_string();

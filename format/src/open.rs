@@ -53,7 +53,7 @@ impl std::fmt::Debug for OpenedBundle {
 }
 
 /// A bundle whose framing and device signature were checked, without decrypting it
-/// (no identity needed). Enough for [`ChainChecker`].
+/// (no identity needed). Enough for [`crate::ChainChecker`].
 #[derive(Clone, Debug)]
 pub struct InspectedBundle {
     /// The clear header.

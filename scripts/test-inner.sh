@@ -26,7 +26,10 @@ export RUSTUP_HOME=${RUSTUP_HOME:-$HOME/.rustup}
 # Likewise a pyenv-managed python3 (where test.sh installed pyhpke) finds itself by HOME.
 [[ -d $HOME/.pyenv && -z ${PYENV_ROOT:-} ]] && export PYENV_ROOT=$HOME/.pyenv
 TEST_ROOT=$(mktemp -d "${TMPDIR:-/tmp}/capvault-test.XXXXXX")
+source scripts/services.sh
 cleanup() {
+  stop_services
+  [[ -n ${PG_ROOT:-} ]] && rm -rf "$PG_ROOT"
   [[ -n ${GNOME_KEYRING_PID:-} ]] && kill "$GNOME_KEYRING_PID" 2>/dev/null || true
   rm -rf "$TEST_ROOT"
 }
@@ -76,6 +79,23 @@ fi
 
 python3 -c 'import pyhpke' 2>/dev/null ||
   die "python3 cannot import pyhpke (test.sh installs it): check which python3 is on PATH"
+
+# A real PostgreSQL for the collector's replica tests (two replicas, one database).
+say "starting PostgreSQL (private cluster on loopback)"
+# Outside TEST_ROOT: the cluster runs as the postgres user, who cannot enter it.
+PG_ROOT=$(mktemp -d "${TMPDIR:-/tmp}/capvault-pg.XXXXXX")
+start_postgres "$PG_ROOT" || die "PostgreSQL did not start"
+
+# `bash scripts/test.sh scale`: the replica tests with their blobs in a real
+# S3-compatible store (Garage) as well as PostgreSQL; nothing else.
+if [[ ${1:-} == scale ]]; then
+  say "starting Garage (S3-compatible, single node)"
+  start_garage "$TEST_ROOT/garage" || die "Garage did not start"
+  step "collector scale tier: two replicas, PostgreSQL + S3" \
+    cargo nextest run -p capvault-collector --test scale --test replicas --no-fail-fast
+  say "scale tier passed"
+  exit 0
+fi
 
 # `bash scripts/test.sh nextest ARGS...` runs only `cargo nextest run ARGS...` (for
 # working on one test); with no arguments everything below runs.

@@ -42,6 +42,16 @@ if ((${#missing[@]})); then
   fi
 fi
 
+# PostgreSQL for the collector's replica tests (its binaries are not on PATH on Debian).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  command -v apt-get >/dev/null 2>&1 || die "PostgreSQL is missing: install its server package"
+  [[ $(id -u) -eq 0 ]] || die "PostgreSQL is missing: run as root or: sudo apt-get install postgresql"
+  say "installing: postgresql"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null ||
+    die "apt-get install postgresql failed"
+fi
+
 # --- Python (interop tests) --------------------------------------------------------
 if ! python3 -c 'import pyhpke' 2>/dev/null; then
   say "installing the Python package pyhpke"
@@ -64,6 +74,14 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   say "installing cargo-nextest"
   cargo install cargo-nextest --locked --quiet
+fi
+
+# The S3 tier (`bash scripts/test.sh scale`) runs against a real Garage, pinned.
+if [[ ${1:-} == scale ]] && ! command -v garage >/dev/null 2>&1; then
+  source scripts/services.sh
+  say "installing garage $GARAGE_VERSION (an S3-compatible object store; a long build, once)"
+  cargo install garage --version "$GARAGE_VERSION" --locked --quiet \
+    --no-default-features --features bundled-libs,sqlite
 fi
 
 # --- run everything in a private D-Bus session ---------------------------------------

@@ -24,6 +24,7 @@ mod keys;
 mod log;
 mod options;
 mod policy;
+mod upload;
 mod vault;
 
 pub use capvault_format::{
@@ -39,6 +40,9 @@ pub use keys::keystore::KeyStoreKind;
 pub use log::VerifyReport;
 pub use options::VaultOptions;
 pub use policy::{BudgetAction, KeystrokeLevel, Policy};
+#[cfg(feature = "upload")]
+pub use upload::{UploadError, UploadReport};
+pub use upload::{UploadOptions, UploadStatus};
 pub use vault::{Appended, EpochStatus, PauseState, Status, Vault};
 
 /// Hooks for crash-safety tests. Never enable the `test-hooks` feature in production.

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::keys::keystore::KeyStoreKind;
 use crate::policy::Policy;
+use crate::upload::UploadOptions;
 
 /// Options for [`crate::Vault::open`]. `Default` gives the documented defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,6 +41,10 @@ pub struct VaultOptions {
     pub collector_receipt_key: Option<String>,
     /// Privacy policy enforced by the vault.
     pub policy: Policy,
+    /// The built-in uploader (feature `upload`): when set, the open vault enrolls with the
+    /// collector and uploads its bundles in the background. Requires
+    /// `collector_receipt_key`.
+    pub upload: Option<UploadOptions>,
 }
 
 impl Default for VaultOptions {
@@ -55,6 +60,7 @@ impl Default for VaultOptions {
             cache_bytes: 16 * 1024 * 1024,
             collector_receipt_key: None,
             policy: Policy::default(),
+            upload: None,
         }
     }
 }
@@ -91,6 +97,24 @@ impl VaultOptions {
         }
         if self.cache_bytes < 1024 * 1024 {
             return Err(Error::invalid("cache_bytes must be at least 1048576"));
+        }
+        if let Some(upload) = &self.upload {
+            upload.validate()?;
+            // "none" removes the vault's key: nothing would verify the receipts.
+            if self
+                .collector_receipt_key
+                .as_deref()
+                .is_none_or(|k| k == crate::vault::NO_RECEIPT_KEY)
+            {
+                return Err(Error::invalid(
+                    "upload needs collector_receipt_key: the vault prunes uploaded bundles only against the collector's signed receipt",
+                ));
+            }
+            if cfg!(not(feature = "upload")) {
+                return Err(Error::invalid(
+                    "this build of capvault has no built-in uploader (feature `upload`); remove `upload` or use seal_next and ack",
+                ));
+            }
         }
         self.policy.validate()
     }

@@ -165,7 +165,18 @@ fn bad_option_key(json: &str) -> Option<String> {
 ///   window-title patterns, `*` is a wildcard), `screenshots` (bool, default true),
 ///   `max_pause_secs` (integer, default 1800), `retention_secs` (integer, default
 ///   2592000; 0 = keep until released), `budget_bytes` (integer, default 0 = none;
-///   otherwise at least 1048576), `on_budget` ("evict-oldest" (default), "refuse").
+///   otherwise at least 1048576), `on_budget` ("evict-oldest" (default), "refuse");
+/// - `upload` (object, default null): the built-in uploader. When set, the open vault
+///   enrolls with the collector once and uploads its bundles on a background thread
+///   (no agent code; `capvault_seal_next`/`capvault_ack` stay available for agents
+///   with their own transport). Requires `collector_receipt_key`. Keys: `url` (string,
+///   required: "https://..."; "http://" only to 127.0.0.0/8, ::1 or localhost),
+///   `recipient` (string, required: the collector's "cvrecip-..."), `token` (string,
+///   default null: enrollment token, sent once, never logged or reported),
+///   `max_bundle_bytes` (integer, default 8388608, 65536..1073741824),
+///   `max_bytes_per_sec` (integer, default 0 = unlimited), `interval_secs` (integer,
+///   default 30, 1..86400: how often to look for new data while idle).
+///   `capvault_status_json` then reports `upload`.
 ///
 /// Thread-safe.
 ///
@@ -454,8 +465,11 @@ pub extern "C" fn capvault_rotate_key(v: *mut capvault) -> capvault_result {
 }
 
 /// Writes a JSON object describing the vault (directory, ids, user, keychain, key
-/// epochs, record counts, disk use, pause state, policy; never keys or captured
-/// content) to `*out_json`.
+/// epochs, record counts, disk use, pause state, policy; with the `upload` option also
+/// `upload`: `url`, `pending_bundles`, `pending_bytes`, `last_success_us`,
+/// `last_attempt_us`, `last_error`, `next_attempt_us`, `enrolled`,
+/// `consecutive_failures`, `uploaded_bundles`, `uploaded_bytes`; never keys, tokens or
+/// captured content) to `*out_json`.
 ///
 /// `out_json` must not be NULL; it is written only on success. The caller owns the
 /// string and frees it with `capvault_string_free`. Thread-safe.

@@ -112,6 +112,9 @@ pub struct Status {
     pub maintenance_error: Option<String>,
     /// Always false for an open vault (an erased vault does not open).
     pub erased: bool,
+    /// The built-in uploader's state, when the vault was opened with `upload` options.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload: Option<crate::upload::UploadStatus>,
 }
 
 impl Inner {
@@ -247,6 +250,7 @@ impl Inner {
             audit_entries: inner.ledger.last_seq(),
             maintenance_error: inner.maintenance_error(),
             erased: false,
+            upload: inner.upload.as_ref().map(|u| u.status(st.bytes())),
         })
     }
 

@@ -118,6 +118,8 @@ pub(crate) struct Inner {
     purposes: RwLock<BTreeMap<u32, String>>,
     /// Serializes seal, ack and eviction (they move the release cursor and the tail).
     release: Mutex<()>,
+    /// The built-in uploader's state, when `upload` is configured (for `status`).
+    pub(crate) upload: Option<Arc<crate::upload::Shared>>,
 }
 
 /// An open vault for one user. Cheap to share between threads (`&Vault` is `Sync`);
@@ -126,6 +128,8 @@ pub struct Vault {
     inner: Arc<Inner>,
     writer: Option<JoinHandle<()>>,
     maintenance: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    #[cfg(feature = "upload")]
+    uploader: Option<crate::upload::Uploader>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -223,6 +227,7 @@ impl Vault {
         store.durable_flush()?;
         store.restrict_permissions()?;
         let (tx, rx) = mpsc::sync_channel(QUEUE_RECORDS);
+        let options_upload = options.upload.clone();
         let inner = Arc::new(Inner {
             producer: Mutex::new(Producer {
                 gate: PolicyGate::new(options.policy.clone()),
@@ -249,6 +254,9 @@ impl Vault {
             maintenance_error: Mutex::new(None),
             purposes: RwLock::new(purposes),
             release: Mutex::new(()),
+            upload: options_upload
+                .as_ref()
+                .map(|u| Arc::new(crate::upload::Shared::new(u))),
         });
         let worker = inner.clone();
         let writer = std::thread::Builder::new()
@@ -261,10 +269,13 @@ impl Vault {
             .name("capvault-maintenance".into())
             .spawn(move || limits::run(worker, stopped))
             .map_err(|e| Error::Storage(format!("cannot start the maintenance thread: {e}")))?;
-        let vault = Vault {
+        #[allow(unused_mut)]
+        let mut vault = Vault {
             inner,
             writer: Some(writer),
             maintenance: Some((stop, maintenance)),
+            #[cfg(feature = "upload")]
+            uploader: None,
         };
         if let Some(v) = policy_changed {
             vault
@@ -284,6 +295,14 @@ impl Vault {
             "open",
             &format!("policy v{}", vault.inner.opts.policy.version),
         )?;
+        #[cfg(feature = "upload")]
+        if let (Some(shared), Some(opts)) = (&vault.inner.upload, &options_upload) {
+            vault.uploader = Some(crate::upload::Uploader::start(
+                vault.inner.clone(),
+                shared.clone(),
+                opts,
+            )?);
+        }
         Ok(vault)
     }
 
@@ -401,6 +420,10 @@ impl Vault {
     }
 
     pub(crate) fn shutdown(&mut self) -> Result<()> {
+        #[cfg(feature = "upload")]
+        if let Some(uploader) = self.uploader.take() {
+            uploader.stop();
+        }
         if let Some((stop, handle)) = self.maintenance.take() {
             let _ = stop.send(());
             let _ = handle.join();
@@ -738,7 +761,11 @@ impl Inner {
             let mut p = self.producer();
             self.request_flush(&mut p)?
         };
-        wait.recv().map_err(|_| Error::Closed)?
+        wait.recv().map_err(|_| Error::Closed)??;
+        if let Some(upload) = &self.upload {
+            upload.flushed(self.log.lock().bytes());
+        }
+        Ok(())
     }
 
     /// Flushes while keeping the append lock: on return every appended event is stored

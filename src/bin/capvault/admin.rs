@@ -334,7 +334,40 @@ pub fn render_status(st: &Value) -> String {
         "audit      {} ledger entries\n",
         u(&st["audit_entries"])
     ));
+    render_upload(st, &mut o);
     o
+}
+
+/// The uploader's lines of `status`, when the vault uploads by itself.
+fn render_upload(st: &Value, o: &mut String) {
+    let up = &st["upload"];
+    if !up.is_object() {
+        return;
+    }
+    let when = |k: &str| {
+        up[k]
+            .as_i64()
+            .map_or_else(|| "never".to_string(), human_time)
+    };
+    o.push_str(&format!(
+        "upload     to {} ({}), {} pending in about {} bundles\n",
+        up["url"].as_str().unwrap_or("?"),
+        if up["enrolled"].as_bool().unwrap_or(false) {
+            "enrolled"
+        } else {
+            "not enrolled by this vault"
+        },
+        human_bytes(u(&up["pending_bytes"])),
+        u(&up["pending_bundles"]),
+    ));
+    o.push_str(&format!(
+        "           last success {}, next attempt {}\n",
+        when("last_success_us"),
+        when("next_attempt_us")
+    ));
+    if let Some(e) = up["last_error"].as_str() {
+        o.push_str(&format!("           last error: {e}\n"));
+    }
 }
 
 pub fn keys_list(h: &HandoffArgs, json: bool) -> CliResult<()> {

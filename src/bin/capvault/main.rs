@@ -8,6 +8,7 @@ mod admin;
 mod collector;
 mod demo;
 mod output;
+mod upload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -172,6 +173,11 @@ pub enum Cmd {
         after_help = "Example:\n  capvault receipt --identity collector.identity inbox/cvb1abc.cvb --out receipts.txt"
     )]
     Receipt(collector::ReceiptArgs),
+    /// Upload this vault's bundles to a collector (enroll once, send, verify receipts, ack).
+    #[command(
+        after_help = "Examples:\n  capvault upload --once --to https://ingest.example.com --recipient cvrecip-x25519-1... --receipt-key cvreceipt-ed25519-1... --vault /var/lib/capvault --user alice\n  CAPVAULT_UPLOAD_TOKEN=... capvault upload --to https://ingest.example.com --recipient cvrecip-x25519-1... --receipt-key cvreceipt-ed25519-1... --vault /var/lib/capvault --user alice\n\nWithout --once it keeps uploading until SIGINT or SIGTERM. Exit 0 when drained (--once), 1 with the error."
+    )]
+    Upload(upload::UploadArgs),
     /// Hold the vault and answer hand-off requests until killed (admin and test aid).
     #[command(hide = true)]
     Serve(admin::ServeArgs),
@@ -247,6 +253,7 @@ fn run(cli: Cli) -> CliResult<()> {
         Cmd::Recipient(RecipientCmd::New(a)) => collector::recipient_new(&a, json),
         Cmd::Open(a) => collector::open(&a, json),
         Cmd::Receipt(a) => collector::receipt(&a, json),
+        Cmd::Upload(a) => upload::run(&a, json),
         Cmd::Serve(a) => admin::serve(&a),
     }
 }

@@ -1,0 +1,170 @@
+//! `POST /v1/bundles`: verify, store, receipt. Never decrypts.
+//!
+//! Order of checks (the first failure answers; nothing is stored before all pass):
+//!
+//! 1. size (413) and load (429);
+//! 2. framing and the device signature (400);
+//! 3. the device named in the header is enrolled, not revoked, and enrolled with the
+//!    key that signed the bundle (403);
+//! 4. chain position: the same (device, stream, sequence) already stored with the same
+//!    digest is a retry (200, same receipt), with another digest a conflict (409); a
+//!    stored predecessor must be the bundle named by the header's previous digest
+//!    (409), and so must a stored successor name this bundle (409);
+//! 5. the blob is written (content-addressed, never overwritten) and made durable,
+//!    then the index row is inserted; the unique key on (device, stream, sequence)
+//!    decides between concurrent uploads, on one replica or many;
+//! 6. the receipt, a deterministic Ed25519 signature over the digest, is the same from
+//!    every replica and for every retry.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use super::AppState;
+use crate::db::{BundleRow, Inserted};
+use crate::error::ApiError;
+use crate::formats;
+
+#[derive(Serialize)]
+struct Accepted {
+    id: String,
+    receipt: String,
+}
+
+/// The handler: times the upload and counts its outcome.
+pub async fn upload(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let start = Instant::now();
+    let result = ingest(&s, &headers, body).await;
+    s.metrics.observe(start.elapsed());
+    match result {
+        Ok(a) => Json(a).into_response(),
+        Err(e) => {
+            s.metrics.rejected(e.code());
+            e.into_response()
+        }
+    }
+}
+
+async fn read_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let limit = s.max_bundle_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::TooLarge(limit));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let inner = e.into_inner();
+        if inner
+            .downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            ApiError::TooLarge(limit)
+        } else {
+            ApiError::BadRequest(format!("the request body could not be read: {inner}"))
+        }
+    })
+}
+
+async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepted, ApiError> {
+    let _permit = s
+        .in_flight
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Busy)?;
+    let bytes = read_body(s, headers, body).await?;
+    let size = bytes.len() as u64;
+
+    let b = bytes.clone();
+    let inspected = tokio::task::spawn_blocking(move || formats::inspect_bundle(&b))
+        .await
+        .map_err(|e| ApiError::Operational(format!("verify task: {e}")))?
+        .map_err(|e| ApiError::MalformedBundle(e.to_string()))?;
+    let h = &inspected.header;
+    let hex = |b: &[u8]| data_encoding::HEXLOWER.encode(b);
+    let device_id = h.device_id_hex();
+    let stream_id = hex(&formats::stream_id(h));
+    let seq = h.bundle_seq();
+    let digest = hex(&inspected.digest);
+
+    // Enrollment and pinning: a forged bundle is never stored.
+    let device =
+        s.db.device(&device_id)
+            .await?
+            .ok_or_else(|| ApiError::UnknownDevice(device_id.clone()))?;
+    if device.revoked_us.is_some() {
+        return Err(ApiError::RevokedDevice(device_id));
+    }
+    if device.device_key != hex(h.device_key()) {
+        tracing::warn!(device_id = %device_id, seq, "bundle signed by a key other than the enrolled one");
+        return Err(ApiError::WrongDeviceKey(device_id));
+    }
+
+    let accepted = |retry: bool| {
+        if retry {
+            s.metrics.retry();
+        }
+        Accepted {
+            id: inspected.id.clone(),
+            receipt: data_encoding::BASE64.encode(&s.signer.receipt_for(&inspected.digest)),
+        }
+    };
+    let conflict = || {
+        ApiError::Conflict(format!(
+            "bundle {seq} of device {device_id} stream {stream_id} is already stored with another digest"
+        ))
+    };
+
+    // Chain position: this sequence number and its stored neighbours.
+    let near = s.db.neighbourhood(&device_id, &stream_id, seq).await?;
+    let at = |n: u64| near.iter().find(|(q, _, _)| *q == n);
+    match at(seq) {
+        Some((_, d, _)) if *d == digest => return Ok(accepted(true)),
+        Some(_) => return Err(conflict()),
+        None => {}
+    }
+    if let Some((_, prev, _)) = seq.checked_sub(1).and_then(at) {
+        if *prev != hex(h.prev_digest()) {
+            return Err(ApiError::Conflict(format!(
+                "bundle {seq} of device {device_id} stream {stream_id} does not link to the stored bundle {}",
+                seq - 1
+            )));
+        }
+    }
+    // A successor that arrived first must name this bundle as its predecessor.
+    if let Some((_, _, next_prev)) = seq.checked_add(1).and_then(at) {
+        if *next_prev != digest {
+            return Err(ApiError::Conflict(format!(
+                "the stored bundle {} of device {device_id} stream {stream_id} does not link to this bundle",
+                seq + 1
+            )));
+        }
+    }
+
+    // Blob first, then the index row.
+    s.store.put(&digest, bytes).await?;
+    let row = BundleRow {
+        device_id: device_id.clone(),
+        stream_id: stream_id.clone(),
+        seq,
+        digest: digest.clone(),
+        prev_digest: hex(h.prev_digest()),
+        size,
+    };
+    match s.db.insert_bundle(&row, crate::config::now_us()).await? {
+        Inserted::New => {
+            s.metrics.accepted(size);
+            tracing::info!(device_id = %device_id, stream_id = %stream_id, seq, id = %inspected.id, bytes = size, "bundle stored");
+            Ok(accepted(false))
+        }
+        Inserted::Existing(d) if d == digest => Ok(accepted(true)),
+        Inserted::Existing(_) => Err(conflict()),
+    }
+}

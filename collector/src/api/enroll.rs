@@ -1,0 +1,60 @@
+//! `POST /v1/enroll`: a device presents a token and its self-signed enrollment record.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+
+use super::AppState;
+use crate::db::Enrolled;
+use crate::error::ApiError;
+use crate::formats::EnrollmentRecord;
+
+#[derive(Deserialize)]
+struct EnrollRequest {
+    token: String,
+    record: serde_json::Value,
+}
+
+/// 201 new device; 200 same device and key again (no token use consumed); 401 bad
+/// token; 409 the id is enrolled with another key; 400 malformed.
+pub async fn enroll(
+    State(s): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let req: EnrollRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("expected {{\"token\", \"record\"}}: {e}")))?;
+    let record = EnrollmentRecord::from_json(&req.record.to_string())
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let device_id = record.device_id_hex();
+    let key = data_encoding::HEXLOWER.encode(&record.device_key());
+    let outcome =
+        s.db.enroll(
+            &crate::tokens::hash(&req.token),
+            &device_id,
+            &key,
+            &record.to_json(),
+            crate::config::now_us(),
+        )
+        .await?;
+    let body = Json(serde_json::json!({ "device_id": device_id }));
+    match outcome {
+        Enrolled::New => {
+            s.metrics.enrolled();
+            tracing::info!(device_id = %device_id, "device enrolled");
+            Ok((StatusCode::CREATED, body))
+        }
+        Enrolled::Same => Ok((StatusCode::OK, body)),
+        Enrolled::OtherKey => {
+            tracing::warn!(device_id = %device_id, "enrollment refused: id enrolled with another key");
+            Err(ApiError::EnrolledWithOtherKey(device_id))
+        }
+        Enrolled::BadToken => {
+            tracing::warn!(device_id = %device_id, "enrollment refused: bad token");
+            Err(ApiError::BadToken)
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! HTTP API v1 (SPEC 12.7): one module per endpoint group, a shared state, and the
+//! router.
+
+mod bundles;
+mod enroll;
+mod health;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::Semaphore;
+
+use crate::db::Db;
+use crate::error::ApiError;
+use crate::formats::ReceiptSigner;
+use crate::metrics::Metrics;
+use crate::store::BlobStore;
+
+/// What every request handler sees.
+#[derive(Debug)]
+pub struct AppState {
+    /// The state database.
+    pub db: Db,
+    /// The blob store.
+    pub store: BlobStore,
+    /// Signs receipts. The ingest tier holds no key that opens bundles.
+    pub signer: ReceiptSigner,
+    /// Counters and latency.
+    pub metrics: Metrics,
+    /// Largest bundle accepted, in bytes.
+    pub max_bundle_bytes: usize,
+    /// Uploads processed at once.
+    pub in_flight: Arc<Semaphore>,
+}
+
+/// The router of API v1.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/enroll", post(enroll::enroll))
+        .route("/v1/bundles", post(bundles::upload))
+        .route("/healthz", get(health::healthz))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state)
+}

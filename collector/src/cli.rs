@@ -1,0 +1,358 @@
+//! The command line (SPEC 12.6). Exit codes as for `capvault`: 0 success, 1
+//! operational failure, 2 usage error, 3 integrity failure.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, ServeConfig, TlsFiles};
+use crate::db::Db;
+use crate::error::ApiError;
+use crate::store::BlobStore;
+
+/// capvault-collector: receive, verify and store sealed capvault bundles; export them
+/// as JSON Lines with the collector identity.
+#[derive(Debug, Parser)]
+#[command(name = "capvault-collector", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the collector directory: receipt signing key and a first enrollment token.
+    Init(InitArgs),
+    /// Run the ingest service.
+    Serve(ServeArgs),
+    /// Enrollment tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Enrolled devices.
+    Devices {
+        #[command(subcommand)]
+        command: DevicesCommand,
+    },
+    /// Open the stored bundles with the identity and write JSON Lines to stdout.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+struct DirArgs {
+    /// The collector directory.
+    #[arg(long)]
+    dir: PathBuf,
+    /// State database URL (default: sqlite file in DIR).
+    #[arg(long)]
+    db: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// The collector directory to create.
+    #[arg(long)]
+    dir: PathBuf,
+    /// State database URL (default: sqlite file in DIR).
+    #[arg(long)]
+    db: Option<String>,
+    /// Print {"receipt_key", "token"}.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    dir: DirArgs,
+    /// Address to listen on, e.g. 0.0.0.0:8443 (port 0 picks a free port).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Blob store URL: a directory or s3://bucket/prefix (default: DIR/bundles).
+    #[arg(long)]
+    store: Option<String>,
+    /// Certificate chain (PEM) for HTTPS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for HTTPS.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Largest bundle accepted, in bytes.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_BUNDLE_BYTES)]
+    max_bundle_bytes: usize,
+    /// Uploads processed at once; more are answered 429 with Retry-After.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_IN_FLIGHT)]
+    max_in_flight: usize,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create an enrollment token (printed once; only its hash is stored).
+    New {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// How many devices may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Lifetime, e.g. 30m, 12h, 7d (default: no expiry).
+        #[arg(long, value_parser = config::parse_duration)]
+        expires: Option<std::time::Duration>,
+        /// Print {"token", "uses", "expires_us"}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DevicesCommand {
+    /// List enrolled devices.
+    List {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// JSON Lines, one device per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a device: its further uploads are refused (403).
+    Revoke {
+        /// The device id (hex).
+        device_id: String,
+        #[command(flatten)]
+        dir: DirArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    dir: DirArgs,
+    /// The collector identity file (opens bundles).
+    #[arg(long)]
+    identity: PathBuf,
+    /// Blob store URL (default: DIR/bundles).
+    #[arg(long)]
+    store: Option<String>,
+    /// Only this device (hex id).
+    #[arg(long)]
+    device: Option<String>,
+    /// Chain report as JSON on stderr.
+    #[arg(long)]
+    json: bool,
+}
+
+fn init_logs(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let filter: Targets = std::env::var("CAPVAULT_LOG")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| default_level.parse().expect("a valid level"));
+    use std::io::IsTerminal;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match format {
+        LogFormat::Text => registry.with(fmt).try_init(),
+        LogFormat::Json => registry.with(fmt.json()).try_init(),
+    };
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ApiError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ApiError::Operational(format!("cannot start the runtime: {e}")))
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> u8 {
+    let serving = matches!(cli.command, Command::Serve(_));
+    init_logs(cli.log_format, if serving { "info" } else { "warn" });
+    let result = runtime().and_then(|rt| rt.block_on(dispatch(cli.command)));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("capvault-collector: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn print_out(text: &str) -> Result<(), ApiError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| ApiError::Operational(format!("cannot write to stdout: {e}")))
+}
+
+async fn open_db(dir: &Path, db: Option<&str>) -> Result<Db, ApiError> {
+    // Without --db the SQLite file must already exist: a typo in --dir should not
+    // create an empty collector.
+    if db.is_none() && !dir.join(crate::db::DEFAULT_FILE).exists() {
+        return Err(ApiError::Operational(format!(
+            "{} is not a collector directory; run `capvault-collector init --dir {}` first",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    Db::open(&config::db_url(dir, db)).await
+}
+
+async fn dispatch(command: Command) -> Result<u8, ApiError> {
+    match command {
+        Command::Init(a) => {
+            let signer = config::create_signer(&a.dir)?;
+            let db = Db::open(&config::db_url(&a.dir, a.db.as_deref())).await?;
+            BlobStore::open(&config::store_url(&a.dir, None))?;
+            let token = crate::tokens::create(&db, 1, None).await?;
+            db.close().await;
+            let key = signer.receipt_key().to_string();
+            if a.json {
+                print_out(&format!(
+                    "{}\n",
+                    serde_json::json!({ "receipt_key": key, "token": token })
+                ))?;
+            } else {
+                print_out(&format!(
+                    "receipt key: {key}\nenrollment token (1 use): {token}\n\
+                     Configure devices with the receipt key (collector_receipt_key) and the token (upload.token).\n"
+                ))?;
+            }
+            Ok(0)
+        }
+        Command::Serve(a) => {
+            let cfg = ServeConfig {
+                listen: a.listen,
+                db_url: config::db_url(&a.dir.dir, a.dir.db.as_deref()),
+                store_url: config::store_url(&a.dir.dir, a.store.as_deref()),
+                tls: match (a.tls_cert, a.tls_key) {
+                    (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                    _ => None,
+                },
+                max_bundle_bytes: a.max_bundle_bytes,
+                max_in_flight: a.max_in_flight.max(1),
+                dir: a.dir.dir,
+            };
+            crate::server::serve(cfg).await?;
+            Ok(0)
+        }
+        Command::Token {
+            command:
+                TokenCommand::New {
+                    dir,
+                    uses,
+                    expires,
+                    json,
+                },
+        } => {
+            let db = open_db(&dir.dir, dir.db.as_deref()).await?;
+            let expires_us = expires.map(|d| config::now_us().saturating_add(d.as_micros() as i64));
+            let token = crate::tokens::create(&db, uses, expires_us).await?;
+            db.close().await;
+            if json {
+                print_out(&format!(
+                    "{}\n",
+                    serde_json::json!({ "token": token, "uses": uses, "expires_us": expires_us })
+                ))?;
+            } else {
+                print_out(&format!("{token}\n"))?;
+            }
+            Ok(0)
+        }
+        Command::Devices {
+            command: DevicesCommand::List { dir, json },
+        } => {
+            let db = open_db(&dir.dir, dir.db.as_deref()).await?;
+            let devices = db.devices().await?;
+            db.close().await;
+            let mut text = String::new();
+            for d in devices {
+                if json {
+                    text.push_str(
+                        &serde_json::json!({
+                            "device_id": d.device_id,
+                            "device_key": d.device_key,
+                            "enrolled_us": d.enrolled_us,
+                            "revoked_us": d.revoked_us,
+                        })
+                        .to_string(),
+                    );
+                    text.push('\n');
+                } else {
+                    text.push_str(&format!(
+                        "{}  key {}  {}\n",
+                        d.device_id,
+                        d.device_key,
+                        if d.revoked_us.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        }
+                    ));
+                }
+            }
+            print_out(&text)?;
+            Ok(0)
+        }
+        Command::Devices {
+            command: DevicesCommand::Revoke { device_id, dir },
+        } => {
+            let db = open_db(&dir.dir, dir.db.as_deref()).await?;
+            let id = device_id.trim().to_ascii_lowercase();
+            let found = db.revoke(&id, config::now_us()).await?;
+            db.close().await;
+            if !found {
+                return Err(ApiError::Operational(format!(
+                    "device {id} is not enrolled"
+                )));
+            }
+            print_out(&format!("revoked {id}\n"))?;
+            Ok(0)
+        }
+        Command::Export(a) => {
+            let identity = crate::formats::Identity::read_from_file(&a.identity)
+                .map_err(|e| ApiError::Operational(e.to_string()))?;
+            let db = open_db(&a.dir.dir, a.dir.db.as_deref()).await?;
+            let store = BlobStore::open(&config::store_url(&a.dir.dir, a.store.as_deref()))?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let report =
+                crate::export::export(&db, &store, &identity, a.device.as_deref(), &mut out)
+                    .await?;
+            drop(out);
+            db.close().await;
+            let mut err = std::io::stderr().lock();
+            if a.json {
+                let _ = writeln!(
+                    err,
+                    "{}",
+                    serde_json::to_string(&report).unwrap_or_default()
+                );
+            } else {
+                let _ = report.write_text(&mut err);
+            }
+            if report.is_clean() {
+                Ok(0)
+            } else {
+                let _ = writeln!(
+                    err,
+                    "capvault-collector: integrity failure: see the report above"
+                );
+                Ok(3)
+            }
+        }
+    }
+}

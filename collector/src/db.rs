@@ -1,0 +1,557 @@
+//! The state database: devices, enrollment tokens and the bundle index, in SQLite (the
+//! embedded default) or PostgreSQL (shared by replicas), with one schema and one code
+//! path through sqlx's `Any` driver.
+//!
+//! Portability rules: ids and digests are lower-case hex `TEXT`, numbers `BIGINT`,
+//! parameters `$1, $2, …` (both engines accept them), and "insert unless present" is
+//! `ON CONFLICT DO NOTHING`.
+//!
+//! Schema (version 1):
+//!
+//! ```sql
+//! tokens  (hash TEXT PRIMARY KEY, uses_left BIGINT, expires_us BIGINT NULL, created_us BIGINT)
+//! devices (device_id TEXT PRIMARY KEY, device_key TEXT, record TEXT, enrolled_us BIGINT,
+//!          revoked_us BIGINT NULL)
+//! bundles (device_id TEXT, stream_id TEXT, seq BIGINT, digest TEXT, prev_digest TEXT,
+//!          size BIGINT, received_us BIGINT, PRIMARY KEY (device_id, stream_id, seq))
+//! ```
+//!
+//! The primary key of `bundles` is the unique key on (device, stream, sequence) that
+//! makes concurrent retries to two replicas store one row.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ApiError;
+
+/// The schema version this code writes.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS tokens (
+        hash TEXT PRIMARY KEY,
+        uses_left BIGINT NOT NULL,
+        expires_us BIGINT,
+        created_us BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS devices (
+        device_id TEXT PRIMARY KEY,
+        device_key TEXT NOT NULL,
+        record TEXT NOT NULL,
+        enrolled_us BIGINT NOT NULL,
+        revoked_us BIGINT)",
+    "CREATE TABLE IF NOT EXISTS bundles (
+        device_id TEXT NOT NULL,
+        stream_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        digest TEXT NOT NULL,
+        prev_digest TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        received_us BIGINT NOT NULL,
+        PRIMARY KEY (device_id, stream_id, seq))",
+];
+
+/// Which engine a URL names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// `sqlite://PATH`
+    Sqlite,
+    /// `postgres://…` or `postgresql://…`
+    Postgres,
+}
+
+/// The SQLite file of a collector directory.
+pub const DEFAULT_FILE: &str = "collector.db";
+
+/// The default database URL for a collector directory.
+pub fn default_url(dir: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", dir.join(DEFAULT_FILE).display())
+}
+
+/// A device row.
+#[derive(Clone, Debug)]
+pub struct Device {
+    /// Hex device id.
+    pub device_id: String,
+    /// Hex Ed25519 key.
+    pub device_key: String,
+    /// The enrollment record as received (JSON).
+    pub record: String,
+    /// Enrollment time.
+    pub enrolled_us: i64,
+    /// Revocation time, if revoked.
+    pub revoked_us: Option<i64>,
+}
+
+/// A bundle index row.
+#[derive(Clone, Debug)]
+pub struct BundleRow {
+    /// Hex device id.
+    pub device_id: String,
+    /// Hex stream id.
+    pub stream_id: String,
+    /// Bundle sequence number.
+    pub seq: u64,
+    /// Hex SHA-256 of the bundle bytes (the blob's name).
+    pub digest: String,
+    /// Hex digest of the previous bundle named in the header.
+    pub prev_digest: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Result of inserting an index row.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inserted {
+    /// This call stored the row.
+    New,
+    /// A row for the position already existed, with this digest.
+    Existing(String),
+}
+
+/// Result of an enrollment attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Enrolled {
+    /// A new device row (a token use was consumed).
+    New,
+    /// Already enrolled with the same key (no token use consumed).
+    Same,
+    /// Already enrolled with another key.
+    OtherKey,
+    /// The token is unknown, expired or used up.
+    BadToken,
+}
+
+/// The state database.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    engine: Engine,
+    /// SQLite: index rows go through one writer that commits them in batches.
+    batcher: Option<mpsc::Sender<PendingRow>>,
+}
+
+/// An index row waiting for the batch writer; the answer is "inserted".
+#[derive(Debug)]
+struct PendingRow {
+    row: BundleRow,
+    now_us: i64,
+    reply: oneshot::Sender<Result<bool, String>>,
+}
+
+/// Most rows committed in one SQLite transaction.
+const MAX_BATCH: usize = 256;
+
+fn seq_to_db(seq: u64) -> Result<i64, ApiError> {
+    i64::try_from(seq).map_err(|_| ApiError::MalformedBundle("bundle sequence out of range".into()))
+}
+
+impl Db {
+    /// Connects and brings the schema up to date.
+    pub async fn open(url: &str) -> Result<Db, ApiError> {
+        sqlx::any::install_default_drivers();
+        let engine = if url.starts_with("sqlite:") {
+            Engine::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Engine::Postgres
+        } else {
+            return Err(ApiError::Operational(
+                "--db must be a sqlite:// or postgres:// URL".into(),
+            ));
+        };
+        let max = match engine {
+            // One writer at a time anyway; a few readers.
+            Engine::Sqlite => 8,
+            Engine::Postgres => 16,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if engine == Engine::Sqlite {
+                        // WAL, and durable commits: a receipt promises the row survives.
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = FULL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await
+            .map_err(|e| ApiError::Operational(format!("cannot open the database: {e}")))?;
+        let mut db = Db {
+            pool,
+            engine,
+            batcher: None,
+        };
+        db.migrate().await?;
+        if engine == Engine::Sqlite {
+            // SQLite has one writer and every commit is an fsync: rows that arrive while
+            // a commit is under way are committed together (group commit). Each caller
+            // still gets its answer only after its row is durable.
+            let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+            tokio::spawn(batch_writer(db.pool.clone(), rx));
+            db.batcher = Some(tx);
+        }
+        Ok(db)
+    }
+
+    /// The engine in use.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    async fn migrate(&self) -> Result<(), ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        if self.engine == Engine::Postgres {
+            // Replicas starting together migrate one at a time.
+            sqlx::query("SELECT pg_advisory_lock(7418526301)")
+                .execute(&mut *conn)
+                .await?;
+        }
+        let result = async {
+            sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+                .execute(&mut *conn)
+                .await?;
+            let current: Option<i64> = sqlx::query("SELECT MAX(version) FROM schema_version")
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get(0)?;
+            match current {
+                Some(v) if v > SCHEMA_VERSION => Err(ApiError::Operational(format!(
+                    "the database has schema version {v}, newer than this collector ({SCHEMA_VERSION}); upgrade the collector"
+                ))),
+                Some(_) => Ok(()),
+                None => {
+                    for stmt in SCHEMA_V1 {
+                        sqlx::query(*stmt).execute(&mut *conn).await?;
+                    }
+                    sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+                        .bind(SCHEMA_VERSION)
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                }
+            }
+        }
+        .await;
+        if self.engine == Engine::Postgres {
+            sqlx::query("SELECT pg_advisory_unlock(7418526301)")
+                .execute(&mut *conn)
+                .await?;
+        }
+        result
+    }
+
+    /// True when the database answers.
+    pub async fn ping(&self) -> Result<(), ApiError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    // ----- tokens -----
+
+    /// Stores a token hash with its uses and optional expiry.
+    pub async fn add_token(
+        &self,
+        hash: &str,
+        uses: u32,
+        expires_us: Option<i64>,
+        now_us: i64,
+    ) -> Result<(), ApiError> {
+        sqlx::query(
+            "INSERT INTO tokens (hash, uses_left, expires_us, created_us) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(hash)
+        .bind(i64::from(uses))
+        .bind(expires_us)
+        .bind(now_us)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    // ----- devices -----
+
+    /// Looks a device up.
+    pub async fn device(&self, device_id: &str) -> Result<Option<Device>, ApiError> {
+        let row = sqlx::query(
+            "SELECT device_id, device_key, record, enrolled_us, revoked_us FROM devices WHERE device_id = $1",
+        )
+        .bind(device_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| device_from_row(&r)).transpose()
+    }
+
+    /// All devices, by id.
+    pub async fn devices(&self) -> Result<Vec<Device>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT device_id, device_key, record, enrolled_us, revoked_us FROM devices ORDER BY device_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(device_from_row).collect()
+    }
+
+    /// Enrolls a device with a token, atomically: a token use is consumed only when a
+    /// new device row is stored.
+    pub async fn enroll(
+        &self,
+        token_hash: &str,
+        device_id: &str,
+        device_key: &str,
+        record: &str,
+        now_us: i64,
+    ) -> Result<Enrolled, ApiError> {
+        if let Some(d) = self.device(device_id).await? {
+            return Ok(if d.device_key == device_key {
+                Enrolled::Same
+            } else {
+                Enrolled::OtherKey
+            });
+        }
+        let mut tx = self.pool.begin().await?;
+        let used = sqlx::query(
+            "UPDATE tokens SET uses_left = uses_left - 1
+             WHERE hash = $1 AND uses_left > 0 AND (expires_us IS NULL OR expires_us > $2)",
+        )
+        .bind(token_hash)
+        .bind(now_us)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if used != 1 {
+            tx.rollback().await?;
+            return Ok(Enrolled::BadToken);
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO devices (device_id, device_key, record, enrolled_us) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(device_id)
+        .bind(device_key)
+        .bind(record)
+        .bind(now_us)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            tx.commit().await?;
+            return Ok(Enrolled::New);
+        }
+        // Enrolled concurrently by another request: give the token use back.
+        tx.rollback().await?;
+        Ok(match self.device(device_id).await? {
+            Some(d) if d.device_key == device_key => Enrolled::Same,
+            _ => Enrolled::OtherKey,
+        })
+    }
+
+    /// Marks a device revoked; false if it is not enrolled.
+    pub async fn revoke(&self, device_id: &str, now_us: i64) -> Result<bool, ApiError> {
+        let n = sqlx::query(
+            "UPDATE devices SET revoked_us = COALESCE(revoked_us, $2) WHERE device_id = $1",
+        )
+        .bind(device_id)
+        .bind(now_us)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    // ----- bundles -----
+
+    /// The rows stored at `seq - 1`, `seq` and `seq + 1` of a stream, in one query:
+    /// (sequence, digest, previous digest).
+    pub async fn neighbourhood(
+        &self,
+        device_id: &str,
+        stream_id: &str,
+        seq: u64,
+    ) -> Result<Vec<(u64, String, String)>, ApiError> {
+        let s = seq_to_db(seq)?;
+        let rows = sqlx::query(
+            "SELECT seq, digest, prev_digest FROM bundles
+             WHERE device_id = $1 AND stream_id = $2 AND seq >= $3 AND seq <= $4",
+        )
+        .bind(device_id)
+        .bind(stream_id)
+        .bind(s.saturating_sub(1))
+        .bind(s.saturating_add(1))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<i64, _>(0)? as u64, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
+    /// The digest and previous digest stored at a chain position, if any.
+    pub async fn digest_at(
+        &self,
+        device_id: &str,
+        stream_id: &str,
+        seq: u64,
+    ) -> Result<Option<(String, String)>, ApiError> {
+        let row = sqlx::query(
+            "SELECT digest, prev_digest FROM bundles WHERE device_id = $1 AND stream_id = $2 AND seq = $3",
+        )
+        .bind(device_id)
+        .bind(stream_id)
+        .bind(seq_to_db(seq)?)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?)))
+            .transpose()?)
+    }
+
+    /// Inserts an index row unless its position is taken; returns once it is durable.
+    pub async fn insert_bundle(&self, b: &BundleRow, now_us: i64) -> Result<Inserted, ApiError> {
+        seq_to_db(b.seq)?;
+        let inserted = match &self.batcher {
+            Some(tx) => {
+                let (reply, answer) = oneshot::channel();
+                let pending = PendingRow {
+                    row: b.clone(),
+                    now_us,
+                    reply,
+                };
+                let gone = || ApiError::Unavailable("the index writer stopped".into());
+                tx.send(pending).await.map_err(|_| gone())?;
+                answer
+                    .await
+                    .map_err(|_| gone())?
+                    .map_err(ApiError::Unavailable)?
+            }
+            None => insert_row(&self.pool, b, now_us).await? == 1,
+        };
+        if inserted {
+            return Ok(Inserted::New);
+        }
+        match self.digest_at(&b.device_id, &b.stream_id, b.seq).await? {
+            Some((d, _)) => Ok(Inserted::Existing(d)),
+            None => Err(ApiError::Unavailable(
+                "the bundle index refused a row it does not hold".into(),
+            )),
+        }
+    }
+
+    /// Every index row, optionally of one device, in (device, stream, seq) order.
+    pub async fn bundles(&self, device_id: Option<&str>) -> Result<Vec<BundleRow>, ApiError> {
+        let rows = match device_id {
+            Some(d) => {
+                sqlx::query(
+                    "SELECT device_id, stream_id, seq, digest, prev_digest, size FROM bundles
+                     WHERE device_id = $1 ORDER BY device_id, stream_id, seq",
+                )
+                .bind(d)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT device_id, stream_id, seq, digest, prev_digest, size FROM bundles
+                     ORDER BY device_id, stream_id, seq",
+                )
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(BundleRow {
+                    device_id: r.try_get(0)?,
+                    stream_id: r.try_get(1)?,
+                    seq: r.try_get::<i64, _>(2)? as u64,
+                    digest: r.try_get(3)?,
+                    prev_digest: r.try_get(4)?,
+                    size: r.try_get::<i64, _>(5)? as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+async fn insert_row<'e, E>(exec: E, b: &BundleRow, now_us: i64) -> Result<u64, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    Ok(sqlx::query(
+        "INSERT INTO bundles (device_id, stream_id, seq, digest, prev_digest, size, received_us)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+    )
+    .bind(&b.device_id)
+    .bind(&b.stream_id)
+    .bind(b.seq as i64)
+    .bind(&b.digest)
+    .bind(&b.prev_digest)
+    .bind(b.size as i64)
+    .bind(now_us)
+    .execute(exec)
+    .await?
+    .rows_affected())
+}
+
+/// Commits index rows in batches: everything queued while the previous commit ran.
+async fn batch_writer(pool: AnyPool, mut rx: mpsc::Receiver<PendingRow>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let result = async {
+            let mut tx = pool.begin().await?;
+            let mut flags = Vec::with_capacity(batch.len());
+            for p in &batch {
+                flags.push(insert_row(&mut *tx, &p.row, p.now_us).await? == 1);
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(flags)
+        }
+        .await;
+        match result {
+            Ok(flags) => {
+                for (p, f) in batch.into_iter().zip(flags) {
+                    let _ = p.reply.send(Ok(f));
+                }
+            }
+            Err(e) => {
+                let msg = crate::error::db_error_text(&e);
+                for p in batch {
+                    let _ = p.reply.send(Err(msg.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn device_from_row(r: &AnyRow) -> Result<Device, ApiError> {
+    Ok(Device {
+        device_id: r.try_get(0)?,
+        device_key: r.try_get(1)?,
+        record: r.try_get(2)?,
+        enrolled_us: r.try_get(3)?,
+        revoked_us: r.try_get(4)?,
+    })
+}

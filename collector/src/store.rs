@@ -1,0 +1,252 @@
+//! The blob store: bundle bytes, content-addressed by their SHA-256 digest, written
+//! once and never overwritten.
+//!
+//! * A directory (the default, `DIR/bundles`): `<root>/<first 2 hex>/<digest hex>.cvb`,
+//!   written to a temporary file, fsynced, then hard-linked into place (a link never
+//!   replaces an existing name) and the directory fsynced. object_store's local
+//!   backend does not fsync, and a receipt tells the device it may delete its copy, so
+//!   this backend is written here.
+//! * `s3://bucket/prefix` (feature `s3`): object_store's S3 client, configured from the
+//!   standard `AWS_*` environment variables (`AWS_ENDPOINT`, `AWS_REGION`,
+//!   `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP=true` for a
+//!   plain-HTTP endpoint such as a local MinIO). Objects are created with a conditional
+//!   put (`If-None-Match: *`), so they are never overwritten either.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use crate::error::ApiError;
+
+/// Where bundle blobs live.
+#[derive(Clone, Debug)]
+pub struct BlobStore {
+    inner: Backend,
+}
+
+#[derive(Clone, Debug)]
+enum Backend {
+    Local(Arc<LocalStore>),
+    #[cfg(feature = "s3")]
+    S3 {
+        store: Arc<dyn object_store::ObjectStore>,
+        prefix: String,
+    },
+}
+
+#[derive(Debug)]
+struct LocalStore {
+    root: PathBuf,
+    shards: Mutex<HashSet<String>>,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::Unavailable(format!("blob store: {what}: {e}"))
+}
+
+impl BlobStore {
+    /// Opens the store named by `url`: a path, `file://PATH`, or `s3://bucket/prefix`.
+    pub fn open(url: &str) -> Result<BlobStore, ApiError> {
+        if let Some(rest) = url.strip_prefix("s3://") {
+            return Self::open_s3(rest);
+        }
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        let root = PathBuf::from(path);
+        std::fs::create_dir_all(&root).map_err(|e| {
+            ApiError::Operational(format!(
+                "cannot create the blob directory {}: {e}",
+                root.display()
+            ))
+        })?;
+        Ok(BlobStore {
+            inner: Backend::Local(Arc::new(LocalStore {
+                root,
+                shards: Mutex::new(HashSet::new()),
+            })),
+        })
+    }
+
+    #[cfg(feature = "s3")]
+    fn open_s3(rest: &str) -> Result<BlobStore, ApiError> {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(ApiError::Operational(
+                "--store s3://BUCKET[/PREFIX] needs a bucket".into(),
+            ));
+        }
+        let store = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| ApiError::Operational(format!("cannot configure S3: {e}")))?;
+        Ok(BlobStore {
+            inner: Backend::S3 {
+                store: Arc::new(store),
+                prefix: prefix.trim_matches('/').to_string(),
+            },
+        })
+    }
+
+    #[cfg(not(feature = "s3"))]
+    fn open_s3(_: &str) -> Result<BlobStore, ApiError> {
+        Err(ApiError::Operational(
+            "this build has no S3 support (build with the `s3` feature)".into(),
+        ))
+    }
+
+    /// Stores `bytes` under `digest_hex` unless it is already there; returns once the
+    /// blob is durable.
+    pub async fn put(&self, digest_hex: &str, bytes: Bytes) -> Result<(), ApiError> {
+        match &self.inner {
+            Backend::Local(l) => {
+                let l = l.clone();
+                let name = digest_hex.to_string();
+                tokio::task::spawn_blocking(move || l.put(&name, &bytes))
+                    .await
+                    .map_err(|e| unavailable("write task", e))?
+            }
+            #[cfg(feature = "s3")]
+            Backend::S3 { store, prefix } => {
+                use object_store::{PutMode, PutOptions, PutPayload};
+                let path = s3_path(prefix, digest_hex);
+                let opts = PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                };
+                match store.put_opts(&path, PutPayload::from(bytes), opts).await {
+                    Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+                    // Another replica is creating the same object at this moment.
+                    Err(object_store::Error::Precondition { .. }) => Ok(()),
+                    Err(e) => Err(unavailable("put", e)),
+                }
+            }
+        }
+    }
+
+    /// The blob stored under `digest_hex`, if any.
+    pub async fn get(&self, digest_hex: &str) -> Result<Option<Bytes>, ApiError> {
+        match &self.inner {
+            Backend::Local(l) => {
+                let path = l.path(digest_hex);
+                match tokio::fs::read(&path).await {
+                    Ok(b) => Ok(Some(Bytes::from(b))),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(unavailable("read", e)),
+                }
+            }
+            #[cfg(feature = "s3")]
+            Backend::S3 { store, prefix } => {
+                use object_store::ObjectStoreExt;
+                match store.get(&s3_path(prefix, digest_hex)).await {
+                    Ok(r) => Ok(Some(r.bytes().await.map_err(|e| unavailable("get", e))?)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(unavailable("get", e)),
+                }
+            }
+        }
+    }
+
+    /// True when the store can take writes (for `/healthz`).
+    pub async fn check(&self) -> Result<(), ApiError> {
+        match &self.inner {
+            Backend::Local(l) => {
+                let meta = tokio::fs::metadata(&l.root)
+                    .await
+                    .map_err(|e| unavailable("blob directory", e))?;
+                if meta.is_dir() && !meta.permissions().readonly() {
+                    Ok(())
+                } else {
+                    Err(unavailable("blob directory", "not a writable directory"))
+                }
+            }
+            #[cfg(feature = "s3")]
+            Backend::S3 { store, prefix } => {
+                // Listing one level proves the bucket answers with these credentials.
+                let p = object_store::path::Path::from(prefix.as_str());
+                store
+                    .list_with_delimiter(Some(&p))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| unavailable("list", e))
+            }
+        }
+    }
+}
+
+#[cfg(feature = "s3")]
+fn s3_path(prefix: &str, digest_hex: &str) -> object_store::path::Path {
+    let name = format!("{}/{digest_hex}.cvb", &digest_hex[..2]);
+    if prefix.is_empty() {
+        object_store::path::Path::from(name)
+    } else {
+        object_store::path::Path::from(format!("{prefix}/{name}"))
+    }
+}
+
+impl LocalStore {
+    fn path(&self, digest_hex: &str) -> PathBuf {
+        self.root
+            .join(&digest_hex[..2])
+            .join(format!("{digest_hex}.cvb"))
+    }
+
+    fn shard(&self, digest_hex: &str) -> Result<PathBuf, ApiError> {
+        let shard = &digest_hex[..2];
+        let dir = self.root.join(shard);
+        let known = self
+            .shards
+            .lock()
+            .map(|s| s.contains(shard))
+            .unwrap_or(false);
+        if !known {
+            std::fs::create_dir_all(&dir).map_err(|e| unavailable("mkdir", e))?;
+            sync_dir(&self.root)?;
+            if let Ok(mut s) = self.shards.lock() {
+                s.insert(shard.to_string());
+            }
+        }
+        Ok(dir)
+    }
+
+    fn put(&self, digest_hex: &str, bytes: &[u8]) -> Result<(), ApiError> {
+        let dir = self.shard(digest_hex)?;
+        let final_path = dir.join(format!("{digest_hex}.cvb"));
+        if final_path.exists() {
+            return Ok(());
+        }
+        let mut nonce = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+            .map_err(|_| unavailable("random", "unavailable"))?;
+        let tmp = dir.join(format!(
+            ".tmp-{digest_hex}-{}",
+            data_encoding::HEXLOWER.encode(&nonce)
+        ));
+        let result = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(|e| unavailable("create", e))?;
+            f.write_all(bytes).map_err(|e| unavailable("write", e))?;
+            f.sync_all().map_err(|e| unavailable("fsync", e))?;
+            match std::fs::hard_link(&tmp, &final_path) {
+                Ok(()) => {}
+                // Stored meanwhile by a concurrent upload of the same bundle.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(unavailable("link", e)),
+            }
+            Ok(())
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        result?;
+        sync_dir(&dir)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ApiError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| unavailable("fsync dir", e))
+}

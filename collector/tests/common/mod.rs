@@ -1,0 +1,378 @@
+//! Test helpers: a real collector process on loopback, a minimal HTTP/1.1 client, and
+//! devices that seal real bundles.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use capvault_format::secret::Key32;
+use capvault_format::{
+    seal_bundle, BundleInput, DeviceKey, EnrollmentRecord, Event, Identity, Recipient,
+    SealedBundle, SeqEvent, Suite,
+};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_capvault-collector");
+
+/// Runs the collector command line to completion.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("the collector binary runs")
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `init --json` in `dir`: (receipt key, token).
+pub fn init(dir: &Path) -> (String, String) {
+    init_with(dir, &[])
+}
+
+/// `init --json` with extra arguments (`--db URL`).
+pub fn init_with(dir: &Path, extra: &[&str]) -> (String, String) {
+    let mut args = vec!["init", "--dir", dir.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    let out = cli(&args);
+    assert!(out.status.success(), "init: {}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v["receipt_key"].as_str().unwrap().to_string(),
+        v["token"].as_str().unwrap().to_string(),
+    )
+}
+
+/// A new token with `uses` uses.
+pub fn new_token(dir: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["token", "new", "--dir", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = cli(&args);
+    assert!(out.status.success(), "token new: {}", text(&out.stderr));
+    text(&out.stdout).trim().to_string()
+}
+
+/// A running `serve`, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl Server {
+    pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        let mut args = vec![
+            "serve",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .env("CAPVAULT_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("serve starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .or_else(|| line.trim().strip_prefix("listening on https://"))
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        Server {
+            child,
+            addr,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn post(&self, path: &str, content_type: &str, body: &[u8]) -> Resp {
+        request(self.addr, "POST", path, content_type, body)
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        request(self.addr, "GET", path, "text/plain", b"")
+    }
+
+    pub fn enroll(&self, token: &str, device: &Device) -> Resp {
+        let body = serde_json::json!({ "token": token, "record": device.record() });
+        self.post(
+            "/v1/enroll",
+            "application/json",
+            body.to_string().as_bytes(),
+        )
+    }
+
+    pub fn upload(&self, bundle: &[u8]) -> Resp {
+        self.post("/v1/bundles", "application/octet-stream", bundle)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn code(&self) -> String {
+        self.json()["code"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`).
+pub fn request(addr: SocketAddr, method: &str, path: &str, ct: &str, body: &[u8]) -> Resp {
+    try_request(addr, method, path, ct, body).expect("the request completes")
+}
+
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    ct: &str,
+    body: &[u8],
+) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    exchange(&mut s, &addr.to_string(), method, path, ct, body)
+}
+
+/// One request and its answer on an open stream (plain or TLS).
+pub fn exchange<S: Read + Write>(
+    s: &mut S,
+    host: &str,
+    method: &str,
+    path: &str,
+    ct: &str,
+    body: &[u8],
+) -> std::io::Result<Resp> {
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    // The server may answer (413) before reading a large body: ignore a reset here.
+    let _ = s.write_all(body);
+    let _ = s.flush();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            // A TLS peer that closes without close_notify, after its answer.
+            Err(e) if !raw.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        }
+    }
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP header in the answer"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("bad status line"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Ok(Resp {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    })
+}
+
+/// A simulated device: an id and an Ed25519 seed, sealing real bundles.
+pub struct Device {
+    pub id: [u8; 16],
+    pub stream: [u8; 16],
+    pub seed: [u8; 32],
+    pub user: String,
+    pub sealed: Vec<SealedBundle>,
+    next_event: u64,
+}
+
+impl Device {
+    pub fn new(tag: u8) -> Device {
+        Device {
+            id: [tag; 16],
+            stream: [tag ^ 0x55; 16],
+            seed: [tag.wrapping_add(100); 32],
+            user: format!("user-{tag}"),
+            sealed: Vec::new(),
+            next_event: 1,
+        }
+    }
+
+    /// A device with random id, stream and key (for shared databases).
+    pub fn random() -> Device {
+        let mut d = Device::new(0);
+        d.id = capvault_format::secret::random_array();
+        d.stream = capvault_format::secret::random_array();
+        d.seed = capvault_format::secret::random_array();
+        d.user = format!("user-{}", hex(&d.id[..4]));
+        d
+    }
+
+    /// The same id with another key (a forger).
+    pub fn impostor_of(other: &Device) -> Device {
+        let mut d = Device::new(0);
+        d.id = other.id;
+        d.seed = [0xEE; 32];
+        d
+    }
+
+    pub fn id_hex(&self) -> String {
+        hex(&self.id)
+    }
+
+    fn key(&self) -> DeviceKey {
+        let mut seed = self.seed;
+        DeviceKey::from_seed(&Key32::from_slice_zeroizing(&mut seed).unwrap()).unwrap()
+    }
+
+    /// The self-signed enrollment record (JSON value).
+    pub fn record(&self) -> serde_json::Value {
+        let r = EnrollmentRecord::new(self.id, &self.key(), 1_764_000_000_000_000);
+        serde_json::from_str(&r.to_json()).unwrap()
+    }
+
+    /// Seals the next bundle of the chain with `n` mouse moves.
+    pub fn seal_next(&mut self, recipient: &Recipient, n: u64) -> SealedBundle {
+        let prev = self.sealed.last().map(|b| *b.digest()).unwrap_or([0; 32]);
+        let seq = self.sealed.len() as u64 + 1;
+        let b = self.seal_at(recipient, seq, prev, n);
+        self.sealed.push(b.clone());
+        b
+    }
+
+    /// Seals a bundle at an arbitrary position (for conflicts), not kept in the chain.
+    pub fn seal_at(
+        &mut self,
+        recipient: &Recipient,
+        seq: u64,
+        prev: [u8; 32],
+        n: u64,
+    ) -> SealedBundle {
+        let first = self.next_event;
+        let events: Vec<SeqEvent> = (0..n)
+            .map(|i| SeqEvent {
+                seq: first + i,
+                event: Event::MouseMove {
+                    ts_us: 1_764_000_000_000_000 + (first + i) as i64,
+                    x: (first + i) as i32,
+                    y: seq as i32,
+                },
+            })
+            .collect();
+        self.next_event += n;
+        let input = BundleInput {
+            device_id: self.id,
+            stream_id: self.stream,
+            bundle_seq: seq,
+            first_record: seq,
+            last_record: seq,
+            records_lost: 0,
+            prev_digest: prev,
+            created_us: 1_764_000_000_000_000,
+            purpose: "activity-capture",
+            user: &self.user,
+            events: &events,
+            audit: &[],
+        };
+        seal_bundle(&input, recipient, &self.key()).expect("seals")
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(b)
+}
+
+/// A collector identity written to `dir/collector.identity`.
+pub fn identity(dir: &Path) -> (Identity, PathBuf) {
+    let id = Identity::generate(Suite::X25519);
+    let path = dir.join("collector.identity");
+    id.write_to_file(&path).unwrap();
+    (id, path)
+}
+
+/// Number of blob files under `dir/bundles`.
+pub fn blob_count(dir: &Path) -> usize {
+    let root = dir.join("bundles");
+    let Ok(shards) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    shards
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| {
+            std::fs::read_dir(e.path())
+                .unwrap()
+                .flatten()
+                .filter(|f| f.file_name().to_string_lossy().ends_with(".cvb"))
+                .count()
+        })
+        .sum()
+}
+
+/// `export` of `dir`: (exit code, stdout lines as JSON, stderr).
+pub fn export(
+    dir: &Path,
+    identity: &Path,
+    extra: &[&str],
+) -> (i32, Vec<serde_json::Value>, String) {
+    let mut args = vec![
+        "export",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--identity",
+        identity.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = cli(&args);
+    let lines = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l}: {e}")))
+        .collect();
+    (out.status.code().unwrap_or(-1), lines, text(&out.stderr))
+}

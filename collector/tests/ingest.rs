@@ -1,0 +1,280 @@
+//! The ingest service over loopback: enrollment, upload, receipts, refusals.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn init_serve_enroll_upload_and_the_receipt_verifies_with_the_printed_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    let (receipt_key, token) = init(&dir);
+    assert!(
+        receipt_key.starts_with("cvreceipt-ed25519-1"),
+        "{receipt_key}"
+    );
+    assert!(token.starts_with("cvtoken-"), "{token}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("receipt-signing.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let key_file = std::fs::read_to_string(dir.join("receipt-signing.key")).unwrap();
+        assert!(
+            !key_file.contains(&token),
+            "the token is not stored in clear"
+        );
+    }
+    // A second init refuses to replace the key.
+    assert_eq!(
+        cli(&["init", "--dir", dir.to_str().unwrap()]).status.code(),
+        Some(1)
+    );
+
+    let server = Server::start(&dir, &[]);
+    assert_eq!(server.get("/healthz").status, 200);
+    let (id, _) = identity(tmp.path());
+    let mut dev = Device::new(1);
+
+    let r = server.enroll(&token, &dev);
+    assert_eq!(r.status, 201, "{}", text(&r.body));
+    assert_eq!(r.json()["device_id"], dev.id_hex());
+    // Idempotent: same key again, even though the one-use token is spent.
+    let r = server.enroll(&token, &dev);
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+
+    let key: capvault_format::ReceiptKey = receipt_key.parse().unwrap();
+    let b1 = dev.seal_next(&id.recipient(), 5);
+    let r = server.upload(b1.bytes());
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    let j = r.json();
+    assert_eq!(j["id"], b1.id());
+    let receipt = data_encoding::BASE64
+        .decode(j["receipt"].as_str().unwrap().as_bytes())
+        .unwrap();
+    capvault_format::verify_receipt(&key, b1.digest(), &receipt).unwrap();
+
+    // An identical retry gets the same receipt and stores nothing new.
+    let again = server.upload(b1.bytes());
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json(), j);
+    assert_eq!(blob_count(&dir), 1);
+
+    let b2 = dev.seal_next(&id.recipient(), 5);
+    assert_eq!(server.upload(b2.bytes()).status, 200);
+
+    let m = text(&server.get("/metrics").body);
+    assert!(
+        m.contains("capvault_collector_bundles_accepted_total 2\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("capvault_collector_bundle_retries_total 1\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("capvault_collector_upload_duration_seconds_count 3\n"),
+        "{m}"
+    );
+
+    let list = cli(&["devices", "list", "--dir", dir.to_str().unwrap(), "--json"]);
+    assert!(list.status.success());
+    let line: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(line["device_id"], dev.id_hex());
+
+    let r = server.get("/nope");
+    assert_eq!((r.status, r.code()), (404, "not_found".to_string()));
+}
+
+#[test]
+fn conflicts_are_refused_and_nothing_is_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    let (_, token) = init(&dir);
+    let server = Server::start(&dir, &[]);
+    let (id, _) = identity(tmp.path());
+    let mut dev = Device::new(2);
+    assert_eq!(server.enroll(&token, &dev).status, 201);
+    let b1 = dev.seal_next(&id.recipient(), 3);
+    assert_eq!(server.upload(b1.bytes()).status, 200);
+
+    // Another bundle claiming sequence 1.
+    let other = dev.seal_at(&id.recipient(), 1, [0; 32], 3);
+    let r = server.upload(other.bytes());
+    assert_eq!((r.status, r.code()), (409, "conflict".to_string()));
+
+    // Sequence 2 that does not link to the stored sequence 1.
+    let unlinked = dev.seal_at(&id.recipient(), 2, [9; 32], 3);
+    let r = server.upload(unlinked.bytes());
+    assert_eq!((r.status, r.code()), (409, "conflict".to_string()));
+
+    // Sequence 4 arrives before 3; then a 3 that 4 does not name is refused.
+    let b2 = dev.seal_next(&id.recipient(), 3);
+    let b3 = dev.seal_next(&id.recipient(), 3);
+    let b4 = dev.seal_next(&id.recipient(), 3);
+    assert_eq!(server.upload(b2.bytes()).status, 200);
+    assert_eq!(server.upload(b4.bytes()).status, 200);
+    let fake3 = dev.seal_at(&id.recipient(), 3, *b2.digest(), 3);
+    assert_eq!(server.upload(fake3.bytes()).status, 409);
+    assert_eq!(server.upload(b3.bytes()).status, 200);
+    assert_eq!(blob_count(&dir), 4);
+
+    let m = text(&server.get("/metrics").body);
+    assert!(
+        m.contains("capvault_collector_bundles_rejected_total{reason=\"conflict\"} 3\n"),
+        "{m}"
+    );
+}
+
+#[test]
+fn forged_unknown_and_revoked_devices_are_refused_and_nothing_is_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    let (_, token) = init(&dir);
+    let server = Server::start(&dir, &[]);
+    let (id, _) = identity(tmp.path());
+
+    // Not enrolled.
+    let mut stranger = Device::new(3);
+    let b = stranger.seal_next(&id.recipient(), 2);
+    let r = server.upload(b.bytes());
+    assert_eq!((r.status, r.code()), (403, "unknown_device".to_string()));
+
+    // Enrolled id, bundle signed by another key.
+    let mut dev = Device::new(4);
+    assert_eq!(server.enroll(&token, &dev).status, 201);
+    let mut impostor = Device::impostor_of(&dev);
+    let forged = impostor.seal_next(&id.recipient(), 2);
+    let r = server.upload(forged.bytes());
+    assert_eq!((r.status, r.code()), (403, "wrong_device_key".to_string()));
+
+    // The impostor cannot enroll the id with its key either.
+    let t2 = new_token(&dir, &[]);
+    let r = server.enroll(&t2, &impostor);
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "enrolled_with_other_key".to_string())
+    );
+    assert_eq!(blob_count(&dir), 0);
+
+    // The real device uploads; then it is revoked and refused.
+    let b1 = dev.seal_next(&id.recipient(), 2);
+    assert_eq!(server.upload(b1.bytes()).status, 200);
+    let out = cli(&[
+        "devices",
+        "revoke",
+        &dev.id_hex(),
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let b2 = dev.seal_next(&id.recipient(), 2);
+    let r = server.upload(b2.bytes());
+    assert_eq!((r.status, r.code()), (403, "revoked_device".to_string()));
+    assert_eq!(blob_count(&dir), 1);
+
+    let out = cli(&["devices", "revoke", "00", "--dir", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn tokens_bad_used_up_and_expired_get_401() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    let (_, token) = init(&dir);
+    let server = Server::start(&dir, &[]);
+
+    let r = server.enroll("cvtoken-nonsense", &Device::new(5));
+    assert_eq!((r.status, r.code()), (401, "bad_token".to_string()));
+
+    assert_eq!(server.enroll(&token, &Device::new(6)).status, 201);
+    let r = server.enroll(&token, &Device::new(7));
+    assert_eq!(r.status, 401, "a one-use token is used up");
+
+    let two = new_token(&dir, &["--uses", "2"]);
+    assert_eq!(server.enroll(&two, &Device::new(8)).status, 201);
+    assert_eq!(server.enroll(&two, &Device::new(9)).status, 201);
+    assert_eq!(server.enroll(&two, &Device::new(10)).status, 401);
+
+    let expired = new_token(&dir, &["--expires", "0s"]);
+    assert_eq!(server.enroll(&expired, &Device::new(11)).status, 401);
+    let later = new_token(&dir, &["--expires", "1h"]);
+    assert_eq!(server.enroll(&later, &Device::new(11)).status, 201);
+
+    // Usage errors exit 2.
+    let out = cli(&[
+        "token",
+        "new",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--expires",
+        "soon",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn malformed_requests_get_400_and_oversized_bundles_413() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    let (_, token) = init(&dir);
+    let server = Server::start(&dir, &["--max-bundle-bytes", "100000"]);
+    let (id, _) = identity(tmp.path());
+    let mut dev = Device::new(12);
+    assert_eq!(server.enroll(&token, &dev).status, 201);
+
+    let r = server.upload(b"not a bundle at all");
+    assert_eq!((r.status, r.code()), (400, "malformed_bundle".to_string()));
+    let b = dev.seal_next(&id.recipient(), 4);
+    let mut flipped = b.bytes().to_vec();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 1;
+    assert_eq!(server.upload(&flipped).status, 400);
+    assert_eq!(server.upload(&b.bytes()[..b.bytes().len() - 1]).status, 400);
+
+    let r = server.post("/v1/enroll", "application/json", b"{\"token\": 1}");
+    assert_eq!((r.status, r.code()), (400, "bad_request".to_string()));
+    let mut rec = dev.record();
+    rec["created_us"] = serde_json::json!(1);
+    let body = serde_json::json!({ "token": token, "record": rec }).to_string();
+    let r = server.post("/v1/enroll", "application/json", body.as_bytes());
+    assert_eq!(r.status, 400, "an enrollment record with a bad signature");
+
+    let big = vec![0u8; 100_001];
+    let r = server.upload(&big);
+    assert_eq!((r.status, r.code()), (413, "too_large".to_string()));
+    assert_eq!(blob_count(&dir), 0);
+    // The valid bundle still goes in afterwards.
+    assert_eq!(server.upload(b.bytes()).status, 200);
+}
+
+#[test]
+fn a_full_server_answers_429_with_retry_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    init(&dir);
+    let server = Server::start(&dir, &["--max-in-flight", "1"]);
+    // Hold the only slot with an upload whose body is still arriving.
+    use std::io::Write;
+    let mut slow = std::net::TcpStream::connect(server.addr).unwrap();
+    write!(
+        slow,
+        "POST /v1/bundles HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc"
+    )
+    .unwrap();
+    slow.flush().unwrap();
+    let mut r = server.upload(b"x");
+    // The slow request takes the slot once its headers are read; allow a loaded machine
+    // a few seconds for that.
+    for _ in 0..250 {
+        if r.status == 429 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        r = server.upload(b"x");
+    }
+    assert_eq!((r.status, r.code()), (429, "busy".to_string()));
+    assert_eq!(r.header("retry-after"), Some("2"));
+}

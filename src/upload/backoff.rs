@@ -1,0 +1,284 @@
+//! Timing for the uploader, free of I/O and of the clock: exponential backoff with full
+//! jitter, `Retry-After` parsing, and the bandwidth pacer. Callers pass the time in, so
+//! tests drive these with a made-up clock and never sleep.
+
+use std::time::{Duration, Instant};
+
+/// The first retry waits about this long.
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// No retry waits longer than this (a `Retry-After` above it is capped too).
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
+
+/// Exponential backoff with full jitter between [`BACKOFF_MIN`] and a ceiling that
+/// doubles with each consecutive failure up to [`BACKOFF_MAX`]. Full jitter spreads a
+/// fleet that lost its collector at the same moment over the whole window instead of
+/// having every device retry in lockstep.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    /// Consecutive failures so far.
+    pub(crate) fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// A success: the next failure starts from the bottom again.
+    pub(crate) fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// The ceiling of the window for the next delay (before counting this failure).
+    pub(crate) fn ceiling(&self) -> Duration {
+        let shift = self.failures.min(20);
+        BACKOFF_MIN
+            .saturating_mul(1u32 << shift)
+            .clamp(BACKOFF_MIN, BACKOFF_MAX)
+    }
+
+    /// Counts a failure and returns how long to wait. `unit` is a uniform random number
+    /// in [0, 1) (injected so tests are deterministic).
+    pub(crate) fn fail(&mut self, unit: f64) -> Duration {
+        let ceiling = self.ceiling();
+        self.failures = self.failures.saturating_add(1);
+        let unit = if unit.is_finite() {
+            unit.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let span = ceiling.saturating_sub(BACKOFF_MIN);
+        BACKOFF_MIN + span.mul_f64(unit)
+    }
+
+    /// Counts a failure whose wait the server named (`Retry-After`), capped to
+    /// [`BACKOFF_MAX`] and never below [`BACKOFF_MIN`].
+    pub(crate) fn fail_after(&mut self, wait: Duration) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        wait.clamp(BACKOFF_MIN, BACKOFF_MAX)
+    }
+}
+
+/// Parses a `Retry-After` value: delay seconds, or an HTTP date (IMF-fixdate, the form
+/// RFC 9110 requires senders to use) relative to `now_unix_secs`. `None` when it is
+/// neither, and the caller falls back to its own backoff.
+pub(crate) fn parse_retry_after(value: &str, now_unix_secs: u64) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = parse_imf_fixdate(value)?;
+    Some(Duration::from_secs(at.saturating_sub(now_unix_secs)))
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT` to seconds since the Unix epoch.
+fn parse_imf_fixdate(s: &str) -> Option<u64> {
+    let (_, rest) = s.split_once(", ")?;
+    let parts: Vec<&str> = rest.split(' ').collect();
+    let [day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let day: u64 = day.parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| m == month)? as u64
+        + 1;
+    let year: u64 = year.parse().ok()?;
+    let hms: Vec<u64> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let [h, m, sec] = hms.as_slice() else {
+        return None;
+    };
+    if !(1970..=9999).contains(&year) || !(1..=31).contains(&day) || *h > 23 || *m > 59 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm), for years from 1970.
+    let (y, mo) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * mo + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(days * 86_400 + h * 3600 + m * 60 + sec)
+}
+
+/// Paces uploads to at most `bytes_per_sec` on average, allowing a burst of one
+/// second's worth. A virtual-time scheduler (GCRA): each send pushes the theoretical
+/// arrival time forward by its size over the rate; a send waits until that time is
+/// within the burst. A bundle larger than a second's worth goes out whole and the next
+/// one waits for it to be paid off.
+#[derive(Clone, Debug)]
+pub(crate) struct RateLimiter {
+    bytes_per_sec: u64,
+    tat: Option<Instant>,
+}
+
+impl RateLimiter {
+    /// `0` means unlimited.
+    pub(crate) fn new(bytes_per_sec: u64) -> Self {
+        RateLimiter {
+            bytes_per_sec,
+            tat: None,
+        }
+    }
+
+    /// How long to wait at `now` before sending. Does not reserve anything.
+    pub(crate) fn delay(&self, now: Instant) -> Duration {
+        match (self.bytes_per_sec, self.tat) {
+            (0, _) | (_, None) => Duration::ZERO,
+            (_, Some(tat)) => tat
+                .saturating_duration_since(now)
+                .saturating_sub(Duration::from_secs(1)),
+        }
+    }
+
+    /// Records `bytes` sent at `now`.
+    pub(crate) fn sent(&mut self, bytes: u64, now: Instant) {
+        if self.bytes_per_sec == 0 {
+            return;
+        }
+        let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+        let start = match self.tat {
+            Some(tat) if tat > now => tat,
+            _ => now,
+        };
+        self.tat = Some(start + cost);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_ceiling_doubles_from_one_second_to_fifteen_minutes() {
+        let mut b = Backoff::default();
+        let mut ceilings = Vec::new();
+        for _ in 0..14 {
+            ceilings.push(b.ceiling().as_secs());
+            // The top of the window (unit just below 1) is the ceiling itself.
+            let d = b.fail(0.999_999_999);
+            assert!(d <= BACKOFF_MAX && d >= BACKOFF_MIN, "{d:?}");
+        }
+        assert_eq!(
+            ceilings,
+            [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 900, 900, 900, 900]
+        );
+        assert_eq!(b.failures(), 14);
+        b.reset();
+        assert_eq!(b.ceiling(), BACKOFF_MIN);
+    }
+
+    #[test]
+    fn full_jitter_spans_the_window_and_never_goes_below_one_second() {
+        let mut b = Backoff::default();
+        for _ in 0..5 {
+            b.fail(0.5);
+        }
+        // Ceiling now 32 s: the bottom of the window is 1 s, the top 32 s.
+        assert_eq!(b.clone().fail(0.0), Duration::from_secs(1));
+        assert_eq!(b.clone().fail(0.5), Duration::from_millis(16_500));
+        assert!(b.clone().fail(1.0) <= Duration::from_secs(32));
+        assert_eq!(b.clone().fail(f64::NAN), Duration::from_secs(1));
+        assert_eq!(b.clone().fail(-3.0), Duration::from_secs(1));
+        // Many failures never overflow and stay at the cap.
+        for _ in 0..1000 {
+            assert!(b.fail(1.0) <= BACKOFF_MAX);
+        }
+    }
+
+    #[test]
+    fn retry_after_is_capped_and_floored() {
+        let mut b = Backoff::default();
+        assert_eq!(b.fail_after(Duration::ZERO), BACKOFF_MIN);
+        assert_eq!(b.fail_after(Duration::from_secs(7)), Duration::from_secs(7));
+        assert_eq!(b.fail_after(Duration::from_secs(86_400)), BACKOFF_MAX);
+        assert_eq!(b.failures(), 3);
+    }
+
+    #[test]
+    fn retry_after_seconds_and_http_dates() {
+        assert_eq!(parse_retry_after("2", 0), Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_retry_after(" 120 ", 0),
+            Some(Duration::from_secs(120))
+        );
+        // RFC 9110's example date is 784111777 seconds after the epoch.
+        let date = "Sun, 06 Nov 1994 08:49:37 GMT";
+        assert_eq!(parse_imf_fixdate(date), Some(784_111_777));
+        assert_eq!(
+            parse_retry_after(date, 784_111_777 - 30),
+            Some(Duration::from_secs(30))
+        );
+        // A date in the past means "now".
+        assert_eq!(
+            parse_retry_after(date, 784_111_777 + 30),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_imf_fixdate("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            parse_imf_fixdate("Sat, 29 Feb 2020 12:00:00 GMT"),
+            Some(1_582_977_600)
+        );
+        for bad in [
+            "",
+            "-1",
+            "soon",
+            "Sun, 06 Nov 1994 08:49:37 CET",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(parse_retry_after(bad, 0), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn unlimited_rate_never_waits() {
+        let t0 = Instant::now();
+        let mut r = RateLimiter::new(0);
+        for _ in 0..10 {
+            r.sent(1 << 30, t0);
+            assert_eq!(r.delay(t0), Duration::ZERO);
+        }
+    }
+
+    #[test]
+    fn rate_limiter_paces_to_the_cap_with_a_one_second_burst() {
+        let t0 = Instant::now();
+        let mut r = RateLimiter::new(1000);
+        assert_eq!(r.delay(t0), Duration::ZERO);
+        // 500 bytes: within the burst, the next send may go at once.
+        r.sent(500, t0);
+        assert_eq!(r.delay(t0), Duration::ZERO);
+        // 3000 more bytes at t0: paid off at t0 + 3.5 s, so the next waits 2.5 s.
+        r.sent(3000, t0);
+        assert_eq!(r.delay(t0), Duration::from_millis(2500));
+        let t1 = t0 + Duration::from_millis(2500);
+        assert_eq!(r.delay(t1), Duration::ZERO);
+        // Over a long run the cap holds: by any time T, at most rate * (T + burst) bytes
+        // plus the one send in progress have gone out.
+        let mut now = t1;
+        let mut sent = 0u64;
+        for _ in 0..100 {
+            now += r.delay(now);
+            r.sent(1000, now);
+            sent += 1000;
+        }
+        let elapsed = now.duration_since(t0).as_secs_f64();
+        assert!(
+            (sent + 3500) as f64 <= 1000.0 * (elapsed + 1.0) + 1000.0 + 1e-6,
+            "{sent} bytes in {elapsed} s"
+        );
+        // An idle spell does not bank unlimited credit: after an hour, only the burst.
+        let later = now + Duration::from_secs(3600);
+        r.sent(2000, later);
+        assert_eq!(r.delay(later), Duration::from_secs(1));
+    }
+}

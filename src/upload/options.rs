@@ -1,0 +1,236 @@
+//! The `upload` options: where the built-in uploader sends bundles and to whom they are
+//! sealed. Parsed with the rest of [`crate::VaultOptions`]; checked at open.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use capvault_format::Recipient;
+
+/// Default largest bundle the uploader seals (8 MiB).
+pub const DEFAULT_MAX_BUNDLE_BYTES: usize = 8 * 1024 * 1024;
+/// Default seconds between checks for new data while idle.
+pub const DEFAULT_INTERVAL_SECS: u64 = 30;
+
+/// Options of the built-in uploader (`upload` in [`crate::VaultOptions`] and in the C
+/// API's `options_json`). When set, the open vault enrolls itself once and uploads its
+/// bundles in the background (SPEC 12.5). `collector_receipt_key` must be set with it:
+/// bundles are pruned only against the collector's signed receipt.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct UploadOptions {
+    /// Base URL of the collector (`https://ingest.example.com`); the uploader posts to
+    /// `{url}/v1/enroll` and `{url}/v1/bundles`. `http` is accepted only for loopback
+    /// hosts (127.0.0.0/8, ::1, localhost).
+    pub url: String,
+    /// The collector's recipient (`cvrecip-...`) bundles are sealed to. Configured here,
+    /// never learned from the network.
+    pub recipient: String,
+    /// Enrollment token, sent once to enroll this device. Never logged or reported.
+    pub token: Option<String>,
+    /// Largest bundle to seal, in bytes (default 8 MiB). A single event larger than this
+    /// still goes, alone.
+    pub max_bundle_bytes: usize,
+    /// Average upload bandwidth cap in bytes per second (default 0: unlimited).
+    pub max_bytes_per_sec: u64,
+    /// Seconds between checks for new data while idle (default 30).
+    pub interval_secs: u64,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        UploadOptions {
+            url: String::new(),
+            recipient: String::new(),
+            token: None,
+            max_bundle_bytes: DEFAULT_MAX_BUNDLE_BYTES,
+            max_bytes_per_sec: 0,
+            interval_secs: DEFAULT_INTERVAL_SECS,
+        }
+    }
+}
+
+impl std::fmt::Debug for UploadOptions {
+    // The token is a credential: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadOptions")
+            .field("url", &self.url)
+            .field("recipient", &self.recipient)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("max_bundle_bytes", &self.max_bundle_bytes)
+            .field("max_bytes_per_sec", &self.max_bytes_per_sec)
+            .field("interval_secs", &self.interval_secs)
+            .finish()
+    }
+}
+
+impl UploadOptions {
+    /// Options for `url` and `recipient`, everything else default.
+    pub fn new(url: impl Into<String>, recipient: impl Into<String>) -> Self {
+        UploadOptions {
+            url: url.into(),
+            recipient: recipient.into(),
+            ..UploadOptions::default()
+        }
+    }
+
+    /// Checks the URL (https, or http to loopback only), the recipient and the ranges.
+    pub fn validate(&self) -> Result<()> {
+        CollectorUrl::parse(&self.url)?;
+        if self.recipient.is_empty() {
+            return Err(Error::invalid(
+                "upload.recipient is required: the collector's cvrecip-... recipient",
+            ));
+        }
+        Recipient::from_str(&self.recipient)
+            .map_err(|e| Error::invalid(format!("upload.recipient: {e}")))?;
+        if let Some(t) = &self.token {
+            // The message never echoes the token.
+            if t.is_empty() || t.len() > 1024 || t.chars().any(char::is_control) {
+                return Err(Error::invalid(
+                    "upload.token must be 1 to 1024 bytes without control characters",
+                ));
+            }
+        }
+        if !(64 * 1024..=1 << 30).contains(&self.max_bundle_bytes) {
+            return Err(Error::invalid(
+                "upload.max_bundle_bytes must be between 65536 and 1073741824",
+            ));
+        }
+        if !(1..=86_400).contains(&self.interval_secs) {
+            return Err(Error::invalid(
+                "upload.interval_secs must be between 1 and 86400",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A checked collector base URL, without a trailing slash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CollectorUrl(String);
+
+#[cfg_attr(not(feature = "upload"), allow(dead_code))]
+impl CollectorUrl {
+    pub(crate) fn parse(url: &str) -> Result<CollectorUrl> {
+        let bad = |why: &str| Error::invalid(format!("upload.url {url:?}: {why}"));
+        if url.is_empty() {
+            return Err(Error::invalid(
+                "upload.url is required: the collector's base URL (https://...)",
+            ));
+        }
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("expected https://HOST[:PORT][/PATH]"))?;
+        let https = match scheme.to_ascii_lowercase().as_str() {
+            "https" => true,
+            "http" => false,
+            _ => return Err(bad("the scheme must be https (or http to a loopback host)")),
+        };
+        if rest.contains(['?', '#']) || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad("a query, fragment or whitespace is not allowed"));
+        }
+        let authority = rest.split('/').next().unwrap_or_default();
+        if authority.contains('@') {
+            return Err(bad("credentials in the URL are not allowed"));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match authority.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        if let Some(p) = port {
+            if p.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(bad("the port must be 1 to 65535"));
+            }
+        }
+        if !https && !is_loopback(host) {
+            return Err(bad(
+                "plain http is allowed only to a loopback host (127.0.0.0/8, ::1, localhost); use https",
+            ));
+        }
+        Ok(CollectorUrl(url.trim_end_matches('/').to_string()))
+    }
+
+    pub(crate) fn endpoint(&self, path: &str) -> String {
+        format!("{}{path}", self.0)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<Ipv4Addr>()
+            .is_ok_and(|ip| ip.octets()[0] == 127)
+        || host.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_anywhere_http_only_to_loopback() {
+        for ok in [
+            "https://ingest.example.com",
+            "https://ingest.example.com:8443/capture/",
+            "https://[2001:db8::1]:443",
+            "http://127.0.0.1:8080",
+            "http://127.9.8.7",
+            "HTTP://LOCALHOST:1/x",
+            "http://[::1]:9000",
+        ] {
+            CollectorUrl::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "",
+            "ingest.example.com",
+            "ftp://127.0.0.1",
+            "http://ingest.example.com",
+            "http://10.0.0.1:80",
+            "http://128.0.0.1",
+            "http://[::2]",
+            "http://localhost.example.com",
+            "http://127.0.0.1.nip.io",
+            "https://user:pw@ingest.example.com",
+            "https://ingest.example.com/?a=b",
+            "https://",
+            "https://host:0",
+            "https://host:99999",
+            "https://[::1",
+        ] {
+            let e = CollectorUrl::parse(bad).unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e}");
+            assert!(e.to_string().contains("upload.url"), "{e}");
+        }
+        assert_eq!(
+            CollectorUrl::parse("https://h/p/")
+                .unwrap()
+                .endpoint("/v1/bundles"),
+            "https://h/p/v1/bundles"
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let mut o = UploadOptions::new("https://h", "cvrecip-x");
+        o.token = Some("sekrit-token-value".into());
+        let s = format!("{o:?}");
+        assert!(!s.contains("sekrit"), "{s}");
+        assert!(s.contains("redacted"), "{s}");
+    }
+}

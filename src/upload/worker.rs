@@ -1,0 +1,488 @@
+//! The upload cycle (enroll, seal, post, verify, ack) and the background thread that
+//! runs it.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::backoff::{parse_retry_after, Backoff, RateLimiter, BACKOFF_MAX};
+use super::http::{Client, Reply};
+use super::options::CollectorUrl;
+use super::{Shared, UploadOptions};
+use crate::error::{Error, Result};
+use crate::vault::{now_us, Inner, Vault};
+use capvault_format::{verify_receipt, ReceiptKey, Recipient};
+
+/// Where the vault remembers that the device enrolled with a collector (per base URL).
+const ENROLLED_PREFIX: &[u8] = b"upload/enrolled/";
+
+/// Why an upload cycle stopped short. Messages never carry the enrollment token.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum UploadError {
+    /// The collector could not be reached or did not answer in time.
+    #[error("{0}")]
+    Network(String),
+    /// The collector asked to come back later (429 or 503).
+    #[error("the collector is busy ({reply}); retrying after {} s", .retry_after.as_secs())]
+    Busy {
+        /// The collector's answer.
+        reply: String,
+        /// How long it asked to wait (its `Retry-After`, capped to 15 minutes).
+        retry_after: Duration,
+    },
+    /// The collector refused enrollment (bad or used-up token, or the device id is
+    /// enrolled with another key).
+    #[error("enrollment refused: {0}")]
+    Enrollment(String),
+    /// The collector rejected the bundle; resending the same bytes will not help until
+    /// an administrator acts.
+    #[error("the collector rejected the bundle: {0}")]
+    Rejected(String),
+    /// The collector's answer was not a valid receipt for the bundle sent: the bundle
+    /// stays unacknowledged.
+    #[error("the collector's receipt was refused, the bundle stays pending: {0}")]
+    BadReceipt(String),
+    /// The vault failed to seal or acknowledge.
+    #[error(transparent)]
+    Vault(#[from] Error),
+}
+
+/// What a foreground [`Vault::upload_pending`] run did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct UploadReport {
+    /// Bundles sent and acknowledged with a valid receipt.
+    pub bundles: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// True when this run enrolled the device.
+    pub enrolled: bool,
+}
+
+/// How a failed cycle is retried.
+enum Retry {
+    /// Transport failure or server error: exponential backoff.
+    Backoff,
+    /// The server said when (`Retry-After`).
+    After(Duration),
+    /// Resending cannot fix it: wait long before trying again.
+    Long,
+}
+
+impl UploadError {
+    fn retry(&self) -> Retry {
+        match self {
+            UploadError::Busy { retry_after, .. } => Retry::After(*retry_after),
+            UploadError::Rejected(_) | UploadError::BadReceipt(_) => Retry::Long,
+            UploadError::Network(_) | UploadError::Enrollment(_) | UploadError::Vault(_) => {
+                Retry::Backoff
+            }
+        }
+    }
+}
+
+/// Everything one upload cycle needs, checked once.
+struct Engine<'a> {
+    inner: &'a Inner,
+    opts: UploadOptions,
+    url: CollectorUrl,
+    recipient: Recipient,
+    receipt_key: ReceiptKey,
+    client: Client,
+    limiter: RateLimiter,
+}
+
+impl<'a> Engine<'a> {
+    fn new(inner: &'a Inner, opts: &UploadOptions) -> Result<Engine<'a>> {
+        opts.validate()?;
+        let key = inner.opts.collector_receipt_key.as_deref().ok_or_else(|| {
+            Error::invalid(
+                "upload needs collector_receipt_key: bundles are pruned only against the collector's signed receipt",
+            )
+        })?;
+        Ok(Engine {
+            inner,
+            url: CollectorUrl::parse(&opts.url)?,
+            recipient: Recipient::from_str(&opts.recipient)
+                .map_err(|e| Error::invalid(format!("upload.recipient: {e}")))?,
+            receipt_key: key.parse()?,
+            client: Client::new(),
+            limiter: RateLimiter::new(opts.max_bytes_per_sec),
+            opts: opts.clone(),
+        })
+    }
+
+    fn enrolled_key(&self) -> Vec<u8> {
+        let mut k = ENROLLED_PREFIX.to_vec();
+        k.extend_from_slice(self.url.as_str().as_bytes());
+        k
+    }
+
+    fn is_enrolled(&self) -> Result<bool> {
+        Ok(self.inner.store.db.get(self.enrolled_key())?.is_some())
+    }
+
+    /// Enrolls with the token, once. Without a token the device is taken to be enrolled
+    /// out of band (an administrator registered its `capvault enroll` record).
+    fn enroll(&self, shared: Option<&Shared>) -> Result<bool, UploadError> {
+        let Some(token) = &self.opts.token else {
+            return Ok(false);
+        };
+        if self.is_enrolled()? {
+            return Ok(false);
+        }
+        // The same record `capvault enroll` writes (its time is fixed at first use).
+        let record = self.inner.enrollment_record()?;
+        let record: serde_json::Value = serde_json::from_str(&record.to_json())
+            .map_err(|e| Error::Storage(format!("the enrollment record: {e}")))?;
+        let body = serde_json::json!({ "token": token, "record": record }).to_string();
+        if let Some(s) = shared {
+            s.attempt(now_us());
+        }
+        let reply = self
+            .client
+            .post(
+                &self.url.endpoint("/v1/enroll"),
+                "application/json",
+                body.as_bytes(),
+            )
+            .map_err(UploadError::Network)?;
+        match reply.status {
+            200 | 201 => {
+                let at = now_us().to_be_bytes();
+                self.inner
+                    .store
+                    .db
+                    .insert(self.enrolled_key(), &at)
+                    .map_err(Error::from)?;
+                self.inner.durable_flush()?;
+                self.inner.audit(
+                    "enroll",
+                    &format!("enrolled with the collector at {}", self.url.as_str()),
+                )?;
+                Ok(true)
+            }
+            401 => Err(UploadError::Enrollment(format!(
+                "the enrollment token was refused ({}); give the vault a new upload.token",
+                reply.error_text()
+            ))),
+            409 => Err(UploadError::Enrollment(format!(
+                "this device id is enrolled with another key ({})",
+                reply.error_text()
+            ))),
+            _ => Err(classify(&reply, "enrollment")),
+        }
+    }
+
+    /// Enrolls if needed, then uploads until nothing is pending, `stop` says so, or a
+    /// request fails. `sleep` paces the bandwidth cap (false: stop).
+    fn cycle(
+        &mut self,
+        shared: Option<&Shared>,
+        stop: &dyn Fn() -> bool,
+        sleep: &dyn Fn(Duration) -> bool,
+    ) -> Result<UploadReport, UploadError> {
+        let mut report = UploadReport {
+            enrolled: self.enroll(shared)?,
+            ..UploadReport::default()
+        };
+        if let Some(s) = shared {
+            s.set_enrolled(self.is_enrolled()?);
+        }
+        let bundles_url = self.url.endpoint("/v1/bundles");
+        loop {
+            if stop() {
+                return Ok(report);
+            }
+            // Nothing stored: no seal (whose flush would fsync an idle vault every
+            // interval). Events still in the open frame are written by the time bound
+            // and found at the next check.
+            if self.inner.log.lock().records() == 0 {
+                return Ok(report);
+            }
+            let Some(bundle) = self
+                .inner
+                .seal_next(&self.recipient, self.opts.max_bundle_bytes)?
+            else {
+                return Ok(report);
+            };
+            let wait = self.limiter.delay(Instant::now());
+            if !wait.is_zero() && !sleep(wait) {
+                return Ok(report);
+            }
+            if let Some(s) = shared {
+                s.attempt(now_us());
+            }
+            let len = bundle.bytes().len() as u64;
+            let reply = self
+                .client
+                .post(&bundles_url, "application/octet-stream", bundle.bytes())
+                .map_err(UploadError::Network)?;
+            self.limiter.sent(len, Instant::now());
+            if reply.status != 200 {
+                return Err(classify(&reply, "bundle"));
+            }
+            let receipt = self.check_reply(&reply, bundle.id(), bundle.digest())?;
+            self.inner.ack(bundle.id(), Some(&receipt))?;
+            report.bundles += 1;
+            report.bytes += len;
+            if let Some(s) = shared {
+                s.uploaded(len, now_us());
+            }
+        }
+    }
+
+    /// The receipt in a 200 reply, after checking it names this bundle and verifies
+    /// against the configured collector receipt key.
+    fn check_reply(
+        &self,
+        reply: &Reply,
+        id: &str,
+        digest: &[u8; 32],
+    ) -> Result<Vec<u8>, UploadError> {
+        #[derive(serde::Deserialize)]
+        struct Accepted {
+            id: String,
+            receipt: String,
+        }
+        let a: Accepted = serde_json::from_slice(&reply.body).map_err(|e| {
+            UploadError::BadReceipt(format!("the reply is not {{\"id\", \"receipt\"}}: {e}"))
+        })?;
+        if a.id != id {
+            return Err(UploadError::BadReceipt(format!(
+                "the reply names bundle {} instead of {id}",
+                a.id.chars().take(80).collect::<String>()
+            )));
+        }
+        let receipt = data_encoding::BASE64
+            .decode(a.receipt.as_bytes())
+            .map_err(|_| UploadError::BadReceipt("the receipt is not base64".into()))?;
+        verify_receipt(&self.receipt_key, digest, &receipt).map_err(|_| {
+            UploadError::BadReceipt(
+                "it does not verify against collector_receipt_key (is the vault configured for this collector?)"
+                    .into(),
+            )
+        })?;
+        Ok(receipt)
+    }
+}
+
+/// Maps a non-success reply to an error.
+fn classify(reply: &Reply, what: &str) -> UploadError {
+    let text = reply.error_text();
+    match reply.status {
+        429 | 503 => {
+            let now = u64::try_from(now_us() / 1_000_000).unwrap_or_default();
+            let after = reply
+                .retry_after
+                .as_deref()
+                .and_then(|v| parse_retry_after(v, now));
+            match after {
+                Some(d) => UploadError::Busy {
+                    reply: text,
+                    retry_after: d.min(BACKOFF_MAX),
+                },
+                None => UploadError::Network(format!("the collector is busy ({text})")),
+            }
+        }
+        400 => UploadError::Rejected(format!(
+            "the collector finds the {what} malformed ({text})"
+        )),
+        403 => UploadError::Rejected(format!(
+            "this device is not accepted: unknown, revoked or enrolled with another key ({text}); enroll it (upload.token or capvault enroll) or ask the collector's administrator"
+        )),
+        409 => UploadError::Rejected(format!(
+            "the bundle conflicts with one the collector already holds ({text})"
+        )),
+        413 => UploadError::Rejected(format!(
+            "the bundle is too large for the collector ({text}); lower upload.max_bundle_bytes below its limit (a bundle already sealed is resent as it is)"
+        )),
+        _ => UploadError::Network(format!("the collector answered {text}")),
+    }
+}
+
+/// The background uploader of one open vault.
+pub(crate) struct Uploader {
+    shared: Arc<Shared>,
+    handle: JoinHandle<()>,
+}
+
+impl Uploader {
+    /// Checks the options and starts the thread.
+    pub(crate) fn start(
+        inner: Arc<Inner>,
+        shared: Arc<Shared>,
+        opts: &UploadOptions,
+    ) -> Result<Uploader> {
+        // Checked here so a bad configuration fails the open, not the thread.
+        let engine = Engine::new(&inner, opts)?;
+        shared.set_enrolled(engine.is_enrolled()?);
+        drop(engine);
+        let opts = opts.clone();
+        let worker = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("capvault-upload".into())
+            .spawn(move || run(&inner, &worker, &opts))
+            .map_err(|e| Error::Storage(format!("cannot start the upload thread: {e}")))?;
+        Ok(Uploader { shared, handle })
+    }
+
+    /// Stops the thread and waits for it (at most one HTTP request's timeout).
+    pub(crate) fn stop(self) {
+        self.shared.request_stop();
+        let _ = self.handle.join();
+    }
+}
+
+fn run(inner: &Inner, shared: &Shared, opts: &UploadOptions) {
+    let Ok(mut engine) = Engine::new(inner, opts) else {
+        return;
+    };
+    let interval = Duration::from_secs(opts.interval_secs);
+    let mut backoff = Backoff::default();
+    let mut next = Instant::now();
+    loop {
+        if !shared.wait_until(next) {
+            return;
+        }
+        let result = engine.cycle(Some(shared), &|| shared.stopping(), &|d| shared.sleep(d));
+        if shared.stopping() {
+            return;
+        }
+        let delay = match result {
+            Ok(_) => {
+                backoff.reset();
+                shared.succeeded(now_us(), now_us() + interval.as_micros() as i64);
+                interval
+            }
+            Err(e) => {
+                let delay = match e.retry() {
+                    Retry::Backoff => backoff.fail(unit_random()),
+                    Retry::After(d) => backoff.fail_after(d),
+                    Retry::Long => {
+                        // Half to all of the longest backoff, jittered.
+                        backoff.fail(0.0);
+                        BACKOFF_MAX.mul_f64(0.5 + unit_random() / 2.0)
+                    }
+                };
+                shared.failed(
+                    e.to_string(),
+                    backoff.failures(),
+                    now_us() + delay.as_micros() as i64,
+                );
+                delay
+            }
+        };
+        next = Instant::now() + delay;
+    }
+}
+
+/// A uniform random number in [0, 1).
+fn unit_random() -> f64 {
+    let b: [u8; 8] = capvault_format::secret::random_array();
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl Vault {
+    /// Runs one upload cycle in the calling thread with `options`: enrolls (when
+    /// `options.token` is set and the device is not enrolled yet), then seals, posts and
+    /// acknowledges bundles until nothing is pending. Stops at the first failure. The
+    /// vault must have been opened with `collector_receipt_key`. This is what
+    /// `capvault upload --once` runs; agents normally set `upload` in the options instead
+    /// and let the vault upload in the background.
+    pub fn upload_pending(&self, options: &UploadOptions) -> Result<UploadReport, UploadError> {
+        let mut engine = Engine::new(self.inner(), options)?;
+        self.flush()?;
+        engine.cycle(None, &|| false, &|d| {
+            std::thread::sleep(d);
+            true
+        })
+    }
+
+    /// Wakes the background uploader for a cycle now instead of at its next check
+    /// (no effect while it backs off after a failure, or without `upload` options).
+    pub fn upload_now(&self) {
+        if let Some(s) = &self.inner().upload {
+            s.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_formats_to_an_actionable_message() {
+        let all = [
+            UploadError::Network("the collector refused the connection".into()),
+            UploadError::Busy {
+                reply: "HTTP 429".into(),
+                retry_after: Duration::from_secs(2),
+            },
+            UploadError::Enrollment("the enrollment token was refused".into()),
+            UploadError::Rejected("HTTP 403".into()),
+            UploadError::BadReceipt("wrong key".into()),
+            UploadError::Vault(Error::Closed),
+        ];
+        for e in all {
+            let s = e.to_string();
+            assert!(s.len() > 10, "{s}");
+        }
+    }
+
+    fn reply(status: u16, retry_after: Option<&str>, body: &str) -> Reply {
+        Reply {
+            status,
+            retry_after: retry_after.map(str::to_string),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn replies_map_to_how_they_are_retried() {
+        let api = r#"{"error": "slow down", "code": "busy"}"#;
+        let e = classify(&reply(429, Some("7"), api), "bundle");
+        assert!(
+            matches!(e, UploadError::Busy { retry_after, .. } if retry_after == Duration::from_secs(7))
+        );
+        assert!(e.to_string().contains("busy: slow down"), "{e}");
+        assert!(matches!(classify(&reply(503, Some("99999"), ""), "bundle"),
+            UploadError::Busy { retry_after, .. } if retry_after == BACKOFF_MAX));
+        // Busy without a usable Retry-After falls back to the exponential backoff.
+        assert!(matches!(
+            classify(&reply(503, None, ""), "bundle").retry(),
+            Retry::Backoff
+        ));
+        for status in [400, 403, 409, 413] {
+            let e = classify(&reply(status, None, api), "bundle");
+            assert!(matches!(e.retry(), Retry::Long), "{status}: {e}");
+            assert!(e.to_string().contains(&status.to_string()), "{e}");
+        }
+        assert!(classify(&reply(413, None, ""), "bundle")
+            .to_string()
+            .contains("max_bundle_bytes"));
+        assert!(classify(&reply(403, None, ""), "bundle")
+            .to_string()
+            .contains("revoked"));
+        for status in [500, 502, 404] {
+            assert!(matches!(
+                classify(&reply(status, None, ""), "bundle").retry(),
+                Retry::Backoff
+            ));
+        }
+    }
+
+    #[test]
+    fn reply_text_is_bounded_and_printable() {
+        let long = format!(
+            "{{\"error\": \"{}\u{7}\", \"code\": \"x\"}}",
+            "a".repeat(10_000)
+        );
+        let t = reply(400, None, &long).error_text();
+        assert!(t.len() < 400 && !t.contains('\u{7}'), "{t}");
+        assert_eq!(reply(502, None, "").error_text(), "HTTP 502");
+    }
+}

@@ -1,0 +1,530 @@
+//! The built-in uploader against a real `capvault-collector serve` on loopback: drain
+//! and ack with receipts, offline backoff and recovery, a collector killed and
+//! restarted mid-upload, a receipt under the wrong key, `Retry-After`, and the URL rules.
+//!
+//! The collector binary comes from `CAPVAULT_COLLECTOR_BIN` (scripts/test.sh sets it),
+//! else from the target directory of this test, built with cargo when missing.
+//! Timing assertions are lower bounds the uploader guarantees (read from its status),
+//! never upper bounds on how fast something happens.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use capvault::{Identity, KeyStoreKind, Suite, UploadOptions, UploadStatus, Vault, VaultOptions};
+
+const CAPVAULT: &str = env!("CARGO_BIN_EXE_capvault");
+
+/// The collector binary, built once per test process when not given.
+fn collector_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("CAPVAULT_COLLECTOR_BIN") {
+            return PathBuf::from(p);
+        }
+        // target/<profile>/deps/upload-<hash> -> target/<profile>/capvault-collector
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap();
+        let bin = profile_dir.join(format!(
+            "capvault-collector{}",
+            std::env::consts::EXE_SUFFIX
+        ));
+        if !bin.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "capvault-collector"])
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building capvault-collector failed");
+        }
+        assert!(bin.exists(), "no collector binary at {}", bin.display());
+        bin
+    })
+}
+
+/// A collector's directory (after `init`) and, while running, its `serve` process.
+struct Collector {
+    dir: tempfile::TempDir,
+    receipt_key: String,
+    token: String,
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Collector {
+    fn init() -> Collector {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(collector_bin())
+            .args(["init", "--dir", dir.path().to_str().unwrap(), "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        Collector {
+            dir,
+            receipt_key: v["receipt_key"].as_str().unwrap().to_string(),
+            token: v["token"].as_str().unwrap().to_string(),
+            child: None,
+            port: free_port(),
+        }
+    }
+
+    /// Starts `serve` on this collector's port (the same one after a restart).
+    fn start(&mut self, extra: &[&str]) {
+        assert!(self.child.is_none());
+        let listen = format!("127.0.0.1:{}", self.port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut child = Command::new(collector_bin())
+                .args(["serve", "--dir", self.dir.path().to_str().unwrap()])
+                .args(["--listen", &listen])
+                .args(extra)
+                .env("CAPVAULT_LOG", "error")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+            if line.starts_with("listening on") {
+                self.child = Some(child);
+                return;
+            }
+            // The port may still be held by the killed predecessor for a moment.
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(Instant::now() < deadline, "serve did not start: {line:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGKILL.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `export` with the identity: every stored event as JSON.
+    fn export(&self, identity: &Path) -> Vec<serde_json::Value> {
+        let out = Command::new(collector_bin())
+            .args(["export", "--dir", self.dir.path().to_str().unwrap()])
+            .args(["--identity", identity.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "export: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A collector identity (decrypts bundles offline, in `export`) in a file.
+struct Keys {
+    _dir: tempfile::TempDir,
+    identity_file: PathBuf,
+    recipient: String,
+}
+
+fn identity() -> Keys {
+    let dir = tempfile::tempdir().unwrap();
+    let id = Identity::generate(Suite::X25519);
+    let identity_file = dir.path().join("collector.identity");
+    id.write_to_file(&identity_file).unwrap();
+    Keys {
+        _dir: dir,
+        identity_file,
+        recipient: id.recipient().to_string(),
+    }
+}
+
+fn upload_options(c: &Collector, keys: &Keys) -> UploadOptions {
+    let mut u = UploadOptions::new(c.url(), keys.recipient.clone());
+    u.token = Some(c.token.clone());
+    u.max_bundle_bytes = 64 * 1024;
+    u.interval_secs = 1;
+    u
+}
+
+fn vault_options(upload: Option<UploadOptions>, receipt_key: &str) -> VaultOptions {
+    let mut o = common::options(KeyStoreKind::Keyutils);
+    o.collector_receipt_key = Some(receipt_key.to_string());
+    o.upload = upload;
+    o
+}
+
+/// Appends `n` custom events of `size` bytes (about `n * size` bytes to upload).
+fn fill(v: &Vault, n: usize, size: usize) {
+    for i in 0..n {
+        let data = vec![(i % 251) as u8; size];
+        let _ = v
+            .append_custom(1_764_000_000_000_000 + i as i64, "test", &data)
+            .unwrap();
+    }
+    v.flush().unwrap();
+}
+
+fn upload_status(v: &Vault) -> UploadStatus {
+    v.status().unwrap().upload.expect("upload is configured")
+}
+
+/// Polls the status until `done` holds (or fails after `limit`).
+fn wait_for(
+    v: &Vault,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&UploadStatus) -> bool,
+) -> UploadStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = upload_status(v);
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The custom events in an export: sequence numbers, each exactly once.
+fn exported_custom_seqs(events: &[serde_json::Value]) -> Vec<u64> {
+    let mut seqs: Vec<u64> = events
+        .iter()
+        .filter(|e| e["type"] == "custom")
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    let n = seqs.len();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), n, "an event was exported twice");
+    seqs
+}
+
+fn drained(s: &UploadStatus) -> bool {
+    s.pending_bytes == 0 && s.last_error.is_none() && s.last_success_us.is_some()
+}
+
+#[test]
+fn uploads_in_the_background_and_acks_only_with_receipts() {
+    let mut c = Collector::init();
+    c.start(&[]);
+    let keys = identity();
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(
+        dir.path(),
+        "alice",
+        vault_options(Some(upload_options(&c, &keys)), &c.receipt_key),
+    )
+    .unwrap();
+    fill(&v, 40, 10_000);
+    v.upload_now();
+    let s = wait_for(&v, Duration::from_secs(60), "the upload to drain", drained);
+    assert!(s.enrolled, "{s:?}");
+    assert!(
+        s.uploaded_bundles >= 5,
+        "several bundles of at most 64 KiB: {s:?}"
+    );
+    assert_eq!(s.pending_bundles, 0);
+    assert_eq!(
+        v.status().unwrap().records,
+        0,
+        "acknowledged records are pruned"
+    );
+    // The token is never reported.
+    let json = serde_json::to_string(&v.status().unwrap()).unwrap();
+    assert!(!json.contains(&c.token), "{json}");
+    assert!(json.contains("\"upload\""), "{json}");
+    v.close().unwrap();
+    let seqs = exported_custom_seqs(&c.export(&keys.identity_file));
+    assert_eq!(seqs.len(), 40, "every event arrived exactly once");
+}
+
+#[test]
+fn offline_backs_off_loses_nothing_and_recovers() {
+    let mut c = Collector::init();
+    let keys = identity();
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(
+        dir.path(),
+        "bob",
+        vault_options(Some(upload_options(&c, &keys)), &c.receipt_key),
+    )
+    .unwrap();
+    fill(&v, 10, 1000);
+    // The collector is not running: failures accumulate with growing waits.
+    let s = wait_for(&v, Duration::from_secs(60), "two failed attempts", |s| {
+        s.consecutive_failures >= 2 && s.next_attempt_us.is_some()
+    });
+    assert!(
+        s.last_error.as_deref().unwrap().contains("collector"),
+        "{s:?}"
+    );
+    let (last, next) = (s.last_attempt_us.unwrap(), s.next_attempt_us.unwrap());
+    assert!(next - last >= 1_000_000, "waits at least 1 s: {s:?}");
+    assert!(!s.enrolled);
+    let before = v.status().unwrap();
+    assert!(
+        before.records > 0 && s.pending_bytes > 0,
+        "nothing was pruned"
+    );
+    // Back online: the uploader finds it at its next attempt.
+    c.start(&[]);
+    let s = wait_for(&v, Duration::from_secs(90), "recovery", drained);
+    assert!(s.enrolled && s.uploaded_bundles >= 1, "{s:?}");
+    v.close().unwrap();
+    assert_eq!(
+        exported_custom_seqs(&c.export(&keys.identity_file)).len(),
+        10
+    );
+}
+
+#[test]
+fn collector_killed_and_restarted_mid_upload_loses_and_duplicates_nothing() {
+    let mut c = Collector::init();
+    c.start(&[]);
+    let keys = identity();
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(
+        dir.path(),
+        "carol",
+        vault_options(Some(upload_options(&c, &keys)), &c.receipt_key),
+    )
+    .unwrap();
+    fill(&v, 200, 8_000);
+    v.upload_now();
+    wait_for(&v, Duration::from_secs(60), "the first bundles", |s| {
+        s.uploaded_bundles >= 3
+    });
+    c.kill();
+    let s = upload_status(&v);
+    assert!(s.pending_bytes > 0, "killed before the end: {s:?}");
+    // While it is down the vault keeps what has no receipt.
+    let held = v.status().unwrap().records;
+    assert!(held > 0);
+    c.start(&[]);
+    let s = wait_for(
+        &v,
+        Duration::from_secs(120),
+        "the rest after the restart",
+        drained,
+    );
+    assert_eq!(v.status().unwrap().records, 0, "{s:?}");
+    v.close().unwrap();
+    let seqs = exported_custom_seqs(&c.export(&keys.identity_file));
+    assert_eq!(seqs.len(), 200, "nothing lost, nothing duplicated");
+}
+
+#[test]
+fn a_receipt_under_another_key_is_refused_and_nothing_is_pruned() {
+    let mut c = Collector::init();
+    c.start(&[]);
+    let keys = identity();
+    let other_key = Identity::generate(Suite::X25519).receipt_key().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(
+        dir.path(),
+        "dave",
+        vault_options(Some(upload_options(&c, &keys)), &other_key),
+    )
+    .unwrap();
+    fill(&v, 5, 1000);
+    v.upload_now();
+    let s = wait_for(&v, Duration::from_secs(60), "a refused receipt", |s| {
+        s.last_error.is_some() && s.next_attempt_us.is_some()
+    });
+    assert!(
+        s.last_error.as_deref().unwrap().contains("receipt"),
+        "{s:?}"
+    );
+    assert_eq!(s.uploaded_bundles, 0);
+    // A refused receipt is not retried soon.
+    assert!(
+        s.next_attempt_us.unwrap() - s.last_attempt_us.unwrap() >= 60_000_000,
+        "{s:?}"
+    );
+    let st = v.status().unwrap();
+    assert!(st.records > 0, "nothing pruned without a valid receipt");
+    v.close().unwrap();
+
+    // With the right key, the same outbox bundle goes through (the collector answers the
+    // retry idempotently).
+    let v = Vault::open(dir.path(), "dave", vault_options(None, &c.receipt_key)).unwrap();
+    let report = v.upload_pending(&upload_options(&c, &keys)).unwrap();
+    assert!(report.bundles >= 1);
+    assert_eq!(v.status().unwrap().records, 0);
+    v.close().unwrap();
+    assert_eq!(
+        exported_custom_seqs(&c.export(&keys.identity_file)).len(),
+        5
+    );
+}
+
+#[test]
+fn retry_after_is_honoured() {
+    let mut c = Collector::init();
+    c.start(&[]);
+    // Its blob store turns into a file: every bundle gets 503 with Retry-After.
+    let store = c.dir.path().join("bundles");
+    std::fs::remove_dir_all(&store).unwrap();
+    std::fs::write(&store, b"").unwrap();
+    let keys = identity();
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(
+        dir.path(),
+        "erin",
+        vault_options(Some(upload_options(&c, &keys)), &c.receipt_key),
+    )
+    .unwrap();
+    fill(&v, 3, 100);
+    v.upload_now();
+    let mut attempts = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while attempts.len() < 3 {
+        let s = upload_status(&v);
+        if let (Some(a), Some(e), Some(next)) =
+            (s.last_attempt_us, &s.last_error, s.next_attempt_us)
+        {
+            assert!(e.contains("busy"), "{s:?}");
+            assert!(next - a >= 2_000_000, "waits as Retry-After says: {s:?}");
+            if attempts.last() != Some(&a) {
+                attempts.push(a);
+            }
+        }
+        assert!(Instant::now() < deadline, "{attempts:?} {s:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for w in attempts.windows(2) {
+        assert!(w[1] - w[0] >= 2_000_000, "attempts {attempts:?}");
+    }
+    v.close().unwrap();
+}
+
+#[test]
+fn bad_upload_options_fail_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = identity();
+    let key = Identity::generate(Suite::X25519).receipt_key().to_string();
+    let open = |o: VaultOptions| Vault::open(dir.path(), "frank", o).unwrap_err().to_string();
+    let e = open(vault_options(
+        Some(UploadOptions::new(
+            "http://10.1.2.3:8080",
+            keys.recipient.clone(),
+        )),
+        &key,
+    ));
+    assert!(e.contains("upload.url") && e.contains("loopback"), "{e}");
+    let e = open(vault_options(
+        Some(UploadOptions::new(
+            "http://ingest.example.com",
+            keys.recipient.clone(),
+        )),
+        &key,
+    ));
+    assert!(e.contains("https"), "{e}");
+    let mut o = vault_options(
+        Some(UploadOptions::new(
+            "https://ingest.example.com",
+            keys.recipient.clone(),
+        )),
+        &key,
+    );
+    o.collector_receipt_key = None;
+    assert!(open(o).contains("collector_receipt_key"));
+    let e = open(vault_options(
+        Some(UploadOptions::new(
+            "https://ingest.example.com",
+            "cvrecip-nonsense",
+        )),
+        &key,
+    ));
+    assert!(e.contains("upload.recipient"), "{e}");
+    let e = VaultOptions::from_json(r#"{"upload": {"url": "https://x", "recipent": "r"}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("recipent"), "{e}");
+    // Nothing was created.
+    assert!(common::files_under(dir.path()).is_empty());
+}
+
+#[test]
+fn cli_upload_once_drains_and_fails_with_exit_1_when_offline() {
+    let mut c = Collector::init();
+    c.start(&[]);
+    let keys = identity();
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), "gina", vault_options(None, &c.receipt_key)).unwrap();
+    fill(&v, 12, 20_000);
+    v.close().unwrap();
+    let run = |url: &str| {
+        Command::new(CAPVAULT)
+            .args(["upload", "--once", "--json", "--keystore", "keyutils"])
+            .args(["--vault", dir.path().to_str().unwrap(), "--user", "gina"])
+            .args(["--to", url, "--recipient", &keys.recipient])
+            .args(["--receipt-key", &c.receipt_key])
+            .args(["--max-bundle-bytes", "65536"])
+            .env("CAPVAULT_UPLOAD_TOKEN", &c.token)
+            .output()
+            .unwrap()
+    };
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let out = run(&dead);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("collector") && !err.contains(&c.token),
+        "{err}"
+    );
+    let out = run(&c.url());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["drained"], true);
+    assert!(
+        report["report"]["bundles"].as_u64().unwrap() >= 3,
+        "{report}"
+    );
+    assert_eq!(
+        exported_custom_seqs(&c.export(&keys.identity_file)).len(),
+        12
+    );
+}

@@ -100,7 +100,12 @@ impl VaultOptions {
         }
         if let Some(upload) = &self.upload {
             upload.validate()?;
-            if self.collector_receipt_key.is_none() {
+            // "none" removes the vault's key: nothing would verify the receipts.
+            if self
+                .collector_receipt_key
+                .as_deref()
+                .is_none_or(|k| k == crate::vault::NO_RECEIPT_KEY)
+            {
                 return Err(Error::invalid(
                     "upload needs collector_receipt_key: the vault prunes uploaded bundles only against the collector's signed receipt",
                 ));

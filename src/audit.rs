@@ -7,8 +7,6 @@
 
 use std::sync::Mutex;
 
-use ring::hkdf;
-
 use crate::aead::TAG_LEN;
 use crate::error::{Error, Result};
 use crate::log::anchor::{AnchorKey, Head};
@@ -30,20 +28,7 @@ pub(crate) struct Ledger {
 }
 
 fn derive_ledger_key(mac_key: &Key32) -> Key32 {
-    struct Len32;
-    impl hkdf::KeyType for Len32 {
-        fn len(&self) -> usize {
-            32
-        }
-    }
-    let prk =
-        hkdf::Salt::new(hkdf::HKDF_SHA256, b"capvault-ledger-key-v1").extract(mac_key.expose());
-    let okm = prk
-        .expand(&[b"ledger"], Len32)
-        .expect("32 bytes is a valid HKDF-SHA256 length");
-    let mut out = zeroize::Zeroizing::new([0u8; 32]);
-    okm.fill(&mut out[..]).expect("length matches");
-    Key32::from_slice_zeroizing(&mut out[..]).expect("32 bytes")
+    crate::keys::hierarchy::derive_subkey(mac_key, b"capvault-ledger-key-v1", b"ledger")
 }
 
 impl Ledger {

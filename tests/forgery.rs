@@ -138,7 +138,8 @@ fn open(g: &Genuine, pinned: bool, bundles: &[&Path]) -> (Output, Vec<Value>, Va
     let mut cmd = Command::new(BIN);
     cmd.args(["--json", "open", "--identity"]).arg(&g.identity);
     if pinned {
-        cmd.arg("--devices").arg(&g.enrollment).arg("--");
+        // As documented: the flag takes one record; the bundles follow directly.
+        cmd.arg("--devices").arg(&g.enrollment);
     }
     let out = cmd.args(bundles).output().unwrap();
     let lines: Vec<Value> = String::from_utf8(out.stdout.clone())
@@ -285,7 +286,6 @@ fn a_forged_enrollment_record_is_refused() {
         .arg(&g.identity)
         .arg("--devices")
         .arg(&forged)
-        .arg("--")
         .args(&g.bundles)
         .output()
         .unwrap();

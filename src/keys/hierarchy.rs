@@ -453,3 +453,23 @@ impl KeyHierarchy {
         Ok(())
     }
 }
+
+/// A 32-byte key derived from the user's MAC key with HKDF-SHA256 (`salt`, `info`).
+/// Everything derived this way dies with the KEK, which wraps the MAC key.
+pub(crate) fn derive_subkey(mac_key: &Key32, salt: &[u8], info: &[u8]) -> Key32 {
+    use ring::hkdf;
+    struct Len32;
+    impl hkdf::KeyType for Len32 {
+        fn len(&self) -> usize {
+            32
+        }
+    }
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(mac_key.expose());
+    let info = [info];
+    let okm = prk
+        .expand(&info, Len32)
+        .expect("32 bytes is a valid HKDF-SHA256 length");
+    let mut out = zeroize::Zeroizing::new([0u8; 32]);
+    okm.fill(&mut out[..]).expect("length matches");
+    Key32::from_slice_zeroizing(&mut out[..]).expect("32 bytes")
+}

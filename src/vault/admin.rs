@@ -390,6 +390,12 @@ impl Vault {
         self.inner().ledger.read_after(0)
     }
 
+    /// The collector receipt key this vault is configured with (kept across opens):
+    /// while set, every `ack` needs a receipt that verifies under it.
+    pub fn collector_receipt_key(&self) -> Option<&str> {
+        self.inner().opts.collector_receipt_key.as_deref()
+    }
+
     /// The device's signed enrollment record (docs/FORMAT.md, "Enrollment records"):
     /// device id, device Ed25519 public key and creation time, signed by the device key.
     /// Collectors pin the key from it. The same record on every call.

@@ -102,6 +102,8 @@ pub(crate) struct Inner {
     pub(crate) device_id: [u8; 16],
     pub(crate) device_seed: Key32,
     keys: RwLock<KeyHierarchy>,
+    /// Encrypts the outbox (derived from the MAC key: erased with the KEK).
+    outbox_key: Key32,
     pub(crate) log: Log,
     pub(crate) ledger: crate::audit::Ledger,
     pub(crate) producer: Mutex<Producer>,
@@ -241,6 +243,7 @@ impl Vault {
             vault_id,
             device_id,
             device_seed,
+            outbox_key: release::derive_outbox_key(keys.mac_key()),
             keys: RwLock::new(keys),
             log,
             ledger,

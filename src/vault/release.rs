@@ -21,12 +21,14 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{now_us, Inner, Vault};
+use crate::aead;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::keys::hierarchy::KeyHierarchy;
 use crate::log::assemble::Assembler;
 use crate::options::VaultOptions;
 use capvault_format::secret::random_array;
+use capvault_format::secret::Key32;
 use capvault_format::DeviceKey;
 use capvault_format::SeqEvent;
 use capvault_format::{bundle_id, verify_receipt, ReceiptKey, Recipient, SealedBundle};
@@ -35,6 +37,11 @@ use capvault_format::{seal_bundle, BundleInput};
 pub(crate) const RELEASE_STATE: &[u8] = b"release";
 /// The pending bundle's bytes, in the user's state tree.
 const OUTBOX: &[u8] = b"outbox";
+
+/// The outbox key of a user (see [`Inner::seal_outbox`]).
+pub(crate) fn derive_outbox_key(mac_key: &Key32) -> Key32 {
+    crate::keys::hierarchy::derive_subkey(mac_key, b"capvault-outbox-key-v1", b"outbox")
+}
 /// Version of the stored release state (1: before streams and the outbox).
 const RELEASE_STATE_VERSION: u32 = 2;
 /// Room kept in a bundle for its header, HPKE encapsulation, tag, signature and ledger.
@@ -154,12 +161,59 @@ impl Inner {
         let mut batch = sled::Batch::default();
         batch.insert(RELEASE_STATE, serde_json::to_vec(s).expect("serializes"));
         match outbox {
-            Some(Some(bytes)) => batch.insert(OUTBOX, bytes),
+            Some(Some(bytes)) => batch.insert(OUTBOX, self.seal_outbox(bytes)),
             Some(None) => batch.remove(OUTBOX),
             None => {}
         }
         self.trees.state.apply_batch(batch)?;
         Ok(())
+    }
+
+    /// Associated data of the outbox entry: this vault and user.
+    fn outbox_ad(&self) -> Vec<u8> {
+        let mut ad = b"capvault outbox v1\0".to_vec();
+        ad.extend_from_slice(&self.vault_id);
+        ad.extend_from_slice(self.user.as_bytes());
+        ad
+    }
+
+    /// The outbox entry of a bundle: `nonce || ciphertext || tag` under the outbox key.
+    /// A sealed bundle is already ciphertext to the collector; this layer makes erase
+    /// crypto-shred it too (a deleted sled value can linger in its segment files).
+    fn seal_outbox(&self, bundle: &[u8]) -> Vec<u8> {
+        let nonce = aead::new_nonce();
+        let mut out = Vec::with_capacity(aead::NONCE_LEN + bundle.len() + aead::TAG_LEN);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(bundle);
+        let tag = aead::seal_in_place(
+            &self.outbox_key,
+            &nonce,
+            &self.outbox_ad(),
+            &mut out[aead::NONCE_LEN..],
+        );
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    fn open_outbox(&self, stored: &[u8]) -> Result<Vec<u8>> {
+        let damaged = || Error::tampered("the outbox entry does not authenticate");
+        if stored.len() < aead::NONCE_LEN + aead::TAG_LEN {
+            return Err(damaged());
+        }
+        let nonce: [u8; aead::NONCE_LEN] = stored[..aead::NONCE_LEN].try_into().expect("24");
+        let (body, tag) =
+            stored[aead::NONCE_LEN..].split_at(stored.len() - aead::NONCE_LEN - aead::TAG_LEN);
+        let tag: [u8; aead::TAG_LEN] = tag.try_into().expect("16");
+        let mut bytes = body.to_vec();
+        aead::open_in_place(
+            &self.outbox_key,
+            &nonce,
+            &self.outbox_ad(),
+            &mut bytes,
+            &tag,
+        )
+        .map_err(|_| damaged())?;
+        Ok(bytes)
     }
 
     pub(crate) fn release_lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -207,12 +261,13 @@ impl Inner {
     /// The pending bundle, read back from the outbox and checked: it must be intact,
     /// signed by this device and the one the state names.
     fn outbox_bundle(&self, p: &Pending) -> Result<SealedBundle> {
-        let bytes = self
+        let stored = self
             .trees
             .state
             .get(OUTBOX)?
             .ok_or_else(|| Error::tampered("the pending bundle is missing from the outbox"))?;
-        let bundle = SealedBundle::from_bytes(bytes.to_vec())
+        let bytes = self.open_outbox(&stored)?;
+        let bundle = SealedBundle::from_bytes(bytes)
             .map_err(|e| Error::tampered(format!("the bundle in the outbox is damaged: {e}")))?;
         let device = DeviceKey::from_seed(&self.device_seed)?;
         if *bundle.digest() != p.digest || *bundle.header().device_key() != device.public_key() {
@@ -241,7 +296,7 @@ impl Inner {
             let to = recipient.to_string();
             if p.recipient != to {
                 return Err(Error::invalid(format!(
-                    "bundle {} ({}) is waiting for acknowledgement and is sealed to {}; a                      sealed bundle is final: deliver and acknowledge it before sealing to {to}",
+                    "bundle {} ({}) is waiting for acknowledgement and is sealed to {}; a sealed bundle is final: deliver and acknowledge it before sealing to {to}",
                     p.bundle_seq,
                     bundle_id(&p.digest),
                     p.recipient
@@ -263,7 +318,7 @@ impl Inner {
         let expected = state.last_sealed_record + 1 + state.records_lost;
         if first != expected {
             return Err(Error::tampered(format!(
-                "the log resumes at record {first} but the last sealed record is {} and {}                  records were removed since (expected record {expected}): records were lost                  without a loss marker",
+                "the log resumes at record {first} but the last sealed record is {} and {} records were removed since (expected record {expected}): records were lost without a loss marker",
                 state.last_sealed_record, state.records_lost
             )));
         }
@@ -374,7 +429,7 @@ impl Inner {
             let key: ReceiptKey = key.parse()?;
             let receipt = receipt.ok_or_else(|| {
                 Error::invalid(format!(
-                    "this vault requires a receipt from collector key {key} to acknowledge                      a bundle (it was configured with collector_receipt_key; open with                      collector_receipt_key \"none\" to stop requiring receipts)"
+                    "this vault requires a receipt from collector key {key} to acknowledge a bundle (it was configured with collector_receipt_key; open with collector_receipt_key \"none\" to stop requiring receipts)"
                 ))
             })?;
             verify_receipt(&key, &p.digest, receipt)?;

@@ -593,8 +593,9 @@ pub struct AckArgs {
     /// Receipt file written by `capvault receipt` (repeatable).
     #[arg(long, value_name = "FILE")]
     pub receipt: Vec<PathBuf>,
-    /// The collector's receipt key (cvreceipt-ed25519-1...): only bundles with a valid
-    /// receipt from that collector are acknowledged.
+    /// The collector's receipt key (cvreceipt-ed25519-1...): must be the key the vault is
+    /// configured with (a vault without one is configured with it from now on); only
+    /// bundles with a valid receipt from that collector are acknowledged.
     #[arg(long, value_name = "KEY")]
     pub receipt_key: Option<String>,
     #[command(flatten)]
@@ -654,12 +655,34 @@ pub fn ack(a: &AckArgs, json: bool) -> CliResult<()> {
         }
     }
     let mut t = resolve(&a.vault)?;
+    let mut vault = open_existing(&t).map_err(CliError::from)?;
     if let Some(k) = &a.receipt_key {
-        k.parse::<capvault::ReceiptKey>()
-            .map_err(|e| CliError::usage(format!("--receipt-key: {e}")))?;
-        t.options.collector_receipt_key = Some(k.clone());
+        // A check against the configured key, never a silent change of it: changing the
+        // collector is an explicit configuration (`--options` with collector_receipt_key).
+        let k = k
+            .parse::<capvault::ReceiptKey>()
+            .map_err(|e| CliError::usage(format!("--receipt-key: {e}")))?
+            .to_string();
+        match vault.collector_receipt_key() {
+            Some(configured) if configured == k => {}
+            Some(configured) => {
+                return Err(CliError::failure(format!(
+                    "this vault requires receipts from collector key {configured}, but \
+                     --receipt-key names {k}; to change the collector, pass the new key as \
+                     collector_receipt_key in --options (the change is audited)"
+                )))
+            }
+            None => {
+                // First configuration: from now on every ack needs this collector's receipt.
+                vault.close().map_err(CliError::from)?;
+                t.options.collector_receipt_key = Some(k.clone());
+                vault = open_existing(&t).map_err(CliError::from)?;
+                if !json {
+                    eprintln!("note: this vault now requires receipts from {k} for every ack");
+                }
+            }
+        }
     }
-    let vault = open_existing(&t).map_err(CliError::from)?;
     let mut done = Vec::new();
     let mut first_err = None;
     for id in &ids {

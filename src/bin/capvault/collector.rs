@@ -78,10 +78,12 @@ pub struct OpenArgs {
     /// The collector identity file (from `capvault recipient new`).
     #[arg(long, value_name = "FILE")]
     pub identity: PathBuf,
-    /// Enrollment records (from `capvault enroll`) of the devices whose bundles may be
-    /// released: a bundle from another device, or under an enrolled device id but
-    /// signed by another key, is rejected and none of its events are written.
-    #[arg(long, value_name = "RECORD", num_args = 1..)]
+    /// Enrollment record (from `capvault enroll`) of a device whose bundles may be
+    /// released; repeat for each device. A bundle from another device, or under an
+    /// enrolled device id but signed by another key, is rejected and none of its events
+    /// are written. Take the records from the devices through a channel you trust: a
+    /// record only proves that its maker holds the key it names.
+    #[arg(long = "devices", value_name = "RECORD", action = clap::ArgAction::Append)]
     pub devices: Vec<PathBuf>,
     /// Bundle files (.cvb; `-` reads one bundle from stdin). Opened in device, stream and
     /// sequence order whatever the order given.

@@ -5,7 +5,8 @@
 //!
 //! 1. enroll once (`POST {url}/v1/enroll` with the token and the device's signed
 //!    enrollment record), remembered in the vault so the token is sent only until the
-//!    collector accepted it;
+//!    collector accepted it (a 200/201 whose JSON names this device's id; anything else
+//!    is an error and the enrollment is retried later);
 //! 2. `seal_next` (the outbox: until acknowledged, the same bytes every time) and
 //!    `POST {url}/v1/bundles`;
 //! 3. check the reply names this bundle, verify the receipt against
@@ -21,6 +22,10 @@
 //! and retried only after a long wait (a revoked device may be reinstated). Nothing is
 //! pruned without a valid receipt, so a lost reply, a crash or a restarted collector
 //! costs at most one resend of the same bytes, which the collector answers idempotently.
+//!
+//! Redirects are never followed (a 3xx is an error naming where it pointed) and an
+//! https URL never falls back to plain http, so nothing between the device and the
+//! collector can move the uploader to another host.
 //!
 //! Stopping (close or drop of the vault) wakes the thread through a condition variable,
 //! so it never waits out a backoff; an HTTP request in flight is bounded by the

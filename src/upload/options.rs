@@ -169,6 +169,14 @@ impl CollectorUrl {
     pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// True for an https URL (the client then refuses plain http); false only for http
+    /// to a loopback host.
+    pub(crate) fn is_https(&self) -> bool {
+        self.0
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    }
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -217,6 +225,10 @@ mod tests {
             assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e}");
             assert!(e.to_string().contains("upload.url"), "{e}");
         }
+        assert!(CollectorUrl::parse("HTTPS://h").unwrap().is_https());
+        assert!(!CollectorUrl::parse("http://127.0.0.1:1")
+            .unwrap()
+            .is_https());
         assert_eq!(
             CollectorUrl::parse("https://h/p/")
                 .unwrap()

@@ -108,7 +108,7 @@ impl<'a> Engine<'a> {
             recipient: Recipient::from_str(&opts.recipient)
                 .map_err(|e| Error::invalid(format!("upload.recipient: {e}")))?,
             receipt_key: key.parse()?,
-            client: Client::new(),
+            client: Client::new(CollectorUrl::parse(&opts.url)?.is_https()),
             limiter: RateLimiter::new(opts.max_bytes_per_sec),
             opts: opts.clone(),
         })
@@ -135,6 +135,7 @@ impl<'a> Engine<'a> {
         }
         // The same record `capvault enroll` writes (its time is fixed at first use).
         let record = self.inner.enrollment_record()?;
+        let device_id = record.device_id_hex();
         let record: serde_json::Value = serde_json::from_str(&record.to_json())
             .map_err(|e| Error::Storage(format!("the enrollment record: {e}")))?;
         let body = serde_json::json!({ "token": token, "record": record }).to_string();
@@ -151,6 +152,7 @@ impl<'a> Engine<'a> {
             .map_err(UploadError::Network)?;
         match reply.status {
             200 | 201 => {
+                check_enrolled(&reply, &device_id)?;
                 let at = now_us().to_be_bytes();
                 self.inner
                     .store
@@ -266,6 +268,33 @@ impl<'a> Engine<'a> {
             )
         })?;
         Ok(receipt)
+    }
+}
+
+/// A 200 or 201 from `/v1/enroll` counts only when it is the collector's answer for
+/// this device: JSON whose `device_id` is this device's id. Anything else (a captive
+/// portal, a proxy's page, another service) is an error, retried later, and the device
+/// is not taken to be enrolled.
+fn check_enrolled(reply: &Reply, device_id: &str) -> Result<(), UploadError> {
+    #[derive(serde::Deserialize)]
+    struct Enrolled {
+        device_id: String,
+    }
+    match serde_json::from_slice::<Enrolled>(&reply.body) {
+        Ok(e) if e.device_id.eq_ignore_ascii_case(device_id) => Ok(()),
+        Ok(e) => Err(UploadError::Enrollment(format!(
+            "HTTP {} names device {:?}, not this device ({device_id}); not taken as enrolled",
+            reply.status,
+            e.device_id
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(80)
+                .collect::<String>()
+        ))),
+        Err(_) => Err(UploadError::Enrollment(format!(
+            "HTTP {} without the collector's {{\"device_id\"}} answer (is upload.url the collector?); not taken as enrolled",
+            reply.status
+        ))),
     }
 }
 
@@ -472,6 +501,38 @@ mod tests {
                 classify(&reply(status, None, ""), "bundle").retry(),
                 Retry::Backoff
             ));
+        }
+    }
+
+    #[test]
+    fn enrollment_counts_only_for_this_devices_id() {
+        let me = "00112233445566778899aabbccddeeff";
+        check_enrolled(
+            &reply(201, None, &format!(r#"{{"device_id": "{me}"}}"#)),
+            me,
+        )
+        .unwrap();
+        check_enrolled(
+            &reply(
+                200,
+                None,
+                &format!(r#"{{"device_id": "{}"}}"#, me.to_uppercase()),
+            ),
+            me,
+        )
+        .unwrap();
+        for body in [
+            "",
+            "<html>welcome to the hotel wifi</html>",
+            "{}",
+            r#"{"device_id": 7}"#,
+            r#"{"device_id": "ffffffffffffffffffffffffffffffff"}"#,
+        ] {
+            let e = check_enrolled(&reply(200, None, body), me).unwrap_err();
+            assert!(matches!(e, UploadError::Enrollment(_)), "{body}: {e}");
+            // Retried later like any failed enrollment, with the reason recorded.
+            assert!(matches!(e.retry(), Retry::Backoff), "{body}");
+            assert!(e.to_string().contains("not taken as enrolled"), "{e}");
         }
     }
 

@@ -17,7 +17,9 @@
 //!    other wakeups.
 //!
 //! Failures: transport errors and 5xx back off exponentially with full jitter from 1 s
-//! to 15 min; 429 and 503 wait as `Retry-After` says; rejections that a retry of the
+//! to 15 min; 429 and 503 wait the longer of `Retry-After` (honoured up to 1 h) and that
+//! backoff, so a collector answering "retry after 2 s" through an outage still sees its
+//! fleet's retries grow and spread; rejections that a retry of the
 //! same bytes cannot fix (400, 403, 409, 413, a bad receipt) are recorded in the status
 //! and retried only after a long wait (a revoked device may be reinstated). Nothing is
 //! pruned without a valid receipt, so a lost reply, a crash or a restarted collector

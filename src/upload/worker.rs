@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::backoff::{parse_retry_after, Backoff, RateLimiter, BACKOFF_MAX};
+use super::backoff::{parse_retry_after, Backoff, RateLimiter, BACKOFF_MAX, RETRY_AFTER_MAX};
 use super::http::{Client, Reply};
 use super::options::CollectorUrl;
 use super::{Shared, UploadOptions};
@@ -25,11 +25,13 @@ pub enum UploadError {
     #[error("{0}")]
     Network(String),
     /// The collector asked to come back later (429 or 503).
-    #[error("the collector is busy ({reply}); retrying after {} s", .retry_after.as_secs())]
+    #[error("the collector is busy ({reply}); it asked to retry after {} s", .retry_after.as_secs())]
     Busy {
         /// The collector's answer.
         reply: String,
-        /// How long it asked to wait (its `Retry-After`, capped to 15 minutes).
+        /// How long it asked to wait (its `Retry-After`, capped to 1 hour). The
+        /// background uploader waits at least this long, and longer when its backoff for
+        /// the consecutive failures so far is longer.
         retry_after: Duration,
     },
     /// The collector refused enrollment (bad or used-up token, or the device id is
@@ -311,7 +313,7 @@ fn classify(reply: &Reply, what: &str) -> UploadError {
             match after {
                 Some(d) => UploadError::Busy {
                     reply: text,
-                    retry_after: d.min(BACKOFF_MAX),
+                    retry_after: d.min(RETRY_AFTER_MAX),
                 },
                 None => UploadError::Network(format!("the collector is busy ({text})")),
             }
@@ -389,7 +391,7 @@ fn run(inner: &Inner, shared: &Shared, opts: &UploadOptions) {
             Err(e) => {
                 let delay = match e.retry() {
                     Retry::Backoff => backoff.fail(unit_random()),
-                    Retry::After(d) => backoff.fail_after(d),
+                    Retry::After(d) => backoff.fail_after(d, unit_random()),
                     Retry::Long => {
                         // Half to all of the longest backoff, jittered.
                         backoff.fail(0.0);
@@ -479,7 +481,7 @@ mod tests {
         );
         assert!(e.to_string().contains("busy: slow down"), "{e}");
         assert!(matches!(classify(&reply(503, Some("99999"), ""), "bundle"),
-            UploadError::Busy { retry_after, .. } if retry_after == BACKOFF_MAX));
+            UploadError::Busy { retry_after, .. } if retry_after == RETRY_AFTER_MAX));
         // Busy without a usable Retry-After falls back to the exponential backoff.
         assert!(matches!(
             classify(&reply(503, None, ""), "bundle").retry(),

@@ -1,5 +1,6 @@
 //! Timing for the uploader, free of I/O and of the clock: exponential backoff with full
-//! jitter, `Retry-After` parsing, and the bandwidth pacer. Callers pass the time in, so
+//! jitter, `Retry-After` parsing, and the bandwidth pacer (applied piece by piece
+//! within each request body, so one large bundle is paced too). Callers pass the time in, so
 //! tests drive these with a made-up clock and never sleep.
 
 use std::time::{Duration, Instant};
@@ -146,6 +147,23 @@ impl RateLimiter {
                 .saturating_duration_since(now)
                 .saturating_sub(Duration::from_secs(1)),
         }
+    }
+
+    /// Waits until `bytes` may go out under the cap, then records them as sent. `now`
+    /// reads the clock; `sleep` waits and returns false to give up (a stop), and then
+    /// nothing is recorded and the result is false.
+    pub(crate) fn acquire(
+        &mut self,
+        bytes: u64,
+        now: &dyn Fn() -> Instant,
+        sleep: &mut dyn FnMut(Duration) -> bool,
+    ) -> bool {
+        let wait = self.delay(now());
+        if !wait.is_zero() && !sleep(wait) {
+            return false;
+        }
+        self.sent(bytes, now());
+        true
     }
 
     /// Records `bytes` sent at `now`.
@@ -316,6 +334,46 @@ mod tests {
         ] {
             assert_eq!(parse_retry_after(bad, 0), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn one_large_body_is_paced_piece_by_piece() {
+        use std::cell::Cell;
+        // An 8 MiB bundle at a 64 KiB/s cap, in 16 KiB pieces, on a made-up clock.
+        let t0 = Instant::now();
+        let clock = Cell::new(t0);
+        let rate = 64 * 1024u64;
+        let (len, piece) = (8 * 1024 * 1024u64, 16 * 1024u64);
+        let mut r = RateLimiter::new(rate);
+        let mut sent = 0u64;
+        let mut sleeps = 0;
+        while sent < len {
+            let ok = r.acquire(piece, &|| clock.get(), &mut |d| {
+                sleeps += 1;
+                clock.set(clock.get() + d);
+                true
+            });
+            assert!(ok);
+            sent += piece;
+            // Never ahead of the cap by more than the one-second burst and one piece.
+            let elapsed = clock.get().duration_since(t0).as_secs_f64();
+            assert!(
+                sent as f64 <= rate as f64 * (elapsed + 1.0) + piece as f64 + 1e-6,
+                "{sent} bytes by {elapsed} s"
+            );
+        }
+        // The whole body took its size over the rate, less the burst, within a piece.
+        let elapsed = clock.get().duration_since(t0).as_secs_f64();
+        let ideal = len as f64 / rate as f64 - 1.0;
+        assert!(
+            elapsed <= ideal + 1e-6 && elapsed >= ideal - piece as f64 / rate as f64 - 1e-6,
+            "{elapsed} s, ideal {ideal} s"
+        );
+        assert!(sleeps > 400, "paced within the body, not once: {sleeps}");
+        // A sleep that gives up (a stop) sends and records nothing.
+        let before = r.delay(clock.get());
+        assert!(!r.acquire(piece, &|| clock.get(), &mut |_| false));
+        assert_eq!(r.delay(clock.get()), before);
     }
 
     #[test]

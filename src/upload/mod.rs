@@ -11,7 +11,8 @@
 //!    `POST {url}/v1/bundles`;
 //! 3. check the reply names this bundle, verify the receipt against
 //!    `collector_receipt_key`, and only then `ack` (records are pruned);
-//! 4. repeat while bundles are pending, paced by `max_bytes_per_sec`; then sleep until
+//! 4. repeat while bundles are pending, paced by `max_bytes_per_sec` (piece by piece
+//!    within each request body, so one large bundle is paced too); then sleep until
 //!    the next check (`interval_secs`) with one timer. A flush that leaves a full
 //!    bundle's worth (`max_bundle_bytes`) waiting wakes it early; an idle vault has no
 //!    other wakeups.
@@ -29,9 +30,14 @@
 //! https URL never falls back to plain http, so nothing between the device and the
 //! collector can move the uploader to another host.
 //!
+//! Each request's timeout grows with its body (60 s plus the body at the slower of
+//! 16 KiB/s and the cap), so a large bundle on a slow link completes instead of timing
+//! out and being resent forever; a stalled write gives up after 60 s.
+//!
 //! Stopping (close or drop of the vault) wakes the thread through a condition variable,
-//! so it never waits out a backoff; an HTTP request in flight is bounded by the
-//! client's timeouts. The enrollment token never appears in logs, errors or status.
+//! so it never waits out a backoff; a bundle being sent is abandoned at its next piece
+//! (it stays pending), and a request whose body went out waits at most for the reply's
+//! timeout. The enrollment token never appears in logs, errors or status.
 
 #[cfg(feature = "upload")]
 mod backoff;

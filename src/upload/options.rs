@@ -11,6 +11,9 @@ use capvault_format::Recipient;
 
 /// Default largest bundle the uploader seals (8 MiB).
 pub const DEFAULT_MAX_BUNDLE_BYTES: usize = 8 * 1024 * 1024;
+/// The largest `max_bundle_bytes` accepted (64 MiB): the largest bundle a collector
+/// accepts by default. Bundles above it would only ever be refused (413).
+pub const MAX_BUNDLE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 /// Default seconds between checks for new data while idle.
 pub const DEFAULT_INTERVAL_SECS: u64 = 30;
 
@@ -31,10 +34,12 @@ pub struct UploadOptions {
     pub recipient: String,
     /// Enrollment token, sent once to enroll this device. Never logged or reported.
     pub token: Option<String>,
-    /// Largest bundle to seal, in bytes (default 8 MiB). A single event larger than this
-    /// still goes, alone.
+    /// Largest bundle to seal, in bytes (default 8 MiB, at most 64 MiB: the largest
+    /// bundle the collector accepts). A single event larger than this still goes, alone.
     pub max_bundle_bytes: usize,
-    /// Average upload bandwidth cap in bytes per second (default 0: unlimited).
+    /// Average upload bandwidth cap in bytes per second (default 0: unlimited), applied
+    /// within each request as well as between bundles (bursts of up to one second's
+    /// worth). Requests get time for their body at the slower of this and 16 KiB/s.
     pub max_bytes_per_sec: u64,
     /// Seconds between checks for new data while idle (default 30).
     pub interval_secs: u64,
@@ -95,10 +100,11 @@ impl UploadOptions {
                 ));
             }
         }
-        if !(64 * 1024..=1 << 30).contains(&self.max_bundle_bytes) {
-            return Err(Error::invalid(
-                "upload.max_bundle_bytes must be between 65536 and 1073741824",
-            ));
+        if !(64 * 1024..=MAX_BUNDLE_BYTES_LIMIT).contains(&self.max_bundle_bytes) {
+            return Err(Error::invalid(format!(
+                "upload.max_bundle_bytes must be between 65536 and {MAX_BUNDLE_BYTES_LIMIT} (64 MiB, the largest bundle the collector accepts); got {}",
+                self.max_bundle_bytes
+            )));
         }
         if !(1..=86_400).contains(&self.interval_secs) {
             return Err(Error::invalid(
@@ -235,6 +241,28 @@ mod tests {
                 .endpoint("/v1/bundles"),
             "https://h/p/v1/bundles"
         );
+    }
+
+    #[test]
+    fn max_bundle_bytes_stays_within_what_the_collector_accepts() {
+        let recipient = capvault_format::Identity::generate(capvault_format::Suite::X25519)
+            .recipient()
+            .to_string();
+        let mut o = UploadOptions::new("https://h", recipient);
+        for ok in [65_536, DEFAULT_MAX_BUNDLE_BYTES, MAX_BUNDLE_BYTES_LIMIT] {
+            o.max_bundle_bytes = ok;
+            o.validate().unwrap();
+        }
+        for bad in [0, 65_535, MAX_BUNDLE_BYTES_LIMIT + 1, 1 << 30] {
+            o.max_bundle_bytes = bad;
+            let e = o.validate().unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e}");
+            assert!(
+                e.to_string().contains("upload.max_bundle_bytes")
+                    && e.to_string().contains("67108864"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

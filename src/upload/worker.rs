@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::backoff::{parse_retry_after, Backoff, RateLimiter, BACKOFF_MAX, RETRY_AFTER_MAX};
-use super::http::{Client, Reply};
+use super::http::{chunk_size, request_timeout, Client, PacedBody, Reply};
 use super::options::CollectorUrl;
 use super::{Shared, UploadOptions};
 use crate::error::{Error, Result};
@@ -149,7 +149,9 @@ impl<'a> Engine<'a> {
             .post(
                 &self.url.endpoint("/v1/enroll"),
                 "application/json",
+                body.len() as u64,
                 body.as_bytes(),
+                request_timeout(body.len() as u64, 0),
             )
             .map_err(UploadError::Network)?;
         match reply.status {
@@ -176,7 +178,7 @@ impl<'a> Engine<'a> {
                 "this device id is enrolled with another key ({})",
                 reply.error_text()
             ))),
-            _ => Err(classify(&reply, "enrollment")),
+            _ => Err(classify(&reply, "enrollment", body.len())),
         }
     }
 
@@ -212,21 +214,39 @@ impl<'a> Engine<'a> {
             else {
                 return Ok(report);
             };
-            let wait = self.limiter.delay(Instant::now());
-            if !wait.is_zero() && !sleep(wait) {
-                return Ok(report);
-            }
             if let Some(s) = shared {
                 s.attempt(now_us());
             }
             let len = bundle.bytes().len() as u64;
-            let reply = self
-                .client
-                .post(&bundles_url, "application/octet-stream", bundle.bytes())
-                .map_err(UploadError::Network)?;
-            self.limiter.sent(len, Instant::now());
+            // The body goes out in pieces: each waits for the bandwidth cap and checks
+            // for a stop, so one large bundle is paced too and closing the vault does
+            // not wait for it to finish.
+            let limiter = &mut self.limiter;
+            let mut stopped = false;
+            let body = PacedBody::new(
+                bundle.bytes(),
+                chunk_size(self.opts.max_bytes_per_sec),
+                |n| {
+                    let go = !stop()
+                        && limiter.acquire(n as u64, &Instant::now, &mut |d| sleep(d))
+                        && !stop();
+                    stopped |= !go;
+                    go
+                },
+            );
+            let reply = self.client.post(
+                &bundles_url,
+                "application/octet-stream",
+                len,
+                body,
+                request_timeout(len, self.opts.max_bytes_per_sec),
+            );
+            if stopped {
+                return Ok(report);
+            }
+            let reply = reply.map_err(UploadError::Network)?;
             if reply.status != 200 {
-                return Err(classify(&reply, "bundle"));
+                return Err(classify(&reply, "bundle", bundle.bytes().len()));
             }
             let receipt = self.check_reply(&reply, bundle.id(), bundle.digest())?;
             self.inner.ack(bundle.id(), Some(&receipt))?;
@@ -300,8 +320,8 @@ fn check_enrolled(reply: &Reply, device_id: &str) -> Result<(), UploadError> {
     }
 }
 
-/// Maps a non-success reply to an error.
-fn classify(reply: &Reply, what: &str) -> UploadError {
+/// Maps a non-success reply to a request of `len` bytes to an error.
+fn classify(reply: &Reply, what: &str, len: usize) -> UploadError {
     let text = reply.error_text();
     match reply.status {
         429 | 503 => {
@@ -328,7 +348,7 @@ fn classify(reply: &Reply, what: &str) -> UploadError {
             "the bundle conflicts with one the collector already holds ({text})"
         )),
         413 => UploadError::Rejected(format!(
-            "the bundle is too large for the collector ({text}); lower upload.max_bundle_bytes below its limit (a bundle already sealed is resent as it is)"
+            "the collector refuses {what}s this large ({len} bytes; {text}): lower upload.max_bundle_bytes (a bundle already sealed is resent as it is)"
         )),
         _ => UploadError::Network(format!("the collector answered {text}")),
     }
@@ -360,7 +380,9 @@ impl Uploader {
         Ok(Uploader { shared, handle })
     }
 
-    /// Stops the thread and waits for it (at most one HTTP request's timeout).
+    /// Stops the thread and waits for it: a bundle being sent is abandoned at its next
+    /// piece (unacknowledged, so it is sent again later); a request whose body went out
+    /// waits at most for the collector's reply (60 s).
     pub(crate) fn stop(self) {
         self.shared.request_stop();
         let _ = self.handle.join();
@@ -475,32 +497,37 @@ mod tests {
     #[test]
     fn replies_map_to_how_they_are_retried() {
         let api = r#"{"error": "slow down", "code": "busy"}"#;
-        let e = classify(&reply(429, Some("7"), api), "bundle");
+        let e = classify(&reply(429, Some("7"), api), "bundle", 9_000_000);
         assert!(
             matches!(e, UploadError::Busy { retry_after, .. } if retry_after == Duration::from_secs(7))
         );
         assert!(e.to_string().contains("busy: slow down"), "{e}");
-        assert!(matches!(classify(&reply(503, Some("99999"), ""), "bundle"),
-            UploadError::Busy { retry_after, .. } if retry_after == RETRY_AFTER_MAX));
+        assert!(
+            matches!(classify(&reply(503, Some("99999"), ""), "bundle", 9_000_000),
+            UploadError::Busy { retry_after, .. } if retry_after == RETRY_AFTER_MAX)
+        );
         // Busy without a usable Retry-After falls back to the exponential backoff.
         assert!(matches!(
-            classify(&reply(503, None, ""), "bundle").retry(),
+            classify(&reply(503, None, ""), "bundle", 9_000_000).retry(),
             Retry::Backoff
         ));
         for status in [400, 403, 409, 413] {
-            let e = classify(&reply(status, None, api), "bundle");
+            let e = classify(&reply(status, None, api), "bundle", 9_000_000);
             assert!(matches!(e.retry(), Retry::Long), "{status}: {e}");
             assert!(e.to_string().contains(&status.to_string()), "{e}");
         }
-        assert!(classify(&reply(413, None, ""), "bundle")
-            .to_string()
-            .contains("max_bundle_bytes"));
-        assert!(classify(&reply(403, None, ""), "bundle")
+        let e = classify(&reply(413, None, ""), "bundle", 9_000_000).to_string();
+        assert!(
+            e.contains("refuses bundles this large (9000000 bytes")
+                && e.contains("lower upload.max_bundle_bytes"),
+            "{e}"
+        );
+        assert!(classify(&reply(403, None, ""), "bundle", 9_000_000)
             .to_string()
             .contains("revoked"));
         for status in [500, 502, 404] {
             assert!(matches!(
-                classify(&reply(status, None, ""), "bundle").retry(),
+                classify(&reply(status, None, ""), "bundle", 9_000_000).retry(),
                 Retry::Backoff
             ));
         }

@@ -174,7 +174,7 @@ fn identity() -> Keys {
 
 fn upload_options(c: &Collector, keys: &Keys) -> UploadOptions {
     let mut u = UploadOptions::new(c.url(), keys.recipient.clone());
-    u.token = Some(c.token.clone());
+    u.token = Some(c.token.clone().into());
     u.max_bundle_bytes = 64 * 1024;
     u.interval_secs = 1;
     u

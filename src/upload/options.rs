@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use capvault_format::Recipient;
@@ -32,8 +33,11 @@ pub struct UploadOptions {
     /// The collector's recipient (`cvrecip-...`) bundles are sealed to. Configured here,
     /// never learned from the network.
     pub recipient: String,
-    /// Enrollment token, sent once to enroll this device. Never logged or reported.
-    pub token: Option<String>,
+    /// Enrollment token, sent once to enroll this device. Never logged or reported, and
+    /// wiped from memory when the options are dropped (`Some(token.into())` from a
+    /// `String`).
+    #[serde(with = "secret_token")]
+    pub token: Option<Zeroizing<String>>,
     /// Largest bundle to seal, in bytes (default 8 MiB, at most 64 MiB: the largest
     /// bundle the collector accepts). A single event larger than this still goes, alone.
     pub max_bundle_bytes: usize,
@@ -112,6 +116,26 @@ impl UploadOptions {
             ));
         }
         Ok(())
+    }
+}
+
+/// (De)serializes the token as a plain optional string, straight into and out of its
+/// zeroizing holder.
+mod secret_token {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use zeroize::Zeroizing;
+
+    pub(super) fn serialize<S: Serializer>(
+        token: &Option<Zeroizing<String>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        token.as_ref().map(|t| t.as_str()).serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Zeroizing<String>>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.map(Zeroizing::new))
     }
 }
 
@@ -268,9 +292,30 @@ mod tests {
     #[test]
     fn debug_never_shows_the_token() {
         let mut o = UploadOptions::new("https://h", "cvrecip-x");
-        o.token = Some("sekrit-token-value".into());
+        o.token = Some(String::from("sekrit-token-value").into());
         let s = format!("{o:?}");
         assert!(!s.contains("sekrit"), "{s}");
         assert!(s.contains("redacted"), "{s}");
+    }
+
+    #[test]
+    fn the_token_is_held_zeroizing_and_round_trips_as_a_string() {
+        let o: UploadOptions =
+            serde_json::from_str(r#"{"url": "https://h", "recipient": "r", "token": "t-1"}"#)
+                .unwrap();
+        let token: &Option<Zeroizing<String>> = &o.token;
+        assert_eq!(token.as_deref().map(String::as_str), Some("t-1"));
+        let json = serde_json::to_value(&o).unwrap();
+        assert_eq!(json["token"], "t-1");
+        let back: UploadOptions = serde_json::from_value(json).unwrap();
+        assert_eq!(back, o);
+        let none: UploadOptions =
+            serde_json::from_str(r#"{"url": "https://h", "recipient": "r"}"#).unwrap();
+        assert!(none.token.is_none());
+        assert!(serde_json::to_value(&none).unwrap()["token"].is_null());
+        // Wiping works on the holder the options use.
+        let mut t = Zeroizing::new(String::from("sekrit"));
+        zeroize::Zeroize::zeroize(&mut t);
+        assert!(t.is_empty());
     }
 }

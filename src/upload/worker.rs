@@ -13,6 +13,7 @@ use super::{Shared, UploadOptions};
 use crate::error::{Error, Result};
 use crate::vault::{now_us, Inner, Vault};
 use capvault_format::{verify_receipt, ReceiptKey, Recipient};
+use zeroize::Zeroizing;
 
 /// Where the vault remembers that the device enrolled with a collector (per base URL).
 const ENROLLED_PREFIX: &[u8] = b"upload/enrolled/";
@@ -138,9 +139,10 @@ impl<'a> Engine<'a> {
         // The same record `capvault enroll` writes (its time is fixed at first use).
         let record = self.inner.enrollment_record()?;
         let device_id = record.device_id_hex();
-        let record: serde_json::Value = serde_json::from_str(&record.to_json())
+        let record = record.to_json();
+        let record_value: serde_json::Value = serde_json::from_str(&record)
             .map_err(|e| Error::Storage(format!("the enrollment record: {e}")))?;
-        let body = serde_json::json!({ "token": token, "record": record }).to_string();
+        let body = enroll_body(&record_value, token, record.len())?;
         if let Some(s) = shared {
             s.attempt(now_us());
         }
@@ -150,7 +152,7 @@ impl<'a> Engine<'a> {
                 &self.url.endpoint("/v1/enroll"),
                 "application/json",
                 body.len() as u64,
-                body.as_bytes(),
+                &body[..],
                 request_timeout(body.len() as u64, 0),
             )
             .map_err(UploadError::Network)?;
@@ -291,6 +293,26 @@ impl<'a> Engine<'a> {
         })?;
         Ok(receipt)
     }
+}
+
+/// The `/v1/enroll` body, `{"record": ..., "token": ...}`, in a buffer that is wiped
+/// when dropped. The token is written last into a buffer sized for the whole body, so
+/// no reallocation leaves a copy of it behind in freed memory.
+fn enroll_body(
+    record: &serde_json::Value,
+    token: &str,
+    record_len: usize,
+) -> Result<Zeroizing<Vec<u8>>, Error> {
+    #[derive(serde::Serialize)]
+    struct EnrollRequest<'a> {
+        record: &'a serde_json::Value,
+        token: &'a str,
+    }
+    // Escaping at most doubles a token without control characters.
+    let mut body = Zeroizing::new(Vec::with_capacity(2 * record_len + 2 * token.len() + 64));
+    serde_json::to_writer(&mut *body, &EnrollRequest { record, token })
+        .map_err(|e| Error::Storage(format!("the enrollment request: {e}")))?;
+    Ok(body)
 }
 
 /// A 200 or 201 from `/v1/enroll` counts only when it is the collector's answer for
@@ -531,6 +553,20 @@ mod tests {
                 Retry::Backoff
             ));
         }
+    }
+
+    #[test]
+    fn the_enroll_body_holds_the_record_and_the_token_without_reallocating() {
+        let record = serde_json::json!({"format": "x", "device_id": "00ff"});
+        let record_len = record.to_string().len();
+        let token = "tok\"en\\with-escapes";
+        let body = enroll_body(&record, token, record_len).unwrap();
+        let cap = body.capacity();
+        assert!(body.len() <= cap);
+        assert_eq!(cap, 2 * record_len + 2 * token.len() + 64, "never grown");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["token"], token);
+        assert_eq!(v["record"], record);
     }
 
     #[test]

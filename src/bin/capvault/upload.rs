@@ -2,7 +2,7 @@
 //! (SPEC 12.5). `--once` uploads everything pending in the foreground and exits;
 //! without it the vault stays open and uploads in the background until SIGINT/SIGTERM.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::json;
+use zeroize::Zeroizing;
 
 use capvault::{UploadError, UploadOptions, UploadReport, Vault};
 
@@ -57,18 +58,26 @@ pub struct UploadArgs {
     pub vault: VaultArgs,
 }
 
-fn token(a: &UploadArgs) -> CliResult<Option<String>> {
+/// The enrollment token, held in wiped-on-drop memory from here on.
+fn token(a: &UploadArgs) -> CliResult<Option<Zeroizing<String>>> {
     if let Some(t) = &a.token {
-        return Ok(Some(t.clone()));
+        return Ok(Some(Zeroizing::new(t.clone())));
     }
     if let Some(path) = &a.token_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            CliError::usage(format!("cannot read --token-file {}: {e}", path.display()))
-        })?;
-        return Ok(text.lines().next().map(|l| l.trim().to_string()));
+        let mut text = Zeroizing::new(String::new());
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .map_err(|e| {
+                CliError::usage(format!("cannot read --token-file {}: {e}", path.display()))
+            })?;
+        return Ok(text
+            .lines()
+            .next()
+            .map(|l| Zeroizing::new(l.trim().to_string())));
     }
     Ok(std::env::var("CAPVAULT_UPLOAD_TOKEN")
         .ok()
+        .map(Zeroizing::new)
         .filter(|t| !t.is_empty()))
 }
 

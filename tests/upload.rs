@@ -174,7 +174,7 @@ fn identity() -> Keys {
 
 fn upload_options(c: &Collector, keys: &Keys) -> UploadOptions {
     let mut u = UploadOptions::new(c.url(), keys.recipient.clone());
-    u.token = Some(c.token.clone());
+    u.token = Some(c.token.clone().into());
     u.max_bundle_bytes = 64 * 1024;
     u.interval_secs = 1;
     u
@@ -274,6 +274,28 @@ fn uploads_in_the_background_and_acks_only_with_receipts() {
     v.close().unwrap();
     let seqs = exported_custom_seqs(&c.export(&keys.identity_file));
     assert_eq!(seqs.len(), 40, "every event arrived exactly once");
+}
+
+#[test]
+fn a_bandwidth_cap_paces_within_bundles_and_still_drains() {
+    let mut c = Collector::init();
+    c.start(&[]);
+    let keys = identity();
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), "hana", vault_options(None, &c.receipt_key)).unwrap();
+    fill(&v, 8, 30_000);
+    // Bundles of up to 256 KiB at 128 KiB/s: each body goes out in paced pieces.
+    let mut up = upload_options(&c, &keys);
+    up.max_bundle_bytes = 256 * 1024;
+    up.max_bytes_per_sec = 128 * 1024;
+    let report = v.upload_pending(&up).unwrap();
+    assert!(report.enrolled && report.bundles >= 1, "{report:?}");
+    assert_eq!(v.status().unwrap().records, 0);
+    v.close().unwrap();
+    assert_eq!(
+        exported_custom_seqs(&c.export(&keys.identity_file)).len(),
+        8
+    );
 }
 
 #[test]
@@ -475,6 +497,13 @@ fn bad_upload_options_fail_at_open() {
         &key,
     ));
     assert!(e.contains("upload.recipient"), "{e}");
+    let mut up = UploadOptions::new("https://ingest.example.com", keys.recipient.clone());
+    up.max_bundle_bytes = 64 * 1024 * 1024 + 1;
+    let e = open(vault_options(Some(up), &key));
+    assert!(
+        e.contains("upload.max_bundle_bytes") && e.contains("64 MiB"),
+        "{e}"
+    );
     let e = VaultOptions::from_json(r#"{"upload": {"url": "https://x", "recipent": "r"}}"#)
         .unwrap_err()
         .to_string();

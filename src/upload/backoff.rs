@@ -1,13 +1,18 @@
 //! Timing for the uploader, free of I/O and of the clock: exponential backoff with full
-//! jitter, `Retry-After` parsing, and the bandwidth pacer. Callers pass the time in, so
+//! jitter, `Retry-After` parsing, and the bandwidth pacer (applied piece by piece
+//! within each request body, so one large bundle is paced too). Callers pass the time in, so
 //! tests drive these with a made-up clock and never sleep.
 
 use std::time::{Duration, Instant};
 
 /// The first retry waits about this long.
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_secs(1);
-/// No retry waits longer than this (a `Retry-After` above it is capped too).
+/// The backoff's own delays never exceed this.
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
+/// A server's `Retry-After` is honoured up to this long (above [`BACKOFF_MAX`]: a
+/// collector that knows it is down for maintenance may ask for more); longer asks are
+/// cut to it.
+pub(crate) const RETRY_AFTER_MAX: Duration = Duration::from_secs(60 * 60);
 
 /// Exponential backoff with full jitter between [`BACKOFF_MIN`] and a ceiling that
 /// doubles with each consecutive failure up to [`BACKOFF_MAX`]. Full jitter spreads a
@@ -51,11 +56,15 @@ impl Backoff {
         BACKOFF_MIN + span.mul_f64(unit)
     }
 
-    /// Counts a failure whose wait the server named (`Retry-After`), capped to
-    /// [`BACKOFF_MAX`] and never below [`BACKOFF_MIN`].
-    pub(crate) fn fail_after(&mut self, wait: Duration) -> Duration {
-        self.failures = self.failures.saturating_add(1);
-        wait.clamp(BACKOFF_MIN, BACKOFF_MAX)
+    /// Counts a failure whose wait the server named (`Retry-After`) and returns the
+    /// longer of that wait (up to [`RETRY_AFTER_MAX`]) and the jittered exponential
+    /// delay [`Backoff::fail`] gives for this failure. A collector that keeps answering
+    /// "retry after 2 s" during an outage thus sees its fleet's retries grow and spread
+    /// like any other failure, instead of every device resending its bundle every 2 s in
+    /// lockstep; a longer `Retry-After` is still honoured.
+    pub(crate) fn fail_after(&mut self, wait: Duration, unit: f64) -> Duration {
+        let backoff = self.fail(unit);
+        wait.min(RETRY_AFTER_MAX).max(backoff)
     }
 }
 
@@ -140,6 +149,23 @@ impl RateLimiter {
         }
     }
 
+    /// Waits until `bytes` may go out under the cap, then records them as sent. `now`
+    /// reads the clock; `sleep` waits and returns false to give up (a stop), and then
+    /// nothing is recorded and the result is false.
+    pub(crate) fn acquire(
+        &mut self,
+        bytes: u64,
+        now: &dyn Fn() -> Instant,
+        sleep: &mut dyn FnMut(Duration) -> bool,
+    ) -> bool {
+        let wait = self.delay(now());
+        if !wait.is_zero() && !sleep(wait) {
+            return false;
+        }
+        self.sent(bytes, now());
+        true
+    }
+
     /// Records `bytes` sent at `now`.
     pub(crate) fn sent(&mut self, bytes: u64, now: Instant) {
         if self.bytes_per_sec == 0 {
@@ -198,10 +224,81 @@ mod tests {
     #[test]
     fn retry_after_is_capped_and_floored() {
         let mut b = Backoff::default();
-        assert_eq!(b.fail_after(Duration::ZERO), BACKOFF_MIN);
-        assert_eq!(b.fail_after(Duration::from_secs(7)), Duration::from_secs(7));
-        assert_eq!(b.fail_after(Duration::from_secs(86_400)), BACKOFF_MAX);
-        assert_eq!(b.failures(), 3);
+        assert_eq!(b.fail_after(Duration::ZERO, 0.0), BACKOFF_MIN);
+        assert_eq!(
+            b.fail_after(Duration::from_secs(7), 0.0),
+            Duration::from_secs(7)
+        );
+        // Above the backoff's own cap, honoured up to an hour.
+        assert_eq!(
+            b.fail_after(Duration::from_secs(40 * 60), 0.0),
+            Duration::from_secs(40 * 60)
+        );
+        assert_eq!(
+            b.fail_after(Duration::from_secs(86_400), 0.0),
+            RETRY_AFTER_MAX
+        );
+        assert_eq!(b.failures(), 4);
+    }
+
+    /// A deterministic stand-in for the random unit (a 64-bit LCG).
+    fn units(seed: u64) -> impl FnMut() -> f64 {
+        let mut x = seed;
+        move || {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    #[test]
+    fn a_short_retry_after_grows_with_consecutive_failures() {
+        // One device, a collector answering "Retry-After: 2" to every request.
+        let two = Duration::from_secs(2);
+        let mut b = Backoff::default();
+        let mut unit = units(1);
+        let mut total = Duration::ZERO;
+        for _ in 0..30 {
+            let d = b.fail_after(two, unit());
+            assert!(d >= two && d <= BACKOFF_MAX, "{d:?}");
+            total += d;
+        }
+        // Exactly Retry-After would be 60 s over 30 failures; the backoff makes it hours.
+        assert!(total > Duration::from_secs(3600), "{total:?}");
+        // At the top of the window (unit just below 1) the delay is the cap.
+        assert!(b.clone().fail_after(two, 0.999_999_999) > BACKOFF_MAX - BACKOFF_MIN);
+        // After a success it starts from Retry-After again.
+        b.reset();
+        assert_eq!(b.fail_after(two, 0.9), two);
+    }
+
+    #[test]
+    fn a_fleet_answered_retry_after_two_seconds_spreads_out() {
+        // 1000 devices that failed together 9 times against a "Retry-After: 2"
+        // collector: their 10th retry is spread over the whole window (1 s to 512 s),
+        // not bunched at 2 s.
+        let two = Duration::from_secs(2);
+        let mut unit = units(42);
+        let mut delays: Vec<u64> = (0..1000)
+            .map(|_| {
+                let mut b = Backoff::default();
+                for _ in 0..9 {
+                    b.fail_after(two, unit());
+                }
+                b.fail_after(two, unit()).as_secs()
+            })
+            .collect();
+        delays.sort_unstable();
+        let at_two = delays.iter().filter(|&&d| d <= 2).count();
+        assert!(at_two < 20, "{at_two} of 1000 retry within 2 s");
+        // Every tenth of the window holds roughly a tenth of the fleet.
+        for decile in 0..10u64 {
+            let lo = 1 + decile * 511 / 10;
+            let hi = 1 + (decile + 1) * 511 / 10;
+            let n = delays.iter().filter(|&&d| d >= lo && d < hi).count();
+            assert!((50..=150).contains(&n), "{n} devices in [{lo}, {hi}) s");
+        }
     }
 
     #[test]
@@ -237,6 +334,46 @@ mod tests {
         ] {
             assert_eq!(parse_retry_after(bad, 0), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn one_large_body_is_paced_piece_by_piece() {
+        use std::cell::Cell;
+        // An 8 MiB bundle at a 64 KiB/s cap, in 16 KiB pieces, on a made-up clock.
+        let t0 = Instant::now();
+        let clock = Cell::new(t0);
+        let rate = 64 * 1024u64;
+        let (len, piece) = (8 * 1024 * 1024u64, 16 * 1024u64);
+        let mut r = RateLimiter::new(rate);
+        let mut sent = 0u64;
+        let mut sleeps = 0;
+        while sent < len {
+            let ok = r.acquire(piece, &|| clock.get(), &mut |d| {
+                sleeps += 1;
+                clock.set(clock.get() + d);
+                true
+            });
+            assert!(ok);
+            sent += piece;
+            // Never ahead of the cap by more than the one-second burst and one piece.
+            let elapsed = clock.get().duration_since(t0).as_secs_f64();
+            assert!(
+                sent as f64 <= rate as f64 * (elapsed + 1.0) + piece as f64 + 1e-6,
+                "{sent} bytes by {elapsed} s"
+            );
+        }
+        // The whole body took its size over the rate, less the burst, within a piece.
+        let elapsed = clock.get().duration_since(t0).as_secs_f64();
+        let ideal = len as f64 / rate as f64 - 1.0;
+        assert!(
+            elapsed <= ideal + 1e-6 && elapsed >= ideal - piece as f64 / rate as f64 - 1e-6,
+            "{elapsed} s, ideal {ideal} s"
+        );
+        assert!(sleeps > 400, "paced within the body, not once: {sleeps}");
+        // A sleep that gives up (a stop) sends and records nothing.
+        let before = r.delay(clock.get());
+        assert!(!r.acquire(piece, &|| clock.get(), &mut |_| false));
+        assert_eq!(r.delay(clock.get()), before);
     }
 
     #[test]

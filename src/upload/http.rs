@@ -1,16 +1,88 @@
 //! The HTTP transport: one blocking ureq agent (rustls on ring, the webpki root
 //! certificates), bounded timeouts, and replies reduced to status, `Retry-After` and a
 //! bounded body. No async runtime.
+//!
+//! Redirects are never followed: the collector's address is configuration, and a 3xx
+//! (from the collector or anything in front of it) is an error naming where it pointed,
+//! so nothing on the path can send the device, its enrollment token or its bundles to
+//! another host or down to plain http. An https URL also makes the agent refuse any
+//! plain-http connection.
 
+use std::io::Read;
 use std::time::Duration;
 
 /// Connecting (TCP and TLS) gives up after this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Waiting for the response head after the body was sent.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Whole request, upper bound: closing a vault waits at most this long for an upload in
-/// flight.
-const GLOBAL_TIMEOUT: Duration = Duration::from_secs(120);
+/// A single socket write that makes no progress for this long means the link stalled.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The whole-request timeout is this plus the body's time at [`MIN_RATE`].
+const BASE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The slowest link a request is given time for, in bytes per second (16 KiB/s,
+/// about 130 kbit/s): an 8 MiB bundle gets 60 s + 512 s, so it completes on a
+/// 0.5 Mbit/s link instead of timing out and being resent forever.
+pub(crate) const MIN_RATE: u64 = 16 * 1024;
+/// The body is handed to the transport in pieces of at most this size, so a stop (or
+/// the bandwidth cap) acts between pieces rather than after the whole bundle.
+const MAX_CHUNK: usize = 64 * 1024;
+
+/// The whole-request timeout for a body of `len` bytes: [`BASE_TIMEOUT`] plus the time
+/// to send it at the slower of [`MIN_RATE`] and the configured cap
+/// (`max_bytes_per_sec`, 0 for none), so neither a slow link nor the uploader's own
+/// pacing makes a large bundle time out every time.
+pub(crate) fn request_timeout(len: u64, max_bytes_per_sec: u64) -> Duration {
+    let rate = match max_bytes_per_sec {
+        0 => MIN_RATE,
+        cap => cap.min(MIN_RATE),
+    };
+    BASE_TIMEOUT + Duration::from_secs(len.div_ceil(rate))
+}
+
+/// The size of the pieces a body is sent in: about a quarter second's worth at the
+/// cap (so pacing is smooth), between 1 KiB and 64 KiB.
+pub(crate) fn chunk_size(max_bytes_per_sec: u64) -> usize {
+    match max_bytes_per_sec {
+        0 => MAX_CHUNK,
+        cap => usize::try_from(cap / 4).map_or(MAX_CHUNK, |c| c.clamp(1024, MAX_CHUNK)),
+    }
+}
+
+/// A request body read out in pieces; `gate(n)` runs before each piece of `n` bytes
+/// (it paces to the bandwidth cap and checks for a stop) and returning false aborts
+/// the request.
+pub(crate) struct PacedBody<'a, G: FnMut(usize) -> bool> {
+    rest: &'a [u8],
+    chunk: usize,
+    gate: G,
+}
+
+impl<'a, G: FnMut(usize) -> bool> PacedBody<'a, G> {
+    pub(crate) fn new(body: &'a [u8], chunk: usize, gate: G) -> Self {
+        PacedBody {
+            rest: body,
+            chunk: chunk.max(1),
+            gate,
+        }
+    }
+}
+
+impl<G: FnMut(usize) -> bool> Read for PacedBody<'_, G> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.rest.len().min(self.chunk).min(buf.len());
+        if n == 0 {
+            return Ok(0);
+        }
+        if !(self.gate)(n) {
+            // Not ErrorKind::Interrupted, which readers retry.
+            return Err(std::io::Error::other("the upload was stopped"));
+        }
+        let (now, rest) = self.rest.split_at(n);
+        buf[..n].copy_from_slice(now);
+        self.rest = rest;
+        Ok(n)
+    }
+}
 /// Replies are small JSON objects; anything longer is cut.
 const MAX_REPLY_BYTES: u64 = 64 * 1024;
 
@@ -54,12 +126,17 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    pub(crate) fn new() -> Client {
+    /// `https_only`: refuse plain http (true unless the configured URL is http to a
+    /// loopback host).
+    pub(crate) fn new(https_only: bool) -> Client {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            .max_redirects(0)
+            .https_only(https_only)
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_recv_response(Some(RESPONSE_TIMEOUT))
-            .timeout_global(Some(GLOBAL_TIMEOUT))
+            .timeout_per_write(Some(WRITE_TIMEOUT))
+            .timeout_global(Some(request_timeout(0, 0)))
             .user_agent(concat!("capvault/", env!("CARGO_PKG_VERSION")))
             .build();
         Client {
@@ -67,17 +144,39 @@ impl Client {
         }
     }
 
-    /// POSTs `body`. `Err` is a transport failure (no HTTP reply), with a message that
-    /// names neither the body nor any credential.
-    pub(crate) fn post(&self, url: &str, content_type: &str, body: &[u8]) -> Result<Reply, String> {
+    /// POSTs `body` (with a Content-Length) within `timeout` (see [`request_timeout`]).
+    /// `Err` is a transport failure (no HTTP reply), with a message that names neither
+    /// the body nor any credential.
+    pub(crate) fn post<R: Read>(
+        &self,
+        url: &str,
+        content_type: &str,
+        len: u64,
+        mut body: R,
+        timeout: Duration,
+    ) -> Result<Reply, String> {
         let mut resp = self
             .agent
             .post(url)
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
             .header("Content-Type", content_type)
+            .header("Content-Length", len.to_string())
             .header("Accept", "application/json")
-            .send(body)
+            .send(ureq::SendBody::from_reader(&mut body))
             .map_err(|e| transport_error(&e))?;
         let status = resp.status().as_u16();
+        if (300..400).contains(&status) {
+            let to = resp
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(|| "nowhere (no Location)".to_string(), location_host);
+            return Err(format!(
+                "the collector answered HTTP {status}, a redirect to {to}: redirects are not followed; set upload.url to the collector's own address"
+            ));
+        }
         let retry_after = resp
             .headers()
             .get("retry-after")
@@ -102,6 +201,32 @@ impl Client {
     }
 }
 
+/// Where a `Location` points, for an error message: its host (and port), `the same
+/// host` for a relative reference, printable and bounded. Never a path or a query.
+fn location_host(location: &str) -> String {
+    let Some((scheme, rest)) = location.split_once("://") else {
+        return "the same host".to_string();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // Drop any user information; keep host[:port].
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host: String = host
+        .chars()
+        .filter(|c| !c.is_control() && !c.is_whitespace())
+        .take(120)
+        .collect();
+    let scheme: String = scheme
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(10)
+        .collect();
+    if host.is_empty() {
+        "the same host".to_string()
+    } else {
+        format!("{scheme}://{host}")
+    }
+}
+
 fn transport_error(e: &ureq::Error) -> String {
     match e {
         ureq::Error::Timeout(_) => format!("the collector did not answer in time ({e})"),
@@ -110,5 +235,163 @@ fn transport_error(e: &ureq::Error) -> String {
         }
         ureq::Error::HostNotFound => "the collector's host name does not resolve".to_string(),
         other => format!("cannot reach the collector: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+
+    /// A one-shot HTTP server on loopback: reads one request (head and
+    /// Content-Length body) and answers `response`. Returns the base URL and a handle
+    /// yielding the request body.
+    fn one_shot(response: &'static str) -> (String, std::thread::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            let mut stream = stream;
+            stream.write_all(response.as_bytes()).unwrap();
+            body
+        });
+        (url, handle)
+    }
+
+    #[test]
+    fn a_redirect_is_an_error_naming_its_host_and_is_not_followed() {
+        let (url, server) = one_shot(
+            "HTTP/1.1 302 Found\r\nLocation: http://other-host.example:8080/v1/enroll?x=1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        let err = Client::new(false)
+            .post(
+                &format!("{url}/v1/enroll"),
+                "application/json",
+                2,
+                &b"{}"[..],
+                request_timeout(2, 0),
+            )
+            .unwrap_err();
+        assert!(
+            err.contains("302") && err.contains("http://other-host.example:8080"),
+            "{err}"
+        );
+        assert!(!err.contains("x=1") && !err.contains("/v1/enroll"), "{err}");
+        assert_eq!(server.join().unwrap(), b"{}");
+        // Were it followed, the client would be connecting to other-host.example now;
+        // it answered at once instead, from the one request above.
+    }
+
+    #[test]
+    fn location_hosts_are_bounded_and_never_carry_credentials() {
+        assert_eq!(location_host("https://a.example/x"), "https://a.example");
+        assert_eq!(
+            location_host("http://user:pw@b.example:81/?q"),
+            "http://b.example:81"
+        );
+        assert_eq!(location_host("/v1/bundles"), "the same host");
+        assert_eq!(location_host("http:///x"), "the same host");
+        assert!(location_host(&format!("https://{}", "h".repeat(1000))).len() < 140);
+    }
+
+    #[test]
+    fn an_https_client_refuses_plain_http() {
+        let err = Client::new(true)
+            .post(
+                "http://127.0.0.1:9/v1/bundles",
+                "application/octet-stream",
+                1,
+                &b"x"[..],
+                request_timeout(1, 0),
+            )
+            .unwrap_err();
+        assert!(err.to_lowercase().contains("https"), "{err}");
+    }
+
+    #[test]
+    fn the_timeout_grows_with_the_body_and_the_cap() {
+        let mib = 1024 * 1024;
+        assert_eq!(request_timeout(0, 0), Duration::from_secs(60));
+        // 8 MiB at 16 KiB/s: 512 s on top; a 0.5 Mbit/s link needs about 134 s.
+        let t = request_timeout(8 * mib, 0);
+        assert_eq!(t, Duration::from_secs(60 + 512));
+        assert!(t.as_secs_f64() > (8 * mib) as f64 / (500_000.0 / 8.0));
+        // A cap above the floor does not shorten it; a cap below it lengthens it.
+        assert_eq!(request_timeout(8 * mib, 1 << 30), t);
+        assert_eq!(
+            request_timeout(8 * mib, 4096),
+            Duration::from_secs(60 + 2048)
+        );
+        // The largest bundle the collector takes.
+        assert_eq!(request_timeout(64 * mib, 0), Duration::from_secs(60 + 4096));
+    }
+
+    #[test]
+    fn a_paced_body_is_the_body_in_gated_pieces() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let mut pieces = Vec::new();
+        let mut out = Vec::new();
+        PacedBody::new(&data, chunk_size(40_000), |n| {
+            pieces.push(n);
+            true
+        })
+        .read_to_end(&mut out)
+        .unwrap();
+        assert_eq!(out, data);
+        assert!(pieces.iter().all(|&n| n <= 10_000), "{pieces:?}");
+        assert_eq!(pieces.iter().sum::<usize>(), data.len());
+        assert_eq!(chunk_size(0), 64 * 1024);
+        assert_eq!(chunk_size(100), 1024);
+        assert_eq!(chunk_size(u64::MAX), 64 * 1024);
+        // A closed gate aborts with an error that is not retried as Interrupted.
+        let mut calls = 0;
+        let err = PacedBody::new(&data, 1000, |_| {
+            calls += 1;
+            calls < 3
+        })
+        .read_to_end(&mut Vec::new())
+        .unwrap_err();
+        assert_ne!(err.kind(), std::io::ErrorKind::Interrupted);
+        assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn a_body_is_sent_whole_with_its_length_through_the_gate() {
+        let (url, server) = one_shot(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+        );
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+        let mut gated = 0;
+        let reply = Client::new(false)
+            .post(
+                &format!("{url}/v1/bundles"),
+                "application/octet-stream",
+                data.len() as u64,
+                PacedBody::new(&data, chunk_size(0), |n| {
+                    gated += n;
+                    true
+                }),
+                request_timeout(data.len() as u64, 0),
+            )
+            .unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(gated, data.len());
+        assert_eq!(server.join().unwrap(), data);
     }
 }

@@ -5,26 +5,39 @@
 //!
 //! 1. enroll once (`POST {url}/v1/enroll` with the token and the device's signed
 //!    enrollment record), remembered in the vault so the token is sent only until the
-//!    collector accepted it;
+//!    collector accepted it (a 200/201 whose JSON names this device's id; anything else
+//!    is an error and the enrollment is retried later);
 //! 2. `seal_next` (the outbox: until acknowledged, the same bytes every time) and
 //!    `POST {url}/v1/bundles`;
 //! 3. check the reply names this bundle, verify the receipt against
 //!    `collector_receipt_key`, and only then `ack` (records are pruned);
-//! 4. repeat while bundles are pending, paced by `max_bytes_per_sec`; then sleep until
+//! 4. repeat while bundles are pending, paced by `max_bytes_per_sec` (piece by piece
+//!    within each request body, so one large bundle is paced too); then sleep until
 //!    the next check (`interval_secs`) with one timer. A flush that leaves a full
 //!    bundle's worth (`max_bundle_bytes`) waiting wakes it early; an idle vault has no
 //!    other wakeups.
 //!
 //! Failures: transport errors and 5xx back off exponentially with full jitter from 1 s
-//! to 15 min; 429 and 503 wait as `Retry-After` says; rejections that a retry of the
+//! to 15 min; 429 and 503 wait the longer of `Retry-After` (honoured up to 1 h) and that
+//! backoff, so a collector answering "retry after 2 s" through an outage still sees its
+//! fleet's retries grow and spread; rejections that a retry of the
 //! same bytes cannot fix (400, 403, 409, 413, a bad receipt) are recorded in the status
 //! and retried only after a long wait (a revoked device may be reinstated). Nothing is
 //! pruned without a valid receipt, so a lost reply, a crash or a restarted collector
 //! costs at most one resend of the same bytes, which the collector answers idempotently.
 //!
+//! Redirects are never followed (a 3xx is an error naming where it pointed) and an
+//! https URL never falls back to plain http, so nothing between the device and the
+//! collector can move the uploader to another host.
+//!
+//! Each request's timeout grows with its body (60 s plus the body at the slower of
+//! 16 KiB/s and the cap), so a large bundle on a slow link completes instead of timing
+//! out and being resent forever; a stalled write gives up after 60 s.
+//!
 //! Stopping (close or drop of the vault) wakes the thread through a condition variable,
-//! so it never waits out a backoff; an HTTP request in flight is bounded by the
-//! client's timeouts. The enrollment token never appears in logs, errors or status.
+//! so it never waits out a backoff; a bundle being sent is abandoned at its next piece
+//! (it stays pending), and a request whose body went out waits at most for the reply's
+//! timeout. The enrollment token never appears in logs, errors or status.
 
 #[cfg(feature = "upload")]
 mod backoff;

@@ -5,12 +5,16 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use capvault_format::Recipient;
 
 /// Default largest bundle the uploader seals (8 MiB).
 pub const DEFAULT_MAX_BUNDLE_BYTES: usize = 8 * 1024 * 1024;
+/// The largest `max_bundle_bytes` accepted (64 MiB): the largest bundle a collector
+/// accepts by default. Bundles above it would only ever be refused (413).
+pub const MAX_BUNDLE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 /// Default seconds between checks for new data while idle.
 pub const DEFAULT_INTERVAL_SECS: u64 = 30;
 
@@ -29,12 +33,17 @@ pub struct UploadOptions {
     /// The collector's recipient (`cvrecip-...`) bundles are sealed to. Configured here,
     /// never learned from the network.
     pub recipient: String,
-    /// Enrollment token, sent once to enroll this device. Never logged or reported.
-    pub token: Option<String>,
-    /// Largest bundle to seal, in bytes (default 8 MiB). A single event larger than this
-    /// still goes, alone.
+    /// Enrollment token, sent once to enroll this device. Never logged or reported, and
+    /// wiped from memory when the options are dropped (`Some(token.into())` from a
+    /// `String`).
+    #[serde(with = "secret_token")]
+    pub token: Option<Zeroizing<String>>,
+    /// Largest bundle to seal, in bytes (default 8 MiB, at most 64 MiB: the largest
+    /// bundle the collector accepts). A single event larger than this still goes, alone.
     pub max_bundle_bytes: usize,
-    /// Average upload bandwidth cap in bytes per second (default 0: unlimited).
+    /// Average upload bandwidth cap in bytes per second (default 0: unlimited), applied
+    /// within each request as well as between bundles (bursts of up to one second's
+    /// worth). Requests get time for their body at the slower of this and 16 KiB/s.
     pub max_bytes_per_sec: u64,
     /// Seconds between checks for new data while idle (default 30).
     pub interval_secs: u64,
@@ -95,10 +104,11 @@ impl UploadOptions {
                 ));
             }
         }
-        if !(64 * 1024..=1 << 30).contains(&self.max_bundle_bytes) {
-            return Err(Error::invalid(
-                "upload.max_bundle_bytes must be between 65536 and 1073741824",
-            ));
+        if !(64 * 1024..=MAX_BUNDLE_BYTES_LIMIT).contains(&self.max_bundle_bytes) {
+            return Err(Error::invalid(format!(
+                "upload.max_bundle_bytes must be between 65536 and {MAX_BUNDLE_BYTES_LIMIT} (64 MiB, the largest bundle the collector accepts); got {}",
+                self.max_bundle_bytes
+            )));
         }
         if !(1..=86_400).contains(&self.interval_secs) {
             return Err(Error::invalid(
@@ -106,6 +116,26 @@ impl UploadOptions {
             ));
         }
         Ok(())
+    }
+}
+
+/// (De)serializes the token as a plain optional string, straight into and out of its
+/// zeroizing holder.
+mod secret_token {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use zeroize::Zeroizing;
+
+    pub(super) fn serialize<S: Serializer>(
+        token: &Option<Zeroizing<String>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        token.as_ref().map(|t| t.as_str()).serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Zeroizing<String>>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.map(Zeroizing::new))
     }
 }
 
@@ -169,6 +199,14 @@ impl CollectorUrl {
     pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// True for an https URL (the client then refuses plain http); false only for http
+    /// to a loopback host.
+    pub(crate) fn is_https(&self) -> bool {
+        self.0
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    }
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -217,6 +255,10 @@ mod tests {
             assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e}");
             assert!(e.to_string().contains("upload.url"), "{e}");
         }
+        assert!(CollectorUrl::parse("HTTPS://h").unwrap().is_https());
+        assert!(!CollectorUrl::parse("http://127.0.0.1:1")
+            .unwrap()
+            .is_https());
         assert_eq!(
             CollectorUrl::parse("https://h/p/")
                 .unwrap()
@@ -226,11 +268,54 @@ mod tests {
     }
 
     #[test]
+    fn max_bundle_bytes_stays_within_what_the_collector_accepts() {
+        let recipient = capvault_format::Identity::generate(capvault_format::Suite::X25519)
+            .recipient()
+            .to_string();
+        let mut o = UploadOptions::new("https://h", recipient);
+        for ok in [65_536, DEFAULT_MAX_BUNDLE_BYTES, MAX_BUNDLE_BYTES_LIMIT] {
+            o.max_bundle_bytes = ok;
+            o.validate().unwrap();
+        }
+        for bad in [0, 65_535, MAX_BUNDLE_BYTES_LIMIT + 1, 1 << 30] {
+            o.max_bundle_bytes = bad;
+            let e = o.validate().unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e}");
+            assert!(
+                e.to_string().contains("upload.max_bundle_bytes")
+                    && e.to_string().contains("67108864"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn debug_never_shows_the_token() {
         let mut o = UploadOptions::new("https://h", "cvrecip-x");
-        o.token = Some("sekrit-token-value".into());
+        o.token = Some(String::from("sekrit-token-value").into());
         let s = format!("{o:?}");
         assert!(!s.contains("sekrit"), "{s}");
         assert!(s.contains("redacted"), "{s}");
+    }
+
+    #[test]
+    fn the_token_is_held_zeroizing_and_round_trips_as_a_string() {
+        let o: UploadOptions =
+            serde_json::from_str(r#"{"url": "https://h", "recipient": "r", "token": "t-1"}"#)
+                .unwrap();
+        let token: &Option<Zeroizing<String>> = &o.token;
+        assert_eq!(token.as_deref().map(String::as_str), Some("t-1"));
+        let json = serde_json::to_value(&o).unwrap();
+        assert_eq!(json["token"], "t-1");
+        let back: UploadOptions = serde_json::from_value(json).unwrap();
+        assert_eq!(back, o);
+        let none: UploadOptions =
+            serde_json::from_str(r#"{"url": "https://h", "recipient": "r"}"#).unwrap();
+        assert!(none.token.is_none());
+        assert!(serde_json::to_value(&none).unwrap()["token"].is_null());
+        // Wiping works on the holder the options use.
+        let mut t = Zeroizing::new(String::from("sekrit"));
+        zeroize::Zeroize::zeroize(&mut t);
+        assert!(t.is_empty());
     }
 }

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::backoff::{parse_retry_after, Backoff, RateLimiter, BACKOFF_MAX};
-use super::http::{Client, Reply};
+use super::backoff::{parse_retry_after, Backoff, RateLimiter, BACKOFF_MAX, RETRY_AFTER_MAX};
+use super::http::{chunk_size, request_timeout, Client, PacedBody, Reply};
 use super::options::CollectorUrl;
 use super::{Shared, UploadOptions};
 use crate::error::{Error, Result};
 use crate::vault::{now_us, Inner, Vault};
 use capvault_format::{verify_receipt, ReceiptKey, Recipient};
+use zeroize::Zeroizing;
 
 /// Where the vault remembers that the device enrolled with a collector (per base URL).
 const ENROLLED_PREFIX: &[u8] = b"upload/enrolled/";
@@ -25,11 +26,13 @@ pub enum UploadError {
     #[error("{0}")]
     Network(String),
     /// The collector asked to come back later (429 or 503).
-    #[error("the collector is busy ({reply}); retrying after {} s", .retry_after.as_secs())]
+    #[error("the collector is busy ({reply}); it asked to retry after {} s", .retry_after.as_secs())]
     Busy {
         /// The collector's answer.
         reply: String,
-        /// How long it asked to wait (its `Retry-After`, capped to 15 minutes).
+        /// How long it asked to wait (its `Retry-After`, capped to 1 hour). The
+        /// background uploader waits at least this long, and longer when its backoff for
+        /// the consecutive failures so far is longer.
         retry_after: Duration,
     },
     /// The collector refused enrollment (bad or used-up token, or the device id is
@@ -108,7 +111,7 @@ impl<'a> Engine<'a> {
             recipient: Recipient::from_str(&opts.recipient)
                 .map_err(|e| Error::invalid(format!("upload.recipient: {e}")))?,
             receipt_key: key.parse()?,
-            client: Client::new(),
+            client: Client::new(CollectorUrl::parse(&opts.url)?.is_https()),
             limiter: RateLimiter::new(opts.max_bytes_per_sec),
             opts: opts.clone(),
         })
@@ -135,9 +138,11 @@ impl<'a> Engine<'a> {
         }
         // The same record `capvault enroll` writes (its time is fixed at first use).
         let record = self.inner.enrollment_record()?;
-        let record: serde_json::Value = serde_json::from_str(&record.to_json())
+        let device_id = record.device_id_hex();
+        let record = record.to_json();
+        let record_value: serde_json::Value = serde_json::from_str(&record)
             .map_err(|e| Error::Storage(format!("the enrollment record: {e}")))?;
-        let body = serde_json::json!({ "token": token, "record": record }).to_string();
+        let body = enroll_body(&record_value, token, record.len())?;
         if let Some(s) = shared {
             s.attempt(now_us());
         }
@@ -146,11 +151,14 @@ impl<'a> Engine<'a> {
             .post(
                 &self.url.endpoint("/v1/enroll"),
                 "application/json",
-                body.as_bytes(),
+                body.len() as u64,
+                &body[..],
+                request_timeout(body.len() as u64, 0),
             )
             .map_err(UploadError::Network)?;
         match reply.status {
             200 | 201 => {
+                check_enrolled(&reply, &device_id)?;
                 let at = now_us().to_be_bytes();
                 self.inner
                     .store
@@ -172,7 +180,7 @@ impl<'a> Engine<'a> {
                 "this device id is enrolled with another key ({})",
                 reply.error_text()
             ))),
-            _ => Err(classify(&reply, "enrollment")),
+            _ => Err(classify(&reply, "enrollment", body.len())),
         }
     }
 
@@ -208,21 +216,39 @@ impl<'a> Engine<'a> {
             else {
                 return Ok(report);
             };
-            let wait = self.limiter.delay(Instant::now());
-            if !wait.is_zero() && !sleep(wait) {
-                return Ok(report);
-            }
             if let Some(s) = shared {
                 s.attempt(now_us());
             }
             let len = bundle.bytes().len() as u64;
-            let reply = self
-                .client
-                .post(&bundles_url, "application/octet-stream", bundle.bytes())
-                .map_err(UploadError::Network)?;
-            self.limiter.sent(len, Instant::now());
+            // The body goes out in pieces: each waits for the bandwidth cap and checks
+            // for a stop, so one large bundle is paced too and closing the vault does
+            // not wait for it to finish.
+            let limiter = &mut self.limiter;
+            let mut stopped = false;
+            let body = PacedBody::new(
+                bundle.bytes(),
+                chunk_size(self.opts.max_bytes_per_sec),
+                |n| {
+                    let go = !stop()
+                        && limiter.acquire(n as u64, &Instant::now, &mut |d| sleep(d))
+                        && !stop();
+                    stopped |= !go;
+                    go
+                },
+            );
+            let reply = self.client.post(
+                &bundles_url,
+                "application/octet-stream",
+                len,
+                body,
+                request_timeout(len, self.opts.max_bytes_per_sec),
+            );
+            if stopped {
+                return Ok(report);
+            }
+            let reply = reply.map_err(UploadError::Network)?;
             if reply.status != 200 {
-                return Err(classify(&reply, "bundle"));
+                return Err(classify(&reply, "bundle", bundle.bytes().len()));
             }
             let receipt = self.check_reply(&reply, bundle.id(), bundle.digest())?;
             self.inner.ack(bundle.id(), Some(&receipt))?;
@@ -269,8 +295,55 @@ impl<'a> Engine<'a> {
     }
 }
 
-/// Maps a non-success reply to an error.
-fn classify(reply: &Reply, what: &str) -> UploadError {
+/// The `/v1/enroll` body, `{"record": ..., "token": ...}`, in a buffer that is wiped
+/// when dropped. The token is written last into a buffer sized for the whole body, so
+/// no reallocation leaves a copy of it behind in freed memory.
+fn enroll_body(
+    record: &serde_json::Value,
+    token: &str,
+    record_len: usize,
+) -> Result<Zeroizing<Vec<u8>>, Error> {
+    #[derive(serde::Serialize)]
+    struct EnrollRequest<'a> {
+        record: &'a serde_json::Value,
+        token: &'a str,
+    }
+    // Escaping at most doubles a token without control characters.
+    let mut body = Zeroizing::new(Vec::with_capacity(2 * record_len + 2 * token.len() + 64));
+    serde_json::to_writer(&mut *body, &EnrollRequest { record, token })
+        .map_err(|e| Error::Storage(format!("the enrollment request: {e}")))?;
+    Ok(body)
+}
+
+/// A 200 or 201 from `/v1/enroll` counts only when it is the collector's answer for
+/// this device: JSON whose `device_id` is this device's id. Anything else (a captive
+/// portal, a proxy's page, another service) is an error, retried later, and the device
+/// is not taken to be enrolled.
+fn check_enrolled(reply: &Reply, device_id: &str) -> Result<(), UploadError> {
+    #[derive(serde::Deserialize)]
+    struct Enrolled {
+        device_id: String,
+    }
+    match serde_json::from_slice::<Enrolled>(&reply.body) {
+        Ok(e) if e.device_id.eq_ignore_ascii_case(device_id) => Ok(()),
+        Ok(e) => Err(UploadError::Enrollment(format!(
+            "HTTP {} names device {:?}, not this device ({device_id}); not taken as enrolled",
+            reply.status,
+            e.device_id
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(80)
+                .collect::<String>()
+        ))),
+        Err(_) => Err(UploadError::Enrollment(format!(
+            "HTTP {} without the collector's {{\"device_id\"}} answer (is upload.url the collector?); not taken as enrolled",
+            reply.status
+        ))),
+    }
+}
+
+/// Maps a non-success reply to a request of `len` bytes to an error.
+fn classify(reply: &Reply, what: &str, len: usize) -> UploadError {
     let text = reply.error_text();
     match reply.status {
         429 | 503 => {
@@ -282,7 +355,7 @@ fn classify(reply: &Reply, what: &str) -> UploadError {
             match after {
                 Some(d) => UploadError::Busy {
                     reply: text,
-                    retry_after: d.min(BACKOFF_MAX),
+                    retry_after: d.min(RETRY_AFTER_MAX),
                 },
                 None => UploadError::Network(format!("the collector is busy ({text})")),
             }
@@ -297,7 +370,7 @@ fn classify(reply: &Reply, what: &str) -> UploadError {
             "the bundle conflicts with one the collector already holds ({text})"
         )),
         413 => UploadError::Rejected(format!(
-            "the bundle is too large for the collector ({text}); lower upload.max_bundle_bytes below its limit (a bundle already sealed is resent as it is)"
+            "the collector refuses {what}s this large ({len} bytes; {text}): lower upload.max_bundle_bytes (a bundle already sealed is resent as it is)"
         )),
         _ => UploadError::Network(format!("the collector answered {text}")),
     }
@@ -329,7 +402,9 @@ impl Uploader {
         Ok(Uploader { shared, handle })
     }
 
-    /// Stops the thread and waits for it (at most one HTTP request's timeout).
+    /// Stops the thread and waits for it: a bundle being sent is abandoned at its next
+    /// piece (unacknowledged, so it is sent again later); a request whose body went out
+    /// waits at most for the collector's reply (60 s).
     pub(crate) fn stop(self) {
         self.shared.request_stop();
         let _ = self.handle.join();
@@ -360,7 +435,7 @@ fn run(inner: &Inner, shared: &Shared, opts: &UploadOptions) {
             Err(e) => {
                 let delay = match e.retry() {
                     Retry::Backoff => backoff.fail(unit_random()),
-                    Retry::After(d) => backoff.fail_after(d),
+                    Retry::After(d) => backoff.fail_after(d, unit_random()),
                     Retry::Long => {
                         // Half to all of the longest backoff, jittered.
                         backoff.fail(0.0);
@@ -444,34 +519,85 @@ mod tests {
     #[test]
     fn replies_map_to_how_they_are_retried() {
         let api = r#"{"error": "slow down", "code": "busy"}"#;
-        let e = classify(&reply(429, Some("7"), api), "bundle");
+        let e = classify(&reply(429, Some("7"), api), "bundle", 9_000_000);
         assert!(
             matches!(e, UploadError::Busy { retry_after, .. } if retry_after == Duration::from_secs(7))
         );
         assert!(e.to_string().contains("busy: slow down"), "{e}");
-        assert!(matches!(classify(&reply(503, Some("99999"), ""), "bundle"),
-            UploadError::Busy { retry_after, .. } if retry_after == BACKOFF_MAX));
+        assert!(
+            matches!(classify(&reply(503, Some("99999"), ""), "bundle", 9_000_000),
+            UploadError::Busy { retry_after, .. } if retry_after == RETRY_AFTER_MAX)
+        );
         // Busy without a usable Retry-After falls back to the exponential backoff.
         assert!(matches!(
-            classify(&reply(503, None, ""), "bundle").retry(),
+            classify(&reply(503, None, ""), "bundle", 9_000_000).retry(),
             Retry::Backoff
         ));
         for status in [400, 403, 409, 413] {
-            let e = classify(&reply(status, None, api), "bundle");
+            let e = classify(&reply(status, None, api), "bundle", 9_000_000);
             assert!(matches!(e.retry(), Retry::Long), "{status}: {e}");
             assert!(e.to_string().contains(&status.to_string()), "{e}");
         }
-        assert!(classify(&reply(413, None, ""), "bundle")
-            .to_string()
-            .contains("max_bundle_bytes"));
-        assert!(classify(&reply(403, None, ""), "bundle")
+        let e = classify(&reply(413, None, ""), "bundle", 9_000_000).to_string();
+        assert!(
+            e.contains("refuses bundles this large (9000000 bytes")
+                && e.contains("lower upload.max_bundle_bytes"),
+            "{e}"
+        );
+        assert!(classify(&reply(403, None, ""), "bundle", 9_000_000)
             .to_string()
             .contains("revoked"));
         for status in [500, 502, 404] {
             assert!(matches!(
-                classify(&reply(status, None, ""), "bundle").retry(),
+                classify(&reply(status, None, ""), "bundle", 9_000_000).retry(),
                 Retry::Backoff
             ));
+        }
+    }
+
+    #[test]
+    fn the_enroll_body_holds_the_record_and_the_token_without_reallocating() {
+        let record = serde_json::json!({"format": "x", "device_id": "00ff"});
+        let record_len = record.to_string().len();
+        let token = "tok\"en\\with-escapes";
+        let body = enroll_body(&record, token, record_len).unwrap();
+        let cap = body.capacity();
+        assert!(body.len() <= cap);
+        assert_eq!(cap, 2 * record_len + 2 * token.len() + 64, "never grown");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["token"], token);
+        assert_eq!(v["record"], record);
+    }
+
+    #[test]
+    fn enrollment_counts_only_for_this_devices_id() {
+        let me = "00112233445566778899aabbccddeeff";
+        check_enrolled(
+            &reply(201, None, &format!(r#"{{"device_id": "{me}"}}"#)),
+            me,
+        )
+        .unwrap();
+        check_enrolled(
+            &reply(
+                200,
+                None,
+                &format!(r#"{{"device_id": "{}"}}"#, me.to_uppercase()),
+            ),
+            me,
+        )
+        .unwrap();
+        for body in [
+            "",
+            "<html>welcome to the hotel wifi</html>",
+            "{}",
+            r#"{"device_id": 7}"#,
+            r#"{"device_id": "ffffffffffffffffffffffffffffffff"}"#,
+        ] {
+            let e = check_enrolled(&reply(200, None, body), me).unwrap_err();
+            assert!(matches!(e, UploadError::Enrollment(_)), "{body}: {e}");
+            // Retried later like any failed enrollment, with the reason recorded.
+            assert!(matches!(e.retry(), Retry::Backoff), "{body}");
+            assert!(e.to_string().contains("not taken as enrolled"), "{e}");
         }
     }
 

@@ -2,7 +2,7 @@
 //! (SPEC 12.5). `--once` uploads everything pending in the foreground and exits;
 //! without it the vault stays open and uploads in the background until SIGINT/SIGTERM.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::json;
+use zeroize::Zeroizing;
 
 use capvault::{UploadError, UploadOptions, UploadReport, Vault};
 
@@ -42,10 +43,12 @@ pub struct UploadArgs {
     /// Upload everything pending, then exit (0 when drained, 1 with the error).
     #[arg(long)]
     pub once: bool,
-    /// Largest bundle to seal, in bytes.
+    /// Largest bundle to seal, in bytes (65536 to 67108864: the collector accepts
+    /// bundles up to 64 MiB).
     #[arg(long, value_name = "N", default_value_t = UploadOptions::default().max_bundle_bytes)]
     pub max_bundle_bytes: usize,
-    /// Average bandwidth cap in bytes per second (0: unlimited).
+    /// Average bandwidth cap in bytes per second (0: unlimited), paced within each
+    /// bundle.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_bytes_per_sec: u64,
     /// Seconds between checks for new data while running in the background.
@@ -55,18 +58,26 @@ pub struct UploadArgs {
     pub vault: VaultArgs,
 }
 
-fn token(a: &UploadArgs) -> CliResult<Option<String>> {
+/// The enrollment token, held in wiped-on-drop memory from here on.
+fn token(a: &UploadArgs) -> CliResult<Option<Zeroizing<String>>> {
     if let Some(t) = &a.token {
-        return Ok(Some(t.clone()));
+        return Ok(Some(Zeroizing::new(t.clone())));
     }
     if let Some(path) = &a.token_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            CliError::usage(format!("cannot read --token-file {}: {e}", path.display()))
-        })?;
-        return Ok(text.lines().next().map(|l| l.trim().to_string()));
+        let mut text = Zeroizing::new(String::new());
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .map_err(|e| {
+                CliError::usage(format!("cannot read --token-file {}: {e}", path.display()))
+            })?;
+        return Ok(text
+            .lines()
+            .next()
+            .map(|l| Zeroizing::new(l.trim().to_string())));
     }
     Ok(std::env::var("CAPVAULT_UPLOAD_TOKEN")
         .ok()
+        .map(Zeroizing::new)
         .filter(|t| !t.is_empty()))
 }
 

@@ -305,8 +305,29 @@ impl Db {
         rows.iter().map(device_from_row).collect()
     }
 
+    /// Whether a token hash was ever issued here: `None` unknown, `Some(true)` usable now
+    /// (uses left, not expired), `Some(false)` used up or expired.
+    async fn token_state(&self, token_hash: &str, now_us: i64) -> Result<Option<bool>, ApiError> {
+        let row = sqlx::query("SELECT uses_left, expires_us FROM tokens WHERE hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let uses: i64 = r.try_get(0)?;
+            let expires: Option<i64> = r.try_get(1)?;
+            Ok(uses > 0 && expires.is_none_or(|e| e > now_us))
+        })
+        .transpose()
+    }
+
     /// Enrolls a device with a token, atomically: a token use is consumed only when a
     /// new device row is stored.
+    ///
+    /// The token is checked before anything about the device is revealed: without a
+    /// usable token the answer is [`Enrolled::BadToken`] whether or not the id is
+    /// enrolled. The one exception is an exact re-enrollment (same id, same key), which
+    /// needs a token this collector issued but not a use of it (a device whose
+    /// one-use token is spent may retry); even then an unknown token is `BadToken`.
     pub async fn enroll(
         &self,
         token_hash: &str,
@@ -315,11 +336,13 @@ impl Db {
         record: &str,
         now_us: i64,
     ) -> Result<Enrolled, ApiError> {
+        let token = self.token_state(token_hash, now_us).await?;
         if let Some(d) = self.device(device_id).await? {
-            return Ok(if d.device_key == device_key {
-                Enrolled::Same
-            } else {
-                Enrolled::OtherKey
+            return Ok(match token {
+                None => Enrolled::BadToken,
+                Some(_) if d.device_key == device_key => Enrolled::Same,
+                Some(true) => Enrolled::OtherKey,
+                Some(false) => Enrolled::BadToken,
             });
         }
         let mut tx = self.pool.begin().await?;

@@ -278,3 +278,38 @@ fn a_full_server_answers_429_with_retry_after() {
     assert_eq!((r.status, r.code()), (429, "busy".to_string()));
     assert_eq!(r.header("retry-after"), Some("2"));
 }
+
+#[test]
+fn without_a_token_enrollment_reveals_nothing_about_enrolled_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    let (_, token) = init(&dir);
+    let server = Server::start(&dir, &[]);
+    let dev = Device::new(20);
+    assert_eq!(server.enroll(&token, &dev).status, 201);
+    let impostor = Device::impostor_of(&dev);
+    let stranger = Device::new(21);
+
+    // An unknown token: 401 for the enrolled id (its public record, or another key)
+    // exactly as for an id nobody enrolled.
+    for d in [&dev, &impostor, &stranger] {
+        let r = server.enroll("cvtoken-nope", d);
+        assert_eq!((r.status, r.code()), (401, "bad_token".to_string()));
+    }
+    // The spent one-use token: the device itself may enroll again (200), another key
+    // for its id learns nothing (401, not 409).
+    assert_eq!(server.enroll(&token, &dev).status, 200);
+    let r = server.enroll(&token, &impostor);
+    assert_eq!((r.status, r.code()), (401, "bad_token".to_string()));
+    // An expired token likewise.
+    let expired = new_token(&dir, &["--expires", "0s"]);
+    assert_eq!(server.enroll(&expired, &impostor).status, 401);
+    // A usable token: the conflict is reported, and no use is consumed.
+    let fresh = new_token(&dir, &[]);
+    let r = server.enroll(&fresh, &impostor);
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "enrolled_with_other_key".to_string())
+    );
+    assert_eq!(server.enroll(&fresh, &stranger).status, 201);
+}

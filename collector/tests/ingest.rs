@@ -174,6 +174,16 @@ fn forged_unknown_and_revoked_devices_are_refused_and_nothing_is_stored() {
     let r = server.upload(b2.bytes());
     assert_eq!((r.status, r.code()), (403, "revoked_device".to_string()));
     assert_eq!(blob_count(&dir), 1);
+    // A retry of the bundle stored before the revocation still gets its receipt, so the
+    // device can delete what the collector holds; the impostor's copy of that position
+    // does not.
+    let r = server.upload(b1.bytes());
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    assert_eq!(r.json()["id"], b1.id());
+    let r = server.upload(impostor.seal_at(&id.recipient(), 1, [0; 32], 2).bytes());
+    assert_eq!((r.status, r.code()), (403, "wrong_device_key".to_string()));
+    let r = server.upload(dev.seal_at(&id.recipient(), 1, [0; 32], 1).bytes());
+    assert_eq!((r.status, r.code()), (403, "revoked_device".to_string()));
 
     let out = cli(&["devices", "revoke", "00", "--dir", dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));

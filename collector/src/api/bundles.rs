@@ -4,8 +4,9 @@
 //!
 //! 1. size (413) and load (429);
 //! 2. framing and the device signature (400);
-//! 3. the device named in the header is enrolled, not revoked, and enrolled with the
-//!    key that signed the bundle (403);
+//! 3. the device named in the header is enrolled with the key that signed the bundle,
+//!    and not revoked (403); a revoked device's identical retry of a bundle stored
+//!    before the revocation still gets its receipt (200);
 //! 4. chain position: the same (device, stream, sequence) already stored with the same
 //!    digest is a retry (200, same receipt), with another digest a conflict (409); a
 //!    stored predecessor must be the bundle named by the header's previous digest
@@ -99,9 +100,6 @@ async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepte
         s.db.device(&device_id)
             .await?
             .ok_or_else(|| ApiError::UnknownDevice(device_id.clone()))?;
-    if device.revoked_us.is_some() {
-        return Err(ApiError::RevokedDevice(device_id));
-    }
     if device.device_key != hex(h.device_key()) {
         tracing::warn!(device_id = %device_id, seq, "bundle signed by a key other than the enrolled one");
         return Err(ApiError::WrongDeviceKey(device_id));
@@ -116,6 +114,15 @@ async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepte
             receipt: data_encoding::BASE64.encode(&s.signer.receipt_for(&inspected.digest)),
         }
     };
+    if device.revoked_us.is_some() {
+        // A bundle stored before the revocation is still answered with its receipt
+        // (signed by the enrolled key, same position, same digest): otherwise the
+        // device keeps, and keeps retrying, data the collector already holds.
+        return match s.db.digest_at(&device_id, &stream_id, seq).await? {
+            Some((d, _)) if d == digest => Ok(accepted(true)),
+            _ => Err(ApiError::RevokedDevice(device_id)),
+        };
+    }
     let conflict = || {
         ApiError::Conflict(format!(
             "bundle {seq} of device {device_id} stream {stream_id} is already stored with another digest"

@@ -101,9 +101,25 @@ pub fn create_signer(dir: &Path) -> Result<ReceiptSigner, ApiError> {
     Ok(signer)
 }
 
-/// Reads the receipt signing key of a collector directory.
+/// Reads the receipt signing key of a collector directory. Like ssh with a private
+/// key, refuses a file that its group or others may read or write.
 pub fn load_signer(dir: &Path) -> Result<ReceiptSigner, ApiError> {
     let path = signer_path(dir);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(&path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(ApiError::Operational(format!(
+                    "permissions {mode:04o} for {} are too open: the receipt signing key must be \
+                     accessible by its owner only (chmod 600 {})",
+                    path.display(),
+                    path.display()
+                )));
+            }
+        }
+    }
     let text = zeroize::Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| {
         ApiError::Operational(format!(
             "cannot read {} ({e}); run `capvault-collector init --dir {}` first",

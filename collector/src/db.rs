@@ -162,6 +162,9 @@ impl Db {
                 "--db must be a sqlite:// or postgres:// URL".into(),
             ));
         };
+        if engine == Engine::Sqlite {
+            create_private_sqlite_file(url)?;
+        }
         let max = match engine {
             // One writer at a time anyway; a few readers.
             Engine::Sqlite => 8,
@@ -566,6 +569,33 @@ async fn batch_writer(pool: AnyPool, mut rx: mpsc::Receiver<PendingRow>) {
                 }
             }
         }
+    }
+}
+
+/// Creates the SQLite file of `url` owner-only (0600) when it does not exist yet, so
+/// that SQLite opens it rather than creating it with the umask's permissions (its WAL
+/// and shared-memory files take the database file's permissions).
+fn create_private_sqlite_file(url: &str) -> Result<(), ApiError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path == ":memory:" || Path::new(path).exists() {
+        return Ok(());
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        // The parent directory may not exist; let SQLite report it as before.
+        Err(_) => Ok(()),
     }
 }
 

@@ -256,11 +256,15 @@ impl LocalStore {
             data_encoding::HEXLOWER.encode(&nonce)
         ));
         let result = (|| {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(|e| unavailable("create", e))?;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                // Ciphertext, but nobody else's business: owner only.
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let mut f = opts.open(&tmp).map_err(|e| unavailable("create", e))?;
             f.write_all(bytes).map_err(|e| unavailable("write", e))?;
             f.sync_all().map_err(|e| unavailable("fsync", e))?;
             match std::fs::hard_link(&tmp, &final_path) {

@@ -323,3 +323,48 @@ fn without_a_token_enrollment_reveals_nothing_about_enrolled_ids() {
     );
     assert_eq!(server.enroll(&fresh, &stranger).status, 201);
 }
+
+#[test]
+fn secrets_at_rest_are_owner_only_and_an_open_signing_key_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    let (_, token) = init(&dir);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.join("collector.db")), 0o600);
+    {
+        let server = Server::start(&dir, &[]);
+        let (id, _) = identity(tmp.path());
+        let mut dev = Device::new(22);
+        assert_eq!(server.enroll(&token, &dev).status, 201);
+        let b = dev.seal_next(&id.recipient(), 2);
+        assert_eq!(server.upload(b.bytes()).status, 200);
+        let digest = hex(b.digest());
+        let blob = dir
+            .join("bundles")
+            .join(&digest[..2])
+            .join(format!("{digest}.cvb"));
+        assert_eq!(mode(&blob), 0o600);
+        for f in ["collector.db-wal", "collector.db-shm"] {
+            let p = dir.join(f);
+            if p.exists() {
+                assert_eq!(mode(&p) & 0o077, 0, "{f}");
+            }
+        }
+    }
+    let key = dir.join("receipt-signing.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = cli(&[
+        "serve",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("too open") && err.contains("chmod 600"),
+        "{err}"
+    );
+}

@@ -2,7 +2,8 @@
 //!
 //! Order of checks (the first failure answers; nothing is stored before all pass):
 //!
-//! 1. size (413) and load (429);
+//! 1. declared size (413, before the body is read), load (429), then the body within a
+//!    deadline that grows with its size (408) and at most the size limit (413);
 //! 2. framing and the device signature (400);
 //! 3. the device named in the header is enrolled with the key that signed the bundle,
 //!    and not revoked (403); a revoked device's identical retry of a bundle stored
@@ -52,16 +53,33 @@ pub async fn upload(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
     }
 }
 
-async fn read_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    let limit = s.max_bundle_bytes;
+/// The declared body length, refused (413) above the limit before anything is read.
+fn declared_length(s: &AppState, headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::TooLarge(limit));
+    if declared.is_some_and(|n| n > s.max_bundle_bytes as u64) {
+        return Err(ApiError::TooLarge(s.max_bundle_bytes));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    Ok(declared)
+}
+
+/// Reads the whole body, at most `max_bundle_bytes`, within a deadline that grows with
+/// its size (the declared length, else the limit): a client that stalls is answered
+/// 408 and gives its upload slot back.
+async fn read_body(s: &AppState, declared: Option<u64>, body: Body) -> Result<Bytes, ApiError> {
+    let limit = s.max_bundle_bytes;
+    let deadline = crate::config::body_deadline(
+        s.body_timeout,
+        s.min_upload_rate,
+        declared.unwrap_or(limit as u64),
+    );
+    let read = axum::body::to_bytes(body, limit);
+    let result = tokio::time::timeout(deadline, read)
+        .await
+        .map_err(|_| ApiError::Timeout)?;
+    result.map_err(|e| {
         let inner = e.into_inner();
         if inner
             .downcast_ref::<http_body_util::LengthLimitError>()
@@ -75,12 +93,17 @@ async fn read_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Byte
 }
 
 async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepted, ApiError> {
+    // Oversized before anything else: no slot, no read.
+    let declared = declared_length(s, headers)?;
+    // The slot bounds the memory held by bodies being read (max_in_flight x
+    // max_bundle_bytes); it is taken once the headers are in and given back when the
+    // request ends, including on the body-read deadline.
     let _permit = s
         .in_flight
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::Busy)?;
-    let bytes = read_body(s, headers, body).await?;
+    let bytes = read_body(s, declared, body).await?;
     let size = bytes.len() as u64;
 
     let b = bytes.clone();

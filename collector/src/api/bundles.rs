@@ -13,8 +13,10 @@
 //!    stored predecessor must be the bundle named by the header's previous digest
 //!    (409), and so must a stored successor name this bundle (409);
 //! 5. the blob is written (content-addressed, never overwritten) and made durable,
-//!    then the index row is inserted; the unique key on (device, stream, sequence)
-//!    decides between concurrent uploads, on one replica or many;
+//!    then the index row is inserted; the chain position is checked again inside the
+//!    insert transaction, serialized per stream, so concurrent uploads of a position
+//!    or of neighbours that do not link, on one replica or many, store one consistent
+//!    chain (the others get 409);
 //! 6. the receipt, a deterministic Ed25519 signature over the digest, is the same from
 //!    every replica and for every retry.
 
@@ -196,5 +198,14 @@ async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepte
         }
         Inserted::Existing(d) if d == digest => Ok(accepted(true)),
         Inserted::Existing(_) => Err(conflict()),
+        // Stored by another upload (or replica) since the check above.
+        Inserted::PrevMismatch => Err(ApiError::Conflict(format!(
+            "bundle {seq} of device {device_id} stream {stream_id} does not link to the stored bundle {}",
+            seq - 1
+        ))),
+        Inserted::NextMismatch => Err(ApiError::Conflict(format!(
+            "the stored bundle {} of device {device_id} stream {stream_id} does not link to this bundle",
+            seq + 1
+        ))),
     }
 }

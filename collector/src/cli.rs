@@ -89,12 +89,31 @@ struct ServeArgs {
     /// Private key (PEM) for HTTPS.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Largest bundle accepted, in bytes.
+    /// Largest bundle accepted, in bytes (413 above; a larger Content-Length is refused
+    /// before the body is read).
     #[arg(long, default_value_t = config::DEFAULT_MAX_BUNDLE_BYTES)]
     max_bundle_bytes: usize,
     /// Uploads processed at once; more are answered 429 with Retry-After.
     #[arg(long, default_value_t = config::DEFAULT_MAX_IN_FLIGHT)]
     max_in_flight: usize,
+    /// Memory budget for upload bodies, in bytes: serve refuses to start when
+    /// max-in-flight x max-bundle-bytes exceeds it.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_MEMORY)]
+    max_memory: u64,
+    /// Connections open at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Base of the body-read deadline (408 after it): this plus the body's size at
+    /// --min-upload-rate [default: 30s].
+    #[arg(long, value_parser = config::parse_duration)]
+    body_timeout: Option<std::time::Duration>,
+    /// Slowest upload the body-read deadline allows for, in bytes per second.
+    #[arg(long, default_value_t = config::DEFAULT_MIN_UPLOAD_RATE)]
+    min_upload_rate: u64,
+    /// Time to receive a request's headers, and to keep an idle connection
+    /// [default: 30s].
+    #[arg(long, value_parser = config::parse_duration)]
+    idle_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -243,9 +262,15 @@ async fn dispatch(command: Command) -> Result<u8, ApiError> {
                     _ => None,
                 },
                 max_bundle_bytes: a.max_bundle_bytes,
-                max_in_flight: a.max_in_flight.max(1),
+                max_in_flight: a.max_in_flight,
+                max_memory: a.max_memory,
+                max_connections: a.max_connections,
+                body_timeout: a.body_timeout.unwrap_or(config::DEFAULT_BODY_TIMEOUT),
+                min_upload_rate: a.min_upload_rate,
+                idle_timeout: a.idle_timeout.unwrap_or(config::DEFAULT_IDLE_TIMEOUT),
                 dir: a.dir.dir,
             };
+            cfg.check()?;
             crate::server::serve(cfg).await?;
             Ok(0)
         }

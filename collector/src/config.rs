@@ -9,10 +9,23 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::error::ApiError;
 use crate::formats::ReceiptSigner;
 
-/// Largest bundle accepted by default (bytes).
-pub const DEFAULT_MAX_BUNDLE_BYTES: usize = 64 << 20;
+/// Largest bundle accepted by default (bytes): twice the devices' default
+/// `upload.max_bundle_bytes` (8 MiB), for sealing overhead and headroom.
+pub const DEFAULT_MAX_BUNDLE_BYTES: usize = 16 << 20;
 /// Uploads processed at once by default; more get 429 with `Retry-After`.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
+/// Memory budget for upload bodies by default (bytes): `serve` refuses to start when
+/// `max_in_flight × max_bundle_bytes` exceeds it (each upload is buffered whole).
+pub const DEFAULT_MAX_MEMORY: u64 = 1 << 30;
+/// Open connections per replica by default; more wait in the listen backlog.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Base of the body-read deadline by default (see [`ServeConfig::body_deadline`]).
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Slowest upload rate allowed for by the body-read deadline by default (bytes/s).
+pub const DEFAULT_MIN_UPLOAD_RATE: u64 = 64 << 10;
+/// Time allowed to receive a request's headers by default; also how long an idle
+/// keep-alive connection is kept.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything `serve` needs, checked before the server starts.
 #[derive(Clone, Debug)]
@@ -29,8 +42,55 @@ pub struct ServeConfig {
     pub tls: Option<TlsFiles>,
     /// Largest bundle accepted, in bytes.
     pub max_bundle_bytes: usize,
-    /// Uploads processed at once.
+    /// Uploads processed at once (each holds at most `max_bundle_bytes` in memory).
     pub max_in_flight: usize,
+    /// Memory budget for upload bodies: `max_in_flight × max_bundle_bytes` must fit.
+    pub max_memory: u64,
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Base of the body-read deadline.
+    pub body_timeout: Duration,
+    /// Slowest upload rate the body-read deadline allows for, in bytes per second.
+    pub min_upload_rate: u64,
+    /// Time to receive a request's headers, and the idle keep-alive timeout.
+    pub idle_timeout: Duration,
+}
+
+impl ServeConfig {
+    /// Refuses settings that do not fit: upload buffers over the memory budget, zero
+    /// limits.
+    pub fn check(&self) -> Result<(), ApiError> {
+        let usage = |m: String| Err(ApiError::Operational(m));
+        if self.max_in_flight == 0 || self.max_connections == 0 || self.max_bundle_bytes == 0 {
+            return usage(
+                "--max-in-flight, --max-connections and --max-bundle-bytes must be at least 1"
+                    .into(),
+            );
+        }
+        if self.idle_timeout.is_zero() {
+            return usage("--idle-timeout must be longer than zero".into());
+        }
+        if self.min_upload_rate == 0 {
+            return usage("--min-upload-rate must be at least 1 byte per second".into());
+        }
+        let need = (self.max_in_flight as u64).saturating_mul(self.max_bundle_bytes as u64);
+        if need > self.max_memory {
+            return usage(format!(
+                "--max-in-flight {} x --max-bundle-bytes {} = {need} bytes of upload buffers, \
+                 over the --max-memory budget of {} bytes: lower --max-in-flight or \
+                 --max-bundle-bytes, or raise --max-memory if this host has the memory",
+                self.max_in_flight, self.max_bundle_bytes, self.max_memory
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How long reading a body of `len` bytes may take in all: the base timeout plus the
+/// time to send `len` bytes at the minimum upload rate. A client slower than that is
+/// answered 408 and its upload slot freed.
+pub fn body_deadline(base: Duration, min_rate: u64, len: u64) -> Duration {
+    base.saturating_add(Duration::from_secs_f64(len as f64 / min_rate.max(1) as f64))
 }
 
 /// PEM files for HTTPS.
@@ -101,9 +161,25 @@ pub fn create_signer(dir: &Path) -> Result<ReceiptSigner, ApiError> {
     Ok(signer)
 }
 
-/// Reads the receipt signing key of a collector directory.
+/// Reads the receipt signing key of a collector directory. Like ssh with a private
+/// key, refuses a file that its group or others may read or write.
 pub fn load_signer(dir: &Path) -> Result<ReceiptSigner, ApiError> {
     let path = signer_path(dir);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(&path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(ApiError::Operational(format!(
+                    "permissions {mode:04o} for {} are too open: the receipt signing key must be \
+                     accessible by its owner only (chmod 600 {})",
+                    path.display(),
+                    path.display()
+                )));
+            }
+        }
+    }
     let text = zeroize::Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| {
         ApiError::Operational(format!(
             "cannot read {} ({e}); run `capvault-collector init --dir {}` first",
@@ -152,6 +228,46 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cfg(in_flight: usize, bundle: usize, memory: u64) -> ServeConfig {
+        ServeConfig {
+            dir: PathBuf::from("d"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            db_url: String::new(),
+            store_url: String::new(),
+            tls: None,
+            max_bundle_bytes: bundle,
+            max_in_flight: in_flight,
+            max_memory: memory,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            min_upload_rate: DEFAULT_MIN_UPLOAD_RATE,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+
+    #[test]
+    fn the_defaults_fit_the_memory_budget_and_more_is_refused() {
+        cfg(
+            DEFAULT_MAX_IN_FLIGHT,
+            DEFAULT_MAX_BUNDLE_BYTES,
+            DEFAULT_MAX_MEMORY,
+        )
+        .check()
+        .unwrap();
+        let e = cfg(256, 64 << 20, DEFAULT_MAX_MEMORY).check().unwrap_err();
+        assert!(e.to_string().contains("--max-memory"), "{e}");
+        cfg(256, 64 << 20, 16 << 30).check().unwrap();
+        assert!(cfg(0, 1, 1).check().is_err());
+    }
+
+    #[test]
+    fn the_body_deadline_grows_with_the_size() {
+        let c = cfg(1, 1, 1);
+        let d = |len| body_deadline(c.body_timeout, c.min_upload_rate, len);
+        assert_eq!(d(0), Duration::from_secs(30));
+        assert_eq!(d(16 << 20), Duration::from_secs(30 + 256));
+    }
 
     #[test]
     fn durations() {

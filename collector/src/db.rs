@@ -17,7 +17,10 @@
 //! ```
 //!
 //! The primary key of `bundles` is the unique key on (device, stream, sequence) that
-//! makes concurrent retries to two replicas store one row.
+//! makes concurrent retries to two replicas store one row. Index rows are inserted
+//! together with their chain check (the stored neighbours must link) in one
+//! transaction that holds the stream's write lock, so replicas cannot store
+//! neighbours that do not link.
 
 use std::path::Path;
 use std::time::Duration;
@@ -110,6 +113,10 @@ pub enum Inserted {
     New,
     /// A row for the position already existed, with this digest.
     Existing(String),
+    /// The stored predecessor (`seq - 1`) is not the bundle the row names as previous.
+    PrevMismatch,
+    /// The stored successor (`seq + 1`) does not name this row's bundle as previous.
+    NextMismatch,
 }
 
 /// Result of an enrollment attempt.
@@ -134,12 +141,12 @@ pub struct Db {
     batcher: Option<mpsc::Sender<PendingRow>>,
 }
 
-/// An index row waiting for the batch writer; the answer is "inserted".
+/// An index row waiting for the batch writer.
 #[derive(Debug)]
 struct PendingRow {
     row: BundleRow,
     now_us: i64,
-    reply: oneshot::Sender<Result<bool, String>>,
+    reply: oneshot::Sender<Result<Inserted, String>>,
 }
 
 /// Most rows committed in one SQLite transaction.
@@ -162,6 +169,9 @@ impl Db {
                 "--db must be a sqlite:// or postgres:// URL".into(),
             ));
         };
+        if engine == Engine::Sqlite {
+            create_private_sqlite_file(url)?;
+        }
         let max = match engine {
             // One writer at a time anyway; a few readers.
             Engine::Sqlite => 8,
@@ -305,8 +315,29 @@ impl Db {
         rows.iter().map(device_from_row).collect()
     }
 
+    /// Whether a token hash was ever issued here: `None` unknown, `Some(true)` usable now
+    /// (uses left, not expired), `Some(false)` used up or expired.
+    async fn token_state(&self, token_hash: &str, now_us: i64) -> Result<Option<bool>, ApiError> {
+        let row = sqlx::query("SELECT uses_left, expires_us FROM tokens WHERE hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let uses: i64 = r.try_get(0)?;
+            let expires: Option<i64> = r.try_get(1)?;
+            Ok(uses > 0 && expires.is_none_or(|e| e > now_us))
+        })
+        .transpose()
+    }
+
     /// Enrolls a device with a token, atomically: a token use is consumed only when a
     /// new device row is stored.
+    ///
+    /// The token is checked before anything about the device is revealed: without a
+    /// usable token the answer is [`Enrolled::BadToken`] whether or not the id is
+    /// enrolled. The one exception is an exact re-enrollment (same id, same key), which
+    /// needs a token this collector issued but not a use of it (a device whose
+    /// one-use token is spent may retry); even then an unknown token is `BadToken`.
     pub async fn enroll(
         &self,
         token_hash: &str,
@@ -315,11 +346,13 @@ impl Db {
         record: &str,
         now_us: i64,
     ) -> Result<Enrolled, ApiError> {
+        let token = self.token_state(token_hash, now_us).await?;
         if let Some(d) = self.device(device_id).await? {
-            return Ok(if d.device_key == device_key {
-                Enrolled::Same
-            } else {
-                Enrolled::OtherKey
+            return Ok(match token {
+                None => Enrolled::BadToken,
+                Some(_) if d.device_key == device_key => Enrolled::Same,
+                Some(true) => Enrolled::OtherKey,
+                Some(false) => Enrolled::BadToken,
             });
         }
         let mut tx = self.pool.begin().await?;
@@ -418,10 +451,15 @@ impl Db {
             .transpose()?)
     }
 
-    /// Inserts an index row unless its position is taken; returns once it is durable.
+    /// Inserts an index row unless its position is taken or it does not link to its
+    /// stored neighbours; returns once it is durable. The neighbour check and the
+    /// insert are one transaction, serialized per (device, stream) across replicas
+    /// (SQLite: `BEGIN IMMEDIATE`, one writer; PostgreSQL: a transaction-scoped
+    /// advisory lock on the stream), so two replicas cannot store a position and a
+    /// neighbour that does not link to it.
     pub async fn insert_bundle(&self, b: &BundleRow, now_us: i64) -> Result<Inserted, ApiError> {
         seq_to_db(b.seq)?;
-        let inserted = match &self.batcher {
+        match &self.batcher {
             Some(tx) => {
                 let (reply, answer) = oneshot::channel();
                 let pending = PendingRow {
@@ -434,18 +472,22 @@ impl Db {
                 answer
                     .await
                     .map_err(|_| gone())?
-                    .map_err(ApiError::Unavailable)?
+                    .map_err(ApiError::Unavailable)
             }
-            None => insert_row(&self.pool, b, now_us).await? == 1,
-        };
-        if inserted {
-            return Ok(Inserted::New);
-        }
-        match self.digest_at(&b.device_id, &b.stream_id, b.seq).await? {
-            Some((d, _)) => Ok(Inserted::Existing(d)),
-            None => Err(ApiError::Unavailable(
-                "the bundle index refused a row it does not hold".into(),
-            )),
+            None => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(stream_lock_key(&b.device_id, &b.stream_id))
+                    .execute(&mut *tx)
+                    .await?;
+                let outcome = check_and_insert(&mut tx, b, now_us).await?;
+                if outcome == Inserted::New {
+                    tx.commit().await?;
+                } else {
+                    tx.rollback().await?;
+                }
+                Ok(outcome)
+            }
         }
     }
 
@@ -510,6 +552,68 @@ where
     .rows_affected())
 }
 
+/// The advisory lock key of a (device, stream): the first 8 bytes of the SHA-256 of
+/// both ids.
+fn stream_lock_key(device_id: &str, stream_id: &str) -> i64 {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"capvault-collector stream lock\0");
+    ctx.update(device_id.as_bytes());
+    ctx.update(b"\0");
+    ctx.update(stream_id.as_bytes());
+    let d = ctx.finish();
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&d.as_ref()[..8]);
+    i64::from_be_bytes(k)
+}
+
+/// Inside a transaction that holds the stream's write lock: the position and its
+/// neighbours are checked, then the row inserted (unless the check fails).
+async fn check_and_insert(
+    conn: &mut sqlx::AnyConnection,
+    b: &BundleRow,
+    now_us: i64,
+) -> Result<Inserted, sqlx::Error> {
+    let s = b.seq as i64;
+    let rows = sqlx::query(
+        "SELECT seq, digest, prev_digest FROM bundles
+         WHERE device_id = $1 AND stream_id = $2 AND seq >= $3 AND seq <= $4",
+    )
+    .bind(&b.device_id)
+    .bind(&b.stream_id)
+    .bind(s.saturating_sub(1))
+    .bind(s.saturating_add(1))
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in &rows {
+        let q: i64 = r.try_get(0)?;
+        let digest: String = r.try_get(1)?;
+        let prev: String = r.try_get(2)?;
+        if q == s {
+            return Ok(Inserted::Existing(digest));
+        }
+        if q == s - 1 && digest != b.prev_digest {
+            return Ok(Inserted::PrevMismatch);
+        }
+        if q == s + 1 && prev != b.digest {
+            return Ok(Inserted::NextMismatch);
+        }
+    }
+    if insert_row(&mut *conn, b, now_us).await? == 1 {
+        Ok(Inserted::New)
+    } else {
+        // Only if another writer got past the lock: report what it stored.
+        let r = sqlx::query(
+            "SELECT digest FROM bundles WHERE device_id = $1 AND stream_id = $2 AND seq = $3",
+        )
+        .bind(&b.device_id)
+        .bind(&b.stream_id)
+        .bind(s)
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok(Inserted::Existing(r.try_get(0)?))
+    }
+}
+
 /// Commits index rows in batches: everything queued while the previous commit ran.
 async fn batch_writer(pool: AnyPool, mut rx: mpsc::Receiver<PendingRow>) {
     while let Some(first) = rx.recv().await {
@@ -521,10 +625,13 @@ async fn batch_writer(pool: AnyPool, mut rx: mpsc::Receiver<PendingRow>) {
             }
         }
         let result = async {
-            let mut tx = pool.begin().await?;
+            // IMMEDIATE: the write lock is taken before the neighbour checks, so another
+            // process on the same file cannot insert between check and insert.
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
             let mut flags = Vec::with_capacity(batch.len());
             for p in &batch {
-                flags.push(insert_row(&mut *tx, &p.row, p.now_us).await? == 1);
+                // Later rows of the batch see the earlier ones.
+                flags.push(check_and_insert(&mut tx, &p.row, p.now_us).await?);
             }
             tx.commit().await?;
             Ok::<_, sqlx::Error>(flags)
@@ -543,6 +650,33 @@ async fn batch_writer(pool: AnyPool, mut rx: mpsc::Receiver<PendingRow>) {
                 }
             }
         }
+    }
+}
+
+/// Creates the SQLite file of `url` owner-only (0600) when it does not exist yet, so
+/// that SQLite opens it rather than creating it with the umask's permissions (its WAL
+/// and shared-memory files take the database file's permissions).
+fn create_private_sqlite_file(url: &str) -> Result<(), ApiError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path == ":memory:" || Path::new(path).exists() {
+        return Ok(());
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        // The parent directory may not exist; let SQLite report it as before.
+        Err(_) => Ok(()),
     }
 }
 

@@ -38,6 +38,9 @@ pub enum ApiError {
     /// The body exceeds the size limit.
     #[error("the bundle is larger than the limit of {0} bytes")]
     TooLarge(usize),
+    /// The request body did not arrive within its deadline.
+    #[error("the request body did not arrive in time")]
+    Timeout,
     /// Too many requests in flight; retry later.
     #[error("too many uploads in flight; retry later")]
     Busy,
@@ -69,6 +72,7 @@ impl ApiError {
             | ApiError::WrongDeviceKey(_) => StatusCode::FORBIDDEN,
             ApiError::EnrolledWithOtherKey(_) | ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Busy => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Operational(_) | ApiError::Integrity(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -88,6 +92,7 @@ impl ApiError {
             ApiError::EnrolledWithOtherKey(_) => "enrolled_with_other_key",
             ApiError::Conflict(_) => "conflict",
             ApiError::TooLarge(_) => "too_large",
+            ApiError::Timeout => "timeout",
             ApiError::Busy => "busy",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Operational(_) => "internal",
@@ -134,6 +139,12 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
+        if matches!(self, ApiError::TooLarge(_) | ApiError::Timeout) {
+            // The body was not read (whole): this connection cannot carry another
+            // request.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }
@@ -154,6 +165,7 @@ mod tests {
             ApiError::EnrolledWithOtherKey("00".into()),
             ApiError::Conflict("x".into()),
             ApiError::TooLarge(10),
+            ApiError::Timeout,
             ApiError::Busy,
             ApiError::Unavailable("x".into()),
             ApiError::Operational("x".into()),

@@ -18,7 +18,6 @@ use crate::metrics::Metrics;
 use crate::store::BlobStore;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, ApiError> {
     use rustls_pki_types::pem::PemObject;
@@ -68,7 +67,13 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ApiError> {
         metrics: Metrics::default(),
         max_bundle_bytes: cfg.max_bundle_bytes,
         in_flight: Arc::new(Semaphore::new(cfg.max_in_flight)),
+        body_timeout: cfg.body_timeout,
+        min_upload_rate: cfg.min_upload_rate,
     });
+    // Each connection holds one permit from accept to close; at the cap, new
+    // connections wait in the listen backlog.
+    let connections = Arc::new(Semaphore::new(cfg.max_connections));
+    let idle_timeout = cfg.idle_timeout;
     let app = router(state);
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -88,6 +93,13 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ApiError> {
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let (sock, peer) = tokio::select! {
             _ = &mut shutdown => break,
             r = listener.accept() => match r {
@@ -104,10 +116,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ApiError> {
         let svc = TowerToHyperService::new(app.clone());
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let http = {
                 let mut b = hyper::server::conn::http1::Builder::new();
-                b.timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT);
+                // Runs from the moment the connection waits for a request: the time to
+                // send the headers, and the idle keep-alive timeout.
+                b.timer(TokioTimer::new()).header_read_timeout(idle_timeout);
                 b
             };
             let result = match tls {

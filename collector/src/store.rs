@@ -10,7 +10,10 @@
 //!   standard `AWS_*` environment variables (`AWS_ENDPOINT`, `AWS_REGION`,
 //!   `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP=true` for a
 //!   plain-HTTP endpoint such as a local MinIO). Objects are created with a conditional
-//!   put (`If-None-Match: *`), so they are never overwritten either.
+//!   put (`If-None-Match: *`), so they are never overwritten either. A put that is
+//!   refused because the name exists counts as stored only after a HEAD finds the
+//!   object with the expected size: S3 also answers 409 while another conditional put
+//!   of the same name is in flight, and that one may still fail.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -115,10 +118,37 @@ impl BlobStore {
                     mode: PutMode::Create,
                     ..Default::default()
                 };
+                let size = bytes.len() as u64;
                 match store.put_opts(&path, PutPayload::from(bytes), opts).await {
-                    Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-                    // Another replica is creating the same object at this moment.
-                    Err(object_store::Error::Precondition { .. }) => Ok(()),
+                    Ok(_) => Ok(()),
+                    // AlreadyExists is not proof that the object is there: object_store
+                    // also maps S3's 409 ConditionalRequestConflict (another conditional
+                    // put of this name still in flight, which may yet fail) to it, and
+                    // Precondition can mean the same race. Only an object that can be
+                    // seen, with the expected size, counts as stored; anything else is
+                    // 503 and the device retries (a receipt is never given for a blob
+                    // that may not land).
+                    Err(
+                        e @ (object_store::Error::AlreadyExists { .. }
+                        | object_store::Error::Precondition { .. }),
+                    ) => {
+                        use object_store::ObjectStoreExt;
+                        match store.head(&path).await {
+                            Ok(meta) if meta.size == size => Ok(()),
+                            Ok(meta) => Err(unavailable(
+                                "put",
+                                format!(
+                                    "an object of {} bytes is stored under this digest, expected {size}",
+                                    meta.size
+                                ),
+                            )),
+                            Err(object_store::Error::NotFound { .. }) => Err(unavailable(
+                                "put",
+                                format!("a concurrent write of this object is not complete ({e})"),
+                            )),
+                            Err(h) => Err(unavailable("head", h)),
+                        }
+                    }
                     Err(e) => Err(unavailable("put", e)),
                 }
             }
@@ -214,7 +244,9 @@ impl LocalStore {
         let dir = self.shard(digest_hex)?;
         let final_path = dir.join(format!("{digest_hex}.cvb"));
         if final_path.exists() {
-            return Ok(());
+            // Linked only after its content was fsynced; make sure the link itself is
+            // durable too (a concurrent upload may not have synced the directory yet).
+            return sync_dir(&dir);
         }
         let mut nonce = [0u8; 8];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
@@ -224,11 +256,15 @@ impl LocalStore {
             data_encoding::HEXLOWER.encode(&nonce)
         ));
         let result = (|| {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(|e| unavailable("create", e))?;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                // Ciphertext, but nobody else's business: owner only.
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let mut f = opts.open(&tmp).map_err(|e| unavailable("create", e))?;
             f.write_all(bytes).map_err(|e| unavailable("write", e))?;
             f.sync_all().map_err(|e| unavailable("fsync", e))?;
             match std::fs::hard_link(&tmp, &final_path) {
@@ -249,4 +285,53 @@ fn sync_dir(dir: &Path) -> Result<(), ApiError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| unavailable("fsync dir", e))
+}
+
+#[cfg(all(test, feature = "s3"))]
+mod tests {
+    use super::*;
+    use object_store::ObjectStoreExt;
+
+    fn memory() -> (BlobStore, Arc<object_store::memory::InMemory>) {
+        let mem = Arc::new(object_store::memory::InMemory::new());
+        let store = BlobStore {
+            inner: Backend::S3 {
+                store: mem.clone(),
+                prefix: "p".into(),
+            },
+        };
+        (store, mem)
+    }
+
+    #[tokio::test]
+    async fn an_existing_object_counts_only_when_it_is_there_with_the_expected_size() {
+        let digest = "ab".repeat(32);
+        let (store, mem) = memory();
+        store
+            .put(&digest, Bytes::from_static(b"12345"))
+            .await
+            .unwrap();
+        // Refused as existing, found with the same size: stored.
+        store
+            .put(&digest, Bytes::from_static(b"12345"))
+            .await
+            .unwrap();
+        let meta = mem.head(&s3_path("p", &digest)).await.unwrap();
+        assert_eq!(meta.size, 5);
+
+        // Refused as existing, but the object seen is not the expected one: never
+        // "already stored" (503, no receipt).
+        let other = "cd".repeat(32);
+        mem.put(
+            &s3_path("p", &other),
+            object_store::PutPayload::from_static(b"123"),
+        )
+        .await
+        .unwrap();
+        let e = store
+            .put(&other, Bytes::from_static(b"12345"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ApiError::Unavailable(_)), "{e}");
+    }
 }

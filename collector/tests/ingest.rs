@@ -174,6 +174,16 @@ fn forged_unknown_and_revoked_devices_are_refused_and_nothing_is_stored() {
     let r = server.upload(b2.bytes());
     assert_eq!((r.status, r.code()), (403, "revoked_device".to_string()));
     assert_eq!(blob_count(&dir), 1);
+    // A retry of the bundle stored before the revocation still gets its receipt, so the
+    // device can delete what the collector holds; the impostor's copy of that position
+    // does not.
+    let r = server.upload(b1.bytes());
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    assert_eq!(r.json()["id"], b1.id());
+    let r = server.upload(impostor.seal_at(&id.recipient(), 1, [0; 32], 2).bytes());
+    assert_eq!((r.status, r.code()), (403, "wrong_device_key".to_string()));
+    let r = server.upload(dev.seal_at(&id.recipient(), 1, [0; 32], 1).bytes());
+    assert_eq!((r.status, r.code()), (403, "revoked_device".to_string()));
 
     let out = cli(&["devices", "revoke", "00", "--dir", dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
@@ -277,4 +287,84 @@ fn a_full_server_answers_429_with_retry_after() {
     }
     assert_eq!((r.status, r.code()), (429, "busy".to_string()));
     assert_eq!(r.header("retry-after"), Some("2"));
+}
+
+#[test]
+fn without_a_token_enrollment_reveals_nothing_about_enrolled_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    let (_, token) = init(&dir);
+    let server = Server::start(&dir, &[]);
+    let dev = Device::new(20);
+    assert_eq!(server.enroll(&token, &dev).status, 201);
+    let impostor = Device::impostor_of(&dev);
+    let stranger = Device::new(21);
+
+    // An unknown token: 401 for the enrolled id (its public record, or another key)
+    // exactly as for an id nobody enrolled.
+    for d in [&dev, &impostor, &stranger] {
+        let r = server.enroll("cvtoken-nope", d);
+        assert_eq!((r.status, r.code()), (401, "bad_token".to_string()));
+    }
+    // The spent one-use token: the device itself may enroll again (200), another key
+    // for its id learns nothing (401, not 409).
+    assert_eq!(server.enroll(&token, &dev).status, 200);
+    let r = server.enroll(&token, &impostor);
+    assert_eq!((r.status, r.code()), (401, "bad_token".to_string()));
+    // An expired token likewise.
+    let expired = new_token(&dir, &["--expires", "0s"]);
+    assert_eq!(server.enroll(&expired, &impostor).status, 401);
+    // A usable token: the conflict is reported, and no use is consumed.
+    let fresh = new_token(&dir, &[]);
+    let r = server.enroll(&fresh, &impostor);
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "enrolled_with_other_key".to_string())
+    );
+    assert_eq!(server.enroll(&fresh, &stranger).status, 201);
+}
+
+#[test]
+fn secrets_at_rest_are_owner_only_and_an_open_signing_key_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    let (_, token) = init(&dir);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.join("collector.db")), 0o600);
+    {
+        let server = Server::start(&dir, &[]);
+        let (id, _) = identity(tmp.path());
+        let mut dev = Device::new(22);
+        assert_eq!(server.enroll(&token, &dev).status, 201);
+        let b = dev.seal_next(&id.recipient(), 2);
+        assert_eq!(server.upload(b.bytes()).status, 200);
+        let digest = hex(b.digest());
+        let blob = dir
+            .join("bundles")
+            .join(&digest[..2])
+            .join(format!("{digest}.cvb"));
+        assert_eq!(mode(&blob), 0o600);
+        for f in ["collector.db-wal", "collector.db-shm"] {
+            let p = dir.join(f);
+            if p.exists() {
+                assert_eq!(mode(&p) & 0o077, 0, "{f}");
+            }
+        }
+    }
+    let key = dir.join("receipt-signing.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = cli(&[
+        "serve",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("too open") && err.contains("chmod 600"),
+        "{err}"
+    );
 }

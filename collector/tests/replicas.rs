@@ -108,3 +108,16 @@ fn concurrent_conflicting_bundles_to_two_replicas_store_exactly_one() {
     assert_eq!(code, 0, "{report}");
     assert_eq!(lines.len(), 10);
 }
+
+#[test]
+fn two_replicas_never_store_neighbours_that_do_not_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    let (_, token) = init(&dir);
+    let r1 = Server::start(&dir, &[]);
+    let r2 = Server::start(&dir, &[]);
+    let (id, _) = identity(tmp.path());
+    let mut dev = Device::new(42);
+    assert_eq!(r1.enroll(&token, &dev).status, 201);
+    race_unlinked_neighbours(r1.addr, r2.addr, &mut dev, &id.recipient(), 20);
+}

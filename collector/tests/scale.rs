@@ -87,6 +87,11 @@ fn two_replicas_on_postgres_store_one_copy_and_answer_one_receipt() {
             .status,
         403
     );
+    // Neighbours that do not link, raced to both replicas: never both stored.
+    let mut racer = Device::random();
+    let t = new_token(&dir1, &["--db", &db]);
+    assert_eq!(r1.enroll(&t, &racer).status, 201);
+    race_unlinked_neighbours(r1.addr, r2.addr, &mut racer, &id.recipient(), 20);
     drop((r1, r2));
 
     let (code, lines, report) = export(

@@ -2,17 +2,21 @@
 //!
 //! Order of checks (the first failure answers; nothing is stored before all pass):
 //!
-//! 1. size (413) and load (429);
+//! 1. declared size (413, before the body is read), load (429), then the body within a
+//!    deadline that grows with its size (408) and at most the size limit (413);
 //! 2. framing and the device signature (400);
-//! 3. the device named in the header is enrolled, not revoked, and enrolled with the
-//!    key that signed the bundle (403);
+//! 3. the device named in the header is enrolled with the key that signed the bundle,
+//!    and not revoked (403); a revoked device's identical retry of a bundle stored
+//!    before the revocation still gets its receipt (200);
 //! 4. chain position: the same (device, stream, sequence) already stored with the same
 //!    digest is a retry (200, same receipt), with another digest a conflict (409); a
 //!    stored predecessor must be the bundle named by the header's previous digest
 //!    (409), and so must a stored successor name this bundle (409);
 //! 5. the blob is written (content-addressed, never overwritten) and made durable,
-//!    then the index row is inserted; the unique key on (device, stream, sequence)
-//!    decides between concurrent uploads, on one replica or many;
+//!    then the index row is inserted; the chain position is checked again inside the
+//!    insert transaction, serialized per stream, so concurrent uploads of a position
+//!    or of neighbours that do not link, on one replica or many, store one consistent
+//!    chain (the others get 409);
 //! 6. the receipt, a deterministic Ed25519 signature over the digest, is the same from
 //!    every replica and for every retry.
 
@@ -51,16 +55,33 @@ pub async fn upload(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
     }
 }
 
-async fn read_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    let limit = s.max_bundle_bytes;
+/// The declared body length, refused (413) above the limit before anything is read.
+fn declared_length(s: &AppState, headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::TooLarge(limit));
+    if declared.is_some_and(|n| n > s.max_bundle_bytes as u64) {
+        return Err(ApiError::TooLarge(s.max_bundle_bytes));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    Ok(declared)
+}
+
+/// Reads the whole body, at most `max_bundle_bytes`, within a deadline that grows with
+/// its size (the declared length, else the limit): a client that stalls is answered
+/// 408 and gives its upload slot back.
+async fn read_body(s: &AppState, declared: Option<u64>, body: Body) -> Result<Bytes, ApiError> {
+    let limit = s.max_bundle_bytes;
+    let deadline = crate::config::body_deadline(
+        s.body_timeout,
+        s.min_upload_rate,
+        declared.unwrap_or(limit as u64),
+    );
+    let read = axum::body::to_bytes(body, limit);
+    let result = tokio::time::timeout(deadline, read)
+        .await
+        .map_err(|_| ApiError::Timeout)?;
+    result.map_err(|e| {
         let inner = e.into_inner();
         if inner
             .downcast_ref::<http_body_util::LengthLimitError>()
@@ -74,12 +95,17 @@ async fn read_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Byte
 }
 
 async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepted, ApiError> {
+    // Oversized before anything else: no slot, no read.
+    let declared = declared_length(s, headers)?;
+    // The slot bounds the memory held by bodies being read (max_in_flight x
+    // max_bundle_bytes); it is taken once the headers are in and given back when the
+    // request ends, including on the body-read deadline.
     let _permit = s
         .in_flight
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::Busy)?;
-    let bytes = read_body(s, headers, body).await?;
+    let bytes = read_body(s, declared, body).await?;
     let size = bytes.len() as u64;
 
     let b = bytes.clone();
@@ -99,9 +125,6 @@ async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepte
         s.db.device(&device_id)
             .await?
             .ok_or_else(|| ApiError::UnknownDevice(device_id.clone()))?;
-    if device.revoked_us.is_some() {
-        return Err(ApiError::RevokedDevice(device_id));
-    }
     if device.device_key != hex(h.device_key()) {
         tracing::warn!(device_id = %device_id, seq, "bundle signed by a key other than the enrolled one");
         return Err(ApiError::WrongDeviceKey(device_id));
@@ -116,6 +139,15 @@ async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepte
             receipt: data_encoding::BASE64.encode(&s.signer.receipt_for(&inspected.digest)),
         }
     };
+    if device.revoked_us.is_some() {
+        // A bundle stored before the revocation is still answered with its receipt
+        // (signed by the enrolled key, same position, same digest): otherwise the
+        // device keeps, and keeps retrying, data the collector already holds.
+        return match s.db.digest_at(&device_id, &stream_id, seq).await? {
+            Some((d, _)) if d == digest => Ok(accepted(true)),
+            _ => Err(ApiError::RevokedDevice(device_id)),
+        };
+    }
     let conflict = || {
         ApiError::Conflict(format!(
             "bundle {seq} of device {device_id} stream {stream_id} is already stored with another digest"
@@ -166,5 +198,14 @@ async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepte
         }
         Inserted::Existing(d) if d == digest => Ok(accepted(true)),
         Inserted::Existing(_) => Err(conflict()),
+        // Stored by another upload (or replica) since the check above.
+        Inserted::PrevMismatch => Err(ApiError::Conflict(format!(
+            "bundle {seq} of device {device_id} stream {stream_id} does not link to the stored bundle {}",
+            seq - 1
+        ))),
+        Inserted::NextMismatch => Err(ApiError::Conflict(format!(
+            "the stored bundle {} of device {device_id} stream {stream_id} does not link to this bundle",
+            seq + 1
+        ))),
     }
 }

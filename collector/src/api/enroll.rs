@@ -19,8 +19,11 @@ struct EnrollRequest {
     record: serde_json::Value,
 }
 
-/// 201 new device; 200 same device and key again (no token use consumed); 401 bad
-/// token; 409 the id is enrolled with another key; 400 malformed.
+/// 201 new device; 200 same device and key again (a token this collector issued, no
+/// use consumed); 401 unknown token, or expired or used-up token for anything but that
+/// re-enrollment; 409 the id is enrolled with another key (usable token only); 400
+/// malformed. The token is checked before the device, so a client without a token
+/// learns nothing about which ids are enrolled.
 pub async fn enroll(
     State(s): State<Arc<AppState>>,
     body: Bytes,

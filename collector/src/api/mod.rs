@@ -32,6 +32,10 @@ pub struct AppState {
     pub max_bundle_bytes: usize,
     /// Uploads processed at once.
     pub in_flight: Arc<Semaphore>,
+    /// Base of the body-read deadline.
+    pub body_timeout: std::time::Duration,
+    /// Slowest upload rate the body-read deadline allows for (bytes/s).
+    pub min_upload_rate: u64,
 }
 
 /// The router of API v1.

@@ -376,3 +376,43 @@ pub fn export(
         .collect();
     (out.status.code().unwrap_or(-1), lines, text(&out.stderr))
 }
+
+/// Races, on fresh streams of `dev`, a bundle at sequence 1 (to `a`) against a bundle
+/// at sequence 2 that does not link to it (to `b`): whichever is stored first, the
+/// other must be refused (409); both stored would be a broken chain.
+pub fn race_unlinked_neighbours(
+    a: SocketAddr,
+    b: SocketAddr,
+    dev: &mut Device,
+    recipient: &Recipient,
+    rounds: usize,
+) {
+    use std::sync::{Arc, Barrier};
+    for round in 0..rounds {
+        dev.stream = capvault_format::secret::random_array();
+        let first = dev.seal_at(recipient, 1, [0; 32], 1);
+        let unlinked = dev.seal_at(recipient, 2, [0x77; 32], 1);
+        let barrier = Arc::new(Barrier::new(2));
+        let send = |addr: SocketAddr, bytes: Vec<u8>| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                request(
+                    addr,
+                    "POST",
+                    "/v1/bundles",
+                    "application/octet-stream",
+                    &bytes,
+                )
+                .status
+            })
+        };
+        let t1 = send(a, first.bytes().to_vec());
+        let t2 = send(b, unlinked.bytes().to_vec());
+        let statuses = [t1.join().unwrap(), t2.join().unwrap()];
+        assert!(
+            matches!(statuses, [200, 409] | [409, 200]),
+            "round {round}: expected one 200 and one 409, got {statuses:?}"
+        );
+    }
+}

@@ -133,12 +133,12 @@ impl Shared {
     }
 
     /// The status, given the stored bytes not yet acknowledged.
-    pub(crate) fn status(&self, pending_bytes: u64) -> UploadStatus {
+    pub(crate) fn status(&self, pending_bytes: u64, sealed_pending: bool) -> UploadStatus {
         let s = self.lock();
         let per = self.max_bundle_bytes.max(1) as u64;
         UploadStatus {
             url: self.url.clone(),
-            pending_bundles: pending_bytes.div_ceil(per),
+            pending_bundles: pending_bytes.div_ceil(per).max(u64::from(sealed_pending)),
             pending_bytes,
             last_success_us: s.last_success_us,
             last_attempt_us: s.last_attempt_us,
@@ -267,10 +267,12 @@ mod tests {
         let mut o = UploadOptions::new("https://h/", "r");
         o.max_bundle_bytes = 1000;
         let s = Shared::new(&o);
-        assert_eq!(s.status(0).pending_bundles, 0);
-        assert_eq!(s.status(1).pending_bundles, 1);
-        assert_eq!(s.status(2001).pending_bundles, 3);
-        assert_eq!(s.status(0).url, "https://h");
+        assert_eq!(s.status(0, false).pending_bundles, 0);
+        assert_eq!(s.status(1, false).pending_bundles, 1);
+        assert_eq!(s.status(2001, false).pending_bundles, 3);
+        // A sealed bundle whose records were evicted still counts.
+        assert_eq!(s.status(0, true).pending_bundles, 1);
+        assert_eq!(s.status(0, false).url, "https://h");
     }
 
     #[test]

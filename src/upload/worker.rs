@@ -207,7 +207,9 @@ impl<'a> Engine<'a> {
             // Nothing stored: no seal (whose flush would fsync an idle vault every
             // interval). Events still in the open frame are written by the time bound
             // and found at the next check.
-            if self.inner.log.lock().records() == 0 {
+            // A sealed bundle in the outbox is sent even when its records are gone from
+            // the log (evicted while offline): it may be the only copy left.
+            if self.inner.log.lock().records() == 0 && self.inner.outbox_len()?.is_none() {
                 return Ok(report);
             }
             let Some(bundle) = self

@@ -250,7 +250,11 @@ impl Inner {
             audit_entries: inner.ledger.last_seq(),
             maintenance_error: inner.maintenance_error(),
             erased: false,
-            upload: inner.upload.as_ref().map(|u| u.status(st.bytes())),
+            upload: inner.upload.as_ref().map(|u| {
+                // The outbox bundle counts whether or not its records are still logged.
+                let outbox = inner.outbox_len().ok().flatten().unwrap_or(0);
+                u.status(st.bytes().max(outbox), outbox > 0)
+            }),
         })
     }
 

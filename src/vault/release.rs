@@ -216,6 +216,11 @@ impl Inner {
         Ok(bytes)
     }
 
+    /// The size of the sealed, unacknowledged bundle in the outbox, if there is one.
+    pub(crate) fn outbox_len(&self) -> Result<Option<u64>> {
+        Ok(self.trees.state.get(OUTBOX)?.map(|v| v.len() as u64))
+    }
+
     pub(crate) fn release_lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.release.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -294,3 +294,90 @@ fn a_forged_enrollment_record_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("signature does not verify"), "{stderr}");
 }
+
+/// The same kit sent over HTTP to a real `capvault-collector serve`: forged bundles
+/// (an enrolled device id under the attacker's key, and an unknown device) are refused
+/// with 403 and never stored; the device's genuine bundles are stored and exported.
+#[test]
+fn the_collector_refuses_forged_bundles_over_http() {
+    use common::collector::Collector;
+    use std::io::{Read, Write};
+
+    let g = genuine();
+    let mut c = Collector::init();
+    c.start(&[]);
+    let post = |path: &str, ct: &str, body: &[u8]| -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", c.port)).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: collector\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(body).unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, resp)
+    };
+    let record = std::fs::read_to_string(&g.enrollment).unwrap();
+    let enroll = format!(r#"{{"token":"{}","record":{}}}"#, c.token, record.trim());
+    let (status, resp) = post("/v1/enroll", "application/json", enroll.as_bytes());
+    assert_eq!(status, 201, "{resp}");
+
+    let zeros = "00".repeat(32);
+    let forged = [
+        forge(
+            &g,
+            "forged-next.cvb",
+            &g.device_hex,
+            &g.stream_hex,
+            3,
+            &g.last_digest,
+            g.last_record + 1,
+            "alice",
+        ),
+        forge(
+            &g,
+            "forged-first.cvb",
+            &g.device_hex,
+            &g.stream_hex,
+            1,
+            &zeros,
+            1,
+            "mallory",
+        ),
+        forge(
+            &g,
+            "forged-unknown.cvb",
+            &"ab".repeat(16),
+            &"cd".repeat(16),
+            1,
+            &zeros,
+            1,
+            "mallory",
+        ),
+    ];
+    // Forgeries first: they must not take the genuine bundles' positions.
+    for f in &forged {
+        let (status, resp) = post(
+            "/v1/bundles",
+            "application/octet-stream",
+            &std::fs::read(f).unwrap(),
+        );
+        assert_eq!(status, 403, "{}: {resp}", f.display());
+    }
+    for b in &g.bundles {
+        let (status, resp) = post(
+            "/v1/bundles",
+            "application/octet-stream",
+            &std::fs::read(b).unwrap(),
+        );
+        assert_eq!(status, 200, "{}: {resp}", b.display());
+    }
+    // Nothing of the forgeries was stored: only the two genuine blobs exist.
+    let blobs = common::files_under(c.dir.path().join("bundles"));
+    assert_eq!(blobs.len(), 2, "{blobs:?}");
+    let events = c.export(&g.identity);
+    assert_only_genuine(&g, &events);
+}

@@ -484,3 +484,76 @@ fn a_gap_the_release_state_does_not_account_for_refuses_to_seal() {
     }
     v.close().unwrap();
 }
+
+/// A device id speaks for one key. When the keychain loses the device key (reset, or
+/// the vault directory copied to a machine with another keychain), the vault takes a
+/// new device id with its new key instead of signing under the old id with a second
+/// key; the bundle already sealed goes out unchanged.
+#[test]
+fn a_new_device_key_gets_a_new_device_id() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let collector = capvault::Identity::generate(capvault::Suite::X25519);
+    let opts = common::options(capvault::KeyStoreKind::Keyutils);
+    let v = capvault::Vault::open(dir.path(), "alice", opts.clone()).unwrap();
+    for i in 0..10 {
+        let _ = v
+            .append_mouse_move(1_764_000_000_000_000 + i, 1, 2)
+            .unwrap();
+    }
+    let pending = v
+        .seal_next(&collector.recipient(), 1 << 20)
+        .unwrap()
+        .unwrap();
+    let before = v.status().unwrap();
+    let record = v.enrollment_record().unwrap();
+    v.close().unwrap();
+
+    // Remove the device key from the kernel keyring, as a keychain reset would.
+    let name = format!("capvault:device/{}", before.vault_id);
+    let id = Command::new("keyctl")
+        .args(["search", "@u", "user", &name])
+        .output()
+        .unwrap();
+    assert!(
+        id.status.success(),
+        "device key {name} not in the user keyring"
+    );
+    let id = String::from_utf8(id.stdout).unwrap();
+    assert!(Command::new("keyctl")
+        .args(["unlink", id.trim(), "@u"])
+        .status()
+        .unwrap()
+        .success());
+
+    let v = capvault::Vault::open(dir.path(), "alice", opts).unwrap();
+    let after = v.status().unwrap();
+    assert_ne!(after.device_id, before.device_id, "one id, two keys");
+    let record2 = v.enrollment_record().unwrap();
+    assert_ne!(record2.device_key(), record.device_key());
+    assert_eq!(record2.device_id_hex(), after.device_id);
+    // The pending bundle is final: the same bytes, signed by the earlier key.
+    let again = v
+        .seal_next(&collector.recipient(), 1 << 20)
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.bytes(), pending.bytes());
+    v.ack(again.id(), None).unwrap();
+    // The next bundle is signed by the new key under the new id; pinned with both
+    // records, the collector's checker accepts both bundles and sees no ambiguity.
+    let _ = v.append_mouse_move(1_764_000_000_100_000, 3, 4).unwrap();
+    let next = v
+        .seal_next(&collector.recipient(), 1 << 20)
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.header().device_id_hex(), after.device_id);
+    let mut pins = capvault::DevicePins::new();
+    pins.add(&record).unwrap();
+    pins.add(&record2).unwrap();
+    let mut checker = capvault::ChainChecker::with_pins(pins);
+    checker.add(pending.header(), pending.digest());
+    checker.add(next.header(), next.digest());
+    let report = checker.report();
+    assert!(report.accepts(pending.digest()) && report.accepts(next.digest()));
+    v.close().unwrap();
+}

@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::collector::{collector_bin, free_port, Collector};
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -19,139 +21,6 @@ use std::time::{Duration, Instant};
 use capvault::{Identity, KeyStoreKind, Suite, UploadOptions, UploadStatus, Vault, VaultOptions};
 
 const CAPVAULT: &str = env!("CARGO_BIN_EXE_capvault");
-
-/// The collector binary, built once per test process when not given.
-fn collector_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("CAPVAULT_COLLECTOR_BIN") {
-            return PathBuf::from(p);
-        }
-        // target/<profile>/deps/upload-<hash> -> target/<profile>/capvault-collector
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap();
-        let bin = profile_dir.join(format!(
-            "capvault-collector{}",
-            std::env::consts::EXE_SUFFIX
-        ));
-        if !bin.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "capvault-collector"])
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "building capvault-collector failed");
-        }
-        assert!(bin.exists(), "no collector binary at {}", bin.display());
-        bin
-    })
-}
-
-/// A collector's directory (after `init`) and, while running, its `serve` process.
-struct Collector {
-    dir: tempfile::TempDir,
-    receipt_key: String,
-    token: String,
-    child: Option<Child>,
-    port: u16,
-}
-
-impl Collector {
-    fn init() -> Collector {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(collector_bin())
-            .args(["init", "--dir", dir.path().to_str().unwrap(), "--json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "init: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        Collector {
-            dir,
-            receipt_key: v["receipt_key"].as_str().unwrap().to_string(),
-            token: v["token"].as_str().unwrap().to_string(),
-            child: None,
-            port: free_port(),
-        }
-    }
-
-    /// Starts `serve` on this collector's port (the same one after a restart).
-    fn start(&mut self, extra: &[&str]) {
-        assert!(self.child.is_none());
-        let listen = format!("127.0.0.1:{}", self.port);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut child = Command::new(collector_bin())
-                .args(["serve", "--dir", self.dir.path().to_str().unwrap()])
-                .args(["--listen", &listen])
-                .args(extra)
-                .env("CAPVAULT_LOG", "error")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let mut line = String::new();
-            let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
-            if line.starts_with("listening on") {
-                self.child = Some(child);
-                return;
-            }
-            // The port may still be held by the killed predecessor for a moment.
-            let _ = child.kill();
-            let _ = child.wait();
-            assert!(Instant::now() < deadline, "serve did not start: {line:?}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// SIGKILL.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// `export` with the identity: every stored event as JSON.
-    fn export(&self, identity: &Path) -> Vec<serde_json::Value> {
-        let out = Command::new(collector_bin())
-            .args(["export", "--dir", self.dir.path().to_str().unwrap()])
-            .args(["--identity", identity.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "export: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A collector identity (decrypts bundles offline, in `export`) in a file.
 struct Keys {

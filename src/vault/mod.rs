@@ -47,6 +47,8 @@ const QUEUE_RECORDS: usize = 512;
 
 const META_VAULT_ID: &[u8] = b"vault_id";
 const META_DEVICE_ID: &[u8] = b"device_id";
+/// The Ed25519 public key the device id belongs to.
+const META_DEVICE_KEY: &[u8] = b"device_key";
 const META_FORMAT: &[u8] = b"format";
 const META_KEYSTORE: &[u8] = b"keystore";
 const FORMAT_VERSION: u32 = 1;
@@ -152,6 +154,31 @@ fn check_user(user: &str) -> Result<()> {
     Ok(())
 }
 
+/// The device id of the vault's signing key. A device id speaks for one key only: when
+/// the keychain holds a different device key than the id was made for (the keychain
+/// was reset, or the vault directory was copied to another machine), the vault takes a
+/// new device id, so collectors never see one id under two keys.
+fn device_id_for_key(db: &sled::Db, seed: &Key32) -> Result<[u8; 16]> {
+    let public = capvault_format::DeviceKey::from_seed(seed)?.public_key();
+    match db.get(META_DEVICE_KEY)? {
+        Some(k) if k.as_ref() == public => load_or_create_id(db, META_DEVICE_ID),
+        Some(_) => {
+            let id: [u8; 16] = random_array();
+            let mut batch = sled::Batch::default();
+            batch.insert(META_DEVICE_ID, &id);
+            batch.insert(META_DEVICE_KEY, &public);
+            db.apply_batch(batch)?;
+            Ok(id)
+        }
+        None => {
+            // First open, or a vault made before ids were tied to keys: keep its id.
+            let id = load_or_create_id(db, META_DEVICE_ID)?;
+            db.insert(META_DEVICE_KEY, &public)?;
+            Ok(id)
+        }
+    }
+}
+
 fn load_or_create_id(db: &sled::Db, key: &[u8]) -> Result<[u8; 16]> {
     if let Some(v) = db.get(key)? {
         return v
@@ -199,8 +226,8 @@ impl Vault {
             }
         }
         let vault_id = load_or_create_id(&store.db, META_VAULT_ID)?;
-        let device_id = load_or_create_id(&store.db, META_DEVICE_ID)?;
         let device_seed = admin::load_or_create_device_seed(&*keystore, &vault_id)?;
+        let device_id = device_id_for_key(&store.db, &device_seed)?;
         let trees = store.user_trees(user)?;
         let now = now_us();
         let keys = KeyHierarchy::open(keystore.clone(), trees.keys.clone(), vault_id, user, now)?;

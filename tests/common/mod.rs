@@ -2,6 +2,8 @@
 // Each test file uses a different subset of these.
 #![allow(dead_code)]
 
+pub mod collector;
+
 use std::path::{Path, PathBuf};
 
 use capvault::KeyStoreKind;

@@ -904,7 +904,12 @@ fn demo_end_to_end() {
     assert_ok(&out, &["demo"]);
     let s = text(&out.stdout);
     for want in [
-        "events", "storage", "collector", "upload", "export", "insider",
+        "events",
+        "storage",
+        "collector",
+        "upload",
+        "export",
+        "insider",
     ] {
         assert!(s.contains(want), "{s}");
     }
@@ -955,7 +960,11 @@ fn demo_reports_a_collector_that_fails_to_start() {
         .output()
         .unwrap();
     assert_fails(&out, 1, "the collector failed to start");
-    assert!(text(&out.stderr).contains("simulated"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("simulated"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

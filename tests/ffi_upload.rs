@@ -124,7 +124,13 @@ impl Collector {
     }
 
     /// Runs the C agent on `vault` with `token`, returning its output (any exit code).
-    fn run_agent(&self, agent: &Path, vault: &Path, token: &str, wait: u32) -> std::process::Output {
+    fn run_agent(
+        &self,
+        agent: &Path,
+        vault: &Path,
+        token: &str,
+        wait: u32,
+    ) -> std::process::Output {
         Command::new(agent)
             .arg(vault)
             .arg("alice")
@@ -173,10 +179,17 @@ fn check_exported(events: &[Value]) {
         .iter()
         .map(|e| e["ts_us"].as_i64().unwrap() - T0)
         .collect();
-    assert_eq!(ts, (0..EVENTS).collect::<Vec<_>>(), "each event exactly once");
+    assert_eq!(
+        ts,
+        (0..EVENTS).collect::<Vec<_>>(),
+        "each event exactly once"
+    );
     for (i, e) in captured.iter().take(200).enumerate() {
         assert_eq!(e["type"], "mouse_move");
-        assert_eq!((e["x"].as_i64(), e["y"].as_i64()), (Some(i as i64), Some(2 * i as i64)));
+        assert_eq!(
+            (e["x"].as_i64(), e["y"].as_i64()),
+            (Some(i as i64), Some(2 * i as i64))
+        );
     }
     assert_eq!(captured[200]["type"], "mouse_button");
     assert_eq!(captured[201]["type"], "key");
@@ -206,7 +219,10 @@ fn ffi_c_upload_agent_against_a_real_collector() {
     );
     assert!(stdout.contains("\"pending_bundles\":0"), "{stdout}");
     assert!(stdout.contains("\"enrolled\":true"), "{stdout}");
-    assert!(!stdout.contains(&c.token), "the token is never reported: {stdout}");
+    assert!(
+        !stdout.contains(&c.token),
+        "the token is never reported: {stdout}"
+    );
     check_exported(&c.export());
 }
 

@@ -305,7 +305,6 @@ impl Collector {
                     }
                 };
                 x.events += 1;
-                x.bytes += line.len() as u64;
                 *x.by_type.entry(ev.kind).or_default() += 1;
                 match (&ev.user, &ev.device_id, &ev.bundle_id) {
                     (Some(u), Some(d), Some(b)) if !u.is_empty() && !d.is_empty() => {
@@ -359,7 +358,6 @@ impl Collector {
 #[derive(Default)]
 struct Exported {
     events: u64,
-    bytes: u64,
     by_type: BTreeMap<String, u64>,
     users: BTreeSet<String>,
     devices: BTreeSet<String>,
@@ -527,10 +525,7 @@ pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
     let (serve, url) = collector.serve(&work.path.join("collector-serve.log"))?;
     say(
         json,
-        &format!(
-            "collector {} serving on {url}",
-            collector.bin.display()
-        ),
+        &format!("collector {} serving on {url}", collector.bin.display()),
     );
 
     let mut upload = UploadOptions::new(url.clone(), identity.recipient().to_string());
@@ -689,7 +684,7 @@ pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
             "unattributed": x.unattributed,
             "duplicates": x.duplicates,
             "chain_report": x.report,
-            "mb_per_sec": x.bytes as f64 / 1e6 / x.seconds.max(1e-9),
+            "seconds": x.seconds,
         },
         "chain_clean": x.clean,
         "records_left_after_ack": after.records,
@@ -912,11 +907,10 @@ fn print_report(
             .unwrap_or_default()
     );
     println!(
-        "  speed      ingest {:.0} events/s, {:.0} MB/s (uploading meanwhile); upload done {:.1} s after the session; export {:.0} MB/s",
+        "  speed      ingest {:.0} events/s, {:.0} MB/s (uploading meanwhile); upload done {:.1} s after the session",
         f(&r["ingest_events_per_sec"]),
         f(&r["ingest_mb_per_sec"]),
         f(&up["drain_seconds_after_session"]),
-        f(&x["mb_per_sec"])
     );
     println!(
         "  collector  capvault-collector serve on {}, the vault enrolled with its one-time token",

@@ -130,6 +130,25 @@ impl Drop for Proc {
     }
 }
 
+/// Crypto-shreds the throw-away vault (unless kept) so its keys do not linger in the
+/// keychain: explicitly at the end, or when dropped on an error path.
+struct Shred(Option<(PathBuf, VaultOptions)>);
+
+impl Shred {
+    fn erase(&mut self) -> capvault::Result<()> {
+        match self.0.take() {
+            Some((dir, o)) => Vault::erase(&dir, USER, o),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Shred {
+    fn drop(&mut self) {
+        let _ = self.erase();
+    }
+}
+
 /// The `capvault-collector` binary: next to this program, else on PATH.
 fn find_collector() -> CliResult<PathBuf> {
     let name = format!("capvault-collector{}", std::env::consts::EXE_SUFFIX);
@@ -406,7 +425,8 @@ fn wait_for_upload(vault: &Vault, limit: Duration) -> CliResult<UploadStatus> {
                 "the demo vault has no uploader; this is a bug, please report it",
             ));
         };
-        if u.pending_bytes == 0 && u.pending_bundles == 0 {
+        // Everything acknowledged, and the uploader's cycle over (its counters final).
+        if u.pending_bytes == 0 && u.pending_bundles == 0 && u.next_attempt_us.is_some() {
             return Ok(u);
         }
         if Instant::now() >= deadline {
@@ -536,8 +556,17 @@ pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
     opts.keystore = a.keystore.kind();
     opts.collector_receipt_key = Some(collector.receipt_key.clone());
     opts.upload = Some(upload);
+    // Declared before the vault so that, on an error below, the vault is closed first
+    // and then erased.
+    let mut shred = Shred(None);
     let vault = open_vault(&vault_dir, &opts, &mut notes)?;
     let st0 = vault.status()?;
+    if !work.keep {
+        let mut o = opts.clone();
+        o.keystore = st0.keystore;
+        o.upload = None;
+        shred.0 = Some((vault_dir.clone(), o));
+    }
     for n in &notes {
         say(json, &format!("note: {n}"));
     }
@@ -571,14 +600,8 @@ pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
     vault.close()?;
     drop(serve);
 
-    if !work.keep {
-        // Crypto-shred the throw-away vault so its keys do not linger in the keychain.
-        let mut o = opts.clone();
-        o.keystore = st0.keystore;
-        o.upload = None;
-        if let Err(e) = Vault::erase(&vault_dir, USER, o) {
-            notes.push(format!("could not erase the demo vault's keys: {e}"));
-        }
+    if let Err(e) = shred.erase() {
+        notes.push(format!("could not erase the demo vault's keys: {e}"));
     }
 
     // Offline, with the identity: what the collector stored, opened and chain-checked.

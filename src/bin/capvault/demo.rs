@@ -551,7 +551,9 @@ pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
     let mut upload = UploadOptions::new(url.clone(), identity.recipient().to_string());
     upload.token = Some(collector.token.clone());
     upload.max_bundle_bytes = DEMO_BUNDLE_BYTES;
-    upload.interval_secs = 1;
+    // The uploader enrolls at open, then idles until the session ends and the demo
+    // wakes it, so the ingest and storage figures are not mixed with the upload's.
+    upload.interval_secs = 86_400;
     let mut opts = VaultOptions::default();
     opts.keystore = a.keystore.kind();
     opts.collector_receipt_key = Some(collector.receipt_key.clone());
@@ -573,7 +575,7 @@ pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
     say(
         json,
         &format!(
-            "vault {} (keys in {}{}), uploading to the collector in the background",
+            "vault {} (keys in {}{}), uploading to the collector in the background once the session ends",
             vault_dir.display(),
             store_name(st0.keystore),
             if st0.keystore_persistent {
@@ -590,7 +592,7 @@ pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
 
     // The uploader seals from the outbox, posts each bundle, verifies the collector's
     // receipt and only then acknowledges (and prunes). Wait for it to drain.
-    say(json, "waiting for the upload to drain");
+    say(json, "uploading to the collector");
     let t = Instant::now();
     let up = wait_for_upload(&vault, Duration::from_secs(60 + 2 * a.seconds))?;
     let drain_secs = t.elapsed().as_secs_f64();
@@ -689,7 +691,8 @@ pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
             "pending_bytes": up.pending_bytes,
             "enrolled": up.enrolled,
             "last_error": up.last_error,
-            "drain_seconds_after_session": drain_secs,
+            "seconds": drain_secs,
+            "mb_per_sec": up.uploaded_bytes as f64 / 1e6 / drain_secs.max(1e-9),
         },
         "bundles": blobs.len(),
         "bundle_bytes": bundle_bytes,
@@ -930,10 +933,10 @@ fn print_report(
             .unwrap_or_default()
     );
     println!(
-        "  speed      ingest {:.0} events/s, {:.0} MB/s (uploading meanwhile); upload done {:.1} s after the session",
+        "  speed      ingest {:.0} events/s, {:.0} MB/s; upload (seal, POST, receipt, ack) {:.0} MB/s",
         f(&r["ingest_events_per_sec"]),
         f(&r["ingest_mb_per_sec"]),
-        f(&up["drain_seconds_after_session"]),
+        f(&up["mb_per_sec"]),
     );
     println!(
         "  collector  capvault-collector serve on {}, the vault enrolled with its one-time token",

@@ -11,9 +11,10 @@
  * the keychain from $CAPVAULT_KEYSTORE (default "auto").
  *
  * Opens the vault with the `upload` option, appends 200 mouse moves, a click, a key,
- * a window switch, a 200 kB screenshot and a custom event, flushes, then polls
- * capvault_status_json until the uploader reports no pending bundle, for at most
- * $CAPVAULT_UPLOAD_WAIT seconds (default 60), and closes. Exits 0 once everything is
+ * a window switch, a 200 kB screenshot (larger than a bundle, so it goes alone) and a
+ * custom event, flushes, then polls capvault_status_json until the uploader reports
+ * no pending bundle, for at most $CAPVAULT_UPLOAD_WAIT seconds (default 60), and
+ * closes. Exits 0 once everything is
  * uploaded and acknowledged; 3 if the upload did not finish in time (the data stays in
  * the vault and goes at the next open); 1 on an API error.
  *
@@ -107,7 +108,7 @@ int main(int argc, char **argv) {
     CHECK(capvault_append_mouse_button(v, t + 200, 1, true, 199, 398));
     CHECK(capvault_append_key(v, t + 201, 4 /* HID 'a' */, true, NULL));
     CHECK(capvault_append_window_focus(v, t + 202, "editor", "notes.txt"));
-    size_t shot_len = 200000; /* several bundles of at most 64 KiB */
+    size_t shot_len = 200000; /* more than max_bundle_bytes: a bundle of its own */
     uint8_t *shot = malloc(shot_len);
     if (!shot) {
         capvault_close(v);

@@ -14,9 +14,9 @@
  * a window switch, a 200 kB screenshot (larger than a bundle, so it goes alone) and a
  * custom event, flushes, then polls capvault_status_json until the uploader reports
  * no pending bundle, for at most $CAPVAULT_UPLOAD_WAIT seconds (default 60), and
- * closes. Exits 0 once everything is
- * uploaded and acknowledged; 3 if the upload did not finish in time (the data stays in
- * the vault and goes at the next open); 1 on an API error.
+ * closes. Exits 0 once everything is uploaded and acknowledged; 3 if the upload did
+ * not finish in time (the data stays in the vault and goes at the next open); 1 on an
+ * API error.
  *
  * Build:  cc upload_agent.c $(pkg-config --cflags --libs capvault) -o upload_agent
  */

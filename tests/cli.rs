@@ -822,8 +822,34 @@ fn erase_while_another_process_holds_the_vault() {
     assert_eq!(f.json(&["status"])["erased"], true);
 }
 
+/// The demo runs the `capvault-collector` next to `capvault`: make sure it is built
+/// (`cargo nextest run --workspace` builds it; a single test binary may not have).
+fn ensure_collector_beside_capvault() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dir = Path::new(BIN).parent().unwrap();
+        let bin = dir.join(format!(
+            "capvault-collector{}",
+            std::env::consts::EXE_SUFFIX
+        ));
+        if !bin.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+                .args(["build", "-p", "capvault-collector"])
+                .env("CARGO_TARGET_DIR", dir.parent().unwrap());
+            if dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            assert!(cmd.status().unwrap().success(), "building the collector");
+        }
+        assert!(bin.exists(), "no collector at {}", bin.display());
+    });
+}
+
 #[test]
 fn demo_end_to_end() {
+    ensure_collector_beside_capvault();
     let tmp = tempfile::tempdir().unwrap();
     let keep = tmp.path().join("kept");
     let out = run(&[
@@ -840,20 +866,108 @@ fn demo_end_to_end() {
     assert!(r["events"]["mouse"].as_u64().unwrap() >= 2000);
     assert_eq!(r["events"]["screenshots"], 2);
     assert!(r["events"]["dropped_while_paused"].as_u64().unwrap() > 0);
-    assert!(r["bundles"].as_u64().unwrap() >= 1);
-    assert_eq!(r["chain_clean"], true);
-    assert_eq!(r["secrets_found_in_bundles"].as_array().unwrap().len(), 0);
     assert!(r["epochs"].as_u64().unwrap() >= 2);
+    // Uploaded to the real collector over loopback, each bundle acknowledged with a
+    // verified receipt, nothing left.
+    assert!(
+        r["collector"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:"),
+        "{r}"
+    );
+    let up = &r["upload"];
+    assert!(up["bundles"].as_u64().unwrap() >= 1, "{up}");
+    assert_eq!(up["receipts_verified"], up["bundles"]);
+    assert_eq!(up["pending_bundles"], 0);
+    assert_eq!(up["enrolled"], true);
+    assert_eq!(r["records_left_after_ack"], 0);
+    // What the collector's export released: every stored event, once, attributed.
+    let x = &r["export"];
+    assert_eq!(x["all_arrived_once"], true, "{x}");
+    assert_eq!(x["attributed"], true, "{x}");
+    assert_eq!(x["events_captured"], r["events"]["stored"], "{x}");
+    for (t, n) in x["by_type"].as_object().unwrap() {
+        assert_eq!(n["stored"], n["exported"], "{t}: {n}");
+    }
+    assert_eq!(x["by_type"]["screenshot"]["exported"], 2, "{x}");
+    assert_eq!(x["users"], serde_json::json!(["demo-user"]));
+    assert!(x["bundle_ids"].as_u64().unwrap() >= 1);
+    assert_eq!(r["chain_clean"], true);
+    assert_eq!(
+        r["bundles"], up["bundles"],
+        "one stored blob per uploaded bundle"
+    );
+    assert_eq!(r["secrets_found_in_bundles"].as_array().unwrap().len(), 0);
     assert!(keep.join("vault").is_dir());
     assert!(keep.join("collector.identity").is_file());
-    assert!(std::fs::read_dir(keep.join("bundles")).unwrap().count() >= 1);
+    assert!(!common::files_under(keep.join("collector/bundles")).is_empty());
     // The text report, with no arguments but the length.
     let out = run(&["demo", "--seconds", "1"]);
     assert_ok(&out, &["demo"]);
     let s = text(&out.stdout);
-    for want in ["events", "storage", "bundles", "insider"] {
+    for want in [
+        "events",
+        "storage",
+        "collector",
+        "upload",
+        "export",
+        "insider",
+    ] {
         assert!(s.contains(want), "{s}");
     }
+}
+
+/// A copy of `capvault` alone in a directory (with `extra` files beside it), so the
+/// demo finds only the collector placed there, or none.
+fn lone_capvault(dir: &Path, collector_script: Option<&str>) -> PathBuf {
+    let bin = dir.join("capvault");
+    std::fs::copy(BIN, &bin).unwrap();
+    if let Some(script) = collector_script {
+        use std::os::unix::fs::PermissionsExt;
+        let c = dir.join("capvault-collector");
+        std::fs::write(&c, script).unwrap();
+        std::fs::set_permissions(&c, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    bin
+}
+
+#[test]
+fn demo_without_a_collector_says_how_to_build_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = lone_capvault(tmp.path(), None);
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let keep = tmp.path().join("kept");
+    let out = Command::new(&bin)
+        .args(["demo", "--seconds", "1", "--keep", keep.to_str().unwrap()])
+        .env("PATH", &empty)
+        .output()
+        .unwrap();
+    assert_fails(&out, 1, "cargo build --release --workspace --bins");
+    assert!(text(&out.stderr).contains("capvault-collector"));
+    assert!(!keep.exists(), "nothing was created");
+}
+
+#[test]
+fn demo_reports_a_collector_that_fails_to_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = lone_capvault(
+        tmp.path(),
+        Some(
+            "#!/bin/sh\ncase \"$1\" in\n  init) echo '{\"receipt_key\": \"cvreceipt-ed25519-1x\", \"token\": \"t\"}';;\n  serve) echo 'error: cannot bind 127.0.0.1:0: simulated' >&2; exit 1;;\nesac\n",
+        ),
+    );
+    let out = Command::new(&bin)
+        .args(["demo", "--seconds", "1"])
+        .output()
+        .unwrap();
+    assert_fails(&out, 1, "the collector failed to start");
+    assert!(
+        text(&out.stderr).contains("simulated"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -3,18 +3,27 @@
 //! The session is simulated on a synthetic clock (mouse at 1 kHz, ~8 keys/s, window
 //! switches, one 1.5 MB incompressible screenshot per second, a pause and a data-key
 //! rotation) and appended as fast as the vault accepts it, so the report also measures
-//! ingest throughput. Then bundles are sealed to a fresh collector identity, opened,
-//! chain-checked and acknowledged with receipts, and the bundles are searched for the
-//! window titles an insider with the upload bucket would be after.
+//! ingest throughput. The release path is the real one: a `capvault-collector` (found
+//! next to this program or on PATH) is initialised in the demo's directory and serves
+//! on loopback; the vault, opened with its `upload` options, enrolls with the one-time
+//! token and uploads in the background, acknowledging each bundle only with a receipt
+//! it verifies. Then `capvault-collector export` opens what the collector stored with
+//! the identity (kept apart from the collector's directory), the report compares its
+//! events with what was stored, and the collector's blob store is searched for the
+//! window titles an insider with access to it would be after.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::json;
 
 use capvault::{
-    Appended, ChainChecker, Error, Event, Identity, KeyStoreKind, Suite, Vault, VaultOptions,
+    Appended, Error, Event, Identity, KeyStoreKind, Suite, UploadOptions, UploadStatus, Vault,
+    VaultOptions,
 };
 
 use crate::output::{human_bytes, print_json, CliError, CliResult};
@@ -24,8 +33,9 @@ pub struct DemoArgs {
     /// Length of the simulated session, in seconds.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub seconds: u64,
-    /// Keep the vault, bundles and collector identity in this directory (must be new or
-    /// empty) instead of deleting them.
+    /// Keep the vault, the collector's directory (state, stored bundles, log) and the
+    /// collector identity in this directory (must be new or empty) instead of deleting
+    /// them.
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
     /// Keychain for the demo vault (auto falls back to kernel keyutils on Linux when no
@@ -49,6 +59,12 @@ const WINDOWS: &[(&str, &str)] = &[
 ];
 
 const TYPED: &str = "the quarterly numbers look better than expected, please keep this between us ";
+
+/// How to get the collector binary when it is missing.
+const BUILD_HINT: &str = "build it with `cargo build --release --workspace --bins` (it is placed next to `capvault` in target/release/) or put it on PATH";
+
+/// Largest bundle the demo's uploader seals.
+const DEMO_BUNDLE_BYTES: usize = 4 << 20;
 
 /// A throw-away directory removed on drop (unless kept).
 struct WorkDir {
@@ -101,6 +117,331 @@ fn work_dir(keep: Option<&Path>) -> CliResult<WorkDir> {
     b.create(&path)
         .map_err(|e| CliError::failure(format!("cannot create {}: {e}", path.display())))?;
     Ok(WorkDir { path, keep: kept })
+}
+
+/// A child process killed (and reaped) when dropped, so no collector outlives the demo
+/// on any exit path.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Crypto-shreds the throw-away vault (unless kept) so its keys do not linger in the
+/// keychain: explicitly at the end, or when dropped on an error path.
+struct Shred(Option<(PathBuf, VaultOptions)>);
+
+impl Shred {
+    fn erase(&mut self) -> capvault::Result<()> {
+        match self.0.take() {
+            Some((dir, o)) => Vault::erase(&dir, USER, o),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Shred {
+    fn drop(&mut self) {
+        let _ = self.erase();
+    }
+}
+
+/// The `capvault-collector` binary: next to this program, else on PATH.
+fn find_collector() -> CliResult<PathBuf> {
+    let name = format!("capvault-collector{}", std::env::consts::EXE_SUFFIX);
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf));
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    if let Some(bin) = beside
+        .iter()
+        .chain(on_path.iter())
+        .map(|d| d.join(&name))
+        .find(|p| p.is_file())
+    {
+        return Ok(bin);
+    }
+    Err(CliError::failure(format!(
+        "the demo runs the real collector service, but `{name}` is neither next to this program{} nor on PATH; {BUILD_HINT}",
+        beside
+            .map(|d| format!(" ({})", d.display()))
+            .unwrap_or_default()
+    )))
+}
+
+/// A collector directory after `capvault-collector init`.
+struct Collector {
+    bin: PathBuf,
+    dir: PathBuf,
+    receipt_key: String,
+    token: String,
+}
+
+fn stderr_text(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b).trim().to_string();
+    if s.is_empty() {
+        "it printed nothing on stderr".into()
+    } else {
+        s
+    }
+}
+
+impl Collector {
+    fn init(bin: PathBuf, dir: PathBuf) -> CliResult<Collector> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| CliError::failure(format!("cannot create {}: {e}", dir.display())))?;
+        let out = Command::new(&bin)
+            .arg("init")
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--json")
+            .env("CAPVAULT_LOG", "error")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| CliError::failure(format!("cannot run {}: {e}", bin.display())))?;
+        if !out.status.success() {
+            return Err(CliError::failure(format!(
+                "`capvault-collector init --dir {}` failed ({}): {}",
+                dir.display(),
+                out.status,
+                stderr_text(&out.stderr)
+            )));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        match (v["receipt_key"].as_str(), v["token"].as_str()) {
+            (Some(k), Some(t)) => Ok(Collector {
+                receipt_key: k.to_string(),
+                token: t.to_string(),
+                bin,
+                dir,
+            }),
+            _ => Err(CliError::failure(format!(
+                "`capvault-collector init --json` printed no receipt key and token (is {} a matching version?)",
+                bin.display()
+            ))),
+        }
+    }
+
+    /// Starts `serve` on a free loopback port and returns it with its base URL, read
+    /// from the `listening on URL` line it prints once it accepts connections.
+    fn serve(&self, log: &Path) -> CliResult<(Proc, String)> {
+        let log_file = std::fs::File::create(log)
+            .map_err(|e| CliError::failure(format!("cannot create {}: {e}", log.display())))?;
+        let mut child = Command::new(&self.bin)
+            .arg("serve")
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("CAPVAULT_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| CliError::failure(format!("cannot run {}: {e}", self.bin.display())))?;
+        let stdout = child.stdout.take();
+        let mut proc = Proc(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(stdout) = stdout {
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(stdout);
+                let mut line = String::new();
+                let _ = r.read_line(&mut line);
+                let _ = tx.send(line);
+                // Keep reading so the service never blocks on a full pipe.
+                let _ = std::io::copy(&mut r, &mut std::io::sink());
+            });
+        }
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        if let Some(url) = line.trim().strip_prefix("listening on ") {
+            return Ok((proc, url.to_string()));
+        }
+        let _ = proc.0.kill();
+        let status = proc
+            .0
+            .wait()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|e| e.to_string());
+        let err = std::fs::read(log).unwrap_or_default();
+        Err(CliError::failure(format!(
+            "the collector failed to start (`capvault-collector serve --dir {} --listen 127.0.0.1:0`, {status}): {}",
+            self.dir.display(),
+            stderr_text(&err)
+        )))
+    }
+
+    /// `export --identity`: reads its JSON Lines and its chain report.
+    fn export(&self, identity: &Path) -> CliResult<Exported> {
+        let t = Instant::now();
+        let mut child = Command::new(&self.bin)
+            .arg("export")
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--identity")
+            .arg(identity)
+            .arg("--json")
+            .env("CAPVAULT_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| CliError::failure(format!("cannot run {}: {e}", self.bin.display())))?;
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let mut proc = Proc(child);
+        let err_reader = std::thread::spawn(move || {
+            let mut s = Vec::new();
+            if let Some(mut e) = stderr {
+                let _ = e.read_to_end(&mut s);
+            }
+            s
+        });
+        #[derive(serde::Deserialize)]
+        struct Line {
+            #[serde(rename = "type")]
+            kind: String,
+            seq: Option<u64>,
+            user: Option<String>,
+            device_id: Option<String>,
+            bundle_id: Option<String>,
+        }
+        let mut x = Exported::default();
+        let mut seen = BTreeSet::new();
+        let mut bad_line = None;
+        if let Some(stdout) = stdout {
+            for line in BufReader::new(stdout).lines() {
+                let line = line.map_err(|e| {
+                    CliError::failure(format!("cannot read `capvault-collector export`: {e}"))
+                })?;
+                let ev: Line = match serde_json::from_str(&line) {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        bad_line.get_or_insert(e.to_string());
+                        continue;
+                    }
+                };
+                x.events += 1;
+                *x.by_type.entry(ev.kind).or_default() += 1;
+                match (&ev.user, &ev.device_id, &ev.bundle_id) {
+                    (Some(u), Some(d), Some(b)) if !u.is_empty() && !d.is_empty() => {
+                        x.users.insert(u.clone());
+                        x.devices.insert(d.clone());
+                        x.bundle_ids.insert(b.clone());
+                        if let Some(seq) = ev.seq {
+                            if !seen.insert((d.clone(), u.clone(), seq)) {
+                                x.duplicates += 1;
+                            }
+                        }
+                    }
+                    _ => x.unattributed += 1,
+                }
+            }
+        }
+        let status = proc
+            .0
+            .wait()
+            .map_err(|e| CliError::failure(format!("`capvault-collector export`: {e}")))?;
+        let err = err_reader.join().unwrap_or_default();
+        let err_text = String::from_utf8_lossy(&err);
+        x.report = err_text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v.get("streams").is_some())
+            .unwrap_or_default();
+        x.seconds = t.elapsed().as_secs_f64();
+        match status.code() {
+            Some(0) => x.clean = true,
+            Some(3) => x.clean = false,
+            _ => {
+                return Err(CliError::failure(format!(
+                    "`capvault-collector export --dir {} --identity {}` failed ({status}): {}",
+                    self.dir.display(),
+                    identity.display(),
+                    stderr_text(&err)
+                )))
+            }
+        }
+        if let Some(e) = bad_line {
+            return Err(CliError::failure(format!(
+                "`capvault-collector export` wrote a line that is not an event: {e}"
+            )));
+        }
+        Ok(x)
+    }
+}
+
+/// What `capvault-collector export` released.
+#[derive(Default)]
+struct Exported {
+    events: u64,
+    by_type: BTreeMap<String, u64>,
+    users: BTreeSet<String>,
+    devices: BTreeSet<String>,
+    bundle_ids: BTreeSet<String>,
+    /// Events without `user`, `device_id` or `bundle_id`.
+    unattributed: u64,
+    /// Events released twice (same user, device and sequence number).
+    duplicates: u64,
+    /// The chain report (`--json`, from stderr).
+    report: serde_json::Value,
+    /// Exit 0: every chain verified.
+    clean: bool,
+    seconds: f64,
+}
+
+/// Every file under `dir` (the collector's blob store), recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => todo.push(p),
+                Ok(t) if t.is_file() => out.push(p),
+                _ => {}
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Waits (polling the status, bounded) until the background uploader has every
+/// stored record acknowledged with a receipt.
+fn wait_for_upload(vault: &Vault, limit: Duration) -> CliResult<UploadStatus> {
+    vault.upload_now();
+    let deadline = Instant::now() + limit;
+    loop {
+        let st = vault.status()?;
+        let Some(u) = st.upload else {
+            return Err(CliError::failure(
+                "the demo vault has no uploader; this is a bug, please report it",
+            ));
+        };
+        // Everything acknowledged, and the uploader's cycle over (its counters final).
+        if u.pending_bytes == 0 && u.pending_bundles == 0 && u.next_attempt_us.is_some() {
+            return Ok(u);
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::failure(format!(
+                "the upload to the collector did not finish within {} s: {} bundle(s), {} still pending{}",
+                limit.as_secs(),
+                u.uploaded_bundles,
+                human_bytes(u.pending_bytes),
+                u.last_error
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// splitmix64: fast incompressible filler for synthetic screenshots.
@@ -159,6 +500,8 @@ struct Counts {
     keys: u64,
     windows: u64,
     screenshots: u64,
+    /// Stored events by JSON Lines type.
+    stored_by_type: BTreeMap<&'static str, u64>,
 }
 
 impl Counts {
@@ -167,6 +510,7 @@ impl Counts {
         match r {
             Appended::Stored => {
                 self.stored += 1;
+                *self.stored_by_type.entry(ev.type_name()).or_default() += 1;
                 let mut buf = Vec::new();
                 ev.encode_into(&mut buf);
                 self.plaintext += buf.len() as u64;
@@ -184,29 +528,54 @@ fn say(json: bool, msg: &str) {
 }
 
 pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
+    // The collector binary first: without it there is nothing to demonstrate.
+    let collector_bin = find_collector()?;
     let work = work_dir(a.keep.as_deref())?;
     let vault_dir = work.path.join("vault");
-    let bundle_dir = work.path.join("bundles");
-    std::fs::create_dir_all(&bundle_dir)?;
+    let collector_dir = work.path.join("collector");
+    let blobs_dir = collector_dir.join("bundles");
+    let identity_file = work.path.join("collector.identity");
     let mut notes = Vec::new();
 
-    // The collector: a fresh identity; the vault only prunes with its receipts.
+    // The collector: an identity made offline (only `export` reads it; the service
+    // never holds it), then `init` (receipt key, enrollment token) and `serve`.
     let identity = Identity::generate(Suite::X25519);
-    if work.keep {
-        identity.write_to_file(&work.path.join("collector.identity"))?;
-    }
+    identity.write_to_file(&identity_file)?;
+    let collector = Collector::init(collector_bin, collector_dir.clone())?;
+    let (serve, url) = collector.serve(&work.path.join("collector-serve.log"))?;
+    say(
+        json,
+        &format!("collector {} serving on {url}", collector.bin.display()),
+    );
+
+    let mut upload = UploadOptions::new(url.clone(), identity.recipient().to_string());
+    upload.token = Some(collector.token.clone());
+    upload.max_bundle_bytes = DEMO_BUNDLE_BYTES;
+    // The uploader enrolls at open, then idles until the session ends and the demo
+    // wakes it, so the ingest and storage figures are not mixed with the upload's.
+    upload.interval_secs = 86_400;
     let mut opts = VaultOptions::default();
     opts.keystore = a.keystore.kind();
-    opts.collector_receipt_key = Some(identity.receipt_key().to_string());
+    opts.collector_receipt_key = Some(collector.receipt_key.clone());
+    opts.upload = Some(upload);
+    // Declared before the vault so that, on an error below, the vault is closed first
+    // and then erased.
+    let mut shred = Shred(None);
     let vault = open_vault(&vault_dir, &opts, &mut notes)?;
     let st0 = vault.status()?;
+    if !work.keep {
+        let mut o = opts.clone();
+        o.keystore = st0.keystore;
+        o.upload = None;
+        shred.0 = Some((vault_dir.clone(), o));
+    }
     for n in &notes {
         say(json, &format!("note: {n}"));
     }
     say(
         json,
         &format!(
-            "vault {} (keys in {}{})",
+            "vault {} (keys in {}{}), uploading to the collector in the background once the session ends",
             vault_dir.display(),
             store_name(st0.keystore),
             if st0.keystore_persistent {
@@ -221,39 +590,31 @@ pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
     vault.flush()?;
     let st = vault.status()?;
 
-    // Release loop, as an agent and a collector would run it: seal the next bundle,
-    // ship it, the collector opens it, checks the chain and returns a receipt, the
-    // vault acknowledges it and prunes; repeat until nothing is left.
-    let recipient = identity.recipient();
-    let mut checker = ChainChecker::new();
-    let mut opened_events = 0usize;
-    let mut bundles: Vec<(String, Vec<u8>)> = Vec::new();
-    let (mut seal_secs, mut open_secs) = (0f64, 0f64);
-    loop {
-        let t = Instant::now();
-        let Some(b) = vault.seal_next(&recipient, 4 << 20)? else {
-            break;
-        };
-        seal_secs += t.elapsed().as_secs_f64();
-        std::fs::write(bundle_dir.join(format!("{}.cvb", b.id())), b.bytes())?;
-        let t = Instant::now();
-        let opened = capvault::open_bundle(b.bytes(), &identity)?;
-        open_secs += t.elapsed().as_secs_f64();
-        checker.add_opened(&opened);
-        opened_events += opened.events.len();
-        let receipt = identity.receipt_for(&opened.digest);
-        vault.ack(&opened.id, Some(&receipt))?;
-        bundles.push((b.id().to_string(), b.bytes().to_vec()));
-    }
-    let chain = checker.report();
-    if !chain.is_clean() {
-        return Err(CliError::integrity(
-            "the demo's bundle chain did not verify; this is a bug, please report it",
-        ));
+    // The uploader seals from the outbox, posts each bundle, verifies the collector's
+    // receipt and only then acknowledges (and prunes). Wait for it to drain.
+    say(json, "uploading to the collector");
+    let t = Instant::now();
+    let up = wait_for_upload(&vault, Duration::from_secs(60 + 2 * a.seconds))?;
+    let drain_secs = t.elapsed().as_secs_f64();
+    let after = vault.status()?;
+    let verify = vault.verify()?;
+    let device_id = after.device_id.clone();
+    vault.close()?;
+    drop(serve);
+
+    if let Err(e) = shred.erase() {
+        notes.push(format!("could not erase the demo vault's keys: {e}"));
     }
 
-    // What an insider who can list the bucket sees: ciphertext. Search every bundle
-    // for the window titles, the typed text and the user name.
+    // Offline, with the identity: what the collector stored, opened and chain-checked.
+    let x = collector.export(&identity_file)?;
+
+    // What an insider with the collector's blob store sees: ciphertext. Search every
+    // stored bundle for the window titles, the typed text and the user name.
+    let blobs: Vec<Vec<u8>> = files_under(&blobs_dir)
+        .iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .collect();
     let secrets: Vec<&str> = WINDOWS
         .iter()
         .map(|(_, t)| *t)
@@ -262,22 +623,43 @@ pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
     let leaked: Vec<&str> = secrets
         .iter()
         .copied()
-        .filter(|s| bundles.iter().any(|(_, b)| contains(b, s.as_bytes())))
+        .filter(|s| blobs.iter().any(|b| contains(b, s.as_bytes())))
         .collect();
-    let bundle_bytes: u64 = bundles.iter().map(|(_, b)| b.len() as u64).sum();
+    let bundle_bytes: u64 = blobs.iter().map(|b| b.len() as u64).sum();
 
-    let after = vault.status()?;
-    let verify = vault.verify()?;
-    vault.close()?;
-
-    if !work.keep {
-        // Crypto-shred the throw-away vault so its keys do not linger in the keychain.
-        let mut o = opts.clone();
-        o.keystore = st0.keystore;
-        if let Err(e) = Vault::erase(&vault_dir, USER, o) {
-            notes.push(format!("could not erase the demo vault's keys: {e}"));
-        }
-    }
+    // Every stored event arrived exactly once, attributed.
+    let exported_captured: u64 = x
+        .by_type
+        .iter()
+        .filter(|(k, _)| k.as_str() != "marker")
+        .map(|(_, n)| *n)
+        .sum();
+    let mut types: BTreeSet<&str> = c.stored_by_type.keys().copied().collect();
+    types.extend(
+        x.by_type
+            .keys()
+            .map(String::as_str)
+            .filter(|k| *k != "marker"),
+    );
+    let per_type: serde_json::Map<String, serde_json::Value> = types
+        .iter()
+        .map(|t| {
+            (
+                t.to_string(),
+                json!({
+                    "stored": c.stored_by_type.get(t).copied().unwrap_or(0),
+                    "exported": x.by_type.get(*t).copied().unwrap_or(0),
+                }),
+            )
+        })
+        .collect();
+    let all_arrived = types.iter().all(|t| {
+        c.stored_by_type.get(t).copied().unwrap_or(0) == x.by_type.get(*t).copied().unwrap_or(0)
+    });
+    let attributed = x.unattributed == 0
+        && x.duplicates == 0
+        && x.users.iter().all(|u| u == USER)
+        && x.devices.iter().all(|d| *d == device_id);
 
     let ingest_secs = session.elapsed.as_secs_f64().max(1e-9);
     let report = json!({
@@ -297,13 +679,40 @@ pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
         "ingest_seconds": ingest_secs,
         "ingest_events_per_sec": c.offered as f64 / ingest_secs,
         "ingest_mb_per_sec": c.plaintext as f64 / 1e6 / ingest_secs,
-        "bundles": bundles.len(),
+        "collector": {
+            "binary": collector.bin.display().to_string(),
+            "url": url,
+        },
+        "upload": {
+            "bundles": up.uploaded_bundles,
+            "bytes": up.uploaded_bytes,
+            "receipts_verified": up.uploaded_bundles,
+            "pending_bundles": up.pending_bundles,
+            "pending_bytes": up.pending_bytes,
+            "enrolled": up.enrolled,
+            "last_error": up.last_error,
+            "seconds": drain_secs,
+            "mb_per_sec": up.uploaded_bytes as f64 / 1e6 / drain_secs.max(1e-9),
+        },
+        "bundles": blobs.len(),
         "bundle_bytes": bundle_bytes,
-        "seal_mb_per_sec": c.plaintext as f64 / 1e6 / seal_secs.max(1e-9),
-        "open_mb_per_sec": c.plaintext as f64 / 1e6 / open_secs.max(1e-9),
-        "events_opened": opened_events,
-        "chain_clean": chain.is_clean(),
-        "receipts_acked": bundles.len(),
+        "export": {
+            "events": x.events,
+            "events_captured": exported_captured,
+            "events_stored": c.stored,
+            "markers": x.by_type.get("marker").copied().unwrap_or(0),
+            "by_type": per_type,
+            "all_arrived_once": all_arrived && x.duplicates == 0,
+            "attributed": attributed,
+            "users": x.users,
+            "device_ids": x.devices,
+            "bundle_ids": x.bundle_ids.len(),
+            "unattributed": x.unattributed,
+            "duplicates": x.duplicates,
+            "chain_report": x.report,
+            "seconds": x.seconds,
+        },
+        "chain_clean": x.clean,
         "records_left_after_ack": after.records,
         "verify_records": verify.records,
         "secrets_searched": secrets.len(),
@@ -313,19 +722,20 @@ pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
     if json {
         print_json(&report);
     } else {
-        print_report(
-            a,
-            c,
-            &st,
-            &session,
-            &bundles,
-            bundle_bytes,
-            &report,
-            &leaked,
-        );
+        print_report(a, c, &st, &session, &report, &leaked);
         if let Some(n) = notes.iter().find(|n| n.contains("could not erase")) {
             eprintln!("note: {n}");
         }
+    }
+    if !x.clean {
+        return Err(CliError::integrity(
+            "the collector's export reported an integrity failure (see chain_report); this is a bug, please report it",
+        ));
+    }
+    if !all_arrived || !attributed {
+        return Err(CliError::integrity(
+            "the events exported by the collector differ from those stored in the vault (or lack user/device_id/bundle_id); this is a bug, please report it",
+        ));
     }
     if !leaked.is_empty() {
         return Err(CliError::integrity(
@@ -465,6 +875,7 @@ fn run_session(vault: &Vault, seconds: u64, json: bool) -> CliResult<Session> {
             match r {
                 Appended::Stored => {
                     c.stored += 1;
+                    *c.stored_by_type.entry("screenshot").or_default() += 1;
                     c.plaintext += shot.len() as u64;
                 }
                 Appended::Paused => c.paused += 1,
@@ -484,18 +895,17 @@ fn run_session(vault: &Vault, seconds: u64, json: bool) -> CliResult<Session> {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 fn print_report(
     a: &DemoArgs,
     c: &Counts,
     st: &capvault::Status,
     s: &Session,
-    bundles: &[(String, Vec<u8>)],
-    bundle_bytes: u64,
     r: &serde_json::Value,
     leaked: &[&str],
 ) {
-    let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let (up, x) = (&r["upload"], &r["export"]);
     println!();
     println!("capvault demo: {} s of simulated capture", a.seconds);
     println!(
@@ -523,32 +933,60 @@ fn print_report(
             .unwrap_or_default()
     );
     println!(
-        "  speed      ingest {:.0} events/s, {:.0} MB/s; seal {:.0} MB/s; open {:.0} MB/s",
-        f("ingest_events_per_sec"),
-        f("ingest_mb_per_sec"),
-        f("seal_mb_per_sec"),
-        f("open_mb_per_sec")
+        "  speed      ingest {:.0} events/s, {:.0} MB/s; upload (seal, POST, receipt, ack) {:.0} MB/s",
+        f(&r["ingest_events_per_sec"]),
+        f(&r["ingest_mb_per_sec"]),
+        f(&up["mb_per_sec"]),
     );
     println!(
-        "  bundles    {} sealed ({}), {} events opened, chain {}, {} acked with receipts, {} records left",
-        bundles.len(),
-        human_bytes(bundle_bytes),
-        r["events_opened"],
+        "  collector  capvault-collector serve on {}, the vault enrolled with its one-time token",
+        r["collector"]["url"].as_str().unwrap_or("?")
+    );
+    println!(
+        "  upload     {} bundle(s) ({}) uploaded, {} receipt(s) verified against the collector's receipt key, {} pending, {} records left in the vault",
+        n(&up["bundles"]),
+        human_bytes(n(&up["bytes"])),
+        n(&up["receipts_verified"]),
+        n(&up["pending_bundles"]),
+        r["records_left_after_ack"]
+    );
+    let by_type: Vec<String> = x["by_type"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(t, v)| format!("{t} {}/{}", n(&v["exported"]), n(&v["stored"])))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "  export     capvault-collector export --identity: {} of {} stored events ({}), {} marker(s); {}; chain {}",
+        n(&x["events_captured"]),
+        n(&x["events_stored"]),
+        by_type.join(", "),
+        n(&x["markers"]),
+        if x["attributed"].as_bool() == Some(true) {
+            format!(
+                "each once, with user, device_id and bundle_id ({} bundle(s))",
+                n(&x["bundle_ids"])
+            )
+        } else {
+            "SOME UNATTRIBUTED OR DUPLICATED".to_string()
+        },
         if r["chain_clean"].as_bool() == Some(true) {
             "verified"
         } else {
             "BROKEN"
         },
-        r["receipts_acked"],
-        r["records_left_after_ack"]
     );
     println!(
-        "  insider    someone with the upload bucket sees {} bundle(s) of ciphertext: none of the {} window titles, the typed text or the user name appear in them{}",
-        bundles.len(),
+        "  insider    someone with the collector's blob store sees {} bundle(s) of ciphertext: none of the {} window titles, the typed text or the user name appear in them{}",
+        n(&r["bundles"]),
         WINDOWS.len(),
         if leaked.is_empty() { "" } else { " (LEAK FOUND)" }
     );
     if let Some(dir) = r["kept_in"].as_str() {
-        println!("  kept       {dir} (vault/, bundles/, collector.identity)");
+        println!(
+            "  kept       {dir} (vault/, collector/ with bundles/, collector.identity, collector-serve.log)"
+        );
     }
 }

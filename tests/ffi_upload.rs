@@ -8,6 +8,7 @@
 //! The collector binary comes from `CAPVAULT_COLLECTOR_BIN`, else from the target
 //! directory of this test, built with cargo when missing.
 
+mod common;
 #[path = "ffi/support.rs"]
 mod support;
 
@@ -15,43 +16,15 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 
 use capvault::{Identity, KeyStoreKind, Suite, UploadOptions, Vault, VaultOptions};
+use common::collector::collector_bin;
 use serde_json::Value;
 use support::*;
 
 const T0: i64 = 1_764_000_000_000_000;
 /// What upload_agent.c appends.
 const EVENTS: i64 = 205;
-
-fn collector_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("CAPVAULT_COLLECTOR_BIN") {
-            return PathBuf::from(p);
-        }
-        // target/<profile>/deps/ffi_upload-<hash> -> target/<profile>/capvault-collector
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap();
-        let bin = profile_dir.join(format!(
-            "capvault-collector{}",
-            std::env::consts::EXE_SUFFIX
-        ));
-        if !bin.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .current_dir(repo())
-                .args(["build", "-p", "capvault-collector"])
-                .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "building capvault-collector failed");
-        }
-        assert!(bin.exists(), "no collector binary at {}", bin.display());
-        bin
-    })
-}
 
 /// A collector directory after `init`, serving on a loopback port until dropped, and
 /// the identity `export` opens its bundles with.
@@ -263,7 +236,7 @@ fn ffi_c_upload_agent_with_a_wrong_token_loses_nothing() {
     let v = Vault::open(&vault, "alice", opts).unwrap();
     assert!(v.status().unwrap().records > 0, "nothing was pruned");
     let mut up = UploadOptions::new(c.url.clone(), c.recipient.clone());
-    up.token = Some(c.token.clone());
+    up.token = Some(c.token.clone().into());
     up.max_bundle_bytes = 64 * 1024;
     let report = v.upload_pending(&up).unwrap();
     assert!(report.bundles >= 2, "{report:?}");

@@ -9,13 +9,10 @@
 
 mod common;
 
-use common::collector::{collector_bin, free_port, Collector};
+use common::collector::{free_port, Collector};
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use capvault::{Identity, KeyStoreKind, Suite, UploadOptions, UploadStatus, Vault, VaultOptions};

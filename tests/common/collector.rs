@@ -25,7 +25,9 @@ pub fn collector_bin() -> &'static Path {
         if !bin.exists() {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .args(["build", "-p", "capvault-collector"])
+                .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
                 .status()
                 .expect("cargo runs");
             assert!(status.success(), "building capvault-collector failed");

@@ -549,7 +549,7 @@ pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
     );
 
     let mut upload = UploadOptions::new(url.clone(), identity.recipient().to_string());
-    upload.token = Some(collector.token.clone());
+    upload.token = Some(collector.token.clone().into());
     upload.max_bundle_bytes = DEMO_BUNDLE_BYTES;
     // The uploader enrolls at open, then idles until the session ends and the demo
     // wakes it, so the ingest and storage figures are not mixed with the upload's.

@@ -39,6 +39,10 @@ impl LogState {
 }
 
 /// One user's log. All mutations go through `state`'s lock, so they are serialized.
+/// Keys of records at the tail, the per-epoch counts without them, and the tag the
+/// new tail chains from (see `Log::scan_tail_through`).
+type TailScan = (Vec<sled::IVec>, BTreeMap<u32, EpochCount>, [u8; TAG_LEN]);
+
 pub(crate) struct Log {
     tree: sled::Tree,
     binding: RecordBinding,
@@ -354,18 +358,10 @@ impl Log {
         }
         Ok(report)
     }
-
-    /// Removes records from the tail through `last` (inclusive), moving the tail anchor.
-    /// Returns the epochs that have no records left.
-    pub(crate) fn prune_through(&self, last: u64) -> Result<Vec<u32>> {
-        let mut st = self.lock();
-        if last < st.tail.first_seq {
-            return Ok(Vec::new());
-        }
-        if last > st.head.last_seq {
-            return Err(Error::invalid("cannot prune past the head of the log"));
-        }
-        let mut batch = sled::Batch::default();
+    /// The records from the tail through `last`: their keys, the per-epoch counts once
+    /// they are gone, and the tag the new tail chains from.
+    fn scan_tail_through(&self, st: &LogState, last: u64) -> Result<TailScan> {
+        let mut keys = Vec::new();
         let mut counts = st.counts.clone();
         let mut prev_tag = st.tail.prev_tag;
         for item in self
@@ -378,6 +374,24 @@ impl Log {
             c.records = c.records.saturating_sub(1);
             c.bytes = c.bytes.saturating_sub(v.len() as u64);
             prev_tag = tag_of(&v);
+            keys.push(k);
+        }
+        Ok((keys, counts, prev_tag))
+    }
+
+    /// Removes records from the tail through `last` (inclusive), moving the tail anchor.
+    /// Returns the epochs that have no records left.
+    pub(crate) fn prune_through(&self, last: u64) -> Result<Vec<u32>> {
+        let mut st = self.lock();
+        if last < st.tail.first_seq {
+            return Ok(Vec::new());
+        }
+        if last > st.head.last_seq {
+            return Err(Error::invalid("cannot prune past the head of the log"));
+        }
+        let mut batch = sled::Batch::default();
+        let (keys, mut counts, prev_tag) = self.scan_tail_through(&st, last)?;
+        for k in keys {
             batch.remove(k);
         }
         let tail = Tail {
@@ -421,21 +435,7 @@ impl Log {
         if last < st.tail.first_seq || last > st.head.last_seq {
             return Err(Error::invalid("eviction outside the live range of the log"));
         }
-        let mut removed = Vec::new();
-        let mut counts = st.counts.clone();
-        let mut prev_tag = st.tail.prev_tag;
-        for item in self
-            .tree
-            .range(record_key(st.tail.first_seq)..=record_key(last))
-        {
-            let (k, v) = item?;
-            let header = RecordHeader::parse(&v)?;
-            let c = counts.entry(header.epoch).or_default();
-            c.records = c.records.saturating_sub(1);
-            c.bytes = c.bytes.saturating_sub(v.len() as u64);
-            prev_tag = tag_of(&v);
-            removed.push(k);
-        }
+        let (removed, mut counts, prev_tag) = self.scan_tail_through(&st, last)?;
         let tail = Tail {
             first_seq: last + 1,
             prev_tag,

@@ -181,34 +181,23 @@ impl Shared {
 
     /// Sleeps until `deadline`, a wake-up or a stop. False when stopping.
     fn wait_until(&self, deadline: Instant) -> bool {
-        let mut s = self.lock();
-        loop {
-            if s.stop {
-                return false;
-            }
-            if s.wake {
-                s.wake = false;
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return true;
-            }
-            s = self
-                .cv
-                .wait_timeout(s, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        self.wait(deadline, true)
     }
 
     /// Sleeps for `d` unless stopped (wake-ups do not cut it short). False when stopping.
     fn sleep(&self, d: Duration) -> bool {
-        let deadline = Instant::now() + d;
+        self.wait(Instant::now() + d, false)
+    }
+
+    fn wait(&self, deadline: Instant, woken_early: bool) -> bool {
         let mut s = self.lock();
         loop {
             if s.stop {
                 return false;
+            }
+            if woken_early && s.wake {
+                s.wake = false;
+                return true;
             }
             let now = Instant::now();
             if now >= deadline {

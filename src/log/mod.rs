@@ -358,6 +358,7 @@ impl Log {
         }
         Ok(report)
     }
+
     /// The records from the tail through `last`: their keys, the per-epoch counts once
     /// they are gone, and the tag the new tail chains from.
     fn scan_tail_through(&self, st: &LogState, last: u64) -> Result<TailScan> {

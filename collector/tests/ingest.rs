@@ -266,24 +266,25 @@ fn a_full_server_answers_429_with_retry_after() {
     let dir = tmp.path().join("c");
     init(&dir);
     let server = Server::start(&dir, &["--max-in-flight", "1"]);
-    // Hold the only slot with an upload whose body is still arriving.
+    // Hold the only slot with an upload whose body is still arriving, then probe. A
+    // probe that overlaps the slow request's arrival can itself take the slot first and
+    // make the slow request the one refused; then try again with a new slow request.
     use std::io::Write;
-    let mut slow = std::net::TcpStream::connect(server.addr).unwrap();
-    write!(
-        slow,
-        "POST /v1/bundles HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc"
-    )
-    .unwrap();
-    slow.flush().unwrap();
     let mut r = server.upload(b"x");
-    // The slow request takes the slot once its headers are read; allow a loaded machine
-    // a few seconds for that.
-    for _ in 0..250 {
+    for _ in 0..50 {
+        let mut slow = std::net::TcpStream::connect(server.addr).unwrap();
+        write!(
+            slow,
+            "POST /v1/bundles HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc"
+        )
+        .unwrap();
+        slow.flush().unwrap();
+        // Give the slow request time to have its headers read and take the slot.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        r = server.upload(b"x");
         if r.status == 429 {
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        r = server.upload(b"x");
     }
     assert_eq!((r.status, r.code()), (429, "busy".to_string()));
     assert_eq!(r.header("retry-after"), Some("2"));

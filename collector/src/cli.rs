@@ -348,7 +348,7 @@ async fn dispatch(command: Command) -> Result<u8, ApiError> {
             Ok(0)
         }
         Command::Export(a) => {
-            let identity = crate::formats::Identity::read_from_file(&a.identity)
+            let identity = capvault_format::Identity::read_from_file(&a.identity)
                 .map_err(|e| ApiError::Operational(e.to_string()))?;
             let db = open_db(&a.dir.dir, a.dir.db.as_deref()).await?;
             let store = BlobStore::open(&config::store_url(&a.dir.dir, a.store.as_deref()))?;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::ApiError;
-use crate::formats::ReceiptSigner;
+use capvault_format::ReceiptSigner;
 
 /// Largest bundle accepted by default (bytes): twice the devices' default
 /// `upload.max_bundle_bytes` (8 MiB), for sealing overhead and headroom.

@@ -16,8 +16,8 @@ use serde::Serialize;
 
 use crate::db::{BundleRow, Db};
 use crate::error::ApiError;
-use crate::formats::{self, DevicePins, EnrollmentRecord, Identity, OpenedBundle, PinVerdict};
 use crate::store::BlobStore;
+use capvault_format::{DevicePins, EnrollmentRecord, Identity, OpenedBundle, PinVerdict};
 
 /// One finding of the export.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -169,7 +169,8 @@ pub async fn export<W: Write>(
     let rows = db.bundles(device.as_deref()).await?;
     let mut current: Option<StreamReport> = None;
     let mut prev: Option<Link> = None;
-    let op = |e: std::io::Error| ApiError::Operational(format!("cannot write the output: {e}"));
+    let op =
+        |e: &dyn std::fmt::Display| ApiError::Operational(format!("cannot write the output: {e}"));
     for row in rows {
         let same = current
             .as_ref()
@@ -198,7 +199,7 @@ pub async fn export<W: Write>(
         }
         match check_one(store, identity, &pins, &row, prev.as_ref()).await? {
             Checked::Released(opened, issues) => {
-                formats::write_events(&opened, out).map_err(op)?;
+                capvault_format::write_bundle_json_lines(&opened, out, None).map_err(|e| op(&e))?;
                 cur.bundles_exported += 1;
                 cur.events += opened.events.len() as u64;
                 cur.seq_range = Some(
@@ -218,7 +219,7 @@ pub async fn export<W: Write>(
     if let Some(c) = current.take() {
         report.streams.push(c);
     }
-    out.flush().map_err(op)?;
+    out.flush().map_err(|e| op(&e))?;
     Ok(report)
 }
 
@@ -251,7 +252,7 @@ async fn check_one(
     if data_encoding::HEXLOWER.encode(digest.as_ref()) != row.digest {
         return Ok(Checked::Rejected(Issue::BlobCorrupt { seq }));
     }
-    let opened = match formats::open_bundle(&bytes, identity) {
+    let opened = match capvault_format::open_bundle(&bytes, identity) {
         Ok(o) => o,
         Err(e) => {
             return Ok(Checked::Rejected(Issue::OpenFailed {
@@ -262,7 +263,7 @@ async fn check_one(
     };
     let h = &opened.header;
     let matches_row = h.device_id_hex() == row.device_id
-        && data_encoding::HEXLOWER.encode(&formats::stream_id(h)) == row.stream_id
+        && h.stream_id_hex() == row.stream_id
         && h.bundle_seq() == seq
         && pins.check(h) == PinVerdict::Pinned;
     if !matches_row {

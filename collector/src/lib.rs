@@ -18,7 +18,6 @@ mod config;
 mod db;
 mod error;
 mod export;
-mod formats;
 mod metrics;
 mod server;
 mod store;

@@ -79,21 +79,24 @@ fn a_stalled_body_gets_408_within_its_deadline_and_frees_the_slot() {
     let dir = tmp.path().join("c");
     init(&dir);
     let server = Server::start(&dir, &["--max-in-flight", "1", "--body-timeout", "1s"]);
-    let mut slow = TcpStream::connect(server.addr).unwrap();
-    write!(
-        slow,
-        "POST /v1/bundles HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc"
-    )
-    .unwrap();
-    slow.flush().unwrap();
-    // While it stalls it holds the only slot.
+    // While it stalls it holds the only slot. A probe that overlaps the slow request's
+    // arrival can take the slot first and get the slow request refused: then start a
+    // new slow request.
     let mut busy = false;
+    let mut slow = TcpStream::connect(server.addr).unwrap();
     for _ in 0..40 {
+        slow = TcpStream::connect(server.addr).unwrap();
+        write!(
+            slow,
+            "POST /v1/bundles HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc"
+        )
+        .unwrap();
+        slow.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
         if server.upload(b"x").status == 429 {
             busy = true;
             break;
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
     assert!(busy, "the stalled upload holds the slot");
     // Deadline: 1 s + 1000 bytes at 64 KiB/s.

@@ -33,7 +33,6 @@ use serde::Serialize;
 use super::AppState;
 use crate::db::{BundleRow, Inserted};
 use crate::error::ApiError;
-use crate::formats;
 
 #[derive(Serialize)]
 struct Accepted {
@@ -109,14 +108,14 @@ async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepte
     let size = bytes.len() as u64;
 
     let b = bytes.clone();
-    let inspected = tokio::task::spawn_blocking(move || formats::inspect_bundle(&b))
+    let inspected = tokio::task::spawn_blocking(move || capvault_format::inspect_bundle(&b))
         .await
         .map_err(|e| ApiError::Operational(format!("verify task: {e}")))?
         .map_err(|e| ApiError::MalformedBundle(e.to_string()))?;
     let h = &inspected.header;
     let hex = |b: &[u8]| data_encoding::HEXLOWER.encode(b);
     let device_id = h.device_id_hex();
-    let stream_id = hex(&formats::stream_id(h));
+    let stream_id = h.stream_id_hex();
     let seq = h.bundle_seq();
     let digest = hex(&inspected.digest);
 

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::AppState;
 use crate::db::Enrolled;
 use crate::error::ApiError;
-use crate::formats::EnrollmentRecord;
+use capvault_format::EnrollmentRecord;
 
 #[derive(Deserialize)]
 struct EnrollRequest {

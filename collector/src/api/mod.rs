@@ -13,9 +13,9 @@ use tokio::sync::Semaphore;
 
 use crate::db::Db;
 use crate::error::ApiError;
-use crate::formats::ReceiptSigner;
 use crate::metrics::Metrics;
 use crate::store::BlobStore;
+use capvault_format::ReceiptSigner;
 
 /// What every request handler sees.
 #[derive(Debug)]

@@ -7,9 +7,11 @@
 //! unless started by the parent). It appends mouse moves with consecutive `x` values and
 //! now and then a ~200 KB screenshot, flushes every few hundred events and prints
 //! `DURABLE <x>` after each flush; sometimes it seals a bundle, stores the bundle file
-//! (the "upload") and acknowledges it. The parent kills it after a delay drawn from the
-//! cycle's seed (some kills land right after a seal, before its ack), opens the vault
-//! and accounts for every event. A bundle sealed and not acknowledged must come back
+//! (the "upload") and acknowledges it. The parent kills it at a point drawn from the
+//! cycle's seed: while it opens, after a number of reported flushes plus a few
+//! milliseconds, or right after a seal before its ack (progress, not wall time, decides
+//! how much work a cycle does, so a loaded machine tests as much). Then it opens the
+//! vault and accounts for every event. A bundle sealed and not acknowledged must come back
 //! byte for byte after the kill, and no bundle sequence number is ever sealed twice
 //! with different bytes.
 //!
@@ -129,12 +131,16 @@ fn crash_child() {
         let n = 1 + rng.below(3);
         release(&mut rng, n);
     }
+    // A third of the children store a screenshot in their first batch, so that
+    // screenshots are covered however slowly the machine runs between kills.
+    let mut first_batch = true;
     while Instant::now() < deadline {
         for _ in 0..1 + rng.below(per_flush) {
             let _ = v.append_mouse_move(x, x as i32, cycle as i32).unwrap();
             x += 1;
         }
-        if rng.below(10) == 0 {
+        let early_shot = std::mem::take(&mut first_batch) && rng.below(3) == 0;
+        if early_shot || rng.below(10) == 0 {
             // Belongs right after the mouse move it is stamped with.
             let ts = x - 1;
             let _ = v
@@ -224,8 +230,9 @@ fn spawn_reader(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<St
 enum Kill {
     /// This long after starting it (often while it opens and recovers the vault).
     Spawn(Duration),
-    /// This long after it reported the vault open.
-    Open(Duration),
+    /// After it reported this many flushes since opening the vault, plus this long (so
+    /// the amount of work done depends on progress, not on the machine's speed).
+    Durable(u64, Duration),
     /// This long after it reported a sealed bundle (between seal and ack).
     Seal(Duration),
 }
@@ -250,6 +257,7 @@ fn run_child(dir: &Path, books: &Books, cycle: u64, seed: u64, kill: Kill) -> Ch
         .expect("the test binary re-runs itself");
     let (opened_tx, opened_rx) = std::sync::mpsc::channel();
     let (sealed_tx, sealed_rx) = std::sync::mpsc::channel();
+    let (durable_tx, durable_rx) = std::sync::mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     let out = std::thread::spawn(move || {
         let mut text = String::new();
@@ -261,6 +269,9 @@ fn run_child(dir: &Path, books: &Books, cycle: u64, seed: u64, kill: Kill) -> Ch
             if line.starts_with("SEALED ") {
                 let _ = sealed_tx.send(());
             }
+            if line.starts_with("DURABLE ") {
+                let _ = durable_tx.send(());
+            }
             text.push_str(&line);
             text.push('\n');
         }
@@ -269,9 +280,14 @@ fn run_child(dir: &Path, books: &Books, cycle: u64, seed: u64, kill: Kill) -> Ch
     let err = spawn_reader(child.stderr.take().unwrap());
     match kill {
         Kill::Spawn(d) => std::thread::sleep(d),
-        Kill::Open(d) => {
+        Kill::Durable(flushes, d) => {
             // A child that never opens the vault is reported below.
             if opened_rx.recv_timeout(Duration::from_secs(20)).is_ok() {
+                for _ in 0..flushes {
+                    if durable_rx.recv_timeout(Duration::from_secs(20)).is_err() {
+                        break;
+                    }
+                }
                 std::thread::sleep(d);
             }
         }
@@ -536,7 +552,7 @@ fn kill_9_at_random_moments_loses_no_flushed_event() {
         let kill = match rng.below(8) {
             0 => Kill::Spawn(Duration::from_millis(rng.below(120))),
             1 | 2 => Kill::Seal(Duration::from_micros(rng.below(3000))),
-            _ => Kill::Open(Duration::from_millis(rng.below(250))),
+            _ => Kill::Durable(rng.below(10), Duration::from_micros(rng.below(4000))),
         };
         let log = run_child(&dir, &books, cycle, seed, kill);
         kills_after_open += u64::from(log.opened);

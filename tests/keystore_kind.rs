@@ -40,3 +40,49 @@ fn files_under_walks_recursively() {
     let files = common::files_under(dir.path());
     assert_eq!(files, [dir.path().join("a/b/deep"), dir.path().join("top")]);
 }
+
+/// A capture agent started by pam_keyinit or systemd runs in a session keyring that
+/// does not link the user keyring; the vault must work there with keyutils, and the
+/// keys must be usable from another session afterwards.
+#[cfg(target_os = "linux")]
+#[test]
+fn keyutils_vaults_work_from_a_fresh_session_keyring() {
+    let d = tempfile::tempdir().unwrap();
+    let vault = d.path().join("v");
+    let in_fresh_session = |args: &[&str]| {
+        let out = std::process::Command::new("keyctl")
+            .args(["session", "-", env!("CARGO_BIN_EXE_capvault")])
+            .args(args)
+            .output()
+            .expect("keyctl runs (scripts/test.sh installs keyutils)");
+        assert!(
+            out.status.success(),
+            "capvault {args:?} in a fresh session keyring: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let v = vault.to_str().unwrap();
+    let user = format!("ku-session-{}", std::process::id());
+    in_fresh_session(&[
+        "init",
+        "--vault",
+        v,
+        "--user",
+        &user,
+        "--keystore",
+        "keyutils",
+    ]);
+    in_fresh_session(&["keys", "rotate", "--kek", "--vault", v, "--user", &user]);
+    // From this process's own session, then another fresh one.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_capvault"))
+        .args(["status", "--vault", v, "--user", &user])
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    in_fresh_session(&["verify", "--vault", v, "--user", &user]);
+    in_fresh_session(&["erase", "--vault", v, "--user", &user, "--yes"]);
+}

@@ -332,9 +332,11 @@ mod linux {
         ring: KeyRing,
     }
 
-    const KU_HINT: &str = "the kernel keyring (keyutils) must be usable: in containers, \
-        keyctl/add_key are often blocked by the seccomp profile; or choose keystore \
+    const KU_HINT: &str = "the kernel keyring (keyutils) must be usable, or choose keystore \
         \"secret-service\"";
+
+    /// Serializes puts, which stage keys in the process keyring.
+    static STAGING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     impl Keyutils {
         pub(super) fn open() -> Result<Self> {
@@ -362,6 +364,16 @@ mod linux {
                 KeyError::KeyRevoked | KeyError::KeyExpired => {
                     "the key was revoked or expired; delete it and restore the vault's keys"
                 }
+                KeyError::AccessDenied => {
+                    "the key's permissions do not allow it to this process; keys stored by \
+                     another uid or by another program under the same name cannot be used \
+                     (see `keyctl show @u`)"
+                }
+                KeyError::PermissionDenied | KeyError::OperationNotSupported => {
+                    "the kernel refused the keyctl call itself; in containers, keyctl and \
+                     add_key are often blocked by the seccomp profile; or choose keystore \
+                     \"secret-service\""
+                }
                 _ => KU_HINT,
             };
             Error::keychain(format!(
@@ -381,18 +393,40 @@ mod linux {
 
         fn put(&self, name: &str, secret: &[u8]) -> Result<()> {
             let desc = Self::description(name)?;
-            // add_key on an existing description in the same keyring updates that key's
-            // payload in place.
-            let key = self
-                .ring
+            // A key is created in the process keyring, which this process always
+            // possesses, given its permissions there, and only then linked into the
+            // user keyring. Created directly in the user keyring, it would not be
+            // possessed by a process whose session keyring does not link the user
+            // keyring (`keyctl session`, pam_keyinit logins, systemd services), and
+            // setting its permissions would be refused after it was already stored.
+            // One put at a time: the process keyring is shared by every thread.
+            let _one_at_a_time = STAGING.lock().unwrap_or_else(|e| e.into_inner());
+            let staging = KeyRing::from_special_id(KeyRingIdentifier::Process, true)
+                .map_err(|e| Self::error("create the process keyring for", &desc, e))?;
+            let key = staging
                 .add_key(&desc, secret)
                 .map_err(|e| Self::error("store", &desc, e))?;
             let perms = KeyPermissionsBuilder::builder()
                 .posessor(Permission::ALL)
                 .user(Permission::ALL)
                 .build();
-            key.set_perms(perms)
+            // Linking displaces a key of the same description in the user keyring,
+            // so a replaced secret is swapped in one step.
+            let linked = key
+                .set_perms(perms)
                 .map_err(|e| Self::error("set permissions on", &desc, e))
+                .and_then(|()| {
+                    self.ring
+                        .link_key(key)
+                        .map_err(|e| Self::error("store", &desc, e))
+                });
+            // The staging link goes whatever happened; a key that never reached the
+            // user keyring is destroyed rather than left behind.
+            let _ = staging.unlink_key(key);
+            if linked.is_err() {
+                let _ = key.invalidate();
+            }
+            linked
         }
 
         fn get(&self, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
@@ -660,6 +694,61 @@ mod tests {
         let found = store.get(&name);
         stray.invalidate().unwrap();
         assert!(found.unwrap().is_none(), "must not read keys outside @u");
+    }
+
+    /// Run by `keyutils_works_in_a_fresh_session_keyring` in a fresh session keyring
+    /// that does not link the user keyring, as under pam_keyinit or systemd.
+    #[test]
+    #[ignore = "helper: run under `keyctl session` by keyutils_works_in_a_fresh_session_keyring"]
+    fn keyutils_in_a_fresh_session_child() {
+        let Ok(name) = std::env::var("CAPVAULT_KU_NAME") else {
+            return;
+        };
+        use linux_keyutils::{KeyError, KeyRing, KeyRingIdentifier};
+        let store = open(KeyStoreKind::Keyutils);
+        store.put(&name, b"first").unwrap();
+        assert_eq!(store.get(&name).unwrap().unwrap().as_slice(), b"first");
+        store.put(&name, b"second, longer").unwrap();
+        assert_eq!(
+            store.get(&name).unwrap().unwrap().as_slice(),
+            b"second, longer"
+        );
+        // Nothing stays staged in the process keyring.
+        let process = KeyRing::from_special_id(KeyRingIdentifier::Process, false).unwrap();
+        assert!(process
+            .search(&format!("{SERVICE}:{name}"))
+            .is_err_and(|e| e == KeyError::KeyDoesNotExist));
+        println!("STORED");
+    }
+
+    #[test]
+    fn keyutils_works_in_a_fresh_session_keyring() {
+        let name = unique("fresh-session");
+        let out = std::process::Command::new("keyctl")
+            .args(["session", "-"])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "keys::keystore::tests::keyutils_in_a_fresh_session_child",
+                "--nocapture",
+            ])
+            .env("CAPVAULT_KU_NAME", &name)
+            .output()
+            .expect("keyctl runs (scripts/test.sh installs keyutils)");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("STORED"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Stored in the user keyring, readable from this (another) session.
+        let store = open(KeyStoreKind::Keyutils);
+        assert_eq!(
+            store.get(&name).unwrap().unwrap().as_slice(),
+            b"second, longer"
+        );
+        store.delete(&name).unwrap();
     }
 
     #[test]

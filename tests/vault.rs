@@ -613,3 +613,90 @@ fn sealing_a_tampered_log_fails_and_releases_nothing() {
     assert!(matches!(r, Err(Error::Tampered(_))), "{r:?}");
     v.close().unwrap();
 }
+
+#[test]
+fn a_short_kek_rotation_marker_is_tampering_not_a_panic() {
+    let d = tempfile::tempdir().unwrap();
+    let kind = KeyStoreKind::Keyutils;
+    Vault::open(d.path(), "alice", options(kind))
+        .unwrap()
+        .close()
+        .unwrap();
+    for marker in [
+        &b""[..],
+        b"\x00\x00\x00",
+        b"\x00\x00\x00\x01\x00\x00\x00\x02\x00",
+    ] {
+        {
+            let db = capvault::testing::open_raw_db(d.path());
+            common::user_tree(&db, "alice", "keys")
+                .insert("kek_rotation", marker)
+                .unwrap();
+            db.flush().unwrap();
+        }
+        match Vault::open(d.path(), "alice", options(kind)) {
+            Err(Error::Tampered(m)) => assert!(m.contains("rotation marker"), "{m}"),
+            other => panic!("a {}-byte marker: {other:?}", marker.len()),
+        }
+    }
+}
+
+/// A vault directory that already exists with a loose mode is closed before sled
+/// writes anything into it, so no file is ever reachable by other users.
+#[cfg(unix)]
+#[test]
+fn an_existing_open_directory_is_made_private_before_anything_is_written() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("v");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Stop right after sled created its files, before the modes are tightened.
+    capvault::testing::arm("store:after-sled-open");
+    let r = Vault::open(&dir, "alice", options(KeyStoreKind::Keyutils));
+    assert!(r.is_err(), "the armed failure fired");
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    // And a later open leaves every file private.
+    Vault::open(&dir, "alice", options(KeyStoreKind::Keyutils))
+        .unwrap()
+        .close()
+        .unwrap();
+    for f in files_under(&dir) {
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", f.display());
+    }
+}
+
+/// The longest user name the vault accepts works in every keychain, through a KEK
+/// rotation (a longer key name) and erase; one byte more is refused before anything
+/// is written.
+#[test]
+fn the_longest_user_name_works_in_every_keychain() {
+    let longest = "u".repeat(126) + "é"; // 128 bytes of UTF-8
+    assert_eq!(longest.len(), 128);
+    for kind in stores() {
+        let d = tempfile::tempdir().unwrap();
+        let v = Vault::open(d.path(), &longest, options(kind))
+            .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        let _ = v.append_mouse_move(1, 1, 1).unwrap();
+        v.rotate_kek().unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        v.flush().unwrap();
+        v.close().unwrap();
+        let v = Vault::open(d.path(), &longest, options(kind)).unwrap();
+        assert_eq!(captured(&v.test_read_all().unwrap()).len(), 1);
+        v.erase_open().unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+
+        let too_long = "u".repeat(129);
+        let e = Vault::open(d.path(), &too_long, options(kind)).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+        let db = capvault::testing::open_raw_db(d.path());
+        let hex: String = too_long.bytes().map(|b| format!("{b:02x}")).collect();
+        assert!(
+            !db.tree_names()
+                .iter()
+                .any(|n| n.windows(hex.len()).any(|w| w == hex.as_bytes())),
+            "nothing was written for the refused name"
+        );
+    }
+}

@@ -662,49 +662,26 @@ pub(crate) fn parse_bundle(bytes: &[u8]) -> Result<ParsedBundle<'_>> {
     })
 }
 
-/// Bundles at least this large are verified and decrypted on two threads.
-const PARALLEL_OPEN_MIN: usize = 1 << 20;
-
-/// Parses, verifies and opens a bundle. For large bundles the signature check (one
-/// SHA-256 pass) runs on a second thread while the payload is decrypted; the result
-/// is the same as checking first: a signature failure wins, and the decrypted
-/// payload is then dropped (its buffer zeroized) without being returned.
+/// Parses, verifies and opens a bundle. The signature is checked before anything
+/// else: anyone holding the recipient can make a ciphertext that decrypts, so nothing
+/// of an unsigned bundle is decrypted or decoded (docs/FORMAT.md).
 pub(crate) fn parse_and_open(
     bytes: &[u8],
     identity: &Identity,
 ) -> Result<(BundleHeader, [u8; 32], BundlePayload)> {
     let f = frame(bytes)?;
-    let open = |f: &Framed<'_>| -> Result<(BundleHeader, BundlePayload)> {
-        let header = decode_header(f)?;
-        let parsed = ParsedBundle {
-            header,
-            aad: f.aad,
-            enc: f.enc,
-            rcheck: f.rcheck,
-            ct: f.ct,
-            digest: [0; 32],
-        };
-        let payload = open_payload(&parsed, identity)?;
-        Ok((parsed.header, payload))
+    let digest = verify_signature(&f)?;
+    let header = decode_header(&f)?;
+    let parsed = ParsedBundle {
+        header,
+        aad: f.aad,
+        enc: f.enc,
+        rcheck: f.rcheck,
+        ct: f.ct,
+        digest,
     };
-    let (digest, opened) = if f.ct.len() >= PARALLEL_OPEN_MIN {
-        std::thread::scope(|s| {
-            let sig = s.spawn(|| verify_signature(&f));
-            let opened = open(&f);
-            let digest = sig
-                .join()
-                .unwrap_or_else(|_| Err(Error::tampered("the device signature check failed")));
-            (digest, opened)
-        })
-    } else {
-        match verify_signature(&f) {
-            Ok(d) => (Ok(d), open(&f)),
-            Err(e) => return Err(e),
-        }
-    };
-    let digest = digest?;
-    let (header, payload) = opened?;
-    Ok((header, digest, payload))
+    let payload = open_payload(&parsed, identity)?;
+    Ok((parsed.header, digest, payload))
 }
 
 /// Opens the HPKE layer of a parsed bundle and decodes the payload.

@@ -288,7 +288,7 @@ impl std::fmt::Debug for Event {
 
 /// An event with the sequence number the vault gave it. Event sequence numbers increase
 /// by one per stored event; a gap means events were removed (see the loss markers).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Zeroize)]
 pub struct SeqEvent {
     /// Event sequence number within this user's log.
     pub seq: u64,

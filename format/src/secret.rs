@@ -43,6 +43,32 @@ impl std::fmt::Debug for Key32 {
 /// A plaintext buffer of captured data: zeroized when dropped.
 pub type PlainBuf = Zeroizing<Vec<u8>>;
 
+/// Appends `more` to a secret buffer. When the buffer must grow, the bytes move to a
+/// larger allocation and the old one is wiped (a plain `extend` would hand it back to
+/// the allocator as it is).
+pub fn extend_zeroizing(buf: &mut PlainBuf, more: &[u8]) {
+    if buf.capacity() - buf.len() < more.len() {
+        let cap = (buf.len() + more.len()).max(buf.capacity() * 2);
+        let mut bigger = Zeroizing::new(Vec::with_capacity(cap));
+        bigger.extend_from_slice(buf);
+        std::mem::swap(buf, &mut bigger); // `bigger`, now the old buffer, is wiped on drop
+    }
+    buf.extend_from_slice(more);
+}
+
+/// Pushes onto a vector of secret values, wiping the old allocation when it grows (see
+/// [`extend_zeroizing`]).
+pub fn push_zeroizing<T: Zeroize>(v: &mut Vec<T>, item: T) {
+    if v.len() == v.capacity() {
+        let mut bigger = Vec::with_capacity((v.capacity() * 2).max(4));
+        bigger.append(v);
+        // Moved out bitwise: the old allocation still holds copies, wiped here.
+        v.zeroize();
+        *v = bigger;
+    }
+    v.push(item);
+}
+
 /// Fills `buf` from the operating system's CSPRNG (via `rand`'s thread RNG, which is
 /// seeded from and periodically reseeded by the OS).
 pub fn fill_random(buf: &mut [u8]) {
@@ -60,6 +86,24 @@ pub fn random_array<const N: usize>() -> [u8; N] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn growing_secret_buffers_keep_their_contents() {
+        let mut buf: PlainBuf = Zeroizing::new(Vec::new());
+        let mut expect = Vec::new();
+        for i in 0..200u8 {
+            let piece = vec![i; usize::from(i % 7)];
+            extend_zeroizing(&mut buf, &piece);
+            expect.extend_from_slice(&piece);
+        }
+        assert_eq!(*buf, expect);
+        let mut v: Vec<u64> = Vec::new();
+        for i in 0..1000 {
+            push_zeroizing(&mut v, i);
+            assert!(v.capacity() >= v.len());
+        }
+        assert_eq!(v, (0..1000).collect::<Vec<_>>());
+    }
 
     #[test]
     fn debug_never_shows_key_bytes() {

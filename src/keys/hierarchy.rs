@@ -164,6 +164,11 @@ impl KeyHierarchy {
         let mut kek_version = be_u32(&version, "the KEK version")?;
         if let Some(marker) = tree.get(ROTATION_MARKER)? {
             // An interrupted rotation: roll it forward.
+            if marker.len() != 8 {
+                return Err(Error::tampered(
+                    "the KEK rotation marker has the wrong size",
+                ));
+            }
             let to = be_u32(&marker[4..], "the rotation marker")?;
             let from = be_u32(&marker[..4], "the rotation marker")?;
             let mut h = Self::load(

@@ -129,11 +129,16 @@ fn unavailable(kind: KeyStoreKind) -> Error {
 }
 
 /// Rejects names no backend can store faithfully.
+/// The longest entry name: `kek/<32 hex>/<hex of a 128-byte user>/v<u32>` is 305
+/// bytes, so every user name the vault accepts fits; every backend takes far more
+/// (keyutils descriptions up to 4095 bytes, Windows targets up to 32767 characters).
+const MAX_NAME: usize = 400;
+
 fn check_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "a keychain entry name must be 1 to 200 bytes without control characters",
-        ));
+    if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(Error::invalid(format!(
+            "a keychain entry name must be 1 to {MAX_NAME} bytes without control characters"
+        )));
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::log::framer::FRAME_PREFIX;
 use crate::log::record::{RecordHeader, RecordKind, FLAG_FIRST, FLAG_LAST};
-use capvault_format::secret::PlainBuf;
+use capvault_format::secret::{extend_zeroizing, push_zeroizing, PlainBuf};
 use capvault_format::{Event, SeqEvent};
 
 #[derive(Default)]
@@ -34,7 +34,7 @@ impl Assembler {
                 let mut seq = seq;
                 while !rest.is_empty() {
                     let (event, r) = Event::decode_from(rest)?;
-                    out.push(SeqEvent { seq, event });
+                    push_zeroizing(out, SeqEvent { seq, event });
                     seq += 1;
                     rest = r;
                 }
@@ -43,7 +43,7 @@ impl Assembler {
                 let first = header.flags & FLAG_FIRST != 0;
                 match (&mut self.partial, first) {
                     (None, true) => self.partial = Some(plaintext),
-                    (Some(p), false) => p.extend_from_slice(&plaintext),
+                    (Some(p), false) => extend_zeroizing(p, &plaintext),
                     _ => {
                         return Err(Error::tampered(
                             "chunks of a large payload are out of order",
@@ -57,7 +57,7 @@ impl Assembler {
                     if !rest.is_empty() {
                         return Err(Error::tampered("a chunked payload has trailing bytes"));
                     }
-                    out.push(SeqEvent { seq, event });
+                    push_zeroizing(out, SeqEvent { seq, event });
                 }
             }
         }

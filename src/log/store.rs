@@ -97,6 +97,7 @@ impl Store {
     pub(crate) fn open(dir: &Path, cache_bytes: u64, fsync: bool) -> Result<Store> {
         create_private_dir(dir)?;
         let db = Self::raw(dir, cache_bytes, true)?;
+        crate::failpoint::hit("store:after-sled-open")?;
         let store = Store {
             db,
             dir: dir.to_path_buf(),
@@ -191,6 +192,21 @@ fn create_private_dir(dir: &Path) -> Result<()> {
                 "{} exists and is not a directory",
                 dir.display()
             )));
+        }
+        // Closed before sled creates its files in it: files made with the process's
+        // umask are then out of other users' reach until `restrict` fixes their modes.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir)?.permissions().mode();
+            if mode & 0o777 != 0o700 {
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
+                    Error::Storage(format!(
+                        "cannot make vault directory {} private (mode 0700): {e}",
+                        dir.display()
+                    ))
+                })?;
+            }
         }
         return Ok(());
     }

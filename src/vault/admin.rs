@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::Serialize;
+use zeroize::Zeroizing;
 
 use super::{now_us, Inner, Vault, STATE_PAUSE_DROPPED, STATE_PAUSE_UNTIL};
 use crate::error::{Error, Result};
@@ -336,10 +337,10 @@ impl Inner {
 
     /// Decrypts every live record in order and returns its events (crate-internal: the
     /// sealing and subject-access paths, and tests).
-    pub(crate) fn read_events(&self, to_record: u64) -> Result<Vec<SeqEvent>> {
+    pub(crate) fn read_events(&self, to_record: u64) -> Result<Zeroizing<Vec<SeqEvent>>> {
         let keys = self.keys()?;
         let mut asm = Assembler::default();
-        let mut out = Vec::new();
+        let mut out = Zeroizing::new(Vec::new());
         self.log
             .read(&keys, &|v| self.purpose_of(v), to_record, &mut |r| {
                 asm.feed(&r.header, r.plaintext, &mut out)?;
@@ -418,6 +419,6 @@ impl Vault {
     pub fn test_read_all(&self) -> Result<Vec<SeqEvent>> {
         let inner = self.inner();
         let _p = inner.quiesce()?;
-        inner.read_events(u64::MAX)
+        Ok(std::mem::take(&mut *inner.read_events(u64::MAX)?))
     }
 }

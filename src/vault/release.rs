@@ -19,6 +19,7 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use super::{now_us, Inner, Vault};
 use crate::aead;
@@ -27,8 +28,8 @@ use crate::failpoint;
 use crate::keys::hierarchy::KeyHierarchy;
 use crate::log::assemble::Assembler;
 use crate::options::VaultOptions;
-use capvault_format::secret::random_array;
 use capvault_format::secret::Key32;
+use capvault_format::secret::{push_zeroizing, random_array};
 use capvault_format::DeviceKey;
 use capvault_format::SeqEvent;
 use capvault_format::{bundle_id, verify_receipt, ReceiptKey, Recipient, SealedBundle};
@@ -389,16 +390,16 @@ impl Inner {
         keys: &KeyHierarchy,
         to: u64,
         max_bytes: usize,
-    ) -> Result<(Vec<SeqEvent>, u64)> {
+    ) -> Result<(Zeroizing<Vec<SeqEvent>>, u64)> {
         let budget = max_bytes.saturating_sub(BUNDLE_OVERHEAD);
         let mut asm = Assembler::default();
-        let mut events = Vec::new();
+        let mut events = Zeroizing::new(Vec::new());
         let mut total = 0usize;
         let mut last = 0u64;
         let mut run_bytes = 0usize;
         self.log.read(keys, &|v| self.purpose_of(v), to, &mut |r| {
             run_bytes += r.plaintext.len();
-            let mut new = Vec::new();
+            let mut new = Zeroizing::new(Vec::new());
             asm.feed(&r.header, r.plaintext, &mut new)?;
             if !asm.at_boundary() {
                 return Ok(true);
@@ -411,7 +412,9 @@ impl Inner {
                 return Ok(false);
             }
             total += add;
-            events.extend(new);
+            for e in new.drain(..) {
+                push_zeroizing(&mut events, e);
+            }
             last = r.seq;
             Ok(true)
         })?;
@@ -484,7 +487,7 @@ impl Vault {
 
     /// Subject access: the data subject reads their own stored events. Every call is
     /// recorded in the audit ledger.
-    pub fn subject_access(&self) -> Result<Vec<SeqEvent>> {
+    pub fn subject_access(&self) -> Result<Zeroizing<Vec<SeqEvent>>> {
         let inner = self.inner();
         let events = {
             let _p = inner.quiesce()?;

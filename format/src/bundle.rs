@@ -669,19 +669,9 @@ pub(crate) fn parse_and_open(
     bytes: &[u8],
     identity: &Identity,
 ) -> Result<(BundleHeader, [u8; 32], BundlePayload)> {
-    let f = frame(bytes)?;
-    let digest = verify_signature(&f)?;
-    let header = decode_header(&f)?;
-    let parsed = ParsedBundle {
-        header,
-        aad: f.aad,
-        enc: f.enc,
-        rcheck: f.rcheck,
-        ct: f.ct,
-        digest,
-    };
+    let parsed = parse_bundle(bytes)?;
     let payload = open_payload(&parsed, identity)?;
-    Ok((parsed.header, digest, payload))
+    Ok((parsed.header, parsed.digest, payload))
 }
 
 /// Opens the HPKE layer of a parsed bundle and decodes the payload.

@@ -17,10 +17,13 @@
 //!    works nobody took the request and nothing happened. If the file is gone the owner
 //!    took it, and the client waits a while longer for the answer.
 //!
-//! Only the vault directory's owner (or root) can write there: the directory is 0700.
-//! The owner still refuses anything that is not a small regular file owned by the
-//! directory's owner, ignores requests for other users (another handle may serve
-//! them), and deletes requests older than [`STALE_AFTER`].
+//! Who may ask: the serving process opens `requests/` once, when the vault is opened,
+//! and from then on reads, renames and writes only relative to that directory handle,
+//! never following symbolic links, so renaming or replacing the vault directory later
+//! cannot point it at someone else's files. It accepts only small regular files owned
+//! by its own uid or by root; anything else is refused (answered, never run). It
+//! ignores requests for other users (another handle may serve them) and deletes
+//! requests older than [`STALE_AFTER`]. docs/SECURITY.md states the rule.
 
 use std::fs;
 use std::io::Write;
@@ -177,7 +180,7 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
 }
 
 /// Reads a small regular file owned by the same user as `dir`; refuses symbolic links,
-/// other owners and oversized files.
+/// other owners and oversized files (the client's check of a response).
 fn read_checked(dir: &Path, path: &Path) -> Option<Vec<u8>> {
     let meta = fs::symlink_metadata(path).ok()?;
     if !meta.file_type().is_file() || meta.len() > MAX_FILE {
@@ -198,11 +201,202 @@ fn requests_dir(vault_dir: &Path) -> PathBuf {
     vault_dir.join(REQUEST_DIR)
 }
 
-fn answer(dir: &Path, id: &str, resp: &Response) -> Result<()> {
-    let bytes = serde_json::to_vec(resp).expect("responses serialize");
-    write_atomic(dir, &format!("{id}.resp"), &bytes)?;
-    let _ = fs::remove_file(dir.join(format!("{id}.taken")));
-    Ok(())
+/// What reading one request file gave.
+enum Taken {
+    Bytes(Vec<u8>),
+    /// Not something this process runs: the reason, for the answer.
+    Refused(String),
+    /// Vanished meanwhile (the client gave up, or another server took it).
+    Gone,
+}
+
+/// The request directory as the serving process holds it (see the module docs).
+pub(crate) struct Inbox {
+    path: PathBuf,
+    #[cfg(unix)]
+    fd: std::os::fd::OwnedFd,
+    #[cfg(unix)]
+    uid: u32,
+}
+
+#[cfg(unix)]
+impl Inbox {
+    /// Creates `requests/` if needed and opens it: it must be a directory (not a
+    /// link) owned by this process's uid or root and writable by nobody else.
+    pub(crate) fn open(vault_dir: &Path) -> Result<Inbox> {
+        use rustix::fs::{Mode, OFlags};
+        let path = requests_dir(vault_dir);
+        match rustix::fs::mkdir(&path, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(io_err("cannot create", &path, e.into())),
+        }
+        let fd = rustix::fs::open(
+            &path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err("cannot open", &path, e.into()))?;
+        let uid = rustix::process::geteuid().as_raw();
+        let st = rustix::fs::fstat(&fd).map_err(|e| io_err("cannot inspect", &path, e.into()))?;
+        if st.st_uid != uid && st.st_uid != 0 {
+            return Err(Error::Storage(format!(
+                "{} belongs to uid {}, not to this process (uid {uid}) or root; requests \
+                 from other processes are not served until it is removed",
+                path.display(),
+                st.st_uid
+            )));
+        }
+        if st.st_mode & 0o022 != 0 {
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))
+                .map_err(|e| io_err("cannot make private", &path, e.into()))?;
+        }
+        Ok(Inbox { path, fd, uid })
+    }
+
+    fn names(&self) -> Result<Vec<String>> {
+        let dir = rustix::fs::Dir::read_from(&self.fd)
+            .map_err(|e| io_err("cannot list", &self.path, e.into()))?;
+        let mut names = Vec::new();
+        for entry in dir {
+            let entry = entry.map_err(|e| io_err("cannot list", &self.path, e.into()))?;
+            if let Ok(name) = entry.file_name().to_str() {
+                names.push(name.to_string());
+            }
+        }
+        Ok(names)
+    }
+
+    fn read(&self, name: &str) -> Taken {
+        use rustix::fs::{FileType, Mode, OFlags};
+        use std::io::Read;
+        let fd = match rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Taken::Gone,
+            Err(rustix::io::Errno::LOOP) => {
+                return Taken::Refused("the request is a symbolic link".into())
+            }
+            Err(e) => return Taken::Refused(format!("the request cannot be opened: {e}")),
+        };
+        let st = match rustix::fs::fstat(&fd) {
+            Ok(st) => st,
+            Err(e) => return Taken::Refused(format!("the request cannot be inspected: {e}")),
+        };
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Taken::Refused("the request is not a regular file".into());
+        }
+        if st.st_uid != self.uid && st.st_uid != 0 {
+            return Taken::Refused(format!(
+                "the request file belongs to uid {}; the process holding the vault runs as \
+                 uid {} and accepts requests only from that uid or root",
+                st.st_uid, self.uid
+            ));
+        }
+        let mut bytes = Vec::new();
+        match fs::File::from(fd)
+            .take(MAX_FILE + 1)
+            .read_to_end(&mut bytes)
+        {
+            Ok(n) if n as u64 <= MAX_FILE => Taken::Bytes(bytes),
+            Ok(_) => Taken::Refused("the request is too large".into()),
+            Err(e) => Taken::Refused(format!("the request cannot be read: {e}")),
+        }
+    }
+
+    fn rename(&self, from: &str, to: &str) -> bool {
+        rustix::fs::renameat(&self.fd, from, &self.fd, to).is_ok()
+    }
+
+    fn remove(&self, name: &str) {
+        let _ = rustix::fs::unlinkat(&self.fd, name, rustix::fs::AtFlags::empty());
+    }
+
+    fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        use rustix::fs::{Mode, OFlags};
+        let tmp = format!(".{name}.tmp");
+        self.remove(&tmp);
+        let fd = rustix::fs::openat(
+            &self.fd,
+            tmp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| io_err("cannot create", &self.path.join(&tmp), e.into()))?;
+        let mut f = fs::File::from(fd);
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io_err("cannot write", &self.path.join(&tmp), e))?;
+        rustix::fs::renameat(&self.fd, tmp.as_str(), &self.fd, name)
+            .map_err(|e| io_err("cannot rename", &self.path.join(name), e.into()))
+    }
+}
+
+/// Without directory handles, by path (no uid to check against).
+#[cfg(not(unix))]
+impl Inbox {
+    pub(crate) fn open(vault_dir: &Path) -> Result<Inbox> {
+        let path = requests_dir(vault_dir);
+        if let Err(e) = fs::create_dir(&path) {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(io_err("cannot create", &path, e));
+            }
+        }
+        Ok(Inbox { path })
+    }
+
+    fn names(&self) -> Result<Vec<String>> {
+        let entries = fs::read_dir(&self.path).map_err(|e| io_err("cannot list", &self.path, e))?;
+        Ok(entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .collect())
+    }
+
+    fn read(&self, name: &str) -> Taken {
+        let path = self.path.join(name);
+        match fs::symlink_metadata(&path) {
+            Err(_) => Taken::Gone,
+            Ok(m) if !m.file_type().is_file() => {
+                Taken::Refused("the request is not a regular file".into())
+            }
+            Ok(m) if m.len() > MAX_FILE => Taken::Refused("the request is too large".into()),
+            Ok(_) => fs::read(&path).map_or(Taken::Gone, Taken::Bytes),
+        }
+    }
+
+    fn rename(&self, from: &str, to: &str) -> bool {
+        fs::rename(self.path.join(from), self.path.join(to)).is_ok()
+    }
+
+    fn remove(&self, name: &str) {
+        let _ = fs::remove_file(self.path.join(name));
+    }
+
+    fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        write_atomic(&self.path, name, bytes)
+    }
+}
+
+impl Inbox {
+    fn answer(&self, id: &str, resp: &Response) -> Result<()> {
+        let bytes = serde_json::to_vec(resp).expect("responses serialize");
+        self.write_atomic(&format!("{id}.resp"), &bytes)?;
+        self.remove(&format!("{id}.taken"));
+        Ok(())
+    }
+
+    /// Takes request `id` (exactly one server wins the rename) and answers `e`.
+    fn refuse(&self, id: &str, e: &Error) -> Result<bool> {
+        if !self.rename(&format!("{id}.req"), &format!("{id}.taken")) {
+            return Ok(false);
+        }
+        self.answer(id, &Response::err(id, e))?;
+        Ok(true)
+    }
 }
 
 fn execute(inner: &Inner, op: &Op) -> Result<serde_json::Value> {
@@ -234,39 +428,36 @@ fn execute(inner: &Inner, op: &Op) -> Result<serde_json::Value> {
 
 /// Answers the pending hand-off requests for the user of `inner`. Requests for other
 /// users are left for the handle that serves them. Returns how many were answered.
-pub(crate) fn serve_requests(inner: &Inner, vault_dir: &Path) -> Result<usize> {
-    let dir = requests_dir(vault_dir);
+pub(crate) fn serve_requests(inner: &Inner, inbox: &Inbox) -> Result<usize> {
     let mut answered = 0;
-    let entries = match fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(io_err("cannot list", &dir, e)),
-    };
     let mut pending: Vec<(i64, String, Request)> = Vec::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
+    for name in inbox.names()? {
         let Some(id) = name.strip_suffix(".req") else {
             continue;
         };
         if !valid_id(id) {
             continue;
         }
-        let path = dir.join(name);
-        let req = read_checked(&dir, &path)
-            .and_then(|b| serde_json::from_slice::<Request>(&b).ok())
+        let bytes = match inbox.read(&name) {
+            Taken::Bytes(b) => b,
+            Taken::Gone => continue,
+            Taken::Refused(why) => {
+                let e = Error::InvalidArgument(format!("hand-off request refused: {why}"));
+                answered += usize::from(inbox.refuse(id, &e)?);
+                continue;
+            }
+        };
+        let req = serde_json::from_slice::<Request>(&bytes)
+            .ok()
             .filter(|r| r.v == VERSION && r.id == id);
         let Some(req) = req else {
             // Not a request we understand: answer so the client does not hang.
-            if fs::rename(&path, dir.join(format!("{id}.taken"))).is_ok() {
-                let e = Error::InvalidArgument("malformed hand-off request".into());
-                answer(&dir, id, &Response::err(id, &e))?;
-                answered += 1;
-            }
+            let e = Error::InvalidArgument("malformed hand-off request".into());
+            answered += usize::from(inbox.refuse(id, &e)?);
             continue;
         };
         if now_us() - req.created_us > STALE_AFTER.as_micros() as i64 {
-            let _ = fs::remove_file(&path);
+            inbox.remove(&name);
             continue;
         }
         if req.user != inner.user {
@@ -282,19 +473,14 @@ pub(crate) fn serve_requests(inner: &Inner, vault_dir: &Path) -> Result<usize> {
         }
         // Take the request; if the rename fails another server (or the client's timeout)
         // got there first.
-        if fs::rename(
-            dir.join(format!("{id}.req")),
-            dir.join(format!("{id}.taken")),
-        )
-        .is_err()
-        {
+        if !inbox.rename(&format!("{id}.req"), &format!("{id}.taken")) {
             continue;
         }
         let resp = match execute(inner, &req.op) {
             Ok(v) => Response::ok(&id, v),
             Err(e) => Response::err(&id, &e),
         };
-        answer(&dir, &id, &resp)?;
+        inbox.answer(&id, &resp)?;
         answered += 1;
     }
     Ok(answered)

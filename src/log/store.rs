@@ -169,7 +169,13 @@ impl Store {
     pub(crate) fn durable_flush(&self) -> Result<()> {
         self.db.flush()?;
         if self.fsync {
-            sync_tree(&self.dir)?;
+            sync_tree(&self.dir).map_err(|e| {
+                Error::Storage(format!(
+                    "cannot sync the vault directory {} (was it moved or deleted while \
+                     open?): {e}",
+                    self.dir.display()
+                ))
+            })?;
         }
         Ok(())
     }

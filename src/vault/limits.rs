@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::release::RELEASE_STATE;
 use super::{now_us, Inner};
 use crate::error::Result;
+use crate::handoff::Inbox;
 use crate::log::record::{RecordHeader, RecordKind, FLAG_LAST};
 use crate::policy::BudgetAction;
 use capvault_format::{Event, LossReason, Marker};
@@ -18,9 +19,10 @@ use capvault_format::{Event, LossReason, Marker};
 const MAINTENANCE_TICK: Duration = Duration::from_millis(500);
 
 /// The maintenance thread: enforces limits and scheduled DEK rotation, and answers
-/// hand-off requests from other processes (`capvault` CLI), until told to stop
-/// (or until the vault is dropped).
-pub(crate) fn run(inner: Arc<Inner>, stop: Receiver<()>) {
+/// hand-off requests from other processes (`capvault` CLI) through `inbox`, opened
+/// when the vault was, until told to stop (or until the vault is dropped). Each duty
+/// runs whatever happened to the others; their failures show in `status`.
+pub(crate) fn run(inner: Arc<Inner>, mut inbox: Result<Inbox>, stop: Receiver<()>) {
     loop {
         match stop.recv_timeout(MAINTENANCE_TICK) {
             Err(RecvTimeoutError::Timeout) => {}
@@ -29,11 +31,26 @@ pub(crate) fn run(inner: Arc<Inner>, stop: Receiver<()>) {
         if inner.is_erased() {
             continue;
         }
-        let result = inner
-            .enforce_limits()
-            .and_then(|()| inner.rotate_if_due())
-            .and_then(|()| crate::handoff::serve_requests(&inner, &inner.dir()).map(|_| ()));
-        inner.set_maintenance_error(result.err());
+        let mut problems = Vec::new();
+        if let Err(e) = inner.enforce_limits() {
+            problems.push(format!("retention and budget: {e}"));
+        }
+        if let Err(e) = inner.rotate_if_due() {
+            problems.push(format!("scheduled key rotation: {e}"));
+        }
+        if inbox.is_err() {
+            // Could not be opened with the vault (say, the disk was full): try again.
+            inbox = Inbox::open(&inner.dir());
+        }
+        match &inbox {
+            Ok(inbox) => {
+                if let Err(e) = crate::handoff::serve_requests(&inner, inbox) {
+                    problems.push(format!("hand-off requests: {e}"));
+                }
+            }
+            Err(e) => problems.push(format!("hand-off requests are not served: {e}")),
+        }
+        inner.set_maintenance_problems(&problems);
     }
 }
 

@@ -295,9 +295,12 @@ impl Vault {
             .map_err(|e| Error::Storage(format!("cannot start the writer thread: {e}")))?;
         let (stop, stopped) = mpsc::channel();
         let worker = inner.clone();
+        // Opened now, so that what is served is this vault's request directory even if
+        // the vault directory is renamed or replaced later.
+        let inbox = crate::handoff::Inbox::open(&inner.dir());
         let maintenance = std::thread::Builder::new()
             .name("capvault-maintenance".into())
-            .spawn(move || limits::run(worker, stopped))
+            .spawn(move || limits::run(worker, inbox, stopped))
             .map_err(|e| Error::Storage(format!("cannot start the maintenance thread: {e}")))?;
         #[allow(unused_mut)]
         let mut vault = Vault {
@@ -833,11 +836,12 @@ impl Inner {
         self.store.durable_flush()
     }
 
-    pub(crate) fn set_maintenance_error(&self, e: Option<Error>) {
+    pub(crate) fn set_maintenance_problems(&self, problems: &[String]) {
         *self
             .maintenance_error
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = e.map(|e| e.to_string());
+            .unwrap_or_else(|p| p.into_inner()) =
+            (!problems.is_empty()).then(|| problems.join("; "));
     }
 
     pub(crate) fn maintenance_error(&self) -> Option<String> {

@@ -1,0 +1,178 @@
+//! The hand-off serves requests only from the holder's own uid (or root), through the
+//! request directory it opened with the vault (docs/SECURITY.md, "Hand-off").
+mod common;
+
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use capvault::handoff::{request, Op, VERSION};
+use capvault::{KeyStoreKind, Vault};
+use common::options;
+
+/// The uid the attacker runs as (no account needed: `setpriv` switches to it).
+const OTHER_UID: u32 = 4242;
+
+/// A well-formed erase request for `user` with request id `fill` x 32.
+fn erase_request(fill: char, user: &str) -> (String, String) {
+    let id = fill.to_string().repeat(32);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros();
+    let json =
+        format!(r#"{{"v":{VERSION},"id":"{id}","user":"{user}","created_us":{now},"op":"erase"}}"#);
+    (id, json)
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .ok()
+        == Some(0)
+}
+
+fn as_other_uid(script: &str, env: &[(&str, &Path)]) {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        &format!("--reuid={OTHER_UID}"),
+        &format!("--regid={OTHER_UID}"),
+        "--clear-groups",
+        "sh",
+        "-c",
+        script,
+    ]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("setpriv runs (util-linux)");
+    assert!(
+        out.status.success(),
+        "the other uid's script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A user who owns the directory above a root-held vault moves the vault directory
+/// away and puts an erase request where the vault used to be. The holder keeps serving
+/// the request directory it opened, so the forged request is never seen, and genuine
+/// requests still reach it at the vault's new path.
+#[test]
+fn a_user_owning_the_parent_directory_cannot_erase_a_held_vault() {
+    if !is_root() {
+        eprintln!("skipped: creating a second uid needs root (scripts/test.sh runs as root in CI)");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let parent = d.path().join("home");
+    std::fs::create_dir(&parent).unwrap();
+    std::os::unix::fs::chown(&parent, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let vault = parent.join("v");
+    let user = "alice";
+    let agent = Vault::open(&vault, user, options(KeyStoreKind::Keyutils)).unwrap();
+    for x in 0..10 {
+        let _ = agent.append_mouse_move(x, x as i32, 0).unwrap();
+    }
+    agent.flush().unwrap();
+
+    let (id, json) = erase_request('a', user);
+    let forged = parent.join("v/requests").join(format!("{id}.req"));
+    as_other_uid(
+        r#"mv "$P/v" "$P/v.moved" && mkdir -p "$P/v/requests" && printf '%s' "$REQ" > "$F""#
+            .replace("$REQ", &json.replace('"', "\\\""))
+            .as_str(),
+        &[("P", &parent), ("F", &forged)],
+    );
+    // Several maintenance ticks.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(forged.exists(), "the forged request was never taken");
+    // Not erased: the agent still appends, and every event reads.
+    assert!(agent.append_mouse_move(10, 10, 0).is_ok());
+    assert_eq!(agent.test_read_all().unwrap().len(), 11);
+
+    // The owner's own requests, at the vault's new path, are still answered.
+    let moved = parent.join("v.moved");
+    let resp = request(&moved, user, Op::Enroll, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("the holder did not answer at the vault's new path: {e:?}"));
+    assert!(resp.ok, "{resp:?}");
+    agent.close().unwrap();
+}
+
+/// Inside the holder's own request directory: a symbolic link, and a file that belongs
+/// to another uid, are refused with an answer that says why, and run nothing.
+#[test]
+fn links_and_other_owners_requests_are_refused_and_answered() {
+    let d = tempfile::tempdir().unwrap();
+    let vault = d.path().join("v");
+    let user = "bob";
+    let agent = Vault::open(&vault, user, options(KeyStoreKind::Keyutils)).unwrap();
+    let _ = agent.append_mouse_move(1, 1, 1).unwrap();
+    agent.flush().unwrap();
+    let requests = vault.join("requests");
+
+    // A link to a well-formed erase request elsewhere.
+    let (id, json) = erase_request('a', user);
+    let target = d.path().join("elsewhere.json");
+    std::fs::write(&target, &json).unwrap();
+    symlink(&target, requests.join(format!("{id}.req"))).unwrap();
+    let resp = wait_for_response(&requests, &id);
+    assert!(resp.contains("symbolic link"), "{resp}");
+
+    if is_root() {
+        // A regular request file that belongs to another uid.
+        let (id, json) = erase_request('b', user);
+        let f = requests.join(format!("{id}.req"));
+        std::fs::write(&f, json).unwrap();
+        std::os::unix::fs::chown(&f, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+        let resp = wait_for_response(&requests, &id);
+        assert!(resp.contains(&format!("uid {OTHER_UID}")), "{resp}");
+    }
+    assert!(!agent.status().unwrap().erased);
+    assert_eq!(agent.test_read_all().unwrap().len(), 1);
+    agent.close().unwrap();
+}
+
+fn wait_for_response(requests: &Path, id: &str) -> String {
+    let path = requests.join(format!("{id}.resp"));
+    for _ in 0..100 {
+        if let Ok(s) = std::fs::read_to_string(&path) {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no answer to request {id}");
+}
+
+/// A maintenance duty that keeps failing (here retention, by an injected failure at
+/// every attempt) neither stops the hand-off nor goes unnoticed: requests are still
+/// answered and `status` names the failing duty.
+#[test]
+fn a_failing_maintenance_duty_does_not_stop_the_hand_off() {
+    let d = tempfile::tempdir().unwrap();
+    let vault = d.path().join("v");
+    let user = "carol";
+    let mut o = options(KeyStoreKind::Keyutils);
+    o.policy.retention_secs = 1;
+    let agent = Vault::open(&vault, user, o).unwrap();
+    for x in 0..20 {
+        let _ = agent.append_mouse_move(x, 1, 1).unwrap();
+    }
+    agent.flush().unwrap();
+    for _ in 0..10_000 {
+        capvault::testing::arm("prune:before-batch");
+    }
+    std::thread::sleep(Duration::from_millis(1500)); // the records are now due
+    let resp = request(&vault, user, Op::Pause { secs: 60 }, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("the hand-off stopped answering: {e:?}"));
+    assert!(resp.ok, "{resp:?}");
+    let st = agent.status().unwrap();
+    let problem = st.maintenance_error.expect("the failure shows in status");
+    assert!(
+        problem.contains("retention and budget") && problem.contains("injected failure"),
+        "{problem}"
+    );
+    assert!(st.pause.paused_until_us.is_some());
+    agent.close().unwrap();
+}

@@ -299,6 +299,7 @@ fn help_shows_an_example_for_every_command() {
         vec!["show"],
         vec!["audit"],
         vec!["recipient", "new"],
+        vec!["recipient", "show"],
         vec!["open"],
         vec!["receipt"],
     ] {
@@ -658,18 +659,7 @@ fn recipient_open_receipt_as_a_collector_would() {
 #[test]
 fn seal_open_ack_with_receipts_end_to_end() {
     let f = Fixture::new(KeyStoreKind::Keyutils);
-    let id_file = f.root.join("collector.identity");
-    let out = run(&[
-        "recipient",
-        "new",
-        "--json",
-        "--out",
-        id_file.to_str().unwrap(),
-    ]);
-    assert_ok(&out, &["recipient new"]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let recipient = v["recipient"].as_str().unwrap().to_string();
-    let receipt_key = v["receipt_key"].as_str().unwrap().to_string();
+    let (id_file, recipient, receipt_key) = new_identity(&f.root, "collector.identity");
     f.init();
     // Three captures, three records at least: more than one 2K bundle.
     for _ in 0..3 {
@@ -1021,26 +1011,8 @@ fn without_a_usable_keychain_nothing_is_written() {
 #[test]
 fn seal_retries_are_identical_enroll_works_held_or_not_and_the_receipt_key_sticks() {
     let f = Fixture::new(KeyStoreKind::Keyutils);
-    let id_file = f.root.join("collector.identity");
-    let other_file = f.root.join("other.identity");
-    let mut keys = Vec::new();
-    for file in [&id_file, &other_file] {
-        let out = run(&[
-            "recipient",
-            "new",
-            "--json",
-            "--out",
-            file.to_str().unwrap(),
-        ]);
-        assert_ok(&out, &["recipient new"]);
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        keys.push((
-            v["recipient"].as_str().unwrap().to_string(),
-            v["receipt_key"].as_str().unwrap().to_string(),
-        ));
-    }
-    let (recipient, receipt_key) = keys[0].clone();
-    let (other_recipient, other_key) = keys[1].clone();
+    let (id_file, recipient, receipt_key) = new_identity(&f.root, "collector.identity");
+    let (other_file, other_recipient, other_key) = new_identity(&f.root, "other.identity");
     f.init();
     capture(&f, 50);
     let outbox = f.root.join("outbox");

@@ -949,19 +949,7 @@ pub fn show(a: &ShowArgs) -> CliResult<()> {
     let written = capvault::write_json_lines(&events, &mut out, a.blobs_dir.as_deref())
         .map_err(Error::from)
         .and_then(|()| out.flush().map_err(Error::from));
-    written.map_err(|e| {
-        CliError::failure(match &a.blobs_dir {
-            Some(d) => format!(
-                "cannot write the records to stdout or their payloads to {}: {}",
-                d.display(),
-                output::describe(&e)
-            ),
-            None => format!(
-                "cannot write the records to stdout: {}",
-                output::describe(&e)
-            ),
-        })
-    })
+    written.map_err(|e| output::write_events_error("records", a.blobs_dir.as_deref(), &e))
 }
 
 pub fn audit(va: &VaultArgs, json: bool) -> CliResult<()> {

@@ -310,7 +310,7 @@ fn open_bundles(a: &OpenArgs, json: bool) -> CliResult<()> {
     let mut verdicts: Vec<Verdict> = Vec::new();
     let mut reject = |v: &mut Verdict, e: CliError| {
         if !json {
-            eprintln!("error: {}", e.message);
+            eprintln!("error: {}", output::redact(&e.message));
         }
         v.verdict = "rejected";
         v.reason = Some(e.message);
@@ -482,17 +482,7 @@ fn open_bundles(a: &OpenArgs, json: bool) -> CliResult<()> {
 
 /// Writing events failed: stdout, or a blob file in --blobs-dir.
 fn write_error(a: &OpenArgs, e: Error) -> CliError {
-    CliError::failure(match &a.blobs_dir {
-        Some(d) => format!(
-            "cannot write the events to stdout or their payloads to {}: {}",
-            d.display(),
-            output::describe(&e)
-        ),
-        None => format!(
-            "cannot write the events to stdout: {}",
-            output::describe(&e)
-        ),
-    })
+    output::write_events_error("events", a.blobs_dir.as_deref(), &e)
 }
 
 fn print_chain_report(report: &capvault::ChainReport) {

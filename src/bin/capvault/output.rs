@@ -92,6 +92,22 @@ pub fn describe_format(e: &capvault_format::Error) -> String {
     describe(&capvault::Error::from(e.clone()))
 }
 
+/// Writing JSON Lines failed: stdout, or a payload file in `--blobs-dir`.
+pub fn write_events_error(
+    what: &str,
+    blobs_dir: Option<&std::path::Path>,
+    e: &capvault::Error,
+) -> CliError {
+    CliError::failure(match blobs_dir {
+        Some(d) => format!(
+            "cannot write the {what} to stdout or their payloads to {}: {}",
+            d.display(),
+            describe(e)
+        ),
+        None => format!("cannot write the {what} to stdout: {}", describe(e)),
+    })
+}
+
 /// The start of every identity (collector secret key) in text form.
 pub const IDENTITY_PREFIX: &str = "CVSECRET-";
 

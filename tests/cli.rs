@@ -1571,6 +1571,16 @@ fn errors_name_their_path_and_carry_no_internal_prefixes() {
     ]);
     assert_fails(&out, 1, file.to_str().unwrap());
     clean(&out);
+    let out = f.run(&["show", "--blobs-dir", file.to_str().unwrap()]);
+    assert_fails(
+        &out,
+        1,
+        &format!("--blobs-dir {} is a file", file.display()),
+    );
+    clean(&out);
+    let out = f.run(&["ack", "cvb1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]);
+    assert_fails(&out, 1, "no outstanding bundle has id");
+    assert!(!clean(&out).contains("not found:"));
     // A database sled cannot read back: an integrity failure in words, not sled's Debug.
     let db = f.dir.join("db");
     let mut bytes = std::fs::read(&db).unwrap();

@@ -367,9 +367,9 @@ pub fn render_status(st: &Value) -> String {
     let pause = &st["pause"];
     match pause["paused_until_us"].as_i64() {
         Some(until) => o.push_str(&format!(
-            "pause      paused until {} ({} events dropped so far)\n",
+            "pause      paused until {} ({} dropped so far)\n",
             human_time(until),
-            u(&pause["dropped"])
+            output::count(u(&pause["dropped"]), "event")
         )),
         None => o.push_str("pause      not paused\n"),
     }
@@ -378,9 +378,10 @@ pub fn render_status(st: &Value) -> String {
         u(&st["policy_version"]),
         s("purpose")
     ));
+    let entries = u(&st["audit_entries"]);
     o.push_str(&format!(
-        "audit      {} ledger entries\n",
-        u(&st["audit_entries"])
+        "audit      {entries} ledger {}\n",
+        if entries == 1 { "entry" } else { "entries" }
     ));
     render_upload(st, &mut o);
     o
@@ -398,7 +399,7 @@ fn render_upload(st: &Value, o: &mut String) {
             .map_or_else(|| "never".to_string(), human_time)
     };
     o.push_str(&format!(
-        "upload     to {} ({}), {} pending in about {} bundles\n",
+        "upload     to {} ({}), {} pending in about {}\n",
         up["url"].as_str().unwrap_or("?"),
         if up["enrolled"].as_bool().unwrap_or(false) {
             "enrolled"
@@ -406,7 +407,7 @@ fn render_upload(st: &Value, o: &mut String) {
             "not enrolled by this vault"
         },
         human_bytes(u(&up["pending_bytes"])),
-        u(&up["pending_bundles"]),
+        output::count(u(&up["pending_bundles"]), "bundle"),
     ));
     o.push_str(&format!(
         "           last success {}, next attempt {}\n",
@@ -593,26 +594,8 @@ const SEAL_MAX_BYTES: usize = 16 << 20;
 /// is sealed: a directory that cannot take the bundle fails the command while the vault
 /// is unchanged (no bundle sealed, nothing in the audit ledger).
 fn stage_bundle_file(dir: &Path) -> CliResult<files::Staged> {
+    files::ensure_dir(dir, "--out-dir")?;
     let d = dir.display();
-    match std::fs::metadata(dir) {
-        Ok(m) if !m.is_dir() => {
-            return Err(CliError::failure(format!(
-                "--out-dir {d} is a file, not a directory"
-            )))
-        }
-        Ok(_) => {}
-        Err(_) => {
-            let mut b = std::fs::DirBuilder::new();
-            b.recursive(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::DirBuilderExt;
-                b.mode(0o700);
-            }
-            b.create(dir)
-                .map_err(|e| CliError::failure(format!("cannot create --out-dir {d}: {e}")))?;
-        }
-    }
     files::Staged::create_in(dir).map_err(|e| {
         CliError::failure(format!(
             "cannot write bundles into --out-dir {d}: {e}; nothing was sealed"
@@ -938,9 +921,7 @@ pub struct ShowArgs {
 pub fn show(a: &ShowArgs) -> CliResult<()> {
     let (t, vault) = open_or_fail(&a.vault)?;
     if let Some(d) = &a.blobs_dir {
-        std::fs::create_dir_all(d).map_err(|e| {
-            CliError::failure(format!("cannot create --blobs-dir {}: {e}", d.display()))
-        })?;
+        files::ensure_dir(d, "--blobs-dir")?;
     }
     let events = vault.subject_access().map_err(|e| vault_error(&t, e))?;
     vault.close().map_err(|e| vault_error(&t, e))?;

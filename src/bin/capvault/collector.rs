@@ -302,9 +302,7 @@ fn open_bundles(a: &OpenArgs, json: bool) -> CliResult<()> {
         Some(read_pins(&a.devices)?)
     };
     if let Some(d) = &a.blobs_dir {
-        std::fs::create_dir_all(d).map_err(|e| {
-            CliError::failure(format!("cannot create --blobs-dir {}: {e}", d.display()))
-        })?;
+        files::ensure_dir(d, "--blobs-dir")?;
     }
     let mut worst: u8 = 0;
     let mut verdicts: Vec<Verdict> = Vec::new();

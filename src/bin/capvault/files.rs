@@ -77,6 +77,29 @@ impl Drop for Staged {
     }
 }
 
+/// Makes sure `dir` (given as `flag`) is a directory, creating it (and missing parents)
+/// 0700 when it does not exist: what goes in it is the user's data or bundles.
+pub fn ensure_dir(dir: &Path, flag: &str) -> CliResult<()> {
+    let d = dir.display();
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(CliError::failure(format!(
+            "{flag} {d} is a file, not a directory"
+        ))),
+        Err(_) => {
+            let mut b = std::fs::DirBuilder::new();
+            b.recursive(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                b.mode(0o700);
+            }
+            b.create(dir)
+                .map_err(|e| CliError::failure(format!("cannot create {flag} {d}: {e}")))
+        }
+    }
+}
+
 /// The directory part of an output path (`.` for a bare file name).
 fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {

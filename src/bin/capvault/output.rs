@@ -79,10 +79,9 @@ impl From<capvault_format::Error> for CliError {
 pub fn describe(e: &capvault::Error) -> String {
     use capvault::Error as E;
     match e {
-        E::InvalidArgument(m) | E::Storage(m) => m.clone(),
+        E::InvalidArgument(m) | E::Storage(m) | E::NotFound(m) => m.clone(),
         E::Keychain(m) => format!("keychain: {m}"),
         E::StorageFull(m) => format!("the disk is full or the vault's byte budget is used up: {m}"),
-        E::NotFound(m) => format!("not found: {m}"),
         other => other.to_string(),
     }
 }

@@ -54,9 +54,11 @@ impl From<sled::Error> for Error {
     fn from(e: sled::Error) -> Self {
         match e {
             sled::Error::Io(io) => io.into(),
-            sled::Error::Corruption { .. } => {
-                Error::Tampered(format!("the database is corrupt ({e})"))
-            }
+            // sled's own text for this is Debug output ("... at file offset None
+            // backtrace ()"); say what it means instead.
+            sled::Error::Corruption { .. } => Error::Tampered(
+                "the vault's database is corrupt: data it wrote does not read back intact".into(),
+            ),
             // sled re-reports an I/O failure of its background writer as text.
             other if mentions_disk_full(&other.to_string()) => {
                 Error::StorageFull(other.to_string())

@@ -299,6 +299,7 @@ fn help_shows_an_example_for_every_command() {
         vec!["show"],
         vec!["audit"],
         vec!["recipient", "new"],
+        vec!["recipient", "show"],
         vec!["open"],
         vec!["receipt"],
     ] {
@@ -327,10 +328,10 @@ fn wrong_vault_or_user_fails_and_changes_nothing() {
     let mut args = vec!["keys".to_string(), "rotate".to_string()];
     args.extend(other);
     let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_fails(&out, 1, "no data for user 'bob'");
+    assert_fails(&out, 1, "has no user 'bob'");
     // Still no user bob afterwards.
     let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_fails(&out, 1, "no data for user 'bob'");
+    assert_fails(&out, 1, "has no user 'bob'");
     assert_eq!(f.json(&["status"])["kek_version"], 1);
     assert!(common::files_under(&f.dir).len() >= before);
 }
@@ -584,7 +585,7 @@ fn recipient_open_receipt_as_a_collector_would() {
         id_file.to_str().unwrap(),
         missing.to_str().unwrap(),
     ]);
-    assert_fails(&out, 1, "cannot read bundle");
+    assert_fails(&out, 1, "cannot read the bundle");
     let junk = tmp.path().join("junk.cvb");
     std::fs::write(&junk, b"hello").unwrap();
     let out = run(&[
@@ -658,18 +659,7 @@ fn recipient_open_receipt_as_a_collector_would() {
 #[test]
 fn seal_open_ack_with_receipts_end_to_end() {
     let f = Fixture::new(KeyStoreKind::Keyutils);
-    let id_file = f.root.join("collector.identity");
-    let out = run(&[
-        "recipient",
-        "new",
-        "--json",
-        "--out",
-        id_file.to_str().unwrap(),
-    ]);
-    assert_ok(&out, &["recipient new"]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let recipient = v["recipient"].as_str().unwrap().to_string();
-    let receipt_key = v["receipt_key"].as_str().unwrap().to_string();
+    let (id_file, recipient, receipt_key) = new_identity(&f.root, "collector.identity");
     f.init();
     // Three captures, three records at least: more than one 2K bundle.
     for _ in 0..3 {
@@ -902,10 +892,26 @@ fn demo_end_to_end() {
     assert!(keep.join("vault").is_dir());
     assert!(keep.join("collector.identity").is_file());
     assert!(!common::files_under(keep.join("collector/bundles")).is_empty());
-    // The text report, with no arguments but the length.
-    let out = run(&["demo", "--seconds", "1"]);
-    assert_ok(&out, &["demo"]);
-    let s = text(&out.stdout);
+    // What the demo and its collector wrote (bundles, identity, state, log) is for its
+    // owner only, as `seal` writes bundles. (The vault's own files are the vault's
+    // business, checked by its tests.)
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut written = common::files_under(keep.join("collector"));
+        written.push(keep.join("collector.identity"));
+        written.push(keep.join("collector-serve.log"));
+        for file in written {
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} is {:o}", file.display(), mode & 0o777);
+        }
+    }
+    // The text report, with no arguments but the length; the progress bar goes to
+    // stderr when it is a terminal, the report to stdout.
+    let (code, stdout, tty) = run_on_tty("stderr", &["demo", "--seconds", "1"]);
+    assert_eq!(code, 0, "{tty}");
+    assert!(tty.contains("capturing"), "no progress bar: {tty:?}");
+    let s = text(&stdout);
+    assert!(!s.contains("capturing ["), "{s}");
     for want in [
         "events",
         "storage",
@@ -1005,26 +1011,8 @@ fn without_a_usable_keychain_nothing_is_written() {
 #[test]
 fn seal_retries_are_identical_enroll_works_held_or_not_and_the_receipt_key_sticks() {
     let f = Fixture::new(KeyStoreKind::Keyutils);
-    let id_file = f.root.join("collector.identity");
-    let other_file = f.root.join("other.identity");
-    let mut keys = Vec::new();
-    for file in [&id_file, &other_file] {
-        let out = run(&[
-            "recipient",
-            "new",
-            "--json",
-            "--out",
-            file.to_str().unwrap(),
-        ]);
-        assert_ok(&out, &["recipient new"]);
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        keys.push((
-            v["recipient"].as_str().unwrap().to_string(),
-            v["receipt_key"].as_str().unwrap().to_string(),
-        ));
-    }
-    let (recipient, receipt_key) = keys[0].clone();
-    let (other_recipient, other_key) = keys[1].clone();
+    let (id_file, recipient, receipt_key) = new_identity(&f.root, "collector.identity");
+    let (other_file, other_recipient, other_key) = new_identity(&f.root, "other.identity");
     f.init();
     capture(&f, 50);
     let outbox = f.root.join("outbox");
@@ -1121,4 +1109,746 @@ fn seal_retries_are_identical_enroll_works_held_or_not_and_the_receipt_key_stick
     assert_eq!(next.header.bundle_seq(), 2);
     assert_eq!(next.header.prev_digest(), &inspected.digest);
     assert_eq!(next.header.stream_id(), inspected.header.stream_id());
+}
+
+// ----- conventions: progress bars, `-`, short flags, secrets, messages, outcomes -----
+
+/// Runs `capvault` from `cwd` with `stdin` piped in (or none).
+fn run_with(cwd: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("CAPVAULT_VAULT")
+        .env_remove("CAPVAULT_USER")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn capvault");
+    if let Some(bytes) = stdin {
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Runs `capvault` with one of its streams on a pseudo-terminal (python3's `pty`): with
+/// `tty_side` "stderr", stderr is the terminal and stdout a pipe; with "stdin", stdin is
+/// the terminal. Returns the exit code, stdout, and what reached the terminal (plus
+/// stderr when stdin is the terminal).
+fn run_on_tty(tty_side: &str, args: &[&str]) -> (i32, Vec<u8>, String) {
+    const SCRIPT: &str = r#"
+import fcntl, os, pty, struct, subprocess, sys, termios, threading
+side, out_path, tty_path = sys.argv[1:4]
+master, slave = pty.openpty()
+fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+kw = {"stdout": subprocess.PIPE}
+if side == "stderr":
+    kw.update(stderr=slave, stdin=subprocess.DEVNULL)
+else:
+    kw.update(stdin=slave, stderr=subprocess.PIPE)
+p = subprocess.Popen(sys.argv[4:], **kw)
+os.close(slave)
+got = {}
+def drain(name, f):
+    got[name] = f.read()
+threads = [threading.Thread(target=drain, args=("out", p.stdout))]
+if side != "stderr":
+    threads.append(threading.Thread(target=drain, args=("err", p.stderr)))
+for t in threads:
+    t.start()
+tty = b""
+while True:
+    try:
+        chunk = os.read(master, 65536)
+    except OSError:
+        break
+    if not chunk:
+        break
+    tty += chunk
+code = p.wait()
+for t in threads:
+    t.join()
+open(out_path, "wb").write(got["out"])
+open(tty_path, "wb").write(tty + got.get("err", b""))
+sys.exit(code)
+"#;
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, tty) = (tmp.path().join("stdout"), tmp.path().join("tty"));
+    let status = Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(tty_side)
+        .arg(&out)
+        .arg(&tty)
+        .arg(BIN)
+        .args(args)
+        .env_remove("CAPVAULT_VAULT")
+        .env_remove("CAPVAULT_USER")
+        .status()
+        .expect("python3 runs (scripts/test.sh installs it)");
+    (
+        status.code().expect("exited normally"),
+        std::fs::read(&out).unwrap(),
+        text(&std::fs::read(&tty).unwrap()),
+    )
+}
+
+/// A collector identity made with the CLI: (file, recipient, receipt key).
+fn new_identity(dir: &Path, name: &str) -> (PathBuf, String, String) {
+    let file = dir.join(name);
+    let out = run(&[
+        "recipient",
+        "new",
+        "--json",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert_ok(&out, &["recipient new"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        file,
+        v["recipient"].as_str().unwrap().to_string(),
+        v["receipt_key"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Every line of `out` is a JSON object.
+fn assert_json_lines(out: &[u8]) -> usize {
+    let s = text(out);
+    for l in s.lines() {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}"));
+        assert!(v.is_object(), "{l}");
+    }
+    s.lines().count()
+}
+
+/// A vault with records and one sealed bundle: (fixture, identity file, bundle file).
+fn sealed_fixture() -> (Fixture, PathBuf, String) {
+    let f = Fixture::new(KeyStoreKind::Keyutils);
+    let (id_file, recipient, _) = new_identity(&f.root, "collector.identity");
+    f.init();
+    capture(&f, 30);
+    let outbox = f.root.join("outbox");
+    let v = f.json(&[
+        "seal",
+        "--to",
+        &recipient,
+        "--out-dir",
+        outbox.to_str().unwrap(),
+    ]);
+    let file = v["bundles"][0]["file"].as_str().unwrap().to_string();
+    (f, id_file, file)
+}
+
+#[test]
+fn progress_bars_go_to_stderr_when_it_is_a_terminal_whatever_stdout_is() {
+    let (f, id_file, bundle) = sealed_fixture();
+    let id = id_file.to_str().unwrap();
+    let mut vault_args = f.vault_args();
+    // verify: JSON on stdout (a pipe) stays clean, the bar is drawn on the terminal.
+    let mut args: Vec<String> = vec!["verify".into(), "--json".into()];
+    args.append(&mut vault_args.clone());
+    let (code, out, tty) = run_on_tty(
+        "stderr",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(code, 0, "{tty}");
+    let v: Value = serde_json::from_slice(&out).expect("stdout is only the JSON document");
+    assert_eq!(v["ok"], true);
+    assert!(
+        tty.contains("verifying records"),
+        "no bar on the terminal: {tty:?}"
+    );
+    // seal: the same.
+    let outbox = f.root.join("outbox");
+    let recipient = Identity::read_from_file(&id_file)
+        .unwrap()
+        .recipient()
+        .to_string();
+    let mut args: Vec<String> = ["seal", "-t", &recipient, "-o", outbox.to_str().unwrap()]
+        .map(String::from)
+        .to_vec();
+    args.append(&mut vault_args);
+    let (code, out, tty) = run_on_tty(
+        "stderr",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(code, 0, "{tty}");
+    assert!(text(&out).contains(".cvb"));
+    assert!(tty.contains("sealing"), "{tty:?}");
+    // open > events.jsonl: a bar on the terminal, pure JSON Lines in the file.
+    let (code, out, tty) = run_on_tty("stderr", &["open", "--identity", id, &bundle]);
+    assert_eq!(code, 0, "{tty}");
+    assert!(assert_json_lines(&out) >= 30);
+    assert!(tty.contains("opening"), "{tty:?}");
+    assert!(tty.contains("1 bundle opened"), "{tty:?}");
+    // Not a terminal: no bar, no control characters, stdout still clean.
+    let out = run(&["open", "--identity", id, &bundle]);
+    assert_ok(&out, &["open"]);
+    assert!(assert_json_lines(&out.stdout) >= 30);
+    let err = text(&out.stderr);
+    assert!(
+        !err.contains('\r') && !err.contains('\u{1b}') && !err.contains("opening ["),
+        "{err:?}"
+    );
+    let out = f.run(&["verify"]);
+    assert!(
+        !text(&out.stderr).contains('\u{1b}'),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn dash_is_stdout_for_out_and_stdin_for_identity_bundles_and_receipts() {
+    let (f, id_file, bundle) = sealed_fixture();
+    let cwd = f.root.join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    // recipient new --out -: the identity on stdout, no file named `-`.
+    let out = run_with(&cwd, &["recipient", "new", "--out", "-"], None);
+    assert_ok(&out, &["recipient new --out -"]);
+    assert!(!cwd.join("-").exists(), "a file named `-` was written");
+    let made = Identity::from_file_text(&text(&out.stdout), "stdout").unwrap();
+    let err = text(&out.stderr);
+    assert!(err.contains(&made.recipient().to_string()), "{err}");
+    assert!(
+        !err.contains("CVSECRET-"),
+        "the secret is on stdout only: {err}"
+    );
+    // ... and `recipient show -i -` reads it back from stdin.
+    let shown = run_with(&cwd, &["recipient", "show", "-i", "-"], Some(&out.stdout));
+    assert_ok(&shown, &["recipient show -i -"]);
+    assert_eq!(text(&shown.stdout).trim(), made.recipient().to_string());
+    // open --identity - with the bundle as a file, and open - with the bundle on stdin.
+    let id_text = std::fs::read(&id_file).unwrap();
+    let out = run_with(&cwd, &["open", "--identity", "-", &bundle], Some(&id_text));
+    assert_ok(&out, &["open --identity -"]);
+    let n = assert_json_lines(&out.stdout);
+    assert!(n >= 30);
+    let bytes = std::fs::read(&bundle).unwrap();
+    let out = run_with(
+        &cwd,
+        &["open", "-i", id_file.to_str().unwrap(), "-"],
+        Some(&bytes),
+    );
+    assert_ok(&out, &["open -"]);
+    assert_eq!(assert_json_lines(&out.stdout), n);
+    // Both from stdin is refused (exit 2).
+    let out = run_with(&cwd, &["open", "-i", "-", "-"], Some(&bytes));
+    assert_fails(&out, 2, "one input only");
+    // --identity - refuses a terminal on stdin instead of waiting for input.
+    let (code, out, tty) = run_on_tty("stdin", &["open", "-i", "-", &bundle]);
+    assert_eq!(code, 2, "{tty}");
+    assert!(out.is_empty());
+    assert!(tty.contains("stdin is a terminal"), "{tty}");
+    // receipt --out - to stdout, ack --receipt - from stdin.
+    let out = run_with(
+        &cwd,
+        &[
+            "receipt",
+            "-i",
+            id_file.to_str().unwrap(),
+            &bundle,
+            "-o",
+            "-",
+        ],
+        None,
+    );
+    assert_ok(&out, &["receipt -o -"]);
+    assert!(!cwd.join("-").exists());
+    let receipts = out.stdout;
+    assert_eq!(text(&receipts).lines().count(), 1);
+    let mut args = vec!["ack".to_string(), "--receipt".into(), "-".into()];
+    args.extend(f.vault_args());
+    let out = run_with(
+        &cwd,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        Some(&receipts),
+    );
+    assert_ok(&out, &["ack --receipt -"]);
+    assert!(text(&out.stdout).contains("acknowledged cvb1"));
+    assert!(!cwd.join("-").exists());
+}
+
+#[test]
+fn recipient_show_prints_the_recipient_of_an_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (file, recipient, receipt_key) = new_identity(tmp.path(), "c.identity");
+    let out = run(&["recipient", "show", "--identity", file.to_str().unwrap()]);
+    assert_ok(&out, &["recipient show"]);
+    assert_eq!(text(&out.stdout), format!("{recipient}\n"));
+    assert!(text(&out.stderr).contains(&receipt_key));
+    let out = run(&["recipient", "show", "--json", "-i", file.to_str().unwrap()]);
+    assert_ok(&out, &["recipient show --json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["recipient"], recipient.as_str());
+    assert_eq!(v["receipt_key"], receipt_key.as_str());
+    assert_eq!(v["suite"], "x25519");
+    assert!(!text(&out.stdout).contains("CVSECRET"));
+    let missing = tmp.path().join("missing.identity");
+    let out = run(&["recipient", "show", "-i", missing.to_str().unwrap()]);
+    assert_fails(&out, 1, missing.to_str().unwrap());
+}
+
+#[test]
+fn short_flags_for_the_common_options() {
+    let f = Fixture::new(KeyStoreKind::Keyutils);
+    let dir = f.dir.to_str().unwrap();
+    let out = run(&["init", "-v", dir, "-u", "alice", "--keystore", "keyutils"]);
+    assert_ok(&out, &["init -v -u"]);
+    capture(&f, 10);
+    let (id_file, recipient, _) = new_identity(&f.root, "c.identity");
+    let outbox = f.root.join("outbox");
+    let out = run(&[
+        "seal",
+        "-t",
+        &recipient,
+        "-o",
+        outbox.to_str().unwrap(),
+        "-v",
+        dir,
+        "-u",
+        "alice",
+        "--keystore",
+        "keyutils",
+        "--json",
+    ]);
+    assert_ok(&out, &["seal -t -o"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bundle = v["bundles"][0]["file"].as_str().unwrap().to_string();
+    let receipts = f.root.join("r.txt");
+    let out = run(&[
+        "receipt",
+        "-i",
+        id_file.to_str().unwrap(),
+        &bundle,
+        "-o",
+        receipts.to_str().unwrap(),
+    ]);
+    assert_ok(&out, &["receipt -i -o"]);
+    assert!(receipts.is_file());
+    let enroll = f.root.join("e.json");
+    let out = run(&[
+        "enroll",
+        "-o",
+        enroll.to_str().unwrap(),
+        "-v",
+        dir,
+        "-u",
+        "alice",
+        "--keystore",
+        "keyutils",
+    ]);
+    assert_ok(&out, &["enroll -o"]);
+    assert!(enroll.is_file());
+    let id2 = f.root.join("c2.identity");
+    assert_ok(
+        &run(&["recipient", "new", "-o", id2.to_str().unwrap()]),
+        &["recipient new -o"],
+    );
+    assert!(id2.is_file());
+}
+
+#[test]
+fn identities_are_never_echoed() {
+    let f = Fixture::new(KeyStoreKind::Keyutils);
+    f.init();
+    let (id_file, _, _) = new_identity(&f.root, "c.identity");
+    let secret = Identity::read_from_file(&id_file).unwrap().to_string();
+    // The part after the prefix is the key material.
+    let body = &secret[secret.len() - 40..];
+    let check = |out: &Output, code_want: i32, needle: &str| {
+        let (o, e) = (text(&out.stdout), text(&out.stderr));
+        assert!(
+            !o.contains(body) && !e.contains(body),
+            "the identity was echoed: {e}"
+        );
+        assert_eq!(code(out), code_want, "{e}");
+        assert!(e.contains(needle), "{e}");
+    };
+    // As a recipient: named for what it is, with the command that prints the recipient.
+    let out = f.run(&[
+        "seal",
+        "--to",
+        &secret,
+        "--out-dir",
+        f.root.join("o").to_str().unwrap(),
+    ]);
+    check(&out, 2, "capvault recipient show");
+    assert!(text(&out.stderr).contains("this is an identity"));
+    assert!(!f.root.join("o").exists());
+    let out = f.run(&[
+        "upload",
+        "--once",
+        "--to",
+        "http://127.0.0.1:9",
+        "--recipient",
+        &secret,
+        "--receipt-key",
+        "cvreceipt-ed25519-1x",
+    ]);
+    check(&out, 2, "this is an identity");
+    let out = f.run(&[
+        "ack",
+        "cvb1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "--receipt-key",
+        &secret,
+    ]);
+    check(&out, 2, "this is an identity");
+    // Wherever else an argument is echoed: a bundle id, an unknown command, a path.
+    let out = f.run(&["ack", &secret]);
+    check(&out, 2, "CVSECRET-<redacted>");
+    let out = run(&[&secret]);
+    check(&out, 2, "CVSECRET-<redacted>");
+    let out = run(&["open", "--identity", &secret, "x.cvb"]);
+    check(&out, 2, "the identity itself");
+    let lower = secret.to_lowercase();
+    let out = f.run(&["seal", "--to", &lower, "--out-dir", "/tmp/unused"]);
+    assert!(!text(&out.stderr).contains(&lower[lower.len() - 40..]));
+}
+
+#[test]
+fn errors_name_their_path_and_carry_no_internal_prefixes() {
+    let f = Fixture::new(KeyStoreKind::Keyutils);
+    f.init();
+    capture(&f, 10);
+    let (id_file, recipient, _) = new_identity(&f.root, "c.identity");
+    let clean = |out: &Output| {
+        let e = text(&out.stderr);
+        for bad in [
+            "invalid argument:",
+            "storage error:",
+            "I/O error:",
+            "backtrace",
+            "offset None",
+        ] {
+            assert!(!e.contains(bad), "{bad:?} in {e}");
+        }
+        assert_eq!(e.lines().count(), 1, "{e}");
+        e
+    };
+    let missing_dir = f.root.join("no/such/dir/x.identity");
+    let out = run(&["recipient", "new", "--out", missing_dir.to_str().unwrap()]);
+    assert_fails(&out, 1, missing_dir.to_str().unwrap());
+    clean(&out);
+    let out = run(&["open", "--identity", f.root.to_str().unwrap(), "x.cvb"]);
+    assert_fails(&out, 1, f.root.to_str().unwrap());
+    clean(&out);
+    let file = f.root.join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = f.run(&[
+        "seal",
+        "--to",
+        &recipient,
+        "--out-dir",
+        file.to_str().unwrap(),
+    ]);
+    assert_fails(&out, 1, &format!("--out-dir {} is a file", file.display()));
+    clean(&out);
+    let out = f.run(&["enroll", "--out", missing_dir.to_str().unwrap()]);
+    assert_fails(&out, 1, missing_dir.to_str().unwrap());
+    clean(&out);
+    let out = run(&["receipt", "-i", id_file.to_str().unwrap(), "nope.cvb"]);
+    assert_fails(
+        &out,
+        1,
+        "cannot read the bundle nope.cvb: it does not exist",
+    );
+    clean(&out);
+    let out = run(&[
+        "init",
+        "--vault",
+        file.to_str().unwrap(),
+        "--user",
+        "a",
+        "--keystore",
+        "keyutils",
+    ]);
+    assert_fails(&out, 1, file.to_str().unwrap());
+    clean(&out);
+    let out = f.run(&["show", "--blobs-dir", file.to_str().unwrap()]);
+    assert_fails(
+        &out,
+        1,
+        &format!("--blobs-dir {} is a file", file.display()),
+    );
+    clean(&out);
+    let out = f.run(&["ack", "cvb1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]);
+    assert_fails(&out, 1, "no outstanding bundle has id");
+    assert!(!clean(&out).contains("not found:"));
+    // A database sled cannot read back: an integrity failure in words, not sled's Debug.
+    let db = f.dir.join("db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    for i in (100..bytes.len()).step_by(997) {
+        bytes[i] ^= 0xff;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    let out = f.run(&["verify"]);
+    assert_fails(&out, 3, "integrity check failed");
+    clean(&out);
+}
+
+#[test]
+fn seal_into_an_unusable_out_dir_seals_and_audits_nothing() {
+    let f = Fixture::new(KeyStoreKind::Keyutils);
+    f.init();
+    capture(&f, 20);
+    let (_, recipient, _) = new_identity(&f.root, "c.identity");
+    // A directory nobody can create files in, root included.
+    let out = f.run(&["seal", "--to", &recipient, "--out-dir", "/proc/self"]);
+    assert_fails(&out, 1, "/proc/self");
+    assert!(
+        text(&out.stderr).contains("nothing was sealed"),
+        "{}",
+        text(&out.stderr)
+    );
+    let audit = f.json(&["audit"]);
+    assert!(
+        !audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "seal"),
+        "a seal was recorded for a bundle that was not written: {audit}"
+    );
+    // The next seal is the first bundle, new, and its file is 0600.
+    let outbox = f.root.join("outbox");
+    let v = f.json(&[
+        "seal",
+        "--to",
+        &recipient,
+        "--out-dir",
+        outbox.to_str().unwrap(),
+    ]);
+    let b = &v["bundles"][0];
+    assert_eq!(b["bundle_seq"], 1);
+    assert_eq!(b["pending_again"], false);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(b["file"].as_str().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // No staged file is left behind.
+    let names: Vec<_> = std::fs::read_dir(&outbox)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert_eq!(
+        f.json(&["audit"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "seal")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn seal_with_a_pending_bundle_says_it_is_offered_again_and_its_size() {
+    let f = Fixture::new(KeyStoreKind::Keyutils);
+    f.init();
+    capture(&f, 200);
+    let (_, recipient, _) = new_identity(&f.root, "c.identity");
+    let outbox = f.root.join("outbox");
+    let first = f.json(&[
+        "seal",
+        "--to",
+        &recipient,
+        "--out-dir",
+        outbox.to_str().unwrap(),
+    ]);
+    assert_eq!(first["bundles"][0]["pending_again"], false);
+    let out = f.run(&[
+        "seal",
+        "--to",
+        &recipient,
+        "--out-dir",
+        outbox.to_str().unwrap(),
+        "--max-bytes",
+        "1K",
+    ]);
+    assert_ok(&out, &["seal --max-bytes while pending"]);
+    let s = text(&out.stdout);
+    let size = first["bundles"][0]["bytes"].as_u64().unwrap();
+    assert!(s.contains("offered again unchanged"), "{s}");
+    assert!(s.contains(&format!("{size} B")) || s.contains("KiB"), "{s}");
+    assert!(s.contains("--max-bytes applies to the next bundle"), "{s}");
+    let again = f.json(&[
+        "seal",
+        "--to",
+        &recipient,
+        "--out-dir",
+        outbox.to_str().unwrap(),
+        "--max-bytes",
+        "1K",
+    ]);
+    assert_eq!(again["bundles"][0]["pending_again"], true);
+    assert_eq!(again["bundles"][0]["id"], first["bundles"][0]["id"]);
+}
+
+#[test]
+fn open_json_lists_every_bundle_with_its_verdict() {
+    let (f, id_file, good) = sealed_fixture();
+    let id = id_file.to_str().unwrap();
+    let (other, _, _) = new_identity(&f.root, "other.identity");
+    let junk = f.root.join("junk.cvb");
+    std::fs::write(&junk, b"not a bundle").unwrap();
+    let missing = f.root.join("missing.cvb");
+    let out = run(&[
+        "open",
+        "--json",
+        "-i",
+        id,
+        &good,
+        junk.to_str().unwrap(),
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    assert!(
+        assert_json_lines(&out.stdout) >= 30,
+        "the good bundle's events"
+    );
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "stderr is one JSON object: {err}");
+    assert!(!err.contains("error: "), "{err}");
+    let v: Value = serde_json::from_str(&err).unwrap();
+    assert_eq!(v["chain_clean"], false);
+    assert_eq!(v["bundles_opened"], 1);
+    let list = v["bundles"].as_array().unwrap();
+    assert_eq!(list.len(), 3, "{v}");
+    assert_eq!(list[0]["file"], good.as_str());
+    assert_eq!(list[0]["verdict"], "opened");
+    assert!(list[0]["events"].as_u64().unwrap() >= 30);
+    for l in &list[1..] {
+        assert_eq!(l["verdict"], "rejected", "{l}");
+        assert!(!l["reason"].as_str().unwrap().is_empty());
+    }
+    assert!(list[2]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("does not exist"));
+    // Nothing opened (not sealed to this identity): chain_clean is false.
+    let out = run(&["open", "--json", "-i", other.to_str().unwrap(), &good]);
+    assert_eq!(code(&out), 1);
+    assert!(out.stdout.is_empty());
+    let v: Value = serde_json::from_str(&text(&out.stderr)).unwrap();
+    assert_eq!(v["bundles_opened"], 0);
+    assert_eq!(v["chain_clean"], false);
+    assert_eq!(v["bundles"][0]["verdict"], "rejected");
+    assert!(v["bundles"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("not sealed to this identity"));
+    // An error before any bundle (no identity file) is in the JSON too, and only there.
+    let out = run(&["open", "--json", "-i", "/nonexistent/id", &good]);
+    assert_eq!(code(&out), 1);
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let v: Value = serde_json::from_str(&err).unwrap();
+    assert!(
+        v["error"].as_str().unwrap().contains("/nonexistent/id"),
+        "{v}"
+    );
+    assert_eq!(v["chain_clean"], false);
+}
+
+#[test]
+fn hints_suggest_init_only_for_a_path_that_does_not_exist() {
+    let f = Fixture::new(KeyStoreKind::Keyutils);
+    let file = f.root.join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let empty = f.root.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for (path, want) in [
+        (&file, "is a file, not a vault directory"),
+        (&empty, "holds no capvault vault"),
+    ] {
+        let out = run(&[
+            "status",
+            "--vault",
+            path.to_str().unwrap(),
+            "--user",
+            "alice",
+        ]);
+        assert_fails(&out, 1, want);
+        assert!(!text(&out.stderr).contains("init"), "{}", text(&out.stderr));
+    }
+    let out = f.run(&["status"]);
+    assert_fails(&out, 1, "capvault init");
+    f.init();
+    let mut args = vec!["verify".to_string()];
+    let mut va = f.vault_args();
+    va[3] = "Alice".into();
+    args.extend(va);
+    let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_fails(&out, 1, "has no user 'Alice'");
+    assert!(
+        text(&out.stderr).contains("check --user"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn resume_says_not_paused_when_nothing_was_paused() {
+    let f = Fixture::new(KeyStoreKind::Keyutils);
+    f.init();
+    let out = f.run(&["resume"]);
+    assert_ok(&out, &["resume"]);
+    assert!(
+        text(&out.stdout).contains("not paused"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(f.json(&["resume"])["resumed"], false);
+    f.json(&["pause", "--for", "5m"]);
+    let out = f.run(&["resume"]);
+    assert_eq!(text(&out.stdout).trim(), "capture resumed");
+    // The same through the hand-off to a process holding the vault.
+    let _server = f.serve();
+    assert_eq!(f.json(&["resume"])["resumed"], false);
+    f.json(&["pause", "--for", "5m"]);
+    assert_eq!(f.json(&["resume"])["resumed"], true);
+    assert!(f.json(&["status"])["pause"]["paused_until_us"].is_null());
+}
+
+#[test]
+fn counts_and_ranges_read_as_english() {
+    let (f, id_file, bundle) = sealed_fixture();
+    let out = run(&["open", "-i", id_file.to_str().unwrap(), &bundle]);
+    assert_ok(&out, &["open"]);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("1 bundle opened") && err.contains(": 1 bundle, sequence 1 to 1"),
+        "{err}"
+    );
+    assert!(!err.contains("(s)"), "{err}");
+    // An empty vault verifies without "records 0..=0".
+    let g = Fixture::new(KeyStoreKind::Keyutils);
+    g.init();
+    let out = g.run(&["verify"]);
+    assert_ok(&out, &["verify"]);
+    let s = text(&out.stdout);
+    assert!(s.contains("no records") && !s.contains("0..=0"), "{s}");
+    let out = f.run(&[
+        "seal",
+        "--to",
+        &Identity::read_from_file(&id_file)
+            .unwrap()
+            .recipient()
+            .to_string(),
+        "--out-dir",
+        f.root.join("outbox").to_str().unwrap(),
+    ]);
+    let s = text(&out.stdout);
+    assert!(s.contains("records 1..=") || s.contains("record 1,"), "{s}");
+    assert!(!s.contains("0..=0") && !s.contains("(s)"), "{s}");
 }

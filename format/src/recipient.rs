@@ -393,6 +393,14 @@ impl Identity {
                 Error::from(e)
             }
         })?;
+        file.write_all(self.to_file_text().as_bytes())?;
+        file.sync_all()?;
+        Ok(())
+    }
+
+    /// The text of an identity file: the recipient and receipt key as `#` comment lines,
+    /// then the secret line (what [`Identity::write_to_file`] writes).
+    pub fn to_file_text(&self) -> Zeroizing<String> {
         let mut text = Zeroizing::new(String::new());
         text.push_str("# capvault collector identity: keep this file secret\n");
         text.push_str(&format!("# suite: {}\n", self.suite));
@@ -400,9 +408,7 @@ impl Identity {
         text.push_str(&format!("# receipt key: {}\n", self.receipt_key()));
         text.push_str(&self.to_secret_string());
         text.push('\n');
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        Ok(())
+        text
     }
 
     /// Reads an identity file written by [`Identity::write_to_file`] (blank lines and
@@ -415,17 +421,22 @@ impl Identity {
                 Error::from(e)
             }
         })?);
+        Self::from_file_text(&text, &path.display().to_string())
+    }
+
+    /// Parses the text of an identity file (blank lines and `#` comments are skipped;
+    /// exactly one identity line is expected). `source` names it in errors.
+    pub fn from_file_text(text: &str, source: &str) -> Result<Identity> {
         let mut lines = text
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'));
         let first = lines
             .next()
-            .ok_or_else(|| Error::invalid(format!("{} holds no identity", path.display())))?;
+            .ok_or_else(|| Error::invalid(format!("{source} holds no identity")))?;
         if lines.next().is_some() {
             return Err(Error::invalid(format!(
-                "{} holds more than one identity line",
-                path.display()
+                "{source} holds more than one identity line"
             )));
         }
         first.parse()

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use capvault::{Error, Recipient, Vault, VaultOptions};
 
+use crate::files;
 use crate::output::{self, human_bytes, human_time, print_json, CliError, CliResult};
 use crate::{EraseArgs, HandoffArgs, KeystoreArg, PauseArgs, RotateArgs, VaultArgs};
 use capvault::handoff::{self, HandoffError, Op};
@@ -68,21 +69,48 @@ fn vault_exists(dir: &Path) -> bool {
     dir.join("conf").is_file() || dir.join("db").is_file()
 }
 
+/// Why there is no vault at `--vault`. Only a path that does not exist is a vault to
+/// create; a file or another directory is a mistyped path.
 fn no_vault(t: &Target) -> CliError {
+    let d = t.dir.display();
+    CliError::failure(match std::fs::metadata(&t.dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!(
+            "no vault at {d}: check --vault, or create one with `capvault init --vault {d} --user {}`",
+            t.user
+        ),
+        Err(e) => format!("cannot look at --vault {d}: {e}"),
+        Ok(m) if !m.is_dir() => format!("--vault {d} is a file, not a vault directory: check --vault"),
+        Ok(_) => format!("{d} is a directory but holds no capvault vault: check --vault"),
+    })
+}
+
+/// The vault exists but not this user. Other users' names are not listed: they are
+/// personal data of other people (and may be names of erased users).
+fn no_user(t: &Target) -> CliError {
     CliError::failure(format!(
-        "no vault at {}: check --vault, or create one with `capvault init --vault {} --user {}`",
+        "the vault at {} has no user '{}': check --user (names are exact and case-sensitive); \
+         only if '{}' is a new person to record, add them with `capvault init --vault {} --user {}`",
         t.dir.display(),
+        t.user,
+        t.user,
         t.dir.display(),
         t.user
     ))
 }
 
-fn no_user(t: &Target) -> CliError {
-    CliError::failure(format!(
-        "the vault at {} has no data for user '{}': check --user, or create it with `capvault init`",
-        t.dir.display(),
-        t.user
-    ))
+/// A library error about the vault at `t`: storage failures name the vault directory.
+pub fn vault_error(t: &Target, e: Error) -> CliError {
+    match e {
+        Error::Storage(m) if !m.contains(&*t.dir.to_string_lossy()) => {
+            CliError::failure(format!("the vault at {}: {m}", t.dir.display()))
+        }
+        Error::StorageFull(_) => CliError::failure(format!(
+            "the vault at {}: {}",
+            t.dir.display(),
+            output::describe(&e)
+        )),
+        other => other.into(),
+    }
 }
 
 /// Whether the vault holds trees for the user, without creating anything. `InUse` when
@@ -108,6 +136,16 @@ impl From<Failure> for CliError {
     }
 }
 
+impl Failure {
+    /// As a CLI error, with storage failures naming the vault directory.
+    pub fn at(self, t: &Target) -> CliError {
+        match self {
+            Failure::Lib(e) => vault_error(t, e),
+            Failure::Cli(c) => c,
+        }
+    }
+}
+
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         Failure::Lib(e)
@@ -122,14 +160,21 @@ pub fn open_existing(t: &Target) -> Result<Vault, Failure> {
     match user_present(t) {
         Ok(true) => {}
         Ok(false) => return Err(Failure::Cli(no_user(t))),
-        Err(e) => return Err(Failure::Lib(e)),
+        Err(Error::InUse) => return Err(Failure::Lib(Error::InUse)),
+        Err(e) => return Err(Failure::Cli(vault_error(t, e))),
     }
-    Ok(Vault::open(&t.dir, &t.user, t.options.clone())?)
+    match Vault::open(&t.dir, &t.user, t.options.clone()) {
+        Ok(v) => Ok(v),
+        Err(e @ (Error::Storage(_) | Error::StorageFull(_))) => {
+            Err(Failure::Cli(vault_error(t, e)))
+        }
+        Err(e) => Err(Failure::Lib(e)),
+    }
 }
 
 fn open_or_fail(va: &VaultArgs) -> CliResult<(Target, Vault)> {
     let t = resolve(va)?;
-    let v = open_existing(&t).map_err(CliError::from)?;
+    let v = open_existing(&t).map_err(|f| f.at(&t))?;
     Ok((t, v))
 }
 
@@ -197,10 +242,13 @@ fn fmt_wait(d: Duration) -> String {
 
 pub fn init(va: &VaultArgs, json: bool) -> CliResult<()> {
     let t = resolve(va)?;
-    let existed = vault_exists(&t.dir) && user_present(&t)?;
-    let vault = Vault::open(&t.dir, &t.user, t.options.clone())?;
+    if t.dir.exists() && !t.dir.is_dir() {
+        return Err(no_vault(&t));
+    }
+    let existed = vault_exists(&t.dir) && user_present(&t).map_err(|e| vault_error(&t, e))?;
+    let vault = Vault::open(&t.dir, &t.user, t.options.clone()).map_err(|e| vault_error(&t, e))?;
     let st = serde_json::to_value(vault.status()?).expect("status serializes");
-    vault.close()?;
+    vault.close().map_err(|e| vault_error(&t, e))?;
     if json {
         print_json(&json!({ "created": !existed, "status": st }));
     } else {
@@ -319,9 +367,9 @@ pub fn render_status(st: &Value) -> String {
     let pause = &st["pause"];
     match pause["paused_until_us"].as_i64() {
         Some(until) => o.push_str(&format!(
-            "pause      paused until {} ({} events dropped so far)\n",
+            "pause      paused until {} ({} dropped so far)\n",
             human_time(until),
-            u(&pause["dropped"])
+            output::count(u(&pause["dropped"]), "event")
         )),
         None => o.push_str("pause      not paused\n"),
     }
@@ -330,9 +378,10 @@ pub fn render_status(st: &Value) -> String {
         u(&st["policy_version"]),
         s("purpose")
     ));
+    let entries = u(&st["audit_entries"]);
     o.push_str(&format!(
-        "audit      {} ledger entries\n",
-        u(&st["audit_entries"])
+        "audit      {entries} ledger {}\n",
+        if entries == 1 { "entry" } else { "entries" }
     ));
     render_upload(st, &mut o);
     o
@@ -350,7 +399,7 @@ fn render_upload(st: &Value, o: &mut String) {
             .map_or_else(|| "never".to_string(), human_time)
     };
     o.push_str(&format!(
-        "upload     to {} ({}), {} pending in about {} bundles\n",
+        "upload     to {} ({}), {} pending in about {}\n",
         up["url"].as_str().unwrap_or("?"),
         if up["enrolled"].as_bool().unwrap_or(false) {
             "enrolled"
@@ -358,7 +407,7 @@ fn render_upload(st: &Value, o: &mut String) {
             "not enrolled by this vault"
         },
         human_bytes(u(&up["pending_bytes"])),
-        u(&up["pending_bundles"]),
+        output::count(u(&up["pending_bundles"]), "bundle"),
     ));
     o.push_str(&format!(
         "           last success {}, next attempt {}\n",
@@ -451,14 +500,26 @@ pub fn pause(a: &PauseArgs, json: bool) -> CliResult<()> {
 }
 
 pub fn resume(h: &HandoffArgs, json: bool) -> CliResult<()> {
-    local_or_handoff(h, Op::Resume, |v| {
-        v.resume()?;
-        Ok(json!({}))
+    // Whether there was a pause to end: locally from the pause state, through the
+    // hand-off from the holder's status first (nothing is sent when not paused).
+    let paused = |st: &Value| st["paused_until_us"].is_i64();
+    let (t, v) = local_or_handoff(h, Op::Status, |v| {
+        let was = serde_json::to_value(v.pause_state()?).expect("pause state serializes");
+        if paused(&was) {
+            v.resume()?;
+        }
+        Ok(json!({ "pause": was, "local": true }))
     })?;
+    let was_paused = paused(&v["pause"]);
+    if was_paused && v["local"].is_null() {
+        via_handoff(&t, Op::Resume, h.wait).map_err(|f| f.at(&t))?;
+    }
     if json {
-        print_json(&json!({ "resumed": true }));
-    } else {
+        print_json(&json!({ "resumed": was_paused, "was_paused": was_paused }));
+    } else if was_paused {
         println!("capture resumed");
+    } else {
+        println!("capture was not paused: nothing to resume");
     }
     Ok(())
 }
@@ -466,88 +527,108 @@ pub fn resume(h: &HandoffArgs, json: bool) -> CliResult<()> {
 // ----- verify -----
 
 pub fn verify(va: &VaultArgs, json: bool) -> CliResult<()> {
-    let (_, vault) = open_or_fail(va)?;
+    let (t, vault) = open_or_fail(va)?;
     let sp = output::spinner("verifying records");
     let result = vault.verify();
     sp.finish_and_clear();
-    let report = result?;
-    vault.close()?;
+    let report = result.map_err(|e| vault_error(&t, e))?;
+    vault.close().map_err(|e| vault_error(&t, e))?;
     if json {
         let mut v = serde_json::to_value(&report).expect("report serializes");
         v["ok"] = Value::Bool(true);
         print_json(&v);
     } else {
-        println!(
-            "ok: {} records ({}) and {} events verified, records {}..={}; the audit ledger verifies",
-            report.records,
-            human_bytes(report.bytes),
-            report.events,
-            report.first_seq,
-            report.last_seq
-        );
+        if report.records == 0 {
+            println!("ok: no records to verify; the audit ledger verifies");
+        } else {
+            println!(
+                "ok: {} ({}) and {} verified, {}; the audit ledger verifies",
+                output::count(report.records, "record"),
+                human_bytes(report.bytes),
+                output::count(report.events, "event"),
+                output::record_range(report.first_seq, report.last_seq)
+            );
+        }
     }
     Ok(())
 }
 
 // ----- seal and ack -----
 
-fn parse_recipient(s: &str) -> Result<Recipient, String> {
-    s.trim().parse::<Recipient>().map_err(|e| match e {
-        capvault_format::Error::InvalidArgument(m) => m,
-        other => other.to_string(),
-    })
+/// Parses a recipient argument (`--to`). An identity given by mistake is named as such
+/// and never echoed: it is the collector's secret key.
+pub fn parse_recipient(flag: &str, s: &str) -> CliResult<Recipient> {
+    if output::holds_identity(s) {
+        return Err(CliError::usage(format!(
+            "{flag}: this is an identity (a collector's secret key), not a recipient; pass its \
+             recipient, which `capvault recipient show --identity FILE` prints (and keep the \
+             identity off command lines: they are visible to other users and kept in shell \
+             history)"
+        )));
+    }
+    s.trim()
+        .parse::<Recipient>()
+        .map_err(|e| CliError::usage(format!("{flag}: {}", output::describe_format(&e))))
 }
 
 #[derive(Args, Debug)]
 pub struct SealArgs {
     /// The collector's recipient (cvrecip-x25519-1... or cvrecip-xwing-1...).
-    #[arg(long, value_name = "RECIPIENT", value_parser = parse_recipient)]
-    pub to: Recipient,
+    #[arg(short = 't', long, value_name = "RECIPIENT")]
+    pub to: String,
     /// Directory to write bundles to (created if missing), one `<id>.cvb` per bundle.
-    #[arg(long, value_name = "DIR")]
+    #[arg(short = 'o', long, value_name = "DIR")]
     pub out_dir: PathBuf,
-    /// Largest plaintext per bundle (bytes, or with K, M, G).
-    #[arg(long, value_name = "N", default_value = "16M", value_parser = output::parse_size)]
-    pub max_bytes: usize,
+    /// Largest plaintext per new bundle (bytes, or with K, M, G) [default: 16M]. A bundle
+    /// waiting for acknowledgement is final and offered again as it is.
+    #[arg(long, value_name = "N", value_parser = output::parse_size)]
+    pub max_bytes: Option<usize>,
     #[command(flatten)]
     pub vault: VaultArgs,
 }
 
-fn write_file_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    let dest = dir.join(name);
-    std::fs::rename(&tmp, &dest)?;
-    Ok(dest)
+/// The default `--max-bytes`.
+const SEAL_MAX_BYTES: usize = 16 << 20;
+
+/// Creates `--out-dir` (0700 when new) and a staged bundle file in it, before anything
+/// is sealed: a directory that cannot take the bundle fails the command while the vault
+/// is unchanged (no bundle sealed, nothing in the audit ledger).
+fn stage_bundle_file(dir: &Path) -> CliResult<files::Staged> {
+    files::ensure_dir(dir, "--out-dir")?;
+    let d = dir.display();
+    files::Staged::create_in(dir).map_err(|e| {
+        CliError::failure(format!(
+            "cannot write bundles into --out-dir {d}: {e}; nothing was sealed"
+        ))
+    })
 }
 
 pub fn seal(a: &SealArgs, json: bool) -> CliResult<()> {
-    let (_, vault) = open_or_fail(&a.vault)?;
-    std::fs::create_dir_all(&a.out_dir).map_err(|e| {
-        CliError::failure(format!(
-            "cannot create --out-dir {}: {e}",
-            a.out_dir.display()
-        ))
-    })?;
+    let to = parse_recipient("--to", &a.to)?;
+    let (t, vault) = open_or_fail(&a.vault)?;
+    let staged = stage_bundle_file(&a.out_dir)?;
+    let started_us = output::now_us();
     // The vault offers one bundle at a time: the sealed bundle in its outbox until it is
     // acknowledged (the same bytes every time), then the next records.
     let sp = output::spinner("sealing");
-    let sealed = vault.seal_next(&a.to, a.max_bytes);
+    let sealed = vault.seal_next(&to, a.max_bytes.unwrap_or(SEAL_MAX_BYTES));
     sp.finish_and_clear();
     let mut out = Vec::new();
-    if let Some(b) = sealed? {
-        let path = write_file_atomic(&a.out_dir, &format!("{}.cvb", b.id()), b.bytes())
-            .map_err(|e| CliError::failure(format!("cannot write bundle: {e}")))?;
+    if let Some(b) = sealed.map_err(|e| vault_error(&t, e))? {
         let h = b.header();
+        let name = format!("{}.cvb", b.id());
+        let path = staged.commit(&name, b.bytes()).map_err(|e| {
+            CliError::failure(format!(
+                "bundle {} ({}) is sealed and kept in the vault's outbox (the audit ledger \
+                 records the seal), but writing it to {} failed: {e}; run `capvault seal` \
+                 again with a usable --out-dir to write the very same bundle",
+                h.bundle_seq(),
+                b.id(),
+                a.out_dir.join(&name).display()
+            ))
+        })?;
+        // Sealed before this command started: the pending bundle, offered again.
+        let again = h.created_us() < started_us;
         out.push(json!({
             "id": b.id(),
             "file": path.display().to_string(),
@@ -556,9 +637,10 @@ pub fn seal(a: &SealArgs, json: bool) -> CliResult<()> {
             "first_record": h.first_record(),
             "last_record": h.last_record(),
             "events": h.event_count(),
+            "pending_again": again,
         }));
     }
-    vault.close()?;
+    vault.close().map_err(|e| vault_error(&t, e))?;
     if json {
         print_json(&json!({ "bundles": out }));
     } else if out.is_empty() {
@@ -566,15 +648,26 @@ pub fn seal(a: &SealArgs, json: bool) -> CliResult<()> {
     } else {
         for b in &out {
             println!(
-                "{}  {}  bundle {}, records {}..={}, {} events, {}",
+                "{}  {}  bundle {}, {}, {}, {}",
                 b["id"].as_str().unwrap_or(""),
                 b["file"].as_str().unwrap_or(""),
                 u(&b["bundle_seq"]),
-                u(&b["first_record"]),
-                u(&b["last_record"]),
-                u(&b["events"]),
+                output::record_range(u(&b["first_record"]), u(&b["last_record"])),
+                output::count(u(&b["events"]), "event"),
                 human_bytes(u(&b["bytes"]))
             );
+            if b["pending_again"] == true {
+                println!(
+                    "this bundle was sealed earlier and is waiting for acknowledgement: it is \
+                     offered again unchanged ({}){}",
+                    human_bytes(u(&b["bytes"])),
+                    if a.max_bytes.is_some() {
+                        "; --max-bytes applies to the next bundle, sealed after this one is acknowledged"
+                    } else {
+                        ""
+                    }
+                );
+            }
         }
         println!(
             "until it is acknowledged this same bundle is offered again; after the collector confirms, \
@@ -590,7 +683,7 @@ pub struct AckArgs {
     /// acknowledge every bundle named in the receipt files.
     #[arg(value_name = "BUNDLE_ID")]
     pub ids: Vec<String>,
-    /// Receipt file written by `capvault receipt` (repeatable).
+    /// Receipt file written by `capvault receipt` (repeatable; `-` reads stdin).
     #[arg(long, value_name = "FILE")]
     pub receipt: Vec<PathBuf>,
     /// The collector's receipt key (cvreceipt-ed25519-1...): must be the key the vault is
@@ -604,9 +697,12 @@ pub struct AckArgs {
 
 /// Reads a receipt file: lines `<bundle id> <receipt, base64>`; `#` comments.
 pub fn read_receipts(path: &Path) -> CliResult<Vec<(String, Vec<u8>)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        CliError::failure(format!("cannot read receipt file {}: {e}", path.display()))
-    })?;
+    let bytes = if files::is_dash(path) {
+        files::read_stdin("--receipt -")?.to_vec()
+    } else {
+        files::read_file(path, "the receipt file")?
+    };
+    let text = String::from_utf8_lossy(&bytes);
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -616,7 +712,7 @@ pub fn read_receipts(path: &Path) -> CliResult<Vec<(String, Vec<u8>)>> {
         let bad = || {
             CliError::failure(format!(
                 "{}:{}: not a receipt line (expected `<bundle id> <receipt>` as written by `capvault receipt`)",
-                path.display(),
+                if files::is_dash(path) { "stdin".into() } else { path.display().to_string() },
                 n + 1
             ))
         };
@@ -633,6 +729,9 @@ pub fn read_receipts(path: &Path) -> CliResult<Vec<(String, Vec<u8>)>> {
 }
 
 pub fn ack(a: &AckArgs, json: bool) -> CliResult<()> {
+    if a.receipt.iter().filter(|p| files::is_dash(p)).count() > 1 {
+        return Err(CliError::usage("`--receipt -` (stdin) can be given once"));
+    }
     let mut receipts = Vec::new();
     for p in &a.receipt {
         receipts.extend(read_receipts(p)?);
@@ -655,14 +754,11 @@ pub fn ack(a: &AckArgs, json: bool) -> CliResult<()> {
         }
     }
     let mut t = resolve(&a.vault)?;
-    let mut vault = open_existing(&t).map_err(CliError::from)?;
+    let mut vault = open_existing(&t).map_err(|f| f.at(&t))?;
     if let Some(k) = &a.receipt_key {
         // A check against the configured key, never a silent change of it: changing the
         // collector is an explicit configuration (`--options` with collector_receipt_key).
-        let k = k
-            .parse::<capvault::ReceiptKey>()
-            .map_err(|e| CliError::usage(format!("--receipt-key: {e}")))?
-            .to_string();
+        let k = parse_receipt_key(k)?.to_string();
         match vault.collector_receipt_key() {
             Some(configured) if configured == k => {}
             Some(configured) => {
@@ -674,9 +770,9 @@ pub fn ack(a: &AckArgs, json: bool) -> CliResult<()> {
             }
             None => {
                 // First configuration: from now on every ack needs this collector's receipt.
-                vault.close().map_err(CliError::from)?;
+                vault.close().map_err(|e| vault_error(&t, e))?;
                 t.options.collector_receipt_key = Some(k.clone());
-                vault = open_existing(&t).map_err(CliError::from)?;
+                vault = open_existing(&t).map_err(|f| f.at(&t))?;
                 if !json {
                     eprintln!("note: this vault now requires receipts from {k} for every ack");
                 }
@@ -717,6 +813,18 @@ pub fn ack(a: &AckArgs, json: bool) -> CliResult<()> {
     }
 }
 
+/// Parses `--receipt-key`; an identity given by mistake is named as such, not echoed.
+pub fn parse_receipt_key(s: &str) -> CliResult<capvault::ReceiptKey> {
+    if output::holds_identity(s) {
+        return Err(CliError::usage(
+            "--receipt-key: this is an identity (a collector's secret key), not a receipt key; \
+             pass its receipt key, which `capvault recipient show --identity FILE` prints",
+        ));
+    }
+    s.parse::<capvault::ReceiptKey>()
+        .map_err(|e| CliError::usage(format!("--receipt-key: {}", output::describe_format(&e))))
+}
+
 impl CliError {
     fn prefixed(mut self, what: &str) -> Self {
         self.message = format!("{what}: {}", self.message);
@@ -729,7 +837,7 @@ impl CliError {
 #[derive(Args, Debug)]
 pub struct EnrollArgs {
     /// Where to write the enrollment record (`-` for stdout); written 0600.
-    #[arg(long, value_name = "FILE")]
+    #[arg(short = 'o', long, value_name = "FILE")]
     pub out: PathBuf,
     #[command(flatten)]
     pub h: HandoffArgs,
@@ -753,21 +861,7 @@ pub fn enroll(a: &EnrollArgs, json: bool) -> CliResult<()> {
         }
         return Ok(());
     }
-    let dir = match a.out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = a
-        .out
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| CliError::usage("--out must name a file (or `-` for stdout)"))?;
-    let path = write_file_atomic(&dir, name, text.as_bytes()).map_err(|e| {
-        CliError::failure(format!(
-            "cannot write the enrollment record to {}: {e}",
-            a.out.display()
-        ))
-    })?;
+    let path = files::write_out(&a.out, "the enrollment record", text.as_bytes())?;
     if json {
         print_json(&json!({ "device_id": device_id, "path": path.display().to_string() }));
     } else {
@@ -825,25 +919,24 @@ pub struct ShowArgs {
 }
 
 pub fn show(a: &ShowArgs) -> CliResult<()> {
-    let (_, vault) = open_or_fail(&a.vault)?;
+    let (t, vault) = open_or_fail(&a.vault)?;
     if let Some(d) = &a.blobs_dir {
-        std::fs::create_dir_all(d).map_err(|e| {
-            CliError::failure(format!("cannot create --blobs-dir {}: {e}", d.display()))
-        })?;
+        files::ensure_dir(d, "--blobs-dir")?;
     }
-    let events = vault.subject_access()?;
-    vault.close()?;
+    let events = vault.subject_access().map_err(|e| vault_error(&t, e))?;
+    vault.close().map_err(|e| vault_error(&t, e))?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    capvault::write_json_lines(&events, &mut out, a.blobs_dir.as_deref())?;
-    out.flush()?;
-    Ok(())
+    let written = capvault::write_json_lines(&events, &mut out, a.blobs_dir.as_deref())
+        .map_err(Error::from)
+        .and_then(|()| out.flush().map_err(Error::from));
+    written.map_err(|e| output::write_events_error("records", a.blobs_dir.as_deref(), &e))
 }
 
 pub fn audit(va: &VaultArgs, json: bool) -> CliResult<()> {
-    let (_, vault) = open_or_fail(va)?;
-    let entries = vault.audit_log()?;
-    vault.close()?;
+    let (t, vault) = open_or_fail(va)?;
+    let entries = vault.audit_log().map_err(|e| vault_error(&t, e))?;
+    vault.close().map_err(|e| vault_error(&t, e))?;
     if json {
         print_json(&serde_json::to_value(&entries).expect("entries serialize"));
     } else {
@@ -872,9 +965,11 @@ pub struct ServeArgs {
 /// erased. The vault itself answers hand-off requests while it is open.
 pub fn serve(a: &ServeArgs) -> CliResult<()> {
     let t = resolve(&a.vault)?;
-    let vault = Vault::open(&t.dir, &t.user, t.options.clone())?;
+    let vault = Vault::open(&t.dir, &t.user, t.options.clone()).map_err(|e| vault_error(&t, e))?;
     println!("ready");
-    std::io::stdout().flush()?;
+    std::io::stdout()
+        .flush()
+        .map_err(|e| CliError::failure(format!("cannot write to stdout: {e}")))?;
     loop {
         std::thread::sleep(Duration::from_millis(100));
         if let Err(capvault::Error::Erased) = vault.status() {

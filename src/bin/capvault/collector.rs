@@ -1,6 +1,6 @@
 //! Collector-side commands: `recipient new`, `open`, `receipt`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -8,12 +8,14 @@ use serde_json::{json, Value};
 
 use capvault::{ChainChecker, DevicePins, EnrollmentRecord, Error, Identity, Suite};
 
+use crate::files;
 use crate::output::{self, print_json, CliError, CliResult, EXIT_FAILURE, EXIT_INTEGRITY};
 
 #[derive(Args, Debug)]
 pub struct NewRecipientArgs {
-    /// Where to write the identity (secret; created 0600, never overwritten).
-    #[arg(long, value_name = "FILE")]
+    /// Where to write the identity (secret; created 0600, never overwritten). `-`
+    /// writes it to stdout (the recipient then goes to stderr).
+    #[arg(short = 'o', long, value_name = "FILE")]
     pub out: PathBuf,
     /// Post-quantum hybrid recipient (X-Wing: ML-KEM-768 + X25519).
     #[arg(long)]
@@ -23,9 +25,31 @@ pub struct NewRecipientArgs {
 pub fn recipient_new(a: &NewRecipientArgs, json: bool) -> CliResult<()> {
     let suite = if a.pq { Suite::XWing } else { Suite::X25519 };
     let id = Identity::generate(suite);
-    id.write_to_file(&a.out)?;
     let recipient = id.recipient().to_string();
     let receipt_key = id.receipt_key().to_string();
+    if files::is_dash(&a.out) {
+        // As `age-keygen` without -o: the identity is the output, the public part a note.
+        if json {
+            print_json(&json!({
+                "recipient": recipient,
+                "receipt_key": receipt_key,
+                "suite": suite.to_string(),
+                "identity": id.to_secret_string().as_str(),
+            }));
+        } else {
+            files::write_out(&a.out, "the identity", id.to_file_text().as_bytes())?;
+            eprintln!("recipient: {recipient}");
+            eprintln!("receipt key: {receipt_key}");
+        }
+        return Ok(());
+    }
+    id.write_to_file(&a.out).map_err(|e| match e {
+        capvault_format::Error::Io(m) => CliError::failure(format!(
+            "cannot write the identity to {}: {m}",
+            a.out.display()
+        )),
+        other => CliError::failure(output::describe_format(&other)),
+    })?;
     if json {
         print_json(&json!({
             "recipient": recipient,
@@ -44,24 +68,74 @@ pub fn recipient_new(a: &NewRecipientArgs, json: bool) -> CliResult<()> {
     Ok(())
 }
 
+#[derive(Args, Debug)]
+pub struct ShowRecipientArgs {
+    /// The identity file (`-` reads it from stdin).
+    #[arg(short = 'i', long, value_name = "FILE")]
+    pub identity: PathBuf,
+}
+
+pub fn recipient_show(a: &ShowRecipientArgs, json: bool) -> CliResult<()> {
+    let id = read_identity(&a.identity)?;
+    let recipient = id.recipient().to_string();
+    let receipt_key = id.receipt_key().to_string();
+    if json {
+        print_json(&json!({
+            "recipient": recipient,
+            "receipt_key": receipt_key,
+            "suite": id.suite().to_string(),
+        }));
+    } else {
+        println!("{recipient}");
+        eprintln!("receipt key: {receipt_key}");
+    }
+    Ok(())
+}
+
+/// Reads the identity named by `--identity`: a file, or stdin for `-`.
 fn read_identity(path: &Path) -> CliResult<Identity> {
+    if output::holds_identity(&path.to_string_lossy()) {
+        return Err(CliError::usage(
+            "--identity takes the identity file, and this is the identity itself (a secret, \
+             now in your shell history): put it in a file only you can read, or pass `-` and \
+             give it on stdin",
+        ));
+    }
+    if files::is_dash(path) {
+        let bytes = files::read_stdin("--identity -")?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| CliError::failure("the identity on stdin is not text"))?;
+        return Identity::from_file_text(text, "the identity on stdin")
+            .map_err(|e| CliError::failure(output::describe_format(&e)));
+    }
     Identity::read_from_file(path).map_err(|e| match e {
         capvault_format::Error::NotFound(_) => CliError::failure(format!(
             "identity file {} not found: pass the file written by `capvault recipient new`",
             path.display()
         )),
-        other => CliError::failure(format!("--identity {}: {other}", path.display())),
+        capvault_format::Error::Io(m) => CliError::failure(format!(
+            "cannot read the identity file {}: {m}",
+            path.display()
+        )),
+        other => CliError::failure(format!(
+            "--identity {}: {}",
+            path.display(),
+            output::describe_format(&other)
+        )),
     })
 }
 
+/// Reads a bundle argument: a file, or stdin for `-`.
 fn read_bundle(path: &Path) -> CliResult<Vec<u8>> {
-    std::fs::read(path)
-        .map_err(|e| CliError::failure(format!("cannot read bundle {}: {e}", path.display())))
+    if files::is_dash(path) {
+        return Ok(files::read_stdin("a `-` bundle")?.to_vec());
+    }
+    files::read_file(path, "the bundle")
 }
 
 /// An error about one bundle, with what to do.
 fn bundle_error(path: &Path, e: impl Into<Error>) -> CliError {
-    let p = path.display();
+    let p = shown(path);
     match e.into() {
         Error::NotFound(_) => CliError::failure(format!(
             "{p}: this bundle is not sealed to this identity; use the identity whose recipient the device seals to"
@@ -69,14 +143,35 @@ fn bundle_error(path: &Path, e: impl Into<Error>) -> CliError {
         Error::Tampered(m) => CliError::integrity(format!(
             "{p}: integrity check failed ({m}); the bundle was modified or truncated: do not trust it, fetch it again from the device"
         )),
-        other => CliError::failure(format!("{p}: {other}")),
+        other => CliError::failure(format!("{p}: {}", output::describe(&other))),
     }
+}
+
+/// A bundle argument as messages name it (`-` is "stdin").
+fn shown(path: &Path) -> String {
+    if files::is_dash(path) {
+        "the bundle on stdin".into()
+    } else {
+        path.display().to_string()
+    }
+}
+
+/// Refuses two arguments that would both read stdin.
+fn one_stdin(identity: &Path, bundles: &[PathBuf]) -> CliResult<()> {
+    let dashes = bundles.iter().filter(|p| files::is_dash(p)).count()
+        + usize::from(files::is_dash(identity));
+    if dashes > 1 {
+        return Err(CliError::usage(
+            "`-` (stdin) can stand for one input only: the identity or one bundle",
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
 pub struct OpenArgs {
-    /// The collector identity file (from `capvault recipient new`).
-    #[arg(long, value_name = "FILE")]
+    /// The collector identity file (from `capvault recipient new`; `-` reads stdin).
+    #[arg(short = 'i', long, value_name = "FILE")]
     pub identity: PathBuf,
     /// Enrollment record (from `capvault enroll`) of a device whose bundles may be
     /// released; repeat for each device. A bundle from another device, or under an
@@ -98,145 +193,266 @@ pub struct OpenArgs {
 fn read_pins(paths: &[PathBuf]) -> CliResult<DevicePins> {
     let mut pins = DevicePins::new();
     for path in paths {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            CliError::failure(format!(
-                "cannot read enrollment record {}: {e}",
-                path.display()
-            ))
-        })?;
+        let bytes = files::read_file(path, "the enrollment record")?;
+        let text = String::from_utf8_lossy(&bytes);
         let record = EnrollmentRecord::from_json(&text).map_err(|e| match e {
             capvault_format::Error::Tampered(m) => {
                 CliError::integrity(format!("{}: {m}", path.display()))
             }
-            other => CliError::failure(format!("{}: {other}", path.display())),
+            other => CliError::failure(format!(
+                "{}: {}",
+                path.display(),
+                output::describe_format(&other)
+            )),
         })?;
-        pins.add(&record)
-            .map_err(|e| CliError::integrity(format!("{}: {e}", path.display())))?;
+        pins.add(&record).map_err(|e| {
+            CliError::integrity(format!(
+                "{}: {}",
+                path.display(),
+                output::describe_format(&e)
+            ))
+        })?;
     }
     Ok(pins)
 }
 
-/// The bundles given on the command line, read once (stdin can only be read once).
-fn read_bundles(paths: &[PathBuf]) -> Vec<(PathBuf, CliResult<Vec<u8>>)> {
-    paths
+/// What became of one bundle given to `open`.
+struct Verdict {
+    file: String,
+    id: Option<String>,
+    /// "opened", "rejected" or "duplicate" (another copy of a bundle given twice).
+    verdict: &'static str,
+    reason: Option<String>,
+    events: usize,
+}
+
+impl Verdict {
+    fn to_json(&self) -> Value {
+        let mut v = json!({ "file": self.file, "id": self.id, "verdict": self.verdict });
+        if let Some(r) = &self.reason {
+            v["reason"] = json!(r);
+        }
+        if self.verdict == "opened" {
+            v["events"] = json!(self.events);
+        }
+        v
+    }
+}
+
+/// Why the chain check holds a bundle back: its chain's integrity findings.
+fn chain_reason(report: &capvault::ChainReport, ins: &capvault::InspectedBundle) -> String {
+    let hex = data_encoding::HEXLOWER;
+    let (device, stream) = (
+        hex.encode(ins.header.device_id()),
+        hex.encode(ins.header.stream_id()),
+    );
+    let issues: Vec<String> = report
+        .devices
         .iter()
-        .map(|p| {
-            let bytes = if p.as_os_str() == "-" {
-                let mut buf = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
-                    .map(|_| buf)
-                    .map_err(|e| CliError::failure(format!("cannot read a bundle from stdin: {e}")))
-            } else {
-                read_bundle(p)
-            };
-            (p.clone(), bytes)
+        .filter(|d| {
+            d.device_id.eq_ignore_ascii_case(&device) && d.stream_id.eq_ignore_ascii_case(&stream)
         })
-        .collect()
+        .flat_map(|d| d.issues.iter().filter(|i| i.is_integrity_failure()))
+        .map(ToString::to_string)
+        .collect();
+    let about_it: Vec<&String> = issues.iter().filter(|i| i.contains(&ins.id)).collect();
+    let shown: Vec<&String> = if about_it.is_empty() {
+        issues.iter().collect()
+    } else {
+        about_it
+    };
+    if shown.is_empty() {
+        "rejected by the chain check".into()
+    } else {
+        format!(
+            "rejected by the chain check: {}",
+            shown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    }
 }
 
 pub fn open(a: &OpenArgs, json: bool) -> CliResult<()> {
+    match open_bundles(a, json) {
+        // With --json the one JSON object on stderr carries the error as well.
+        Err(e) if json && !e.message.is_empty() => {
+            let v = json!({
+                "bundles_given": a.bundles.len(),
+                "bundles_opened": 0,
+                "events": 0,
+                "chain_clean": false,
+                "error": output::redact(&e.message),
+            });
+            eprintln!("{}", serde_json::to_string(&v).expect("JSON"));
+            Err(CliError::silent(e.code))
+        }
+        other => other,
+    }
+}
+
+fn open_bundles(a: &OpenArgs, json: bool) -> CliResult<()> {
+    one_stdin(&a.identity, &a.bundles)?;
     let identity = read_identity(&a.identity)?;
     let pins = if a.devices.is_empty() {
         None
     } else {
         Some(read_pins(&a.devices)?)
     };
-    if a.bundles.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
-        return Err(CliError::usage("`-` (stdin) can stand for one bundle only"));
-    }
     if let Some(d) = &a.blobs_dir {
-        std::fs::create_dir_all(d).map_err(|e| {
-            CliError::failure(format!("cannot create --blobs-dir {}: {e}", d.display()))
-        })?;
+        files::ensure_dir(d, "--blobs-dir")?;
     }
-    let mut worst: Option<CliError> = None;
-    let mut failed: Vec<Value> = Vec::new();
-    let mut note = |path: &Path, e: CliError| {
+    let mut worst: u8 = 0;
+    let mut verdicts: Vec<Verdict> = Vec::new();
+    let mut reject = |v: &mut Verdict, e: CliError| {
         if !json {
-            eprintln!("error: {}", e.message);
+            eprintln!("error: {}", output::redact(&e.message));
         }
-        failed.push(json!({ "file": path.display().to_string(), "error": e.message }));
-        if worst.as_ref().is_none_or(|w| e.code > w.code) {
-            worst = Some(CliError::silent(e.code));
-        }
+        v.verdict = "rejected";
+        v.reason = Some(e.message);
+        worst = worst.max(e.code);
     };
     // Pass 1: signatures and headers only (no plaintext yet); the chain verdict.
     let mut checker = match pins {
         Some(p) => ChainChecker::with_pins(p),
         None => ChainChecker::new(),
     };
+    let pb = output::bar(a.bundles.len() as u64, "checking");
     let mut order = Vec::new();
-    for (path, bytes) in read_bundles(&a.bundles) {
-        let bytes = match bytes {
-            Ok(b) => b,
-            Err(e) => {
-                note(&path, e);
-                continue;
-            }
+    for path in &a.bundles {
+        pb.inc(1);
+        let mut v = Verdict {
+            file: shown(path),
+            id: None,
+            verdict: "rejected",
+            reason: None,
+            events: 0,
         };
-        match capvault::inspect_bundle(&bytes) {
-            Ok(ins) => {
-                checker.add_inspected(&ins);
-                let h = &ins.header;
-                let key = (*h.device_id(), *h.stream_id(), h.bundle_seq(), ins.digest);
-                order.push((key, path, bytes));
-            }
-            Err(e) => note(&path, bundle_error(&path, e)),
+        match read_bundle(path) {
+            Err(e) => reject(&mut v, e),
+            Ok(bytes) => match capvault::inspect_bundle(&bytes) {
+                Ok(ins) => {
+                    checker.add_inspected(&ins);
+                    v.id = Some(ins.id.clone());
+                    let h = &ins.header;
+                    let key = (*h.device_id(), *h.stream_id(), h.bundle_seq(), ins.digest);
+                    order.push((key, verdicts.len(), ins, bytes));
+                }
+                Err(e) => reject(&mut v, bundle_error(path, e)),
+            },
         }
+        verdicts.push(v);
     }
+    pb.finish_and_clear();
     let report = checker.report();
     order.sort_by_key(|o| o.0);
-    // Retries of one bundle: open it once.
-    order.dedup_by(|later, first| later.0 == first.0);
     // Pass 2: open the accepted bundles in chain order; a bundle's events are written
-    // only once it has fully opened and checked.
-    let pb = if std::io::stderr().is_terminal() {
-        output::bar(order.len() as u64, "opening")
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    // only once it has fully opened and checked. Retries of one bundle: opened once.
+    let pb = output::bar(order.len() as u64, "opening");
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let (mut events, mut opened, mut rejected) = (0usize, 0usize, 0usize);
-    for ((_, _, _, digest), path, bytes) in &order {
+    let mut prev: Option<(_, usize)> = None;
+    for (key, at, ins, bytes) in &order {
         pb.inc(1);
-        if !report.accepts(digest) {
+        if let Some((k, first)) = prev {
+            if k == *key {
+                let v = &mut verdicts[*at];
+                v.verdict = "duplicate";
+                v.reason = Some(format!("the same bundle as {}", a.bundles[first].display()));
+                continue;
+            }
+        }
+        prev = Some((*key, *at));
+        let path = &a.bundles[*at];
+        if !report.accepts(&ins.digest) {
             rejected += 1;
+            let v = &mut verdicts[*at];
+            v.verdict = "rejected";
+            v.reason = Some(chain_reason(&report, ins));
             continue;
         }
         match capvault::open_bundle(bytes, &identity) {
             Ok(b) => {
-                capvault::write_bundle_json_lines(&b, &mut out, a.blobs_dir.as_deref())?;
+                capvault::write_bundle_json_lines(&b, &mut out, a.blobs_dir.as_deref())
+                    .map_err(|e| write_error(a, e.into()))?;
+                let v = &mut verdicts[*at];
+                v.verdict = "opened";
+                v.events = b.events.len();
                 events += b.events.len();
                 opened += 1;
             }
-            Err(e) => note(path, bundle_error(path, e)),
+            Err(e) => {
+                let e = bundle_error(path, e);
+                reject(&mut verdicts[*at], e);
+            }
         }
     }
-    out.flush()?;
+    out.flush().map_err(|e| write_error(a, e.into()))?;
     drop(out);
     pb.finish_and_clear();
-    let clean = report.is_clean() && failed.is_empty();
+    let failed: Vec<&Verdict> = verdicts
+        .iter()
+        .filter(|v| v.verdict == "rejected")
+        .collect();
+    let chain_ok = report.is_clean();
+    let clean = chain_ok && failed.is_empty() && opened > 0;
+    let error = if !chain_ok {
+        Some(
+            "the bundle chain has gaps, conflicts or foreign signers: data is missing or not authentic"
+                .to_string(),
+        )
+    } else if opened == 0 {
+        Some("no bundle was opened".to_string())
+    } else if !failed.is_empty() {
+        Some(format!(
+            "{} of {} not opened",
+            output::count(failed.len() as u64, "bundle"),
+            a.bundles.len()
+        ))
+    } else {
+        None
+    };
     if json {
-        let v = json!({
+        let mut v = json!({
             "bundles_given": a.bundles.len(),
             "bundles_opened": opened,
-            "bundles_rejected": rejected,
+            "bundles_rejected": failed.len(),
             "events": events,
             "keys_pinned": report.pinned,
             "chain_clean": clean,
-            "failed": failed,
+            "bundles": verdicts.iter().map(Verdict::to_json).collect::<Vec<_>>(),
+            "failed": failed.iter().map(|v| json!({ "file": v.file, "error": v.reason })).collect::<Vec<_>>(),
             "chain": serde_json::to_value(&report).expect("report serializes"),
         });
+        if let Some(e) = &error {
+            v["error"] = json!(e);
+        }
         eprintln!("{}", serde_json::to_string(&v).expect("JSON"));
     } else {
         print_chain_report(&report);
+        for v in verdicts.iter().filter(|v| v.verdict == "rejected") {
+            if rejected > 0
+                && v.reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("rejected by"))
+            {
+                eprintln!("{}: {}", v.file, v.reason.as_deref().unwrap_or(""));
+            }
+        }
         eprintln!(
-            "{opened} bundle(s) opened, {events} event(s) written{}",
-            if rejected > 0 {
-                format!(", {rejected} bundle(s) rejected (none of their events written)")
-            } else {
+            "{} opened, {} written{}",
+            output::count(opened as u64, "bundle"),
+            output::count(events as u64, "event"),
+            if failed.is_empty() {
                 String::new()
+            } else {
+                format!(
+                    ", {} rejected (none of their events written)",
+                    output::count(failed.len() as u64, "bundle")
+                )
             }
         );
         if !report.pinned {
@@ -246,29 +462,34 @@ pub fn open(a: &OpenArgs, json: bool) -> CliResult<()> {
             );
         }
     }
-    if !report.is_clean() {
-        if !json {
-            eprintln!(
-                "error: the bundle chain has gaps, conflicts or foreign signers (see above): \
-                 data is missing or not authentic"
-            );
-        }
-        return Err(CliError::silent(EXIT_INTEGRITY));
+    let code = if !chain_ok {
+        EXIT_INTEGRITY
+    } else if worst > 0 {
+        worst
+    } else if opened == 0 {
+        EXIT_FAILURE
+    } else {
+        return Ok(());
+    };
+    match error {
+        // Text mode: the summary line above is the report; the verdict goes last.
+        Some(e) if !json => Err(CliError { code, message: e }),
+        _ => Err(CliError::silent(code)),
     }
-    match worst {
-        Some(w) => Err(w),
-        None if opened == 0 => Err(CliError::silent(EXIT_FAILURE)),
-        None => Ok(()),
-    }
+}
+
+/// Writing events failed: stdout, or a blob file in --blobs-dir.
+fn write_error(a: &OpenArgs, e: Error) -> CliError {
+    output::write_events_error("events", a.blobs_dir.as_deref(), &e)
 }
 
 fn print_chain_report(report: &capvault::ChainReport) {
     for d in &report.devices {
         eprintln!(
-            "chain: device {} stream {}: {} bundle(s), sequence {} to {}{}",
+            "chain: device {} stream {}: {}, sequence {} to {}{}",
             d.device_id,
             d.stream_id,
-            d.bundles,
+            output::count(d.bundles as u64, "bundle"),
             d.first_seq,
             d.last_seq,
             if d.issues.iter().any(|i| i.is_integrity_failure()) {
@@ -290,18 +511,20 @@ fn print_chain_report(report: &capvault::ChainReport) {
 
 #[derive(Args, Debug)]
 pub struct ReceiptArgs {
-    /// The collector identity file the bundles are sealed to.
-    #[arg(long, value_name = "FILE")]
+    /// The collector identity file the bundles are sealed to (`-` reads stdin).
+    #[arg(short = 'i', long, value_name = "FILE")]
     pub identity: PathBuf,
-    /// Bundle files to issue receipts for (each is opened and verified first).
+    /// Bundle files to issue receipts for (each is opened and verified first; `-` reads
+    /// one from stdin).
     #[arg(value_name = "BUNDLE", required = true)]
     pub bundles: Vec<PathBuf>,
-    /// Write the receipts here instead of stdout.
-    #[arg(long, value_name = "FILE")]
+    /// Write the receipts here (0600, atomically) instead of stdout (`-`).
+    #[arg(short = 'o', long, value_name = "FILE")]
     pub out: Option<PathBuf>,
 }
 
 pub fn receipt(a: &ReceiptArgs, json: bool) -> CliResult<()> {
+    one_stdin(&a.identity, &a.bundles)?;
     let identity = read_identity(&a.identity)?;
     let mut lines = Vec::new();
     for path in &a.bundles {
@@ -312,33 +535,30 @@ pub fn receipt(a: &ReceiptArgs, json: bool) -> CliResult<()> {
         lines.push((b.id.clone(), data_encoding::BASE64.encode(&r)));
     }
     let text: String = lines.iter().map(|(id, r)| format!("{id} {r}\n")).collect();
-    match &a.out {
+    let list = || -> Vec<Value> {
+        lines
+            .iter()
+            .map(|(id, r)| json!({ "id": id, "receipt": r }))
+            .collect()
+    };
+    match a.out.as_deref().filter(|p| !files::is_dash(p)) {
         Some(p) => {
-            std::fs::write(p, &text)
-                .map_err(|e| CliError::failure(format!("cannot write {}: {e}", p.display())))?;
+            let path = files::write_out(p, "the receipts", text.as_bytes())?;
             if json {
-                let list: Vec<Value> = lines
-                    .iter()
-                    .map(|(id, r)| json!({ "id": id, "receipt": r }))
-                    .collect();
-                print_json(&json!({ "receipts": list, "file": p.display().to_string() }));
+                print_json(&json!({ "receipts": list(), "file": path.display().to_string() }));
             } else {
                 eprintln!(
-                    "{} receipt(s) written to {}; give them to `capvault ack --receipt {}`",
-                    lines.len(),
-                    p.display(),
-                    p.display()
+                    "{} written to {}; give them to `capvault ack --receipt {}`",
+                    output::count(lines.len() as u64, "receipt"),
+                    path.display(),
+                    path.display()
                 );
             }
         }
-        None if json => {
-            let list: Vec<Value> = lines
-                .iter()
-                .map(|(id, r)| json!({ "id": id, "receipt": r }))
-                .collect();
-            print_json(&json!({ "receipts": list }));
+        None if json => print_json(&json!({ "receipts": list() })),
+        None => {
+            files::write_out(Path::new("-"), "the receipts", text.as_bytes())?;
         }
-        None => print!("{text}"),
     }
     Ok(())
 }

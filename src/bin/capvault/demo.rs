@@ -26,7 +26,7 @@ use capvault::{
     VaultOptions,
 };
 
-use crate::output::{human_bytes, print_json, CliError, CliResult};
+use crate::output::{self, human_bytes, print_json, CliError, CliResult};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -230,7 +230,16 @@ impl Collector {
     /// Starts `serve` on a free loopback port and returns it with its base URL, read
     /// from the `listening on URL` line it prints once it accepts connections.
     fn serve(&self, log: &Path) -> CliResult<(Proc, String)> {
-        let log_file = std::fs::File::create(log)
+        // 0600 like everything else the demo writes.
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let log_file = opts
+            .open(log)
             .map_err(|e| CliError::failure(format!("cannot create {}: {e}", log.display())))?;
         let mut child = Command::new(&self.bin)
             .arg("serve")
@@ -431,9 +440,9 @@ fn wait_for_upload(vault: &Vault, limit: Duration) -> CliResult<UploadStatus> {
         }
         if Instant::now() >= deadline {
             return Err(CliError::failure(format!(
-                "the upload to the collector did not finish within {} s: {} bundle(s), {} still pending{}",
+                "the upload to the collector did not finish within {} s: {} uploaded, {} still pending{}",
                 limit.as_secs(),
-                u.uploaded_bundles,
+                output::count(u.uploaded_bundles, "bundle"),
                 human_bytes(u.pending_bytes),
                 u.last_error
                     .map(|e| format!("; last error: {e}"))
@@ -585,7 +594,17 @@ pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
             }
         ),
     );
-    let session = run_session(&vault, a.seconds, json)?;
+    let pb = output::bar(a.seconds, "capturing");
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>10} [{bar:30}] {pos}/{len} s simulated ({elapsed})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let session = run_session(&vault, a.seconds, json, &pb);
+    pb.finish_and_clear();
+    let session = session?;
     let c = &session.counts;
     vault.flush()?;
     let st = vault.status()?;
@@ -594,7 +613,10 @@ pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
     // receipt and only then acknowledges (and prunes). Wait for it to drain.
     say(json, "uploading to the collector");
     let t = Instant::now();
-    let up = wait_for_upload(&vault, Duration::from_secs(60 + 2 * a.seconds))?;
+    let sp = output::spinner("uploading to the collector");
+    let up = wait_for_upload(&vault, Duration::from_secs(60 + 2 * a.seconds));
+    sp.finish_and_clear();
+    let up = up?;
     let drain_secs = t.elapsed().as_secs_f64();
     let after = vault.status()?;
     let verify = vault.verify()?;
@@ -607,7 +629,10 @@ pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
     }
 
     // Offline, with the identity: what the collector stored, opened and chain-checked.
-    let x = collector.export(&identity_file)?;
+    let sp = output::spinner("exporting from the collector");
+    let x = collector.export(&identity_file);
+    sp.finish_and_clear();
+    let x = x?;
 
     // What an insider with the collector's blob store sees: ciphertext. Search every
     // stored bundle for the window titles, the typed text and the user name.
@@ -751,7 +776,17 @@ struct Session {
     pause_epoch: Option<u32>,
 }
 
-fn run_session(vault: &Vault, seconds: u64, json: bool) -> CliResult<Session> {
+fn run_session(
+    vault: &Vault,
+    seconds: u64,
+    json: bool,
+    pb: &indicatif::ProgressBar,
+) -> CliResult<Session> {
+    let say = |json: bool, msg: &str| {
+        if !json {
+            output::note_above(pb, msg);
+        }
+    };
     let mut c = Counts::default();
     let mut fill = Filler(
         std::time::SystemTime::now()
@@ -782,6 +817,9 @@ fn run_session(vault: &Vault, seconds: u64, json: bool) -> CliResult<Session> {
     };
     for ms in 0..total_ms {
         let ts = t0 + (ms as i64) * 1000;
+        if ms % 1000 == 0 && ms > 0 {
+            pb.inc(1);
+        }
         if ms == pause_from {
             let t = Instant::now();
             vault.pause(Duration::from_secs(60))?;
@@ -924,10 +962,10 @@ fn print_report(
         human_bytes(st.disk_bytes)
     );
     println!(
-        "  keys       {}, KEK v{}, {} data-key epoch(s){}",
+        "  keys       {}, KEK v{}, {}{}",
         store_name(st.keystore),
         st.kek_version,
-        st.epochs.len(),
+        output::count(st.epochs.len() as u64, "data-key epoch"),
         s.pause_epoch
             .map(|e| format!(" (rotated to {e} mid-session)"))
             .unwrap_or_default()
@@ -943,12 +981,12 @@ fn print_report(
         r["collector"]["url"].as_str().unwrap_or("?")
     );
     println!(
-        "  upload     {} bundle(s) ({}) uploaded, {} receipt(s) verified against the collector's receipt key, {} pending, {} records left in the vault",
-        n(&up["bundles"]),
+        "  upload     {} ({}) uploaded, {} verified against the collector's receipt key, {} pending, {} left in the vault",
+        output::count(n(&up["bundles"]), "bundle"),
         human_bytes(n(&up["bytes"])),
-        n(&up["receipts_verified"]),
+        output::count(n(&up["receipts_verified"]), "receipt"),
         n(&up["pending_bundles"]),
-        r["records_left_after_ack"]
+        output::count(n(&r["records_left_after_ack"]), "record")
     );
     let by_type: Vec<String> = x["by_type"]
         .as_object()
@@ -959,15 +997,15 @@ fn print_report(
         })
         .unwrap_or_default();
     println!(
-        "  export     capvault-collector export --identity: {} of {} stored events ({}), {} marker(s); {}; chain {}",
+        "  export     capvault-collector export --identity: {} of {} stored events ({}), {}; {}; chain {}",
         n(&x["events_captured"]),
         n(&x["events_stored"]),
         by_type.join(", "),
-        n(&x["markers"]),
+        output::count(n(&x["markers"]), "marker"),
         if x["attributed"].as_bool() == Some(true) {
             format!(
-                "each once, with user, device_id and bundle_id ({} bundle(s))",
-                n(&x["bundle_ids"])
+                "each once, with user, device_id and bundle_id ({})",
+                output::count(n(&x["bundle_ids"]), "bundle")
             )
         } else {
             "SOME UNATTRIBUTED OR DUPLICATED".to_string()
@@ -979,8 +1017,8 @@ fn print_report(
         },
     );
     println!(
-        "  insider    someone with the collector's blob store sees {} bundle(s) of ciphertext: none of the {} window titles, the typed text or the user name appear in them{}",
-        n(&r["bundles"]),
+        "  insider    someone with the collector's blob store sees {} of ciphertext: none of the {} window titles, the typed text or the user name appear in them{}",
+        output::count(n(&r["bundles"]), "bundle"),
         WINDOWS.len(),
         if leaked.is_empty() { "" } else { " (LEAK FOUND)" }
     );

@@ -7,6 +7,7 @@
 mod admin;
 mod collector;
 mod demo;
+mod files;
 mod output;
 mod upload;
 
@@ -28,7 +29,11 @@ Examples:
   capvault status --vault /var/lib/capvault --user alice --json
   capvault keys rotate --kek --vault /var/lib/capvault --user alice
   capvault recipient new --out collector.identity
-  capvault open --identity collector.identity bundles/*.cvb > events.jsonl
+  capvault recipient show -i collector.identity          the recipient of an identity
+  capvault open -i collector.identity bundles/*.cvb > events.jsonl
+
+Short flags: -v/--vault, -u/--user, -o/--out (--out-dir for seal), -i/--identity,
+-t/--to (seal). `-` stands for stdout (--out) or stdin (--identity, bundles, --receipt).
 
 --vault and --user can also come from CAPVAULT_VAULT and CAPVAULT_USER.
 Exit codes: 0 success, 1 operational failure, 2 usage error, 3 integrity failure.";
@@ -47,10 +52,10 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct VaultArgs {
     /// Vault directory [env: CAPVAULT_VAULT]
-    #[arg(long, value_name = "DIR")]
+    #[arg(short = 'v', long, value_name = "DIR")]
     pub vault: Option<PathBuf>,
     /// The user (data subject) whose data to work on [env: CAPVAULT_USER]
-    #[arg(long, value_name = "NAME")]
+    #[arg(short = 'u', long, value_name = "NAME")]
     pub user: Option<String>,
     /// OS keychain holding the vault's keys.
     #[arg(long, value_enum, default_value_t = KeystoreArg::Auto)]
@@ -228,9 +233,15 @@ pub struct RotateArgs {
 pub enum RecipientCmd {
     /// Create a collector identity; prints the recipient to give to devices.
     #[command(
-        after_help = "Example:\n  capvault recipient new --out collector.identity\n  capvault recipient new --pq --out collector-pq.identity"
+        after_help = "Examples:\n  capvault recipient new --out collector.identity\n  capvault recipient new --pq --out collector-pq.identity\n  capvault recipient new --out - > collector.identity    (the identity on stdout, the recipient on stderr)"
     )]
     New(collector::NewRecipientArgs),
+    /// Print the recipient of an identity (and its receipt key on stderr), like
+    /// `age-keygen -y`.
+    #[command(
+        after_help = "Examples:\n  capvault recipient show --identity collector.identity\n  capvault recipient show -i - < collector.identity"
+    )]
+    Show(collector::ShowRecipientArgs),
 }
 
 fn run(cli: Cli) -> CliResult<()> {
@@ -251,6 +262,7 @@ fn run(cli: Cli) -> CliResult<()> {
         Cmd::Show(a) => admin::show(&a),
         Cmd::Audit(a) => admin::audit(&a, json),
         Cmd::Recipient(RecipientCmd::New(a)) => collector::recipient_new(&a, json),
+        Cmd::Recipient(RecipientCmd::Show(a)) => collector::recipient_show(&a, json),
         Cmd::Open(a) => collector::open(&a, json),
         Cmd::Receipt(a) => collector::receipt(&a, json),
         Cmd::Upload(a) => upload::run(&a, json),
@@ -264,7 +276,13 @@ fn main() -> ExitCode {
         Err(e) => {
             // clap prints help/version to stdout (exit 0) and usage errors to stderr (2).
             let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
+            // Its usage errors quote the offending value: never an identity.
+            let plain = e.render().to_string();
+            if output::holds_identity(&plain) {
+                eprint!("{}", output::redact(&plain));
+            } else {
+                let _ = e.print();
+            }
             return ExitCode::from(code);
         }
     };
@@ -272,7 +290,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError { code, message }) => {
             if !message.is_empty() {
-                eprintln!("error: {message}");
+                eprintln!("error: {}", output::redact(&message));
             }
             ExitCode::from(code)
         }

@@ -55,14 +55,14 @@ impl From<capvault::Error> for CliError {
         use capvault::Error as E;
         match &e {
             E::Tampered(_) => CliError::integrity(format!(
-                "{e}; keep a copy of the vault or bundle for investigation and do not use it further"
+                "{}; keep a copy of the vault or bundle for investigation and do not use it further",
+                describe(&e)
             )),
-            E::Erased => CliError::failure(e.to_string()),
             E::InUse => CliError::failure(
                 "the vault is in use by another process (a capture agent?); stop it and retry \
                  (status, keys, pause, resume and erase work through its hand-off)",
             ),
-            _ => CliError::failure(e.to_string()),
+            _ => CliError::failure(describe(&e)),
         }
     }
 }
@@ -73,9 +73,86 @@ impl From<capvault_format::Error> for CliError {
     }
 }
 
-impl From<std::io::Error> for CliError {
-    fn from(e: std::io::Error) -> Self {
-        CliError::failure(e.to_string())
+/// A library error as a person reads it: the library's kind prefixes ("invalid
+/// argument:", "storage error:") name internal categories, not what went wrong, so the
+/// CLI leaves them out; integrity failures keep theirs (it is the verdict).
+pub fn describe(e: &capvault::Error) -> String {
+    use capvault::Error as E;
+    match e {
+        E::InvalidArgument(m) | E::Storage(m) | E::NotFound(m) => m.clone(),
+        E::Keychain(m) => format!("keychain: {m}"),
+        E::StorageFull(m) => format!("the disk is full or the vault's byte budget is used up: {m}"),
+        other => other.to_string(),
+    }
+}
+
+/// Like [`describe`], for the formats crate's errors.
+pub fn describe_format(e: &capvault_format::Error) -> String {
+    describe(&capvault::Error::from(e.clone()))
+}
+
+/// Writing JSON Lines failed: stdout, or a payload file in `--blobs-dir`.
+pub fn write_events_error(
+    what: &str,
+    blobs_dir: Option<&std::path::Path>,
+    e: &capvault::Error,
+) -> CliError {
+    CliError::failure(match blobs_dir {
+        Some(d) => format!(
+            "cannot write the {what} to stdout or their payloads to {}: {}",
+            d.display(),
+            describe(e)
+        ),
+        None => format!("cannot write the {what} to stdout: {}", describe(e)),
+    })
+}
+
+/// The start of every identity (collector secret key) in text form.
+pub const IDENTITY_PREFIX: &str = "CVSECRET-";
+
+/// True when `s` holds an identity (a secret), in any letter case.
+pub fn holds_identity(s: &str) -> bool {
+    s.to_ascii_uppercase().contains(IDENTITY_PREFIX)
+}
+
+/// `s` with every identity replaced by `CVSECRET-<redacted>`: the last line of defence
+/// for anything the CLI echoes (errors, clap's usage messages).
+pub fn redact(s: &str) -> String {
+    let upper = s.to_ascii_uppercase();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while let Some(at) = upper[i..].find(IDENTITY_PREFIX) {
+        let start = i + at;
+        out.push_str(&s[i..start]);
+        out.push_str("CVSECRET-<redacted>");
+        // The identity runs on over its suite name and base32 body.
+        let rest = &s[start + IDENTITY_PREFIX.len()..];
+        let len = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .unwrap_or(rest.len());
+        i = start + IDENTITY_PREFIX.len() + len;
+    }
+    out.push_str(&s[i..]);
+    out
+}
+
+/// "1 record", "2 records", "no records".
+pub fn count(n: u64, what: &str) -> String {
+    match n {
+        0 => format!("no {what}s"),
+        1 => format!("1 {what}"),
+        _ => format!("{n} {what}s"),
+    }
+}
+
+/// "record 4", "records 4..=9", or "no records" for an empty range.
+pub fn record_range(first: u64, last: u64) -> String {
+    if first == 0 && last == 0 || last < first {
+        "no records".into()
+    } else if first == last {
+        format!("record {first}")
+    } else {
+        format!("records {first}..={last}")
     }
 }
 
@@ -190,9 +267,10 @@ pub fn print_json(v: &serde_json::Value) {
     );
 }
 
-/// True when progress bars may be drawn: both stdout and stderr are terminals.
+/// True when progress bars may be drawn: stderr is a terminal. Bars only ever go to
+/// stderr, so stdout (JSON Lines, JSON, a file) stays clean whatever it is.
 pub fn interactive() -> bool {
-    std::io::stdout().is_terminal() && std::io::stderr().is_terminal()
+    std::io::stderr().is_terminal()
 }
 
 /// A progress bar on stderr for `len` steps (hidden when not interactive).
@@ -204,6 +282,7 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
             .progress_chars("=> "),
     );
     pb.set_message(what.to_string());
+    pb.tick();
     pb
 }
 
@@ -211,11 +290,21 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
 pub fn spinner(what: &str) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(None, draw_target());
     pb.set_style(
-        ProgressStyle::with_template("{spinner} {msg} {pos} ({elapsed})").expect("valid template"),
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("valid template"),
     );
     pb.set_message(what.to_string());
+    pb.tick();
     pb.enable_steady_tick(Duration::from_millis(120));
     pb
+}
+
+/// Prints a line on stderr above a progress bar (or plainly when there is none).
+pub fn note_above(pb: &ProgressBar, line: &str) {
+    if pb.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        pb.println(line);
+    }
 }
 
 fn draw_target() -> ProgressDrawTarget {
@@ -249,6 +338,28 @@ mod tests {
         assert_eq!(parse_size("100b").unwrap(), 100);
         assert!(parse_size("0").is_err());
         assert!(parse_size("12Q").is_err());
+    }
+
+    #[test]
+    fn identities_are_redacted_wherever_they_occur() {
+        let id = "CVSECRET-X25519-1ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+        let r = redact(&format!("invalid value '{id}' for '--to <R>': x"));
+        assert_eq!(r, "invalid value 'CVSECRET-<redacted>' for '--to <R>': x");
+        let lower = id.to_ascii_lowercase();
+        assert!(!redact(&format!("{lower} and {id}")).contains("abcdefgh"));
+        assert!(!redact(&format!("{lower} and {id}")).contains("ABCDEFGH"));
+        assert_eq!(redact("cvrecip-x25519-1abc"), "cvrecip-x25519-1abc");
+        assert!(holds_identity(&lower));
+    }
+
+    #[test]
+    fn counts_and_ranges_read_as_english() {
+        assert_eq!(count(0, "record"), "no records");
+        assert_eq!(count(1, "record"), "1 record");
+        assert_eq!(count(2, "bundle"), "2 bundles");
+        assert_eq!(record_range(0, 0), "no records");
+        assert_eq!(record_range(3, 3), "record 3");
+        assert_eq!(record_range(1, 5), "records 1..=5");
     }
 
     #[test]

@@ -14,8 +14,8 @@ use zeroize::Zeroizing;
 
 use capvault::{UploadError, UploadOptions, UploadReport, Vault};
 
-use crate::admin::{open_existing, resolve};
-use crate::output::{human_bytes, human_time, print_json, CliError, CliResult};
+use crate::admin::{open_existing, parse_receipt_key, parse_recipient, resolve, vault_error};
+use crate::output::{count, human_bytes, human_time, print_json, CliError, CliResult};
 use crate::VaultArgs;
 
 /// How often `--once` retries when the collector says it is busy (429/503).
@@ -83,28 +83,27 @@ fn token(a: &UploadArgs) -> CliResult<Option<Zeroizing<String>>> {
 
 pub fn run(a: &UploadArgs, json: bool) -> CliResult<()> {
     let mut t = resolve(&a.vault)?;
+    parse_recipient("--recipient", &a.recipient)?;
     let mut up = UploadOptions::new(a.url.clone(), a.recipient.clone());
     up.token = token(a)?;
     up.max_bundle_bytes = a.max_bundle_bytes;
     up.max_bytes_per_sec = a.max_bytes_per_sec;
     up.interval_secs = a.interval;
     up.validate().map_err(|e| CliError::usage(e.to_string()))?;
-    a.receipt_key
-        .parse::<capvault::ReceiptKey>()
-        .map_err(|e| CliError::usage(format!("--receipt-key: {e}")))?;
+    parse_receipt_key(&a.receipt_key)?;
     t.options.collector_receipt_key = Some(a.receipt_key.clone());
     if a.once {
         t.options.upload = None;
-        let vault = open_existing(&t).map_err(CliError::from)?;
+        let vault = open_existing(&t).map_err(|f| f.at(&t))?;
         let result = once(&vault, &up);
-        vault.close()?;
+        vault.close().map_err(|e| vault_error(&t, e))?;
         let report = result?;
         if json {
             print_json(&json!({ "drained": true, "report": report }));
         } else {
             println!(
-                "uploaded {} bundles ({}){}; nothing pending",
-                report.bundles,
+                "uploaded {} ({}){}; nothing pending",
+                count(report.bundles, "bundle"),
                 human_bytes(report.bytes),
                 if report.enrolled {
                     ", enrolled this device"
@@ -116,9 +115,9 @@ pub fn run(a: &UploadArgs, json: bool) -> CliResult<()> {
         return Ok(());
     }
     t.options.upload = Some(up);
-    let vault = open_existing(&t).map_err(CliError::from)?;
+    let vault = open_existing(&t).map_err(|f| f.at(&t))?;
     background(&vault, json)?;
-    vault.close()?;
+    vault.close().map_err(|e| vault_error(&t, e))?;
     Ok(())
 }
 
@@ -164,8 +163,8 @@ fn background(vault: &Vault, json: bool) -> CliResult<()> {
             last_report = Instant::now();
             if let Some(u) = vault.status()?.upload {
                 let line = format!(
-                    "uploaded {} bundles ({}), {} pending{}",
-                    u.uploaded_bundles,
+                    "uploaded {} ({}), {} pending{}",
+                    count(u.uploaded_bundles, "bundle"),
                     human_bytes(u.uploaded_bytes),
                     human_bytes(u.pending_bytes),
                     match (&u.last_error, u.next_attempt_us) {
@@ -185,8 +184,8 @@ fn background(vault: &Vault, json: bool) -> CliResult<()> {
         print_json(&json!({ "stopped": true, "upload": st.upload }));
     } else if let Some(u) = st.upload {
         println!(
-            "stopped: uploaded {} bundles ({}), {} pending",
-            u.uploaded_bundles,
+            "stopped: uploaded {} ({}), {} pending",
+            count(u.uploaded_bundles, "bundle"),
             human_bytes(u.uploaded_bytes),
             human_bytes(u.pending_bytes)
         );

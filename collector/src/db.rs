@@ -6,15 +6,19 @@
 //! parameters `$1, $2, …` (both engines accept them), and "insert unless present" is
 //! `ON CONFLICT DO NOTHING`.
 //!
-//! Schema (version 1):
+//! Schema (version 2):
 //!
 //! ```sql
 //! tokens  (hash TEXT PRIMARY KEY, uses_left BIGINT, expires_us BIGINT NULL, created_us BIGINT)
 //! devices (device_id TEXT PRIMARY KEY, device_key TEXT, record TEXT, enrolled_us BIGINT,
 //!          revoked_us BIGINT NULL)
 //! bundles (device_id TEXT, stream_id TEXT, seq BIGINT, digest TEXT, prev_digest TEXT,
-//!          size BIGINT, received_us BIGINT, PRIMARY KEY (device_id, stream_id, seq))
+//!          size BIGINT, received_us BIGINT, location TEXT NULL,
+//!          PRIMARY KEY (device_id, stream_id, seq))
 //! ```
+//!
+//! `location` (version 2) is where the blob store put the bytes when the digest alone
+//! does not name them (the directory store's segments); version 1 had no such column.
 //!
 //! The primary key of `bundles` is the unique key on (device, stream, sequence) that
 //! makes concurrent retries to two replicas store one row. Index rows are inserted
@@ -32,9 +36,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::ApiError;
 
 /// The schema version this code writes.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
-const SCHEMA_V1: &[&str] = &[
+const SCHEMA_V1: &[&'static str] = &[
     "CREATE TABLE IF NOT EXISTS tokens (
         hash TEXT PRIMARY KEY,
         uses_left BIGINT NOT NULL,
@@ -56,6 +60,9 @@ const SCHEMA_V1: &[&str] = &[
         received_us BIGINT NOT NULL,
         PRIMARY KEY (device_id, stream_id, seq))",
 ];
+
+/// From version 1 to 2: the blob location.
+const SCHEMA_V2: &[&'static str] = &["ALTER TABLE bundles ADD COLUMN location TEXT"];
 
 /// Which engine a URL names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +111,8 @@ pub struct BundleRow {
     pub prev_digest: String,
     /// Size in bytes.
     pub size: u64,
+    /// Where the blob store put it, when the digest alone does not say.
+    pub location: Option<String>,
 }
 
 /// Result of inserting an index row.
@@ -242,15 +251,21 @@ impl Db {
                 Some(v) if v > SCHEMA_VERSION => Err(ApiError::Operational(format!(
                     "the database has schema version {v}, newer than this collector ({SCHEMA_VERSION}); upgrade the collector"
                 ))),
-                Some(_) => Ok(()),
-                None => {
-                    for stmt in SCHEMA_V1 {
-                        sqlx::query(*stmt).execute(&mut *conn).await?;
+                Some(v) if v == SCHEMA_VERSION => Ok(()),
+                from => {
+                    let steps: &[(i64, &[&'static str])] = &[(1, SCHEMA_V1), (2, SCHEMA_V2)];
+                    for (version, stmts) in steps {
+                        if from.is_some_and(|v| v >= *version) {
+                            continue;
+                        }
+                        for stmt in *stmts {
+                            sqlx::query(*stmt).execute(&mut *conn).await?;
+                        }
+                        sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+                            .bind(*version)
+                            .execute(&mut *conn)
+                            .await?;
                     }
-                    sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
-                        .bind(SCHEMA_VERSION)
-                        .execute(&mut *conn)
-                        .await?;
                     Ok(())
                 }
             }
@@ -407,18 +422,22 @@ impl Db {
 
     // ----- bundles -----
 
-    /// The rows stored at `seq - 1`, `seq` and `seq + 1` of a stream, in one query:
-    /// (sequence, digest, previous digest).
-    pub async fn neighbourhood(
+    /// A device and the rows stored at `seq - 1`, `seq` and `seq + 1` of one of its
+    /// streams, (sequence, digest, previous digest), in one query (one round trip per
+    /// upload instead of two); `None` when the device is not enrolled.
+    pub async fn device_and_neighbours(
         &self,
         device_id: &str,
         stream_id: &str,
         seq: u64,
-    ) -> Result<Vec<(u64, String, String)>, ApiError> {
+    ) -> Result<Option<(Device, Vec<(u64, String, String)>)>, ApiError> {
         let s = seq_to_db(seq)?;
         let rows = sqlx::query(
-            "SELECT seq, digest, prev_digest FROM bundles
-             WHERE device_id = $1 AND stream_id = $2 AND seq >= $3 AND seq <= $4",
+            "SELECT d.device_id, d.device_key, d.record, d.enrolled_us, d.revoked_us,
+                    b.seq, b.digest, b.prev_digest
+             FROM devices d LEFT JOIN bundles b
+               ON b.device_id = d.device_id AND b.stream_id = $2 AND b.seq >= $3 AND b.seq <= $4
+             WHERE d.device_id = $1",
         )
         .bind(device_id)
         .bind(stream_id)
@@ -426,9 +445,17 @@ impl Db {
         .bind(s.saturating_add(1))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get::<i64, _>(0)? as u64, r.try_get(1)?, r.try_get(2)?)))
-            .collect()
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let device = device_from_row(first)?;
+        let mut near = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if let Some(q) = r.try_get::<Option<i64>, _>(5)? {
+                near.push((q as u64, r.try_get(6)?, r.try_get(7)?));
+            }
+        }
+        Ok(Some((device, near)))
     }
 
     /// The digest and previous digest stored at a chain position, if any.
@@ -496,7 +523,7 @@ impl Db {
         let rows = match device_id {
             Some(d) => {
                 sqlx::query(
-                    "SELECT device_id, stream_id, seq, digest, prev_digest, size FROM bundles
+                    "SELECT device_id, stream_id, seq, digest, prev_digest, size, location FROM bundles
                      WHERE device_id = $1 ORDER BY device_id, stream_id, seq",
                 )
                 .bind(d)
@@ -505,7 +532,7 @@ impl Db {
             }
             None => {
                 sqlx::query(
-                    "SELECT device_id, stream_id, seq, digest, prev_digest, size FROM bundles
+                    "SELECT device_id, stream_id, seq, digest, prev_digest, size, location FROM bundles
                      ORDER BY device_id, stream_id, seq",
                 )
                 .fetch_all(&self.pool)
@@ -521,6 +548,7 @@ impl Db {
                     digest: r.try_get(3)?,
                     prev_digest: r.try_get(4)?,
                     size: r.try_get::<i64, _>(5)? as u64,
+                    location: r.try_get(6)?,
                 })
             })
             .collect()
@@ -537,8 +565,8 @@ where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     Ok(sqlx::query(
-        "INSERT INTO bundles (device_id, stream_id, seq, digest, prev_digest, size, received_us)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        "INSERT INTO bundles (device_id, stream_id, seq, digest, prev_digest, size, received_us, location)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
     )
     .bind(&b.device_id)
     .bind(&b.stream_id)
@@ -547,6 +575,7 @@ where
     .bind(&b.prev_digest)
     .bind(b.size as i64)
     .bind(now_us)
+    .bind(b.location.as_deref())
     .execute(exec)
     .await?
     .rows_affected())

@@ -368,8 +368,7 @@ async fn dispatch(command: Command) -> Result<u8, ApiError> {
         Command::CopyBundles(a) => {
             let db = open_db(&a.dir.dir, a.dir.db.as_deref()).await?;
             let store = BlobStore::open(&config::store_url(&a.dir.dir, a.store.as_deref()))?;
-            let report =
-                crate::copy::copy_bundles(&db, &store, a.device.as_deref(), &a.out).await;
+            let report = crate::copy::copy_bundles(&db, &store, a.device.as_deref(), &a.out).await;
             db.close().await;
             let report = report?;
             let mut err = std::io::stderr().lock();

@@ -521,23 +521,19 @@ impl Db {
     /// Every index row, optionally of one device, in (device, stream, seq) order.
     pub async fn bundles(&self, device_id: Option<&str>) -> Result<Vec<BundleRow>, ApiError> {
         let rows = match device_id {
-            Some(d) => {
-                sqlx::query(
-                    "SELECT device_id, stream_id, seq, digest, prev_digest, size, location FROM bundles
+            Some(d) => sqlx::query(
+                "SELECT device_id, stream_id, seq, digest, prev_digest, size, location FROM bundles
                      WHERE device_id = $1 ORDER BY device_id, stream_id, seq",
-                )
-                .bind(d)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(
-                    "SELECT device_id, stream_id, seq, digest, prev_digest, size, location FROM bundles
+            )
+            .bind(d)
+            .fetch_all(&self.pool)
+            .await?,
+            None => sqlx::query(
+                "SELECT device_id, stream_id, seq, digest, prev_digest, size, location FROM bundles
                      ORDER BY device_id, stream_id, seq",
-                )
-                .fetch_all(&self.pool)
-                .await?
-            }
+            )
+            .fetch_all(&self.pool)
+            .await?,
         };
         rows.iter()
             .map(|r| {
@@ -595,9 +591,44 @@ fn stream_lock_key(device_id: &str, stream_id: &str) -> i64 {
     i64::from_be_bytes(k)
 }
 
-/// Inside a transaction that holds the stream's write lock: the position and its
-/// neighbours are checked, then the row inserted (unless the check fails).
+/// Inside a transaction that holds the stream's write lock: the row is inserted unless
+/// its position is taken or a stored neighbour does not link to it. The common case is
+/// one statement; when nothing was inserted, [`classify_and_insert`] says why.
 async fn check_and_insert(
+    conn: &mut sqlx::AnyConnection,
+    b: &BundleRow,
+    now_us: i64,
+) -> Result<Inserted, sqlx::Error> {
+    let s = b.seq as i64;
+    let n = sqlx::query(
+        "INSERT INTO bundles (device_id, stream_id, seq, digest, prev_digest, size, received_us, location)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8
+         WHERE NOT EXISTS (SELECT 1 FROM bundles WHERE device_id = $1 AND stream_id = $2
+             AND ((seq = $9 AND digest <> $5) OR (seq = $10 AND prev_digest <> $4)))
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&b.device_id)
+    .bind(&b.stream_id)
+    .bind(s)
+    .bind(&b.digest)
+    .bind(&b.prev_digest)
+    .bind(b.size as i64)
+    .bind(now_us)
+    .bind(b.location.as_deref())
+    .bind(s.saturating_sub(1))
+    .bind(s.saturating_add(1))
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if n == 1 {
+        return Ok(Inserted::New);
+    }
+    classify_and_insert(conn, b, now_us).await
+}
+
+/// The position and its neighbours are checked one by one, then the row inserted
+/// (unless a check fails).
+async fn classify_and_insert(
     conn: &mut sqlx::AnyConnection,
     b: &BundleRow,
     now_us: i64,
@@ -717,4 +748,103 @@ fn device_from_row(r: &AnyRow) -> Result<Device, ApiError> {
         enrolled_us: r.try_get(3)?,
         revoked_us: r.try_get(4)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(seq: u64, digest: &str, prev: &str, location: Option<&str>) -> BundleRow {
+        BundleRow {
+            device_id: "d".into(),
+            stream_id: "s".into(),
+            seq,
+            digest: digest.into(),
+            prev_digest: prev.into(),
+            size: 5,
+            location: location.map(str::to_string),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_is_upgraded_in_place_and_keeps_its_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", tmp.path().join("c.db").display());
+        sqlx::any::install_default_drivers();
+        {
+            let pool = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await
+                .unwrap();
+            sqlx::query("CREATE TABLE schema_version (version BIGINT NOT NULL)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            for stmt in SCHEMA_V1 {
+                sqlx::query(*stmt).execute(&pool).await.unwrap();
+            }
+            sqlx::query("INSERT INTO schema_version (version) VALUES (1)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query(
+                "INSERT INTO bundles (device_id, stream_id, seq, digest, prev_digest, size, received_us)
+                 VALUES ('d', 's', 1, 'aa', '00', 5, 1)",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let db = Db::open(&url).await.unwrap();
+        let version: i64 = sqlx::query("SELECT MAX(version) FROM schema_version")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        // The old row reads back without a location (the digest names its file).
+        let rows = db.bundles(None).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].location, None);
+
+        // New rows keep their location; the chain rules hold across old and new rows.
+        let b2 = row(2, "bb", "aa", Some("x.seg:48:5"));
+        assert_eq!(db.insert_bundle(&b2, 2).await.unwrap(), Inserted::New);
+        let other = row(2, "cc", "aa", Some("x.seg:101:5"));
+        assert_eq!(
+            db.insert_bundle(&other, 3).await.unwrap(),
+            Inserted::Existing("bb".into())
+        );
+        let unlinked = row(3, "dd", "zz", Some("x.seg:154:5"));
+        assert_eq!(
+            db.insert_bundle(&unlinked, 4).await.unwrap(),
+            Inserted::PrevMismatch
+        );
+        // A successor stored first must name the bundle before it.
+        let b5 = row(5, "ff", "ee", None);
+        assert_eq!(db.insert_bundle(&b5, 5).await.unwrap(), Inserted::New);
+        let not_named = row(4, "ed", "gg", None);
+        assert_eq!(
+            db.insert_bundle(&not_named, 6).await.unwrap(),
+            Inserted::NextMismatch
+        );
+        let rows = db.bundles(None).await.unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[1].location.as_deref(), Some("x.seg:48:5"));
+        db.close().await;
+
+        // Opening again does not migrate again.
+        let db = Db::open(&url).await.unwrap();
+        let versions: i64 = sqlx::query("SELECT COUNT(*) FROM schema_version")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        assert_eq!(versions, 2);
+        db.close().await;
+    }
 }

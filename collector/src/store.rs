@@ -442,6 +442,101 @@ fn segment_writer(root: &Path, rx: mpsc::Receiver<Append>) {
     }
 }
 
+#[cfg(test)]
+mod local_tests {
+    use super::*;
+
+    fn digest(b: &[u8]) -> String {
+        data_encoding::HEXLOWER.encode(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
+    }
+
+    #[tokio::test]
+    async fn segments_hold_concurrent_puts_and_read_back_by_location() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(tmp.path().to_str().unwrap()).unwrap();
+        let blobs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000 + i as usize]).collect();
+        let puts = blobs.iter().map(|b| {
+            let store = store.clone();
+            let b = b.clone();
+            async move {
+                store
+                    .put(&digest(&b), Bytes::from(b))
+                    .await
+                    .unwrap()
+                    .unwrap()
+            }
+        });
+        let locations = futures_join_all(puts).await;
+        for (b, l) in blobs.iter().zip(&locations) {
+            let got = store.get(&digest(b), Some(l)).await.unwrap().unwrap();
+            assert_eq!(&got[..], &b[..]);
+        }
+        // The same bytes again (a concurrent retry): the copy already stored.
+        let again = store
+            .put(&digest(&blobs[3]), Bytes::from(blobs[3].clone()))
+            .await
+            .unwrap();
+        assert_eq!(again.as_deref(), Some(locations[3].as_str()));
+
+        // Each entry is its header (magic, length, digest) then the bytes.
+        let (name, offset, _) = {
+            let mut p = locations[0].split(':');
+            (
+                p.next().unwrap().to_string(),
+                p.next().unwrap().parse::<usize>().unwrap(),
+                p.next().unwrap(),
+            )
+        };
+        let seg = std::fs::read(tmp.path().join(&name)).unwrap();
+        let h = &seg[offset - ENTRY_HEADER..offset];
+        assert_eq!(&h[..8], ENTRY_MAGIC);
+        assert_eq!(u64::from_le_bytes(h[8..16].try_into().unwrap()), 1000);
+        assert_eq!(data_encoding::HEXLOWER.encode(&h[16..]), digest(&blobs[0]));
+
+        // Locations that leave the store or do not parse are refused; one past the end
+        // of the segment is missing.
+        for bad in [
+            "../x.seg:48:5",
+            "/etc/passwd:48:5",
+            "x.seg:5",
+            "x.seg:1:5",
+            ".seg:48:1",
+        ] {
+            assert!(store.get(&digest(b"x"), Some(bad)).await.is_err(), "{bad}");
+        }
+        let past = format!("{name}:{}:10", seg.len());
+        assert!(store
+            .get(&digest(b"x"), Some(&past))
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_blob_indexed_before_segments_is_read_from_its_digest_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(tmp.path().to_str().unwrap()).unwrap();
+        let d = digest(b"legacy");
+        std::fs::create_dir_all(tmp.path().join(&d[..2])).unwrap();
+        std::fs::write(tmp.path().join(&d[..2]).join(format!("{d}.cvb")), b"legacy").unwrap();
+        assert_eq!(&store.get(&d, None).await.unwrap().unwrap()[..], b"legacy");
+        assert!(store.get(&digest(b"other"), None).await.unwrap().is_none());
+    }
+
+    /// Runs the futures concurrently on the test runtime.
+    async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<String>
+    where
+        F: std::future::Future<Output = String> + Send + 'static,
+    {
+        let handles: Vec<_> = futures.map(tokio::spawn).collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap());
+        }
+        out
+    }
+}
+
 #[cfg(all(test, feature = "s3"))]
 mod tests {
     use super::*;

@@ -24,7 +24,11 @@ fn every_receipted_bundle_survives_a_kill_right_after_its_receipt() {
     for d in 0..devices {
         let mut dev = Device::new(60 + d as u8);
         assert_eq!(server.enroll(&token, &dev).status, 201);
-        chains.push((0..per_device).map(|_| dev.seal_next(&id.recipient(), 2)).collect());
+        chains.push(
+            (0..per_device)
+                .map(|_| dev.seal_next(&id.recipient(), 2))
+                .collect(),
+        );
     }
 
     // Receipted bundles: digest -> bytes.

@@ -38,7 +38,7 @@ use crate::error::ApiError;
 /// The schema version this code writes.
 const SCHEMA_VERSION: i64 = 2;
 
-const SCHEMA_V1: &[&'static str] = &[
+const SCHEMA_V1: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS tokens (
         hash TEXT PRIMARY KEY,
         uses_left BIGINT NOT NULL,
@@ -62,7 +62,7 @@ const SCHEMA_V1: &[&'static str] = &[
 ];
 
 /// From version 1 to 2: the blob location.
-const SCHEMA_V2: &[&'static str] = &["ALTER TABLE bundles ADD COLUMN location TEXT"];
+const SCHEMA_V2: &[&str] = &["ALTER TABLE bundles ADD COLUMN location TEXT"];
 
 /// Which engine a URL names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,13 +12,12 @@
 //! Each event's timestamp is the wall-clock time of its append. The receipt time of a
 //! bundle is the collector's `bundle stored` log line (written after the blob and the
 //! index row are durable, just before the receipt goes out), matched to the events
-//! through `export` (each line carries `ts_us` and `bundle_id`). Events appended in the
-//! last interval are uploaded by a final wait of up to two intervals; the harness
-//! checks every appended event came back. The vault keeps its keys in kernel keyutils.
+//! through `export` (each line carries `ts_us` and `bundle_id`). After the last append
+//! the vault is flushed and the harness waits (up to two intervals) until the uploader
+//! has sent everything; it checks every appended event came back. The vault keeps its keys in kernel keyutils.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -72,7 +71,11 @@ fn main() {
         .arg(&cdir)
         .output()
         .expect("the collector runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let init: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let identity = Identity::generate(Suite::X25519);
     let id_path = tmp.join("collector.identity");
@@ -80,7 +83,14 @@ fn main() {
 
     let log_path = tmp.join("collector.log");
     let mut server = Command::new(bin)
-        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--dir"])
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--dir",
+        ])
         .arg(&cdir)
         .env("CAPVAULT_LOG", "info")
         .stdout(Stdio::piped())
@@ -91,7 +101,11 @@ fn main() {
     BufReader::new(server.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let url = line.trim().strip_prefix("listening on ").unwrap().to_string();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
 
     let mut upload = UploadOptions::new(url, identity.recipient().to_string());
     upload.token = Some(init["token"].as_str().unwrap().to_string().into());
@@ -115,11 +129,14 @@ fn main() {
         } else if now - due > Duration::from_millis(5) {
             late += 1;
         }
-        vault
+        let _ = vault
             .append_mouse_move(now_us(), (i % 1920) as i32, (i % 1080) as i32)
             .unwrap();
     }
     let appended_at = Instant::now();
+    // The last frame (under 100 ms of events) becomes a record now rather than at its
+    // time bound, so that the wait below cannot see an empty log before it is written.
+    vault.flush().unwrap();
     // Until the uploader has sent everything (records and outbox) or two intervals.
     loop {
         let s = vault.status().unwrap();
@@ -155,7 +172,11 @@ fn main() {
         .arg(&id_path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut lat = Vec::new();
     for l in String::from_utf8(out.stdout).unwrap().lines() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
@@ -179,5 +200,4 @@ fn main() {
         lat[0] as f64 / 1000.0,
     );
     let _ = std::fs::remove_dir_all(&tmp);
-    let _ = Path::new(&tmp);
 }

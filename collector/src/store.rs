@@ -87,12 +87,24 @@ impl BlobStore {
         }
         let path = url.strip_prefix("file://").unwrap_or(url);
         let root = PathBuf::from(path);
-        std::fs::create_dir_all(&root).map_err(|e| {
-            ApiError::Operational(format!(
-                "cannot create the blob directory {}: {e}",
-                root.display()
-            ))
-        })?;
+        if !root.is_dir() {
+            std::fs::create_dir_all(&root).map_err(|e| {
+                ApiError::Operational(format!(
+                    "cannot create the blob directory {}: {e}",
+                    root.display()
+                ))
+            })?;
+            // Its name in the parent is durable before any segment in it counts.
+            let parent = root.parent().filter(|p| !p.as_os_str().is_empty());
+            std::fs::File::open(parent.unwrap_or(Path::new(".")))
+                .and_then(|d| d.sync_all())
+                .map_err(|e| {
+                    ApiError::Operational(format!(
+                        "cannot sync the directory of {}: {e}",
+                        root.display()
+                    ))
+                })?;
+        }
         Ok(BlobStore {
             inner: Backend::Local(Arc::new(LocalStore {
                 root,

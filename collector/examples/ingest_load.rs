@@ -4,7 +4,7 @@
 //! ```text
 //! capvault-collector init --dir /tmp/c
 //! capvault-collector serve --dir /tmp/c --listen 127.0.0.1:8700 &
-//! TOKEN=$(capvault-collector token new --dir /tmp/c --uses 64)
+//! TOKEN=$(capvault-collector token new --dir /tmp/c --uses 1000)
 //! cargo run --release -p capvault-collector --example ingest_load -- \
 //!     127.0.0.1:8700 "$TOKEN" [devices=8] [bundles_per_device=250] [bundle_bytes=65536] \
 //!     [baseline_dir=/tmp] [rounds=3]

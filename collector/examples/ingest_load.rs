@@ -4,13 +4,17 @@
 //! ```text
 //! capvault-collector init --dir /tmp/c
 //! capvault-collector serve --dir /tmp/c --listen 127.0.0.1:8700 &
-//! TOKEN=$(capvault-collector token new --dir /tmp/c --uses 64)
+//! TOKEN=$(capvault-collector token new --dir /tmp/c --uses 1000)
 //! cargo run --release -p capvault-collector --example ingest_load -- \
-//!     127.0.0.1:8700 "$TOKEN" [devices=8] [bundles_per_device=250] [bundle_bytes=65536] [baseline_dir=/tmp]
+//!     127.0.0.1:8700 "$TOKEN" [devices=8] [bundles_per_device=250] [bundle_bytes=65536] \
+//!     [baseline_dir=/tmp] [rounds=3]
 //! ```
 //!
 //! Each device uploads its own chain in order on one keep-alive connection, as the
 //! uploader does; devices run in parallel. Sealing happens before the clock starts.
+//! Each round (new devices, so `rounds x devices` token uses) runs the ingest and then
+//! the baseline, so that both see the same machine load; one JSON line per round, then
+//! the median round by ratio.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -63,7 +67,7 @@ fn post(
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 2 {
-        eprintln!("usage: ingest_load ADDR TOKEN [devices] [bundles_per_device] [bundle_bytes] [baseline_dir]");
+        eprintln!("usage: ingest_load ADDR TOKEN [devices] [bundles_per_device] [bundle_bytes] [baseline_dir] [rounds]");
         std::process::exit(2);
     }
     let addr = args[0].clone();
@@ -74,7 +78,37 @@ fn main() {
     let size = arg(4, 65536);
     let baseline_dir = args.get(5).cloned().unwrap_or_else(|| "/tmp".into());
 
+    let rounds = arg(6, 3);
     let identity = Identity::generate(Suite::X25519);
+    let mut results = Vec::new();
+    for round in 0..rounds {
+        let r = run_round(
+            &addr,
+            &token,
+            &identity,
+            devices,
+            per_device,
+            size,
+            &baseline_dir,
+        );
+        println!("{{\"round\":{round},{}", &r.1[1..]);
+        results.push(r);
+    }
+    results.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let median = &results[results.len() / 2];
+    println!("{{\"median_round\":true,{}", &median.1[1..]);
+}
+
+/// One round: (ratio, JSON line).
+fn run_round(
+    addr: &str,
+    token: &str,
+    identity: &Identity,
+    devices: usize,
+    per_device: usize,
+    size: usize,
+    baseline_dir: &str,
+) -> (f64, String) {
     let recipient = identity.recipient();
     let payload: Vec<u8> = (0..size).map(|i| (i * 7 + 13) as u8).collect();
     let mut chains: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
@@ -119,7 +153,7 @@ fn main() {
 
     // Enroll.
     for (record, _) in &chains {
-        let mut conn = BufReader::new(TcpStream::connect(&addr).expect("connects"));
+        let mut conn = BufReader::new(TcpStream::connect(addr).expect("connects"));
         let body = format!("{{\"token\":\"{token}\",\"record\":{record}}}");
         let (status, answer) =
             post(&mut conn, "/v1/enroll", "application/json", body.as_bytes()).unwrap();
@@ -134,7 +168,7 @@ fn main() {
     let threads: Vec<_> = chains
         .into_iter()
         .map(|(_, bundles)| {
-            let addr = addr.clone();
+            let addr = addr.to_string();
             std::thread::spawn(move || {
                 let mut conn = BufReader::new(TcpStream::connect(&addr).expect("connects"));
                 conn.get_ref().set_nodelay(true).unwrap();
@@ -177,7 +211,7 @@ fn main() {
     let base_secs = start.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&base);
 
-    println!(
+    let line = format!(
         "{{\"devices\":{devices},\"bundles\":{},\"bundle_bytes\":{bundle_bytes},\
          \"ingest_bundles_per_s\":{:.0},\"ingest_mb_per_s\":{:.1},\
          \"baseline_files_per_s\":{:.0},\"baseline_mb_per_s\":{:.1},\"ratio\":{:.2}}}",
@@ -188,4 +222,5 @@ fn main() {
         mb / base_secs,
         base_secs / secs
     );
+    (base_secs / secs, line)
 }

@@ -48,6 +48,9 @@ enum Command {
     },
     /// Open the stored bundles with the identity and write JSON Lines to stdout.
     Export(ExportArgs),
+    /// Copy the stored bundles, still sealed, into a directory, one file each (no
+    /// identity needed; each is checked against its digest first).
+    CopyBundles(CopyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +172,21 @@ struct ExportArgs {
     /// Chain report as JSON on stderr.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct CopyArgs {
+    #[command(flatten)]
+    dir: DirArgs,
+    /// Blob store URL (default: DIR/bundles).
+    #[arg(long)]
+    store: Option<String>,
+    /// Only this device (hex id).
+    #[arg(long)]
+    device: Option<String>,
+    /// Where to write the files (created if needed; existing files are not replaced).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 fn init_logs(format: LogFormat, default_level: &str) {
@@ -346,6 +364,23 @@ async fn dispatch(command: Command) -> Result<u8, ApiError> {
             }
             print_out(&format!("revoked {id}\n"))?;
             Ok(0)
+        }
+        Command::CopyBundles(a) => {
+            let db = open_db(&a.dir.dir, a.dir.db.as_deref()).await?;
+            let store = BlobStore::open(&config::store_url(&a.dir.dir, a.store.as_deref()))?;
+            let report = crate::copy::copy_bundles(&db, &store, a.device.as_deref(), &a.out).await;
+            db.close().await;
+            let report = report?;
+            let mut err = std::io::stderr().lock();
+            for (name, problem) in &report.failed {
+                let _ = writeln!(err, "capvault-collector: {name}: {problem}");
+            }
+            print_out(&format!(
+                "copied {} bundles to {}\n",
+                report.copied,
+                a.out.display()
+            ))?;
+            Ok(if report.failed.is_empty() { 0 } else { 3 })
         }
         Command::Export(a) => {
             let identity = capvault_format::Identity::read_from_file(&a.identity)

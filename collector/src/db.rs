@@ -6,15 +6,19 @@
 //! parameters `$1, $2, …` (both engines accept them), and "insert unless present" is
 //! `ON CONFLICT DO NOTHING`.
 //!
-//! Schema (version 1):
+//! Schema (version 2):
 //!
 //! ```sql
 //! tokens  (hash TEXT PRIMARY KEY, uses_left BIGINT, expires_us BIGINT NULL, created_us BIGINT)
 //! devices (device_id TEXT PRIMARY KEY, device_key TEXT, record TEXT, enrolled_us BIGINT,
 //!          revoked_us BIGINT NULL)
 //! bundles (device_id TEXT, stream_id TEXT, seq BIGINT, digest TEXT, prev_digest TEXT,
-//!          size BIGINT, received_us BIGINT, PRIMARY KEY (device_id, stream_id, seq))
+//!          size BIGINT, received_us BIGINT, location TEXT NULL,
+//!          PRIMARY KEY (device_id, stream_id, seq))
 //! ```
+//!
+//! `location` (version 2) is where the blob store put the bytes when the digest alone
+//! does not name them (the directory store's segments); version 1 had no such column.
 //!
 //! The primary key of `bundles` is the unique key on (device, stream, sequence) that
 //! makes concurrent retries to two replicas store one row. Index rows are inserted
@@ -32,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::ApiError;
 
 /// The schema version this code writes.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS tokens (
@@ -56,6 +60,9 @@ const SCHEMA_V1: &[&str] = &[
         received_us BIGINT NOT NULL,
         PRIMARY KEY (device_id, stream_id, seq))",
 ];
+
+/// From version 1 to 2: the blob location.
+const SCHEMA_V2: &[&str] = &["ALTER TABLE bundles ADD COLUMN location TEXT"];
 
 /// Which engine a URL names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +111,8 @@ pub struct BundleRow {
     pub prev_digest: String,
     /// Size in bytes.
     pub size: u64,
+    /// Where the blob store put it, when the digest alone does not say.
+    pub location: Option<String>,
 }
 
 /// Result of inserting an index row.
@@ -242,15 +251,21 @@ impl Db {
                 Some(v) if v > SCHEMA_VERSION => Err(ApiError::Operational(format!(
                     "the database has schema version {v}, newer than this collector ({SCHEMA_VERSION}); upgrade the collector"
                 ))),
-                Some(_) => Ok(()),
-                None => {
-                    for stmt in SCHEMA_V1 {
-                        sqlx::query(*stmt).execute(&mut *conn).await?;
+                Some(v) if v == SCHEMA_VERSION => Ok(()),
+                from => {
+                    let steps: &[(i64, &[&'static str])] = &[(1, SCHEMA_V1), (2, SCHEMA_V2)];
+                    for (version, stmts) in steps {
+                        if from.is_some_and(|v| v >= *version) {
+                            continue;
+                        }
+                        for stmt in *stmts {
+                            sqlx::query(*stmt).execute(&mut *conn).await?;
+                        }
+                        sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+                            .bind(*version)
+                            .execute(&mut *conn)
+                            .await?;
                     }
-                    sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
-                        .bind(SCHEMA_VERSION)
-                        .execute(&mut *conn)
-                        .await?;
                     Ok(())
                 }
             }
@@ -407,18 +422,22 @@ impl Db {
 
     // ----- bundles -----
 
-    /// The rows stored at `seq - 1`, `seq` and `seq + 1` of a stream, in one query:
-    /// (sequence, digest, previous digest).
-    pub async fn neighbourhood(
+    /// A device and the rows stored at `seq - 1`, `seq` and `seq + 1` of one of its
+    /// streams, (sequence, digest, previous digest), in one query (one round trip per
+    /// upload instead of two); `None` when the device is not enrolled.
+    pub async fn device_and_neighbours(
         &self,
         device_id: &str,
         stream_id: &str,
         seq: u64,
-    ) -> Result<Vec<(u64, String, String)>, ApiError> {
+    ) -> Result<Option<(Device, Vec<(u64, String, String)>)>, ApiError> {
         let s = seq_to_db(seq)?;
         let rows = sqlx::query(
-            "SELECT seq, digest, prev_digest FROM bundles
-             WHERE device_id = $1 AND stream_id = $2 AND seq >= $3 AND seq <= $4",
+            "SELECT d.device_id, d.device_key, d.record, d.enrolled_us, d.revoked_us,
+                    b.seq, b.digest, b.prev_digest
+             FROM devices d LEFT JOIN bundles b
+               ON b.device_id = d.device_id AND b.stream_id = $2 AND b.seq >= $3 AND b.seq <= $4
+             WHERE d.device_id = $1",
         )
         .bind(device_id)
         .bind(stream_id)
@@ -426,9 +445,17 @@ impl Db {
         .bind(s.saturating_add(1))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get::<i64, _>(0)? as u64, r.try_get(1)?, r.try_get(2)?)))
-            .collect()
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let device = device_from_row(first)?;
+        let mut near = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if let Some(q) = r.try_get::<Option<i64>, _>(5)? {
+                near.push((q as u64, r.try_get(6)?, r.try_get(7)?));
+            }
+        }
+        Ok(Some((device, near)))
     }
 
     /// The digest and previous digest stored at a chain position, if any.
@@ -494,23 +521,19 @@ impl Db {
     /// Every index row, optionally of one device, in (device, stream, seq) order.
     pub async fn bundles(&self, device_id: Option<&str>) -> Result<Vec<BundleRow>, ApiError> {
         let rows = match device_id {
-            Some(d) => {
-                sqlx::query(
-                    "SELECT device_id, stream_id, seq, digest, prev_digest, size FROM bundles
+            Some(d) => sqlx::query(
+                "SELECT device_id, stream_id, seq, digest, prev_digest, size, location FROM bundles
                      WHERE device_id = $1 ORDER BY device_id, stream_id, seq",
-                )
-                .bind(d)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(
-                    "SELECT device_id, stream_id, seq, digest, prev_digest, size FROM bundles
+            )
+            .bind(d)
+            .fetch_all(&self.pool)
+            .await?,
+            None => sqlx::query(
+                "SELECT device_id, stream_id, seq, digest, prev_digest, size, location FROM bundles
                      ORDER BY device_id, stream_id, seq",
-                )
-                .fetch_all(&self.pool)
-                .await?
-            }
+            )
+            .fetch_all(&self.pool)
+            .await?,
         };
         rows.iter()
             .map(|r| {
@@ -521,6 +544,7 @@ impl Db {
                     digest: r.try_get(3)?,
                     prev_digest: r.try_get(4)?,
                     size: r.try_get::<i64, _>(5)? as u64,
+                    location: r.try_get(6)?,
                 })
             })
             .collect()
@@ -537,8 +561,8 @@ where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     Ok(sqlx::query(
-        "INSERT INTO bundles (device_id, stream_id, seq, digest, prev_digest, size, received_us)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        "INSERT INTO bundles (device_id, stream_id, seq, digest, prev_digest, size, received_us, location)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
     )
     .bind(&b.device_id)
     .bind(&b.stream_id)
@@ -547,6 +571,7 @@ where
     .bind(&b.prev_digest)
     .bind(b.size as i64)
     .bind(now_us)
+    .bind(b.location.as_deref())
     .execute(exec)
     .await?
     .rows_affected())
@@ -566,9 +591,44 @@ fn stream_lock_key(device_id: &str, stream_id: &str) -> i64 {
     i64::from_be_bytes(k)
 }
 
-/// Inside a transaction that holds the stream's write lock: the position and its
-/// neighbours are checked, then the row inserted (unless the check fails).
+/// Inside a transaction that holds the stream's write lock: the row is inserted unless
+/// its position is taken or a stored neighbour does not link to it. The common case is
+/// one statement; when nothing was inserted, [`classify_and_insert`] says why.
 async fn check_and_insert(
+    conn: &mut sqlx::AnyConnection,
+    b: &BundleRow,
+    now_us: i64,
+) -> Result<Inserted, sqlx::Error> {
+    let s = b.seq as i64;
+    let n = sqlx::query(
+        "INSERT INTO bundles (device_id, stream_id, seq, digest, prev_digest, size, received_us, location)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8
+         WHERE NOT EXISTS (SELECT 1 FROM bundles WHERE device_id = $1 AND stream_id = $2
+             AND ((seq = $9 AND digest <> $5) OR (seq = $10 AND prev_digest <> $4)))
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&b.device_id)
+    .bind(&b.stream_id)
+    .bind(s)
+    .bind(&b.digest)
+    .bind(&b.prev_digest)
+    .bind(b.size as i64)
+    .bind(now_us)
+    .bind(b.location.as_deref())
+    .bind(s.saturating_sub(1))
+    .bind(s.saturating_add(1))
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if n == 1 {
+        return Ok(Inserted::New);
+    }
+    classify_and_insert(conn, b, now_us).await
+}
+
+/// The position and its neighbours are checked one by one, then the row inserted
+/// (unless a check fails).
+async fn classify_and_insert(
     conn: &mut sqlx::AnyConnection,
     b: &BundleRow,
     now_us: i64,
@@ -688,4 +748,103 @@ fn device_from_row(r: &AnyRow) -> Result<Device, ApiError> {
         enrolled_us: r.try_get(3)?,
         revoked_us: r.try_get(4)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(seq: u64, digest: &str, prev: &str, location: Option<&str>) -> BundleRow {
+        BundleRow {
+            device_id: "d".into(),
+            stream_id: "s".into(),
+            seq,
+            digest: digest.into(),
+            prev_digest: prev.into(),
+            size: 5,
+            location: location.map(str::to_string),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_is_upgraded_in_place_and_keeps_its_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", tmp.path().join("c.db").display());
+        sqlx::any::install_default_drivers();
+        {
+            let pool = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await
+                .unwrap();
+            sqlx::query("CREATE TABLE schema_version (version BIGINT NOT NULL)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            for stmt in SCHEMA_V1 {
+                sqlx::query(*stmt).execute(&pool).await.unwrap();
+            }
+            sqlx::query("INSERT INTO schema_version (version) VALUES (1)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query(
+                "INSERT INTO bundles (device_id, stream_id, seq, digest, prev_digest, size, received_us)
+                 VALUES ('d', 's', 1, 'aa', '00', 5, 1)",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let db = Db::open(&url).await.unwrap();
+        let version: i64 = sqlx::query("SELECT MAX(version) FROM schema_version")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        // The old row reads back without a location (the digest names its file).
+        let rows = db.bundles(None).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].location, None);
+
+        // New rows keep their location; the chain rules hold across old and new rows.
+        let b2 = row(2, "bb", "aa", Some("x.seg:48:5"));
+        assert_eq!(db.insert_bundle(&b2, 2).await.unwrap(), Inserted::New);
+        let other = row(2, "cc", "aa", Some("x.seg:101:5"));
+        assert_eq!(
+            db.insert_bundle(&other, 3).await.unwrap(),
+            Inserted::Existing("bb".into())
+        );
+        let unlinked = row(3, "dd", "zz", Some("x.seg:154:5"));
+        assert_eq!(
+            db.insert_bundle(&unlinked, 4).await.unwrap(),
+            Inserted::PrevMismatch
+        );
+        // A successor stored first must name the bundle before it.
+        let b5 = row(5, "ff", "ee", None);
+        assert_eq!(db.insert_bundle(&b5, 5).await.unwrap(), Inserted::New);
+        let not_named = row(4, "ed", "gg", None);
+        assert_eq!(
+            db.insert_bundle(&not_named, 6).await.unwrap(),
+            Inserted::NextMismatch
+        );
+        let rows = db.bundles(None).await.unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[1].location.as_deref(), Some("x.seg:48:5"));
+        db.close().await;
+
+        // Opening again does not migrate again.
+        let db = Db::open(&url).await.unwrap();
+        let versions: i64 = sqlx::query("SELECT COUNT(*) FROM schema_version")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        assert_eq!(versions, 2);
+        db.close().await;
+    }
 }

@@ -245,7 +245,7 @@ async fn check_one(
     prev: Option<&Link>,
 ) -> Result<Checked, ApiError> {
     let seq = row.seq;
-    let Some(bytes) = store.get(&row.digest).await? else {
+    let Some(bytes) = store.get(&row.digest, row.location.as_deref()).await? else {
         return Ok(Checked::Rejected(Issue::BlobMissing { seq }));
     };
     let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);

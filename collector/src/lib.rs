@@ -15,6 +15,7 @@
 mod api;
 mod cli;
 mod config;
+mod copy;
 mod db;
 mod error;
 mod export;

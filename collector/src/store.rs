@@ -1,28 +1,48 @@
-//! The blob store: bundle bytes, content-addressed by their SHA-256 digest, written
-//! once and never overwritten.
+//! The blob store: bundle bytes, written once and never overwritten.
 //!
-//! * A directory (the default, `DIR/bundles`): `<root>/<first 2 hex>/<digest hex>.cvb`,
-//!   written to a temporary file, fsynced, then hard-linked into place (a link never
-//!   replaces an existing name) and the directory fsynced. object_store's local
-//!   backend does not fsync, and a receipt tells the device it may delete its copy, so
-//!   this backend is written here.
+//! * A directory (the default, `DIR/bundles`): bundles are appended to segment files,
+//!   `<root>/<creation time µs>-<random>.seg`, each entry a 48-byte header (magic,
+//!   length, SHA-256 digest) then the bundle bytes. One writer thread appends every
+//!   bundle queued while the previous group was being synced, then makes the whole
+//!   group durable with one `fdatasync` (group commit); no upload is answered before
+//!   that sync returned. A blob is addressed by `<segment>:<offset>:<length>`, kept in
+//!   its index row. Segments are append-only: bytes once written never change, a
+//!   segment is never reopened for writing (a new one is started at every start, at
+//!   [`SEGMENT_BYTES`], and after a failed write), and the directory is fsynced once
+//!   per new segment. Index rows of version 1 (no location) name a file
+//!   `<root>/<first 2 hex>/<digest hex>.cvb`; those are still read.
+//!   object_store's local backend does not fsync, and a receipt tells the device it
+//!   may delete its copy, so this backend is written here.
 //! * `s3://bucket/prefix` (feature `s3`): object_store's S3 client, configured from the
 //!   standard `AWS_*` environment variables (`AWS_ENDPOINT`, `AWS_REGION`,
 //!   `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP=true` for a
-//!   plain-HTTP endpoint such as a local MinIO). Objects are created with a conditional
+//!   plain-HTTP endpoint such as a local MinIO). Objects are named by digest,
+//!   `<prefix>/<first 2 hex>/<digest hex>.cvb`, and created with a conditional
 //!   put (`If-None-Match: *`), so they are never overwritten either. A put that is
 //!   refused because the name exists counts as stored only after a HEAD finds the
 //!   object with the expected size: S3 also answers 409 while another conditional put
 //!   of the same name is in flight, and that one may still fail.
 
-use std::collections::HashSet;
-use std::io::Write;
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use bytes::Bytes;
+use tokio::sync::oneshot;
 
 use crate::error::ApiError;
+
+/// A segment is closed once it holds this many bytes (the last bundle may pass it).
+pub const SEGMENT_BYTES: u64 = 256 << 20;
+/// Most bundles, and bytes, made durable by one sync.
+const MAX_GROUP: usize = 256;
+const MAX_GROUP_BYTES: usize = 64 << 20;
+/// How many appended digests the writer remembers to answer concurrent retries.
+const RECENT_DIGESTS: usize = 65_536;
+/// The header before each bundle in a segment: magic, length (u64 LE), SHA-256.
+const ENTRY_MAGIC: &[u8; 8] = b"cvseg01\n";
+const ENTRY_HEADER: usize = 8 + 8 + 32;
 
 /// Where bundle blobs live.
 #[derive(Clone, Debug)]
@@ -43,7 +63,16 @@ enum Backend {
 #[derive(Debug)]
 struct LocalStore {
     root: PathBuf,
-    shards: Mutex<HashSet<String>>,
+    /// The segment writer, started by the first put (export and init only read).
+    writer: Mutex<Option<mpsc::Sender<Append>>>,
+}
+
+/// One bundle waiting for the segment writer; answered with its location once durable.
+#[derive(Debug)]
+struct Append {
+    digest: [u8; 32],
+    bytes: Bytes,
+    reply: oneshot::Sender<Result<String, String>>,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
@@ -58,16 +87,28 @@ impl BlobStore {
         }
         let path = url.strip_prefix("file://").unwrap_or(url);
         let root = PathBuf::from(path);
-        std::fs::create_dir_all(&root).map_err(|e| {
-            ApiError::Operational(format!(
-                "cannot create the blob directory {}: {e}",
-                root.display()
-            ))
-        })?;
+        if !root.is_dir() {
+            std::fs::create_dir_all(&root).map_err(|e| {
+                ApiError::Operational(format!(
+                    "cannot create the blob directory {}: {e}",
+                    root.display()
+                ))
+            })?;
+            // Its name in the parent is durable before any segment in it counts.
+            let parent = root.parent().filter(|p| !p.as_os_str().is_empty());
+            std::fs::File::open(parent.unwrap_or(Path::new(".")))
+                .and_then(|d| d.sync_all())
+                .map_err(|e| {
+                    ApiError::Operational(format!(
+                        "cannot sync the directory of {}: {e}",
+                        root.display()
+                    ))
+                })?;
+        }
         Ok(BlobStore {
             inner: Backend::Local(Arc::new(LocalStore {
                 root,
-                shards: Mutex::new(HashSet::new()),
+                writer: Mutex::new(None),
             })),
         })
     }
@@ -99,16 +140,28 @@ impl BlobStore {
         ))
     }
 
-    /// Stores `bytes` under `digest_hex` unless it is already there; returns once the
-    /// blob is durable.
-    pub async fn put(&self, digest_hex: &str, bytes: Bytes) -> Result<(), ApiError> {
+    /// Stores `bytes`, whose SHA-256 is `digest_hex`; returns once the blob is durable,
+    /// with its location for the index row (`None`: the digest names it).
+    pub async fn put(&self, digest_hex: &str, bytes: Bytes) -> Result<Option<String>, ApiError> {
         match &self.inner {
             Backend::Local(l) => {
-                let l = l.clone();
-                let name = digest_hex.to_string();
-                tokio::task::spawn_blocking(move || l.put(&name, &bytes))
+                let mut digest = [0u8; 32];
+                data_encoding::HEXLOWER
+                    .decode_mut(digest_hex.as_bytes(), &mut digest)
+                    .map_err(|_| unavailable("put", "the digest is not 64 hex digits"))?;
+                let (reply, answer) = oneshot::channel();
+                l.writer()?
+                    .send(Append {
+                        digest,
+                        bytes,
+                        reply,
+                    })
+                    .map_err(|_| unavailable("put", "the segment writer stopped"))?;
+                let location = answer
                     .await
-                    .map_err(|e| unavailable("write task", e))?
+                    .map_err(|_| unavailable("put", "the segment writer stopped"))?
+                    .map_err(|e| unavailable("append", e))?;
+                Ok(Some(location))
             }
             #[cfg(feature = "s3")]
             Backend::S3 { store, prefix } => {
@@ -119,7 +172,7 @@ impl BlobStore {
                     ..Default::default()
                 };
                 let size = bytes.len() as u64;
-                match store.put_opts(&path, PutPayload::from(bytes), opts).await {
+                let stored = match store.put_opts(&path, PutPayload::from(bytes), opts).await {
                     Ok(_) => Ok(()),
                     // AlreadyExists is not proof that the object is there: object_store
                     // also maps S3's 409 ConditionalRequestConflict (another conditional
@@ -150,21 +203,27 @@ impl BlobStore {
                         }
                     }
                     Err(e) => Err(unavailable("put", e)),
-                }
+                };
+                stored.map(|()| None)
             }
         }
     }
 
-    /// The blob stored under `digest_hex`, if any.
-    pub async fn get(&self, digest_hex: &str) -> Result<Option<Bytes>, ApiError> {
+    /// The blob of `digest_hex` at `location` (from its index row), if it is there.
+    /// The caller checks the digest of what it gets.
+    pub async fn get(
+        &self,
+        digest_hex: &str,
+        location: Option<&str>,
+    ) -> Result<Option<Bytes>, ApiError> {
         match &self.inner {
             Backend::Local(l) => {
-                let path = l.path(digest_hex);
-                match tokio::fs::read(&path).await {
-                    Ok(b) => Ok(Some(Bytes::from(b))),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(unavailable("read", e)),
-                }
+                let l = l.clone();
+                let digest = digest_hex.to_string();
+                let location = location.map(str::to_string);
+                tokio::task::spawn_blocking(move || l.get(&digest, location.as_deref()))
+                    .await
+                    .map_err(|e| unavailable("read task", e))?
             }
             #[cfg(feature = "s3")]
             Backend::S3 { store, prefix } => {
@@ -216,75 +275,278 @@ fn s3_path(prefix: &str, digest_hex: &str) -> object_store::path::Path {
 }
 
 impl LocalStore {
-    fn path(&self, digest_hex: &str) -> PathBuf {
+    /// The file of a bundle indexed without a location (schema version 1).
+    fn legacy_path(&self, digest_hex: &str) -> PathBuf {
         self.root
-            .join(&digest_hex[..2])
+            .join(digest_hex.get(..2).unwrap_or("__"))
             .join(format!("{digest_hex}.cvb"))
     }
 
-    fn shard(&self, digest_hex: &str) -> Result<PathBuf, ApiError> {
-        let shard = &digest_hex[..2];
-        let dir = self.root.join(shard);
-        let known = self
-            .shards
+    fn writer(&self) -> Result<mpsc::Sender<Append>, ApiError> {
+        let mut w = self
+            .writer
             .lock()
-            .map(|s| s.contains(shard))
-            .unwrap_or(false);
-        if !known {
-            std::fs::create_dir_all(&dir).map_err(|e| unavailable("mkdir", e))?;
-            sync_dir(&self.root)?;
-            if let Ok(mut s) = self.shards.lock() {
-                s.insert(shard.to_string());
-            }
+            .map_err(|_| unavailable("put", "the segment writer failed"))?;
+        if let Some(tx) = w.as_ref() {
+            return Ok(tx.clone());
         }
-        Ok(dir)
+        let (tx, rx) = mpsc::channel();
+        let root = self.root.clone();
+        std::thread::Builder::new()
+            .name("segment-writer".into())
+            .spawn(move || segment_writer(&root, rx))
+            .map_err(|e| unavailable("segment writer", e))?;
+        *w = Some(tx.clone());
+        Ok(tx)
     }
 
-    fn put(&self, digest_hex: &str, bytes: &[u8]) -> Result<(), ApiError> {
-        let dir = self.shard(digest_hex)?;
-        let final_path = dir.join(format!("{digest_hex}.cvb"));
-        if final_path.exists() {
-            // Linked only after its content was fsynced; make sure the link itself is
-            // durable too (a concurrent upload may not have synced the directory yet).
-            return sync_dir(&dir);
+    fn get(&self, digest_hex: &str, location: Option<&str>) -> Result<Option<Bytes>, ApiError> {
+        let Some(location) = location else {
+            return match std::fs::read(self.legacy_path(digest_hex)) {
+                Ok(b) => Ok(Some(Bytes::from(b))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(unavailable("read", e)),
+            };
+        };
+        let bad = || unavailable("read", format!("not a segment location: {location:?}"));
+        let mut parts = location.split(':');
+        let (Some(name), Some(offset), Some(len), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        // A name from the index, but never a path out of the store.
+        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+            return Err(bad());
         }
-        let mut nonce = [0u8; 8];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
-            .map_err(|_| unavailable("random", "unavailable"))?;
-        let tmp = dir.join(format!(
-            ".tmp-{digest_hex}-{}",
-            data_encoding::HEXLOWER.encode(&nonce)
-        ));
-        let result = (|| {
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                // Ciphertext, but nobody else's business: owner only.
-                use std::os::unix::fs::OpenOptionsExt;
-                opts.mode(0o600);
-            }
-            let mut f = opts.open(&tmp).map_err(|e| unavailable("create", e))?;
-            f.write_all(bytes).map_err(|e| unavailable("write", e))?;
-            f.sync_all().map_err(|e| unavailable("fsync", e))?;
-            match std::fs::hard_link(&tmp, &final_path) {
-                Ok(()) => {}
-                // Stored meanwhile by a concurrent upload of the same bundle.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(unavailable("link", e)),
-            }
-            Ok(())
-        })();
-        let _ = std::fs::remove_file(&tmp);
-        result?;
-        sync_dir(&dir)
+        let offset: u64 = offset.parse().map_err(|_| bad())?;
+        let len: usize = len.parse().map_err(|_| bad())?;
+        if offset < ENTRY_HEADER as u64 {
+            return Err(bad());
+        }
+        let mut f = match std::fs::File::open(self.root.join(name)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(unavailable("read", e)),
+        };
+        let size = f.metadata().map_err(|e| unavailable("read", e))?.len();
+        if offset.saturating_add(len as u64) > size {
+            // Shorter than the index says: missing, as a deleted file would be.
+            return Ok(None);
+        }
+        // The entry header is for recovery tools; the caller checks the digest.
+        let mut buf = vec![0u8; len];
+        f.seek(SeekFrom::Start(offset))
+            .and_then(|_| f.read_exact(&mut buf))
+            .map_err(|e| unavailable("read", e))?;
+        Ok(Some(Bytes::from(buf)))
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), ApiError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| unavailable("fsync dir", e))
+/// An open segment being appended to.
+struct Segment {
+    name: String,
+    file: std::fs::File,
+    len: u64,
+}
+
+impl Segment {
+    /// A new, empty segment, its directory entry durable.
+    fn create(root: &Path) -> std::io::Result<Segment> {
+        let mut nonce = [0u8; 4];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+            .map_err(|_| std::io::Error::other("no random numbers"))?;
+        let name = format!(
+            "{:016}-{}.seg",
+            crate::config::now_us(),
+            data_encoding::HEXLOWER.encode(&nonce)
+        );
+        let mut opts = std::fs::OpenOptions::new();
+        opts.append(true).create_new(true);
+        #[cfg(unix)]
+        {
+            // Ciphertext, but nobody else's business: owner only.
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let file = opts.open(root.join(&name))?;
+        std::fs::File::open(root)?.sync_all()?;
+        Ok(Segment { name, file, len: 0 })
+    }
+
+    /// Appends a group and syncs it: the locations, in order, once all are durable. A
+    /// bundle this writer already appended (concurrent retries of one upload) is
+    /// answered with the copy it has.
+    fn append(
+        &mut self,
+        group: &[Append],
+        recent: &mut HashMap<[u8; 32], String>,
+    ) -> std::io::Result<Vec<String>> {
+        let mut locations = Vec::with_capacity(group.len());
+        for a in group {
+            if let Some(l) = recent.get(&a.digest) {
+                locations.push(l.clone());
+                continue;
+            }
+            let mut header = [0u8; ENTRY_HEADER];
+            header[..8].copy_from_slice(ENTRY_MAGIC);
+            header[8..16].copy_from_slice(&(a.bytes.len() as u64).to_le_bytes());
+            header[16..].copy_from_slice(&a.digest);
+            self.file.write_all(&header)?;
+            self.file.write_all(&a.bytes)?;
+            let offset = self.len + ENTRY_HEADER as u64;
+            let location = format!("{}:{offset}:{}", self.name, a.bytes.len());
+            if recent.len() >= RECENT_DIGESTS {
+                recent.clear();
+            }
+            recent.insert(a.digest, location.clone());
+            locations.push(location);
+            self.len = offset + a.bytes.len() as u64;
+        }
+        self.file.sync_data()?;
+        Ok(locations)
+    }
+}
+
+/// The writer thread: each group is every bundle queued while the previous one synced.
+fn segment_writer(root: &Path, rx: mpsc::Receiver<Append>) {
+    let mut segment: Option<Segment> = None;
+    // Digests appended by this writer, with their durable location.
+    let mut recent = HashMap::new();
+    while let Ok(first) = rx.recv() {
+        let mut bytes = first.bytes.len();
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
+            match rx.try_recv() {
+                Ok(a) => {
+                    bytes += a.bytes.len();
+                    group.push(a);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = (|| {
+            if segment.as_ref().is_none_or(|s| s.len >= SEGMENT_BYTES) {
+                segment = Some(Segment::create(root)?);
+            }
+            match segment.as_mut() {
+                Some(s) => s.append(&group, &mut recent),
+                None => Err(std::io::Error::other("no segment")),
+            }
+        })();
+        match result {
+            Ok(locations) => {
+                for (a, l) in group.into_iter().zip(locations) {
+                    let _ = a.reply.send(Ok(l));
+                }
+            }
+            Err(e) => {
+                // What reached the segment is unknown: never append to it again, and
+                // answer nothing from this group as already stored.
+                segment = None;
+                recent.clear();
+                tracing::error!(error = %e, "blob store: segment append failed");
+                for a in group {
+                    let _ = a.reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod local_tests {
+    use super::*;
+
+    fn digest(b: &[u8]) -> String {
+        data_encoding::HEXLOWER.encode(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
+    }
+
+    #[tokio::test]
+    async fn segments_hold_concurrent_puts_and_read_back_by_location() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(tmp.path().to_str().unwrap()).unwrap();
+        let blobs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000 + i as usize]).collect();
+        let puts = blobs.iter().map(|b| {
+            let store = store.clone();
+            let b = b.clone();
+            async move {
+                store
+                    .put(&digest(&b), Bytes::from(b))
+                    .await
+                    .unwrap()
+                    .unwrap()
+            }
+        });
+        let locations = futures_join_all(puts).await;
+        for (b, l) in blobs.iter().zip(&locations) {
+            let got = store.get(&digest(b), Some(l)).await.unwrap().unwrap();
+            assert_eq!(&got[..], &b[..]);
+        }
+        // The same bytes again (a concurrent retry): the copy already stored.
+        let again = store
+            .put(&digest(&blobs[3]), Bytes::from(blobs[3].clone()))
+            .await
+            .unwrap();
+        assert_eq!(again.as_deref(), Some(locations[3].as_str()));
+
+        // Each entry is its header (magic, length, digest) then the bytes.
+        let (name, offset, _) = {
+            let mut p = locations[0].split(':');
+            (
+                p.next().unwrap().to_string(),
+                p.next().unwrap().parse::<usize>().unwrap(),
+                p.next().unwrap(),
+            )
+        };
+        let seg = std::fs::read(tmp.path().join(&name)).unwrap();
+        let h = &seg[offset - ENTRY_HEADER..offset];
+        assert_eq!(&h[..8], ENTRY_MAGIC);
+        assert_eq!(u64::from_le_bytes(h[8..16].try_into().unwrap()), 1000);
+        assert_eq!(data_encoding::HEXLOWER.encode(&h[16..]), digest(&blobs[0]));
+
+        // Locations that leave the store or do not parse are refused; one past the end
+        // of the segment is missing.
+        for bad in [
+            "../x.seg:48:5",
+            "/etc/passwd:48:5",
+            "x.seg:5",
+            "x.seg:1:5",
+            ".seg:48:1",
+        ] {
+            assert!(store.get(&digest(b"x"), Some(bad)).await.is_err(), "{bad}");
+        }
+        let past = format!("{name}:{}:10", seg.len());
+        assert!(store
+            .get(&digest(b"x"), Some(&past))
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_blob_indexed_before_segments_is_read_from_its_digest_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(tmp.path().to_str().unwrap()).unwrap();
+        let d = digest(b"legacy");
+        std::fs::create_dir_all(tmp.path().join(&d[..2])).unwrap();
+        std::fs::write(tmp.path().join(&d[..2]).join(format!("{d}.cvb")), b"legacy").unwrap();
+        assert_eq!(&store.get(&d, None).await.unwrap().unwrap()[..], b"legacy");
+        assert!(store.get(&digest(b"other"), None).await.unwrap().is_none());
+    }
+
+    /// Runs the futures concurrently on the test runtime.
+    async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<String>
+    where
+        F: std::future::Future<Output = String> + Send + 'static,
+    {
+        let handles: Vec<_> = futures.map(tokio::spawn).collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap());
+        }
+        out
+    }
 }
 
 #[cfg(all(test, feature = "s3"))]

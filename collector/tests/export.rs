@@ -102,12 +102,12 @@ fn export_reports_a_missing_bundle_and_a_corrupt_blob_with_exit_3() {
 
     // Flip a byte of a stored blob: its events are not released.
     let digest = hex(bundles[2].digest());
-    let path = dir
-        .join("bundles")
-        .join(&digest[..2])
-        .join(format!("{digest}.cvb"));
+    let (_, path, offset, _) = segment_entries(&dir)
+        .into_iter()
+        .find(|e| e.0 == digest)
+        .expect("the blob is in a segment");
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[100] ^= 0x20;
+    bytes[offset as usize + 100] ^= 0x20;
     std::fs::write(&path, bytes).unwrap();
     let (code, lines, report) = export(&dir, &id_path, &[]);
     assert_eq!(code, 3);

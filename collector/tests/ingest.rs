@@ -341,11 +341,11 @@ fn secrets_at_rest_are_owner_only_and_an_open_signing_key_is_refused() {
         let b = dev.seal_next(&id.recipient(), 2);
         assert_eq!(server.upload(b.bytes()).status, 200);
         let digest = hex(b.digest());
-        let blob = dir
-            .join("bundles")
-            .join(&digest[..2])
-            .join(format!("{digest}.cvb"));
-        assert_eq!(mode(&blob), 0o600);
+        let (_, segment, _, _) = segment_entries(&dir)
+            .into_iter()
+            .find(|e| e.0 == digest)
+            .expect("the blob is in a segment");
+        assert_eq!(mode(&segment), 0o600);
         for f in ["collector.db-wal", "collector.db-shm"] {
             let p = dir.join(f);
             if p.exists() {

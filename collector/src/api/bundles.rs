@@ -12,8 +12,8 @@
 //!    digest is a retry (200, same receipt), with another digest a conflict (409); a
 //!    stored predecessor must be the bundle named by the header's previous digest
 //!    (409), and so must a stored successor name this bundle (409);
-//! 5. the blob is written (content-addressed, never overwritten) and made durable,
-//!    then the index row is inserted; the chain position is checked again inside the
+//! 5. the blob is written (never overwritten) and made durable, then the index row
+//!    (with the blob's location) is inserted and made durable; the chain position is checked again inside the
 //!    insert transaction, serialized per stream, so concurrent uploads of a position
 //!    or of neighbours that do not link, on one replica or many, store one consistent
 //!    chain (the others get 409);
@@ -33,6 +33,9 @@ use serde::Serialize;
 use super::AppState;
 use crate::db::{BundleRow, Inserted};
 use crate::error::ApiError;
+
+/// Bundles up to this size are verified on the connection's task.
+const INLINE_VERIFY_BYTES: usize = 256 << 10;
 
 #[derive(Serialize)]
 struct Accepted {
@@ -107,11 +110,18 @@ async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepte
     let bytes = read_body(s, declared, body).await?;
     let size = bytes.len() as u64;
 
-    let b = bytes.clone();
-    let inspected = tokio::task::spawn_blocking(move || capvault_format::inspect_bundle(&b))
-        .await
-        .map_err(|e| ApiError::Operational(format!("verify task: {e}")))?
-        .map_err(|e| ApiError::MalformedBundle(e.to_string()))?;
+    // Hashing and one signature check take well under a millisecond for a small
+    // bundle: done in place, a hop to the blocking pool would cost more. Large ones go
+    // to the pool so that they do not hold up other connections.
+    let inspected = if bytes.len() <= INLINE_VERIFY_BYTES {
+        capvault_format::inspect_bundle(&bytes)
+    } else {
+        let b = bytes.clone();
+        tokio::task::spawn_blocking(move || capvault_format::inspect_bundle(&b))
+            .await
+            .map_err(|e| ApiError::Operational(format!("verify task: {e}")))?
+    }
+    .map_err(|e| ApiError::MalformedBundle(e.to_string()))?;
     let h = &inspected.header;
     let hex = |b: &[u8]| data_encoding::HEXLOWER.encode(b);
     let device_id = h.device_id_hex();
@@ -120,8 +130,8 @@ async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepte
     let digest = hex(&inspected.digest);
 
     // Enrollment and pinning: a forged bundle is never stored.
-    let device =
-        s.db.device(&device_id)
+    let (device, near) =
+        s.db.device_and_neighbours(&device_id, &stream_id, seq)
             .await?
             .ok_or_else(|| ApiError::UnknownDevice(device_id.clone()))?;
     if device.device_key != hex(h.device_key()) {
@@ -154,7 +164,6 @@ async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepte
     };
 
     // Chain position: this sequence number and its stored neighbours.
-    let near = s.db.neighbourhood(&device_id, &stream_id, seq).await?;
     let at = |n: u64| near.iter().find(|(q, _, _)| *q == n);
     match at(seq) {
         Some((_, d, _)) if *d == digest => return Ok(accepted(true)),
@@ -180,7 +189,7 @@ async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepte
     }
 
     // Blob first, then the index row.
-    s.store.put(&digest, bytes).await?;
+    let location = s.store.put(&digest, bytes).await?;
     let row = BundleRow {
         device_id: device_id.clone(),
         stream_id: stream_id.clone(),
@@ -188,6 +197,7 @@ async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepte
         digest: digest.clone(),
         prev_digest: hex(h.prev_digest()),
         size,
+        location,
     };
     match s.db.insert_bundle(&row, crate::config::now_us()).await? {
         Inserted::New => {

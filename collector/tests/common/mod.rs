@@ -336,23 +336,45 @@ pub fn identity(dir: &Path) -> (Identity, PathBuf) {
     (id, path)
 }
 
-/// Number of blob files under `dir/bundles`.
-pub fn blob_count(dir: &Path) -> usize {
-    let root = dir.join("bundles");
-    let Ok(shards) = std::fs::read_dir(root) else {
-        return 0;
+/// Every bundle entry in the segment files under `dir/bundles`, read with the format
+/// of docs/COLLECTOR.md (48-byte header: `cvseg01\n`, u64 LE length, SHA-256; then the
+/// bytes): (digest hex, segment file, offset of the bytes, length). The digest in each
+/// header is checked against the bytes; a cut entry at the end of a segment is left out.
+pub fn segment_entries(dir: &Path) -> Vec<(String, PathBuf, u64, usize)> {
+    let mut out = Vec::new();
+    let Ok(files) = std::fs::read_dir(dir.join("bundles")) else {
+        return out;
     };
-    shards
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .map(|e| {
-            std::fs::read_dir(e.path())
-                .unwrap()
-                .flatten()
-                .filter(|f| f.file_name().to_string_lossy().ends_with(".cvb"))
-                .count()
-        })
-        .sum()
+    for f in files.flatten() {
+        let path = f.path();
+        if path.extension().is_none_or(|x| x != "seg") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let mut at = 0usize;
+        while at + 48 <= bytes.len() {
+            assert_eq!(&bytes[at..at + 8], b"cvseg01\n", "{}", path.display());
+            let len = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap()) as usize;
+            let digest = hex(&bytes[at + 16..at + 48]);
+            if at + 48 + len > bytes.len() {
+                // The tail of a segment cut by a crash: never referenced by an index row.
+                break;
+            }
+            let data = &bytes[at + 48..at + 48 + len];
+            let actual = ring::digest::digest(&ring::digest::SHA256, data);
+            assert_eq!(hex(actual.as_ref()), digest, "{}", path.display());
+            out.push((digest, path.clone(), (at + 48) as u64, len));
+            at += 48 + len;
+        }
+    }
+    out
+}
+
+/// Number of distinct bundles in the blob store under `dir/bundles`.
+pub fn blob_count(dir: &Path) -> usize {
+    let digests: std::collections::HashSet<String> =
+        segment_entries(dir).into_iter().map(|e| e.0).collect();
+    digests.len()
 }
 
 /// `export` of `dir`: (exit code, stdout lines as JSON, stderr).

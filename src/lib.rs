@@ -43,7 +43,7 @@ pub use policy::{BudgetAction, KeystrokeLevel, Policy};
 #[cfg(feature = "upload")]
 pub use upload::{UploadError, UploadReport};
 pub use upload::{UploadOptions, UploadStatus};
-pub use vault::{Appended, EpochStatus, PauseState, Status, Vault};
+pub use vault::{Appended, EpochStatus, Erasure, PauseState, Status, Vault};
 
 /// Hooks for crash-safety tests. Never enable the `test-hooks` feature in production.
 #[cfg(feature = "test-hooks")]

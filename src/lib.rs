@@ -51,6 +51,12 @@ pub use vault::{Appended, EpochStatus, Erasure, PauseState, Status, Vault};
 pub mod testing {
     pub use crate::failpoint::arm;
 
+    /// Rewrites a closed vault's user in the format of vaults from before stored state
+    /// was authenticated (tests of the carry-over).
+    pub fn write_format1(dir: &std::path::Path, user: &str) -> crate::Result<()> {
+        crate::vault::write_format1(dir, user)
+    }
+
     /// The raw sled database of a closed vault, for tampering tests.
     pub fn open_raw_db(dir: &std::path::Path) -> sled::Db {
         crate::log::store::Store::raw(dir, 1 << 20, false).expect("the vault's database opens")

@@ -24,7 +24,10 @@ fn raw(dir: &Path) -> sled::Db {
 fn record_keys(dir: &Path) -> Vec<Vec<u8>> {
     let db = raw(dir);
     let log = common::user_tree(&db, "alice", "log");
-    log.scan_prefix([0u8]).keys().map(|k| k.unwrap().to_vec()).collect()
+    log.scan_prefix([0u8])
+        .keys()
+        .map(|k| k.unwrap().to_vec())
+        .collect()
 }
 
 /// A sealed state value: `gen || body || mac`.
@@ -70,7 +73,9 @@ fn assert_tampered(dir: &Path, opts: VaultOptions, what: &str) -> String {
 fn vault_with_records(dir: &Path, n: i64) -> Vault {
     let v = Vault::open(dir, "alice", o()).unwrap();
     for i in 0..n {
-        let _ = v.append_mouse_move(1_764_000_000_000_000 + i, 1, 1).unwrap();
+        let _ = v
+            .append_mouse_move(1_764_000_000_000_000 + i, 1, 1)
+            .unwrap();
     }
     v.flush().unwrap();
     v
@@ -103,7 +108,10 @@ fn a_forged_pending_range_prunes_nothing() {
     put(d.path(), "state", b"release", Some(stored));
     let v = Vault::open(d.path(), "alice", o()).unwrap();
     v.verify().unwrap();
-    assert_eq!(v.seal_next(&id.recipient(), 2000).unwrap().unwrap().id(), b.id());
+    assert_eq!(
+        v.seal_next(&id.recipient(), 2000).unwrap().unwrap().id(),
+        b.id()
+    );
     v.close().unwrap();
 }
 
@@ -153,7 +161,10 @@ fn an_edit_of_any_policy_field_is_detected() {
     opts.policy.deny_apps = vec!["Signal".into()];
     opts.policy.deny_titles = vec!["*salary*".into()];
     opts.policy.budget_bytes = 1 << 30;
-    Vault::open(d.path(), "alice", opts).unwrap().close().unwrap();
+    Vault::open(d.path(), "alice", opts)
+        .unwrap()
+        .close()
+        .unwrap();
     let name = [&b"policy/"[..], &1u32.to_be_bytes()].concat();
     let stored = get(d.path(), "state", &name).unwrap();
     let json: Value = serde_json::from_slice(body(&stored)).unwrap();
@@ -195,8 +206,14 @@ fn a_pause_never_outlasts_the_cap() {
     v.pause(Duration::from_secs(3600)).unwrap();
     v.close().unwrap();
     let stored = get(d.path(), "state", b"pause_until").unwrap();
-    let far = (i64::from_be_bytes(body(&stored).try_into().unwrap()) + 864_000_000_000).to_be_bytes();
-    put(d.path(), "state", b"pause_until", Some(with_body(&stored, &far)));
+    let far =
+        (i64::from_be_bytes(body(&stored).try_into().unwrap()) + 864_000_000_000).to_be_bytes();
+    put(
+        d.path(),
+        "state",
+        b"pause_until",
+        Some(with_body(&stored, &far)),
+    );
     let m = assert_tampered(d.path(), o(), "pause_until edited");
     assert!(m.contains("pause_until"), "{m}");
     put(d.path(), "state", b"pause_until", Some(stored));
@@ -205,12 +222,20 @@ fn a_pause_never_outlasts_the_cap() {
     short.policy.version = 2;
     short.policy.max_pause_secs = 60;
     let v = Vault::open(d.path(), "alice", short).unwrap();
-    let until = v.pause_state().unwrap().paused_until_us.expect("still paused");
+    let until = v
+        .pause_state()
+        .unwrap()
+        .paused_until_us
+        .expect("still paused");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_micros() as i64;
-    assert!(until <= now + 60_000_000, "capped: {} s left", (until - now) / 1_000_000);
+    assert!(
+        until <= now + 60_000_000,
+        "capped: {} s left",
+        (until - now) / 1_000_000
+    );
     v.close().unwrap();
 }
 
@@ -230,7 +255,13 @@ fn an_older_copy_of_any_state_record_is_refused() {
     let b1 = v.seal_next(&id.recipient(), 1 << 20).unwrap().unwrap();
     v.pause(Duration::from_secs(60)).unwrap();
     v.close().unwrap();
-    let names: [&[u8]; 5] = [b"release", b"pause_until", b"pause_dropped", b"receipt_key", b"anchor"];
+    let names: [&[u8]; 5] = [
+        b"release",
+        b"pause_until",
+        b"pause_dropped",
+        b"receipt_key",
+        b"anchor",
+    ];
     let old_state: Vec<_> = names
         .iter()
         .map(|n| get(d.path(), "state", n).expect("present"))
@@ -252,7 +283,11 @@ fn an_older_copy_of_any_state_record_is_refused() {
         let now = get(d.path(), "state", name).unwrap();
         assert_ne!(&now, old, "{} changed", String::from_utf8_lossy(name));
         put(d.path(), "state", name, Some(old.clone()));
-        assert_tampered(d.path(), o(), &format!("old {}", String::from_utf8_lossy(name)));
+        assert_tampered(
+            d.path(),
+            o(),
+            &format!("old {}", String::from_utf8_lossy(name)),
+        );
         put(d.path(), "state", name, Some(now));
     }
     // The whole state tree put back as it was (records and anchor together): the ledger
@@ -295,7 +330,10 @@ fn edited_or_removed_counters_are_refused() {
     put(d.path(), "log", &[1, b'c'], None);
     assert_tampered(d.path(), o(), "counters removed");
     put(d.path(), "log", &[1, b'c'], Some(stored));
-    Vault::open(d.path(), "alice", o()).unwrap().close().unwrap();
+    Vault::open(d.path(), "alice", o())
+        .unwrap()
+        .close()
+        .unwrap();
 }
 
 /// A record added to the state tree behind the anchor's back, and one removed.
@@ -374,4 +412,107 @@ fn an_edited_record_header_does_not_drive_budget_eviction() {
         before.iter().all(|k| after.contains(k)),
         "nothing was evicted"
     );
+}
+
+/// A vault written before stored state was authenticated is carried over at its user's
+/// first open (everything kept: pending bundle, pause, receipt key), after which its state
+/// is authenticated; putting back the old keys to make it look unconverted fails.
+#[test]
+fn an_older_vault_is_carried_over_and_cannot_be_downgraded() {
+    let d = tempfile::tempdir().unwrap();
+    let collector = Identity::generate(Suite::X25519);
+    let id = Identity::generate(Suite::X25519);
+    let mut opts = o();
+    opts.collector_receipt_key = Some(collector.receipt_key().to_string());
+    let v = Vault::open(d.path(), "alice", opts).unwrap();
+    for i in 0..100 {
+        let _ = v.append_mouse_move(i, 1, 1).unwrap();
+    }
+    let pending = v.seal_next(&id.recipient(), 1 << 20).unwrap().unwrap();
+    v.pause(Duration::from_secs(600)).unwrap();
+    let kek = v.status().unwrap().kek_version;
+    v.close().unwrap();
+    capvault::testing::write_format1(d.path(), "alice").unwrap();
+    let old_mac = get(d.path(), "keys", b"mac").expect("a format-1 MAC entry");
+    assert!(get(d.path(), "state", b"anchor").is_none());
+    assert!(
+        get(d.path(), "state", b"release")
+            .unwrap()
+            .starts_with(b"{"),
+        "plain JSON"
+    );
+
+    let v = Vault::open(d.path(), "alice", o()).unwrap();
+    assert_eq!(
+        v.status().unwrap().kek_version,
+        kek + 1,
+        "the carry-over rotates the KEK"
+    );
+    assert!(
+        v.pause_state().unwrap().paused_until_us.is_some(),
+        "the pause is kept"
+    );
+    assert_eq!(
+        v.collector_receipt_key(),
+        Some(collector.receipt_key().to_string().as_str())
+    );
+    assert_eq!(
+        v.seal_next(&id.recipient(), 1 << 20).unwrap().unwrap().id(),
+        pending.id()
+    );
+    assert!(v
+        .audit_log()
+        .unwrap()
+        .iter()
+        .any(|e| e.action == "state-format"));
+    v.verify().unwrap();
+    v.close().unwrap();
+    assert!(get(d.path(), "keys", b"mac").is_none());
+    assert!(get(d.path(), "keys", b"mac2").is_some());
+    // Now authenticated: an edit is refused.
+    let stored = get(d.path(), "state", b"release").unwrap();
+    let mut edited = stored.clone();
+    edited[12] ^= 1;
+    put(d.path(), "state", b"release", Some(edited));
+    assert_tampered(d.path(), o(), "release edited after the carry-over");
+    put(d.path(), "state", b"release", Some(stored));
+    // Downgrade: the old format-1 key entry put back in place of the new one, with the
+    // state as plain JSON again. The old KEK is gone, so nothing unwraps.
+    let new_mac = get(d.path(), "keys", b"mac2").unwrap();
+    put(d.path(), "keys", b"mac", Some(old_mac));
+    put(d.path(), "keys", b"mac2", None);
+    match Vault::open(d.path(), "alice", o()) {
+        Err(Error::Keychain(_)) | Err(Error::Tampered(_)) => {}
+        other => panic!("a downgraded vault opened: {other:?}"),
+    }
+    put(d.path(), "keys", b"mac", None);
+    put(d.path(), "keys", b"mac2", Some(new_mac));
+    Vault::open(d.path(), "alice", o())
+        .unwrap()
+        .close()
+        .unwrap();
+}
+
+/// sled cuts a damaged log at its first bad message, which can leave an empty database.
+/// Opening must not make a new vault over the old one (its keys would be orphaned).
+#[test]
+fn a_database_that_lost_its_contents_is_not_replaced_by_a_new_vault() {
+    let d = tempfile::tempdir().unwrap();
+    vault_with_records(d.path(), 10).close().unwrap();
+    for f in ["db", "conf"] {
+        std::fs::remove_file(d.path().join(f)).unwrap();
+    }
+    for entry in std::fs::read_dir(d.path()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("snap.")
+        {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let m = assert_tampered(d.path(), o(), "empty database");
+    assert!(m.contains("keychain file"), "{m}");
 }

@@ -179,7 +179,9 @@ impl KeyHierarchy {
         if let Some(marker) = tree.get(ROTATION_MARKER)? {
             // An interrupted rotation: roll it forward.
             if marker.len() != 8 {
-                return Err(Error::tampered("the KEK rotation marker has the wrong size"));
+                return Err(Error::tampered(
+                    "the KEK rotation marker has the wrong size",
+                ));
             }
             let to = be_u32(&marker[4..], "the rotation marker")?;
             let from = be_u32(&marker[..4], "the rotation marker")?;
@@ -249,17 +251,17 @@ impl KeyHierarchy {
             let ad = Self::wrap_ad(&vault_id, user, entry, w.kek_version);
             aead::unwrap_key(k, &ad, &w.sealed).map_err(|_| wrong_key())
         };
-        let (mac_entry, state_authenticated) =
-            match (tree.get(MAC_ENTRY)?, tree.get(MAC_ENTRY_V1)?) {
-                (Some(v), None) => ((MAC_ENTRY, v), true),
-                (None, Some(v)) => ((MAC_ENTRY_V1, v), false),
-                (None, None) => return Err(Error::tampered("the anchor key entry is missing")),
-                (Some(_), Some(_)) => {
-                    return Err(Error::tampered(
-                        "the keys hold an anchor key of both formats (an old copy was put back)",
-                    ))
-                }
-            };
+        let (mac_entry, state_authenticated) = match (tree.get(MAC_ENTRY)?, tree.get(MAC_ENTRY_V1)?)
+        {
+            (Some(v), None) => ((MAC_ENTRY, v), true),
+            (None, Some(v)) => ((MAC_ENTRY_V1, v), false),
+            (None, None) => return Err(Error::tampered("the anchor key entry is missing")),
+            (Some(_), Some(_)) => {
+                return Err(Error::tampered(
+                    "the keys hold an anchor key of both formats (an old copy was put back)",
+                ))
+            }
+        };
         let mac_w = Wrapped::decode(&mac_entry.1)?;
         let mac_key = unwrap(mac_entry.0, &mac_w)?;
         let mut deks = BTreeMap::new();
@@ -506,7 +508,10 @@ impl KeyHierarchy {
             tree.get(k)
                 .ok()
                 .flatten()
-                .and_then(|v| v.get(at..at + 4).map(|b| u32::from_be_bytes(b.try_into().expect("4"))))
+                .and_then(|v| {
+                    v.get(at..at + 4)
+                        .map(|b| u32::from_be_bytes(b.try_into().expect("4")))
+                })
                 .unwrap_or(0)
         };
         read(KEK_VERSION, 0)
@@ -531,6 +536,32 @@ impl KeyHierarchy {
         }
         Ok(())
     }
+}
+
+/// Test hook: rewraps a user's MAC key under its format-1 entry `mac` (as vaults
+/// before authenticated stored state kept it) and returns it.
+#[cfg(feature = "test-hooks")]
+pub(crate) fn downgrade_mac_entry(
+    store: &dyn KeyStore,
+    tree: &sled::Tree,
+    vault_id: [u8; 16],
+    user: &str,
+) -> Result<Key32> {
+    let vault_hex = data_encoding::HEXLOWER.encode(&vault_id);
+    let version = be_u32(&tree.get(KEK_VERSION)?.expect("a KEK version"), "kek")?;
+    let kek = KeyHierarchy::load_kek(store, &vault_hex, user, version)?.expect("the KEK");
+    let w = Wrapped::decode(&tree.get(MAC_ENTRY)?.expect("a format-2 MAC entry"))?;
+    let ad = KeyHierarchy::wrap_ad(&vault_id, user, MAC_ENTRY, w.kek_version);
+    let mac = aead::unwrap_key(&kek, &ad, &w.sealed).expect("unwraps");
+    let ad = KeyHierarchy::wrap_ad(&vault_id, user, MAC_ENTRY_V1, version);
+    let v1 = Wrapped {
+        kek_version: version,
+        created_us: w.created_us,
+        sealed: aead::wrap(&kek, &ad, mac.expose()),
+    };
+    tree.insert(MAC_ENTRY_V1, v1.encode())?;
+    tree.remove(MAC_ENTRY)?;
+    Ok(mac)
 }
 
 /// A 32-byte key derived from the user's MAC key with HKDF-SHA256 (`salt`, `info`).

@@ -233,6 +233,9 @@ mod tests {
             x[i] ^= 1;
             assert!(k.open_counts(&x).is_err());
         }
-        assert!(k.open_counts(&sh).is_err(), "a head is not a counters anchor");
+        assert!(
+            k.open_counts(&sh).is_err(),
+            "a head is not a counters anchor"
+        );
     }
 }

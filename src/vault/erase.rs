@@ -199,6 +199,34 @@ pub(crate) fn note_kek(
     let _ = file.write(dir, Some(device_seed));
 }
 
+/// Refuses a database that lost the vault it held: the keychain file names a vault (and
+/// verifies under that vault's device key) but the database names none, or another. sled
+/// recovers a damaged log by cutting it at the first bad message, which can leave an
+/// empty database; opening that would silently make a new vault over the old one.
+pub(crate) fn check_identity(dir: &Path, in_db: Option<[u8; 16]>) -> Result<()> {
+    let Some(file) = KeychainFile::read(dir) else {
+        return Ok(());
+    };
+    let Some(named) = file.vault_id() else {
+        return Ok(());
+    };
+    if in_db == Some(named) || file.users.values().all(|u| u.erased_us.is_some()) {
+        return Ok(());
+    }
+    if !file.check().1 {
+        return Ok(());
+    }
+    Err(Error::tampered(format!(
+        "the database in {} {} but its keychain file names vault {} (the database was damaged and lost its contents, or was replaced): refusing to use it; `capvault erase` still removes the keys",
+        dir.display(),
+        match in_db {
+            None => "names no vault".to_string(),
+            Some(id) => format!("names vault {}", data_encoding::HEXLOWER.encode(&id)),
+        },
+        file.vault_id
+    )))
+}
+
 /// The erasure of `user` recorded in the vault directory, if any.
 pub(crate) fn tombstone(dir: &Path, user: &str) -> Option<Erasure> {
     let file = KeychainFile::read(dir)?;
@@ -324,7 +352,12 @@ fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
         (None, None)
     };
     let from_db = db.as_ref().and_then(|db| {
-        let id: [u8; 16] = db.get(super::META_VAULT_ID).ok()??.as_ref().try_into().ok()?;
+        let id: [u8; 16] = db
+            .get(super::META_VAULT_ID)
+            .ok()??
+            .as_ref()
+            .try_into()
+            .ok()?;
         let ks: Option<KeyStoreKind> = db
             .get(super::META_KEYSTORE)
             .ok()
@@ -360,7 +393,11 @@ fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
     let mut known = false;
     if let Some(db) = &db {
         let name = format!("u/{}/keys", data_encoding::HEXLOWER.encode(user.as_bytes()));
-        if db.tree_names().iter().any(|n| n.as_ref() == name.as_bytes()) {
+        if db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == name.as_bytes())
+        {
             known = true;
             kek_max = KeyHierarchy::highest_kek_version(&db.open_tree(name)?);
         }
@@ -444,7 +481,8 @@ pub(crate) fn erase_closed(dir: &Path, user: &str, options: &VaultOptions) -> Re
         ..loc
     };
     record_tombstone(dir, &loc, user, whole, device_seed.as_ref())?;
-    tombstone(dir, user).ok_or_else(|| Error::Storage("the erasure record cannot be read back".into()))
+    tombstone(dir, user)
+        .ok_or_else(|| Error::Storage("the erasure record cannot be read back".into()))
 }
 
 /// Removes a user's trees from a database other users still use, leaving the keys tree
@@ -526,7 +564,13 @@ pub(crate) fn note_erasing(inner: &super::Inner, kek_max: u32) {
         db: None,
         db_error: None,
     };
-    let _ = record_tombstone(&inner.dir(), &loc, &inner.user, false, Some(&inner.device_seed));
+    let _ = record_tombstone(
+        &inner.dir(),
+        &loc,
+        &inner.user,
+        false,
+        Some(&inner.device_seed),
+    );
 }
 
 /// Ensures the `erased` state is reported for a user whose keys are gone on purpose.

@@ -241,6 +241,15 @@ impl Vault {
                 )))
             }
         }
+        let in_db = match store.db.get(META_VAULT_ID)? {
+            Some(v) => Some(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| Error::tampered("a vault identifier has the wrong size"))?,
+            ),
+            None => None,
+        };
+        erase::check_identity(dir, in_db)?;
         let vault_id = load_or_create_id(&store.db, META_VAULT_ID)?;
         let device_seed = admin::load_or_create_device_seed(&*keystore, &vault_id)?;
         let device_id = device_id_for_key(&store.db, &device_seed)?;
@@ -333,8 +342,13 @@ impl Vault {
         );
         let paused_until = read_i64(&state, STATE_PAUSE_UNTIL)?;
         // A pause never outlasts the cap of the policy in force, whatever was stored.
-        let cap = now.saturating_add((options.policy.max_pause_secs as i64).saturating_mul(1_000_000));
-        let paused_until = if paused_until > cap { cap } else { paused_until };
+        let cap =
+            now.saturating_add((options.policy.max_pause_secs as i64).saturating_mul(1_000_000));
+        let paused_until = if paused_until > cap {
+            cap
+        } else {
+            paused_until
+        };
         let dropped = read_i64(&state, STATE_PAUSE_DROPPED)? as u64;
         store.durable_flush()?;
         store.restrict_permissions()?;
@@ -571,10 +585,46 @@ impl Drop for Vault {
 fn read_i64(state: &StateStore, key: &[u8]) -> Result<i64> {
     match state.get(key)? {
         None => Ok(0),
-        Some(v) => Ok(i64::from_be_bytes(v.as_slice().try_into().map_err(|_| {
-            Error::tampered("a stored counter has the wrong size")
-        })?)),
+        Some(v) => Ok(i64::from_be_bytes(v.as_slice().try_into().map_err(
+            |_| Error::tampered("a stored counter has the wrong size"),
+        )?)),
     }
+}
+
+/// Test hook: rewrites the trees of `user` in the vault at `dir` (closed) in the format
+/// of vaults before stored state was authenticated, for tests of the carry-over.
+#[cfg(feature = "test-hooks")]
+pub fn write_format1(dir: &Path, user: &str) -> Result<()> {
+    let store = Store::open(dir, 1 << 20, true)?;
+    let vault_id = load_or_create_id(&store.db, META_VAULT_ID)?;
+    let kind: KeyStoreKind =
+        serde_json::from_slice(&store.db.get(META_KEYSTORE)?.expect("kind")).expect("kind parses");
+    let keystore = open_keystore(kind)?;
+    let trees = store.user_trees(user)?;
+    let mac = crate::keys::hierarchy::downgrade_mac_entry(&*keystore, &trees.keys, vault_id, user)?;
+    state::downgrade(&trees.state, &Sealer::new(&mac, &vault_id, user))?;
+    // Counters unauthenticated under 0x02 || epoch, the ledger head without a generation.
+    let anchors = AnchorKey::new(&mac, &vault_id, user);
+    let counts_key = crate::log::store::COUNTS_KEY;
+    if let Some(c) = trees.log.get(counts_key)? {
+        let (_, _, counts) = anchors.open_counts(&c)?;
+        for (e, c) in counts {
+            let mut k = vec![0x02];
+            k.extend_from_slice(&e.to_be_bytes());
+            trees.log.insert(k, &c.encode())?;
+        }
+        trees.log.remove(counts_key)?;
+    }
+    let ledger_anchors = crate::audit::anchor_key(&mac, &vault_id, user);
+    let head_key = crate::log::store::HEAD_KEY;
+    if let Some(h) = trees.ledger.get(head_key)? {
+        let mut head = ledger_anchors.open_head(&h)?;
+        head.next_event_seq = 0;
+        trees
+            .ledger
+            .insert(head_key, ledger_anchors.seal_head(&head))?;
+    }
+    store.durable_flush()
 }
 
 /// Creates a new user's trees in one transaction: the wrapped keys, an empty log head,
@@ -592,12 +642,11 @@ fn create_user(
     let log_head = log_anchors.seal_head(&Default::default());
     let log_counts = log_anchors.seal_counts(0, 1, &Default::default());
     let (gen, anchor) = StateStore::initial_anchor(&Sealer::new(mac_key, vault_id, user));
-    let ledger_head = crate::audit::anchor_key(mac_key, vault_id, user).seal_head(
-        &crate::log::anchor::Head {
+    let ledger_head =
+        crate::audit::anchor_key(mac_key, vault_id, user).seal_head(&crate::log::anchor::Head {
             next_event_seq: gen,
             ..Default::default()
-        },
-    );
+        });
     let head_key = crate::log::store::HEAD_KEY;
     (&trees.keys, &trees.log, &trees.state, &trees.ledger)
         .transaction(|(k, l, s, g)| {

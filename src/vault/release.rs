@@ -117,7 +117,8 @@ impl Inner {
         };
         super::erase::note_erasing(self, kek_max);
         crate::failpoint::hit("erase:after-keychain")?;
-        self.paused_until.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.paused_until
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         // The keys are gone: what follows removes ciphertext. On a full disk these
         // writes may fail; removing the whole database (last user) still works.
         let removed = (|| -> Result<()> {

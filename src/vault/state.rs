@@ -206,7 +206,10 @@ impl StateStore {
             };
         };
         let stored = stored.ok_or_else(|| {
-            tampered(format!("lacks its record {:?} (it was removed)", show(name)))
+            tampered(format!(
+                "lacks its record {:?} (it was removed)",
+                show(name)
+            ))
         })?;
         let (gen, body) = self
             .sealer
@@ -377,6 +380,25 @@ impl StateStore {
         };
         (1, sealer.seal(ANCHOR, 1, &a.encode()))
     }
+}
+
+/// Test hook: turns a user's sealed state tree back into the format before stored state
+/// was authenticated (plain values, no anchor, the receipt key in vault metadata only).
+#[cfg(feature = "test-hooks")]
+pub(crate) fn downgrade(tree: &sled::Tree, sealer: &Sealer) -> Result<()> {
+    for item in tree.iter() {
+        let (k, v) = item?;
+        if k == OUTBOX {
+            continue;
+        }
+        if k == ANCHOR || k == b"receipt_key"[..] {
+            tree.remove(k)?;
+            continue;
+        }
+        let (_, body) = sealer.open(&k, &v).expect("a sealed record");
+        tree.insert(k, body)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

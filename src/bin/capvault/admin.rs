@@ -116,11 +116,16 @@ impl From<Error> for Failure {
 
 /// Opens an existing vault for an existing user (never creates one).
 pub fn open_existing(t: &Target) -> Result<Vault, Failure> {
+    let erased = || Vault::erasure(&t.dir, &t.user).is_some();
     if !vault_exists(&t.dir) {
+        if erased() {
+            return Err(Failure::Lib(Error::Erased));
+        }
         return Err(Failure::Cli(no_vault(t)));
     }
     match user_present(t) {
         Ok(true) => {}
+        Ok(false) if erased() => return Err(Failure::Lib(Error::Erased)),
         Ok(false) => return Err(Failure::Cli(no_user(t))),
         Err(e) => return Err(Failure::Lib(e)),
     }

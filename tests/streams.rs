@@ -12,7 +12,6 @@ use capvault::{
     Marker, OpenedBundle, Suite, Vault, VaultOptions,
 };
 use common::options;
-use serde_json::Value;
 
 /// SplitMix64.
 struct Rng(u64);

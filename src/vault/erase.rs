@@ -461,13 +461,14 @@ pub(crate) fn erase_closed(dir: &Path, user: &str, options: &VaultOptions) -> Re
                         .collect()
                 })
                 .unwrap_or_default();
-            if !others.is_empty() && loc.db_error.is_some() {
-                return Err(Error::Storage(format!(
-                    "the keys of user {user:?} were destroyed (nothing of theirs can be read any more), but the database does not open ({}) and also holds users {others:?}, so it was left in place",
-                    loc.db_error.as_ref().expect("checked")
-                )));
+            match &loc.db_error {
+                Some(e) if !others.is_empty() => {
+                    return Err(Error::Storage(format!(
+                        "the keys of user {user:?} were destroyed (nothing of theirs can be read any more), but the database does not open ({e}) and also holds users {others:?}, so it was left in place"
+                    )))
+                }
+                _ => true,
             }
-            true
         }
     };
     drop(loc.db);

@@ -67,6 +67,14 @@ fn populated(dir: &Path, user: &str, kind: KeyStoreKind) -> String {
     vault_id
 }
 
+/// A populated vault of alice in a temporary directory: (its guard, dir, vault id).
+fn alice(kind: KeyStoreKind) -> (tempfile::TempDir, PathBuf, String) {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("v");
+    let vault_id = populated(&dir, "alice", kind);
+    (d, dir, vault_id)
+}
+
 #[track_caller]
 fn assert_keys_gone(kind: KeyStoreKind, vault_id: &str, user: &str) {
     for ver in 1..=4 {
@@ -338,9 +346,7 @@ fn erase_through_the_hand_off_leaves_no_database_behind() {
 #[test]
 fn erasing_one_of_two_users_names_them_and_keeps_the_other() {
     let kind = KeyStoreKind::Keyutils;
-    let d = tempfile::tempdir().unwrap();
-    let dir = d.path().join("v");
-    let vault_id = populated(&dir, "alice", kind);
+    let (_d, dir, vault_id) = alice(kind);
     let bob = Vault::open(&dir, "bob", common::options(kind)).unwrap();
     let _ = bob.append_mouse_move(1, 7, 7).unwrap();
     bob.close().unwrap();
@@ -374,4 +380,27 @@ fn erasing_one_of_two_users_names_them_and_keeps_the_other() {
     // The library's error does not claim the whole vault was erased either.
     let e = Vault::open(&dir, "alice", common::options(kind)).unwrap_err();
     assert!(!e.to_string().contains("vault was erased"), "{e}");
+}
+
+/// A holder that never answers the hand-off (here: a raw database handle) does not keep
+/// the keys alive: they are deleted from the keychain before the request is even sent.
+#[test]
+fn a_holder_that_does_not_answer_does_not_keep_the_keys() {
+    let kind = KeyStoreKind::Keyutils;
+    let (_d, dir, vault_id) = alice(kind);
+    let held = capvault::testing::open_raw_db(&dir);
+    let out = cli(&dir, "alice", kind, &["erase", "--yes", "--wait", "1s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("keys were deleted"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_keys_gone(kind, &vault_id, "alice");
+    drop(held);
+    // Once the holder let go, erase finishes the job.
+    let stdout = ok(&cli(&dir, "alice", kind, &["erase", "--yes"]));
+    assert!(stdout.contains("user 'alice' erased"), "{stdout}");
+    assert!(sled_files(&dir).is_empty());
+    assert_tombstone_shown(&dir, "alice", kind, true);
 }

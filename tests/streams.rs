@@ -330,8 +330,11 @@ fn erase_and_recreate_starts_a_new_stream() {
     std::fs::remove_file(d.path().join("keychain.json")).unwrap();
     let v = Vault::open(d.path(), "alice", options(ks)).unwrap();
     let _ = v.append_mouse_move(3, 1, 1).unwrap();
+    // The whole database went with its last user: this is a new vault (a new device).
+    let mut c = Collector::default();
     let b = seal(&v, &id, &mut c, 1 << 20).unwrap();
     assert_eq!(b.header().bundle_seq(), 1);
+    assert_ne!(b.header().device_id(), a.header().device_id());
     assert_ne!(b.header().stream_id(), a.header().stream_id());
     v.close().unwrap();
 }

@@ -345,7 +345,19 @@ fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
     let (db, db_error) = if dir.join("conf").exists() || dir.join("db").exists() {
         match Store::raw(dir, 1 << 20, false) {
             Ok(db) => (Some(db), None),
-            Err(Error::InUse) => return Err(Error::InUse),
+            Err(Error::InUse) => {
+                // Held by another process, which erases through the hand-off. The keys
+                // go now already if the keychain file names them, so the crypto-shred
+                // does not depend on the holder answering.
+                if let Some(f) = file.as_ref().filter(|f| f.check().1) {
+                    if let (Some(id), Some(u)) = (f.vault_id(), f.users.get(user)) {
+                        let ks = open_keystore(f.keystore)?;
+                        let hex = data_encoding::HEXLOWER.encode(&id);
+                        KeyHierarchy::delete_keks(&*ks, &hex, user, u.kek_max.max(1) + 1)?;
+                    }
+                }
+                return Err(Error::InUse);
+            }
             Err(e) => (None, Some(e)),
         }
     } else {

@@ -832,7 +832,16 @@ pub fn erase(a: &EraseArgs, json: bool) -> CliResult<()> {
     // of the keys (a tampered, corrupted or full vault is erased too).
     let result = match Vault::erase(&t.dir, &t.user, t.options.clone()) {
         Ok(()) => Ok(()),
-        Err(Error::InUse) => via_handoff(&t, Op::Erase, a.h.wait).map(|_| ()),
+        Err(Error::InUse) => via_handoff(&t, Op::Erase, a.h.wait).map(|_| ()).map_err(|f| {
+            let e = CliError::from(f);
+            Failure::Cli(CliError {
+                message: format!(
+                    "{}; the user's keys were deleted from the keychain already if the vault's keychain file names them: run erase again once the holder answers or has closed the vault, to remove the data",
+                    e.message
+                ),
+                ..e
+            })
+        }),
         Err(Error::NotFound(_)) if Vault::erasure(&t.dir, &t.user).is_some() => Ok(()),
         Err(Error::NotFound(_)) if !vault_exists(&t.dir) => Err(Failure::Cli(no_vault(&t))),
         Err(Error::NotFound(_)) => Err(Failure::Cli(no_user(&t))),

@@ -3,7 +3,9 @@
 //!
 //! Entries are sealed with a key derived from the user's anchor MAC key (so they outlive
 //! data-key epochs and die with the KEK at erase), chained by tag, and anchored by a
-//! MAC'd head so deleting or editing an entry is detected.
+//! MAC'd head so deleting or editing an entry is detected. The head's third field (the
+//! event counter in a log head) carries the generation of the user's stored state, so
+//! the state and the ledger vouch for each other (src/vault/state.rs).
 
 use std::sync::Mutex;
 
@@ -27,23 +29,36 @@ pub(crate) struct Ledger {
     head: Mutex<Head>,
 }
 
+/// The key of the ledger's head anchor.
+pub(crate) fn anchor_key(mac_key: &Key32, vault_id: &[u8; 16], user: &str) -> AnchorKey {
+    AnchorKey::with_label(b"capvault-ledger-anchor-v1", mac_key, vault_id, user)
+}
+
 fn derive_ledger_key(mac_key: &Key32) -> Key32 {
     crate::keys::hierarchy::derive_subkey(mac_key, b"capvault-ledger-key-v1", b"ledger")
 }
 
 impl Ledger {
+    /// Opens the ledger. With `require_head` (stored state authenticated) a missing head
+    /// means the ledger was wiped.
     pub(crate) fn open(
         tree: sled::Tree,
         mac_key: &Key32,
         vault_id: &[u8; 16],
         user: &str,
+        require_head: bool,
     ) -> Result<Ledger> {
         let mut label_user = String::from(user);
         label_user.push_str("\u{0}ledger");
         let binding = RecordBinding::new(vault_id, &label_user);
-        let anchors = AnchorKey::with_label(b"capvault-ledger-anchor-v1", mac_key, vault_id, user);
+        let anchors = anchor_key(mac_key, vault_id, user);
         let head = match tree.get(HEAD_KEY)? {
             Some(h) => anchors.open_head(&h)?,
+            None if require_head => {
+                return Err(Error::tampered(
+                    "the audit ledger has no head anchor (the ledger was wiped)",
+                ))
+            }
             None => Head::default(),
         };
         let last = tree.range(record_keys()).next_back().transpose()?;
@@ -92,7 +107,7 @@ impl Ledger {
         let new_head = Head {
             last_seq: seq,
             last_tag: tag_of(&value),
-            next_event_seq: 0,
+            next_event_seq: head.next_event_seq,
         };
         let mut batch = sled::Batch::default();
         batch.insert(&record_key(seq), value);
@@ -142,6 +157,23 @@ impl Ledger {
             ));
         }
         Ok(out)
+    }
+
+    /// The generation of the stored state this ledger names.
+    pub(crate) fn state_gen(&self) -> u64 {
+        self.lock_head().next_event_seq
+    }
+
+    pub(crate) fn lock_head(&self) -> std::sync::MutexGuard<'_, Head> {
+        self.head.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn seal_head(&self, head: &Head) -> Vec<u8> {
+        self.anchors.seal_head(head)
+    }
+
+    pub(crate) fn tree(&self) -> &sled::Tree {
+        &self.tree
     }
 
     pub(crate) fn last_seq(&self) -> u64 {

@@ -25,7 +25,7 @@ pub enum Error {
     #[error("the vault is in use by another process; close the other capvault user (capture agent or CLI) or use its hand-off")]
     InUse,
     /// The vault (or this user's data in it) was crypto-shredded.
-    #[error("the vault was erased: its keys were destroyed and nothing in it can be read")]
+    #[error("this user was erased: their keys were destroyed and nothing of theirs in this vault can be read")]
     Erased,
     /// An unknown bundle id, user, or file.
     #[error("not found: {0}")]

@@ -43,13 +43,19 @@ pub use policy::{BudgetAction, KeystrokeLevel, Policy};
 #[cfg(feature = "upload")]
 pub use upload::{UploadError, UploadReport};
 pub use upload::{UploadOptions, UploadStatus};
-pub use vault::{Appended, EpochStatus, PauseState, Status, Vault};
+pub use vault::{Appended, EpochStatus, Erasure, PauseState, Status, Vault};
 
 /// Hooks for crash-safety tests. Never enable the `test-hooks` feature in production.
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub mod testing {
     pub use crate::failpoint::arm;
+
+    /// Rewrites a closed vault's user in the format of vaults from before stored state
+    /// was authenticated (tests of the carry-over).
+    pub fn write_format1(dir: &std::path::Path, user: &str) -> crate::Result<()> {
+        crate::vault::write_format1(dir, user)
+    }
 
     /// The raw sled database of a closed vault, for tampering tests.
     pub fn open_raw_db(dir: &std::path::Path) -> sled::Db {

@@ -3,7 +3,8 @@
 //! ```text
 //! KEK v(N)   32 bytes, OS keychain entry "kek/<vault>/<user>/v<N>"
 //!   wraps -> DEK epoch e (32 bytes)   keys tree "dek" || e
-//!   wraps -> anchor MAC key           keys tree "mac"
+//!   wraps -> anchor MAC key           keys tree "mac2" ("mac" before stored state
+//!                                     was authenticated)
 //! ```
 //!
 //! Wrapping is XChaCha20-Poly1305 with associated data naming vault, user, entry and KEK
@@ -21,7 +22,12 @@ use capvault_format::secret::Key32;
 
 const KEK_VERSION: &[u8] = b"kek_version";
 const CURRENT_EPOCH: &[u8] = b"current_epoch";
-const MAC_ENTRY: &[u8] = b"mac";
+/// The MAC key of a vault written before stored state was authenticated (format 1).
+const MAC_ENTRY_V1: &[u8] = b"mac";
+/// The MAC key of a vault whose stored state is authenticated. Only ever wrapped under a
+/// KEK that never wrapped a `mac` entry (the carry-over rotates the KEK), so an old
+/// format-1 copy of the keys cannot be put back to downgrade the vault.
+const MAC_ENTRY: &[u8] = b"mac2";
 const ROTATION_MARKER: &[u8] = b"kek_rotation";
 const ERASED: &[u8] = b"erased";
 
@@ -90,10 +96,17 @@ pub(crate) struct KeyHierarchy {
     deks: BTreeMap<u32, (Key32, i64)>,
     current_epoch: u32,
     mac_key: Key32,
+    /// False for a format-1 vault (its MAC key under `mac`): its stored state is not
+    /// authenticated yet and is carried over at open.
+    state_authenticated: bool,
 }
 
+/// Keys tree entries of a new user, written by the caller in the transaction that
+/// creates the user's trees.
+pub(crate) type NewEntries = Vec<(sled::IVec, sled::IVec)>;
+
 impl KeyHierarchy {
-    fn kek_name(vault_hex: &str, user: &str, version: u32) -> String {
+    pub(crate) fn kek_name(vault_hex: &str, user: &str, version: u32) -> String {
         let user_hex = data_encoding::HEXLOWER.encode(user.as_bytes());
         format!("kek/{vault_hex}/{user_hex}/v{version}")
     }
@@ -150,7 +163,7 @@ impl KeyHierarchy {
         vault_id: [u8; 16],
         user: &str,
         now_us: i64,
-    ) -> Result<KeyHierarchy> {
+    ) -> Result<(KeyHierarchy, Option<NewEntries>)> {
         let vault_hex = data_encoding::HEXLOWER.encode(&vault_id);
         if let Some(marker) = tree.get(ERASED)? {
             // Finish an interrupted erase: no KEK of this user may survive it.
@@ -159,7 +172,8 @@ impl KeyHierarchy {
             return Err(Error::Erased);
         }
         let Some(version) = tree.get(KEK_VERSION)? else {
-            return Self::create(store, tree, vault_id, vault_hex, user, now_us);
+            let (h, entries) = Self::create(store, tree, vault_id, vault_hex, user, now_us)?;
+            return Ok((h, Some(entries)));
         };
         let mut kek_version = be_u32(&version, "the KEK version")?;
         if let Some(marker) = tree.get(ROTATION_MARKER)? {
@@ -194,7 +208,7 @@ impl KeyHierarchy {
             kek_version = to;
             drop(h);
         }
-        Self::load(store, tree, vault_id, vault_hex, user, kek_version)
+        Self::load(store, tree, vault_id, vault_hex, user, kek_version).map(|h| (h, None))
     }
 
     fn load(
@@ -237,12 +251,19 @@ impl KeyHierarchy {
             let ad = Self::wrap_ad(&vault_id, user, entry, w.kek_version);
             aead::unwrap_key(k, &ad, &w.sealed).map_err(|_| wrong_key())
         };
-        let mac_w = Wrapped::decode(
-            &tree
-                .get(MAC_ENTRY)?
-                .ok_or_else(|| Error::tampered("the anchor key entry is missing"))?,
-        )?;
-        let mac_key = unwrap(MAC_ENTRY, &mac_w)?;
+        let (mac_entry, state_authenticated) = match (tree.get(MAC_ENTRY)?, tree.get(MAC_ENTRY_V1)?)
+        {
+            (Some(v), None) => ((MAC_ENTRY, v), true),
+            (None, Some(v)) => ((MAC_ENTRY_V1, v), false),
+            (None, None) => return Err(Error::tampered("the anchor key entry is missing")),
+            (Some(_), Some(_)) => {
+                return Err(Error::tampered(
+                    "the keys hold an anchor key of both formats (an old copy was put back)",
+                ))
+            }
+        };
+        let mac_w = Wrapped::decode(&mac_entry.1)?;
+        let mac_key = unwrap(mac_entry.0, &mac_w)?;
         let mut deks = BTreeMap::new();
         for item in tree.scan_prefix(b"dek") {
             let (k, v) = item?;
@@ -257,8 +278,11 @@ impl KeyHierarchy {
                 .ok_or_else(|| Error::tampered("the current epoch is missing"))?,
             "the current epoch",
         )?;
-        if !deks.contains_key(&current_epoch) {
-            return Err(Error::tampered("the current epoch's data key is missing"));
+        // Epochs only grow and the current one is never retired: it is the newest key.
+        if deks.keys().next_back() != Some(&current_epoch) {
+            return Err(Error::tampered(
+                "the current epoch is not the newest data key (the current epoch or a key entry was edited)",
+            ));
         }
         Ok(KeyHierarchy {
             store,
@@ -271,6 +295,7 @@ impl KeyHierarchy {
             deks,
             current_epoch,
             mac_key,
+            state_authenticated,
         })
     }
 
@@ -281,7 +306,7 @@ impl KeyHierarchy {
         vault_hex: String,
         user: &str,
         now_us: i64,
-    ) -> Result<KeyHierarchy> {
+    ) -> Result<(KeyHierarchy, NewEntries)> {
         let kek = Key32::generate();
         store.put(&Self::kek_name(&vault_hex, user, 1), kek.expose())?;
         let mut h = KeyHierarchy {
@@ -295,16 +320,23 @@ impl KeyHierarchy {
             deks: BTreeMap::new(),
             current_epoch: 1,
             mac_key: Key32::generate(),
+            state_authenticated: true,
         };
         let dek = Key32::generate();
-        let mut batch = sled::Batch::default();
-        batch.insert(MAC_ENTRY, h.wrap(MAC_ENTRY, &h.mac_key, now_us, &h.kek, 1));
-        batch.insert(dek_entry(1), h.wrap(&dek_entry(1), &dek, now_us, &h.kek, 1));
-        batch.insert(CURRENT_EPOCH, &1u32.to_be_bytes());
-        batch.insert(KEK_VERSION, &1u32.to_be_bytes());
-        h.tree.apply_batch(batch)?;
+        let entries: NewEntries = vec![
+            (
+                MAC_ENTRY.into(),
+                h.wrap(MAC_ENTRY, &h.mac_key, now_us, &h.kek, 1).into(),
+            ),
+            (
+                dek_entry(1).into(),
+                h.wrap(&dek_entry(1), &dek, now_us, &h.kek, 1).into(),
+            ),
+            (CURRENT_EPOCH.into(), 1u32.to_be_bytes().as_ref().into()),
+            (KEK_VERSION.into(), 1u32.to_be_bytes().as_ref().into()),
+        ];
         h.deks.insert(1, (dek, now_us));
-        Ok(h)
+        Ok((h, entries))
     }
 
     /// The DEK of the current epoch and its number.
@@ -324,6 +356,19 @@ impl KeyHierarchy {
 
     pub(crate) fn mac_key(&self) -> &Key32 {
         &self.mac_key
+    }
+
+    /// True when the user's stored state is authenticated (format 2).
+    pub(crate) fn state_authenticated(&self) -> bool {
+        self.state_authenticated
+    }
+
+    /// Finishes carrying a format-1 vault over: rotates the KEK, writing the MAC key
+    /// under its format-2 entry. The old KEK is deleted, so no copy of the format-1 keys
+    /// can be unwrapped again (no downgrade). The caller sealed the stored state first.
+    pub(crate) fn upgrade_state(&mut self, flush: &dyn Fn() -> Result<()>) -> Result<u32> {
+        self.state_authenticated = true;
+        self.rotate_kek(flush)
     }
 
     pub(crate) fn kek_version(&self) -> u32 {
@@ -404,9 +449,15 @@ impl KeyHierarchy {
     /// Rewraps every entry under `new` and makes it the current KEK, in one atomic batch.
     fn rewrap_all(&mut self, new: Key32, new_version: u32) -> Result<()> {
         let mut batch = sled::Batch::default();
+        let mac_entry = if self.state_authenticated {
+            batch.remove(MAC_ENTRY_V1);
+            MAC_ENTRY
+        } else {
+            MAC_ENTRY_V1
+        };
         batch.insert(
-            MAC_ENTRY,
-            self.wrap(MAC_ENTRY, &self.mac_key, 0, &new, new_version),
+            mac_entry,
+            self.wrap(mac_entry, &self.mac_key, 0, &new, new_version),
         );
         for (&epoch, (dek, created)) in &self.deks {
             batch.insert(
@@ -429,34 +480,88 @@ impl KeyHierarchy {
         Ok(())
     }
 
-    /// Crypto-shreds this user: every wrapped key is removed and marked erased, then every
-    /// KEK version is deleted from the keychain.
-    pub(crate) fn erase(&mut self, flush: &dyn Fn() -> Result<()>) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for item in self.tree.iter() {
-            batch.remove(item?.0);
-        }
-        // The marker keeps the highest KEK version, so an erase interrupted before the
-        // keychain entries are gone is finished by the next open.
-        batch.insert(ERASED, &(self.kek_version + 1).to_be_bytes());
-        self.tree.apply_batch(batch)?;
-        flush()?;
+    /// Crypto-shreds this user: deletes every KEK version from the keychain (nothing
+    /// in sled is touched). Returns the highest version deleted, for the erase marker.
+    pub(crate) fn shred(&mut self) -> Result<u32> {
+        let up_to = self.kek_version + 1;
+        Self::delete_keks(&*self.store, &self.vault_hex, &self.user, up_to)?;
         self.deks.clear();
-        failpoint::hit("erase:after-keys-removed")?;
-        Self::delete_keks(
-            &*self.store,
-            &self.vault_hex,
-            &self.user,
-            self.kek_version + 1,
-        )
+        Ok(up_to)
     }
 
-    fn delete_keks(store: &dyn KeyStore, vault_hex: &str, user: &str, up_to: u32) -> Result<()> {
+    /// Replaces everything in a user's keys tree by the erase marker, which keeps the
+    /// highest KEK version so an opener deletes any KEK an interrupted erase left.
+    pub(crate) fn mark_erased(tree: &sled::Tree, up_to: u32) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for key in tree.iter().keys() {
+            batch.remove(key?);
+        }
+        batch.insert(ERASED, &up_to.to_be_bytes());
+        tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The highest KEK version a raw keys tree names (current, rotating to, or an erase
+    /// marker), without unwrapping anything; 0 when it names none.
+    pub(crate) fn highest_kek_version(tree: &sled::Tree) -> u32 {
+        let read = |k: &[u8], at: usize| -> u32 {
+            tree.get(k)
+                .ok()
+                .flatten()
+                .and_then(|v| {
+                    v.get(at..at + 4)
+                        .map(|b| u32::from_be_bytes(b.try_into().expect("4")))
+                })
+                .unwrap_or(0)
+        };
+        read(KEK_VERSION, 0)
+            .max(read(ROTATION_MARKER, 4))
+            .max(read(ERASED, 0))
+    }
+
+    /// True when a raw keys tree holds the erase marker.
+    pub(crate) fn is_erased_tree(tree: &sled::Tree) -> bool {
+        matches!(tree.get(ERASED), Ok(Some(_)))
+    }
+
+    /// Deletes KEK versions 1..=`up_to` of `user` from the keychain.
+    pub(crate) fn delete_keks(
+        store: &dyn KeyStore,
+        vault_hex: &str,
+        user: &str,
+        up_to: u32,
+    ) -> Result<()> {
         for v in 1..=up_to {
             store.delete(&Self::kek_name(vault_hex, user, v))?;
         }
         Ok(())
     }
+}
+
+/// Test hook: rewraps a user's MAC key under its format-1 entry `mac` (as vaults
+/// before authenticated stored state kept it) and returns it.
+#[cfg(feature = "test-hooks")]
+pub(crate) fn downgrade_mac_entry(
+    store: &dyn KeyStore,
+    tree: &sled::Tree,
+    vault_id: [u8; 16],
+    user: &str,
+) -> Result<Key32> {
+    let vault_hex = data_encoding::HEXLOWER.encode(&vault_id);
+    let version = be_u32(&tree.get(KEK_VERSION)?.expect("a KEK version"), "kek")?;
+    let kek = KeyHierarchy::load_kek(store, &vault_hex, user, version)?.expect("the KEK");
+    let w = Wrapped::decode(&tree.get(MAC_ENTRY)?.expect("a format-2 MAC entry"))?;
+    let ad = KeyHierarchy::wrap_ad(&vault_id, user, MAC_ENTRY, w.kek_version);
+    let mac = aead::unwrap_key(&kek, &ad, &w.sealed).expect("unwraps");
+    let ad = KeyHierarchy::wrap_ad(&vault_id, user, MAC_ENTRY_V1, version);
+    let v1 = Wrapped {
+        kek_version: version,
+        created_us: w.created_us,
+        sealed: aead::wrap(&kek, &ad, mac.expose()),
+    };
+    tree.insert(MAC_ENTRY_V1, v1.encode())?;
+    tree.remove(MAC_ENTRY)?;
+    Ok(mac)
 }
 
 /// A 32-byte key derived from the user's MAC key with HKDF-SHA256 (`salt`, `info`).

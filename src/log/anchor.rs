@@ -1,8 +1,11 @@
 //! Head and tail anchors: MAC'd summaries of where the log ends and begins, so that
 //! truncation, rollback and deletion at either end are detected.
 
+use std::collections::BTreeMap;
+
 use ring::hmac;
 
+use super::store::EpochCount;
 use crate::aead::TAG_LEN;
 use crate::error::{Error, Result};
 use capvault_format::secret::Key32;
@@ -121,6 +124,54 @@ impl AnchorKey {
         })
     }
 
+    /// The per-epoch counters (epochs with records), bound to the log's ends they
+    /// describe: `last_seq || first_seq || n (u32) || n x (epoch u32, records u64,
+    /// bytes u64)`, so an older copy does not fit the current head and tail.
+    pub(crate) fn seal_counts(
+        &self,
+        last_seq: u64,
+        first_seq: u64,
+        counts: &BTreeMap<u32, EpochCount>,
+    ) -> Vec<u8> {
+        let live: Vec<_> = counts.iter().filter(|(_, c)| c.records > 0).collect();
+        let mut b = Vec::with_capacity(20 + live.len() * 20);
+        b.extend_from_slice(&last_seq.to_be_bytes());
+        b.extend_from_slice(&first_seq.to_be_bytes());
+        b.extend_from_slice(&(live.len() as u32).to_be_bytes());
+        for (e, c) in live {
+            b.extend_from_slice(&e.to_be_bytes());
+            b.extend_from_slice(&c.encode());
+        }
+        self.seal(b'c', b)
+    }
+
+    /// The counters and the ends (`last_seq`, `first_seq`) they were written for.
+    pub(crate) fn open_counts(
+        &self,
+        stored: &[u8],
+    ) -> Result<(u64, u64, BTreeMap<u32, EpochCount>)> {
+        let body_len = stored.len().saturating_sub(MAC_LEN);
+        let b = self.open(b'c', stored, body_len, "counters")?;
+        let bad = || Error::tampered("the counters anchor is malformed");
+        if b.len() < 20 {
+            return Err(bad());
+        }
+        let n = u32::from_be_bytes(b[16..20].try_into().expect("4")) as usize;
+        if b.len() != 20 + n * 20 {
+            return Err(bad());
+        }
+        let mut counts = BTreeMap::new();
+        for item in b[20..].chunks_exact(20) {
+            let epoch = u32::from_be_bytes(item[..4].try_into().expect("4"));
+            counts.insert(epoch, EpochCount::decode(&item[4..])?);
+        }
+        Ok((
+            u64::from_be_bytes(b[..8].try_into().expect("8")),
+            u64::from_be_bytes(b[8..16].try_into().expect("8")),
+            counts,
+        ))
+    }
+
     pub(crate) fn seal_tail(&self, t: &Tail) -> Vec<u8> {
         let mut b = Vec::with_capacity(24);
         b.extend_from_slice(&t.first_seq.to_be_bytes());
@@ -166,5 +217,25 @@ mod tests {
         assert!(k.open_head(&st).is_err());
         let other = AnchorKey::new(&Key32::generate(), &[3; 16], "alice");
         assert!(other.open_head(&sh).is_err());
+        let counts: BTreeMap<u32, EpochCount> = [(
+            2,
+            EpochCount {
+                records: 3,
+                bytes: 400,
+            },
+        )]
+        .into_iter()
+        .collect();
+        let sc = k.seal_counts(9, 5, &counts);
+        assert_eq!(k.open_counts(&sc).unwrap(), (9, 5, counts));
+        for i in 0..sc.len() {
+            let mut x = sc.clone();
+            x[i] ^= 1;
+            assert!(k.open_counts(&x).is_err());
+        }
+        assert!(
+            k.open_counts(&sh).is_err(),
+            "a head is not a counters anchor"
+        );
     }
 }

@@ -19,7 +19,7 @@ use anchor::{AnchorKey, Head, Tail};
 use capvault_format::secret::PlainBuf;
 use framer::Job;
 use record::{tag_of, RecordBinding, RecordHeader};
-use store::{counter_key, record_key, record_keys, seq_of_key, EpochCount, HEAD_KEY, TAIL_KEY};
+use store::{record_key, record_keys, seq_of_key, EpochCount, COUNTS_KEY, HEAD_KEY, TAIL_KEY};
 
 /// Where the log stands (mirrors the anchors and counters on disk).
 #[derive(Clone, Debug, Default)]
@@ -80,13 +80,21 @@ fn tampered_at(seq: u64, what: &str) -> Error {
 impl Log {
     /// Opens the log and checks its anchors against the records at both ends, so a
     /// rolled-back, truncated or extended log is reported before anything is appended.
+    /// With `require_head` (stored state authenticated: every user's log has a head from
+    /// its creation on) a missing head means the log was wiped.
     pub(crate) fn open(
         tree: sled::Tree,
         binding: RecordBinding,
         anchors: AnchorKey,
+        require_head: bool,
     ) -> Result<Log> {
         let head = match tree.get(HEAD_KEY)? {
             Some(h) => anchors.open_head(&h)?,
+            None if require_head => {
+                return Err(Error::tampered(
+                    "the log has no head anchor (the log was wiped)",
+                ))
+            }
             None => {
                 if tree.scan_prefix([0u8]).next().is_some() {
                     return Err(Error::tampered("the log has records but no head anchor"));
@@ -98,16 +106,33 @@ impl Log {
             Some(t) => anchors.open_tail(&t)?,
             None => Tail::default(),
         };
-        let mut counts = BTreeMap::new();
-        for item in tree.scan_prefix([0x02u8]) {
-            let (k, v) = item?;
-            let epoch = u32::from_be_bytes(
-                k[1..]
-                    .try_into()
-                    .map_err(|_| Error::tampered("bad counter key"))?,
-            );
-            counts.insert(epoch, EpochCount::decode(&v)?);
-        }
+        let counts = match tree.get(COUNTS_KEY)? {
+            Some(c) => {
+                let (last_seq, first_seq, counts) = anchors.open_counts(&c)?;
+                if last_seq != head.last_seq || first_seq != tail.first_seq {
+                    return Err(Error::tampered(
+                        "the record counters do not belong to the log's current head and tail (an older copy was put back)",
+                    ));
+                }
+                counts
+            }
+            None if require_head => {
+                return Err(Error::tampered("the log's record counters are missing"))
+            }
+            None => {
+                let mut counts = BTreeMap::new();
+                for item in tree.scan_prefix([0x02u8]) {
+                    let (k, v) = item?;
+                    let epoch = u32::from_be_bytes(
+                        k[1..]
+                            .try_into()
+                            .map_err(|_| Error::tampered("bad counter key"))?,
+                    );
+                    counts.insert(epoch, EpochCount::decode(&v)?);
+                }
+                counts
+            }
+        };
         let log = Log {
             tree,
             binding,
@@ -149,6 +174,25 @@ impl Log {
             }
             _ => return Err(Error::tampered("the log's record range is inconsistent")),
         }
+        Ok(())
+    }
+
+    /// Carries a log over from before its counters were authenticated and heads were
+    /// required: writes the head (if missing) and the counters anchor, and removes the
+    /// old unauthenticated counters, in one batch.
+    pub(crate) fn upgrade(&self) -> Result<()> {
+        let st = self.lock();
+        let mut batch = sled::Batch::default();
+        batch.insert(HEAD_KEY, self.anchors.seal_head(&st.head));
+        batch.insert(
+            COUNTS_KEY,
+            self.anchors
+                .seal_counts(st.head.last_seq, st.tail.first_seq, &st.counts),
+        );
+        for key in self.tree.scan_prefix([0x02u8]).keys() {
+            batch.remove(key?);
+        }
+        self.tree.apply_batch(batch)?;
         Ok(())
     }
 
@@ -208,7 +252,11 @@ impl Log {
             next_event_seq: jobs[jobs.len() - 1].end_event_seq,
         };
         let head_bytes = sled::IVec::from(self.anchors.seal_head(&head));
-        let count_bytes = count.encode();
+        let mut counts = st.counts.clone();
+        counts.insert(epoch, count);
+        let count_bytes = self
+            .anchors
+            .seal_counts(head.last_seq, st.tail.first_seq, &counts);
         let res = self.tree.transaction(|tx| {
             for (k, v) in &values {
                 if tx.get(k)?.is_some() {
@@ -217,7 +265,7 @@ impl Log {
                 tx.insert(k, v.clone())?;
             }
             tx.insert(HEAD_KEY, head_bytes.clone())?;
-            tx.insert(&counter_key(epoch), &count_bytes)?;
+            tx.insert(COUNTS_KEY, count_bytes.as_slice())?;
             Ok(())
         });
         match res {
@@ -400,15 +448,16 @@ impl Log {
             prev_tag,
         };
         batch.insert(TAIL_KEY, self.anchors.seal_tail(&tail));
-        let mut emptied = Vec::new();
-        for (e, c) in &counts {
-            if c.records == 0 {
-                batch.remove(&counter_key(*e));
-                emptied.push(*e);
-            } else {
-                batch.insert(&counter_key(*e), &c.encode());
-            }
-        }
+        let emptied: Vec<u32> = counts
+            .iter()
+            .filter(|(_, c)| c.records == 0)
+            .map(|(e, _)| *e)
+            .collect();
+        batch.insert(
+            COUNTS_KEY,
+            self.anchors
+                .seal_counts(st.head.last_seq, tail.first_seq, &counts),
+        );
         crate::failpoint::hit("prune:before-batch")?;
         self.tree.apply_batch(batch)?;
         counts.retain(|_, c| c.records > 0);
@@ -418,9 +467,9 @@ impl Log {
     }
 
     /// Removes records from the tail through `last` and appends `jobs` (the loss marker
-    /// of the removal) after the head, together with `extra` (the release state that
-    /// counts the removed records), in one transaction over both trees: a crash leaves
-    /// either none or all of it. Returns the epochs that have no records left.
+    /// of the removal) after the head. `commit` writes these log changes in one
+    /// transaction with the release state that counts the removed records: a crash
+    /// leaves either none or all of it. Returns the epochs that have no records left.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn evict_through(
         &self,
@@ -429,9 +478,8 @@ impl Log {
         keys: &KeyHierarchy,
         purpose_of: &dyn Fn(u32) -> Result<String>,
         now_us: i64,
-        extra: (&sled::Tree, &[u8], Vec<u8>),
+        commit: &dyn Fn(&crate::vault::TreeOps) -> Result<()>,
     ) -> Result<Vec<u32>> {
-        use sled::Transactional;
         let mut st = self.lock();
         if last < st.tail.first_seq || last > st.head.last_seq {
             return Err(Error::invalid("eviction outside the live range of the log"));
@@ -441,10 +489,14 @@ impl Log {
             first_seq: last + 1,
             prev_tag,
         };
-        let tail_bytes = sled::IVec::from(self.anchors.seal_tail(&tail));
+        let mut ops = crate::vault::TreeOps {
+            removes: removed,
+            ..Default::default()
+        };
+        ops.inserts
+            .push((TAIL_KEY.into(), self.anchors.seal_tail(&tail).into()));
         // The marker records, sealed after the head.
         let mut head = st.head;
-        let mut values = Vec::with_capacity(jobs.len());
         if !jobs.is_empty() {
             let (epoch, dek) = keys.current();
             let mut seq = head.last_seq;
@@ -466,54 +518,24 @@ impl Log {
                 prev = tag_of(&v);
                 c.records += 1;
                 c.bytes += v.len() as u64;
-                values.push((record_key(seq), sled::IVec::from(v)));
+                ops.fresh.push((record_key(seq).as_ref().into(), v.into()));
             }
             head = Head {
                 last_seq: seq,
                 last_tag: prev,
                 next_event_seq: jobs[jobs.len() - 1].end_event_seq,
             };
+            ops.inserts
+                .push((HEAD_KEY.into(), self.anchors.seal_head(&head).into()));
         }
-        let head_bytes =
-            (!jobs.is_empty()).then(|| sled::IVec::from(self.anchors.seal_head(&head)));
-        let counters: Vec<(u32, Option<[u8; 16]>)> = counts
-            .iter()
-            .map(|(e, c)| (*e, (c.records > 0).then(|| c.encode())))
-            .collect();
-        let (extra_tree, extra_key, extra_value) = extra;
+        ops.inserts.push((
+            COUNTS_KEY.into(),
+            self.anchors
+                .seal_counts(head.last_seq, tail.first_seq, &counts)
+                .into(),
+        ));
         crate::failpoint::hit("prune:before-batch")?;
-        let res = (&self.tree, extra_tree).transaction(|(log, other)| {
-            for k in &removed {
-                log.remove(k)?;
-            }
-            log.insert(TAIL_KEY, tail_bytes.clone())?;
-            for (k, v) in &values {
-                if log.get(k)?.is_some() {
-                    return Err(ConflictableTransactionError::Abort(()));
-                }
-                log.insert(k, v.clone())?;
-            }
-            if let Some(h) = &head_bytes {
-                log.insert(HEAD_KEY, h.clone())?;
-            }
-            for (e, c) in &counters {
-                match c {
-                    Some(c) => log.insert(&counter_key(*e), &c[..])?,
-                    None => log.remove(&counter_key(*e))?,
-                };
-            }
-            other.insert(extra_key, extra_value.as_slice())?;
-            Ok(())
-        });
-        match res {
-            Ok(()) => {}
-            Err(TransactionError::Abort(())) => {
-                return Err(Error::tampered(
-                    "a record already exists where the next one belongs; refusing to overwrite it",
-                ))
-            }
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
-        }
+        commit(&ops)?;
         let emptied = counts
             .iter()
             .filter(|(_, c)| c.records == 0)
@@ -534,26 +556,5 @@ impl Log {
             .filter(|(_, c)| c.records > 0)
             .map(|(e, _)| *e)
             .collect()
-    }
-
-    /// Visits the clear headers and stored sizes of records `from..=to` in order, without
-    /// decrypting, until `f` returns false.
-    pub(crate) fn scan_headers(
-        &self,
-        from: u64,
-        to: u64,
-        f: &mut dyn FnMut(u64, &RecordHeader, usize) -> bool,
-    ) -> Result<()> {
-        if to < from {
-            return Ok(());
-        }
-        for item in self.tree.range(record_key(from)..=record_key(to)) {
-            let (k, v) = item?;
-            let seq = seq_of_key(&k).ok_or_else(|| Error::tampered("a record key is malformed"))?;
-            if !f(seq, &RecordHeader::parse(&v)?, v.len()) {
-                break;
-            }
-        }
-        Ok(())
     }
 }

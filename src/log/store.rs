@@ -3,7 +3,9 @@
 //!
 //! Key layout of a user's log tree (u64 keys are big-endian, so order is numeric):
 //! `0x00 || seq` records, `0x01 'h'` head anchor, `0x01 't'` tail anchor,
-//! `0x02 || epoch` per-epoch counters (records, bytes).
+//! `0x01 'c'` per-epoch counters (records, bytes) MAC'd with the ends they describe;
+//! `0x02 || epoch` the unauthenticated counters of vaults before that (read once, at the
+//! carry-over).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,7 +15,7 @@ use crate::error::{Error, Result};
 const RECORD_PREFIX: u8 = 0x00;
 pub(crate) const HEAD_KEY: &[u8] = &[0x01, b'h'];
 pub(crate) const TAIL_KEY: &[u8] = &[0x01, b't'];
-const COUNTER_PREFIX: u8 = 0x02;
+pub(crate) const COUNTS_KEY: &[u8] = &[0x01, b'c'];
 /// How long an opener waits for a lock that is about to be released.
 const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 /// sled segment size (fixed when the vault is created).
@@ -39,14 +41,6 @@ pub(crate) fn seq_of_key(key: &[u8]) -> Option<u64> {
 /// Range of all record keys.
 pub(crate) fn record_keys() -> std::ops::RangeInclusive<[u8; 9]> {
     record_key(0)..=record_key(u64::MAX)
-}
-
-/// Key of the counter of `epoch`.
-pub(crate) fn counter_key(epoch: u32) -> [u8; 5] {
-    let mut k = [0u8; 5];
-    k[0] = COUNTER_PREFIX;
-    k[1..].copy_from_slice(&epoch.to_be_bytes());
-    k
 }
 
 /// Records and bytes of one epoch.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+use super::state::Put;
 use super::{now_us, Inner, Vault, STATE_PAUSE_DROPPED, STATE_PAUSE_UNTIL};
 use crate::error::{Error, Result};
 use crate::keys::keystore::{KeyStore, KeyStoreKind};
@@ -23,6 +24,14 @@ const META_ENROLLMENT_US: &[u8] = b"enrollment_created_us";
 /// The keychain entry of the device signing seed of a vault.
 fn device_key_name(vault_id: &[u8; 16]) -> String {
     format!("device/{}", data_encoding::HEXLOWER.encode(vault_id))
+}
+
+/// The device signing seed of a vault, if the keychain holds it.
+pub(crate) fn read_device_seed(store: &dyn KeyStore, vault_id: &[u8; 16]) -> Result<Option<Key32>> {
+    match store.get(&device_key_name(vault_id))? {
+        None => Ok(None),
+        Some(mut bytes) => Ok(Key32::from_slice_zeroizing(&mut bytes)),
+    }
 }
 
 pub(crate) fn load_or_create_device_seed(
@@ -143,12 +152,10 @@ impl Inner {
             return Ok(());
         }
         let dropped = self.dropped_paused.load(Ordering::Relaxed);
-        self.trees
-            .state
-            .insert(STATE_PAUSE_UNTIL, &0i64.to_be_bytes())?;
-        self.trees
-            .state
-            .insert(STATE_PAUSE_DROPPED, &(dropped as i64).to_be_bytes())?;
+        self.state_put(&[
+            Put::Sealed(STATE_PAUSE_UNTIL, Some(&0i64.to_be_bytes())),
+            Put::Sealed(STATE_PAUSE_DROPPED, Some(&(dropped as i64).to_be_bytes())),
+        ])?;
         self.push_markers(&mut p, &[Marker::PauseEnd { dropped }])?;
         drop(p);
         self.audit(
@@ -177,14 +184,11 @@ impl Inner {
                 inner.dropped_paused.store(0, Ordering::Relaxed);
                 inner.push_markers(&mut p, &[Marker::PauseStart { until_us: until }])?;
             }
-            inner
-                .trees
-                .state
-                .insert(STATE_PAUSE_UNTIL, &until.to_be_bytes())?;
-            inner.trees.state.insert(
-                STATE_PAUSE_DROPPED,
-                &(inner.dropped_paused.load(Ordering::Relaxed) as i64).to_be_bytes(),
-            )?;
+            let dropped = inner.dropped_paused.load(Ordering::Relaxed) as i64;
+            inner.state_put(&[
+                Put::Sealed(STATE_PAUSE_UNTIL, Some(&until.to_be_bytes())),
+                Put::Sealed(STATE_PAUSE_DROPPED, Some(&dropped.to_be_bytes())),
+            ])?;
             inner.paused_until.store(until, Ordering::Relaxed);
         }
         inner.flush()?;
@@ -287,6 +291,14 @@ impl Inner {
         let p = self.quiesce()?;
         let version = self.keys_mut()?.rotate_kek(&|| self.durable_flush())?;
         drop(p);
+        super::erase::note_kek(
+            &self.dir(),
+            &self.vault_id,
+            self.keystore.kind(),
+            &self.device_seed,
+            &self.user,
+            version + 1,
+        );
         self.audit("rotate-kek", &format!("version {version}"))?;
         Ok(version)
     }
@@ -387,6 +399,7 @@ impl Vault {
         let keys = inner.keys()?;
         let report = inner.log.verify(&keys, &|v| inner.purpose_of(v))?;
         inner.ledger.read_after(u64::MAX)?;
+        inner.state.check_all()?;
         Ok(report)
     }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::release::RELEASE_STATE;
+use super::state::Put;
 use super::{now_us, Inner};
 use crate::error::Result;
 use crate::handoff::Inbox;
@@ -62,12 +63,17 @@ impl Inner {
             let cutoff = now_us() - (policy.retention_secs as i64).saturating_mul(1_000_000);
             // Eviction holds appends and flushes; look at the oldest record first so an
             // idle vault does no work.
-            let first = self.log.lock().tail.first_seq;
+            // The first record is authenticated before its time is trusted.
             let mut due = false;
-            self.log.scan_headers(first, first, &mut |_, h, _| {
-                due = h.created_us < cutoff;
-                false
-            })?;
+            {
+                let keys = self.keys()?;
+                let first = self.log.lock().tail.first_seq;
+                self.log
+                    .read(&keys, &|v| self.purpose_of(v), first, &mut |r| {
+                        due = r.header.created_us < cutoff;
+                        Ok(false)
+                    })?;
+            }
             if due {
                 self.evict(LossReason::Retention, &mut |h, _| h.created_us < cutoff)?;
             }
@@ -111,29 +117,29 @@ impl Inner {
         let mut p = self.quiesce()?;
         let g = self.release_lock();
         let mut state = self.release_state()?;
-        let (first, head) = {
-            let st = self.log.lock();
-            (st.tail.first_seq, st.head.last_seq)
-        };
+        let head = self.log.lock().head.last_seq;
         let mut last = None;
         let (mut records, mut bytes, mut lost, mut lost_bytes) = (0u64, 0u64, 0u64, 0u64);
         let mut in_chunks = false;
-        // Stops at the first record to keep: the scan is as long as what is evicted.
+        let keys = self.keys()?;
+        // Each record is authenticated (header, position and chain) before its header
+        // decides anything; the walk stops at the first record to keep.
         self.log
-            .scan_headers(first, head, &mut |seq, header, len| {
-                if !in_chunks && !take(header, len) {
-                    return false;
+            .read(&keys, &|v| self.purpose_of(v), head, &mut |r| {
+                if !in_chunks && !take(&r.header, r.stored_len) {
+                    return Ok(false);
                 }
-                in_chunks = header.kind == RecordKind::Chunk && header.flags & FLAG_LAST == 0;
-                last = Some(seq);
+                in_chunks = r.header.kind == RecordKind::Chunk && r.header.flags & FLAG_LAST == 0;
+                last = Some(r.seq);
                 records += 1;
-                bytes += len as u64;
-                if seq > state.last_sealed_record {
+                bytes += r.stored_len as u64;
+                if r.seq > state.last_sealed_record {
                     lost += 1;
-                    lost_bytes += len as u64;
+                    lost_bytes += r.stored_len as u64;
                 }
-                true
+                Ok(true)
             })?;
+        drop(keys);
         let Some(last) = last else { return Ok(()) };
         let (jobs, rewind_to) = if lost > 0 {
             p.framer.standalone(&Event::Marker {
@@ -148,6 +154,7 @@ impl Inner {
             (Vec::new(), 0)
         };
         state.records_lost += lost;
+        let json = serde_json::to_vec(&state).expect("serializes");
         let result = {
             let keys = self.keys()?;
             self.log.evict_through(
@@ -156,11 +163,13 @@ impl Inner {
                 &keys,
                 &|v| self.purpose_of(v),
                 now_us(),
-                (
-                    &self.trees.state,
-                    RELEASE_STATE,
-                    serde_json::to_vec(&state).expect("serializes"),
-                ),
+                &|ops| {
+                    self.state.write(
+                        &self.ledger,
+                        &[Put::Sealed(RELEASE_STATE, Some(&json))],
+                        Some((&self.trees.log, ops)),
+                    )
+                },
             )
         };
         if result.is_err() && !jobs.is_empty() {

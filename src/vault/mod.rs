@@ -2,8 +2,10 @@
 //! together for one user of one vault directory.
 
 mod admin;
+mod erase;
 mod limits;
 mod release;
+mod state;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -27,6 +29,9 @@ use capvault_format::secret::{random_array, Key32};
 use capvault_format::{Event, Marker, TimestampUs};
 
 pub use admin::{EpochStatus, PauseState, Status};
+pub use erase::Erasure;
+pub(crate) use state::TreeOps;
+use state::{Put, Sealer, StateStore};
 use writer::Msg;
 
 /// What happened to an appended event. Dropped events are not errors.
@@ -60,6 +65,8 @@ pub const NO_RECEIPT_KEY: &str = "none";
 pub(crate) const STATE_PAUSE_UNTIL: &[u8] = b"pause_until";
 pub(crate) const STATE_PAUSE_DROPPED: &[u8] = b"pause_dropped";
 const STATE_POLICY_PREFIX: &[u8] = b"policy/";
+/// The user's receipt key setting: the key text, or empty for none.
+const STATE_RECEIPT_KEY: &[u8] = b"receipt_key";
 
 /// Now, in microseconds since the Unix epoch.
 pub(crate) fn now_us() -> TimestampUs {
@@ -104,6 +111,8 @@ pub(crate) struct Inner {
     pub(crate) device_id: [u8; 16],
     pub(crate) device_seed: Key32,
     keys: RwLock<KeyHierarchy>,
+    /// The user's authenticated stored state (release, pause, policies, receipt key).
+    pub(crate) state: StateStore,
     /// Encrypts the outbox (derived from the MAC key: erased with the KEK).
     outbox_key: Key32,
     pub(crate) log: Log,
@@ -124,6 +133,9 @@ pub(crate) struct Inner {
     release: Mutex<()>,
     /// The built-in uploader's state, when `upload` is configured (for `status`).
     pub(crate) upload: Option<Arc<crate::upload::Shared>>,
+    /// Removes the database files after an erase of the last user, once sled is closed.
+    /// Declared last: fields drop in order, so every sled handle above is gone first.
+    pub(crate) remove_on_drop: erase::RemoveOnDrop,
 }
 
 /// An open vault for one user. Cheap to share between threads (`&Vault` is `Sync`);
@@ -210,6 +222,10 @@ impl Vault {
             }
         }
         let dir = dir.as_ref();
+        let erased = erase::tombstone(dir, user).is_some();
+        if erased && !dir.join("conf").exists() {
+            return Err(Error::Erased);
+        }
         let (store, keystore) = open_store_and_keystore(dir, &options)?;
         match store.db.get(META_FORMAT)? {
             None => {
@@ -225,24 +241,97 @@ impl Vault {
                 )))
             }
         }
+        let in_db = match store.db.get(META_VAULT_ID)? {
+            Some(v) => Some(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| Error::tampered("a vault identifier has the wrong size"))?,
+            ),
+            None => None,
+        };
+        erase::check_identity(dir, in_db)?;
         let vault_id = load_or_create_id(&store.db, META_VAULT_ID)?;
         let device_seed = admin::load_or_create_device_seed(&*keystore, &vault_id)?;
         let device_id = device_id_for_key(&store.db, &device_seed)?;
         let trees = store.user_trees(user)?;
         let now = now_us();
-        let keys = KeyHierarchy::open(keystore.clone(), trees.keys.clone(), vault_id, user, now)?;
+        if trees.keys.is_empty()
+            && !(trees.log.is_empty() && trees.state.is_empty() && trees.ledger.is_empty())
+        {
+            return Err(Error::tampered(format!(
+                "the vault holds data of user {user:?} but no keys for it (the keys were removed)"
+            )));
+        }
+        if erased && trees.keys.is_empty() {
+            // The name stays erased in this directory (docs/SECURITY.md, "Erasure").
+            return Err(Error::Erased);
+        }
+        let (mut keys, new_entries) =
+            KeyHierarchy::open(keystore.clone(), trees.keys.clone(), vault_id, user, now)
+                .map_err(|e| erase::erased_if_tombstoned(dir, user, e))?;
+        let note = |version: u32| {
+            erase::note_kek(dir, &vault_id, keystore.kind(), &device_seed, user, version)
+        };
+        note(keys.kek_version() + 1);
+        if let Some(entries) = new_entries {
+            create_user(&trees, entries, keys.mac_key(), &vault_id, user)?;
+        }
+        let authenticated = keys.state_authenticated();
         let log = Log::open(
             trees.log.clone(),
             RecordBinding::new(&vault_id, user),
             AnchorKey::new(keys.mac_key(), &vault_id, user),
+            authenticated,
         )?;
-        let ledger =
-            crate::audit::Ledger::open(trees.ledger.clone(), keys.mac_key(), &vault_id, user)?;
+        let ledger = crate::audit::Ledger::open(
+            trees.ledger.clone(),
+            keys.mac_key(),
+            &vault_id,
+            user,
+            authenticated,
+        )?;
+        let sealer = Sealer::new(keys.mac_key(), &vault_id, user);
+        let mut carried_over = None;
+        let state = if authenticated {
+            StateStore::open(trees.state.clone(), sealer, &ledger)?
+        } else {
+            // A vault written before stored state was authenticated: seal what is there
+            // now (its anchors just verified), then rotate the KEK into format 2.
+            let receipt = store
+                .db
+                .get(META_RECEIPT_KEY)?
+                .map(|v| v.to_vec())
+                .unwrap_or_default();
+            let st = StateStore::migrate(
+                trees.state.clone(),
+                sealer,
+                &ledger,
+                &[(STATE_RECEIPT_KEY, receipt)],
+            )?;
+            log.upgrade()?;
+            store.durable_flush()?;
+            let v = keys.upgrade_state(&|| store.durable_flush())?;
+            note(v + 1);
+            carried_over = Some(v);
+            st
+        };
+        // Every epoch with records must still have its key.
+        for epoch in log.live_epochs() {
+            if keys.dek(epoch).is_none() {
+                return Err(Error::tampered(format!(
+                    "records of epoch {epoch} remain but its data key is gone"
+                )));
+            }
+        }
         // After the user's keys opened (an erased user changes nothing).
-        let (receipt_key, receipt_key_change) =
-            configure_receipt_key(&store.db, options.collector_receipt_key.as_deref())?;
+        let (receipt_key, receipt_key_change) = configure_receipt_key(
+            &store.db,
+            &state,
+            &ledger,
+            options.collector_receipt_key.as_deref(),
+        )?;
         options.collector_receipt_key = receipt_key;
-        let (purposes, policy_changed, policy) = record_policy(&trees.state, &options.policy)?;
+        let (purposes, policy_changed, policy) = record_policy(&state, &ledger, &options.policy)?;
         options.policy = policy;
         let next_event_seq = log.lock().head.next_event_seq;
         let framer = Framer::new(
@@ -251,8 +340,16 @@ impl Vault {
             next_event_seq,
             options.policy.version,
         );
-        let paused_until = read_i64(&trees.state, STATE_PAUSE_UNTIL)?;
-        let dropped = read_i64(&trees.state, STATE_PAUSE_DROPPED)? as u64;
+        let paused_until = read_i64(&state, STATE_PAUSE_UNTIL)?;
+        // A pause never outlasts the cap of the policy in force, whatever was stored.
+        let cap =
+            now.saturating_add((options.policy.max_pause_secs as i64).saturating_mul(1_000_000));
+        let paused_until = if paused_until > cap {
+            cap
+        } else {
+            paused_until
+        };
+        let dropped = read_i64(&state, STATE_PAUSE_DROPPED)? as u64;
         store.durable_flush()?;
         store.restrict_permissions()?;
         let (tx, rx) = mpsc::sync_channel(QUEUE_RECORDS);
@@ -272,6 +369,7 @@ impl Vault {
             device_seed,
             outbox_key: release::derive_outbox_key(keys.mac_key()),
             keys: RwLock::new(keys),
+            state,
             log,
             ledger,
             tx,
@@ -287,6 +385,7 @@ impl Vault {
             upload: options_upload
                 .as_ref()
                 .map(|u| Arc::new(crate::upload::Shared::new(u))),
+            remove_on_drop: Default::default(),
         });
         let worker = inner.clone();
         let writer = std::thread::Builder::new()
@@ -320,6 +419,12 @@ impl Vault {
         }
         if let Some(change) = receipt_key_change {
             vault.inner.audit("receipt-key", &change)?;
+        }
+        if let Some(v) = carried_over {
+            vault.inner.audit(
+                "state-format",
+                &format!("stored state authenticated (format 2); KEK rotated to v{v}"),
+            )?;
         }
         vault.inner.recover_release()?;
         vault.inner.enforce_limits()?;
@@ -480,41 +585,144 @@ impl Drop for Vault {
     }
 }
 
-fn read_i64(tree: &sled::Tree, key: &[u8]) -> Result<i64> {
-    match tree.get(key)? {
+fn read_i64(state: &StateStore, key: &[u8]) -> Result<i64> {
+    match state.get(key)? {
         None => Ok(0),
-        Some(v) => Ok(i64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
-            Error::tampered("a stored counter has the wrong size")
-        })?)),
+        Some(v) => Ok(i64::from_be_bytes(v.as_slice().try_into().map_err(
+            |_| Error::tampered("a stored counter has the wrong size"),
+        )?)),
     }
 }
 
-/// The receipt key in force: the one asked for replaces the stored one ("none" removes
-/// it), no key asked for keeps the stored one. Returns it and, when it changed, a line
-/// for the audit ledger.
+/// Test hook: rewrites the trees of `user` in the vault at `dir` (closed) in the format
+/// of vaults before stored state was authenticated, for tests of the carry-over.
+#[cfg(feature = "test-hooks")]
+pub fn write_format1(dir: &Path, user: &str) -> Result<()> {
+    let store = Store::open(dir, 1 << 20, true)?;
+    let vault_id = load_or_create_id(&store.db, META_VAULT_ID)?;
+    let kind: KeyStoreKind =
+        serde_json::from_slice(&store.db.get(META_KEYSTORE)?.expect("kind")).expect("kind parses");
+    let keystore = open_keystore(kind)?;
+    let trees = store.user_trees(user)?;
+    let mac = crate::keys::hierarchy::downgrade_mac_entry(&*keystore, &trees.keys, vault_id, user)?;
+    state::downgrade(&trees.state, &Sealer::new(&mac, &vault_id, user))?;
+    // Counters unauthenticated under 0x02 || epoch, the ledger head without a generation.
+    let anchors = AnchorKey::new(&mac, &vault_id, user);
+    let counts_key = crate::log::store::COUNTS_KEY;
+    if let Some(c) = trees.log.get(counts_key)? {
+        let (_, _, counts) = anchors.open_counts(&c)?;
+        for (e, c) in counts {
+            let mut k = vec![0x02];
+            k.extend_from_slice(&e.to_be_bytes());
+            trees.log.insert(k, &c.encode())?;
+        }
+        trees.log.remove(counts_key)?;
+    }
+    let ledger_anchors = crate::audit::anchor_key(&mac, &vault_id, user);
+    let head_key = crate::log::store::HEAD_KEY;
+    if let Some(h) = trees.ledger.get(head_key)? {
+        let mut head = ledger_anchors.open_head(&h)?;
+        head.next_event_seq = 0;
+        trees
+            .ledger
+            .insert(head_key, ledger_anchors.seal_head(&head))?;
+    }
+    store.durable_flush()
+}
+
+/// Creates a new user's trees in one transaction: the wrapped keys, an empty log head,
+/// the state anchor and the ledger head that names it. From then on each of them must
+/// exist, so removing one is detected.
+fn create_user(
+    trees: &UserTrees,
+    entries: crate::keys::hierarchy::NewEntries,
+    mac_key: &Key32,
+    vault_id: &[u8; 16],
+    user: &str,
+) -> Result<()> {
+    use sled::Transactional;
+    let log_anchors = AnchorKey::new(mac_key, vault_id, user);
+    let log_head = log_anchors.seal_head(&Default::default());
+    let log_counts = log_anchors.seal_counts(0, 1, &Default::default());
+    let (gen, anchor) = StateStore::initial_anchor(&Sealer::new(mac_key, vault_id, user));
+    let ledger_head =
+        crate::audit::anchor_key(mac_key, vault_id, user).seal_head(&crate::log::anchor::Head {
+            next_event_seq: gen,
+            ..Default::default()
+        });
+    let head_key = crate::log::store::HEAD_KEY;
+    (&trees.keys, &trees.log, &trees.state, &trees.ledger)
+        .transaction(|(k, l, s, g)| {
+            for (key, value) in &entries {
+                k.insert(key, value.clone())?;
+            }
+            l.insert(head_key, log_head.as_slice())?;
+            l.insert(crate::log::store::COUNTS_KEY, log_counts.as_slice())?;
+            s.insert(state::ANCHOR, anchor.as_slice())?;
+            g.insert(head_key, ledger_head.as_slice())?;
+            Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+        })
+        .map_err(|e| match e {
+            sled::transaction::TransactionError::Storage(e) => Error::from(e),
+            sled::transaction::TransactionError::Abort(()) => {
+                Error::Storage("creating the user's trees was aborted".into())
+            }
+        })
+}
+
+/// The receipt key in force for this user: the one asked for replaces the recorded one
+/// ("none" removes it), no key asked for keeps the recorded one. The user's setting is
+/// authenticated stored state; the vault-wide copy in metadata only seeds a user that
+/// has none yet (a forged one could only demand receipts, never drop the demand).
+/// Returns it and, when it changed, a line for the audit ledger.
 fn configure_receipt_key(
     db: &sled::Db,
+    state: &StateStore,
+    ledger: &crate::audit::Ledger,
     asked: Option<&str>,
 ) -> Result<(Option<String>, Option<String>)> {
-    let stored = match db.get(META_RECEIPT_KEY)? {
-        None => None,
-        Some(v) => {
-            let text = std::str::from_utf8(&v)
-                .ok()
-                .filter(|t| t.parse::<capvault_format::ReceiptKey>().is_ok())
-                .ok_or_else(|| {
-                    Error::tampered("the stored collector receipt key does not parse")
-                })?;
-            Some(text.to_string())
+    let parse = |v: &[u8]| -> Result<Option<String>> {
+        if v.is_empty() {
+            return Ok(None);
         }
+        std::str::from_utf8(v)
+            .ok()
+            .filter(|t| t.parse::<capvault_format::ReceiptKey>().is_ok())
+            .map(|t| Some(t.to_string()))
+            .ok_or_else(|| Error::tampered("the stored collector receipt key does not parse"))
+    };
+    let recorded = state.get(STATE_RECEIPT_KEY)?;
+    let stored = match &recorded {
+        Some(v) => parse(v)?,
+        None => match db.get(META_RECEIPT_KEY)? {
+            Some(v) => parse(&v)?,
+            None => None,
+        },
+    };
+    let save = |key: Option<&str>| -> Result<()> {
+        let body = key.unwrap_or("").as_bytes();
+        state.write(ledger, &[Put::Sealed(STATE_RECEIPT_KEY, Some(body))], None)?;
+        match key {
+            Some(k) => db.insert(META_RECEIPT_KEY, k.as_bytes())?,
+            None => db.remove(META_RECEIPT_KEY)?,
+        };
+        Ok(())
     };
     match asked {
-        None => Ok((stored, None)),
+        None => {
+            if recorded.is_none() {
+                save(stored.as_deref())?;
+            }
+            Ok((stored, None))
+        }
         Some(NO_RECEIPT_KEY) => {
             let Some(old) = stored else {
+                if recorded.is_none() {
+                    save(None)?;
+                }
                 return Ok((None, None));
             };
-            db.remove(META_RECEIPT_KEY)?;
+            save(None)?;
             Ok((
                 None,
                 Some(format!("removed {old}: acks no longer need a receipt")),
@@ -522,10 +730,13 @@ fn configure_receipt_key(
         }
         Some(k) => {
             let key = k.parse::<capvault_format::ReceiptKey>()?.to_string();
+            if stored.as_deref() == Some(key.as_str()) && recorded.is_some() {
+                return Ok((stored, None));
+            }
+            save(Some(&key))?;
             if stored.as_deref() == Some(key.as_str()) {
                 return Ok((stored, None));
             }
-            db.insert(META_RECEIPT_KEY, key.as_bytes())?;
             let change = match stored {
                 Some(old) => format!("{key} replaces {old}: acks need its receipts"),
                 None => format!("{key}: acks need its receipts"),
@@ -539,20 +750,27 @@ fn configure_receipt_key(
 /// Returns all known purposes, the version when it is new and not the first, and the
 /// policy in force (the latest recorded one when `policy` is the default).
 fn record_policy(
-    state: &sled::Tree,
+    state: &StateStore,
+    ledger: &crate::audit::Ledger,
     policy: &Policy,
 ) -> Result<(BTreeMap<u32, String>, Option<u32>, Policy)> {
     let mut purposes = BTreeMap::new();
     let mut latest: Option<Policy> = None;
-    for item in state.scan_prefix(STATE_POLICY_PREFIX) {
-        let (k, v) = item?;
+    for name in state.names(STATE_POLICY_PREFIX) {
         let ver = u32::from_be_bytes(
-            k[STATE_POLICY_PREFIX.len()..]
+            name[STATE_POLICY_PREFIX.len()..]
                 .try_into()
                 .map_err(|_| Error::tampered("a policy entry name is malformed"))?,
         );
+        let v = state.get(&name)?.unwrap_or_default();
         let p: Policy = serde_json::from_slice(&v)
             .map_err(|_| Error::tampered("a stored policy does not parse"))?;
+        if p.version != ver {
+            return Err(Error::tampered(format!(
+                "the policy stored as version {ver} names version {}",
+                p.version
+            )));
+        }
         purposes.insert(ver, p.purpose.clone());
         latest = Some(p);
     }
@@ -565,7 +783,7 @@ fn record_policy(
     key.extend_from_slice(&policy.version.to_be_bytes());
     let json = serde_json::to_vec(policy).expect("policy serializes");
     let changed = match state.get(&key)? {
-        Some(stored) if stored.as_ref() == json.as_slice() => None,
+        Some(stored) if stored == json => None,
         Some(_) => {
             return Err(Error::invalid(format!(
                 "policy version {} is already recorded with different settings; raise policy.version when the policy changes",
@@ -579,7 +797,7 @@ fn record_policy(
                     policy.version
                 )));
             }
-            state.insert(&key, json)?;
+            state.write(ledger, &[Put::Sealed(&key, Some(&json))], None)?;
             let first = purposes.is_empty();
             purposes.insert(policy.version, policy.purpose.clone());
             (!first).then_some(policy.version)
@@ -631,6 +849,11 @@ fn open_store_and_keystore(
 }
 
 impl Inner {
+    /// Writes authenticated stored state (src/vault/state.rs).
+    pub(crate) fn state_put(&self, puts: &[Put<'_>]) -> Result<()> {
+        self.state.write(&self.ledger, puts, None)
+    }
+
     /// The user's keys; [`Error::Erased`] once they were destroyed through this handle
     /// (checked under the lock, so no caller sees a half-erased hierarchy).
     pub(crate) fn keys(&self) -> Result<RwLockReadGuard<'_, KeyHierarchy>> {
@@ -778,9 +1001,10 @@ impl Inner {
     fn send_with_open_frame(&self, p: &mut Producer, msg: Msg) -> Result<()> {
         if self.paused_until.load(Ordering::Relaxed) != 0 {
             let dropped = self.dropped_paused.load(Ordering::Relaxed) as i64;
-            self.trees
-                .state
-                .insert(STATE_PAUSE_DROPPED, &dropped.to_be_bytes())?;
+            self.state_put(&[Put::Sealed(
+                STATE_PAUSE_DROPPED,
+                Some(&dropped.to_be_bytes()),
+            )])?;
         }
         if let Some(job) = p.framer.cut() {
             self.tx.send(Msg::Record(job)).map_err(|_| Error::Closed)?;

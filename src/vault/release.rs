@@ -36,8 +36,7 @@ use capvault_format::{bundle_id, verify_receipt, ReceiptKey, Recipient, SealedBu
 use capvault_format::{seal_bundle, BundleInput};
 
 pub(crate) const RELEASE_STATE: &[u8] = b"release";
-/// The pending bundle's bytes, in the user's state tree.
-const OUTBOX: &[u8] = b"outbox";
+use super::state::{Put, OUTBOX};
 
 /// The outbox key of a user (see [`Inner::seal_outbox`]).
 pub(crate) fn derive_outbox_key(mac_key: &Key32) -> Key32 {
@@ -110,19 +109,33 @@ impl Inner {
     pub(crate) fn erase_in_place(&self) -> Result<()> {
         let p = self.quiesce()?;
         let _g = self.release_lock();
-        {
+        let kek_max = {
             // Marked erased under the key lock: from here on every use of the keys on this
             // handle fails with `Erased` instead of finding them gone.
             let mut keys = self.keys_mut()?;
             self.mark_erased();
-            keys.erase(&|| self.durable_flush())?;
-        }
-        for tree in [&self.trees.log, &self.trees.state, &self.trees.ledger] {
-            tree.clear()?;
-        }
-        self.durable_flush()?;
+            keys.shred()?
+        };
+        super::erase::note_erasing(self, kek_max);
+        crate::failpoint::hit("erase:after-keychain")?;
+        self.paused_until
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        // The keys are gone: what follows removes ciphertext. On a full disk these
+        // writes may fail; removing the whole database (last user) still works.
+        let removed = (|| -> Result<()> {
+            KeyHierarchy::mark_erased(&self.trees.keys, kek_max)?;
+            for tree in [&self.trees.log, &self.trees.state, &self.trees.ledger] {
+                tree.clear()?;
+            }
+            self.durable_flush()
+        })();
+        let finished = super::erase::finish_in_place(self, kek_max);
         drop(p);
-        Ok(())
+        match (removed, finished) {
+            (_, Err(e)) => Err(e),
+            (Err(e), Ok(whole)) if !whole => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// The release state. A user without one starts a fresh stream whose records so
@@ -141,7 +154,7 @@ impl Inner {
             acking: None,
             last_acked_id: None,
         };
-        let Some(v) = self.trees.state.get(RELEASE_STATE)? else {
+        let Some(v) = self.state.get(RELEASE_STATE)? else {
             return Ok(fresh(0));
         };
         let bad = || Error::tampered("the release state does not parse");
@@ -159,15 +172,14 @@ impl Inner {
     /// Saves the state, and with `outbox` the pending bundle's bytes (`Some(None)`
     /// deletes them), in one batch.
     fn save_release_state(&self, s: &ReleaseState, outbox: Option<Option<&[u8]>>) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        batch.insert(RELEASE_STATE, serde_json::to_vec(s).expect("serializes"));
+        let json = serde_json::to_vec(s).expect("serializes");
+        let mut puts = vec![Put::Sealed(RELEASE_STATE, Some(&json))];
         match outbox {
-            Some(Some(bytes)) => batch.insert(OUTBOX, self.seal_outbox(bytes)),
-            Some(None) => batch.remove(OUTBOX),
+            Some(Some(bytes)) => puts.push(Put::Raw(OUTBOX, Some(self.seal_outbox(bytes)))),
+            Some(None) => puts.push(Put::Raw(OUTBOX, None)),
             None => {}
         }
-        self.trees.state.apply_batch(batch)?;
-        Ok(())
+        self.state_put(&puts)
     }
 
     /// Associated data of the outbox entry: this vault and user.
@@ -219,7 +231,7 @@ impl Inner {
 
     /// The size of the sealed, unacknowledged bundle in the outbox, if there is one.
     pub(crate) fn outbox_len(&self) -> Result<Option<u64>> {
-        Ok(self.trees.state.get(OUTBOX)?.map(|v| v.len() as u64))
+        Ok(self.state.get_raw(OUTBOX)?.map(|v| v.len() as u64))
     }
 
     pub(crate) fn release_lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -268,9 +280,8 @@ impl Inner {
     /// signed by this device and the one the state names.
     fn outbox_bundle(&self, p: &Pending) -> Result<SealedBundle> {
         let stored = self
-            .trees
             .state
-            .get(OUTBOX)?
+            .get_raw(OUTBOX)?
             .ok_or_else(|| Error::tampered("the pending bundle is missing from the outbox"))?;
         let bytes = self.open_outbox(&stored)?;
         let bundle = SealedBundle::from_bytes(bytes)
@@ -501,12 +512,25 @@ impl Vault {
         Ok(events)
     }
 
-    /// Crypto-shreds `user` in the vault at `dir`: the KEK entries are deleted from the
-    /// keychain and the user's records, keys, state and ledger are removed. Afterwards
-    /// nothing of that user can be read and opening gives [`Error::Erased`].
+    /// Crypto-shreds `user` in the vault at `dir`. First every KEK version of the user is
+    /// deleted from the keychain; then the user's records, keys, state, outbox and ledger
+    /// are removed (for the last user of the vault, the whole database); then the
+    /// erasure is recorded in the vault directory, where [`Vault::erasure`] (and
+    /// `capvault status` and `audit`) show it. Opening the user afterwards gives
+    /// [`Error::Erased`].
+    ///
+    /// The vault need not open: erase works on a tampered or corrupted database and on a
+    /// full disk. A vault held by another process gives [`Error::InUse`] (the CLI then
+    /// asks the holder through the hand-off, which erases in place). An unknown user is
+    /// [`Error::NotFound`].
     pub fn erase(dir: impl AsRef<Path>, user: &str, options: VaultOptions) -> Result<()> {
-        let vault = Vault::open(dir, user, options)?;
-        vault.erase_open()
+        super::check_user(user)?;
+        super::erase::erase_closed(dir.as_ref(), user, &options).map(|_| ())
+    }
+
+    /// The recorded erasure of `user` in the vault at `dir`, if it was erased.
+    pub fn erasure(dir: impl AsRef<Path>, user: &str) -> Option<super::Erasure> {
+        super::erase::tombstone(dir.as_ref(), user)
     }
 
     /// Crypto-shreds the user of this open vault (see [`Vault::erase`]).

@@ -92,6 +92,11 @@ pub fn kek_name(vault_id_hex: &str, user: &str, version: u32) -> String {
     format!("kek/{vault_id_hex}/{user_hex}/v{version}")
 }
 
+/// Where `needle` first occurs in `hay`.
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
 /// True when `needle` occurs in `hay`.
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)

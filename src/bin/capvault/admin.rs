@@ -154,11 +154,16 @@ impl From<Error> for Failure {
 
 /// Opens an existing vault for an existing user (never creates one).
 pub fn open_existing(t: &Target) -> Result<Vault, Failure> {
+    let erased = || Vault::erasure(&t.dir, &t.user).is_some();
     if !vault_exists(&t.dir) {
+        if erased() {
+            return Err(Failure::Lib(Error::Erased));
+        }
         return Err(Failure::Cli(no_vault(t)));
     }
     match user_present(t) {
         Ok(true) => {}
+        Ok(false) if erased() => return Err(Failure::Lib(Error::Erased)),
         Ok(false) => return Err(Failure::Cli(no_user(t))),
         Err(Error::InUse) => return Err(Failure::Lib(Error::InUse)),
         Err(e) => return Err(Failure::Cli(vault_error(t, e))),
@@ -276,19 +281,51 @@ pub fn init(va: &VaultArgs, json: bool) -> CliResult<()> {
 // ----- status and keys list -----
 
 fn erased_report(t: &Target, json: bool) {
+    let e = Vault::erasure(&t.dir, &t.user);
     if json {
-        print_json(&json!({
+        let mut v = json!({
             "dir": t.dir.display().to_string(),
             "user": t.user,
             "erased": true,
-        }));
-    } else {
-        println!(
+        });
+        if let Some(e) = &e {
+            v["erasure"] = serde_json::to_value(e).expect("serializes");
+        }
+        print_json(&v);
+        return;
+    }
+    match e {
+        Some(e) => println!(
+            "user '{}' in vault {} was erased {}: KEK versions 1 to {} were deleted from the {} keychain and {}; nothing of this user can be read ({})",
+            t.user,
+            t.dir.display(),
+            human_time(e.erased_us),
+            e.kek_versions,
+            serde_json::to_value(e.keystore).expect("serializes").as_str().unwrap_or("?"),
+            if e.whole_vault {
+                "the vault's database was removed (no other user was left)"
+            } else {
+                "the user's data was removed"
+            },
+            if e.verified {
+                "erasure record verified under this vault's device key"
+            } else {
+                "erasure record NOT verified: the device key is gone or the record was edited"
+            }
+        ),
+        None => println!(
             "user '{}' in vault {} was erased: the keys were destroyed and nothing of this user can be read",
             t.user,
             t.dir.display()
-        );
+        ),
     }
+}
+
+/// True when a failure means the user is gone and an erasure record says why.
+fn erased_failure(t: &Target, f: &Failure) -> bool {
+    matches!(f, Failure::Lib(Error::Erased))
+        || (Vault::erasure(&t.dir, &t.user).is_some()
+            && (!vault_exists(&t.dir) || matches!(user_present(t), Ok(false))))
 }
 
 pub fn status(h: &HandoffArgs, json: bool) -> CliResult<()> {
@@ -303,11 +340,14 @@ pub fn status(h: &HandoffArgs, json: bool) -> CliResult<()> {
             }
             Ok(())
         }
-        Err(Failure::Lib(Error::Erased)) => {
-            erased_report(&resolve(&h.vault)?, json);
-            Ok(())
+        Err(e) => {
+            let t = resolve(&h.vault)?;
+            if erased_failure(&t, &e) {
+                erased_report(&t, json);
+                return Ok(());
+            }
+            Err(e.into())
         }
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -882,26 +922,48 @@ pub fn erase(a: &EraseArgs, json: bool) -> CliResult<()> {
         ));
     }
     let t = resolve(&a.h.vault)?;
-    if !vault_exists(&t.dir) {
-        return Err(no_vault(&t));
-    }
-    let result = match user_present(&t) {
-        Ok(false) => return Err(no_user(&t)),
-        Ok(true) => Vault::erase(&t.dir, &t.user, t.options.clone()).map_err(Failure::Lib),
-        Err(Error::InUse) => via_handoff(&t, Op::Erase, a.h.wait).map(|_| ()),
+    // Erase does not need a vault that opens: it works from the keychain and the names
+    // of the keys (a tampered, corrupted or full vault is erased too).
+    let result = match Vault::erase(&t.dir, &t.user, t.options.clone()) {
+        Ok(()) => Ok(()),
+        Err(Error::InUse) => via_handoff(&t, Op::Erase, a.h.wait).map(|_| ()).map_err(|f| {
+            let e = CliError::from(f);
+            Failure::Cli(CliError {
+                message: format!(
+                    "{}; the user's keys were deleted from the keychain already if the vault's keychain file names them: run erase again once the holder answers or has closed the vault, to remove the data",
+                    e.message
+                ),
+                ..e
+            })
+        }),
+        Err(Error::NotFound(_)) if Vault::erasure(&t.dir, &t.user).is_some() => Ok(()),
+        Err(Error::NotFound(_)) if !vault_exists(&t.dir) => Err(Failure::Cli(no_vault(&t))),
+        Err(Error::NotFound(_)) => Err(Failure::Cli(no_user(&t))),
         Err(e) => Err(Failure::Lib(e)),
     };
     match result {
         Ok(()) | Err(Failure::Lib(Error::Erased)) => {}
         Err(e) => return Err(e.into()),
     }
+    let erasure = Vault::erasure(&t.dir, &t.user);
+    let whole = erasure.as_ref().is_some_and(|e| e.whole_vault);
     if json {
-        print_json(&json!({ "erased": true, "dir": t.dir.display().to_string(), "user": t.user }));
+        print_json(&json!({
+            "erased": true,
+            "dir": t.dir.display().to_string(),
+            "user": t.user,
+            "erasure": erasure,
+        }));
     } else {
         println!(
-            "erased user '{}' in {}: the keys were destroyed; nothing of this user can be read any more",
+            "user '{}' erased in {}: the user's keys were destroyed and {}; nothing of this user can be read any more",
             t.user,
-            t.dir.display()
+            t.dir.display(),
+            if whole {
+                "the vault's database was removed (no other user was left)"
+            } else {
+                "the user's data was removed (other users of the vault are untouched)"
+            }
         );
     }
     Ok(())
@@ -934,9 +996,32 @@ pub fn show(a: &ShowArgs) -> CliResult<()> {
 }
 
 pub fn audit(va: &VaultArgs, json: bool) -> CliResult<()> {
-    let (t, vault) = open_or_fail(va)?;
-    let entries = vault.audit_log().map_err(|e| vault_error(&t, e))?;
-    vault.close().map_err(|e| vault_error(&t, e))?;
+    let t = resolve(va)?;
+    let opened = open_existing(&t).and_then(|v| {
+        let entries = v.audit_log()?;
+        v.close()?;
+        Ok(entries)
+    });
+    let entries = match opened {
+        Ok(entries) => entries,
+        // The ledger went with the user's data; the erasure record is what is left.
+        Err(f) if erased_failure(&t, &f) => match Vault::erasure(&t.dir, &t.user) {
+            Some(e) => vec![capvault::AuditEntry {
+                seq: 0,
+                ts_us: e.erased_us,
+                action: "erase".into(),
+                detail: format!(
+                    "user {} erased: KEK versions 1 to {} deleted from the keychain, {}; the ledger went with the data ({})",
+                    t.user,
+                    e.kek_versions,
+                    if e.whole_vault { "database removed" } else { "the user's trees removed" },
+                    if e.verified { "record verified under the device key" } else { "record not verified" }
+                ),
+            }],
+            None => return Err(f.into()),
+        },
+        Err(f) => return Err(f.into()),
+    };
     if json {
         print_json(&serde_json::to_value(&entries).expect("entries serialize"));
     } else {

@@ -1,0 +1,626 @@
+//! Erasure: a crypto-shred first, then the data, then a tombstone.
+//!
+//! `erase` must work on a vault that does not open (tampered, corrupted, on a full
+//! disk) and on one another process holds. So it needs nothing but the keychain and
+//! the names of the keys: it deletes every KEK version of the user before it touches
+//! anything else, then removes the user's trees (for the last user: the whole
+//! database, files and all), then records the erasure in the keychain file, where
+//! `status` and `audit` find it afterwards.
+//!
+//! The keychain file (`keychain.json` in the vault directory, docs/FORMAT.md "Keychain
+//! file") names the vault id, the keychain and the highest KEK version of every user, so
+//! the keys can be found when the database cannot be read. It is MAC'd under a key
+//! derived from the device signing key (which stays in the keychain), so a forged file
+//! cannot point erase at another vault's keys; a file that does not verify is only
+//! used when nothing else is left, and its tombstones are shown as unverified.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ring::hmac;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::keys::hierarchy::{derive_subkey, KeyHierarchy};
+use crate::keys::keystore::{open_keystore, KeyStoreKind};
+use crate::log::store::Store;
+use crate::options::VaultOptions;
+use capvault_format::secret::Key32;
+
+/// The keychain file in the vault directory.
+pub(crate) const KEYCHAIN_FILE: &str = "keychain.json";
+const FORMAT: &str = "capvault-keychain-1";
+
+/// What `status` and `audit` show about an erased user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Erasure {
+    /// The erased user.
+    pub user: String,
+    /// When the erasure finished (microseconds since the Unix epoch).
+    pub erased_us: i64,
+    /// The keychain the KEKs were deleted from.
+    pub keystore: KeyStoreKind,
+    /// KEK versions 1 to this one were deleted.
+    pub kek_versions: u32,
+    /// True when the user was the last one and the whole database was removed.
+    pub whole_vault: bool,
+    /// True when the record verified under this vault's device key. An unverified
+    /// record is shown but proves nothing (docs/SECURITY.md, "Erasure").
+    pub verified: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+struct UserEntry {
+    /// Highest KEK version that may exist in the keychain.
+    kek_max: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    erased_us: Option<i64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    whole_vault: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct KeychainFile {
+    format: String,
+    vault_id: String,
+    keystore: KeyStoreKind,
+    users: BTreeMap<String, UserEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+}
+
+fn file_key(device_seed: &Key32) -> hmac::Key {
+    let k = derive_subkey(device_seed, b"capvault-keychain-file-v1", b"keychain.json");
+    hmac::Key::new(hmac::HMAC_SHA256, k.expose())
+}
+
+impl KeychainFile {
+    fn unsigned_bytes(&self) -> Vec<u8> {
+        let mut copy = self.clone();
+        copy.mac = None;
+        serde_json::to_vec(&copy).expect("serializes")
+    }
+
+    fn sign(&mut self, device_seed: &Key32) {
+        self.mac = None;
+        let tag = hmac::sign(&file_key(device_seed), &self.unsigned_bytes());
+        self.mac = Some(data_encoding::HEXLOWER.encode(tag.as_ref()));
+    }
+
+    fn verifies(&self, device_seed: &Key32) -> bool {
+        let Some(mac) = self
+            .mac
+            .as_deref()
+            .and_then(|m| data_encoding::HEXLOWER.decode(m.as_bytes()).ok())
+        else {
+            return false;
+        };
+        hmac::verify(&file_key(device_seed), &self.unsigned_bytes(), &mac).is_ok()
+    }
+
+    fn read(dir: &Path) -> Option<KeychainFile> {
+        let bytes = std::fs::read(dir.join(KEYCHAIN_FILE)).ok()?;
+        if bytes.len() > 1 << 20 {
+            return None;
+        }
+        serde_json::from_slice::<KeychainFile>(&bytes)
+            .ok()
+            .filter(|f| f.format == FORMAT)
+    }
+
+    fn vault_id(&self) -> Option<[u8; 16]> {
+        data_encoding::HEXLOWER
+            .decode(self.vault_id.as_bytes())
+            .ok()?
+            .try_into()
+            .ok()
+    }
+
+    /// The device seed of the vault the file names, and whether the file verifies under
+    /// it.
+    fn check(&self) -> (Option<Key32>, bool) {
+        let Some(id) = self.vault_id() else {
+            return (None, false);
+        };
+        let seed = open_keystore(self.keystore)
+            .ok()
+            .and_then(|ks| super::admin::read_device_seed(&*ks, &id).ok().flatten());
+        let ok = seed.as_ref().is_some_and(|s| self.verifies(s));
+        (seed, ok)
+    }
+
+    fn write(&mut self, dir: &Path, device_seed: Option<&Key32>) -> Result<()> {
+        match device_seed {
+            Some(s) => self.sign(s),
+            None => self.mac = None,
+        }
+        let bytes = serde_json::to_vec_pretty(self).expect("serializes");
+        write_private(dir, KEYCHAIN_FILE, &bytes)
+    }
+}
+
+/// Writes `dir/name` atomically (temporary file, fsync, rename, fsync of the directory),
+/// readable by the owner only.
+fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let result = (|| -> std::io::Result<()> {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(name))?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(result?)
+}
+
+/// Records, before a KEK version is put in the keychain, that it may exist, so erase
+/// finds it even when the database cannot be read. Best effort: the database names the
+/// versions too.
+pub(crate) fn note_kek(
+    dir: &Path,
+    vault_id: &[u8; 16],
+    keystore: KeyStoreKind,
+    device_seed: &Key32,
+    user: &str,
+    kek_max: u32,
+) {
+    let vault_hex = data_encoding::HEXLOWER.encode(vault_id);
+    let mut file = match KeychainFile::read(dir) {
+        Some(f) if f.vault_id == vault_hex && f.verifies(device_seed) => f,
+        _ => KeychainFile {
+            format: FORMAT.into(),
+            vault_id: vault_hex,
+            keystore,
+            users: BTreeMap::new(),
+            mac: None,
+        },
+    };
+    let entry = file.users.entry(user.to_string()).or_default();
+    if entry.kek_max >= kek_max && entry.erased_us.is_none() {
+        return;
+    }
+    entry.kek_max = entry.kek_max.max(kek_max);
+    entry.erased_us = None;
+    entry.whole_vault = false;
+    let _ = file.write(dir, Some(device_seed));
+}
+
+/// Refuses a database that lost the vault it held: the keychain file names a vault (and
+/// verifies under that vault's device key) but the database names none, or another. sled
+/// recovers a damaged log by cutting it at the first bad message, which can leave an
+/// empty database; opening that would silently make a new vault over the old one.
+pub(crate) fn check_identity(dir: &Path, in_db: Option<[u8; 16]>) -> Result<()> {
+    let Some(file) = KeychainFile::read(dir) else {
+        return Ok(());
+    };
+    let Some(named) = file.vault_id() else {
+        return Ok(());
+    };
+    if in_db == Some(named) || file.users.values().all(|u| u.erased_us.is_some()) {
+        return Ok(());
+    }
+    if !file.check().1 {
+        return Ok(());
+    }
+    Err(Error::tampered(format!(
+        "the database in {} {} but its keychain file names vault {} (the database was damaged and lost its contents, or was replaced): refusing to use it; `capvault erase` still removes the keys",
+        dir.display(),
+        match in_db {
+            None => "names no vault".to_string(),
+            Some(id) => format!("names vault {}", data_encoding::HEXLOWER.encode(&id)),
+        },
+        file.vault_id
+    )))
+}
+
+/// The erasure of `user` recorded in the vault directory, if any.
+pub(crate) fn tombstone(dir: &Path, user: &str) -> Option<Erasure> {
+    let file = KeychainFile::read(dir)?;
+    let entry = file.users.get(user)?;
+    let erased_us = entry.erased_us?;
+    let (_, verified) = file.check();
+    Some(Erasure {
+        user: user.to_string(),
+        erased_us,
+        keystore: file.keystore,
+        kek_versions: entry.kek_max,
+        whole_vault: entry.whole_vault,
+        verified,
+    })
+}
+
+/// Files and directories of sled's database in a vault directory.
+fn db_paths(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            matches!(name, "conf" | "db" | "blobs") || name.starts_with("snap.")
+        })
+        .collect()
+}
+
+/// Removes the database files (the keychain file, with the tombstone, stays).
+pub(crate) fn remove_db_files(dir: &Path) -> Result<()> {
+    for p in db_paths(dir) {
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        match r {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::Storage(format!(
+                    "cannot remove {}: {e}",
+                    p.display()
+                )))
+            }
+        }
+    }
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Removes the database files once the handle that erased the last user is gone (a
+/// field of the vault's shared state, declared last so sled is closed first).
+#[derive(Default)]
+pub(crate) struct RemoveOnDrop {
+    dir: std::sync::OnceLock<PathBuf>,
+    armed: AtomicBool,
+}
+
+impl RemoveOnDrop {
+    pub(crate) fn arm(&self, dir: &Path) {
+        let _ = self.dir.set(dir.to_path_buf());
+        self.armed.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let (true, Some(dir)) = (self.armed.load(Ordering::SeqCst), self.dir.get()) {
+            let _ = remove_db_files(dir);
+        }
+    }
+}
+
+fn user_of_tree(name: &[u8]) -> Option<String> {
+    let hex = name.strip_prefix(b"u/")?.strip_suffix(b"/keys")?;
+    String::from_utf8(data_encoding::HEXLOWER.decode(hex).ok()?).ok()
+}
+
+/// Users other than `user` whose keys are live in `db`.
+pub(crate) fn other_live_users(db: &sled::Db, user: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for name in db.tree_names() {
+        let Some(u) = user_of_tree(&name) else {
+            continue;
+        };
+        if u == user {
+            continue;
+        }
+        let tree = db.open_tree(&name)?;
+        if !tree.is_empty() && !KeyHierarchy::is_erased_tree(&tree) {
+            out.push(u);
+        }
+    }
+    Ok(out)
+}
+
+/// What erase learned about where the user's keys are.
+struct Located {
+    vault_id: [u8; 16],
+    keystore: KeyStoreKind,
+    kek_max: u32,
+    /// The database, when it opened.
+    db: Option<sled::Db>,
+    /// Why it did not.
+    db_error: Option<Error>,
+}
+
+fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
+    let file = KeychainFile::read(dir);
+    let (db, db_error) = if dir.join("conf").exists() || dir.join("db").exists() {
+        match Store::raw(dir, 1 << 20, false) {
+            Ok(db) => (Some(db), None),
+            Err(Error::InUse) => {
+                // Held by another process, which erases through the hand-off. The keys
+                // go now already if the keychain file names them, so the crypto-shred
+                // does not depend on the holder answering.
+                if let Some(f) = file.as_ref().filter(|f| f.check().1) {
+                    if let (Some(id), Some(u)) = (f.vault_id(), f.users.get(user)) {
+                        let ks = open_keystore(f.keystore)?;
+                        let hex = data_encoding::HEXLOWER.encode(&id);
+                        KeyHierarchy::delete_keks(&*ks, &hex, user, u.kek_max.max(1) + 1)?;
+                    }
+                }
+                return Err(Error::InUse);
+            }
+            Err(e) => (None, Some(e)),
+        }
+    } else {
+        (None, None)
+    };
+    let from_db = db.as_ref().and_then(|db| {
+        let id: [u8; 16] = db
+            .get(super::META_VAULT_ID)
+            .ok()??
+            .as_ref()
+            .try_into()
+            .ok()?;
+        let ks: Option<KeyStoreKind> = db
+            .get(super::META_KEYSTORE)
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_slice(&v).ok());
+        Some((id, ks))
+    });
+    let file_ok = file.as_ref().map(|f| (f, f.check().1));
+    let (vault_id, keystore) = match (from_db, &file_ok) {
+        (Some((id, Some(ks))), _) => (id, ks),
+        (Some((id, None)), _) => (id, options.keystore),
+        // Without the database, the file is trusted only as far as it verifies, or when
+        // nothing else is left (an unverified file names a vault id that is then
+        // checked against the device key it claims: see the module comment).
+        (None, Some((f, true))) => (f.vault_id().expect("verified"), f.keystore),
+        (None, Some((_, false))) => {
+            return Err(Error::tampered(format!(
+                "the database in {} does not open and its keychain file does not verify under the device key it names: refusing to delete keys on its word",
+                dir.display()
+            )))
+        }
+        _ => {
+            let why = db_error
+                .map(|e| format!(": the database does not open ({e})"))
+                .unwrap_or_default();
+            return Err(Error::NotFound(format!(
+                "no vault (no readable database and no keychain file) in {}{why}",
+                dir.display()
+            )));
+        }
+    };
+    let mut kek_max = 0;
+    let mut known = false;
+    if let Some(db) = &db {
+        let name = format!("u/{}/keys", data_encoding::HEXLOWER.encode(user.as_bytes()));
+        if db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == name.as_bytes())
+        {
+            known = true;
+            kek_max = KeyHierarchy::highest_kek_version(&db.open_tree(name)?);
+        }
+    }
+    if let Some(entry) = file
+        .as_ref()
+        .filter(|f| f.vault_id() == Some(vault_id))
+        .and_then(|f| f.users.get(user))
+    {
+        known = true;
+        kek_max = kek_max.max(entry.kek_max);
+    }
+    if !known {
+        return Err(Error::NotFound(format!(
+            "the vault in {} has no user {user:?}",
+            dir.display()
+        )));
+    }
+    Ok(Located {
+        vault_id,
+        keystore,
+        // A rotation may have put the next version in the keychain before recording it.
+        kek_max: kek_max.max(1) + 1,
+        db,
+        db_error,
+    })
+}
+
+/// Crypto-shreds `user` in `dir` without opening the vault (see the module comment).
+pub(crate) fn erase_closed(dir: &Path, user: &str, options: &VaultOptions) -> Result<Erasure> {
+    let loc = locate(dir, user, options)?;
+    let vault_hex = data_encoding::HEXLOWER.encode(&loc.vault_id);
+    // 1. The keys, before anything else.
+    let keystore = open_keystore(loc.keystore)?;
+    KeyHierarchy::delete_keks(&*keystore, &vault_hex, user, loc.kek_max)?;
+    let device_seed = super::admin::read_device_seed(&*keystore, &loc.vault_id)
+        .ok()
+        .flatten();
+    // A first tombstone now, so an opener knows the missing keys were erased on purpose
+    // even if what follows is interrupted (best effort: the disk may be full).
+    let _ = record_tombstone(dir, &loc, user, false, device_seed.as_ref());
+    crate::failpoint::hit("erase:after-keychain")?;
+    // 2. The data.
+    let whole = match &loc.db {
+        Some(db) => {
+            let others = other_live_users(db, user)?;
+            if others.is_empty() {
+                true
+            } else {
+                drop_user_trees(db, user, loc.kek_max)?;
+                false
+            }
+        }
+        None => {
+            let others: Vec<String> = KeychainFile::read(dir)
+                .map(|f| {
+                    f.users
+                        .iter()
+                        .filter(|(u, e)| *u != user && e.erased_us.is_none())
+                        .map(|(u, _)| u.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            match &loc.db_error {
+                Some(e) if !others.is_empty() => {
+                    return Err(Error::Storage(format!(
+                        "the keys of user {user:?} were destroyed (nothing of theirs can be read any more), but the database does not open ({e}) and also holds users {others:?}, so it was left in place"
+                    )))
+                }
+                _ => true,
+            }
+        }
+    };
+    drop(loc.db);
+    if whole {
+        remove_db_files(dir)?;
+    }
+    // 3. The tombstone.
+    let loc = Located {
+        db: None,
+        db_error: None,
+        ..loc
+    };
+    record_tombstone(dir, &loc, user, whole, device_seed.as_ref())?;
+    tombstone(dir, user)
+        .ok_or_else(|| Error::Storage("the erasure record cannot be read back".into()))
+}
+
+/// Removes a user's trees from a database other users still use, leaving the keys tree
+/// with the erase marker only (so the name stays erased).
+pub(crate) fn drop_user_trees(db: &sled::Db, user: &str, kek_max: u32) -> Result<()> {
+    let hex = data_encoding::HEXLOWER.encode(user.as_bytes());
+    let keys = db.open_tree(format!("u/{hex}/keys"))?;
+    KeyHierarchy::mark_erased(&keys, kek_max)?;
+    for name in ["log", "state", "ledger"] {
+        db.drop_tree(format!("u/{hex}/{name}"))?;
+    }
+    db.flush()?;
+    Ok(())
+}
+
+fn record_tombstone(
+    dir: &Path,
+    loc: &Located,
+    user: &str,
+    whole: bool,
+    device_seed: Option<&Key32>,
+) -> Result<()> {
+    let vault_hex = data_encoding::HEXLOWER.encode(&loc.vault_id);
+    let mut file = match KeychainFile::read(dir) {
+        Some(f) if f.vault_id == vault_hex => f,
+        _ => KeychainFile {
+            format: FORMAT.into(),
+            vault_id: vault_hex,
+            keystore: loc.keystore,
+            users: BTreeMap::new(),
+            mac: None,
+        },
+    };
+    let verified = device_seed.is_some_and(|s| file.verifies(s));
+    if !verified {
+        // Entries nobody can vouch for are not carried into a signed file.
+        file.users.retain(|u, _| u == user);
+    }
+    let entry = file.users.entry(user.to_string()).or_default();
+    entry.kek_max = entry.kek_max.max(loc.kek_max);
+    // The time of the first step (the keys' deletion) is kept.
+    entry.erased_us.get_or_insert_with(super::now_us);
+    entry.whole_vault = whole;
+    file.write(dir, device_seed)
+}
+
+/// After an erase through an open handle: records the tombstone and, when no other
+/// user is left, removes the database files now (the handle keeps them open until it
+/// is dropped; then they are removed again, should sled have written any). Returns
+/// whether the whole database went.
+pub(crate) fn finish_in_place(inner: &super::Inner, kek_max: u32) -> Result<bool> {
+    let dir = inner.dir();
+    let whole = other_live_users(&inner.store.db, &inner.user)
+        .map(|o| o.is_empty())
+        // A database that cannot be read back says nothing about other users: keep it.
+        .unwrap_or(false);
+    if whole {
+        inner.remove_on_drop.arm(&dir);
+        remove_db_files(&dir)?;
+    }
+    let loc = Located {
+        vault_id: inner.vault_id,
+        keystore: inner.keystore.kind(),
+        kek_max,
+        db: None,
+        db_error: None,
+    };
+    record_tombstone(&dir, &loc, &inner.user, whole, Some(&inner.device_seed))?;
+    Ok(whole)
+}
+
+/// The first tombstone of an erase through an open handle, right after the keys went
+/// (best effort: the disk may be full).
+pub(crate) fn note_erasing(inner: &super::Inner, kek_max: u32) {
+    let loc = Located {
+        vault_id: inner.vault_id,
+        keystore: inner.keystore.kind(),
+        kek_max,
+        db: None,
+        db_error: None,
+    };
+    let _ = record_tombstone(
+        &inner.dir(),
+        &loc,
+        &inner.user,
+        false,
+        Some(&inner.device_seed),
+    );
+}
+
+/// Ensures the `erased` state is reported for a user whose keys are gone on purpose.
+pub(crate) fn erased_if_tombstoned(dir: &Path, user: &str, e: Error) -> Error {
+    match e {
+        Error::Keychain(_) if tombstone(dir, user).is_some() => Error::Erased,
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_keychain_file_verifies_only_under_its_device_key() {
+        let seed = Key32::generate();
+        let mut f = KeychainFile {
+            format: FORMAT.into(),
+            vault_id: "00".repeat(16),
+            keystore: KeyStoreKind::Keyutils,
+            users: BTreeMap::new(),
+            mac: None,
+        };
+        f.users.insert(
+            "alice".into(),
+            UserEntry {
+                kek_max: 3,
+                erased_us: Some(5),
+                whole_vault: true,
+            },
+        );
+        f.sign(&seed);
+        assert!(f.verifies(&seed));
+        assert!(!f.verifies(&Key32::generate()));
+        let mut g = f.clone();
+        g.users.get_mut("alice").unwrap().erased_us = Some(6);
+        assert!(!g.verifies(&seed), "an edited tombstone does not verify");
+    }
+}

@@ -1,0 +1,406 @@
+//! R11: erase always crypto-shreds. A vault that does not open (tampered state,
+//! corrupted database files, a full disk) or that another process holds is erased: the
+//! user's KEKs leave the real keychain first, the data and its space go, and the erasure
+//! stays visible to `capvault status` and `capvault audit`.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use capvault::{Error, Identity, KeyStoreKind, Suite, Vault};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_capvault");
+const TITLE: &str = "ERASE-ME salary review";
+
+fn store_name(kind: KeyStoreKind) -> &'static str {
+    match kind {
+        KeyStoreKind::SecretService => "secret-service",
+        _ => "keyutils",
+    }
+}
+
+fn cli(dir: &Path, user: &str, kind: KeyStoreKind, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .args(["--vault", dir.to_str().unwrap(), "--user", user])
+        .args(["--keystore", store_name(kind)])
+        .env_remove("CAPVAULT_VAULT")
+        .env_remove("CAPVAULT_USER")
+        .output()
+        .expect("spawn capvault")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[track_caller]
+fn ok(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// A vault for `user` with captured data and a sealed, unacknowledged bundle (the
+/// outbox). Returns the vault id.
+fn populated(dir: &Path, user: &str, kind: KeyStoreKind) -> String {
+    let v = Vault::open(dir, user, common::options(kind)).unwrap();
+    for i in 0..200 {
+        let _ = v
+            .append_mouse_move(1_764_000_000_000_000 + i, 1, 2)
+            .unwrap();
+    }
+    let _ = v
+        .append_window_focus(1_764_000_000_001_000, "chat", TITLE)
+        .unwrap();
+    v.rotate_kek().unwrap();
+    let id = Identity::generate(Suite::X25519);
+    v.seal_next(&id.recipient(), 1 << 20).unwrap().unwrap();
+    let vault_id = v.status().unwrap().vault_id;
+    v.close().unwrap();
+    vault_id
+}
+
+/// A populated vault of alice in a temporary directory: (its guard, dir, vault id).
+fn alice(kind: KeyStoreKind) -> (tempfile::TempDir, PathBuf, String) {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("v");
+    let vault_id = populated(&dir, "alice", kind);
+    (d, dir, vault_id)
+}
+
+#[track_caller]
+fn assert_keys_gone(kind: KeyStoreKind, vault_id: &str, user: &str) {
+    for ver in 1..=4 {
+        assert!(
+            common::keychain_secret(kind, &common::kek_name(vault_id, user, ver)).is_none(),
+            "{kind:?}: KEK v{ver} of {user} is still in the keychain"
+        );
+    }
+}
+
+fn sled_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_str().unwrap();
+            matches!(n, "db" | "conf" | "blobs") || n.starts_with("snap.")
+        })
+        .collect()
+}
+
+/// `status` and `audit` (text and JSON) show the erasure of `user`.
+#[track_caller]
+fn assert_tombstone_shown(dir: &Path, user: &str, kind: KeyStoreKind, whole: bool) {
+    let st: Value =
+        serde_json::from_str(&ok(&cli(dir, user, kind, &["status", "--json"]))).unwrap();
+    assert_eq!(st["erased"], true, "{st}");
+    assert_eq!(st["erasure"]["user"], user, "{st}");
+    assert_eq!(st["erasure"]["whole_vault"], whole, "{st}");
+    assert_eq!(st["erasure"]["verified"], true, "{st}");
+    assert!(st["erasure"]["erased_us"].as_i64().unwrap() > 0);
+    let human = ok(&cli(dir, user, kind, &["status"]));
+    assert!(
+        human.contains(&format!("user '{user}'")) && human.contains("was erased"),
+        "{human}"
+    );
+    let audit: Value =
+        serde_json::from_str(&ok(&cli(dir, user, kind, &["audit", "--json"]))).unwrap();
+    let entries = audit.as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{audit}");
+    assert_eq!(entries[0]["action"], "erase");
+    assert!(
+        entries[0]["detail"].as_str().unwrap().contains(user),
+        "{audit}"
+    );
+    let human = ok(&cli(dir, user, kind, &["audit"]));
+    assert!(human.contains("erase"), "{human}");
+    assert!(matches!(
+        Vault::open(dir, user, common::options(kind)),
+        Err(Error::Erased)
+    ));
+}
+
+#[track_caller]
+fn assert_no_plaintext(dir: &Path) {
+    for file in common::files_under(dir) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !common::contains(&bytes, TITLE.as_bytes()),
+            "{}",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn erase_works_on_a_vault_whose_state_was_tampered_with() {
+    for kind in common::stores() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("v");
+        let vault_id = populated(&dir, "alice", kind);
+        {
+            let db = capvault::testing::open_raw_db(&dir);
+            let state = common::user_tree(&db, "alice", "state");
+            let mut v = state.get(b"release").unwrap().unwrap().to_vec();
+            v[10] ^= 1;
+            state.insert(b"release", v).unwrap();
+            db.flush().unwrap();
+        }
+        assert!(matches!(
+            Vault::open(&dir, "alice", common::options(kind)),
+            Err(Error::Tampered(_))
+        ));
+        let out = ok(&cli(&dir, "alice", kind, &["erase", "--yes"]));
+        assert!(out.contains("user 'alice' erased"), "{out}");
+        assert_keys_gone(kind, &vault_id, "alice");
+        assert!(sled_files(&dir).is_empty(), "{:?}", sled_files(&dir));
+        assert_no_plaintext(&dir);
+        assert_tombstone_shown(&dir, "alice", kind, true);
+    }
+}
+
+/// Byte flips all over sled's data file: erase needs neither sled nor the vault to open.
+#[test]
+fn erase_works_on_corrupted_database_files() {
+    let kind = KeyStoreKind::Keyutils;
+    for heavy in [false, true] {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("v");
+        let vault_id = populated(&dir, "alice", kind);
+        let db = dir.join("db");
+        let mut bytes = std::fs::read(&db).unwrap();
+        if heavy {
+            // Nothing of sled's file is left recognisable.
+            for b in bytes.iter_mut() {
+                *b ^= 0x5a;
+            }
+        } else {
+            for i in (100..bytes.len()).step_by(997) {
+                bytes[i] ^= 0x10;
+            }
+        }
+        std::fs::write(&db, &bytes).unwrap();
+        // Light damage: sled may recover its log by truncating it, and the vault may open
+        // (R9: an error, or no accepted change). Heavy damage: nothing opens.
+        let opened = Vault::open(&dir, "alice", common::options(kind));
+        if heavy {
+            assert!(opened.is_err(), "the scrambled vault opened");
+        }
+        drop(opened);
+        // Whatever sled made of it, opening did not put a new vault in its place.
+        let file = std::fs::read_to_string(dir.join("keychain.json")).unwrap();
+        assert!(file.contains(&vault_id), "heavy={heavy}: {file}");
+        let out = cli(&dir, "alice", kind, &["erase", "--yes"]);
+        let stdout = ok(&out);
+        assert!(stdout.contains("user 'alice' erased"), "{stdout}");
+        assert_keys_gone(kind, &vault_id, "alice");
+        assert!(
+            sled_files(&dir).is_empty(),
+            "heavy={heavy}: {:?}",
+            sled_files(&dir)
+        );
+        assert_tombstone_shown(&dir, "alice", kind, true);
+    }
+}
+
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("mount(8) is available");
+        assert!(st.success(), "cannot mount a tmpfs: run the suite as root");
+        Tmpfs(dir)
+    }
+
+    fn avail(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        text(&out.stdout)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn erase_works_on_a_full_disk() {
+    let kind = KeyStoreKind::Keyutils;
+    let fs = Tmpfs::mount("48m");
+    let dir = fs.0.join("v");
+    let vault_id = populated(&dir, "alice", kind);
+    // Fill the disk through the vault until it refuses, then every last byte.
+    let v = Vault::open(&dir, "alice", common::options(kind)).unwrap();
+    let shot: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    let mut full = false;
+    for i in 0..200 {
+        let r = v
+            .append_screenshot(1_764_000_000_100_000 + i, 1, 1, "raw", &shot)
+            .and_then(|_| v.flush());
+        if let Err(e) = r {
+            assert!(matches!(e, Error::StorageFull(_)), "{e}");
+            full = true;
+            break;
+        }
+    }
+    assert!(full, "the disk filled up");
+    drop(v);
+    let mut n = 0;
+    while fs.avail() > 0 && n < 10_000 {
+        let _ = std::fs::write(fs.0.join(format!("fill{n}")), vec![0u8; 4096]);
+        n += 1;
+    }
+    assert_eq!(fs.avail(), 0, "the disk is full");
+    let before: u64 = common::files_under(&dir)
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    let out = cli(&dir, "alice", kind, &["erase", "--yes"]);
+    let stdout = ok(&out);
+    assert!(stdout.contains("user 'alice' erased"), "{stdout}");
+    assert_keys_gone(kind, &vault_id, "alice");
+    assert!(sled_files(&dir).is_empty(), "{:?}", sled_files(&dir));
+    assert!(
+        fs.avail() >= before / 2,
+        "the space came back: {} of {before}",
+        fs.avail()
+    );
+    assert_tombstone_shown(&dir, "alice", kind, true);
+}
+
+/// Another process holds the vault: the erase goes through the hand-off, the holder
+/// stops using its handle, and its database is removed (nothing is left behind once the
+/// holder has let go).
+#[test]
+fn erase_through_the_hand_off_leaves_no_database_behind() {
+    for kind in common::stores() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("v");
+        let vault_id = populated(&dir, "alice", kind);
+        let mut holder = Command::new(BIN)
+            .args(["serve", "--vault", dir.to_str().unwrap(), "--user", "alice"])
+            .args(["--keystore", store_name(kind)])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "ready");
+        let out = cli(&dir, "alice", kind, &["erase", "--yes", "--wait", "20s"]);
+        let stdout = ok(&out);
+        assert!(stdout.contains("user 'alice' erased"), "{stdout}");
+        // The keys are gone the moment the answer comes back, the holder still running.
+        assert_keys_gone(kind, &vault_id, "alice");
+        assert!(
+            holder.wait().unwrap().success(),
+            "the holder noticed and let go"
+        );
+        assert!(
+            sled_files(&dir).is_empty(),
+            "{kind:?}: {:?}",
+            sled_files(&dir)
+        );
+        let left: Vec<_> = common::files_under(&dir);
+        assert!(
+            left.iter().all(|p| p.ends_with("keychain.json")),
+            "only the erasure record is left: {left:?}"
+        );
+        assert_no_plaintext(&dir);
+        assert_tombstone_shown(&dir, "alice", kind, true);
+    }
+}
+
+/// One user of several: only that user goes, the messages name them, and the other
+/// user's data and keys stay.
+#[test]
+fn erasing_one_of_two_users_names_them_and_keeps_the_other() {
+    let kind = KeyStoreKind::Keyutils;
+    let (_d, dir, vault_id) = alice(kind);
+    let bob = Vault::open(&dir, "bob", common::options(kind)).unwrap();
+    let _ = bob.append_mouse_move(1, 7, 7).unwrap();
+    bob.close().unwrap();
+    let out = ok(&cli(&dir, "alice", kind, &["erase", "--yes"]));
+    assert!(out.contains("user 'alice' erased"), "{out}");
+    assert!(out.contains("other users"), "{out}");
+    assert!(!out.contains("the vault was erased"), "{out}");
+    assert_keys_gone(kind, &vault_id, "alice");
+    assert!(
+        common::keychain_secret(kind, &common::kek_name(&vault_id, "bob", 1)).is_some(),
+        "bob's key stays"
+    );
+    {
+        let db = capvault::testing::open_raw_db(&dir);
+        let alice_hex: String = "alice".bytes().map(|b| format!("{b:02x}")).collect();
+        for name in db.tree_names() {
+            let name = String::from_utf8_lossy(&name).into_owned();
+            assert!(
+                !name.starts_with(&format!("u/{alice_hex}/")) || name.ends_with("/keys"),
+                "alice's tree {name} was dropped"
+            );
+        }
+        let keys = common::user_tree(&db, "alice", "keys");
+        assert_eq!(keys.len(), 1, "only the erase marker is left");
+    }
+    assert_tombstone_shown(&dir, "alice", kind, false);
+    let bob = Vault::open(&dir, "bob", common::options(kind)).unwrap();
+    assert_eq!(bob.test_read_all().unwrap().len(), 1);
+    bob.verify().unwrap();
+    bob.close().unwrap();
+    // The library's error does not claim the whole vault was erased either.
+    let e = Vault::open(&dir, "alice", common::options(kind)).unwrap_err();
+    assert!(!e.to_string().contains("vault was erased"), "{e}");
+}
+
+/// A holder that never answers the hand-off (here: a raw database handle) does not keep
+/// the keys alive: they are deleted from the keychain before the request is even sent.
+#[test]
+fn a_holder_that_does_not_answer_does_not_keep_the_keys() {
+    let kind = KeyStoreKind::Keyutils;
+    let (_d, dir, vault_id) = alice(kind);
+    let held = capvault::testing::open_raw_db(&dir);
+    let out = cli(&dir, "alice", kind, &["erase", "--yes", "--wait", "1s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("keys were deleted"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_keys_gone(kind, &vault_id, "alice");
+    drop(held);
+    // Once the holder let go, erase finishes the job.
+    let stdout = ok(&cli(&dir, "alice", kind, &["erase", "--yes"]));
+    assert!(stdout.contains("user 'alice' erased"), "{stdout}");
+    assert!(sled_files(&dir).is_empty());
+    assert_tombstone_shown(&dir, "alice", kind, true);
+}

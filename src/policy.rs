@@ -136,6 +136,23 @@ impl PolicyGate {
         }
     }
 
+    /// A gate that starts inside a deny-listed window, as the vault was when it was
+    /// last closed: events are dropped until focus moves to a window the policy allows.
+    /// A policy without deny lists has nothing to hold back.
+    pub(crate) fn resumed(policy: Policy, in_denied_window: bool) -> Self {
+        let in_denied_window =
+            in_denied_window && !(policy.deny_apps.is_empty() && policy.deny_titles.is_empty());
+        PolicyGate {
+            in_denied_window,
+            ..PolicyGate::new(policy)
+        }
+    }
+
+    /// Whether focus is in a deny-listed window (what the vault stores across restarts).
+    pub(crate) fn in_denied_window(&self) -> bool {
+        self.in_denied_window
+    }
+
     /// Decides whether `event` is stored and minimises it in place.
     pub(crate) fn admit(&mut self, event: &mut Event) -> Admission {
         let mut markers = Vec::new();

@@ -164,8 +164,13 @@ fn a_failing_maintenance_duty_does_not_stop_the_hand_off() {
         capvault::testing::arm("prune:before-batch");
     }
     std::thread::sleep(Duration::from_millis(1500)); // the records are now due
-    let resp = request(&vault, user, Op::Pause { secs: 60 }, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("the hand-off stopped answering: {e:?}"));
+    let resp = request(
+        &vault,
+        user,
+        Op::Pause { secs: 60 },
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|e| panic!("the hand-off stopped answering: {e:?}"));
     assert!(resp.ok, "{resp:?}");
     let st = agent.status().unwrap();
     let problem = st.maintenance_error.expect("the failure shows in status");

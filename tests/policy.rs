@@ -134,3 +134,53 @@ fn a_deny_listed_window_stores_nothing_until_focus_moves() {
     );
     v.close().unwrap();
 }
+
+/// A restart while a deny-listed window has focus stores nothing of that window: the
+/// vault remembers the gap, and only a focus change to an allowed window ends it.
+#[test]
+fn a_restart_inside_a_deny_listed_window_keeps_dropping_until_focus_moves() {
+    let d = tempfile::tempdir().unwrap();
+    let mut o = options(KeyStoreKind::Keyutils);
+    o.policy.deny_apps = vec!["Signal".into()];
+    let v = Vault::open(d.path(), "alice", o.clone()).unwrap();
+    assert_eq!(
+        v.append_window_focus(1, "Signal", "a private chat")
+            .unwrap(),
+        Appended::Filtered
+    );
+    assert_eq!(v.append_mouse_move(2, 1, 1).unwrap(), Appended::Filtered);
+    v.close().unwrap();
+
+    // The agent restarts (a crash would do the same) with the chat still in front.
+    let v = Vault::open(d.path(), "alice", o.clone()).unwrap();
+    assert_eq!(
+        v.append_screenshot(3, 1, 1, "png", b"DENIED-SHOT").unwrap(),
+        Appended::Filtered
+    );
+    assert_eq!(v.append_mouse_move(4, 1, 1).unwrap(), Appended::Filtered);
+    assert_eq!(
+        v.append_window_focus(5, "editor", "notes").unwrap(),
+        Appended::Stored
+    );
+    assert_eq!(v.append_mouse_move(6, 2, 2).unwrap(), Appended::Stored);
+    v.close().unwrap();
+
+    // Out of the gap, a restart stores again at once.
+    let v = Vault::open(d.path(), "alice", o.clone()).unwrap();
+    assert_eq!(v.append_mouse_move(7, 3, 3).unwrap(), Appended::Stored);
+    v.close().unwrap();
+
+    // Back into the gap, then the deny list is removed: nothing is held back.
+    let v = Vault::open(d.path(), "alice", o.clone()).unwrap();
+    assert_eq!(
+        v.append_window_focus(8, "Signal", "another chat").unwrap(),
+        Appended::Filtered
+    );
+    v.close().unwrap();
+    let mut o2 = o;
+    o2.policy.deny_apps.clear();
+    o2.policy.version += 1;
+    let v = Vault::open(d.path(), "alice", o2).unwrap();
+    assert_eq!(v.append_mouse_move(9, 4, 4).unwrap(), Appended::Stored);
+    v.close().unwrap();
+}

@@ -64,6 +64,9 @@ pub const NO_RECEIPT_KEY: &str = "none";
 
 pub(crate) const STATE_PAUSE_UNTIL: &[u8] = b"pause_until";
 pub(crate) const STATE_PAUSE_DROPPED: &[u8] = b"pause_dropped";
+/// 1 while focus is in a deny-listed window, so that a restart does not store what the
+/// still-focused window shows until the next focus event.
+pub(crate) const STATE_DENY_GAP: &[u8] = b"deny_gap";
 const STATE_POLICY_PREFIX: &[u8] = b"policy/";
 /// The user's receipt key setting: the key text, or empty for none.
 const STATE_RECEIPT_KEY: &[u8] = b"receipt_key";
@@ -350,13 +353,14 @@ impl Vault {
             paused_until
         };
         let dropped = read_i64(&state, STATE_PAUSE_DROPPED)? as u64;
+        let in_denied_window = read_i64(&state, STATE_DENY_GAP)? == 1;
         store.durable_flush()?;
         store.restrict_permissions()?;
         let (tx, rx) = mpsc::sync_channel(QUEUE_RECORDS);
         let options_upload = options.upload.clone();
         let inner = Arc::new(Inner {
             producer: Mutex::new(Producer {
-                gate: PolicyGate::new(options.policy.clone()),
+                gate: PolicyGate::resumed(options.policy.clone(), in_denied_window),
                 framer,
             }),
             opts: options,
@@ -942,7 +946,13 @@ impl Inner {
             (event.payload_len() > self.opts.frame_max_bytes / 2).then(|| encode_large(&event));
         let mut p = self.producer();
         let Producer { gate, framer } = &mut *p;
+        let was_denied = gate.in_denied_window();
         let admission = gate.admit(&mut event);
+        if gate.in_denied_window() != was_denied {
+            // Only on focus changes into or out of a deny-listed window.
+            let flag = i64::from(gate.in_denied_window());
+            self.state_put(&[Put::Sealed(STATE_DENY_GAP, Some(&flag.to_be_bytes()))])?;
+        }
         let (markers, store) = match admission {
             Admission::Store(m) => (m, true),
             Admission::Drop(m) => (m, false),

@@ -58,7 +58,11 @@ fn run_exit_mode(prog: &Path, mode: &str) {
 fn ffi_close_from_atexit_handler() {
     let tmp = tempfile::tempdir().unwrap();
     let prog = tmp.path().join("exit_paths");
-    compile_c(&[&repo().join("tests/ffi/exit_paths.c")], &prog, &["-pthread"]);
+    compile_c(
+        &[&repo().join("tests/ffi/exit_paths.c")],
+        &prog,
+        &["-pthread"],
+    );
     run_exit_mode(&prog, "atexit");
 }
 
@@ -66,7 +70,11 @@ fn ffi_close_from_atexit_handler() {
 fn ffi_close_from_destructor_function() {
     let tmp = tempfile::tempdir().unwrap();
     let prog = tmp.path().join("exit_paths");
-    compile_c(&[&repo().join("tests/ffi/exit_paths.c")], &prog, &["-pthread"]);
+    compile_c(
+        &[&repo().join("tests/ffi/exit_paths.c")],
+        &prog,
+        &["-pthread"],
+    );
     run_exit_mode(&prog, "destructor");
 }
 
@@ -74,7 +82,11 @@ fn ffi_close_from_destructor_function() {
 fn ffi_calls_from_exiting_thread() {
     let tmp = tempfile::tempdir().unwrap();
     let prog = tmp.path().join("exit_paths");
-    compile_c(&[&repo().join("tests/ffi/exit_paths.c")], &prog, &["-pthread"]);
+    compile_c(
+        &[&repo().join("tests/ffi/exit_paths.c")],
+        &prog,
+        &["-pthread"],
+    );
     run_exit_mode(&prog, "thread");
 }
 

@@ -45,7 +45,10 @@ fn main() {
     }
     vault.flush().expect("flush");
     let secs = t0.elapsed().as_secs_f64();
-    Arc::into_inner(vault).expect("sole owner").close().expect("close");
+    Arc::into_inner(vault)
+        .expect("sole owner")
+        .close()
+        .expect("close");
     let total = per * threads;
     println!(
         "rust: {threads} threads, {total} events, {secs:.3} s, {:.0} events/s",

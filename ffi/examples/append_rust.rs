@@ -31,7 +31,7 @@ fn main() {
                 for i in 0..per {
                     let n = t * per + i;
                     let ts = 1_764_000_000_000_000 + n as i64 * 125;
-                    vault
+                    let _ = vault
                         .append_mouse_move(ts, (n % 1920) as i32, (n % 1080) as i32)
                         .expect("append");
                 }

@@ -131,6 +131,8 @@ pub extern "C" fn capvault_bundle_id(b: *const capvault_bundle) -> *const c_char
 /// bundle at the same address and then frees that one. Do not free a bundle while
 /// another thread is still using the pointers its accessors returned.
 #[no_mangle]
+// `b` is looked up in the registry before it is touched, so any value is safe to pass.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn capvault_bundle_free(b: *mut capvault_bundle) {
     boundary(|| {
         if b.is_null() {

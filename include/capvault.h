@@ -173,7 +173,10 @@ typedef int32_t capvault_result;
 
 /**
  * The handle was opened in another process: this process is a child created by
- * `fork()` after the open. Open the vault again in this process.
+ * `fork()` after the open. Also from `capvault_open` in such a child: the storage
+ * engine's background state does not survive a fork, so only a process that has not
+ * forked since its first `capvault_open` (or a new program after `exec`) can open a
+ * vault. Fork (daemonize) before opening.
  */
 #define CAPVAULT_ERR_FORKED 12
 

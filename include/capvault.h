@@ -3,10 +3,16 @@
  * activity-capture data. C API.
  *
  * Rules that hold for every function:
- * - Functions return capvault_result: CAPVAULT_OK (0) on success, a CAPVAULT_ERR_*
- *   code on failure, or CAPVAULT_PAUSED / CAPVAULT_FILTERED (not errors) from appends.
- *   On failure capvault_last_error() on the same thread says what went wrong; a
- *   successful call resets it to "".
+ * - Functions return capvault_result, in three ranges: 0 (CAPVAULT_OK) is success;
+ *   1-99 (CAPVAULT_ERR_*) are errors; 100-199 are outcomes that are not errors
+ *   (CAPVAULT_PAUSED, CAPVAULT_FILTERED from appends). Test with
+ *   CAPVAULT_IS_ERROR(rc), not `if (rc)`: an unknown code keeps the meaning of its
+ *   range.
+ * - Errors are errno-style: a failure records a message, read with
+ *   capvault_last_error() on the same thread (or capvault_last_error_copy); a success
+ *   never clears it. capvault_result_str(rc) is a static description of any code.
+ *   Runtimes whose calls hop between threads (Go, C#, Swift) read the failure of a
+ *   handle with capvault_handle_last_error(v, buf, len) instead.
  * - A required pointer that is NULL gives CAPVAULT_ERR_NULL_ARGUMENT. A buffer is a
  *   pointer followed by its length; NULL with length 0 is the empty buffer.
  * - Strings are NUL-terminated UTF-8 (else CAPVAULT_ERR_INVALID_ARGUMENT) and are
@@ -16,11 +22,26 @@
  *   bundle, capvault_bundle_free releases it; strings returned through a char **
  *   are freed with capvault_string_free. Every _free / close accepts NULL. Strings
  *   returned as const char * are owned by the library (see each function).
- * - A capvault handle may be used from many threads at once. Calls on a closed
- *   handle return CAPVAULT_ERR_CLOSED.
+ * - A capvault handle may be used from many threads at once. Detected, not undefined:
+ *   a call on a closed handle (CAPVAULT_ERR_CLOSED; handles are never freed, so a
+ *   stale pointer never reaches another vault), a pointer capvault_open never
+ *   returned (CAPVAULT_ERR_CLOSED), a double capvault_close (harmless), a bundle freed
+ *   twice or used after its free (CAPVAULT_ERR_BAD_BUNDLE, within the next 1024
+ *   frees; see capvault_bundle_free), a handle used in a child process after fork()
+ *   (CAPVAULT_ERR_FORKED, at once, never blocking). Not detected: a string freed twice
+ *   with capvault_string_free, a buffer shorter than its length argument, and using
+ *   pointers from capvault_bundle_data/_id after the bundle was freed.
+ * - fork(): open the vault in the process that uses it (after daemonizing). A child
+ *   cannot use or close a handle its parent opened; the parent keeps working.
  * - No panic crosses the boundary: an internal bug returns CAPVAULT_ERR_PANIC (or
  *   NULL).
+ * - Every function may be called from an atexit handler, a C++ static destructor or a
+ *   thread that is exiting.
  * - ts_us is microseconds since the Unix epoch.
+ *
+ * Versions: CAPVAULT_VERSION_MAJOR/_MINOR/_PATCH are the header's version and
+ * capvault_version() the library's; CAPVAULT_ABI_VERSION must equal
+ * capvault_abi_version() (the shared library's SONAME is libcapvault.so.<ABI>).
  *
  * Link with: pkg-config --cflags --libs capvault   (or -lcapvault)
  */
@@ -34,6 +55,32 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+/* True for an error code (1-99, and anything outside 0 and 100-199); false for
+ * CAPVAULT_OK and the outcomes 100-199 (CAPVAULT_PAUSED, CAPVAULT_FILTERED). */
+#define CAPVAULT_IS_ERROR(rc) ((rc) != 0 && ((rc) < 100 || (rc) > 199))
+
+/**
+ * Major version of the library (`capvault_version()` is the full version).
+ */
+#define CAPVAULT_VERSION_MAJOR 0
+
+/**
+ * Minor version of the library.
+ */
+#define CAPVAULT_VERSION_MINOR 2
+
+/**
+ * Patch version of the library.
+ */
+#define CAPVAULT_VERSION_PATCH 0
+
+/**
+ * The ABI this header describes. It changes whenever a program built against an older
+ * header could misbehave with the library (a removed or changed function, type or
+ * result code, or changed behaviour), and is the number in the library's SONAME
+ * (`libcapvault.so.1`). Check it at start-up against `capvault_abi_version()`.
+ */
+#define CAPVAULT_ABI_VERSION 1
 
 /**
  * An open vault (opaque). Create it with `capvault_open`, release it with
@@ -50,10 +97,17 @@ typedef struct capvault capvault;
 typedef struct capvault_bundle capvault_bundle;
 
 /**
- * The result of a capvault call: `CAPVAULT_OK` (0) on success, one of the
- * `CAPVAULT_ERR_*` codes on failure, or one of the two non-error outcomes of an
- * append (`CAPVAULT_PAUSED`, `CAPVAULT_FILTERED`). On failure,
- * `capvault_last_error()` describes it. The values are fixed and never reused.
+ * The result of a capvault call. The values are fixed and never reused, in three
+ * ranges:
+ *
+ * - 0, `CAPVAULT_OK`: success;
+ * - 1 to 99, `CAPVAULT_ERR_*`: the call failed and `capvault_last_error()` says why
+ *   (a code from this range that a program does not know is still an error);
+ * - 100 to 199: the call succeeded with an outcome worth knowing (`CAPVAULT_PAUSED`,
+ *   `CAPVAULT_FILTERED` from appends); not errors.
+ *
+ * `CAPVAULT_IS_ERROR(rc)` tells the two apart (every value outside 0 and 100-199 is an
+ * error), so `if (CAPVAULT_IS_ERROR(rc))`, not `if (rc)`.
  */
 typedef int32_t capvault_result;
 
@@ -118,6 +172,21 @@ typedef int32_t capvault_result;
 #define CAPVAULT_ERR_PANIC 11
 
 /**
+ * The handle was opened in another process: this process is a child created by
+ * `fork()` after the open. Also from `capvault_open` in such a child: the storage
+ * engine's background state does not survive a fork, so only a process that has not
+ * forked since its first `capvault_open` (or a new program after `exec`) can open a
+ * vault. Fork (daemonize) before opening.
+ */
+#define CAPVAULT_ERR_FORKED 12
+
+/**
+ * The bundle pointer is not a live bundle: it was already freed, or never returned by
+ * `capvault_seal_next`.
+ */
+#define CAPVAULT_ERR_BAD_BUNDLE 13
+
+/**
  * Not an error: capture is paused, so the event was dropped (and counted).
  */
 #define CAPVAULT_PAUSED 100
@@ -137,11 +206,11 @@ extern "C" {
  *
  * The bytes are owned by the bundle and stay valid, unchanged, until
  * `capvault_bundle_free(b)`. Returns NULL (and leaves `*out_len` untouched) if `b` or
- * `out_len` is NULL; `capvault_last_error()` then says which.
+ * `out_len` is NULL, or `b` is not a live bundle (`CAPVAULT_ERR_BAD_BUNDLE`);
+ * `capvault_last_error()` then says which.
  *
  * # Safety
- * `b` is NULL or a live bundle from `capvault_seal_next`; `out_len` is NULL or points
- * to writable storage for one `size_t`.
+ * `out_len` is NULL or points to writable storage for one `size_t`.
  */
 const uint8_t *capvault_bundle_data(const capvault_bundle *b, size_t *out_len);
 
@@ -149,10 +218,7 @@ const uint8_t *capvault_bundle_data(const capvault_bundle *b, size_t *out_len);
  * The bundle's id (a NUL-terminated ASCII string) to pass to `capvault_ack`.
  *
  * The string is owned by the bundle and stays valid until `capvault_bundle_free(b)`.
- * Returns NULL if `b` is NULL.
- *
- * # Safety
- * `b` is NULL or a live bundle from `capvault_seal_next`.
+ * Returns NULL if `b` is NULL or not a live bundle.
  */
 const char *capvault_bundle_id(const capvault_bundle *b);
 
@@ -160,35 +226,72 @@ const char *capvault_bundle_id(const capvault_bundle *b);
  * Frees a bundle. NULL is fine. Pointers returned by `capvault_bundle_data` and
  * `capvault_bundle_id` for it are invalid afterwards.
  *
- * # Safety
- * `b` is NULL or a bundle from `capvault_seal_next` that was not freed yet; no other
- * thread may be using it.
+ * Freeing a bundle twice, or a pointer that no `capvault_seal_next` returned, frees
+ * nothing and records `CAPVAULT_ERR_BAD_BUNDLE` as the last error. This is detected for
+ * as long as the freed bundle's address is not reused, which the library guarantees
+ * for the next 1024 bundle frees; a pointer freed longer ago than that may meet a new
+ * bundle at the same address and then frees that one. Do not free a bundle while
+ * another thread is still using the pointers its accessors returned.
  */
 void capvault_bundle_free(capvault_bundle *b);
 
+extern int pthread_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void));
+
 /**
- * The library version, for example "0.1.0".
+ * The library version, for example "0.2.0" (`CAPVAULT_VERSION_MAJOR`, `_MINOR` and
+ * `_PATCH` are the version of the header).
  *
  * Returns a static NUL-terminated string: never free it; it is valid for the life of
- * the process. Thread-safe.
+ * the process. Thread-safe; never touches the last error.
  */
 const char *capvault_version(void);
 
 /**
- * This thread's last failure message, or "" when the last capvault call on this
- * thread succeeded.
+ * The ABI version of the library, to compare with `CAPVAULT_ABI_VERSION` from the
+ * header the program was built with: if they differ, the program must not use the
+ * library. Thread-safe; never touches the last error.
+ */
+uint32_t capvault_abi_version(void);
+
+/**
+ * A static description of result code `rc`, for example "the vault is open in another
+ * process". Never NULL, never to be freed, valid for the life of the process. Codes
+ * this library does not know get a description of their range ("unknown error",
+ * "unknown outcome, not an error"). Thread-safe; never touches the last error.
+ */
+const char *capvault_result_str(capvault_result rc);
+
+/**
+ * This thread's last failure message, or "" if no capvault call on this thread has
+ * failed yet.
  *
- * Every failing call (a return value other than `CAPVAULT_OK`, `CAPVAULT_PAUSED` or
- * `CAPVAULT_FILTERED`, or NULL from a function returning a pointer) sets the message;
- * every successful call resets it to "" (`capvault_version` and this function leave it
- * as it is). The message is per thread, so read it on
- * the thread that made the failing call. It never contains key bytes or captured
- * content.
+ * errno-style: every failing call (a return value for which `CAPVAULT_IS_ERROR` is
+ * true, or NULL from a function returning a pointer, or a failing `capvault_close` or
+ * `capvault_bundle_free`) replaces the message; successful calls never change it. So
+ * read it right after the failing call, on the thread that made it. It never contains
+ * key bytes or captured content.
  *
  * Never returns NULL. The string is owned by the library: do not free it. It stays
- * valid until the next capvault call on the same thread (copy it to keep it).
+ * valid until the next failing capvault call on the same thread (copy it, or use
+ * `capvault_last_error_copy`, to keep it). When a call fails while the thread is
+ * exiting (its thread-local storage already released), the message is the static
+ * description of the code (`capvault_result_str`).
+ *
+ * Runtimes whose calls move between OS threads (Go, C#, Swift async) should use
+ * `capvault_handle_last_error` instead (or keep the two calls on one thread).
  */
 const char *capvault_last_error(void);
+
+/**
+ * Copies this thread's last failure message (as `capvault_last_error()`) into `buf`
+ * (`len` bytes, truncated and NUL-terminated; nothing is written when `len` is 0) and
+ * returns the message's full length in bytes: it was truncated if that is `len` or
+ * more. Thread-safe; never touches the last error.
+ *
+ * # Safety
+ * `buf` is NULL (with `len` 0) or points to `len` writable bytes.
+ */
+size_t capvault_last_error_copy(char *buf, size_t len);
 
 /**
  * Frees a string returned by the library (`capvault_status_json`). NULL is fine.
@@ -196,7 +299,8 @@ const char *capvault_last_error(void);
  * # Safety
  * `s` is NULL or a string returned by the library that was not freed yet; do not use
  * it afterwards. Do not pass strings from anywhere else (not `capvault_version`,
- * `capvault_last_error` or `capvault_bundle_id`, which the library owns).
+ * `capvault_last_error`, `capvault_result_str` or `capvault_bundle_id`, which the
+ * library owns).
  */
 void capvault_string_free(char *s);
 
@@ -267,12 +371,33 @@ capvault_result capvault_open(const char *dir,
  * Flushes and closes the vault, and releases the handle. NULL is fine.
  *
  * Waits for calls in flight on other threads to finish. If the final flush fails the
- * data appended since the last successful `capvault_flush` may be lost, and
- * `capvault_last_error()` on this thread says why (it is "" after a clean close).
- * After this call every use of `v` returns `CAPVAULT_ERR_CLOSED`; closing it again is
- * harmless.
+ * data appended since the last successful `capvault_flush` may be lost, and the
+ * failure is recorded like any other: `capvault_last_error()` on this thread and
+ * `capvault_handle_last_error(v, ...)` (still callable on the closed handle) say why.
+ * To know whether everything reached the disk, call `capvault_flush` first and check
+ * its result. After this call every use of `v` returns `CAPVAULT_ERR_CLOSED`; closing
+ * it again is harmless. Safe from an `atexit` handler, a C++ static destructor or a
+ * thread that is exiting. In a child process after `fork()` it releases nothing and
+ * records `CAPVAULT_ERR_FORKED` (the parent still owns the vault).
  */
 void capvault_close(capvault *v);
+
+/**
+ * Copies the last failure message of a call on handle `v`, from any thread, into
+ * `buf` (`len` bytes, truncated and NUL-terminated; nothing is written when `len` is
+ * 0) and returns the message's full length in bytes (it was truncated if that is
+ * `len` or more). The message is "" while no call on `v` has failed.
+ *
+ * For runtimes whose calls move between threads (Go goroutines, C# and Swift async
+ * code), where the per-thread `capvault_last_error()` may belong to another call.
+ * Failures on a handle stay recorded on it after `capvault_close` (so a failed final
+ * flush can be read here). For a NULL `v`, a pointer that is not a handle, or a handle
+ * from before a `fork()`, the message says so. Never sets the last error. Thread-safe.
+ *
+ * # Safety
+ * `buf` is NULL (with `len` 0) or points to `len` writable bytes.
+ */
+size_t capvault_handle_last_error(const capvault *v, char *buf, size_t len);
 
 /**
  * Appends a mouse move to (`x`, `y`) at `ts_us` (microseconds since the Unix epoch).

@@ -125,9 +125,11 @@ check_header() {
     { printf 'include/capvault.h is stale: regenerate it with\n  cbindgen --config cbindgen.toml --crate capvault-ffi --output include/capvault.h ffi\n' >&2; return 1; }
 }
 step "C header is up to date (cbindgen)" check_header
-# The C example (also under valgrind), the bad-input C program, the pkg-config file
-# and the Python ctypes example are Rust integration tests (tests/ffi_c.rs,
-# tests/ffi_python.rs) that build the library with cargo themselves, so they ran in
-# the nextest step above (and with `bash scripts/test.sh nextest ffi_`).
+# The C example (also under valgrind, and from a prefix written by
+# scripts/install-c.sh through pkg-config), the bad-input C program, the exit and fork
+# C/C++ programs, the Python module's header check and the Python example are Rust
+# integration tests (tests/ffi_c.rs, tests/ffi_process.rs, tests/ffi_python.rs) that
+# build the library with cargo themselves, so they ran in the nextest step above (and
+# with `bash scripts/test.sh nextest ffi_`).
 
 say "all checks passed"

@@ -1,5 +1,5 @@
-//! The C API from C: examples/c/agent.c (also under valgrind, and linked through the
-//! pkg-config file against the static library) and tests/ffi/bad_input.c, compiled
+//! The C API from C: examples/c/agent.c (also under valgrind, and built with
+//! pkg-config against a prefix written by scripts/install-c.sh, shared and static) and tests/ffi/bad_input.c, compiled
 //! against include/capvault.h and a freshly built libcapvault. What agent.c seals is
 //! opened with the collector side and checked event by event.
 
@@ -85,39 +85,105 @@ fn ffi_c_agent_under_valgrind() {
     }
 }
 
-/// The pkg-config file, filled in for the built library, gives a working compile and
-/// link line, also for static linking (`--static`, against libcapvault.a).
+/// The dynamic section entries of type `kind` (NEEDED, SONAME) of an ELF file.
+fn elf_dynamic(file: &Path, kind: &str) -> Vec<String> {
+    let out = run_ok(Command::new("readelf").arg("-d").arg(file));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&format!("({kind})")))
+        .filter_map(|l| Some(l.split('[').nth(1)?.trim_end_matches(']').to_string()))
+        .collect()
+}
+
+/// scripts/install-c.sh writes the library (with its SONAME links), the header and a
+/// generated capvault.pc into a prefix; the example then builds with nothing but
+/// `pkg-config` against that prefix, shared and static, and runs.
 #[test]
-fn ffi_c_pkg_config_static() {
-    let lib = lib_dir();
+fn ffi_c_installed_prefix_with_pkg_config() {
     let tmp = tempfile::tempdir().unwrap();
-    let template = std::fs::read_to_string(repo().join("capvault.pc.in")).unwrap();
-    let pc = template
-        .replace("@LIBDIR@", &lib.display().to_string())
-        .replace(
-            "@INCLUDEDIR@",
-            &repo().join("include").display().to_string(),
-        )
-        .replace("@VERSION@", env!("CARGO_PKG_VERSION"));
-    std::fs::write(tmp.path().join("capvault.pc"), pc).unwrap();
-    let flags = run_ok(
-        Command::new("pkg-config")
-            .args(["--static", "--cflags", "--libs", "capvault"])
-            .env("PKG_CONFIG_PATH", tmp.path()),
+    let prefix = tmp.path().join("prefix");
+    run_ok(
+        Command::new("bash")
+            .arg(repo().join("scripts/install-c.sh"))
+            .arg(&prefix)
+            .arg("--from")
+            .arg(lib_dir()),
     );
-    let flags = String::from_utf8(flags.stdout).unwrap();
-    let agent = tmp.path().join("agent-static");
-    // Link libcapvault.a by path (a -L directory also holding libcapvault.so would pick
-    // the shared one), followed by the system libraries pkg-config lists for it.
-    let mut cmd = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
-    cmd.args(["-std=c11", "-Wall", "-Wextra", "-Werror"])
-        .arg(repo().join("examples/c/agent.c"))
-        .arg(lib.join("libcapvault.a"))
-        .arg("-o")
-        .arg(&agent)
-        .args(flags.split_whitespace().filter(|f| *f != "-lcapvault"));
-    run_ok(&mut cmd);
-    run_agent(&agent, &[], "keyutils");
+    let libdir = prefix.join("lib");
+    let version = format!(
+        "{}.{}.{}",
+        header_define("CAPVAULT_VERSION_MAJOR"),
+        header_define("CAPVAULT_VERSION_MINOR"),
+        header_define("CAPVAULT_VERSION_PATCH")
+    );
+    let real = format!("libcapvault.so.{version}");
+    assert_eq!(
+        std::fs::read_link(libdir.join(soname())).unwrap(),
+        Path::new(&real)
+    );
+    assert_eq!(
+        std::fs::read_link(libdir.join("libcapvault.so")).unwrap(),
+        Path::new(&soname())
+    );
+    assert_eq!(elf_dynamic(&libdir.join(&real), "SONAME"), [soname()]);
+    assert_eq!(
+        std::fs::read(prefix.join("include/capvault.h")).unwrap(),
+        std::fs::read(repo().join("include/capvault.h")).unwrap()
+    );
+    // Installed without debug information.
+    let sections = run_ok(Command::new("readelf").arg("-S").arg(libdir.join(&real)));
+    assert!(
+        !String::from_utf8_lossy(&sections.stdout).contains(".debug_info"),
+        "the installed library keeps its debug information"
+    );
+
+    let pkg_config = |args: &[&str]| {
+        let out = run_ok(
+            Command::new("pkg-config")
+                .args(args)
+                .arg("capvault")
+                .env("PKG_CONFIG_PATH", libdir.join("pkgconfig"))
+                .env_remove("PKG_CONFIG_LIBDIR"),
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    assert_eq!(pkg_config(&["--modversion"]), version);
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let strict = ["-std=c11", "-Wall", "-Wextra", "-Werror"];
+
+    // Shared: the program records the SONAME and runs against the installed copy.
+    let shared = tmp.path().join("agent-shared");
+    let flags = pkg_config(&["--cflags", "--libs"]);
+    run_ok(
+        Command::new(&cc)
+            .args(strict)
+            .arg(repo().join("examples/c/agent.c"))
+            .arg("-o")
+            .arg(&shared)
+            .args(flags.split_whitespace())
+            .arg(format!("-Wl,-rpath,{}", libdir.display())),
+    );
+    assert!(elf_dynamic(&shared, "NEEDED").contains(&soname()));
+    run_agent(&shared, &[], "keyutils");
+
+    // Static: libcapvault.a from the prefix, then the system libraries pkg-config lists
+    // for it (by path: a -L directory also holding libcapvault.so would pick that one).
+    let stat = tmp.path().join("agent-static");
+    let flags = pkg_config(&["--static", "--cflags", "--libs"]);
+    run_ok(
+        Command::new(&cc)
+            .args(strict)
+            .arg(repo().join("examples/c/agent.c"))
+            .arg(libdir.join("libcapvault.a"))
+            .arg("-o")
+            .arg(&stat)
+            .args(flags.split_whitespace().filter(|f| *f != "-lcapvault")),
+    );
+    assert!(!elf_dynamic(&stat, "NEEDED")
+        .iter()
+        .any(|n| n.starts_with("libcapvault")));
+    run_agent(&stat, &[], "keyutils");
 }
 
 #[test]

@@ -16,17 +16,22 @@
 
 #include "capvault.h"
 
+/* Reports a failed call. Call it right after the call: the message is this thread's
+ * last failure, and a later failing call (even capvault_close) would replace it. */
 static int fail(const char *what, capvault_result rc) {
-    fprintf(stderr, "agent: %s failed (%d): %s\n", what, (int)rc, capvault_last_error());
+    fprintf(stderr, "agent: %s failed (%d, %s): %s\n", what, (int)rc, capvault_result_str(rc),
+            capvault_last_error());
     return 1;
 }
 
+/* A call that must return `expected`: on anything else, report first, then close. */
 #define CHECK(call, expected)                                \
     do {                                                     \
         capvault_result rc_ = (call);                        \
         if (rc_ != (expected)) {                             \
+            int status_ = fail(#call, rc_);                  \
             capvault_close(v);                               \
-            return fail(#call, rc_);                         \
+            return status_;                                  \
         }                                                    \
     } while (0)
 
@@ -55,11 +60,18 @@ int main(int argc, char **argv) {
     snprintf(options, sizeof options,
              "{\"keystore\": \"%s\", \"policy\": {\"keystrokes\": \"text\"}}", keystore);
 
-    printf("capvault %s\n", capvault_version());
+    /* The library must speak the ABI this program was compiled for. */
+    if (capvault_abi_version() != CAPVAULT_ABI_VERSION) {
+        fprintf(stderr, "agent: libcapvault %s has ABI %u, this program needs %u\n",
+                capvault_version(), (unsigned)capvault_abi_version(), CAPVAULT_ABI_VERSION);
+        return 1;
+    }
+    printf("capvault %s (header %d.%d.%d)\n", capvault_version(), CAPVAULT_VERSION_MAJOR,
+           CAPVAULT_VERSION_MINOR, CAPVAULT_VERSION_PATCH);
 
     capvault *v = NULL;
     capvault_result rc = capvault_open(dir, user, options, &v);
-    if (rc != CAPVAULT_OK) return fail("capvault_open", rc);
+    if (CAPVAULT_IS_ERROR(rc)) return fail("capvault_open", rc);
 
     const int64_t t = 1764000000000000; /* microseconds since the Unix epoch */
     CHECK(capvault_append_mouse_move(v, t + 1, 640, 480), CAPVAULT_OK);
@@ -75,10 +87,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < shot_len; i++) shot[i] = (uint8_t)(i * 7 + 3);
     rc = capvault_append_screenshot(v, t + 7, 1920, 1080, "png", shot, shot_len);
     free(shot);
-    if (rc != CAPVAULT_OK) {
-        capvault_close(v);
-        return fail("capvault_append_screenshot", rc);
-    }
+    CHECK(rc, CAPVAULT_OK);
     static const uint8_t meta[] = {0xde, 0xad, 0xbe, 0xef};
     CHECK(capvault_append_custom(v, t + 8, "clipboard-meta", meta, sizeof meta), CAPVAULT_OK);
 
@@ -108,28 +117,30 @@ int main(int argc, char **argv) {
         const char *id = capvault_bundle_id(b);
         char path[4096];
         snprintf(path, sizeof path, "%s/bundle-%d.cvb", out_dir, ++bundles);
-        if (!data || !id || write_file(path, data, len) != 0) {
+        if (!data || !id) {
+            fprintf(stderr, "agent: bundle accessors: %s\n", capvault_last_error());
             capvault_bundle_free(b);
             capvault_close(v);
+            return 1;
+        }
+        if (write_file(path, data, len) != 0) {
             fprintf(stderr, "agent: cannot write %s\n", path);
+            capvault_bundle_free(b);
+            capvault_close(v);
             return 1;
         }
         printf("bundle %s: %zu bytes -> %s\n", id, len, path);
         /* Without a collector_receipt_key option, acknowledging by id is enough. */
         rc = capvault_ack(v, id, NULL, 0);
         capvault_bundle_free(b);
-        if (rc != CAPVAULT_OK) {
-            capvault_close(v);
-            return fail("capvault_ack", rc);
-        }
+        CHECK(rc, CAPVAULT_OK);
         if (bundles > 100) break;
     }
     printf("sealed %d bundle(s)\n", bundles);
 
-    capvault_close(v); /* flushes */
-    if (*capvault_last_error()) {
-        fprintf(stderr, "agent: close: %s\n", capvault_last_error());
-        return 1;
-    }
+    /* capvault_close flushes too, but returns nothing: flush first to know that
+     * everything reached the disk. */
+    CHECK(capvault_flush(v), CAPVAULT_OK);
+    capvault_close(v);
     return bundles > 0 ? 0 : 1;
 }

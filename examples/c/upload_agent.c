@@ -30,17 +30,19 @@
 #include "capvault.h"
 
 static int fail(const char *what, capvault_result rc) {
-    fprintf(stderr, "upload_agent: %s failed (%d): %s\n", what, (int)rc,
-            capvault_last_error());
+    fprintf(stderr, "upload_agent: %s failed (%d, %s): %s\n", what, (int)rc,
+            capvault_result_str(rc), capvault_last_error());
     return 1;
 }
 
+/* On failure, report first (a failing close would replace the message), then close. */
 #define CHECK(call)                                         \
     do {                                                    \
         capvault_result rc_ = (call);                       \
-        if (rc_ != CAPVAULT_OK) {                           \
+        if (CAPVAULT_IS_ERROR(rc_)) {                       \
+            int status_ = fail(#call, rc_);                 \
             capvault_close(v);                              \
-            return fail(#call, rc_);                        \
+            return status_;                                 \
         }                                                   \
     } while (0)
 
@@ -101,7 +103,7 @@ int main(int argc, char **argv) {
 
     capvault *v = NULL;
     capvault_result rc = capvault_open(dir, user, options, &v);
-    if (rc != CAPVAULT_OK) return fail("capvault_open", rc);
+    if (CAPVAULT_IS_ERROR(rc)) return fail("capvault_open", rc);
 
     const int64_t t = 1764000000000000; /* microseconds since the Unix epoch */
     for (int i = 0; i < 200; i++) CHECK(capvault_append_mouse_move(v, t + i, i, 2 * i));
@@ -117,10 +119,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < shot_len; i++) shot[i] = (uint8_t)(i * 7 + 3);
     rc = capvault_append_screenshot(v, t + 203, 1920, 1080, "png", shot, shot_len);
     free(shot);
-    if (rc != CAPVAULT_OK) {
-        capvault_close(v);
-        return fail("capvault_append_screenshot", rc);
-    }
+    CHECK(rc);
     static const uint8_t meta[] = {0xde, 0xad, 0xbe, 0xef};
     CHECK(capvault_append_custom(v, t + 204, "clipboard-meta", meta, sizeof meta));
     CHECK(capvault_flush(v));
@@ -152,10 +151,8 @@ int main(int argc, char **argv) {
                 wait_secs);
     capvault_string_free(status);
 
+    /* close flushes too but returns nothing: flush first to know the data is on disk. */
+    CHECK(capvault_flush(v));
     capvault_close(v);
-    if (*capvault_last_error()) {
-        fprintf(stderr, "upload_agent: close: %s\n", capvault_last_error());
-        return 1;
-    }
     return done ? 0 : 3;
 }

@@ -1,26 +1,33 @@
 //! The `capvault` handle: one open vault for one user.
 //!
 //! A handle is shared by reference between C threads. The pointer handed to C is the
-//! address of an `Arc<capvault>` held in a global registry of live handles; every call
-//! looks the address up there first (never dereferencing the raw pointer), so a call on
-//! a closed handle gets `CAPVAULT_ERR_CLOSED` instead of touching freed memory. The
-//! vault itself sits behind an `RwLock<Option<Vault>>`: every call holds the read lock
-//! for its duration, and `capvault_close` takes it out under the write lock, so closing
-//! on one thread while others are calling is safe (close waits for calls in flight).
+//! address of a `capvault` that is never freed (a closed handle keeps its small
+//! allocation, about 200 bytes, for the life of the process), so its address is never
+//! given to a later `capvault_open`: a stale pointer stays CLOSED instead of reaching
+//! another vault. A process-wide registry lists every address handed out; a call checks
+//! its pointer there before dereferencing it, and each thread remembers the last
+//! pointer it checked, so the common case (one handle, many calls) takes no shared
+//! lock. The vault itself sits behind an `RwLock<Option<Vault>>`: every call holds the
+//! read lock for its duration, and `capvault_close` takes it out under the write lock,
+//! so closing on one thread while others are calling is safe (close waits for calls in
+//! flight).
 //!
-//! A closed handle's (small) allocation is kept for the life of the process, so its
-//! address is never given to a later `capvault_open`: a stale pointer stays CLOSED
-//! instead of reaching another vault. That costs about 100 bytes per closed handle.
+//! Each handle also keeps its last failure (code and message), for runtimes whose
+//! calls hop between threads (Go, C#, Swift), and the fork generation it was opened in
+//! (see `fork`).
 
-use std::collections::HashMap;
-use std::ffi::c_char;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
+use std::cell::Cell;
+use std::collections::BTreeSet;
+use std::ffi::{c_char, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 use capvault_core::{Appended, Recipient, Vault, VaultOptions};
 
 use crate::bundle::capvault_bundle;
-use crate::error::{boundary, Fail};
+use crate::error::{boundary, copy_out, describe, Fail};
+use crate::fork;
 use crate::ptr::{opt_str, out_ptr, req_str, slice, write_out};
 use crate::*;
 
@@ -31,34 +38,77 @@ pub struct capvault {
     /// `max_payload_bytes` of the options the vault was opened with, checked before a
     /// payload buffer is read.
     max_payload: usize,
+    /// The fork generation of the process that opened it.
+    generation: u64,
+    /// The last failure of a call on this handle, from any thread.
+    last_error: parking_lot::Mutex<Option<CString>>,
 }
 
-/// Live handles by address.
-static HANDLES: LazyLock<Mutex<HashMap<usize, Arc<capvault>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-/// Closed handles, kept so their addresses are never reused.
-static RETIRED: Mutex<Vec<Arc<capvault>>> = Mutex::new(Vec::new());
-
-fn handles() -> std::sync::MutexGuard<'static, HashMap<usize, Arc<capvault>>> {
-    HANDLES.lock().unwrap_or_else(PoisonError::into_inner)
+impl capvault {
+    fn record(&self, fail: &Fail) {
+        let msg = fail.c_msg();
+        *self.last_error.lock() = Some(msg);
+    }
 }
 
-/// Runs `f` on the open vault behind `v`, holding the handle's read lock.
+/// The address of every handle this process handed out (none is ever freed).
+static HANDLES: parking_lot::RwLock<BTreeSet<usize>> = parking_lot::const_rwlock(BTreeSet::new());
+
+thread_local! {
+    /// The handle address this thread found in `HANDLES` last. No destructor, so it is
+    /// reachable while the thread exits.
+    static CHECKED: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Held by the fork handlers across `fork()` (see `fork`).
+pub(crate) fn lock_registry() {
+    std::mem::forget(HANDLES.write());
+}
+
+/// # Safety
+/// Only after `lock_registry` on this thread (or on the thread that forked, in the child).
+pub(crate) unsafe fn unlock_registry() {
+    // SAFETY: per the contract, the lock is held exclusively and its guard forgotten.
+    unsafe { HANDLES.force_unlock_write() };
+}
+
+/// The handle behind `v`, checked against the registry before it is dereferenced.
+fn lookup(v: *const capvault) -> Result<&'static capvault, Fail> {
+    if v.is_null() {
+        return Err(Fail::null("v"));
+    }
+    let addr = v as usize;
+    if CHECKED.get() != addr {
+        if !HANDLES.read().contains(&addr) {
+            return Err(Fail::closed());
+        }
+        CHECKED.set(addr);
+    }
+    // SAFETY: every address in `HANDLES` is a `capvault` leaked by `capvault_open`.
+    let handle = unsafe { &*v };
+    if handle.generation != fork::current() {
+        return Err(Fail::forked());
+    }
+    Ok(handle)
+}
+
+/// Runs `f` on the open vault behind `v`, holding the handle's read lock. A failure
+/// (or panic) is also recorded as the handle's last error.
 fn with_vault<R>(
     v: *const capvault,
     f: impl FnOnce(&Vault, &capvault) -> Result<R, Fail>,
 ) -> Result<R, Fail> {
-    if v.is_null() {
-        return Err(Fail::null("v"));
+    let handle = lookup(v)?;
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let guard = handle.vault.read().unwrap_or_else(PoisonError::into_inner);
+        let vault = guard.as_ref().ok_or_else(Fail::closed)?;
+        f(vault, handle)
+    }))
+    .unwrap_or_else(|payload| Err(Fail::panic(payload)));
+    if let Err(fail) = &result {
+        handle.record(fail);
     }
-    let handle = handles()
-        .get(&(v as usize))
-        .cloned()
-        .ok_or_else(Fail::closed)?;
-    let guard = handle.vault.read().unwrap_or_else(PoisonError::into_inner);
-    let vault = guard.as_ref().ok_or_else(Fail::closed)?;
-    f(vault, &handle)
+    result
 }
 
 /// The C code of an append outcome.
@@ -200,13 +250,25 @@ pub unsafe extern "C" fn capvault_open(
             Some(json) => parse_options(json)?,
         };
         let max_payload = options.max_payload_bytes;
+        if !fork::may_open() {
+            return Err(Fail::new(
+                CAPVAULT_ERR_FORKED,
+                "this process was forked from one that had opened a vault, and the storage \
+                 engine's background state does not survive fork(): open vaults only in a \
+                 process that has not forked since its first capvault_open (fork before \
+                 opening, or exec)",
+            ));
+        }
+        let generation = fork::generation();
         let vault = Vault::open(dir, user, options)?;
-        let handle = Arc::new(capvault {
+        let handle: &'static capvault = Box::leak(Box::new(capvault {
             vault: RwLock::new(Some(vault)),
             max_payload,
-        });
-        let ptr = Arc::as_ptr(&handle).cast_mut();
-        handles().insert(ptr as usize, handle);
+            generation,
+            last_error: parking_lot::Mutex::new(None),
+        }));
+        let ptr = std::ptr::from_ref(handle).cast_mut();
+        HANDLES.write().insert(ptr as usize);
         // SAFETY: checked by `out_ptr`; writable per the caller contract.
         unsafe { write_out(out, ptr) };
         Ok(CAPVAULT_OK)
@@ -216,45 +278,68 @@ pub unsafe extern "C" fn capvault_open(
 /// Flushes and closes the vault, and releases the handle. NULL is fine.
 ///
 /// Waits for calls in flight on other threads to finish. If the final flush fails the
-/// data appended since the last successful `capvault_flush` may be lost, and
-/// `capvault_last_error()` on this thread says why (it is "" after a clean close).
-/// After this call every use of `v` returns `CAPVAULT_ERR_CLOSED`; closing it again is
-/// harmless.
+/// data appended since the last successful `capvault_flush` may be lost, and the
+/// failure is recorded like any other: `capvault_last_error()` on this thread and
+/// `capvault_handle_last_error(v, ...)` (still callable on the closed handle) say why.
+/// To know whether everything reached the disk, call `capvault_flush` first and check
+/// its result. After this call every use of `v` returns `CAPVAULT_ERR_CLOSED`; closing
+/// it again is harmless. Safe from an `atexit` handler, a C++ static destructor or a
+/// thread that is exiting. In a child process after `fork()` it releases nothing and
+/// records `CAPVAULT_ERR_FORKED` (the parent still owns the vault).
 #[no_mangle]
 pub extern "C" fn capvault_close(v: *mut capvault) {
     boundary(|| {
         if v.is_null() {
             return Ok(());
         }
-        let handle = {
-            let mut handles = handles();
-            let handle = handles.remove(&(v as usize));
-            if handles.is_empty() {
-                // Give the table's memory back when the last vault is closed, so a
-                // program that closes everything ends with nothing allocated here.
-                handles.shrink_to_fit();
-            }
-            handle
-        };
-        let Some(handle) = handle else {
-            return Ok(());
-        };
+        let handle = lookup(v)?;
         let vault = handle
             .vault
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        RETIRED
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(handle);
         if let Some(vault) = vault {
             if let Err(e) = vault.close() {
-                return Err(Fail::from(e));
+                let fail = Fail::from(e);
+                handle.record(&fail);
+                return Err(fail);
             }
         }
         Ok(())
     })
+}
+
+/// Copies the last failure message of a call on handle `v`, from any thread, into
+/// `buf` (`len` bytes, truncated and NUL-terminated; nothing is written when `len` is
+/// 0) and returns the message's full length in bytes (it was truncated if that is
+/// `len` or more). The message is "" while no call on `v` has failed.
+///
+/// For runtimes whose calls move between threads (Go goroutines, C# and Swift async
+/// code), where the per-thread `capvault_last_error()` may belong to another call.
+/// Failures on a handle stay recorded on it after `capvault_close` (so a failed final
+/// flush can be read here). For a NULL `v`, a pointer that is not a handle, or a handle
+/// from before a `fork()`, the message says so. Never sets the last error. Thread-safe.
+///
+/// # Safety
+/// `buf` is NULL (with `len` 0) or points to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn capvault_handle_last_error(
+    v: *const capvault,
+    buf: *mut c_char,
+    len: usize,
+) -> usize {
+    let body = || {
+        let msg = match lookup(v) {
+            Ok(handle) => handle.last_error.lock().clone().unwrap_or_default(),
+            Err(fail) => fail.c_msg(),
+        };
+        // SAFETY: forwarded caller contract.
+        unsafe { copy_out(&msg, buf, len) }
+    };
+    // Not through `boundary`: reading a message must not set one.
+    // SAFETY: as above.
+    catch_unwind(AssertUnwindSafe(body))
+        .unwrap_or_else(|_| unsafe { copy_out(describe(CAPVAULT_ERR_PANIC), buf, len) })
 }
 
 /// Appends a mouse move to (`x`, `y`) at `ts_us` (microseconds since the Unix epoch).
@@ -482,18 +567,18 @@ pub unsafe extern "C" fn capvault_status_json(
     out_json: *mut *mut c_char,
 ) -> capvault_result {
     boundary(|| {
-        let out = out_ptr(out_json, "out_json")?;
-        let json = with_vault(v, |vault, _| {
+        with_vault(v, |vault, _| {
+            let out = out_ptr(out_json, "out_json")?;
             let status = vault.status()?;
-            serde_json::to_string(&status)
-                .map_err(|e| Fail::new(CAPVAULT_ERR_STORAGE, format!("status: {e}")))
-        })?;
-        // serde_json escapes control characters, so the text has no NUL byte.
-        let json = std::ffi::CString::new(json)
-            .map_err(|_| Fail::new(CAPVAULT_ERR_STORAGE, "status: unexpected NUL byte"))?;
-        // SAFETY: checked by `out_ptr`; writable per the caller contract.
-        unsafe { write_out(out, json.into_raw()) };
-        Ok(CAPVAULT_OK)
+            let json = serde_json::to_string(&status)
+                .map_err(|e| Fail::new(CAPVAULT_ERR_STORAGE, format!("status: {e}")))?;
+            // serde_json escapes control characters, so the text has no NUL byte.
+            let json = CString::new(json)
+                .map_err(|_| Fail::new(CAPVAULT_ERR_STORAGE, "status: unexpected NUL byte"))?;
+            // SAFETY: checked by `out_ptr`; writable per the caller contract.
+            unsafe { write_out(out, json.into_raw()) };
+            Ok(CAPVAULT_OK)
+        })
     })
 }
 
@@ -522,21 +607,20 @@ pub unsafe extern "C" fn capvault_seal_next(
     out: *mut *mut capvault_bundle,
 ) -> capvault_result {
     boundary(|| {
-        let out = out_ptr(out, "out")?;
-        let sealed = with_vault(v, |vault, _| {
+        with_vault(v, |vault, _| {
+            let out = out_ptr(out, "out")?;
             // SAFETY: NULL or NUL-terminated (caller contract).
             let recipient: Recipient = unsafe { req_str(recipient, "recipient") }?
                 .parse::<Recipient>()
                 .map_err(capvault_core::Error::from)?;
-            Ok(vault.seal_next(&recipient, max_bytes)?)
-        })?;
-        let ptr = match sealed {
-            Some(b) => capvault_bundle::new(b)?,
-            None => std::ptr::null_mut(),
-        };
-        // SAFETY: checked by `out_ptr`; writable per the caller contract.
-        unsafe { write_out(out, ptr) };
-        Ok(CAPVAULT_OK)
+            let ptr = match vault.seal_next(&recipient, max_bytes)? {
+                Some(b) => capvault_bundle::new(b)?,
+                None => std::ptr::null_mut(),
+            };
+            // SAFETY: checked by `out_ptr`; writable per the caller contract.
+            unsafe { write_out(out, ptr) };
+            Ok(CAPVAULT_OK)
+        })
     })
 }
 

@@ -259,6 +259,120 @@ int main(int argc, char **argv) {
         b = NULL;
     }
 
+    /* ---- errno-style messages: a success never clears the last failure ---- */
+    EXPECT(capvault_pause(v, 0), CAPVAULT_ERR_INVALID_ARGUMENT);
+    {
+        char saved[512];
+        size_t n = capvault_last_error_copy(saved, sizeof saved);
+        const char *before = capvault_last_error();
+        EXPECT(capvault_append_mouse_move(v, 3, 1, 1), CAPVAULT_OK);
+        EXPECT(capvault_flush(v), CAPVAULT_OK);
+        capvault_string_free(NULL);
+        capvault_bundle_free(NULL);
+        /* Both arguments evaluated in either order: the message is not freed by the
+         * version call, and still the pause failure. */
+        char line[1024];
+        snprintf(line, sizeof line, "%s %s", capvault_version(), capvault_last_error());
+        if (n == 0 || n != strlen(saved) || capvault_last_error() != before ||
+            strcmp(capvault_last_error(), saved) != 0 || !strstr(line, saved)) {
+            fprintf(stderr, "FAIL: a success changed the last error (\"%s\" -> \"%s\")\n",
+                    saved, capvault_last_error());
+            failures++;
+        }
+        /* The handle keeps its own copy, for callers that hop threads. */
+        char hmsg[512];
+        size_t hn = capvault_handle_last_error(v, hmsg, sizeof hmsg);
+        if (hn != n || strcmp(hmsg, saved) != 0) {
+            fprintf(stderr, "FAIL: handle last error \"%s\", want \"%s\"\n", hmsg, saved);
+            failures++;
+        }
+        /* Truncation: NUL-terminated, full length returned; len 0 writes nothing. */
+        char small[8];
+        memset(small, 'x', sizeof small);
+        size_t sn = capvault_last_error_copy(small, sizeof small);
+        char none = 'z';
+        if (sn != n || small[7] != '\0' || strncmp(small, saved, 7) != 0 ||
+            capvault_last_error_copy(&none, 0) != n || none != 'z' ||
+            capvault_last_error_copy(NULL, 0) != n ||
+            capvault_handle_last_error(v, small, sizeof small) != n || small[7] != '\0') {
+            fprintf(stderr, "FAIL: truncated copies of the last error\n");
+            failures++;
+        }
+        printf("ok errno-style last error kept across successes: %s\n", line);
+    }
+    {
+        /* A pointer that is no handle is never dereferenced: CLOSED, on the thread and
+         * in the handle query. */
+        int not_a_handle = 0;
+        char hmsg[256];
+        EXPECT(capvault_flush((capvault *)&not_a_handle), CAPVAULT_ERR_CLOSED);
+        if (capvault_handle_last_error((capvault *)&not_a_handle, hmsg, sizeof hmsg) == 0 ||
+            !strstr(hmsg, "closed") || capvault_handle_last_error(NULL, hmsg, sizeof hmsg) == 0) {
+            fprintf(stderr, "FAIL: handle last error of a non-handle: \"%s\"\n", hmsg);
+            failures++;
+        }
+        capvault_close((capvault *)&not_a_handle);
+        expect_msg_contains("closed", __LINE__);
+    }
+
+    /* ---- result codes: ranges, descriptions ---- */
+    {
+        const capvault_result errors[] = {
+            CAPVAULT_ERR_NULL_ARGUMENT, CAPVAULT_ERR_INVALID_ARGUMENT, CAPVAULT_ERR_KEYCHAIN,
+            CAPVAULT_ERR_STORAGE, CAPVAULT_ERR_STORAGE_FULL, CAPVAULT_ERR_TAMPERED,
+            CAPVAULT_ERR_IN_USE, CAPVAULT_ERR_ERASED, CAPVAULT_ERR_NOT_FOUND,
+            CAPVAULT_ERR_CLOSED, CAPVAULT_ERR_PANIC, CAPVAULT_ERR_FORKED,
+            CAPVAULT_ERR_BAD_BUNDLE, 42, 99, -1, 200, 100000};
+        for (size_t i = 0; i < sizeof errors / sizeof errors[0]; i++) {
+            const char *d = capvault_result_str(errors[i]);
+            if (!CAPVAULT_IS_ERROR(errors[i]) || !d || !*d) {
+                fprintf(stderr, "FAIL: code %d is an error, described \"%s\"\n",
+                        (int)errors[i], d ? d : "(NULL)");
+                failures++;
+            }
+        }
+        const capvault_result fine[] = {CAPVAULT_OK, CAPVAULT_PAUSED, CAPVAULT_FILTERED, 150, 199};
+        for (size_t i = 0; i < sizeof fine / sizeof fine[0]; i++) {
+            const char *d = capvault_result_str(fine[i]);
+            if (CAPVAULT_IS_ERROR(fine[i]) || !d || !*d) {
+                fprintf(stderr, "FAIL: code %d is not an error\n", (int)fine[i]);
+                failures++;
+            }
+        }
+        if (!strstr(capvault_result_str(CAPVAULT_ERR_IN_USE), "another process") ||
+            !strstr(capvault_result_str(150), "not an error") ||
+            !strstr(capvault_result_str(42), "unknown error") ||
+            capvault_abi_version() != CAPVAULT_ABI_VERSION) {
+            fprintf(stderr, "FAIL: descriptions or ABI version\n");
+            failures++;
+        }
+        printf("ok result ranges and descriptions: %d -> %s\n", CAPVAULT_ERR_FORKED,
+               capvault_result_str(CAPVAULT_ERR_FORKED));
+    }
+
+    /* ---- bundles: double free and use after free are detected ---- */
+    EXPECT(capvault_append_mouse_move(v, 4, 5, 6), CAPVAULT_OK);
+    EXPECT(capvault_seal_next(v, recipient, 1 << 20, &b), CAPVAULT_OK);
+    if (!b) {
+        fprintf(stderr, "FAIL: nothing sealed\n");
+        failures++;
+    } else {
+        char id[256];
+        snprintf(id, sizeof id, "%s", capvault_bundle_id(b));
+        capvault_bundle_free(b);
+        capvault_bundle_free(b);
+        expect_msg_contains("already freed", __LINE__);
+        EXPECT_NULL(capvault_bundle_data(b, &len));
+        expect_msg_contains("already freed", __LINE__);
+        EXPECT_NULL(capvault_bundle_id(b));
+        int not_a_bundle = 0;
+        EXPECT_NULL(capvault_bundle_id((capvault_bundle *)&not_a_bundle));
+        capvault_bundle_free((capvault_bundle *)&not_a_bundle);
+        expect_msg_contains("never returned by capvault_seal_next", __LINE__);
+        EXPECT(capvault_ack(v, id, NULL, 0), CAPVAULT_OK);
+        b = NULL;
+    }
+
     /* ---- 16 appending threads while another seals and acknowledges ---- */
     {
         struct shared s = {v, recipient, 0};
@@ -306,6 +420,14 @@ int main(int argc, char **argv) {
         failures++;
     }
     EXPECT(capvault_flush(stale), CAPVAULT_ERR_CLOSED);
+    {
+        /* The closed handle still answers what its last failure was. */
+        char hmsg[256];
+        if (capvault_handle_last_error(stale, hmsg, sizeof hmsg) == 0 || !strstr(hmsg, "closed")) {
+            fprintf(stderr, "FAIL: closed handle's last error \"%s\"\n", hmsg);
+            failures++;
+        }
+    }
     EXPECT(capvault_status_json(v, &json), CAPVAULT_OK);
     capvault_string_free(json);
     capvault_close(v);

@@ -52,8 +52,51 @@ pub fn lib_dir() -> &'static Path {
         let status = cmd.status().expect("run cargo build -p capvault-ffi");
         assert!(status.success(), "cargo build -p capvault-ffi failed");
         assert!(dir.join("libcapvault.so").exists() || cfg!(not(target_os = "linux")));
+        // Programs linked against the library ask for its SONAME at run time; in the
+        // build directory that is a link to the file cargo wrote (as an install has).
+        let soname = dir.join(soname());
+        if std::fs::read_link(&soname).is_err() {
+            let _ = std::fs::remove_file(&soname);
+            // Another test process may have made it meanwhile.
+            if let Err(e) = std::os::unix::fs::symlink("libcapvault.so", &soname) {
+                assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
+            }
+        }
         dir
     })
+}
+
+/// The shared library's SONAME, read from the header's `CAPVAULT_ABI_VERSION`.
+pub fn soname() -> String {
+    format!("libcapvault.so.{}", header_define("CAPVAULT_ABI_VERSION"))
+}
+
+/// The value of `#define NAME value` in include/capvault.h.
+pub fn header_define(name: &str) -> String {
+    let header = std::fs::read_to_string(repo().join("include/capvault.h")).unwrap();
+    header
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("#define {name} ")))
+        .unwrap_or_else(|| panic!("no {name} in include/capvault.h"))
+        .trim()
+        .to_string()
+}
+
+/// Compiles C++ `sources` like [`compile_c`] does C.
+pub fn compile_cxx(sources: &[&Path], out: &Path, extra: &[&str]) {
+    let lib = lib_dir();
+    let mut cmd = Command::new(std::env::var("CXX").unwrap_or_else(|_| "c++".into()));
+    cmd.args(["-std=c++17", "-Wall", "-Wextra", "-Werror", "-g"])
+        .arg("-I")
+        .arg(repo().join("include"))
+        .args(sources)
+        .arg("-o")
+        .arg(out)
+        .arg(format!("-L{}", lib.display()))
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-lcapvault")
+        .args(extra);
+    run_ok(&mut cmd);
 }
 
 /// Compiles C `sources` into the executable `out`, against the header in `include/`

@@ -179,9 +179,11 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     fs::rename(&tmp, &dest).map_err(|e| io_err("cannot rename", &dest, e))
 }
 
-/// Reads a small regular file owned by the same user as `dir`; refuses symbolic links,
-/// other owners and oversized files (the client's check of a response).
-fn read_checked(dir: &Path, path: &Path) -> Option<Vec<u8>> {
+/// Reads a response: a small regular file (not a link) owned by this process's uid or
+/// root, the only ones whose holders it trusts to have run the request. A response
+/// written by anyone else (say, a user who owns a directory above the vault and put a
+/// `requests/` of their own in its place) is never taken for an answer.
+fn read_checked(path: &Path) -> Option<Vec<u8>> {
     let meta = fs::symlink_metadata(path).ok()?;
     if !meta.file_type().is_file() || meta.len() > MAX_FILE {
         return None;
@@ -189,8 +191,8 @@ fn read_checked(dir: &Path, path: &Path) -> Option<Vec<u8>> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        let dir_meta = fs::metadata(dir).ok()?;
-        if meta.uid() != dir_meta.uid() {
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me && meta.uid() != 0 {
             return None;
         }
     }
@@ -535,7 +537,7 @@ pub fn request(
     let resp_path = dir.join(format!("{id}.resp"));
     let poll = |deadline: Instant| -> Option<Response> {
         loop {
-            if let Some(b) = read_checked(&dir, &resp_path) {
+            if let Some(b) = read_checked(&resp_path) {
                 let _ = fs::remove_file(&resp_path);
                 return serde_json::from_slice::<Response>(&b)
                     .ok()

@@ -404,3 +404,37 @@ fn a_holder_that_does_not_answer_does_not_keep_the_keys() {
     assert!(sled_files(&dir).is_empty());
     assert_tombstone_shown(&dir, "alice", kind, true);
 }
+
+/// A keychain file copied from another vault (a restored backup, a careless `cp`) never
+/// points erase or open at that vault's keys: erasing a directory holding only the copy
+/// is refused, and a healthy vault next to a foreign copy opens and keeps its own.
+#[test]
+fn a_keychain_file_copied_from_another_vault_names_no_keys_here() {
+    let kind = KeyStoreKind::Keyutils;
+    let (_b_guard, b_dir, b_id) = alice(kind);
+    let (_a_guard, a_dir, a_id) = alice(kind);
+    let keychain_file = |d: &Path| d.join("keychain.json");
+
+    // Only the copy, in a new directory: nothing of B is deleted.
+    let x = tempfile::tempdir().unwrap();
+    std::fs::copy(keychain_file(&b_dir), keychain_file(x.path())).unwrap();
+    let out = cli(x.path(), "alice", kind, &["erase", "--yes"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("copied here"),
+        "{}",
+        text(&out.stderr)
+    );
+    ok(&cli(&b_dir, "alice", kind, &["verify"]));
+
+    // The copy over a healthy vault A: A opens, verifies and erases only its own keys.
+    std::fs::copy(keychain_file(&b_dir), keychain_file(&a_dir)).unwrap();
+    ok(&cli(&a_dir, "alice", kind, &["verify"]));
+    ok(&cli(&a_dir, "alice", kind, &["erase", "--yes"]));
+    assert_keys_gone(kind, &a_id, "alice");
+    ok(&cli(&b_dir, "alice", kind, &["verify"]));
+    assert!(
+        common::keychain_secret(kind, &common::kek_name(&b_id, "alice", 2)).is_some(),
+        "B's current KEK survived"
+    );
+}

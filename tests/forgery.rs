@@ -375,9 +375,29 @@ fn the_collector_refuses_forged_bundles_over_http() {
         );
         assert_eq!(status, 200, "{}: {resp}", b.display());
     }
-    // Nothing of the forgeries was stored: only the two genuine blobs exist.
-    let blobs = common::files_under(c.dir.path().join("bundles"));
-    assert_eq!(blobs.len(), 2, "{blobs:?}");
+    // Nothing of the forgeries was stored: only the two genuine bundles are, and no
+    // store file holds a forgery's bytes.
+    let stored = c.stored_bundles();
+    assert_eq!(stored.len(), 2);
+    for b in &g.bundles {
+        assert!(
+            stored.contains(&std::fs::read(b).unwrap()),
+            "{}",
+            b.display()
+        );
+    }
+    for file in common::files_under(c.dir.path().join("bundles")) {
+        let bytes = std::fs::read(&file).unwrap();
+        for f in &forged {
+            let forged_bytes = std::fs::read(f).unwrap();
+            assert!(
+                !common::contains(&bytes, &forged_bytes[forged_bytes.len() - 64..]),
+                "{} holds forgery {}",
+                file.display(),
+                f.display()
+            );
+        }
+    }
     let events = c.export(&g.identity);
     assert_only_genuine(&g, &events);
 }

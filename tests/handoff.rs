@@ -181,3 +181,46 @@ fn a_failing_maintenance_duty_does_not_stop_the_hand_off() {
     assert!(st.pause.paused_until_us.is_some());
     agent.close().unwrap();
 }
+
+/// The client side: an answer written by another uid (who owns the directory the
+/// request went to) is never taken for the holder's, so a faked "erased" cannot
+/// reassure an admin whose keys were never touched.
+#[test]
+fn an_answer_from_another_uid_is_not_believed() {
+    if !is_root() {
+        eprintln!("skipped: creating a second uid needs root (scripts/test.sh runs as root in CI)");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let vault = d.path().join("v");
+    let requests = vault.join("requests");
+    std::fs::create_dir_all(&requests).unwrap();
+    for p in [&vault, &requests] {
+        std::os::unix::fs::chown(p, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    // The "responder": answers every request at once, as the other uid would.
+    let responder = {
+        let requests = requests.clone();
+        std::thread::spawn(move || {
+            for _ in 0..200 {
+                for e in std::fs::read_dir(&requests).unwrap().flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if let Some(id) = name.strip_suffix(".req") {
+                        let resp = requests.join(format!("{id}.resp"));
+                        let body =
+                            format!(r#"{{"v":{VERSION},"id":"{id}","ok":true,"result":{{}}}}"#);
+                        std::fs::write(&resp, body).unwrap();
+                        std::os::unix::fs::chown(&resp, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+                        return true;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            false
+        })
+    };
+    let got = request(&vault, "alice", Op::Erase, Duration::from_secs(2));
+    assert!(responder.join().unwrap(), "the responder saw the request");
+    assert!(got.is_err(), "a forged answer was believed: {got:?}");
+}

@@ -67,8 +67,21 @@ struct KeychainFile {
     vault_id: String,
     keystore: KeyStoreKind,
     users: BTreeMap<String, UserEntry>,
+    /// The vault directory the file was written in (canonical path), under the MAC: a
+    /// copy of the file elsewhere (a backup restored into another directory) never
+    /// names keys for that directory.
+    #[serde(default)]
+    dir: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mac: Option<String>,
+}
+
+/// The canonical form of `dir` as the keychain file records it.
+fn canonical(dir: &Path) -> String {
+    std::fs::canonicalize(dir)
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn file_key(device_seed: &Key32) -> hmac::Key {
@@ -131,7 +144,13 @@ impl KeychainFile {
         (seed, ok)
     }
 
+    /// Whether the file was written in `dir` (not copied there from another vault).
+    fn written_in(&self, dir: &Path) -> bool {
+        !self.dir.is_empty() && self.dir == canonical(dir)
+    }
+
     fn write(&mut self, dir: &Path, device_seed: Option<&Key32>) -> Result<()> {
+        self.dir = canonical(dir);
         match device_seed {
             Some(s) => self.sign(s),
             None => self.mac = None,
@@ -186,6 +205,7 @@ pub(crate) fn note_kek(
             vault_id: vault_hex,
             keystore,
             users: BTreeMap::new(),
+            dir: String::new(),
             mac: None,
         },
     };
@@ -207,13 +227,16 @@ pub(crate) fn check_identity(dir: &Path, in_db: Option<[u8; 16]>) -> Result<()> 
     let Some(file) = KeychainFile::read(dir) else {
         return Ok(());
     };
-    let Some(named) = file.vault_id() else {
-        return Ok(());
-    };
-    if in_db == Some(named) || file.users.values().all(|u| u.erased_us.is_some()) {
+    if file.vault_id().is_none() {
         return Ok(());
     }
-    if !file.check().1 {
+    // A database that names a vault wins: a file naming another one was copied here,
+    // and is replaced by this vault's own on open. Only a database that lost its vault,
+    // next to a file written in this very directory, is refused.
+    if in_db.is_some() || file.users.values().all(|u| u.erased_us.is_some()) {
+        return Ok(());
+    }
+    if !file.written_in(dir) || !file.check().1 {
         return Ok(());
     }
     Err(Error::tampered(format!(
@@ -349,7 +372,7 @@ fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
                 // Held by another process, which erases through the hand-off. The keys
                 // go now already if the keychain file names them, so the crypto-shred
                 // does not depend on the holder answering.
-                if let Some(f) = file.as_ref().filter(|f| f.check().1) {
+                if let Some(f) = file.as_ref().filter(|f| f.written_in(dir) && f.check().1) {
                     if let (Some(id), Some(u)) = (f.vault_id(), f.users.get(user)) {
                         let ks = open_keystore(f.keystore)?;
                         let hex = data_encoding::HEXLOWER.encode(&id);
@@ -384,7 +407,16 @@ fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
         // Without the database, the file is trusted only as far as it verifies, or when
         // nothing else is left (an unverified file names a vault id that is then
         // checked against the device key it claims: see the module comment).
-        (None, Some((f, true))) => (f.vault_id().expect("verified"), f.keystore),
+        (None, Some((f, true))) if f.written_in(dir) => {
+            (f.vault_id().expect("verified"), f.keystore)
+        }
+        (None, Some((f, true))) => {
+            return Err(Error::invalid(format!(
+                "the database in {} does not open, and its keychain file was written in {}: it was copied here, or the vault was moved; refusing to delete the keys it names (erase the vault where it was created, or with its database)",
+                dir.display(),
+                if f.dir.is_empty() { "an unknown directory" } else { &f.dir }
+            )))
+        }
         (None, Some((_, false))) => {
             return Err(Error::tampered(format!(
                 "the database in {} does not open and its keychain file does not verify under the device key it names: refusing to delete keys on its word",
@@ -526,6 +558,7 @@ fn record_tombstone(
             vault_id: vault_hex,
             keystore: loc.keystore,
             users: BTreeMap::new(),
+            dir: String::new(),
             mac: None,
         },
     };
@@ -606,6 +639,7 @@ mod tests {
             vault_id: "00".repeat(16),
             keystore: KeyStoreKind::Keyutils,
             users: BTreeMap::new(),
+            dir: String::new(),
             mac: None,
         };
         f.users.insert(

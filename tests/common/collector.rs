@@ -109,6 +109,27 @@ impl Collector {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// `copy-bundles`: every stored bundle, still sealed (the store keeps them in
+    /// segment files).
+    #[allow(dead_code)] // not every test binary that shares this module uses it
+    pub fn stored_bundles(&self) -> Vec<Vec<u8>> {
+        let out_dir = tempfile::tempdir().unwrap();
+        let out = Command::new(collector_bin())
+            .args(["copy-bundles", "--dir", self.dir.path().to_str().unwrap()])
+            .args(["--out", out_dir.path().to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "copy-bundles: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        super::files_under(out_dir.path())
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect()
+    }
+
     /// `export` with the identity: every stored event as JSON.
     pub fn export(&self, identity: &Path) -> Vec<serde_json::Value> {
         let out = Command::new(collector_bin())

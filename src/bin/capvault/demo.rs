@@ -283,6 +283,37 @@ impl Collector {
         )))
     }
 
+    /// `copy-bundles`: the stored bundles, still sealed, one file each (the store
+    /// itself keeps them in segment files). Returns their bytes.
+    fn copy_bundles(&self, out: &Path) -> CliResult<Vec<Vec<u8>>> {
+        let run = Command::new(&self.bin)
+            .arg("copy-bundles")
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--out")
+            .arg(out)
+            .env("CAPVAULT_LOG", "error")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| CliError::failure(format!("cannot run {}: {e}", self.bin.display())))?;
+        if !run.status.success() {
+            return Err(CliError::failure(format!(
+                "`capvault-collector copy-bundles --dir {} --out {}` failed ({}): {}",
+                self.dir.display(),
+                out.display(),
+                run.status,
+                stderr_text(&run.stderr)
+            )));
+        }
+        files_under(out)
+            .iter()
+            .map(|p| {
+                std::fs::read(p)
+                    .map_err(|e| CliError::failure(format!("cannot read {}: {e}", p.display())))
+            })
+            .collect()
+    }
+
     /// `export --identity`: reads its JSON Lines and its chain report.
     fn export(&self, identity: &Path) -> CliResult<Exported> {
         let t = Instant::now();
@@ -635,8 +666,13 @@ pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
     let x = x?;
 
     // What an insider with the collector's blob store sees: ciphertext. Search every
-    // stored bundle for the window titles, the typed text and the user name.
-    let blobs: Vec<Vec<u8>> = files_under(&blobs_dir)
+    // stored bundle, and the store's own files, for the window titles, the typed text
+    // and the user name.
+    let copies = work.path.join("stored-bundles");
+    let blobs = collector.copy_bundles(&copies);
+    let _ = std::fs::remove_dir_all(&copies); // only read here, never kept
+    let blobs = blobs?;
+    let store_files: Vec<Vec<u8>> = files_under(&blobs_dir)
         .iter()
         .filter_map(|p| std::fs::read(p).ok())
         .collect();
@@ -648,7 +684,12 @@ pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
     let leaked: Vec<&str> = secrets
         .iter()
         .copied()
-        .filter(|s| blobs.iter().any(|b| contains(b, s.as_bytes())))
+        .filter(|s| {
+            blobs
+                .iter()
+                .chain(&store_files)
+                .any(|b| contains(b, s.as_bytes()))
+        })
         .collect();
     let bundle_bytes: u64 = blobs.iter().map(|b| b.len() as u64).sum();
 

@@ -26,6 +26,8 @@ mod options;
 mod policy;
 mod upload;
 mod vault;
+#[cfg(test)]
+mod vectors;
 
 pub use capvault_format::{
     bundle_id, inspect_bundle, open_bundle, verify_receipt, write_bundle_json_lines,

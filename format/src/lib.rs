@@ -36,3 +36,5 @@ pub use recipient::{Identity, ReceiptKey, Recipient, Suite};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vectors;

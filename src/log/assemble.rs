@@ -31,11 +31,15 @@ impl Assembler {
                     return Err(Error::tampered("a frame interrupts a chunked payload"));
                 }
                 let (seq, mut rest) = split_seq(&plaintext)?;
-                let mut seq = seq;
+                let mut seq = Some(seq);
                 while !rest.is_empty() {
                     let (event, r) = Event::decode_from(rest)?;
-                    push_zeroizing(out, SeqEvent { seq, event });
-                    seq += 1;
+                    // A frame cannot run past the last sequence number.
+                    let s = seq.ok_or_else(|| {
+                        Error::tampered("a frame's events run past the last sequence number")
+                    })?;
+                    push_zeroizing(out, SeqEvent { seq: s, event });
+                    seq = s.checked_add(1);
                     rest = r;
                 }
             }
@@ -78,6 +82,44 @@ fn split_seq(p: &[u8]) -> Result<(u64, &[u8])> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Found by fuzzing the event decoder: a frame starting at the last sequence number
+    /// with two events overflowed the sequence counter (a panic with overflow checks, a
+    /// wrap to 0 without).
+    #[test]
+    fn a_frame_past_the_last_sequence_number_is_refused() {
+        let header = RecordHeader {
+            kind: RecordKind::Frame,
+            flags: 0,
+            epoch: 1,
+            policy_version: 1,
+            created_us: 0,
+        };
+        let ev = Event::Scroll {
+            ts_us: 1,
+            dx: 0,
+            dy: 1,
+        };
+        let frame = |first: u64, n: usize| {
+            let mut p = first.to_be_bytes().to_vec();
+            for _ in 0..n {
+                ev.encode_into(&mut p);
+            }
+            PlainBuf::new(p)
+        };
+        let mut out = Vec::new();
+        let e = Assembler::default()
+            .feed(&header, frame(u64::MAX, 2), &mut out)
+            .unwrap_err();
+        assert!(matches!(e, Error::Tampered(_)), "{e}");
+        // One event at the last number is fine.
+        let mut out = Vec::new();
+        Assembler::default()
+            .feed(&header, frame(u64::MAX, 1), &mut out)
+            .unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].seq, u64::MAX);
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]

@@ -54,13 +54,19 @@ impl From<sled::Error> for Error {
     fn from(e: sled::Error) -> Self {
         match e {
             sled::Error::Io(io) => io.into(),
-            sled::Error::Corruption { .. } => {
-                Error::Tampered(format!("the database is corrupt ({e})"))
-            }
+            sled::Error::Corruption { .. } => Error::Tampered(format!(
+                "the database is corrupt ({e}); {}",
+                crate::log::store::DAMAGED_ADVICE
+            )),
             // sled re-reports an I/O failure of its background writer as text.
             other if mentions_disk_full(&other.to_string()) => {
                 Error::StorageFull(other.to_string())
             }
+            // What sled finds unsupported or impossible in its own files is damage.
+            sled::Error::Unsupported(_) | sled::Error::ReportableBug(_) => Error::Storage(format!(
+                "the vault's database cannot be used ({e}); {}",
+                crate::log::store::DAMAGED_ADVICE
+            )),
             other => Error::Storage(other.to_string()),
         }
     }

@@ -29,6 +29,7 @@ const DEFAULT_SEED: u64 = 0xf11b_5eed_0013_0003;
 const DEFAULT_FLIPS: u64 = 200;
 const DEFAULT_JOBS: usize = 2;
 const DEFAULT_TIMEOUT_S: u64 = 60;
+const DEFAULT_SCALE: u64 = 3;
 
 /// SplitMix64: small and deterministic.
 struct Rng(u64);
@@ -57,8 +58,9 @@ fn env_u64(name: &str) -> Option<u64> {
 
 fn vault_options() -> capvault::VaultOptions {
     let mut o = options(KeyStoreKind::Keyutils);
-    // Small frames: many records, so the log tree has many nodes.
-    o.frame_max_bytes = 1024;
+    // The smallest frames: many records, so the log tree has many leaves, and verify
+    // reads some that open did not.
+    o.frame_max_bytes = 256;
     o
 }
 
@@ -164,7 +166,9 @@ fn corruption_child() {
 /// Returns the identity the bundles are sealed to and every event written.
 fn build_vault(dir: &Path) -> (Identity, Vec<Event>) {
     // A larger vault (several sled segments) with CAPVAULT_FLIP_SCALE=<factor>.
-    let k = env_u64("CAPVAULT_FLIP_SCALE").unwrap_or(1).max(1) as i64;
+    let k = env_u64("CAPVAULT_FLIP_SCALE")
+        .unwrap_or(DEFAULT_SCALE)
+        .max(1) as i64;
     let identity = Identity::generate(Suite::X25519);
     let recipient = identity.recipient();
     let mut written = Vec::new();
@@ -479,11 +483,25 @@ fn single_bit_flips_are_detected_or_harmless() {
         "{files:?}"
     );
 
-    // Files in turn (every file is hit), a uniform bit within the file.
+    // Every other flip takes the files in turn (every file is hit); the rest pick a file
+    // by size (mostly sled's log, where the data is). A uniform bit within the file.
     let mut rng = Rng(seed);
+    let total: u64 = files.iter().map(|(_, len)| len).sum();
     let mut plan: Vec<Flip> = (0..flips)
         .map(|index| {
-            let (file, len) = &files[(index % files.len() as u64) as usize];
+            let (file, len) = if index % 2 == 0 {
+                &files[(index / 2 % files.len() as u64) as usize]
+            } else {
+                let mut at = rng.below(total);
+                files
+                    .iter()
+                    .find(|(_, len)| {
+                        let here = at < *len;
+                        at = at.saturating_sub(*len);
+                        here
+                    })
+                    .expect("a file holds every position")
+            };
             Flip {
                 index,
                 file: file.clone(),

@@ -55,14 +55,20 @@ impl From<sled::Error> for Error {
         match e {
             sled::Error::Io(io) => io.into(),
             // sled's own text for this is Debug output ("... at file offset None
-            // backtrace ()"); say what it means instead.
-            sled::Error::Corruption { .. } => Error::Tampered(
-                "the vault's database is corrupt: data it wrote does not read back intact".into(),
-            ),
+            // backtrace ()"); say what it means and what to do instead.
+            sled::Error::Corruption { .. } => Error::Tampered(format!(
+                "the vault's database is corrupt: data it wrote does not read back intact; {}",
+                crate::log::store::DAMAGED_ADVICE
+            )),
             // sled re-reports an I/O failure of its background writer as text.
             other if mentions_disk_full(&other.to_string()) => {
                 Error::StorageFull(other.to_string())
             }
+            // What sled finds unsupported or impossible in its own files is damage.
+            sled::Error::Unsupported(_) | sled::Error::ReportableBug(_) => Error::Storage(format!(
+                "the vault's database cannot be used ({e}); {}",
+                crate::log::store::DAMAGED_ADVICE
+            )),
             other => Error::Storage(other.to_string()),
         }
     }

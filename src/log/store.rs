@@ -1,5 +1,6 @@
-//! sled as the store of record: opening (one owning process), per-user trees, and a
-//! flush that really reaches the disk.
+//! sled as the store of record: opening (one owning process), per-user trees, a flush
+//! that really reaches the disk, and the durability mark that tells a damaged log from a
+//! torn one.
 //!
 //! Key layout of a user's log tree (u64 keys are big-endian, so order is numeric):
 //! `0x00 || seq` records, `0x01 'h'` head anchor, `0x01 't'` tail anchor,
@@ -20,6 +21,13 @@ pub(crate) const COUNTS_KEY: &[u8] = &[0x01, b'c'];
 const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 /// sled segment size (fixed when the vault is created).
 const SEGMENT_SIZE: usize = 4 << 20;
+/// Default-tree key of the durable generation (u64), bumped by every durable flush.
+const DURABLE_GEN_KEY: &[u8] = b"durable_gen";
+/// The file holding the last durable generation sled confirmed (docs/FORMAT.md).
+pub(crate) const MARK_FILE: &str = "durable";
+const MARK_LABEL: &[u8] = b"capvault-durable-v1";
+/// What to do about a damaged vault, for error messages.
+pub(crate) const DAMAGED_ADVICE: &str = "restore the vault directory from a backup, or erase this user's data (capvault erase) to start again";
 
 /// Key of record `seq` in a log tree.
 pub(crate) fn record_key(seq: u64) -> [u8; 9] {
@@ -83,6 +91,9 @@ pub(crate) struct Store {
     pub db: sled::Db,
     dir: PathBuf,
     fsync: bool,
+    /// The last durable generation handed out, and the last one written to the mark.
+    gen: std::sync::atomic::AtomicU64,
+    marked: std::sync::Mutex<u64>,
 }
 
 impl Store {
@@ -92,10 +103,13 @@ impl Store {
         create_private_dir(dir)?;
         let db = Self::raw(dir, cache_bytes, true)?;
         crate::failpoint::hit("store:after-sled-open")?;
+        let gen = check_durable_mark(dir, &db)?;
         let store = Store {
             db,
             dir: dir.to_path_buf(),
             fsync,
+            gen: gen.into(),
+            marked: std::sync::Mutex::new(gen),
         };
         store.restrict_permissions()?;
         Ok(store)
@@ -160,7 +174,17 @@ impl Store {
 
     /// Makes everything written so far durable: sled's flush, then fsync of its files and
     /// the directory (sled's own flush does not survive power loss).
+    ///
+    /// Each such flush first writes a new durable generation into sled, after everything
+    /// it covers, and records it in the mark file once sled made it durable. sled treats
+    /// the first damaged message of its log as a torn tail and silently drops everything
+    /// after it; a generation in sled below the mark tells that damage from a crash.
     pub(crate) fn durable_flush(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let gen = self.gen.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fsync {
+            self.db.insert(DURABLE_GEN_KEY, &gen.to_be_bytes())?;
+        }
         self.db.flush()?;
         if self.fsync {
             sync_tree(&self.dir).map_err(|e| {
@@ -170,6 +194,12 @@ impl Store {
                     self.dir.display()
                 ))
             })?;
+            // Concurrent flushes may finish out of order: the mark only moves forward.
+            let mut marked = self.marked.lock().unwrap_or_else(|p| p.into_inner());
+            if gen > *marked {
+                write_mark(&self.dir, gen)?;
+                *marked = gen;
+            }
         }
         Ok(())
     }
@@ -182,6 +212,87 @@ impl Store {
     /// Files 0600, directories 0700: other local users get nothing, not even ciphertext.
     pub(crate) fn restrict_permissions(&self) -> Result<()> {
         restrict(&self.dir)
+    }
+}
+
+/// One copy of the mark: `gen (u64) || SHA-256(label || gen)[..8]`.
+fn mark_copy(gen: u64) -> [u8; 16] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(MARK_LABEL);
+    ctx.update(&gen.to_be_bytes());
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&gen.to_be_bytes());
+    b[8..].copy_from_slice(&ctx.finish().as_ref()[..8]);
+    b
+}
+
+/// The generation in the mark file: two copies, so damage to one leaves the other.
+/// `None` when neither checks out.
+fn decode_mark(bytes: &[u8]) -> Option<u64> {
+    if bytes.len() != 32 {
+        return None;
+    }
+    bytes
+        .chunks(16)
+        .filter_map(|c| {
+            let gen = u64::from_be_bytes(c[..8].try_into().expect("8"));
+            (c == mark_copy(gen)).then_some(gen)
+        })
+        .max()
+}
+
+/// Overwrites the mark in place (32 bytes in one sector) and makes it durable.
+fn write_mark(dir: &Path, gen: u64) -> Result<()> {
+    use std::io::Write;
+    let mut bytes = [0u8; 32];
+    bytes[..16].copy_from_slice(&mark_copy(gen));
+    bytes[16..].copy_from_slice(&mark_copy(gen));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(MARK_FILE))?;
+    f.write_all(&bytes)?;
+    f.sync_data()?;
+    Ok(())
+}
+
+/// Compares sled's durable generation with the mark; returns the generation. A vault
+/// without a mark (new, or made before marks existed) gets one, durable before any
+/// generation is written.
+fn check_durable_mark(dir: &Path, db: &sled::Db) -> Result<u64> {
+    let damaged = |what: &str| {
+        Error::tampered(format!(
+            "the vault's database is damaged ({what}); {DAMAGED_ADVICE}"
+        ))
+    };
+    let gen = match db.get(DURABLE_GEN_KEY)? {
+        None => 0,
+        Some(v) => u64::from_be_bytes(
+            v.as_ref()
+                .try_into()
+                .map_err(|_| damaged("its durable generation has the wrong size"))?,
+        ),
+    };
+    let mark = match fs::read(dir.join(MARK_FILE)) {
+        Ok(bytes) => Some(
+            decode_mark(&bytes)
+                .ok_or_else(|| damaged(&format!("the file {MARK_FILE} is corrupt")))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
+    match mark {
+        Some(mark) if mark > gen => Err(damaged(&format!(
+            "it lost writes it had confirmed as durable: generation {gen} of {mark}"
+        ))),
+        Some(_) => Ok(gen),
+        None if gen > 0 => Err(damaged(&format!("the file {MARK_FILE} is missing"))),
+        None => {
+            write_mark(dir, 0)?;
+            fs::File::open(dir)?.sync_all()?;
+            Ok(0)
+        }
     }
 }
 
@@ -286,6 +397,102 @@ mod tests {
         assert_eq!(seq_of_key(&record_key(77)), Some(77));
         assert_eq!(seq_of_key(HEAD_KEY), None);
         assert!(record_key(u64::MAX).as_slice() < HEAD_KEY);
+    }
+
+    fn flushed_store(dir: &Path, flushes: usize) -> u64 {
+        let s = Store::open(dir, 1 << 20, true).unwrap();
+        for i in 0..flushes {
+            s.db.insert(format!("k{i}"), b"v").unwrap();
+            s.durable_flush().unwrap();
+        }
+        let gen = u64::from_be_bytes(
+            s.db.get(DURABLE_GEN_KEY)
+                .unwrap()
+                .unwrap()
+                .as_ref()
+                .try_into()
+                .unwrap(),
+        );
+        assert_eq!(
+            decode_mark(&fs::read(dir.join(MARK_FILE)).unwrap()),
+            Some(gen)
+        );
+        gen
+    }
+
+    #[test]
+    fn a_database_behind_its_durability_mark_is_damaged() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("v");
+        let gen = flushed_store(&dir, 3);
+        assert_eq!(gen, 3);
+        // sled dropping confirmed writes looks like a mark ahead of the database.
+        write_mark(&dir, gen + 1).unwrap();
+        match Store::open(&dir, 1 << 20, true) {
+            Err(Error::Tampered(m)) => {
+                assert!(m.contains("lost writes") && m.contains("restore"), "{m}")
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        // A mark behind the database is what a crash between the two leaves: fine.
+        write_mark(&dir, gen - 1).unwrap();
+        Store::open(&dir, 1 << 20, true).unwrap();
+    }
+
+    #[test]
+    fn one_damaged_copy_of_the_mark_is_harmless_two_are_not_a_missing_mark_is_not() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("v");
+        flushed_store(&dir, 2);
+        let path = dir.join(MARK_FILE);
+        let good = fs::read(&path).unwrap();
+        for byte in [0, 9, 16, 31] {
+            let mut b = good.clone();
+            b[byte] ^= 0x10;
+            fs::write(&path, &b).unwrap();
+            Store::open(&dir, 1 << 20, true).unwrap();
+            fs::write(&path, &good).unwrap();
+        }
+        let mut b = good.clone();
+        b[3] ^= 1;
+        b[20] ^= 1;
+        fs::write(&path, &b).unwrap();
+        assert!(matches!(
+            Store::open(&dir, 1 << 20, true),
+            Err(Error::Tampered(_))
+        ));
+        fs::write(&path, &good[..31]).unwrap();
+        assert!(matches!(
+            Store::open(&dir, 1 << 20, true),
+            Err(Error::Tampered(_))
+        ));
+        fs::remove_file(&path).unwrap();
+        match Store::open(&dir, 1 << 20, true) {
+            Err(Error::Tampered(m)) => assert!(m.contains("missing"), "{m}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn a_vault_without_a_mark_gets_one_before_its_first_generation() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("v");
+        // A vault made before marks existed: sled data, no durable generation, no mark.
+        {
+            let db = Store::raw(&dir, 1 << 20, false).unwrap();
+            db.insert("old", b"data").unwrap();
+            db.flush().unwrap();
+        }
+        let s = Store::open(&dir, 1 << 20, true).unwrap();
+        assert_eq!(
+            decode_mark(&fs::read(dir.join(MARK_FILE)).unwrap()),
+            Some(0)
+        );
+        s.durable_flush().unwrap();
+        assert_eq!(
+            decode_mark(&fs::read(dir.join(MARK_FILE)).unwrap()),
+            Some(1)
+        );
     }
 
     #[test]

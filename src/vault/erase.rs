@@ -276,7 +276,11 @@ fn db_paths(dir: &Path) -> Vec<PathBuf> {
         .map(|e| e.path())
         .filter(|p| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            matches!(name, "conf" | "db" | "blobs") || name.starts_with("snap.")
+            // The durability mark goes with the database it marks: a vault made here
+            // later starts a new count.
+            matches!(name, "conf" | "db" | "blobs")
+                || name == crate::log::store::MARK_FILE
+                || name.starts_with("snap.")
         })
         .collect()
 }

@@ -56,8 +56,12 @@
 #include <stddef.h>
 #include <stdint.h>
 /* True for an error code (1-99, and anything outside 0 and 100-199); false for
- * CAPVAULT_OK and the outcomes 100-199 (CAPVAULT_PAUSED, CAPVAULT_FILTERED). */
-#define CAPVAULT_IS_ERROR(rc) ((rc) != 0 && ((rc) < 100 || (rc) > 199))
+ * CAPVAULT_OK and the outcomes 100-199 (CAPVAULT_PAUSED, CAPVAULT_FILTERED).
+ * A function, so that `CAPVAULT_IS_ERROR(capvault_append_...(...))` calls once. */
+static inline int capvault_is_error(int rc) {
+    return rc != 0 && (rc < 100 || rc > 199);
+}
+#define CAPVAULT_IS_ERROR(rc) capvault_is_error((int)(rc))
 
 /**
  * Major version of the library (`capvault_version()` is the full version).
@@ -234,8 +238,6 @@ const char *capvault_bundle_id(const capvault_bundle *b);
  * another thread is still using the pointers its accessors returned.
  */
 void capvault_bundle_free(capvault_bundle *b);
-
-extern int pthread_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void));
 
 /**
  * The library version, for example "0.2.0" (`CAPVAULT_VERSION_MAJOR`, `_MINOR` and

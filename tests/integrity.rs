@@ -499,7 +499,9 @@ fn an_older_vault_is_carried_over_and_cannot_be_downgraded() {
 fn a_database_that_lost_its_contents_is_not_replaced_by_a_new_vault() {
     let d = tempfile::tempdir().unwrap();
     vault_with_records(d.path(), 10).close().unwrap();
-    for f in ["db", "conf"] {
+    // The durability mark would refuse this first (tests/corruption.rs); without it,
+    // the keychain file still does.
+    for f in ["db", "conf", "durable"] {
         std::fs::remove_file(d.path().join(f)).unwrap();
     }
     for entry in std::fs::read_dir(d.path()).unwrap() {

@@ -164,8 +164,11 @@ impl CollectorUrl {
             return Err(bad("a query, fragment or whitespace is not allowed"));
         }
         let authority = rest.split('/').next().unwrap_or_default();
-        if authority.contains('@') {
-            return Err(bad("credentials in the URL are not allowed"));
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            // Quoted without them: the message must not repeat a password.
+            return Err(Error::invalid(format!(
+                "upload.url \"{scheme}://<credentials>@{host}/...\": credentials in the URL are not allowed (use upload.token)"
+            )));
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
@@ -255,6 +258,14 @@ mod tests {
             assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e}");
             assert!(e.to_string().contains("upload.url"), "{e}");
         }
+        // A password in the URL is never repeated in the message.
+        let e = CollectorUrl::parse("https://user:s3cr3t-pw@ingest.example.com/x").unwrap_err();
+        let m = e.to_string();
+        assert!(!m.contains("s3cr3t") && !m.contains("user:"), "{m}");
+        assert!(
+            m.contains("ingest.example.com") && m.contains("credentials"),
+            "{m}"
+        );
         assert!(CollectorUrl::parse("HTTPS://h").unwrap().is_https());
         assert!(!CollectorUrl::parse("http://127.0.0.1:1")
             .unwrap()

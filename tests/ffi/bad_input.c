@@ -339,6 +339,13 @@ int main(int argc, char **argv) {
                 failures++;
             }
         }
+        /* The check evaluates its argument once (a call inside it runs once). */
+        int calls = 0;
+        if (CAPVAULT_IS_ERROR((calls++, CAPVAULT_ERR_STORAGE)) != 1 || calls != 1 ||
+            CAPVAULT_IS_ERROR((calls++, CAPVAULT_PAUSED)) != 0 || calls != 2) {
+            fprintf(stderr, "FAIL: CAPVAULT_IS_ERROR evaluated its argument %d times\n", calls);
+            failures++;
+        }
         if (!strstr(capvault_result_str(CAPVAULT_ERR_IN_USE), "another process") ||
             !strstr(capvault_result_str(150), "not an error") ||
             !strstr(capvault_result_str(42), "unknown error") ||

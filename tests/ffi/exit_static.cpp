@@ -7,14 +7,18 @@
  * Appends 3 mouse moves (ts 1, 2, 3; the last from the destructor), prints
  * "static: ok" from the destructor once the vault is closed, exits 0; 3 on a failure.
  */
+/* capvault.h first, then the system's: the header declares nothing of libc that a
+ * C++ standard header would declare again differently (pthread_atfork did). */
+#include "capvault.h"
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 
+#include <pthread.h>
 #include <unistd.h>
-
-#include "capvault.h"
 
 namespace {
 

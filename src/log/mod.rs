@@ -280,6 +280,14 @@ impl Log {
                 // disk). If our head anchor is in the tree, the batch is in: keep going,
                 // and let the next flush report whether it reached the disk.
                 if self.tree.get(HEAD_KEY)?.as_deref() != Some(&head_bytes[..]) {
+                    // Not in: but sled may have applied some of the records before it
+                    // failed. Take back exactly those, so that a retry of this batch (with
+                    // new nonces) does not find "its" slots taken and call it tampering.
+                    for (k, v) in &values {
+                        if self.tree.get(k).ok().flatten().as_ref() == Some(v) {
+                            let _ = self.tree.remove(k);
+                        }
+                    }
                     return Err(e.into());
                 }
             }

@@ -187,12 +187,14 @@ impl Store {
         }
         self.db.flush()?;
         if self.fsync {
-            sync_tree(&self.dir).map_err(|e| {
-                Error::Storage(format!(
+            sync_tree(&self.dir).map_err(|e| match e {
+                // A full disk stays a full disk (fsync reports ENOSPC too).
+                Error::Storage(why) => Error::Storage(format!(
                     "cannot sync the vault directory {} (was it moved or deleted while \
-                     open?): {e}",
+                     open?): {why}",
                     self.dir.display()
-                ))
+                )),
+                other => other,
             })?;
             // Concurrent flushes may finish out of order: the mark only moves forward.
             let mut marked = self.marked.lock().unwrap_or_else(|p| p.into_inner());

@@ -326,7 +326,19 @@ impl StateStore {
                     "a record already exists where the next one belongs; refusing to overwrite it",
                 ))
             }
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
+            Err(TransactionError::Storage(e)) => {
+                // sled may have applied part of the transaction in memory before it
+                // failed (a full disk): take back the new records it put in, so that a
+                // retry does not find their slots taken and call it tampering.
+                if let Some((log_tree, ops)) = log {
+                    for (k, v) in &ops.fresh {
+                        if log_tree.get(k).ok().flatten().as_ref() == Some(v) {
+                            let _ = log_tree.remove(k);
+                        }
+                    }
+                }
+                return Err(e.into());
+            }
         }
         *anchor = next;
         *head = new_head;

@@ -133,6 +133,14 @@ def result_str(rc):
     return load().capvault_result_str(rc).decode()
 
 
+def _cstr(text, what):
+    """UTF-8 for a C string argument. A NUL would silently cut the string short in C,
+    storing something other than what was given, so it is refused."""
+    if "\0" in text:
+        raise ValueError(f"{what} contains a NUL character")
+    return text.encode()
+
+
 def _check(what, rc):
     """Returns rc unless it is an error; then raises with the message of the failure
     (read on this thread, right after the call)."""
@@ -173,7 +181,7 @@ class Vault:
         lib = load()
         v = _handle()
         opts = None if options is None else json.dumps(options).encode()
-        _check("capvault_open", lib.capvault_open(os.fsencode(directory), user.encode(), opts,
+        _check("capvault_open", lib.capvault_open(os.fsencode(directory), _cstr(user, "user"), opts,
                                                   ctypes.byref(v)))
         return cls(v)
 
@@ -215,17 +223,17 @@ class Vault:
 
     def append_key(self, ts_us, key_code, pressed, text=None):
         return self._call("capvault_append_key", ts_us, key_code, pressed,
-                          None if text is None else text.encode())
+                          None if text is None else _cstr(text, "text"))
 
     def append_window_focus(self, ts_us, app, title):
-        return self._call("capvault_append_window_focus", ts_us, app.encode(), title.encode())
+        return self._call("capvault_append_window_focus", ts_us, _cstr(app, "app"), _cstr(title, "title"))
 
     def append_screenshot(self, ts_us, width, height, fmt, data):
-        return self._call("capvault_append_screenshot", ts_us, width, height, fmt.encode(),
+        return self._call("capvault_append_screenshot", ts_us, width, height, _cstr(fmt, "format"),
                           bytes(data), len(data))
 
     def append_custom(self, ts_us, kind, data):
-        return self._call("capvault_append_custom", ts_us, kind.encode(), bytes(data), len(data))
+        return self._call("capvault_append_custom", ts_us, _cstr(kind, "kind"), bytes(data), len(data))
 
     def flush(self):
         self._call("capvault_flush")
@@ -253,7 +261,7 @@ class Vault:
         """The next sealed bundle (a Bundle), or None when nothing is pending."""
         lib = load()
         b = _bundle()
-        self._call("capvault_seal_next", recipient.encode(), max_bytes, ctypes.byref(b))
+        self._call("capvault_seal_next", _cstr(recipient, "recipient"), max_bytes, ctypes.byref(b))
         if not b.value:
             return None
         try:
@@ -270,4 +278,4 @@ class Vault:
 
     def ack(self, bundle_id, receipt=None):
         receipt = b"" if receipt is None else bytes(receipt)
-        self._call("capvault_ack", bundle_id.encode(), receipt or None, len(receipt))
+        self._call("capvault_ack", _cstr(bundle_id, "bundle id"), receipt or None, len(receipt))

@@ -109,6 +109,11 @@ except capvault.CapvaultError as e:
     assert e.code == capvault.ERR_INVALID_ARGUMENT, e.code
     assert "invalid argument" in e.description and e.message, (e.description, e.message)
     print("raised:", e)
+try:
+    v.append_window_focus(3, "a\0b", "t")
+    raise SystemExit("a NUL in a string was accepted")
+except ValueError as e:
+    assert "NUL" in str(e), e
 v.pause(60)
 assert v.append_mouse_move(1, 2, 3) == capvault.PAUSED
 v.resume()

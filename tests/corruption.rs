@@ -15,6 +15,8 @@
 //! run and its figures are in docs/RELIABILITY.md.
 mod common;
 
+use common::Rng;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -30,22 +32,6 @@ const DEFAULT_FLIPS: u64 = 200;
 const DEFAULT_JOBS: usize = 2;
 const DEFAULT_TIMEOUT_S: u64 = 60;
 const DEFAULT_SCALE: u64 = 3;
-
-/// SplitMix64: small and deterministic.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;

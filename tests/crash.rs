@@ -19,6 +19,8 @@
 //! `CAPVAULT_CRASH_CYCLES` changes the number of cycles (default 120).
 mod common;
 
+use common::Rng;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -32,23 +34,6 @@ const USER: &str = "alice";
 const DEFAULT_SEED: u64 = 0x5eed_c0de_2024_0001;
 const DEFAULT_CYCLES: u64 = 120;
 const SHOT_BYTES: usize = 200_000;
-
-/// SplitMix64: small, deterministic, good enough for test schedules.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (n > 0).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// Recognisable, incompressible screenshot bytes derived from `seed`.
 fn shot(len: usize, seed: i64) -> Vec<u8> {

@@ -4,6 +4,8 @@
 //! device's enrollment record.
 mod common;
 
+use common::Rng;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -12,22 +14,6 @@ use capvault::{
     Marker, OpenedBundle, Suite, Vault, VaultOptions,
 };
 use common::options;
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;

@@ -108,3 +108,21 @@ pub fn user_tree(db: &sled::Db, user: &str, name: &str) -> sled::Tree {
     let hex: String = user.bytes().map(|b| format!("{b:02x}")).collect();
     db.open_tree(format!("u/{hex}/{name}")).unwrap()
 }
+
+/// SplitMix64: small and deterministic, for seeded test schedules.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform enough in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}

@@ -54,8 +54,8 @@ fn run_exit_mode(prog: &Path, mode: &str) {
     assert_eq!(mouse_moves(&dir, "alice"), [1, 2, 3], "{stdout}");
 }
 
-#[test]
-fn ffi_close_from_atexit_handler() {
+/// Builds tests/ffi/exit_paths.c and runs it in `mode`.
+fn exit_paths(mode: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let prog = tmp.path().join("exit_paths");
     compile_c(
@@ -63,31 +63,22 @@ fn ffi_close_from_atexit_handler() {
         &prog,
         &["-pthread"],
     );
-    run_exit_mode(&prog, "atexit");
+    run_exit_mode(&prog, mode);
+}
+
+#[test]
+fn ffi_close_from_atexit_handler() {
+    exit_paths("atexit");
 }
 
 #[test]
 fn ffi_close_from_destructor_function() {
-    let tmp = tempfile::tempdir().unwrap();
-    let prog = tmp.path().join("exit_paths");
-    compile_c(
-        &[&repo().join("tests/ffi/exit_paths.c")],
-        &prog,
-        &["-pthread"],
-    );
-    run_exit_mode(&prog, "destructor");
+    exit_paths("destructor");
 }
 
 #[test]
 fn ffi_calls_from_exiting_thread() {
-    let tmp = tempfile::tempdir().unwrap();
-    let prog = tmp.path().join("exit_paths");
-    compile_c(
-        &[&repo().join("tests/ffi/exit_paths.c")],
-        &prog,
-        &["-pthread"],
-    );
-    run_exit_mode(&prog, "thread");
+    exit_paths("thread");
 }
 
 #[test]

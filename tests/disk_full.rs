@@ -6,28 +6,7 @@ mod common;
 use std::process::Command;
 
 use capvault::{Error, Event, KeyStoreKind, Vault};
-
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap().keep();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&dir)
-            .status()
-            .expect("mount(8) is available");
-        assert!(st.success(), "cannot mount a tmpfs for the disk-full test: run the suite as root (scripts/test.sh in CI is)");
-        Tmpfs(dir)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
+use common::Tmpfs;
 
 fn moves(v: &[capvault::SeqEvent]) -> Vec<i64> {
     v.iter()

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use capvault::{Error, Identity, KeyStoreKind, Suite, Vault};
+use common::Tmpfs;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_capvault");
@@ -208,43 +209,6 @@ fn erase_works_on_corrupted_database_files() {
             sled_files(&dir)
         );
         assert_tombstone_shown(&dir, "alice", kind, true);
-    }
-}
-
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap().keep();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&dir)
-            .status()
-            .expect("mount(8) is available");
-        assert!(st.success(), "cannot mount a tmpfs: run the suite as root");
-        Tmpfs(dir)
-    }
-
-    fn avail(&self) -> u64 {
-        let out = Command::new("df")
-            .args(["--output=avail", "-B1"])
-            .arg(&self.0)
-            .output()
-            .unwrap();
-        text(&out.stdout)
-            .lines()
-            .nth(1)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
     }
 }
 

@@ -270,24 +270,13 @@ impl Log {
         });
         match res {
             Ok(()) => {}
-            Err(TransactionError::Abort(())) => {
-                return Err(Error::tampered(
-                    "a record already exists where the next one belongs; refusing to overwrite it",
-                ))
-            }
+            Err(TransactionError::Abort(())) => return Err(store::slot_taken()),
             Err(TransactionError::Storage(e)) => {
                 // sled can apply a transaction in memory and fail only to log it (a full
                 // disk). If our head anchor is in the tree, the batch is in: keep going,
                 // and let the next flush report whether it reached the disk.
                 if self.tree.get(HEAD_KEY)?.as_deref() != Some(&head_bytes[..]) {
-                    // Not in: but sled may have applied some of the records before it
-                    // failed. Take back exactly those, so that a retry of this batch (with
-                    // new nonces) does not find "its" slots taken and call it tampering.
-                    for (k, v) in &values {
-                        if self.tree.get(k).ok().flatten().as_ref() == Some(v) {
-                            let _ = self.tree.remove(k);
-                        }
-                    }
+                    store::take_back(&self.tree, &values);
                     return Err(e.into());
                 }
             }

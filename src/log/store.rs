@@ -51,6 +51,23 @@ pub(crate) fn record_keys() -> std::ops::RangeInclusive<[u8; 9]> {
     record_key(0)..=record_key(u64::MAX)
 }
 
+/// A new record's slot was already taken when its transaction ran.
+pub(crate) fn slot_taken() -> Error {
+    Error::tampered("a record already exists where the next one belongs; refusing to overwrite it")
+}
+
+/// After a transaction that failed in storage: sled may have applied part of it in
+/// memory first (a full disk). Takes back exactly the new records it put in, so that a
+/// retry of the batch (with new nonces) does not find their slots taken and call it
+/// tampering.
+pub(crate) fn take_back<K: AsRef<[u8]>>(tree: &sled::Tree, fresh: &[(K, sled::IVec)]) {
+    for (k, v) in fresh {
+        if tree.get(k).ok().flatten().as_ref() == Some(v) {
+            let _ = tree.remove(k);
+        }
+    }
+}
+
 /// Records and bytes of one epoch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct EpochCount {

@@ -321,21 +321,10 @@ impl StateStore {
         };
         match res {
             Ok(()) => {}
-            Err(TransactionError::Abort(())) => {
-                return Err(Error::tampered(
-                    "a record already exists where the next one belongs; refusing to overwrite it",
-                ))
-            }
+            Err(TransactionError::Abort(())) => return Err(crate::log::store::slot_taken()),
             Err(TransactionError::Storage(e)) => {
-                // sled may have applied part of the transaction in memory before it
-                // failed (a full disk): take back the new records it put in, so that a
-                // retry does not find their slots taken and call it tampering.
                 if let Some((log_tree, ops)) = log {
-                    for (k, v) in &ops.fresh {
-                        if log_tree.get(k).ok().flatten().as_ref() == Some(v) {
-                            let _ = log_tree.remove(k);
-                        }
-                    }
+                    crate::log::store::take_back(log_tree, &ops.fresh);
                 }
                 return Err(e.into());
             }

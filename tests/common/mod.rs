@@ -126,3 +126,46 @@ impl Rng {
         self.next() % n
     }
 }
+
+/// A small tmpfs mounted for the test (the suite runs as root), unmounted on drop: a
+/// disk that really fills up.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("mount(8) is available");
+        assert!(
+            st.success(),
+            "cannot mount a tmpfs for a disk-full test: run the suite as root (scripts/test.sh in CI is)"
+        );
+        Tmpfs(dir)
+    }
+
+    /// Bytes still free.
+    pub fn avail(&self) -> u64 {
+        let out = std::process::Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}

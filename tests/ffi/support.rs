@@ -84,28 +84,23 @@ pub fn header_define(name: &str) -> String {
 
 /// Compiles C++ `sources` like [`compile_c`] does C.
 pub fn compile_cxx(sources: &[&Path], out: &Path, extra: &[&str]) {
-    let lib = lib_dir();
-    let mut cmd = Command::new(std::env::var("CXX").unwrap_or_else(|_| "c++".into()));
-    cmd.args(["-std=c++17", "-Wall", "-Wextra", "-Werror", "-g"])
-        .arg("-I")
-        .arg(repo().join("include"))
-        .args(sources)
-        .arg("-o")
-        .arg(out)
-        .arg(format!("-L{}", lib.display()))
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-lcapvault")
-        .args(extra);
-    run_ok(&mut cmd);
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    compile(&cxx, &["-std=c++17"], sources, out, extra);
 }
 
 /// Compiles C `sources` into the executable `out`, against the header in `include/`
 /// and `libcapvault` (shared, found at run time through an rpath), with warnings
 /// as errors.
 pub fn compile_c(sources: &[&Path], out: &Path, extra: &[&str]) {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    compile(&cc, &["-std=c11", "-pedantic"], sources, out, extra);
+}
+
+fn compile(compiler: &str, lang: &[&str], sources: &[&Path], out: &Path, extra: &[&str]) {
     let lib = lib_dir();
-    let mut cmd = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
-    cmd.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g"])
+    let mut cmd = Command::new(compiler);
+    cmd.args(lang)
+        .args(["-Wall", "-Wextra", "-Werror", "-g"])
         .arg("-I")
         .arg(repo().join("include"))
         .args(sources)

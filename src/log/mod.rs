@@ -27,6 +27,10 @@ pub(crate) struct LogState {
     pub head: Head,
     pub tail: Tail,
     pub counts: BTreeMap<u32, EpochCount>,
+    /// Slots past the head that this handle's own failed write may have filled (sled
+    /// can apply part of a transaction before a full disk fails it, and cannot always
+    /// take it back then): a retry may overwrite these, and only these.
+    pub own_partial: BTreeSet<Vec<u8>>,
 }
 
 impl LogState {
@@ -137,7 +141,12 @@ impl Log {
             tree,
             binding,
             anchors,
-            state: Mutex::new(LogState { head, tail, counts }),
+            state: Mutex::new(LogState {
+                head,
+                tail,
+                counts,
+                own_partial: BTreeSet::new(),
+            }),
         };
         log.check_ends()?;
         Ok(log)
@@ -257,9 +266,10 @@ impl Log {
         let count_bytes = self
             .anchors
             .seal_counts(head.last_seq, st.tail.first_seq, &counts);
+        let own_partial = &st.own_partial;
         let res = self.tree.transaction(|tx| {
             for (k, v) in &values {
-                if tx.get(k)?.is_some() {
+                if tx.get(k)?.is_some() && !own_partial.contains(k.as_slice()) {
                     return Err(ConflictableTransactionError::Abort(()));
                 }
                 tx.insert(k, v.clone())?;
@@ -277,12 +287,15 @@ impl Log {
                 // and let the next flush report whether it reached the disk.
                 if self.tree.get(HEAD_KEY)?.as_deref() != Some(&head_bytes[..]) {
                     store::take_back(&self.tree, &values);
+                    st.own_partial
+                        .extend(values.iter().map(|(k, _)| k.as_slice().to_vec()));
                     return Err(e.into());
                 }
             }
         }
         st.head = head;
         st.counts.insert(epoch, count);
+        st.own_partial.clear();
         Ok(())
     }
 

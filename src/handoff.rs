@@ -3,8 +3,9 @@
 //! sled lets one process own a vault directory. When a capture agent holds it, the CLI
 //! cannot open it; instead it drops a request file into `<vault>/requests/` and waits
 //! for the owner to answer. Every open vault serves these requests from its
-//! maintenance thread (about twice a second), so a capture agent, whether it uses the
-//! Rust crate or the C library, answers without any code of its own.
+//! maintenance thread, woken by a request's arrival ([`RequestWatch`]), so a capture
+//! agent, whether it uses the Rust crate or the C library, answers without any code of
+//! its own.
 //!
 //! Protocol (docs/CLI.md, "Hand-off"), all files 0600 in a 0700 directory:
 //!
@@ -430,8 +431,10 @@ fn execute(inner: &Inner, op: &Op) -> Result<serde_json::Value> {
 
 /// Answers the pending hand-off requests for the user of `inner`. Requests for other
 /// users are left for the handle that serves them. Returns how many were answered.
-pub(crate) fn serve_requests(inner: &Inner, inbox: &Inbox) -> Result<usize> {
-    let mut answered = 0;
+/// Serves the requests waiting in `inbox`. Returns when a request left for another
+/// user falls stale and should be removed (`None`: none is left).
+pub(crate) fn serve_requests(inner: &Inner, inbox: &Inbox) -> Result<Option<i64>> {
+    let mut stale_at: Option<i64> = None;
     let mut pending: Vec<(i64, String, Request)> = Vec::new();
     for name in inbox.names()? {
         let Some(id) = name.strip_suffix(".req") else {
@@ -445,7 +448,7 @@ pub(crate) fn serve_requests(inner: &Inner, inbox: &Inbox) -> Result<usize> {
             Taken::Gone => continue,
             Taken::Refused(why) => {
                 let e = Error::InvalidArgument(format!("hand-off request refused: {why}"));
-                answered += usize::from(inbox.refuse(id, &e)?);
+                inbox.refuse(id, &e)?;
                 continue;
             }
         };
@@ -455,7 +458,7 @@ pub(crate) fn serve_requests(inner: &Inner, inbox: &Inbox) -> Result<usize> {
         let Some(req) = req else {
             // Not a request we understand: answer so the client does not hang.
             let e = Error::InvalidArgument("malformed hand-off request".into());
-            answered += usize::from(inbox.refuse(id, &e)?);
+            inbox.refuse(id, &e)?;
             continue;
         };
         if now_us() - req.created_us > STALE_AFTER.as_micros() as i64 {
@@ -463,6 +466,10 @@ pub(crate) fn serve_requests(inner: &Inner, inbox: &Inbox) -> Result<usize> {
             continue;
         }
         if req.user != inner.user {
+            let at = req
+                .created_us
+                .saturating_add(STALE_AFTER.as_micros() as i64);
+            stale_at = Some(stale_at.map_or(at, |s| s.min(at)));
             continue;
         }
         pending.push((req.created_us, id.to_string(), req));
@@ -483,9 +490,114 @@ pub(crate) fn serve_requests(inner: &Inner, inbox: &Inbox) -> Result<usize> {
             Err(e) => Response::err(&id, &e),
         };
         inbox.answer(&id, &resp)?;
-        answered += 1;
     }
-    Ok(answered)
+    Ok(stale_at)
+}
+
+/// Wakes the maintenance thread when a request arrives in `requests/`, so an idle vault
+/// does not poll for requests. It watches (inotify) the directory the [`Inbox`] holds
+/// open, not its path. Where it cannot run (not Linux, inotify refused, the directory
+/// removed) [`RequestWatch::is_watching`] says so and the maintenance thread looks
+/// twice a second instead.
+pub(crate) struct RequestWatch {
+    #[cfg(target_os = "linux")]
+    watching: Option<LinuxWatch>,
+}
+
+#[cfg(target_os = "linux")]
+struct LinuxWatch {
+    inotify: std::sync::Arc<std::os::fd::OwnedFd>,
+    wd: i32,
+    alive: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RequestWatch {
+    /// Starts watching; `arrived` is called from the watch's own thread.
+    pub(crate) fn start(inbox: &Inbox, arrived: impl Fn() + Send + 'static) -> RequestWatch {
+        #[cfg(target_os = "linux")]
+        {
+            RequestWatch {
+                watching: LinuxWatch::start(inbox, arrived).ok(),
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (inbox, arrived);
+            RequestWatch {}
+        }
+    }
+
+    /// True while arrivals are reported.
+    pub(crate) fn is_watching(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            use std::sync::atomic::Ordering;
+            self.watching
+                .as_ref()
+                .is_some_and(|w| w.alive.load(Ordering::Acquire))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            false
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl LinuxWatch {
+    fn start(inbox: &Inbox, arrived: impl Fn() + Send + 'static) -> std::io::Result<LinuxWatch> {
+        use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+        use std::os::fd::AsRawFd;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let fd = Arc::new(inotify::init(CreateFlags::CLOEXEC)?);
+        // The directory the inbox holds, through its descriptor: a rename or
+        // replacement of the path later changes nothing.
+        let dir = format!("/proc/self/fd/{}", inbox.fd.as_raw_fd());
+        let wd = inotify::add_watch(
+            &*fd,
+            dir.as_str(),
+            WatchFlags::MOVED_TO | WatchFlags::CLOSE_WRITE | WatchFlags::ONLYDIR,
+        )?;
+        let alive = Arc::new(AtomicBool::new(true));
+        let (reader_fd, reader_alive) = (fd.clone(), alive.clone());
+        let reader = std::thread::Builder::new()
+            .name("capvault-requests".into())
+            .spawn(move || {
+                let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
+                let mut events = inotify::Reader::new(&*reader_fd, &mut buf);
+                loop {
+                    match events.next() {
+                        // The watch was removed (by `drop`, or with the directory).
+                        Ok(e) if e.events().contains(ReadFlags::IGNORED) => break,
+                        Ok(_) => arrived(),
+                        Err(rustix::io::Errno::INTR) => {}
+                        Err(_) => break,
+                    }
+                }
+                reader_alive.store(false, Ordering::Release);
+                // Whatever arrived before the end is looked at by the poll that follows.
+                arrived();
+            })?;
+        Ok(LinuxWatch {
+            inotify: fd,
+            wd,
+            alive,
+            reader: Some(reader),
+        })
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for LinuxWatch {
+    fn drop(&mut self) {
+        // Removing the watch queues IN_IGNORED, which ends the reader's blocking read.
+        let _ = rustix::fs::inotify::remove_watch(&*self.inotify, self.wd);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
 }
 
 // ----- client side -----

@@ -61,7 +61,7 @@ pub mod testing {
 
     /// The raw sled database of a closed vault, for tampering tests.
     pub fn open_raw_db(dir: &std::path::Path) -> sled::Db {
-        crate::log::store::Store::raw(dir, 1 << 20, false).expect("the vault's database opens")
+        crate::log::store::Store::raw(dir, 1 << 20).expect("the vault's database opens")
     }
 }
 

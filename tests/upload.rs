@@ -143,6 +143,44 @@ fn uploads_in_the_background_and_acks_only_with_receipts() {
 }
 
 #[test]
+fn an_idle_uploader_sleeps_until_data_is_written_then_uploads_it() {
+    let mut c = Collector::init();
+    c.start(&[]);
+    let keys = identity();
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(
+        dir.path(),
+        "alice",
+        vault_options(Some(upload_options(&c, &keys)), &c.receipt_key),
+    )
+    .unwrap();
+    fill(&v, 5, 1_000);
+    v.upload_now();
+    let first = wait_for(&v, Duration::from_secs(60), "the upload to drain", |s| {
+        drained(s) && s.idle
+    });
+    assert_eq!(first.next_attempt_us, None, "{first:?}");
+    // Nothing pending: no thread of the vault wakes up, the uploader included.
+    let quiet = common::threads::settle(Duration::from_secs(20));
+    assert!(
+        quiet.keys().any(|t| t.contains("capvault-upload")),
+        "{quiet:?}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let later = common::threads::switches();
+    assert_eq!(common::threads::woke(&quiet, &later), vec![]);
+    // New data ends the sleep: uploaded an interval later, without `upload_now`.
+    fill(&v, 5, 1_000);
+    let second = wait_for(&v, Duration::from_secs(60), "the new data to upload", |s| {
+        drained(s) && s.uploaded_bundles > first.uploaded_bundles
+    });
+    assert!(second.uploaded_bytes > first.uploaded_bytes, "{second:?}");
+    v.close().unwrap();
+    let seqs = exported_custom_seqs(&c.export(&keys.identity_file));
+    assert_eq!(seqs.len(), 10, "every event arrived exactly once");
+}
+
+#[test]
 fn a_bandwidth_cap_paces_within_bundles_and_still_drains() {
     let mut c = Collector::init();
     c.start(&[]);

@@ -43,6 +43,8 @@ pub(crate) struct Framer {
     buf: PlainBuf,
     events_in_frame: u64,
     started: Option<Instant>,
+    /// Frames opened so far (the writer is told of each, to close it in time).
+    opens: u64,
     max_bytes: usize,
     chunk_bytes: usize,
     next_event_seq: u64,
@@ -68,6 +70,7 @@ impl Framer {
             buf: PlainBuf::new(Vec::new()),
             events_in_frame: 0,
             started: None,
+            opens: 0,
             max_bytes,
             chunk_bytes,
             next_event_seq,
@@ -80,6 +83,16 @@ impl Framer {
         self.started.is_some_and(|s| s.elapsed() >= max_age)
     }
 
+    /// When the open frame was opened (`None`: no frame is open).
+    pub(crate) fn opened_at(&self) -> Option<Instant> {
+        self.started
+    }
+
+    /// How many frames were opened so far.
+    pub(crate) fn opens(&self) -> u64 {
+        self.opens
+    }
+
     /// Adds one event; emits every record it completes.
     pub(crate) fn push(&mut self, event: &Event, emit: &mut dyn FnMut(Job)) {
         if event.payload_len() > self.max_bytes / 2 {
@@ -90,6 +103,7 @@ impl Framer {
             self.buf
                 .extend_from_slice(&self.next_event_seq.to_be_bytes());
             self.started = Some(Instant::now());
+            self.opens += 1;
         }
         let before = self.buf.len();
         event.encode_into(&mut self.buf);
@@ -102,6 +116,7 @@ impl Framer {
             emit(self.take_frame());
             self.buf = moved;
             self.started = Some(Instant::now());
+            self.opens += 1;
         }
         self.events_in_frame += 1;
         self.next_event_seq += 1;

@@ -118,7 +118,7 @@ impl Store {
     /// process gives [`Error::InUse`].
     pub(crate) fn open(dir: &Path, cache_bytes: u64, fsync: bool) -> Result<Store> {
         create_private_dir(dir)?;
-        let db = Self::raw(dir, cache_bytes, true)?;
+        let db = Self::raw(dir, cache_bytes)?;
         crate::failpoint::hit("store:after-sled-open")?;
         let gen = check_durable_mark(dir, &db)?;
         let store = Store {
@@ -138,7 +138,7 @@ impl Store {
         if !dir.join("conf").exists() {
             return Ok(false);
         }
-        let db = Self::raw(dir, 1 << 20, false)?;
+        let db = Self::raw(dir, 1 << 20)?;
         let name = format!("u/{}/keys", data_encoding::HEXLOWER.encode(user.as_bytes()));
         Ok(db
             .tree_names()
@@ -146,17 +146,20 @@ impl Store {
             .any(|n| n.as_ref() == name.as_bytes()))
     }
 
-    /// The sled database of a vault with capvault's configuration (no checks). Without
-    /// the background flusher, dropping the handle releases the directory lock at once
-    /// (short-lived handles: probes, tests).
-    pub(crate) fn raw(dir: &Path, cache_bytes: u64, background_flush: bool) -> Result<sled::Db> {
+    /// The sled database of a vault with capvault's configuration (no checks).
+    ///
+    /// sled's background flusher is off: it woke up every 200 ms whether or not anything
+    /// was written. The vault's writer flushes instead, a moment after it writes
+    /// ([`Store::lazy_flush`]), and `flush` makes everything durable. Without the flusher,
+    /// dropping the handle also releases the directory lock at once.
+    pub(crate) fn raw(dir: &Path, cache_bytes: u64) -> Result<sled::Db> {
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             // sled stores a tree node larger than a quarter segment as a file of its own;
             // with 64 KiB records, 4 MiB segments keep nodes in the log instead.
             .segment_size(SEGMENT_SIZE)
-            .flush_every_ms(background_flush.then_some(200));
+            .flush_every_ms(None);
         // sled's I/O threads release the directory lock a moment after the previous
         // owner in this process closed it; wait briefly before calling the vault in use.
         let deadline = std::time::Instant::now() + LOCK_GRACE;
@@ -220,6 +223,13 @@ impl Store {
                 *marked = gen;
             }
         }
+        Ok(())
+    }
+
+    /// Hands what was written so far to sled's own flush, without the fsyncs and the
+    /// durability mark of [`Store::durable_flush`] (what sled's background flusher did).
+    pub(crate) fn lazy_flush(&self) -> Result<()> {
+        self.db.flush()?;
         Ok(())
     }
 
@@ -498,7 +508,7 @@ mod tests {
         let dir = d.path().join("v");
         // A vault made before marks existed: sled data, no durable generation, no mark.
         {
-            let db = Store::raw(&dir, 1 << 20, false).unwrap();
+            let db = Store::raw(&dir, 1 << 20).unwrap();
             db.insert("old", b"data").unwrap();
             db.flush().unwrap();
         }

@@ -79,8 +79,13 @@ pub struct UploadStatus {
     pub last_attempt_us: Option<TimestampUs>,
     /// Why the most recent cycle failed; `None` once a cycle succeeds again.
     pub last_error: Option<String>,
-    /// When the next cycle is due (`None` while a request is in flight).
+    /// When the next cycle is due (`None` while a request is in flight, or while
+    /// `idle`).
     pub next_attempt_us: Option<TimestampUs>,
+    /// Nothing is pending and the uploader sleeps until new data is written; the next
+    /// cycle starts `upload.interval_secs` after that (so an idle vault's uploader does
+    /// not wake up).
+    pub idle: bool,
     /// True once this device is enrolled with the collector at `url` (through
     /// `upload.token`).
     pub enrolled: bool,
@@ -98,6 +103,10 @@ pub struct UploadStatus {
 struct State {
     stop: bool,
     wake: bool,
+    /// Waiting for data: nothing was pending at the end of the last cycle.
+    idle: bool,
+    /// Data was written while idle.
+    data: bool,
     enrolled: bool,
     last_success_us: Option<TimestampUs>,
     last_attempt_us: Option<TimestampUs>,
@@ -144,6 +153,7 @@ impl Shared {
             last_attempt_us: s.last_attempt_us,
             last_error: s.last_error.clone(),
             next_attempt_us: s.next_attempt_us,
+            idle: s.idle,
             enrolled: s.enrolled,
             consecutive_failures: s.consecutive_failures,
             uploaded_bundles: s.uploaded_bundles,
@@ -172,6 +182,53 @@ impl Shared {
     pub(crate) fn flushed(&self, stored_bytes: u64) {
         if stored_bytes >= self.max_bundle_bytes as u64 {
             self.wake();
+        }
+    }
+
+    /// Called by the vault's writer after it stored records: ends an idle wait.
+    pub(crate) fn data_written(&self) {
+        let mut s = self.lock();
+        if s.idle {
+            s.idle = false;
+            s.data = true;
+            self.cv.notify_all();
+        }
+    }
+
+    /// From now on, writes end the wait of [`Shared::wait_for_data`]. Call before the
+    /// last look at what is pending, so a write in between is not missed.
+    fn going_idle(&self) {
+        let mut s = self.lock();
+        s.idle = true;
+        s.data = false;
+        s.next_attempt_us = None;
+    }
+
+    /// The next cycle starts at `next` (ends idleness).
+    fn scheduled(&self, next: TimestampUs) {
+        let mut s = self.lock();
+        s.idle = false;
+        s.next_attempt_us = Some(next);
+    }
+
+    /// Sleeps until data is written (true: wait the interval first), a wake-up (false:
+    /// go now) or a stop (`None`).
+    fn wait_for_data(&self) -> Option<bool> {
+        let mut s = self.lock();
+        loop {
+            if s.stop {
+                return None;
+            }
+            if s.wake {
+                s.wake = false;
+                s.idle = false;
+                return Some(false);
+            }
+            if s.data || !s.idle {
+                s.data = false;
+                return Some(true);
+            }
+            s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
         }
     }
 

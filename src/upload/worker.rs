@@ -432,7 +432,22 @@ fn run(inner: &Inner, shared: &Shared, opts: &UploadOptions) {
             Ok(_) => {
                 backoff.reset();
                 shared.succeeded(now_us(), now_us() + interval.as_micros() as i64);
-                interval
+                // Nothing pending: sleep until the writer stores something, then give
+                // it the interval to grow into a bundle.
+                shared.going_idle();
+                if nothing_pending(inner) {
+                    match shared.wait_for_data() {
+                        None => return,
+                        Some(true) => {
+                            shared.scheduled(now_us() + interval.as_micros() as i64);
+                            interval
+                        }
+                        Some(false) => Duration::ZERO,
+                    }
+                } else {
+                    shared.scheduled(now_us() + interval.as_micros() as i64);
+                    interval
+                }
             }
             Err(e) => {
                 let delay = match e.retry() {
@@ -454,6 +469,12 @@ fn run(inner: &Inner, shared: &Shared, opts: &UploadOptions) {
         };
         next = Instant::now() + delay;
     }
+}
+
+/// Nothing to upload: no record in the log and no sealed bundle in the outbox (a
+/// failure to tell counts as something pending, so the uploader looks again).
+fn nothing_pending(inner: &Inner) -> bool {
+    inner.log.lock().records() == 0 && matches!(inner.outbox_len(), Ok(None))
 }
 
 /// A uniform random number in [0, 1).

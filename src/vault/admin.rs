@@ -264,6 +264,18 @@ impl Inner {
     }
 
     /// Rotates the DEK when the current epoch is older than `dek_epoch_hours`.
+    /// When the current data key is due for its scheduled rotation (`None`: never).
+    pub(crate) fn rotation_due_us(&self) -> Result<Option<i64>> {
+        let hours = self.opts.dek_epoch_hours;
+        if hours == 0 {
+            return Ok(None);
+        }
+        let created = self.keys()?.current_created_us();
+        Ok(Some(created.saturating_add(
+            (hours as i64).saturating_mul(3_600_000_000),
+        )))
+    }
+
     pub(crate) fn rotate_if_due(&self) -> Result<()> {
         let hours = self.opts.dek_epoch_hours;
         if hours == 0 {

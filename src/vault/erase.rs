@@ -370,7 +370,7 @@ struct Located {
 fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
     let file = KeychainFile::read(dir);
     let (db, db_error) = if dir.join("conf").exists() || dir.join("db").exists() {
-        match Store::raw(dir, 1 << 20, false) {
+        match Store::raw(dir, 1 << 20) {
             Ok(db) => (Some(db), None),
             Err(Error::InUse) => {
                 // Held by another process, which erases through the hand-off. The keys

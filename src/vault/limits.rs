@@ -5,76 +5,151 @@
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::release::RELEASE_STATE;
 use super::state::Put;
 use super::{now_us, Inner};
 use crate::error::Result;
-use crate::handoff::Inbox;
+use crate::handoff::{Inbox, RequestWatch};
 use crate::log::record::{RecordHeader, RecordKind, FLAG_LAST};
 use crate::policy::BudgetAction;
 use capvault_format::{Event, LossReason, Marker};
 
-/// How often the maintenance thread checks the limits.
-const MAINTENANCE_TICK: Duration = Duration::from_millis(500);
+/// How soon a duty that failed, or requests that nothing reports, are looked at again.
+const RETRY_TICK: Duration = Duration::from_millis(500);
+
+/// What wakes the maintenance thread. It sleeps until one of these or until its next
+/// deadline (the oldest record leaving retention, the next scheduled key rotation),
+/// so an idle vault's maintenance thread does not wake up.
+pub(crate) enum Wake {
+    /// Records were written: the byte budget may be exceeded, or retention has a first
+    /// record to watch.
+    Wrote,
+    /// A hand-off request arrived.
+    Request,
+    /// The vault is closing.
+    Stop,
+}
+
+/// The duties, each with its own failure (shown in `status` until it succeeds).
+#[derive(Default)]
+struct Duties {
+    /// When the oldest record leaves retention (`None`: unknown, look again).
+    retention_due_us: Option<i64>,
+    /// When a request left for another user falls stale.
+    stale_request_us: Option<i64>,
+    problems: [Option<String>; 3],
+}
+
+const LIMITS: usize = 0;
+const ROTATION: usize = 1;
+const REQUESTS: usize = 2;
 
 /// The maintenance thread: enforces limits and scheduled DEK rotation, and answers
 /// hand-off requests from other processes (`capvault` CLI) through `inbox`, opened
 /// when the vault was, until told to stop (or until the vault is dropped). Each duty
 /// runs whatever happened to the others; their failures show in `status`.
-pub(crate) fn run(inner: Arc<Inner>, mut inbox: Result<Inbox>, stop: Receiver<()>) {
+pub(crate) fn run(inner: Arc<Inner>, mut inbox: Result<Inbox>, wake: Receiver<Wake>) {
+    let mut watch = watch_requests(&inner, &inbox);
+    let mut d = Duties::default();
+    // Everything once at the start; afterwards on wake-ups and deadlines.
+    let mut deadline = Some(Instant::now());
     loop {
-        match stop.recv_timeout(MAINTENANCE_TICK) {
-            Err(RecvTimeoutError::Timeout) => {}
-            _ => return,
-        }
+        let woke = match deadline {
+            None => wake.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(at) => wake.recv_timeout(at.saturating_duration_since(Instant::now())),
+        };
+        let only_wrote = match woke {
+            Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(Wake::Wrote) => true,
+            Ok(Wake::Request) | Err(RecvTimeoutError::Timeout) => false,
+        };
+        inner.maintenance_woken();
         if inner.is_erased() {
+            deadline = None;
             continue;
         }
-        let mut problems = Vec::new();
-        if let Err(e) = inner.enforce_limits() {
-            problems.push(format!("retention and budget: {e}"));
-        }
-        if let Err(e) = inner.rotate_if_due() {
-            problems.push(format!("scheduled key rotation: {e}"));
-        }
-        if inbox.is_err() {
-            // Could not be opened with the vault (say, the disk was full): try again.
-            inbox = Inbox::open(&inner.dir());
-        }
-        match &inbox {
-            Ok(inbox) => {
-                if let Err(e) = crate::handoff::serve_requests(&inner, inbox) {
-                    problems.push(format!("hand-off requests: {e}"));
+        let now = now_us();
+        let retention_due = d.retention_due_us.is_none_or(|t| t < now);
+        d.problems[LIMITS] = inner
+            .enforce_limits(retention_due)
+            .and_then(|()| {
+                if retention_due {
+                    d.retention_due_us = inner.retention_due_us()?;
                 }
+                Ok(())
+            })
+            .err()
+            .map(|e| format!("retention and budget: {e}"));
+        if !only_wrote {
+            d.problems[ROTATION] = inner
+                .rotate_if_due()
+                .err()
+                .map(|e| format!("scheduled key rotation: {e}"));
+            if inbox.is_err() {
+                // Could not be opened with the vault (say, the disk was full): try again.
+                inbox = Inbox::open(&inner.dir());
+                watch = watch_requests(&inner, &inbox);
             }
-            Err(e) => problems.push(format!("hand-off requests are not served: {e}")),
+            d.problems[REQUESTS] = match &inbox {
+                Ok(inbox) => match crate::handoff::serve_requests(&inner, inbox) {
+                    Ok(stale) => {
+                        d.stale_request_us = stale;
+                        None
+                    }
+                    Err(e) => Some(format!("hand-off requests: {e}")),
+                },
+                Err(e) => Some(format!("hand-off requests are not served: {e}")),
+            };
         }
+        let problems: Vec<String> = d.problems.iter().flatten().cloned().collect();
         inner.set_maintenance_problems(&problems);
+        deadline = next_deadline(&inner, &d, watch.as_ref(), !problems.is_empty());
     }
 }
 
+/// Watches `requests/` so the thread is woken when a request arrives.
+fn watch_requests(inner: &Arc<Inner>, inbox: &Result<Inbox>) -> Option<RequestWatch> {
+    let inbox = inbox.as_ref().ok()?;
+    let wake = inner.maintenance_waker();
+    Some(RequestWatch::start(inbox, move || {
+        let _ = wake.send(Wake::Request);
+    }))
+}
+
+/// The earliest moment something is due: the oldest record leaving retention, the next
+/// scheduled rotation, a stale request, or (while a duty fails, or requests are not
+/// watched) a retry in a moment. `None`: sleep until woken.
+fn next_deadline(
+    inner: &Inner,
+    d: &Duties,
+    watch: Option<&RequestWatch>,
+    failing: bool,
+) -> Option<Instant> {
+    let soon = (failing || !watch.is_some_and(RequestWatch::is_watching))
+        .then(|| Instant::now() + RETRY_TICK);
+    let rotation = inner.rotation_due_us().ok().flatten();
+    let at = |us: i64| {
+        let wait = us.saturating_sub(now_us()).max(0) as u64;
+        Instant::now() + Duration::from_micros(wait)
+    };
+    [d.retention_due_us, rotation, d.stale_request_us]
+        .into_iter()
+        .flatten()
+        .map(at)
+        .chain(soon)
+        .min()
+}
+
 impl Inner {
-    /// Applies retention, then the byte budget.
-    pub(crate) fn enforce_limits(&self) -> Result<()> {
+    /// Applies retention (when `retention_due`: the oldest record may be out of it),
+    /// then the byte budget.
+    pub(crate) fn enforce_limits(&self, retention_due: bool) -> Result<()> {
         let policy = &self.opts.policy;
-        if policy.retention_secs > 0 {
+        if policy.retention_secs > 0 && retention_due {
             let cutoff = now_us() - (policy.retention_secs as i64).saturating_mul(1_000_000);
-            // Eviction holds appends and flushes; look at the oldest record first so an
-            // idle vault does no work.
-            // The first record is authenticated before its time is trusted.
-            let mut due = false;
-            {
-                let keys = self.keys()?;
-                let first = self.log.lock().tail.first_seq;
-                self.log
-                    .read(&keys, &|v| self.purpose_of(v), first, &mut |r| {
-                        due = r.header.created_us < cutoff;
-                        Ok(false)
-                    })?;
-            }
-            if due {
+            if self.retention_due_us()?.is_some_and(|t| t < now_us()) {
                 self.evict(LossReason::Retention, &mut |h, _| h.created_us < cutoff)?;
             }
         }
@@ -91,6 +166,24 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// When the oldest record leaves retention (`None`: no retention, or no record).
+    /// The record is authenticated before its time is trusted.
+    pub(crate) fn retention_due_us(&self) -> Result<Option<i64>> {
+        let secs = self.opts.policy.retention_secs;
+        if secs == 0 || self.log.lock().records() == 0 {
+            return Ok(None);
+        }
+        let keys = self.keys()?;
+        let first = self.log.lock().tail.first_seq;
+        let mut created = None;
+        self.log
+            .read(&keys, &|v| self.purpose_of(v), first, &mut |r| {
+                created = Some(r.header.created_us);
+                Ok(false)
+            })?;
+        Ok(created.map(|c| c.saturating_add((secs as i64).saturating_mul(1_000_000))))
     }
 
     /// True when the budget refuses new data (policy `refuse`).

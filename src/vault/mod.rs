@@ -96,6 +96,20 @@ impl<'a> Queue<'a> {
             self.result = self.tx.send(Msg::Record(job)).map_err(|_| Error::Closed);
         }
     }
+
+    /// Tells the writer when the frame open now was opened, if it was opened since the
+    /// framer had counted `opens_before` (the writer sleeps while no frame is open).
+    fn frame_opened(&mut self, framer: &Framer, opens_before: u64) {
+        if framer.opens() == opens_before || self.result.is_err() {
+            return;
+        }
+        if let Some(at) = framer.opened_at() {
+            self.result = self
+                .tx
+                .send(Msg::FrameOpened(at))
+                .map_err(|_| Error::Closed);
+        }
+    }
 }
 
 /// State of the append path, behind one lock: policy gate and framer.
@@ -131,6 +145,10 @@ pub(crate) struct Inner {
     write_error: Mutex<Option<String>>,
     write_failed: std::sync::atomic::AtomicBool,
     maintenance_error: Mutex<Option<String>>,
+    /// Wakes the maintenance thread (which sleeps until woken or due).
+    maintenance: mpsc::Sender<limits::Wake>,
+    /// A `Wrote` wake-up is on its way and not yet taken: writes do not queue more.
+    maintenance_nudged: std::sync::atomic::AtomicBool,
     purposes: RwLock<BTreeMap<u32, String>>,
     /// Serializes seal, ack and eviction (they move the release cursor and the tail).
     release: Mutex<()>,
@@ -146,7 +164,7 @@ pub(crate) struct Inner {
 pub struct Vault {
     inner: Arc<Inner>,
     writer: Option<JoinHandle<()>>,
-    maintenance: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    maintenance: Option<JoinHandle<()>>,
     #[cfg(feature = "upload")]
     uploader: Option<crate::upload::Uploader>,
 }
@@ -357,6 +375,7 @@ impl Vault {
         store.durable_flush()?;
         store.restrict_permissions()?;
         let (tx, rx) = mpsc::sync_channel(QUEUE_RECORDS);
+        let (wake_maintenance, maintenance_woken) = mpsc::channel();
         let options_upload = options.upload.clone();
         let inner = Arc::new(Inner {
             producer: Mutex::new(Producer {
@@ -384,6 +403,8 @@ impl Vault {
             write_error: Mutex::new(None),
             write_failed: std::sync::atomic::AtomicBool::new(false),
             maintenance_error: Mutex::new(None),
+            maintenance: wake_maintenance,
+            maintenance_nudged: Default::default(),
             purposes: RwLock::new(purposes),
             release: Mutex::new(()),
             upload: options_upload
@@ -396,20 +417,19 @@ impl Vault {
             .name("capvault-writer".into())
             .spawn(move || writer::run(worker, rx))
             .map_err(|e| Error::Storage(format!("cannot start the writer thread: {e}")))?;
-        let (stop, stopped) = mpsc::channel();
         let worker = inner.clone();
         // Opened now, so that what is served is this vault's request directory even if
         // the vault directory is renamed or replaced later.
         let inbox = crate::handoff::Inbox::open(&inner.dir());
         let maintenance = std::thread::Builder::new()
             .name("capvault-maintenance".into())
-            .spawn(move || limits::run(worker, inbox, stopped))
+            .spawn(move || limits::run(worker, inbox, maintenance_woken))
             .map_err(|e| Error::Storage(format!("cannot start the maintenance thread: {e}")))?;
         #[allow(unused_mut)]
         let mut vault = Vault {
             inner,
             writer: Some(writer),
-            maintenance: Some((stop, maintenance)),
+            maintenance: Some(maintenance),
             #[cfg(feature = "upload")]
             uploader: None,
         };
@@ -431,7 +451,7 @@ impl Vault {
             )?;
         }
         vault.inner.recover_release()?;
-        vault.inner.enforce_limits()?;
+        vault.inner.enforce_limits(true)?;
         vault.inner.rotate_if_due()?;
         vault.inner.audit(
             "open",
@@ -566,8 +586,8 @@ impl Vault {
         if let Some(uploader) = self.uploader.take() {
             uploader.stop();
         }
-        if let Some((stop, handle)) = self.maintenance.take() {
-            let _ = stop.send(());
+        if let Some(handle) = self.maintenance.take() {
+            let _ = self.inner.maintenance.send(limits::Wake::Stop);
             let _ = handle.join();
         }
         let Some(handle) = self.writer.take() else {
@@ -961,10 +981,12 @@ impl Inner {
         self.push_markers_at(framer, ts, markers)?;
         if store {
             let mut queue = Queue::new(&self.tx);
+            let opens = framer.opens();
             match encoded {
                 Some(whole) => framer.push_encoded_large(whole, &mut |j| queue.send(j)),
                 None => framer.push(&event, &mut |j| queue.send(j)),
             }
+            queue.frame_opened(framer, opens);
             queue.result?;
         }
         if store {
@@ -992,9 +1014,11 @@ impl Inner {
         markers: Vec<Marker>,
     ) -> Result<()> {
         let mut queue = Queue::new(&self.tx);
+        let opens = framer.opens();
         for marker in markers {
             framer.push(&Event::Marker { ts_us, marker }, &mut |j| queue.send(j));
         }
+        queue.frame_opened(framer, opens);
         queue.result
     }
 
@@ -1068,6 +1092,27 @@ impl Inner {
 
     pub(crate) fn durable_flush(&self) -> Result<()> {
         self.store.durable_flush()
+    }
+
+    /// Called by the writer after it stored records: wakes the maintenance thread (once
+    /// until it runs) and an idle uploader.
+    pub(crate) fn records_written(&self) {
+        if !self.maintenance_nudged.swap(true, Ordering::AcqRel) {
+            let _ = self.maintenance.send(limits::Wake::Wrote);
+        }
+        if let Some(upload) = &self.upload {
+            upload.data_written();
+        }
+    }
+
+    /// Called by the maintenance thread when it wakes up.
+    pub(crate) fn maintenance_woken(&self) {
+        self.maintenance_nudged.store(false, Ordering::Release);
+    }
+
+    /// A sender that wakes the maintenance thread.
+    pub(crate) fn maintenance_waker(&self) -> mpsc::Sender<limits::Wake> {
+        self.maintenance.clone()
     }
 
     pub(crate) fn set_maintenance_problems(&self, problems: &[String]) {

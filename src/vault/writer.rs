@@ -4,7 +4,7 @@
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::log::framer::Job;
@@ -15,6 +15,9 @@ use crate::vault::Inner;
 pub(crate) enum Msg {
     /// A record to store.
     Record(Job),
+    /// The append path opened a frame at this moment: close it when it reaches the
+    /// time bound (the writer sleeps without a timeout while no frame is open).
+    FrameOpened(Instant),
     /// Reply once everything sent before is stored and durable.
     Flush(Sender<Result<()>>),
     /// Store everything, flush, reply, and exit.
@@ -24,28 +27,64 @@ pub(crate) enum Msg {
 /// Most records written in one transaction.
 const MAX_BATCH: usize = 256;
 
+/// Records written without a flush request are handed to sled's own flush this long
+/// after the first of them (what sled's background flusher did every 200 ms, but armed
+/// by writes instead of ticking while the vault is idle).
+const LAZY_FLUSH_AFTER: Duration = Duration::from_millis(200);
+
+/// After a failed write (say, a full disk) the batch is tried again this often.
+const RETRY_AFTER: Duration = Duration::from_millis(50);
+
+/// The writer's timers. Each is armed by work and disarmed when done, so an idle vault's
+/// writer sleeps in `recv` without waking up.
+#[derive(Default)]
+struct Timers {
+    /// The open frame reaches its time bound.
+    frame: Option<Instant>,
+    /// Records written since the last flush go to sled's flush.
+    lazy_flush: Option<Instant>,
+    /// A failed batch is tried again.
+    retry: Option<Instant>,
+}
+
+impl Timers {
+    fn next(&self) -> Option<Instant> {
+        [self.frame, self.lazy_flush, self.retry]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+/// Whether a timer has fired.
+fn due(t: Option<Instant>, now: Instant) -> bool {
+    t.is_some_and(|t| t <= now)
+}
+
 pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
     let frame_age = Duration::from_millis(inner.opts.frame_max_ms);
-    let tick = (frame_age / 2).max(Duration::from_millis(1));
-    let mut pending: Vec<Job> = Vec::new();
-    let mut waiting: Vec<Sender<Result<()>>> = Vec::new();
-    let mut stop: Option<Sender<Result<()>>> = None;
+    let mut timers = Timers::default();
+    let mut b = Batch::default();
     loop {
-        match rx.recv_timeout(tick) {
+        let received = match timers.next() {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+        };
+        match received {
             Ok(msg) => {
-                take(msg, &mut pending, &mut waiting, &mut stop);
-                while pending.len() < MAX_BATCH && stop.is_none() {
+                b.take(msg, frame_age, &mut timers);
+                while b.pending.len() < MAX_BATCH && b.stop.is_none() {
                     match rx.try_recv() {
-                        Ok(msg) => take(msg, &mut pending, &mut waiting, &mut stop),
+                        Ok(msg) => b.take(msg, frame_age, &mut timers),
                         Err(_) => break,
                     }
                 }
                 // A large payload's chunks go into one transaction, so a crash never
                 // leaves half of one (its remaining chunks are already on their way:
                 // the append path queues a payload's chunks in one go).
-                while ends_mid_payload(&pending) {
+                while ends_mid_payload(&b.pending) {
                     match rx.recv() {
-                        Ok(msg) => take(msg, &mut pending, &mut waiting, &mut stop),
+                        Ok(msg) => b.take(msg, frame_age, &mut timers),
                         Err(_) => break,
                     }
                 }
@@ -53,33 +92,69 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        if stop.is_none() {
-            cut_old_frame(
-                &inner,
-                &rx,
-                frame_age,
-                &mut pending,
-                &mut waiting,
-                &mut stop,
-            );
+        let now = Instant::now();
+        if b.stop.is_none() && due(timers.frame, now) {
+            timers.frame = cut_old_frame(&inner, &rx, frame_age, &mut b, &mut timers);
         }
-        let written = inner.write_records(&pending);
+        let wrote = !b.pending.is_empty();
+        let written = inner.write_records(&b.pending);
         match &written {
             Ok(()) => {
-                pending.clear();
+                b.pending.clear();
+                timers.retry = None;
                 inner.set_write_error(None);
+                if wrote {
+                    timers.lazy_flush.get_or_insert(now + LAZY_FLUSH_AFTER);
+                    inner.records_written();
+                }
             }
-            Err(e) => inner.set_write_error(Some(e)),
+            Err(e) => {
+                timers.retry = Some(now + RETRY_AFTER);
+                inner.set_write_error(Some(e));
+            }
         }
-        if !waiting.is_empty() || stop.is_some() {
+        if !b.waiting.is_empty() || b.stop.is_some() {
             let result = written.and_then(|()| inner.durable_flush());
-            for w in waiting.drain(..) {
+            if result.is_ok() {
+                timers.lazy_flush = None;
+            }
+            for w in b.waiting.drain(..) {
                 let _ = w.send(result.clone());
             }
-            if let Some(s) = stop.take() {
+            if let Some(s) = b.stop.take() {
                 let _ = s.send(result);
                 return;
             }
+        } else if due(timers.lazy_flush, now) {
+            // Not a durability promise (that is `flush`): it bounds what a crash can
+            // take of records nobody flushed. A failure is tried again later, and the
+            // next `flush` reports it.
+            timers.lazy_flush = match inner.store.lazy_flush() {
+                Ok(()) => None,
+                Err(_) => Some(now + LAZY_FLUSH_AFTER),
+            };
+        }
+    }
+}
+
+/// What the writer has received and not yet handled.
+#[derive(Default)]
+struct Batch {
+    pending: Vec<Job>,
+    waiting: Vec<Sender<Result<()>>>,
+    stop: Option<Sender<Result<()>>>,
+}
+
+impl Batch {
+    fn take(&mut self, msg: Msg, frame_age: Duration, timers: &mut Timers) {
+        match msg {
+            Msg::Record(j) => self.pending.push(j),
+            Msg::FrameOpened(at) => {
+                let bound = at + frame_age;
+                timers.frame = Some(timers.frame.map_or(bound, |t| t.min(bound)));
+            }
+            Msg::Flush(s) => self.waiting.push(s),
+            Msg::Stop(s) => self.stop = Some(s),
         }
     }
 }
@@ -90,39 +165,30 @@ fn ends_mid_payload(pending: &[Job]) -> bool {
         .is_some_and(|j| j.kind == RecordKind::Chunk && j.flags & FLAG_LAST == 0)
 }
 
-fn take(
-    msg: Msg,
-    pending: &mut Vec<Job>,
-    waiting: &mut Vec<Sender<Result<()>>>,
-    stop: &mut Option<Sender<Result<()>>>,
-) {
-    match msg {
-        Msg::Record(j) => pending.push(j),
-        Msg::Flush(s) => waiting.push(s),
-        Msg::Stop(s) => *stop = Some(s),
-    }
-}
-
 /// Closes the open frame when it reached the time bound. Holding the append lock means
 /// nothing new can be queued, so draining the queue first keeps records in order.
+/// Returns when to look again: the bound of a frame opened since, or in a moment when an
+/// appender holds the lock.
 fn cut_old_frame(
     inner: &Inner,
     rx: &Receiver<Msg>,
     age: Duration,
-    pending: &mut Vec<Job>,
-    waiting: &mut Vec<Sender<Result<()>>>,
-    stop: &mut Option<Sender<Result<()>>>,
-) {
+    b: &mut Batch,
+    timers: &mut Timers,
+) -> Option<Instant> {
     let Ok(mut producer) = inner.producer.try_lock() else {
-        return;
+        return Some(Instant::now() + Duration::from_millis(1));
     };
     if !producer.framer.is_older_than(age) {
-        return;
+        return producer.framer.opened_at().map(|at| at + age);
     }
+    timers.frame = None;
     while let Ok(msg) = rx.try_recv() {
-        take(msg, pending, waiting, stop);
+        b.take(msg, age, timers);
     }
     if let Some(job) = producer.framer.cut() {
-        pending.push(job);
+        b.pending.push(job);
     }
+    // A FrameOpened drained above belongs to the frame just cut.
+    None
 }

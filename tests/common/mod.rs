@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod collector;
+pub mod threads;
 
 use std::path::{Path, PathBuf};
 

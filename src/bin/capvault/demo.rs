@@ -466,7 +466,8 @@ fn wait_for_upload(vault: &Vault, limit: Duration) -> CliResult<UploadStatus> {
             ));
         };
         // Everything acknowledged, and the uploader's cycle over (its counters final).
-        if u.pending_bytes == 0 && u.pending_bundles == 0 && u.next_attempt_us.is_some() {
+        if u.pending_bytes == 0 && u.pending_bundles == 0 && (u.idle || u.next_attempt_us.is_some())
+        {
             return Ok(u);
         }
         if Instant::now() >= deadline {

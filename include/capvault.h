@@ -516,7 +516,7 @@ capvault_result capvault_rotate_key(capvault *v);
  * Writes a JSON object describing the vault (directory, ids, user, keychain, key
  * epochs, record counts, disk use, pause state, policy; with the `upload` option also
  * `upload`: `url`, `pending_bundles`, `pending_bytes`, `last_success_us`,
- * `last_attempt_us`, `last_error`, `next_attempt_us`, `enrolled`,
+ * `last_attempt_us`, `last_error`, `next_attempt_us`, `idle`, `enrolled`,
  * `consecutive_failures`, `uploaded_bundles`, `uploaded_bytes`; never keys, tokens or
  * captured content) to `*out_json`.
  *

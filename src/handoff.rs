@@ -558,7 +558,12 @@ impl LinuxWatch {
         let wd = inotify::add_watch(
             &*fd,
             dir.as_str(),
-            WatchFlags::MOVED_TO | WatchFlags::CLOSE_WRITE | WatchFlags::ONLYDIR,
+            // However a request appears: renamed into place (the protocol), written in
+            // place, or created as a link (refused, but answered).
+            WatchFlags::MOVED_TO
+                | WatchFlags::CREATE
+                | WatchFlags::CLOSE_WRITE
+                | WatchFlags::ONLYDIR,
         )?;
         let alive = Arc::new(AtomicBool::new(true));
         let (reader_fd, reader_alive) = (fd.clone(), alive.clone());

@@ -122,10 +122,13 @@ fn links_and_other_owners_requests_are_refused_and_answered() {
 
     if is_root() {
         // A regular request file that belongs to another uid.
+        // Owned by the other uid before it appears under its request name (the holder
+        // wakes as soon as a request appears).
         let (id, json) = erase_request('b', user);
-        let f = requests.join(format!("{id}.req"));
-        std::fs::write(&f, json).unwrap();
-        std::os::unix::fs::chown(&f, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+        let tmp = requests.join(format!(".{id}.req.tmp"));
+        std::fs::write(&tmp, json).unwrap();
+        std::os::unix::fs::chown(&tmp, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+        std::fs::rename(&tmp, requests.join(format!("{id}.req"))).unwrap();
         let resp = wait_for_response(&requests, &id);
         assert!(resp.contains(&format!("uid {OTHER_UID}")), "{resp}");
     }

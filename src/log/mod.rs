@@ -27,10 +27,8 @@ pub(crate) struct LogState {
     pub head: Head,
     pub tail: Tail,
     pub counts: BTreeMap<u32, EpochCount>,
-    /// Slots past the head that this handle's own failed write may have filled (sled
-    /// can apply part of a transaction before a full disk fails it, and cannot always
-    /// take it back then): a retry may overwrite these, and only these.
-    pub own_partial: BTreeSet<Vec<u8>>,
+    /// Set when a write to sled failed (a full disk, an I/O error): see [`Log::failed`].
+    pub failed: Option<Error>,
 }
 
 impl LogState {
@@ -145,7 +143,7 @@ impl Log {
                 head,
                 tail,
                 counts,
-                own_partial: BTreeSet::new(),
+                failed: None,
             }),
         };
         log.check_ends()?;
@@ -209,6 +207,38 @@ impl Log {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Refuses to go on after a failed write. sled applies a transaction's writes one by
+    /// one, in no fixed order, and a full disk can stop it part way, so its in-memory
+    /// tree may then hold any part of the batch (records without the head anchor that
+    /// names them, or a head without some of its records; for a removal, a hole at the
+    /// tail). It also refuses every later write on that handle. What is durable is
+    /// consistent (sled recovers a batch whole or not at all), so the log answers with
+    /// this error until the vault is reopened, rather than read or extend a tree that
+    /// would look tampered with.
+    fn usable(st: &LogState) -> Result<()> {
+        match &st.failed {
+            None => Ok(()),
+            Some(e) => {
+                let why = format!(
+                    "a write to the vault's database failed ({e}); nothing flushed is lost; \
+                     free disk space if it is full, then close and reopen the vault"
+                );
+                Err(match e {
+                    Error::StorageFull(_) => Error::StorageFull(why),
+                    _ => Error::Storage(why),
+                })
+            }
+        }
+    }
+
+    /// Records a failed write (see [`Log::usable`]) and returns its error.
+    fn failed(st: &mut LogState, e: Error) -> Error {
+        if matches!(e, Error::Storage(_) | Error::StorageFull(_)) && st.failed.is_none() {
+            st.failed = Some(e.clone());
+        }
+        e
+    }
+
     /// Encrypts `jobs` under the current epoch and stores them after the head, with the
     /// new head anchor and counters, in one transaction that refuses to replace any key.
     pub(crate) fn append(
@@ -223,6 +253,7 @@ impl Log {
         }
         let (epoch, dek) = keys.current();
         let mut st = self.lock();
+        Self::usable(&st)?;
         let mut seq = st.head.last_seq;
         let mut prev = st.head.last_tag;
         let mut count = st.counts.get(&epoch).copied().unwrap_or_default();
@@ -266,10 +297,9 @@ impl Log {
         let count_bytes = self
             .anchors
             .seal_counts(head.last_seq, st.tail.first_seq, &counts);
-        let own_partial = &st.own_partial;
         let res = self.tree.transaction(|tx| {
             for (k, v) in &values {
-                if tx.get(k)?.is_some() && !own_partial.contains(k.as_slice()) {
+                if tx.get(k)?.is_some() {
                     return Err(ConflictableTransactionError::Abort(()));
                 }
                 tx.insert(k, v.clone())?;
@@ -281,21 +311,10 @@ impl Log {
         match res {
             Ok(()) => {}
             Err(TransactionError::Abort(())) => return Err(store::slot_taken()),
-            Err(TransactionError::Storage(e)) => {
-                // sled can apply a transaction in memory and fail only to log it (a full
-                // disk). If our head anchor is in the tree, the batch is in: keep going,
-                // and let the next flush report whether it reached the disk.
-                if self.tree.get(HEAD_KEY)?.as_deref() != Some(&head_bytes[..]) {
-                    store::take_back(&self.tree, &values);
-                    st.own_partial
-                        .extend(values.iter().map(|(k, _)| k.as_slice().to_vec()));
-                    return Err(e.into());
-                }
-            }
+            Err(TransactionError::Storage(e)) => return Err(Self::failed(&mut st, e.into())),
         }
         st.head = head;
         st.counts.insert(epoch, count);
-        st.own_partial.clear();
         Ok(())
     }
 
@@ -310,6 +329,7 @@ impl Log {
     ) -> Result<()> {
         let (tail, head) = {
             let st = self.lock();
+            Self::usable(&st)?;
             (st.tail, st.head)
         };
         let to = to.min(head.last_seq);
@@ -363,6 +383,7 @@ impl Log {
         keys: &KeyHierarchy,
         purpose_of: &dyn Fn(u32) -> Result<String>,
     ) -> Result<VerifyReport> {
+        Self::usable(&self.lock())?;
         self.check_ends()?;
         let (tail, head) = {
             let st = self.lock();
@@ -441,6 +462,7 @@ impl Log {
     /// Returns the epochs that have no records left.
     pub(crate) fn prune_through(&self, last: u64) -> Result<Vec<u32>> {
         let mut st = self.lock();
+        Self::usable(&st)?;
         if last < st.tail.first_seq {
             return Ok(Vec::new());
         }
@@ -468,7 +490,9 @@ impl Log {
                 .seal_counts(st.head.last_seq, tail.first_seq, &counts),
         );
         crate::failpoint::hit("prune:before-batch")?;
-        self.tree.apply_batch(batch)?;
+        if let Err(e) = self.tree.apply_batch(batch) {
+            return Err(Self::failed(&mut st, e.into()));
+        }
         counts.retain(|_, c| c.records > 0);
         st.counts = counts;
         st.tail = tail;
@@ -490,6 +514,7 @@ impl Log {
         commit: &dyn Fn(&crate::vault::TreeOps) -> Result<()>,
     ) -> Result<Vec<u32>> {
         let mut st = self.lock();
+        Self::usable(&st)?;
         if last < st.tail.first_seq || last > st.head.last_seq {
             return Err(Error::invalid("eviction outside the live range of the log"));
         }
@@ -544,7 +569,9 @@ impl Log {
                 .into(),
         ));
         crate::failpoint::hit("prune:before-batch")?;
-        commit(&ops)?;
+        if let Err(e) = commit(&ops) {
+            return Err(Self::failed(&mut st, e));
+        }
         let emptied = counts
             .iter()
             .filter(|(_, c)| c.records == 0)

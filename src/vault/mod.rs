@@ -4,8 +4,8 @@
 mod admin;
 mod erase;
 mod limits;
-mod release;
-mod state;
+pub(crate) mod release;
+pub(crate) mod state;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -592,10 +592,39 @@ impl Drop for Vault {
 fn read_i64(state: &StateStore, key: &[u8]) -> Result<i64> {
     match state.get(key)? {
         None => Ok(0),
-        Some(v) => Ok(i64::from_be_bytes(v.as_slice().try_into().map_err(
-            |_| Error::tampered("a stored counter has the wrong size"),
-        )?)),
+        Some(v) => decode_i64(&v),
     }
+}
+
+/// A stored big-endian i64 (pause deadline, dropped count).
+pub(crate) fn decode_i64(v: &[u8]) -> Result<i64> {
+    Ok(i64::from_be_bytes(v.try_into().map_err(|_| {
+        Error::tampered("a stored counter has the wrong size")
+    })?))
+}
+
+/// A stored `policy/<version>` record's body: the version from its name, the policy
+/// from its body, which must name the same version.
+pub(crate) fn decode_policy_record(name: &[u8], body: &[u8]) -> Result<(u32, Policy)> {
+    let ver = u32::from_be_bytes(
+        name.strip_prefix(STATE_POLICY_PREFIX)
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| Error::tampered("a policy entry name is malformed"))?,
+    );
+    let p: Policy = serde_json::from_slice(body)
+        .map_err(|_| Error::tampered("a stored policy does not parse"))?;
+    if p.version != ver {
+        return Err(Error::tampered(format!(
+            "the policy stored as version {ver} names version {}",
+            p.version
+        )));
+    }
+    Ok((ver, p))
+}
+
+/// The bytes a policy is recorded as (compared byte for byte on every open).
+pub(crate) fn encode_policy_record(policy: &Policy) -> Vec<u8> {
+    serde_json::to_vec(policy).expect("policy serializes")
 }
 
 /// Test hook: rewrites the trees of `user` in the vault at `dir` (closed) in the format
@@ -761,20 +790,8 @@ fn record_policy(
     let mut purposes = BTreeMap::new();
     let mut latest: Option<Policy> = None;
     for name in state.names(STATE_POLICY_PREFIX) {
-        let ver = u32::from_be_bytes(
-            name[STATE_POLICY_PREFIX.len()..]
-                .try_into()
-                .map_err(|_| Error::tampered("a policy entry name is malformed"))?,
-        );
         let v = state.get(&name)?.unwrap_or_default();
-        let p: Policy = serde_json::from_slice(&v)
-            .map_err(|_| Error::tampered("a stored policy does not parse"))?;
-        if p.version != ver {
-            return Err(Error::tampered(format!(
-                "the policy stored as version {ver} names version {}",
-                p.version
-            )));
-        }
+        let (ver, p) = decode_policy_record(&name, &v)?;
         purposes.insert(ver, p.purpose.clone());
         latest = Some(p);
     }
@@ -785,7 +802,7 @@ fn record_policy(
     }
     let mut key = STATE_POLICY_PREFIX.to_vec();
     key.extend_from_slice(&policy.version.to_be_bytes());
-    let json = serde_json::to_vec(policy).expect("policy serializes");
+    let json = encode_policy_record(policy);
     let changed = match state.get(&key)? {
         Some(stored) if stored == json => None,
         Some(_) => {

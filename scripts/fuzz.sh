@@ -36,7 +36,12 @@ for t in "${targets[@]}"; do
   say "fuzzing $t for $seconds s"
   cargo +nightly fuzz run --fuzz-dir fuzz "$t" "$scratch/$t" "fuzz/corpus/$t" -- \
     -max_total_time="$seconds" -timeout=20 -print_final_stats=1 \
-    2>"$scratch/$t.log" || { tail -n 60 "$scratch/$t.log" >&2; printf 'error: fuzz target %s failed\n' "$t" >&2; exit 1; }
+    2>"$scratch/$t.log" || {
+    grep -E -A3 'panicked at|ERROR: ' "$scratch/$t.log" >&2
+    tail -n 25 "$scratch/$t.log" >&2
+    printf 'error: fuzz target %s failed\n' "$t" >&2
+    exit 1
+  }
   grep -E '^stat::number_of_executed_units' "$scratch/$t.log" | sed "s/^/    $t /" >&2 || true
 done
 say "fuzz run passed: ${#targets[@]} targets, $((SECONDS - start)) s in all"

@@ -106,7 +106,7 @@ struct PendingV1 {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum StoredRelease {
     /// A current (version 2) state.
-    Current(ReleaseState),
+    Current(Box<ReleaseState>),
     /// A version 1 state: carried over into a fresh stream after finishing an
     /// interrupted acknowledgement (prune through that record).
     V1 {
@@ -121,9 +121,9 @@ impl StoredRelease {
         let bad = || Error::tampered("the release state does not parse");
         let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| bad())?;
         if json.get("v").and_then(|v| v.as_u64()) == Some(RELEASE_STATE_VERSION as u64) {
-            return Ok(StoredRelease::Current(
+            return Ok(StoredRelease::Current(Box::new(
                 serde_json::from_value(json).map_err(|_| bad())?,
-            ));
+            )));
         }
         let old: ReleaseStateV1 = serde_json::from_value(json).map_err(|_| bad())?;
         Ok(StoredRelease::V1 {
@@ -197,7 +197,7 @@ impl Inner {
             return Ok(fresh(0));
         };
         match StoredRelease::decode(&v)? {
-            StoredRelease::Current(state) => Ok(state),
+            StoredRelease::Current(state) => Ok(*state),
             StoredRelease::V1 {
                 ledger_released,
                 interrupted_ack_through,

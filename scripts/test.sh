@@ -80,7 +80,7 @@ fi
 # smoke run is skipped without one; docs/RELIABILITY.md).
 if cargo +nightly --version >/dev/null 2>&1 && ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   say "installing cargo-fuzz"
-  cargo install cargo-fuzz --locked --quiet
+  cargo install cargo-fuzz --version 0.13.2 --locked --quiet
 fi
 
 # The S3 tier (`bash scripts/test.sh scale`) runs against a real Garage, pinned.

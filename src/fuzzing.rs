@@ -9,6 +9,7 @@ use crate::log::anchor::{AnchorKey, Head, Tail};
 use crate::log::assemble::Assembler;
 use crate::log::record::{RecordBinding, RecordHeader, RecordKind, HEADER_LEN};
 use crate::log::store::EpochCount;
+use crate::vault::state::{self, Sealer};
 use capvault_format::secret::{Key32, PlainBuf};
 use capvault_format::SeqEvent;
 
@@ -85,7 +86,7 @@ pub fn assemble(records: &[(u8, u8, &[u8])]) -> Result<Vec<SeqEvent>> {
 }
 
 /// Which anchor.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Anchor {
     /// The log's head.
     Head,
@@ -93,28 +94,39 @@ pub enum Anchor {
     Tail,
     /// The audit ledger's head.
     LedgerHead,
+    /// The log's per-epoch counters.
+    Counts,
+}
+
+/// The MAC key of anchors and stored state (bytes 32..64).
+fn mac_key() -> Key32 {
+    key(32)
 }
 
 fn anchor_key(which: Anchor) -> AnchorKey {
     match which {
-        Anchor::LedgerHead => {
-            AnchorKey::with_label(b"capvault-ledger-anchor-v1", &key(32), &VAULT_ID, USER)
-        }
-        _ => AnchorKey::new(&key(32), &VAULT_ID, USER),
+        Anchor::LedgerHead => crate::audit::anchor_key(&mac_key(), &VAULT_ID, USER),
+        _ => AnchorKey::new(&mac_key(), &VAULT_ID, USER),
     }
 }
 
-/// Opens a stored anchor under the fixed MAC key; returns it sealed again.
+/// Opens a stored anchor under the fixed MAC key as the vault does; returns it sealed
+/// again.
 pub fn open_anchor(which: Anchor, stored: &[u8]) -> Result<Vec<u8>> {
     let k = anchor_key(which);
     Ok(match which {
         Anchor::Tail => k.seal_tail(&k.open_tail(stored)?),
-        _ => k.seal_head(&k.open_head(stored)?),
+        Anchor::Counts => {
+            let (last, first, counts) = k.open_counts(stored)?;
+            k.seal_counts(last, first, &counts)
+        }
+        Anchor::Head | Anchor::LedgerHead => k.seal_head(&k.open_head(stored)?),
     })
 }
 
 /// A valid anchor under the fixed MAC key (for seed corpora): `seq` is the head's last
-/// record or the tail's first, `next` the head's next event sequence number.
+/// record, the tail's first or the counters' last, `next` the head's next event sequence
+/// number or the counters' first record (the counters hold one epoch).
 pub fn seal_anchor(which: Anchor, seq: u64, tag: [u8; 16], next: u64) -> Vec<u8> {
     let k = anchor_key(which);
     match which {
@@ -122,7 +134,14 @@ pub fn seal_anchor(which: Anchor, seq: u64, tag: [u8; 16], next: u64) -> Vec<u8>
             first_seq: seq,
             prev_tag: tag,
         }),
-        _ => k.seal_head(&Head {
+        Anchor::Counts => {
+            let one = EpochCount {
+                records: seq.saturating_sub(next) + 1,
+                bytes: 4096,
+            };
+            k.seal_counts(seq, next, &[(1, one)].into_iter().collect())
+        }
+        Anchor::Head | Anchor::LedgerHead => k.seal_head(&Head {
             last_seq: seq,
             last_tag: tag,
             next_event_seq: next,
@@ -130,26 +149,99 @@ pub fn seal_anchor(which: Anchor, seq: u64, tag: [u8; 16], next: u64) -> Vec<u8>
     }
 }
 
-/// Decodes a per-epoch counter; returns it re-encoded.
+/// `body` sealed as the counters anchor under the fixed MAC key, so a target reaches
+/// the counters' decoder past the MAC.
+pub fn seal_counts_body(body: &[u8]) -> Vec<u8> {
+    anchor_key(Anchor::Counts).seal_counts_body(body)
+}
+
+/// Decodes a per-epoch counter of a vault from before the counters were anchored (read
+/// once, at the carry-over); returns it re-encoded.
 pub fn epoch_count(bytes: &[u8]) -> Result<Vec<u8>> {
     Ok(EpochCount::decode(bytes)?.encode().to_vec())
 }
 
-/// Decodes a stored release state; returns a current state re-encoded, `None` for a
-/// version 1 state (carried over, never written again).
-pub fn release_state(bytes: &[u8]) -> Result<Option<Vec<u8>>> {
-    use crate::vault::release::{encode_release_state, StoredRelease};
-    Ok(match StoredRelease::decode(bytes)? {
-        StoredRelease::Current(s) => Some(encode_release_state(&s)),
-        StoredRelease::V1 { .. } => None,
-    })
+fn sealer() -> Sealer {
+    Sealer::new(&mac_key(), &VAULT_ID, USER)
 }
 
-/// Decodes a stored `policy/<version>` entry; returns its version and the policy
-/// re-encoded.
-pub fn policy_record(key: &[u8], value: &[u8]) -> Result<(u32, Vec<u8>)> {
-    let (v, p) = crate::vault::decode_policy_record(key, value)?;
-    Ok((v, crate::vault::encode_policy_record(&p)))
+/// The names of the sealed state records (`policy/` takes a big-endian u32 version).
+pub const STATE_NAMES: [&[u8]; 6] = [
+    crate::vault::release::RELEASE_STATE,
+    crate::vault::STATE_PAUSE_UNTIL,
+    crate::vault::STATE_PAUSE_DROPPED,
+    crate::vault::STATE_DENY_GAP,
+    crate::vault::STATE_RECEIPT_KEY,
+    crate::vault::STATE_POLICY_PREFIX,
+];
+
+/// `body` sealed as state record `name` of generation `gen` under the fixed MAC key, as
+/// the vault writes it.
+pub fn seal_state_record(name: &[u8], gen: u64, body: &[u8]) -> Vec<u8> {
+    sealer().seal(name, gen, body)
+}
+
+/// Reads the stored state record `name` as the vault does: checked under the fixed MAC
+/// key against the generation `want` its anchor names, then decoded by the record's own
+/// decoder. Returns the decoded value encoded and sealed again (`None` for what the
+/// vault never writes back as it is: a version 1 release state), or the vault's error.
+pub fn state_record(name: &[u8], want: u64, stored: &[u8]) -> Result<Option<Vec<u8>>> {
+    use crate::vault::{self, release};
+    let body = state::open_record(&sealer(), name, want, stored)?;
+    let again = if name == release::RELEASE_STATE {
+        match release::StoredRelease::decode(body)? {
+            release::StoredRelease::Current(s) => Some(release::encode_release_state(&s)),
+            release::StoredRelease::V1 { .. } => None,
+        }
+    } else if name.starts_with(vault::STATE_POLICY_PREFIX) {
+        let (_, policy) = vault::decode_policy_record(name, body)?;
+        Some(vault::encode_policy_record(&policy))
+    } else if name == vault::STATE_RECEIPT_KEY {
+        Some(
+            vault::decode_receipt_key(body)?
+                .unwrap_or_default()
+                .into_bytes(),
+        )
+    } else if [
+        vault::STATE_PAUSE_UNTIL,
+        vault::STATE_PAUSE_DROPPED,
+        vault::STATE_DENY_GAP,
+    ]
+    .contains(&name)
+    {
+        Some(vault::decode_i64(body)?.to_be_bytes().to_vec())
+    } else {
+        return Err(Error::tampered(format!(
+            "the stored state has no record {:?}",
+            String::from_utf8_lossy(name)
+        )));
+    };
+    Ok(again.map(|b| seal_state_record(name, want, &b)))
+}
+
+/// `body` sealed as the state anchor of generation `gen` under the fixed MAC key.
+pub fn seal_state_anchor(gen: u64, body: &[u8]) -> Vec<u8> {
+    sealer().seal(state::ANCHOR, gen, body)
+}
+
+/// The body of a state anchor naming `records` (name, generation), as the vault encodes
+/// it (for seed corpora).
+pub fn state_anchor_body(records: &[(&[u8], u64)]) -> Vec<u8> {
+    let mut names = std::collections::BTreeMap::new();
+    for (n, g) in records {
+        names.insert(n.to_vec(), *g);
+    }
+    state::Anchor::new(0, names).encode()
+}
+
+/// The records a state anchor names: (name, generation).
+pub type Named = Vec<(Vec<u8>, u64)>;
+
+/// Opens a stored state anchor as the vault does, against the generation the ledger
+/// head names; returns it encoded and sealed again, and the records it names.
+pub fn state_anchor(stored: &[u8], ledger_gen: u64) -> Result<(Vec<u8>, Named)> {
+    let a = state::open_anchor(&sealer(), stored, ledger_gen)?;
+    Ok((seal_state_anchor(a.gen(), &a.encode()), a.names()))
 }
 
 /// Decodes the authenticated plaintext of audit ledger entry `seq`; returns it
@@ -169,9 +261,40 @@ pub fn rotation_marker(bytes: &[u8]) -> Result<(u32, u32)> {
     crate::keys::hierarchy::decode_rotation_marker(bytes)
 }
 
-/// Decodes a stored i64 (pause deadline, dropped count).
-pub fn stored_i64(bytes: &[u8]) -> Result<i64> {
-    crate::vault::decode_i64(bytes)
+/// What erase reads from a keychain file (`keychain.json`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct KeychainFileRead {
+    /// Whether its MAC verifies under the fixed device seed.
+    pub verifies: bool,
+    /// The vault id it names, if it names one.
+    pub vault_id: Option<[u8; 16]>,
+    /// The file as erase writes it after signing it under the fixed device seed.
+    pub signed: Vec<u8>,
+}
+
+/// Parses a keychain file as erase does (no database needed, so no other check before
+/// it), checks its MAC under the fixed device seed (bytes 64..96), and signs it as erase
+/// writes it. `None` for what erase does not take as a keychain file.
+pub fn keychain_file(bytes: &[u8]) -> Option<KeychainFileRead> {
+    let seed = key(64);
+    let file = crate::vault::erase::KeychainFile::parse(bytes)?;
+    let mut signed = file.clone();
+    signed.sign(&seed);
+    Some(KeychainFileRead {
+        verifies: file.verifies(&seed),
+        vault_id: file.vault_id(),
+        signed: signed.to_bytes(),
+    })
+}
+
+/// Decodes the durability mark file (`durable`): the generation it records.
+pub fn durable_mark(bytes: &[u8]) -> Option<u64> {
+    crate::log::store::decode_mark(bytes)
+}
+
+/// The durability mark file for generation `gen`, as written.
+pub fn encode_durable_mark(gen: u64) -> [u8; 32] {
+    crate::log::store::encode_mark(gen)
 }
 
 /// Parses a hand-off request file's bytes as the serving vault does (`id` is the one in

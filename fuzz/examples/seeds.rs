@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use capvault::fuzzing::{self, Anchor};
 use capvault_format::{Event, KeyCategory, Marker, SeqEvent};
-use capvault_fuzz::{identity, join, HANDOFF_ID, X25519_IDENTITY, XWING_IDENTITY};
+use capvault_fuzz::{identity, HANDOFF_ID, X25519_IDENTITY, XWING_IDENTITY};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
@@ -29,6 +29,16 @@ fn vector_body(path: &Path) -> Vec<u8> {
         .expect("vector layout")
         + 2;
     bytes[at..].to_vec()
+}
+
+/// The framing `capvault_fuzz::parts` reads.
+fn join(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in parts {
+        out.extend_from_slice(&(p.len() as u16).to_be_bytes());
+        out.extend_from_slice(p);
+    }
+    out
 }
 
 fn hex(s: &str) -> Vec<u8> {
@@ -94,6 +104,15 @@ fn events() -> Vec<Event> {
 
 fn main() {
     let vectors = root().join("../tests/vectors");
+    // The signing key seed is random: keep the committed one so a rerun changes nothing.
+    let signer = fs::read_to_string(root().join("corpus/text_keys/receipt_signer"))
+        .ok()
+        .filter(|t| t.parse::<capvault_format::ReceiptSigner>().is_ok())
+        .unwrap_or_else(|| {
+            capvault_format::ReceiptSigner::generate()
+                .to_secret_string()
+                .to_string()
+        });
     let _ = fs::remove_dir_all(root().join("corpus"));
 
     // bundle: every bundle vector (valid, and the negative kit).
@@ -174,59 +193,121 @@ fn main() {
         );
     }
 
-    // anchor: valid head, tail, ledger head; counters.
+    // anchor: valid head, tail, ledger head and counters; a counters body to be sealed
+    // by the target; a legacy counter.
     for (i, (which, name)) in [
         (Anchor::Head, "head"),
         (Anchor::Tail, "tail"),
         (Anchor::LedgerHead, "ledger_head"),
+        (Anchor::Counts, "counts"),
     ]
     .into_iter()
     .enumerate()
     {
-        let sealed = fuzzing::seal_anchor(which, 42, [0xab; 16], 1000);
+        let sealed = fuzzing::seal_anchor(which, 42, [0xab; 16], 30);
         assert_eq!(fuzzing::open_anchor(which, &sealed).unwrap(), sealed);
         put("anchor", name, &[&[i as u8][..], &sealed].concat());
     }
-    let mut counter = vec![3u8];
+    let counts = fuzzing::seal_anchor(Anchor::Counts, 42, [0; 16], 30);
+    put(
+        "anchor",
+        "counts_body",
+        &[&[4u8][..], &counts[..counts.len() - 32]].concat(),
+    );
+    let mut counter = vec![5u8];
     counter.extend_from_slice(&5u64.to_be_bytes());
     counter.extend_from_slice(&4096u64.to_be_bytes());
     put("anchor", "counter", &counter);
 
-    // stored_state: one valid value per decoder, and the short rotation marker.
+    // stored_state: every state record with a valid body, once as a body the target
+    // seals (0) and once as the vault stores it (1); the state anchor both ways; then
+    // the other decoders.
     let release = format!(
         r#"{{"v":2,"stream_id":{:?},"next_bundle_seq":3,"prev_digest":{:?},"ledger_released":4,"last_sealed_record":10,"records_lost":1,"pending":{{"bundle_seq":3,"first_record":12,"last_record":20,"ledger_through":6,"digest":{:?},"recipient":"cvrecip-x25519-1cmweik7acd55k7tsmazsrktw44p4zqkqhkxcdezh2fgzzgmt6rzhqtzewe"}},"acking":null,"last_acked_id":"cvb1kzm4glmbbqba2piabvk33gne6tsb343e"}}"#,
         [7u8; 16], [1u8; 32], [2u8; 32]
     );
-    assert!(fuzzing::release_state(release.as_bytes())
-        .unwrap()
-        .is_some());
-    put(
-        "stored_state",
-        "release_v2",
-        &[b"\x00", release.as_bytes()].concat(),
-    );
     let v1 = r#"{"ledger_released":2,"acking":[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0],"pending":{"last_record":5}}"#;
-    assert!(fuzzing::release_state(v1.as_bytes()).unwrap().is_none());
-    put(
-        "stored_state",
-        "release_v1",
-        &[b"\x00", v1.as_bytes()].concat(),
-    );
     let policy = serde_json::to_vec(&capvault::Policy::default()).unwrap();
-    assert!(fuzzing::policy_record(b"policy/\0\0\0\x01", &policy).is_ok());
+    let receipt_key = identity(X25519_IDENTITY).receipt_key().to_string();
+    let gen = 7u64;
+    // (file name, index in STATE_NAMES, policy version, body, re-encoded as it is)
+    let records: [(&str, u8, &[u8], &[u8], bool); 9] = [
+        ("release_v2", 0, b"", release.as_bytes(), false),
+        ("release_v1", 0, b"", v1.as_bytes(), false),
+        (
+            "pause_until",
+            1,
+            b"",
+            &1_764_000_000_000_000i64.to_be_bytes(),
+            true,
+        ),
+        ("pause_dropped", 2, b"", &3i64.to_be_bytes(), true),
+        ("deny_gap", 3, b"", &1i64.to_be_bytes(), true),
+        ("receipt_key", 4, b"", receipt_key.as_bytes(), true),
+        ("receipt_key_none", 4, b"", b"", true),
+        ("policy", 5, &[0, 0, 0, 1], &policy, true),
+        ("pause_short", 1, b"", &[0, 0, 0, 1], false),
+    ];
+    let mut anchor_names: Vec<(Vec<u8>, u64)> = Vec::new();
+    for (file, sel, version, body, canonical) in records {
+        let mut name = fuzzing::STATE_NAMES[sel as usize].to_vec();
+        name.extend_from_slice(version);
+        let stored = fuzzing::seal_state_record(&name, gen, body);
+        let read = fuzzing::state_record(&name, gen, &stored);
+        match file {
+            "pause_short" => assert!(read.is_err()),
+            "release_v1" => assert_eq!(read.unwrap(), None),
+            _ => {
+                let again = read.unwrap().unwrap();
+                assert!(!canonical || again == stored, "{file} is canonical");
+                if !anchor_names.iter().any(|(n, _)| *n == name) {
+                    anchor_names.push((name.clone(), gen));
+                }
+            }
+        }
+        let head = [&[sel][..], &gen.to_be_bytes(), version].concat();
+        put(
+            "stored_state",
+            &format!("sealed_{file}"),
+            &[&[0u8][..], &head, body].concat(),
+        );
+        if canonical {
+            put(
+                "stored_state",
+                &format!("stored_{file}"),
+                &[&[1u8][..], &head, &stored].concat(),
+            );
+        }
+    }
+    let names: Vec<(&[u8], u64)> = anchor_names.iter().map(|(n, g)| (&n[..], *g)).collect();
+    let body = fuzzing::state_anchor_body(&names);
+    let anchor = fuzzing::seal_state_anchor(gen, &body);
+    let (again, named) = fuzzing::state_anchor(&anchor, gen).unwrap();
+    assert_eq!((again, named.len()), (anchor.clone(), names.len()));
     put(
         "stored_state",
-        "policy",
-        &[&[1u8, 0, 0, 0, 1][..], &policy].concat(),
+        "sealed_anchor",
+        &[&[2u8][..], &gen.to_be_bytes(), &body].concat(),
+    );
+    put(
+        "stored_state",
+        "stored_anchor",
+        &[&[3u8][..], &gen.to_be_bytes(), &anchor].concat(),
+    );
+    let empty = fuzzing::state_anchor_body(&[]);
+    put(
+        "stored_state",
+        "sealed_anchor_empty",
+        &[&[2u8][..], &1u64.to_be_bytes(), &empty].concat(),
     );
     let entry = br#"{"seq":5,"ts_us":1764000000000000,"action":"seal","detail":"bundle 2"}"#;
     assert!(fuzzing::ledger_entry(5, entry).is_ok());
     put(
         "stored_state",
         "ledger_entry",
-        &[&[2u8][..], &5u64.to_be_bytes(), entry].concat(),
+        &[&[4u8][..], &5u64.to_be_bytes(), entry].concat(),
     );
-    let mut wrapped = vec![3u8];
+    let mut wrapped = vec![5u8];
     wrapped.extend_from_slice(&1u32.to_be_bytes());
     wrapped.extend_from_slice(&1_764_000_000_000_000i64.to_be_bytes());
     wrapped.extend_from_slice(&[0x5a; 24 + 32 + 16]);
@@ -235,15 +316,35 @@ fn main() {
     put(
         "stored_state",
         "rotation_marker",
-        &[4, 0, 0, 0, 1, 0, 0, 0, 2],
+        &[6, 0, 0, 0, 1, 0, 0, 0, 2],
     );
-    put("stored_state", "rotation_marker_short", &[4, 0, 0, 0, 1]);
+    put("stored_state", "rotation_marker_short", &[6, 0, 0, 0, 1]);
+    put("stored_state", "keystore_kind", b"\x07\"keyutils\"");
+    let keychain = format!(
+        r#"{{"format":"capvault-keychain-1","vault_id":"{}","keystore":"keyutils","users":{{"alice":{{"kek_max":2}},"bob":{{"kek_max":1,"erased_us":1764000000000000}}}},"dir":"/var/lib/capvault/team"}}"#,
+        "11".repeat(16)
+    );
+    let read = fuzzing::keychain_file(keychain.as_bytes()).expect("the seed parses");
+    assert_eq!(read.vault_id, Some(fuzzing::VAULT_ID));
+    assert!(!read.verifies);
+    assert!(fuzzing::keychain_file(&read.signed).unwrap().verifies);
     put(
         "stored_state",
-        "pause_until",
-        &[&[5u8][..], &1_764_000_000_000_000i64.to_be_bytes()].concat(),
+        "keychain_unsigned",
+        &[&b"\x08"[..], keychain.as_bytes()].concat(),
     );
-    put("stored_state", "keystore_kind", b"\x06\"keyutils\"");
+    put(
+        "stored_state",
+        "keychain_signed",
+        &[&b"\x08"[..], &read.signed].concat(),
+    );
+    let mark = fuzzing::encode_durable_mark(12);
+    assert_eq!(fuzzing::durable_mark(&mark), Some(12));
+    put(
+        "stored_state",
+        "durable_mark",
+        &[&[9u8][..], &mark].concat(),
+    );
 
     // options: the defaults in full, an empty object, and an upload configuration.
     put("options", "empty", b"{}");
@@ -282,13 +383,7 @@ fn main() {
         "receipt_key",
         id.receipt_key().to_string().as_bytes(),
     );
-    put(
-        "text_keys",
-        "receipt_signer",
-        capvault_format::ReceiptSigner::generate()
-            .to_secret_string()
-            .as_bytes(),
-    );
+    put("text_keys", "receipt_signer", signer.as_bytes());
     put("text_keys", "suite", b"xwing");
     let mut typo = id.recipient().to_string().into_bytes();
     typo[20] = if typo[20] == b'a' { b'b' } else { b'a' };

@@ -51,7 +51,9 @@ fn be_u32(v: &[u8], what: &str) -> Result<u32> {
 /// The stored KEK rotation marker: from (u32) || to (u32).
 pub(crate) fn decode_rotation_marker(marker: &[u8]) -> Result<(u32, u32)> {
     if marker.len() != 8 {
-        return Err(Error::tampered("the KEK rotation marker has the wrong size"));
+        return Err(Error::tampered(
+            "the KEK rotation marker has the wrong size",
+        ));
     }
     Ok((
         be_u32(&marker[..4], "the rotation marker")?,

@@ -62,7 +62,7 @@ struct UserEntry {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct KeychainFile {
+pub(crate) struct KeychainFile {
     format: String,
     vault_id: String,
     keystore: KeyStoreKind,
@@ -96,13 +96,13 @@ impl KeychainFile {
         serde_json::to_vec(&copy).expect("serializes")
     }
 
-    fn sign(&mut self, device_seed: &Key32) {
+    pub(crate) fn sign(&mut self, device_seed: &Key32) {
         self.mac = None;
         let tag = hmac::sign(&file_key(device_seed), &self.unsigned_bytes());
         self.mac = Some(data_encoding::HEXLOWER.encode(tag.as_ref()));
     }
 
-    fn verifies(&self, device_seed: &Key32) -> bool {
+    pub(crate) fn verifies(&self, device_seed: &Key32) -> bool {
         let Some(mac) = self
             .mac
             .as_deref()
@@ -114,16 +114,25 @@ impl KeychainFile {
     }
 
     fn read(dir: &Path) -> Option<KeychainFile> {
-        let bytes = std::fs::read(dir.join(KEYCHAIN_FILE)).ok()?;
+        Self::parse(&std::fs::read(dir.join(KEYCHAIN_FILE)).ok()?)
+    }
+
+    /// The file in `bytes`, if it is one of this format (its MAC not checked yet).
+    pub(crate) fn parse(bytes: &[u8]) -> Option<KeychainFile> {
         if bytes.len() > 1 << 20 {
             return None;
         }
-        serde_json::from_slice::<KeychainFile>(&bytes)
+        serde_json::from_slice::<KeychainFile>(bytes)
             .ok()
             .filter(|f| f.format == FORMAT)
     }
 
-    fn vault_id(&self) -> Option<[u8; 16]> {
+    /// The bytes [`Self::write`] stores.
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("serializes")
+    }
+
+    pub(crate) fn vault_id(&self) -> Option<[u8; 16]> {
         data_encoding::HEXLOWER
             .decode(self.vault_id.as_bytes())
             .ok()?
@@ -155,8 +164,7 @@ impl KeychainFile {
             Some(s) => self.sign(s),
             None => self.mac = None,
         }
-        let bytes = serde_json::to_vec_pretty(self).expect("serializes");
-        write_private(dir, KEYCHAIN_FILE, &bytes)
+        write_private(dir, KEYCHAIN_FILE, &self.to_bytes())
     }
 }
 

@@ -2,7 +2,7 @@
 //! together for one user of one vault directory.
 
 mod admin;
-mod erase;
+pub(crate) mod erase;
 mod limits;
 pub(crate) mod release;
 pub(crate) mod state;
@@ -67,9 +67,9 @@ pub(crate) const STATE_PAUSE_DROPPED: &[u8] = b"pause_dropped";
 /// 1 while focus is in a deny-listed window, so that a restart does not store what the
 /// still-focused window shows until the next focus event.
 pub(crate) const STATE_DENY_GAP: &[u8] = b"deny_gap";
-const STATE_POLICY_PREFIX: &[u8] = b"policy/";
+pub(crate) const STATE_POLICY_PREFIX: &[u8] = b"policy/";
 /// The user's receipt key setting: the key text, or empty for none.
-const STATE_RECEIPT_KEY: &[u8] = b"receipt_key";
+pub(crate) const STATE_RECEIPT_KEY: &[u8] = b"receipt_key";
 
 /// Now, in microseconds since the Unix epoch.
 pub(crate) fn now_us() -> TimestampUs {
@@ -703,6 +703,19 @@ fn create_user(
         })
 }
 
+/// A stored receipt key setting (the user's record, or the vault-wide copy in metadata):
+/// empty for none.
+pub(crate) fn decode_receipt_key(v: &[u8]) -> Result<Option<String>> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    std::str::from_utf8(v)
+        .ok()
+        .filter(|t| t.parse::<capvault_format::ReceiptKey>().is_ok())
+        .map(|t| Some(t.to_string()))
+        .ok_or_else(|| Error::tampered("the stored collector receipt key does not parse"))
+}
+
 /// The receipt key in force for this user: the one asked for replaces the recorded one
 /// ("none" removes it), no key asked for keeps the recorded one. The user's setting is
 /// authenticated stored state; the vault-wide copy in metadata only seeds a user that
@@ -714,21 +727,11 @@ fn configure_receipt_key(
     ledger: &crate::audit::Ledger,
     asked: Option<&str>,
 ) -> Result<(Option<String>, Option<String>)> {
-    let parse = |v: &[u8]| -> Result<Option<String>> {
-        if v.is_empty() {
-            return Ok(None);
-        }
-        std::str::from_utf8(v)
-            .ok()
-            .filter(|t| t.parse::<capvault_format::ReceiptKey>().is_ok())
-            .map(|t| Some(t.to_string()))
-            .ok_or_else(|| Error::tampered("the stored collector receipt key does not parse"))
-    };
     let recorded = state.get(STATE_RECEIPT_KEY)?;
     let stored = match &recorded {
-        Some(v) => parse(v)?,
+        Some(v) => decode_receipt_key(v)?,
         None => match db.get(META_RECEIPT_KEY)? {
-            Some(v) => parse(&v)?,
+            Some(v) => decode_receipt_key(&v)?,
             None => None,
         },
     };

@@ -231,7 +231,8 @@ fn main() {
     let receipt_key = identity(X25519_IDENTITY).receipt_key().to_string();
     let gen = 7u64;
     // (file name, index in STATE_NAMES, policy version, body, re-encoded as it is)
-    let records: [(&str, u8, &[u8], &[u8], bool); 9] = [
+    type Seed<'a> = (&'a str, u8, &'a [u8], &'a [u8], bool);
+    let records: [Seed; 9] = [
         ("release_v2", 0, b"", release.as_bytes(), false),
         ("release_v1", 0, b"", v1.as_bytes(), false),
         (

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use capvault::fuzzing::{self, Anchor};
 use capvault_format::{Event, KeyCategory, Marker, SeqEvent};
-use capvault_fuzz::{identity, HANDOFF_ID, X25519_IDENTITY, XWING_IDENTITY};
+use capvault_fuzz::{hex, identity, HANDOFF_ID, X25519_IDENTITY, XWING_IDENTITY};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
@@ -39,13 +39,6 @@ fn join(parts: &[&[u8]]) -> Vec<u8> {
         out.extend_from_slice(p);
     }
     out
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
 }
 
 fn events() -> Vec<Event> {

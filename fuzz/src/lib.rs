@@ -508,7 +508,8 @@ pub fn text_keys(data: &[u8]) -> bool {
     parsed
 }
 
-fn hex(s: &str) -> Vec<u8> {
+/// The bytes of lowercase hex text (fixed inputs only).
+pub fn hex(s: &str) -> Vec<u8> {
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())

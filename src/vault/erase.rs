@@ -458,13 +458,17 @@ fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
             kek_max = KeyHierarchy::highest_kek_version(&db.open_tree(name)?);
         }
     }
-    if let Some(entry) = file
-        .as_ref()
-        .filter(|f| f.vault_id() == Some(vault_id))
-        .and_then(|f| f.users.get(user))
+    if let Some((entry, verified)) = file_ok
+        .filter(|(f, _)| f.vault_id() == Some(vault_id))
+        .and_then(|(f, verified)| Some((f.users.get(user)?, verified)))
     {
         known = true;
-        kek_max = kek_max.max(entry.kek_max);
+        // Only a file that verifies says how far the versions go: an edited one could
+        // name four billion of them (erase would never end) or u32::MAX (one past it
+        // wrapped to none deleted).
+        if verified {
+            kek_max = kek_max.max(entry.kek_max);
+        }
     }
     if !known {
         return Err(Error::NotFound(format!(
@@ -476,7 +480,7 @@ fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
         vault_id,
         keystore,
         // A rotation may have put the next version in the keychain before recording it.
-        kek_max: kek_max.max(1) + 1,
+        kek_max: kek_max.max(1).saturating_add(1),
         db,
         db_error,
     })

@@ -115,6 +115,16 @@ step "cargo doc, C library crate (warnings denied)" \
   env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p capvault-ffi
 step "cargo nextest" cargo nextest run --workspace --no-fail-fast
 
+# --- fuzz smoke run ----------------------------------------------------------------
+# Every target in fuzz/ for a few seconds from its seed corpus (FUZZ_SECONDS, default 5),
+# built unoptimized without ASan to keep the build cheap (the corpora themselves are
+# replayed on stable by tests/fuzz_corpus.rs); long runs: docs/RELIABILITY.md.
+if cargo +nightly fuzz --version >/dev/null 2>&1; then
+  step "fuzz smoke run (${FUZZ_SECONDS:-5} s per target)" bash scripts/fuzz.sh --dev "${FUZZ_SECONDS:-5}"
+else
+  say "skipping the fuzz smoke run: no nightly toolchain with cargo-fuzz"
+fi
+
 # --- C and Python FFI checks ------------------------------------------------------
 # The committed header must be exactly what cbindgen generates from ffi/src.
 check_header() {

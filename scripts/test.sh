@@ -76,6 +76,13 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked --quiet
 fi
 
+# cargo-fuzz for the fuzz smoke run, only where a nightly toolchain is installed (the
+# smoke run is skipped without one; docs/RELIABILITY.md).
+if cargo +nightly --version >/dev/null 2>&1 && ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  say "installing cargo-fuzz"
+  cargo install cargo-fuzz --version 0.13.2 --locked --quiet
+fi
+
 # The S3 tier (`bash scripts/test.sh scale`) runs against a real Garage, pinned.
 if [[ ${1:-} == scale ]] && ! command -v garage >/dev/null 2>&1; then
   source scripts/services.sh

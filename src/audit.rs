@@ -38,6 +38,24 @@ fn derive_ledger_key(mac_key: &Key32) -> Key32 {
     crate::keys::hierarchy::derive_subkey(mac_key, b"capvault-ledger-key-v1", b"ledger")
 }
 
+/// The authenticated plaintext of ledger entry `seq`, decoded; it must name its own
+/// position.
+pub(crate) fn decode_entry(seq: u64, plain: &[u8]) -> Result<AuditEntry> {
+    let entry: AuditEntry = serde_json::from_slice(plain)
+        .map_err(|_| Error::tampered(format!("audit ledger entry {seq} does not decode")))?;
+    if entry.seq != seq {
+        return Err(Error::tampered(format!(
+            "audit ledger entry {seq} names another position"
+        )));
+    }
+    Ok(entry)
+}
+
+/// The plaintext [`Ledger::record`] seals for `entry`.
+pub(crate) fn encode_entry(entry: &AuditEntry) -> zeroize::Zeroizing<Vec<u8>> {
+    zeroize::Zeroizing::new(serde_json::to_vec(entry).expect("entry serializes"))
+}
+
 impl Ledger {
     /// Opens the ledger. With `require_head` (stored state authenticated) a missing head
     /// means the ledger was wiped.
@@ -88,7 +106,7 @@ impl Ledger {
             action: action.into(),
             detail: detail.into(),
         };
-        let plain = zeroize::Zeroizing::new(serde_json::to_vec(&entry).expect("entry serializes"));
+        let plain = encode_entry(&entry);
         let header = RecordHeader {
             kind: RecordKind::Frame,
             flags: 0,
@@ -137,14 +155,7 @@ impl Ledger {
                 .map_err(|_| {
                     Error::tampered(format!("audit ledger entry {seq} does not authenticate"))
                 })?;
-            let entry: AuditEntry = serde_json::from_slice(&plain).map_err(|_| {
-                Error::tampered(format!("audit ledger entry {seq} does not decode"))
-            })?;
-            if entry.seq != seq {
-                return Err(Error::tampered(format!(
-                    "audit ledger entry {seq} names another position"
-                )));
-            }
+            let entry = decode_entry(seq, &plain)?;
             prev = tag_of(&v);
             expect += 1;
             if seq > after {

@@ -429,6 +429,14 @@ fn execute(inner: &Inner, op: &Op) -> Result<serde_json::Value> {
     })
 }
 
+/// The request in the bytes of file `<id>.req`, if they hold one of this protocol
+/// version that names that id.
+pub(crate) fn parse_request(bytes: &[u8], id: &str) -> Option<Request> {
+    serde_json::from_slice::<Request>(bytes)
+        .ok()
+        .filter(|r| r.v == VERSION && r.id == id)
+}
+
 /// Answers the pending hand-off requests for the user of `inner`. Requests for other
 /// users are left for the handle that serves them. Returns how many were answered.
 /// Serves the requests waiting in `inbox`. Returns when a request left for another
@@ -452,9 +460,7 @@ pub(crate) fn serve_requests(inner: &Inner, inbox: &Inbox) -> Result<Option<i64>
                 continue;
             }
         };
-        let req = serde_json::from_slice::<Request>(&bytes)
-            .ok()
-            .filter(|r| r.v == VERSION && r.id == id);
+        let req = parse_request(&bytes, id);
         let Some(req) = req else {
             // Not a request we understand: answer so the client does not hang.
             let e = Error::InvalidArgument("malformed hand-off request".into());

@@ -19,6 +19,9 @@ mod aead;
 mod audit;
 mod error;
 mod failpoint;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handoff;
 mod keys;
 mod log;

@@ -402,3 +402,26 @@ fn a_keychain_file_copied_from_another_vault_names_no_keys_here() {
         "B's current KEK survived"
     );
 }
+
+/// keychain.json sits in the vault directory: an edit that names an absurd highest KEK
+/// version (the file no longer verifies) made erase overflow one past u32::MAX (a panic
+/// with overflow checks; in release a wrap to "delete none") or loop through billions of
+/// keychain deletions. Only a file that verifies says how far the versions go; the
+/// database says the rest, and the keys go.
+#[test]
+fn an_edited_keychain_file_cannot_stop_or_stall_the_shred() {
+    let kind = KeyStoreKind::Keyutils;
+    for absurd in [u32::MAX, 3_000_000_000] {
+        let (_guard, dir, vault_id) = alice(kind);
+        let path = dir.join("keychain.json");
+        let mut file: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        file["users"]["alice"]["kek_max"] = absurd.into();
+        std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+        let started = std::time::Instant::now();
+        let out = ok(&cli(&dir, "alice", kind, &["erase", "--yes"]));
+        assert!(out.contains("user 'alice' erased"), "{out}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(60));
+        assert_keys_gone(kind, &vault_id, "alice");
+        assert_no_plaintext(&dir);
+    }
+}

@@ -48,22 +48,36 @@ fn be_u32(v: &[u8], what: &str) -> Result<u32> {
         .map_err(|_| Error::tampered(format!("{what} has the wrong size")))
 }
 
+/// The stored KEK rotation marker: from (u32) || to (u32).
+pub(crate) fn decode_rotation_marker(marker: &[u8]) -> Result<(u32, u32)> {
+    if marker.len() != 8 {
+        return Err(Error::tampered(
+            "the KEK rotation marker has the wrong size",
+        ));
+    }
+    Ok((
+        be_u32(&marker[..4], "the rotation marker")?,
+        be_u32(&marker[4..], "the rotation marker")?,
+    ))
+}
+
 /// A wrapped key as stored: KEK version, creation time, nonce || ciphertext || tag.
-struct Wrapped {
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Wrapped {
     kek_version: u32,
     created_us: i64,
     sealed: Vec<u8>,
 }
 
 impl Wrapped {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(12 + self.sealed.len());
         v.extend_from_slice(&self.kek_version.to_be_bytes());
         v.extend_from_slice(&self.created_us.to_be_bytes());
         v.extend_from_slice(&self.sealed);
         v
     }
-    fn decode(v: &[u8]) -> Result<Self> {
+    pub(crate) fn decode(v: &[u8]) -> Result<Self> {
         if v.len() < 12 {
             return Err(Error::tampered("a wrapped key is truncated"));
         }
@@ -178,13 +192,7 @@ impl KeyHierarchy {
         let mut kek_version = be_u32(&version, "the KEK version")?;
         if let Some(marker) = tree.get(ROTATION_MARKER)? {
             // An interrupted rotation: roll it forward.
-            if marker.len() != 8 {
-                return Err(Error::tampered(
-                    "the KEK rotation marker has the wrong size",
-                ));
-            }
-            let to = be_u32(&marker[4..], "the rotation marker")?;
-            let from = be_u32(&marker[..4], "the rotation marker")?;
+            let (from, to) = decode_rotation_marker(&marker)?;
             let mut h = Self::load(
                 store.clone(),
                 tree.clone(),

@@ -64,7 +64,7 @@ impl RecordHeader {
         })
     }
 
-    fn write(&self, out: &mut Vec<u8>) {
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
         out.push(RECORD_VERSION);
         out.push(self.kind as u8);
         out.push(self.flags);

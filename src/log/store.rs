@@ -257,7 +257,7 @@ fn mark_copy(gen: u64) -> [u8; 16] {
 
 /// The generation in the mark file: two copies, so damage to one leaves the other.
 /// `None` when neither checks out.
-fn decode_mark(bytes: &[u8]) -> Option<u64> {
+pub(crate) fn decode_mark(bytes: &[u8]) -> Option<u64> {
     if bytes.len() != 32 {
         return None;
     }
@@ -270,12 +270,18 @@ fn decode_mark(bytes: &[u8]) -> Option<u64> {
         .max()
 }
 
-/// Overwrites the mark in place (32 bytes in one sector) and makes it durable.
-fn write_mark(dir: &Path, gen: u64) -> Result<()> {
-    use std::io::Write;
+/// The mark file's bytes for `gen`.
+pub(crate) fn encode_mark(gen: u64) -> [u8; 32] {
     let mut bytes = [0u8; 32];
     bytes[..16].copy_from_slice(&mark_copy(gen));
     bytes[16..].copy_from_slice(&mark_copy(gen));
+    bytes
+}
+
+/// Overwrites the mark in place (32 bytes in one sector) and makes it durable.
+fn write_mark(dir: &Path, gen: u64) -> Result<()> {
+    use std::io::Write;
+    let bytes = encode_mark(gen);
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)

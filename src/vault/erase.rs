@@ -62,7 +62,7 @@ struct UserEntry {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct KeychainFile {
+pub(crate) struct KeychainFile {
     format: String,
     vault_id: String,
     keystore: KeyStoreKind,
@@ -96,13 +96,13 @@ impl KeychainFile {
         serde_json::to_vec(&copy).expect("serializes")
     }
 
-    fn sign(&mut self, device_seed: &Key32) {
+    pub(crate) fn sign(&mut self, device_seed: &Key32) {
         self.mac = None;
         let tag = hmac::sign(&file_key(device_seed), &self.unsigned_bytes());
         self.mac = Some(data_encoding::HEXLOWER.encode(tag.as_ref()));
     }
 
-    fn verifies(&self, device_seed: &Key32) -> bool {
+    pub(crate) fn verifies(&self, device_seed: &Key32) -> bool {
         let Some(mac) = self
             .mac
             .as_deref()
@@ -114,16 +114,25 @@ impl KeychainFile {
     }
 
     fn read(dir: &Path) -> Option<KeychainFile> {
-        let bytes = std::fs::read(dir.join(KEYCHAIN_FILE)).ok()?;
+        Self::parse(&std::fs::read(dir.join(KEYCHAIN_FILE)).ok()?)
+    }
+
+    /// The file in `bytes`, if it is one of this format (its MAC not checked yet).
+    pub(crate) fn parse(bytes: &[u8]) -> Option<KeychainFile> {
         if bytes.len() > 1 << 20 {
             return None;
         }
-        serde_json::from_slice::<KeychainFile>(&bytes)
+        serde_json::from_slice::<KeychainFile>(bytes)
             .ok()
             .filter(|f| f.format == FORMAT)
     }
 
-    fn vault_id(&self) -> Option<[u8; 16]> {
+    /// The bytes [`Self::write`] stores.
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("serializes")
+    }
+
+    pub(crate) fn vault_id(&self) -> Option<[u8; 16]> {
         data_encoding::HEXLOWER
             .decode(self.vault_id.as_bytes())
             .ok()?
@@ -155,8 +164,7 @@ impl KeychainFile {
             Some(s) => self.sign(s),
             None => self.mac = None,
         }
-        let bytes = serde_json::to_vec_pretty(self).expect("serializes");
-        write_private(dir, KEYCHAIN_FILE, &bytes)
+        write_private(dir, KEYCHAIN_FILE, &self.to_bytes())
     }
 }
 
@@ -450,13 +458,17 @@ fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
             kek_max = KeyHierarchy::highest_kek_version(&db.open_tree(name)?);
         }
     }
-    if let Some(entry) = file
-        .as_ref()
-        .filter(|f| f.vault_id() == Some(vault_id))
-        .and_then(|f| f.users.get(user))
+    if let Some((entry, verified)) = file_ok
+        .filter(|(f, _)| f.vault_id() == Some(vault_id))
+        .and_then(|(f, verified)| Some((f.users.get(user)?, verified)))
     {
         known = true;
-        kek_max = kek_max.max(entry.kek_max);
+        // Only a file that verifies says how far the versions go: an edited one could
+        // name four billion of them (erase would never end) or u32::MAX (one past it
+        // wrapped to none deleted).
+        if verified {
+            kek_max = kek_max.max(entry.kek_max);
+        }
     }
     if !known {
         return Err(Error::NotFound(format!(
@@ -468,7 +480,7 @@ fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
         vault_id,
         keystore,
         // A rotation may have put the next version in the keychain before recording it.
-        kek_max: kek_max.max(1) + 1,
+        kek_max: kek_max.max(1).saturating_add(1),
         db,
         db_error,
     })

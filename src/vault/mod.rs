@@ -2,10 +2,10 @@
 //! together for one user of one vault directory.
 
 mod admin;
-mod erase;
+pub(crate) mod erase;
 mod limits;
-mod release;
-mod state;
+pub(crate) mod release;
+pub(crate) mod state;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -67,9 +67,9 @@ pub(crate) const STATE_PAUSE_DROPPED: &[u8] = b"pause_dropped";
 /// 1 while focus is in a deny-listed window, so that a restart does not store what the
 /// still-focused window shows until the next focus event.
 pub(crate) const STATE_DENY_GAP: &[u8] = b"deny_gap";
-const STATE_POLICY_PREFIX: &[u8] = b"policy/";
+pub(crate) const STATE_POLICY_PREFIX: &[u8] = b"policy/";
 /// The user's receipt key setting: the key text, or empty for none.
-const STATE_RECEIPT_KEY: &[u8] = b"receipt_key";
+pub(crate) const STATE_RECEIPT_KEY: &[u8] = b"receipt_key";
 
 /// Now, in microseconds since the Unix epoch.
 pub(crate) fn now_us() -> TimestampUs {
@@ -612,10 +612,39 @@ impl Drop for Vault {
 fn read_i64(state: &StateStore, key: &[u8]) -> Result<i64> {
     match state.get(key)? {
         None => Ok(0),
-        Some(v) => Ok(i64::from_be_bytes(v.as_slice().try_into().map_err(
-            |_| Error::tampered("a stored counter has the wrong size"),
-        )?)),
+        Some(v) => decode_i64(&v),
     }
+}
+
+/// A stored big-endian i64 (pause deadline, dropped count).
+pub(crate) fn decode_i64(v: &[u8]) -> Result<i64> {
+    Ok(i64::from_be_bytes(v.try_into().map_err(|_| {
+        Error::tampered("a stored counter has the wrong size")
+    })?))
+}
+
+/// A stored `policy/<version>` record's body: the version from its name, the policy
+/// from its body, which must name the same version.
+pub(crate) fn decode_policy_record(name: &[u8], body: &[u8]) -> Result<(u32, Policy)> {
+    let ver = u32::from_be_bytes(
+        name.strip_prefix(STATE_POLICY_PREFIX)
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| Error::tampered("a policy entry name is malformed"))?,
+    );
+    let p: Policy = serde_json::from_slice(body)
+        .map_err(|_| Error::tampered("a stored policy does not parse"))?;
+    if p.version != ver {
+        return Err(Error::tampered(format!(
+            "the policy stored as version {ver} names version {}",
+            p.version
+        )));
+    }
+    Ok((ver, p))
+}
+
+/// The bytes a policy is recorded as (compared byte for byte on every open).
+pub(crate) fn encode_policy_record(policy: &Policy) -> Vec<u8> {
+    serde_json::to_vec(policy).expect("policy serializes")
 }
 
 /// Test hook: rewrites the trees of `user` in the vault at `dir` (closed) in the format
@@ -694,6 +723,19 @@ fn create_user(
         })
 }
 
+/// A stored receipt key setting (the user's record, or the vault-wide copy in metadata):
+/// empty for none.
+pub(crate) fn decode_receipt_key(v: &[u8]) -> Result<Option<String>> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    std::str::from_utf8(v)
+        .ok()
+        .filter(|t| t.parse::<capvault_format::ReceiptKey>().is_ok())
+        .map(|t| Some(t.to_string()))
+        .ok_or_else(|| Error::tampered("the stored collector receipt key does not parse"))
+}
+
 /// The receipt key in force for this user: the one asked for replaces the recorded one
 /// ("none" removes it), no key asked for keeps the recorded one. The user's setting is
 /// authenticated stored state; the vault-wide copy in metadata only seeds a user that
@@ -705,21 +747,11 @@ fn configure_receipt_key(
     ledger: &crate::audit::Ledger,
     asked: Option<&str>,
 ) -> Result<(Option<String>, Option<String>)> {
-    let parse = |v: &[u8]| -> Result<Option<String>> {
-        if v.is_empty() {
-            return Ok(None);
-        }
-        std::str::from_utf8(v)
-            .ok()
-            .filter(|t| t.parse::<capvault_format::ReceiptKey>().is_ok())
-            .map(|t| Some(t.to_string()))
-            .ok_or_else(|| Error::tampered("the stored collector receipt key does not parse"))
-    };
     let recorded = state.get(STATE_RECEIPT_KEY)?;
     let stored = match &recorded {
-        Some(v) => parse(v)?,
+        Some(v) => decode_receipt_key(v)?,
         None => match db.get(META_RECEIPT_KEY)? {
-            Some(v) => parse(&v)?,
+            Some(v) => decode_receipt_key(&v)?,
             None => None,
         },
     };
@@ -781,20 +813,8 @@ fn record_policy(
     let mut purposes = BTreeMap::new();
     let mut latest: Option<Policy> = None;
     for name in state.names(STATE_POLICY_PREFIX) {
-        let ver = u32::from_be_bytes(
-            name[STATE_POLICY_PREFIX.len()..]
-                .try_into()
-                .map_err(|_| Error::tampered("a policy entry name is malformed"))?,
-        );
         let v = state.get(&name)?.unwrap_or_default();
-        let p: Policy = serde_json::from_slice(&v)
-            .map_err(|_| Error::tampered("a stored policy does not parse"))?;
-        if p.version != ver {
-            return Err(Error::tampered(format!(
-                "the policy stored as version {ver} names version {}",
-                p.version
-            )));
-        }
+        let (ver, p) = decode_policy_record(&name, &v)?;
         purposes.insert(ver, p.purpose.clone());
         latest = Some(p);
     }
@@ -805,7 +825,7 @@ fn record_policy(
     }
     let mut key = STATE_POLICY_PREFIX.to_vec();
     key.extend_from_slice(&policy.version.to_be_bytes());
-    let json = serde_json::to_vec(policy).expect("policy serializes");
+    let json = encode_policy_record(policy);
     let changed = match state.get(&key)? {
         Some(stored) if stored == json => None,
         Some(_) => {

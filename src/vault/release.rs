@@ -102,6 +102,45 @@ struct PendingV1 {
     last_record: u64,
 }
 
+/// A stored `release` value, decoded (nothing applied yet).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum StoredRelease {
+    /// A current (version 2) state.
+    Current(Box<ReleaseState>),
+    /// A version 1 state: carried over into a fresh stream after finishing an
+    /// interrupted acknowledgement (prune through that record).
+    V1 {
+        ledger_released: u64,
+        interrupted_ack_through: Option<u64>,
+    },
+}
+
+impl StoredRelease {
+    /// Decodes the stored bytes. Errors: anything that is not a state -> Tampered.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<StoredRelease> {
+        let bad = || Error::tampered("the release state does not parse");
+        let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| bad())?;
+        if json.get("v").and_then(|v| v.as_u64()) == Some(RELEASE_STATE_VERSION as u64) {
+            return Ok(StoredRelease::Current(Box::new(
+                serde_json::from_value(json).map_err(|_| bad())?,
+            )));
+        }
+        let old: ReleaseStateV1 = serde_json::from_value(json).map_err(|_| bad())?;
+        Ok(StoredRelease::V1 {
+            ledger_released: old.ledger_released,
+            interrupted_ack_through: match (old.acking, old.pending) {
+                (Some(_), Some(p)) => Some(p.last_record),
+                _ => None,
+            },
+        })
+    }
+}
+
+/// The bytes [`Inner::save_release_state`] stores for `s`.
+pub(crate) fn encode_release_state(s: &ReleaseState) -> Vec<u8> {
+    serde_json::to_vec(s).expect("serializes")
+}
+
 impl Inner {
     /// Crypto-shreds this user while the handle stays open (the hand-off's erase): keys
     /// first, then data (records, state with the outbox, ledger); afterwards every call on
@@ -157,23 +196,25 @@ impl Inner {
         let Some(v) = self.state.get(RELEASE_STATE)? else {
             return Ok(fresh(0));
         };
-        let bad = || Error::tampered("the release state does not parse");
-        let json: serde_json::Value = serde_json::from_slice(&v).map_err(|_| bad())?;
-        if json.get("v").and_then(|v| v.as_u64()) == Some(RELEASE_STATE_VERSION as u64) {
-            return serde_json::from_value(json).map_err(|_| bad());
+        match StoredRelease::decode(&v)? {
+            StoredRelease::Current(state) => Ok(*state),
+            StoredRelease::V1 {
+                ledger_released,
+                interrupted_ack_through,
+            } => {
+                if let Some(last) = interrupted_ack_through {
+                    self.log.prune_through(last)?;
+                }
+                Ok(fresh(ledger_released))
+            }
         }
-        let old: ReleaseStateV1 = serde_json::from_value(json).map_err(|_| bad())?;
-        if let (Some(_), Some(p)) = (old.acking, &old.pending) {
-            self.log.prune_through(p.last_record)?;
-        }
-        Ok(fresh(old.ledger_released))
     }
 
     /// Saves the state, and with `outbox` the pending bundle's bytes (`Some(None)`
     /// deletes them), in one batch.
     fn save_release_state(&self, s: &ReleaseState, outbox: Option<Option<&[u8]>>) -> Result<()> {
-        let json = serde_json::to_vec(s).expect("serializes");
-        let mut puts = vec![Put::Sealed(RELEASE_STATE, Some(&json))];
+        let body = encode_release_state(s);
+        let mut puts = vec![Put::Sealed(RELEASE_STATE, Some(&body))];
         match outbox {
             Some(Some(bytes)) => puts.push(Put::Raw(OUTBOX, Some(self.seal_outbox(bytes)))),
             Some(None) => puts.push(Put::Raw(OUTBOX, None)),

@@ -75,14 +75,31 @@ impl Sealer {
 }
 
 /// The state anchor: the current generation and the generation of every record.
-#[derive(Clone, Default)]
-struct Anchor {
+#[derive(Clone, Default, Debug, PartialEq, Eq)]
+pub(crate) struct Anchor {
     gen: u64,
     names: BTreeMap<Vec<u8>, u64>,
 }
 
 impl Anchor {
-    fn encode(&self) -> Vec<u8> {
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn new(gen: u64, names: BTreeMap<Vec<u8>, u64>) -> Anchor {
+        Anchor { gen, names }
+    }
+
+    /// The generation of the state this anchor closes.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn gen(&self) -> u64 {
+        self.gen
+    }
+
+    /// The records it names, with their generations.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn names(&self) -> Vec<(Vec<u8>, u64)> {
+        self.names.iter().map(|(n, g)| (n.clone(), *g)).collect()
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = (self.names.len() as u32).to_be_bytes().to_vec();
         for (name, gen) in &self.names {
             b.extend_from_slice(&(name.len() as u16).to_be_bytes());
@@ -105,6 +122,41 @@ impl Anchor {
         }
         rest.is_empty().then_some(Anchor { gen, names })
     }
+}
+
+/// The stored state anchor, checked: it authenticates, decodes, and is the generation
+/// the audit ledger's head names.
+pub(crate) fn open_anchor(sealer: &Sealer, stored: &[u8], ledger_gen: u64) -> Result<Anchor> {
+    let (gen, body) = sealer
+        .open(ANCHOR, stored)
+        .ok_or_else(|| tampered("anchor does not authenticate"))?;
+    let anchor = Anchor::decode(gen, body).ok_or_else(|| tampered("anchor is malformed"))?;
+    if ledger_gen != gen {
+        return Err(tampered(format!(
+            "is generation {gen} but the audit ledger names generation {ledger_gen} (the state or the ledger was replaced by an older copy or removed)"
+        )));
+    }
+    Ok(anchor)
+}
+
+/// The body of the stored record `name`, checked: it authenticates under its name and
+/// is the generation `want` the anchor names.
+pub(crate) fn open_record<'a>(
+    sealer: &Sealer,
+    name: &[u8],
+    want: u64,
+    stored: &'a [u8],
+) -> Result<&'a [u8]> {
+    let (gen, body) = sealer
+        .open(name, stored)
+        .ok_or_else(|| tampered(format!("record {:?} does not authenticate", show(name))))?;
+    if gen != want {
+        return Err(tampered(format!(
+            "record {:?} is generation {gen}, not {want} (an older copy was put back)",
+            show(name)
+        )));
+    }
+    Ok(body)
 }
 
 /// One change to the state tree.
@@ -146,16 +198,7 @@ impl StateStore {
         let stored = tree
             .get(ANCHOR)?
             .ok_or_else(|| tampered("has no anchor (it was removed)"))?;
-        let (gen, body) = sealer
-            .open(ANCHOR, &stored)
-            .ok_or_else(|| tampered("anchor does not authenticate"))?;
-        let anchor = Anchor::decode(gen, body).ok_or_else(|| tampered("anchor is malformed"))?;
-        if ledger.state_gen() != gen {
-            return Err(tampered(format!(
-                "is generation {gen} but the audit ledger names generation {} (the state or the ledger was replaced by an older copy or removed)",
-                ledger.state_gen()
-            )));
-        }
+        let anchor = open_anchor(&sealer, &stored, ledger.state_gen())?;
         let store = StateStore {
             tree,
             sealer,
@@ -211,16 +254,7 @@ impl StateStore {
                 show(name)
             ))
         })?;
-        let (gen, body) = self
-            .sealer
-            .open(name, &stored)
-            .ok_or_else(|| tampered(format!("record {:?} does not authenticate", show(name))))?;
-        if gen != *want {
-            return Err(tampered(format!(
-                "record {:?} is generation {gen}, not {want} (an older copy was put back)",
-                show(name)
-            )));
-        }
+        let body = open_record(&self.sealer, name, *want, &stored)?;
         Ok(Some(body.to_vec()))
     }
 

@@ -1,0 +1,7 @@
+//! The `receipt` target: [`capvault_fuzz::receipt`] (the checks live in fuzz/src/lib.rs, where
+//! the stable corpus replay runs them too).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    capvault_fuzz::receipt(data);
+});

@@ -1,0 +1,7 @@
+//! The `record` target: [`capvault_fuzz::record`] (the checks live in fuzz/src/lib.rs, where
+//! the stable corpus replay runs them too).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    capvault_fuzz::record(data);
+});

@@ -1,0 +1,7 @@
+//! The `stored_state` target: [`capvault_fuzz::stored_state`] (the checks live in fuzz/src/lib.rs, where
+//! the stable corpus replay runs them too).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    capvault_fuzz::stored_state(data);
+});

@@ -226,6 +226,26 @@ impl AnchorKey {
 mod tests {
     use super::*;
 
+    /// docs/FORMAT.md section 12: the log head bound to the state generation, computed
+    /// independently (`mac_key` = 32 bytes 0x42, `vault_id` = 16 bytes 0x11, `alice`).
+    #[test]
+    fn bound_log_head_vector() {
+        let key = Key32::from_slice_zeroizing(&mut [0x42; 32]).expect("32 bytes");
+        let k = AnchorKey::new(&key, &[0x11; 16], "alice");
+        let h = Head {
+            last_seq: 5,
+            last_tag: [0xaa; 16],
+            next_event_seq: 9,
+            state_gen: 3,
+        };
+        let sealed = k.seal_log_head(&h);
+        assert_eq!(
+            data_encoding::HEXLOWER.encode(&sealed),
+            include_str!("../../tests/vectors/state_log_head.hex").trim()
+        );
+        assert_eq!(k.open_log_head(&sealed).unwrap(), (h, true));
+    }
+
     #[test]
     fn anchors_round_trip_and_reject_edits_and_swaps() {
         let k = AnchorKey::new(&Key32::generate(), &[3; 16], "alice");

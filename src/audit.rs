@@ -160,7 +160,9 @@ impl Ledger {
         Ok(out)
     }
 
-    /// The generation of the stored state this ledger names.
+    /// The generation of the stored state this ledger names (the third field of a
+    /// ledger head, `next_event_seq` in a log head; `state_gen` is a log head's own).
+    #[allow(clippy::misnamed_getters)]
     pub(crate) fn state_gen(&self) -> u64 {
         self.lock_head().next_event_seq
     }

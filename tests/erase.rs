@@ -497,3 +497,28 @@ fn erase_deletes_kek_versions_beyond_the_recorded_ones() {
         assert_tombstone_shown(&dir, "alice", kind, true);
     }
 }
+
+/// The erase marker in a keys tree is not authenticated either: a forged one, in a
+/// database pointed at another vault of the same user, makes the open report the user
+/// erased and deletes no key of that vault (every erase deletes the keys before it
+/// writes the marker, so opening has nothing to delete).
+#[test]
+fn a_forged_erase_marker_deletes_no_keys() {
+    let kind = KeyStoreKind::Keyutils;
+    let (_b_guard, b_dir, b_id) = alice(kind);
+    let (_a_guard, a_dir, a_id) = alice(kind);
+    set_db_vault_id(&a_dir, &b_id);
+    {
+        let db = capvault::testing::open_raw_db(&a_dir);
+        let keys = common::user_tree(&db, "alice", "keys");
+        keys.clear().unwrap();
+        keys.insert(b"erased", &9u32.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    assert!(matches!(
+        Vault::open(&a_dir, "alice", common::options(kind)),
+        Err(Error::Erased)
+    ));
+    assert_keys_kept(kind, &b_dir, &b_id, "alice");
+    assert!(common::keychain_secret(kind, &common::kek_name(&a_id, "alice", 2)).is_some());
+}

@@ -114,6 +114,7 @@ step "cargo doc (warnings denied)" \
 step "cargo doc, C library crate (warnings denied)" \
   env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p capvault-ffi
 step "cargo nextest" cargo nextest run --workspace --no-fail-fast
+step "docs/RELIABILITY.md names only tests that exist" bash scripts/check-reliability-map.sh
 
 # --- C and Python FFI checks ------------------------------------------------------
 # The committed header must be exactly what cbindgen generates from ffi/src.

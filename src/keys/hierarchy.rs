@@ -171,7 +171,8 @@ impl KeyHierarchy {
     ) -> Result<bool> {
         let vault_hex = data_encoding::HEXLOWER.encode(vault_id);
         for item in tree.iter() {
-            let Ok((entry, value)) = item else { continue };
+            // A damaged page repeats its error on every call: stop at the first.
+            let Ok((entry, value)) = item else { break };
             let wrapped = entry.as_ref() == MAC_ENTRY
                 || entry.as_ref() == MAC_ENTRY_V1
                 || epoch_of_entry(&entry).is_some();

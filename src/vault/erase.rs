@@ -515,9 +515,10 @@ fn proven_vault(
         }
         _ => None,
     };
+    let listed = KeyHierarchy::vaults_with_keks(&*store, user)?;
     let mut candidates = vec![db_id];
     candidates.extend(file_id);
-    candidates.extend(KeyHierarchy::vaults_with_keks(&*store, user)?);
+    candidates.extend(listed.iter().copied());
     let mut seen = Vec::new();
     for id in candidates {
         if seen.contains(&id) {
@@ -545,8 +546,7 @@ fn proven_vault(
             held.push(n);
         }
     }
-    let listed = KeyHierarchy::vaults_with_keks(&*store, user)?.contains(&db_id);
-    if held.is_empty() && !listed {
+    if held.is_empty() && !listed.contains(&db_id) {
         return Ok(db_id);
     }
     Err(Error::tampered(format!(

@@ -522,3 +522,23 @@ fn a_forged_erase_marker_deletes_no_keys() {
     assert_keys_kept(kind, &b_dir, &b_id, "alice");
     assert!(common::keychain_secret(kind, &common::kek_name(&a_id, "alice", 2)).is_some());
 }
+
+/// A directory can prove more than one vault its own: an old keychain file of an
+/// earlier vault in the same directory, put back with the database pointed at that
+/// vault, must not make erase spare the current vault's keys.
+#[test]
+fn an_old_keychain_file_put_back_does_not_spare_the_current_vault() {
+    let kind = KeyStoreKind::Keyutils;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("v");
+    let old_id = populated(&dir, "alice", kind);
+    let old_file = std::fs::read(dir.join("keychain.json")).unwrap();
+    ok(&cli(&dir, "alice", kind, &["erase", "--yes"]));
+    std::fs::remove_file(dir.join("keychain.json")).unwrap();
+    let new_id = populated(&dir, "alice", kind);
+    assert_ne!(old_id, new_id);
+    std::fs::write(dir.join("keychain.json"), old_file).unwrap();
+    set_db_vault_id(&dir, &old_id);
+    ok(&cli(&dir, "alice", kind, &["erase", "--yes"]));
+    assert_keys_gone(kind, &new_id, "alice");
+}

@@ -114,6 +114,7 @@ step "cargo doc (warnings denied)" \
 step "cargo doc, C library crate (warnings denied)" \
   env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p capvault-ffi
 step "cargo nextest" cargo nextest run --workspace --no-fail-fast
+step "docs/RELIABILITY.md names only tests that exist" bash scripts/check-reliability-map.sh
 
 # --- fuzz smoke run ----------------------------------------------------------------
 # Every target in fuzz/ for a few seconds from its seed corpus (FUZZ_SECONDS, default 5),

@@ -126,6 +126,7 @@ impl Ledger {
             last_seq: seq,
             last_tag: tag_of(&value),
             next_event_seq: head.next_event_seq,
+            state_gen: 0,
         };
         let mut batch = sled::Batch::default();
         batch.insert(&record_key(seq), value);
@@ -170,9 +171,20 @@ impl Ledger {
         Ok(out)
     }
 
-    /// The generation of the stored state this ledger names.
+    /// The generation of the stored state this ledger names (the third field of a
+    /// ledger head, `next_event_seq` in a log head; `state_gen` is a log head's own).
+    #[allow(clippy::misnamed_getters)]
     pub(crate) fn state_gen(&self) -> u64 {
         self.lock_head().next_event_seq
+    }
+
+    /// The generation of the stored state the ledger's stored head names, read from the
+    /// tree, for `verify`.
+    pub(crate) fn stored_state_gen(&self) -> Result<u64> {
+        let stored = self.tree.get(HEAD_KEY)?.ok_or_else(|| {
+            Error::tampered("the audit ledger has no head anchor (the ledger was wiped)")
+        })?;
+        Ok(self.anchors.open_head(&stored)?.next_event_seq)
     }
 
     pub(crate) fn lock_head(&self) -> std::sync::MutexGuard<'_, Head> {

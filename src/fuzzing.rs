@@ -120,7 +120,13 @@ pub fn open_anchor(which: Anchor, stored: &[u8]) -> Result<Vec<u8>> {
             let (last, first, counts) = k.open_counts(stored)?;
             k.seal_counts(last, first, &counts)
         }
-        Anchor::Head | Anchor::LedgerHead => k.seal_head(&k.open_head(stored)?),
+        // The log head as the log reads it: bound to a state generation (40 bytes) or
+        // from before the binding (32 bytes).
+        Anchor::Head => match k.open_log_head(stored)? {
+            (head, true) => k.seal_log_head(&head),
+            (head, false) => k.seal_head(&head),
+        },
+        Anchor::LedgerHead => k.seal_head(&k.open_head(stored)?),
     })
 }
 
@@ -141,10 +147,17 @@ pub fn seal_anchor(which: Anchor, seq: u64, tag: [u8; 16], next: u64) -> Vec<u8>
             };
             k.seal_counts(seq, next, &[(1, one)].into_iter().collect())
         }
-        Anchor::Head | Anchor::LedgerHead => k.seal_head(&Head {
+        Anchor::Head => k.seal_log_head(&Head {
             last_seq: seq,
             last_tag: tag,
             next_event_seq: next,
+            state_gen: next.wrapping_add(seq),
+        }),
+        Anchor::LedgerHead => k.seal_head(&Head {
+            last_seq: seq,
+            last_tag: tag,
+            next_event_seq: next,
+            state_gen: 0,
         }),
     }
 }

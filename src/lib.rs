@@ -62,6 +62,12 @@ pub mod testing {
         crate::vault::write_format1(dir, user)
     }
 
+    /// Rewrites a closed vault's user in the format of vaults from before the log head
+    /// named the state generation (format 2: no keychain format record).
+    pub fn write_format2(dir: &std::path::Path, user: &str) -> crate::Result<()> {
+        crate::vault::write_format2(dir, user)
+    }
+
     /// The raw sled database of a closed vault, for tampering tests.
     pub fn open_raw_db(dir: &std::path::Path) -> sled::Db {
         crate::log::store::Store::raw(dir, 1 << 20).expect("the vault's database opens")

@@ -425,3 +425,143 @@ fn an_edited_keychain_file_cannot_stop_or_stall_the_shred() {
         assert_no_plaintext(&dir);
     }
 }
+
+/// Points the database of the vault in `dir` at vault `id` (the unauthenticated
+/// `vault_id` of the default tree), as someone who can write the directory could.
+fn set_db_vault_id(dir: &Path, id: &str) {
+    let db = capvault::testing::open_raw_db(dir);
+    let bytes: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&id[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    db.insert(b"vault_id", bytes).unwrap();
+    db.flush().unwrap();
+}
+
+#[track_caller]
+fn assert_keys_kept(kind: KeyStoreKind, dir: &Path, vault_id: &str, user: &str) {
+    assert!(
+        common::keychain_secret(kind, &common::kek_name(vault_id, user, 2)).is_some(),
+        "{kind:?}: the current KEK of {user} in vault {vault_id} was deleted"
+    );
+    ok(&cli(dir, user, kind, &["verify"]));
+}
+
+/// The vault id in the database is not authenticated. Someone who can write vault A's
+/// directory (but not vault B's, nor the keychain) points A's database at B, the same
+/// user's other vault: erasing A must not delete B's keys. A is still erased, its own
+/// vault found through what proves it: its keychain file, or (without one) a KEK of A
+/// that unwraps A's keys. With nothing to prove any vault, erase refuses and deletes
+/// nothing.
+#[test]
+fn an_erase_pointed_at_another_vault_deletes_only_its_own_keys() {
+    for kind in common::stores() {
+        for without_keychain_file in [false, true] {
+            let (_b_guard, b_dir, b_id) = alice(kind);
+            let (_a_guard, a_dir, a_id) = alice(kind);
+            set_db_vault_id(&a_dir, &b_id);
+            if without_keychain_file {
+                std::fs::remove_file(a_dir.join("keychain.json")).unwrap();
+            }
+            let out = ok(&cli(&a_dir, "alice", kind, &["erase", "--yes"]));
+            assert!(out.contains("user 'alice' erased"), "{out}");
+            assert_keys_gone(kind, &a_id, "alice");
+            assert_keys_kept(kind, &b_dir, &b_id, "alice");
+            assert!(sled_files(&a_dir).is_empty(), "{:?}", sled_files(&a_dir));
+        }
+
+        // Nothing proves any vault: no keychain file, and the user's wrapped keys gone.
+        let (_b_guard, b_dir, b_id) = alice(kind);
+        let (_a_guard, a_dir, a_id) = alice(kind);
+        set_db_vault_id(&a_dir, &b_id);
+        std::fs::remove_file(a_dir.join("keychain.json")).unwrap();
+        {
+            let db = capvault::testing::open_raw_db(&a_dir);
+            let keys = common::user_tree(&db, "alice", "keys");
+            for k in keys.iter().keys() {
+                let k = k.unwrap();
+                if k.as_ref() != b"kek_version" {
+                    keys.remove(k).unwrap();
+                }
+            }
+            db.flush().unwrap();
+        }
+        let out = cli(&a_dir, "alice", kind, &["erase", "--yes"]);
+        assert_ne!(out.status.code(), Some(0), "{}", text(&out.stdout));
+        let err = text(&out.stderr);
+        assert!(err.contains("proves") && err.contains(&b_id), "{err}");
+        assert_keys_kept(kind, &b_dir, &b_id, "alice");
+        assert!(
+            common::keychain_secret(kind, &common::kek_name(&a_id, "alice", 2)).is_some(),
+            "nothing was deleted"
+        );
+        assert!(!sled_files(&a_dir).is_empty(), "nothing was removed");
+        // Clean up A's keys by hand (what the message tells a person to do).
+        ok(&cli(&b_dir, "alice", kind, &["erase", "--yes"]));
+        set_db_vault_id(&a_dir, &a_id);
+    }
+}
+
+/// Erase deletes every KEK version of the user in the vault the keychain holds, also
+/// one above any version the vault recorded (a rotation that put its key in the
+/// keychain and crashed twice, another tool): the keychain is enumerated.
+#[test]
+fn erase_deletes_kek_versions_beyond_the_recorded_ones() {
+    for kind in common::stores() {
+        let (_guard, dir, vault_id) = alice(kind);
+        let stray = common::kek_name(&vault_id, "alice", 9);
+        common::put_keychain_secret(kind, &stray, &[7u8; 32]);
+        assert!(common::keychain_secret(kind, &stray).is_some());
+        ok(&cli(&dir, "alice", kind, &["erase", "--yes"]));
+        assert_keys_gone(kind, &vault_id, "alice");
+        assert!(
+            common::keychain_secret(kind, &stray).is_none(),
+            "{kind:?}: KEK v9 survived the erase"
+        );
+        assert_tombstone_shown(&dir, "alice", kind, true);
+    }
+}
+
+/// The erase marker in a keys tree is not authenticated either: a forged one, in a
+/// database pointed at another vault of the same user, makes the open report the user
+/// erased and deletes no key of that vault (every erase deletes the keys before it
+/// writes the marker, so opening has nothing to delete).
+#[test]
+fn a_forged_erase_marker_deletes_no_keys() {
+    let kind = KeyStoreKind::Keyutils;
+    let (_b_guard, b_dir, b_id) = alice(kind);
+    let (_a_guard, a_dir, a_id) = alice(kind);
+    set_db_vault_id(&a_dir, &b_id);
+    {
+        let db = capvault::testing::open_raw_db(&a_dir);
+        let keys = common::user_tree(&db, "alice", "keys");
+        keys.clear().unwrap();
+        keys.insert(b"erased", &9u32.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    assert!(matches!(
+        Vault::open(&a_dir, "alice", common::options(kind)),
+        Err(Error::Erased)
+    ));
+    assert_keys_kept(kind, &b_dir, &b_id, "alice");
+    assert!(common::keychain_secret(kind, &common::kek_name(&a_id, "alice", 2)).is_some());
+}
+
+/// A directory can prove more than one vault its own: an old keychain file of an
+/// earlier vault in the same directory, put back with the database pointed at that
+/// vault, must not make erase spare the current vault's keys.
+#[test]
+fn an_old_keychain_file_put_back_does_not_spare_the_current_vault() {
+    let kind = KeyStoreKind::Keyutils;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("v");
+    let old_id = populated(&dir, "alice", kind);
+    let old_file = std::fs::read(dir.join("keychain.json")).unwrap();
+    ok(&cli(&dir, "alice", kind, &["erase", "--yes"]));
+    std::fs::remove_file(dir.join("keychain.json")).unwrap();
+    let new_id = populated(&dir, "alice", kind);
+    assert_ne!(old_id, new_id);
+    std::fs::write(dir.join("keychain.json"), old_file).unwrap();
+    set_db_vault_id(&dir, &old_id);
+    ok(&cli(&dir, "alice", kind, &["erase", "--yes"]));
+    assert_keys_gone(kind, &new_id, "alice");
+}

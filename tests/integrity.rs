@@ -518,3 +518,181 @@ fn a_database_that_lost_its_contents_is_not_replaced_by_a_new_vault() {
     let m = assert_tampered(d.path(), o(), "empty database");
     assert!(m.contains("keychain file"), "{m}");
 }
+
+/// Every entry of a user's tree.
+fn snapshot(dir: &Path, tree: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let db = raw(dir);
+    common::user_tree(&db, "alice", tree)
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.unwrap();
+            (k.to_vec(), v.to_vec())
+        })
+        .collect()
+}
+
+/// Replaces a user's tree by `entries` (the whole tree put back from a copy).
+fn restore(dir: &Path, tree: &str, entries: &[(Vec<u8>, Vec<u8>)]) {
+    let db = raw(dir);
+    let t = common::user_tree(&db, "alice", tree);
+    t.clear().unwrap();
+    for (k, v) in entries {
+        t.insert(k, v.as_slice()).unwrap();
+    }
+    db.flush().unwrap();
+}
+
+/// The state tree and the audit ledger put back together from one earlier moment vouch
+/// for each other, but not for the log that moved on since (seal, ack, pause, appends):
+/// the log's head names the state generation. Refused, and the reverse too (an older
+/// log under the current state and ledger), on open and by `capvault verify`.
+#[test]
+fn state_and_ledger_from_another_moment_than_the_log_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let id = Identity::generate(Suite::X25519);
+    let collector = Identity::generate(Suite::X25519);
+    let mut opts = o();
+    opts.collector_receipt_key = Some(collector.receipt_key().to_string());
+    let v = vault_with_records(d.path(), 100);
+    v.close().unwrap();
+    let v = Vault::open(d.path(), "alice", opts).unwrap();
+    let b1 = v.seal_next(&id.recipient(), 1 << 20).unwrap().unwrap();
+    v.close().unwrap();
+    let then: Vec<_> = ["state", "ledger", "log"]
+        .iter()
+        .map(|t| snapshot(d.path(), t))
+        .collect();
+    // Progress: an ack (prunes the log), a pause and its end, more records.
+    let v = Vault::open(d.path(), "alice", o()).unwrap();
+    v.ack(b1.id(), Some(&collector.receipt_for(b1.digest())))
+        .unwrap();
+    v.pause(Duration::from_secs(60)).unwrap();
+    v.resume().unwrap();
+    for i in 0..50 {
+        let _ = v.append_mouse_move(500 + i, 1, 1).unwrap();
+    }
+    v.close().unwrap();
+    let now: Vec<_> = ["state", "ledger", "log"]
+        .iter()
+        .map(|t| snapshot(d.path(), t))
+        .collect();
+
+    // The older state and ledger over the current log.
+    restore(d.path(), "state", &then[0]);
+    restore(d.path(), "ledger", &then[1]);
+    let m = assert_tampered(d.path(), o(), "older state and ledger");
+    assert!(m.contains("generation") && m.contains("log"), "{m}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_capvault"))
+        .args([
+            "verify",
+            "--keystore",
+            "keyutils",
+            "--user",
+            "alice",
+            "--vault",
+        ])
+        .arg(d.path())
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("generation"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The reverse: the current state and ledger over the older log.
+    restore(d.path(), "state", &now[0]);
+    restore(d.path(), "ledger", &now[1]);
+    restore(d.path(), "log", &then[2]);
+    let m = assert_tampered(d.path(), o(), "older log");
+    assert!(m.contains("generation") && m.contains("log"), "{m}");
+    // All three of the same moment open (a rollback of the whole vault is not visible
+    // to the device alone: docs/SECURITY.md), and so does the present.
+    restore(d.path(), "log", &now[2]);
+    let v = Vault::open(d.path(), "alice", o()).unwrap();
+    v.verify().unwrap();
+    v.close().unwrap();
+}
+
+/// A vault whose log head does not name the state generation yet (format 2) is bound at
+/// its first open and recorded in the keychain; the unbound head put back afterwards is
+/// refused.
+#[test]
+fn a_format2_vault_is_bound_and_its_unbound_head_cannot_come_back() {
+    let d = tempfile::tempdir().unwrap();
+    vault_with_records(d.path(), 100).close().unwrap();
+    capvault::testing::write_format2(d.path(), "alice").unwrap();
+    let unbound = get(d.path(), "log", &[1, b'h']).unwrap();
+    assert_eq!(unbound.len(), 64, "a format-2 head");
+    let v = Vault::open(d.path(), "alice", o()).unwrap();
+    v.verify().unwrap();
+    let events = v.test_read_all().unwrap().len();
+    v.close().unwrap();
+    let bound = get(d.path(), "log", &[1, b'h']).unwrap();
+    assert_eq!(bound.len(), 72, "bound at the first open");
+    put(d.path(), "log", &[1, b'h'], Some(unbound));
+    let m = assert_tampered(d.path(), o(), "unbound head put back");
+    assert!(m.contains("keychain"), "{m}");
+    put(d.path(), "log", &[1, b'h'], Some(bound));
+    let v = Vault::open(d.path(), "alice", o()).unwrap();
+    v.verify().unwrap();
+    assert!(v.test_read_all().unwrap().len() >= events);
+    v.close().unwrap();
+}
+
+/// A carry-over of a format-1 vault that crashed after it rewrapped the keys but before
+/// it deleted the old KEK leaves that KEK in the keychain. Putting the keys tree from
+/// before the carry-over back, with an edited plain state, must not make the next open
+/// carry over (and seal) again: the keychain says the state was already sealed. Without
+/// an attacker, the interrupted carry-over finishes.
+#[test]
+fn an_interrupted_carry_over_cannot_be_run_again_on_restored_keys() {
+    for point in ["kek-rotate:after-rewrap", "kek-rotate:after-marker"] {
+        let d = tempfile::tempdir().unwrap();
+        let v = vault_with_records(d.path(), 100);
+        v.pause(Duration::from_secs(600)).unwrap();
+        v.close().unwrap();
+        capvault::testing::write_format1(d.path(), "alice").unwrap();
+        let keys_before = snapshot(d.path(), "keys");
+        let state_before = snapshot(d.path(), "state");
+        capvault::testing::arm(point);
+        match Vault::open(d.path(), "alice", o()) {
+            Err(Error::Storage(m)) => assert!(m.contains(point), "{m}"),
+            other => panic!("{point}: {other:?}"),
+        }
+        let keys_crashed = snapshot(d.path(), "keys");
+        let state_crashed = snapshot(d.path(), "state");
+
+        // The attacker's edit: the pause lifted, in the plain form of format 1.
+        restore(d.path(), "keys", &keys_before);
+        let edited: Vec<_> = state_before
+            .iter()
+            .map(|(k, v)| {
+                let v = if k == b"pause_until" {
+                    0i64.to_be_bytes().to_vec()
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        restore(d.path(), "state", &edited);
+        match Vault::open(d.path(), "alice", o()) {
+            Err(Error::Tampered(_)) => {}
+            Ok(v) => panic!(
+                "{point}: carried over again, pause {:?}",
+                v.pause_state().unwrap()
+            ),
+            Err(e) => panic!("{point}: {e}"),
+        }
+
+        // Without the attacker the carry-over finishes, the pause kept.
+        restore(d.path(), "keys", &keys_crashed);
+        restore(d.path(), "state", &state_crashed);
+        let v = Vault::open(d.path(), "alice", o()).unwrap();
+        assert!(v.pause_state().unwrap().paused_until_us.is_some());
+        v.verify().unwrap();
+        v.close().unwrap();
+        assert!(get(d.path(), "keys", b"mac2").is_some());
+    }
+}

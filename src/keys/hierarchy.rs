@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! KEK v(N)   32 bytes, OS keychain entry "kek/<vault>/<user>/v<N>"
+//! format     u32, OS keychain entry "format/<vault>/<user>": how far the user's stored
+//!            state was carried over (docs/FORMAT.md section 12)
 //!   wraps -> DEK epoch e (32 bytes)   keys tree "dek" || e
 //!   wraps -> anchor MAC key           keys tree "mac2" ("mac" before stored state
 //!                                     was authenticated)
@@ -29,6 +31,10 @@ const MAC_ENTRY_V1: &[u8] = b"mac";
 /// format-1 copy of the keys cannot be put back to downgrade the vault.
 const MAC_ENTRY: &[u8] = b"mac2";
 const ROTATION_MARKER: &[u8] = b"kek_rotation";
+/// The stored-state format a new user starts in and every user is carried over to:
+/// 2 = state authenticated, 3 = log head bound to the state generation. Kept in the
+/// keychain, which a copy of the vault directory cannot roll back.
+pub(crate) const STATE_FORMAT: u32 = 3;
 const ERASED: &[u8] = b"erased";
 
 fn dek_entry(epoch: u32) -> Vec<u8> {
@@ -113,6 +119,8 @@ pub(crate) struct KeyHierarchy {
     /// False for a format-1 vault (its MAC key under `mac`): its stored state is not
     /// authenticated yet and is carried over at open.
     state_authenticated: bool,
+    /// The format the keychain records for this user (0: none recorded).
+    keychain_format: u32,
 }
 
 /// Keys tree entries of a new user, written by the caller in the transaction that
@@ -121,8 +129,103 @@ pub(crate) type NewEntries = Vec<(sled::IVec, sled::IVec)>;
 
 impl KeyHierarchy {
     pub(crate) fn kek_name(vault_hex: &str, user: &str, version: u32) -> String {
+        format!("{}{version}", Self::kek_prefix(vault_hex, user))
+    }
+
+    /// The common start of the names of every KEK version of `user` in a vault.
+    fn kek_prefix(vault_hex: &str, user: &str) -> String {
         let user_hex = data_encoding::HEXLOWER.encode(user.as_bytes());
-        format!("kek/{vault_hex}/{user_hex}/v{version}")
+        format!("kek/{vault_hex}/{user_hex}/v")
+    }
+
+    fn format_name(vault_hex: &str, user: &str) -> String {
+        let user_hex = data_encoding::HEXLOWER.encode(user.as_bytes());
+        format!("format/{vault_hex}/{user_hex}")
+    }
+
+    fn read_format(store: &dyn KeyStore, vault_hex: &str, user: &str) -> Result<u32> {
+        match store.get(&Self::format_name(vault_hex, user))? {
+            None => Ok(0),
+            Some(v) => v
+                .as_slice()
+                .try_into()
+                .map(u32::from_be_bytes)
+                .map_err(|_| {
+                    Error::keychain("the stored-state format in the keychain has the wrong size")
+                }),
+        }
+    }
+
+    /// The stored-state format the keychain records for this user (0: none, a vault
+    /// from before the record).
+    pub(crate) fn keychain_format(&self) -> u32 {
+        self.keychain_format
+    }
+
+    /// Records in the keychain that this user's stored state is in `STATE_FORMAT`.
+    /// From then on an older form of the trees is refused, whatever copy is put back.
+    pub(crate) fn record_format(&mut self) -> Result<()> {
+        self.store.put(
+            &Self::format_name(&self.vault_hex, &self.user),
+            &STATE_FORMAT.to_be_bytes(),
+        )?;
+        self.keychain_format = STATE_FORMAT;
+        Ok(())
+    }
+
+    /// Whether `vault_id` demonstrably is the vault of this keys tree: a KEK of
+    /// `vault_id` and `user` in the keychain unwraps one of its wrapped entries, whose
+    /// associated data names vault, user, entry and version (a tree or vault id copied
+    /// from elsewhere does not). Reads only; used by erase before it deletes anything.
+    pub(crate) fn unwraps_tree(
+        store: &dyn KeyStore,
+        tree: &sled::Tree,
+        vault_id: &[u8; 16],
+        user: &str,
+    ) -> Result<bool> {
+        let vault_hex = data_encoding::HEXLOWER.encode(vault_id);
+        for item in tree.iter() {
+            // A damaged page repeats its error on every call: stop at the first.
+            let Ok((entry, value)) = item else { break };
+            let wrapped = entry.as_ref() == MAC_ENTRY
+                || entry.as_ref() == MAC_ENTRY_V1
+                || epoch_of_entry(&entry).is_some();
+            let Some(w) = wrapped.then(|| Wrapped::decode(&value).ok()).flatten() else {
+                continue;
+            };
+            let Some(kek) = Self::load_kek(store, &vault_hex, user, w.kek_version)? else {
+                continue;
+            };
+            let ad = Self::wrap_ad(vault_id, user, &entry, w.kek_version);
+            if aead::unwrap_key(&kek, &ad, &w.sealed).is_ok() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Vault ids for which the keychain holds KEKs of `user` (empty when it cannot
+    /// enumerate its entries).
+    pub(crate) fn vaults_with_keks(store: &dyn KeyStore, user: &str) -> Result<Vec<[u8; 16]>> {
+        let user_hex = data_encoding::HEXLOWER.encode(user.as_bytes());
+        let mut out = Vec::new();
+        for name in store.list("kek/")?.unwrap_or_default() {
+            let mut parts = name.split('/');
+            let (Some(_), Some(vault), Some(u)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            if u != user_hex {
+                continue;
+            }
+            let id = data_encoding::HEXLOWER
+                .decode(vault.as_bytes())
+                .ok()
+                .and_then(|v| <[u8; 16]>::try_from(v).ok());
+            if let Some(id) = id.filter(|id| !out.contains(id)) {
+                out.push(id);
+            }
+        }
+        Ok(out)
     }
 
     fn wrap_ad(vault_id: &[u8; 16], user: &str, entry: &[u8], kek_version: u32) -> Vec<u8> {
@@ -179,10 +282,11 @@ impl KeyHierarchy {
         now_us: i64,
     ) -> Result<(KeyHierarchy, Option<NewEntries>)> {
         let vault_hex = data_encoding::HEXLOWER.encode(&vault_id);
-        if let Some(marker) = tree.get(ERASED)? {
-            // Finish an interrupted erase: no KEK of this user may survive it.
-            let up_to = be_u32(&marker, "the erase marker").unwrap_or(64);
-            Self::delete_keks(&*store, &vault_hex, user, up_to)?;
+        if tree.get(ERASED)?.is_some() {
+            // Every erase deletes the KEKs before it writes this marker, so there is
+            // nothing left to delete; and deleting on the word of an unauthenticated
+            // marker and vault id would let a forged directory delete another vault's
+            // keys.
             return Err(Error::Erased);
         }
         let Some(version) = tree.get(KEK_VERSION)? else {
@@ -270,6 +374,7 @@ impl KeyHierarchy {
                 ))
             }
         };
+        let keychain_format = Self::read_format(&*store, &vault_hex, user)?;
         let mac_w = Wrapped::decode(&mac_entry.1)?;
         let mac_key = unwrap(mac_entry.0, &mac_w)?;
         let mut deks = BTreeMap::new();
@@ -304,6 +409,7 @@ impl KeyHierarchy {
             current_epoch,
             mac_key,
             state_authenticated,
+            keychain_format,
         })
     }
 
@@ -317,6 +423,10 @@ impl KeyHierarchy {
     ) -> Result<(KeyHierarchy, NewEntries)> {
         let kek = Key32::generate();
         store.put(&Self::kek_name(&vault_hex, user, 1), kek.expose())?;
+        store.put(
+            &Self::format_name(&vault_hex, user),
+            &STATE_FORMAT.to_be_bytes(),
+        )?;
         let mut h = KeyHierarchy {
             store,
             tree,
@@ -329,6 +439,7 @@ impl KeyHierarchy {
             current_epoch: 1,
             mac_key: Key32::generate(),
             state_authenticated: true,
+            keychain_format: STATE_FORMAT,
         };
         let dek = Key32::generate();
         let entries: NewEntries = vec![
@@ -491,8 +602,12 @@ impl KeyHierarchy {
     /// Crypto-shreds this user: deletes every KEK version from the keychain (nothing
     /// in sled is touched). Returns the highest version deleted, for the erase marker.
     pub(crate) fn shred(&mut self) -> Result<u32> {
-        let up_to = self.kek_version + 1;
-        Self::delete_keks(&*self.store, &self.vault_hex, &self.user, up_to)?;
+        let up_to = Self::delete_keks(
+            &*self.store,
+            &self.vault_hex,
+            &self.user,
+            self.kek_version + 1,
+        )?;
         self.deks.clear();
         Ok(up_to)
     }
@@ -532,17 +647,34 @@ impl KeyHierarchy {
         matches!(tree.get(ERASED), Ok(Some(_)))
     }
 
-    /// Deletes KEK versions 1..=`up_to` of `user` from the keychain.
+    /// Deletes every KEK version of `user` in the vault from the keychain, and the
+    /// format record: each version the keychain lists (where it can enumerate: Secret
+    /// Service and keyutils), and versions 1..=`up_to` in any case (macOS and Windows
+    /// cannot be listed here, so there the versions the vault recorded are all that is
+    /// known; a rotation never skips a version). Returns the highest version deleted.
     pub(crate) fn delete_keks(
         store: &dyn KeyStore,
         vault_hex: &str,
         user: &str,
         up_to: u32,
-    ) -> Result<()> {
+    ) -> Result<u32> {
+        let prefix = Self::kek_prefix(vault_hex, user);
+        let mut highest = up_to;
+        for name in store.list(&prefix)?.unwrap_or_default() {
+            let Some(v) = name
+                .strip_prefix(&prefix)
+                .and_then(|v| v.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            store.delete(&name)?;
+            highest = highest.max(v);
+        }
         for v in 1..=up_to {
             store.delete(&Self::kek_name(vault_hex, user, v))?;
         }
-        Ok(())
+        store.delete(&Self::format_name(vault_hex, user))?;
+        Ok(highest)
     }
 }
 
@@ -570,6 +702,20 @@ pub(crate) fn downgrade_mac_entry(
     tree.insert(MAC_ENTRY_V1, v1.encode())?;
     tree.remove(MAC_ENTRY)?;
     Ok(mac)
+}
+
+#[cfg(feature = "test-hooks")]
+impl KeyHierarchy {
+    /// Test hook: removes the keychain's format record of `user`, as in vaults from
+    /// before it.
+    pub(crate) fn forget_format(
+        store: &dyn KeyStore,
+        vault_id: &[u8; 16],
+        user: &str,
+    ) -> Result<()> {
+        let vault_hex = data_encoding::HEXLOWER.encode(vault_id);
+        store.delete(&Self::format_name(&vault_hex, user))
+    }
 }
 
 /// A 32-byte key derived from the user's MAC key with HKDF-SHA256 (`salt`, `info`).

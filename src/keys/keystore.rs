@@ -62,6 +62,12 @@ pub(crate) trait KeyStore: Send + Sync {
     fn get(&self, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>>;
     /// Removes the secret under `name`; removing a missing one succeeds.
     fn delete(&self, name: &str) -> Result<()>;
+    /// Every name starting with `prefix` this keychain holds for capvault, or `None`
+    /// when the backend cannot enumerate its entries (the caller then goes by the names
+    /// it recorded).
+    fn list(&self, _prefix: &str) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
 }
 
 /// The service name every capvault secret is filed under.
@@ -214,6 +220,24 @@ mod core_store {
             }
         }
 
+        /// Names under `prefix`, found by searching the store's attributes
+        /// `service=capvault` (Secret Service items carry `username=<name>`).
+        #[cfg(target_os = "linux")]
+        pub(super) fn list(&self, prefix: &str) -> Result<Vec<String>> {
+            let spec = std::collections::HashMap::from([("service", SERVICE)]);
+            let found =
+                Entry::search_in_store(&self.store, &spec).map_err(|e| self.error(prefix, e))?;
+            let mut names: Vec<String> = found
+                .iter()
+                .filter_map(|e| e.get_specifiers())
+                .filter(|(service, name)| service == SERVICE && name.starts_with(prefix))
+                .map(|(_, name)| name)
+                .collect();
+            names.sort();
+            names.dedup();
+            Ok(names)
+        }
+
         /// Turns a `keyring-core` error into an actionable message. Variants that
         /// carry secret bytes are wiped and never formatted.
         pub(super) fn error(&self, name: &str, e: KcError) -> Error {
@@ -317,6 +341,9 @@ mod linux {
         }
         fn delete(&self, name: &str) -> Result<()> {
             self.inner.delete(name)
+        }
+        fn list(&self, prefix: &str) -> Result<Option<Vec<String>>> {
+            self.inner.list(prefix).map(Some)
         }
     }
 
@@ -492,6 +519,47 @@ mod linux {
                 }
                 Err(e) => Err(Self::error("delete", &desc, e)),
             }
+        }
+
+        /// Names under `prefix`: the kernel lists every key this process may view in
+        /// `/proc/keys` (the keyring read call of linux-keyutils needs its buffer size
+        /// guessed in advance); each candidate of this uid is then looked up in `@u`, so
+        /// only keys `get` would find are named.
+        fn list(&self, prefix: &str) -> Result<Option<Vec<String>>> {
+            let text = match std::fs::read_to_string("/proc/keys") {
+                Ok(t) => t,
+                // Kernels built without /proc/keys: go by the recorded names.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => {
+                    return Err(Error::keychain(format!(
+                        "keyutils: cannot list the keys in /proc/keys ({e}): {KU_HINT}"
+                    )))
+                }
+            };
+            let uid = rustix::process::geteuid().as_raw().to_string();
+            let want = format!("{}:{prefix}", super::SERVICE);
+            let mut names = Vec::new();
+            for line in text.lines() {
+                // id flags usage timeout perm uid gid type description: summary
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let (Some(owner), Some(kind), Some(desc)) = (f.get(5), f.get(7), f.get(8)) else {
+                    continue;
+                };
+                let desc = desc.strip_suffix(':').unwrap_or(desc);
+                if *owner != uid || *kind != "user" || !desc.starts_with(&want) {
+                    continue;
+                }
+                match self.ring.search(desc) {
+                    Ok(_) => names.push(desc[super::SERVICE.len() + 1..].to_string()),
+                    Err(
+                        KeyError::KeyDoesNotExist | KeyError::KeyRevoked | KeyError::KeyExpired,
+                    ) => {}
+                    Err(e) => return Err(Self::error("find", desc, e)),
+                }
+            }
+            names.sort();
+            names.dedup();
+            Ok(Some(names))
         }
     }
 }

@@ -19,6 +19,10 @@ pub(crate) struct Head {
     pub last_tag: [u8; TAG_LEN],
     /// Next event sequence number to assign.
     pub next_event_seq: u64,
+    /// In a log head: the generation of the user's stored state (docs/FORMAT.md
+    /// section 12), rewritten in the same transaction as every state change, so the log
+    /// and the state vouch for each other. Not part of a ledger head.
+    pub state_gen: u64,
 }
 
 /// The start of the log after pruning: first live record and the tag it chains to.
@@ -121,7 +125,37 @@ impl AnchorKey {
             last_seq: u64::from_be_bytes(b[0..8].try_into().expect("8")),
             last_tag: b[8..24].try_into().expect("16"),
             next_event_seq: u64::from_be_bytes(b[24..32].try_into().expect("8")),
+            state_gen: 0,
         })
+    }
+
+    /// A log head bound to the stored state: the head's fields, then `state_gen` (u64).
+    pub(crate) fn seal_log_head(&self, h: &Head) -> Vec<u8> {
+        let mut b = Vec::with_capacity(40);
+        b.extend_from_slice(&h.last_seq.to_be_bytes());
+        b.extend_from_slice(&h.last_tag);
+        b.extend_from_slice(&h.next_event_seq.to_be_bytes());
+        b.extend_from_slice(&h.state_gen.to_be_bytes());
+        self.seal(b'h', b)
+    }
+
+    /// A log head and whether it names the state generation (a head written before the
+    /// log was bound to the state has no `state_gen`; it is accepted only by the
+    /// carry-over).
+    pub(crate) fn open_log_head(&self, stored: &[u8]) -> Result<(Head, bool)> {
+        if stored.len() != 40 + MAC_LEN {
+            return self.open_head(stored).map(|h| (h, false));
+        }
+        let b = self.open(b'h', stored, 40, "head")?;
+        Ok((
+            Head {
+                last_seq: u64::from_be_bytes(b[0..8].try_into().expect("8")),
+                last_tag: b[8..24].try_into().expect("16"),
+                next_event_seq: u64::from_be_bytes(b[24..32].try_into().expect("8")),
+                state_gen: u64::from_be_bytes(b[32..40].try_into().expect("8")),
+            },
+            true,
+        ))
     }
 
     /// The per-epoch counters (epochs with records), bound to the log's ends they
@@ -198,6 +232,26 @@ impl AnchorKey {
 mod tests {
     use super::*;
 
+    /// docs/FORMAT.md section 12: the log head bound to the state generation, computed
+    /// independently (`mac_key` = 32 bytes 0x42, `vault_id` = 16 bytes 0x11, `alice`).
+    #[test]
+    fn bound_log_head_vector() {
+        let key = Key32::from_slice_zeroizing(&mut [0x42; 32]).expect("32 bytes");
+        let k = AnchorKey::new(&key, &[0x11; 16], "alice");
+        let h = Head {
+            last_seq: 5,
+            last_tag: [0xaa; 16],
+            next_event_seq: 9,
+            state_gen: 3,
+        };
+        let sealed = k.seal_log_head(&h);
+        assert_eq!(
+            data_encoding::HEXLOWER.encode(&sealed),
+            include_str!("../../tests/vectors/state_log_head.hex").trim()
+        );
+        assert_eq!(k.open_log_head(&sealed).unwrap(), (h, true));
+    }
+
     #[test]
     fn anchors_round_trip_and_reject_edits_and_swaps() {
         let k = AnchorKey::new(&Key32::generate(), &[3; 16], "alice");
@@ -205,6 +259,7 @@ mod tests {
             last_seq: 9,
             last_tag: [4; 16],
             next_event_seq: 100,
+            state_gen: 0,
         };
         let sh = k.seal_head(&h);
         assert_eq!(k.open_head(&sh).unwrap(), h);
@@ -223,6 +278,21 @@ mod tests {
         assert!(k.open_head(&st).is_err());
         let other = AnchorKey::new(&Key32::generate(), &[3; 16], "alice");
         assert!(other.open_head(&sh).is_err());
+        // A bound log head carries the state generation under the MAC; an older
+        // (unbound) head reads as such, and no edit passes.
+        let bound = Head { state_gen: 7, ..h };
+        let sb = k.seal_log_head(&bound);
+        assert_eq!(k.open_log_head(&sb).unwrap(), (bound, true));
+        assert_eq!(k.open_log_head(&sh).unwrap(), (h, false));
+        for i in 0..sb.len() {
+            let mut x = sb.clone();
+            x[i] ^= 1;
+            assert!(k.open_log_head(&x).is_err(), "byte {i}");
+        }
+        assert!(
+            k.open_head(&sb).is_err(),
+            "a bound head is not a ledger head"
+        );
         let counts: BTreeMap<u32, EpochCount> = [(
             2,
             EpochCount {

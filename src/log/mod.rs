@@ -52,6 +52,15 @@ pub(crate) struct Log {
     state: Mutex<LogState>,
 }
 
+/// A write of the stored state (src/vault/state.rs) rewrites the log head with the new
+/// state generation in the same transaction: the locked log, the head to write and the
+/// log changes that go with it (eviction).
+pub(crate) struct HeadWrite<'a> {
+    pub log: &'a Log,
+    pub head: Head,
+    pub ops: Option<&'a crate::vault::TreeOps>,
+}
+
 /// A record read back: its place, clear header and stored size.
 pub(crate) struct ReadRecord {
     pub seq: u64,
@@ -83,16 +92,32 @@ impl Log {
     /// Opens the log and checks its anchors against the records at both ends, so a
     /// rolled-back, truncated or extended log is reported before anything is appended.
     /// With `require_head` (stored state authenticated: every user's log has a head from
-    /// its creation on) a missing head means the log was wiped.
+    /// its creation on) a missing head means the log was wiped; with `require_bound` (the
+    /// keychain says the log is bound to the stored state) a head without the state
+    /// generation is an older copy put back.
     pub(crate) fn open(
         tree: sled::Tree,
         binding: RecordBinding,
         anchors: AnchorKey,
         require_head: bool,
+        require_bound: bool,
     ) -> Result<Log> {
         let head = match tree.get(HEAD_KEY)? {
-            Some(h) => anchors.open_head(&h)?,
+            Some(h) => match anchors.open_log_head(&h)? {
+                (head, true) => head,
+                (_, false) if require_bound => {
+                    return Err(Error::tampered(
+                        "the log's head anchor does not name the stored state's generation, but the keychain says it must (an older copy of the log was put back)",
+                    ))
+                }
+                (head, false) => head,
+            },
             None if require_head => {
+                return Err(Error::tampered(
+                    "the log has no head anchor (the log was wiped)",
+                ))
+            }
+            None if require_bound => {
                 return Err(Error::tampered(
                     "the log has no head anchor (the log was wiped)",
                 ))
@@ -190,7 +215,7 @@ impl Log {
     pub(crate) fn upgrade(&self) -> Result<()> {
         let st = self.lock();
         let mut batch = sled::Batch::default();
-        batch.insert(HEAD_KEY, self.anchors.seal_head(&st.head));
+        batch.insert(HEAD_KEY, self.anchors.seal_log_head(&st.head));
         batch.insert(
             COUNTS_KEY,
             self.anchors
@@ -237,6 +262,40 @@ impl Log {
             st.failed = Some(e.clone());
         }
         e
+    }
+
+    /// Binds a log whose head predates the binding to stored-state generation `gen`
+    /// (the carry-over, docs/FORMAT.md section 12).
+    pub(crate) fn bind(&self, gen: u64) -> Result<()> {
+        let mut st = self.lock();
+        let head = Head {
+            state_gen: gen,
+            ..st.head
+        };
+        self.tree
+            .insert(HEAD_KEY, self.anchors.seal_log_head(&head))?;
+        st.head = head;
+        Ok(())
+    }
+
+    /// The log tree and the sealed form of `head`, for a state write's transaction.
+    pub(crate) fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    pub(crate) fn sealed_head(&self, head: &Head) -> sled::IVec {
+        self.anchors.seal_log_head(head).into()
+    }
+
+    /// The state generation the stored head names (`None`: an unbound head), read
+    /// from the tree, for `verify`.
+    pub(crate) fn stored_state_gen(&self) -> Result<Option<u64>> {
+        let stored = self
+            .tree
+            .get(HEAD_KEY)?
+            .ok_or_else(|| Error::tampered("the log has no head anchor (the log was wiped)"))?;
+        let (head, bound) = self.anchors.open_log_head(&stored)?;
+        Ok(bound.then_some(head.state_gen))
     }
 
     /// Encrypts `jobs` under the current epoch and stores them after the head, with the
@@ -290,8 +349,9 @@ impl Log {
             last_seq: seq,
             last_tag: prev,
             next_event_seq: jobs[jobs.len() - 1].end_event_seq,
+            state_gen: st.head.state_gen,
         };
-        let head_bytes = sled::IVec::from(self.anchors.seal_head(&head));
+        let head_bytes = sled::IVec::from(self.anchors.seal_log_head(&head));
         let mut counts = st.counts.clone();
         counts.insert(epoch, count);
         let count_bytes = self
@@ -500,9 +560,10 @@ impl Log {
     }
 
     /// Removes records from the tail through `last` and appends `jobs` (the loss marker
-    /// of the removal) after the head. `commit` writes these log changes in one
-    /// transaction with the release state that counts the removed records: a crash
-    /// leaves either none or all of it. Returns the epochs that have no records left.
+    /// of the removal) after the head. `commit` writes these log changes and the new
+    /// head in one transaction with the release state that counts the removed records
+    /// (a crash leaves either none or all of it), and returns the state generation the
+    /// head now names. Returns the epochs that have no records left.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn evict_through(
         &self,
@@ -511,7 +572,7 @@ impl Log {
         keys: &KeyHierarchy,
         purpose_of: &dyn Fn(u32) -> Result<String>,
         now_us: i64,
-        commit: &dyn Fn(&crate::vault::TreeOps) -> Result<()>,
+        commit: &dyn Fn(HeadWrite<'_>) -> Result<u64>,
     ) -> Result<Vec<u32>> {
         let mut st = self.lock();
         Self::usable(&st)?;
@@ -558,9 +619,8 @@ impl Log {
                 last_seq: seq,
                 last_tag: prev,
                 next_event_seq: jobs[jobs.len() - 1].end_event_seq,
+                state_gen: head.state_gen,
             };
-            ops.inserts
-                .push((HEAD_KEY.into(), self.anchors.seal_head(&head).into()));
         }
         ops.inserts.push((
             COUNTS_KEY.into(),
@@ -569,9 +629,14 @@ impl Log {
                 .into(),
         ));
         crate::failpoint::hit("prune:before-batch")?;
-        if let Err(e) = commit(&ops) {
-            return Err(Self::failed(&mut st, e));
-        }
+        let state_gen = match commit(HeadWrite {
+            log: self,
+            head,
+            ops: Some(&ops),
+        }) {
+            Ok(gen) => gen,
+            Err(e) => return Err(Self::failed(&mut st, e)),
+        };
         let emptied = counts
             .iter()
             .filter(|(_, c)| c.records == 0)
@@ -580,7 +645,7 @@ impl Log {
         counts.retain(|_, c| c.records > 0);
         st.counts = counts;
         st.tail = tail;
-        st.head = head;
+        st.head = Head { state_gen, ..head };
         Ok(emptied)
     }
 

@@ -412,6 +412,7 @@ impl Vault {
         let report = inner.log.verify(&keys, &|v| inner.purpose_of(v))?;
         inner.ledger.read_after(u64::MAX)?;
         inner.state.check_all()?;
+        inner.check_generations()?;
         Ok(report)
     }
 

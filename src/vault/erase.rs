@@ -367,6 +367,8 @@ pub(crate) fn other_live_users(db: &sled::Db, user: &str) -> Result<Vec<String>>
 /// What erase learned about where the user's keys are.
 struct Located {
     vault_id: [u8; 16],
+    /// Other vaults the directory proves its own (their KEKs of the user go too).
+    also: Vec<[u8; 16]>,
     keystore: KeyStoreKind,
     kek_max: u32,
     /// The database, when it opened.
@@ -413,9 +415,15 @@ fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
         Some((id, ks))
     });
     let file_ok = file.as_ref().map(|f| (f, f.check().1));
+    let mut also = Vec::new();
     let (vault_id, keystore) = match (from_db, &file_ok) {
-        (Some((id, Some(ks))), _) => (id, ks),
-        (Some((id, None)), _) => (id, options.keystore),
+        (Some((id, ks)), _) => {
+            let ks = ks.unwrap_or(options.keystore);
+            let mut proven = proven_vaults(dir, user, db.as_ref(), id, ks, file_ok)?;
+            let first = proven.remove(0);
+            also = proven;
+            (first, ks)
+        }
         // Without the database, the file is trusted only as far as it verifies, or when
         // nothing else is left (an unverified file names a vault id that is then
         // checked against the device key it claims: see the module comment).
@@ -478,6 +486,7 @@ fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
     }
     Ok(Located {
         vault_id,
+        also,
         keystore,
         // A rotation may have put the next version in the keychain before recording it.
         kek_max: kek_max.max(1).saturating_add(1),
@@ -486,13 +495,106 @@ fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
     })
 }
 
+/// The vaults whose KEKs of `user` erase may delete (at least one; the database's
+/// first when it is proven), when the database opened and names vault `db_id`. That name is not authenticated (anyone who can write the directory can
+/// change it, to point erase at another vault of the same user), so it is believed only
+/// as far as the directory proves it:
+///
+/// - the keychain file verifies under the vault's device key and was written in this
+///   very directory, or
+/// - a KEK of the vault in the keychain unwraps a wrapped key of the user's keys tree
+///   here (the associated data names vault, user, entry and KEK version).
+///
+/// The candidates are the database's vault, the file's, and (where the keychain can be
+/// enumerated) every vault with KEKs of this user, so the real vault is found even when
+/// the database names another; every proven one goes (an old keychain file of this
+/// directory put back cannot make erase spare the current vault). When nothing is proven but the keychain holds no KEK of
+/// the named vault either (keyutils after a reboot), there is nothing to protect and the
+/// erase goes on; otherwise it is refused before anything is deleted.
+fn proven_vaults(
+    dir: &Path,
+    user: &str,
+    db: Option<&sled::Db>,
+    db_id: [u8; 16],
+    keystore: KeyStoreKind,
+    file: Option<(&KeychainFile, bool)>,
+) -> Result<Vec<[u8; 16]>> {
+    let store = open_keystore(keystore)?;
+    let file_id = file
+        .filter(|(f, verified)| *verified && f.written_in(dir))
+        .and_then(|(f, _)| f.vault_id());
+    let name = format!("u/{}/keys", data_encoding::HEXLOWER.encode(user.as_bytes()));
+    let tree = match db {
+        Some(db)
+            if db
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == name.as_bytes()) =>
+        {
+            Some(db.open_tree(&name)?)
+        }
+        _ => None,
+    };
+    let listed = KeyHierarchy::vaults_with_keks(&*store, user)?;
+    let mut candidates = vec![db_id];
+    candidates.extend(file_id);
+    candidates.extend(listed.iter().copied());
+    let mut seen = Vec::new();
+    let mut proven = Vec::new();
+    for id in candidates {
+        if seen.contains(&id) {
+            continue;
+        }
+        seen.push(id);
+        let ok = file_id == Some(id)
+            || match &tree {
+                Some(t) => KeyHierarchy::unwraps_tree(&*store, t, &id, user)?,
+                None => false,
+            };
+        if ok {
+            proven.push(id);
+        }
+    }
+    if !proven.is_empty() {
+        return Ok(proven);
+    }
+    let hex = data_encoding::HEXLOWER.encode(&db_id);
+    let recorded = tree
+        .as_ref()
+        .map(KeyHierarchy::highest_kek_version)
+        .unwrap_or(0);
+    let mut held = Vec::new();
+    for v in 1..=recorded.max(1) + 1 {
+        let n = KeyHierarchy::kek_name(&hex, user, v);
+        if store.get(&n)?.is_some() {
+            held.push(n);
+        }
+    }
+    if held.is_empty() && !listed.contains(&db_id) {
+        return Ok(vec![db_id]);
+    }
+    Err(Error::tampered(format!(
+        "the database in {} names vault {hex} for user {user:?}, but nothing in the directory proves it: no key-encryption key of that vault unwraps the user's keys here and the keychain file does not vouch for it (the vault id or the keys were replaced, or the database was copied from another vault); refusing to delete that vault's keys on its word. If this directory really is that vault, delete its keychain entries \"kek/{hex}/{}/v*\" (service \"capvault\") with the keychain's own tool",
+        dir.display(),
+        data_encoding::HEXLOWER.encode(user.as_bytes()),
+    )))
+}
+
 /// Crypto-shreds `user` in `dir` without opening the vault (see the module comment).
 pub(crate) fn erase_closed(dir: &Path, user: &str, options: &VaultOptions) -> Result<Erasure> {
     let loc = locate(dir, user, options)?;
     let vault_hex = data_encoding::HEXLOWER.encode(&loc.vault_id);
     // 1. The keys, before anything else.
     let keystore = open_keystore(loc.keystore)?;
-    KeyHierarchy::delete_keks(&*keystore, &vault_hex, user, loc.kek_max)?;
+    let deleted = KeyHierarchy::delete_keks(&*keystore, &vault_hex, user, loc.kek_max)?;
+    for other in &loc.also {
+        let hex = data_encoding::HEXLOWER.encode(other);
+        KeyHierarchy::delete_keks(&*keystore, &hex, user, loc.kek_max)?;
+    }
+    let loc = Located {
+        kek_max: deleted,
+        ..loc
+    };
     let device_seed = super::admin::read_device_seed(&*keystore, &loc.vault_id)
         .ok()
         .flatten();
@@ -607,6 +709,7 @@ pub(crate) fn finish_in_place(inner: &super::Inner, kek_max: u32) -> Result<bool
     }
     let loc = Located {
         vault_id: inner.vault_id,
+        also: Vec::new(),
         keystore: inner.keystore.kind(),
         kek_max,
         db: None,
@@ -621,6 +724,7 @@ pub(crate) fn finish_in_place(inner: &super::Inner, kek_max: u32) -> Result<bool
 pub(crate) fn note_erasing(inner: &super::Inner, kek_max: u32) {
     let loc = Located {
         vault_id: inner.vault_id,
+        also: Vec::new(),
         keystore: inner.keystore.kind(),
         kek_max,
         db: None,

@@ -256,11 +256,11 @@ impl Inner {
                 &keys,
                 &|v| self.purpose_of(v),
                 now_us(),
-                &|ops| {
+                &|log| {
                     self.state.write(
                         &self.ledger,
                         &[Put::Sealed(RELEASE_STATE, Some(&json))],
-                        Some((&self.trees.log, ops)),
+                        log,
                     )
                 },
             )

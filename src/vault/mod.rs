@@ -297,27 +297,40 @@ impl Vault {
         if let Some(entries) = new_entries {
             create_user(&trees, entries, keys.mac_key(), &vault_id, user)?;
         }
-        let authenticated = keys.state_authenticated();
+        // How far the user's stored state was carried over: the keys tree says so (a
+        // format-2 MAC key entry is only wrapped under KEKs made after the state was
+        // sealed) and so does the keychain, which no copy of the directory rolls back.
+        // A format-1 keys tree while the keychain records a later format is a carry-over
+        // interrupted after it sealed the state, or an older copy of the keys put back:
+        // either way the state is already sealed, and is opened as such, never sealed
+        // again as it stands (that would adopt whatever an attacker edited).
+        let tree_authenticated = keys.state_authenticated();
+        let keychain_format = keys.keychain_format();
+        let sealed = tree_authenticated || keychain_format >= 2;
+        let bound = keychain_format >= 3;
         let log = Log::open(
             trees.log.clone(),
             RecordBinding::new(&vault_id, user),
             AnchorKey::new(keys.mac_key(), &vault_id, user),
-            authenticated,
+            sealed,
+            bound,
         )?;
         let ledger = crate::audit::Ledger::open(
             trees.ledger.clone(),
             keys.mac_key(),
             &vault_id,
             user,
-            authenticated,
+            sealed,
         )?;
         let sealer = Sealer::new(keys.mac_key(), &vault_id, user);
         let mut carried_over = None;
-        let state = if authenticated {
-            StateStore::open(trees.state.clone(), sealer, &ledger)?
+        let state = if sealed {
+            let st = StateStore::open(trees.state.clone(), sealer, &ledger)?;
+            check_generations(log.stored_state_gen()?, &ledger)?;
+            st
         } else {
             // A vault written before stored state was authenticated: seal what is there
-            // now (its anchors just verified), then rotate the KEK into format 2.
+            // now (its anchors just verified), bind the log to it.
             let receipt = store
                 .db
                 .get(META_RECEIPT_KEY)?
@@ -327,15 +340,26 @@ impl Vault {
                 trees.state.clone(),
                 sealer,
                 &ledger,
+                &log,
                 &[(STATE_RECEIPT_KEY, receipt)],
             )?;
             log.upgrade()?;
+            st
+        };
+        if !bound {
+            // Sealed state whose log head predates the binding (format 2), or the state
+            // just sealed: bind the log to the state's generation, make that durable, and
+            // only then record the format in the keychain.
+            log.bind(ledger.state_gen())?;
             store.durable_flush()?;
+            keys.record_format()?;
+        }
+        if !tree_authenticated {
+            // Rotate the KEK into format 2: the `mac` entry dies with the old KEK.
             let v = keys.upgrade_state(&|| store.durable_flush())?;
             note(v + 1);
             carried_over = Some(v);
-            st
-        };
+        }
         // Every epoch with records must still have its key.
         for epoch in log.live_epochs() {
             if keys.dek(epoch).is_none() {
@@ -349,10 +373,12 @@ impl Vault {
             &store.db,
             &state,
             &ledger,
+            &log,
             options.collector_receipt_key.as_deref(),
         )?;
         options.collector_receipt_key = receipt_key;
-        let (purposes, policy_changed, policy) = record_policy(&state, &ledger, &options.policy)?;
+        let (purposes, policy_changed, policy) =
+            record_policy(&state, &ledger, &log, &options.policy)?;
         options.policy = policy;
         let next_event_seq = log.lock().head.next_event_seq;
         let framer = Framer::new(
@@ -671,6 +697,8 @@ pub fn write_format1(dir: &Path, user: &str) -> Result<()> {
         }
         trees.log.remove(counts_key)?;
     }
+    unbind_log(&trees, &anchors)?;
+    KeyHierarchy::forget_format(&*keystore, &vault_id, user)?;
     let ledger_anchors = crate::audit::anchor_key(&mac, &vault_id, user);
     let head_key = crate::log::store::HEAD_KEY;
     if let Some(h) = trees.ledger.get(head_key)? {
@@ -681,6 +709,50 @@ pub fn write_format1(dir: &Path, user: &str) -> Result<()> {
             .insert(head_key, ledger_anchors.seal_head(&head))?;
     }
     store.durable_flush()
+}
+
+/// The log head, the state anchor and the ledger head name one generation of the stored
+/// state (docs/FORMAT.md section 12): the state and ledger put back from another moment
+/// over the current log, or an older log under the current state, disagree.
+/// `log_gen` is `None` for a log head from before the binding (carried over at open).
+fn check_generations(log_gen: Option<u64>, ledger: &crate::audit::Ledger) -> Result<()> {
+    let state_gen = ledger.state_gen();
+    let Some(log_gen) = log_gen else {
+        return Ok(());
+    };
+    if log_gen != state_gen {
+        return Err(Error::tampered(format!(
+            "the stored state and the audit ledger are generation {state_gen} but the log's head names generation {log_gen} (the state and the ledger, or the log, were put back from another moment)"
+        )));
+    }
+    Ok(())
+}
+
+/// Test hook: rewrites the log head of `user` in the form before it named the state
+/// generation and removes the keychain's format record, as in vaults of format 2.
+#[cfg(feature = "test-hooks")]
+pub fn write_format2(dir: &Path, user: &str) -> Result<()> {
+    let store = Store::open(dir, 1 << 20, true)?;
+    let vault_id = load_or_create_id(&store.db, META_VAULT_ID)?;
+    let kind: KeyStoreKind =
+        serde_json::from_slice(&store.db.get(META_KEYSTORE)?.expect("kind")).expect("kind parses");
+    let keystore = open_keystore(kind)?;
+    let trees = store.user_trees(user)?;
+    let (keys, _) = KeyHierarchy::open(keystore.clone(), trees.keys.clone(), vault_id, user, 0)?;
+    unbind_log(&trees, &AnchorKey::new(keys.mac_key(), &vault_id, user))?;
+    KeyHierarchy::forget_format(&*keystore, &vault_id, user)?;
+    store.durable_flush()
+}
+
+/// Test hook: the log head without the state generation.
+#[cfg(feature = "test-hooks")]
+fn unbind_log(trees: &UserTrees, anchors: &AnchorKey) -> Result<()> {
+    let head_key = crate::log::store::HEAD_KEY;
+    if let Some(h) = trees.log.get(head_key)? {
+        let (head, _) = anchors.open_log_head(&h)?;
+        trees.log.insert(head_key, anchors.seal_head(&head))?;
+    }
+    Ok(())
 }
 
 /// Creates a new user's trees in one transaction: the wrapped keys, an empty log head,
@@ -695,9 +767,12 @@ fn create_user(
 ) -> Result<()> {
     use sled::Transactional;
     let log_anchors = AnchorKey::new(mac_key, vault_id, user);
-    let log_head = log_anchors.seal_head(&Default::default());
-    let log_counts = log_anchors.seal_counts(0, 1, &Default::default());
     let (gen, anchor) = StateStore::initial_anchor(&Sealer::new(mac_key, vault_id, user));
+    let log_head = log_anchors.seal_log_head(&crate::log::anchor::Head {
+        state_gen: gen,
+        ..Default::default()
+    });
+    let log_counts = log_anchors.seal_counts(0, 1, &Default::default());
     let ledger_head =
         crate::audit::anchor_key(mac_key, vault_id, user).seal_head(&crate::log::anchor::Head {
             next_event_seq: gen,
@@ -745,6 +820,7 @@ fn configure_receipt_key(
     db: &sled::Db,
     state: &StateStore,
     ledger: &crate::audit::Ledger,
+    log: &Log,
     asked: Option<&str>,
 ) -> Result<(Option<String>, Option<String>)> {
     let recorded = state.get(STATE_RECEIPT_KEY)?;
@@ -757,7 +833,7 @@ fn configure_receipt_key(
     };
     let save = |key: Option<&str>| -> Result<()> {
         let body = key.unwrap_or("").as_bytes();
-        state.write(ledger, &[Put::Sealed(STATE_RECEIPT_KEY, Some(body))], None)?;
+        state.put(ledger, log, &[Put::Sealed(STATE_RECEIPT_KEY, Some(body))])?;
         match key {
             Some(k) => db.insert(META_RECEIPT_KEY, k.as_bytes())?,
             None => db.remove(META_RECEIPT_KEY)?,
@@ -808,6 +884,7 @@ fn configure_receipt_key(
 fn record_policy(
     state: &StateStore,
     ledger: &crate::audit::Ledger,
+    log: &Log,
     policy: &Policy,
 ) -> Result<(BTreeMap<u32, String>, Option<u32>, Policy)> {
     let mut purposes = BTreeMap::new();
@@ -841,7 +918,7 @@ fn record_policy(
                     policy.version
                 )));
             }
-            state.write(ledger, &[Put::Sealed(&key, Some(&json))], None)?;
+            state.put(ledger, log, &[Put::Sealed(&key, Some(&json))])?;
             let first = purposes.is_empty();
             purposes.insert(policy.version, policy.purpose.clone());
             (!first).then_some(policy.version)
@@ -894,8 +971,24 @@ fn open_store_and_keystore(
 
 impl Inner {
     /// Writes authenticated stored state (src/vault/state.rs).
+    /// The stored log head, state anchor and ledger head name one state generation
+    /// (read from the trees under the log lock, which every state write holds).
+    pub(crate) fn check_generations(&self) -> Result<()> {
+        let _st = self.log.lock();
+        let log_gen = self.log.stored_state_gen()?.ok_or_else(|| {
+            Error::tampered("the log's head anchor does not name the stored state's generation (an older copy of the log was put back)")
+        })?;
+        let (state_gen, ledger_gen) = (self.state.stored_gen()?, self.ledger.stored_state_gen()?);
+        if state_gen != ledger_gen || log_gen != state_gen {
+            return Err(Error::tampered(format!(
+                "the stored state is generation {state_gen}, the audit ledger names {ledger_gen} and the log's head {log_gen} (parts of the vault were put back from another moment)"
+            )));
+        }
+        Ok(())
+    }
+
     pub(crate) fn state_put(&self, puts: &[Put<'_>]) -> Result<()> {
-        self.state.write(&self.ledger, puts, None)
+        self.state.put(&self.ledger, &self.log, puts)
     }
 
     /// The user's keys; [`Error::Erased`] once they were destroyed through this handle

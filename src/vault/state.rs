@@ -4,7 +4,10 @@
 //! generation number. A state anchor names the generation of every record, and the audit
 //! ledger's head carries the anchor's generation: an edited record fails its MAC, a
 //! replayed older copy names an older generation, a removed or added record disagrees
-//! with the anchor, and a replayed anchor disagrees with the ledger head.
+//! with the anchor, and a replayed anchor disagrees with the ledger head. The log's head
+//! names the generation too, rewritten in the same transaction, so the state and ledger
+//! put back together from another moment disagree with the log (and an older log with
+//! them).
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
@@ -15,6 +18,7 @@ use sled::{IVec, Transactional};
 
 use crate::audit::Ledger;
 use crate::error::{Error, Result};
+use crate::log::{HeadWrite, Log};
 use capvault_format::secret::Key32;
 
 /// Key of the state anchor in the state tree.
@@ -258,6 +262,18 @@ impl StateStore {
         Ok(Some(body.to_vec()))
     }
 
+    /// The generation of the anchor stored in the tree, for `verify`.
+    pub(crate) fn stored_gen(&self) -> Result<u64> {
+        let stored = self
+            .tree
+            .get(ANCHOR)?
+            .ok_or_else(|| tampered("has no anchor (it was removed)"))?;
+        self.sealer
+            .open(ANCHOR, &stored)
+            .map(|(gen, _)| gen)
+            .ok_or_else(|| tampered("anchor does not authenticate"))
+    }
+
     /// The body of the sealed record `name`, checked.
     pub(crate) fn get(&self, name: &[u8]) -> Result<Option<Vec<u8>>> {
         let anchor = self.lock().clone();
@@ -279,14 +295,33 @@ impl StateStore {
             .collect()
     }
 
-    /// Applies `puts` (and `log_ops` on `log`) in one transaction with the new anchor and
-    /// the ledger head that names its generation.
+    /// Applies `puts` with the new anchor, the ledger head and the log head that name its
+    /// generation, in one transaction (the log lock is held meanwhile, so appends write
+    /// heads naming the same generation).
+    pub(crate) fn put(&self, ledger: &Ledger, log: &Log, puts: &[Put<'_>]) -> Result<()> {
+        let mut st = log.lock();
+        let gen = self.write(
+            ledger,
+            puts,
+            HeadWrite {
+                log,
+                head: st.head,
+                ops: None,
+            },
+        )?;
+        st.head.state_gen = gen;
+        Ok(())
+    }
+
+    /// Applies `puts` (and the log changes of `log`, with its head naming the new
+    /// generation) in one transaction with the new anchor and the ledger head. The
+    /// caller holds the log lock. Returns the new generation.
     pub(crate) fn write(
         &self,
         ledger: &Ledger,
         puts: &[Put<'_>],
-        log: Option<(&sled::Tree, &TreeOps)>,
-    ) -> Result<()> {
+        log: HeadWrite<'_>,
+    ) -> Result<u64> {
         let mut anchor = self.lock();
         let mut head = ledger.lock_head();
         let mut next = anchor.clone();
@@ -311,13 +346,17 @@ impl StateStore {
                 }
             }
         }
-        state_ops.push((
-            IVec::from(ANCHOR),
-            Some(self.sealer.seal(ANCHOR, gen, &next.encode()).into()),
-        ));
+        let anchor_bytes = IVec::from(self.sealer.seal(ANCHOR, gen, &next.encode()));
+        state_ops.push((IVec::from(ANCHOR), Some(anchor_bytes.clone())));
         let mut new_head = *head;
         new_head.next_event_seq = gen;
         let head_bytes = IVec::from(ledger.seal_head(&new_head));
+        let log_head = log.log.sealed_head(&crate::log::anchor::Head {
+            state_gen: gen,
+            ..log.head
+        });
+        let no_ops = TreeOps::default();
+        let ops = log.ops.unwrap_or(&no_ops);
         let apply_state = |st: &sled::transaction::TransactionalTree| {
             for (k, v) in &state_ops {
                 match v {
@@ -327,45 +366,72 @@ impl StateStore {
             }
             Ok::<(), ConflictableTransactionError<()>>(())
         };
-        let res = match log {
-            None => (&self.tree, ledger.tree()).transaction(|(st, lt)| {
-                apply_state(st)?;
-                lt.insert(crate::log::store::HEAD_KEY, head_bytes.clone())?;
-                Ok(())
-            }),
-            Some((log_tree, ops)) => {
-                (log_tree, &self.tree, ledger.tree()).transaction(|(lg, st, lt)| {
-                    for k in &ops.removes {
-                        lg.remove(k)?;
-                    }
-                    for (k, v) in &ops.fresh {
-                        if lg.get(k)?.is_some() {
-                            return Err(ConflictableTransactionError::Abort(()));
-                        }
-                        lg.insert(k, v.clone())?;
-                    }
-                    for (k, v) in &ops.inserts {
-                        lg.insert(k, v.clone())?;
-                    }
-                    apply_state(st)?;
-                    lt.insert(crate::log::store::HEAD_KEY, head_bytes.clone())?;
-                    Ok(())
-                })
+        let old = (
+            log.log.tree().get(crate::log::store::HEAD_KEY)?,
+            self.tree.get(ANCHOR)?,
+            ledger.tree().get(crate::log::store::HEAD_KEY)?,
+        );
+        let res = (log.log.tree(), &self.tree, ledger.tree()).transaction(|(lg, st, lt)| {
+            for k in &ops.removes {
+                lg.remove(k)?;
             }
-        };
+            for (k, v) in &ops.fresh {
+                if lg.get(k)?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(()));
+                }
+                lg.insert(k, v.clone())?;
+            }
+            for (k, v) in &ops.inserts {
+                lg.insert(k, v.clone())?;
+            }
+            lg.insert(crate::log::store::HEAD_KEY, log_head.clone())?;
+            apply_state(st)?;
+            lt.insert(crate::log::store::HEAD_KEY, head_bytes.clone())?;
+            Ok(())
+        });
         match res {
             Ok(()) => {}
             Err(TransactionError::Abort(())) => return Err(crate::log::store::slot_taken()),
             Err(TransactionError::Storage(e)) => {
-                if let Some((log_tree, ops)) = log {
-                    crate::log::store::take_back(log_tree, &ops.fresh);
+                // sled can apply a transaction in memory and fail only to log it (a full
+                // disk): if every head and the anchor are ours, it is in, and the next
+                // flush reports whether it reached the disk. Otherwise what it applied of
+                // the three is taken back, so they never name different generations.
+                let heads = [
+                    (
+                        log.log.tree(),
+                        crate::log::store::HEAD_KEY,
+                        &log_head,
+                        &old.0,
+                    ),
+                    (&self.tree, ANCHOR, &anchor_bytes, &old.1),
+                    (
+                        ledger.tree(),
+                        crate::log::store::HEAD_KEY,
+                        &head_bytes,
+                        &old.2,
+                    ),
+                ];
+                let ours = |t: &sled::Tree, k: &[u8], v: &IVec| {
+                    t.get(k).ok().flatten().as_ref() == Some(v)
+                };
+                if !heads.iter().all(|(t, k, v, _)| ours(t, k, v)) {
+                    for (t, k, v, was) in heads {
+                        if ours(t, k, v) {
+                            let _ = match was {
+                                Some(w) => t.insert(k, w.clone()).map(|_| ()),
+                                None => t.remove(k).map(|_| ()),
+                            };
+                        }
+                    }
+                    crate::log::store::take_back(log.log.tree(), &ops.fresh);
+                    return Err(e.into());
                 }
-                return Err(e.into());
             }
         }
         *anchor = next;
         *head = new_head;
-        Ok(())
+        Ok(gen)
     }
 
     /// Carries a state tree written before stored state was authenticated over: every
@@ -376,6 +442,7 @@ impl StateStore {
         tree: sled::Tree,
         sealer: Sealer,
         ledger: &Ledger,
+        log: &Log,
         extra: &[(&[u8], Vec<u8>)],
     ) -> Result<StateStore> {
         let mut records: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
@@ -402,7 +469,7 @@ impl StateStore {
             .iter()
             .map(|(k, v)| Put::Sealed(k, Some(v)))
             .collect();
-        store.write(ledger, &puts, None)?;
+        store.put(ledger, log, &puts)?;
         Ok(store)
     }
 

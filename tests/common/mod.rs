@@ -170,3 +170,41 @@ impl Drop for Tmpfs {
         let _ = std::fs::remove_dir(&self.0);
     }
 }
+
+/// Stores a capvault secret straight into the OS keychain with the platform's own tool
+/// (secret-tool or keyctl), with the permissions capvault gives its keys.
+pub fn put_keychain_secret(kind: KeyStoreKind, name: &str, secret: &[u8]) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    match kind {
+        KeyStoreKind::SecretService => {
+            let mut child = Command::new("secret-tool")
+                .args([
+                    "store", "--label", name, "service", "capvault", "username", name,
+                ])
+                .stdin(Stdio::piped())
+                .spawn()
+                .expect("secret-tool is installed by scripts/test.sh");
+            child.stdin.take().unwrap().write_all(secret).unwrap();
+            assert!(child.wait().unwrap().success());
+        }
+        KeyStoreKind::Keyutils => {
+            let mut child = Command::new("keyctl")
+                .args(["padd", "user", &format!("capvault:{name}"), "@u"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("keyctl is installed by scripts/test.sh");
+            child.stdin.take().unwrap().write_all(secret).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success());
+            let id = String::from_utf8(out.stdout).unwrap();
+            let perm = Command::new("keyctl")
+                .args(["setperm", id.trim(), "0x3f3f0000"])
+                .status()
+                .unwrap();
+            assert!(perm.success());
+        }
+        other => panic!("no independent writer for {other:?}"),
+    }
+}

@@ -154,12 +154,11 @@ impl Store {
         // from the start (sled leaves an existing one as it is).
         let blobs = dir.join("blobs");
         if !blobs.exists() {
+            // Recursive: also makes a missing vault directory, 0700 (and tolerates a
+            // concurrent creator).
             private_dir_builder()
+                .recursive(true)
                 .create(&blobs)
-                .or_else(|e| match e.kind() {
-                    std::io::ErrorKind::AlreadyExists => Ok(()),
-                    _ => Err(e),
-                })
                 .map_err(|e| Error::Storage(format!("cannot create {}: {e}", blobs.display())))?;
         }
         let config = sled::Config::new()
@@ -370,7 +369,7 @@ fn create_private_dir(dir: &Path) -> Result<()> {
 
 /// Creates directories 0700 (the umask can only take bits away from that).
 fn private_dir_builder() -> fs::DirBuilder {
-    #[allow(unused_mut)]
+    #[cfg_attr(not(unix), allow(unused_mut))]
     let mut b = fs::DirBuilder::new();
     #[cfg(unix)]
     {

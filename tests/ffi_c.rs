@@ -136,7 +136,7 @@ fn ffi_c_installed_prefix_with_pkg_config() {
             .filter(|n| n.starts_with("libcapvault.so.") && !libdir.join(n).is_symlink())
             .collect::<Vec<_>>()
     };
-    assert_eq!(only_file(&libdir), [real.clone()]);
+    assert_eq!(only_file(&libdir), std::slice::from_ref(&real));
     std::fs::remove_file(libdir.join(soname())).unwrap();
     let ldconfig = ["/sbin/ldconfig", "/usr/sbin/ldconfig"]
         .into_iter()

@@ -151,7 +151,8 @@ typedef int32_t capvault_result;
 #define CAPVAULT_ERR_TAMPERED 6
 
 /**
- * The vault is open in another process.
+ * The vault is open in another process, or already open in this one through a handle
+ * that was not closed.
  */
 #define CAPVAULT_ERR_IN_USE 7
 
@@ -313,7 +314,9 @@ void capvault_string_free(char *s);
  * `*out` is left untouched. The caller owns the handle and releases it with
  * `capvault_close`. Keys come from the OS keychain chosen in the options; if it is
  * unusable the vault does not open (`CAPVAULT_ERR_KEYCHAIN`) and nothing is written.
- * A vault open in another process gives `CAPVAULT_ERR_IN_USE`.
+ * A vault open in another process gives `CAPVAULT_ERR_IN_USE`; so does a vault already
+ * open in this process through a handle not yet closed (the message then says so:
+ * share that handle between threads instead).
  *
  * `dir`, `user` and `out` must not be NULL. `dir` and `user` are UTF-8 (`user`: 1 to
  * 128 bytes, no control characters).
@@ -392,14 +395,17 @@ void capvault_close(capvault *v);
  *
  * For runtimes whose calls move between threads (Go goroutines, C# and Swift async
  * code), where the per-thread `capvault_last_error()` may belong to another call.
- * Failures on a handle stay recorded on it after `capvault_close` (so a failed final
- * flush can be read here). For a NULL `v`, a pointer that is not a handle, or a handle
+ * Failures on a handle stay recorded on it after `capvault_close`: a failed final
+ * flush can be read here, and calls on the closed handle (which return
+ * `CAPVAULT_ERR_CLOSED` and set the thread's message) do not replace it. For a NULL `v`, a pointer that is not a handle, or a handle
  * from before a `fork()`, the message says so. Never sets the last error. Thread-safe.
  *
  * # Safety
  * `buf` is NULL (with `len` 0) or points to `len` writable bytes.
  */
-size_t capvault_handle_last_error(const capvault *v, char *buf, size_t len);
+size_t capvault_handle_last_error(const capvault *v,
+                                  char *buf,
+                                  size_t len);
 
 /**
  * Appends a mouse move to (`x`, `y`) at `ts_us` (microseconds since the Unix epoch).

@@ -3,8 +3,8 @@
 #
 #   scripts/install-c.sh PREFIX [--from DIR]
 #
-#   PREFIX/lib/libcapvault.so.X.Y.Z        the shared library (SONAME libcapvault.so.ABI)
-#   PREFIX/lib/libcapvault.so.ABI          -> libcapvault.so.X.Y.Z  (what programs load)
+#   PREFIX/lib/libcapvault.so.ABI.Y.Z      the shared library (SONAME libcapvault.so.ABI)
+#   PREFIX/lib/libcapvault.so.ABI          -> libcapvault.so.ABI.Y.Z  (what programs load)
 #   PREFIX/lib/libcapvault.so              -> libcapvault.so.ABI    (what -lcapvault finds)
 #   PREFIX/lib/libcapvault.a               the static library
 #   PREFIX/lib/pkgconfig/capvault.pc       generated from capvault.pc.in
@@ -15,6 +15,9 @@
 # information is stripped from the installed copies (not from DIR). DESTDIR is honoured
 # for staging a package: files go to $DESTDIR$PREFIX, the .pc file names $PREFIX.
 # X.Y.Z and ABI come from include/capvault.h (CAPVAULT_VERSION_*, CAPVAULT_ABI_VERSION).
+# The file name starts with the SONAME, followed by the minor and patch version, as
+# ldconfig, libtool and distribution packaging expect: `ldconfig -n PREFIX/lib` makes
+# the same SONAME link, and a newer release of one ABI sorts after an older one.
 set -euo pipefail
 
 die() { printf 'install-c: %s\n' "$*" >&2; exit 1; }
@@ -58,7 +61,7 @@ root=${DESTDIR:-}$PREFIX
 libdir=$root/lib
 install -d -m 755 "$libdir/pkgconfig" "$root/include"
 
-real=libcapvault.so.$VERSION
+real=libcapvault.so.$ABI.$(define CAPVAULT_VERSION_MINOR).$(define CAPVAULT_VERSION_PATCH)
 install -m 755 "$FROM/libcapvault.so" "$libdir/$real"
 install -m 644 "$FROM/libcapvault.a" "$libdir/libcapvault.a"
 if command -v strip >/dev/null; then

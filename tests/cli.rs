@@ -1507,7 +1507,7 @@ fn identities_are_never_echoed() {
     check(&out, 2, "this is an identity");
     // Wherever else an argument is echoed: a bundle id, an unknown command, a path.
     let out = f.run(&["ack", &secret]);
-    check(&out, 2, "CVSECRET-<redacted>");
+    check(&out, 2, "an argument: this is an identity");
     let out = run(&[&secret]);
     check(&out, 2, "CVSECRET-<redacted>");
     let out = run(&["open", "--identity", &secret, "x.cvb"]);
@@ -1856,4 +1856,358 @@ fn counts_and_ranges_read_as_english() {
     let s = text(&out.stdout);
     assert!(s.contains("records 1..=") || s.contains("record 1,"), "{s}");
     assert!(!s.contains("0..=0") && !s.contains("(s)"), "{s}");
+}
+
+/// `--options` and `upload --to` errors say what is wrong in the CLI's words (no
+/// "invalid argument:", no "options_json:", the flag and not the option key), and
+/// system errors read without Rust's "(os error N)".
+#[test]
+fn option_and_system_errors_read_plainly() {
+    let f = Fixture::new(KeyStoreKind::Keyutils);
+    f.init();
+    let plain = |out: &Output| {
+        let e = text(&out.stderr);
+        for bad in [
+            "invalid argument",
+            "options_json",
+            "os error",
+            "storage error",
+        ] {
+            assert!(!e.contains(bad), "{bad:?} in {e}");
+        }
+        assert_eq!(e.lines().count(), 1, "{e}");
+    };
+    let missing = f.root.join("missing.json");
+    let out = f.run(&["status", "--options", missing.to_str().unwrap()]);
+    assert_fails(
+        &out,
+        2,
+        &format!(
+            "cannot read --options {}: it does not exist",
+            missing.display()
+        ),
+    );
+    plain(&out);
+    let bad = f.root.join("bad.json");
+    std::fs::write(&bad, r#"{"frame_max_ms": 0}"#).unwrap();
+    let out = f.run(&["status", "--options", bad.to_str().unwrap()]);
+    assert_fails(
+        &out,
+        2,
+        &format!("--options {}: frame_max_ms must be between", bad.display()),
+    );
+    plain(&out);
+    std::fs::write(&bad, r#"{"nope": 1}"#).unwrap();
+    let out = f.run(&["status", "--options", bad.to_str().unwrap()]);
+    assert_fails(&out, 2, "unknown field `nope`");
+    plain(&out);
+    let (_, recipient, receipt_key) = new_identity(&f.root, "c.identity");
+    std::fs::write(
+        &bad,
+        serde_json::json!({
+            "collector_receipt_key": receipt_key,
+            "upload": { "url": "ftp://collector.example", "recipient": recipient },
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = f.run(&["status", "--options", bad.to_str().unwrap()]);
+    assert_fails(
+        &out,
+        2,
+        "upload.url \"ftp://collector.example\": the scheme",
+    );
+    plain(&out);
+    let out = f.run(&[
+        "upload",
+        "--once",
+        "--to",
+        "ftp://collector.example",
+        "--recipient",
+        &recipient,
+        "--receipt-key",
+        &receipt_key,
+    ]);
+    assert_fails(
+        &out,
+        2,
+        "--to \"ftp://collector.example\": the scheme must be https",
+    );
+    plain(&out);
+    assert!(!text(&out.stderr).contains("upload.url"));
+    // A path through a file: ENOTDIR from the CLI's own code and from the library's.
+    let file = f.root.join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let under = file.join("sub");
+    let out = f.run(&[
+        "seal",
+        "--to",
+        &recipient,
+        "--out-dir",
+        under.to_str().unwrap(),
+    ]);
+    assert_fails(
+        &out,
+        1,
+        &format!("cannot create --out-dir {}", under.display()),
+    );
+    plain(&out);
+    let out = run(&[
+        "init",
+        "--vault",
+        under.to_str().unwrap(),
+        "--user",
+        "a",
+        "--keystore",
+        "keyutils",
+    ]);
+    assert_fails(&out, 1, under.to_str().unwrap());
+    plain(&out);
+}
+
+/// `open --json` reports one complete object whatever stops it: every bundle with its
+/// verdict (`skipped` for those not reached), `stopped: true`, and the chain report
+/// once the chain check ran. A bundle that does not decrypt is not counted as accepted
+/// in the chain report.
+#[test]
+fn open_json_is_complete_on_every_error_path() {
+    let (f, id_file, good) = sealed_fixture();
+    let id = id_file.to_str().unwrap();
+    let keys = [
+        "bundles_given",
+        "bundles_opened",
+        "bundles_rejected",
+        "bundles_skipped",
+        "events",
+        "keys_pinned",
+        "chain_clean",
+        "stopped",
+        "bundles",
+        "failed",
+        "chain",
+        "error",
+    ];
+    let report = |out: &Output| -> Value {
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "stderr is one JSON object: {err}");
+        let v: Value = serde_json::from_str(&err).unwrap();
+        for k in keys {
+            assert!(v.get(k).is_some(), "{k} missing: {v}");
+        }
+        assert_eq!(v["chain_clean"], false);
+        assert_eq!(v["bundles_given"], 1);
+        v
+    };
+    // Stopped before any bundle: an unreadable identity, an unusable --blobs-dir.
+    let out = run(&["open", "--json", "-i", "/nonexistent/id", &good]);
+    assert_eq!(code(&out), 1);
+    let v = report(&out);
+    assert_eq!(v["stopped"], true);
+    assert_eq!(v["bundles"][0]["verdict"], "skipped", "{v}");
+    assert_eq!(v["bundles"][0]["file"], good.as_str());
+    assert_eq!(v["bundles_skipped"], 1);
+    assert!(v["chain"].is_null());
+    let file = f.root.join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = run(&[
+        "open",
+        "--json",
+        "-i",
+        id,
+        "--blobs-dir",
+        file.to_str().unwrap(),
+        &good,
+    ]);
+    assert_eq!(code(&out), 1);
+    let v = report(&out);
+    assert_eq!(v["stopped"], true);
+    assert_eq!(v["bundles"][0]["verdict"], "skipped", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("--blobs-dir"), "{v}");
+    // Stopped while writing: stdout is a full disk. The chain was checked (and is in
+    // the report); the bundle is not counted as opened.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(BIN)
+        .args(["open", "--json", "-i", id, &good])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1);
+    let v = report(&out);
+    assert_eq!(v["stopped"], true);
+    assert_eq!(v["bundles_opened"], 0);
+    assert_eq!(v["events"], 0);
+    assert_eq!(v["bundles"][0]["verdict"], "skipped", "{v}");
+    assert!(v["bundles"][0]["id"].as_str().unwrap().starts_with("cvb1"));
+    assert!(
+        v["bundles"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("could not all be written"),
+        "{v}"
+    );
+    assert!(v["chain"]["devices"].is_array(), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("stdout"), "{v}");
+    // Not sealed to this identity: rejected, and not accepted in the chain report.
+    let (other, _, _) = new_identity(&f.root, "other.identity");
+    let out = run(&["open", "--json", "-i", other.to_str().unwrap(), &good]);
+    assert_eq!(code(&out), 1);
+    let v = report(&out);
+    assert_eq!(v["stopped"], false);
+    assert_eq!(v["bundles"][0]["verdict"], "rejected");
+    let dev = &v["chain"]["devices"][0];
+    assert_eq!(
+        (dev["bundles"].as_u64(), dev["rejected"].as_u64()),
+        (Some(0), Some(1)),
+        "{v}"
+    );
+    assert!(
+        dev["issues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["kind"] == "not_opened"),
+        "{v}"
+    );
+    // And in text: the chain line does not count it.
+    let out = run(&["open", "-i", other.to_str().unwrap(), &good]);
+    assert_eq!(code(&out), 1);
+    let err = text(&out.stderr);
+    assert!(err.contains("no bundles, sequence 0 to 0"), "{err}");
+    assert!(err.contains("could not be opened"), "{err}");
+    // The complete run still reports opened bundles as before.
+    let out = run(&["open", "--json", "-i", id, &good]);
+    assert_ok(&out, &["open --json"]);
+    let v = report_ok(&out);
+    assert_eq!(v["chain"]["devices"][0]["bundles"], 1);
+}
+
+fn report_ok(out: &Output) -> Value {
+    let v: Value = serde_json::from_str(&text(&out.stderr)).unwrap();
+    assert_eq!(v["stopped"], false);
+    assert_eq!(v["chain_clean"], true);
+    assert!(v.get("error").is_none(), "{v}");
+    v
+}
+
+/// The library's format hints name the identity prefix and its suite labels; the
+/// redaction that keeps identities out of messages leaves them readable, and still
+/// hides an identity with a damaged key.
+#[test]
+fn redaction_keeps_format_hints_readable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let not_id = tmp.path().join("notes.txt");
+    std::fs::write(&not_id, "hello\n").unwrap();
+    let out = run(&["recipient", "show", "-i", not_id.to_str().unwrap()]);
+    assert_fails(
+        &out,
+        1,
+        "it must start with CVSECRET-X25519-1 or CVSECRET-XWING-1",
+    );
+    assert!(!text(&out.stderr).contains("<redacted>"));
+    // An identity with one symbol changed: the message does not carry its key.
+    let (file, _, _) = new_identity(tmp.path(), "c.identity");
+    let secret = Identity::read_from_file(&file).unwrap().to_string();
+    let mut damaged = secret.clone().into_bytes();
+    let at = damaged.len() - 5;
+    damaged[at] = if damaged[at] == b'A' { b'B' } else { b'A' };
+    let damaged = String::from_utf8(damaged).unwrap();
+    let bad = tmp.path().join("damaged.identity");
+    std::fs::write(&bad, format!("{damaged}\n")).unwrap();
+    let out = run(&["recipient", "show", "-i", bad.to_str().unwrap()]);
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(!err.contains(&damaged[20..]), "{err}");
+}
+
+/// No output echoes an identity, on success either: an identity anywhere on the command
+/// line (a path, a user name, `--token`) or in CAPVAULT_VAULT, CAPVAULT_USER or the
+/// upload token is refused (exit 2) before anything runs, without repeating it.
+#[test]
+fn identities_are_refused_wherever_they_would_be_echoed() {
+    let f = Fixture::new(KeyStoreKind::Keyutils);
+    f.init();
+    let (id_file, recipient, receipt_key) = new_identity(&f.root, "c.identity");
+    let secret = Identity::read_from_file(&id_file).unwrap().to_string();
+    let body = &secret[secret.len() - 40..];
+    let refused = |out: &Output, needle: &str| {
+        let (o, e) = (text(&out.stdout), text(&out.stderr));
+        assert!(!o.contains(body) && !e.contains(body), "echoed: {o}{e}");
+        assert_eq!(code(out), 2, "{o}{e}");
+        assert!(e.contains(needle), "{e}");
+        assert!(e.contains("this is an identity"), "{e}");
+    };
+    // A vault path holding an identity: `init` would print it on success.
+    let vault = f.root.join(&secret).join("v");
+    let out = run(&[
+        "init",
+        "--vault",
+        vault.to_str().unwrap(),
+        "--user",
+        "a",
+        "--keystore",
+        "keyutils",
+    ]);
+    refused(&out, "--vault:");
+    assert!(!f.root.join(&secret).exists(), "nothing is created");
+    let out = run(&["init", &format!("--vault={}", vault.display()), "-u", "a"]);
+    refused(&out, "--vault:");
+    let out = run(&[
+        "init",
+        "--vault",
+        f.root.join("w").to_str().unwrap(),
+        "--user",
+        &secret.to_lowercase(),
+    ]);
+    refused(&out, "--user:");
+    let out = Command::new(BIN)
+        .args(["init", "--user", "a", "--keystore", "keyutils"])
+        .env("CAPVAULT_VAULT", &vault)
+        .output()
+        .unwrap();
+    refused(&out, "CAPVAULT_VAULT:");
+    // The upload token goes to the collector: never an identity, from any source.
+    let upload = |extra: &[&str]| {
+        let mut a = vec![
+            "upload",
+            "--once",
+            "--to",
+            "http://127.0.0.1:9",
+            "--recipient",
+            &recipient,
+            "--receipt-key",
+            &receipt_key,
+        ];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let out = f.run(
+        &upload(&["--token", &secret])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    refused(&out, "--token:");
+    let token_file = f.root.join("token");
+    std::fs::write(&token_file, format!("{secret}\n")).unwrap();
+    let out = f.run(
+        &upload(&["--token-file", token_file.to_str().unwrap()])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    refused(&out, "--token-file");
+    let mut args: Vec<String> = upload(&[]);
+    args.extend(f.vault_args());
+    let out = Command::new(BIN)
+        .args(&args)
+        .env("CAPVAULT_UPLOAD_TOKEN", &secret)
+        .output()
+        .unwrap();
+    refused(&out, "CAPVAULT_UPLOAD_TOKEN:");
+    // The file name `--identity` takes is fine when it only mentions the prefix hint.
+    let out = f.json(&["status"]);
+    assert_eq!(out["user"], "alice");
 }

@@ -117,10 +117,36 @@ fn ffi_c_installed_prefix_with_pkg_config() {
         header_define("CAPVAULT_VERSION_MINOR"),
         header_define("CAPVAULT_VERSION_PATCH")
     );
-    let real = format!("libcapvault.so.{version}");
+    // The real file is named after its SONAME (then minor.patch), as ldconfig and
+    // packaging tools expect; ldconfig makes the very link the script made.
+    let real = format!(
+        "{}.{}.{}",
+        soname(),
+        header_define("CAPVAULT_VERSION_MINOR"),
+        header_define("CAPVAULT_VERSION_PATCH")
+    );
     assert_eq!(
         std::fs::read_link(libdir.join(soname())).unwrap(),
         Path::new(&real)
+    );
+    let only_file = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("libcapvault.so.") && !libdir.join(n).is_symlink())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(only_file(&libdir), std::slice::from_ref(&real));
+    std::fs::remove_file(libdir.join(soname())).unwrap();
+    let ldconfig = ["/sbin/ldconfig", "/usr/sbin/ldconfig"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("ldconfig is installed");
+    run_ok(Command::new(ldconfig).arg("-n").arg(&libdir));
+    assert_eq!(
+        std::fs::read_link(libdir.join(soname())).unwrap(),
+        Path::new(&real),
+        "ldconfig links the SONAME to another file than the script did"
     );
     assert_eq!(
         std::fs::read_link(libdir.join("libcapvault.so")).unwrap(),

@@ -668,6 +668,83 @@ fn an_existing_open_directory_is_made_private_before_anything_is_written() {
     }
 }
 
+/// Every file and directory the vault creates is owner-only whatever the process's
+/// umask: sled's files at open, `blobs/`, the snapshots and blobs sled writes while
+/// open (tightened at each flush), and what a probe of a closed vault leaves behind.
+/// The umask is process-wide, so the scenario runs in a child process of this test.
+#[cfg(unix)]
+#[test]
+fn every_file_the_vault_creates_is_owner_only_under_umask_000() {
+    const CHILD: &str = "CAPVAULT_TEST_UMASK_CHILD";
+    let loose = |dir: &Path| {
+        fn walk(p: &Path, out: &mut Vec<String>) {
+            use std::os::unix::fs::PermissionsExt;
+            for e in std::fs::read_dir(p).unwrap() {
+                let path = e.unwrap().path();
+                let m = std::fs::symlink_metadata(&path).unwrap();
+                if m.permissions().mode() & 0o077 != 0 {
+                    out.push(format!("{} {:o}", path.display(), m.permissions().mode()));
+                }
+                if m.is_dir() {
+                    walk(&path, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(dir, &mut out);
+        out
+    };
+    if let Some(dir) = std::env::var_os(CHILD) {
+        rustix::process::umask(rustix::fs::Mode::empty());
+        let dir = Path::new(&dir).join("v");
+        let mut o = options(KeyStoreKind::Keyutils);
+        // Records of 4 MiB: sled keeps nodes over a quarter segment in blobs/ files.
+        o.chunk_bytes = 4 << 20;
+        o.max_payload_bytes = 16 << 20;
+        let v = Vault::open(&dir, "alice", o.clone()).unwrap();
+        assert_eq!(loose(&dir), Vec::<String>::new(), "after open");
+        for i in 0..3 {
+            let stored = v
+                .append_screenshot(i, 10, 10, "png", &screenshot_bytes(3 << 20))
+                .unwrap();
+            assert_eq!(stored, Appended::Stored);
+        }
+        v.flush().unwrap();
+        assert!(
+            std::fs::read_dir(dir.join("blobs")).unwrap().count() > 0,
+            "no blob file was written: the check would not see one"
+        );
+        assert_eq!(loose(&dir), Vec::<String>::new(), "after a flush");
+        v.close().unwrap();
+        assert_eq!(loose(&dir), Vec::<String>::new(), "after close");
+        assert!(Vault::user_exists(&dir, "alice").unwrap());
+        assert_eq!(loose(&dir), Vec::<String>::new(), "after a probe");
+        let v = Vault::open(&dir, "alice", o).unwrap();
+        v.erase_open().unwrap();
+        println!("umask child: ok");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "every_file_the_vault_creates_is_owner_only_under_umask_000",
+            "--nocapture",
+        ])
+        .env(CHILD, d.path())
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && all.contains("umask child: ok"),
+        "{all}"
+    );
+}
+
 /// The longest user name the vault accepts works in every keychain, through a KEK
 /// rotation (a longer key name) and erase; one byte more is refused before anything
 /// is written.

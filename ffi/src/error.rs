@@ -118,7 +118,9 @@ pub(crate) fn describe(rc: capvault_result) -> &'static CStr {
         CAPVAULT_ERR_STORAGE => c"I/O or database error",
         CAPVAULT_ERR_STORAGE_FULL => c"the disk is full or the byte budget is exhausted",
         CAPVAULT_ERR_TAMPERED => c"an integrity check failed",
-        CAPVAULT_ERR_IN_USE => c"the vault is open in another process",
+        CAPVAULT_ERR_IN_USE => {
+            c"the vault is open in another process, or already open in this one through another handle"
+        }
         CAPVAULT_ERR_ERASED => c"the vault was erased",
         CAPVAULT_ERR_NOT_FOUND => c"unknown bundle id or user",
         CAPVAULT_ERR_CLOSED => c"the handle is closed or was never returned by capvault_open",

@@ -86,7 +86,8 @@ pub const CAPVAULT_ERR_STORAGE: capvault_result = 4;
 pub const CAPVAULT_ERR_STORAGE_FULL: capvault_result = 5;
 /// An integrity check failed (the vault was modified, truncated or rolled back).
 pub const CAPVAULT_ERR_TAMPERED: capvault_result = 6;
-/// The vault is open in another process.
+/// The vault is open in another process, or already open in this one through a handle
+/// that was not closed.
 pub const CAPVAULT_ERR_IN_USE: capvault_result = 7;
 /// The vault was erased (its keys were destroyed).
 pub const CAPVAULT_ERR_ERASED: capvault_result = 8;

@@ -20,6 +20,7 @@ use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::ffi::{c_char, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
@@ -42,12 +43,45 @@ pub struct capvault {
     generation: u64,
     /// The last failure of a call on this handle, from any thread.
     last_error: parking_lot::Mutex<Option<CString>>,
+    /// The vault directory, canonical, to tell a second open of it in this process.
+    dir: Option<PathBuf>,
 }
 
 impl capvault {
     fn record(&self, fail: &Fail) {
         let msg = fail.c_msg();
         *self.last_error.lock() = Some(msg);
+    }
+
+    /// True while the handle holds its vault (a close in progress counts as holding).
+    fn holds(&self) -> bool {
+        self.vault.try_read().map_or(true, |g| g.is_some())
+    }
+}
+
+/// `InUse` from opening `dir`: when a handle of this process holds that directory,
+/// say so (the other process the core's message names does not exist).
+fn in_use(dir: &str) -> Fail {
+    let canonical = std::fs::canonicalize(dir).ok();
+    let mine = canonical.is_some() && {
+        let handles = HANDLES.read();
+        handles.iter().any(|&addr| {
+            // SAFETY: every address in `HANDLES` is a `capvault` leaked by `capvault_open`.
+            let h = unsafe { &*(addr as *const capvault) };
+            h.generation == fork::current() && h.dir == canonical && h.holds()
+        })
+    };
+    if mine {
+        Fail::new(
+            CAPVAULT_ERR_IN_USE,
+            format!(
+                "the vault in {dir} is already open in this process (a handle from an \
+                 earlier capvault_open that was not closed): use that handle, one handle \
+                 serves every thread, or close it before opening the vault again"
+            ),
+        )
+    } else {
+        Fail::from(capvault_core::Error::InUse)
     }
 }
 
@@ -93,20 +127,28 @@ fn lookup(v: *const capvault) -> Result<&'static capvault, Fail> {
 }
 
 /// Runs `f` on the open vault behind `v`, holding the handle's read lock. A failure
-/// (or panic) is also recorded as the handle's last error.
+/// (or panic) is also recorded as the handle's last error, while the handle is open: a
+/// call on a closed handle leaves its last failure (say, that of the final flush in
+/// `capvault_close`) as it was.
 fn with_vault<R>(
     v: *const capvault,
     f: impl FnOnce(&Vault, &capvault) -> Result<R, Fail>,
 ) -> Result<R, Fail> {
     let handle = lookup(v)?;
+    let mut closed = false;
     let result = catch_unwind(AssertUnwindSafe(|| {
         let guard = handle.vault.read().unwrap_or_else(PoisonError::into_inner);
-        let vault = guard.as_ref().ok_or_else(Fail::closed)?;
+        let Some(vault) = guard.as_ref() else {
+            closed = true;
+            return Err(Fail::closed());
+        };
         f(vault, handle)
     }))
     .unwrap_or_else(|payload| Err(Fail::panic(payload)));
     if let Err(fail) = &result {
-        handle.record(fail);
+        if !closed {
+            handle.record(fail);
+        }
     }
     result
 }
@@ -183,7 +225,9 @@ fn bad_option_key(json: &str) -> Option<String> {
 /// `*out` is left untouched. The caller owns the handle and releases it with
 /// `capvault_close`. Keys come from the OS keychain chosen in the options; if it is
 /// unusable the vault does not open (`CAPVAULT_ERR_KEYCHAIN`) and nothing is written.
-/// A vault open in another process gives `CAPVAULT_ERR_IN_USE`.
+/// A vault open in another process gives `CAPVAULT_ERR_IN_USE`; so does a vault already
+/// open in this process through a handle not yet closed (the message then says so:
+/// share that handle between threads instead).
 ///
 /// `dir`, `user` and `out` must not be NULL. `dir` and `user` are UTF-8 (`user`: 1 to
 /// 128 bytes, no control characters).
@@ -260,12 +304,17 @@ pub unsafe extern "C" fn capvault_open(
             ));
         }
         let generation = fork::generation();
-        let vault = Vault::open(dir, user, options)?;
+        let vault = match Vault::open(dir, user, options) {
+            Ok(vault) => vault,
+            Err(capvault_core::Error::InUse) => return Err(in_use(dir)),
+            Err(e) => return Err(e.into()),
+        };
         let handle: &'static capvault = Box::leak(Box::new(capvault {
             vault: RwLock::new(Some(vault)),
             max_payload,
             generation,
             last_error: parking_lot::Mutex::new(None),
+            dir: std::fs::canonicalize(dir).ok(),
         }));
         let ptr = std::ptr::from_ref(handle).cast_mut();
         HANDLES.write().insert(ptr as usize);
@@ -316,8 +365,9 @@ pub extern "C" fn capvault_close(v: *mut capvault) {
 ///
 /// For runtimes whose calls move between threads (Go goroutines, C# and Swift async
 /// code), where the per-thread `capvault_last_error()` may belong to another call.
-/// Failures on a handle stay recorded on it after `capvault_close` (so a failed final
-/// flush can be read here). For a NULL `v`, a pointer that is not a handle, or a handle
+/// Failures on a handle stay recorded on it after `capvault_close`: a failed final
+/// flush can be read here, and calls on the closed handle (which return
+/// `CAPVAULT_ERR_CLOSED` and set the thread's message) do not replace it. For a NULL `v`, a pointer that is not a handle, or a handle
 /// from before a `fork()`, the message says so. Never sets the last error. Thread-safe.
 ///
 /// # Safety

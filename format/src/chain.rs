@@ -116,6 +116,16 @@ pub enum ChainIssue {
         /// The earliest sequence number present.
         bundle_seq: u64,
     },
+    /// The bundle passed the chain check but could not be opened (not sealed to this
+    /// collector's identity, or its payload failed its checks; see
+    /// [`ChainChecker::not_opened`]). It is not released. The chain itself is not at
+    /// fault: the opener reports why the bundle did not open.
+    NotOpened {
+        /// Its sequence number.
+        bundle_seq: u64,
+        /// Its id.
+        id: String,
+    },
 }
 
 impl ChainIssue {
@@ -129,6 +139,7 @@ impl ChainIssue {
                 | ChainIssue::Reordered { .. }
                 | ChainIssue::StartsMidChain { .. }
                 | ChainIssue::RecordsLost { .. }
+                | ChainIssue::NotOpened { .. }
         )
     }
 }
@@ -220,6 +231,10 @@ impl std::fmt::Display for ChainIssue {
                 f,
                 "bundle {bundle_seq} links to earlier bundles that are not in this set"
             ),
+            ChainIssue::NotOpened { bundle_seq, id } => write!(
+                f,
+                "bundle {bundle_seq} ({id}) could not be opened; it is not released"
+            ),
         }
     }
 }
@@ -302,6 +317,8 @@ pub struct ChainChecker {
     seen: BTreeMap<StreamKey, Vec<Seen>>,
     pins: Option<DevicePins>,
     arrivals: usize,
+    /// Digests of bundles that could not be opened after the chain check.
+    not_opened: BTreeSet<[u8; 32]>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -350,6 +367,14 @@ impl ChainChecker {
     /// Adds an inspected bundle.
     pub fn add_inspected(&mut self, bundle: &InspectedBundle) {
         self.add(&bundle.header, &bundle.digest);
+    }
+
+    /// Records that the bundle with this digest, accepted by an earlier report, could
+    /// not be opened: later reports count it as rejected (not in `bundles`, nor in
+    /// `first_seq..=last_seq`), with a [`ChainIssue::NotOpened`] finding. Its link in the
+    /// chain still counts: it is authentic, only not readable here.
+    pub fn not_opened(&mut self, digest: &[u8; 32]) {
+        self.not_opened.insert(*digest);
     }
 
     /// The findings so far.
@@ -516,6 +541,17 @@ impl ChainChecker {
                     bundle_seq: b_seq,
                     records: b.records_lost,
                 });
+            }
+        }
+        // 4. Accepted so far, but not opened.
+        for (seq, s) in &chain {
+            if let Some(s) = s.filter(|s| self.not_opened.contains(&s.digest)) {
+                if rejected.insert(s.digest) {
+                    issues.push(ChainIssue::NotOpened {
+                        bundle_seq: *seq,
+                        id: bundle_id(&s.digest),
+                    });
+                }
             }
         }
         let accepted: Vec<u64> = chain

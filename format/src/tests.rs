@@ -437,6 +437,35 @@ fn chain_checker_releases_only_what_it_accepts() {
 }
 
 #[test]
+fn a_bundle_that_does_not_open_is_not_counted_as_accepted() {
+    let id = Identity::generate(Suite::X25519);
+    let ev = all_events(1, 10);
+    let r = id.recipient();
+    let b1 = seal_bundle(&input(1, [0; 32], &ev, &[]), &r, &device(1)).unwrap();
+    let b2 = seal_bundle(&input(2, *b1.digest(), &ev, &[]), &r, &device(1)).unwrap();
+    let b3 = seal_bundle(&input(3, *b2.digest(), &ev, &[]), &r, &device(1)).unwrap();
+    let mut c = ChainChecker::new();
+    for b in [&b1, &b2, &b3] {
+        c.add(b.header(), b.digest());
+    }
+    let before = c.report();
+    assert_eq!(
+        (before.devices[0].bundles, before.devices[0].rejected),
+        (3, 0)
+    );
+    c.not_opened(b3.digest());
+    let rep = c.report();
+    let d = &rep.devices[0];
+    assert_eq!((d.bundles, d.rejected), (2, 1));
+    assert_eq!((d.first_seq, d.last_seq), (1, 2));
+    assert!(!rep.accepts(b3.digest()) && rep.accepts(b2.digest()));
+    // Its link still holds: no gap, no broken chain, one finding naming it.
+    assert_eq!(kinds_of(&rep), vec!["not_opened".to_string()]);
+    assert!(rep.is_clean());
+    assert!(d.issues[0].to_string().contains(b3.id()));
+}
+
+#[test]
 fn streams_of_one_device_are_separate_chains() {
     let id = Identity::generate(Suite::X25519);
     let ev = all_events(1, 10);

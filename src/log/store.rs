@@ -153,6 +153,17 @@ impl Store {
     /// ([`Store::lazy_flush`]), and `flush` makes everything durable. Without the flusher,
     /// dropping the handle also releases the directory lock at once.
     pub(crate) fn raw(dir: &Path, cache_bytes: u64) -> Result<sled::Db> {
+        // sled creates `blobs/` with the process's umask; made first, it is private
+        // from the start (sled leaves an existing one as it is).
+        let blobs = dir.join("blobs");
+        if !blobs.exists() {
+            // Recursive: also makes a missing vault directory, 0700 (and tolerates a
+            // concurrent creator).
+            private_dir_builder()
+                .recursive(true)
+                .create(&blobs)
+                .map_err(|e| Error::Storage(format!("cannot create {}: {e}", blobs.display())))?;
+        }
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
@@ -165,7 +176,8 @@ impl Store {
         let deadline = std::time::Instant::now() + LOCK_GRACE;
         loop {
             match config.open() {
-                Ok(db) => return Ok(db),
+                // sled wrote its files (a snapshot, at least) with the process's umask.
+                Ok(db) => return restrict(dir).map(|()| db),
                 Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
                     if std::time::Instant::now() >= deadline {
                         return Err(Error::InUse);
@@ -206,16 +218,18 @@ impl Store {
             self.db.insert(DURABLE_GEN_KEY, &gen.to_be_bytes())?;
         }
         self.db.flush()?;
+        // Files sled made since the last flush (snapshots, blobs) get owner-only modes
+        // here, whatever the process's umask was; with fsync they are synced too.
+        settle_tree(&self.dir, self.fsync).map_err(|e| match e {
+            // A full disk stays a full disk (fsync reports ENOSPC too).
+            Error::Storage(why) => Error::Storage(format!(
+                "cannot sync the vault directory {} (was it moved or deleted while \
+                 open?): {why}",
+                self.dir.display()
+            )),
+            other => other,
+        })?;
         if self.fsync {
-            sync_tree(&self.dir).map_err(|e| match e {
-                // A full disk stays a full disk (fsync reports ENOSPC too).
-                Error::Storage(why) => Error::Storage(format!(
-                    "cannot sync the vault directory {} (was it moved or deleted while \
-                     open?): {why}",
-                    self.dir.display()
-                )),
-                other => other,
-            })?;
             // Concurrent flushes may finish out of order: the mark only moves forward.
             let mut marked = self.marked.lock().unwrap_or_else(|p| p.into_inner());
             if gen > *marked {
@@ -282,11 +296,14 @@ pub(crate) fn encode_mark(gen: u64) -> [u8; 32] {
 fn write_mark(dir: &Path, gen: u64) -> Result<()> {
     use std::io::Write;
     let bytes = encode_mark(gen);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(dir.join(MARK_FILE))?;
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(dir.join(MARK_FILE))?;
     f.write_all(&bytes)?;
     f.sync_data()?;
     Ok(())
@@ -356,13 +373,8 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         }
         return Ok(());
     }
-    let mut b = fs::DirBuilder::new();
+    let mut b = private_dir_builder();
     b.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        b.mode(0o700);
-    }
     b.create(dir).map_err(|e| {
         Error::Storage(format!(
             "cannot create vault directory {}: {e}",
@@ -371,54 +383,74 @@ fn create_private_dir(dir: &Path) -> Result<()> {
     })
 }
 
-fn restrict(path: &Path) -> Result<()> {
+/// Creates directories 0700 (the umask can only take bits away from that).
+fn private_dir_builder() -> fs::DirBuilder {
+    #[cfg_attr(not(unix), allow(unused_mut))]
+    let mut b = fs::DirBuilder::new();
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        for entry in fs::read_dir(path)? {
-            let entry = entry?;
-            // Files may vanish while we walk (sled's old snapshots, answered hand-off
-            // requests): what is gone needs no permissions.
-            let meta = match entry.metadata() {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let mode = if meta.is_dir() { 0o700 } else { 0o600 };
-            if meta.permissions().mode() & 0o777 != mode {
-                match fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode)) {
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    other => other?,
-                }
-            }
-            if meta.is_dir() {
-                restrict(&entry.path())?;
-            }
-        }
-        if fs::metadata(path)?.permissions().mode() & 0o777 != 0o700 {
-            fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
-        }
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
     }
-    Ok(())
+    b
 }
 
-/// fsync every file under `dir`, then the directories themselves.
-fn sync_tree(dir: &Path) -> Result<()> {
+/// Files 0600, directories 0700, under `path` and `path` itself.
+fn restrict(path: &Path) -> Result<()> {
+    settle_tree(path, false)
+}
+
+/// Gives every file under `dir` mode 0600 and every directory 0700 (sled creates its
+/// files with the process's umask), and with `sync` fsyncs the files, then the
+/// directories. Entries of another owner (a hand-off request root wrote) are left to
+/// the hand-off, which checks them itself.
+fn settle_tree(dir: &Path, sync: bool) -> Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
-        let ft = entry.file_type()?;
-        if ft.is_dir() {
-            sync_tree(&entry.path())?;
-        } else if ft.is_file() {
-            match fs::File::open(entry.path()) {
+        // Files may vanish while we walk (sled's old snapshots, answered hand-off
+        // requests): what is gone needs neither permissions nor syncing.
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let path = entry.path();
+        make_private(&path, &meta)?;
+        if meta.is_dir() {
+            settle_tree(&path, sync)?;
+        } else if sync && meta.is_file() {
+            match fs::File::open(&path) {
                 Ok(f) => f.sync_all()?,
-                // sled may remove a file (an old snapshot) between listing and opening it.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e.into()),
             }
         }
     }
-    fs::File::open(dir)?.sync_all()?;
+    make_private(dir, &fs::metadata(dir)?)?;
+    if sync {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn make_private(path: &Path, meta: &fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = if meta.is_dir() { 0o700 } else { 0o600 };
+    if meta.permissions().mode() & 0o777 == mode
+        || meta.uid() != rustix::process::geteuid().as_raw()
+        || meta.file_type().is_symlink()
+    {
+        return Ok(());
+    }
+    match fs::set_permissions(path, fs::Permissions::from_mode(mode)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+#[cfg(not(unix))]
+fn make_private(_: &Path, _: &fs::Metadata) -> Result<()> {
     Ok(())
 }
 

@@ -4,6 +4,8 @@
  *
  *   bad_input VAULT_DIR RECIPIENT      (keychain from $CAPVAULT_KEYSTORE)
  */
+#define _XOPEN_SOURCE 700
+#include <ftw.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +47,11 @@ static void expect_msg_contains(const char *needle, int line) {
                 capvault_last_error(), needle);
         failures++;
     }
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
 }
 
 /* ---- 16 appending threads and one sealing/acking thread on one handle ---- */
@@ -153,10 +160,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "FAIL: cannot open the vault: %s\n", capvault_last_error());
         return 1;
     }
-    /* The same vault from a second handle in this process is in use. */
+    /* The same vault from a second handle in this process is in use, and the message
+       says where the other user is: this process. */
     capvault *v2 = NULL;
     capvault_result rc2 = capvault_open(dir, "alice", options, &v2);
-    if (rc2 != CAPVAULT_ERR_IN_USE && rc2 != CAPVAULT_ERR_STORAGE) {
+    if (rc2 != CAPVAULT_ERR_IN_USE || !strstr(capvault_last_error(), "already open in this process") ||
+        strstr(capvault_last_error(), "another process")) {
         fprintf(stderr, "FAIL: second open returned %d: %s\n", (int)rc2, capvault_last_error());
         failures++;
     }
@@ -347,6 +356,7 @@ int main(int argc, char **argv) {
             failures++;
         }
         if (!strstr(capvault_result_str(CAPVAULT_ERR_IN_USE), "another process") ||
+            !strstr(capvault_result_str(CAPVAULT_ERR_IN_USE), "this one") ||
             !strstr(capvault_result_str(150), "not an error") ||
             !strstr(capvault_result_str(42), "unknown error") ||
             capvault_abi_version() != CAPVAULT_ABI_VERSION) {
@@ -428,11 +438,30 @@ int main(int argc, char **argv) {
     }
     EXPECT(capvault_flush(stale), CAPVAULT_ERR_CLOSED);
     {
-        /* The closed handle still answers what its last failure was. */
-        char hmsg[256];
-        if (capvault_handle_last_error(stale, hmsg, sizeof hmsg) == 0 || !strstr(hmsg, "closed")) {
-            fprintf(stderr, "FAIL: closed handle's last error \"%s\"\n", hmsg);
+        /* A failed close stays the handle's last failure: calls on the closed handle
+           return CLOSED (and say so on the thread) but do not replace it. The vault's
+           directory removed while open makes the final flush fail. */
+        char gone[4096], closing[512], after[512];
+        snprintf(gone, sizeof gone, "%s-removed", dir);
+        capvault *g = NULL;
+        EXPECT(capvault_open(gone, "alice", options, &g), CAPVAULT_OK);
+        EXPECT(capvault_append_mouse_move(g, 1, 1, 1), CAPVAULT_OK);
+        if (nftw(gone, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0) {
+            fprintf(stderr, "FAIL: cannot remove %s\n", gone);
             failures++;
+        }
+        capvault_close(g);
+        capvault_handle_last_error(g, closing, sizeof closing);
+        EXPECT(capvault_flush(g), CAPVAULT_ERR_CLOSED);
+        expect_msg_contains("closed", __LINE__);
+        EXPECT(capvault_append_mouse_move(g, 2, 1, 1), CAPVAULT_ERR_CLOSED);
+        capvault_handle_last_error(g, after, sizeof after);
+        if (!strstr(closing, gone) || strcmp(closing, after) != 0) {
+            fprintf(stderr, "FAIL: close failure \"%s\", after calls on the closed handle \"%s\"\n",
+                    closing, after);
+            failures++;
+        } else {
+            printf("ok a failed close stays the handle's last error: %s\n", after);
         }
     }
     EXPECT(capvault_status_json(v, &json), CAPVAULT_OK);

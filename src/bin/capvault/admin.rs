@@ -12,6 +12,7 @@ use capvault::{Error, Recipient, Vault, VaultOptions};
 
 use crate::files;
 use crate::output::{self, human_bytes, human_time, print_json, CliError, CliResult};
+use crate::secrets;
 use crate::{EraseArgs, HandoffArgs, KeystoreArg, PauseArgs, RotateArgs, VaultArgs};
 use capvault::handoff::{self, HandoffError, Op};
 
@@ -51,10 +52,18 @@ pub fn resolve(va: &VaultArgs) -> CliResult<Target> {
     let mut options = match &va.options {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                CliError::usage(format!("cannot read --options {}: {e}", path.display()))
+                CliError::usage(format!(
+                    "cannot read --options {}: {}",
+                    path.display(),
+                    output::io_reason(&e)
+                ))
             })?;
-            VaultOptions::from_json(&text)
-                .map_err(|e| CliError::usage(format!("--options {}: {e}", path.display())))?
+            VaultOptions::from_json(&text).map_err(|e| {
+                let why = output::describe(&e);
+                // The library names the C API's argument; here it is the file.
+                let why = why.strip_prefix("options_json: ").unwrap_or(&why);
+                CliError::usage(format!("--options {}: {why}", path.display()))
+            })?
         }
         None => VaultOptions::default(),
     };
@@ -78,7 +87,7 @@ fn no_vault(t: &Target) -> CliError {
             "no vault at {d}: check --vault, or create one with `capvault init --vault {d} --user {}`",
             t.user
         ),
-        Err(e) => format!("cannot look at --vault {d}: {e}"),
+        Err(e) => format!("cannot look at --vault {d}: {}", output::io_reason(&e)),
         Ok(m) if !m.is_dir() => format!("--vault {d} is a file, not a vault directory: check --vault"),
         Ok(_) => format!("{d} is a directory but holds no capvault vault: check --vault"),
     })
@@ -598,7 +607,7 @@ pub fn verify(va: &VaultArgs, json: bool) -> CliResult<()> {
 /// Parses a recipient argument (`--to`). An identity given by mistake is named as such
 /// and never echoed: it is the collector's secret key.
 pub fn parse_recipient(flag: &str, s: &str) -> CliResult<Recipient> {
-    if output::holds_identity(s) {
+    if secrets::holds_identity(s) {
         return Err(CliError::usage(format!(
             "{flag}: this is an identity (a collector's secret key), not a recipient; pass its \
              recipient, which `capvault recipient show --identity FILE` prints (and keep the \
@@ -638,7 +647,8 @@ fn stage_bundle_file(dir: &Path) -> CliResult<files::Staged> {
     let d = dir.display();
     files::Staged::create_in(dir).map_err(|e| {
         CliError::failure(format!(
-            "cannot write bundles into --out-dir {d}: {e}; nothing was sealed"
+            "cannot write bundles into --out-dir {d}: {}; nothing was sealed",
+            output::io_reason(&e)
         ))
     })
 }
@@ -660,11 +670,12 @@ pub fn seal(a: &SealArgs, json: bool) -> CliResult<()> {
         let path = staged.commit(&name, b.bytes()).map_err(|e| {
             CliError::failure(format!(
                 "bundle {} ({}) is sealed and kept in the vault's outbox (the audit ledger \
-                 records the seal), but writing it to {} failed: {e}; run `capvault seal` \
+                 records the seal), but writing it to {} failed: {}; run `capvault seal` \
                  again with a usable --out-dir to write the very same bundle",
                 h.bundle_seq(),
                 b.id(),
-                a.out_dir.join(&name).display()
+                a.out_dir.join(&name).display(),
+                output::io_reason(&e)
             ))
         })?;
         // Sealed before this command started: the pending bundle, offered again.
@@ -855,7 +866,7 @@ pub fn ack(a: &AckArgs, json: bool) -> CliResult<()> {
 
 /// Parses `--receipt-key`; an identity given by mistake is named as such, not echoed.
 pub fn parse_receipt_key(s: &str) -> CliResult<capvault::ReceiptKey> {
-    if output::holds_identity(s) {
+    if secrets::holds_identity(s) {
         return Err(CliError::usage(
             "--receipt-key: this is an identity (a collector's secret key), not a receipt key; \
              pass its receipt key, which `capvault recipient show --identity FILE` prints",
@@ -1052,9 +1063,9 @@ pub fn serve(a: &ServeArgs) -> CliResult<()> {
     let t = resolve(&a.vault)?;
     let vault = Vault::open(&t.dir, &t.user, t.options.clone()).map_err(|e| vault_error(&t, e))?;
     println!("ready");
-    std::io::stdout()
-        .flush()
-        .map_err(|e| CliError::failure(format!("cannot write to stdout: {e}")))?;
+    std::io::stdout().flush().map_err(|e| {
+        CliError::failure(format!("cannot write to stdout: {}", output::io_reason(&e)))
+    })?;
     loop {
         std::thread::sleep(Duration::from_millis(100));
         if let Err(capvault::Error::Erased) = vault.status() {

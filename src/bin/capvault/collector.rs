@@ -10,6 +10,7 @@ use capvault::{ChainChecker, DevicePins, EnrollmentRecord, Error, Identity, Suit
 
 use crate::files;
 use crate::output::{self, print_json, CliError, CliResult, EXIT_FAILURE, EXIT_INTEGRITY};
+use crate::secrets;
 
 #[derive(Args, Debug)]
 pub struct NewRecipientArgs {
@@ -94,7 +95,7 @@ pub fn recipient_show(a: &ShowRecipientArgs, json: bool) -> CliResult<()> {
 
 /// Reads the identity named by `--identity`: a file, or stdin for `-`.
 fn read_identity(path: &Path) -> CliResult<Identity> {
-    if output::holds_identity(&path.to_string_lossy()) {
+    if secrets::holds_identity(&path.to_string_lossy()) {
         return Err(CliError::usage(
             "--identity takes the identity file, and this is the identity itself (a secret, \
              now in your shell history): put it in a file only you can read, or pass `-` and \
@@ -220,7 +221,8 @@ fn read_pins(paths: &[PathBuf]) -> CliResult<DevicePins> {
 struct Verdict {
     file: String,
     id: Option<String>,
-    /// "opened", "rejected" or "duplicate" (another copy of a bundle given twice).
+    /// "opened", "rejected", "duplicate" (another copy of a bundle given twice), or
+    /// "skipped" (not decided: a fatal error stopped the command first).
     verdict: &'static str,
     reason: Option<String>,
     events: usize,
@@ -234,6 +236,76 @@ impl Verdict {
         }
         if self.verdict == "opened" {
             v["events"] = json!(self.events);
+        }
+        v
+    }
+}
+
+/// What `open` decided so far. With `--json` it is reported whole, also when a fatal
+/// error (an unreadable identity, an unusable --blobs-dir, stdout failing) stops the
+/// command before every bundle is decided.
+struct Run {
+    verdicts: Vec<Verdict>,
+    opened: usize,
+    events: usize,
+    pinned: bool,
+    /// Set once every bundle went through the chain check.
+    checker: Option<ChainChecker>,
+}
+
+impl Run {
+    fn new(a: &OpenArgs) -> Run {
+        Run {
+            verdicts: a
+                .bundles
+                .iter()
+                .map(|p| Verdict {
+                    file: shown(p),
+                    id: None,
+                    verdict: "skipped",
+                    reason: None,
+                    events: 0,
+                })
+                .collect(),
+            opened: 0,
+            events: 0,
+            pinned: !a.devices.is_empty(),
+            checker: None,
+        }
+    }
+
+    fn count(&self, verdict: &str) -> usize {
+        self.verdicts
+            .iter()
+            .filter(|v| v.verdict == verdict)
+            .count()
+    }
+
+    /// The one JSON object of `open --json`. `error` is set when the exit code is not
+    /// 0; `stopped` when a fatal error ended the command before every bundle was
+    /// decided (the bundles not reached are `skipped`).
+    fn to_json(&self, clean: bool, error: Option<&str>, stopped: bool) -> Value {
+        let chain = self.checker.as_ref().map(ChainChecker::report);
+        let mut v = json!({
+            "bundles_given": self.verdicts.len(),
+            "bundles_opened": self.opened,
+            "bundles_rejected": self.count("rejected"),
+            "bundles_skipped": self.count("skipped"),
+            "events": self.events,
+            "keys_pinned": self.pinned,
+            "chain_clean": clean && !stopped,
+            "stopped": stopped,
+            "bundles": self.verdicts.iter().map(Verdict::to_json).collect::<Vec<_>>(),
+            "failed": self
+                .verdicts
+                .iter()
+                .filter(|v| v.verdict == "rejected")
+                .map(|v| json!({ "file": v.file, "error": v.reason }))
+                .collect::<Vec<_>>(),
+            "chain": chain.map(|r| serde_json::to_value(&r).expect("report serializes")),
+        });
+        if let Some(e) = error {
+            v["error"] = json!(output::plain(&secrets::redact(e)));
         }
         v
     }
@@ -276,16 +348,17 @@ fn chain_reason(report: &capvault::ChainReport, ins: &capvault::InspectedBundle)
 }
 
 pub fn open(a: &OpenArgs, json: bool) -> CliResult<()> {
-    match open_bundles(a, json) {
-        // With --json the one JSON object on stderr carries the error as well.
+    let mut run = Run::new(a);
+    match open_bundles(a, json, &mut run) {
+        // With --json the one JSON object on stderr carries the error as well, with
+        // everything decided before it.
         Err(e) if json && !e.message.is_empty() => {
-            let v = json!({
-                "bundles_given": a.bundles.len(),
-                "bundles_opened": 0,
-                "events": 0,
-                "chain_clean": false,
-                "error": output::redact(&e.message),
-            });
+            for v in run.verdicts.iter_mut().filter(|v| v.verdict == "skipped") {
+                v.reason.get_or_insert_with(|| {
+                    "not decided: the command stopped before this bundle (see error)".into()
+                });
+            }
+            let v = run.to_json(false, Some(&e.message), true);
             eprintln!("{}", serde_json::to_string(&v).expect("JSON"));
             Err(CliError::silent(e.code))
         }
@@ -293,7 +366,7 @@ pub fn open(a: &OpenArgs, json: bool) -> CliResult<()> {
     }
 }
 
-fn open_bundles(a: &OpenArgs, json: bool) -> CliResult<()> {
+fn open_bundles(a: &OpenArgs, json: bool, run: &mut Run) -> CliResult<()> {
     one_stdin(&a.identity, &a.bundles)?;
     let identity = read_identity(&a.identity)?;
     let pins = if a.devices.is_empty() {
@@ -305,10 +378,9 @@ fn open_bundles(a: &OpenArgs, json: bool) -> CliResult<()> {
         files::ensure_dir(d, "--blobs-dir")?;
     }
     let mut worst: u8 = 0;
-    let mut verdicts: Vec<Verdict> = Vec::new();
     let mut reject = |v: &mut Verdict, e: CliError| {
         if !json {
-            eprintln!("error: {}", output::redact(&e.message));
+            eprintln!("error: {}", output::plain(&secrets::redact(&e.message)));
         }
         v.verdict = "rejected";
         v.reason = Some(e.message);
@@ -321,45 +393,39 @@ fn open_bundles(a: &OpenArgs, json: bool) -> CliResult<()> {
     };
     let pb = output::bar(a.bundles.len() as u64, "checking");
     let mut order = Vec::new();
-    for path in &a.bundles {
+    for (at, path) in a.bundles.iter().enumerate() {
         pb.inc(1);
-        let mut v = Verdict {
-            file: shown(path),
-            id: None,
-            verdict: "rejected",
-            reason: None,
-            events: 0,
-        };
+        let v = &mut run.verdicts[at];
         match read_bundle(path) {
-            Err(e) => reject(&mut v, e),
+            Err(e) => reject(v, e),
             Ok(bytes) => match capvault::inspect_bundle(&bytes) {
                 Ok(ins) => {
                     checker.add_inspected(&ins);
                     v.id = Some(ins.id.clone());
                     let h = &ins.header;
                     let key = (*h.device_id(), *h.stream_id(), h.bundle_seq(), ins.digest);
-                    order.push((key, verdicts.len(), ins, bytes));
+                    order.push((key, at, ins, bytes));
                 }
-                Err(e) => reject(&mut v, bundle_error(path, e)),
+                Err(e) => reject(v, bundle_error(path, e)),
             },
         }
-        verdicts.push(v);
     }
     pb.finish_and_clear();
     let report = checker.report();
+    run.checker = Some(checker);
     order.sort_by_key(|o| o.0);
     // Pass 2: open the accepted bundles in chain order; a bundle's events are written
     // only once it has fully opened and checked. Retries of one bundle: opened once.
     let pb = output::bar(order.len() as u64, "opening");
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let (mut events, mut opened, mut rejected) = (0usize, 0usize, 0usize);
+    let mut rejected = 0usize;
     let mut prev: Option<(_, usize)> = None;
     for (key, at, ins, bytes) in &order {
         pb.inc(1);
         if let Some((k, first)) = prev {
             if k == *key {
-                let v = &mut verdicts[*at];
+                let v = &mut run.verdicts[*at];
                 v.verdict = "duplicate";
                 v.reason = Some(format!("the same bundle as {}", a.bundles[first].display()));
                 continue;
@@ -369,36 +435,52 @@ fn open_bundles(a: &OpenArgs, json: bool) -> CliResult<()> {
         let path = &a.bundles[*at];
         if !report.accepts(&ins.digest) {
             rejected += 1;
-            let v = &mut verdicts[*at];
+            let v = &mut run.verdicts[*at];
             v.verdict = "rejected";
             v.reason = Some(chain_reason(&report, ins));
             continue;
         }
         match capvault::open_bundle(bytes, &identity) {
             Ok(b) => {
+                // Flushed per bundle: "opened" means its events reached stdout.
                 capvault::write_bundle_json_lines(&b, &mut out, a.blobs_dir.as_deref())
-                    .map_err(|e| write_error(a, e.into()))?;
-                let v = &mut verdicts[*at];
+                    .map_err(Error::from)
+                    .and_then(|()| out.flush().map_err(Error::from))
+                    .map_err(|e| {
+                        let e = write_error(a, e);
+                        run.verdicts[*at].reason = Some(format!(
+                            "its events could not all be written ({}); some of them may be on stdout",
+                            e.message
+                        ));
+                        e
+                    })?;
+                let v = &mut run.verdicts[*at];
                 v.verdict = "opened";
                 v.events = b.events.len();
-                events += b.events.len();
-                opened += 1;
+                run.events += b.events.len();
+                run.opened += 1;
             }
             Err(e) => {
-                let e = bundle_error(path, e);
-                reject(&mut verdicts[*at], e);
+                // Authentic by its signature, but not released: the chain report
+                // must not count it as accepted.
+                if let Some(c) = run.checker.as_mut() {
+                    c.not_opened(&ins.digest);
+                }
+                reject(&mut run.verdicts[*at], bundle_error(path, e));
             }
         }
     }
-    out.flush().map_err(|e| write_error(a, e.into()))?;
     drop(out);
     pb.finish_and_clear();
-    let failed: Vec<&Verdict> = verdicts
-        .iter()
-        .filter(|v| v.verdict == "rejected")
-        .collect();
+    let report = run
+        .checker
+        .as_ref()
+        .map(ChainChecker::report)
+        .unwrap_or(report);
+    let failed = run.count("rejected");
+    let opened = run.opened;
     let chain_ok = report.is_clean();
-    let clean = chain_ok && failed.is_empty() && opened > 0;
+    let clean = chain_ok && failed == 0 && opened > 0;
     let error = if !chain_ok {
         Some(
             "the bundle chain has gaps, conflicts or foreign signers: data is missing or not authentic"
@@ -406,34 +488,21 @@ fn open_bundles(a: &OpenArgs, json: bool) -> CliResult<()> {
         )
     } else if opened == 0 {
         Some("no bundle was opened".to_string())
-    } else if !failed.is_empty() {
+    } else if failed > 0 {
         Some(format!(
             "{} of {} not opened",
-            output::count(failed.len() as u64, "bundle"),
+            output::count(failed as u64, "bundle"),
             a.bundles.len()
         ))
     } else {
         None
     };
     if json {
-        let mut v = json!({
-            "bundles_given": a.bundles.len(),
-            "bundles_opened": opened,
-            "bundles_rejected": failed.len(),
-            "events": events,
-            "keys_pinned": report.pinned,
-            "chain_clean": clean,
-            "bundles": verdicts.iter().map(Verdict::to_json).collect::<Vec<_>>(),
-            "failed": failed.iter().map(|v| json!({ "file": v.file, "error": v.reason })).collect::<Vec<_>>(),
-            "chain": serde_json::to_value(&report).expect("report serializes"),
-        });
-        if let Some(e) = &error {
-            v["error"] = json!(e);
-        }
+        let v = run.to_json(clean, error.as_deref(), false);
         eprintln!("{}", serde_json::to_string(&v).expect("JSON"));
     } else {
         print_chain_report(&report);
-        for v in verdicts.iter().filter(|v| v.verdict == "rejected") {
+        for v in run.verdicts.iter().filter(|v| v.verdict == "rejected") {
             if rejected > 0
                 && v.reason
                     .as_deref()
@@ -445,13 +514,13 @@ fn open_bundles(a: &OpenArgs, json: bool) -> CliResult<()> {
         eprintln!(
             "{} opened, {} written{}",
             output::count(opened as u64, "bundle"),
-            output::count(events as u64, "event"),
-            if failed.is_empty() {
+            output::count(run.events as u64, "event"),
+            if failed == 0 {
                 String::new()
             } else {
                 format!(
                     ", {} rejected (none of their events written)",
-                    output::count(failed.len() as u64, "bundle")
+                    output::count(failed as u64, "bundle")
                 )
             }
         );

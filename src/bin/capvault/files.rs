@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use zeroize::Zeroizing;
 
-use crate::output::{CliError, CliResult};
+use crate::output::{io_reason, CliError, CliResult};
 
 /// True when a path argument is `-` (stdin or stdout).
 pub fn is_dash(p: &Path) -> bool {
@@ -94,8 +94,9 @@ pub fn ensure_dir(dir: &Path, flag: &str) -> CliResult<()> {
                 use std::os::unix::fs::DirBuilderExt;
                 b.mode(0o700);
             }
-            b.create(dir)
-                .map_err(|e| CliError::failure(format!("cannot create {flag} {d}: {e}")))
+            b.create(dir).map_err(|e| {
+                CliError::failure(format!("cannot create {flag} {d}: {}", io_reason(&e)))
+            })
         }
     }
 }
@@ -115,7 +116,9 @@ pub fn write_out(path: &Path, what: &str, bytes: &[u8]) -> CliResult<PathBuf> {
         let mut out = std::io::stdout().lock();
         out.write_all(bytes)
             .and_then(|()| out.flush())
-            .map_err(|e| CliError::failure(format!("cannot write {what} to stdout: {e}")))?;
+            .map_err(|e| {
+                CliError::failure(format!("cannot write {what} to stdout: {}", io_reason(&e)))
+            })?;
         return Ok(path.to_path_buf());
     }
     let name = path
@@ -131,7 +134,13 @@ pub fn write_out(path: &Path, what: &str, bytes: &[u8]) -> CliResult<PathBuf> {
     let dir = parent_dir(path);
     Staged::create_in(&dir)
         .and_then(|s| s.commit(name, bytes))
-        .map_err(|e| CliError::failure(format!("cannot write {what} to {}: {e}", path.display())))
+        .map_err(|e| {
+            CliError::failure(format!(
+                "cannot write {what} to {}: {}",
+                path.display(),
+                io_reason(&e)
+            ))
+        })
 }
 
 /// Reads stdin to the end for `flag` (`--identity -`, a `-` bundle), refusing when stdin
@@ -144,10 +153,9 @@ pub fn read_stdin(flag: &str) -> CliResult<Zeroizing<Vec<u8>>> {
         )));
     }
     let mut buf = Zeroizing::new(Vec::new());
-    std::io::stdin()
-        .lock()
-        .read_to_end(&mut buf)
-        .map_err(|e| CliError::failure(format!("cannot read {flag} from stdin: {e}")))?;
+    std::io::stdin().lock().read_to_end(&mut buf).map_err(|e| {
+        CliError::failure(format!("cannot read {flag} from stdin: {}", io_reason(&e)))
+    })?;
     Ok(buf)
 }
 
@@ -160,9 +168,8 @@ pub fn read_file(path: &Path, what: &str) -> CliResult<Vec<u8>> {
 pub fn read_error(path: &Path, what: &str, e: &std::io::Error) -> CliError {
     let why = match e.kind() {
         std::io::ErrorKind::NotFound => "it does not exist".to_string(),
-        std::io::ErrorKind::IsADirectory => "it is a directory".to_string(),
         _ if path.is_dir() => "it is a directory".to_string(),
-        _ => e.to_string(),
+        _ => io_reason(e),
     };
     CliError::failure(format!("cannot read {what} {}: {why}", path.display()))
 }

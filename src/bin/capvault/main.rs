@@ -9,6 +9,7 @@ mod collector;
 mod demo;
 mod files;
 mod output;
+mod secrets;
 mod upload;
 
 use std::path::PathBuf;
@@ -278,19 +279,24 @@ fn main() -> ExitCode {
             let code = if e.use_stderr() { 2 } else { 0 };
             // Its usage errors quote the offending value: never an identity.
             let plain = e.render().to_string();
-            if output::holds_identity(&plain) {
-                eprint!("{}", output::redact(&plain));
+            if secrets::holds_identity(&plain) {
+                eprint!("{}", secrets::redact(&plain));
             } else {
                 let _ = e.print();
             }
             return ExitCode::from(code);
         }
     };
-    match run(cli) {
+    let env = ["CAPVAULT_VAULT", "CAPVAULT_USER", "CAPVAULT_UPLOAD_TOKEN"]
+        .map(|name| (name, std::env::var_os(name)));
+    let result = secrets::check_args(std::env::args_os(), &env)
+        .map_err(CliError::usage)
+        .and_then(|()| run(cli));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError { code, message }) => {
             if !message.is_empty() {
-                eprintln!("error: {}", output::redact(&message));
+                eprintln!("error: {}", output::plain(&secrets::redact(&message)));
             }
             ExitCode::from(code)
         }

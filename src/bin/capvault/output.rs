@@ -86,6 +86,51 @@ pub fn describe(e: &capvault::Error) -> String {
     }
 }
 
+/// An I/O error as a person reads it: what happened, without Rust's " (os error N)"
+/// suffix ("cannot read --options x.json: it does not exist").
+pub fn io_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::NotFound => "it does not exist".into(),
+        K::PermissionDenied => "permission denied".into(),
+        K::IsADirectory => "it is a directory".into(),
+        K::NotADirectory => "a part of the path is not a directory".into(),
+        K::AlreadyExists => "it already exists".into(),
+        _ => lowercase_first(&plain(&e.to_string())),
+    }
+}
+
+/// `s` without the " (os error N)" suffixes that Rust adds to system errors (the
+/// library's storage messages carry them): the words before it say the same.
+pub fn plain(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find(" (os error ") {
+        let after = &rest[at + " (os error ".len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && after[digits..].starts_with(')') {
+            out.push_str(&rest[..at]);
+            rest = &after[digits + 1..];
+        } else {
+            out.push_str(&rest[..at + 1]);
+            rest = &rest[at + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn lowercase_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        // "No space left on device" reads as part of a sentence; "IO" stays.
+        Some(f) if f.is_uppercase() && c.clone().next().is_some_and(char::is_lowercase) => {
+            f.to_lowercase().chain(c).collect()
+        }
+        _ => s.to_string(),
+    }
+}
+
 /// Like [`describe`], for the formats crate's errors.
 pub fn describe_format(e: &capvault_format::Error) -> String {
     describe(&capvault::Error::from(e.clone()))
@@ -105,35 +150,6 @@ pub fn write_events_error(
         ),
         None => format!("cannot write the {what} to stdout: {}", describe(e)),
     })
-}
-
-/// The start of every identity (collector secret key) in text form.
-pub const IDENTITY_PREFIX: &str = "CVSECRET-";
-
-/// True when `s` holds an identity (a secret), in any letter case.
-pub fn holds_identity(s: &str) -> bool {
-    s.to_ascii_uppercase().contains(IDENTITY_PREFIX)
-}
-
-/// `s` with every identity replaced by `CVSECRET-<redacted>`: the last line of defence
-/// for anything the CLI echoes (errors, clap's usage messages).
-pub fn redact(s: &str) -> String {
-    let upper = s.to_ascii_uppercase();
-    let mut out = String::with_capacity(s.len());
-    let mut i = 0;
-    while let Some(at) = upper[i..].find(IDENTITY_PREFIX) {
-        let start = i + at;
-        out.push_str(&s[i..start]);
-        out.push_str("CVSECRET-<redacted>");
-        // The identity runs on over its suite name and base32 body.
-        let rest = &s[start + IDENTITY_PREFIX.len()..];
-        let len = rest
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
-            .unwrap_or(rest.len());
-        i = start + IDENTITY_PREFIX.len() + len;
-    }
-    out.push_str(&s[i..]);
-    out
 }
 
 /// "1 record", "2 records", "no records".
@@ -341,15 +357,15 @@ mod tests {
     }
 
     #[test]
-    fn identities_are_redacted_wherever_they_occur() {
-        let id = "CVSECRET-X25519-1ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-        let r = redact(&format!("invalid value '{id}' for '--to <R>': x"));
-        assert_eq!(r, "invalid value 'CVSECRET-<redacted>' for '--to <R>': x");
-        let lower = id.to_ascii_lowercase();
-        assert!(!redact(&format!("{lower} and {id}")).contains("abcdefgh"));
-        assert!(!redact(&format!("{lower} and {id}")).contains("ABCDEFGH"));
-        assert_eq!(redact("cvrecip-x25519-1abc"), "cvrecip-x25519-1abc");
-        assert!(holds_identity(&lower));
+    fn system_errors_read_without_os_error_numbers() {
+        let e = std::io::Error::from_raw_os_error(28);
+        assert_eq!(io_reason(&e), "no space left on device");
+        let e = std::io::Error::from_raw_os_error(2);
+        assert_eq!(io_reason(&e), "it does not exist");
+        assert_eq!(
+            plain("cannot write x: No space left on device (os error 28); retry (os error x)"),
+            "cannot write x: No space left on device; retry (os error x)"
+        );
     }
 
     #[test]

@@ -15,7 +15,8 @@ use zeroize::Zeroizing;
 use capvault::{UploadError, UploadOptions, UploadReport, Vault};
 
 use crate::admin::{open_existing, parse_receipt_key, parse_recipient, resolve, vault_error};
-use crate::output::{count, human_bytes, human_time, print_json, CliError, CliResult};
+use crate::output::{self, count, human_bytes, human_time, print_json, CliError, CliResult};
+use crate::secrets;
 use crate::VaultArgs;
 
 /// How often `--once` retries when the collector says it is busy (429/503).
@@ -58,27 +59,54 @@ pub struct UploadArgs {
     pub vault: VaultArgs,
 }
 
-/// The enrollment token, held in wiped-on-drop memory from here on.
+/// The enrollment token, held in wiped-on-drop memory from here on. An identity is
+/// refused wherever the token comes from: it would be sent to the collector.
 fn token(a: &UploadArgs) -> CliResult<Option<Zeroizing<String>>> {
-    if let Some(t) = &a.token {
-        return Ok(Some(Zeroizing::new(t.clone())));
-    }
-    if let Some(path) = &a.token_file {
+    let (token, from) = if let Some(t) = &a.token {
+        (Some(Zeroizing::new(t.clone())), "--token".to_string())
+    } else if let Some(path) = &a.token_file {
         let mut text = Zeroizing::new(String::new());
         std::fs::File::open(path)
             .and_then(|mut f| f.read_to_string(&mut text))
             .map_err(|e| {
-                CliError::usage(format!("cannot read --token-file {}: {e}", path.display()))
+                CliError::usage(format!(
+                    "cannot read --token-file {}: {}",
+                    path.display(),
+                    output::io_reason(&e)
+                ))
             })?;
-        return Ok(text
+        let first = text
             .lines()
             .next()
-            .map(|l| Zeroizing::new(l.trim().to_string())));
+            .map(|l| Zeroizing::new(l.trim().to_string()));
+        (first, format!("--token-file {}", path.display()))
+    } else {
+        let env = std::env::var("CAPVAULT_UPLOAD_TOKEN")
+            .ok()
+            .map(Zeroizing::new)
+            .filter(|t| !t.is_empty());
+        (env, "CAPVAULT_UPLOAD_TOKEN".to_string())
+    };
+    if token.as_deref().is_some_and(|t| secrets::holds_identity(t)) {
+        return Err(CliError::usage(secrets::refused(&from)));
     }
-    Ok(std::env::var("CAPVAULT_UPLOAD_TOKEN")
-        .ok()
-        .map(Zeroizing::new)
-        .filter(|t| !t.is_empty()))
+    Ok(token)
+}
+
+/// An uploader option error in the words of this command: its flags, not the names of
+/// the `upload` option keys, and no internal category prefix.
+fn upload_option_error(e: &capvault::Error) -> CliError {
+    let mut m = output::describe(e);
+    for (key, flag) in [
+        ("upload.url", "--to"),
+        ("upload.recipient", "--recipient"),
+        ("upload.token", "the enrollment token"),
+        ("upload.max_bundle_bytes", "--max-bundle-bytes"),
+        ("upload.interval_secs", "--interval"),
+    ] {
+        m = m.replace(key, flag);
+    }
+    CliError::usage(m)
 }
 
 pub fn run(a: &UploadArgs, json: bool) -> CliResult<()> {
@@ -89,7 +117,7 @@ pub fn run(a: &UploadArgs, json: bool) -> CliResult<()> {
     up.max_bundle_bytes = a.max_bundle_bytes;
     up.max_bytes_per_sec = a.max_bytes_per_sec;
     up.interval_secs = a.interval;
-    up.validate().map_err(|e| CliError::usage(e.to_string()))?;
+    up.validate().map_err(|e| upload_option_error(&e))?;
     parse_receipt_key(&a.receipt_key)?;
     t.options.collector_receipt_key = Some(a.receipt_key.clone());
     if a.once {

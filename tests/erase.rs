@@ -259,6 +259,50 @@ fn erase_works_on_a_full_disk() {
     assert_tombstone_shown(&dir, "alice", kind, true);
 }
 
+/// A handle whose writes failed on a full disk (its log refuses everything until it is
+/// reopened) still shreds its keys when asked, through the hand-off and through
+/// `erase_open`, with no keychain file that would let the CLI delete them itself.
+#[test]
+fn an_open_handle_shreds_its_keys_after_a_failed_write() {
+    let kind = KeyStoreKind::Keyutils;
+    for through_handoff in [true, false] {
+        let fs = Tmpfs::mount("48m");
+        let dir = fs.0.join("v");
+        let vault_id = populated(&dir, "alice", kind);
+        let v = Vault::open(&dir, "alice", common::options(kind)).unwrap();
+        let shot: Vec<u8> = (0..1_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+            .collect();
+        let failed = (0..200).find_map(|i| {
+            v.append_screenshot(1_764_000_000_100_000 + i, 1, 1, "raw", &shot)
+                .and_then(|_| v.flush())
+                .err()
+        });
+        assert!(
+            matches!(failed, Some(Error::StorageFull(_))),
+            "the disk filled up: {failed:?}"
+        );
+        std::fs::remove_file(dir.join("keychain.json")).unwrap();
+        if through_handoff {
+            let answer = capvault::handoff::request(
+                &dir,
+                "alice",
+                capvault::handoff::Op::Erase,
+                std::time::Duration::from_secs(20),
+            );
+            assert!(answer.is_ok(), "the holder answered: {answer:?}");
+            assert!(
+                matches!(v.status(), Err(Error::Erased)),
+                "the handle is erased"
+            );
+            drop(v);
+        } else {
+            v.erase_open().unwrap();
+        }
+        assert_keys_gone(kind, &vault_id, "alice");
+    }
+}
+
 /// Another process holds the vault: the erase goes through the hand-off, the holder
 /// stops using its handle, and its database is removed (nothing is left behind once the
 /// holder has let go).

@@ -146,7 +146,15 @@ impl Inner {
     /// first, then data (records, state with the outbox, ledger); afterwards every call on
     /// the handle fails with `Erased`.
     pub(crate) fn erase_in_place(&self) -> Result<()> {
-        let p = self.quiesce()?;
+        self.check_live()?;
+        let mut p = self.producer();
+        // What was appended goes to the writer first, so nothing is written after the
+        // trees are cleared. A flush that fails (a full disk, a log that refuses after a
+        // failed write) does not keep the keys: the shred goes ahead, and from then on
+        // the writer's retries fail on the erased keys.
+        if let Ok(wait) = self.request_flush(&mut p) {
+            let _ = wait.recv();
+        }
         let _g = self.release_lock();
         let kek_max = {
             // Marked erased under the key lock: from here on every use of the keys on this
@@ -577,6 +585,11 @@ impl Vault {
     /// Crypto-shreds the user of this open vault (see [`Vault::erase`]).
     pub fn erase_open(mut self) -> Result<()> {
         self.inner().erase_in_place()?;
-        self.shutdown()
+        match self.shutdown() {
+            // Records still waiting for the writer (their writes had failed) cannot be
+            // stored under erased keys: they were to be erased anyway.
+            Err(Error::Erased) => Ok(()),
+            other => other,
+        }
     }
 }

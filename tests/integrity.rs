@@ -366,10 +366,9 @@ fn an_edited_record_time_does_not_trigger_retention() {
     v.close().unwrap();
     let before = record_keys(d.path());
     // The first record's header says it is from 1970.
-    let first = before[0].clone();
-    let mut rec = get(d.path(), "log", &first).unwrap();
-    rec[11..19].copy_from_slice(&0i64.to_be_bytes());
-    put(d.path(), "log", &first, Some(rec));
+    common::forge_record(d.path(), "alice", 1, |rec| {
+        rec[11..19].copy_from_slice(&0i64.to_be_bytes())
+    });
     let m = assert_tampered(d.path(), opts, "created_us edited");
     assert!(m.contains("record 1"), "{m}");
     assert_eq!(record_keys(d.path()), before, "nothing was evicted");
@@ -394,10 +393,7 @@ fn an_edited_record_header_does_not_drive_budget_eviction() {
     }
     v.close().unwrap();
     let before = record_keys(d.path());
-    let second = before[1].clone();
-    let mut rec = get(d.path(), "log", &second).unwrap();
-    rec[11] ^= 1;
-    put(d.path(), "log", &second, Some(rec));
+    common::forge_record(d.path(), "alice", 2, |rec| rec[11] ^= 1);
     let mut opts = o();
     opts.policy.version = 2;
     opts.policy.budget_bytes = 1 << 20;

@@ -1,16 +1,17 @@
 //! The append-only, tamper-evident log of one user: records chained by their tags,
-//! anchored at both ends, stored in sled with inserts that never replace.
+//! anchored at both ends. The record bytes are in append-only segment files; sled holds
+//! the anchors, the counters and where each record is, written in one batch per append.
 
 pub(crate) mod anchor;
 pub(crate) mod assemble;
 pub(crate) mod framer;
 pub(crate) mod record;
+pub(crate) mod segments;
 pub(crate) mod store;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
-
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::aead::TAG_LEN;
 use crate::error::{Error, Result};
@@ -19,7 +20,11 @@ use anchor::{AnchorKey, Head, Tail};
 use capvault_format::secret::PlainBuf;
 use framer::Job;
 use record::{tag_of, RecordBinding, RecordHeader};
-use store::{record_key, record_keys, seq_of_key, EpochCount, COUNTS_KEY, HEAD_KEY, TAIL_KEY};
+use segments::{Loc, Segments, Stored, LOC_BATCH_END};
+use store::{
+    record_key, record_keys, seq_of_key, EpochCount, COUNTS_KEY, DAMAGED_ADVICE, HEAD_KEY,
+    SYNCED_KEY, TAIL_KEY,
+};
 
 /// Where the log stands (mirrors the anchors and counters on disk).
 #[derive(Clone, Debug, Default)]
@@ -27,10 +32,8 @@ pub(crate) struct LogState {
     pub head: Head,
     pub tail: Tail,
     pub counts: BTreeMap<u32, EpochCount>,
-    /// Slots past the head that this handle's own failed write may have filled (sled
-    /// can apply part of a transaction before a full disk fails it, and cannot always
-    /// take it back then): a retry may overwrite these, and only these.
-    pub own_partial: BTreeSet<Vec<u8>>,
+    /// Records left the front since their space was last given back.
+    front_moved: bool,
 }
 
 impl LogState {
@@ -52,6 +55,11 @@ pub(crate) struct Log {
     binding: RecordBinding,
     anchors: AnchorKey,
     state: Mutex<LogState>,
+    segments: Segments,
+    /// The last record the synced anchor names (moves forward only).
+    synced: Mutex<u64>,
+    /// Records of a torn write removed at open.
+    trimmed: u64,
 }
 
 /// A record read back: its place, clear header and stored size.
@@ -91,6 +99,7 @@ impl Log {
         binding: RecordBinding,
         anchors: AnchorKey,
         require_head: bool,
+        segments: Segments,
     ) -> Result<Log> {
         let head = match tree.get(HEAD_KEY)? {
             Some(h) => anchors.open_head(&h)?,
@@ -137,7 +146,11 @@ impl Log {
                 counts
             }
         };
-        let log = Log {
+        let synced = match tree.get(SYNCED_KEY)? {
+            Some(v) => Some(anchors.open_synced(&v)?),
+            None => None,
+        };
+        let mut log = Log {
             tree,
             binding,
             anchors,
@@ -145,11 +158,195 @@ impl Log {
                 head,
                 tail,
                 counts,
-                own_partial: BTreeSet::new(),
+                front_moved: true,
             }),
+            segments,
+            synced: Mutex::new(synced.unwrap_or(0)),
+            trimmed: 0,
         };
+        log.trimmed = log.trim_torn_tail(synced)?;
         log.check_ends()?;
+        log.trim_segments(synced.unwrap_or(0))?;
+        log.sync_segments()?;
+        log.release_space()?;
         Ok(log)
+    }
+
+    /// Records of a torn write removed at open (0 normally).
+    pub(crate) fn trimmed(&self) -> u64 {
+        self.trimmed
+    }
+
+    /// The bytes of record `seq`, from sled (vaults before segments) or its segment.
+    fn load<'a>(&self, seq: u64, stored: &'a Stored) -> Result<Cow<'a, [u8]>> {
+        match stored {
+            Stored::Inline(v) => Ok(Cow::Borrowed(v)),
+            Stored::At(loc) => self.segments.read(seq, loc).map(Cow::Owned).map_err(|why| {
+                tampered_at(seq, &format!("cannot be read: {why}; {DAMAGED_ADVICE}"))
+            }),
+        }
+    }
+
+    /// A crash can leave the index of the last writes durable without their segment
+    /// bytes (sled writes on its own schedule; the segments are synced by the durable
+    /// flush). Records after the synced anchor whose bytes are missing or damaged are
+    /// such a torn tail: they are removed back to the start of their write, and the
+    /// head and counters moved back. Up to the synced anchor the same finding is damage.
+    fn trim_torn_tail(&self, synced: Option<u64>) -> Result<u64> {
+        let mut st = self.lock();
+        let first = st.tail.first_seq;
+        let mut k = st.head.last_seq;
+        let mut torn: Vec<(u64, Loc)> = Vec::new();
+        while k >= first && k > 0 {
+            let Some(v) = self.tree.get(record_key(k))? else {
+                break; // check_ends reports it
+            };
+            let Stored::At(loc) = Stored::parse(v)? else {
+                break;
+            };
+            let Some(synced) = synced else {
+                return Err(Error::tampered(
+                    "the log's synced anchor is missing (it is written before the first record)",
+                ));
+            };
+            let durable = k <= synced;
+            match self.segments.read(k, &loc) {
+                Err(why) if durable => return Err(tampered_at(
+                    k,
+                    &format!(
+                        "cannot be read though a durable flush covered it: {why}; {DAMAGED_ADVICE}"
+                    ),
+                )),
+                Err(_) => {}
+                Ok(_) if torn.is_empty() || loc.flags & LOC_BATCH_END != 0 => break,
+                Ok(_) if durable => {
+                    return Err(tampered_at(
+                        k,
+                        "ends a durable write in the middle (a write's last record is missing)",
+                    ))
+                }
+                Ok(_) => {}
+            }
+            torn.push((k, loc));
+            k -= 1;
+        }
+        if torn.is_empty() {
+            return Ok(0);
+        }
+        let last_tag = if k >= first {
+            let v = self
+                .tree
+                .get(record_key(k))?
+                .ok_or_else(|| tampered_at(k, "is missing"))?;
+            tag_of(&self.load(k, &Stored::parse(v)?)?)
+        } else {
+            st.tail.prev_tag
+        };
+        let mut counts = st.counts.clone();
+        let mut batch = sled::Batch::default();
+        for (seq, loc) in &torn {
+            let c = counts.entry(loc.epoch).or_default();
+            c.records = c.records.saturating_sub(1);
+            c.bytes = c.bytes.saturating_sub(u64::from(loc.len));
+            batch.remove(&record_key(*seq));
+        }
+        counts.retain(|_, c| c.records > 0);
+        // The events of the torn records are lost; their numbers are not reused.
+        let head = Head {
+            last_seq: k,
+            last_tag,
+            next_event_seq: st.head.next_event_seq,
+        };
+        batch.insert(HEAD_KEY, self.anchors.seal_head(&head));
+        batch.insert(
+            COUNTS_KEY,
+            self.anchors.seal_counts(head.last_seq, first, &counts),
+        );
+        self.tree.apply_batch(batch)?;
+        st.head = head;
+        st.counts = counts;
+        Ok(torn.len() as u64)
+    }
+
+    /// Removes segment bytes the index does not name after the head (a write whose index
+    /// never made it) and marks the segments written after the synced anchor for the
+    /// next sync (their bytes may still be only in the page cache).
+    fn trim_segments(&self, synced: u64) -> Result<()> {
+        let st = self.lock();
+        let at = |seq: u64| -> Result<Option<Loc>> {
+            if seq < st.tail.first_seq || seq > st.head.last_seq {
+                return Ok(None);
+            }
+            Ok(match self.tree.get(record_key(seq))? {
+                Some(v) => match Stored::parse(v)? {
+                    Stored::At(l) => Some(l),
+                    Stored::Inline(_) => None,
+                },
+                None => None,
+            })
+        };
+        match at(st.head.last_seq)? {
+            Some(last) => {
+                self.segments.continue_at(last.segment, last.end())?;
+                let from = at(synced + 1)?.map_or(last.segment, |l| l.segment);
+                for n in self.segments.numbers() {
+                    if n >= from {
+                        self.segments.touch(n);
+                    }
+                }
+            }
+            // No record in a segment: whatever the segments hold was never indexed.
+            None => self.segments.release_before(None)?,
+        }
+        Ok(())
+    }
+
+    /// Before a durable flush of the index: fdatasync the segments written since the
+    /// last one, then name the last record they hold in the synced anchor (written to
+    /// sled, made durable by the flush that follows).
+    pub(crate) fn sync_segments(&self) -> Result<()> {
+        let last = self.lock().head.last_seq;
+        self.segments.sync()?;
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if last > *synced || self.tree.get(SYNCED_KEY)?.is_none() {
+            let last = last.max(*synced);
+            self.tree
+                .insert(SYNCED_KEY, self.anchors.seal_synced(last))?;
+            *synced = last;
+        }
+        Ok(())
+    }
+
+    /// After a durable flush: gives back the space of records that left the front
+    /// (whole segments deleted, the dead front of the first live one punched out). Only
+    /// after the flush, so a crash never finds the index naming deleted bytes.
+    pub(crate) fn release_space(&self) -> Result<()> {
+        let mut st = self.lock();
+        if !st.front_moved {
+            return Ok(());
+        }
+        let result = if st.tail.first_seq > st.head.last_seq {
+            self.segments.release_before(None)
+        } else {
+            match self.tree.get(record_key(st.tail.first_seq))? {
+                Some(v) => match Stored::parse(v)? {
+                    Stored::At(l) => self.segments.release_before(Some(&l)),
+                    // Records of a vault before segments come first: nothing to give back.
+                    Stored::Inline(_) => Ok(()),
+                },
+                None => Ok(()),
+            }
+        };
+        st.front_moved = result.is_err();
+        result
+    }
+
+    /// Bytes the log's records take on disk: their segments (headers and a dead front
+    /// not yet given back included), or the records' own size where that is larger
+    /// (records of a vault before segments are inside the database).
+    pub(crate) fn disk_bytes(&self) -> u64 {
+        let stored = self.lock().bytes();
+        self.segments.bytes().max(stored)
     }
 
     fn check_ends(&self) -> Result<()> {
@@ -168,7 +365,9 @@ impl Log {
             (Some((fk, _)), Some((lk, lv))) => {
                 let first_seq = seq_of_key(&fk).unwrap_or(0);
                 let last_seq = seq_of_key(&lk).unwrap_or(0);
-                if last_seq != st.head.last_seq || tag_of(&lv) != st.head.last_tag {
+                if last_seq != st.head.last_seq
+                    || tag_of(&self.load(last_seq, &Stored::parse(lv)?)?) != st.head.last_tag
+                {
                     return Err(Error::tampered(format!(
                         "the head anchor (record {}) does not match the last record ({last_seq}): the log was truncated, extended or rolled back",
                         st.head.last_seq
@@ -209,23 +408,20 @@ impl Log {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Encrypts `jobs` under the current epoch and stores them after the head, with the
-    /// new head anchor and counters, in one transaction that refuses to replace any key.
-    pub(crate) fn append(
+    /// Seals `jobs` as the records after `head` under `epoch`, counting them into
+    /// `count`. Returns the sealed values and the new head.
+    fn seal_jobs(
         &self,
         jobs: &[Job],
-        keys: &KeyHierarchy,
+        head: &Head,
+        epoch: u32,
+        dek: &capvault_format::secret::Key32,
         purpose_of: &dyn Fn(u32) -> Result<String>,
         now_us: i64,
-    ) -> Result<()> {
-        if jobs.is_empty() {
-            return Ok(());
-        }
-        let (epoch, dek) = keys.current();
-        let mut st = self.lock();
-        let mut seq = st.head.last_seq;
-        let mut prev = st.head.last_tag;
-        let mut count = st.counts.get(&epoch).copied().unwrap_or_default();
+        count: &mut EpochCount,
+    ) -> Result<(Vec<Vec<u8>>, Head)> {
+        let mut seq = head.last_seq;
+        let mut prev = head.last_tag;
         let mut values = Vec::with_capacity(jobs.len());
         let mut purposes: BTreeMap<u32, String> = BTreeMap::new();
         for job in jobs {
@@ -253,49 +449,89 @@ impl Log {
             prev = tag_of(&v);
             count.records += 1;
             count.bytes += v.len() as u64;
-            values.push((record_key(seq), sled::IVec::from(v)));
+            values.push(v);
         }
         let head = Head {
             last_seq: seq,
             last_tag: prev,
-            next_event_seq: jobs[jobs.len() - 1].end_event_seq,
+            next_event_seq: jobs.last().map_or(head.next_event_seq, |j| j.end_event_seq),
         };
+        Ok((values, head))
+    }
+
+    /// Writes sealed records after `first_seq - 1` to the segments; returns their index
+    /// entries and the write (to undo if the index write fails).
+    fn write_segments(
+        &self,
+        first_seq: u64,
+        values: &[Vec<u8>],
+        epoch: u32,
+    ) -> Result<(Vec<(sled::IVec, sled::IVec)>, segments::Written)> {
+        let records: Vec<(u64, &[u8])> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (first_seq + i as u64, v.as_slice()))
+            .collect();
+        crate::failpoint::hit("segments:before-write")?;
+        let (locs, written) = self.segments.append(&records, epoch)?;
+        crate::failpoint::hit("segments:after-write")?;
+        let entries = locs
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                (
+                    sled::IVec::from(&record_key(first_seq + i as u64)[..]),
+                    sled::IVec::from(&l.encode()[..]),
+                )
+            })
+            .collect();
+        Ok((entries, written))
+    }
+
+    /// Encrypts `jobs` under the current epoch, appends their bytes to the segments, and
+    /// stores their locations with the new head anchor and counters in one batch. Index
+    /// entries after the head are not part of the log (a write that failed on a full
+    /// disk may leave some): they are overwritten.
+    pub(crate) fn append(
+        &self,
+        jobs: &[Job],
+        keys: &KeyHierarchy,
+        purpose_of: &dyn Fn(u32) -> Result<String>,
+        now_us: i64,
+    ) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let (epoch, dek) = keys.current();
+        let mut st = self.lock();
+        let mut count = st.counts.get(&epoch).copied().unwrap_or_default();
+        let (values, head) =
+            self.seal_jobs(jobs, &st.head, epoch, dek, purpose_of, now_us, &mut count)?;
+        let (entries, written) = self.write_segments(st.head.last_seq + 1, &values, epoch)?;
         let head_bytes = sled::IVec::from(self.anchors.seal_head(&head));
         let mut counts = st.counts.clone();
         counts.insert(epoch, count);
-        let count_bytes = self
-            .anchors
-            .seal_counts(head.last_seq, st.tail.first_seq, &counts);
-        let own_partial = &st.own_partial;
-        let res = self.tree.transaction(|tx| {
-            for (k, v) in &values {
-                if tx.get(k)?.is_some() && !own_partial.contains(k.as_slice()) {
-                    return Err(ConflictableTransactionError::Abort(()));
-                }
-                tx.insert(k, v.clone())?;
-            }
-            tx.insert(HEAD_KEY, head_bytes.clone())?;
-            tx.insert(COUNTS_KEY, count_bytes.as_slice())?;
-            Ok(())
-        });
-        match res {
-            Ok(()) => {}
-            Err(TransactionError::Abort(())) => return Err(store::slot_taken()),
-            Err(TransactionError::Storage(e)) => {
-                // sled can apply a transaction in memory and fail only to log it (a full
-                // disk). If our head anchor is in the tree, the batch is in: keep going,
-                // and let the next flush report whether it reached the disk.
-                if self.tree.get(HEAD_KEY)?.as_deref() != Some(&head_bytes[..]) {
-                    store::take_back(&self.tree, &values);
-                    st.own_partial
-                        .extend(values.iter().map(|(k, _)| k.as_slice().to_vec()));
-                    return Err(e.into());
-                }
+        let mut batch = sled::Batch::default();
+        for (k, v) in entries {
+            batch.insert(k, v);
+        }
+        batch.insert(HEAD_KEY, head_bytes.clone());
+        batch.insert(
+            COUNTS_KEY,
+            self.anchors
+                .seal_counts(head.last_seq, st.tail.first_seq, &counts),
+        );
+        if let Err(e) = self.tree.apply_batch(batch) {
+            // sled can apply a batch in memory and fail only to log it (a full disk).
+            // If our head anchor is in the tree, the batch is in: keep going, and let
+            // the next flush report whether it reached the disk.
+            if self.tree.get(HEAD_KEY)?.as_deref() != Some(&head_bytes[..]) {
+                self.segments.undo(written);
+                return Err(e.into());
             }
         }
         st.head = head;
         st.counts.insert(epoch, count);
-        st.own_partial.clear();
         Ok(())
     }
 
@@ -324,6 +560,9 @@ impl Log {
             if seq != expect {
                 return Err(tampered_at(expect, "is missing (a record was deleted)"));
             }
+            let stored =
+                Stored::parse(v).map_err(|_| tampered_at(seq, "has a malformed location"))?;
+            let v = self.load(seq, &stored)?;
             let header =
                 RecordHeader::parse(&v).map_err(|_| tampered_at(seq, "has a damaged header"))?;
             let dek = keys
@@ -421,19 +660,28 @@ impl Log {
     fn scan_tail_through(&self, st: &LogState, last: u64) -> Result<TailScan> {
         let mut keys = Vec::new();
         let mut counts = st.counts.clone();
-        let mut prev_tag = st.tail.prev_tag;
+        let mut newest = None;
         for item in self
             .tree
             .range(record_key(st.tail.first_seq)..=record_key(last))
         {
             let (k, v) = item?;
-            let header = RecordHeader::parse(&v)?;
-            let c = counts.entry(header.epoch).or_default();
+            let seq = seq_of_key(&k).ok_or_else(|| Error::tampered("a record key is malformed"))?;
+            let stored = Stored::parse(v)?;
+            let epoch = match &stored {
+                Stored::Inline(v) => RecordHeader::parse(v)?.epoch,
+                Stored::At(l) => l.epoch,
+            };
+            let c = counts.entry(epoch).or_default();
             c.records = c.records.saturating_sub(1);
-            c.bytes = c.bytes.saturating_sub(v.len() as u64);
-            prev_tag = tag_of(&v);
+            c.bytes = c.bytes.saturating_sub(stored.len() as u64);
             keys.push(k);
+            newest = Some((seq, stored));
         }
+        let prev_tag = match newest {
+            Some((seq, stored)) => tag_of(&self.load(seq, &stored)?),
+            None => st.tail.prev_tag,
+        };
         Ok((keys, counts, prev_tag))
     }
 
@@ -472,6 +720,7 @@ impl Log {
         counts.retain(|_, c| c.records > 0);
         st.counts = counts;
         st.tail = tail;
+        st.front_moved = true;
         Ok(emptied)
     }
 
@@ -504,36 +753,18 @@ impl Log {
         };
         ops.inserts
             .push((TAIL_KEY.into(), self.anchors.seal_tail(&tail).into()));
-        // The marker records, sealed after the head.
+        // The marker records, sealed after the head, their bytes in the segments first.
         let mut head = st.head;
+        let mut written = None;
         if !jobs.is_empty() {
             let (epoch, dek) = keys.current();
-            let mut seq = head.last_seq;
-            let mut prev = head.last_tag;
             let c = counts.entry(epoch).or_default();
-            for job in jobs {
-                seq += 1;
-                let header = RecordHeader {
-                    kind: job.kind,
-                    flags: job.flags,
-                    epoch,
-                    policy_version: job.policy_version,
-                    created_us: now_us,
-                };
-                let purpose = purpose_of(job.policy_version)?;
-                let v = self
-                    .binding
-                    .seal(seq, &header, &prev, &purpose, dek, &job.plaintext);
-                prev = tag_of(&v);
-                c.records += 1;
-                c.bytes += v.len() as u64;
-                ops.fresh.push((record_key(seq).as_ref().into(), v.into()));
-            }
-            head = Head {
-                last_seq: seq,
-                last_tag: prev,
-                next_event_seq: jobs[jobs.len() - 1].end_event_seq,
-            };
+            let (values, new_head) =
+                self.seal_jobs(jobs, &head, epoch, dek, purpose_of, now_us, c)?;
+            let (entries, w) = self.write_segments(head.last_seq + 1, &values, epoch)?;
+            ops.inserts.extend(entries);
+            written = Some(w);
+            head = new_head;
             ops.inserts
                 .push((HEAD_KEY.into(), self.anchors.seal_head(&head).into()));
         }
@@ -543,8 +774,13 @@ impl Log {
                 .seal_counts(head.last_seq, tail.first_seq, &counts)
                 .into(),
         ));
-        crate::failpoint::hit("prune:before-batch")?;
-        commit(&ops)?;
+        let committed = crate::failpoint::hit("prune:before-batch").and_then(|()| commit(&ops));
+        if let Err(e) = committed {
+            if let Some(w) = written {
+                self.segments.undo(w);
+            }
+            return Err(e);
+        }
         let emptied = counts
             .iter()
             .filter(|(_, c)| c.records == 0)
@@ -554,6 +790,7 @@ impl Log {
         st.counts = counts;
         st.tail = tail;
         st.head = head;
+        st.front_moved = true;
         Ok(emptied)
     }
 

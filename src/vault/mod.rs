@@ -280,11 +280,16 @@ impl Vault {
             create_user(&trees, entries, keys.mac_key(), &vault_id, user)?;
         }
         let authenticated = keys.state_authenticated();
+        let segments = crate::log::segments::Segments::open(
+            &crate::log::segments::user_dir(dir, user),
+            crate::log::segments::segment_bytes_for(options.policy.budget_bytes),
+        )?;
         let log = Log::open(
             trees.log.clone(),
             RecordBinding::new(&vault_id, user),
             AnchorKey::new(keys.mac_key(), &vault_id, user),
             authenticated,
+            segments,
         )?;
         let ledger = crate::audit::Ledger::open(
             trees.ledger.clone(),
@@ -428,6 +433,15 @@ impl Vault {
             vault.inner.audit(
                 "state-format",
                 &format!("stored state authenticated (format 2); KEK rotated to v{v}"),
+            )?;
+        }
+        if vault.inner.log.trimmed() > 0 {
+            vault.inner.audit(
+                "recover",
+                &format!(
+                    "{} records of a write a crash interrupted were removed (never flushed)",
+                    vault.inner.log.trimmed()
+                ),
             )?;
         }
         vault.inner.recover_release()?;
@@ -598,11 +612,41 @@ fn read_i64(state: &StateStore, key: &[u8]) -> Result<i64> {
     }
 }
 
+/// Test hook: moves the records of `user` in the vault at `dir` (closed) back into the
+/// database, as vaults stored them before segment files, and removes the segments.
+#[cfg(feature = "test-hooks")]
+pub fn write_records_inline(dir: &Path, user: &str) -> Result<()> {
+    let store = Store::open(dir, 1 << 20, true)?;
+    inline_records(&store, user)?;
+    store.durable_flush()
+}
+
+#[cfg(feature = "test-hooks")]
+fn inline_records(store: &Store, user: &str) -> Result<()> {
+    use crate::log::segments::{self, Segments, Stored};
+    let trees = store.user_trees(user)?;
+    let user_dir = segments::user_dir(store.dir(), user);
+    let segs = Segments::open(&user_dir, segments::DEFAULT_SEGMENT_BYTES)?;
+    for item in trees.log.range(crate::log::store::record_keys()) {
+        let (k, v) = item?;
+        let seq = crate::log::store::seq_of_key(&k).expect("a record key");
+        if let Stored::At(loc) = Stored::parse(v)? {
+            let bytes = segs.read(seq, &loc).map_err(Error::tampered)?;
+            trees.log.insert(k, bytes)?;
+        }
+    }
+    trees.log.remove(crate::log::store::SYNCED_KEY)?;
+    drop(segs);
+    segments::remove_user(store.dir(), user)
+}
+
 /// Test hook: rewrites the trees of `user` in the vault at `dir` (closed) in the format
-/// of vaults before stored state was authenticated, for tests of the carry-over.
+/// of vaults before stored state was authenticated (records inside the database, as
+/// then), for tests of the carry-over.
 #[cfg(feature = "test-hooks")]
 pub fn write_format1(dir: &Path, user: &str) -> Result<()> {
     let store = Store::open(dir, 1 << 20, true)?;
+    inline_records(&store, user)?;
     let vault_id = load_or_create_id(&store.db, META_VAULT_ID)?;
     let kind: KeyStoreKind =
         serde_json::from_slice(&store.db.get(META_KEYSTORE)?.expect("kind")).expect("kind parses");
@@ -1066,8 +1110,14 @@ impl Inner {
             .append(jobs, &keys, &|v| self.purpose_of(v), now_us())
     }
 
+    /// The segments first, then the index that names their bytes (docs/FORMAT.md §14);
+    /// space of records gone from the front comes back once that is durable.
     pub(crate) fn durable_flush(&self) -> Result<()> {
-        self.store.durable_flush()
+        self.log.sync_segments()?;
+        crate::failpoint::hit("flush:after-segments")?;
+        self.store.durable_flush()?;
+        crate::failpoint::hit("flush:before-release")?;
+        self.log.release_space()
     }
 
     pub(crate) fn set_maintenance_problems(&self, problems: &[String]) {

@@ -120,8 +120,6 @@ pub(crate) enum Put<'a> {
 pub(crate) struct TreeOps {
     pub removes: Vec<IVec>,
     pub inserts: Vec<(IVec, IVec)>,
-    /// Inserted only if the key is absent (records are never replaced).
-    pub fresh: Vec<(IVec, IVec)>,
 }
 
 /// The authenticated state tree of one user.
@@ -304,12 +302,6 @@ impl StateStore {
                     for k in &ops.removes {
                         lg.remove(k)?;
                     }
-                    for (k, v) in &ops.fresh {
-                        if lg.get(k)?.is_some() {
-                            return Err(ConflictableTransactionError::Abort(()));
-                        }
-                        lg.insert(k, v.clone())?;
-                    }
                     for (k, v) in &ops.inserts {
                         lg.insert(k, v.clone())?;
                     }
@@ -321,13 +313,10 @@ impl StateStore {
         };
         match res {
             Ok(()) => {}
-            Err(TransactionError::Abort(())) => return Err(crate::log::store::slot_taken()),
-            Err(TransactionError::Storage(e)) => {
-                if let Some((log_tree, ops)) = log {
-                    crate::log::store::take_back(log_tree, &ops.fresh);
-                }
-                return Err(e.into());
+            Err(TransactionError::Abort(())) => {
+                return Err(Error::Storage("a state write was aborted".into()))
             }
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
         }
         *anchor = next;
         *head = new_head;

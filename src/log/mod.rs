@@ -211,12 +211,14 @@ impl Log {
             };
             let durable = k <= synced;
             match self.segments.read(k, &loc) {
-                Err(why) if durable => return Err(tampered_at(
-                    k,
-                    &format!(
+                Err(why) if durable => {
+                    return Err(tampered_at(
+                        k,
+                        &format!(
                         "cannot be read though a durable flush covered it: {why}; {DAMAGED_ADVICE}"
                     ),
-                )),
+                    ))
+                }
                 Err(_) => {}
                 Ok(_) if torn.is_empty() || loc.flags & LOC_BATCH_END != 0 => break,
                 Ok(_) if durable => {
@@ -408,14 +410,13 @@ impl Log {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Seals `jobs` as the records after `head` under `epoch`, counting them into
+    /// Seals `jobs` as the records after `head` under the DEK of `epoch`, counting them into
     /// `count`. Returns the sealed values and the new head.
     fn seal_jobs(
         &self,
         jobs: &[Job],
         head: &Head,
-        epoch: u32,
-        dek: &capvault_format::secret::Key32,
+        (epoch, dek): (u32, &capvault_format::secret::Key32),
         purpose_of: &dyn Fn(u32) -> Result<String>,
         now_us: i64,
         count: &mut EpochCount,
@@ -506,7 +507,7 @@ impl Log {
         let mut st = self.lock();
         let mut count = st.counts.get(&epoch).copied().unwrap_or_default();
         let (values, head) =
-            self.seal_jobs(jobs, &st.head, epoch, dek, purpose_of, now_us, &mut count)?;
+            self.seal_jobs(jobs, &st.head, (epoch, dek), purpose_of, now_us, &mut count)?;
         let (entries, written) = self.write_segments(st.head.last_seq + 1, &values, epoch)?;
         let head_bytes = sled::IVec::from(self.anchors.seal_head(&head));
         let mut counts = st.counts.clone();
@@ -760,7 +761,7 @@ impl Log {
             let (epoch, dek) = keys.current();
             let c = counts.entry(epoch).or_default();
             let (values, new_head) =
-                self.seal_jobs(jobs, &head, epoch, dek, purpose_of, now_us, c)?;
+                self.seal_jobs(jobs, &head, (epoch, dek), purpose_of, now_us, c)?;
             let (entries, w) = self.write_segments(head.last_seq + 1, &values, epoch)?;
             ops.inserts.extend(entries);
             written = Some(w);

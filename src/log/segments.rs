@@ -154,6 +154,9 @@ struct SegState {
 pub(crate) struct Segments {
     dir: PathBuf,
     max_bytes: u64,
+    /// Without it a sync only forgets what was written (`fsync: false` vaults promise no
+    /// durability).
+    fsync: bool,
     st: Mutex<SegState>,
 }
 
@@ -171,7 +174,7 @@ fn storage(what: &str, path: &Path, e: std::io::Error) -> Error {
 
 impl Segments {
     /// Opens (creating if needed) the segment directory `dir`, private to the owner.
-    pub(crate) fn open(dir: &Path, max_bytes: u64) -> Result<Segments> {
+    pub(crate) fn open(dir: &Path, max_bytes: u64, fsync: bool) -> Result<Segments> {
         create_private(dir.parent().unwrap_or(dir))?;
         create_private(dir)?;
         let mut segs = BTreeMap::new();
@@ -197,6 +200,7 @@ impl Segments {
         Ok(Segments {
             dir: dir.to_path_buf(),
             max_bytes: max_bytes.max(MIN_SEGMENT_BYTES),
+            fsync,
             st: Mutex::new(SegState {
                 segs,
                 handles: BTreeMap::new(),
@@ -388,6 +392,11 @@ impl Segments {
     /// a segment was created.
     pub(crate) fn sync(&self) -> Result<()> {
         let mut st = self.lock();
+        if !self.fsync {
+            st.dirty.clear();
+            st.dir_dirty = false;
+            return Ok(());
+        }
         let dirty: Vec<u32> = st.dirty.iter().copied().collect();
         for n in dirty {
             if !st.segs.contains_key(&n) {
@@ -618,7 +627,7 @@ mod tests {
     #[test]
     fn appends_read_back_roll_over_and_damage_is_named() {
         let d = tempfile::tempdir().unwrap();
-        let s = Segments::open(&d.path().join("s"), MIN_SEGMENT_BYTES).unwrap();
+        let s = Segments::open(&d.path().join("s"), MIN_SEGMENT_BYTES, true).unwrap();
         let big = vec![7u8; 70_000];
         let (a, _) = s.append(&[(1, b"one"), (2, &big)], 1).unwrap();
         let (b, _) = s.append(&[(3, &big)], 1).unwrap();
@@ -635,14 +644,14 @@ mod tests {
         bytes[a[1].offset as usize + 100] ^= 1;
         fs::write(&path, &bytes).unwrap();
         assert!(s.read(2, &a[1]).unwrap_err().contains("damaged"));
-        let s = Segments::open(&d.path().join("s"), MIN_SEGMENT_BYTES).unwrap();
+        let s = Segments::open(&d.path().join("s"), MIN_SEGMENT_BYTES, true).unwrap();
         fs::OpenOptions::new()
             .write(true)
             .open(s.path(b[0].segment))
             .unwrap()
             .set_len(100)
             .unwrap();
-        let s = Segments::open(&d.path().join("s"), MIN_SEGMENT_BYTES).unwrap();
+        let s = Segments::open(&d.path().join("s"), MIN_SEGMENT_BYTES, true).unwrap();
         assert!(s.read(3, &b[0]).unwrap_err().contains("ends at byte"));
         s.release_before(Some(&b[0])).unwrap();
         assert!(s.read(1, &a[0]).unwrap_err().contains("missing"));
@@ -654,7 +663,7 @@ mod tests {
     #[test]
     fn an_undone_append_is_overwritten_by_the_next() {
         let d = tempfile::tempdir().unwrap();
-        let s = Segments::open(&d.path().join("s"), DEFAULT_SEGMENT_BYTES).unwrap();
+        let s = Segments::open(&d.path().join("s"), DEFAULT_SEGMENT_BYTES, true).unwrap();
         let (_, w) = s.append(&[(1, b"lost")], 1).unwrap();
         s.undo(w);
         let (l, _) = s.append(&[(1, b"kept")], 1).unwrap();

@@ -283,6 +283,7 @@ impl Vault {
         let segments = crate::log::segments::Segments::open(
             &crate::log::segments::user_dir(dir, user),
             crate::log::segments::segment_bytes_for(options.policy.budget_bytes),
+            options.fsync,
         )?;
         let log = Log::open(
             trees.log.clone(),
@@ -626,7 +627,7 @@ fn inline_records(store: &Store, user: &str) -> Result<()> {
     use crate::log::segments::{self, Segments, Stored};
     let trees = store.user_trees(user)?;
     let user_dir = segments::user_dir(store.dir(), user);
-    let segs = Segments::open(&user_dir, segments::DEFAULT_SEGMENT_BYTES)?;
+    let segs = Segments::open(&user_dir, segments::DEFAULT_SEGMENT_BYTES, true)?;
     for item in trees.log.range(crate::log::store::record_keys()) {
         let (k, v) = item?;
         let seq = crate::log::store::seq_of_key(&k).expect("a record key");

@@ -7,11 +7,33 @@ use crate::error::Result;
 #[cfg(feature = "test-hooks")]
 static ARMED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
+/// `CAPVAULT_CRASH_AT=<name>[:<n>]`: the process aborts (as if killed) the n-th time
+/// (default first) it reaches point `name`. For crash tests in a child process.
+#[cfg(feature = "test-hooks")]
+fn crash_here(name: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SPEC: std::sync::OnceLock<Option<(String, u64)>> = std::sync::OnceLock::new();
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    let spec = SPEC.get_or_init(|| {
+        let v = std::env::var("CAPVAULT_CRASH_AT").ok()?;
+        Some(match v.rsplit_once(':') {
+            Some((n, k)) => (n.to_string(), k.parse().unwrap_or(1)),
+            None => (v, 1),
+        })
+    });
+    if let Some((point, nth)) = spec {
+        if point == name && SEEN.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
+            std::process::abort();
+        }
+    }
+}
+
 /// Fails with a storage error if `name` is armed (and disarms it).
 #[inline]
 pub(crate) fn hit(name: &str) -> Result<()> {
     #[cfg(feature = "test-hooks")]
     {
+        crash_here(name);
         let mut armed = ARMED.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = armed.iter().position(|a| a == name) {
             armed.remove(i);

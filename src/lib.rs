@@ -68,6 +68,17 @@ pub mod testing {
         crate::vault::write_format2(dir, user)
     }
 
+    /// Moves a closed vault's records back into its database, where vaults kept them
+    /// before segment files (tests of reading older vaults).
+    pub fn write_records_inline(dir: &std::path::Path, user: &str) -> crate::Result<()> {
+        crate::vault::write_records_inline(dir, user)
+    }
+
+    /// The segment directory of `user` in a vault directory.
+    pub fn segment_dir(dir: &std::path::Path, user: &str) -> std::path::PathBuf {
+        crate::log::segments::user_dir(dir, user)
+    }
+
     /// The raw sled database of a closed vault, for tampering tests.
     pub fn open_raw_db(dir: &std::path::Path) -> sled::Db {
         crate::log::store::Store::raw(dir, 1 << 20).expect("the vault's database opens")

@@ -1,5 +1,6 @@
 //! Byte-flip campaign: one random bit flipped in one file of a closed vault (sled's
-//! `conf`, `db`, `blobs/*`, `snap.*`), then open, verify, read (subject access), the
+//! `conf`, `db`, `blobs/*`, `snap.*`, the record segments `segments/*/*`, the durability
+//! mark, the keychain file), then open, verify, read (subject access), the
 //! pending bundle, status and the audit ledger, in a child process with a time limit.
 //!
 //! Every flip must end in one of two ways: an error with a message (detected), or output
@@ -46,6 +47,12 @@ fn vault_options() -> capvault::VaultOptions {
     let mut o = options(KeyStoreKind::Keyutils);
     // The smallest frames: many records, so the log tree has many leaves.
     o.frame_max_bytes = 256;
+    // A byte budget well above the data makes segments small (a sixteenth of it), so the
+    // records spread over several segment files.
+    let k = env_u64("CAPVAULT_FLIP_SCALE")
+        .unwrap_or(DEFAULT_SCALE)
+        .max(1);
+    o.policy.budget_bytes = (1 << 20) * k.div_ceil(DEFAULT_SCALE);
     o
 }
 
@@ -293,19 +300,6 @@ struct Running {
     started: Instant,
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 fn flip_bit(path: &Path, bit: u64) {
     let mut bytes = std::fs::read(path).unwrap();
     bytes[(bit / 8) as usize] ^= 1 << (bit % 8);
@@ -422,7 +416,7 @@ fn single_bit_flips_are_detected_or_harmless() {
     let mut baseline = None;
     for round in 0..2 {
         let dir = work.path().join(format!("baseline{round}"));
-        copy_tree(&pristine, &dir);
+        common::copy_dir(&pristine, &dir);
         let out = work.path().join(format!("baseline{round}.txt"));
         let o = spawn_child(&dir, &out, &recipient)
             .wait_with_output()
@@ -467,6 +461,13 @@ fn single_bit_flips_are_detected_or_harmless() {
         files.iter().any(|(p, _)| p == Path::new("conf")),
         "{files:?}"
     );
+    // The record bytes are in segment files; several of them, so flips land in old,
+    // middle and active segments alike.
+    let segment_files = files
+        .iter()
+        .filter(|(p, _)| p.starts_with("segments"))
+        .count();
+    assert!(segment_files >= 2, "{files:?}");
 
     // Every other flip takes the files in turn (every file is hit); the rest pick a file
     // by size (mostly sled's log, where the data is). A uniform bit within the file.
@@ -504,7 +505,7 @@ fn single_bit_flips_are_detected_or_harmless() {
         while running.len() < jobs {
             let Some(flip) = plan.pop() else { break };
             let dir = work.path().join(format!("flip{}", flip.index));
-            copy_tree(&pristine, &dir);
+            common::copy_dir(&pristine, &dir);
             flip_bit(&dir.join(&flip.file), flip.bit);
             let out = work.path().join(format!("flip{}.txt", flip.index));
             let child = spawn_child(&dir, &out, &recipient);
@@ -561,6 +562,8 @@ fn single_bit_flips_are_detected_or_harmless() {
             "snap.*".into()
         } else if file.starts_with("blobs") {
             "blobs/*".into()
+        } else if file.starts_with("segments") {
+            "segments/*".into()
         } else {
             file
         };
@@ -628,7 +631,7 @@ fn damage_in_a_vault_never_reopened_is_refused_not_rolled_back() {
     let used = db.iter().rposition(|b| *b != 0).unwrap() as u64 + 1;
     for percent in [10, 30, 50, 70, 90] {
         let dir = work.path().join(format!("flip{percent}"));
-        copy_tree(&pristine, &dir);
+        common::copy_dir(&pristine, &dir);
         flip_bit(&dir.join("db"), used * 8 * percent / 100);
         match Vault::open(&dir, USER, vault_options()) {
             Err(Error::Tampered(m)) => assert!(m.contains("restore"), "{percent}%: {m}"),

@@ -195,36 +195,66 @@ fn small_frames(kind: KeyStoreKind) -> capvault::VaultOptions {
 }
 
 /// Opening or verifying must report tampering.
-fn assert_detected(dir: &Path, kind: KeyStoreKind, what: &str) {
+fn assert_detected(dir: &Path, kind: KeyStoreKind, what: &str) -> String {
     match Vault::open(dir, "alice", small_frames(kind)) {
-        Err(Error::Tampered(_)) => {}
+        Err(Error::Tampered(m)) => m,
         Err(e) => panic!("{what}: open failed with {e} instead of a tamper error"),
-        Ok(v) => {
-            let r = v.verify();
-            assert!(
-                matches!(r, Err(Error::Tampered(_))),
-                "{what}: verify said {r:?}"
-            );
-        }
+        Ok(v) => match v.verify() {
+            Err(Error::Tampered(m)) => m,
+            r => panic!("{what}: verify said {r:?}"),
+        },
     }
 }
 
 #[test]
 fn tampering_with_records_is_detected() {
     let kind = KeyStoreKind::Keyutils;
+    // Record bytes are edited in their segment with every checksum fixed up (only the
+    // AEAD and the chain can tell); the index is edited in the raw database.
+    type Forge = fn(&std::path::Path, u64);
+    let forgeries: Vec<(&str, Forge)> = vec![
+        ("flip a byte inside a record", |d, _| {
+            common::forge_record(d, "alice", 3, |v| {
+                let i = v.len() / 2;
+                v[i] ^= 0x01;
+            })
+        }),
+        ("flip a byte in a record header", |d, _| {
+            common::forge_record(d, "alice", 2, |v| v[4] ^= 0x01)
+        }),
+        ("swap two records' entries", |d, _| {
+            let (p2, o2, b2) = common::record_entry(d, "alice", 2);
+            let (p4, o4, b4) = common::record_entry(d, "alice", 4);
+            common::forge_entry(d, "alice", 2, &p4, o4, &b4);
+            common::forge_entry(d, "alice", 4, &p2, o2, &b2);
+        }),
+        (
+            "replay an old record's bytes over a newer one of the same length",
+            |d, last| {
+                let lens: Vec<usize> = (1..=last)
+                    .map(|s| common::record_entry(d, "alice", s).2.len())
+                    .collect();
+                let (old, new) = (0..lens.len())
+                    .flat_map(|a| (a + 1..lens.len()).map(move |b| (a, b)))
+                    .find(|(a, b)| lens[*a] == lens[*b])
+                    .expect("two records of the same length");
+                let (_, _, bytes) = common::record_entry(d, "alice", old as u64 + 1);
+                let (p, o, _) = common::record_entry(d, "alice", new as u64 + 1);
+                common::forge_entry(d, "alice", new as u64 + 1, &p, o, &bytes);
+            },
+        ),
+    ];
+    for (what, forge) in forgeries {
+        let (d, last) = vault_with_records(kind);
+        forge(d.path(), last);
+        let m = assert_detected(d.path(), kind, what);
+        assert!(
+            !m.contains("damaged"),
+            "{what}: caught by authentication, not by a checksum: {m}"
+        );
+    }
     type Edit = fn(&sled::Tree, u64);
     let edits: Vec<(&str, Edit)> = vec![
-        ("flip a byte inside a record", |t, _| {
-            let mut v = t.get(rec_key(3)).unwrap().unwrap().to_vec();
-            let i = v.len() / 2;
-            v[i] ^= 0x01;
-            t.insert(rec_key(3), v).unwrap();
-        }),
-        ("flip a byte in a record header", |t, _| {
-            let mut v = t.get(rec_key(2)).unwrap().unwrap().to_vec();
-            v[4] ^= 0x01;
-            t.insert(rec_key(2), v).unwrap();
-        }),
         ("delete a middle record", |t, _| {
             t.remove(rec_key(3)).unwrap();
         }),
@@ -670,7 +700,7 @@ fn an_existing_open_directory_is_made_private_before_anything_is_written() {
 
 /// Every file and directory the vault creates is owner-only whatever the process's
 /// umask: sled's files at open, `blobs/`, the snapshots and blobs sled writes while
-/// open (tightened at each flush), and what a probe of a closed vault leaves behind.
+/// open (tightened at each flush), the record segments and their directories, and what a probe of a closed vault leaves behind.
 /// The umask is process-wide, so the scenario runs in a child process of this test.
 #[cfg(unix)]
 #[test]
@@ -698,7 +728,9 @@ fn every_file_the_vault_creates_is_owner_only_under_umask_000() {
         rustix::process::umask(rustix::fs::Mode::empty());
         let dir = Path::new(&dir).join("v");
         let mut o = options(KeyStoreKind::Keyutils);
-        // Records of 4 MiB: sled keeps nodes over a quarter segment in blobs/ files.
+        // Records of 4 MiB go to segment files; the sealed bundle that holds them is
+        // kept in sled's outbox, and sled keeps nodes over a quarter of its segment
+        // in blobs/ files.
         o.chunk_bytes = 4 << 20;
         o.max_payload_bytes = 16 << 20;
         let v = Vault::open(&dir, "alice", o.clone()).unwrap();
@@ -709,10 +741,16 @@ fn every_file_the_vault_creates_is_owner_only_under_umask_000() {
                 .unwrap();
             assert_eq!(stored, Appended::Stored);
         }
+        let id = capvault::Identity::generate(capvault::Suite::X25519);
+        assert!(v.seal_next(&id.recipient(), 16 << 20).unwrap().is_some());
         v.flush().unwrap();
         assert!(
             std::fs::read_dir(dir.join("blobs")).unwrap().count() > 0,
             "no blob file was written: the check would not see one"
+        );
+        assert!(
+            !files_under(&capvault::testing::segment_dir(&dir, "alice")).is_empty(),
+            "no segment file was written: the check would not see one"
         );
         assert_eq!(loose(&dir), Vec::<String>::new(), "after a flush");
         v.close().unwrap();

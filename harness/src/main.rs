@@ -27,7 +27,10 @@ fn event(i: u64) -> Event {
     }
 }
 
+/// Bytes allocated to the files under `path`: what `du` counts (sparse files and
+/// punched holes count for nothing).
 fn dir_size(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     for e in std::fs::read_dir(path).unwrap() {
         let e = e.unwrap();
@@ -35,7 +38,7 @@ fn dir_size(path: &Path) -> u64 {
         total += if m.is_dir() {
             dir_size(&e.path())
         } else {
-            m.len()
+            m.blocks() * 512
         };
     }
     total

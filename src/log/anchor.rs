@@ -212,6 +212,17 @@ impl AnchorKey {
         self.seal(b'c', body.to_vec())
     }
 
+    /// The last record whose segment bytes a durable flush synced (key `0x01 'y'`):
+    /// records after it may be lost to a crash, records up to it may not.
+    pub(crate) fn seal_synced(&self, seq: u64) -> Vec<u8> {
+        self.seal(b'y', seq.to_be_bytes().to_vec())
+    }
+
+    pub(crate) fn open_synced(&self, stored: &[u8]) -> Result<u64> {
+        let b = self.open(b'y', stored, 8, "synced")?;
+        Ok(u64::from_be_bytes(b.try_into().expect("8")))
+    }
+
     pub(crate) fn seal_tail(&self, t: &Tail) -> Vec<u8> {
         let mut b = Vec::with_capacity(24);
         b.extend_from_slice(&t.first_seq.to_be_bytes());

@@ -1,16 +1,17 @@
 //! The append-only, tamper-evident log of one user: records chained by their tags,
-//! anchored at both ends, stored in sled with inserts that never replace.
+//! anchored at both ends. The record bytes are in append-only segment files; sled holds
+//! the anchors, the counters and where each record is, written in one batch per append.
 
 pub(crate) mod anchor;
 pub(crate) mod assemble;
 pub(crate) mod framer;
 pub(crate) mod record;
+pub(crate) mod segments;
 pub(crate) mod store;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
-
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::aead::TAG_LEN;
 use crate::error::{Error, Result};
@@ -19,7 +20,11 @@ use anchor::{AnchorKey, Head, Tail};
 use capvault_format::secret::PlainBuf;
 use framer::Job;
 use record::{tag_of, RecordBinding, RecordHeader};
-use store::{record_key, record_keys, seq_of_key, EpochCount, COUNTS_KEY, HEAD_KEY, TAIL_KEY};
+use segments::{Loc, Segments, Stored, LOC_BATCH_END};
+use store::{
+    record_key, record_keys, seq_of_key, EpochCount, COUNTS_KEY, DAMAGED_ADVICE, HEAD_KEY,
+    SYNCED_KEY, TAIL_KEY,
+};
 
 /// Where the log stands (mirrors the anchors and counters on disk).
 #[derive(Clone, Debug, Default)]
@@ -29,6 +34,8 @@ pub(crate) struct LogState {
     pub counts: BTreeMap<u32, EpochCount>,
     /// Set when a write to sled failed (a full disk, an I/O error): see [`Log::failed`].
     pub failed: Option<Error>,
+    /// Records left the front since their space was last given back.
+    front_moved: bool,
 }
 
 impl LogState {
@@ -50,6 +57,11 @@ pub(crate) struct Log {
     binding: RecordBinding,
     anchors: AnchorKey,
     state: Mutex<LogState>,
+    segments: Segments,
+    /// The last record the synced anchor names (moves forward only).
+    synced: Mutex<u64>,
+    /// Records of a torn write removed at open.
+    trimmed: u64,
 }
 
 /// A write of the stored state (src/vault/state.rs) rewrites the log head with the new
@@ -101,16 +113,19 @@ impl Log {
         anchors: AnchorKey,
         require_head: bool,
         require_bound: bool,
+        segments: Segments,
     ) -> Result<Log> {
-        let head = match tree.get(HEAD_KEY)? {
+        // Whether the head names the state generation (a torn tail trimmed at open is
+        // written back in the same form).
+        let (head, bound) = match tree.get(HEAD_KEY)? {
             Some(h) => match anchors.open_log_head(&h)? {
-                (head, true) => head,
+                (head, true) => (head, true),
                 (_, false) if require_bound => {
                     return Err(Error::tampered(
                         "the log's head anchor does not name the stored state's generation, but the keychain says it must (an older copy of the log was put back)",
                     ))
                 }
-                (head, false) => head,
+                (head, false) => (head, false),
             },
             None if require_head => {
                 return Err(Error::tampered(
@@ -126,7 +141,7 @@ impl Log {
                 if tree.scan_prefix([0u8]).next().transpose()?.is_some() {
                     return Err(Error::tampered("the log has records but no head anchor"));
                 }
-                Head::default()
+                (Head::default(), false)
             }
         };
         let tail = match tree.get(TAIL_KEY)? {
@@ -160,7 +175,11 @@ impl Log {
                 counts
             }
         };
-        let log = Log {
+        let synced = match tree.get(SYNCED_KEY)? {
+            Some(v) => Some(anchors.open_synced(&v)?),
+            None => None,
+        };
+        let mut log = Log {
             tree,
             binding,
             anchors,
@@ -169,10 +188,214 @@ impl Log {
                 tail,
                 counts,
                 failed: None,
+                front_moved: true,
             }),
+            segments,
+            synced: Mutex::new(synced.unwrap_or(0)),
+            trimmed: 0,
         };
+        log.trimmed = log.trim_torn_tail(synced, bound)?;
         log.check_ends()?;
         Ok(log)
+    }
+
+    /// Puts the segment files in order for appending: cuts bytes the index never took,
+    /// writes the synced anchor, gives back the space of released records. Called once
+    /// the log is known to belong with the stored state (an older copy of the log put
+    /// back is refused before it can cut the segments the current log names).
+    pub(crate) fn settle_segments(&self) -> Result<()> {
+        let synced = *self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        self.trim_segments(synced)?;
+        self.sync_segments()?;
+        self.release_space()
+    }
+
+    /// Records of a torn write removed at open (0 normally).
+    pub(crate) fn trimmed(&self) -> u64 {
+        self.trimmed
+    }
+
+    /// The bytes of record `seq`, from sled (vaults before segments) or its segment.
+    fn load<'a>(&self, seq: u64, stored: &'a Stored) -> Result<Cow<'a, [u8]>> {
+        match stored {
+            Stored::Inline(v) => Ok(Cow::Borrowed(v)),
+            Stored::At(loc) => self.segments.read(seq, loc).map(Cow::Owned).map_err(|why| {
+                tampered_at(seq, &format!("cannot be read: {why}; {DAMAGED_ADVICE}"))
+            }),
+        }
+    }
+
+    /// A crash can leave the index of the last writes durable without their segment
+    /// bytes (sled writes on its own schedule; the segments are synced by the durable
+    /// flush). Records after the synced anchor whose bytes are missing or damaged are
+    /// such a torn tail: they are removed back to the start of their write, and the
+    /// head and counters moved back. Up to the synced anchor the same finding is damage.
+    fn trim_torn_tail(&self, synced: Option<u64>, bound: bool) -> Result<u64> {
+        let mut st = self.lock();
+        let first = st.tail.first_seq;
+        let mut k = st.head.last_seq;
+        let mut torn: Vec<(u64, Loc)> = Vec::new();
+        while k >= first && k > 0 {
+            let Some(v) = self.tree.get(record_key(k))? else {
+                break; // check_ends reports it
+            };
+            let Stored::At(loc) = Stored::parse(v)? else {
+                break;
+            };
+            let Some(synced) = synced else {
+                return Err(Error::tampered(
+                    "the log's synced anchor is missing (it is written before the first record)",
+                ));
+            };
+            let durable = k <= synced;
+            match self.segments.read(k, &loc) {
+                Err(why) if durable => {
+                    return Err(tampered_at(
+                        k,
+                        &format!(
+                        "cannot be read though a durable flush covered it: {why}; {DAMAGED_ADVICE}"
+                    ),
+                    ))
+                }
+                Err(_) => {}
+                Ok(_) if torn.is_empty() || loc.flags & LOC_BATCH_END != 0 => break,
+                Ok(_) if durable => {
+                    return Err(tampered_at(
+                        k,
+                        "ends a durable write in the middle (a write's last record is missing)",
+                    ))
+                }
+                Ok(_) => {}
+            }
+            torn.push((k, loc));
+            k -= 1;
+        }
+        if torn.is_empty() {
+            return Ok(0);
+        }
+        let last_tag = if k >= first {
+            let v = self
+                .tree
+                .get(record_key(k))?
+                .ok_or_else(|| tampered_at(k, "is missing"))?;
+            tag_of(&self.load(k, &Stored::parse(v)?)?)
+        } else {
+            st.tail.prev_tag
+        };
+        let mut counts = st.counts.clone();
+        let mut batch = sled::Batch::default();
+        for (seq, loc) in &torn {
+            let c = counts.entry(loc.epoch).or_default();
+            c.records = c.records.saturating_sub(1);
+            c.bytes = c.bytes.saturating_sub(u64::from(loc.len));
+            batch.remove(&record_key(*seq));
+        }
+        counts.retain(|_, c| c.records > 0);
+        // The events of the torn records are lost; their numbers are not reused.
+        let head = Head {
+            last_seq: k,
+            last_tag,
+            next_event_seq: st.head.next_event_seq,
+            state_gen: st.head.state_gen,
+        };
+        // The head keeps the state generation it named: the stored state is unchanged.
+        let sealed = if bound {
+            self.anchors.seal_log_head(&head)
+        } else {
+            self.anchors.seal_head(&head)
+        };
+        batch.insert(HEAD_KEY, sealed);
+        batch.insert(
+            COUNTS_KEY,
+            self.anchors.seal_counts(head.last_seq, first, &counts),
+        );
+        self.tree.apply_batch(batch)?;
+        st.head = head;
+        st.counts = counts;
+        Ok(torn.len() as u64)
+    }
+
+    /// Removes segment bytes the index does not name after the head (a write whose index
+    /// never made it) and marks the segments written after the synced anchor for the
+    /// next sync (their bytes may still be only in the page cache).
+    fn trim_segments(&self, synced: u64) -> Result<()> {
+        let st = self.lock();
+        let at = |seq: u64| -> Result<Option<Loc>> {
+            if seq < st.tail.first_seq || seq > st.head.last_seq {
+                return Ok(None);
+            }
+            Ok(match self.tree.get(record_key(seq))? {
+                Some(v) => match Stored::parse(v)? {
+                    Stored::At(l) => Some(l),
+                    Stored::Inline(_) => None,
+                },
+                None => None,
+            })
+        };
+        match at(st.head.last_seq)? {
+            Some(last) => {
+                self.segments.continue_at(last.segment, last.end())?;
+                let from = at(synced + 1)?.map_or(last.segment, |l| l.segment);
+                for n in self.segments.numbers() {
+                    if n >= from {
+                        self.segments.touch(n);
+                    }
+                }
+            }
+            // No record in a segment: whatever the segments hold was never indexed.
+            None => self.segments.release_before(None)?,
+        }
+        Ok(())
+    }
+
+    /// Before a durable flush of the index: fdatasync the segments written since the
+    /// last one, then name the last record they hold in the synced anchor (written to
+    /// sled, made durable by the flush that follows).
+    pub(crate) fn sync_segments(&self) -> Result<()> {
+        let last = self.lock().head.last_seq;
+        self.segments.sync()?;
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if last > *synced || self.tree.get(SYNCED_KEY)?.is_none() {
+            let last = last.max(*synced);
+            self.tree
+                .insert(SYNCED_KEY, self.anchors.seal_synced(last))?;
+            *synced = last;
+        }
+        Ok(())
+    }
+
+    /// After a durable flush: gives back the space of records that left the front
+    /// (whole segments deleted, the dead front of the first live one punched out). Only
+    /// after the flush, so a crash never finds the index naming deleted bytes.
+    pub(crate) fn release_space(&self) -> Result<()> {
+        let mut st = self.lock();
+        // After a failed write the tree may hold part of a removal: the space waits for
+        // the reopened log (which gives it back at open).
+        if !st.front_moved || st.failed.is_some() {
+            return Ok(());
+        }
+        let result = if st.tail.first_seq > st.head.last_seq {
+            self.segments.release_before(None)
+        } else {
+            match self.tree.get(record_key(st.tail.first_seq))? {
+                Some(v) => match Stored::parse(v)? {
+                    Stored::At(l) => self.segments.release_before(Some(&l)),
+                    // Records of a vault before segments come first: nothing to give back.
+                    Stored::Inline(_) => Ok(()),
+                },
+                None => Ok(()),
+            }
+        };
+        st.front_moved = result.is_err();
+        result
+    }
+
+    /// Bytes the log's records take on disk: their segments (headers and a dead front
+    /// not yet given back included), or the records' own size where that is larger
+    /// (records of a vault before segments are inside the database).
+    pub(crate) fn disk_bytes(&self) -> u64 {
+        let stored = self.lock().bytes();
+        self.segments.bytes().max(stored)
     }
 
     fn check_ends(&self) -> Result<()> {
@@ -191,7 +414,9 @@ impl Log {
             (Some((fk, _)), Some((lk, lv))) => {
                 let first_seq = seq_of_key(&fk).unwrap_or(0);
                 let last_seq = seq_of_key(&lk).unwrap_or(0);
-                if last_seq != st.head.last_seq || tag_of(&lv) != st.head.last_tag {
+                if last_seq != st.head.last_seq
+                    || tag_of(&self.load(last_seq, &Stored::parse(lv)?)?) != st.head.last_tag
+                {
                     return Err(Error::tampered(format!(
                         "the head anchor (record {}) does not match the last record ({last_seq}): the log was truncated, extended or rolled back",
                         st.head.last_seq
@@ -298,24 +523,19 @@ impl Log {
         Ok(bound.then_some(head.state_gen))
     }
 
-    /// Encrypts `jobs` under the current epoch and stores them after the head, with the
-    /// new head anchor and counters, in one transaction that refuses to replace any key.
-    pub(crate) fn append(
+    /// Seals `jobs` as the records after `head` under the DEK of `epoch`, counting them into
+    /// `count`. Returns the sealed values and the new head.
+    fn seal_jobs(
         &self,
         jobs: &[Job],
-        keys: &KeyHierarchy,
+        head: &Head,
+        (epoch, dek): (u32, &capvault_format::secret::Key32),
         purpose_of: &dyn Fn(u32) -> Result<String>,
         now_us: i64,
-    ) -> Result<()> {
-        if jobs.is_empty() {
-            return Ok(());
-        }
-        let (epoch, dek) = keys.current();
-        let mut st = self.lock();
-        Self::usable(&st)?;
-        let mut seq = st.head.last_seq;
-        let mut prev = st.head.last_tag;
-        let mut count = st.counts.get(&epoch).copied().unwrap_or_default();
+        count: &mut EpochCount,
+    ) -> Result<(Vec<Vec<u8>>, Head)> {
+        let mut seq = head.last_seq;
+        let mut prev = head.last_tag;
         let mut values = Vec::with_capacity(jobs.len());
         let mut purposes: BTreeMap<u32, String> = BTreeMap::new();
         for job in jobs {
@@ -343,35 +563,99 @@ impl Log {
             prev = tag_of(&v);
             count.records += 1;
             count.bytes += v.len() as u64;
-            values.push((record_key(seq), sled::IVec::from(v)));
+            values.push(v);
         }
         let head = Head {
             last_seq: seq,
             last_tag: prev,
-            next_event_seq: jobs[jobs.len() - 1].end_event_seq,
-            state_gen: st.head.state_gen,
+            next_event_seq: jobs.last().map_or(head.next_event_seq, |j| j.end_event_seq),
+            state_gen: head.state_gen,
         };
+        Ok((values, head))
+    }
+
+    /// Writes sealed records after `first_seq - 1` to the segments; returns their index
+    /// entries and the write (to undo if the index write fails).
+    fn write_segments(
+        &self,
+        first_seq: u64,
+        values: &[Vec<u8>],
+        epoch: u32,
+    ) -> Result<(Vec<(sled::IVec, sled::IVec)>, segments::Written)> {
+        let records: Vec<(u64, &[u8])> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (first_seq + i as u64, v.as_slice()))
+            .collect();
+        crate::failpoint::hit("segments:before-write")?;
+        let (locs, written) = self.segments.append(&records, epoch)?;
+        crate::failpoint::hit("segments:after-write")?;
+        let entries = locs
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                (
+                    sled::IVec::from(&record_key(first_seq + i as u64)[..]),
+                    sled::IVec::from(&l.encode()[..]),
+                )
+            })
+            .collect();
+        Ok((entries, written))
+    }
+
+    /// Encrypts `jobs` under the current epoch, appends their bytes to the segments, and
+    /// stores their locations with the new head anchor and counters in one batch that
+    /// replaces no record. A failed segment write takes its bytes back and changes
+    /// nothing else; a failed index write takes the segment bytes back too, and leaves
+    /// the log refusing until reopened.
+    pub(crate) fn append(
+        &self,
+        jobs: &[Job],
+        keys: &KeyHierarchy,
+        purpose_of: &dyn Fn(u32) -> Result<String>,
+        now_us: i64,
+    ) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let (epoch, dek) = keys.current();
+        let mut st = self.lock();
+        Self::usable(&st)?;
+        let mut count = st.counts.get(&epoch).copied().unwrap_or_default();
+        let (values, head) =
+            self.seal_jobs(jobs, &st.head, (epoch, dek), purpose_of, now_us, &mut count)?;
+        let (entries, written) = self.write_segments(st.head.last_seq + 1, &values, epoch)?;
         let head_bytes = sled::IVec::from(self.anchors.seal_log_head(&head));
         let mut counts = st.counts.clone();
         counts.insert(epoch, count);
-        let count_bytes = self
-            .anchors
-            .seal_counts(head.last_seq, st.tail.first_seq, &counts);
-        let res = self.tree.transaction(|tx| {
-            for (k, v) in &values {
-                if tx.get(k)?.is_some() {
-                    return Err(ConflictableTransactionError::Abort(()));
+        let mut batch = sled::Batch::default();
+        for (k, v) in entries {
+            // Records are never replaced. Every write to the log tree holds the log's
+            // lock, so a slot free now is free when the batch lands.
+            match self.tree.get(&k) {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    self.segments.undo(written);
+                    return Err(store::slot_taken());
                 }
-                tx.insert(k, v.clone())?;
+                Err(e) => {
+                    self.segments.undo(written);
+                    return Err(e.into());
+                }
             }
-            tx.insert(HEAD_KEY, head_bytes.clone())?;
-            tx.insert(COUNTS_KEY, count_bytes.as_slice())?;
-            Ok(())
-        });
-        match res {
-            Ok(()) => {}
-            Err(TransactionError::Abort(())) => return Err(store::slot_taken()),
-            Err(TransactionError::Storage(e)) => return Err(Self::failed(&mut st, e.into())),
+            batch.insert(k, v);
+        }
+        batch.insert(HEAD_KEY, head_bytes);
+        batch.insert(
+            COUNTS_KEY,
+            self.anchors
+                .seal_counts(head.last_seq, st.tail.first_seq, &counts),
+        );
+        if let Err(e) = self.tree.apply_batch(batch) {
+            // The segment bytes are cut back; the tree may hold any part of the batch,
+            // so the log refuses until reopened (see `Log::usable`).
+            self.segments.undo(written);
+            return Err(Self::failed(&mut st, e.into()));
         }
         st.head = head;
         st.counts.insert(epoch, count);
@@ -404,6 +688,9 @@ impl Log {
             if seq != expect {
                 return Err(tampered_at(expect, "is missing (a record was deleted)"));
             }
+            let stored =
+                Stored::parse(v).map_err(|_| tampered_at(seq, "has a malformed location"))?;
+            let v = self.load(seq, &stored)?;
             let header =
                 RecordHeader::parse(&v).map_err(|_| tampered_at(seq, "has a damaged header"))?;
             let dek = keys
@@ -502,19 +789,28 @@ impl Log {
     fn scan_tail_through(&self, st: &LogState, last: u64) -> Result<TailScan> {
         let mut keys = Vec::new();
         let mut counts = st.counts.clone();
-        let mut prev_tag = st.tail.prev_tag;
+        let mut newest = None;
         for item in self
             .tree
             .range(record_key(st.tail.first_seq)..=record_key(last))
         {
             let (k, v) = item?;
-            let header = RecordHeader::parse(&v)?;
-            let c = counts.entry(header.epoch).or_default();
+            let seq = seq_of_key(&k).ok_or_else(|| Error::tampered("a record key is malformed"))?;
+            let stored = Stored::parse(v)?;
+            let epoch = match &stored {
+                Stored::Inline(v) => RecordHeader::parse(v)?.epoch,
+                Stored::At(l) => l.epoch,
+            };
+            let c = counts.entry(epoch).or_default();
             c.records = c.records.saturating_sub(1);
-            c.bytes = c.bytes.saturating_sub(v.len() as u64);
-            prev_tag = tag_of(&v);
+            c.bytes = c.bytes.saturating_sub(stored.len() as u64);
             keys.push(k);
+            newest = Some((seq, stored));
         }
+        let prev_tag = match newest {
+            Some((seq, stored)) => tag_of(&self.load(seq, &stored)?),
+            None => st.tail.prev_tag,
+        };
         Ok((keys, counts, prev_tag))
     }
 
@@ -556,6 +852,7 @@ impl Log {
         counts.retain(|_, c| c.records > 0);
         st.counts = counts;
         st.tail = tail;
+        st.front_moved = true;
         Ok(emptied)
     }
 
@@ -590,37 +887,20 @@ impl Log {
         };
         ops.inserts
             .push((TAIL_KEY.into(), self.anchors.seal_tail(&tail).into()));
-        // The marker records, sealed after the head.
+        // The marker records, sealed after the head, their bytes in the segments first.
         let mut head = st.head;
+        let mut written = None;
         if !jobs.is_empty() {
             let (epoch, dek) = keys.current();
-            let mut seq = head.last_seq;
-            let mut prev = head.last_tag;
             let c = counts.entry(epoch).or_default();
-            for job in jobs {
-                seq += 1;
-                let header = RecordHeader {
-                    kind: job.kind,
-                    flags: job.flags,
-                    epoch,
-                    policy_version: job.policy_version,
-                    created_us: now_us,
-                };
-                let purpose = purpose_of(job.policy_version)?;
-                let v = self
-                    .binding
-                    .seal(seq, &header, &prev, &purpose, dek, &job.plaintext);
-                prev = tag_of(&v);
-                c.records += 1;
-                c.bytes += v.len() as u64;
-                ops.fresh.push((record_key(seq).as_ref().into(), v.into()));
-            }
-            head = Head {
-                last_seq: seq,
-                last_tag: prev,
-                next_event_seq: jobs[jobs.len() - 1].end_event_seq,
-                state_gen: head.state_gen,
-            };
+            let (values, new_head) =
+                self.seal_jobs(jobs, &head, (epoch, dek), purpose_of, now_us, c)?;
+            let (entries, w) = self.write_segments(head.last_seq + 1, &values, epoch)?;
+            // Inserted only where no record is (the commit refuses to replace one); the
+            // head goes in with the state generation the commit writes.
+            ops.fresh.extend(entries);
+            written = Some(w);
+            head = new_head;
         }
         ops.inserts.push((
             COUNTS_KEY.into(),
@@ -628,14 +908,25 @@ impl Log {
                 .seal_counts(head.last_seq, tail.first_seq, &counts)
                 .into(),
         ));
-        crate::failpoint::hit("prune:before-batch")?;
+        let undo = |written: Option<segments::Written>| {
+            if let Some(w) = written {
+                self.segments.undo(w);
+            }
+        };
+        if let Err(e) = crate::failpoint::hit("prune:before-batch") {
+            undo(written);
+            return Err(e);
+        }
         let state_gen = match commit(HeadWrite {
             log: self,
             head,
             ops: Some(&ops),
         }) {
             Ok(gen) => gen,
-            Err(e) => return Err(Self::failed(&mut st, e)),
+            Err(e) => {
+                undo(written);
+                return Err(Self::failed(&mut st, e));
+            }
         };
         let emptied = counts
             .iter()
@@ -646,6 +937,7 @@ impl Log {
         st.counts = counts;
         st.tail = tail;
         st.head = Head { state_gen, ..head };
+        st.front_moved = true;
         Ok(emptied)
     }
 

@@ -3,8 +3,10 @@
 //! torn one.
 //!
 //! Key layout of a user's log tree (u64 keys are big-endian, so order is numeric):
-//! `0x00 || seq` records, `0x01 'h'` head anchor, `0x01 't'` tail anchor,
-//! `0x01 'c'` per-epoch counters (records, bytes) MAC'd with the ends they describe;
+//! `0x00 || seq` records (where their bytes are in the segment files; in vaults from
+//! before segments, the record itself), `0x01 'h'` head anchor, `0x01 't'` tail anchor,
+//! `0x01 'c'` per-epoch counters (records, bytes) MAC'd with the ends they describe,
+//! `0x01 'y'` the last record whose segment bytes were synced;
 //! `0x02 || epoch` the unauthenticated counters of vaults before that (read once, at the
 //! carry-over).
 
@@ -17,6 +19,7 @@ const RECORD_PREFIX: u8 = 0x00;
 pub(crate) const HEAD_KEY: &[u8] = &[0x01, b'h'];
 pub(crate) const TAIL_KEY: &[u8] = &[0x01, b't'];
 pub(crate) const COUNTS_KEY: &[u8] = &[0x01, b'c'];
+pub(crate) const SYNCED_KEY: &[u8] = &[0x01, b'y'];
 /// How long an opener waits for a lock that is about to be released.
 const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 /// sled segment size (fixed when the vault is created).
@@ -51,15 +54,15 @@ pub(crate) fn record_keys() -> std::ops::RangeInclusive<[u8; 9]> {
     record_key(0)..=record_key(u64::MAX)
 }
 
-/// A new record's slot was already taken when its transaction ran.
+/// A new record's slot was already taken when its write ran.
 pub(crate) fn slot_taken() -> Error {
     Error::tampered("a record already exists where the next one belongs; refusing to overwrite it")
 }
 
 /// After a transaction that failed in storage: sled may have applied part of it in
-/// memory first (a full disk). Takes back exactly the new records it put in, so that a
-/// retry of the batch (with new nonces) does not find their slots taken and call it
-/// tampering.
+/// memory first (a full disk). Takes back exactly the new records it put in (the log
+/// refuses until reopened anyway, see `Log::usable`; this keeps the tree it holds
+/// until then as close to the durable one as sled allows).
 pub(crate) fn take_back<K: AsRef<[u8]>>(tree: &sled::Tree, fresh: &[(K, sled::IVec)]) {
     for (k, v) in fresh {
         if tree.get(k).ok().flatten().as_ref() == Some(v) {
@@ -247,9 +250,10 @@ impl Store {
         Ok(())
     }
 
-    /// Bytes the database files take on disk.
+    /// Bytes the vault directory takes on disk (as allocated: what `du` counts): the
+    /// database, the segments and everything else in it.
     pub(crate) fn size_on_disk(&self) -> Result<u64> {
-        Ok(self.db.size_on_disk()?)
+        allocated(&self.dir)
     }
 
     /// Files 0600, directories 0700: other local users get nothing, not even ciphertext.
@@ -395,6 +399,29 @@ fn private_dir_builder() -> fs::DirBuilder {
     b
 }
 
+/// Bytes allocated to the files under `dir` (files that vanish meanwhile count 0).
+pub(crate) fn allocated(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(dir)? {
+        let Ok(entry) = entry else { continue };
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            total += allocated(&entry.path()).unwrap_or(0);
+        } else {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                total += meta.blocks() * 512;
+            }
+            #[cfg(not(unix))]
+            {
+                total += meta.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
 /// Files 0600, directories 0700, under `path` and `path` itself.
 fn restrict(path: &Path) -> Result<()> {
     settle_tree(path, false)
@@ -403,7 +430,8 @@ fn restrict(path: &Path) -> Result<()> {
 /// Gives every file under `dir` mode 0600 and every directory 0700 (sled creates its
 /// files with the process's umask), and with `sync` fsyncs the files, then the
 /// directories. Entries of another owner (a hand-off request root wrote) are left to
-/// the hand-off, which checks them itself.
+/// the hand-off, which checks them itself. The segment files get their modes but no
+/// fsync here: the log syncs those it wrote before the flush (`Log::sync_segments`).
 fn settle_tree(dir: &Path, sync: bool) -> Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -417,7 +445,8 @@ fn settle_tree(dir: &Path, sync: bool) -> Result<()> {
         let path = entry.path();
         make_private(&path, &meta)?;
         if meta.is_dir() {
-            settle_tree(&path, sync)?;
+            let segments = entry.file_name() == super::segments::SEGMENTS_DIR;
+            settle_tree(&path, sync && !segments)?;
         } else if sync && meta.is_file() {
             match fs::File::open(&path) {
                 Ok(f) => f.sync_all()?,

@@ -99,7 +99,8 @@ pub struct Status {
     pub records: u64,
     /// Stored bytes of those records.
     pub stored_bytes: u64,
-    /// Size of the database files on disk.
+    /// Bytes the vault directory takes on disk, as allocated (what `du` counts): the
+    /// database, the record segments of every user, and the small files beside them.
     pub disk_bytes: u64,
     /// First and last live record (0 when empty).
     pub first_record: u64,

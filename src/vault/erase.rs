@@ -286,8 +286,10 @@ fn db_paths(dir: &Path) -> Vec<PathBuf> {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
             // The durability mark goes with the database it marks: a vault made here
             // later starts a new count.
-            matches!(name, "conf" | "db" | "blobs")
-                || name == crate::log::store::MARK_FILE
+            matches!(
+                name,
+                "conf" | "db" | "blobs" | crate::log::segments::SEGMENTS_DIR
+            ) || name == crate::log::store::MARK_FILE
                 || name.starts_with("snap.")
         })
         .collect()
@@ -610,6 +612,7 @@ pub(crate) fn erase_closed(dir: &Path, user: &str, options: &VaultOptions) -> Re
                 true
             } else {
                 drop_user_trees(db, user, loc.kek_max)?;
+                crate::log::segments::remove_user(dir, user)?;
                 false
             }
         }

@@ -154,7 +154,7 @@ impl Inner {
             }
         }
         if policy.budget_bytes > 0 && policy.on_budget == BudgetAction::EvictOldest {
-            let stored = self.log.lock().bytes();
+            let stored = self.log.disk_bytes();
             if stored > policy.budget_bytes {
                 // Evict down to 90% so eviction does not run on every frame.
                 let mut excess = stored - policy.budget_bytes * 9 / 10;
@@ -191,7 +191,7 @@ impl Inner {
         let p = &self.opts.policy;
         p.budget_bytes > 0
             && p.on_budget == BudgetAction::Refuse
-            && self.log.lock().bytes() >= p.budget_bytes
+            && self.log.disk_bytes() >= p.budget_bytes
     }
 
     /// Removes records from the tail while `take(header, stored_len)` says so, never

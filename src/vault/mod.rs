@@ -308,12 +308,18 @@ impl Vault {
         let keychain_format = keys.keychain_format();
         let sealed = tree_authenticated || keychain_format >= 2;
         let bound = keychain_format >= 3;
+        let segments = crate::log::segments::Segments::open(
+            &crate::log::segments::user_dir(dir, user),
+            crate::log::segments::segment_bytes_for(options.policy.budget_bytes),
+            options.fsync,
+        )?;
         let log = Log::open(
             trees.log.clone(),
             RecordBinding::new(&vault_id, user),
             AnchorKey::new(keys.mac_key(), &vault_id, user),
             sealed,
             bound,
+            segments,
         )?;
         let ledger = crate::audit::Ledger::open(
             trees.ledger.clone(),
@@ -346,6 +352,8 @@ impl Vault {
             log.upgrade()?;
             st
         };
+        // Only now that the log is known to go with the stored state.
+        log.settle_segments()?;
         if !bound {
             // Sealed state whose log head predates the binding (format 2), or the state
             // just sealed: bind the log to the state's generation, make that durable, and
@@ -474,6 +482,15 @@ impl Vault {
             vault.inner.audit(
                 "state-format",
                 &format!("stored state authenticated (format 2); KEK rotated to v{v}"),
+            )?;
+        }
+        if vault.inner.log.trimmed() > 0 {
+            vault.inner.audit(
+                "recover",
+                &format!(
+                    "{} records of a write a crash interrupted were removed (never flushed)",
+                    vault.inner.log.trimmed()
+                ),
             )?;
         }
         vault.inner.recover_release()?;
@@ -673,11 +690,41 @@ pub(crate) fn encode_policy_record(policy: &Policy) -> Vec<u8> {
     serde_json::to_vec(policy).expect("policy serializes")
 }
 
+/// Test hook: moves the records of `user` in the vault at `dir` (closed) back into the
+/// database, as vaults stored them before segment files, and removes the segments.
+#[cfg(feature = "test-hooks")]
+pub fn write_records_inline(dir: &Path, user: &str) -> Result<()> {
+    let store = Store::open(dir, 1 << 20, true)?;
+    inline_records(&store, user)?;
+    store.durable_flush()
+}
+
+#[cfg(feature = "test-hooks")]
+fn inline_records(store: &Store, user: &str) -> Result<()> {
+    use crate::log::segments::{self, Segments, Stored};
+    let trees = store.user_trees(user)?;
+    let user_dir = segments::user_dir(store.dir(), user);
+    let segs = Segments::open(&user_dir, segments::DEFAULT_SEGMENT_BYTES, true)?;
+    for item in trees.log.range(crate::log::store::record_keys()) {
+        let (k, v) = item?;
+        let seq = crate::log::store::seq_of_key(&k).expect("a record key");
+        if let Stored::At(loc) = Stored::parse(v)? {
+            let bytes = segs.read(seq, &loc).map_err(Error::tampered)?;
+            trees.log.insert(k, bytes)?;
+        }
+    }
+    trees.log.remove(crate::log::store::SYNCED_KEY)?;
+    drop(segs);
+    segments::remove_user(store.dir(), user)
+}
+
 /// Test hook: rewrites the trees of `user` in the vault at `dir` (closed) in the format
-/// of vaults before stored state was authenticated, for tests of the carry-over.
+/// of vaults before stored state was authenticated (records inside the database, as
+/// then), for tests of the carry-over.
 #[cfg(feature = "test-hooks")]
 pub fn write_format1(dir: &Path, user: &str) -> Result<()> {
     let store = Store::open(dir, 1 << 20, true)?;
+    inline_records(&store, user)?;
     let vault_id = load_or_create_id(&store.db, META_VAULT_ID)?;
     let kind: KeyStoreKind =
         serde_json::from_slice(&store.db.get(META_KEYSTORE)?.expect("kind")).expect("kind parses");
@@ -729,10 +776,13 @@ fn check_generations(log_gen: Option<u64>, ledger: &crate::audit::Ledger) -> Res
 }
 
 /// Test hook: rewrites the log head of `user` in the form before it named the state
-/// generation and removes the keychain's format record, as in vaults of format 2.
+/// generation and removes the keychain's format record, as in vaults of format 2 (records
+/// inside the database, as then).
 #[cfg(feature = "test-hooks")]
 pub fn write_format2(dir: &Path, user: &str) -> Result<()> {
     let store = Store::open(dir, 1 << 20, true)?;
+    // Those vaults kept the records in the database too.
+    inline_records(&store, user)?;
     let vault_id = load_or_create_id(&store.db, META_VAULT_ID)?;
     let kind: KeyStoreKind =
         serde_json::from_slice(&store.db.get(META_KEYSTORE)?.expect("kind")).expect("kind parses");
@@ -1203,8 +1253,19 @@ impl Inner {
             .append(jobs, &keys, &|v| self.purpose_of(v), now_us())
     }
 
+    /// The segments first, then the index that names their bytes (docs/FORMAT.md §14);
+    /// space of records gone from the front comes back once that is durable.
     pub(crate) fn durable_flush(&self) -> Result<()> {
-        self.store.durable_flush()
+        if self.is_erased() {
+            // The user's log and segments went with the keys: nothing of it to sync or
+            // name (a synced anchor would put an entry back into the cleared tree).
+            return self.store.durable_flush();
+        }
+        self.log.sync_segments()?;
+        crate::failpoint::hit("flush:after-segments")?;
+        self.store.durable_flush()?;
+        crate::failpoint::hit("flush:before-release")?;
+        self.log.release_space()
     }
 
     /// Called by the writer after it stored records: wakes the maintenance thread (once

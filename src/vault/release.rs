@@ -174,8 +174,10 @@ impl Inner {
             for tree in [&self.trees.log, &self.trees.state, &self.trees.ledger] {
                 tree.clear()?;
             }
-            self.durable_flush()
+            self.store.durable_flush()
         })();
+        // The record bytes go whatever happened above (they free the most space).
+        let removed = removed.and(crate::log::segments::remove_user(&self.dir(), &self.user));
         let finished = super::erase::finish_in_place(self, kek_max);
         drop(p);
         match (removed, finished) {

@@ -110,6 +110,95 @@ pub fn user_tree(db: &sled::Db, user: &str, name: &str) -> sled::Tree {
     db.open_tree(format!("u/{hex}/{name}")).unwrap()
 }
 
+/// Copies the directory tree `from` to `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Where record `seq` of `user`'s log is in a closed vault (docs/FORMAT.md §2,
+/// "Storage"), read from the raw database: the segment file, the entry's offset and the
+/// record's bytes.
+pub fn record_entry(dir: &Path, user: &str, seq: u64) -> (PathBuf, u64, Vec<u8>) {
+    use std::os::unix::fs::FileExt;
+    let db = capvault::testing::open_raw_db(dir);
+    let mut key = vec![0u8];
+    key.extend_from_slice(&seq.to_be_bytes());
+    let loc = user_tree(&db, user, "log")
+        .get(&key)
+        .unwrap()
+        .unwrap_or_else(|| panic!("record {seq} is indexed"));
+    assert_eq!(
+        (loc.len(), loc[0]),
+        (26, 0xC5),
+        "record {seq} is in a segment"
+    );
+    let segment = u32::from_be_bytes(loc[2..6].try_into().unwrap());
+    let offset = u64::from_be_bytes(loc[6..14].try_into().unwrap());
+    let len = u32::from_be_bytes(loc[14..18].try_into().unwrap());
+    let path = capvault::testing::segment_dir(dir, user).join(format!("{segment:010}"));
+    let mut bytes = vec![0u8; len as usize];
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_exact_at(&mut bytes, offset + 16)
+        .unwrap();
+    (path, offset, bytes)
+}
+
+/// Writes `bytes` as the entry of record `seq` at `offset` in `segment` of a closed
+/// vault, with its entry header and its index location made to match (length, checksum,
+/// sequence number): what an attacker with write access and no keys can do. Only the
+/// record's AEAD and the chain are left to notice.
+pub fn forge_entry(dir: &Path, user: &str, seq: u64, segment: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let crc = crc32fast::hash(bytes);
+    let mut entry = seq.to_be_bytes().to_vec();
+    entry.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    entry.extend_from_slice(&crc.to_be_bytes());
+    entry.extend_from_slice(bytes);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(segment)
+        .unwrap()
+        .write_all_at(&entry, offset)
+        .unwrap();
+    let db = capvault::testing::open_raw_db(dir);
+    let log = user_tree(&db, user, "log");
+    let mut key = vec![0u8];
+    key.extend_from_slice(&seq.to_be_bytes());
+    let mut loc = log.get(&key).unwrap().expect("indexed").to_vec();
+    let n: u32 = segment
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    loc[2..6].copy_from_slice(&n.to_be_bytes());
+    loc[6..14].copy_from_slice(&offset.to_be_bytes());
+    loc[14..18].copy_from_slice(&(bytes.len() as u32).to_be_bytes());
+    loc[18..22].copy_from_slice(&crc.to_be_bytes());
+    log.insert(&key, loc).unwrap();
+    db.flush().unwrap();
+}
+
+/// Edits record `seq`'s bytes in place (same length) with every checksum made to match.
+pub fn forge_record(dir: &Path, user: &str, seq: u64, edit: impl FnOnce(&mut Vec<u8>)) {
+    let (path, offset, mut bytes) = record_entry(dir, user, seq);
+    let len = bytes.len();
+    edit(&mut bytes);
+    assert_eq!(bytes.len(), len, "an edit in place keeps the length");
+    forge_entry(dir, user, seq, &path, offset, &bytes);
+}
+
 /// SplitMix64: small and deterministic, for seeded test schedules.
 pub struct Rng(pub u64);
 

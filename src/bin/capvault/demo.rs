@@ -742,6 +742,7 @@ pub fn run(a: &DemoArgs, json: bool) -> CliResult<()> {
         "plaintext_bytes": c.plaintext,
         "stored_bytes": st.stored_bytes,
         "disk_bytes": st.disk_bytes,
+        "disk_bytes_after_upload": after.disk_bytes,
         "epochs": st.epochs.len(),
         "ingest_seconds": ingest_secs,
         "ingest_events_per_sec": c.offered as f64 / ingest_secs,
@@ -997,11 +998,12 @@ fn print_report(
         c.stored, c.paused, c.filtered
     );
     println!(
-        "  storage    {} plaintext -> {} encrypted records ({:.2}x), {} on disk",
+        "  storage    {} plaintext -> {} encrypted records ({:.2}x), {} on disk ({} once every bundle was acknowledged)",
         human_bytes(c.plaintext),
         human_bytes(st.stored_bytes),
         st.stored_bytes as f64 / (c.plaintext.max(1)) as f64,
-        human_bytes(st.disk_bytes)
+        human_bytes(st.disk_bytes),
+        human_bytes(n(&r["disk_bytes_after_upload"]))
     );
     println!(
         "  keys       {}, KEK v{}, {}{}",

@@ -1,0 +1,682 @@
+//! The bytes of a user's records, in append-only segment files (docs/FORMAT.md §2,
+//! "Storage"). sled keeps, per record, where its bytes are ([`Loc`]); the files hold
+//! only sealed records, each behind a small header that makes a segment readable on
+//! its own. Segments are never rewritten: records leave the log only from its front, so
+//! whole segments before the first live record are deleted, and the dead front of the
+//! segment holding it is punched out where the file system allows.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+
+/// Directory of the segment directories, in the vault directory.
+pub(crate) const SEGMENTS_DIR: &str = "segments";
+/// Bytes before each record in a segment: `seq (u64) || len (u32) || crc32 (u32)`.
+pub(crate) const ENTRY_HEADER: u64 = 16;
+/// First byte of an index value that is a location (a record value starts with its
+/// version, 1).
+pub(crate) const LOC_TAG: u8 = 0xC5;
+/// Size of a location value.
+pub(crate) const LOC_LEN: usize = 26;
+/// Location flag: the last record of one write (a crash keeps or loses whole writes).
+pub(crate) const LOC_BATCH_END: u8 = 1;
+/// Segment size when no byte budget asks for smaller ones (docs/PERFORMANCE.md).
+pub(crate) const DEFAULT_SEGMENT_BYTES: u64 = 16 << 20;
+/// Smallest segment size chosen for a small budget.
+const MIN_SEGMENT_BYTES: u64 = 64 << 10;
+/// Open file handles kept (the active segment is always kept).
+const HANDLES: usize = 16;
+/// Granularity of hole punching.
+const BLOCK: u64 = 4096;
+
+/// Segment size for a byte budget (0: none): at most a sixteenth of the budget, so the
+/// dead front of one segment never holds the budget's slack.
+pub(crate) fn segment_bytes_for(budget: u64) -> u64 {
+    if budget == 0 {
+        DEFAULT_SEGMENT_BYTES
+    } else {
+        (budget / 16).clamp(MIN_SEGMENT_BYTES, DEFAULT_SEGMENT_BYTES)
+    }
+}
+
+/// The segment directory of `user` in the vault directory `dir`. Named by a hash of the
+/// user name, so any name (up to the name limit) fits a file name.
+pub(crate) fn user_dir(dir: &Path, user: &str) -> PathBuf {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"capvault-segments-v1");
+    ctx.update(user.as_bytes());
+    let id = data_encoding::HEXLOWER.encode(&ctx.finish().as_ref()[..16]);
+    dir.join(SEGMENTS_DIR).join(id)
+}
+
+/// Where a record's bytes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Loc {
+    pub flags: u8,
+    pub segment: u32,
+    /// Offset of the entry header.
+    pub offset: u64,
+    /// Length of the record (without the entry header).
+    pub len: u32,
+    pub crc: u32,
+    /// The record's DEK epoch (counters can be kept without reading the segment).
+    pub epoch: u32,
+}
+
+impl Loc {
+    /// `LOC_TAG || flags || segment u32 || offset u64 || len u32 || crc32 u32 || epoch u32`.
+    pub(crate) fn encode(&self) -> [u8; LOC_LEN] {
+        let mut b = [0u8; LOC_LEN];
+        b[0] = LOC_TAG;
+        b[1] = self.flags;
+        b[2..6].copy_from_slice(&self.segment.to_be_bytes());
+        b[6..14].copy_from_slice(&self.offset.to_be_bytes());
+        b[14..18].copy_from_slice(&self.len.to_be_bytes());
+        b[18..22].copy_from_slice(&self.crc.to_be_bytes());
+        b[22..26].copy_from_slice(&self.epoch.to_be_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<Loc> {
+        if b.len() != LOC_LEN || b[0] != LOC_TAG {
+            return None;
+        }
+        let u32_at = |i: usize| u32::from_be_bytes(b[i..i + 4].try_into().expect("4"));
+        Some(Loc {
+            flags: b[1],
+            segment: u32_at(2),
+            offset: u64::from_be_bytes(b[6..14].try_into().expect("8")),
+            len: u32_at(14),
+            crc: u32_at(18),
+            epoch: u32_at(22),
+        })
+    }
+
+    /// End of the entry in its segment.
+    pub(crate) fn end(&self) -> u64 {
+        self.offset + ENTRY_HEADER + u64::from(self.len)
+    }
+}
+
+/// An index value: the record itself (vaults written before segments) or its location.
+pub(crate) enum Stored {
+    Inline(sled::IVec),
+    At(Loc),
+}
+
+impl Stored {
+    pub(crate) fn parse(v: sled::IVec) -> Result<Stored> {
+        if v.first() == Some(&LOC_TAG) {
+            Loc::decode(&v)
+                .map(Stored::At)
+                .ok_or_else(|| Error::tampered("a record location is malformed"))
+        } else {
+            Ok(Stored::Inline(v))
+        }
+    }
+
+    /// Stored length of the record.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Stored::Inline(v) => v.len(),
+            Stored::At(l) => l.len as usize,
+        }
+    }
+}
+
+/// What one append wrote, to take it back if the index write fails.
+pub(crate) struct Written {
+    segment: u32,
+    start: u64,
+}
+
+struct Seg {
+    len: u64,
+    /// Bytes at the front given back to the file system (hole punched).
+    punched: u64,
+}
+
+struct SegState {
+    segs: BTreeMap<u32, Seg>,
+    handles: BTreeMap<u32, File>,
+    active: Option<u32>,
+    next: u32,
+    /// Written since the last sync.
+    dirty: BTreeSet<u32>,
+    /// A segment was created since the directory's last sync.
+    dir_dirty: bool,
+}
+
+/// The segment files of one user.
+pub(crate) struct Segments {
+    dir: PathBuf,
+    max_bytes: u64,
+    /// Without it a sync only forgets what was written (`fsync: false` vaults promise no
+    /// durability).
+    fsync: bool,
+    st: Mutex<SegState>,
+}
+
+fn name_of(n: u32) -> String {
+    format!("{n:010}")
+}
+
+fn storage(what: &str, path: &Path, e: std::io::Error) -> Error {
+    match Error::from(e) {
+        Error::StorageFull(m) => Error::StorageFull(format!("{what} {}: {m}", path.display())),
+        Error::Storage(m) => Error::Storage(format!("{what} {}: {m}", path.display())),
+        other => other,
+    }
+}
+
+impl Segments {
+    /// Opens (creating if needed) the segment directory `dir`, private to the owner.
+    pub(crate) fn open(dir: &Path, max_bytes: u64, fsync: bool) -> Result<Segments> {
+        create_private(dir.parent().unwrap_or(dir))?;
+        create_private(dir)?;
+        let mut segs = BTreeMap::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(n) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                // Not a segment (nothing of ours has another name): left alone.
+                continue;
+            };
+            let meta = entry.metadata()?;
+            if meta.is_file() {
+                segs.insert(
+                    n,
+                    Seg {
+                        len: meta.len(),
+                        punched: 0,
+                    },
+                );
+            }
+        }
+        let next = segs.keys().next_back().map_or(1, |n| n.saturating_add(1));
+        Ok(Segments {
+            dir: dir.to_path_buf(),
+            max_bytes: max_bytes.max(MIN_SEGMENT_BYTES),
+            fsync,
+            st: Mutex::new(SegState {
+                segs,
+                handles: BTreeMap::new(),
+                active: None,
+                next,
+                dirty: BTreeSet::new(),
+                dir_dirty: false,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SegState> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn path(&self, n: u32) -> PathBuf {
+        self.dir.join(name_of(n))
+    }
+
+    /// The handle of segment `n` (opened on demand; a few are kept).
+    fn handle<'a>(&self, st: &'a mut SegState, n: u32) -> Result<&'a File> {
+        if !st.handles.contains_key(&n) {
+            if st.handles.len() >= HANDLES {
+                let drop_one = st.handles.keys().copied().find(|k| Some(*k) != st.active);
+                if let Some(k) = drop_one {
+                    st.handles.remove(&k);
+                }
+            }
+            let path = self.path(n);
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => {
+                        Error::tampered(format!("the segment file {} is missing", path.display()))
+                    }
+                    _ => storage("cannot open the segment file", &path, e),
+                })?;
+            st.handles.insert(n, f);
+        }
+        Ok(st.handles.get(&n).expect("inserted"))
+    }
+
+    /// Appends `records` (`(seq, bytes)`, in order) as one write, starting a new segment
+    /// when the active one is full. Returns their locations (the last one flagged as
+    /// the end of a write) and what to pass to [`Segments::undo`].
+    pub(crate) fn append(
+        &self,
+        records: &[(u64, &[u8])],
+        epoch: u32,
+    ) -> Result<(Vec<Loc>, Written)> {
+        let mut st = self.lock();
+        let active = match st.active {
+            Some(n) if st.segs.get(&n).is_some_and(|s| s.len < self.max_bytes) => n,
+            _ => self.create(&mut st)?,
+        };
+        let start = st.segs[&active].len;
+        let total: usize = records
+            .iter()
+            .map(|(_, b)| b.len() + ENTRY_HEADER as usize)
+            .sum();
+        let mut buf = Vec::with_capacity(total);
+        let mut locs = Vec::with_capacity(records.len());
+        for (i, (seq, bytes)) in records.iter().enumerate() {
+            let len = u32::try_from(bytes.len())
+                .map_err(|_| Error::invalid("a record is larger than 4 GiB"))?;
+            let crc = crc32fast::hash(bytes);
+            let offset = start + buf.len() as u64;
+            buf.extend_from_slice(&seq.to_be_bytes());
+            buf.extend_from_slice(&len.to_be_bytes());
+            buf.extend_from_slice(&crc.to_be_bytes());
+            buf.extend_from_slice(bytes);
+            locs.push(Loc {
+                flags: if i + 1 == records.len() {
+                    LOC_BATCH_END
+                } else {
+                    0
+                },
+                segment: active,
+                offset,
+                len,
+                crc,
+                epoch,
+            });
+        }
+        let f = self.handle(&mut st, active)?;
+        if let Err(e) = write_at(f, &buf, start) {
+            // A full disk may have taken part of it: give that back (best effort; the
+            // next write starts at `start` anyway).
+            let _ = f.set_len(start);
+            return Err(storage(
+                "cannot write the segment file",
+                &self.path(active),
+                e,
+            ));
+        }
+        st.segs.get_mut(&active).expect("active").len = start + buf.len() as u64;
+        st.dirty.insert(active);
+        Ok((
+            locs,
+            Written {
+                segment: active,
+                start,
+            },
+        ))
+    }
+
+    /// Takes back an append whose index write failed: the next append overwrites it.
+    pub(crate) fn undo(&self, w: Written) {
+        let mut st = self.lock();
+        if let Some(seg) = st.segs.get_mut(&w.segment) {
+            seg.len = seg.len.min(w.start);
+        }
+        if let Ok(f) = self.handle(&mut st, w.segment) {
+            let _ = f.set_len(w.start);
+        }
+    }
+
+    fn create(&self, st: &mut SegState) -> Result<u32> {
+        let n = st.next;
+        let path = self.path(n);
+        let mut o = fs::OpenOptions::new();
+        o.read(true).write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(0o600);
+        }
+        let f = o
+            .open(&path)
+            .map_err(|e| storage("cannot create the segment file", &path, e))?;
+        crate::failpoint::hit("segments:after-create")?;
+        st.next = n
+            .checked_add(1)
+            .ok_or_else(|| Error::Storage("segment numbers ran out".into()))?;
+        st.segs.insert(n, Seg { len: 0, punched: 0 });
+        st.handles.insert(n, f);
+        st.active = Some(n);
+        st.dir_dirty = true;
+        Ok(n)
+    }
+
+    /// Reads record `seq` at `loc`, checking its entry header and checksum. The error
+    /// says what is wrong (missing file, short file, damaged bytes).
+    pub(crate) fn read(&self, seq: u64, loc: &Loc) -> std::result::Result<Vec<u8>, String> {
+        let mut st = self.lock();
+        let path = self.path(loc.segment);
+        let Some(seg) = st.segs.get(&loc.segment) else {
+            return Err(format!("its segment file {} is missing", path.display()));
+        };
+        if loc.end() > seg.len {
+            return Err(format!(
+                "its segment file {} ends at byte {} before the record does ({})",
+                path.display(),
+                seg.len,
+                loc.end()
+            ));
+        }
+        if loc.offset < seg.punched {
+            return Err(format!(
+                "it lies in the released front of segment file {}",
+                path.display()
+            ));
+        }
+        let f = self
+            .handle(&mut st, loc.segment)
+            .map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; (ENTRY_HEADER + u64::from(loc.len)) as usize];
+        read_at(f, &mut buf, loc.offset)
+            .map_err(|e| format!("cannot read segment file {}: {e}", path.display()))?;
+        let (head, bytes) = buf.split_at(ENTRY_HEADER as usize);
+        let mut want = Vec::with_capacity(16);
+        want.extend_from_slice(&seq.to_be_bytes());
+        want.extend_from_slice(&loc.len.to_be_bytes());
+        want.extend_from_slice(&loc.crc.to_be_bytes());
+        if head != want.as_slice() || crc32fast::hash(bytes) != loc.crc {
+            return Err(format!(
+                "its bytes in segment file {} at offset {} are damaged (checksum)",
+                path.display(),
+                loc.offset
+            ));
+        }
+        buf.drain(..ENTRY_HEADER as usize);
+        Ok(buf)
+    }
+
+    /// fdatasync of every segment written since the last sync, and of the directory when
+    /// a segment was created.
+    pub(crate) fn sync(&self) -> Result<()> {
+        let mut st = self.lock();
+        if !self.fsync {
+            st.dirty.clear();
+            st.dir_dirty = false;
+            return Ok(());
+        }
+        let dirty: Vec<u32> = st.dirty.iter().copied().collect();
+        for n in dirty {
+            if !st.segs.contains_key(&n) {
+                continue;
+            }
+            let path = self.path(n);
+            let f = self.handle(&mut st, n)?;
+            f.sync_data()
+                .map_err(|e| storage("cannot sync the segment file", &path, e))?;
+            st.dirty.remove(&n);
+        }
+        if st.dir_dirty {
+            sync_dir(&self.dir)?;
+            st.dir_dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Marks segment `n` as written (to be synced by the next [`Segments::sync`]).
+    pub(crate) fn touch(&self, n: u32) {
+        self.lock().dirty.insert(n);
+    }
+
+    /// Continues appending to segment `n` after its first `len` bytes, removing what
+    /// lies after them (a write the index never took) and every later segment.
+    pub(crate) fn continue_at(&self, n: u32, len: u64) -> Result<()> {
+        let mut st = self.lock();
+        let later: Vec<u32> = st
+            .segs
+            .range(n.saturating_add(1)..)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in later {
+            self.remove(&mut st, k)?;
+        }
+        if st.segs.get(&n).is_some_and(|s| s.len > len) {
+            let path = self.path(n);
+            let f = self.handle(&mut st, n)?;
+            f.set_len(len)
+                .map_err(|e| storage("cannot trim the segment file", &path, e))?;
+            st.segs.get_mut(&n).expect("present").len = len;
+            st.dirty.insert(n);
+        }
+        if st.segs.contains_key(&n) {
+            st.active = Some(n);
+        }
+        Ok(())
+    }
+
+    fn remove(&self, st: &mut SegState, n: u32) -> Result<()> {
+        st.handles.remove(&n);
+        st.segs.remove(&n);
+        st.dirty.remove(&n);
+        if st.active == Some(n) {
+            st.active = None;
+        }
+        let path = self.path(n);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(storage("cannot remove the segment file", &path, e)),
+        }
+        st.dir_dirty = true;
+        Ok(())
+    }
+
+    /// Gives back the space of everything before `keep` (the first live record):
+    /// removes earlier segments and punches out the dead front of its segment. `None`
+    /// (no live record) removes every segment.
+    pub(crate) fn release_before(&self, keep: Option<&Loc>) -> Result<()> {
+        let mut st = self.lock();
+        let until = keep.map_or(u32::MAX, |l| l.segment);
+        let dead: Vec<u32> = st.segs.range(..until).map(|(k, _)| *k).collect();
+        if keep.is_none() {
+            let all: Vec<u32> = st.segs.keys().copied().collect();
+            for k in all {
+                self.remove(&mut st, k)?;
+            }
+        } else {
+            for k in dead {
+                self.remove(&mut st, k)?;
+            }
+        }
+        if let Some(l) = keep {
+            let front = l.offset / BLOCK * BLOCK;
+            let punched = st.segs.get(&l.segment).map(|s| s.punched);
+            if let Some(done) = punched.filter(|p| front > *p) {
+                let f = self.handle(&mut st, l.segment)?;
+                if punch(f, done, front - done) {
+                    st.segs.get_mut(&l.segment).expect("present").punched = front;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes the segments hold on disk (punched fronts excluded).
+    pub(crate) fn bytes(&self) -> u64 {
+        self.lock()
+            .segs
+            .values()
+            .map(|s| s.len.saturating_sub(s.punched))
+            .sum()
+    }
+
+    /// Segment numbers present.
+    pub(crate) fn numbers(&self) -> Vec<u32> {
+        self.lock().segs.keys().copied().collect()
+    }
+}
+
+/// Removes the segment directory of `user` in vault directory `dir` (erase).
+pub(crate) fn remove_user(dir: &Path, user: &str) -> Result<()> {
+    let d = user_dir(dir, user);
+    match fs::remove_dir_all(&d) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::Storage(format!(
+            "cannot remove {}: {e}",
+            d.display()
+        ))),
+    }
+}
+
+fn create_private(dir: &Path) -> Result<()> {
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+        .map_err(|e| storage("cannot create the segment directory", dir, e))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    let sync = |d: &Path| File::open(d).and_then(|f| f.sync_all());
+    sync(dir).map_err(|e| storage("cannot sync the segment directory", dir, e))?;
+    if let Some(parent) = dir.parent() {
+        sync(parent).map_err(|e| storage("cannot sync the segment directory", parent, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn write_at(f: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(f, buf, offset)
+}
+
+#[cfg(unix)]
+fn read_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(f, buf, offset)
+}
+
+#[cfg(windows)]
+fn write_at(f: &File, mut buf: &[u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        let n = f.seek_write(buf, offset)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(windows)]
+fn read_at(f: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        let n = f.seek_read(buf, offset)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf = &mut buf[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+/// Gives `len` bytes at `offset` back to the file system, keeping the file's size and
+/// offsets. False when the file system cannot (the bytes then stay until the segment
+/// is deleted).
+#[cfg(target_os = "linux")]
+fn punch(f: &File, offset: u64, len: u64) -> bool {
+    use rustix::fs::{fallocate, FallocateFlags};
+    fallocate(
+        f,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        offset,
+        len,
+    )
+    .is_ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn punch(_f: &File, _offset: u64, _len: u64) -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_round_trip_and_are_told_from_records() {
+        let l = Loc {
+            flags: LOC_BATCH_END,
+            segment: 7,
+            offset: 1 << 40,
+            len: 65_000,
+            crc: 0xdead_beef,
+            epoch: 3,
+        };
+        let b = l.encode();
+        assert!(matches!(Stored::parse(b.to_vec().into()).unwrap(), Stored::At(x) if x == l));
+        // A record value starts with its version (1).
+        assert!(matches!(
+            Stored::parse(vec![1u8; 80].into()).unwrap(),
+            Stored::Inline(_)
+        ));
+        assert!(Stored::parse(b[..20].to_vec().into()).is_err());
+    }
+
+    #[test]
+    fn appends_read_back_roll_over_and_damage_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Segments::open(&d.path().join("s"), MIN_SEGMENT_BYTES, true).unwrap();
+        let big = vec![7u8; 70_000];
+        let (a, _) = s.append(&[(1, b"one"), (2, &big)], 1).unwrap();
+        let (b, _) = s.append(&[(3, &big)], 1).unwrap();
+        assert_eq!(a[0].flags, 0);
+        assert_eq!(a[1].flags, LOC_BATCH_END);
+        assert_eq!(a[0].segment, b[0].segment - 1, "rolled over when full");
+        assert_eq!(s.read(1, &a[0]).unwrap(), b"one");
+        assert_eq!(s.read(3, &b[0]).unwrap(), big);
+        s.sync().unwrap();
+        // The wrong sequence number, a flipped byte, a short file: each is named.
+        assert!(s.read(2, &a[0]).unwrap_err().contains("damaged"));
+        let path = s.path(a[1].segment);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[a[1].offset as usize + 100] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert!(s.read(2, &a[1]).unwrap_err().contains("damaged"));
+        let s = Segments::open(&d.path().join("s"), MIN_SEGMENT_BYTES, true).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(s.path(b[0].segment))
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        let s = Segments::open(&d.path().join("s"), MIN_SEGMENT_BYTES, true).unwrap();
+        assert!(s.read(3, &b[0]).unwrap_err().contains("ends at byte"));
+        s.release_before(Some(&b[0])).unwrap();
+        assert!(s.read(1, &a[0]).unwrap_err().contains("missing"));
+        s.release_before(None).unwrap();
+        assert_eq!(s.numbers(), Vec::<u32>::new());
+        assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn an_undone_append_is_overwritten_by_the_next() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Segments::open(&d.path().join("s"), DEFAULT_SEGMENT_BYTES, true).unwrap();
+        let (_, w) = s.append(&[(1, b"lost")], 1).unwrap();
+        s.undo(w);
+        let (l, _) = s.append(&[(1, b"kept")], 1).unwrap();
+        assert_eq!(l[0].offset, 0);
+        assert_eq!(s.read(1, &l[0]).unwrap(), b"kept");
+        assert_eq!(s.bytes(), ENTRY_HEADER + 4);
+    }
+
+    #[test]
+    fn segment_size_follows_the_budget() {
+        assert_eq!(segment_bytes_for(0), DEFAULT_SEGMENT_BYTES);
+        assert_eq!(segment_bytes_for(1 << 20), MIN_SEGMENT_BYTES);
+        assert_eq!(segment_bytes_for(64 << 20), 4 << 20);
+        assert_eq!(segment_bytes_for(1 << 40), DEFAULT_SEGMENT_BYTES);
+    }
+}

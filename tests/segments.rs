@@ -1,0 +1,517 @@
+//! Record bytes in segment files (docs/FORMAT.md §2, "Storage"): vaults from before
+//! segments keep opening, space comes back after acknowledgement and eviction, a torn
+//! write after the last durable flush is trimmed while the same damage before it is
+//! refused, bytes the index never took are cut, `status` reports what `du` sees, and a
+//! process that dies at any step of a write or a flush loses nothing flushed.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use capvault::{Error, Event, Identity, KeyStoreKind, Suite, Vault};
+use common::options;
+
+const USER: &str = "alice";
+
+fn opts() -> capvault::VaultOptions {
+    options(KeyStoreKind::Keyutils)
+}
+
+/// The children's options: a budget far above what they write, for 1 MiB segments (a
+/// sixteenth of it), so they create several.
+fn child_opts() -> capvault::VaultOptions {
+    let mut o = opts();
+    o.policy.budget_bytes = 16 << 20;
+    o
+}
+
+fn moves(v: &Vault) -> Vec<i64> {
+    v.test_read_all()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e.event, Event::MouseMove { .. }))
+        .map(|e| e.event.ts_us())
+        .collect()
+}
+
+fn shot(len: usize, seed: u64) -> Vec<u8> {
+    let mut r = common::Rng(seed);
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        v.extend_from_slice(&r.next().to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let d = capvault::testing::segment_dir(dir, USER);
+    if !d.exists() {
+        return Vec::new();
+    }
+    common::files_under(d)
+}
+
+/// Bytes allocated to the files under `path`, as `du` counts them.
+fn du(path: &Path) -> u64 {
+    let out = Command::new("du")
+        .args(["-s", "-B1"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Seals and acknowledges bundles until nothing is left to release.
+fn ack_everything(v: &Vault) {
+    let id = Identity::generate(Suite::X25519);
+    while let Some(b) = v.seal_next(&id.recipient(), 64 << 20).unwrap() {
+        v.ack(b.id(), None).unwrap();
+    }
+}
+
+/// The first 8 bytes of a log anchor's body (head: last_seq; synced: last_seq), read
+/// raw from a closed vault.
+fn anchor_seq(dir: &Path, which: u8) -> u64 {
+    let db = capvault::testing::open_raw_db(dir);
+    let v = common::user_tree(&db, USER, "log")
+        .get([1u8, which])
+        .unwrap()
+        .expect("anchor present");
+    u64::from_be_bytes(v[..8].try_into().unwrap())
+}
+
+#[test]
+fn records_of_a_vault_from_before_segments_are_read_and_released() {
+    let d = tempfile::tempdir().unwrap();
+    let v = Vault::open(d.path(), USER, opts()).unwrap();
+    for i in 1..=3000 {
+        let _ = v.append_mouse_move(i, 1, 1).unwrap();
+    }
+    let _ = v
+        .append_screenshot(3001, 1, 1, "raw", &shot(300_000, 1))
+        .unwrap();
+    v.flush().unwrap();
+    v.close().unwrap();
+    capvault::testing::write_records_inline(d.path(), USER).unwrap();
+    assert!(
+        segment_files(d.path()).is_empty(),
+        "records are in the database"
+    );
+
+    // Old records read; new ones go to segments after them.
+    let v = Vault::open(d.path(), USER, opts()).unwrap();
+    assert_eq!(moves(&v), (1..=3000).collect::<Vec<_>>());
+    v.verify().unwrap();
+    for i in 3002..=4000 {
+        let _ = v.append_mouse_move(i, 2, 2).unwrap();
+    }
+    v.flush().unwrap();
+    assert!(!segment_files(d.path()).is_empty());
+    v.close().unwrap();
+    let v = Vault::open(d.path(), USER, opts()).unwrap();
+    let mut want: Vec<i64> = (1..=3000).collect();
+    want.extend(3002..=4000);
+    assert_eq!(moves(&v), want);
+    v.verify().unwrap();
+    // Release crosses from database records to segment records, and then gives the
+    // segments back.
+    ack_everything(&v);
+    assert_eq!(v.status().unwrap().records, 0);
+    v.verify().unwrap();
+    assert!(
+        segment_files(d.path()).is_empty(),
+        "{:?}",
+        segment_files(d.path())
+    );
+    let _ = v.append_mouse_move(5000, 3, 3).unwrap();
+    v.close().unwrap();
+    let v = Vault::open(d.path(), USER, opts()).unwrap();
+    assert_eq!(moves(&v), vec![5000]);
+    v.verify().unwrap();
+    v.close().unwrap();
+    Vault::erase(d.path(), USER, opts()).unwrap();
+}
+
+#[test]
+fn acknowledged_records_give_their_space_back_and_status_counts_real_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    // 4 MiB segments (a sixteenth of the budget).
+    o.policy.budget_bytes = 64 << 20;
+    let v = Vault::open(d.path(), USER, o).unwrap();
+    // 12 MB of incompressible screenshots: several segments.
+    for i in 0..8 {
+        let _ = v
+            .append_screenshot(i, 1, 1, "raw", &shot(1_500_000, i as u64))
+            .unwrap();
+        v.flush().unwrap();
+    }
+    let seg_dir = capvault::testing::segment_dir(d.path(), USER);
+    let full = du(&seg_dir);
+    assert!(full >= 12_000_000, "{full}");
+    assert!(segment_files(d.path()).len() >= 2);
+    let st = v.status().unwrap();
+    let whole = du(d.path());
+    // status counts what du counts, less the directories themselves.
+    assert!(
+        st.disk_bytes <= whole && st.disk_bytes + (64 << 10) >= whole,
+        "status {} du {whole}",
+        st.disk_bytes
+    );
+    // Half released: the first segment goes, the front of the next is punched out.
+    let id = Identity::generate(Suite::X25519);
+    let b = v.seal_next(&id.recipient(), 6_000_000).unwrap().unwrap();
+    v.ack(b.id(), None).unwrap();
+    let half = du(&seg_dir);
+    assert!(
+        half < full * 2 / 3,
+        "after half was acknowledged: {half} of {full}"
+    );
+    ack_everything(&v);
+    assert!(du(&seg_dir) <= 4096, "only the directory is left");
+    assert!(segment_files(d.path()).is_empty());
+    v.close().unwrap();
+    Vault::erase(d.path(), USER, opts()).unwrap();
+    assert!(
+        !d.path().join("segments").exists(),
+        "erase removes the segments"
+    );
+}
+
+#[test]
+fn the_byte_budget_holds_on_bytes_on_disk() {
+    let d = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.policy.budget_bytes = 2 << 20;
+    let v = Vault::open(d.path(), USER, o).unwrap();
+    for i in 0..8 {
+        let _ = v
+            .append_screenshot(i, 1, 1, "raw", &shot(1_000_000, i as u64))
+            .unwrap();
+        v.flush().unwrap();
+    }
+    // The maintenance tick evicts within a second.
+    let seg_dir = capvault::testing::segment_dir(d.path(), USER);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while du(&seg_dir) > 2 << 20 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let used = du(&seg_dir);
+    assert!(used <= 2 << 20, "segments take {used} bytes on disk");
+    assert!(used >= 1 << 20, "eviction keeps what fits: {used}");
+    v.verify().unwrap();
+    v.close().unwrap();
+    Vault::erase(d.path(), USER, opts()).unwrap();
+}
+
+#[test]
+fn bytes_the_index_never_took_are_cut_at_open() {
+    let d = tempfile::tempdir().unwrap();
+    let v = Vault::open(d.path(), USER, opts()).unwrap();
+    for i in 1..=500 {
+        let _ = v.append_mouse_move(i, 1, 1).unwrap();
+    }
+    v.close().unwrap();
+    let files = segment_files(d.path());
+    let last = files.last().unwrap().clone();
+    let len = std::fs::metadata(&last).unwrap().len();
+    // A write whose index never made it: bytes after the last record, and a later
+    // segment.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .unwrap();
+    std::io::Write::write_all(&mut f, &[0x5a; 5000]).unwrap();
+    drop(f);
+    let stray = last.with_file_name("0000099999");
+    std::fs::write(&stray, b"never indexed").unwrap();
+    let v = Vault::open(d.path(), USER, opts()).unwrap();
+    assert_eq!(std::fs::metadata(&last).unwrap().len(), len);
+    assert!(!stray.exists());
+    assert_eq!(moves(&v), (1..=500).collect::<Vec<_>>());
+    let _ = v.append_mouse_move(501, 1, 1).unwrap();
+    v.flush().unwrap();
+    v.verify().unwrap();
+    v.close().unwrap();
+    Vault::erase(d.path(), USER, opts()).unwrap();
+}
+
+#[test]
+fn a_damaged_segment_is_tampered_with_a_message_that_says_what_to_do() {
+    let d = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.frame_max_bytes = 256;
+    let v = Vault::open(d.path(), USER, o.clone()).unwrap();
+    for i in 1..=2000 {
+        let _ = v.append_mouse_move(i, 1, 1).unwrap();
+    }
+    v.close().unwrap();
+    let (path, offset, bytes) = common::record_entry(d.path(), USER, 1);
+    let mut all = std::fs::read(&path).unwrap();
+    all[offset as usize + 16 + bytes.len() / 2] ^= 0x04;
+    std::fs::write(&path, &all).unwrap();
+    // Found by the first read of it (the open's retention check, or verify).
+    match Vault::open(d.path(), USER, o.clone()).and_then(|v| v.verify()) {
+        Err(Error::Tampered(m)) => {
+            assert!(
+                m.contains("record 1") && m.contains("segment") && m.contains("restore"),
+                "{m}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // A deleted segment is named too.
+    std::fs::remove_file(&path).unwrap();
+    match Vault::open(d.path(), USER, o).and_then(|v| v.verify()) {
+        Err(Error::Tampered(m)) => assert!(m.contains("missing"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    Vault::erase(d.path(), USER, opts()).unwrap();
+}
+
+// ------------------------------------------------------------------------------------
+// Child processes: a torn write, and a death at each step of a write and a flush.
+
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    writeln!(out, "{line}").unwrap();
+    out.flush().unwrap();
+}
+
+#[test]
+#[ignore = "helper: run in a child process by the tests of this file"]
+fn segments_child() {
+    let dir = PathBuf::from(std::env::var("CAPVAULT_SEG_DIR").unwrap());
+    let mode = std::env::var("CAPVAULT_SEG_MODE").unwrap();
+    let v = Vault::open(&dir, USER, child_opts()).unwrap();
+    match mode.as_str() {
+        // Records written after the last durable flush, reaching sled's index (its
+        // flusher runs every 200 ms) but never flushed; then killed by the parent.
+        "torn" => {
+            for i in 1..=500 {
+                let _ = v.append_mouse_move(i, 1, 1).unwrap();
+            }
+            v.flush().unwrap();
+            say("flushed 500");
+            for i in 501..=800 {
+                let _ = v.append_mouse_move(i, 2, 2).unwrap();
+            }
+            let _ = v
+                .append_screenshot(801, 1, 1, "raw", &shot(200_000, 9))
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+            say("written");
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        // Rounds of writes, flushes, and releases, until CAPVAULT_CRASH_AT aborts us.
+        _ => {
+            let id = Identity::generate(Suite::X25519);
+            let mut ts = moves(&v).last().copied().unwrap_or(0);
+            for round in 0..40u64 {
+                for _ in 0..200 {
+                    ts += 1;
+                    let _ = v.append_mouse_move(ts, 1, 1).unwrap();
+                }
+                if round % 3 == 0 {
+                    let _ = v
+                        .append_screenshot(ts, 1, 1, "raw", &shot(300_000, round))
+                        .unwrap();
+                }
+                v.flush().unwrap();
+                say(&format!("flushed {ts}"));
+                if round % 4 == 3 {
+                    if let Some(b) = v.seal_next(&id.recipient(), 400_000).unwrap() {
+                        // Said before the acknowledgement, which a death may cut short.
+                        let last = capvault::open_bundle(b.bytes(), &id)
+                            .unwrap()
+                            .events
+                            .iter()
+                            .filter(|e| matches!(e.event, Event::MouseMove { .. }))
+                            .map(|e| e.event.ts_us())
+                            .max();
+                        if let Some(last) = last {
+                            say(&format!("releasing {last}"));
+                        }
+                        v.ack(b.id(), None).unwrap();
+                    }
+                }
+            }
+            say("finished");
+        }
+    }
+}
+
+fn child(dir: &Path, mode: &str, crash_at: Option<&str>) -> std::process::Child {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "--ignored",
+        "--exact",
+        "segments_child",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("CAPVAULT_SEG_DIR", dir)
+    .env("CAPVAULT_SEG_MODE", mode)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    if let Some(p) = crash_at {
+        c.env("CAPVAULT_CRASH_AT", p);
+    }
+    c.spawn().unwrap()
+}
+
+/// Lines the child printed, read until `until` or the end.
+fn lines_until(c: &mut std::process::Child, until: &str) -> Vec<String> {
+    use std::io::BufRead;
+    let out = c.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    let mut r = std::io::BufReader::new(out);
+    let mut line = String::new();
+    while r.read_line(&mut line).unwrap() > 0 {
+        let l = line.trim().to_string();
+        line.clear();
+        let done = l.contains(until);
+        lines.push(l);
+        if done {
+            break;
+        }
+    }
+    c.stdout = Some(r.into_inner());
+    lines
+}
+
+#[test]
+fn a_torn_write_after_the_last_durable_flush_is_trimmed_before_it_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("v");
+    let mut c = child(&dir, "torn", None);
+    let lines = lines_until(&mut c, "written");
+    assert!(lines.iter().any(|l| l.contains("written")), "{lines:?}");
+    c.kill().unwrap();
+    c.wait().unwrap();
+    let synced = anchor_seq(&dir, b'y');
+    let head = anchor_seq(&dir, b'h');
+    assert!(
+        head > synced + 2,
+        "the index ran ahead of the flush: {synced} {head}"
+    );
+    // What a power loss leaves: the index of the last writes on disk, their segment
+    // bytes not (they were never synced).
+    let (path, offset, _) = common::record_entry(&dir, USER, synced + 1);
+    let keep = tempfile::tempdir().unwrap();
+    let copy = keep.path().join("v");
+    common::copy_dir(&dir, &copy);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(offset + 40)
+        .unwrap();
+    let v = Vault::open(&dir, USER, opts()).unwrap();
+    let got = moves(&v);
+    assert!(got.len() >= 500, "{}", got.len());
+    assert_eq!(&got[..500], &(1..=500).collect::<Vec<_>>()[..]);
+    let st = v.status().unwrap();
+    assert_eq!(
+        st.last_record, synced,
+        "trimmed back to the last durable record"
+    );
+    assert!(
+        v.audit_log().unwrap().iter().any(|a| a.action == "recover"),
+        "the trim is audited"
+    );
+    v.verify().unwrap();
+    let _ = v.append_mouse_move(10_000, 1, 1).unwrap();
+    v.close().unwrap();
+    let v = Vault::open(&dir, USER, opts()).unwrap();
+    assert_eq!(moves(&v).last(), Some(&10_000));
+    v.verify().unwrap();
+    v.close().unwrap();
+
+    // The same loss before the synced anchor is damage, not a torn write.
+    let (path, offset, _) = common::record_entry(&copy, USER, synced);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(offset + 40)
+        .unwrap();
+    match Vault::open(&copy, USER, opts()) {
+        Err(Error::Tampered(m)) => {
+            assert!(m.contains("durable flush") && m.contains("restore"), "{m}")
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    Vault::erase(&dir, USER, opts()).unwrap();
+}
+
+/// A process that dies at each step of writing records and of a durable flush (the
+/// segment created, its bytes written and not indexed, the segments synced and the
+/// index not, the index durable and the space not yet given back) loses nothing it
+/// flushed, and its vault opens and verifies.
+#[test]
+fn a_death_at_each_step_of_a_write_or_flush_loses_nothing_flushed() {
+    let points = [
+        "segments:after-create:2",
+        "segments:before-write:7",
+        "segments:after-write:5",
+        "segments:after-write:40",
+        "flush:after-segments:6",
+        "flush:before-release:9",
+        "prune:before-batch:1",
+    ];
+    let d = tempfile::tempdir().unwrap();
+    for (i, point) in points.iter().enumerate() {
+        let dir = d.path().join(format!("v{i}"));
+        // Two lives: the second starts from what the first one left.
+        let (mut flushed, mut released) = (0i64, 0i64);
+        for life in 0..2 {
+            let mut c = child(&dir, "rounds", Some(point));
+            let lines = lines_until(&mut c, "finished");
+            let status = c.wait().unwrap();
+            assert!(
+                !status.success() && !lines.iter().any(|l| l == "finished"),
+                "{point} (life {life}): the child was not stopped there: {lines:?}"
+            );
+            // Acknowledged events leave from the front (through `released`).
+            for l in &lines {
+                if let Some((_, n)) = l.rsplit_once("flushed ") {
+                    flushed = n.parse().unwrap();
+                }
+                if let Some(n) = l.strip_prefix("releasing ") {
+                    released = n.parse().unwrap();
+                }
+            }
+            let v = Vault::open(&dir, USER, child_opts())
+                .unwrap_or_else(|e| panic!("{point} (life {life}): does not reopen: {e}"));
+            v.verify()
+                .unwrap_or_else(|e| panic!("{point} (life {life}): verify: {e}"));
+            let got = moves(&v);
+            // Released events leave from the front; nothing flushed is missing after it.
+            assert!(
+                got.windows(2).all(|w| w[1] == w[0] + 1),
+                "{point} (life {life}): a gap"
+            );
+            if flushed > released {
+                assert!(
+                    got.first().is_some_and(|f| *f <= released + 1)
+                        && got.last().is_some_and(|l| *l >= flushed),
+                    "{point} (life {life}): flushed {released}+1..={flushed}, have {:?}..{:?}",
+                    got.first(),
+                    got.last()
+                );
+            }
+            v.close().unwrap();
+        }
+        Vault::erase(&dir, USER, opts()).unwrap();
+    }
+}

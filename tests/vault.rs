@@ -749,7 +749,7 @@ fn every_file_the_vault_creates_is_owner_only_under_umask_000() {
             "no blob file was written: the check would not see one"
         );
         assert!(
-            !files_under(&capvault::testing::segment_dir(&dir, "alice")).is_empty(),
+            !files_under(capvault::testing::segment_dir(&dir, "alice")).is_empty(),
             "no segment file was written: the check would not see one"
         );
         assert_eq!(loose(&dir), Vec::<String>::new(), "after a flush");

@@ -589,7 +589,10 @@ impl Log {
             .collect();
         crate::failpoint::hit("segments:before-write")?;
         let (locs, written) = self.segments.append(&records, epoch)?;
-        crate::failpoint::hit("segments:after-write")?;
+        if let Err(e) = crate::failpoint::hit("segments:after-write") {
+            self.segments.undo(written);
+            return Err(e);
+        }
         let entries = locs
             .iter()
             .enumerate()

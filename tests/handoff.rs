@@ -227,3 +227,94 @@ fn an_answer_from_another_uid_is_not_believed() {
     assert!(responder.join().unwrap(), "the responder saw the request");
     assert!(got.is_err(), "a forged answer was believed: {got:?}");
 }
+
+/// Removing `<vault>/requests/`, or renaming it away, while an agent holds the vault
+/// does not stop the hand-off: the holder opens `requests/` again and the next request
+/// (whose client recreates the directory if needed) is answered.
+#[test]
+fn requests_dir_removed_or_renamed_while_held_is_served_again() {
+    let d = tempfile::tempdir().unwrap();
+    let vault = d.path().join("v");
+    let user = "dave";
+    let agent = Vault::open(&vault, user, options(KeyStoreKind::Keyutils)).unwrap();
+    let status = |when: &str| {
+        let resp = request(&vault, user, Op::Status, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("no answer {when}: {e:?}"));
+        assert!(resp.ok, "{when}: {resp:?}");
+    };
+    status("at first");
+    let requests = vault.join("requests");
+
+    std::fs::remove_dir_all(&requests).unwrap();
+    status("right after rm -rf requests");
+    std::fs::remove_dir_all(&requests).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    status("a while after rm -rf requests");
+
+    std::fs::rename(&requests, d.path().join("moved")).unwrap();
+    status("after mv requests elsewhere");
+    // Renamed away and replaced at once by another directory of the same owner (renamed
+    // over the empty one the holder may already have made).
+    let fresh = d.path().join("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::rename(&requests, d.path().join("moved-again")).unwrap();
+    std::fs::rename(&fresh, &requests).unwrap();
+    status("after mv requests elsewhere and another directory put in its place");
+    // What was renamed away is not served: a request left there stays untaken.
+    let (id, json) = erase_request('c', user);
+    let stray = d.path().join("moved-again").join(format!("{id}.req"));
+    std::fs::write(&stray, json).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(stray.exists(), "a renamed-away directory was still served");
+
+    assert!(agent.status().unwrap().maintenance_error.is_none());
+    assert!(!agent.status().unwrap().erased);
+    agent.close().unwrap();
+}
+
+/// A `requests/` put in place of the removed one that belongs to another uid is refused,
+/// not served, and the refusal shows in `status`; once it is gone again the hand-off
+/// serves a directory of its own.
+#[test]
+fn a_replaced_requests_dir_owned_by_another_uid_is_refused_and_reported() {
+    if !is_root() {
+        eprintln!("skipped: creating a second uid needs root (scripts/test.sh runs as root in CI)");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let vault = d.path().join("v");
+    let user = "erin";
+    let agent = Vault::open(&vault, user, options(KeyStoreKind::Keyutils)).unwrap();
+    let _ = agent.append_mouse_move(1, 1, 1).unwrap();
+    agent.flush().unwrap();
+    let requests = vault.join("requests");
+    // Made elsewhere and renamed in (over the empty one the holder may already have
+    // made), so it is never the holder's own.
+    let foreign = d.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::os::unix::fs::chown(&foreign, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+    std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::remove_dir_all(&requests).unwrap();
+    std::fs::rename(&foreign, &requests).unwrap();
+    let got = request(&vault, user, Op::Erase, Duration::from_secs(2));
+    assert!(
+        matches!(got, Err(capvault::handoff::HandoffError::NoAnswer)),
+        "a directory of another uid was served: {got:?}"
+    );
+    let problem = agent
+        .status()
+        .unwrap()
+        .maintenance_error
+        .expect("the refusal shows in status");
+    assert!(problem.contains(&format!("uid {OTHER_UID}")), "{problem}");
+    assert!(!agent.status().unwrap().erased);
+    assert_eq!(agent.test_read_all().unwrap().len(), 1);
+
+    std::fs::remove_dir_all(&requests).unwrap();
+    let resp = request(&vault, user, Op::Status, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("not served again once the foreign directory left: {e:?}"));
+    assert!(resp.ok, "{resp:?}");
+    assert!(agent.status().unwrap().maintenance_error.is_none());
+    agent.close().unwrap();
+}

@@ -87,16 +87,12 @@ pub(crate) fn run(inner: Arc<Inner>, mut inbox: Result<Inbox>, wake: Receiver<Wa
                 .rotate_if_due()
                 .err()
                 .map(|e| format!("scheduled key rotation: {e}"));
-            if inbox.is_err() {
-                // Could not be opened with the vault (say, the disk was full): try again.
-                inbox = Inbox::open(&inner.dir());
-                watch = watch_requests(&inner, &inbox);
-            }
+            let reopen_failed = reopen_requests(&inner, &mut inbox, &mut watch);
             d.problems[REQUESTS] = match &inbox {
                 Ok(inbox) => match crate::handoff::serve_requests(&inner, inbox) {
                     Ok(stale) => {
                         d.stale_request_us = stale;
-                        None
+                        reopen_failed
                     }
                     Err(e) => Some(format!("hand-off requests: {e}")),
                 },
@@ -106,6 +102,34 @@ pub(crate) fn run(inner: Arc<Inner>, mut inbox: Result<Inbox>, wake: Receiver<Wa
         let problems: Vec<String> = d.problems.iter().flatten().cloned().collect();
         inner.set_maintenance_problems(&problems);
         deadline = next_deadline(&inner, &d, watch.as_ref(), !problems.is_empty());
+    }
+}
+
+/// Opens `requests/` again, by path and with the same checks as at the start, when
+/// it could not be opened with the vault (say, the disk was full) or when the directory
+/// held is no longer there (removed, or renamed away). If the directory now at that
+/// path is refused (say, it belongs to another uid) while the one held still exists
+/// (the vault directory itself was moved, so that is where its owner's requests go),
+/// the held one is kept and the refusal returned for `status`.
+fn reopen_requests(
+    inner: &Arc<Inner>,
+    inbox: &mut Result<Inbox>,
+    watch: &mut Option<RequestWatch>,
+) -> Option<String> {
+    if inbox.as_ref().is_ok_and(|held| !held.displaced()) {
+        return None;
+    }
+    match (Inbox::open(&inner.dir()), &*inbox) {
+        (Err(e), Ok(held)) if !held.is_gone() => Some(format!(
+            "hand-off requests at the vault's path are not served: {e}"
+        )),
+        (opened, _) => {
+            // The old watch first: it ends with the directory it watched.
+            *watch = None;
+            *inbox = opened;
+            *watch = watch_requests(inner, inbox);
+            None
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! sled lets one process own a vault directory. When a capture agent holds it, the CLI
 //! cannot open it; instead it drops a request file into `<vault>/requests/` and waits
 //! for the owner to answer. Every open vault serves these requests from its
-//! maintenance thread, woken by a request's arrival ([`RequestWatch`]), so a capture
+//! maintenance thread, woken by a request's arrival (`RequestWatch`), so a capture
 //! agent, whether it uses the Rust crate or the C library, answers without any code of
 //! its own.
 //!
@@ -22,8 +22,9 @@
 //! and from then on reads, renames and writes only relative to that directory handle,
 //! never following symbolic links, so renaming or replacing the vault directory later
 //! cannot point it at someone else's files. Only when that directory is removed or
-//! renamed away ([`Inbox::displaced`]) does it open `requests/` by path again, with the
-//! same checks, and a directory there that another uid owns is refused, not served. It
+//! renamed away (`Inbox::displaced`) does it open `requests/` by path again, with the
+//! same checks, and only while that path is still in the vault directory it opened
+//! (`Home`); a directory there that another uid owns is refused, not served. It
 //! accepts only small regular files owned
 //! by its own uid or by root; anything else is refused (answered, never run). It
 //! ignores requests for other users (another handle may serve them) and deletes
@@ -207,6 +208,58 @@ fn requests_dir(vault_dir: &Path) -> PathBuf {
     vault_dir.join(REQUEST_DIR)
 }
 
+/// Which directory a path names: device and inode.
+#[cfg(unix)]
+#[allow(clippy::unnecessary_cast)] // the field types differ between Unix systems
+fn dir_id(st: &rustix::fs::Stat) -> (u64, u64) {
+    (st.st_dev as u64, st.st_ino as u64)
+}
+
+/// The vault directory that `requests/` belongs to: its path and (Unix) the directory
+/// that path named when the vault was opened. `requests/` is opened again by path only
+/// while the path still names that directory: once the vault directory has been moved,
+/// whatever is at its old path belongs to whoever put it there.
+pub(crate) struct Home {
+    dir: PathBuf,
+    #[cfg(unix)]
+    id: Option<(u64, u64)>,
+}
+
+impl Home {
+    pub(crate) fn new(vault_dir: &Path) -> Home {
+        Home {
+            dir: vault_dir.to_path_buf(),
+            #[cfg(unix)]
+            id: rustix::fs::stat(vault_dir).ok().map(|st| dir_id(&st)),
+        }
+    }
+
+    /// True when the vault's path now names another directory (or nothing).
+    fn moved(&self) -> bool {
+        #[cfg(unix)]
+        {
+            self.id
+                .is_some_and(|id| rustix::fs::stat(&self.dir).map_or(true, |st| dir_id(&st) != id))
+        }
+        #[cfg(not(unix))]
+        {
+            false
+        }
+    }
+
+    /// Opens `requests/` ([`Inbox::open`]), unless the vault directory was moved.
+    pub(crate) fn open_inbox(&self) -> Result<Inbox> {
+        if self.moved() {
+            return Err(Error::Storage(format!(
+                "the vault directory is no longer at {}; requests are served again once \
+                 the vault is opened again",
+                self.dir.display()
+            )));
+        }
+        Inbox::open(&self.dir)
+    }
+}
+
 /// What reading one request file gave.
 enum Taken {
     Bytes(Vec<u8>),
@@ -260,17 +313,20 @@ impl Inbox {
     }
 
     /// True when the directory held is no longer the vault's `requests/`: it was
-    /// removed, or its path now names something else (or nothing), say after a rename.
-    pub(crate) fn displaced(&self) -> bool {
+    /// removed, or (while the vault directory is still at its path) its path now names
+    /// something else or nothing, say after a rename.
+    pub(crate) fn displaced(&self, home: &Home) -> bool {
         let Ok(held) = rustix::fs::fstat(&self.fd) else {
             return true;
         };
         if held.st_nlink == 0 {
             return true;
         }
-        rustix::fs::lstat(&self.path).map_or(true, |now| {
-            (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
-        })
+        if home.moved() {
+            // The requests directory went with the vault: its owner's requests go there.
+            return false;
+        }
+        rustix::fs::lstat(&self.path).map_or(true, |now| dir_id(&now) != dir_id(&held))
     }
 
     /// True when the directory held was removed: nobody can send requests to it.
@@ -374,12 +430,12 @@ impl Inbox {
     }
 
     /// Without a handle there is only the path: displaced when it is no directory.
-    pub(crate) fn displaced(&self) -> bool {
+    pub(crate) fn displaced(&self, _home: &Home) -> bool {
         !self.path.is_dir()
     }
 
     pub(crate) fn is_gone(&self) -> bool {
-        self.displaced()
+        !self.path.is_dir()
     }
 
     fn names(&self) -> Result<Vec<String>> {

@@ -33,6 +33,14 @@ fn is_root() -> bool {
         == Some(0)
 }
 
+/// A vault opened in this process for `user`, in a fresh directory `v`.
+fn held(user: &str) -> (tempfile::TempDir, std::path::PathBuf, Vault) {
+    let d = tempfile::tempdir().unwrap();
+    let vault = d.path().join("v");
+    let agent = Vault::open(&vault, user, options(KeyStoreKind::Keyutils)).unwrap();
+    (d, vault, agent)
+}
+
 fn as_other_uid(script: &str, env: &[(&str, &Path)]) {
     let mut cmd = Command::new("setpriv");
     cmd.args([
@@ -104,10 +112,8 @@ fn a_user_owning_the_parent_directory_cannot_erase_a_held_vault() {
 /// to another uid, are refused with an answer that says why, and run nothing.
 #[test]
 fn links_and_other_owners_requests_are_refused_and_answered() {
-    let d = tempfile::tempdir().unwrap();
-    let vault = d.path().join("v");
     let user = "bob";
-    let agent = Vault::open(&vault, user, options(KeyStoreKind::Keyutils)).unwrap();
+    let (d, vault, agent) = held(user);
     let _ = agent.append_mouse_move(1, 1, 1).unwrap();
     agent.flush().unwrap();
     let requests = vault.join("requests");
@@ -233,10 +239,8 @@ fn an_answer_from_another_uid_is_not_believed() {
 /// (whose client recreates the directory if needed) is answered.
 #[test]
 fn requests_dir_removed_or_renamed_while_held_is_served_again() {
-    let d = tempfile::tempdir().unwrap();
-    let vault = d.path().join("v");
     let user = "dave";
-    let agent = Vault::open(&vault, user, options(KeyStoreKind::Keyutils)).unwrap();
+    let (d, vault, agent) = held(user);
     let status = |when: &str| {
         let resp = request(&vault, user, Op::Status, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("no answer {when}: {e:?}"));
@@ -282,10 +286,8 @@ fn a_replaced_requests_dir_owned_by_another_uid_is_refused_and_reported() {
         eprintln!("skipped: creating a second uid needs root (scripts/test.sh runs as root in CI)");
         return;
     }
-    let d = tempfile::tempdir().unwrap();
-    let vault = d.path().join("v");
     let user = "erin";
-    let agent = Vault::open(&vault, user, options(KeyStoreKind::Keyutils)).unwrap();
+    let (d, vault, agent) = held(user);
     let _ = agent.append_mouse_move(1, 1, 1).unwrap();
     agent.flush().unwrap();
     let requests = vault.join("requests");
@@ -316,5 +318,30 @@ fn a_replaced_requests_dir_owned_by_another_uid_is_refused_and_reported() {
         .unwrap_or_else(|e| panic!("not served again once the foreign directory left: {e:?}"));
     assert!(resp.ok, "{resp:?}");
     assert!(agent.status().unwrap().maintenance_error.is_none());
+    agent.close().unwrap();
+}
+
+/// Once the vault directory itself has been moved, whatever is at its old path is not
+/// the vault's: the holder keeps serving the request directory that moved with the vault
+/// and makes no `requests/` of its own at the old path (whoever owns the directory above
+/// could otherwise divert the hand-off with an empty directory).
+#[test]
+fn after_the_vault_directory_moves_its_old_path_is_not_followed() {
+    let user = "frank";
+    let (d, vault, agent) = held(user);
+    let moved = d.path().join("v.moved");
+    std::fs::rename(&vault, &moved).unwrap();
+    std::fs::create_dir(&vault).unwrap();
+    for when in ["first", "second"] {
+        // Enroll, not status: status reads the vault's files by path.
+        let resp = request(&moved, user, Op::Enroll, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("no answer at the vault's new path ({when}): {e:?}"));
+        assert!(resp.ok, "{resp:?}");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !vault.join("requests").exists(),
+        "the holder followed the old path"
+    );
     agent.close().unwrap();
 }

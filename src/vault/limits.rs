@@ -11,7 +11,7 @@ use super::release::RELEASE_STATE;
 use super::state::Put;
 use super::{now_us, Inner};
 use crate::error::Result;
-use crate::handoff::{Inbox, RequestWatch};
+use crate::handoff::{Home, Inbox, RequestWatch};
 use crate::log::record::{RecordHeader, RecordKind, FLAG_LAST};
 use crate::policy::BudgetAction;
 use capvault_format::{Event, LossReason, Marker};
@@ -50,7 +50,7 @@ const REQUESTS: usize = 2;
 /// hand-off requests from other processes (`capvault` CLI) through `inbox`, opened
 /// when the vault was, until told to stop (or until the vault is dropped). Each duty
 /// runs whatever happened to the others; their failures show in `status`.
-pub(crate) fn run(inner: Arc<Inner>, mut inbox: Result<Inbox>, wake: Receiver<Wake>) {
+pub(crate) fn run(inner: Arc<Inner>, home: Home, mut inbox: Result<Inbox>, wake: Receiver<Wake>) {
     let mut watch = watch_requests(&inner, &inbox);
     let mut d = Duties::default();
     // Everything once at the start; afterwards on wake-ups and deadlines.
@@ -87,7 +87,7 @@ pub(crate) fn run(inner: Arc<Inner>, mut inbox: Result<Inbox>, wake: Receiver<Wa
                 .rotate_if_due()
                 .err()
                 .map(|e| format!("scheduled key rotation: {e}"));
-            let reopen_failed = reopen_requests(&inner, &mut inbox, &mut watch);
+            let reopen_failed = reopen_requests(&inner, &home, &mut inbox, &mut watch);
             d.problems[REQUESTS] = match &inbox {
                 Ok(inbox) => match crate::handoff::serve_requests(&inner, inbox) {
                     Ok(stale) => {
@@ -107,19 +107,20 @@ pub(crate) fn run(inner: Arc<Inner>, mut inbox: Result<Inbox>, wake: Receiver<Wa
 
 /// Opens `requests/` again, by path and with the same checks as at the start, when
 /// it could not be opened with the vault (say, the disk was full) or when the directory
-/// held is no longer there (removed, or renamed away). If the directory now at that
-/// path is refused (say, it belongs to another uid) while the one held still exists
-/// (the vault directory itself was moved, so that is where its owner's requests go),
-/// the held one is kept and the refusal returned for `status`.
+/// held is no longer there (removed, or renamed away), but not once the vault directory
+/// itself was moved (`Home`). If the directory now at that path is refused (say, it
+/// belongs to another uid) while the one held still exists, the held one is kept and
+/// the refusal returned for `status`.
 fn reopen_requests(
     inner: &Arc<Inner>,
+    home: &Home,
     inbox: &mut Result<Inbox>,
     watch: &mut Option<RequestWatch>,
 ) -> Option<String> {
-    if inbox.as_ref().is_ok_and(|held| !held.displaced()) {
+    if inbox.as_ref().is_ok_and(|held| !held.displaced(home)) {
         return None;
     }
-    match (Inbox::open(&inner.dir()), &*inbox) {
+    match (home.open_inbox(), &*inbox) {
         (Err(e), Ok(held)) if !held.is_gone() => Some(format!(
             "hand-off requests at the vault's path are not served: {e}"
         )),

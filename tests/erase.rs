@@ -212,6 +212,23 @@ fn erase_works_on_corrupted_database_files() {
     }
 }
 
+/// Stores incompressible screenshots until the vault reports the disk full (as
+/// STORAGE_FULL, never as anything else).
+fn fill_until_full(v: &Vault) {
+    let shot: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    let failed = (0..200).find_map(|i| {
+        v.append_screenshot(1_764_000_000_100_000 + i, 1, 1, "raw", &shot)
+            .and_then(|_| v.flush())
+            .err()
+    });
+    assert!(
+        matches!(failed, Some(Error::StorageFull(_))),
+        "the disk filled up, reported as storage full: {failed:?}"
+    );
+}
+
 #[test]
 fn erase_works_on_a_full_disk() {
     let kind = KeyStoreKind::Keyutils;
@@ -220,21 +237,7 @@ fn erase_works_on_a_full_disk() {
     let vault_id = populated(&dir, "alice", kind);
     // Fill the disk through the vault until it refuses, then every last byte.
     let v = Vault::open(&dir, "alice", common::options(kind)).unwrap();
-    let shot: Vec<u8> = (0..1_000_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
-        .collect();
-    let mut full = false;
-    for i in 0..200 {
-        let r = v
-            .append_screenshot(1_764_000_000_100_000 + i, 1, 1, "raw", &shot)
-            .and_then(|_| v.flush());
-        if let Err(e) = r {
-            assert!(matches!(e, Error::StorageFull(_)), "{e}");
-            full = true;
-            break;
-        }
-    }
-    assert!(full, "the disk filled up");
+    fill_until_full(&v);
     drop(v);
     let mut n = 0;
     while fs.avail() > 0 && n < 10_000 {
@@ -270,18 +273,7 @@ fn an_open_handle_shreds_its_keys_after_a_failed_write() {
         let dir = fs.0.join("v");
         let vault_id = populated(&dir, "alice", kind);
         let v = Vault::open(&dir, "alice", common::options(kind)).unwrap();
-        let shot: Vec<u8> = (0..1_000_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
-            .collect();
-        let failed = (0..200).find_map(|i| {
-            v.append_screenshot(1_764_000_000_100_000 + i, 1, 1, "raw", &shot)
-                .and_then(|_| v.flush())
-                .err()
-        });
-        assert!(
-            matches!(failed, Some(Error::StorageFull(_))),
-            "the disk filled up: {failed:?}"
-        );
+        fill_until_full(&v);
         std::fs::remove_file(dir.join("keychain.json")).unwrap();
         if through_handoff {
             let answer = capvault::handoff::request(

@@ -21,11 +21,7 @@
 //! Who may ask: the serving process opens `requests/` once, when the vault is opened,
 //! and from then on reads, renames and writes only relative to that directory handle,
 //! never following symbolic links, so renaming or replacing the vault directory later
-//! cannot point it at someone else's files. Only when that directory is removed or
-//! renamed away (`Inbox::displaced`) does it open `requests/` by path again, with the
-//! same checks, and only while that path is still in the vault directory it opened
-//! (`Home`); a directory there that another uid owns is refused, not served. It
-//! accepts only small regular files owned
+//! cannot point it at someone else's files. It accepts only small regular files owned
 //! by its own uid or by root; anything else is refused (answered, never run). It
 //! ignores requests for other users (another handle may serve them) and deletes
 //! requests older than [`STALE_AFTER`]. docs/SECURITY.md states the rule.
@@ -208,58 +204,6 @@ fn requests_dir(vault_dir: &Path) -> PathBuf {
     vault_dir.join(REQUEST_DIR)
 }
 
-/// Which directory a path names: device and inode.
-#[cfg(unix)]
-#[allow(clippy::unnecessary_cast)] // the field types differ between Unix systems
-fn dir_id(st: &rustix::fs::Stat) -> (u64, u64) {
-    (st.st_dev as u64, st.st_ino as u64)
-}
-
-/// The vault directory that `requests/` belongs to: its path and (Unix) the directory
-/// that path named when the vault was opened. `requests/` is opened again by path only
-/// while the path still names that directory: once the vault directory has been moved,
-/// whatever is at its old path belongs to whoever put it there.
-pub(crate) struct Home {
-    dir: PathBuf,
-    #[cfg(unix)]
-    id: Option<(u64, u64)>,
-}
-
-impl Home {
-    pub(crate) fn new(vault_dir: &Path) -> Home {
-        Home {
-            dir: vault_dir.to_path_buf(),
-            #[cfg(unix)]
-            id: rustix::fs::stat(vault_dir).ok().map(|st| dir_id(&st)),
-        }
-    }
-
-    /// True when the vault's path now names another directory (or nothing).
-    fn moved(&self) -> bool {
-        #[cfg(unix)]
-        {
-            self.id
-                .is_some_and(|id| rustix::fs::stat(&self.dir).map_or(true, |st| dir_id(&st) != id))
-        }
-        #[cfg(not(unix))]
-        {
-            false
-        }
-    }
-
-    /// Opens `requests/` ([`Inbox::open`]), unless the vault directory was moved.
-    pub(crate) fn open_inbox(&self) -> Result<Inbox> {
-        if self.moved() {
-            return Err(Error::Storage(format!(
-                "the vault directory is no longer at {}; requests are served again once \
-                 the vault is opened again",
-                self.dir.display()
-            )));
-        }
-        Inbox::open(&self.dir)
-    }
-}
-
 /// What reading one request file gave.
 enum Taken {
     Bytes(Vec<u8>),
@@ -310,28 +254,6 @@ impl Inbox {
                 .map_err(|e| io_err("cannot make private", &path, e.into()))?;
         }
         Ok(Inbox { path, fd, uid })
-    }
-
-    /// True when the directory held is no longer the vault's `requests/`: it was
-    /// removed, or (while the vault directory is still at its path) its path now names
-    /// something else or nothing, say after a rename.
-    pub(crate) fn displaced(&self, home: &Home) -> bool {
-        let Ok(held) = rustix::fs::fstat(&self.fd) else {
-            return true;
-        };
-        if held.st_nlink == 0 {
-            return true;
-        }
-        if home.moved() {
-            // The requests directory went with the vault: its owner's requests go there.
-            return false;
-        }
-        rustix::fs::lstat(&self.path).map_or(true, |now| dir_id(&now) != dir_id(&held))
-    }
-
-    /// True when the directory held was removed: nobody can send requests to it.
-    pub(crate) fn is_gone(&self) -> bool {
-        rustix::fs::fstat(&self.fd).map_or(true, |st| st.st_nlink == 0)
     }
 
     fn names(&self) -> Result<Vec<String>> {
@@ -427,15 +349,6 @@ impl Inbox {
             }
         }
         Ok(Inbox { path })
-    }
-
-    /// Without a handle there is only the path: displaced when it is no directory.
-    pub(crate) fn displaced(&self, _home: &Home) -> bool {
-        !self.path.is_dir()
-    }
-
-    pub(crate) fn is_gone(&self) -> bool {
-        !self.path.is_dir()
     }
 
     fn names(&self) -> Result<Vec<String>> {
@@ -589,8 +502,7 @@ pub(crate) fn serve_requests(inner: &Inner, inbox: &Inbox) -> Result<Option<i64>
 
 /// Wakes the maintenance thread when a request arrives in `requests/`, so an idle vault
 /// does not poll for requests. It watches (inotify) the directory the [`Inbox`] holds
-/// open, not its path, and the vault directory for `requests/` removed or renamed
-/// away (so the thread opens it again). Where it cannot run (not Linux, inotify refused, the directory
+/// open, not its path. Where it cannot run (not Linux, inotify refused, the directory
 /// removed) [`RequestWatch::is_watching`] says so and the maintenance thread looks
 /// twice a second instead.
 pub(crate) struct RequestWatch {
@@ -602,7 +514,6 @@ pub(crate) struct RequestWatch {
 struct LinuxWatch {
     inotify: std::sync::Arc<std::os::fd::OwnedFd>,
     wd: i32,
-    vault_wd: i32,
     alive: std::sync::Arc<std::sync::atomic::AtomicBool>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
@@ -655,26 +566,9 @@ impl LinuxWatch {
             dir.as_str(),
             // However a request appears: renamed into place (the protocol), written in
             // place, or created as a link (refused, but answered).
-            // The directory itself removed or renamed: the thread then looks whether
-            // `requests/` must be opened again (`Inbox::displaced`).
             WatchFlags::MOVED_TO
                 | WatchFlags::CREATE
                 | WatchFlags::CLOSE_WRITE
-                | WatchFlags::MOVE_SELF
-                | WatchFlags::DELETE_SELF
-                | WatchFlags::ONLYDIR,
-        )?;
-        // The vault directory, for `requests/` itself removed, renamed away or replaced
-        // (another directory renamed over it): while the inbox holds it open the kernel
-        // reports none of these on the directory itself.
-        let vault = inbox.path.parent().unwrap_or(Path::new("."));
-        let vault_wd = inotify::add_watch(
-            &*fd,
-            vault,
-            WatchFlags::DELETE
-                | WatchFlags::MOVED_FROM
-                | WatchFlags::MOVED_TO
-                | WatchFlags::CREATE
                 | WatchFlags::ONLYDIR,
         )?;
         let alive = Arc::new(AtomicBool::new(true));
@@ -688,11 +582,6 @@ impl LinuxWatch {
                     match events.next() {
                         // The watch was removed (by `drop`, or with the directory).
                         Ok(e) if e.events().contains(ReadFlags::IGNORED) => break,
-                        // Other entries of the vault directory come and go as it writes.
-                        Ok(e)
-                            if e.wd() == vault_wd
-                                && e.file_name()
-                                    .is_none_or(|n| n.to_bytes() != REQUEST_DIR.as_bytes()) => {}
                         Ok(_) => arrived(),
                         Err(rustix::io::Errno::INTR) => {}
                         Err(_) => break,
@@ -705,7 +594,6 @@ impl LinuxWatch {
         Ok(LinuxWatch {
             inotify: fd,
             wd,
-            vault_wd,
             alive,
             reader: Some(reader),
         })
@@ -716,7 +604,6 @@ impl LinuxWatch {
 impl Drop for LinuxWatch {
     fn drop(&mut self) {
         // Removing the watch queues IN_IGNORED, which ends the reader's blocking read.
-        let _ = rustix::fs::inotify::remove_watch(&*self.inotify, self.vault_wd);
         let _ = rustix::fs::inotify::remove_watch(&*self.inotify, self.wd);
         if let Some(r) = self.reader.take() {
             let _ = r.join();

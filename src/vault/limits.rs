@@ -11,7 +11,7 @@ use super::release::RELEASE_STATE;
 use super::state::Put;
 use super::{now_us, Inner};
 use crate::error::Result;
-use crate::handoff::{Home, Inbox, RequestWatch};
+use crate::handoff::{Inbox, RequestWatch};
 use crate::log::record::{RecordHeader, RecordKind, FLAG_LAST};
 use crate::policy::BudgetAction;
 use capvault_format::{Event, LossReason, Marker};
@@ -50,7 +50,7 @@ const REQUESTS: usize = 2;
 /// hand-off requests from other processes (`capvault` CLI) through `inbox`, opened
 /// when the vault was, until told to stop (or until the vault is dropped). Each duty
 /// runs whatever happened to the others; their failures show in `status`.
-pub(crate) fn run(inner: Arc<Inner>, home: Home, mut inbox: Result<Inbox>, wake: Receiver<Wake>) {
+pub(crate) fn run(inner: Arc<Inner>, mut inbox: Result<Inbox>, wake: Receiver<Wake>) {
     let mut watch = watch_requests(&inner, &inbox);
     let mut d = Duties::default();
     // Everything once at the start; afterwards on wake-ups and deadlines.
@@ -87,12 +87,16 @@ pub(crate) fn run(inner: Arc<Inner>, home: Home, mut inbox: Result<Inbox>, wake:
                 .rotate_if_due()
                 .err()
                 .map(|e| format!("scheduled key rotation: {e}"));
-            let reopen_failed = reopen_requests(&inner, &home, &mut inbox, &mut watch);
+            if inbox.is_err() {
+                // Could not be opened with the vault (say, the disk was full): try again.
+                inbox = Inbox::open(&inner.dir());
+                watch = watch_requests(&inner, &inbox);
+            }
             d.problems[REQUESTS] = match &inbox {
                 Ok(inbox) => match crate::handoff::serve_requests(&inner, inbox) {
                     Ok(stale) => {
                         d.stale_request_us = stale;
-                        reopen_failed
+                        None
                     }
                     Err(e) => Some(format!("hand-off requests: {e}")),
                 },
@@ -102,35 +106,6 @@ pub(crate) fn run(inner: Arc<Inner>, home: Home, mut inbox: Result<Inbox>, wake:
         let problems: Vec<String> = d.problems.iter().flatten().cloned().collect();
         inner.set_maintenance_problems(&problems);
         deadline = next_deadline(&inner, &d, watch.as_ref(), !problems.is_empty());
-    }
-}
-
-/// Opens `requests/` again, by path and with the same checks as at the start, when
-/// it could not be opened with the vault (say, the disk was full) or when the directory
-/// held is no longer there (removed, or renamed away), but not once the vault directory
-/// itself was moved (`Home`). If the directory now at that path is refused (say, it
-/// belongs to another uid) while the one held still exists, the held one is kept and
-/// the refusal returned for `status`.
-fn reopen_requests(
-    inner: &Arc<Inner>,
-    home: &Home,
-    inbox: &mut Result<Inbox>,
-    watch: &mut Option<RequestWatch>,
-) -> Option<String> {
-    if inbox.as_ref().is_ok_and(|held| !held.displaced(home)) {
-        return None;
-    }
-    match (home.open_inbox(), &*inbox) {
-        (Err(e), Ok(held)) if !held.is_gone() => Some(format!(
-            "hand-off requests at the vault's path are not served: {e}"
-        )),
-        (opened, _) => {
-            // The old watch first: it ends with the directory it watched.
-            *watch = None;
-            *inbox = opened;
-            *watch = watch_requests(inner, inbox);
-            None
-        }
     }
 }
 

@@ -446,11 +446,10 @@ impl Vault {
         let worker = inner.clone();
         // Opened now, so that what is served is this vault's request directory even if
         // the vault directory is renamed or replaced later.
-        let home = crate::handoff::Home::new(&inner.dir());
-        let inbox = home.open_inbox();
+        let inbox = crate::handoff::Inbox::open(&inner.dir());
         let maintenance = std::thread::Builder::new()
             .name("capvault-maintenance".into())
-            .spawn(move || limits::run(worker, home, inbox, maintenance_woken))
+            .spawn(move || limits::run(worker, inbox, maintenance_woken))
             .map_err(|e| Error::Storage(format!("cannot start the maintenance thread: {e}")))?;
         #[allow(unused_mut)]
         let mut vault = Vault {

@@ -738,6 +738,20 @@ fn record_tombstone(
     file.write(dir, device_seed)
 }
 
+impl Located {
+    /// What an erase through an open handle knows: the handle's own vault and keychain.
+    fn open_handle(inner: &super::Inner, kek_max: u32) -> Located {
+        Located {
+            vault_id: inner.vault_id,
+            also: Vec::new(),
+            keystore: inner.keystore.kind(),
+            kek_max,
+            db: None,
+            db_error: None,
+        }
+    }
+}
+
 /// After an erase through an open handle: records the tombstone and, when no other
 /// user is left, removes the database files now (the handle keeps them open until it
 /// is dropped; then they are removed again, should sled have written any). Returns
@@ -752,14 +766,7 @@ pub(crate) fn finish_in_place(inner: &super::Inner, kek_max: u32) -> Result<bool
         inner.remove_on_drop.arm(&dir);
         remove_db_files(&dir)?;
     }
-    let loc = Located {
-        vault_id: inner.vault_id,
-        also: Vec::new(),
-        keystore: inner.keystore.kind(),
-        kek_max,
-        db: None,
-        db_error: None,
-    };
+    let loc = Located::open_handle(inner, kek_max);
     record_tombstone(&dir, &loc, &inner.user, whole, Some(&inner.device_seed))?;
     Ok(whole)
 }
@@ -767,14 +774,7 @@ pub(crate) fn finish_in_place(inner: &super::Inner, kek_max: u32) -> Result<bool
 /// The first tombstone of an erase through an open handle, right after the keys went
 /// (best effort: the disk may be full).
 pub(crate) fn note_erasing(inner: &super::Inner, kek_max: u32) {
-    let loc = Located {
-        vault_id: inner.vault_id,
-        also: Vec::new(),
-        keystore: inner.keystore.kind(),
-        kek_max,
-        db: None,
-        db_error: None,
-    };
+    let loc = Located::open_handle(inner, kek_max);
     let _ = record_tombstone(
         &inner.dir(),
         &loc,

@@ -3,7 +3,7 @@
 //! sled lets one process own a vault directory. When a capture agent holds it, the CLI
 //! cannot open it; instead it drops a request file into `<vault>/requests/` and waits
 //! for the owner to answer. Every open vault serves these requests from its
-//! maintenance thread, woken by a request's arrival ([`RequestWatch`]), so a capture
+//! maintenance thread, woken by a request's arrival (`RequestWatch`), so a capture
 //! agent, whether it uses the Rust crate or the C library, answers without any code of
 //! its own.
 //!

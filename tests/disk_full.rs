@@ -3,8 +3,6 @@
 //! resumes once space returns.
 mod common;
 
-use std::process::Command;
-
 use capvault::{Error, Event, KeyStoreKind, Vault};
 use common::Tmpfs;
 
@@ -23,20 +21,7 @@ fn a_full_disk_reports_storage_full_and_loses_nothing_flushed() {
     let o = || common::options(KeyStoreKind::Keyutils);
     let v = Vault::open(&dir, "alice", o()).unwrap();
     // Take most of the space so the vault runs out quickly.
-    let avail = {
-        let out = Command::new("df")
-            .args(["--output=avail", "-B1"])
-            .arg(&fs.0)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .nth(1)
-            .unwrap()
-            .trim()
-            .parse::<u64>()
-            .unwrap()
-    };
+    let avail = fs.avail();
     std::fs::write(&filler, vec![0u8; (avail - (24 << 20)) as usize]).unwrap();
     let shot: Vec<u8> = (0..1_000_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)

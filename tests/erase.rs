@@ -212,6 +212,23 @@ fn erase_works_on_corrupted_database_files() {
     }
 }
 
+/// Stores incompressible screenshots until the vault reports the disk full (as
+/// STORAGE_FULL, never as anything else).
+fn fill_until_full(v: &Vault) {
+    let shot: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    let failed = (0..200).find_map(|i| {
+        v.append_screenshot(1_764_000_000_100_000 + i, 1, 1, "raw", &shot)
+            .and_then(|_| v.flush())
+            .err()
+    });
+    assert!(
+        matches!(failed, Some(Error::StorageFull(_))),
+        "the disk filled up, reported as storage full: {failed:?}"
+    );
+}
+
 #[test]
 fn erase_works_on_a_full_disk() {
     let kind = KeyStoreKind::Keyutils;
@@ -220,21 +237,7 @@ fn erase_works_on_a_full_disk() {
     let vault_id = populated(&dir, "alice", kind);
     // Fill the disk through the vault until it refuses, then every last byte.
     let v = Vault::open(&dir, "alice", common::options(kind)).unwrap();
-    let shot: Vec<u8> = (0..1_000_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
-        .collect();
-    let mut full = false;
-    for i in 0..200 {
-        let r = v
-            .append_screenshot(1_764_000_000_100_000 + i, 1, 1, "raw", &shot)
-            .and_then(|_| v.flush());
-        if let Err(e) = r {
-            assert!(matches!(e, Error::StorageFull(_)), "{e}");
-            full = true;
-            break;
-        }
-    }
-    assert!(full, "the disk filled up");
+    fill_until_full(&v);
     drop(v);
     let mut n = 0;
     while fs.avail() > 0 && n < 10_000 {
@@ -270,18 +273,7 @@ fn an_open_handle_shreds_its_keys_after_a_failed_write() {
         let dir = fs.0.join("v");
         let vault_id = populated(&dir, "alice", kind);
         let v = Vault::open(&dir, "alice", common::options(kind)).unwrap();
-        let shot: Vec<u8> = (0..1_000_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
-            .collect();
-        let failed = (0..200).find_map(|i| {
-            v.append_screenshot(1_764_000_000_100_000 + i, 1, 1, "raw", &shot)
-                .and_then(|_| v.flush())
-                .err()
-        });
-        assert!(
-            matches!(failed, Some(Error::StorageFull(_))),
-            "the disk filled up: {failed:?}"
-        );
+        fill_until_full(&v);
         std::fs::remove_file(dir.join("keychain.json")).unwrap();
         if through_handoff {
             let answer = capvault::handoff::request(
@@ -608,4 +600,109 @@ fn an_old_keychain_file_put_back_does_not_spare_the_current_vault() {
     set_db_vault_id(&dir, &old_id);
     ok(&cli(&dir, "alice", kind, &["erase", "--yes"]));
     assert_keys_gone(kind, &new_id, "alice");
+}
+
+/// Nothing in the directory proves any vault (no keychain file, the user's wrapped keys
+/// removed) and the database names a vault id that has no keys at all: erase must not
+/// take "nothing to delete" for success while the keychain still holds this user's
+/// keys of a vault (here the very one in the directory). It refuses, deletes nothing,
+/// and names the entries to delete by hand.
+#[test]
+fn an_unproven_unknown_vault_id_does_not_report_keys_destroyed() {
+    let kind = KeyStoreKind::Keyutils;
+    let (_guard, dir, vault_id) = alice(kind);
+    std::fs::remove_file(dir.join("keychain.json")).unwrap();
+    {
+        let db = capvault::testing::open_raw_db(&dir);
+        let keys = common::user_tree(&db, "alice", "keys");
+        for k in keys.iter().keys() {
+            let k = k.unwrap();
+            if k.as_ref() != b"kek_version" {
+                keys.remove(k).unwrap();
+            }
+        }
+        db.flush().unwrap();
+    }
+    set_db_vault_id(&dir, "0123456789abcdef0123456789abcdef");
+    let out = cli(&dir, "alice", kind, &["erase", "--yes"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(
+        !text(&out.stdout).contains("destroyed"),
+        "{}",
+        text(&out.stdout)
+    );
+    let err = text(&out.stderr);
+    assert!(err.contains("proves") && err.contains(&vault_id), "{err}");
+    assert!(
+        common::keychain_secret(kind, &common::kek_name(&vault_id, "alice", 2)).is_some(),
+        "nothing was deleted"
+    );
+    assert!(!sled_files(&dir).is_empty(), "nothing was removed");
+}
+
+/// The keys tree's version counters (`kek_version`, the rotation marker, the erase
+/// marker) are not authenticated: set to three billion, erase would try three billion
+/// keychain deletions; set to u32::MAX, one past it overflowed. Erase bounds the
+/// versions by what is proven and what the keychain lists, and finishes.
+#[test]
+fn a_huge_kek_version_in_the_database_does_not_stall_erase() {
+    for huge in [3_000_000_000u32, u32::MAX] {
+        let kind = KeyStoreKind::Keyutils;
+        let (_guard, dir, vault_id) = alice(kind);
+        {
+            let db = capvault::testing::open_raw_db(&dir);
+            let keys = common::user_tree(&db, "alice", "keys");
+            let mut v = keys.get(b"kek_version").unwrap().unwrap().to_vec();
+            v[..4].copy_from_slice(&huge.to_be_bytes());
+            keys.insert(b"kek_version", v).unwrap();
+            db.flush().unwrap();
+        }
+        let mut child = Command::new(BIN)
+            .args(["erase", "--yes", "--vault", dir.to_str().unwrap()])
+            .args(["--user", "alice", "--keystore", "keyutils"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > std::time::Duration::from_secs(30) {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("erase with KEK version {huge} still running after 30 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        ok(&child.wait_with_output().unwrap());
+        assert_keys_gone(kind, &vault_id, "alice");
+    }
+}
+
+/// A keychain file binds its vault to the directory path only, and a path can be
+/// reused: vault B created at v, moved to b, vault A created at v, B's keychain file
+/// copied into v (also with the database pointed at B). Erasing v deletes A's keys and
+/// none of B's, which lives on at b.
+#[test]
+fn a_moved_vaults_keychain_file_put_back_does_not_erase_it() {
+    for point_db_at_b in [false, true] {
+        let kind = KeyStoreKind::Keyutils;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("v");
+        let b_id = populated(&dir, "alice", kind);
+        let moved = d.path().join("b");
+        std::fs::rename(&dir, &moved).unwrap();
+        let a_id = populated(&dir, "alice", kind);
+        std::fs::copy(moved.join("keychain.json"), dir.join("keychain.json")).unwrap();
+        if point_db_at_b {
+            set_db_vault_id(&dir, &b_id);
+        }
+        ok(&cli(&dir, "alice", kind, &["erase", "--yes"]));
+        assert_keys_gone(kind, &a_id, "alice");
+        assert!(
+            common::keychain_secret(kind, &common::kek_name(&b_id, "alice", 2)).is_some(),
+            "the moved vault B lost its keys"
+        );
+        ok(&cli(&moved, "alice", kind, &["verify"]));
+        ok(&cli(&moved, "alice", kind, &["erase", "--yes"]));
+    }
 }

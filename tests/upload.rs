@@ -103,12 +103,8 @@ fn exported_custom_seqs(events: &[serde_json::Value]) -> Vec<u64> {
     seqs
 }
 
-fn drained(s: &UploadStatus) -> bool {
-    s.pending_bytes == 0 && s.last_error.is_none() && s.last_success_us.is_some()
-}
-
-#[test]
-fn uploads_in_the_background_and_acks_only_with_receipts() {
+/// A running collector, its identity, and a vault for alice that uploads to it.
+fn uploading_vault() -> (Collector, Keys, tempfile::TempDir, Vault) {
     let mut c = Collector::init();
     c.start(&[]);
     let keys = identity();
@@ -119,6 +115,16 @@ fn uploads_in_the_background_and_acks_only_with_receipts() {
         vault_options(Some(upload_options(&c, &keys)), &c.receipt_key),
     )
     .unwrap();
+    (c, keys, dir, v)
+}
+
+fn drained(s: &UploadStatus) -> bool {
+    s.pending_bytes == 0 && s.last_error.is_none() && s.last_success_us.is_some()
+}
+
+#[test]
+fn uploads_in_the_background_and_acks_only_with_receipts() {
+    let (c, keys, _dir, v) = uploading_vault();
     fill(&v, 40, 10_000);
     v.upload_now();
     let s = wait_for(&v, Duration::from_secs(60), "the upload to drain", drained);
@@ -144,16 +150,7 @@ fn uploads_in_the_background_and_acks_only_with_receipts() {
 
 #[test]
 fn an_idle_uploader_sleeps_until_data_is_written_then_uploads_it() {
-    let mut c = Collector::init();
-    c.start(&[]);
-    let keys = identity();
-    let dir = tempfile::tempdir().unwrap();
-    let v = Vault::open(
-        dir.path(),
-        "alice",
-        vault_options(Some(upload_options(&c, &keys)), &c.receipt_key),
-    )
-    .unwrap();
+    let (c, keys, _dir, v) = uploading_vault();
     fill(&v, 5, 1_000);
     v.upload_now();
     let first = wait_for(&v, Duration::from_secs(60), "the upload to drain", |s| {

@@ -183,7 +183,22 @@ impl KeyHierarchy {
         vault_id: &[u8; 16],
         user: &str,
     ) -> Result<bool> {
+        Ok(Self::proven_kek_version(store, tree, vault_id, user)?.is_some())
+    }
+
+    /// The highest KEK version under which a wrapped entry of the raw keys tree unwraps
+    /// with the vault's KEK from the keychain (the associated data names vault, user,
+    /// entry and version), or None when none does. Unlike the tree's version counters,
+    /// which anyone who can write the directory can set, this version is proven.
+    pub(crate) fn proven_kek_version(
+        store: &dyn KeyStore,
+        tree: &sled::Tree,
+        vault_id: &[u8; 16],
+        user: &str,
+    ) -> Result<Option<u32>> {
         let vault_hex = data_encoding::HEXLOWER.encode(vault_id);
+        let mut kek: Option<(u32, Option<Key32>)> = None;
+        let mut proven = None;
         for item in tree.iter() {
             // A damaged page repeats its error on every call: stop at the first.
             let Ok((entry, value)) = item else { break };
@@ -193,15 +208,22 @@ impl KeyHierarchy {
             let Some(w) = wrapped.then(|| Wrapped::decode(&value).ok()).flatten() else {
                 continue;
             };
-            let Some(kek) = Self::load_kek(store, &vault_hex, user, w.kek_version)? else {
+            if proven.is_some_and(|p| p >= w.kek_version) {
                 continue;
-            };
+            }
+            if kek.as_ref().is_none_or(|(v, _)| *v != w.kek_version) {
+                kek = Some((
+                    w.kek_version,
+                    Self::load_kek(store, &vault_hex, user, w.kek_version)?,
+                ));
+            }
+            let Some((_, Some(key))) = &kek else { continue };
             let ad = Self::wrap_ad(vault_id, user, &entry, w.kek_version);
-            if aead::unwrap_key(&kek, &ad, &w.sealed).is_ok() {
-                return Ok(true);
+            if aead::unwrap_key(key, &ad, &w.sealed).is_ok() {
+                proven = Some(w.kek_version);
             }
         }
-        Ok(false)
+        Ok(proven)
     }
 
     /// Vault ids for which the keychain holds KEKs of `user` (empty when it cannot
@@ -606,7 +628,7 @@ impl KeyHierarchy {
             &*self.store,
             &self.vault_hex,
             &self.user,
-            self.kek_version + 1,
+            self.kek_version.saturating_add(1),
         )?;
         self.deks.clear();
         Ok(up_to)
@@ -659,17 +681,26 @@ impl KeyHierarchy {
         up_to: u32,
     ) -> Result<u32> {
         let prefix = Self::kek_prefix(vault_hex, user);
-        let mut highest = up_to;
-        for name in store.list(&prefix)?.unwrap_or_default() {
+        let listed = store.list(&prefix)?;
+        let mut listed_max = 0;
+        for name in listed.iter().flatten() {
             let Some(v) = name
                 .strip_prefix(&prefix)
                 .and_then(|v| v.parse::<u32>().ok())
             else {
                 continue;
             };
-            store.delete(&name)?;
-            highest = highest.max(v);
+            store.delete(name)?;
+            listed_max = listed_max.max(v);
         }
+        // Where the keychain lists its entries, every KEK is gone already: the loop
+        // below only covers one version past them (a store that lists lazily), so an
+        // inflated `up_to` costs nothing.
+        let up_to = match listed {
+            Some(_) => up_to.min(listed_max.saturating_add(1)),
+            None => up_to,
+        };
+        let highest = up_to.max(listed_max);
         for v in 1..=up_to {
             store.delete(&Self::kek_name(vault_hex, user, v))?;
         }

@@ -392,7 +392,12 @@ fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
                     if let (Some(id), Some(u)) = (f.vault_id(), f.users.get(user)) {
                         let ks = open_keystore(f.keystore)?;
                         let hex = data_encoding::HEXLOWER.encode(&id);
-                        KeyHierarchy::delete_keks(&*ks, &hex, user, u.kek_max.max(1) + 1)?;
+                        KeyHierarchy::delete_keks(
+                            &*ks,
+                            &hex,
+                            user,
+                            u.kek_max.max(1).saturating_add(1),
+                        )?;
                     }
                 }
                 return Err(Error::InUse);
@@ -465,7 +470,13 @@ fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
             .any(|n| n.as_ref() == name.as_bytes())
         {
             known = true;
-            kek_max = KeyHierarchy::highest_kek_version(&db.open_tree(name)?);
+            // The tree's own version counters are not authenticated (set to billions,
+            // erase would never end): only versions its entries prove count; the
+            // keychain's listing covers the rest where it can enumerate.
+            let ks = open_keystore(keystore)?;
+            kek_max =
+                KeyHierarchy::proven_kek_version(&*ks, &db.open_tree(name)?, &vault_id, user)?
+                    .unwrap_or(0);
         }
     }
     if let Some((entry, verified)) = file_ok
@@ -498,21 +509,23 @@ fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
 }
 
 /// The vaults whose KEKs of `user` erase may delete (at least one; the database's
-/// first when it is proven), when the database opened and names vault `db_id`. That name is not authenticated (anyone who can write the directory can
-/// change it, to point erase at another vault of the same user), so it is believed only
-/// as far as the directory proves it:
+/// first when it is proven), when the database opened and names vault `db_id`. That
+/// name is not authenticated (anyone who can write the directory can change it, to
+/// point erase at another vault of the same user), so it is believed only as far as
+/// the directory proves it:
 ///
-/// - the keychain file verifies under the vault's device key and was written in this
-///   very directory, or
 /// - a KEK of the vault in the keychain unwraps a wrapped key of the user's keys tree
-///   here (the associated data names vault, user, entry and KEK version).
+///   here (the associated data names vault, user, entry and KEK version), or
+/// - only when that proves no vault: the keychain file verifies under the vault's
+///   device key and was written in this directory (it names a path, and a path can be
+///   reused by another vault after this one moved away).
 ///
 /// The candidates are the database's vault, the file's, and (where the keychain can be
 /// enumerated) every vault with KEKs of this user, so the real vault is found even when
-/// the database names another; every proven one goes (an old keychain file of this
-/// directory put back cannot make erase spare the current vault). When nothing is proven but the keychain holds no KEK of
-/// the named vault either (keyutils after a reboot), there is nothing to protect and the
-/// erase goes on; otherwise it is refused before anything is deleted.
+/// the database names another; every proven one goes. When nothing is proven and the
+/// keychain holds no KEK of this user at all (keyutils after a reboot), there is
+/// nothing to protect and the erase goes on; otherwise it is refused before anything is
+/// deleted (the unproven vault may be any of those the keychain lists).
 fn proven_vaults(
     dir: &Path,
     user: &str,
@@ -538,6 +551,10 @@ fn proven_vaults(
         _ => None,
     };
     let listed = KeyHierarchy::vaults_with_keks(&*store, user)?;
+    let unwraps = |id: &[u8; 16]| match &tree {
+        Some(t) => KeyHierarchy::unwraps_tree(&*store, t, id, user),
+        None => Ok(false),
+    };
     let mut candidates = vec![db_id];
     candidates.extend(file_id);
     candidates.extend(listed.iter().copied());
@@ -548,39 +565,67 @@ fn proven_vaults(
             continue;
         }
         seen.push(id);
-        let ok = file_id == Some(id)
-            || match &tree {
-                Some(t) => KeyHierarchy::unwraps_tree(&*store, t, &id, user)?,
-                None => false,
-            };
-        if ok {
+        if unwraps(&id)? {
             proven.push(id);
         }
+    }
+    // The file binds its vault to a path, and a path can be reused (a vault moved away
+    // and another created in its place, the old file copied back): it vouches only
+    // when the keys here prove no vault at all.
+    if proven.is_empty() {
+        proven.extend(file_id);
     }
     if !proven.is_empty() {
         return Ok(proven);
     }
     let hex = data_encoding::HEXLOWER.encode(&db_id);
-    let recorded = tree
-        .as_ref()
-        .map(KeyHierarchy::highest_kek_version)
-        .unwrap_or(0);
-    let mut held = Vec::new();
-    for v in 1..=recorded.max(1) + 1 {
-        let n = KeyHierarchy::kek_name(&hex, user, v);
-        if store.get(&n)?.is_some() {
-            held.push(n);
+    let user_hex = data_encoding::HEXLOWER.encode(user.as_bytes());
+    // Which KEKs of the named vault the keychain holds: listed where it can enumerate,
+    // else probed up to the version the tree records (unauthenticated, so bounded).
+    let held = match store.list(&format!("kek/{hex}/{user_hex}/"))? {
+        Some(names) => !names.is_empty(),
+        None => {
+            let recorded = tree
+                .as_ref()
+                .map(KeyHierarchy::highest_kek_version)
+                .unwrap_or(0)
+                .clamp(1, PROBE_VERSIONS);
+            let mut held = false;
+            for v in 1..=recorded.saturating_add(1) {
+                if store.get(&KeyHierarchy::kek_name(&hex, user, v))?.is_some() {
+                    held = true;
+                    break;
+                }
+            }
+            held
         }
-    }
-    if held.is_empty() && !listed.contains(&db_id) {
+    };
+    // Nothing to protect only when the keychain holds no KEK of this user at all
+    // (keyutils after a reboot): any vault it lists may be this directory's, its keys
+    // replaced or its id changed, and "nothing deleted" must not pass for an erase.
+    if !held && listed.is_empty() {
         return Ok(vec![db_id]);
     }
+    let mut named: Vec<String> = Vec::new();
+    for id in std::iter::once(db_id).filter(|_| held).chain(listed) {
+        let entry = format!(
+            "\"kek/{}/{user_hex}/v*\"",
+            data_encoding::HEXLOWER.encode(&id)
+        );
+        if !named.contains(&entry) {
+            named.push(entry);
+        }
+    }
     Err(Error::tampered(format!(
-        "the database in {} names vault {hex} for user {user:?}, but nothing in the directory proves it: no key-encryption key of that vault unwraps the user's keys here and the keychain file does not vouch for it (the vault id or the keys were replaced, or the database was copied from another vault); refusing to delete that vault's keys on its word. If this directory really is that vault, delete its keychain entries \"kek/{hex}/{}/v*\" (service \"capvault\") with the keychain's own tool",
+        "the database in {} names vault {hex} for user {user:?}, but nothing in the directory proves which vault it is: no key-encryption key in the keychain unwraps the user's keys here and the keychain file does not vouch for it (the vault id or the keys were replaced, or the database was copied from another vault); refusing to delete any vault's keys on its word, and deleting nothing. If this directory really is one of these vaults, delete its keychain entries {} (service \"capvault\") with the keychain's own tool",
         dir.display(),
-        data_encoding::HEXLOWER.encode(user.as_bytes()),
+        named.join(" or "),
     )))
 }
+
+/// How many KEK versions erase probes, where the keychain cannot list its entries, for
+/// a vault nothing proves (a bound on an unauthenticated counter; rotations are rare).
+const PROBE_VERSIONS: u32 = 4096;
 
 /// Crypto-shreds `user` in `dir` without opening the vault (see the module comment).
 pub(crate) fn erase_closed(dir: &Path, user: &str, options: &VaultOptions) -> Result<Erasure> {
@@ -696,6 +741,20 @@ fn record_tombstone(
     file.write(dir, device_seed)
 }
 
+impl Located {
+    /// What an erase through an open handle knows: the handle's own vault and keychain.
+    fn open_handle(inner: &super::Inner, kek_max: u32) -> Located {
+        Located {
+            vault_id: inner.vault_id,
+            also: Vec::new(),
+            keystore: inner.keystore.kind(),
+            kek_max,
+            db: None,
+            db_error: None,
+        }
+    }
+}
+
 /// After an erase through an open handle: records the tombstone and, when no other
 /// user is left, removes the database files now (the handle keeps them open until it
 /// is dropped; then they are removed again, should sled have written any). Returns
@@ -710,14 +769,7 @@ pub(crate) fn finish_in_place(inner: &super::Inner, kek_max: u32) -> Result<bool
         inner.remove_on_drop.arm(&dir);
         remove_db_files(&dir)?;
     }
-    let loc = Located {
-        vault_id: inner.vault_id,
-        also: Vec::new(),
-        keystore: inner.keystore.kind(),
-        kek_max,
-        db: None,
-        db_error: None,
-    };
+    let loc = Located::open_handle(inner, kek_max);
     record_tombstone(&dir, &loc, &inner.user, whole, Some(&inner.device_seed))?;
     Ok(whole)
 }
@@ -725,14 +777,7 @@ pub(crate) fn finish_in_place(inner: &super::Inner, kek_max: u32) -> Result<bool
 /// The first tombstone of an erase through an open handle, right after the keys went
 /// (best effort: the disk may be full).
 pub(crate) fn note_erasing(inner: &super::Inner, kek_max: u32) {
-    let loc = Located {
-        vault_id: inner.vault_id,
-        also: Vec::new(),
-        keystore: inner.keystore.kind(),
-        kek_max,
-        db: None,
-        db_error: None,
-    };
+    let loc = Located::open_handle(inner, kek_max);
     let _ = record_tombstone(
         &inner.dir(),
         &loc,

@@ -718,18 +718,30 @@ fn inline_records(store: &Store, user: &str) -> Result<()> {
     segments::remove_user(store.dir(), user)
 }
 
-/// Test hook: rewrites the trees of `user` in the vault at `dir` (closed) in the format
-/// of vaults before stored state was authenticated (records inside the database, as
-/// then), for tests of the carry-over.
+/// What the format test hooks work on: the closed vault's database, its id, its
+/// keychain and the trees of one user.
 #[cfg(feature = "test-hooks")]
-pub fn write_format1(dir: &Path, user: &str) -> Result<()> {
+type HookVault = (Store, [u8; 16], Arc<dyn KeyStore>, UserTrees);
+
+/// For the format test hooks: the closed vault at `dir` and the trees of `user`.
+#[cfg(feature = "test-hooks")]
+fn open_for_hook(dir: &Path, user: &str) -> Result<HookVault> {
     let store = Store::open(dir, 1 << 20, true)?;
+    // The older formats kept the records inside the database.
     inline_records(&store, user)?;
     let vault_id = load_or_create_id(&store.db, META_VAULT_ID)?;
     let kind: KeyStoreKind =
         serde_json::from_slice(&store.db.get(META_KEYSTORE)?.expect("kind")).expect("kind parses");
     let keystore = open_keystore(kind)?;
     let trees = store.user_trees(user)?;
+    Ok((store, vault_id, keystore, trees))
+}
+
+/// Test hook: rewrites the trees of `user` in the vault at `dir` (closed) in the format
+/// of vaults before stored state was authenticated, for tests of the carry-over.
+#[cfg(feature = "test-hooks")]
+pub fn write_format1(dir: &Path, user: &str) -> Result<()> {
+    let (store, vault_id, keystore, trees) = open_for_hook(dir, user)?;
     let mac = crate::keys::hierarchy::downgrade_mac_entry(&*keystore, &trees.keys, vault_id, user)?;
     state::downgrade(&trees.state, &Sealer::new(&mac, &vault_id, user))?;
     // Counters unauthenticated under 0x02 || epoch, the ledger head without a generation.
@@ -780,14 +792,7 @@ fn check_generations(log_gen: Option<u64>, ledger: &crate::audit::Ledger) -> Res
 /// inside the database, as then).
 #[cfg(feature = "test-hooks")]
 pub fn write_format2(dir: &Path, user: &str) -> Result<()> {
-    let store = Store::open(dir, 1 << 20, true)?;
-    // Those vaults kept the records in the database too.
-    inline_records(&store, user)?;
-    let vault_id = load_or_create_id(&store.db, META_VAULT_ID)?;
-    let kind: KeyStoreKind =
-        serde_json::from_slice(&store.db.get(META_KEYSTORE)?.expect("kind")).expect("kind parses");
-    let keystore = open_keystore(kind)?;
-    let trees = store.user_trees(user)?;
+    let (store, vault_id, keystore, trees) = open_for_hook(dir, user)?;
     let (keys, _) = KeyHierarchy::open(keystore.clone(), trees.keys.clone(), vault_id, user, 0)?;
     unbind_log(&trees, &AnchorKey::new(keys.mac_key(), &vault_id, user))?;
     KeyHierarchy::forget_format(&*keystore, &vault_id, user)?;

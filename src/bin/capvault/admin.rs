@@ -967,7 +967,7 @@ pub fn erase(a: &EraseArgs, json: bool) -> CliResult<()> {
         }));
     } else {
         println!(
-            "user '{}' erased in {}: the user's keys were destroyed and {}; nothing of this user can be read any more",
+            "user '{}' erased in {}: none of the user's keys is left in the keychain and {}; nothing of this user can be read any more",
             t.user,
             t.dir.display(),
             if whole {

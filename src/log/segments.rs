@@ -533,7 +533,8 @@ fn create_private(dir: &Path) -> Result<()> {
         .map_err(|e| storage("cannot create the segment directory", dir, e))
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+/// fsync of `dir` and of its parent (a new entry in `dir`, and `dir` itself new).
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     let sync = |d: &Path| File::open(d).and_then(|f| f.sync_all());
     sync(dir).map_err(|e| storage("cannot sync the segment directory", dir, e))?;
     if let Some(parent) = dir.parent() {

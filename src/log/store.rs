@@ -22,8 +22,15 @@ pub(crate) const COUNTS_KEY: &[u8] = &[0x01, b'c'];
 pub(crate) const SYNCED_KEY: &[u8] = &[0x01, b'y'];
 /// How long an opener waits for a lock that is about to be released.
 const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
-/// sled segment size (fixed when the vault is created).
-const SEGMENT_SIZE: usize = 4 << 20;
+/// sled segment size of new vaults (fixed when the vault is created). Small: sled's
+/// cleaner reclaims a segment once most of it is dead, and with the records in segment
+/// files sled holds little, so with 4 MiB segments the space of replaced values (every
+/// state change rewrites a few) never came back and the database grew by about 9 KB per
+/// seal/ack cycle without bound (docs/PERFORMANCE.md, "Space after seal and ack").
+const SEGMENT_SIZE: usize = 256 << 10;
+/// sled segment size of vaults created before the segment files (records of 64 KiB were
+/// sled values then, and larger segments kept their nodes in sled's log).
+const SEGMENT_SIZE_INLINE: usize = 4 << 20;
 /// Default-tree key of the durable generation (u64), bumped by every durable flush.
 const DURABLE_GEN_KEY: &[u8] = b"durable_gen";
 /// The file holding the last durable generation sled confirmed (docs/FORMAT.md).
@@ -170,9 +177,7 @@ impl Store {
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
-            // sled stores a tree node larger than a quarter segment as a file of its own;
-            // with 64 KiB records, 4 MiB segments keep nodes in the log instead.
-            .segment_size(SEGMENT_SIZE)
+            .segment_size(segment_size_of(dir))
             .flush_every_ms(None);
         // sled's I/O threads release the directory lock a moment after the previous
         // owner in this process closed it; wait briefly before calling the vault in use.
@@ -397,6 +402,22 @@ fn private_dir_builder() -> fs::DirBuilder {
         b.mode(0o700);
     }
     b
+}
+
+/// The segment size the database in `dir` was created with (sled refuses any other),
+/// read from sled's `conf`; a new database gets [`SEGMENT_SIZE`]. Anything but the two
+/// sizes capvault ever used is left for sled to refuse (its `conf` carries a CRC).
+fn segment_size_of(dir: &Path) -> usize {
+    let Ok(conf) = fs::read(dir.join("conf")) else {
+        return SEGMENT_SIZE;
+    };
+    let recorded = String::from_utf8_lossy(&conf)
+        .lines()
+        .find_map(|l| l.strip_prefix("segment_size: ")?.parse::<usize>().ok());
+    match recorded {
+        Some(SEGMENT_SIZE_INLINE) => SEGMENT_SIZE_INLINE,
+        _ => SEGMENT_SIZE,
+    }
 }
 
 /// Bytes allocated to the files under `dir` (files that vanish meanwhile count 0).

@@ -4,6 +4,7 @@
 mod admin;
 pub(crate) mod erase;
 mod limits;
+mod outbox;
 pub(crate) mod release;
 pub(crate) mod state;
 mod writer;
@@ -132,6 +133,8 @@ pub(crate) struct Inner {
     pub(crate) state: StateStore,
     /// Encrypts the outbox (derived from the MAC key: erased with the KEK).
     outbox_key: Key32,
+    /// Where the sealed, unacknowledged bundle is kept.
+    outbox: outbox::Outbox,
     pub(crate) log: Log,
     pub(crate) ledger: crate::audit::Ledger,
     pub(crate) producer: Mutex<Producer>,
@@ -411,6 +414,7 @@ impl Vault {
         let (tx, rx) = mpsc::sync_channel(QUEUE_RECORDS);
         let (wake_maintenance, maintenance_woken) = mpsc::channel();
         let options_upload = options.upload.clone();
+        let outbox = outbox::Outbox::new(dir, user, options.fsync);
         let inner = Arc::new(Inner {
             producer: Mutex::new(Producer {
                 gate: PolicyGate::resumed(options.policy.clone(), in_denied_window),
@@ -425,6 +429,7 @@ impl Vault {
             device_id,
             device_seed,
             outbox_key: release::derive_outbox_key(keys.mac_key()),
+            outbox,
             keys: RwLock::new(keys),
             state,
             log,
@@ -690,8 +695,9 @@ pub(crate) fn encode_policy_record(policy: &Policy) -> Vec<u8> {
     serde_json::to_vec(policy).expect("policy serializes")
 }
 
-/// Test hook: moves the records of `user` in the vault at `dir` (closed) back into the
-/// database, as vaults stored them before segment files, and removes the segments.
+/// Test hook: moves the records and the outbox of `user` in the vault at `dir` (closed)
+/// back into the database, as vaults stored them before segment files, and removes the
+/// segment directory.
 #[cfg(feature = "test-hooks")]
 pub fn write_records_inline(dir: &Path, user: &str) -> Result<()> {
     let store = Store::open(dir, 1 << 20, true)?;
@@ -715,6 +721,10 @@ fn inline_records(store: &Store, user: &str) -> Result<()> {
     }
     trees.log.remove(crate::log::store::SYNCED_KEY)?;
     drop(segs);
+    // So did the outbox: its entry went into the state tree.
+    if let Some(entry) = outbox::Outbox::new(store.dir(), user, true).read()? {
+        trees.state.insert(state::OUTBOX, entry)?;
+    }
     segments::remove_user(store.dir(), user)
 }
 

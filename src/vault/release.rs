@@ -7,14 +7,16 @@
 //! `release` (JSON, [`ReleaseState`]): the user's stream id, the next bundle sequence
 //! number, the digest of the last acknowledged bundle, the last sealed record, the
 //! records removed unreleased since then, the ledger position released so far and the
-//! pending (sealed, unacknowledged) bundle; `outbox`: the pending bundle's bytes. Both
-//! are written in one batch, so a sealed bundle exists exactly when the state names it.
+//! pending (sealed, unacknowledged) bundle. The pending bundle's bytes are in the outbox
+//! file ([`super::outbox`]), written before the state names the bundle and removed
+//! after the state stops naming it (vaults of earlier versions kept them in the state
+//! tree under `outbox`, which is still read).
 //!
 //! A sealed bundle is final: every `seal_next` until its acknowledgement returns the
 //! same bytes; eviction, retention, rotation and policy changes never touch it. Ack is
 //! ordered so a crash at any step is completed on the next seal, ack or open: `acking`
-//! is written, records are pruned, then the state advances and the outbox entry is
-//! deleted in one batch.
+//! is written, records are pruned, then the state advances, and once that is durable the
+//! outbox file is removed.
 
 use std::path::Path;
 
@@ -220,17 +222,27 @@ impl Inner {
         }
     }
 
-    /// Saves the state, and with `outbox` the pending bundle's bytes (`Some(None)`
-    /// deletes them), in one batch.
+    /// Saves the state. With `outbox` `Some(bytes)`, the pending bundle goes into the
+    /// outbox file first (durably), so the state never names a bundle that is not kept;
+    /// with `Some(None)` the state tree's outbox entry of earlier versions goes with
+    /// it (the file is removed by the caller once this state is durable).
     fn save_release_state(&self, s: &ReleaseState, outbox: Option<Option<&[u8]>>) -> Result<()> {
         let body = encode_release_state(s);
         let mut puts = vec![Put::Sealed(RELEASE_STATE, Some(&body))];
         match outbox {
-            Some(Some(bytes)) => puts.push(Put::Raw(OUTBOX, Some(self.seal_outbox(bytes)))),
+            Some(Some(bytes)) => {
+                self.outbox.write(&self.seal_outbox(bytes))?;
+                failpoint::hit("seal:after-outbox")?;
+            }
             Some(None) => puts.push(Put::Raw(OUTBOX, None)),
             None => {}
         }
-        self.state_put(&puts)
+        let saved = self.state_put(&puts);
+        if saved.is_err() && matches!(outbox, Some(Some(_))) {
+            // Not named by the state: it would only be taken for a pending bundle.
+            let _ = self.outbox.remove();
+        }
+        saved
     }
 
     /// Associated data of the outbox entry: this vault and user.
@@ -282,7 +294,10 @@ impl Inner {
 
     /// The size of the sealed, unacknowledged bundle in the outbox, if there is one.
     pub(crate) fn outbox_len(&self) -> Result<Option<u64>> {
-        Ok(self.state.get_raw(OUTBOX)?.map(|v| v.len() as u64))
+        match self.outbox.len()? {
+            Some(n) => Ok(Some(n)),
+            None => Ok(self.state.get_raw(OUTBOX)?.map(|v| v.len() as u64)),
+        }
     }
 
     pub(crate) fn release_lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -309,6 +324,7 @@ impl Inner {
         state.last_acked_id = Some(bundle_id(&digest));
         self.save_release_state(state, Some(None))?;
         self.durable_flush()?;
+        self.outbox.remove()?;
         if !emptied.is_empty() {
             self.retire_empty_epochs()?;
         }
@@ -321,6 +337,10 @@ impl Inner {
             let _g = self.release_lock();
             let mut state = self.release_state()?;
             self.complete_ack(&mut state)?;
+            if state.pending.is_none() {
+                // Written by a seal that crashed before its state named the bundle.
+                self.outbox.remove()?;
+            }
         }
         // A crash between a prune and the retirement of emptied epochs leaves their keys;
         // destroy them now.
@@ -330,10 +350,14 @@ impl Inner {
     /// The pending bundle, read back from the outbox and checked: it must be intact,
     /// signed by this device and the one the state names.
     fn outbox_bundle(&self, p: &Pending) -> Result<SealedBundle> {
-        let stored = self
-            .state
-            .get_raw(OUTBOX)?
-            .ok_or_else(|| Error::tampered("the pending bundle is missing from the outbox"))?;
+        let stored = match self.outbox.read()? {
+            Some(b) => b,
+            None => self
+                .state
+                .get_raw(OUTBOX)?
+                .map(|v| v.to_vec())
+                .ok_or_else(|| Error::tampered("the pending bundle is missing from the outbox"))?,
+        };
         let bytes = self.open_outbox(&stored)?;
         let bundle = SealedBundle::from_bytes(bytes)
             .map_err(|e| Error::tampered(format!("the bundle in the outbox is damaged: {e}")))?;

@@ -317,8 +317,16 @@ impl KeyHierarchy {
         };
         let mut kek_version = be_u32(&version, "the KEK version")?;
         if let Some(marker) = tree.get(ROTATION_MARKER)? {
-            // An interrupted rotation: roll it forward.
+            // An interrupted rotation: roll it forward. The marker is not authenticated:
+            // only the two states a rotation passes through are believed (before the
+            // rewrap: at `from`; after it: at `to`, which then unwraps everything), so
+            // no marker can make the opener delete the KEK in use.
             let (from, to) = decode_rotation_marker(&marker)?;
+            if from.checked_add(1) != Some(to) || (kek_version != from && kek_version != to) {
+                return Err(Error::tampered(format!(
+                    "the KEK rotation marker names v{from} -> v{to} while the keys are at v{kek_version}: the marker was edited"
+                )));
+            }
             let mut h = Self::load(
                 store.clone(),
                 tree.clone(),

@@ -148,6 +148,7 @@ impl Store {
         if !dir.join("conf").exists() {
             return Ok(false);
         }
+        check_owner(dir)?;
         let db = Self::raw(dir, 1 << 20)?;
         let name = format!("u/{}/keys", data_encoding::HEXLOWER.encode(user.as_bytes()));
         Ok(db
@@ -318,6 +319,37 @@ fn write_mark(dir: &Path, gen: u64) -> Result<()> {
     Ok(())
 }
 
+/// Creates the mark (generation 0) whole or not at all: written under another name and
+/// renamed, so a disk that fills meanwhile never leaves a short mark behind (which the
+/// next open would have to call damage).
+fn create_mark(dir: &Path) -> Result<()> {
+    use std::io::Write;
+    let temp = dir.join(format!("{MARK_FILE}.tmp"));
+    let written = (|| -> std::io::Result<()> {
+        // Created anew (never through a name that is already there).
+        match fs::remove_file(&temp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&temp)?;
+        f.write_all(&encode_mark(0))?;
+        f.sync_data()?;
+        fs::rename(&temp, dir.join(MARK_FILE))?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    Ok(written?)
+}
+
 /// Compares sled's durable generation with the mark; returns the generation. A vault
 /// without a mark (new, or made before marks existed) gets one, durable before any
 /// generation is written.
@@ -350,8 +382,7 @@ fn check_durable_mark(dir: &Path, db: &sled::Db) -> Result<u64> {
         Some(_) => Ok(gen),
         None if gen > 0 => Err(damaged(&format!("the file {MARK_FILE} is missing"))),
         None => {
-            write_mark(dir, 0)?;
-            fs::File::open(dir)?.sync_all()?;
+            create_mark(dir)?;
             Ok(0)
         }
     }
@@ -402,6 +433,56 @@ fn private_dir_builder() -> fs::DirBuilder {
         b.mode(0o700);
     }
     b
+}
+
+/// Refuses a vault directory that another uid owns, before anything there is opened or
+/// written: its keys are in its owner's keychain, so no other uid (root included) can
+/// open it, and trying would leave files of this uid in it (sled's snapshot, which locks
+/// the owner out) and a device key in this uid's keychain. A vault its owner holds open
+/// is [`Error::InUse`], so the caller can send its request through the hand-off.
+pub(crate) fn check_owner(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let owner = match fs::metadata(dir) {
+            Ok(m) => m.uid(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(Error::Storage(format!(
+                    "cannot read {}: {e}",
+                    dir.display()
+                )))
+            }
+        };
+        let me = rustix::process::geteuid().as_raw();
+        if owner != me {
+            if held_by_another_process(dir) {
+                return Err(Error::InUse);
+            }
+            return Err(Error::keychain(format!(
+                "the vault {} belongs to uid {owner} and this process runs as uid {me}: its keys are in the owner's keychain, so only uid {owner} can open or erase it (run the command as that user; while the owner's agent holds the vault, requests from root go through the hand-off)",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether another process holds the lock sled takes on the vault's `db` (an advisory
+/// `flock`, so probing it opens nothing for writing).
+#[cfg(unix)]
+fn held_by_another_process(dir: &Path) -> bool {
+    use rustix::fs::{flock, FlockOperation};
+    let Ok(f) = fs::File::open(dir.join("db")) else {
+        return false;
+    };
+    match flock(&f, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {
+            let _ = flock(&f, FlockOperation::Unlock);
+            false
+        }
+        Err(_) => true,
+    }
 }
 
 /// The segment size the database in `dir` was created with (sled refuses any other),

@@ -250,6 +250,7 @@ impl Vault {
         if erased && !dir.join("conf").exists() {
             return Err(Error::Erased);
         }
+        crate::log::store::check_owner(dir)?;
         let (store, keystore) = open_store_and_keystore(dir, &options)?;
         match store.db.get(META_FORMAT)? {
             None => {
@@ -275,6 +276,12 @@ impl Vault {
         };
         erase::check_identity(dir, in_db)?;
         let vault_id = load_or_create_id(&store.db, META_VAULT_ID)?;
+        if in_db.is_none() {
+            // A new vault: its id is durable before the keychain file names it, so an
+            // open that dies in between never leaves a file naming a vault the database
+            // lost (which the next open would have to refuse as tampering).
+            store.durable_flush()?;
+        }
         let device_seed = admin::load_or_create_device_seed(&*keystore, &vault_id)?;
         let device_id = device_id_for_key(&store.db, &device_seed)?;
         let trees = store.user_trees(user)?;
@@ -968,6 +975,17 @@ fn record_policy(
     let mut key = STATE_POLICY_PREFIX.to_vec();
     key.extend_from_slice(&policy.version.to_be_bytes());
     let json = encode_policy_record(policy);
+    // Once a later version was used, an earlier one never comes back into force (an
+    // agent restarted with its previous configuration would drop the newer rules
+    // silently): the default policy keeps what the vault records.
+    if let Some(&newest) = purposes.keys().next_back() {
+        if newest > policy.version {
+            return Err(Error::invalid(format!(
+                "policy version {} is older than version {newest}, which this vault already uses: configure version {newest} or later (or the default policy, which keeps the latest recorded one)",
+                policy.version
+            )));
+        }
+    }
     let changed = match state.get(&key)? {
         Some(stored) if stored == json => None,
         Some(_) => {
@@ -977,12 +995,6 @@ fn record_policy(
             )))
         }
         None => {
-            if purposes.keys().any(|&v| v > policy.version) {
-                return Err(Error::invalid(format!(
-                    "policy version {} is older than one already used",
-                    policy.version
-                )));
-            }
             state.put(ledger, log, &[Put::Sealed(&key, Some(&json))])?;
             let first = purposes.is_empty();
             purposes.insert(policy.version, policy.purpose.clone());

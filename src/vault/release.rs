@@ -600,6 +600,7 @@ impl Vault {
     /// [`Error::NotFound`].
     pub fn erase(dir: impl AsRef<Path>, user: &str, options: VaultOptions) -> Result<()> {
         super::check_user(user)?;
+        crate::log::store::check_owner(dir.as_ref())?;
         super::erase::erase_closed(dir.as_ref(), user, &options).map(|_| ())
     }
 

@@ -439,6 +439,13 @@ impl Vault {
         self.inner().status()
     }
 
+    /// What `status` reports as `maintenance_error`, also when the rest of the status
+    /// cannot be read (the vault directory moved or removed). Test builds only.
+    #[cfg(feature = "test-hooks")]
+    pub fn test_maintenance_error(&self) -> Option<String> {
+        self.inner().maintenance_error()
+    }
+
     /// Decrypts every stored event. Test builds only: the public API never returns stored
     /// plaintext to an agent.
     #[cfg(feature = "test-hooks")]

@@ -446,10 +446,10 @@ impl Vault {
         let worker = inner.clone();
         // Opened now, so that what is served is this vault's request directory even if
         // the vault directory is renamed or replaced later.
-        let inbox = crate::handoff::Inbox::open(&inner.dir());
+        let requests = crate::handoff::Requests::open(&inner.dir());
         let maintenance = std::thread::Builder::new()
             .name("capvault-maintenance".into())
-            .spawn(move || limits::run(worker, inbox, maintenance_woken))
+            .spawn(move || limits::run(worker, requests, maintenance_woken))
             .map_err(|e| Error::Storage(format!("cannot start the maintenance thread: {e}")))?;
         #[allow(unused_mut)]
         let mut vault = Vault {

@@ -303,14 +303,7 @@ impl Inner {
         let p = self.quiesce()?;
         let version = self.keys_mut()?.rotate_kek(&|| self.durable_flush())?;
         drop(p);
-        super::erase::note_kek(
-            &self.dir(),
-            &self.vault_id,
-            self.keystore.kind(),
-            &self.device_seed,
-            &self.user,
-            version + 1,
-        );
+        super::erase::note_kek(&self.dir(), &self.file_note(), &self.user, version + 1);
         self.audit("rotate-kek", &format!("version {version}"))?;
         Ok(version)
     }

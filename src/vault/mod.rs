@@ -2,6 +2,7 @@
 //! together for one user of one vault directory.
 
 mod admin;
+mod binding;
 pub(crate) mod erase;
 mod limits;
 pub(crate) mod release;
@@ -127,6 +128,9 @@ pub(crate) struct Inner {
     pub(crate) vault_id: [u8; 16],
     pub(crate) device_id: [u8; 16],
     pub(crate) device_seed: Key32,
+    /// The hash of the database's binding value, which the keychain file records
+    /// (`binding`).
+    pub(crate) keychain_bind: String,
     keys: RwLock<KeyHierarchy>,
     /// The user's authenticated stored state (release, pause, policies, receipt key).
     pub(crate) state: StateStore,
@@ -224,6 +228,22 @@ fn load_or_create_id(db: &sled::Db, key: &[u8]) -> Result<[u8; 16]> {
     Ok(id)
 }
 
+/// The hash of the database's binding value (`binding`), made now for a new vault or
+/// one made before there were bindings (or whose value was damaged: the open proves the
+/// database with its keys, and the keychain file is rewritten to match).
+fn load_or_create_binding(db: &sled::Db) -> Result<String> {
+    if let Some(h) = db
+        .get(binding::META_BIND)?
+        .and_then(|v| binding::hash_of(&v))
+    {
+        return Ok(h);
+    }
+    let value = binding::new_value();
+    db.insert(binding::META_BIND, value.as_slice())?;
+    db.flush()?;
+    Ok(binding::hash_of(&value).expect("a new binding value checks"))
+}
+
 impl Vault {
     /// Opens (creating on first use) the vault in `dir` for `user`.
     ///
@@ -272,6 +292,7 @@ impl Vault {
         };
         erase::check_identity(dir, in_db)?;
         let vault_id = load_or_create_id(&store.db, META_VAULT_ID)?;
+        let keychain_bind = load_or_create_binding(&store.db)?;
         let device_seed = admin::load_or_create_device_seed(&*keystore, &vault_id)?;
         let device_id = device_id_for_key(&store.db, &device_seed)?;
         let trees = store.user_trees(user)?;
@@ -291,7 +312,13 @@ impl Vault {
             KeyHierarchy::open(keystore.clone(), trees.keys.clone(), vault_id, user, now)
                 .map_err(|e| erase::erased_if_tombstoned(dir, user, e))?;
         let note = |version: u32| {
-            erase::note_kek(dir, &vault_id, keystore.kind(), &device_seed, user, version)
+            let file = erase::FileNote {
+                vault_id: &vault_id,
+                keystore: keystore.kind(),
+                device_seed: &device_seed,
+                bind: &keychain_bind,
+            };
+            erase::note_kek(dir, &file, user, version)
         };
         note(keys.kek_version() + 1);
         if let Some(entries) = new_entries {
@@ -416,6 +443,7 @@ impl Vault {
             vault_id,
             device_id,
             device_seed,
+            keychain_bind,
             outbox_key: release::derive_outbox_key(keys.mac_key()),
             keys: RwLock::new(keys),
             state,

@@ -22,9 +22,9 @@
 //! and from then on reads, renames and writes only relative to that directory handle,
 //! never following symbolic links, so renaming or replacing the vault directory later
 //! cannot point it at someone else's files. If `requests/` is removed or renamed away,
-//! the server makes none ([`Home`]); it opens the next one a client makes, only in the
+//! the server makes none (`Home`); it opens the next one a client makes, only in the
 //! vault directory it opened and while the vault's path still names that directory, with
-//! the same checks ([`Requests`]). It accepts only small regular files owned
+//! the same checks (`Requests`). It accepts only small regular files owned
 //! by its own uid or by root; anything else is refused (answered, never run). It
 //! ignores requests for other users (another handle may serve them) and deletes
 //! requests older than [`STALE_AFTER`]. docs/SECURITY.md states the rule.

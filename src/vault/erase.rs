@@ -911,7 +911,10 @@ mod tests {
         let mut i = KeychainFile::parse(&h.to_bytes()).unwrap();
         assert!(i.verifies(&seed));
         i.dir_inode = Some(8);
-        assert!(!i.verifies(&seed), "an edited directory inode does not verify");
+        assert!(
+            !i.verifies(&seed),
+            "an edited directory inode does not verify"
+        );
         i.dir_inode = Some(7);
         i.bind = "11".repeat(32);
         assert!(!i.verifies(&seed), "an edited binding does not verify");

@@ -328,8 +328,8 @@ impl Home {
             Ok(fd) => fd,
             Err(rustix::io::Errno::NOENT) => {
                 return Err(Error::Storage(format!(
-                    "{} was removed; it is served again once a client sends a request \
-                     (which creates it)",
+                    "{} was removed (or could not be made when the vault was opened); it \
+                     is served again once a client sends a request (which makes it)",
                     path.display()
                 )))
             }

@@ -271,6 +271,22 @@ fn requests_dir_removed_or_renamed_while_held_is_served_again() {
     let (d, vault, agent) = held(user);
     served(&vault, user, "at first");
     let requests = vault.join("requests");
+    // A request for another user, falling stale in a second: its deadline must not
+    // outlive the directory it was in (a deadline in the past would spin).
+    let id = "d".repeat(32);
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+        - 299_000_000;
+    std::fs::write(
+        requests.join(format!("{id}.req")),
+        format!(
+            r#"{{"v":{VERSION},"id":"{id}","user":"zed","created_us":{created},"op":"status"}}"#
+        ),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
 
     std::fs::remove_dir_all(&requests).unwrap();
     let problem = maintenance_error_until(&agent, Option::is_some)

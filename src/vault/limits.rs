@@ -95,6 +95,8 @@ pub(crate) fn run(inner: Arc<Inner>, mut requests: Requests, wake: Receiver<Wake
             // A `requests/` that is not there is waited for (a watch wakes the thread when
             // one appears), not retried; a failure to serve one that is, is retried.
             d.serve_failed = false;
+            // Known again only from a successful look (a past deadline kept would spin).
+            d.stale_request_us = None;
             d.problems[REQUESTS] = requests.refresh().or_else(|| match requests.serve(&inner) {
                 Ok(stale) => {
                     d.stale_request_us = stale;

@@ -11,7 +11,10 @@
 //!   or, when sled does not open (damaged, or held by another process), by looking for
 //!   it in the bytes of sled's data file ([`scan`]);
 //! - the directory's inode, for a database damaged beyond recognition: a directory
-//!   moved away keeps its inode, so another directory at the same path has another.
+//!   moved away keeps its inode, so another directory at the same path has another. And
+//!   so that an older file of a vault, put back into the very directory it was written
+//!   in after the vault's files moved elsewhere, does not pass, the keychain remembers
+//!   where each vault's file was last bound ([`home_name`]).
 
 use std::io::Read;
 use std::path::Path;
@@ -85,6 +88,28 @@ pub(crate) fn scan(dir: &Path) -> Vec<String> {
         kept = end - keep_from;
     }
     found
+}
+
+/// The keychain entry that says where the keychain file of vault `vault_hex` was last
+/// bound (by an open that proved the database with its keys). An older file of the same
+/// vault, bound to a directory the vault has since left, does not match it.
+pub(crate) fn home_name(vault_hex: &str) -> String {
+    format!("home/{vault_hex}")
+}
+
+/// The value of [`home_name`] for a file bound to `bind`, `dir` and `dir_inode`.
+pub(crate) fn home_value(bind: &str, dir: &str, dir_inode: Option<u64>) -> Vec<u8> {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for part in [
+        "capvault-keychain-home-v1",
+        bind,
+        dir,
+        &dir_inode.map(|i| i.to_string()).unwrap_or_default(),
+    ] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part.as_bytes());
+    }
+    ctx.finish().as_ref().to_vec()
 }
 
 /// The inode of directory `dir` (`None` where there are none, or it cannot be read).

@@ -202,9 +202,22 @@ impl KeychainFile {
         if !found.is_empty() {
             return Err(other.into());
         }
-        // Nothing of the database is recognisable: the directory itself must be the one.
+        // Nothing of the database is recognisable: the directory itself must be the one,
+        // and the one the vault's file was last bound to.
         if self.dir_inode.is_some() && self.dir_inode == binding::dir_inode(dir) {
-            return Ok(());
+            let home = open_keystore(self.keystore)
+                .and_then(|ks| ks.get(&binding::home_name(&self.vault_id)));
+            return match home {
+                Ok(Some(v)) if *v != binding::home_value(&self.bind, &self.dir, self.dir_inode) => {
+                    Err("the vault it names has been opened elsewhere since (its files were moved out of this directory): the file is an earlier one".into())
+                }
+                // No record: made before there were any, or keyutils after a reboot
+                // (then no key is left to protect either).
+                Ok(_) => Ok(()),
+                Err(e) => Err(format!(
+                    "the keychain cannot say where the vault it names was last opened ({e})"
+                )),
+            };
         }
         // A database and a file both from before bindings, as they were then.
         if db.is_some() && self.bind.is_empty() && self.dir_inode.is_none() {
@@ -263,6 +276,8 @@ pub(crate) struct FileNote<'a> {
     pub(crate) device_seed: &'a Key32,
     /// The hash of the database's binding value.
     pub(crate) bind: &'a str,
+    /// The keychain, where the file's binding is remembered.
+    pub(crate) store: &'a dyn crate::keys::keystore::KeyStore,
 }
 
 impl super::Inner {
@@ -272,6 +287,7 @@ impl super::Inner {
             keystore: self.keystore.kind(),
             device_seed: &self.device_seed,
             bind: &self.keychain_bind,
+            store: &*self.keystore,
         }
     }
 }
@@ -296,6 +312,18 @@ pub(crate) fn note_kek(dir: &Path, note: &FileNote<'_>, user: &str, kek_max: u32
     entry.kek_max = entry.kek_max.max(kek_max);
     entry.erased_us = None;
     entry.whole_vault = false;
+    if !bound {
+        // The keychain first: a file bound where the keychain does not say is refused
+        // by erase, which is safe; the reverse would let the earlier file pass.
+        let home = binding::home_value(note.bind, &canonical(dir), binding::dir_inode(dir));
+        if note
+            .store
+            .put(&binding::home_name(&file.vault_id), &home)
+            .is_err()
+        {
+            return;
+        }
+    }
     file.bind = note.bind.to_string();
     let _ = file.write(dir, Some(note.device_seed));
 }

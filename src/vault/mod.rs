@@ -317,6 +317,7 @@ impl Vault {
                 keystore: keystore.kind(),
                 device_seed: &device_seed,
                 bind: &keychain_bind,
+                store: &*keystore,
             };
             erase::note_kek(dir, &file, user, version)
         };

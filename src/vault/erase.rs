@@ -653,9 +653,8 @@ fn proven_vaults(
     file: Option<(&KeychainFile, bool)>,
 ) -> Result<Vec<[u8; 16]>> {
     let store = open_keystore(keystore)?;
-    let file_id = file
-        .filter(|(f, verified)| *verified && f.written_in(dir) && f.bound_here(dir, db).is_ok())
-        .and_then(|(f, _)| f.vault_id());
+    let file = file.filter(|(f, verified)| *verified && f.written_in(dir));
+    let file_id = file.and_then(|(f, _)| f.vault_id());
     let name = format!("u/{}/keys", data_encoding::HEXLOWER.encode(user.as_bytes()));
     let tree = match db {
         Some(db)
@@ -687,10 +686,10 @@ fn proven_vaults(
             proven.push(id);
         }
     }
-    // The file binds its vault to a path, and a path can be reused (a vault moved away
-    // and another created in its place, the old file copied back): it vouches only
-    // when the keys here prove no vault at all.
-    if proven.is_empty() {
+    // A path can be reused (a vault moved away and another created in its place, the
+    // old file copied back): the file vouches only when the keys here prove no vault at
+    // all, and only when it is bound to this database (or this very directory).
+    if proven.is_empty() && file.is_some_and(|(f, _)| f.bound_here(dir, db).is_ok()) {
         proven.extend(file_id);
     }
     if !proven.is_empty() {

@@ -21,7 +21,10 @@
 //! Who may ask: the serving process opens `requests/` once, when the vault is opened,
 //! and from then on reads, renames and writes only relative to that directory handle,
 //! never following symbolic links, so renaming or replacing the vault directory later
-//! cannot point it at someone else's files. It accepts only small regular files owned
+//! cannot point it at someone else's files. If `requests/` is removed or renamed away,
+//! the server makes none (`Home`); it opens the next one a client makes, only in the
+//! vault directory it opened and while the vault's path still names that directory, with
+//! the same checks (`Requests`). It accepts only small regular files owned
 //! by its own uid or by root; anything else is refused (answered, never run). It
 //! ignores requests for other users (another handle may serve them) and deletes
 //! requests older than [`STALE_AFTER`]. docs/SECURITY.md states the rule.
@@ -213,6 +216,18 @@ enum Taken {
     Gone,
 }
 
+/// The vault directory as the serving process opened it with the vault. `requests/` is
+/// opened only inside it, and opened again (after someone removed or renamed it away)
+/// only while the vault's path still names this directory: once the vault directory has
+/// moved, whatever is at its old path belongs to whoever put it there. The holder never
+/// creates `requests/` after the open (a program deleting the vault directory would
+/// find it back and fail); the client creates it when it sends a request.
+pub(crate) struct Home {
+    path: PathBuf,
+    #[cfg(unix)]
+    fd: Option<std::os::fd::OwnedFd>,
+}
+
 /// The request directory as the serving process holds it (see the module docs).
 pub(crate) struct Inbox {
     path: PathBuf,
@@ -222,23 +237,104 @@ pub(crate) struct Inbox {
     uid: u32,
 }
 
+/// Which file a `stat` names: device and inode.
 #[cfg(unix)]
-impl Inbox {
-    /// Creates `requests/` if needed and opens it: it must be a directory (not a
-    /// link) owned by this process's uid or root and writable by nobody else.
-    pub(crate) fn open(vault_dir: &Path) -> Result<Inbox> {
+#[allow(clippy::unnecessary_cast)] // the field types differ between Unix systems
+fn file_id(st: &rustix::fs::Stat) -> (u64, u64) {
+    (st.st_dev as u64, st.st_ino as u64)
+}
+
+#[cfg(unix)]
+impl Home {
+    /// Opens the vault directory (following a link in its path, as the vault did).
+    pub(crate) fn open(vault_dir: &Path) -> Home {
         use rustix::fs::{Mode, OFlags};
-        let path = requests_dir(vault_dir);
-        match rustix::fs::mkdir(&path, Mode::from_raw_mode(0o700)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(io_err("cannot create", &path, e.into())),
-        }
         let fd = rustix::fs::open(
-            &path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            vault_dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| io_err("cannot open", &path, e.into()))?;
+        .ok();
+        Home {
+            path: vault_dir.to_path_buf(),
+            fd,
+        }
+    }
+
+    /// True when the vault directory opened was removed: nothing can be served again.
+    pub(crate) fn gone(&self) -> bool {
+        self.fd
+            .as_ref()
+            .is_none_or(|fd| rustix::fs::fstat(fd).map_or(true, |st| st.st_nlink == 0))
+    }
+
+    /// True when the vault's path names another directory than the one opened (or none).
+    fn moved(&self) -> bool {
+        let Some(fd) = &self.fd else { return true };
+        match (rustix::fs::fstat(fd), rustix::fs::stat(&self.path)) {
+            (Ok(held), Ok(now)) => file_id(&held) != file_id(&now),
+            _ => true,
+        }
+    }
+
+    /// True while `inbox` is the `requests/` of the vault directory opened.
+    fn holds(&self, inbox: &Inbox) -> bool {
+        let Some(fd) = &self.fd else { return false };
+        let Ok(held) = rustix::fs::fstat(&inbox.fd) else {
+            return false;
+        };
+        held.st_nlink > 0
+            && rustix::fs::statat(fd, REQUEST_DIR, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|now| file_id(&now) == file_id(&held))
+    }
+
+    /// Opens `requests/` in the vault directory opened, creating it first when `create`
+    /// (only when the vault is opened): it must be a directory (not a link) owned by
+    /// this process's uid or root and writable by nobody else.
+    pub(crate) fn inbox(&self, create: bool) -> Result<Inbox> {
+        use rustix::fs::{Mode, OFlags};
+        let path = requests_dir(&self.path);
+        if self.gone() {
+            return Err(Error::Storage(format!(
+                "the vault directory {} was removed",
+                self.path.display()
+            )));
+        }
+        if self.moved() {
+            return Err(Error::Storage(format!(
+                "the vault directory is no longer at {}; requests are served again once the \
+                 vault is opened again",
+                self.path.display()
+            )));
+        }
+        let Some(dir) = &self.fd else {
+            return Err(Error::Storage(format!(
+                "the vault directory {} cannot be opened",
+                self.path.display()
+            )));
+        };
+        if create {
+            match rustix::fs::mkdirat(dir, REQUEST_DIR, Mode::from_raw_mode(0o700)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(io_err("cannot create", &path, e.into())),
+            }
+        }
+        let fd = match rustix::fs::openat(
+            dir,
+            REQUEST_DIR,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => {
+                return Err(Error::Storage(format!(
+                    "{} was removed (or could not be made when the vault was opened); it \
+                     is served again once a client sends a request (which makes it)",
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(io_err("cannot open", &path, e.into())),
+        };
         let uid = rustix::process::geteuid().as_raw();
         let st = rustix::fs::fstat(&fd).map_err(|e| io_err("cannot inspect", &path, e.into()))?;
         if st.st_uid != uid && st.st_uid != 0 {
@@ -255,7 +351,10 @@ impl Inbox {
         }
         Ok(Inbox { path, fd, uid })
     }
+}
 
+#[cfg(unix)]
+impl Inbox {
     fn names(&self) -> Result<Vec<String>> {
         let dir = rustix::fs::Dir::read_from(&self.fd)
             .map_err(|e| io_err("cannot list", &self.path, e.into()))?;
@@ -340,17 +439,44 @@ impl Inbox {
 
 /// Without directory handles, by path (no uid to check against).
 #[cfg(not(unix))]
-impl Inbox {
-    pub(crate) fn open(vault_dir: &Path) -> Result<Inbox> {
-        let path = requests_dir(vault_dir);
-        if let Err(e) = fs::create_dir(&path) {
-            if e.kind() != std::io::ErrorKind::AlreadyExists {
-                return Err(io_err("cannot create", &path, e));
+impl Home {
+    pub(crate) fn open(vault_dir: &Path) -> Home {
+        Home {
+            path: vault_dir.to_path_buf(),
+        }
+    }
+
+    pub(crate) fn gone(&self) -> bool {
+        !self.path.is_dir()
+    }
+
+    fn holds(&self, inbox: &Inbox) -> bool {
+        inbox.path.is_dir()
+    }
+
+    pub(crate) fn inbox(&self, create: bool) -> Result<Inbox> {
+        let path = requests_dir(&self.path);
+        if create {
+            if let Err(e) = fs::create_dir(&path) {
+                if e.kind() != std::io::ErrorKind::AlreadyExists {
+                    return Err(io_err("cannot create", &path, e));
+                }
             }
+        }
+        if !path.is_dir() {
+            return Err(Error::Storage(format!(
+                "{} was removed; it is served again once a client sends a request \
+                 (which creates it)",
+                path.display()
+            )));
         }
         Ok(Inbox { path })
     }
+}
 
+/// Without directory handles, by path.
+#[cfg(not(unix))]
+impl Inbox {
     fn names(&self) -> Result<Vec<String>> {
         let entries = fs::read_dir(&self.path).map_err(|e| io_err("cannot list", &self.path, e))?;
         Ok(entries
@@ -500,11 +626,98 @@ pub(crate) fn serve_requests(inner: &Inner, inbox: &Inbox) -> Result<Option<i64>
     Ok(stale_at)
 }
 
-/// Wakes the maintenance thread when a request arrives in `requests/`, so an idle vault
-/// does not poll for requests. It watches (inotify) the directory the [`Inbox`] holds
-/// open, not its path. Where it cannot run (not Linux, inotify refused, the directory
-/// removed) [`RequestWatch::is_watching`] says so and the maintenance thread looks
-/// twice a second instead.
+/// The hand-off as the maintenance thread serves it: the vault directory opened
+/// ([`Home`]), its request directory ([`Inbox`]) and the watch that wakes the thread.
+///
+/// The watch wakes the thread when a request arrives, and when `requests/` is removed,
+/// renamed, made or changes owner in the vault directory. Without `requests/` the thread
+/// waits for a client to make a new one (never making one itself) and then opens it, so
+/// an idle vault does not poll; meanwhile `status` says the hand-off is not served.
+pub(crate) struct Requests {
+    home: Home,
+    inbox: Option<Inbox>,
+    /// Why there is no inbox.
+    problem: Option<String>,
+    watch: Option<RequestWatch>,
+}
+
+impl Requests {
+    /// Opens the vault directory and its `requests/`, creating that if needed (when the
+    /// vault is opened, so that what is served is this vault's request directory even if
+    /// the vault directory is renamed or replaced later).
+    pub(crate) fn open(vault_dir: &Path) -> Requests {
+        let home = Home::open(vault_dir);
+        let (inbox, problem) = match home.inbox(true) {
+            Ok(inbox) => (Some(inbox), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        Requests {
+            home,
+            inbox,
+            problem,
+            watch: None,
+        }
+    }
+
+    /// Starts the watch; `wake` is called from its own thread.
+    pub(crate) fn start(&mut self, wake: impl Fn() + Send + 'static) {
+        let mut watch = RequestWatch::start(&self.home, wake);
+        if let Some(inbox) = &self.inbox {
+            watch.inbox(inbox);
+        }
+        self.watch = Some(watch);
+    }
+
+    /// Makes sure the directory served is the vault's `requests/`: when it was removed or
+    /// renamed away, opens the one there now, if any (see [`Home`]). Returns why
+    /// requests are not served, for `status`.
+    pub(crate) fn refresh(&mut self) -> Option<String> {
+        if self.inbox.as_ref().is_some_and(|i| self.home.holds(i)) {
+            return None;
+        }
+        match self.home.inbox(false) {
+            Ok(inbox) => {
+                if let Some(w) = &mut self.watch {
+                    w.inbox(&inbox);
+                }
+                self.inbox = Some(inbox);
+                self.problem = None;
+            }
+            Err(e) => {
+                self.inbox = None;
+                self.problem = Some(e.to_string());
+            }
+        }
+        self.problem
+            .as_ref()
+            .map(|e| format!("hand-off requests are not served: {e}"))
+    }
+
+    /// Serves the requests waiting ([`serve_requests`]), if `requests/` is open.
+    pub(crate) fn serve(&self, inner: &Inner) -> Result<Option<i64>> {
+        match &self.inbox {
+            Some(inbox) => serve_requests(inner, inbox),
+            None => Ok(None),
+        }
+    }
+
+    /// True when nothing wakes the thread for what it waits for (no inotify here), so it
+    /// must look again in a moment. A removed vault directory is waited for by nobody.
+    pub(crate) fn needs_polling(&self) -> bool {
+        let watched = self
+            .watch
+            .as_ref()
+            .is_some_and(|w| w.is_watching(self.inbox.is_some()));
+        !watched && (self.inbox.is_some() || !self.home.gone())
+    }
+}
+
+/// Wakes the maintenance thread (inotify, through the directory handles, not paths)
+/// when a request arrives in the `requests/` held, so an idle vault does not poll for
+/// requests, and when `requests/` is removed, renamed, made or changes owner in the
+/// vault directory. Where it cannot run (not Linux, inotify refused)
+/// [`RequestWatch::is_watching`] says so and the maintenance thread looks twice a second
+/// instead.
 pub(crate) struct RequestWatch {
     #[cfg(target_os = "linux")]
     watching: Option<LinuxWatch>,
@@ -513,62 +726,88 @@ pub(crate) struct RequestWatch {
 #[cfg(target_os = "linux")]
 struct LinuxWatch {
     inotify: std::sync::Arc<std::os::fd::OwnedFd>,
-    wd: i32,
+    /// The vault directory's watch.
+    home: i32,
+    /// The request directory's watch, while one is held.
+    inbox: Option<i32>,
     alive: std::sync::Arc<std::sync::atomic::AtomicBool>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RequestWatch {
-    /// Starts watching; `arrived` is called from the watch's own thread.
-    pub(crate) fn start(inbox: &Inbox, arrived: impl Fn() + Send + 'static) -> RequestWatch {
+    /// Watches the vault directory; `arrived` is called from the watch's own thread.
+    pub(crate) fn start(home: &Home, arrived: impl Fn() + Send + 'static) -> RequestWatch {
         #[cfg(target_os = "linux")]
         {
             RequestWatch {
-                watching: LinuxWatch::start(inbox, arrived).ok(),
+                watching: home
+                    .fd
+                    .as_ref()
+                    .and_then(|fd| LinuxWatch::start(fd, arrived).ok()),
             }
         }
         #[cfg(not(target_os = "linux"))]
         {
-            let _ = (inbox, arrived);
+            let _ = (home, arrived);
             RequestWatch {}
         }
     }
 
-    /// True while arrivals are reported.
-    pub(crate) fn is_watching(&self) -> bool {
+    /// Watches `inbox` for requests (instead of the one watched before, if any).
+    pub(crate) fn inbox(&mut self, inbox: &Inbox) {
+        #[cfg(target_os = "linux")]
+        if let Some(w) = &mut self.watching {
+            w.inbox(inbox);
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = inbox;
+    }
+
+    /// True while changes are reported (with `inbox`: also requests arriving).
+    pub(crate) fn is_watching(&self, inbox: bool) -> bool {
         #[cfg(target_os = "linux")]
         {
             use std::sync::atomic::Ordering;
             self.watching
                 .as_ref()
-                .is_some_and(|w| w.alive.load(Ordering::Acquire))
+                .is_some_and(|w| w.alive.load(Ordering::Acquire) && (!inbox || w.inbox.is_some()))
         }
         #[cfg(not(target_os = "linux"))]
         {
+            let _ = inbox;
             false
         }
     }
 }
 
 #[cfg(target_os = "linux")]
+fn proc_fd(fd: &std::os::fd::OwnedFd) -> String {
+    use std::os::fd::AsRawFd;
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+#[cfg(target_os = "linux")]
 impl LinuxWatch {
-    fn start(inbox: &Inbox, arrived: impl Fn() + Send + 'static) -> std::io::Result<LinuxWatch> {
+    fn start(
+        home: &std::os::fd::OwnedFd,
+        arrived: impl Fn() + Send + 'static,
+    ) -> std::io::Result<LinuxWatch> {
         use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
-        use std::os::fd::AsRawFd;
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::Arc;
         let fd = Arc::new(inotify::init(CreateFlags::CLOEXEC)?);
-        // The directory the inbox holds, through its descriptor: a rename or
-        // replacement of the path later changes nothing.
-        let dir = format!("/proc/self/fd/{}", inbox.fd.as_raw_fd());
-        let wd = inotify::add_watch(
+        // What happens to `requests/` in the vault directory (a removal shows here: the
+        // removed directory's own watch hears nothing while it is held open), and the
+        // vault directory's own renaming.
+        let home_wd = inotify::add_watch(
             &*fd,
-            dir.as_str(),
-            // However a request appears: renamed into place (the protocol), written in
-            // place, or created as a link (refused, but answered).
-            WatchFlags::MOVED_TO
-                | WatchFlags::CREATE
-                | WatchFlags::CLOSE_WRITE
+            proc_fd(home).as_str(),
+            WatchFlags::CREATE
+                | WatchFlags::DELETE
+                | WatchFlags::MOVED_FROM
+                | WatchFlags::MOVED_TO
+                | WatchFlags::ATTRIB
+                | WatchFlags::MOVE_SELF
                 | WatchFlags::ONLYDIR,
         )?;
         let alive = Arc::new(AtomicBool::new(true));
@@ -580,8 +819,15 @@ impl LinuxWatch {
                 let mut events = inotify::Reader::new(&*reader_fd, &mut buf);
                 loop {
                     match events.next() {
-                        // The watch was removed (by `drop`, or with the directory).
-                        Ok(e) if e.events().contains(ReadFlags::IGNORED) => break,
+                        // The vault directory's watch was removed (by `drop`).
+                        Ok(e) if e.wd() == home_wd && e.events().contains(ReadFlags::IGNORED) => {
+                            break
+                        }
+                        // Other entries of the vault directory (sled's files) are not news.
+                        Ok(e)
+                            if e.wd() == home_wd
+                                && e.file_name()
+                                    .is_some_and(|n| n.to_bytes() != REQUEST_DIR.as_bytes()) => {}
                         Ok(_) => arrived(),
                         Err(rustix::io::Errno::INTR) => {}
                         Err(_) => break,
@@ -593,10 +839,29 @@ impl LinuxWatch {
             })?;
         Ok(LinuxWatch {
             inotify: fd,
-            wd,
+            home: home_wd,
+            inbox: None,
             alive,
             reader: Some(reader),
         })
+    }
+
+    fn inbox(&mut self, inbox: &Inbox) {
+        use rustix::fs::inotify::{self, WatchFlags};
+        if let Some(wd) = self.inbox.take() {
+            let _ = inotify::remove_watch(&*self.inotify, wd);
+        }
+        // However a request appears: renamed into place (the protocol), written in
+        // place, or created as a link (refused, but answered).
+        self.inbox = inotify::add_watch(
+            &*self.inotify,
+            proc_fd(&inbox.fd).as_str(),
+            WatchFlags::MOVED_TO
+                | WatchFlags::CREATE
+                | WatchFlags::CLOSE_WRITE
+                | WatchFlags::ONLYDIR,
+        )
+        .ok();
     }
 }
 
@@ -604,7 +869,10 @@ impl LinuxWatch {
 impl Drop for LinuxWatch {
     fn drop(&mut self) {
         // Removing the watch queues IN_IGNORED, which ends the reader's blocking read.
-        let _ = rustix::fs::inotify::remove_watch(&*self.inotify, self.wd);
+        if let Some(wd) = self.inbox.take() {
+            let _ = rustix::fs::inotify::remove_watch(&*self.inotify, wd);
+        }
+        let _ = rustix::fs::inotify::remove_watch(&*self.inotify, self.home);
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }

@@ -706,3 +706,115 @@ fn a_moved_vaults_keychain_file_put_back_does_not_erase_it() {
         ok(&cli(&moved, "alice", kind, &["erase", "--yes"]));
     }
 }
+
+/// Scrambles every byte of the database file in `dir`: nothing of sled's is left
+/// recognisable and it does not open.
+fn destroy_db(dir: &Path) {
+    let db = dir.join("db");
+    let bytes: Vec<u8> = std::fs::read(&db)
+        .unwrap()
+        .iter()
+        .map(|b| b ^ 0x5a)
+        .collect();
+    std::fs::write(&db, bytes).unwrap();
+}
+
+/// The keychain file of vault B, put over vault A's where A's database cannot be read:
+/// erase must not take the file's word for which vault is here. B lived at A's path
+/// (moved away, the path reused by A), or in A's very directory (its files moved out,
+/// the directory reused by A), and was opened in its new place since. With A's database
+/// destroyed or held by a process that does not answer, no key of B goes; A is erased
+/// once its database can be read.
+#[test]
+fn another_vaults_keychain_file_over_a_database_that_does_not_open_deletes_none_of_its_keys() {
+    let kind = KeyStoreKind::Keyutils;
+    for same_dir in [false, true] {
+        for held in [false, true] {
+            let d = tempfile::tempdir().unwrap();
+            let dir = d.path().join("v");
+            let b_id = populated(&dir, "alice", kind);
+            let b_file = std::fs::read(dir.join("keychain.json")).unwrap();
+            let moved = d.path().join("b");
+            if same_dir {
+                std::fs::create_dir(&moved).unwrap();
+                for e in std::fs::read_dir(&dir).unwrap() {
+                    let e = e.unwrap();
+                    std::fs::rename(e.path(), moved.join(e.file_name())).unwrap();
+                }
+            } else {
+                std::fs::rename(&dir, &moved).unwrap();
+            }
+            Vault::open(&moved, "alice", common::options(kind))
+                .unwrap()
+                .close()
+                .unwrap();
+            let a_id = populated(&dir, "alice", kind);
+            std::fs::write(dir.join("keychain.json"), &b_file).unwrap();
+            let case = format!("same directory: {same_dir}, held: {held}");
+            let holder = held.then(|| capvault::testing::open_raw_db(&dir));
+            if !held {
+                destroy_db(&dir);
+            }
+            let out = cli(&dir, "alice", kind, &["erase", "--yes", "--wait", "1s"]);
+            assert_ne!(out.status.code(), Some(0), "{case}: {}", text(&out.stdout));
+            assert!(
+                common::keychain_secret(kind, &common::kek_name(&b_id, "alice", 2)).is_some(),
+                "{case}: vault B lost its keys"
+            );
+            if !held {
+                let err = text(&out.stderr);
+                assert!(
+                    err.contains("refusing") && err.contains(&b_id),
+                    "{case}: {err}"
+                );
+            }
+            drop(holder);
+            if held {
+                ok(&cli(&dir, "alice", kind, &["erase", "--yes"]));
+                assert_keys_gone(kind, &a_id, "alice");
+            }
+            assert!(
+                common::keychain_secret(kind, &common::kek_name(&b_id, "alice", 2)).is_some(),
+                "{case}: vault B lost its keys"
+            );
+            ok(&cli(&moved, "alice", kind, &["verify"]));
+            ok(&cli(&moved, "alice", kind, &["erase", "--yes"]));
+        }
+    }
+}
+
+/// A vault moved to another directory and opened there binds its keychain file to the
+/// new place, so a database destroyed later is still erased there; a copy of the
+/// directory (a restored backup) never opened is not, and erase says what to do.
+#[test]
+fn a_moved_vault_opened_once_is_erased_after_its_database_is_destroyed() {
+    let kind = KeyStoreKind::Keyutils;
+    let (d, dir, vault_id) = alice(kind);
+    let moved = d.path().join("w");
+    std::fs::rename(&dir, &moved).unwrap();
+    Vault::open(&moved, "alice", common::options(kind))
+        .unwrap()
+        .close()
+        .unwrap();
+    // A copy of the directory, made before the database was destroyed, at a new path.
+    let copy = d.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for e in std::fs::read_dir(&moved).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+        }
+    }
+    destroy_db(&moved);
+    let out = ok(&cli(&moved, "alice", kind, &["erase", "--yes"]));
+    assert!(out.contains("user 'alice' erased"), "{out}");
+    assert_keys_gone(kind, &vault_id, "alice");
+    assert_tombstone_shown(&moved, "alice", kind, true);
+
+    // The copy's file names the old path and another directory: refused, nothing deleted.
+    destroy_db(&copy);
+    let out = cli(&copy, "alice", kind, &["erase", "--yes"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(err.contains("refusing"), "{err}");
+}

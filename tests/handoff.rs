@@ -3,9 +3,9 @@
 mod common;
 
 use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use capvault::handoff::{request, Op, VERSION};
 use capvault::{KeyStoreKind, Vault};
@@ -31,6 +31,39 @@ fn is_root() -> bool {
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
         .ok()
         == Some(0)
+}
+
+/// A vault opened in this process for `user`, in a fresh directory `v`.
+fn held(user: &str) -> (tempfile::TempDir, PathBuf, Vault) {
+    let d = tempfile::tempdir().unwrap();
+    let vault = d.path().join("v");
+    let agent = Vault::open(&vault, user, options(KeyStoreKind::Keyutils)).unwrap();
+    (d, vault, agent)
+}
+
+/// The holder's `maintenance_error` once `ready` accepts it (it is set after the
+/// request that changed it was answered), at most 10 s.
+#[track_caller]
+fn maintenance_error_until(
+    agent: &Vault,
+    ready: impl Fn(&Option<String>) -> bool,
+) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let e = agent.status().unwrap().maintenance_error;
+        if ready(&e) || Instant::now() > deadline {
+            return e;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Answers `status` through the hand-off at `vault`, or fails naming `when`.
+#[track_caller]
+fn served(vault: &Path, user: &str, when: &str) {
+    let resp = request(vault, user, Op::Enroll, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("no answer {when}: {e:?}"));
+    assert!(resp.ok, "{when}: {resp:?}");
 }
 
 fn as_other_uid(script: &str, env: &[(&str, &Path)]) {
@@ -226,4 +259,185 @@ fn an_answer_from_another_uid_is_not_believed() {
     let got = request(&vault, "alice", Op::Erase, Duration::from_secs(2));
     assert!(responder.join().unwrap(), "the responder saw the request");
     assert!(got.is_err(), "a forged answer was believed: {got:?}");
+}
+
+/// Removing `<vault>/requests/`, or renaming it away, while an agent holds the vault
+/// does not stop the hand-off, and does not go unnoticed: the holder makes no new
+/// `requests/` itself, says in `status` that requests are not served, does not poll
+/// meanwhile, and serves the `requests/` the next client makes.
+#[test]
+fn requests_dir_removed_or_renamed_while_held_is_served_again() {
+    let user = "dave";
+    let (d, vault, agent) = held(user);
+    served(&vault, user, "at first");
+    let requests = vault.join("requests");
+    // A request for another user, falling stale in a second: its deadline must not
+    // outlive the directory it was in (a deadline in the past would spin).
+    let id = "d".repeat(32);
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+        - 299_000_000;
+    std::fs::write(
+        requests.join(format!("{id}.req")),
+        format!(
+            r#"{{"v":{VERSION},"id":"{id}","user":"zed","created_us":{created},"op":"status"}}"#
+        ),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    std::fs::remove_dir_all(&requests).unwrap();
+    let problem = maintenance_error_until(&agent, Option::is_some)
+        .expect("status says requests are not served");
+    assert!(
+        problem.contains("hand-off requests are not served") && problem.contains("removed"),
+        "{problem}"
+    );
+    // Waiting for a client, not polling for one.
+    let quiet = common::threads::settle(Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(2));
+    let woke = common::threads::woke(&quiet, &common::threads::switches());
+    assert_eq!(woke, vec![], "threads woke up while requests/ was missing");
+    assert!(!requests.exists(), "the holder made requests/ itself");
+    served(&vault, user, "after rm -rf requests (the client makes it)");
+    assert_eq!(maintenance_error_until(&agent, Option::is_none), None);
+
+    std::fs::remove_dir_all(&requests).unwrap();
+    served(&vault, user, "right after another rm -rf requests");
+
+    std::fs::rename(&requests, d.path().join("moved")).unwrap();
+    served(&vault, user, "after mv requests elsewhere");
+    // Renamed away and replaced at once by another directory of the same owner.
+    let fresh = d.path().join("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::rename(&requests, d.path().join("moved-again")).unwrap();
+    std::fs::rename(&fresh, &requests).unwrap();
+    served(
+        &vault,
+        user,
+        "after requests/ was replaced by another directory",
+    );
+    // What was renamed away is not served: a request left there stays untaken.
+    let (id, json) = erase_request('c', user);
+    let stray = d.path().join("moved-again").join(format!("{id}.req"));
+    std::fs::write(&stray, json).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(stray.exists(), "a renamed-away directory was still served");
+
+    assert_eq!(maintenance_error_until(&agent, Option::is_none), None);
+    assert!(!agent.status().unwrap().erased);
+    agent.close().unwrap();
+}
+
+/// A `requests/` put in place of the removed one that belongs to another uid is refused,
+/// not served, and the refusal shows in `status`; once it belongs to the holder's uid
+/// (or is replaced by the holder's client) the hand-off serves it.
+#[test]
+fn a_replaced_requests_dir_owned_by_another_uid_is_refused_and_reported() {
+    if !is_root() {
+        eprintln!("skipped: creating a second uid needs root (scripts/test.sh runs as root in CI)");
+        return;
+    }
+    let user = "erin";
+    let (d, vault, agent) = held(user);
+    let _ = agent.append_mouse_move(1, 1, 1).unwrap();
+    agent.flush().unwrap();
+    let requests = vault.join("requests");
+    let foreign = d.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::os::unix::fs::chown(&foreign, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+    std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::remove_dir_all(&requests).unwrap();
+    std::fs::rename(&foreign, &requests).unwrap();
+    let got = request(&vault, user, Op::Erase, Duration::from_secs(2));
+    assert!(
+        matches!(got, Err(capvault::handoff::HandoffError::NoAnswer)),
+        "a directory of another uid was served: {got:?}"
+    );
+    let problem =
+        maintenance_error_until(&agent, |e| e.as_deref().is_some_and(|e| e.contains("uid")))
+            .expect("the refusal shows in status");
+    assert!(problem.contains(&format!("uid {OTHER_UID}")), "{problem}");
+    assert!(!agent.status().unwrap().erased);
+    assert_eq!(agent.test_read_all().unwrap().len(), 1);
+
+    // Given to the holder's uid: the change of owner wakes the holder.
+    std::os::unix::fs::chown(&requests, Some(0), Some(0)).unwrap();
+    served(&vault, user, "once requests/ belongs to the holder's uid");
+    assert_eq!(maintenance_error_until(&agent, Option::is_none), None);
+
+    // Replaced again, then removed: the client's own directory is served.
+    std::fs::remove_dir_all(&requests).unwrap();
+    std::fs::create_dir(&requests).unwrap();
+    std::os::unix::fs::chown(&requests, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+    assert!(request(&vault, user, Op::Status, Duration::from_secs(1)).is_err());
+    std::fs::remove_dir_all(&requests).unwrap();
+    served(&vault, user, "once the foreign directory left");
+    assert_eq!(maintenance_error_until(&agent, Option::is_none), None);
+    agent.close().unwrap();
+}
+
+/// Once the vault directory itself has been moved, whatever is at its old path is not
+/// the vault's: the holder keeps serving the request directory that moved with the vault,
+/// and if that is removed it opens none at the old path, even one a client made there,
+/// and says so in `status`.
+#[test]
+fn after_the_vault_directory_moves_its_old_path_is_not_followed() {
+    let user = "frank";
+    let (d, vault, agent) = held(user);
+    let moved = d.path().join("v.moved");
+    std::fs::rename(&vault, &moved).unwrap();
+    std::fs::create_dir(&vault).unwrap();
+    for when in ["first", "second"] {
+        served(&moved, user, &format!("at the vault's new path ({when})"));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !vault.join("requests").exists(),
+        "the holder followed the old path"
+    );
+    std::fs::remove_dir_all(moved.join("requests")).unwrap();
+    let got = request(&vault, user, Op::Erase, Duration::from_secs(2));
+    assert!(
+        matches!(got, Err(capvault::handoff::HandoffError::NoAnswer)),
+        "a request at the old path was served: {got:?}"
+    );
+    assert!(!agent.status().is_ok_and(|s| s.erased));
+    // `status` reads the vault's files by path, which are gone from there: the error is
+    // kept for the handle's status, asked of the maintenance state directly.
+    let problem = agent.test_maintenance_error().expect("status says why");
+    assert!(problem.contains("no longer at"), "{problem}");
+    agent.close().unwrap();
+}
+
+/// A program deletes the whole vault directory while the vault is held (say, a test's
+/// clean-up, or `rm -rf`): the holder puts nothing back, so the deletion succeeds, and
+/// it does not poll for a directory that cannot come back.
+#[test]
+fn deleting_a_held_vaults_directory_succeeds_and_nothing_comes_back() {
+    let user = "gina";
+    let (_d, vault, agent) = held(user);
+    let _ = agent.append_mouse_move(1, 1, 1).unwrap();
+    agent.flush().unwrap();
+    // Depth first, as rm -rf and nftw do, with time between the steps for the holder to
+    // (wrongly) make `requests/` again.
+    std::fs::remove_dir_all(vault.join("requests")).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !vault.join("requests").exists(),
+        "the holder made requests/ again"
+    );
+    std::fs::remove_dir_all(&vault).expect("the held vault's directory is deleted");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!vault.exists(), "something made the vault directory again");
+    let problem = agent.test_maintenance_error().expect("status says why");
+    assert!(
+        problem.contains("hand-off requests are not served") && problem.contains("removed"),
+        "{problem}"
+    );
+    drop(agent);
+    assert!(!vault.exists());
 }

@@ -304,14 +304,7 @@ impl Inner {
         let p = self.quiesce()?;
         let version = self.keys_mut()?.rotate_kek(&|| self.durable_flush())?;
         drop(p);
-        super::erase::note_kek(
-            &self.dir(),
-            &self.vault_id,
-            self.keystore.kind(),
-            &self.device_seed,
-            &self.user,
-            version + 1,
-        );
+        super::erase::note_kek(&self.dir(), &self.file_note(), &self.user, version + 1);
         self.audit("rotate-kek", &format!("version {version}"))?;
         Ok(version)
     }
@@ -438,6 +431,13 @@ impl Vault {
     /// Status report.
     pub fn status(&self) -> Result<Status> {
         self.inner().status()
+    }
+
+    /// What `status` reports as `maintenance_error`, also when the rest of the status
+    /// cannot be read (the vault directory moved or removed). Test builds only.
+    #[cfg(feature = "test-hooks")]
+    pub fn test_maintenance_error(&self) -> Option<String> {
+        self.inner().maintenance_error()
     }
 
     /// Decrypts every stored event. Test builds only: the public API never returns stored

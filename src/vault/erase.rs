@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 
+use super::binding;
 use crate::error::{Error, Result};
 use crate::keys::hierarchy::{derive_subkey, KeyHierarchy};
 use crate::keys::keystore::{open_keystore, KeyStoreKind};
@@ -72,6 +73,15 @@ pub(crate) struct KeychainFile {
     /// names keys for that directory.
     #[serde(default)]
     dir: String,
+    /// The hash of the binding value in the vault's database (`binding`), under the MAC:
+    /// a file copied from another vault, or left from an earlier one at this path, is not
+    /// taken for the database's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    bind: String,
+    /// The inode of the directory it was written in, under the MAC: another directory at
+    /// the same path (the vault moved away, another made there) has another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dir_inode: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mac: Option<String>,
 }
@@ -90,6 +100,19 @@ fn file_key(device_seed: &Key32) -> hmac::Key {
 }
 
 impl KeychainFile {
+    fn new(vault_id: String, keystore: KeyStoreKind) -> KeychainFile {
+        KeychainFile {
+            format: FORMAT.into(),
+            vault_id,
+            keystore,
+            users: BTreeMap::new(),
+            dir: String::new(),
+            bind: String::new(),
+            dir_inode: None,
+            mac: None,
+        }
+    }
+
     fn unsigned_bytes(&self) -> Vec<u8> {
         let mut copy = self.clone();
         copy.mac = None;
@@ -158,8 +181,60 @@ impl KeychainFile {
         !self.dir.is_empty() && self.dir == canonical(dir)
     }
 
+    /// Whether the database in `dir` (`db` when sled opened it) confirms that the file
+    /// is its own (see `binding`); otherwise why not.
+    fn bound_here(&self, dir: &Path, db: Option<&sled::Db>) -> std::result::Result<(), String> {
+        let other = "the database there holds another vault's binding (the file was copied from another vault, or left by an earlier vault in this directory)";
+        if let Some(h) = db
+            .and_then(|db| db.get(binding::META_BIND).ok().flatten())
+            .and_then(|v| binding::hash_of(&v))
+        {
+            return if h == self.bind {
+                Ok(())
+            } else {
+                Err(other.into())
+            };
+        }
+        let found = binding::scan(dir);
+        if !self.bind.is_empty() && found.contains(&self.bind) {
+            return Ok(());
+        }
+        if !found.is_empty() {
+            return Err(other.into());
+        }
+        // Nothing of the database is recognisable: the directory itself must be the one,
+        // and the one the vault's file was last bound to.
+        if self.dir_inode.is_some() && self.dir_inode == binding::dir_inode(dir) {
+            let home = open_keystore(self.keystore)
+                .and_then(|ks| ks.get(&binding::home_name(&self.vault_id)));
+            return match home {
+                Ok(Some(v)) if *v != binding::home_value(&self.bind, &self.dir, self.dir_inode) => {
+                    Err("the vault it names has been opened elsewhere since (its files were moved out of this directory): the file is an earlier one".into())
+                }
+                // No record: made before there were any, or keyutils after a reboot
+                // (then no key is left to protect either).
+                Ok(_) => Ok(()),
+                Err(e) => Err(format!(
+                    "the keychain cannot say where the vault it names was last opened ({e})"
+                )),
+            };
+        }
+        // A database and a file both from before bindings, as they were then.
+        if db.is_some() && self.bind.is_empty() && self.dir_inode.is_none() {
+            return Ok(());
+        }
+        Err("nothing of the database is recognisable and the file was written in another directory at this path (the vault there was moved away, or the file was copied) or before keychain files were bound".into())
+    }
+
+    /// Whether the file's binding is in the bytes of the database in `dir`: the only
+    /// check there is of a database another process holds.
+    fn bound_in_bytes(&self, dir: &Path) -> bool {
+        !self.bind.is_empty() && binding::scan(dir).contains(&self.bind)
+    }
+
     fn write(&mut self, dir: &Path, device_seed: Option<&Key32>) -> Result<()> {
         self.dir = canonical(dir);
+        self.dir_inode = binding::dir_inode(dir);
         match device_seed {
             Some(s) => self.sign(s),
             None => self.mac = None,
@@ -194,37 +269,63 @@ fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     Ok(result?)
 }
 
+/// What an open vault writes into its keychain file.
+pub(crate) struct FileNote<'a> {
+    pub(crate) vault_id: &'a [u8; 16],
+    pub(crate) keystore: KeyStoreKind,
+    pub(crate) device_seed: &'a Key32,
+    /// The hash of the database's binding value.
+    pub(crate) bind: &'a str,
+    /// The keychain, where the file's binding is remembered.
+    pub(crate) store: &'a dyn crate::keys::keystore::KeyStore,
+}
+
+impl super::Inner {
+    pub(crate) fn file_note(&self) -> FileNote<'_> {
+        FileNote {
+            vault_id: &self.vault_id,
+            keystore: self.keystore.kind(),
+            device_seed: &self.device_seed,
+            bind: &self.keychain_bind,
+            store: &*self.keystore,
+        }
+    }
+}
+
 /// Records, before a KEK version is put in the keychain, that it may exist, so erase
-/// finds it even when the database cannot be read. Best effort: the database names the
-/// versions too.
-pub(crate) fn note_kek(
-    dir: &Path,
-    vault_id: &[u8; 16],
-    keystore: KeyStoreKind,
-    device_seed: &Key32,
-    user: &str,
-    kek_max: u32,
-) {
-    let vault_hex = data_encoding::HEXLOWER.encode(vault_id);
+/// finds it even when the database cannot be read, and binds the file to the database
+/// and the directory (again after the vault was moved or restored). Best effort: the
+/// database names the versions too.
+pub(crate) fn note_kek(dir: &Path, note: &FileNote<'_>, user: &str, kek_max: u32) {
+    let vault_hex = data_encoding::HEXLOWER.encode(note.vault_id);
     let mut file = match KeychainFile::read(dir) {
-        Some(f) if f.vault_id == vault_hex && f.verifies(device_seed) => f,
-        _ => KeychainFile {
-            format: FORMAT.into(),
-            vault_id: vault_hex,
-            keystore,
-            users: BTreeMap::new(),
-            dir: String::new(),
-            mac: None,
-        },
+        Some(f) if f.vault_id == vault_hex && f.verifies(note.device_seed) => f,
+        _ => KeychainFile::new(vault_hex, note.keystore),
     };
+    let bound = file.bind == note.bind
+        && file.dir == canonical(dir)
+        && file.dir_inode == binding::dir_inode(dir);
     let entry = file.users.entry(user.to_string()).or_default();
-    if entry.kek_max >= kek_max && entry.erased_us.is_none() {
+    if bound && entry.kek_max >= kek_max && entry.erased_us.is_none() {
         return;
     }
     entry.kek_max = entry.kek_max.max(kek_max);
     entry.erased_us = None;
     entry.whole_vault = false;
-    let _ = file.write(dir, Some(device_seed));
+    if !bound {
+        // The keychain first: a file bound where the keychain does not say is refused
+        // by erase, which is safe; the reverse would let the earlier file pass.
+        let home = binding::home_value(note.bind, &canonical(dir), binding::dir_inode(dir));
+        if note
+            .store
+            .put(&binding::home_name(&file.vault_id), &home)
+            .is_err()
+        {
+            return;
+        }
+    }
+    file.bind = note.bind.to_string();
+    let _ = file.write(dir, Some(note.device_seed));
 }
 
 /// Refuses a database that lost the vault it held: the keychain file names a vault (and
@@ -388,7 +489,12 @@ fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
                 // Held by another process, which erases through the hand-off. The keys
                 // go now already if the keychain file names them, so the crypto-shred
                 // does not depend on the holder answering.
-                if let Some(f) = file.as_ref().filter(|f| f.written_in(dir) && f.check().1) {
+                // Only a file bound to this very database: its binding value is among
+                // the database file's bytes (another vault's file names another).
+                if let Some(f) = file
+                    .as_ref()
+                    .filter(|f| f.written_in(dir) && f.check().1 && f.bound_in_bytes(dir))
+                {
                     if let (Some(id), Some(u)) = (f.vault_id(), f.users.get(user)) {
                         let ks = open_keystore(f.keystore)?;
                         let hex = data_encoding::HEXLOWER.encode(&id);
@@ -435,6 +541,20 @@ fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
         // nothing else is left (an unverified file names a vault id that is then
         // checked against the device key it claims: see the module comment).
         (None, Some((f, true))) if f.written_in(dir) => {
+            if let Err(why) = f.bound_here(dir, db.as_ref()) {
+                let user_hex = data_encoding::HEXLOWER.encode(user.as_bytes());
+                return Err(Error::tampered(format!(
+                    "the database in {} cannot be read{} and its keychain file, which names vault {}, is not bound to it: {why}; refusing to delete any keys on its word, and deleting nothing. To erase: restore the database from a backup and run erase again, or, if this directory really holds vault {}, delete its keychain entries \"kek/{}/{user_hex}/v*\" (service \"capvault\") with the keychain's own tool",
+                    dir.display(),
+                    db_error
+                        .as_ref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_else(|| " (it names no vault)".into()),
+                    f.vault_id,
+                    f.vault_id,
+                    f.vault_id,
+                )));
+            }
             (f.vault_id().expect("verified"), f.keystore)
         }
         (None, Some((f, true))) => {
@@ -535,9 +655,8 @@ fn proven_vaults(
     file: Option<(&KeychainFile, bool)>,
 ) -> Result<Vec<[u8; 16]>> {
     let store = open_keystore(keystore)?;
-    let file_id = file
-        .filter(|(f, verified)| *verified && f.written_in(dir))
-        .and_then(|(f, _)| f.vault_id());
+    let file = file.filter(|(f, verified)| *verified && f.written_in(dir));
+    let file_id = file.and_then(|(f, _)| f.vault_id());
     let name = format!("u/{}/keys", data_encoding::HEXLOWER.encode(user.as_bytes()));
     let tree = match db {
         Some(db)
@@ -569,10 +688,10 @@ fn proven_vaults(
             proven.push(id);
         }
     }
-    // The file binds its vault to a path, and a path can be reused (a vault moved away
-    // and another created in its place, the old file copied back): it vouches only
-    // when the keys here prove no vault at all.
-    if proven.is_empty() {
+    // A path can be reused (a vault moved away and another created in its place, the
+    // old file copied back): the file vouches only when the keys here prove no vault at
+    // all, and only when it is bound to this database (or this very directory).
+    if proven.is_empty() && file.is_some_and(|(f, _)| f.bound_here(dir, db).is_ok()) {
         proven.extend(file_id);
     }
     if !proven.is_empty() {
@@ -719,14 +838,7 @@ fn record_tombstone(
     let vault_hex = data_encoding::HEXLOWER.encode(&loc.vault_id);
     let mut file = match KeychainFile::read(dir) {
         Some(f) if f.vault_id == vault_hex => f,
-        _ => KeychainFile {
-            format: FORMAT.into(),
-            vault_id: vault_hex,
-            keystore: loc.keystore,
-            users: BTreeMap::new(),
-            dir: String::new(),
-            mac: None,
-        },
+        _ => KeychainFile::new(vault_hex, loc.keystore),
     };
     let verified = device_seed.is_some_and(|s| file.verifies(s));
     if !verified {
@@ -802,14 +914,7 @@ mod tests {
     #[test]
     fn the_keychain_file_verifies_only_under_its_device_key() {
         let seed = Key32::generate();
-        let mut f = KeychainFile {
-            format: FORMAT.into(),
-            vault_id: "00".repeat(16),
-            keystore: KeyStoreKind::Keyutils,
-            users: BTreeMap::new(),
-            dir: String::new(),
-            mac: None,
-        };
+        let mut f = KeychainFile::new("00".repeat(16), KeyStoreKind::Keyutils);
         f.users.insert(
             "alice".into(),
             UserEntry {
@@ -824,5 +929,24 @@ mod tests {
         let mut g = f.clone();
         g.users.get_mut("alice").unwrap().erased_us = Some(6);
         assert!(!g.verifies(&seed), "an edited tombstone does not verify");
+        // A file from before bindings verifies as it did: absent fields stay absent.
+        let bytes = f.to_bytes();
+        assert!(!String::from_utf8_lossy(&bytes).contains("bind"));
+        assert!(KeychainFile::parse(&bytes).unwrap().verifies(&seed));
+        // The bindings are under the MAC.
+        let mut h = f.clone();
+        h.bind = "00".repeat(32);
+        h.dir_inode = Some(7);
+        h.sign(&seed);
+        let mut i = KeychainFile::parse(&h.to_bytes()).unwrap();
+        assert!(i.verifies(&seed));
+        i.dir_inode = Some(8);
+        assert!(
+            !i.verifies(&seed),
+            "an edited directory inode does not verify"
+        );
+        i.dir_inode = Some(7);
+        i.bind = "11".repeat(32);
+        assert!(!i.verifies(&seed), "an edited binding does not verify");
     }
 }

@@ -11,7 +11,7 @@ use super::release::RELEASE_STATE;
 use super::state::Put;
 use super::{now_us, Inner};
 use crate::error::Result;
-use crate::handoff::{Inbox, RequestWatch};
+use crate::handoff::Requests;
 use crate::log::record::{RecordHeader, RecordKind, FLAG_LAST};
 use crate::policy::BudgetAction;
 use capvault_format::{Event, LossReason, Marker};
@@ -39,6 +39,8 @@ struct Duties {
     retention_due_us: Option<i64>,
     /// When a request left for another user falls stale.
     stale_request_us: Option<i64>,
+    /// Serving the requests failed (retried in a moment).
+    serve_failed: bool,
     problems: [Option<String>; 3],
 }
 
@@ -47,11 +49,14 @@ const ROTATION: usize = 1;
 const REQUESTS: usize = 2;
 
 /// The maintenance thread: enforces limits and scheduled DEK rotation, and answers
-/// hand-off requests from other processes (`capvault` CLI) through `inbox`, opened
+/// hand-off requests from other processes (`capvault` CLI) through `requests`, opened
 /// when the vault was, until told to stop (or until the vault is dropped). Each duty
 /// runs whatever happened to the others; their failures show in `status`.
-pub(crate) fn run(inner: Arc<Inner>, mut inbox: Result<Inbox>, wake: Receiver<Wake>) {
-    let mut watch = watch_requests(&inner, &inbox);
+pub(crate) fn run(inner: Arc<Inner>, mut requests: Requests, wake: Receiver<Wake>) {
+    let waker = inner.maintenance_waker();
+    requests.start(move || {
+        let _ = waker.send(Wake::Request);
+    });
     let mut d = Duties::default();
     // Everything once at the start; afterwards on wake-ups and deadlines.
     let mut deadline = Some(Instant::now());
@@ -87,48 +92,37 @@ pub(crate) fn run(inner: Arc<Inner>, mut inbox: Result<Inbox>, wake: Receiver<Wa
                 .rotate_if_due()
                 .err()
                 .map(|e| format!("scheduled key rotation: {e}"));
-            if inbox.is_err() {
-                // Could not be opened with the vault (say, the disk was full): try again.
-                inbox = Inbox::open(&inner.dir());
-                watch = watch_requests(&inner, &inbox);
-            }
-            d.problems[REQUESTS] = match &inbox {
-                Ok(inbox) => match crate::handoff::serve_requests(&inner, inbox) {
-                    Ok(stale) => {
-                        d.stale_request_us = stale;
-                        None
-                    }
-                    Err(e) => Some(format!("hand-off requests: {e}")),
-                },
-                Err(e) => Some(format!("hand-off requests are not served: {e}")),
-            };
+            // A `requests/` that is not there is waited for (a watch wakes the thread when
+            // one appears), not retried; a failure to serve one that is, is retried.
+            d.serve_failed = false;
+            // Known again only from a successful look (a past deadline kept would spin).
+            d.stale_request_us = None;
+            d.problems[REQUESTS] = requests.refresh().or_else(|| match requests.serve(&inner) {
+                Ok(stale) => {
+                    d.stale_request_us = stale;
+                    None
+                }
+                Err(e) => {
+                    d.serve_failed = true;
+                    Some(format!("hand-off requests: {e}"))
+                }
+            });
         }
         let problems: Vec<String> = d.problems.iter().flatten().cloned().collect();
         inner.set_maintenance_problems(&problems);
-        deadline = next_deadline(&inner, &d, watch.as_ref(), !problems.is_empty());
+        let retry = d.problems[LIMITS].is_some()
+            || d.problems[ROTATION].is_some()
+            || d.serve_failed
+            || requests.needs_polling();
+        deadline = next_deadline(&inner, &d, retry);
     }
 }
 
-/// Watches `requests/` so the thread is woken when a request arrives.
-fn watch_requests(inner: &Arc<Inner>, inbox: &Result<Inbox>) -> Option<RequestWatch> {
-    let inbox = inbox.as_ref().ok()?;
-    let wake = inner.maintenance_waker();
-    Some(RequestWatch::start(inbox, move || {
-        let _ = wake.send(Wake::Request);
-    }))
-}
-
 /// The earliest moment something is due: the oldest record leaving retention, the next
-/// scheduled rotation, a stale request, or (while a duty fails, or requests are not
-/// watched) a retry in a moment. `None`: sleep until woken.
-fn next_deadline(
-    inner: &Inner,
-    d: &Duties,
-    watch: Option<&RequestWatch>,
-    failing: bool,
-) -> Option<Instant> {
-    let soon = (failing || !watch.is_some_and(RequestWatch::is_watching))
-        .then(|| Instant::now() + RETRY_TICK);
+/// scheduled rotation, a stale request, or (when `retry`: a duty fails, or requests are
+/// not watched) a retry in a moment. `None`: sleep until woken.
+fn next_deadline(inner: &Inner, d: &Duties, retry: bool) -> Option<Instant> {
+    let soon = retry.then(|| Instant::now() + RETRY_TICK);
     let rotation = inner.rotation_due_us().ok().flatten();
     let at = |us: i64| {
         let wait = us.saturating_sub(now_us()).max(0) as u64;

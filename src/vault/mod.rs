@@ -2,6 +2,7 @@
 //! together for one user of one vault directory.
 
 mod admin;
+mod binding;
 pub(crate) mod erase;
 mod limits;
 mod outbox;
@@ -128,6 +129,9 @@ pub(crate) struct Inner {
     pub(crate) vault_id: [u8; 16],
     pub(crate) device_id: [u8; 16],
     pub(crate) device_seed: Key32,
+    /// The hash of the database's binding value, which the keychain file records
+    /// (`binding`).
+    pub(crate) keychain_bind: String,
     keys: RwLock<KeyHierarchy>,
     /// The user's authenticated stored state (release, pause, policies, receipt key).
     pub(crate) state: StateStore,
@@ -227,6 +231,22 @@ fn load_or_create_id(db: &sled::Db, key: &[u8]) -> Result<[u8; 16]> {
     Ok(id)
 }
 
+/// The hash of the database's binding value (`binding`), made now for a new vault or
+/// one made before there were bindings (or whose value was damaged: the open proves the
+/// database with its keys, and the keychain file is rewritten to match).
+fn load_or_create_binding(db: &sled::Db) -> Result<String> {
+    if let Some(h) = db
+        .get(binding::META_BIND)?
+        .and_then(|v| binding::hash_of(&v))
+    {
+        return Ok(h);
+    }
+    let value = binding::new_value();
+    db.insert(binding::META_BIND, value.as_slice())?;
+    db.flush()?;
+    Ok(binding::hash_of(&value).expect("a new binding value checks"))
+}
+
 impl Vault {
     /// Opens (creating on first use) the vault in `dir` for `user`.
     ///
@@ -276,10 +296,13 @@ impl Vault {
         };
         erase::check_identity(dir, in_db)?;
         let vault_id = load_or_create_id(&store.db, META_VAULT_ID)?;
-        if in_db.is_none() {
-            // A new vault: its id is durable before the keychain file names it, so an
-            // open that dies in between never leaves a file naming a vault the database
-            // lost (which the next open would have to refuse as tampering).
+        let new_binding = store.db.get(binding::META_BIND)?.is_none();
+        let keychain_bind = load_or_create_binding(&store.db)?;
+        if in_db.is_none() || new_binding {
+            // A new vault (or binding): durable before the keychain file names it, so an
+            // open that dies in between never leaves a file naming a vault or binding
+            // the database lost (which the next open would have to refuse as tampering,
+            // and erase to refuse as unbound).
             store.durable_flush()?;
         }
         let device_seed = admin::load_or_create_device_seed(&*keystore, &vault_id)?;
@@ -301,7 +324,14 @@ impl Vault {
             KeyHierarchy::open(keystore.clone(), trees.keys.clone(), vault_id, user, now)
                 .map_err(|e| erase::erased_if_tombstoned(dir, user, e))?;
         let note = |version: u32| {
-            erase::note_kek(dir, &vault_id, keystore.kind(), &device_seed, user, version)
+            let file = erase::FileNote {
+                vault_id: &vault_id,
+                keystore: keystore.kind(),
+                device_seed: &device_seed,
+                bind: &keychain_bind,
+                store: &*keystore,
+            };
+            erase::note_kek(dir, &file, user, version)
         };
         note(keys.kek_version() + 1);
         if let Some(entries) = new_entries {
@@ -435,6 +465,7 @@ impl Vault {
             vault_id,
             device_id,
             device_seed,
+            keychain_bind,
             outbox_key: release::derive_outbox_key(keys.mac_key()),
             outbox,
             keys: RwLock::new(keys),
@@ -466,10 +497,10 @@ impl Vault {
         let worker = inner.clone();
         // Opened now, so that what is served is this vault's request directory even if
         // the vault directory is renamed or replaced later.
-        let inbox = crate::handoff::Inbox::open(&inner.dir());
+        let requests = crate::handoff::Requests::open(&inner.dir());
         let maintenance = std::thread::Builder::new()
             .name("capvault-maintenance".into())
-            .spawn(move || limits::run(worker, inbox, maintenance_woken))
+            .spawn(move || limits::run(worker, requests, maintenance_woken))
             .map_err(|e| Error::Storage(format!("cannot start the maintenance thread: {e}")))?;
         #[allow(unused_mut)]
         let mut vault = Vault {

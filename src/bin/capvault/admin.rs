@@ -941,7 +941,7 @@ pub fn erase(a: &EraseArgs, json: bool) -> CliResult<()> {
             let e = CliError::from(f);
             Failure::Cli(CliError {
                 message: format!(
-                    "{}; the user's keys were deleted from the keychain already if the vault's keychain file names them: run erase again once the holder answers or has closed the vault, to remove the data",
+                    "{}; the user's keys were deleted from the keychain already if the vault's keychain file names them and is bound to its database: run erase again once the holder answers or has closed the vault, to remove the data",
                     e.message
                 ),
                 ..e

@@ -164,6 +164,13 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
 
 /// Writes `bytes` to `dir/name` atomically (temp file, then rename), owner-only.
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    write_atomic_for(dir, name, bytes, None)
+}
+
+/// [`write_atomic`], the file given to uid `owner` before it is renamed into place (root
+/// writing a request for a holder of another uid, which could not read a root-owned
+/// owner-only file).
+fn write_atomic_for(dir: &Path, name: &str, bytes: &[u8], owner: Option<u32>) -> Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -179,15 +186,24 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(|e| io_err("cannot write", &tmp, e))?;
+    #[cfg(unix)]
+    if let Some(uid) = owner {
+        std::os::unix::fs::fchown(&f, Some(uid), None)
+            .map_err(|e| io_err("cannot hand over", &tmp, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = owner;
     let dest = dir.join(name);
     fs::rename(&tmp, &dest).map_err(|e| io_err("cannot rename", &dest, e))
 }
 
 /// Reads a response: a small regular file (not a link) owned by this process's uid or
-/// root, the only ones whose holders it trusts to have run the request. A response
-/// written by anyone else (say, a user who owns a directory above the vault and put a
-/// `requests/` of their own in its place) is never taken for an answer.
-fn read_checked(path: &Path) -> Option<Vec<u8>> {
+/// root, the only ones whose holders it trusts to have run the request, or by `also`
+/// (for a root client: the uid owning the vault's `requests/`, which only that uid's
+/// holder serves). A response written by anyone else (say, a user who owns a directory
+/// above the vault and put a `requests/` of their own in its place) is never taken for
+/// an answer.
+fn read_checked(path: &Path, also: Option<u32>) -> Option<Vec<u8>> {
     let meta = fs::symlink_metadata(path).ok()?;
     if !meta.file_type().is_file() || meta.len() > MAX_FILE {
         return None;
@@ -196,10 +212,12 @@ fn read_checked(path: &Path) -> Option<Vec<u8>> {
     {
         use std::os::unix::fs::MetadataExt;
         let me = rustix::process::geteuid().as_raw();
-        if meta.uid() != me && meta.uid() != 0 {
+        if meta.uid() != me && meta.uid() != 0 && Some(meta.uid()) != also {
             return None;
         }
     }
+    #[cfg(not(unix))]
+    let _ = also;
     fs::read(path).ok()
 }
 
@@ -896,6 +914,35 @@ fn random_id() -> String {
     data_encoding::HEXLOWER.encode(&capvault_format::secret::random_array::<16>())
 }
 
+/// For a root client: the uid whose holder serves this vault, when it is another uid's,
+/// whose requests root writes as that uid's and whose answers root believes. That is the
+/// uid owning both the vault directory and `requests/` (a holder serves only the
+/// `requests/` of its own uid), and only while a process holds the vault's database
+/// lock: a directory someone merely owns, with nobody holding a vault in it, answers
+/// nothing root believes. `None` for any other client.
+fn holder_uid_for_root(vault_dir: &Path, requests: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if rustix::process::geteuid().as_raw() != 0 {
+            return None;
+        }
+        let req = fs::symlink_metadata(requests).ok()?;
+        let vault = fs::metadata(vault_dir).ok()?;
+        let uid = req.uid();
+        (req.file_type().is_dir()
+            && uid != 0
+            && vault.uid() == uid
+            && crate::log::store::held_by_another_process(vault_dir))
+        .then_some(uid)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (vault_dir, requests);
+        None
+    }
+}
+
 /// Sends `op` to the process holding the vault and waits up to `wait` for its answer.
 pub fn request(
     vault_dir: &Path,
@@ -924,11 +971,12 @@ pub fn request(
         op,
     };
     let bytes = serde_json::to_vec(&req).expect("requests serialize");
-    write_atomic(&dir, &format!("{id}.req"), &bytes).map_err(HandoffError::Io)?;
+    let holder = holder_uid_for_root(vault_dir, &dir);
+    write_atomic_for(&dir, &format!("{id}.req"), &bytes, holder).map_err(HandoffError::Io)?;
     let resp_path = dir.join(format!("{id}.resp"));
     let poll = |deadline: Instant| -> Option<Response> {
         loop {
-            if let Some(b) = read_checked(&resp_path) {
+            if let Some(b) = read_checked(&resp_path, holder) {
                 let _ = fs::remove_file(&resp_path);
                 return serde_json::from_slice::<Response>(&b)
                     .ok()

@@ -388,6 +388,57 @@ fn a_failed_open_by_another_uid_changes_nothing_in_the_vault() {
     );
 }
 
+/// Promise (docs/SECURITY.md, "Administration hand-off"): a holder runs requests made
+/// by its own uid or by root, so root administers a vault a user's agent holds.
+///
+/// The holder runs root's request, but its answer is owned by the holder's uid, and
+/// the client believes only answers owned by its own uid or root: root waits its full
+/// timeout and is told the holder did not answer, although the holder ran the request
+/// (for an erase: the keys are gone while root is told to check later).
+#[test]
+fn root_gets_the_answer_of_a_vault_another_uid_holds() {
+    use std::io::BufRead;
+    let Some(other) = OtherVault::create("answer") else {
+        return;
+    };
+    let mut holder = Alive(
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={OTHER_UID}"),
+                &format!("--regid={OTHER_UID}"),
+                "--clear-groups",
+                env!("CARGO_BIN_EXE_capvault"),
+                "serve",
+                "--keystore",
+                "keyutils",
+                "--user",
+                &other.user,
+                "--vault",
+            ])
+            .arg(&other.dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(holder.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let out = Command::new(env!("CARGO_BIN_EXE_capvault"))
+        .args(["status", "--json", "--keystore", "keyutils", "--user"])
+        .arg(&other.user)
+        .arg("--vault")
+        .arg(&other.dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "root's status of a vault uid {OTHER_UID} holds: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A check that fires after a plain failure is a bug (docs/SECURITY.md, "A full disk":
 /// "a full disk is never reported as an integrity failure").
 ///

@@ -471,7 +471,7 @@ pub(crate) fn check_owner(dir: &Path) -> Result<()> {
 /// Whether another process holds the lock sled takes on the vault's `db` (an advisory
 /// `flock`, so probing it opens nothing for writing).
 #[cfg(unix)]
-fn held_by_another_process(dir: &Path) -> bool {
+pub(crate) fn held_by_another_process(dir: &Path) -> bool {
     use rustix::fs::{flock, FlockOperation};
     let Ok(f) = fs::File::open(dir.join("db")) else {
         return false;

@@ -700,7 +700,8 @@ fn an_existing_open_directory_is_made_private_before_anything_is_written() {
 
 /// Every file and directory the vault creates is owner-only whatever the process's
 /// umask: sled's files at open, `blobs/`, the snapshots and blobs sled writes while
-/// open (tightened at each flush), the record segments and their directories, and what a probe of a closed vault leaves behind.
+/// open (tightened at each flush), the record segments, the outbox and their
+/// directories, and what a probe of a closed vault leaves behind.
 /// The umask is process-wide, so the scenario runs in a child process of this test.
 #[cfg(unix)]
 #[test]
@@ -728,9 +729,9 @@ fn every_file_the_vault_creates_is_owner_only_under_umask_000() {
         rustix::process::umask(rustix::fs::Mode::empty());
         let dir = Path::new(&dir).join("v");
         let mut o = options(KeyStoreKind::Keyutils);
-        // Records of 4 MiB go to segment files; the sealed bundle that holds them is
-        // kept in sled's outbox, and sled keeps nodes over a quarter of its segment
-        // in blobs/ files.
+        // Records of 4 MiB go to segment files and the sealed bundle that holds them to
+        // the outbox file; moved into the database (as older vaults kept them), they
+        // are nodes over a quarter of sled's segment, which sled keeps in blobs/ files.
         o.chunk_bytes = 4 << 20;
         o.max_payload_bytes = 16 << 20;
         let v = Vault::open(&dir, "alice", o.clone()).unwrap();
@@ -744,17 +745,24 @@ fn every_file_the_vault_creates_is_owner_only_under_umask_000() {
         let id = capvault::Identity::generate(capvault::Suite::X25519);
         assert!(v.seal_next(&id.recipient(), 16 << 20).unwrap().is_some());
         v.flush().unwrap();
+        let segments = files_under(capvault::testing::segment_dir(&dir, "alice"));
         assert!(
-            std::fs::read_dir(dir.join("blobs")).unwrap().count() > 0,
-            "no blob file was written: the check would not see one"
-        );
-        assert!(
-            !files_under(capvault::testing::segment_dir(&dir, "alice")).is_empty(),
-            "no segment file was written: the check would not see one"
+            segments.iter().any(|f| f.ends_with("outbox"))
+                && segments.iter().any(|f| !f.ends_with("outbox")),
+            "no segment or outbox file was written: the check would not see one: {segments:?}"
         );
         assert_eq!(loose(&dir), Vec::<String>::new(), "after a flush");
         v.close().unwrap();
         assert_eq!(loose(&dir), Vec::<String>::new(), "after close");
+        capvault::testing::write_records_inline(&dir, "alice").unwrap();
+        assert!(
+            std::fs::read_dir(dir.join("blobs")).unwrap().count() > 0,
+            "no blob file was written: the check would not see one"
+        );
+        let v = Vault::open(&dir, "alice", o.clone()).unwrap();
+        v.flush().unwrap();
+        assert_eq!(loose(&dir), Vec::<String>::new(), "records in the database");
+        v.close().unwrap();
         assert!(Vault::user_exists(&dir, "alice").unwrap());
         assert_eq!(loose(&dir), Vec::<String>::new(), "after a probe");
         let v = Vault::open(&dir, "alice", o).unwrap();

@@ -162,14 +162,10 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
     Error::Storage(format!("{what} {}: {e}", path.display()))
 }
 
-/// Writes `bytes` to `dir/name` atomically (temp file, then rename), owner-only.
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    write_atomic_for(dir, name, bytes, None)
-}
-
-/// [`write_atomic`], the file given to uid `owner` before it is renamed into place (root
-/// writing a request for a holder of another uid, which could not read a root-owned
-/// owner-only file).
+/// Writes `bytes` to `dir/name` atomically (temp file, then rename), owner-only; with
+/// `owner`, the file is given to that uid before it is renamed into place (root writing
+/// a request for a holder of another uid, which could not read a root-owned owner-only
+/// file).
 fn write_atomic_for(dir: &Path, name: &str, bytes: &[u8], owner: Option<u32>) -> Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut opts = fs::OpenOptions::new();
@@ -524,7 +520,7 @@ impl Inbox {
     }
 
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        write_atomic(&self.path, name, bytes)
+        write_atomic_for(&self.path, name, bytes, None)
     }
 }
 

@@ -319,6 +319,48 @@ fn a_format2_carry_over_interrupted_before_the_keychain_record_opens_correctly()
     assert!(common::keychain_secret(KeyStoreKind::Keyutils, &format).is_some());
 }
 
+/// Promise (docs/SECURITY.md, "Erasure and crypto-shredding"): erase deletes every KEK
+/// of the user; "the keychain kind" is listed as unauthenticated and harmless ("a change
+/// gives a keychain error").
+///
+/// For erase it is not harmless: erase takes the keychain from the database's metadata
+/// (over the caller's explicit choice), so a directory writer who turns
+/// `"secret-service"` into `"keyutils"` points erase at a keychain with no KEK of the
+/// user; erase takes that for "nothing to protect", removes the data and reports the
+/// erasure, while the KEKs stay in the Secret Service and every copy of the directory
+/// stays decryptable.
+#[test]
+fn an_edited_keychain_kind_does_not_let_erase_skip_the_keys() {
+    let d = tempfile::tempdir().unwrap();
+    let user = format!("attack-kind-{}", std::process::id());
+    let v = Vault::open(
+        d.path(),
+        &user,
+        common::options(KeyStoreKind::SecretService),
+    )
+    .unwrap();
+    append(&v, 20, 0);
+    v.close().unwrap();
+    let kek = common::kek_name(&vault_hex(d.path()), &user, 1);
+    assert!(common::keychain_secret(KeyStoreKind::SecretService, &kek).is_some());
+    {
+        let db = raw(d.path());
+        db.insert(b"keystore", &b"\"keyutils\""[..]).unwrap();
+        db.flush().unwrap();
+    }
+    // The administrator even names the right keychain.
+    let erased = Vault::erase(
+        d.path(),
+        &user,
+        common::options(KeyStoreKind::SecretService),
+    );
+    let survived = common::keychain_secret(KeyStoreKind::SecretService, &kek).is_some();
+    assert!(
+        erased.is_err() || !survived,
+        "erase reported success ({erased:?}) while the KEK {kek} survives in the Secret Service"
+    );
+}
+
 fn owners_under(dir: &Path) -> Vec<(std::path::PathBuf, u32)> {
     use std::os::unix::fs::MetadataExt;
     let mut out: Vec<_> = common::files_under(dir)

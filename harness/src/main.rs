@@ -1,12 +1,14 @@
 //! Side-by-side ingest of small events (SPEC P1): the vault, raw sled with one insert per
-//! event, and SQLCipher with batched transactions of 1000 in WAL mode, on the same
-//! postcard-encoded mouse moves, one producer, in one run.
+//! event, SQLCipher with batched transactions of 1000 in WAL mode, and the raw disk (the
+//! same bytes appended to one file through a 64 KiB buffer, then one fdatasync: the
+//! ceiling, with no encryption, framing or index), on the same postcard-encoded mouse
+//! moves, one producer, in one run.
 //!
 //! `cargo run --release --manifest-path harness/Cargo.toml -- [EVENTS]` (default 2,000,000).
 //!
 //! Each store gets a fresh temporary directory per repetition. The timed part is the
 //! ingest loop plus the final durable step (vault `flush`, sled `flush`, SQLCipher last
-//! `COMMIT` and `PRAGMA wal_checkpoint(TRUNCATE)`); opening and closing are not timed.
+//! `COMMIT` and `PRAGMA wal_checkpoint(TRUNCATE)`, the raw file's `fdatasync`); opening and closing are not timed.
 //! Bytes on disk are counted after the store is closed. The vault keeps its keys in
 //! kernel keyutils.
 
@@ -74,6 +76,31 @@ fn run_vault(n: u64, rep: usize) -> Run {
     v.flush().unwrap();
     let secs = start.elapsed().as_secs_f64();
     v.close().unwrap();
+    let disk_bytes = dir_size(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    Run {
+        events_per_s: n as f64 / secs,
+        disk_bytes,
+    }
+}
+
+fn run_raw_disk(n: u64, rep: usize) -> Run {
+    use std::io::Write;
+    let dir = fresh_dir("raw", rep);
+    let path = dir.join("events");
+    let mut buf = Vec::with_capacity(32);
+    let start = Instant::now();
+    let mut out =
+        std::io::BufWriter::with_capacity(64 << 10, std::fs::File::create(&path).unwrap());
+    for i in 0..n {
+        buf.clear();
+        event(i).encode_into(&mut buf);
+        out.write_all(&buf).unwrap();
+    }
+    let file = out.into_inner().unwrap();
+    file.sync_data().unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    drop(file);
     let disk_bytes = dir_size(&dir);
     std::fs::remove_dir_all(&dir).unwrap();
     Run {
@@ -215,14 +242,15 @@ fn main() {
         plain as f64 / n as f64
     );
 
-    let names = ["vault", "raw sled", "SQLCipher"];
+    let names = ["vault", "raw sled", "SQLCipher", "raw disk"];
     let mut runs: Vec<Vec<Run>> = (0..names.len()).map(|_| Vec::new()).collect();
     for rep in 0..REPEATS {
         for (k, name) in names.iter().enumerate() {
             let r = match k {
                 0 => run_vault(n, rep),
                 1 => run_sled(n, rep),
-                _ => run_sqlcipher(n, rep),
+                2 => run_sqlcipher(n, rep),
+                _ => run_raw_disk(n, rep),
             };
             eprintln!(
                 "run {}: {name:>9}: {:>10.0} events/s, {} bytes on disk",
@@ -262,9 +290,10 @@ fn main() {
     }
     println!();
     println!(
-        "{n} events ({:.1} MB serialized); vault/SQLCipher {:.1}×, vault/raw sled {:.1}×",
+        "{n} events ({:.1} MB serialized); vault/SQLCipher {:.1}×, vault/raw sled {:.1}×, vault/raw disk {:.2}×",
         plain as f64 / 1e6,
         rate[0] / rate[2],
-        rate[0] / rate[1]
+        rate[0] / rate[1],
+        rate[0] / rate[3]
     );
 }

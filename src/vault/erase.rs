@@ -531,8 +531,15 @@ fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
     let mut also = Vec::new();
     let (vault_id, keystore) = match (from_db, &file_ok) {
         (Some((id, ks)), _) => {
-            let ks = ks.unwrap_or(options.keystore);
-            let mut proven = proven_vaults(dir, user, db.as_ref(), id, ks, file_ok)?;
+            let (ks, mut proven) = proven_in_any_keychain(
+                dir,
+                user,
+                db.as_ref(),
+                id,
+                ks.unwrap_or(options.keystore),
+                options.keystore,
+                file_ok,
+            )?;
             let first = proven.remove(0);
             also = proven;
             (first, ks)
@@ -628,6 +635,58 @@ fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
     })
 }
 
+/// [`proven_vaults`] in the keychain the database names, and in every other keychain
+/// named for this vault: the one its verified keychain file names and the one the caller
+/// asked for (unless `Auto`). The database's keychain kind is not authenticated: edited,
+/// it would point erase at a keychain that holds nothing of the user, taken for "nothing
+/// to protect" while the KEKs live on in the real one. The first keychain whose keys
+/// prove a vault here is the vault's; a refusal in any of them stands; only when every
+/// one of them holds nothing of the user does the erase go on as [`proven_vaults`] says.
+fn proven_in_any_keychain(
+    dir: &Path,
+    user: &str,
+    db: Option<&sled::Db>,
+    db_id: [u8; 16],
+    named: KeyStoreKind,
+    asked: KeyStoreKind,
+    file: Option<(&KeychainFile, bool)>,
+) -> Result<(KeyStoreKind, Vec<[u8; 16]>)> {
+    let mut kinds = vec![named];
+    if let Some((f, true)) = file {
+        kinds.push(f.keystore);
+    }
+    if asked != KeyStoreKind::Auto {
+        kinds.push(asked);
+    }
+    let mut tried = Vec::new();
+    let mut refused = None;
+    for kind in kinds {
+        if tried.contains(&kind) {
+            continue;
+        }
+        tried.push(kind);
+        match proven_vaults(dir, user, db, db_id, kind, file) {
+            Ok(Proof::Proven(ids)) => return Ok((kind, ids)),
+            Ok(Proof::NothingHeld) => {}
+            Err(e) => {
+                refused.get_or_insert(e);
+            }
+        }
+    }
+    match refused {
+        Some(e) => Err(e),
+        None => Ok((named, vec![db_id])),
+    }
+}
+
+/// What [`proven_vaults`] found in one keychain.
+enum Proof {
+    /// These vaults (at least one) are proven to be this directory's.
+    Proven(Vec<[u8; 16]>),
+    /// Nothing is proven, and the keychain holds no KEK of the user at all.
+    NothingHeld,
+}
+
 /// The vaults whose KEKs of `user` erase may delete (at least one; the database's
 /// first when it is proven), when the database opened and names vault `db_id`. That
 /// name is not authenticated (anyone who can write the directory can change it, to
@@ -653,7 +712,7 @@ fn proven_vaults(
     db_id: [u8; 16],
     keystore: KeyStoreKind,
     file: Option<(&KeychainFile, bool)>,
-) -> Result<Vec<[u8; 16]>> {
+) -> Result<Proof> {
     let store = open_keystore(keystore)?;
     let file = file.filter(|(f, verified)| *verified && f.written_in(dir));
     let file_id = file.and_then(|(f, _)| f.vault_id());
@@ -695,7 +754,7 @@ fn proven_vaults(
         proven.extend(file_id);
     }
     if !proven.is_empty() {
-        return Ok(proven);
+        return Ok(Proof::Proven(proven));
     }
     let hex = data_encoding::HEXLOWER.encode(&db_id);
     let user_hex = data_encoding::HEXLOWER.encode(user.as_bytes());
@@ -723,7 +782,7 @@ fn proven_vaults(
     // (keyutils after a reboot): any vault it lists may be this directory's, its keys
     // replaced or its id changed, and "nothing deleted" must not pass for an erase.
     if !held && listed.is_empty() {
-        return Ok(vec![db_id]);
+        return Ok(Proof::NothingHeld);
     }
     let mut named: Vec<String> = Vec::new();
     for id in std::iter::once(db_id).filter(|_| held).chain(listed) {

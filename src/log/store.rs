@@ -532,8 +532,9 @@ fn restrict(path: &Path) -> Result<()> {
 /// Gives every file under `dir` mode 0600 and every directory 0700 (sled creates its
 /// files with the process's umask), and with `sync` fsyncs the files, then the
 /// directories. Entries of another owner (a hand-off request root wrote) are left to
-/// the hand-off, which checks them itself. The segment files get their modes but no
-/// fsync here: the log syncs those it wrote before the flush (`Log::sync_segments`).
+/// the hand-off, which checks them itself. The segment directory is not walked: the
+/// vault makes its files owner-only itself, and the log syncs those it wrote before the
+/// flush (`Log::sync_segments`); the outbox file is synced as it is written.
 fn settle_tree(dir: &Path, sync: bool) -> Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -547,8 +548,12 @@ fn settle_tree(dir: &Path, sync: bool) -> Result<()> {
         let path = entry.path();
         make_private(&path, &meta)?;
         if meta.is_dir() {
-            let segments = entry.file_name() == super::segments::SEGMENTS_DIR;
-            settle_tree(&path, sync && !segments)?;
+            // The segment files are made owner-only by the vault itself and synced by
+            // the log as it writes them: walking thousands of them at every flush would
+            // only cost.
+            if entry.file_name() != super::segments::SEGMENTS_DIR {
+                settle_tree(&path, sync)?;
+            }
         } else if sync && meta.is_file() {
             match fs::File::open(&path) {
                 Ok(f) => f.sync_all()?,

@@ -749,8 +749,11 @@ fn proven_vaults(
     }
     // A path can be reused (a vault moved away and another created in its place, the
     // old file copied back): the file vouches only when the keys here prove no vault at
-    // all, and only when it is bound to this database (or this very directory).
-    if proven.is_empty() && file.is_some_and(|(f, _)| f.bound_here(dir, db).is_ok()) {
+    // all, and only when it is bound to this database (or this very directory), and
+    // only for the keychain it names.
+    if proven.is_empty()
+        && file.is_some_and(|(f, _)| f.keystore == keystore && f.bound_here(dir, db).is_ok())
+    {
         proven.extend(file_id);
     }
     if !proven.is_empty() {

@@ -254,7 +254,8 @@ impl Keeper {
         if next == w.mark {
             return Ok(None);
         }
-        let result = self.store.put(&self.name, &self.key.seal(&next));
+        let result = crate::failpoint::hit("mark:write")
+            .and_then(|()| self.store.put(&self.name, &self.key.seal(&next)));
         let mut problem = self.problem.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(()) => {

@@ -454,7 +454,9 @@ impl Vault {
             options.fsync,
         );
         mark.durable(at_open);
-        mark.write_now()?;
+        // A keychain that refuses the write does not stop the open: the maintenance
+        // thread tries again (its first pass runs at once) and `status` shows it.
+        let _ = mark.write_now();
         let (tx, rx) = mpsc::sync_channel(QUEUE_RECORDS);
         let (wake_maintenance, maintenance_woken) = mpsc::channel();
         let options_upload = options.upload.clone();

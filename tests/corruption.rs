@@ -129,7 +129,7 @@ fn observe(dir: &Path, recipient: &Recipient) -> capvault::Result<String> {
     match v.close() {
         // The keychain refuses to move the mark in the children (see `spawn_child`):
         // close says so, after everything else closed.
-        Err(Error::Storage(m)) if m.contains("mark:write") => {}
+        Err(Error::Keychain(m)) if m.contains("mark:write") => {}
         other => other?,
     }
     Ok(out)

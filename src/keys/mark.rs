@@ -203,8 +203,11 @@ impl Keeper {
         }
     }
 
-    /// The mark the keychain holds now (`verify`).
+    /// The mark the keychain holds now (`verify`). Read while no write of this keeper
+    /// is under way: a keychain may replace an entry in two steps (Secret Service), and
+    /// a read between them would find none.
     pub(crate) fn recorded(&self) -> Result<Option<Mark>> {
+        let _w = self.written.lock().unwrap_or_else(|p| p.into_inner());
         read_at(&*self.store, &self.key, &self.name, &self.user)
     }
 
@@ -266,10 +269,12 @@ impl Keeper {
             }
             Err(e) => {
                 self.armed.store(true, Ordering::Release);
-                *problem = Some(format!(
-                    "the high-water mark cannot be written to the keychain ({e}); the data is safe, but a rollback of what was written since would not be detected"
-                ));
-                Err(e)
+                let why = format!(
+                    "the high-water mark of user {:?} cannot be written to the keychain ({e}); the data is safe, but a rollback of what was written since the last mark would not be detected",
+                    self.user
+                );
+                *problem = Some(why.clone());
+                Err(Error::Keychain(why))
             }
         }
     }

@@ -245,6 +245,9 @@ fn acknowledged_records_cannot_be_put_back_at_the_tail() {
     append(&v, 100, 0);
     v.close().unwrap();
     let log_then = snapshot(d.path(), "log");
+    // The segment files are given back once the ack is durable: the attacker brings
+    // them from an earlier copy of the directory (they hold only sealed records).
+    let segments_then = common::segments_snapshot(d.path(), "alice");
     let v = Vault::open(d.path(), "alice", o()).unwrap();
     let b = v.seal_next(&id.recipient(), 1 << 20).unwrap().unwrap();
     v.ack(b.id(), None).unwrap();
@@ -269,6 +272,9 @@ fn acknowledged_records_cannot_be_put_back_at_the_tail() {
         }
         db.flush().unwrap();
     }
+    let seg = capvault::testing::segment_dir(d.path(), "alice");
+    std::fs::create_dir_all(&seg).unwrap();
+    common::segments_restore(d.path(), "alice", &segments_then);
     match accepted(d.path(), |v| {
         let live = v.test_read_all().unwrap().len();
         let id = Identity::generate(Suite::X25519);

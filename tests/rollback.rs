@@ -606,3 +606,41 @@ fn a_failed_mark_write_is_retried_and_reported() {
         assert_eq!(m[0], seq_of(&get(d.path(), "log", &HEAD).unwrap()));
     }
 }
+
+/// A vault of the format before the mark (format 3 in the keychain, no mark) is carried
+/// over at its first open: the mark is written, then the keychain records format 4, and
+/// from then on the mark is required.
+#[test]
+fn a_vault_from_before_the_mark_gets_one_at_its_first_open() {
+    for kind in common::stores() {
+        let d = tempfile::tempdir().unwrap();
+        let v = Vault::open(d.path(), "alice", with(kind)).unwrap();
+        append(&v, 30, 0);
+        v.close().unwrap();
+        let hex = vault_hex(d.path());
+        let user_hex: String = "alice".bytes().map(|b| format!("{b:02x}")).collect();
+        let format = format!("format/{hex}/{user_hex}");
+        let name = mark_name(&hex, "alice");
+        assert_eq!(
+            common::keychain_secret(kind, &format),
+            Some(4u32.to_be_bytes().to_vec())
+        );
+        delete_mark(kind, &name);
+        common::put_keychain_secret(kind, &format, &3u32.to_be_bytes());
+        let v = Vault::open(d.path(), "alice", with(kind)).unwrap();
+        let head = v.verify().unwrap().last_seq;
+        assert_eq!(
+            common::keychain_secret(kind, &format),
+            Some(4u32.to_be_bytes().to_vec()),
+            "{kind:?}: format 4 recorded"
+        );
+        assert!(
+            read_mark(kind, &name).unwrap()[0] >= head,
+            "{kind:?}: marked"
+        );
+        v.close().unwrap();
+        delete_mark(kind, &name);
+        let m = tampered_message(d.path(), "alice", kind);
+        assert!(m.contains("missing from the keychain"), "{m}");
+    }
+}

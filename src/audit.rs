@@ -187,6 +187,14 @@ impl Ledger {
         Ok(self.anchors.open_head(&stored)?.next_event_seq)
     }
 
+    /// The last entry the ledger's stored head names, read from the tree, for `verify`.
+    pub(crate) fn stored_last_seq(&self) -> Result<u64> {
+        let stored = self.tree.get(HEAD_KEY)?.ok_or_else(|| {
+            Error::tampered("the audit ledger has no head anchor (the ledger was wiped)")
+        })?;
+        Ok(self.anchors.open_head(&stored)?.last_seq)
+    }
+
     pub(crate) fn lock_head(&self) -> std::sync::MutexGuard<'_, Head> {
         self.head.lock().unwrap_or_else(|p| p.into_inner())
     }

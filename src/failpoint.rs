@@ -28,12 +28,27 @@ fn crash_here(name: &str) {
     }
 }
 
+/// `CAPVAULT_FAIL_ALWAYS=<name>`: point `name` fails every time it is reached (a
+/// keychain that keeps refusing a write, for tests in a child process).
+#[cfg(feature = "test-hooks")]
+fn fails_always(name: &str) -> bool {
+    static SPEC: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    SPEC.get_or_init(|| std::env::var("CAPVAULT_FAIL_ALWAYS").ok())
+        .as_deref()
+        == Some(name)
+}
+
 /// Fails with a storage error if `name` is armed (and disarms it).
 #[inline]
 pub(crate) fn hit(name: &str) -> Result<()> {
     #[cfg(feature = "test-hooks")]
     {
         crash_here(name);
+        if fails_always(name) {
+            return Err(crate::error::Error::Storage(format!(
+                "injected failure at {name}"
+            )));
+        }
         let mut armed = ARMED.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = armed.iter().position(|a| a == name) {
             armed.remove(i);

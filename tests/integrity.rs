@@ -538,34 +538,6 @@ fn restore(dir: &Path, tree: &str, entries: &[(Vec<u8>, Vec<u8>)]) {
     db.flush().unwrap();
 }
 
-/// The files of the user's record segments (the log's other half: an older copy of the
-/// log comes with its segments).
-fn segments_snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let seg = capvault::testing::segment_dir(dir, "alice");
-    let mut files: Vec<_> = std::fs::read_dir(&seg)
-        .unwrap()
-        .map(|e| {
-            let p = e.unwrap().path();
-            let bytes = std::fs::read(&p).unwrap();
-            (p, bytes)
-        })
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no segment file in {}", seg.display());
-    files
-}
-
-/// Puts the segment files of `files` back in place of the current ones.
-fn segments_restore(dir: &Path, files: &[(std::path::PathBuf, Vec<u8>)]) {
-    let seg = capvault::testing::segment_dir(dir, "alice");
-    for e in std::fs::read_dir(&seg).unwrap() {
-        std::fs::remove_file(e.unwrap().path()).unwrap();
-    }
-    for (p, bytes) in files {
-        std::fs::write(p, bytes).unwrap();
-    }
-}
-
 /// The state tree and the audit ledger put back together from one earlier moment vouch
 /// for each other, but not for the log that moved on since (seal, ack, pause, appends):
 /// the log's head names the state generation. Refused, and the reverse too (an older
@@ -586,7 +558,7 @@ fn state_and_ledger_from_another_moment_than_the_log_are_refused() {
         .iter()
         .map(|t| snapshot(d.path(), t))
         .collect();
-    let then_segments = segments_snapshot(d.path());
+    let then_segments = common::segments_snapshot(d.path(), "alice");
     // Progress: an ack (prunes the log), a pause and its end, more records.
     let v = Vault::open(d.path(), "alice", o()).unwrap();
     v.ack(b1.id(), Some(&collector.receipt_for(b1.digest())))
@@ -601,7 +573,7 @@ fn state_and_ledger_from_another_moment_than_the_log_are_refused() {
         .iter()
         .map(|t| snapshot(d.path(), t))
         .collect();
-    let now_segments = segments_snapshot(d.path());
+    let now_segments = common::segments_snapshot(d.path(), "alice");
 
     // The older state and ledger over the current log.
     restore(d.path(), "state", &then[0]);
@@ -630,14 +602,14 @@ fn state_and_ledger_from_another_moment_than_the_log_are_refused() {
     restore(d.path(), "state", &now[0]);
     restore(d.path(), "ledger", &now[1]);
     restore(d.path(), "log", &then[2]);
-    segments_restore(d.path(), &then_segments);
+    common::segments_restore(d.path(), "alice", &then_segments);
     let m = assert_tampered(d.path(), o(), "older log");
     assert!(m.contains("generation") && m.contains("log"), "{m}");
     // Without its segments the older log is refused too (its first records' bytes
     // were given back after the acknowledgement), and the refusals cut nothing.
-    segments_restore(d.path(), &now_segments);
+    common::segments_restore(d.path(), "alice", &now_segments);
     assert_tampered(d.path(), o(), "older log without its segments");
-    assert_eq!(segments_snapshot(d.path()), now_segments);
+    assert_eq!(common::segments_snapshot(d.path(), "alice"), now_segments);
     // All three of the same moment open (a rollback of the whole vault is not visible
     // to the device alone: docs/SECURITY.md), and so does the present.
     restore(d.path(), "log", &now[2]);

@@ -4,6 +4,8 @@
 //! KEK v(N)   32 bytes, OS keychain entry "kek/<vault>/<user>/v<N>"
 //! format     u32, OS keychain entry "format/<vault>/<user>": how far the user's stored
 //!            state was carried over (docs/FORMAT.md section 12)
+//! mark       OS keychain entry "mark/<vault>/<user>": how far the log, ledger and state
+//!            had come (src/keys/mark.rs), MAC'd under the anchor MAC key
 //!   wraps -> DEK epoch e (32 bytes)   keys tree "dek" || e
 //!   wraps -> anchor MAC key           keys tree "mac2" ("mac" before stored state
 //!                                     was authenticated)
@@ -32,9 +34,10 @@ const MAC_ENTRY_V1: &[u8] = b"mac";
 const MAC_ENTRY: &[u8] = b"mac2";
 const ROTATION_MARKER: &[u8] = b"kek_rotation";
 /// The stored-state format a new user starts in and every user is carried over to:
-/// 2 = state authenticated, 3 = log head bound to the state generation. Kept in the
-/// keychain, which a copy of the vault directory cannot roll back.
-pub(crate) const STATE_FORMAT: u32 = 3;
+/// 2 = state authenticated, 3 = log head bound to the state generation, 4 = a keychain
+/// mark (src/keys/mark.rs) exists. Kept in the keychain, which a copy of the vault
+/// directory cannot roll back.
+pub(crate) const STATE_FORMAT: u32 = 4;
 const ERASED: &[u8] = b"erased";
 
 fn dek_entry(epoch: u32) -> Vec<u8> {
@@ -452,7 +455,16 @@ impl KeyHierarchy {
         now_us: i64,
     ) -> Result<(KeyHierarchy, NewEntries)> {
         let kek = Key32::generate();
+        let mac_key = Key32::generate();
         store.put(&Self::kek_name(&vault_hex, user, 1), kek.expose())?;
+        // The mark before the format that requires it (a crash in between leaves a
+        // user the next open creates again). It replaces any mark an earlier user of
+        // this name left.
+        let mark_key = super::mark::MarkKey::new(&mac_key, &vault_id, user);
+        store.put(
+            &super::mark::name(&vault_hex, user),
+            &mark_key.seal(&super::mark::Mark::default()),
+        )?;
         store.put(
             &Self::format_name(&vault_hex, user),
             &STATE_FORMAT.to_be_bytes(),
@@ -467,7 +479,7 @@ impl KeyHierarchy {
             kek_version: 1,
             deks: BTreeMap::new(),
             current_epoch: 1,
-            mac_key: Key32::generate(),
+            mac_key,
             state_authenticated: true,
             keychain_format: STATE_FORMAT,
         };
@@ -677,8 +689,8 @@ impl KeyHierarchy {
         matches!(tree.get(ERASED), Ok(Some(_)))
     }
 
-    /// Deletes every KEK version of `user` in the vault from the keychain, and the
-    /// format record: each version the keychain lists (where it can enumerate: Secret
+    /// Deletes every KEK version of `user` in the vault from the keychain, then the
+    /// format record and the mark (src/keys/mark.rs): each version the keychain lists (where it can enumerate: Secret
     /// Service and keyutils), and versions 1..=`up_to` in any case (macOS and Windows
     /// cannot be listed here, so there the versions the vault recorded are all that is
     /// known; a rotation never skips a version). Returns the highest version deleted.
@@ -713,6 +725,7 @@ impl KeyHierarchy {
             store.delete(&Self::kek_name(vault_hex, user, v))?;
         }
         store.delete(&Self::format_name(vault_hex, user))?;
+        store.delete(&super::mark::name(vault_hex, user))?;
         Ok(highest)
     }
 }
@@ -745,14 +758,15 @@ pub(crate) fn downgrade_mac_entry(
 
 #[cfg(feature = "test-hooks")]
 impl KeyHierarchy {
-    /// Test hook: removes the keychain's format record of `user`, as in vaults from
-    /// before it.
+    /// Test hook: removes the keychain's format record and mark of `user`, as in
+    /// vaults from before them.
     pub(crate) fn forget_format(
         store: &dyn KeyStore,
         vault_id: &[u8; 16],
         user: &str,
     ) -> Result<()> {
         let vault_hex = data_encoding::HEXLOWER.encode(vault_id);
+        store.delete(&super::mark::name(&vault_hex, user))?;
         store.delete(&Self::format_name(&vault_hex, user))
     }
 }

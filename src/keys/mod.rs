@@ -2,3 +2,4 @@
 //! (KEK -> DEK epochs).
 pub(crate) mod hierarchy;
 pub(crate) mod keystore;
+pub(crate) mod mark;

@@ -223,6 +223,15 @@ impl AnchorKey {
         Ok(u64::from_be_bytes(b.try_into().expect("8")))
     }
 
+    /// A keychain mark's body (src/keys/mark.rs), under `which` = 'm'.
+    pub(crate) fn seal_mark(&self, body: Vec<u8>) -> Vec<u8> {
+        self.seal(b'm', body)
+    }
+
+    pub(crate) fn open_mark<'a>(&self, stored: &'a [u8], body_len: usize) -> Result<&'a [u8]> {
+        self.open(b'm', stored, body_len, "keychain mark")
+    }
+
     pub(crate) fn seal_tail(&self, t: &Tail) -> Vec<u8> {
         let mut b = Vec::with_capacity(24);
         b.extend_from_slice(&t.first_seq.to_be_bytes());

@@ -106,13 +106,16 @@ impl Log {
     /// With `require_head` (stored state authenticated: every user's log has a head from
     /// its creation on) a missing head means the log was wiped; with `require_bound` (the
     /// keychain says the log is bound to the stored state) a head without the state
-    /// generation is an older copy put back.
+    /// generation is an older copy put back. Records up to `marked` (the keychain
+    /// mark's head) were durable, like those up to the synced anchor: they are never
+    /// taken for a torn write.
     pub(crate) fn open(
         tree: sled::Tree,
         binding: RecordBinding,
         anchors: AnchorKey,
         require_head: bool,
         require_bound: bool,
+        marked: u64,
         segments: Segments,
     ) -> Result<Log> {
         // Whether the head names the state generation (a torn tail trimmed at open is
@@ -194,7 +197,7 @@ impl Log {
             synced: Mutex::new(synced.unwrap_or(0)),
             trimmed: 0,
         };
-        log.trimmed = log.trim_torn_tail(synced, bound)?;
+        log.trimmed = log.trim_torn_tail(synced.map(|s| s.max(marked)), bound)?;
         log.check_ends()?;
         Ok(log)
     }
@@ -510,6 +513,21 @@ impl Log {
 
     pub(crate) fn sealed_head(&self, head: &Head) -> sled::IVec {
         self.anchors.seal_log_head(head).into()
+    }
+
+    /// The last record of the stored head and the first of the stored tail, read from
+    /// the tree, for `verify`.
+    pub(crate) fn stored_ends(&self) -> Result<(u64, u64)> {
+        let stored = self
+            .tree
+            .get(HEAD_KEY)?
+            .ok_or_else(|| Error::tampered("the log has no head anchor (the log was wiped)"))?;
+        let (head, _) = self.anchors.open_log_head(&stored)?;
+        let tail = match self.tree.get(TAIL_KEY)? {
+            Some(t) => self.anchors.open_tail(&t)?,
+            None => Tail::default(),
+        };
+        Ok((head.last_seq, tail.first_seq))
     }
 
     /// The state generation the stored head names (`None`: an unbound head), read

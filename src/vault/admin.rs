@@ -193,6 +193,7 @@ impl Inner {
             inner.paused_until.store(until, Ordering::Relaxed);
         }
         inner.flush()?;
+        inner.mark_now();
         inner.audit("pause", &format!("{secs} s"))?;
         Ok(until)
     }
@@ -200,7 +201,9 @@ impl Inner {
     pub(crate) fn resume(&self) -> Result<()> {
         self.check_live()?;
         self.end_pause("resumed")?;
-        self.flush()
+        self.flush()?;
+        self.mark_now();
+        Ok(())
     }
 
     pub(crate) fn pause_state(&self) -> Result<PauseState> {
@@ -407,6 +410,7 @@ impl Vault {
         inner.ledger.read_after(u64::MAX)?;
         inner.state.check_all()?;
         inner.check_generations()?;
+        inner.check_mark()?;
         Ok(report)
     }
 

@@ -28,6 +28,8 @@ pub(crate) enum Wake {
     Wrote,
     /// A hand-off request arrived.
     Request,
+    /// A durable flush moved the keychain mark: write it when due (src/keys/mark.rs).
+    Mark,
     /// The vault is closing.
     Stop,
 }
@@ -41,12 +43,13 @@ struct Duties {
     stale_request_us: Option<i64>,
     /// Serving the requests failed (retried in a moment).
     serve_failed: bool,
-    problems: [Option<String>; 3],
+    problems: [Option<String>; 4],
 }
 
 const LIMITS: usize = 0;
 const ROTATION: usize = 1;
 const REQUESTS: usize = 2;
+const MARK: usize = 3;
 
 /// The maintenance thread: enforces limits and scheduled DEK rotation, and answers
 /// hand-off requests from other processes (`capvault` CLI) through `requests`, opened
@@ -60,21 +63,36 @@ pub(crate) fn run(inner: Arc<Inner>, mut requests: Requests, wake: Receiver<Wake
     let mut d = Duties::default();
     // Everything once at the start; afterwards on wake-ups and deadlines.
     let mut deadline = Some(Instant::now());
+    // The deferred write of the keychain mark, armed by durable flushes only.
+    let mut mark_due: Option<Instant> = None;
     loop {
-        let woke = match deadline {
+        let woke = match deadline.into_iter().chain(mark_due).min() {
             None => wake.recv().map_err(|_| RecvTimeoutError::Disconnected),
             Some(at) => wake.recv_timeout(at.saturating_duration_since(Instant::now())),
         };
         let only_wrote = match woke {
             Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-            Ok(Wake::Wrote) => true,
-            Ok(Wake::Request) | Err(RecvTimeoutError::Timeout) => false,
+            Ok(Wake::Wrote) => Some(true),
+            Ok(Wake::Request) => Some(false),
+            Ok(Wake::Mark) => None,
+            Err(RecvTimeoutError::Timeout) => deadline
+                .is_some_and(|t| t <= Instant::now())
+                .then_some(false),
         };
         inner.maintenance_woken();
         if inner.is_erased() {
             deadline = None;
+            mark_due = None;
             continue;
         }
+        mark_due = inner.mark.write_due(Instant::now());
+        d.problems[MARK] = inner.mark.problem();
+        let Some(only_wrote) = only_wrote else {
+            // Only the mark was due: the other duties wait for their own deadline.
+            let problems: Vec<String> = d.problems.iter().flatten().cloned().collect();
+            inner.set_maintenance_problems(&problems);
+            continue;
+        };
         let now = now_us();
         let retention_due = d.retention_due_us.is_none_or(|t| t < now);
         d.problems[LIMITS] = inner

@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::keys::hierarchy::KeyHierarchy;
+use crate::keys::hierarchy::{KeyHierarchy, STATE_FORMAT};
 use crate::keys::keystore::{open_keystore, KeyStore, KeyStoreKind};
+use crate::keys::mark::{self, Keeper, Mark, MarkKey};
 use crate::log::anchor::AnchorKey;
 use crate::log::framer::{encode_large, Framer, Job};
 use crate::log::record::RecordBinding;
@@ -133,6 +134,8 @@ pub(crate) struct Inner {
     /// (`binding`).
     pub(crate) keychain_bind: String,
     keys: RwLock<KeyHierarchy>,
+    /// The user's high-water mark in the keychain (src/keys/mark.rs).
+    pub(crate) mark: Keeper,
     /// The user's authenticated stored state (release, pause, policies, receipt key).
     pub(crate) state: StateStore,
     /// Encrypts the outbox (derived from the MAC key: erased with the KEK).
@@ -348,6 +351,21 @@ impl Vault {
         let keychain_format = keys.keychain_format();
         let sealed = tree_authenticated || keychain_format >= 2;
         let bound = keychain_format >= 3;
+        // From format 4 on the keychain keeps the user's high-water mark, which no copy
+        // of the directory rolls back: the directory must not be behind it.
+        let vault_hex = data_encoding::HEXLOWER.encode(&vault_id);
+        let mark_key = MarkKey::new(keys.mac_key(), &vault_id, user);
+        let recorded_mark = if keychain_format >= STATE_FORMAT {
+            Some(
+                mark::read(&*keystore, &mark_key, &vault_hex, user)?.ok_or_else(|| {
+                    Error::tampered(format!(
+                        "the high-water mark of user {user:?} is missing from the keychain, which records that the user has one (the keychain entry was deleted); whether the vault directory was rolled back cannot be told: erase the user, or keep the vault as evidence"
+                    ))
+                })?,
+            )
+        } else {
+            None
+        };
         let segments = crate::log::segments::Segments::open(
             &crate::log::segments::user_dir(dir, user),
             crate::log::segments::segment_bytes_for(options.policy.budget_bytes),
@@ -359,6 +377,7 @@ impl Vault {
             AnchorKey::new(keys.mac_key(), &vault_id, user),
             sealed,
             bound,
+            recorded_mark.map_or(0, |m| m.head),
             segments,
         )?;
         let ledger = crate::audit::Ledger::open(
@@ -373,6 +392,9 @@ impl Vault {
         let state = if sealed {
             let st = StateStore::open(trees.state.clone(), sealer, &ledger)?;
             check_generations(log.stored_state_gen()?, &ledger)?;
+            if let Some(m) = &recorded_mark {
+                m.check(&mark_of(&log, &ledger), user)?;
+            }
             st
         } else {
             // A vault written before stored state was authenticated: seal what is there
@@ -394,12 +416,21 @@ impl Vault {
         };
         // Only now that the log is known to go with the stored state.
         log.settle_segments()?;
-        if !bound {
-            // Sealed state whose log head predates the binding (format 2), or the state
-            // just sealed: bind the log to the state's generation, make that durable, and
-            // only then record the format in the keychain.
-            log.bind(ledger.state_gen())?;
+        let mut written_mark = recorded_mark.unwrap_or_default();
+        if keychain_format < STATE_FORMAT {
+            if !bound {
+                // Sealed state whose log head predates the binding (format 2), or the
+                // state just sealed: bind the log to the state's generation.
+                log.bind(ledger.state_gen())?;
+            }
+            // Make that durable, write the first mark (what is durable now), and only
+            // then record the format in the keychain, which from then on requires both.
+            let m = mark_of(&log, &ledger);
             store.durable_flush()?;
+            if options.fsync {
+                written_mark = m;
+            }
+            keystore.put(&mark::name(&vault_hex, user), &mark_key.seal(&written_mark))?;
             keys.record_format()?;
         }
         if !tree_authenticated {
@@ -446,8 +477,23 @@ impl Vault {
         };
         let dropped = read_i64(&state, STATE_PAUSE_DROPPED)? as u64;
         let in_denied_window = read_i64(&state, STATE_DENY_GAP)? == 1;
+        let at_open = mark_of(&log, &ledger);
         store.durable_flush()?;
         store.restrict_permissions()?;
+        // What this open changed (policy, receipt key, a torn tail) or a crash left
+        // unmarked goes into the mark now.
+        let mark = Keeper::new(
+            keystore.clone(),
+            mark_key,
+            &vault_hex,
+            user,
+            written_mark,
+            options.fsync,
+        );
+        mark.durable(at_open);
+        // A keychain that refuses the write does not stop the open: the maintenance
+        // thread tries again (its first pass runs at once) and `status` shows it.
+        let _ = mark.write_now();
         let (tx, rx) = mpsc::sync_channel(QUEUE_RECORDS);
         let (wake_maintenance, maintenance_woken) = mpsc::channel();
         let options_upload = options.upload.clone();
@@ -469,6 +515,7 @@ impl Vault {
             outbox_key: release::derive_outbox_key(keys.mac_key()),
             outbox,
             keys: RwLock::new(keys),
+            mark,
             state,
             log,
             ledger,
@@ -681,7 +728,8 @@ impl Vault {
         };
         let result = self.inner.stop_writer();
         let _ = handle.join();
-        result
+        // The final flush is durable: the mark names it (state changes wrote already).
+        result.and_then(|()| self.inner.mark.write_now())
     }
 
     pub(crate) fn inner(&self) -> &Inner {
@@ -816,6 +864,21 @@ pub fn write_format1(dir: &Path, user: &str) -> Result<()> {
             .insert(head_key, ledger_anchors.seal_head(&head))?;
     }
     store.durable_flush()
+}
+
+/// How far the log, the ledger and the stored state have come (in memory: each is
+/// updated after its write applied, so a durable flush started afterwards covers it).
+fn mark_of(log: &Log, ledger: &crate::audit::Ledger) -> Mark {
+    let (head, tail) = {
+        let st = log.lock();
+        (st.head.last_seq, st.tail.first_seq)
+    };
+    Mark {
+        head,
+        tail,
+        ledger: ledger.last_seq(),
+        state_gen: ledger.state_gen(),
+    }
 }
 
 /// The log head, the state anchor and the ledger head name one generation of the stored
@@ -1319,11 +1382,43 @@ impl Inner {
             // name (a synced anchor would put an entry back into the cleared tree).
             return self.store.durable_flush();
         }
+        // Taken first: everything it names is applied and so covered by the flush.
+        let covered = mark_of(&self.log, &self.ledger);
         self.log.sync_segments()?;
         crate::failpoint::hit("flush:after-segments")?;
         self.store.durable_flush()?;
+        if self.mark.durable(covered) {
+            let _ = self.maintenance.send(limits::Wake::Mark);
+        }
         crate::failpoint::hit("flush:before-release")?;
         self.log.release_space()
+    }
+
+    /// After a state change's durable flush: the keychain mark names it at once. A
+    /// failed write is tried again by the maintenance thread and shown by `status`; the
+    /// change itself stands.
+    pub(crate) fn mark_now(&self) {
+        if self.mark.write_now().is_err() {
+            let _ = self.maintenance.send(limits::Wake::Mark);
+        }
+    }
+
+    /// `verify`: the stored log, ledger and state are not behind the keychain mark.
+    pub(crate) fn check_mark(&self) -> Result<()> {
+        let (head, tail) = self.log.stored_ends()?;
+        let found = Mark {
+            head,
+            tail,
+            ledger: self.ledger.stored_last_seq()?,
+            state_gen: self.ledger.stored_state_gen()?,
+        };
+        match self.mark.recorded()? {
+            Some(m) => m.check(&found, &self.user),
+            None => Err(Error::tampered(format!(
+                "the high-water mark of user {:?} is missing from the keychain (the keychain entry was deleted); whether the vault directory was rolled back cannot be told",
+                self.user
+            ))),
+        }
     }
 
     /// Called by the writer after it stored records: wakes the maintenance thread (once

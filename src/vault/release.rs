@@ -163,6 +163,8 @@ impl Inner {
             // handle fails with `Erased` instead of finding them gone.
             let mut keys = self.keys_mut()?;
             self.mark_erased();
+            // No mark is written after the shred deletes it.
+            self.mark.retire();
             keys.shred()?
         };
         super::erase::note_erasing(self, kek_max);
@@ -324,6 +326,7 @@ impl Inner {
         state.last_acked_id = Some(bundle_id(&digest));
         self.save_release_state(state, Some(None))?;
         self.durable_flush()?;
+        self.mark_now();
         self.outbox.remove()?;
         if !emptied.is_empty() {
             self.retire_empty_epochs()?;
@@ -455,6 +458,7 @@ impl Inner {
         state.records_lost = 0;
         self.save_release_state(&state, Some(Some(bundle.bytes())))?;
         self.durable_flush()?;
+        self.mark_now();
         drop(_g);
         self.audit(
             "seal",

@@ -297,3 +297,31 @@ pub fn put_keychain_secret(kind: KeyStoreKind, name: &str, secret: &[u8]) {
         other => panic!("no independent writer for {other:?}"),
     }
 }
+
+/// The files of the user's record segments (the log's other half: an older copy of the
+/// log comes with its segments).
+pub fn segments_snapshot(dir: &Path, user: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let seg = capvault::testing::segment_dir(dir, user);
+    let mut files: Vec<_> = std::fs::read_dir(&seg)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no segment file in {}", seg.display());
+    files
+}
+
+/// Puts the segment files of `files` back in place of the current ones.
+pub fn segments_restore(dir: &Path, user: &str, files: &[(std::path::PathBuf, Vec<u8>)]) {
+    let seg = capvault::testing::segment_dir(dir, user);
+    for e in std::fs::read_dir(&seg).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    for (p, bytes) in files {
+        std::fs::write(p, bytes).unwrap();
+    }
+}

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use capvault::{Error, KeyStoreKind, Vault, VaultOptions};
+use common::alice_value as get;
 
 fn o() -> VaultOptions {
     let mut o = common::options(KeyStoreKind::Keyutils);
@@ -17,12 +18,6 @@ fn o() -> VaultOptions {
 
 fn raw(dir: &Path) -> sled::Db {
     capvault::testing::open_raw_db(dir)
-}
-
-fn get(dir: &Path, tree: &str, key: &[u8]) -> Option<Vec<u8>> {
-    let db = raw(dir);
-    let v = common::user_tree(&db, "alice", tree).get(key).unwrap();
-    v.map(|v| v.to_vec())
 }
 
 fn append(v: &Vault, n: i64, from: i64) {

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use capvault::{Error, Identity, KeyStoreKind, Policy, Suite, Vault, VaultOptions};
+use common::{alice_entries as snapshot, alice_value as get};
 use serde_json::Value;
 
 fn o() -> VaultOptions {
@@ -50,12 +51,6 @@ fn put(dir: &Path, tree: &str, key: &[u8], value: Option<Vec<u8>>) {
         None => t.remove(key).unwrap(),
     };
     db.flush().unwrap();
-}
-
-fn get(dir: &Path, tree: &str, key: &[u8]) -> Option<Vec<u8>> {
-    let db = raw(dir);
-    let v = common::user_tree(&db, "alice", tree).get(key).unwrap();
-    v.map(|v| v.to_vec())
 }
 
 #[track_caller]
@@ -513,18 +508,6 @@ fn a_database_that_lost_its_contents_is_not_replaced_by_a_new_vault() {
     }
     let m = assert_tampered(d.path(), o(), "empty database");
     assert!(m.contains("keychain file"), "{m}");
-}
-
-/// Every entry of a user's tree.
-fn snapshot(dir: &Path, tree: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let db = raw(dir);
-    common::user_tree(&db, "alice", tree)
-        .iter()
-        .map(|kv| {
-            let (k, v) = kv.unwrap();
-            (k.to_vec(), v.to_vec())
-        })
-        .collect()
 }
 
 /// Replaces a user's tree by `entries` (the whole tree put back from a copy).

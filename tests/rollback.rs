@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use capvault::{Error, KeyStoreKind, Vault, VaultOptions};
+use common::{alice_entries as snapshot, alice_value as get};
 
 const HEAD: [u8; 2] = [1, b'h'];
 const TAIL: [u8; 2] = [1, b't'];
@@ -27,24 +28,6 @@ fn with(kind: KeyStoreKind) -> VaultOptions {
 
 fn raw(dir: &Path) -> sled::Db {
     capvault::testing::open_raw_db(dir)
-}
-
-fn get(dir: &Path, tree: &str, key: &[u8]) -> Option<Vec<u8>> {
-    let db = raw(dir);
-    let v = common::user_tree(&db, "alice", tree).get(key).unwrap();
-    v.map(|v| v.to_vec())
-}
-
-/// Every entry of a user's tree.
-fn snapshot(dir: &Path, tree: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let db = raw(dir);
-    common::user_tree(&db, "alice", tree)
-        .iter()
-        .map(|kv| {
-            let (k, v) = kv.unwrap();
-            (k.to_vec(), v.to_vec())
-        })
-        .collect()
 }
 
 /// Every byte of every file in the vault directory: sled is log-structured, so values

@@ -325,3 +325,22 @@ pub fn segments_restore(dir: &Path, user: &str, files: &[(std::path::PathBuf, Ve
         std::fs::write(p, bytes).unwrap();
     }
 }
+
+/// A value of one of user `alice`'s trees in the closed vault at `dir`.
+pub fn alice_value(dir: &Path, tree: &str, key: &[u8]) -> Option<Vec<u8>> {
+    let db = capvault::testing::open_raw_db(dir);
+    let v = user_tree(&db, "alice", tree).get(key).unwrap();
+    v.map(|v| v.to_vec())
+}
+
+/// Every entry of one of user `alice`'s trees in the closed vault at `dir`.
+pub fn alice_entries(dir: &Path, tree: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let db = capvault::testing::open_raw_db(dir);
+    user_tree(&db, "alice", tree)
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.unwrap();
+            (k.to_vec(), v.to_vec())
+        })
+        .collect()
+}

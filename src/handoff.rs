@@ -162,59 +162,172 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
     Error::Storage(format!("{what} {}: {e}", path.display()))
 }
 
-/// Writes `bytes` to `dir/name` atomically (temp file, then rename), owner-only; with
-/// `owner`, the file is given to that uid before it is renamed into place (root writing
-/// a request for a holder of another uid, which could not read a root-owned owner-only
-/// file).
-fn write_atomic_for(dir: &Path, name: &str, bytes: &[u8], owner: Option<u32>) -> Result<()> {
+/// Writes `bytes` to `dir/name` atomically (temp file, then rename), owner-only (the
+/// holder's answers where no directory handles are available).
+#[cfg(not(unix))]
+fn write_atomic_for(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
     let _ = fs::remove_file(&tmp);
-    let mut f = opts
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
         .open(&tmp)
         .map_err(|e| io_err("cannot create", &tmp, e))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(|e| io_err("cannot write", &tmp, e))?;
-    #[cfg(unix)]
-    if let Some(uid) = owner {
-        std::os::unix::fs::fchown(&f, Some(uid), None)
-            .map_err(|e| io_err("cannot hand over", &tmp, e))?;
-    }
-    #[cfg(not(unix))]
-    let _ = owner;
     let dest = dir.join(name);
     fs::rename(&tmp, &dest).map_err(|e| io_err("cannot rename", &dest, e))
 }
 
-/// Reads a response: a small regular file (not a link) owned by this process's uid or
-/// root, the only ones whose holders it trusts to have run the request, or by `also`
-/// (for a root client: the uid owning the vault's `requests/`, which only that uid's
-/// holder serves). A response written by anyone else (say, a user who owns a directory
-/// above the vault and put a `requests/` of their own in its place) is never taken for
-/// an answer.
-fn read_checked(path: &Path, also: Option<u32>) -> Option<Vec<u8>> {
-    let meta = fs::symlink_metadata(path).ok()?;
-    if !meta.file_type().is_file() || meta.len() > MAX_FILE {
-        return None;
-    }
+/// A client's view of a vault's `requests/`: on Unix a handle opened once, without
+/// following a link at `requests`, through which every file is made, handed over, read
+/// and removed, so nobody who can rename entries in the vault directory can redirect
+/// what the client (root, say) creates or reads.
+struct ClientDir {
+    path: PathBuf,
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
+    fd: std::os::fd::OwnedFd,
+    /// For a root client: the uid whose holder serves this vault (see
+    /// [`ClientDir::open`]), whose requests root writes as that uid's and whose answers
+    /// root believes.
+    holder: Option<u32>,
+}
+
+impl ClientDir {
+    /// Opens (making it if needed) the `requests/` of the vault at `vault_dir`.
+    ///
+    /// A root client trusts another uid only when that uid owns both the vault directory
+    /// and `requests/` (a holder serves only the `requests/` of its own uid), and only
+    /// while a process holds the vault's database lock: a directory someone merely owns,
+    /// with nobody holding a vault in it, answers nothing root believes.
+    #[cfg(unix)]
+    fn open(vault_dir: &Path) -> Result<ClientDir> {
+        use rustix::fs::{Mode, OFlags};
+        let path = requests_dir(vault_dir);
+        let vault = rustix::fs::open(
+            vault_dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err("cannot open", vault_dir, e.into()))?;
+        match rustix::fs::mkdirat(&vault, REQUEST_DIR, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(io_err("cannot create", &path, e.into())),
+        }
+        let fd = rustix::fs::openat(
+            &vault,
+            REQUEST_DIR,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err("cannot open", &path, e.into()))?;
+        let uid = rustix::fs::fstat(&fd)
+            .map_err(|e| io_err("cannot read", &path, e.into()))?
+            .st_uid;
+        let vault_uid = rustix::fs::fstat(&vault)
+            .map_err(|e| io_err("cannot read", vault_dir, e.into()))?
+            .st_uid;
+        let holder = (rustix::process::geteuid().is_root()
+            && uid != 0
+            && vault_uid == uid
+            && crate::log::store::held_by_another_process(vault_dir))
+        .then_some(uid);
+        Ok(ClientDir { path, fd, holder })
+    }
+
+    #[cfg(not(unix))]
+    fn open(vault_dir: &Path) -> Result<ClientDir> {
+        let path = requests_dir(vault_dir);
+        if let Err(e) = fs::create_dir(&path) {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(io_err("cannot create", &path, e));
+            }
+        }
+        Ok(ClientDir { path, holder: None })
+    }
+
+    /// Writes a request atomically (temp file, then rename), owner-only; for a root
+    /// client of another uid's holder, the file is that uid's before it is renamed into
+    /// place (the holder could not read a root-owned owner-only file).
+    #[cfg(unix)]
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        use rustix::fs::{Mode, OFlags};
+        let tmp = format!(".{name}.tmp");
+        let _ = rustix::fs::unlinkat(&self.fd, tmp.as_str(), rustix::fs::AtFlags::empty());
+        let fd = rustix::fs::openat(
+            &self.fd,
+            tmp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| io_err("cannot create", &self.path.join(&tmp), e.into()))?;
+        let mut f = fs::File::from(fd);
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io_err("cannot write", &self.path.join(&tmp), e))?;
+        if let Some(uid) = self.holder {
+            std::os::unix::fs::fchown(&f, Some(uid), None)
+                .map_err(|e| io_err("cannot hand over", &self.path.join(&tmp), e))?;
+        }
+        rustix::fs::renameat(&self.fd, tmp.as_str(), &self.fd, name)
+            .map_err(|e| io_err("cannot rename", &self.path.join(name), e.into()))
+    }
+
+    #[cfg(not(unix))]
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        write_atomic_for(&self.path, name, bytes)
+    }
+
+    /// Reads a response: a small regular file (not a link) owned by this process's uid
+    /// or root, the only ones whose holders it trusts to have run the request, or (a
+    /// root client) by the holder's uid. A response written by anyone else (say, a user
+    /// who owns a directory above the vault and put a `requests/` of their own in its
+    /// place) is never taken for an answer.
+    #[cfg(unix)]
+    fn read(&self, name: &str) -> Option<Vec<u8>> {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let st = rustix::fs::fstat(&fd).ok()?;
         let me = rustix::process::geteuid().as_raw();
-        if meta.uid() != me && meta.uid() != 0 && Some(meta.uid()) != also {
+        let is_file = rustix::fs::FileType::from_raw_mode(st.st_mode).is_file();
+        if !is_file
+            || st.st_size as u64 > MAX_FILE
+            || (st.st_uid != me && st.st_uid != 0 && Some(st.st_uid) != self.holder)
+        {
             return None;
         }
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut fs::File::from(fd), &mut out).ok()?;
+        Some(out)
     }
+
     #[cfg(not(unix))]
-    let _ = also;
-    fs::read(path).ok()
+    fn read(&self, name: &str) -> Option<Vec<u8>> {
+        let path = self.path.join(name);
+        let meta = fs::symlink_metadata(&path).ok()?;
+        if !meta.file_type().is_file() || meta.len() > MAX_FILE {
+            return None;
+        }
+        fs::read(path).ok()
+    }
+
+    /// Removes `name`; false when it was not there (taken by the holder meanwhile).
+    #[cfg(unix)]
+    fn remove(&self, name: &str) -> bool {
+        rustix::fs::unlinkat(&self.fd, name, rustix::fs::AtFlags::empty()).is_ok()
+    }
+
+    #[cfg(not(unix))]
+    fn remove(&self, name: &str) -> bool {
+        fs::remove_file(self.path.join(name)).is_ok()
+    }
 }
 
 fn requests_dir(vault_dir: &Path) -> PathBuf {
@@ -520,7 +633,7 @@ impl Inbox {
     }
 
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        write_atomic_for(&self.path, name, bytes, None)
+        write_atomic_for(&self.path, name, bytes)
     }
 }
 
@@ -910,35 +1023,6 @@ fn random_id() -> String {
     data_encoding::HEXLOWER.encode(&capvault_format::secret::random_array::<16>())
 }
 
-/// For a root client: the uid whose holder serves this vault, when it is another uid's,
-/// whose requests root writes as that uid's and whose answers root believes. That is the
-/// uid owning both the vault directory and `requests/` (a holder serves only the
-/// `requests/` of its own uid), and only while a process holds the vault's database
-/// lock: a directory someone merely owns, with nobody holding a vault in it, answers
-/// nothing root believes. `None` for any other client.
-fn holder_uid_for_root(vault_dir: &Path, requests: &Path) -> Option<u32> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        if rustix::process::geteuid().as_raw() != 0 {
-            return None;
-        }
-        let req = fs::symlink_metadata(requests).ok()?;
-        let vault = fs::metadata(vault_dir).ok()?;
-        let uid = req.uid();
-        (req.file_type().is_dir()
-            && uid != 0
-            && vault.uid() == uid
-            && crate::log::store::held_by_another_process(vault_dir))
-        .then_some(uid)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (vault_dir, requests);
-        None
-    }
-}
-
 /// Sends `op` to the process holding the vault and waits up to `wait` for its answer.
 pub fn request(
     vault_dir: &Path,
@@ -946,18 +1030,7 @@ pub fn request(
     op: Op,
     wait: Duration,
 ) -> Result<Response, HandoffError> {
-    let dir = requests_dir(vault_dir);
-    let mut b = fs::DirBuilder::new();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        b.mode(0o700);
-    }
-    if let Err(e) = b.create(&dir) {
-        if e.kind() != std::io::ErrorKind::AlreadyExists {
-            return Err(HandoffError::Io(io_err("cannot create", &dir, e)));
-        }
-    }
+    let dir = ClientDir::open(vault_dir).map_err(HandoffError::Io)?;
     let id = random_id();
     let req = Request {
         v: VERSION,
@@ -967,13 +1040,13 @@ pub fn request(
         op,
     };
     let bytes = serde_json::to_vec(&req).expect("requests serialize");
-    let holder = holder_uid_for_root(vault_dir, &dir);
-    write_atomic_for(&dir, &format!("{id}.req"), &bytes, holder).map_err(HandoffError::Io)?;
-    let resp_path = dir.join(format!("{id}.resp"));
+    dir.write(&format!("{id}.req"), &bytes)
+        .map_err(HandoffError::Io)?;
+    let resp = format!("{id}.resp");
     let poll = |deadline: Instant| -> Option<Response> {
         loop {
-            if let Some(b) = read_checked(&resp_path, holder) {
-                let _ = fs::remove_file(&resp_path);
+            if let Some(b) = dir.read(&resp) {
+                dir.remove(&resp);
                 return serde_json::from_slice::<Response>(&b)
                     .ok()
                     .filter(|r| r.id == id);
@@ -987,9 +1060,9 @@ pub fn request(
     if let Some(r) = poll(Instant::now() + wait) {
         return Ok(r);
     }
-    match fs::remove_file(dir.join(format!("{id}.req"))) {
-        Ok(()) => Err(HandoffError::NoAnswer),
-        Err(_) => {
+    match dir.remove(&format!("{id}.req")) {
+        true => Err(HandoffError::NoAnswer),
+        false => {
             // Taken: the owner is working on it (a KEK rotation over a big vault takes a
             // while). Wait as long again, at least 30 s.
             let more = wait.max(Duration::from_secs(30));

@@ -369,10 +369,14 @@ fn a_replaced_requests_dir_owned_by_another_uid_is_refused_and_reported() {
     served(&vault, user, "once requests/ belongs to the holder's uid");
     assert_eq!(maintenance_error_until(&agent, Option::is_none), None);
 
-    // Replaced again, then removed: the client's own directory is served.
+    // Replaced again, then removed: the client's own directory is served. Made and
+    // given away elsewhere, then moved in whole: made in place, the holder could open
+    // it in the moment before the chown, while it was still the holder's uid's.
     std::fs::remove_dir_all(&requests).unwrap();
-    std::fs::create_dir(&requests).unwrap();
-    std::os::unix::fs::chown(&requests, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+    let foreign = d.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::os::unix::fs::chown(&foreign, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+    std::fs::rename(&foreign, &requests).unwrap();
     assert!(request(&vault, user, Op::Status, Duration::from_secs(1)).is_err());
     std::fs::remove_dir_all(&requests).unwrap();
     served(&vault, user, "once the foreign directory left");

@@ -292,6 +292,46 @@ impl super::Inner {
     }
 }
 
+/// Refuses to open a copy of a vault while the original is still where the keychain
+/// says the vault lives. Both share the vault's keychain entries, and its high-water
+/// mark among them: opening the copy (even only to look) moves the mark past the
+/// original, which from then on would be refused as rolled back. A vault that was moved
+/// (its recorded directory is gone, or is another directory now) opens, and the keychain
+/// learns its new place.
+pub(crate) fn refuse_copy(
+    dir: &Path,
+    vault_id: &[u8; 16],
+    device_seed: &Key32,
+    store: &dyn crate::keys::keystore::KeyStore,
+) -> Result<()> {
+    let Some(f) = KeychainFile::read(dir) else {
+        return Ok(());
+    };
+    let hex = data_encoding::HEXLOWER.encode(vault_id);
+    if f.vault_id != hex || f.dir.is_empty() || f.dir == canonical(dir) || !f.verifies(device_seed)
+    {
+        return Ok(());
+    }
+    // The keychain says the vault lives where this file was written...
+    match store.get(&binding::home_name(&hex)) {
+        Ok(Some(home)) if *home == binding::home_value(&f.bind, &f.dir, f.dir_inode) => {}
+        _ => return Ok(()),
+    }
+    // ...and that very directory is still there, holding a vault.
+    let there = Path::new(&f.dir);
+    if f.dir_inode.is_some()
+        && binding::dir_inode(there) == f.dir_inode
+        && there.join("conf").exists()
+    {
+        return Err(Error::invalid(format!(
+            "{} is a copy of the vault at {}, which is still there: both use the same keychain entries, and opening the copy would move the vault's keychain mark past the original (which would then be refused as rolled back); open the original, or move the copy into its place",
+            dir.display(),
+            f.dir
+        )));
+    }
+    Ok(())
+}
+
 /// Records, before a KEK version is put in the keychain, that it may exist, so erase
 /// finds it even when the database cannot be read, and binds the file to the database
 /// and the directory (again after the vault was moved or restored). Best effort: the
@@ -637,7 +677,7 @@ fn locate(dir: &Path, user: &str, options: &VaultOptions) -> Result<Located> {
 
 /// [`proven_vaults`] in the keychain the database names, and in every other keychain
 /// named for this vault: the one its verified keychain file names and the one the caller
-/// asked for (unless `Auto`). The database's keychain kind is not authenticated: edited,
+/// asked for (unless `Auto`), then in the platform's other keychains. The database's keychain kind is not authenticated: edited,
 /// it would point erase at a keychain that holds nothing of the user, taken for "nothing
 /// to protect" while the KEKs live on in the real one. The first keychain whose keys
 /// prove a vault here is the vault's; a refusal in any of them stands; only when every
@@ -658,19 +698,37 @@ fn proven_in_any_keychain(
     if asked != KeyStoreKind::Auto {
         kinds.push(asked);
     }
+    // Before "nothing to protect" is believed, every other keychain this platform has
+    // is asked for a proof too (the named ones may all have been edited; a keychain that
+    // cannot be reached here is skipped: it holds nothing this process could delete).
+    let others: Vec<KeyStoreKind> = PLATFORM_KEYCHAINS
+        .iter()
+        .copied()
+        .filter(|k| !kinds.contains(k))
+        .collect();
     let mut tried = Vec::new();
     let mut refused = None;
-    for kind in kinds {
+    for (kind, named_here) in kinds
+        .into_iter()
+        .map(|k| (k, true))
+        .chain(others.into_iter().map(|k| (k, false)))
+    {
         if tried.contains(&kind) {
             continue;
         }
         tried.push(kind);
+        if !named_here && open_keystore(kind).is_err() {
+            continue;
+        }
         match proven_vaults(dir, user, db, db_id, kind, file) {
             Ok(Proof::Proven(ids)) => return Ok((kind, ids)),
             Ok(Proof::NothingHeld) => {}
-            Err(e) => {
+            Err(e) if named_here => {
                 refused.get_or_insert(e);
             }
+            // Another keychain only counts when it proves this vault: its entries of
+            // other vaults of the same user name say nothing about this one.
+            Err(_) => {}
         }
     }
     match refused {
@@ -678,6 +736,16 @@ fn proven_in_any_keychain(
         None => Ok((named, vec![db_id])),
     }
 }
+
+/// The keychains a vault on this platform can use.
+#[cfg(target_os = "linux")]
+const PLATFORM_KEYCHAINS: &[KeyStoreKind] = &[KeyStoreKind::SecretService, KeyStoreKind::Keyutils];
+#[cfg(target_os = "macos")]
+const PLATFORM_KEYCHAINS: &[KeyStoreKind] = &[KeyStoreKind::MacosKeychain];
+#[cfg(windows)]
+const PLATFORM_KEYCHAINS: &[KeyStoreKind] = &[KeyStoreKind::WindowsCredential];
+#[cfg(not(any(target_os = "linux", target_os = "macos", windows)))]
+const PLATFORM_KEYCHAINS: &[KeyStoreKind] = &[];
 
 /// What [`proven_vaults`] found in one keychain.
 enum Proof {

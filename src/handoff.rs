@@ -180,6 +180,39 @@ fn write_atomic_for(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     fs::rename(&tmp, &dest).map_err(|e| io_err("cannot rename", &dest, e))
 }
 
+/// Writes `bytes` to `name` in the directory `dir` (a handle; `path` names it in
+/// messages) atomically: a temp file made anew (never through an existing name), synced,
+/// with `owner` given to that uid, then renamed into place. Owner-only.
+#[cfg(unix)]
+fn write_in(
+    dir: &std::os::fd::OwnedFd,
+    path: &Path,
+    name: &str,
+    bytes: &[u8],
+    owner: Option<u32>,
+) -> Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let tmp = format!(".{name}.tmp");
+    let _ = rustix::fs::unlinkat(dir, tmp.as_str(), rustix::fs::AtFlags::empty());
+    let fd = rustix::fs::openat(
+        dir,
+        tmp.as_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| io_err("cannot create", &path.join(&tmp), e.into()))?;
+    let mut f = fs::File::from(fd);
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io_err("cannot write", &path.join(&tmp), e))?;
+    if let Some(uid) = owner {
+        std::os::unix::fs::fchown(&f, Some(uid), None)
+            .map_err(|e| io_err("cannot hand over", &path.join(&tmp), e))?;
+    }
+    rustix::fs::renameat(dir, tmp.as_str(), dir, name)
+        .map_err(|e| io_err("cannot rename", &path.join(name), e.into()))
+}
+
 /// A client's view of a vault's `requests/`: on Unix a handle opened once, without
 /// following a link at `requests`, through which every file is made, handed over, read
 /// and removed, so nobody who can rename entries in the vault directory can redirect
@@ -252,26 +285,7 @@ impl ClientDir {
     /// place (the holder could not read a root-owned owner-only file).
     #[cfg(unix)]
     fn write(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        use rustix::fs::{Mode, OFlags};
-        let tmp = format!(".{name}.tmp");
-        let _ = rustix::fs::unlinkat(&self.fd, tmp.as_str(), rustix::fs::AtFlags::empty());
-        let fd = rustix::fs::openat(
-            &self.fd,
-            tmp.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| io_err("cannot create", &self.path.join(&tmp), e.into()))?;
-        let mut f = fs::File::from(fd);
-        f.write_all(bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| io_err("cannot write", &self.path.join(&tmp), e))?;
-        if let Some(uid) = self.holder {
-            std::os::unix::fs::fchown(&f, Some(uid), None)
-                .map_err(|e| io_err("cannot hand over", &self.path.join(&tmp), e))?;
-        }
-        rustix::fs::renameat(&self.fd, tmp.as_str(), &self.fd, name)
-            .map_err(|e| io_err("cannot rename", &self.path.join(name), e.into()))
+        write_in(&self.fd, &self.path, name, bytes, self.holder)
     }
 
     #[cfg(not(unix))]
@@ -545,22 +559,7 @@ impl Inbox {
     }
 
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        use rustix::fs::{Mode, OFlags};
-        let tmp = format!(".{name}.tmp");
-        self.remove(&tmp);
-        let fd = rustix::fs::openat(
-            &self.fd,
-            tmp.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| io_err("cannot create", &self.path.join(&tmp), e.into()))?;
-        let mut f = fs::File::from(fd);
-        f.write_all(bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| io_err("cannot write", &self.path.join(&tmp), e))?;
-        rustix::fs::renameat(&self.fd, tmp.as_str(), &self.fd, name)
-            .map_err(|e| io_err("cannot rename", &self.path.join(name), e.into()))
+        write_in(&self.fd, &self.path, name, bytes, None)
     }
 }
 

@@ -323,7 +323,6 @@ impl Vault {
             // The name stays erased in this directory (docs/SECURITY.md, "Erasure").
             return Err(Error::Erased);
         }
-        erase::refuse_copy(dir, &vault_id, &device_seed, &*keystore)?;
         let (mut keys, new_entries) =
             KeyHierarchy::open(keystore.clone(), trees.keys.clone(), vault_id, user, now)
                 .map_err(|e| erase::erased_if_tombstoned(dir, user, e))?;

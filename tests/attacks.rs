@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use capvault::{Error, KeyStoreKind, Vault, VaultOptions};
-use common::alice_value as get;
+use common::{alice_value as get, flushed_moves as append};
 
 fn o() -> VaultOptions {
     let mut o = common::options(KeyStoreKind::Keyutils);
@@ -18,15 +18,6 @@ fn o() -> VaultOptions {
 
 fn raw(dir: &Path) -> sled::Db {
     capvault::testing::open_raw_db(dir)
-}
-
-fn append(v: &Vault, n: i64, from: i64) {
-    for i in 0..n {
-        let _ = v
-            .append_mouse_move(1_764_000_000_000_000 + from + i, 1, 1)
-            .unwrap();
-    }
-    v.flush().unwrap();
 }
 
 /// The vault id of a closed vault, in hex.

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use capvault::{Error, KeyStoreKind, Vault, VaultOptions};
-use common::{alice_entries as snapshot, alice_value as get};
+use common::{alice_entries as snapshot, alice_value as get, flushed_moves as append};
 
 const HEAD: [u8; 2] = [1, b'h'];
 const TAIL: [u8; 2] = [1, b't'];
@@ -38,15 +38,6 @@ fn directory_bytes(dir: &Path) -> Vec<u8> {
         .iter()
         .flat_map(|f| std::fs::read(f).unwrap_or_default())
         .collect()
-}
-
-fn append(v: &Vault, n: i64, from: i64) {
-    for i in 0..n {
-        let _ = v
-            .append_mouse_move(1_764_000_000_000_000 + from + i, 1, 1)
-            .unwrap();
-    }
-    v.flush().unwrap();
 }
 
 fn seq_of(head: &[u8]) -> u64 {

@@ -344,3 +344,13 @@ pub fn alice_entries(dir: &Path, tree: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
         })
         .collect()
 }
+
+/// Appends `n` mouse moves (timestamps from a fixed moment plus `from`) and flushes.
+pub fn flushed_moves(v: &capvault::Vault, n: i64, from: i64) {
+    for i in 0..n {
+        let _ = v
+            .append_mouse_move(1_764_000_000_000_000 + from + i, 1, 1)
+            .unwrap();
+    }
+    v.flush().unwrap();
+}

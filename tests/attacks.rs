@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use capvault::{Error, KeyStoreKind, Vault, VaultOptions};
-use common::{alice_value as get, flushed_moves as append};
+use common::{alice_value as get, flushed_moves as append, vault_hex};
 
 fn o() -> VaultOptions {
     let mut o = common::options(KeyStoreKind::Keyutils);
@@ -18,13 +18,6 @@ fn o() -> VaultOptions {
 
 fn raw(dir: &Path) -> sled::Db {
     capvault::testing::open_raw_db(dir)
-}
-
-/// The vault id of a closed vault, in hex.
-fn vault_hex(dir: &Path) -> String {
-    let db = raw(dir);
-    let id = db.get(b"vault_id").unwrap().unwrap();
-    id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Promise (docs/SECURITY.md, "Not authenticated, and why harmless"): a wrong KEK

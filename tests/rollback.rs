@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use capvault::{Error, KeyStoreKind, Vault, VaultOptions};
-use common::{alice_entries as snapshot, alice_value as get, flushed_moves as append};
+use common::{alice_entries as snapshot, alice_value as get, flushed_moves as append, vault_hex};
 
 const HEAD: [u8; 2] = [1, b'h'];
 const TAIL: [u8; 2] = [1, b't'];
@@ -262,13 +262,6 @@ fn acknowledged_records_cannot_be_put_back_at_the_tail() {
         Ok(told) => panic!("the pruned tail was put back and accepted: {told}"),
         Err(e) => panic!("{e}"),
     }
-}
-
-/// The vault id of a closed vault, in hex.
-fn vault_hex(dir: &Path) -> String {
-    let db = raw(dir);
-    let id = db.get(b"vault_id").unwrap().unwrap();
-    id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The keychain name of a user's mark (docs/FORMAT.md section 4).

@@ -92,18 +92,21 @@ pub(crate) fn open_keystore(kind: KeyStoreKind) -> Result<Arc<dyn KeyStore>> {
     }
 }
 
+/// The keychains this platform has, its persistent store (what `Auto` means) first.
+pub(crate) const NATIVE_KINDS: &[KeyStoreKind] = if cfg!(target_os = "linux") {
+    &[KeyStoreKind::SecretService, KeyStoreKind::Keyutils]
+} else if cfg!(target_os = "macos") {
+    &[KeyStoreKind::MacosKeychain]
+} else if cfg!(target_os = "windows") {
+    &[KeyStoreKind::WindowsCredential]
+} else {
+    &[]
+};
+
 /// Maps `Auto` to this platform's persistent store and rejects backends this platform
 /// does not have.
 fn resolve(kind: KeyStoreKind) -> Result<KeyStoreKind> {
-    let native: &[KeyStoreKind] = if cfg!(target_os = "linux") {
-        &[KeyStoreKind::SecretService, KeyStoreKind::Keyutils]
-    } else if cfg!(target_os = "macos") {
-        &[KeyStoreKind::MacosKeychain]
-    } else if cfg!(target_os = "windows") {
-        &[KeyStoreKind::WindowsCredential]
-    } else {
-        &[]
-    };
+    let native = NATIVE_KINDS;
     let resolved = if kind == KeyStoreKind::Auto {
         *native.first().ok_or_else(|| unavailable(kind))?
     } else {

@@ -661,7 +661,7 @@ fn proven_in_any_keychain(
     // Before "nothing to protect" is believed, every other keychain this platform has
     // is asked for a proof too (the named ones may all have been edited; a keychain that
     // cannot be reached here is skipped: it holds nothing this process could delete).
-    let others: Vec<KeyStoreKind> = PLATFORM_KEYCHAINS
+    let others: Vec<KeyStoreKind> = crate::keys::keystore::NATIVE_KINDS
         .iter()
         .copied()
         .filter(|k| !kinds.contains(k))
@@ -696,16 +696,6 @@ fn proven_in_any_keychain(
         None => Ok((named, vec![db_id])),
     }
 }
-
-/// The keychains a vault on this platform can use.
-#[cfg(target_os = "linux")]
-const PLATFORM_KEYCHAINS: &[KeyStoreKind] = &[KeyStoreKind::SecretService, KeyStoreKind::Keyutils];
-#[cfg(target_os = "macos")]
-const PLATFORM_KEYCHAINS: &[KeyStoreKind] = &[KeyStoreKind::MacosKeychain];
-#[cfg(windows)]
-const PLATFORM_KEYCHAINS: &[KeyStoreKind] = &[KeyStoreKind::WindowsCredential];
-#[cfg(not(any(target_os = "linux", target_os = "macos", windows)))]
-const PLATFORM_KEYCHAINS: &[KeyStoreKind] = &[];
 
 /// What [`proven_vaults`] found in one keychain.
 enum Proof {

@@ -354,3 +354,10 @@ pub fn flushed_moves(v: &capvault::Vault, n: i64, from: i64) {
     }
     v.flush().unwrap();
 }
+
+/// The vault id of the closed vault at `dir`, in hex.
+pub fn vault_hex(dir: &Path) -> String {
+    let db = capvault::testing::open_raw_db(dir);
+    let id = db.get(b"vault_id").unwrap().unwrap();
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -298,6 +298,40 @@ fn a_format2_carry_over_interrupted_before_the_keychain_record_opens_correctly()
     assert!(common::keychain_secret(KeyStoreKind::Keyutils, &format).is_some());
 }
 
+/// Attack: the keychain's format record of a carried-over user is lost (deleted by hand,
+/// or the keychain restored from a backup taken before the carry-over) while the user's
+/// mark stays, and a copy of the directory from before the carry-over (an unbound
+/// format-2 log) is put back. Opened as format 2, it would be carried over again as it
+/// stands: the 50 records flushed since, gone without a trace. The mark alone says the
+/// user is at format 4.
+#[test]
+fn a_lost_format_record_does_not_readmit_a_copy_from_before_the_carry_over() {
+    let d = tempfile::tempdir().unwrap();
+    let vault = d.path().join("v");
+    vault_with_records(&vault, 100).close().unwrap();
+    capvault::testing::write_format2(&vault, "alice").unwrap();
+    let before = d.path().join("before");
+    common::copy_dir(&vault, &before);
+    let v = Vault::open(&vault, "alice", o()).unwrap();
+    append(&v, 50, 100);
+    v.close().unwrap();
+    let format = format_entry(&vault);
+    delete_keyutils_entry(&format);
+    std::fs::remove_dir_all(&vault).unwrap();
+    common::move_vault(&before, &vault);
+    match Vault::open(&vault, "alice", o()) {
+        Err(Error::Tampered(m)) => assert!(m.contains("older copy"), "{m}"),
+        Err(e) => panic!("not refused as tampering: {e}"),
+        Ok(v) => panic!(
+            "the copy from before the carry-over opened, {} records, verify: {:?}",
+            v.test_read_all().map_or(0, |r| r.len()),
+            v.verify().err()
+        ),
+    }
+    // Nothing was carried over again: the keychain still lacks the format record.
+    assert!(common::keychain_secret(KeyStoreKind::Keyutils, &format).is_none());
+}
+
 /// Promise (docs/SECURITY.md, "Erasure and crypto-shredding"): erase deletes every KEK
 /// of the user; "the keychain kind" is listed as unauthenticated and harmless ("a change
 /// gives a keychain error").

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use capvault::{KeyStoreKind, Vault, VaultOptions};
+use capvault::{Error, KeyStoreKind, Vault, VaultOptions};
 
 const OTHER_UID: u32 = 4343;
 
@@ -197,6 +197,106 @@ fn a_crash_at_any_point_around_the_mark_is_never_tampered() {
 /// Promise (docs/SECURITY.md, "Tamper evidence: limits"): the mark refuses a directory
 /// rolled back; a check that fires in normal operation is a bug.
 ///
+/// An administrator checks a backup: the vault directory is copied elsewhere (same
+/// vault id, same keychain entries) while the agent is stopped, and the copy is only
+/// opened and verified, nothing appended. If opening or verifying writes anything the
+/// mark counts (an audit entry, the policy record), the keychain mark moves past the
+/// original, which is then refused as rolled back though nobody touched it.
+#[test]
+fn verifying_a_copy_never_makes_the_original_tampered() {
+    let d = tempfile::tempdir().unwrap();
+    let orig = d.path().join("vault");
+    let copy = d.path().join("backup");
+    let v = Vault::open(&orig, "alice", o()).unwrap();
+    for i in 0..10 {
+        let _ = v.append_mouse_move(i, 1, 1).unwrap();
+    }
+    v.flush().unwrap();
+    v.close().unwrap();
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&orig)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    match Vault::open(&copy, "alice", o()) {
+        Ok(c) => {
+            c.verify().unwrap();
+            c.close().unwrap();
+        }
+        Err(Error::InvalidArgument(m)) => {
+            assert!(m.contains("is a copy of the vault at"), "{m}")
+        }
+        Err(e) => panic!("the copy: {e}"),
+    }
+    let again = Vault::open(&orig, "alice", o()).and_then(|v| {
+        v.verify()?;
+        v.close()
+    });
+    assert!(
+        again.is_ok(),
+        "the original, untouched, after a copy of it was opened and verified: {:?}",
+        again.err().map(|e| e.to_string())
+    );
+    // Copied, then the original removed (the vault moved to another file system): the
+    // copy is the vault.
+    let moved = d.path().join("moved");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&orig)
+        .arg(&moved)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    std::fs::remove_dir_all(&orig).unwrap();
+    let c = Vault::open(&moved, "alice", o()).unwrap();
+    c.verify().unwrap();
+    c.close().unwrap();
+}
+
+/// A check that fires in normal operation is a bug: the copy check must not take the
+/// vault itself, reached by another path (a bind mount, a link to its directory), for a
+/// copy of it.
+#[test]
+fn the_vault_reached_by_another_path_is_not_taken_for_a_copy() {
+    let d = tempfile::tempdir().unwrap();
+    let orig = d.path().join("vault");
+    let v = Vault::open(&orig, "alice", o()).unwrap();
+    common::flushed_moves(&v, 10, 0);
+    v.close().unwrap();
+    let link = d.path().join("link");
+    std::os::unix::fs::symlink(&orig, &link).unwrap();
+    let bound = d.path().join("bound");
+    std::fs::create_dir(&bound).unwrap();
+    let mount = Command::new("mount")
+        .arg("--bind")
+        .arg(&orig)
+        .arg(&bound)
+        .output()
+        .unwrap();
+    assert!(
+        mount.status.success(),
+        "mount --bind (the tests run as root): {}",
+        String::from_utf8_lossy(&mount.stderr)
+    );
+    let opened = [&link, &bound, &orig].map(|p| {
+        Vault::open(p, "alice", o()).and_then(|v| {
+            v.verify()?;
+            v.close()
+        })
+    });
+    let umount = Command::new("umount").arg(&bound).status().unwrap();
+    assert!(umount.success());
+    for (path, r) in ["link", "bind mount", "original"].iter().zip(opened) {
+        assert!(
+            r.is_ok(),
+            "through the {path}: {:?}",
+            r.err().map(|e| e.to_string())
+        );
+    }
+}
+
 /// Promise (docs/SECURITY.md, "Erasure and crypto-shredding"): erase never reports
 /// success while a KEK of the user survives.
 ///

@@ -416,7 +416,9 @@ fn single_bit_flips_are_detected_or_harmless() {
         Duration::from_secs(env_u64("CAPVAULT_FLIP_TIMEOUT_S").unwrap_or(DEFAULT_TIMEOUT_S));
     let work = tempfile::tempdir().unwrap();
     let pristine = work.path().join("pristine");
-    let (identity, written) = build_vault(&pristine);
+    let made = work.path().join("made");
+    let (identity, written) = build_vault(&made);
+    common::move_vault(&made, &pristine);
     let recipient = identity.recipient();
 
     // The unflipped vault, observed twice the way the children do: the output must be
@@ -627,7 +629,8 @@ fn single_bit_flips_are_detected_or_harmless() {
 fn damage_in_a_vault_never_reopened_is_refused_not_rolled_back() {
     let work = tempfile::tempdir().unwrap();
     let pristine = work.path().join("pristine");
-    let v = Vault::open(&pristine, USER, vault_options()).unwrap();
+    let made = work.path().join("made");
+    let v = Vault::open(&made, USER, vault_options()).unwrap();
     for i in 0..2000 {
         let _ = v.append_mouse_move(i, i as i32, 0).unwrap();
         if i % 500 == 499 {
@@ -635,6 +638,7 @@ fn damage_in_a_vault_never_reopened_is_refused_not_rolled_back() {
         }
     }
     v.close().unwrap();
+    common::move_vault(&made, &pristine);
     let db = std::fs::read(pristine.join("db")).unwrap();
     let used = db.iter().rposition(|b| *b != 0).unwrap() as u64 + 1;
     for percent in [10, 30, 50, 70, 90] {

@@ -437,7 +437,10 @@ fn a_torn_write_after_the_last_durable_flush_is_trimmed_before_it_is_refused() {
     v.verify().unwrap();
     v.close().unwrap();
 
-    // The same loss before the synced anchor is damage, not a torn write.
+    // The same loss before the synced anchor is damage, not a torn write. (The copy is
+    // opened as a moved vault: the original goes from its place first.)
+    let moved = d.path().join("moved");
+    common::move_vault(&dir, &moved);
     let (path, offset, _) = common::record_entry(&copy, USER, synced);
     std::fs::OpenOptions::new()
         .write(true)
@@ -451,7 +454,7 @@ fn a_torn_write_after_the_last_durable_flush_is_trimmed_before_it_is_refused() {
         }
         other => panic!("{:?}", other.map(|_| ())),
     }
-    Vault::erase(&dir, USER, opts()).unwrap();
+    Vault::erase(&moved, USER, opts()).unwrap();
 }
 
 /// A process that dies at each step of writing records and of a durable flush (the
@@ -514,4 +517,46 @@ fn a_death_at_each_step_of_a_write_or_flush_loses_nothing_flushed() {
         }
         Vault::erase(&dir, USER, opts()).unwrap();
     }
+}
+
+/// Attack: whoever can write the vault directory replaces the user's segment directory
+/// (or `segments/` itself) with a link to a directory of their choice, so that record
+/// bytes, and the deletions that give space back, land there. Open refuses, and nothing
+/// is written through the link.
+#[test]
+fn a_link_in_place_of_a_segment_directory_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("v");
+    let v = Vault::open(&dir, USER, opts()).unwrap();
+    for i in 0..100 {
+        let _ = v.append_mouse_move(i, 1, 1).unwrap();
+    }
+    v.close().unwrap();
+    let user_dir = capvault::testing::segment_dir(&dir, USER);
+    let segments = user_dir.parent().unwrap().to_path_buf();
+    for replaced in [&user_dir, &segments] {
+        let elsewhere = d.path().join("elsewhere");
+        std::fs::rename(replaced, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, replaced).unwrap();
+        let listing = |p: &Path| {
+            let mut files: Vec<_> = common::files_under(p)
+                .into_iter()
+                .map(|f| (std::fs::metadata(&f).unwrap().len(), f))
+                .collect();
+            files.sort();
+            files
+        };
+        let before = listing(&elsewhere);
+        match Vault::open(&dir, USER, opts()) {
+            Err(Error::Tampered(m)) => assert!(m.contains("is a link"), "{m}"),
+            other => panic!("{}: {:?}", replaced.display(), other.map(|_| ())),
+        }
+        assert_eq!(listing(&elsewhere), before, "written through the link");
+        std::fs::remove_file(replaced).unwrap();
+        std::fs::rename(&elsewhere, replaced).unwrap();
+    }
+    let v = Vault::open(&dir, USER, opts()).unwrap();
+    v.verify().unwrap();
+    v.close().unwrap();
+    Vault::erase(&dir, USER, opts()).unwrap();
 }

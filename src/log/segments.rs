@@ -177,6 +177,8 @@ impl Segments {
     pub(crate) fn open(dir: &Path, max_bytes: u64, fsync: bool) -> Result<Segments> {
         create_private(dir.parent().unwrap_or(dir))?;
         create_private(dir)?;
+        refuse_link(dir.parent().unwrap_or(dir))?;
+        refuse_link(dir)?;
         let mut segs = BTreeMap::new();
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
@@ -531,6 +533,21 @@ fn create_private(dir: &Path) -> Result<()> {
     }
     b.create(dir)
         .map_err(|e| storage("cannot create the segment directory", dir, e))
+}
+
+/// The segment directories are the vault's own. A link in their place (which only whoever
+/// can write the vault directory can plant) would send record bytes, and the deletions
+/// that give space back, somewhere else.
+fn refuse_link(dir: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(dir)
+        .map_err(|e| storage("cannot read the segment directory", dir, e))?;
+    if meta.file_type().is_dir() {
+        return Ok(());
+    }
+    Err(Error::tampered(format!(
+        "{} is a link or not a directory, where the vault keeps its record files (someone with write access to the vault directory replaced it); move it away and put back the directory from a backup, or erase the vault",
+        dir.display()
+    )))
 }
 
 /// fsync of `dir` and of its parent (a new entry in `dir`, and `dir` itself new).

@@ -126,6 +126,23 @@ pub(crate) fn dir_inode(dir: &Path) -> Option<u64> {
     }
 }
 
+/// True when both paths name one directory (say, the vault reached through a bind mount):
+/// same device, same inode.
+pub(crate) fn same_dir(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(a), std::fs::metadata(b)) {
+            (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        a == b
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

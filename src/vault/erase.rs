@@ -292,6 +292,47 @@ impl super::Inner {
     }
 }
 
+/// Refuses to open a copy of a vault while the original is still where the keychain
+/// says the vault lives. Both share the vault's keychain entries, and its high-water
+/// mark among them: opening the copy (even only to look) moves the mark past the
+/// original, which from then on would be refused as rolled back. A vault that was moved
+/// (its recorded directory is gone, or is another directory now) opens, and the keychain
+/// learns its new place.
+pub(crate) fn refuse_copy(
+    dir: &Path,
+    vault_id: &[u8; 16],
+    device_seed: &Key32,
+    store: &dyn crate::keys::keystore::KeyStore,
+) -> Result<()> {
+    let Some(f) = KeychainFile::read(dir) else {
+        return Ok(());
+    };
+    let hex = data_encoding::HEXLOWER.encode(vault_id);
+    if f.vault_id != hex || f.dir.is_empty() || f.dir == canonical(dir) || !f.verifies(device_seed)
+    {
+        return Ok(());
+    }
+    // The keychain says the vault lives where this file was written...
+    match store.get(&binding::home_name(&hex)) {
+        Ok(Some(home)) if *home == binding::home_value(&f.bind, &f.dir, f.dir_inode) => {}
+        _ => return Ok(()),
+    }
+    // ...and that very directory is still there, holding a vault.
+    let there = Path::new(&f.dir);
+    if f.dir_inode.is_some()
+        && binding::dir_inode(there) == f.dir_inode
+        && there.join("conf").exists()
+        && !binding::same_dir(dir, there)
+    {
+        return Err(Error::invalid(format!(
+            "{} is a copy of the vault at {}, which is still there: both use the same keychain entries, and opening the copy would move the vault's keychain mark past the original (which would then be refused as rolled back); open the original, or move the copy into its place",
+            dir.display(),
+            f.dir
+        )));
+    }
+    Ok(())
+}
+
 /// Records, before a KEK version is put in the keychain, that it may exist, so erase
 /// finds it even when the database cannot be read, and binds the file to the database
 /// and the directory (again after the vault was moved or restored). Best effort: the

@@ -323,6 +323,7 @@ impl Vault {
             // The name stays erased in this directory (docs/SECURITY.md, "Erasure").
             return Err(Error::Erased);
         }
+        erase::refuse_copy(dir, &vault_id, &device_seed, &*keystore)?;
         let (mut keys, new_entries) =
             KeyHierarchy::open(keystore.clone(), trees.keys.clone(), vault_id, user, now)
                 .map_err(|e| erase::erased_if_tombstoned(dir, user, e))?;
@@ -349,8 +350,6 @@ impl Vault {
         // again as it stands (that would adopt whatever an attacker edited).
         let tree_authenticated = keys.state_authenticated();
         let keychain_format = keys.keychain_format();
-        let sealed = tree_authenticated || keychain_format >= 2;
-        let bound = keychain_format >= 3;
         // From format 4 on the keychain keeps the user's high-water mark, which no copy
         // of the directory rolls back: the directory must not be behind it.
         let vault_hex = data_encoding::HEXLOWER.encode(&vault_id);
@@ -364,8 +363,20 @@ impl Vault {
                 })?,
             )
         } else {
-            None
+            // Only this format writes a mark, and always before the format record: a
+            // mark without the record is a carry-over that died in between, or a record
+            // that was lost. Either way the user is at format 4 and the directory is
+            // checked against the mark, never carried over again as it stands (an older
+            // copy of it would be adopted).
+            mark::read(&*keystore, &mark_key, &vault_hex, user)?
         };
+        let format = if recorded_mark.is_some() {
+            keychain_format.max(STATE_FORMAT)
+        } else {
+            keychain_format
+        };
+        let sealed = tree_authenticated || format >= 2;
+        let bound = format >= 3;
         let segments = crate::log::segments::Segments::open(
             &crate::log::segments::user_dir(dir, user),
             crate::log::segments::segment_bytes_for(options.policy.budget_bytes),
@@ -417,7 +428,7 @@ impl Vault {
         // Only now that the log is known to go with the stored state.
         log.settle_segments()?;
         let mut written_mark = recorded_mark.unwrap_or_default();
-        if keychain_format < STATE_FORMAT {
+        if format < STATE_FORMAT {
             if !bound {
                 // Sealed state whose log head predates the binding (format 2), or the
                 // state just sealed: bind the log to the state's generation.
@@ -431,6 +442,8 @@ impl Vault {
                 written_mark = m;
             }
             keystore.put(&mark::name(&vault_hex, user), &mark_key.seal(&written_mark))?;
+        }
+        if keychain_format < STATE_FORMAT {
             keys.record_format()?;
         }
         if !tree_authenticated {

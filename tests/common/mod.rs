@@ -110,6 +110,14 @@ pub fn user_tree(db: &sled::Db, user: &str, name: &str) -> sled::Tree {
     db.open_tree(format!("u/{hex}/{name}")).unwrap()
 }
 
+/// Moves a closed vault. Open refuses a copy of a vault while the original is still
+/// where the vault's keychain file says it lives (docs/SECURITY.md, "Copies of a
+/// vault"); a test that opens copies of a vault makes it elsewhere and moves it, so that
+/// every copy is a moved vault.
+pub fn move_vault(from: &Path, to: &Path) {
+    std::fs::rename(from, to).unwrap();
+}
+
 /// Copies the directory tree `from` to `to`.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

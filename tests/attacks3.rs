@@ -1,0 +1,399 @@
+//! Attacks on the copy check, the mark without its format record, the refusal of links
+//! in the segment directories, and erase, as they stand: each test fails while its
+//! attack works (the others stay as regressions).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use capvault::{Error, KeyStoreKind, Vault, VaultOptions};
+
+fn o() -> VaultOptions {
+    common::options(KeyStoreKind::Keyutils)
+}
+
+/// A closed vault at `dir` with `n` flushed records of `user`.
+fn vault_with(dir: &Path, user: &str, n: i64) {
+    let v = Vault::open(dir, user, o()).unwrap();
+    common::flushed_moves(&v, n, 0);
+    v.close().unwrap();
+}
+
+/// Opens, verifies, closes: what an administrator "checking" a vault does.
+fn open_and_verify(dir: &Path, user: &str) -> capvault::Result<()> {
+    let v = Vault::open(dir, user, o())?;
+    v.verify()?;
+    v.close()
+}
+
+/// Opens, appends and flushes `n` records, closes: what an agent using the vault does.
+fn use_vault(dir: &Path, user: &str, n: i64, from: i64) -> capvault::Result<()> {
+    let v = Vault::open(dir, user, o())?;
+    for i in 0..n {
+        let _ = v.append_mouse_move(1_764_000_000_000_000 + from + i, 1, 1)?;
+    }
+    v.flush()?;
+    v.close()
+}
+
+fn cp_a(from: &Path, to: &Path) {
+    let st = Command::new("cp").arg("-a").arg(from).arg(to).status();
+    assert!(st.unwrap().success());
+}
+
+fn err_text<T>(r: &capvault::Result<T>) -> String {
+    match r {
+        Ok(_) => "opened".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Promise (docs/SECURITY.md, "Copies of a vault"; common.md: a check that fires in
+/// normal operation is a bug): only a copy of the vault, while the original is still in
+/// its recorded directory, is refused.
+///
+/// The agent is configured for /srv/vault. The administrator archives the vault by
+/// moving its files into /archive (`mv /srv/vault/* /archive/`), and the agent, started
+/// again, makes a new vault (another vault id) in the now empty /srv/vault. From then on
+/// the archived vault never opens: `refuse_copy` sees that the directory its keychain
+/// file names is there with the same inode and a `conf`, and never asks whether that
+/// directory holds this vault. The message ("a copy of the vault at /srv/vault, which
+/// is still there ... move the copy into its place") would have the admin overwrite the
+/// new vault.
+#[test]
+fn an_archived_vault_is_not_a_copy_of_the_new_vault_made_where_it_was() {
+    let d = tempfile::tempdir().unwrap();
+    let srv = d.path().join("srv");
+    let archive = d.path().join("archive");
+    vault_with(&srv, "alice", 10);
+    std::fs::create_dir(&archive).unwrap();
+    for e in std::fs::read_dir(&srv).unwrap() {
+        let e = e.unwrap();
+        std::fs::rename(e.path(), archive.join(e.file_name())).unwrap();
+    }
+    vault_with(&srv, "alice", 3);
+    assert_ne!(common::vault_hex(&srv), common::vault_hex(&archive));
+    let r = open_and_verify(&archive, "alice");
+    assert!(
+        r.is_ok(),
+        "the archived vault (the only copy of its vault) does not open: {}",
+        err_text(&r)
+    );
+    // And the new vault is untouched by it.
+    open_and_verify(&srv, "alice").unwrap();
+}
+
+/// Promise (docs/SECURITY.md, "Copies of a vault"): opening a copy never makes the
+/// original look rolled back.
+///
+/// The administrator takes a backup (`cp -a /srv/vault /backup`) with the agent
+/// stopped, then moves the vault (`mv /srv/vault /data/vault`) and, before the agent
+/// is started at the new place, opens the backup to check it (and a tool, or the agent
+/// pointed at the wrong path, writes to it). The keychain file of the backup names
+/// /srv/vault, which is gone, so `refuse_copy` takes the backup for the moved vault.
+/// The mark moves past the real vault, which is then refused as rolled back.
+#[test]
+fn a_backup_opened_after_the_vault_moved_never_rolls_the_vault_back() {
+    let d = tempfile::tempdir().unwrap();
+    let srv = d.path().join("srv");
+    let backup = d.path().join("backup");
+    let data = d.path().join("data");
+    vault_with(&srv, "alice", 10);
+    cp_a(&srv, &backup);
+    common::move_vault(&srv, &data);
+    let copy = use_vault(&backup, "alice", 5, 100);
+    let vault = open_and_verify(&data, "alice");
+    assert!(
+        vault.is_ok(),
+        "the vault, moved and untouched, after a backup of it was opened ({}) : {}",
+        err_text(&copy),
+        err_text(&vault)
+    );
+}
+
+/// Promise (docs/SECURITY.md, "Copies of a vault"): a copy is refused while the
+/// original is in place.
+///
+/// The check rests only on the copy's `keychain.json`, which whoever writes the copy's
+/// directory controls (and which a copy made with `rsync --exclude` or by hand lacks):
+/// without it, or with one byte of it changed (the MAC fails), the copy opens as a
+/// vault of its own, its use moves the mark, and the original, untouched in its place,
+/// is refused as rolled back from then on.
+#[test]
+fn a_copy_without_a_valid_keychain_file_is_refused_while_the_original_is_there() {
+    for how in ["removed", "edited"] {
+        let d = tempfile::tempdir().unwrap();
+        let orig = d.path().join("vault");
+        let copy = d.path().join("copy");
+        vault_with(&orig, "alice", 10);
+        cp_a(&orig, &copy);
+        let file = copy.join("keychain.json");
+        if how == "removed" {
+            std::fs::remove_file(&file).unwrap();
+        } else {
+            let mut b = std::fs::read(&file).unwrap();
+            let at = common::find(&b, b"\"mac\"").unwrap() + 9;
+            b[at] = if b[at] == b'0' { b'1' } else { b'0' };
+            std::fs::write(&file, b).unwrap();
+        }
+        let c = use_vault(&copy, "alice", 5, 100);
+        let r = open_and_verify(&orig, "alice");
+        assert!(
+            r.is_ok(),
+            "keychain file of the copy {how}: the copy {}, and then the original, untouched in its place: {}",
+            err_text(&c),
+            err_text(&r)
+        );
+    }
+}
+
+/// Promise (docs/SECURITY.md, "Copies of a vault"): a copy is refused while the
+/// original is in place.
+///
+/// Erase of another user of the copy (an administrator cleaning up a copy, or anyone
+/// who can run erase there) rewrites the copy's keychain file with the copy's own
+/// directory and inode (`record_tombstone` -> `KeychainFile::write`). From then on
+/// `refuse_copy` sees a file "written here" and lets the copy open for every other
+/// user; the original is then refused as rolled back.
+#[test]
+fn erasing_another_user_of_a_copy_does_not_make_it_pass_for_the_vault() {
+    let d = tempfile::tempdir().unwrap();
+    let orig = d.path().join("vault");
+    let copy = d.path().join("copy");
+    let bob = format!("a3-bob-{}", std::process::id());
+    vault_with(&orig, "alice", 10);
+    vault_with(&orig, &bob, 3);
+    cp_a(&orig, &copy);
+    match Vault::open(&copy, "alice", o()) {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("is a copy"), "{m}"),
+        other => panic!("the copy, before: {}", err_text(&other)),
+    }
+    Vault::erase(&copy, &bob, o()).unwrap();
+    let c = use_vault(&copy, "alice", 5, 100);
+    let r = open_and_verify(&orig, "alice");
+    assert!(
+        c.is_err() && r.is_ok(),
+        "after erasing another user in the copy, the copy: {}; the original: {}",
+        err_text(&c),
+        err_text(&r)
+    );
+}
+
+/// Promise (issue 11, "the erasure stays visible afterwards (a tombstone that status and
+/// audit show)"; docs/SECURITY.md, "Erasure").
+///
+/// A user erased through a copy of the vault (the copy and the vault share the user's
+/// keychain entries, so the user's keys are gone for both) is erased in the original
+/// too, but the original knows nothing of it: its open fails with a keychain error
+/// ("a key is missing") instead of `Erased`, and the data stays in place.
+#[test]
+fn a_user_erased_through_a_copy_shows_as_erased_in_the_original() {
+    let d = tempfile::tempdir().unwrap();
+    let orig = d.path().join("vault");
+    let copy = d.path().join("copy");
+    vault_with(&orig, "alice", 10);
+    cp_a(&orig, &copy);
+    Vault::erase(&copy, "alice", o()).unwrap();
+    let hex = common::vault_hex(&orig);
+    assert!(
+        common::keychain_secret(KeyStoreKind::Keyutils, &common::kek_name(&hex, "alice", 1))
+            .is_none()
+    );
+    match Vault::open(&orig, "alice", o()) {
+        Err(Error::Erased) => {}
+        other => panic!(
+            "the original of a user erased through a copy: {} (expected Erased)",
+            err_text(&other)
+        ),
+    }
+}
+
+/// Regression (passes): the copy check never fires in normal operation: relative paths,
+/// a renamed parent directory, a vault moved away and back, its directory recreated
+/// with the files moved back, two users, the CLI.
+#[test]
+fn normal_operation_is_never_taken_for_a_copy() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("p");
+    std::fs::create_dir(&p).unwrap();
+    let v = p.join("vault");
+    vault_with(&v, "alice", 5);
+    vault_with(&v, "bob", 5);
+    // Relative path (nextest runs each test in a process of its own).
+    std::env::set_current_dir(&p).unwrap();
+    open_and_verify(Path::new("vault"), "alice").unwrap();
+    open_and_verify(Path::new("./vault/../vault"), "bob").unwrap();
+    // The parent renamed.
+    let q = d.path().join("q");
+    std::fs::rename(&p, &q).unwrap();
+    let v = q.join("vault");
+    open_and_verify(&v, "alice").unwrap();
+    open_and_verify(&v, "bob").unwrap();
+    // Moved away and back (opened at each place).
+    let away = d.path().join("away");
+    common::move_vault(&v, &away);
+    open_and_verify(&away, "alice").unwrap();
+    common::move_vault(&away, &v);
+    open_and_verify(&v, "bob").unwrap();
+    open_and_verify(&v, "alice").unwrap();
+    // Moved away and back without an open in between.
+    common::move_vault(&v, &away);
+    common::move_vault(&away, &v);
+    open_and_verify(&v, "alice").unwrap();
+    // The directory recreated, the files moved back.
+    let hold = d.path().join("hold");
+    common::move_vault(&v, &hold);
+    std::fs::create_dir(&v).unwrap();
+    for e in std::fs::read_dir(&hold).unwrap() {
+        let e = e.unwrap();
+        std::fs::rename(e.path(), v.join(e.file_name())).unwrap();
+    }
+    open_and_verify(&v, "alice").unwrap();
+    open_and_verify(&v, "bob").unwrap();
+    // The CLI, by a relative path.
+    std::env::set_current_dir(&q).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_capvault"))
+        .args([
+            "verify",
+            "--vault",
+            "vault",
+            "--user",
+            "alice",
+            "--keystore",
+            "keyutils",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "capvault verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Regression (passes): a format-1 carry-over killed after the first mark is written
+/// (in the KEK rotation that follows the format record), with the format record then
+/// lost, opens correctly: the mark alone means format 4, the rotation is finished, and
+/// the format is recorded again.
+#[test]
+fn a_carry_over_killed_after_the_mark_opens_without_its_format_record() {
+    let d = tempfile::tempdir().unwrap();
+    vault_with(d.path(), "alice", 50);
+    capvault::testing::write_format1(d.path(), "alice").unwrap();
+    capvault::testing::arm("kek-rotate:after-keychain-put");
+    match Vault::open(d.path(), "alice", o()) {
+        Err(Error::Storage(m)) => assert!(m.contains("kek-rotate"), "{m}"),
+        other => panic!("{}", err_text(&other)),
+    }
+    let user_hex: String = "alice".bytes().map(|b| format!("{b:02x}")).collect();
+    let format = format!("format/{}/{user_hex}", common::vault_hex(d.path()));
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            &format!("id=$(keyctl search @u user 'capvault:{format}') && keyctl invalidate $id"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v = Vault::open(d.path(), "alice", o()).unwrap();
+    v.verify().unwrap();
+    assert_eq!(v.test_read_all().unwrap().len(), 50);
+    v.close().unwrap();
+    assert!(common::keychain_secret(KeyStoreKind::Keyutils, &format).is_some());
+}
+
+/// A directory outside the vault, with a user's segment directory name in it holding a
+/// file that must survive.
+fn outside_with(d: &Path, seg: &Path) -> (PathBuf, PathBuf) {
+    let out = d.join("outside");
+    let id = seg.file_name().unwrap();
+    std::fs::create_dir_all(out.join(id)).unwrap();
+    let precious = out.join(id).join("precious");
+    std::fs::write(&precious, b"not the vault's").unwrap();
+    (out, precious)
+}
+
+/// Promise (docs/SECURITY.md, "Segment files": someone who can write the vault directory
+/// cannot redirect record files, "and the deletions that give space back, elsewhere").
+///
+/// The link is refused only by `Segments::open`; erase never opens the segments. With
+/// `segments/` replaced by a link to another directory while the vault is closed, erase
+/// of one user of several (`remove_user`: `remove_dir_all` of a path through the link)
+/// deletes that user's directory name in the other directory, and all it holds.
+#[test]
+fn erase_never_deletes_through_a_link_in_place_of_segments() {
+    let d = tempfile::tempdir().unwrap();
+    let v = d.path().join("vault");
+    let bob = format!("a3-erase-bob-{}", std::process::id());
+    vault_with(&v, "alice", 5);
+    vault_with(&v, &bob, 5);
+    let seg = capvault::testing::segment_dir(&v, &bob);
+    let (out, precious) = outside_with(d.path(), &seg);
+    std::fs::rename(v.join("segments"), d.path().join("segments.real")).unwrap();
+    std::os::unix::fs::symlink(&out, v.join("segments")).unwrap();
+    let r = Vault::erase(&v, &bob, o());
+    assert!(
+        precious.exists(),
+        "erase ({:?}) deleted {} through the link",
+        r.err().map(|e| e.to_string()),
+        precious.display()
+    );
+}
+
+/// Promise (docs/SECURITY.md, "Segment files"): record bytes and the outbox are not
+/// redirected outside the vault directory by a link.
+///
+/// The check is made once, at open, by path; afterwards every file operation goes by
+/// path again (`Outbox::write`, `Segments::create`, `Segments::remove`). Whoever can
+/// write the vault directory swaps `segments/` for a link while the vault is open: the
+/// next sealed bundle is written (and renamed over any `outbox` there) in the other
+/// directory.
+#[test]
+fn a_link_swapped_in_while_open_never_receives_the_outbox() {
+    let d = tempfile::tempdir().unwrap();
+    let v = d.path().join("vault");
+    let vault = Vault::open(&v, "alice", o()).unwrap();
+    common::flushed_moves(&vault, 20, 0);
+    let seg = capvault::testing::segment_dir(&v, "alice");
+    let (out, _) = outside_with(d.path(), &seg);
+    std::fs::rename(v.join("segments"), d.path().join("segments.real")).unwrap();
+    std::os::unix::fs::symlink(&out, v.join("segments")).unwrap();
+    let id = capvault::Identity::generate(capvault::Suite::X25519);
+    let sealed = vault.seal_next(&id.recipient(), 1 << 20);
+    let written: Vec<_> = std::fs::read_dir(out.join(seg.file_name().unwrap()))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "precious")
+        .collect();
+    drop(vault);
+    assert!(
+        written.is_empty(),
+        "seal ({:?}) wrote {written:?} through the link, outside the vault",
+        sealed.map(|b| b.is_some())
+    );
+}
+
+/// Promise (docs/SECURITY.md, "Segment files": "links in place of segment files are not
+/// segments and are left alone").
+///
+/// They are not left alone: `Segments::handle` opens a segment by path, read-write,
+/// following a link. A segment file replaced by a link to a file outside the vault (the
+/// same bytes, say on a disk the attacker controls, or any file the opener can write)
+/// is opened read-write and read as the vault's: open and verify pass.
+#[test]
+fn a_link_in_place_of_a_segment_file_is_never_opened() {
+    let d = tempfile::tempdir().unwrap();
+    let v = d.path().join("vault");
+    vault_with(&v, "alice", 20);
+    let (seg_file, _, _) = common::record_entry(&v, "alice", 1);
+    let outside = d.path().join("outside-segment");
+    std::fs::rename(&seg_file, &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, &seg_file).unwrap();
+    let r = open_and_verify(&v, "alice");
+    assert!(
+        r.is_err(),
+        "a vault whose segment file is a link to {} opened and verified",
+        outside.display()
+    );
+}

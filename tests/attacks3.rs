@@ -95,21 +95,32 @@ fn an_archived_vault_is_not_a_copy_of_the_new_vault_made_where_it_was() {
 /// The mark moves past the real vault, which is then refused as rolled back.
 #[test]
 fn a_backup_opened_after_the_vault_moved_never_rolls_the_vault_back() {
-    let d = tempfile::tempdir().unwrap();
-    let srv = d.path().join("srv");
-    let backup = d.path().join("backup");
-    let data = d.path().join("data");
-    vault_with(&srv, "alice", 10);
-    cp_a(&srv, &backup);
-    common::move_vault(&srv, &data);
-    let copy = use_vault(&backup, "alice", 5, 100);
-    let vault = open_and_verify(&data, "alice");
-    assert!(
-        vault.is_ok(),
-        "the vault, moved and untouched, after a backup of it was opened ({}) : {}",
-        err_text(&copy),
-        err_text(&vault)
-    );
+    for only_look in [true, false] {
+        let d = tempfile::tempdir().unwrap();
+        let srv = d.path().join("srv");
+        let backup = d.path().join("backup");
+        let data = d.path().join("data");
+        vault_with(&srv, "alice", 10);
+        cp_a(&srv, &backup);
+        common::move_vault(&srv, &data);
+        let copy = if only_look {
+            open_and_verify(&backup, "alice")
+        } else {
+            use_vault(&backup, "alice", 5, 100)
+        };
+        let vault = open_and_verify(&data, "alice");
+        assert!(
+            vault.is_ok(),
+            "the vault, moved and untouched, after a backup of it was {} ({}): {}",
+            if only_look {
+                "opened and verified"
+            } else {
+                "used"
+            },
+            err_text(&copy),
+            err_text(&vault)
+        );
+    }
 }
 
 /// Promise (docs/SECURITY.md, "Copies of a vault"): a copy is refused while the
@@ -395,5 +406,79 @@ fn a_link_in_place_of_a_segment_file_is_never_opened() {
         r.is_err(),
         "a vault whose segment file is a link to {} opened and verified",
         outside.display()
+    );
+}
+
+/// Promise (issue 11, "Erase ... succeeds on a corrupted, tampered, full or held
+/// vault"; docs/SECURITY.md, "Erasure").
+///
+/// Whoever writes the vault directory puts a file in place of `segments/` or of the
+/// user's directory in it. Erase of one user of several removes the keys and the
+/// user's trees, then fails at `remove_user` (`remove_dir_all` of something that is not
+/// a directory): erase reports an error on a vault it must be able to erase.
+#[test]
+fn erase_works_with_a_file_in_place_of_the_segment_directories() {
+    for what in ["segments", "user's segment directory"] {
+        let d = tempfile::tempdir().unwrap();
+        let v = d.path().join("vault");
+        let bob = format!("a3-file-bob-{}", std::process::id());
+        vault_with(&v, "alice", 5);
+        vault_with(&v, &bob, 5);
+        let target = if what == "segments" {
+            v.join("segments")
+        } else {
+            capvault::testing::segment_dir(&v, &bob)
+        };
+        std::fs::rename(&target, d.path().join("moved-away")).unwrap();
+        std::fs::write(&target, b"not a directory").unwrap();
+        let r = Vault::erase(&v, &bob, o());
+        assert!(
+            r.is_ok(),
+            "erase of {bob} with a file in place of the {what}: {}",
+            err_text(&r)
+        );
+    }
+}
+
+/// Promise (common.md: every bad input gets a clear error; docs/SECURITY.md, what a
+/// directory writer can do: "fill the disk or add files", never more than make the
+/// vault refuse).
+///
+/// The outbox file is read by path, following a link, with no bound on its size
+/// (`Outbox::read`: `fs::read`). With a sealed bundle pending, whoever writes the vault
+/// directory replaces `outbox` with a link to a FIFO (or to /dev/zero, which `fs::read`
+/// reads until memory runs out): the next seal, which sends the pending bundle again,
+/// hangs instead of failing.
+#[test]
+fn a_link_in_place_of_the_outbox_never_hangs_the_seal() {
+    let d = tempfile::tempdir().unwrap();
+    let v = d.path().join("vault");
+    let vault = Vault::open(&v, "alice", o()).unwrap();
+    common::flushed_moves(&vault, 20, 0);
+    let id = capvault::Identity::generate(capvault::Suite::X25519);
+    assert!(vault.seal_next(&id.recipient(), 1 << 20).unwrap().is_some());
+    vault.close().unwrap();
+    let outbox = capvault::testing::segment_dir(&v, "alice").join("outbox");
+    assert!(outbox.exists());
+    let fifo = d.path().join("fifo");
+    let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(st.success());
+    std::fs::remove_file(&outbox).unwrap();
+    std::os::unix::fs::symlink(&fifo, &outbox).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = v.clone();
+    std::thread::spawn(move || {
+        // The pending bundle is read back when it is asked for again.
+        let r = Vault::open(&dir, "alice", o()).and_then(|v| {
+            let again = v.seal_next(&id.recipient(), 1 << 20);
+            let _ = v.close();
+            again
+        });
+        let _ = tx.send(r.map(|b| b.is_some()).map_err(|e| e.to_string()));
+    });
+    let r = rx.recv_timeout(std::time::Duration::from_secs(10));
+    assert!(
+        r.is_ok(),
+        "open and seal with a FIFO linked in place of the outbox did not return within 10 s"
     );
 }

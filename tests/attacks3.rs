@@ -482,3 +482,59 @@ fn a_link_in_place_of_the_outbox_never_hangs_the_seal() {
         "open and seal with a FIFO linked in place of the outbox did not return within 10 s"
     );
 }
+
+/// Promise (docs/SECURITY.md, "Copies of a vault"): opening a copy never makes the
+/// original look rolled back.
+///
+/// The vault lives on a disk that is not always mounted (a USB disk, a network share,
+/// the encrypted home of a user who logged out). While it is not mounted, an
+/// administrator opens a backup of it to check it: the directory the backup's keychain
+/// file names is now the empty mount point (another inode), so `refuse_copy` takes the
+/// backup for a moved vault and the open moves the mark. Mounted again, the vault,
+/// untouched, is refused as rolled back.
+#[test]
+fn a_backup_opened_while_the_vault_is_unmounted_never_rolls_it_back() {
+    let d = tempfile::tempdir().unwrap();
+    let disk = d.path().join("disk");
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir(&disk).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    /// Unmounts on drop, so a failing step leaves no mount behind.
+    struct Bind<'a>(&'a Path);
+    impl Drop for Bind<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let mount = || {
+        let st = Command::new("mount")
+            .arg("--bind")
+            .arg(&disk)
+            .arg(&mnt)
+            .status();
+        assert!(
+            st.unwrap().success(),
+            "mount --bind (the tests run as root)"
+        );
+        Bind(&mnt)
+    };
+    let vault = mnt.join("vault");
+    let backup = d.path().join("backup");
+    {
+        let _m = mount();
+        vault_with(&vault, "alice", 10);
+        cp_a(&vault, &backup);
+    }
+    // Not mounted: the backup is checked.
+    let copy = open_and_verify(&backup, "alice");
+    let r = {
+        let _m = mount();
+        open_and_verify(&vault, "alice")
+    };
+    assert!(
+        r.is_ok(),
+        "the vault, mounted again and untouched, after its backup was opened ({}): {}",
+        err_text(&copy),
+        err_text(&r)
+    );
+}

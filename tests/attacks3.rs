@@ -538,3 +538,48 @@ fn a_backup_opened_while_the_vault_is_unmounted_never_rolls_it_back() {
         err_text(&r)
     );
 }
+
+/// Promise (issue 11 (1): records cannot be deleted undetected; docs/SECURITY.md, the
+/// high-water mark "no copy of the directory rolls back").
+///
+/// Whoever writes the vault directory removes every tree of a user (keys, log, state,
+/// ledger) and the user's segment directory, leaving the vault id. The next open takes
+/// the user for a new one (`KeyHierarchy::open` -> `create`): it overwrites the user's
+/// KEK v1, high-water mark and format record in the keychain without looking whether
+/// they are there. The user's whole history is gone without Tampered, and the old KEK
+/// with it, so no backup of the directory can be read either.
+#[test]
+fn removing_a_users_trees_never_makes_a_new_user_of_them() {
+    let d = tempfile::tempdir().unwrap();
+    let v = d.path().join("vault");
+    vault_with(&v, "alice", 10);
+    vault_with(&v, "bob", 3);
+    let hex = common::vault_hex(&v);
+    let kek = common::kek_name(&hex, "alice", 1);
+    let before = common::keychain_secret(KeyStoreKind::Keyutils, &kek).unwrap();
+    {
+        let db = capvault::testing::open_raw_db(&v);
+        let user_hex: String = "alice".bytes().map(|b| format!("{b:02x}")).collect();
+        for t in ["keys", "log", "state", "ledger"] {
+            assert!(db.drop_tree(format!("u/{user_hex}/{t}")).unwrap());
+        }
+        db.flush().unwrap();
+    }
+    std::fs::remove_dir_all(capvault::testing::segment_dir(&v, "alice")).unwrap();
+    let r = Vault::open(&v, "alice", o());
+    let events = r
+        .as_ref()
+        .ok()
+        .map(|v| v.test_read_all().map_or(0, |e| e.len()));
+    let after = common::keychain_secret(KeyStoreKind::Keyutils, &kek);
+    assert!(
+        matches!(r, Err(Error::Tampered(_))) && after.as_deref() == Some(&before[..]),
+        "alice's trees removed: open {} ({events:?} events), KEK v1 {}",
+        err_text(&r),
+        if after.as_deref() == Some(&before[..]) {
+            "kept"
+        } else {
+            "overwritten"
+        }
+    );
+}

@@ -623,3 +623,35 @@ fn erase_and_open_return_with_a_fifo_in_place_of_the_keychain_file() {
         erased.unwrap_or_else(|| "hung".into())
     );
 }
+
+/// Promise (docs/SECURITY.md: whoever can write the vault directory can make the vault
+/// refuse, never make it write elsewhere; src/log/store.rs: the durability mark is the
+/// vault's own file).
+///
+/// `write_mark` opens `durable` by path with `create`, following a link, and writes the
+/// new generation over the start of whatever it names. Someone who can write only the
+/// vault directory (a synced or shared folder, a sandboxed tool) replaces `durable` with
+/// a link to a file of the vault's owner while the vault is open (say
+/// ~/.ssh/authorized_keys): the next flush overwrites its first bytes.
+#[test]
+fn the_durability_mark_is_never_written_through_a_link() {
+    let d = tempfile::tempdir().unwrap();
+    let v = d.path().join("vault");
+    let vault = Vault::open(&v, "alice", o()).unwrap();
+    common::flushed_moves(&vault, 5, 0);
+    let outside = d.path().join("authorized_keys");
+    let precious = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPrecious owner@host\n".to_vec();
+    std::fs::write(&outside, &precious).unwrap();
+    let mark = v.join("durable");
+    assert!(mark.exists());
+    std::fs::remove_file(&mark).unwrap();
+    std::os::unix::fs::symlink(&outside, &mark).unwrap();
+    common::flushed_moves(&vault, 5, 100);
+    let _ = vault.close();
+    assert_eq!(
+        std::fs::read(&outside).unwrap(),
+        precious,
+        "a flush wrote through the link in place of {}",
+        mark.display()
+    );
+}

@@ -655,3 +655,45 @@ fn the_durability_mark_is_never_written_through_a_link() {
         mark.display()
     );
 }
+
+/// Promise (docs/SECURITY.md, "Erasure and crypto-shredding": once erase reports
+/// success no KEK of the user is left, and nothing of the user can be read again;
+/// issue 11 (2): a held vault stops using its handle).
+///
+/// The agent holds the vault; the administrator erases the user through a copy of it (a
+/// backup, to destroy that too). The keys are shared, so erase deletes the user's KEKs,
+/// and the copy is not held, so no hand-off tells the agent. The agent keeps the data
+/// keys in memory and goes on: its next KEK rotation (scheduled, or by hand) puts a new
+/// KEK in the keychain wrapping every data key, and the "erased" user's whole history
+/// opens again.
+#[test]
+fn erase_through_a_copy_is_never_undone_by_the_holder() {
+    let d = tempfile::tempdir().unwrap();
+    let orig = d.path().join("vault");
+    let copy = d.path().join("copy");
+    vault_with(&orig, "alice", 10);
+    cp_a(&orig, &copy);
+    let held = Vault::open(&orig, "alice", o()).unwrap();
+    Vault::erase(&copy, "alice", o()).unwrap();
+    let rotated = held.rotate_kek();
+    let appended = held
+        .append_mouse_move(1_764_000_000_500_000, 1, 1)
+        .and_then(|_| held.flush());
+    let _ = held.close();
+    let hex = common::vault_hex(&orig);
+    let keks: Vec<u32> = (1..5)
+        .filter(|v| {
+            common::keychain_secret(KeyStoreKind::Keyutils, &common::kek_name(&hex, "alice", *v))
+                .is_some()
+        })
+        .collect();
+    let reopened =
+        Vault::open(&orig, "alice", o()).and_then(|v| v.test_read_all().map(|e| e.len()));
+    assert!(
+        keks.is_empty() && reopened.is_err(),
+        "after erase through a copy: the holder's KEK rotation {:?}, append {:?}; KEK versions in the keychain {keks:?}; the original reopened: {:?}",
+        rotated.map_err(|e| e.to_string()),
+        appended.map_err(|e| e.to_string()),
+        reopened.map_err(|e| e.to_string())
+    );
+}

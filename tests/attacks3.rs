@@ -698,3 +698,32 @@ fn erase_through_a_copy_is_never_undone_by_the_holder() {
         reopened.map_err(|e| e.to_string())
     );
 }
+
+/// Promise (issue 11 (2): erase succeeds on a tampered vault, and "the erasure stays
+/// visible afterwards").
+///
+/// Whoever writes the vault directory puts a directory in place of `keychain.json`.
+/// Erase deletes the keys and the data, then fails to record the tombstone (a rename
+/// over a directory) and reports a bare "Is a directory" that names no file and does not
+/// say that the keys are gone; the erasure is never visible, and the next open of the
+/// erased name makes a new vault in the directory.
+#[test]
+fn erase_records_the_erasure_with_a_directory_in_place_of_the_keychain_file() {
+    let d = tempfile::tempdir().unwrap();
+    let v = d.path().join("vault");
+    vault_with(&v, "alice", 5);
+    let file = v.join("keychain.json");
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    std::fs::write(file.join("x"), b"x").unwrap();
+    let kek = common::kek_name(&common::vault_hex(&v), "alice", 1);
+    let erased = Vault::erase(&v, "alice", o());
+    let kek_left = common::keychain_secret(KeyStoreKind::Keyutils, &kek).is_some();
+    let after = Vault::open(&v, "alice", o());
+    assert!(
+        erased.is_ok() && matches!(after, Err(Error::Erased)),
+        "erase: {} (KEK left: {kek_left}); open afterwards: {} (a new vault)",
+        err_text(&erased),
+        err_text(&after)
+    );
+}

@@ -19,6 +19,7 @@ mod aead;
 mod audit;
 mod error;
 mod failpoint;
+mod files;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

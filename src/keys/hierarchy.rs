@@ -165,6 +165,12 @@ impl KeyHierarchy {
         self.keychain_format
     }
 
+    /// Whether the keychain still holds the KEK in use. It only goes with an erasure of
+    /// the user, possibly made through a copy of the vault while this process held it.
+    pub(crate) fn kek_in_keychain(&self) -> Result<bool> {
+        Ok(Self::load_kek(&*self.store, &self.vault_hex, &self.user, self.kek_version)?.is_some())
+    }
+
     /// Records in the keychain that this user's stored state is in `STATE_FORMAT`.
     /// From then on an older form of the trees is refused, whatever copy is put back.
     pub(crate) fn record_format(&mut self) -> Result<()> {
@@ -454,20 +460,25 @@ impl KeyHierarchy {
         user: &str,
         now_us: i64,
     ) -> Result<(KeyHierarchy, NewEntries)> {
+        // The format record is written only once a user's trees are durable: with it
+        // in the keychain, trees missing from the directory were removed, not never
+        // made, and making a new user would overwrite the old one's KEK (so no backup
+        // could be read) and its mark (so nothing would show the loss).
+        if Self::read_format(&*store, &vault_hex, user)? != 0 {
+            return Err(Error::tampered(format!(
+                "the keychain holds the keys of user {user:?} of this vault, but the vault directory holds none of the user's data (it was removed): restore the vault directory from a backup, or erase the user"
+            )));
+        }
         let kek = Key32::generate();
         let mac_key = Key32::generate();
         store.put(&Self::kek_name(&vault_hex, user, 1), kek.expose())?;
-        // The mark before the format that requires it (a crash in between leaves a
-        // user the next open creates again). It replaces any mark an earlier user of
-        // this name left.
+        // The mark before the format that requires it (the caller records the format
+        // once the trees are durable; a crash before leaves a user the next open
+        // creates again). It replaces any mark an earlier user of this name left.
         let mark_key = super::mark::MarkKey::new(&mac_key, &vault_id, user);
         store.put(
             &super::mark::name(&vault_hex, user),
             &mark_key.seal(&super::mark::Mark::default()),
-        )?;
-        store.put(
-            &Self::format_name(&vault_hex, user),
-            &STATE_FORMAT.to_be_bytes(),
         )?;
         let mut h = KeyHierarchy {
             store,
@@ -481,7 +492,7 @@ impl KeyHierarchy {
             current_epoch: 1,
             mac_key,
             state_authenticated: true,
-            keychain_format: STATE_FORMAT,
+            keychain_format: 0,
         };
         let dek = Key32::generate();
         let entries: NewEntries = vec![
@@ -584,6 +595,11 @@ impl KeyHierarchy {
     /// delete of the old KEK, marker removed. `flush` makes each sled step durable.
     /// A failure at any step leaves a vault that [`KeyHierarchy::open`] completes.
     pub(crate) fn rotate_kek(&mut self, flush: &dyn Fn() -> Result<()>) -> Result<u32> {
+        if !self.kek_in_keychain()? {
+            // Erased elsewhere (say, through a copy of the vault): a new KEK would
+            // wrap the data keys again and undo the erasure.
+            return Err(Error::Erased);
+        }
         let from = self.kek_version;
         let to = from
             .checked_add(1)

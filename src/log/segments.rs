@@ -513,6 +513,23 @@ impl Segments {
 /// Removes the segment directory of `user` in vault directory `dir` (erase).
 pub(crate) fn remove_user(dir: &Path, user: &str) -> Result<()> {
     let d = user_dir(dir, user);
+    let cannot =
+        |p: &Path, e: std::io::Error| Error::Storage(format!("cannot remove {}: {e}", p.display()));
+    // Through something else in place of `segments/` (a link), the user's directory
+    // would be another one: nothing behind it is the vault's to delete.
+    match fs::symlink_metadata(d.parent().unwrap_or(&d)) {
+        Ok(m) if m.file_type().is_dir() => {}
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(cannot(&d, e)),
+    }
+    // A file or link in place of the user's directory goes itself.
+    match fs::symlink_metadata(&d) {
+        Ok(m) if !m.file_type().is_dir() => {
+            return fs::remove_file(&d).map_err(|e| cannot(&d, e));
+        }
+        _ => {}
+    }
     match fs::remove_dir_all(&d) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

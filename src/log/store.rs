@@ -175,6 +175,7 @@ impl Store {
                 .create(&blobs)
                 .map_err(|e| Error::Storage(format!("cannot create {}: {e}", blobs.display())))?;
         }
+        refuse_special_files(dir)?;
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
@@ -311,7 +312,9 @@ fn write_mark(dir: &Path, gen: u64) -> Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+        // Never written through a link put in its place: the flush fails instead.
+        opts.mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
     }
     let mut f = opts.open(dir.join(MARK_FILE))?;
     f.write_all(&bytes)?;
@@ -367,12 +370,15 @@ fn check_durable_mark(dir: &Path, db: &sled::Db) -> Result<u64> {
                 .map_err(|_| damaged("its durable generation has the wrong size"))?,
         ),
     };
-    let mark = match fs::read(dir.join(MARK_FILE)) {
-        Ok(bytes) => Some(
+    let mark = match crate::files::read_regular(&dir.join(MARK_FILE), 4096) {
+        Ok(Some(bytes)) => Some(
             decode_mark(&bytes)
                 .ok_or_else(|| damaged(&format!("the file {MARK_FILE} is corrupt")))?,
         ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Ok(None) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(damaged(&format!("the file {MARK_FILE} is not one: {e}")))
+        }
         Err(e) => return Err(e.into()),
     };
     match mark {
@@ -485,11 +491,29 @@ pub(crate) fn held_by_another_process(dir: &Path) -> bool {
     }
 }
 
+/// sled opens its `conf` and `db` by path, and would wait forever on a FIFO there, or
+/// read a device: anything but a regular file in their place is refused first.
+fn refuse_special_files(dir: &Path) -> Result<()> {
+    for name in ["conf", "db"] {
+        let path = dir.join(name);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if !m.file_type().is_file() => {
+                return Err(Error::tampered(format!(
+                    "{} is not a regular file (a link, directory, FIFO or device was put in place of the vault's database): move it away and restore the vault directory from a backup, or erase the vault",
+                    path.display()
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The segment size the database in `dir` was created with (sled refuses any other),
 /// read from sled's `conf`; a new database gets [`SEGMENT_SIZE`]. Anything but the two
 /// sizes capvault ever used is left for sled to refuse (its `conf` carries a CRC).
 fn segment_size_of(dir: &Path) -> usize {
-    let Ok(conf) = fs::read(dir.join("conf")) else {
+    let Ok(Some(conf)) = crate::files::read_regular(&dir.join("conf"), 1 << 16) else {
         return SEGMENT_SIZE;
     };
     let recorded = String::from_utf8_lossy(&conf)

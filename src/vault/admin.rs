@@ -304,6 +304,12 @@ impl Inner {
     }
 
     pub(crate) fn rotate_kek(&self) -> Result<u32> {
+        if !self.keys()?.kek_in_keychain()? {
+            // The user was erased elsewhere (through a copy of the vault, which shares
+            // its keys): carry the erasure out here too, as the hand-off would.
+            self.erase_in_place()?;
+            return Err(Error::Erased);
+        }
         let p = self.quiesce()?;
         let version = self.keys_mut()?.rotate_kek(&|| self.durable_flush())?;
         drop(p);

@@ -31,6 +31,8 @@ use capvault_format::secret::Key32;
 
 /// The keychain file in the vault directory.
 pub(crate) const KEYCHAIN_FILE: &str = "keychain.json";
+/// The keychain file is a few hundred bytes; anything longer is not one.
+const MAX_FILE_BYTES: u64 = 1 << 20;
 const FORMAT: &str = "capvault-keychain-1";
 
 /// What `status` and `audit` show about an erased user.
@@ -137,12 +139,12 @@ impl KeychainFile {
     }
 
     fn read(dir: &Path) -> Option<KeychainFile> {
-        Self::parse(&std::fs::read(dir.join(KEYCHAIN_FILE)).ok()?)
+        Self::parse(&crate::files::read_regular(&dir.join(KEYCHAIN_FILE), MAX_FILE_BYTES).ok()??)
     }
 
     /// The file in `bytes`, if it is one of this format (its MAC not checked yet).
     pub(crate) fn parse(bytes: &[u8]) -> Option<KeychainFile> {
-        if bytes.len() > 1 << 20 {
+        if bytes.len() as u64 > MAX_FILE_BYTES {
             return None;
         }
         serde_json::from_slice::<KeychainFile>(bytes)
@@ -235,6 +237,12 @@ impl KeychainFile {
     fn write(&mut self, dir: &Path, device_seed: Option<&Key32>) -> Result<()> {
         self.dir = canonical(dir);
         self.dir_inode = binding::dir_inode(dir);
+        self.write_in_place(dir, device_seed)
+    }
+
+    /// Writes the file into `dir` keeping the directory it names: a copy's file stays
+    /// the file of a copy.
+    fn write_in_place(&mut self, dir: &Path, device_seed: Option<&Key32>) -> Result<()> {
         match device_seed {
             Some(s) => self.sign(s),
             None => self.mac = None,
@@ -256,17 +264,29 @@ fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
+    let target = dir.join(name);
     let result = (|| -> std::io::Result<()> {
         let mut f = opts.open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, dir.join(name))?;
+        // Only a directory keeps the rename from replacing what is there (a link, a
+        // FIFO or a file is replaced itself): nothing of the vault is one.
+        if std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_dir()) {
+            std::fs::remove_dir_all(&target)?;
+        }
+        std::fs::rename(&tmp, &target)?;
         std::fs::File::open(dir)?.sync_all()
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    Ok(result?)
+    result.map_err(|e| match Error::from(e) {
+        Error::StorageFull(m) => {
+            Error::StorageFull(format!("cannot write {}: {m}", target.display()))
+        }
+        Error::Storage(m) => Error::Storage(format!("cannot write {}: {m}", target.display())),
+        other => other,
+    })
 }
 
 /// What an open vault writes into its keychain file.
@@ -317,12 +337,13 @@ pub(crate) fn refuse_copy(
         Ok(Some(home)) if *home == binding::home_value(&f.bind, &f.dir, f.dir_inode) => {}
         _ => return Ok(()),
     }
-    // ...and that very directory is still there, holding a vault.
+    // ...and that very directory is still there, holding this vault (its database
+    // bytes hold the binding; not another vault made there since).
     let there = Path::new(&f.dir);
     if f.dir_inode.is_some()
         && binding::dir_inode(there) == f.dir_inode
-        && there.join("conf").exists()
         && !binding::same_dir(dir, there)
+        && binding::scan(there).contains(&f.bind)
     {
         return Err(Error::invalid(format!(
             "{} is a copy of the vault at {}, which is still there: both use the same keychain entries, and opening the copy would move the vault's keychain mark past the original (which would then be refused as rolled back); open the original, or move the copy into its place",
@@ -971,7 +992,12 @@ fn record_tombstone(
     // The time of the first step (the keys' deletion) is kept.
     entry.erased_us.get_or_insert_with(super::now_us);
     entry.whole_vault = whole;
-    file.write(dir, device_seed)
+    if file.dir.is_empty() {
+        file.write(dir, device_seed)
+    } else {
+        // The tombstone does not make a copy pass for the vault (refuse_copy).
+        file.write_in_place(dir, device_seed)
+    }
 }
 
 impl Located {

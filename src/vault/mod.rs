@@ -340,6 +340,9 @@ impl Vault {
         note(keys.kek_version() + 1);
         if let Some(entries) = new_entries {
             create_user(&trees, entries, keys.mac_key(), &vault_id, user)?;
+            // Only a user whose trees are durable is recorded in the keychain.
+            store.durable_flush()?;
+            keys.record_format()?;
         }
         // How far the user's stored state was carried over: the keys tree says so (a
         // format-2 MAC key entry is only wrapped under KEKs made after the state was

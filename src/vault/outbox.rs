@@ -80,9 +80,14 @@ impl Outbox {
     /// The entry, if there is one.
     pub(crate) fn read(&self) -> Result<Option<Vec<u8>>> {
         let path = self.dir.join(NAME);
-        match fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        // A sealed bundle is far below 4 GiB (`max_bundle_bytes`); a link, FIFO or
+        // device in the file's place is refused without blocking.
+        match crate::files::read_regular(&path, u64::from(u32::MAX)) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == ErrorKind::InvalidData => Err(Error::tampered(format!(
+                "the outbox file {} is not one: {e}",
+                path.display()
+            ))),
             Err(e) => Err(storage("cannot read the outbox file", &path, e)),
         }
     }

@@ -19,6 +19,7 @@ declare -A APT_FOR=(
   [secret-tool]=libsecret-tools
   [keyctl]=keyutils
   [valgrind]=valgrind
+  [strace]=strace
   [pkg-config]=pkg-config
   [cc]=gcc
   [python3]=python3

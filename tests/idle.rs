@@ -95,3 +95,68 @@ fn an_idle_vault_still_serves_requests_and_enforces_retention() {
     );
     v.close().unwrap();
 }
+
+/// A durable flush syncs only what changed (every `fsync` costs a device flush, even of
+/// a clean file): the segment written, sled's `db` and the durability mark, not every
+/// file of the vault directory and the directory itself at every flush. Counted by the
+/// kernel: `strace` attached to this process records every `fsync` and `fdatasync`.
+#[test]
+fn a_flush_syncs_only_what_changed() {
+    let d = tempfile::tempdir().unwrap();
+    let v = Vault::open(d.path(), "alice", options(KeyStoreKind::Keyutils)).unwrap();
+    let mut ts = 1_764_000_000_000_000i64;
+    let mut flushed_moves = |v: &Vault| {
+        for _ in 0..100 {
+            ts += 1000;
+            let _ = v.append_mouse_move(ts, 1, 1).unwrap();
+        }
+        v.flush().unwrap();
+    };
+    // The first flushes sync everything there is once.
+    for _ in 0..3 {
+        flushed_moves(&v);
+    }
+    let elsewhere = tempfile::tempdir().unwrap();
+    let trace = elsewhere.path().join("trace");
+    let sentinel = std::fs::File::create(elsewhere.path().join("sentinel")).unwrap();
+    let mut strace = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .args(["-p", &std::process::id().to_string()])
+        .spawn()
+        .expect("strace (scripts/test.sh installs it)");
+    // Attached once a sync of the sentinel shows in the trace.
+    let traced = |t: &std::path::Path| std::fs::read_to_string(t).unwrap_or_default();
+    let start = Instant::now();
+    while !traced(&trace).contains("sentinel") {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "strace did not attach"
+        );
+        sentinel.sync_all().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let flushes = 10;
+    for _ in 0..flushes {
+        flushed_moves(&v);
+    }
+    let stop = std::process::Command::new("kill")
+        .args(["-INT", &strace.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stop.success());
+    strace.wait().unwrap();
+    let text = traced(&trace);
+    let syncs: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("sentinel") && (l.contains("fsync(") || l.contains("fdatasync(")))
+        .collect();
+    // The segment, the database and the durability mark: three per flush.
+    assert!(
+        syncs.len() <= 3 * flushes,
+        "{} syncs for {flushes} flushes:\n{}",
+        syncs.len(),
+        syncs.join("\n")
+    );
+    v.close().unwrap();
+}

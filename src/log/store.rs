@@ -121,6 +121,8 @@ pub(crate) struct Store {
     /// The last durable generation handed out, and the last one written to the mark.
     gen: std::sync::atomic::AtomicU64,
     marked: std::sync::Mutex<u64>,
+    /// What durable flushes synced already (files are synced once, `db` every time).
+    synced: std::sync::Mutex<Synced>,
 }
 
 impl Store {
@@ -137,6 +139,7 @@ impl Store {
             fsync,
             gen: gen.into(),
             marked: std::sync::Mutex::new(gen),
+            synced: std::sync::Mutex::new(Synced::new()),
         };
         store.restrict_permissions()?;
         Ok(store)
@@ -230,7 +233,9 @@ impl Store {
         self.db.flush()?;
         // Files sled made since the last flush (snapshots, blobs) get owner-only modes
         // here, whatever the process's umask was; with fsync they are synced too.
-        settle_tree(&self.dir, self.fsync).map_err(|e| match e {
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        let sync = if self.fsync { Some(&mut *synced) } else { None };
+        settle_tree(&self.dir, sync).map_err(|e| match e {
             // A full disk stays a full disk (fsync reports ENOSPC too).
             Error::Storage(why) => Error::Storage(format!(
                 "cannot sync the vault directory {} (was it moved or deleted while \
@@ -550,16 +555,40 @@ pub(crate) fn allocated(dir: &Path) -> Result<u64> {
 
 /// Files 0600, directories 0700, under `path` and `path` itself.
 fn restrict(path: &Path) -> Result<()> {
-    settle_tree(path, false)
+    settle_tree(path, None)
 }
 
+/// What durable flushes synced already, by path and inode (see [`settle_tree`]).
+type Synced = std::collections::HashSet<(PathBuf, u64)>;
+
 /// Gives every file under `dir` mode 0600 and every directory 0700 (sled creates its
-/// files with the process's umask), and with `sync` fsyncs the files, then the
-/// directories. Entries of another owner (a hand-off request root wrote) are left to
-/// the hand-off, which checks them itself. The segment directory is not walked: the
-/// vault makes its files owner-only itself, and the log syncs those it wrote before the
-/// flush (`Log::sync_segments`); the outbox file is synced as it is written.
-fn settle_tree(dir: &Path, sync: bool) -> Result<()> {
+/// files with the process's umask). With `sync` it also makes the directory durable,
+/// syncing only what changed, since every `fsync` costs a device flush even when the
+/// file is clean: sled's `db`, which sled rewrites in place (its own writes use
+/// `sync_file_range`, which is not durable), at every flush; every other file once, the
+/// first time it is seen under its name (sled writes `conf`, snapshots and blobs once
+/// and renames snapshots into place; the vault syncs its own files as it writes them);
+/// a directory only when it gained an entry. Entries of another owner (a hand-off
+/// request root wrote) are left to the hand-off, which checks them itself. The segment
+/// directory is not walked: the vault makes its files owner-only itself, and the log
+/// syncs those it wrote before the flush (`Log::sync_segments`); the outbox file is
+/// synced as it is written.
+fn settle_tree(dir: &Path, mut sync: Option<&mut Synced>) -> Result<()> {
+    let gained = settle_dir(dir, &dir.join("db"), &mut sync)?;
+    if let Some(synced) = sync {
+        // Forget what is gone (old snapshots), so the set stays the directory's size.
+        synced.retain(|(path, _)| path.exists());
+        if gained {
+            fs::File::open(dir)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
+/// [`settle_tree`] for one directory; true when it gained an entry (its parent then
+/// syncs it).
+fn settle_dir(dir: &Path, db: &Path, sync: &mut Option<&mut Synced>) -> Result<bool> {
+    let mut gained = false;
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         // Files may vanish while we walk (sled's old snapshots, answered hand-off
@@ -571,26 +600,47 @@ fn settle_tree(dir: &Path, sync: bool) -> Result<()> {
         };
         let path = entry.path();
         make_private(&path, &meta)?;
+        let key = (path.clone(), inode(&meta));
         if meta.is_dir() {
             // The segment files are made owner-only by the vault itself and synced by
             // the log as it writes them: walking thousands of them at every flush would
             // only cost.
-            if entry.file_name() != super::segments::SEGMENTS_DIR {
-                settle_tree(&path, sync)?;
+            if entry.file_name() == super::segments::SEGMENTS_DIR {
+                continue;
             }
-        } else if sync && meta.is_file() {
-            match fs::File::open(&path) {
-                Ok(f) => f.sync_all()?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
+            if settle_dir(&path, db, sync)? {
+                fs::File::open(&path)?.sync_all()?;
+            }
+            if let Some(synced) = sync.as_deref_mut() {
+                gained |= synced.insert(key);
+            }
+        } else if let Some(synced) = sync.as_deref_mut() {
+            let first = !synced.contains(&key);
+            if meta.is_file() && (first || path == db) {
+                match fs::File::open(&path) {
+                    Ok(f) => f.sync_all()?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if first {
+                synced.insert(key);
+                gained = true;
             }
         }
     }
     make_private(dir, &fs::metadata(dir)?)?;
-    if sync {
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    Ok(gained)
+}
+
+#[cfg(unix)]
+fn inode(meta: &fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(meta)
+}
+
+#[cfg(not(unix))]
+fn inode(_meta: &fs::Metadata) -> u64 {
+    0
 }
 
 #[cfg(unix)]

@@ -49,8 +49,8 @@ fn err_text<T>(r: &capvault::Result<T>) -> String {
     }
 }
 
-/// Promise (docs/SECURITY.md, "Copies of a vault"; common.md: a check that fires in
-/// normal operation is a bug): only a copy of the vault, while the original is still in
+/// Promise (docs/SECURITY.md, "Copies of a vault"; a check that fires in normal
+/// operation is a bug): only a copy of the vault, while the original is still in
 /// its recorded directory, is refused.
 ///
 /// The agent is configured for /srv/vault. The administrator archives the vault by
@@ -196,8 +196,8 @@ fn erasing_another_user_of_a_copy_does_not_make_it_pass_for_the_vault() {
     );
 }
 
-/// Promise (issue 11, "the erasure stays visible afterwards (a tombstone that status and
-/// audit show)"; docs/SECURITY.md, "Erasure").
+/// Promise (docs/SECURITY.md, "Erasure and crypto-shredding": "the erasure stays
+/// visible: `status` and `audit` show the erasure record").
 ///
 /// A user erased through a copy of the vault (the copy and the vault share the user's
 /// keychain entries, so the user's keys are gone for both) is erased in the original
@@ -417,8 +417,8 @@ fn a_link_in_place_of_a_segment_file_is_never_opened() {
     }
 }
 
-/// Promise (issue 11, "Erase ... succeeds on a corrupted, tampered, full or held
-/// vault"; docs/SECURITY.md, "Erasure").
+/// Promise (docs/SECURITY.md, "Erasure and crypto-shredding": a vault whose state was
+/// tampered with, whose files are corrupted, or whose disk is full is erased).
 ///
 /// Whoever writes the vault directory puts a file in place of `segments/` or of the
 /// user's directory in it. Erase of one user of several removes the keys and the
@@ -448,8 +448,8 @@ fn erase_works_with_a_file_in_place_of_the_segment_directories() {
     }
 }
 
-/// Promise (common.md: every bad input gets a clear error; docs/SECURITY.md, what a
-/// directory writer can do: "fill the disk or add files", never more than make the
+/// Promise (every bad input gets a clear error; docs/SECURITY.md, what a directory
+/// writer can do: "fill the disk or add files", never more than make the
 /// vault refuse).
 ///
 /// The outbox file is read by path, following a link, with no bound on its size
@@ -546,8 +546,8 @@ fn a_backup_opened_while_the_vault_is_unmounted_never_rolls_it_back() {
     );
 }
 
-/// Promise (issue 11 (1): records cannot be deleted undetected; docs/SECURITY.md, the
-/// high-water mark "no copy of the directory rolls back").
+/// Promise (docs/SECURITY.md, "Tamper evidence: limits": records cannot be deleted
+/// undetected; the high-water mark "no copy of the directory rolls back").
 ///
 /// Whoever writes the vault directory removes every tree of a user (keys, log, state,
 /// ledger) and the user's segment directory, leaving the vault id. The next open takes
@@ -601,8 +601,8 @@ fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) 
     rx.recv_timeout(std::time::Duration::from_secs(secs)).ok()
 }
 
-/// Promise (issue 11 (2): erase "succeeds on a corrupted, tampered, full or held
-/// vault"; common.md: every bad input gets a clear error).
+/// Promise (docs/SECURITY.md, "Erasure and crypto-shredding": a tampered vault is
+/// erased; every bad input gets a clear error, never a hang).
 ///
 /// Whoever writes the vault directory replaces `keychain.json` (or the durability mark
 /// file) with a FIFO: every reader of it (`KeychainFile::read`, `fs::read` with no
@@ -672,7 +672,7 @@ fn the_durability_mark_is_never_written_through_a_link() {
 
 /// Promise (docs/SECURITY.md, "Erasure and crypto-shredding": once erase reports
 /// success no KEK of the user is left, and nothing of the user can be read again;
-/// issue 11 (2): a held vault stops using its handle).
+/// a held vault stops using its handle).
 ///
 /// The agent holds the vault; the administrator erases the user through a copy of it (a
 /// backup, to destroy that too). The keys are shared, so erase deletes the user's KEKs,
@@ -712,8 +712,8 @@ fn erase_through_a_copy_is_never_undone_by_the_holder() {
     );
 }
 
-/// Promise (issue 11 (2): erase succeeds on a tampered vault, and "the erasure stays
-/// visible afterwards").
+/// Promise (docs/SECURITY.md, "Erasure and crypto-shredding": a tampered vault is
+/// erased, and the erasure stays visible).
 ///
 /// Whoever writes the vault directory puts a directory in place of `keychain.json`.
 /// Erase deletes the keys and the data, then fails to record the tombstone (a rename

@@ -1,4 +1,4 @@
-//! Forged bundles (SPEC R10, issue "trustworthy release"): an attacker who never touches
+//! Forged bundles (SPEC R10): an attacker who never touches
 //! the device, holding only the collector's public recipient and a device id (both
 //! visible wherever uploads land), builds bundles with an independent HPKE
 //! implementation (pyhpke, tests/interop/forge_bundle.py) and signs them with a key of

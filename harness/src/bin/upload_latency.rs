@@ -1,4 +1,4 @@
-//! End-to-end time from append to receipt for a 1 kHz agent (SPEC P8, issue 10): mouse
+//! End-to-end time from append to receipt for a 1 kHz agent (SPEC P8): mouse
 //! moves appended at 1 kHz to a real vault whose built-in uploader (`upload` options)
 //! sends to a real `capvault-collector serve` on loopback (embedded default: SQLite and
 //! the blob directory).

@@ -2,10 +2,12 @@
 //!
 //! * A directory (the default, `DIR/bundles`): bundles are appended to segment files,
 //!   `<root>/<creation time µs>-<random>.seg`, each entry a 48-byte header (magic,
-//!   length, SHA-256 digest) then the bundle bytes. One writer thread appends every
-//!   bundle queued while the previous group was being synced, then makes the whole
-//!   group durable with one `fdatasync` (group commit); no upload is answered before
-//!   that sync returned. A blob is addressed by `<segment>:<offset>:<length>`, kept in
+//!   length, SHA-256 digest) then the bundle bytes. A writer thread appends each
+//!   bundle as it comes; a syncer thread makes everything appended while its previous
+//!   sync ran durable with one `fdatasync` (group commit), so copying the next bundles
+//!   overlaps the device's work on the previous ones. No upload is answered before the
+//!   sync covering its bytes returned; after a failed sync nothing in that segment is
+//!   answered as stored, ever. A blob is addressed by `<segment>:<offset>:<length>`, kept in
 //!   its index row. Segments are append-only: bytes once written never change, a
 //!   segment is never reopened for writing (a new one is started at every start, at
 //!   [`SEGMENT_BYTES`], and after a failed write), and the directory is fsynced once
@@ -26,6 +28,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use bytes::Bytes;
@@ -291,10 +294,15 @@ impl LocalStore {
             return Ok(tx.clone());
         }
         let (tx, rx) = mpsc::channel();
+        let (to_syncer, syncer_rx) = mpsc::channel();
         let root = self.root.clone();
         std::thread::Builder::new()
+            .name("segment-syncer".into())
+            .spawn(move || segment_syncer(syncer_rx))
+            .map_err(|e| unavailable("segment syncer", e))?;
+        std::thread::Builder::new()
             .name("segment-writer".into())
-            .spawn(move || segment_writer(&root, rx))
+            .spawn(move || segment_writer(&root, rx, to_syncer))
             .map_err(|e| unavailable("segment writer", e))?;
         *w = Some(tx.clone());
         Ok(tx)
@@ -343,11 +351,29 @@ impl LocalStore {
     }
 }
 
+/// A segment file, shared by the writer (which appends to it) and the syncer (which
+/// makes it durable).
+#[derive(Debug)]
+struct SegmentFile {
+    file: std::fs::File,
+    /// A sync of this file failed: what it holds is unknown (after a failed `fsync`
+    /// Linux may report the next one as a success), so nothing in it is ever answered
+    /// as stored again, and nothing more is appended to it.
+    failed: AtomicBool,
+}
+
 /// An open segment being appended to.
 struct Segment {
     name: String,
-    file: std::fs::File,
+    shared: Arc<SegmentFile>,
     len: u64,
+}
+
+/// One bundle appended (or found appended), waiting for the sync that makes it durable.
+struct Written {
+    reply: oneshot::Sender<Result<String, String>>,
+    location: String,
+    segment: Arc<SegmentFile>,
 }
 
 impl Segment {
@@ -371,48 +397,39 @@ impl Segment {
         }
         let file = opts.open(root.join(&name))?;
         std::fs::File::open(root)?.sync_all()?;
-        Ok(Segment { name, file, len: 0 })
+        Ok(Segment {
+            name,
+            shared: Arc::new(SegmentFile {
+                file,
+                failed: AtomicBool::new(false),
+            }),
+            len: 0,
+        })
     }
 
-    /// Appends a group and syncs it: the locations, in order, once all are durable. A
-    /// bundle this writer already appended (concurrent retries of one upload) is
-    /// answered with the copy it has.
-    fn append(
-        &mut self,
-        group: &[Append],
-        recent: &mut HashMap<[u8; 32], String>,
-    ) -> std::io::Result<Vec<String>> {
-        let mut locations = Vec::with_capacity(group.len());
-        for a in group {
-            if let Some(l) = recent.get(&a.digest) {
-                locations.push(l.clone());
-                continue;
-            }
-            let mut header = [0u8; ENTRY_HEADER];
-            header[..8].copy_from_slice(ENTRY_MAGIC);
-            header[8..16].copy_from_slice(&(a.bytes.len() as u64).to_le_bytes());
-            header[16..].copy_from_slice(&a.digest);
-            self.file.write_all(&header)?;
-            self.file.write_all(&a.bytes)?;
-            let offset = self.len + ENTRY_HEADER as u64;
-            let location = format!("{}:{offset}:{}", self.name, a.bytes.len());
-            if recent.len() >= RECENT_DIGESTS {
-                recent.clear();
-            }
-            recent.insert(a.digest, location.clone());
-            locations.push(location);
-            self.len = offset + a.bytes.len() as u64;
-        }
-        self.file.sync_data()?;
-        Ok(locations)
+    /// Appends one bundle (not yet durable) and returns its location.
+    fn append(&mut self, a: &Append) -> std::io::Result<String> {
+        let mut header = [0u8; ENTRY_HEADER];
+        header[..8].copy_from_slice(ENTRY_MAGIC);
+        header[8..16].copy_from_slice(&(a.bytes.len() as u64).to_le_bytes());
+        header[16..].copy_from_slice(&a.digest);
+        let mut file = &self.shared.file;
+        file.write_all(&header)?;
+        file.write_all(&a.bytes)?;
+        let offset = self.len + ENTRY_HEADER as u64;
+        self.len = offset + a.bytes.len() as u64;
+        Ok(format!("{}:{offset}:{}", self.name, a.bytes.len()))
     }
 }
 
-/// The writer thread: each group is every bundle queued while the previous one synced.
-fn segment_writer(root: &Path, rx: mpsc::Receiver<Append>) {
+/// The writer thread: appends every bundle as it comes and hands it to the syncer, so
+/// that the next bundles are copied into the page cache while the previous ones are
+/// being synced. A bundle this writer already appended (concurrent retries of one
+/// upload) is answered with the copy it has, once that copy is durable.
+fn segment_writer(root: &Path, rx: mpsc::Receiver<Append>, syncer: mpsc::Sender<Vec<Written>>) {
     let mut segment: Option<Segment> = None;
-    // Digests appended by this writer, with their durable location.
-    let mut recent = HashMap::new();
+    // Digests appended by this writer, with their location and segment.
+    let mut recent: HashMap<[u8; 32], (String, Arc<SegmentFile>)> = HashMap::new();
     while let Ok(first) = rx.recv() {
         let mut bytes = first.bytes.len();
         let mut group = vec![first];
@@ -425,31 +442,100 @@ fn segment_writer(root: &Path, rx: mpsc::Receiver<Append>) {
                 Err(_) => break,
             }
         }
-        let result = (|| {
-            if segment.as_ref().is_none_or(|s| s.len >= SEGMENT_BYTES) {
-                segment = Some(Segment::create(root)?);
-            }
-            match segment.as_mut() {
-                Some(s) => s.append(&group, &mut recent),
-                None => Err(std::io::Error::other("no segment")),
-            }
-        })();
-        match result {
-            Ok(locations) => {
-                for (a, l) in group.into_iter().zip(locations) {
-                    let _ = a.reply.send(Ok(l));
+        let mut written = Vec::with_capacity(group.len());
+        let mut group = group.into_iter();
+        let failure = loop {
+            let Some(a) = group.next() else { break None };
+            if let Some((location, seg)) = recent.get(&a.digest) {
+                if !seg.failed.load(Ordering::Acquire) {
+                    written.push(Written {
+                        reply: a.reply,
+                        location: location.clone(),
+                        segment: seg.clone(),
+                    });
+                    continue;
                 }
             }
-            Err(e) => {
-                // What reached the segment is unknown: never append to it again, and
-                // answer nothing from this group as already stored.
-                segment = None;
-                recent.clear();
-                tracing::error!(error = %e, "blob store: segment append failed");
-                for a in group {
-                    let _ = a.reply.send(Err(e.to_string()));
+            let appended = (|| {
+                if segment.as_ref().is_none_or(|s| {
+                    s.len >= SEGMENT_BYTES || s.shared.failed.load(Ordering::Acquire)
+                }) {
+                    segment = Some(Segment::create(root)?);
                 }
+                match segment.as_mut() {
+                    Some(s) => Ok((s.append(&a)?, s.shared.clone())),
+                    None => Err(std::io::Error::other("no segment")),
+                }
+            })();
+            match appended {
+                Ok((location, seg)) => {
+                    if recent.len() >= RECENT_DIGESTS {
+                        recent.clear();
+                    }
+                    recent.insert(a.digest, (location.clone(), seg.clone()));
+                    written.push(Written {
+                        reply: a.reply,
+                        location,
+                        segment: seg,
+                    });
+                }
+                Err(e) => break Some((a, e)),
             }
+        };
+        if let Some((a, e)) = failure {
+            // What reached the segment is unknown: never append to it again, and
+            // answer nothing from the rest of this group as already stored. What was
+            // appended before is whole and goes on to its sync.
+            segment = None;
+            recent.clear();
+            tracing::error!(error = %e, "blob store: segment append failed");
+            for a in std::iter::once(a).chain(group) {
+                let _ = a.reply.send(Err(e.to_string()));
+            }
+        }
+        if !written.is_empty() && syncer.send(written).is_err() {
+            // The syncer is gone (it never stops first); the replies were dropped with
+            // it and their uploads are answered 503.
+            return;
+        }
+    }
+}
+
+/// The syncer thread: every bundle appended while the previous sync ran is made
+/// durable by one `fdatasync` of its segment (group commit), then answered. No
+/// upload is answered before the sync covering its bytes returned.
+fn segment_syncer(rx: mpsc::Receiver<Vec<Written>>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = first;
+        while batch.len() < 4 * MAX_GROUP {
+            match rx.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
+        // Each segment named by the batch once, in order (usually one).
+        let mut segments: Vec<&Arc<SegmentFile>> = Vec::new();
+        for w in &batch {
+            if !segments.iter().any(|s| Arc::ptr_eq(s, &w.segment)) {
+                segments.push(&w.segment);
+            }
+        }
+        for seg in segments {
+            if seg.failed.load(Ordering::Acquire) {
+                continue;
+            }
+            if let Err(e) = seg.file.sync_data() {
+                seg.failed.store(true, Ordering::Release);
+                tracing::error!(error = %e, "blob store: segment sync failed");
+            }
+        }
+        for w in batch {
+            let answer = if w.segment.failed.load(Ordering::Acquire) {
+                Err("the segment holding this bundle could not be synced".to_string())
+            } else {
+                Ok(w.location)
+            };
+            let _ = w.reply.send(answer);
         }
     }
 }
@@ -533,6 +619,85 @@ mod local_tests {
         std::fs::write(tmp.path().join(&d[..2]).join(format!("{d}.cvb")), b"legacy").unwrap();
         assert_eq!(&store.get(&d, None).await.unwrap().unwrap()[..], b"legacy");
         assert!(store.get(&digest(b"other"), None).await.unwrap().is_none());
+    }
+
+    fn append_of(bytes: &'static [u8]) -> (Append, oneshot::Receiver<Result<String, String>>) {
+        let mut d = [0u8; 32];
+        d.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+        let (reply, answer) = oneshot::channel();
+        let a = Append {
+            digest: d,
+            bytes: Bytes::from_static(bytes),
+            reply,
+        };
+        (a, answer)
+    }
+
+    /// A sync that fails answers every bundle of that segment as not stored, then and
+    /// later (Linux may report the next `fsync` of the file as a success), while a
+    /// bundle of another segment in the same batch is answered. A pipe stands in for
+    /// the segment: `fsync` of a pipe fails, which a disk cannot be made to do here.
+    #[test]
+    fn a_failed_sync_never_answers_its_segment_as_stored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let good = Segment::create(tmp.path()).unwrap().shared;
+        let (_pipe_reader, pipe_writer) = std::io::pipe().unwrap();
+        let bad = Arc::new(SegmentFile {
+            file: std::fs::File::from(std::os::fd::OwnedFd::from(pipe_writer)),
+            failed: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel();
+        let syncer = std::thread::spawn(move || segment_syncer(rx));
+        let written = |seg: &Arc<SegmentFile>, l: &str| {
+            let (reply, answer) = oneshot::channel();
+            let w = Written {
+                reply,
+                location: l.to_string(),
+                segment: seg.clone(),
+            };
+            (w, answer)
+        };
+        let (w1, a1) = written(&bad, "bad:48:1");
+        let (w2, a2) = written(&good, "good:48:1");
+        tx.send(vec![w1, w2]).unwrap();
+        assert!(a1.blocking_recv().unwrap().is_err());
+        assert_eq!(a2.blocking_recv().unwrap().unwrap(), "good:48:1");
+        assert!(bad.failed.load(Ordering::Acquire));
+        // Later bundles of the failed segment are refused too.
+        let (w3, a3) = written(&bad, "bad:98:1");
+        tx.send(vec![w3]).unwrap();
+        assert!(a3.blocking_recv().unwrap().is_err());
+        drop(tx);
+        syncer.join().unwrap();
+    }
+
+    /// After its segment failed, a bundle is appended again to a new segment rather than
+    /// answered with the copy the writer remembers.
+    #[test]
+    fn a_retry_of_a_bundle_in_a_failed_segment_is_appended_anew() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let (to_syncer, written) = mpsc::channel::<Vec<Written>>();
+        let root = tmp.path().to_path_buf();
+        let writer = std::thread::spawn(move || segment_writer(&root, rx, to_syncer));
+        let (a, _answer) = append_of(b"bundle");
+        tx.send(a).unwrap();
+        let first = written.recv().unwrap().pop().unwrap();
+        // A concurrent retry while the copy is sound: the same location.
+        let (a, _answer) = append_of(b"bundle");
+        tx.send(a).unwrap();
+        let retry = written.recv().unwrap().pop().unwrap();
+        assert_eq!(retry.location, first.location);
+        // The copy's segment failed its sync: the next retry goes to a new segment.
+        first.segment.failed.store(true, Ordering::Release);
+        let (a, _answer) = append_of(b"bundle");
+        tx.send(a).unwrap();
+        let again = written.recv().unwrap().pop().unwrap();
+        let segment_name = |l: &str| l.split(':').next().unwrap().to_string();
+        assert_ne!(segment_name(&again.location), segment_name(&first.location));
+        assert!(!Arc::ptr_eq(&again.segment, &first.segment));
+        drop(tx);
+        writer.join().unwrap();
     }
 
     /// Runs the futures concurrently on the test runtime.

@@ -7,11 +7,11 @@
 //!   sync ran durable with one `fdatasync` (group commit), so copying the next bundles
 //!   overlaps the device's work on the previous ones. No upload is answered before the
 //!   sync covering its bytes returned; after a failed sync nothing in that segment is
-//!   answered as stored, ever. A blob is addressed by `<segment>:<offset>:<length>`, kept in
-//!   its index row. Segments are append-only: bytes once written never change, a
-//!   segment is never reopened for writing (a new one is started at every start, at
-//!   [`SEGMENT_BYTES`], and after a failed write), and the directory is fsynced once
-//!   per new segment. Index rows of version 1 (no location) name a file
+//!   answered as stored, ever. A blob is addressed by `<segment>:<offset>:<length>`,
+//!   kept in its index row. Segments are append-only: bytes once written never change,
+//!   a segment is never reopened for writing (a new one is started at every start, at
+//!   [`SEGMENT_BYTES`], and after a failed write or sync), and the directory is fsynced
+//!   once per new segment. Index rows of version 1 (no location) name a file
 //!   `<root>/<first 2 hex>/<digest hex>.cvb`; those are still read.
 //!   object_store's local backend does not fsync, and a receipt tells the device it
 //!   may delete its copy, so this backend is written here.
@@ -302,7 +302,7 @@ impl LocalStore {
             .map_err(|e| unavailable("segment syncer", e))?;
         std::thread::Builder::new()
             .name("segment-writer".into())
-            .spawn(move || segment_writer(&root, rx, to_syncer))
+            .spawn(move || segment_writer(&root, rx, to_syncer, SEGMENT_BYTES))
             .map_err(|e| unavailable("segment writer", e))?;
         *w = Some(tx.clone());
         Ok(tx)
@@ -352,14 +352,28 @@ impl LocalStore {
 }
 
 /// A segment file, shared by the writer (which appends to it) and the syncer (which
-/// makes it durable).
+/// makes it durable). The file closes once neither holds it: the writer lets go at
+/// roll-over, the syncer after the last sync that covers it.
 #[derive(Debug)]
 struct SegmentFile {
     file: std::fs::File,
-    /// A sync of this file failed: what it holds is unknown (after a failed `fsync`
-    /// Linux may report the next one as a success), so nothing in it is ever answered
-    /// as stored again, and nothing more is appended to it.
-    failed: AtomicBool,
+    failed: Arc<Failed>,
+}
+
+/// A sync of a segment failed: what it holds is unknown (after a failed `fsync` Linux
+/// may report the next one as a success), so nothing in it is ever answered as stored
+/// again. The writer starts a new segment when it sees the flag; a bundle appended in
+/// the moment between is answered as not stored.
+#[derive(Debug, Default)]
+struct Failed(AtomicBool);
+
+impl Failed {
+    fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+    fn set(&self) {
+        self.0.store(true, Ordering::Release)
+    }
 }
 
 /// An open segment being appended to.
@@ -373,7 +387,17 @@ struct Segment {
 struct Written {
     reply: oneshot::Sender<Result<String, String>>,
     location: String,
-    segment: Arc<SegmentFile>,
+    /// The segment to sync: `None` for a bundle this writer had already appended (a
+    /// concurrent retry), whose first copy reached the syncer first and is synced (or
+    /// found failed) no later than this one is answered.
+    segment: Option<Arc<SegmentFile>>,
+    failed: Arc<Failed>,
+}
+
+/// A bundle this writer appended: where, and whether its segment failed.
+struct Recent {
+    location: String,
+    failed: Arc<Failed>,
 }
 
 impl Segment {
@@ -401,7 +425,7 @@ impl Segment {
             name,
             shared: Arc::new(SegmentFile {
                 file,
-                failed: AtomicBool::new(false),
+                failed: Arc::default(),
             }),
             len: 0,
         })
@@ -425,11 +449,16 @@ impl Segment {
 /// The writer thread: appends every bundle as it comes and hands it to the syncer, so
 /// that the next bundles are copied into the page cache while the previous ones are
 /// being synced. A bundle this writer already appended (concurrent retries of one
-/// upload) is answered with the copy it has, once that copy is durable.
-fn segment_writer(root: &Path, rx: mpsc::Receiver<Append>, syncer: mpsc::Sender<Vec<Written>>) {
+/// upload) is answered with the copy it has, once that copy is durable. A segment is
+/// closed once it holds `segment_bytes`.
+fn segment_writer(
+    root: &Path,
+    rx: mpsc::Receiver<Append>,
+    syncer: mpsc::Sender<Vec<Written>>,
+    segment_bytes: u64,
+) {
     let mut segment: Option<Segment> = None;
-    // Digests appended by this writer, with their location and segment.
-    let mut recent: HashMap<[u8; 32], (String, Arc<SegmentFile>)> = HashMap::new();
+    let mut recent: HashMap<[u8; 32], Recent> = HashMap::new();
     while let Ok(first) = rx.recv() {
         let mut bytes = first.bytes.len();
         let mut group = vec![first];
@@ -446,20 +475,25 @@ fn segment_writer(root: &Path, rx: mpsc::Receiver<Append>, syncer: mpsc::Sender<
         let mut group = group.into_iter();
         let failure = loop {
             let Some(a) = group.next() else { break None };
-            if let Some((location, seg)) = recent.get(&a.digest) {
-                if !seg.failed.load(Ordering::Acquire) {
-                    written.push(Written {
-                        reply: a.reply,
-                        location: location.clone(),
-                        segment: seg.clone(),
-                    });
-                    continue;
-                }
+            if a.reply.is_closed() {
+                // Its upload ended (the client left, or its deadline passed): nobody
+                // would get the receipt, and the device sends it again.
+                continue;
+            }
+            if let Some(r) = recent.get(&a.digest).filter(|r| !r.failed.get()) {
+                written.push(Written {
+                    reply: a.reply,
+                    location: r.location.clone(),
+                    segment: None,
+                    failed: r.failed.clone(),
+                });
+                continue;
             }
             let appended = (|| {
-                if segment.as_ref().is_none_or(|s| {
-                    s.len >= SEGMENT_BYTES || s.shared.failed.load(Ordering::Acquire)
-                }) {
+                if segment
+                    .as_ref()
+                    .is_none_or(|s| s.len >= segment_bytes || s.shared.failed.get())
+                {
                     segment = Some(Segment::create(root)?);
                 }
                 match segment.as_mut() {
@@ -472,11 +506,19 @@ fn segment_writer(root: &Path, rx: mpsc::Receiver<Append>, syncer: mpsc::Sender<
                     if recent.len() >= RECENT_DIGESTS {
                         recent.clear();
                     }
-                    recent.insert(a.digest, (location.clone(), seg.clone()));
+                    let failed = seg.failed.clone();
+                    recent.insert(
+                        a.digest,
+                        Recent {
+                            location: location.clone(),
+                            failed: failed.clone(),
+                        },
+                    );
                     written.push(Written {
                         reply: a.reply,
                         location,
-                        segment: seg,
+                        segment: Some(seg),
+                        failed,
                     });
                 }
                 Err(e) => break Some((a, e)),
@@ -494,16 +536,17 @@ fn segment_writer(root: &Path, rx: mpsc::Receiver<Append>, syncer: mpsc::Sender<
             }
         }
         if !written.is_empty() && syncer.send(written).is_err() {
-            // The syncer is gone (it never stops first); the replies were dropped with
-            // it and their uploads are answered 503.
+            // The syncer is gone (it never stops first): the unsent replies are
+            // dropped here, and their uploads are answered 503.
             return;
         }
     }
 }
 
 /// The syncer thread: every bundle appended while the previous sync ran is made
-/// durable by one `fdatasync` of its segment (group commit), then answered. No
-/// upload is answered before the sync covering its bytes returned.
+/// durable by one `fdatasync` of its segment (group commit; two at a roll-over), then
+/// answered. No upload is answered as stored before the sync covering its bytes
+/// returned success.
 fn segment_syncer(rx: mpsc::Receiver<Vec<Written>>) {
     while let Ok(first) = rx.recv() {
         let mut batch = first;
@@ -515,22 +558,22 @@ fn segment_syncer(rx: mpsc::Receiver<Vec<Written>>) {
         }
         // Each segment named by the batch once, in order (usually one).
         let mut segments: Vec<&Arc<SegmentFile>> = Vec::new();
-        for w in &batch {
-            if !segments.iter().any(|s| Arc::ptr_eq(s, &w.segment)) {
-                segments.push(&w.segment);
+        for seg in batch.iter().filter_map(|w| w.segment.as_ref()) {
+            if !segments.iter().any(|s| Arc::ptr_eq(s, seg)) {
+                segments.push(seg);
             }
         }
         for seg in segments {
-            if seg.failed.load(Ordering::Acquire) {
+            if seg.failed.get() {
                 continue;
             }
             if let Err(e) = seg.file.sync_data() {
-                seg.failed.store(true, Ordering::Release);
+                seg.failed.set();
                 tracing::error!(error = %e, "blob store: segment sync failed");
             }
         }
         for w in batch {
-            let answer = if w.segment.failed.load(Ordering::Acquire) {
+            let answer = if w.failed.get() {
                 Err("the segment holding this bundle could not be synced".to_string())
             } else {
                 Ok(w.location)
@@ -634,9 +677,10 @@ mod local_tests {
     }
 
     /// A sync that fails answers every bundle of that segment as not stored, then and
-    /// later (Linux may report the next `fsync` of the file as a success), while a
-    /// bundle of another segment in the same batch is answered. A pipe stands in for
-    /// the segment: `fsync` of a pipe fails, which a disk cannot be made to do here.
+    /// later (Linux may report the next `fsync` of the file as a success), a retry
+    /// answered from the first copy included, while a bundle of another segment in the
+    /// same batch is answered. A pipe stands in for the segment: `fsync` of a pipe
+    /// fails, which a disk cannot be made to do here.
     #[test]
     fn a_failed_sync_never_answers_its_segment_as_stored() {
         let tmp = tempfile::tempdir().unwrap();
@@ -644,60 +688,113 @@ mod local_tests {
         let (_pipe_reader, pipe_writer) = std::io::pipe().unwrap();
         let bad = Arc::new(SegmentFile {
             file: std::fs::File::from(std::os::fd::OwnedFd::from(pipe_writer)),
-            failed: AtomicBool::new(false),
+            failed: Arc::default(),
         });
         let (tx, rx) = mpsc::channel();
         let syncer = std::thread::spawn(move || segment_syncer(rx));
-        let written = |seg: &Arc<SegmentFile>, l: &str| {
+        let written = |seg: &Arc<SegmentFile>, retry: bool, l: &str| {
             let (reply, answer) = oneshot::channel();
             let w = Written {
                 reply,
                 location: l.to_string(),
-                segment: seg.clone(),
+                segment: (!retry).then(|| seg.clone()),
+                failed: seg.failed.clone(),
             };
             (w, answer)
         };
-        let (w1, a1) = written(&bad, "bad:48:1");
-        let (w2, a2) = written(&good, "good:48:1");
-        tx.send(vec![w1, w2]).unwrap();
+        let (w1, a1) = written(&bad, false, "bad:48:1");
+        let (w2, a2) = written(&good, false, "good:48:1");
+        let (w3, a3) = written(&bad, true, "bad:48:1");
+        tx.send(vec![w1, w2, w3]).unwrap();
         assert!(a1.blocking_recv().unwrap().is_err());
         assert_eq!(a2.blocking_recv().unwrap().unwrap(), "good:48:1");
-        assert!(bad.failed.load(Ordering::Acquire));
-        // Later bundles of the failed segment are refused too.
-        let (w3, a3) = written(&bad, "bad:98:1");
-        tx.send(vec![w3]).unwrap();
         assert!(a3.blocking_recv().unwrap().is_err());
+        assert!(bad.failed.get());
+        // Later bundles of the failed segment are refused too.
+        let (w4, a4) = written(&bad, false, "bad:98:1");
+        tx.send(vec![w4]).unwrap();
+        assert!(a4.blocking_recv().unwrap().is_err());
         drop(tx);
         syncer.join().unwrap();
     }
 
     /// After its segment failed, a bundle is appended again to a new segment rather than
-    /// answered with the copy the writer remembers.
+    /// answered with the copy the writer remembers; an upload whose client left is not
+    /// written at all.
     #[test]
     fn a_retry_of_a_bundle_in_a_failed_segment_is_appended_anew() {
         let tmp = tempfile::tempdir().unwrap();
         let (tx, rx) = mpsc::channel();
         let (to_syncer, written) = mpsc::channel::<Vec<Written>>();
         let root = tmp.path().to_path_buf();
-        let writer = std::thread::spawn(move || segment_writer(&root, rx, to_syncer));
+        let writer =
+            std::thread::spawn(move || segment_writer(&root, rx, to_syncer, SEGMENT_BYTES));
         let (a, _answer) = append_of(b"bundle");
         tx.send(a).unwrap();
         let first = written.recv().unwrap().pop().unwrap();
-        // A concurrent retry while the copy is sound: the same location.
+        let first_segment = first.segment.clone().unwrap();
+        // A concurrent retry while the copy is sound: the same location, nothing to sync.
         let (a, _answer) = append_of(b"bundle");
         tx.send(a).unwrap();
         let retry = written.recv().unwrap().pop().unwrap();
         assert_eq!(retry.location, first.location);
+        assert!(retry.segment.is_none());
         // The copy's segment failed its sync: the next retry goes to a new segment.
-        first.segment.failed.store(true, Ordering::Release);
+        first.failed.set();
         let (a, _answer) = append_of(b"bundle");
         tx.send(a).unwrap();
         let again = written.recv().unwrap().pop().unwrap();
         let segment_name = |l: &str| l.split(':').next().unwrap().to_string();
         assert_ne!(segment_name(&again.location), segment_name(&first.location));
-        assert!(!Arc::ptr_eq(&again.segment, &first.segment));
+        assert!(!Arc::ptr_eq(
+            again.segment.as_ref().unwrap(),
+            &first_segment
+        ));
+        // Nobody waits for this one: skipped, the next is written.
+        let (a, answer) = append_of(b"abandoned");
+        drop(answer);
+        tx.send(a).unwrap();
+        let (a, _answer) = append_of(b"next");
+        tx.send(a).unwrap();
+        let next = written.recv().unwrap();
+        assert_eq!(next.len(), 1);
+        let len = |l: &str| l.rsplit(':').next().unwrap().parse::<usize>().unwrap();
+        assert_eq!(len(&next[0].location), b"next".len());
         drop(tx);
         writer.join().unwrap();
+    }
+
+    /// Closed segments are closed files: the writer keeps only the open one, whatever
+    /// it remembers of earlier bundles (8 MiB bundles fill a 256 MiB segment every 32).
+    #[test]
+    fn closed_segments_do_not_stay_open() {
+        let open_files = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let tmp = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let (to_syncer, syncer_rx) = mpsc::channel();
+        let root = tmp.path().to_path_buf();
+        let before = open_files();
+        // Every bundle closes its segment.
+        let writer = std::thread::spawn(move || segment_writer(&root, rx, to_syncer, 1));
+        let syncer = std::thread::spawn(move || segment_syncer(syncer_rx));
+        let blobs: Vec<&'static [u8]> = (0..200u32)
+            .map(|i| &*Box::leak(format!("blob {i}").into_bytes().into_boxed_slice()))
+            .collect();
+        for b in &blobs {
+            let (a, answer) = append_of(b);
+            tx.send(a).unwrap();
+            answer.blocking_recv().unwrap().unwrap();
+        }
+        let segments = std::fs::read_dir(tmp.path()).unwrap().count();
+        assert_eq!(segments, 200);
+        assert!(
+            open_files() <= before + 4,
+            "{} files open, {before} before",
+            open_files()
+        );
+        drop(tx);
+        writer.join().unwrap();
+        syncer.join().unwrap();
     }
 
     /// Runs the futures concurrently on the test runtime.

@@ -293,8 +293,9 @@ fn segments_child() {
     let mode = std::env::var("CAPVAULT_SEG_MODE").unwrap();
     let v = Vault::open(&dir, USER, child_opts()).unwrap();
     match mode.as_str() {
-        // Records written after the last durable flush, reaching sled's index (its
-        // flusher runs every 200 ms) but never flushed; then killed by the parent.
+        // Records written after the last durable flush, reaching sled's index (the
+        // writer writes what nobody flushed within 0.5 s) but never flushed; then killed
+        // by the parent.
         "torn" => {
             for i in 1..=500 {
                 let _ = v.append_mouse_move(i, 1, 1).unwrap();
@@ -389,15 +390,42 @@ fn lines_until(c: &mut std::process::Child, until: &str) -> Vec<String> {
     lines
 }
 
-#[test]
-fn a_torn_write_after_the_last_durable_flush_is_trimmed_before_it_is_refused() {
-    let d = tempfile::tempdir().unwrap();
-    let dir = d.path().join("v");
-    let mut c = child(&dir, "torn", None);
+/// Runs the "torn" child at `dir` and kills it: 500 moves flushed, then 300 moves and a
+/// screenshot never flushed, 1.5 s before the kill (the writer's bound for records
+/// nobody flushed: 0.5 s after the first, plus the frame bound).
+fn killed_after_unflushed_writes(dir: &Path) {
+    let mut c = child(dir, "torn", None);
     let lines = lines_until(&mut c, "written");
     assert!(lines.iter().any(|l| l.contains("written")), "{lines:?}");
     c.kill().unwrap();
     c.wait().unwrap();
+}
+
+/// Nothing is promised without `flush`, but the writer does not sit on records: a
+/// process killed seconds after appending, never having flushed, keeps them all.
+#[test]
+fn events_nobody_flushed_are_written_soon_and_survive_a_kill() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("v");
+    killed_after_unflushed_writes(&dir);
+    let v = Vault::open(&dir, USER, opts()).unwrap();
+    assert_eq!(moves(&v), (1..=800).collect::<Vec<_>>());
+    let shots = v
+        .test_read_all()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e.event, Event::Screenshot { .. }))
+        .count();
+    assert_eq!(shots, 1);
+    v.verify().unwrap();
+    v.close().unwrap();
+}
+
+#[test]
+fn a_torn_write_after_the_last_durable_flush_is_trimmed_before_it_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("v");
+    killed_after_unflushed_writes(&dir);
     let synced = anchor_seq(&dir, b'y');
     let head = anchor_seq(&dir, b'h');
     assert!(

@@ -27,9 +27,19 @@ pub(crate) enum Msg {
 /// Most records written in one transaction.
 const MAX_BATCH: usize = 256;
 
-/// Records written without a flush request are handed to sled's own flush this long
-/// after the first of them (what sled's background flusher did every 200 ms, but armed
-/// by writes instead of ticking while the vault is idle).
+/// Records nobody asked to flush are written (segments, then the index in one sled
+/// batch, then sled's own flush) at most this long after the first of them arrived.
+/// Not a durability promise (that is `flush`): it bounds what a crash can take of
+/// records nobody flushed, to this plus the frame bound. Writing at every frame cost
+/// more than the frames themselves at 1 kHz: each sled batch writes two of sled's I/O
+/// buffers, and each buffer write wakes every thread of sled's I/O pool.
+const WRITE_AFTER: Duration = Duration::from_millis(500);
+
+/// Records waiting to be written are written at once when they hold this many bytes
+/// (a screenshot, say): memory held by the writer stays bounded.
+const WRITE_BYTES: usize = 1 << 20;
+
+/// A sled flush that failed is tried again this long after.
 const LAZY_FLUSH_AFTER: Duration = Duration::from_millis(200);
 
 /// After a failed write (say, a full disk) the batch is tried again this often.
@@ -41,6 +51,8 @@ const RETRY_AFTER: Duration = Duration::from_millis(50);
 struct Timers {
     /// The open frame reaches its time bound.
     frame: Option<Instant>,
+    /// Records waiting since [`WRITE_AFTER`] are written.
+    write: Option<Instant>,
     /// Records written since the last flush go to sled's flush.
     lazy_flush: Option<Instant>,
     /// A failed batch is tried again.
@@ -49,7 +61,7 @@ struct Timers {
 
 impl Timers {
     fn next(&self) -> Option<Instant> {
-        [self.frame, self.lazy_flush, self.retry]
+        [self.frame, self.write, self.lazy_flush, self.retry]
             .into_iter()
             .flatten()
             .min()
@@ -96,24 +108,44 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
         if b.stop.is_none() && due(timers.frame, now) {
             timers.frame = cut_old_frame(&inner, &rx, frame_age, &mut b, &mut timers);
         }
-        let wrote = !b.pending.is_empty();
-        let written = inner.write_records(&b.pending);
+        if !b.pending.is_empty() {
+            timers.write.get_or_insert(now + WRITE_AFTER);
+        }
+        let asked = !b.waiting.is_empty() || b.stop.is_some();
+        let write_now = asked
+            || due(timers.write, now)
+            || due(timers.retry, now)
+            || b.pending.len() >= MAX_BATCH
+            || b.pending_bytes() >= WRITE_BYTES;
+        let wrote = write_now && !b.pending.is_empty();
+        let written = if write_now {
+            inner.write_records(&b.pending)
+        } else {
+            Ok(())
+        };
         match &written {
-            Ok(()) => {
+            Ok(()) if write_now => {
                 b.pending.clear();
+                timers.write = None;
                 timers.retry = None;
                 inner.set_write_error(None);
                 if wrote {
-                    timers.lazy_flush.get_or_insert(now + LAZY_FLUSH_AFTER);
+                    // Written without a flush request: sled's flush right away, so the
+                    // bound above holds (its batch leaves the records in its memory
+                    // buffer).
+                    timers.lazy_flush = Some(now);
                     inner.records_written();
                 }
             }
+            Ok(()) => {}
             Err(e) => {
+                // Tried again after a pause, not at every wake-up.
+                timers.write = None;
                 timers.retry = Some(now + RETRY_AFTER);
                 inner.set_write_error(Some(e));
             }
         }
-        if !b.waiting.is_empty() || b.stop.is_some() {
+        if asked {
             let result = written.and_then(|()| inner.durable_flush());
             if result.is_ok() {
                 timers.lazy_flush = None;
@@ -125,7 +157,7 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
                 let _ = s.send(result);
                 return;
             }
-        } else if due(timers.lazy_flush, now) {
+        } else if due(timers.lazy_flush, Instant::now()) {
             // Not a durability promise (that is `flush`): it bounds what a crash can
             // take of records nobody flushed. A failure is tried again later, and the
             // next `flush` reports it.
@@ -146,6 +178,10 @@ struct Batch {
 }
 
 impl Batch {
+    fn pending_bytes(&self) -> usize {
+        self.pending.iter().map(|j| j.plaintext.len()).sum()
+    }
+
     fn take(&mut self, msg: Msg, frame_age: Duration, timers: &mut Timers) {
         match msg {
             Msg::Record(j) => self.pending.push(j),

@@ -691,6 +691,8 @@ fn erase_through_a_copy_is_never_undone_by_the_holder() {
     let held = Vault::open(&orig, "alice", o()).unwrap();
     Vault::erase(&copy, "alice", o()).unwrap();
     let rotated = held.rotate_kek();
+    // The holder carries the erasure out: its handle is erased from then on.
+    let handle_erased = matches!(held.status(), Err(Error::Erased));
     let appended = held
         .append_mouse_move(1_764_000_000_500_000, 1, 1)
         .and_then(|_| held.flush());
@@ -704,8 +706,11 @@ fn erase_through_a_copy_is_never_undone_by_the_holder() {
     let reopened =
         Vault::open(&orig, "alice", o()).and_then(|v| v.test_read_all().map(|e| e.len()));
     assert!(
-        keks.is_empty() && reopened.is_err(),
-        "after erase through a copy: the holder's KEK rotation {:?}, append {:?}; KEK versions in the keychain {keks:?}; the original reopened: {:?}",
+        matches!(rotated, Err(Error::Erased))
+            && handle_erased
+            && keks.is_empty()
+            && reopened.is_err(),
+        "after erase through a copy: the holder's KEK rotation {:?} (its handle erased: {handle_erased}), append {:?}; KEK versions in the keychain {keks:?}; the original reopened: {:?}",
         rotated.map_err(|e| e.to_string()),
         appended.map_err(|e| e.to_string()),
         reopened.map_err(|e| e.to_string())

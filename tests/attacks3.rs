@@ -745,3 +745,67 @@ fn erase_records_the_erasure_with_a_directory_in_place_of_the_keychain_file() {
         err_text(&after)
     );
 }
+
+/// Promise (docs/SECURITY.md: whoever can write the vault directory can make the vault
+/// refuse, never make it hang or write elsewhere; src/log/store.rs
+/// `refuse_special_files`).
+///
+/// sled opens its `conf` and `db` by path. Whoever writes the vault directory replaces
+/// one of them, in a closed vault, with a FIFO (sled's open would block for ever), a
+/// link to a file of the owner that holds the very bytes sled expects (sled would open
+/// the vault through it and write its updates there), or a link to a FIFO. Open must
+/// return promptly with an error that names the file and says what to do; erase must
+/// return too; nothing is written through a link.
+#[test]
+fn a_fifo_or_link_in_place_of_the_database_files_is_refused_promptly() {
+    for name in ["conf", "db"] {
+        for kind in ["fifo", "link to a copy", "link to a fifo"] {
+            let d = tempfile::tempdir().unwrap();
+            let v = d.path().join("vault");
+            vault_with(&v, "alice", 5);
+            let file = v.join(name);
+            let outside = d.path().join(format!("outside-{name}"));
+            std::fs::copy(&file, &outside).unwrap();
+            let before = std::fs::read(&outside).unwrap();
+            std::fs::remove_file(&file).unwrap();
+            let mkfifo = |at: &Path| {
+                assert!(Command::new("mkfifo").arg(at).status().unwrap().success());
+            };
+            match kind {
+                "fifo" => mkfifo(&file),
+                "link to a copy" => std::os::unix::fs::symlink(&outside, &file).unwrap(),
+                _ => {
+                    let fifo = d.path().join("fifo");
+                    mkfifo(&fifo);
+                    std::os::unix::fs::symlink(&fifo, &file).unwrap();
+                }
+            }
+            let dir = v.clone();
+            let opened = within(60, move || match Vault::open(&dir, "alice", o()) {
+                Ok(_) => "opened".to_string(),
+                Err(Error::Tampered(m)) if m.contains("is not a regular file") => "refused".into(),
+                Err(e) => format!("failed otherwise: {e}"),
+            });
+            let dir = v.clone();
+            // A tampered vault is still erased (docs/SECURITY.md, "Erasure").
+            let erased = within(60, move || match Vault::erase(&dir, "alice", o()) {
+                Ok(_) => "erased".to_string(),
+                Err(e) => format!("failed: {e}"),
+            });
+            let after = std::fs::read(&outside).unwrap();
+            assert!(
+                opened.as_deref() == Some("refused")
+                    && erased.as_deref() == Some("erased")
+                    && after == before,
+                "{kind} in place of {name}: open {}, erase {}; the file outside {}",
+                opened.unwrap_or_else(|| "hung".into()),
+                erased.unwrap_or_else(|| "hung".into()),
+                if after == before {
+                    "unchanged"
+                } else {
+                    "written through the link"
+                }
+            );
+        }
+    }
+}

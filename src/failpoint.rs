@@ -8,7 +8,8 @@ use crate::error::Result;
 static ARMED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 /// `CAPVAULT_CRASH_AT=<name>[:<n>]`: the process aborts (as if killed) the n-th time
-/// (default first) it reaches point `name`. For crash tests in a child process.
+/// (default first) it reaches point `name` (`segments:after-write` is the first time,
+/// `segments:after-write:3` the third). For crash tests in a child process.
 #[cfg(feature = "test-hooks")]
 fn crash_here(name: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,10 +17,13 @@ fn crash_here(name: &str) {
     static SEEN: AtomicU64 = AtomicU64::new(0);
     let spec = SPEC.get_or_init(|| {
         let v = std::env::var("CAPVAULT_CRASH_AT").ok()?;
-        Some(match v.rsplit_once(':') {
-            Some((n, k)) => (n.to_string(), k.parse().unwrap_or(1)),
-            None => (v, 1),
-        })
+        // Point names hold colons themselves: only a number after the last one is a count.
+        Some(
+            match v.rsplit_once(':').map(|(n, k)| (n, k.parse::<u64>())) {
+                Some((n, Ok(k))) => (n.to_string(), k),
+                _ => (v, 1),
+            },
+        )
     });
     if let Some((point, nth)) = spec {
         if point == name && SEEN.fetch_add(1, Ordering::SeqCst) + 1 == *nth {

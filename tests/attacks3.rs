@@ -30,16 +30,13 @@ fn open_and_verify(dir: &Path, user: &str) -> capvault::Result<()> {
 /// Opens, appends and flushes `n` records, closes: what an agent using the vault does.
 fn use_vault(dir: &Path, user: &str, n: i64, from: i64) -> capvault::Result<()> {
     let v = Vault::open(dir, user, o())?;
-    for i in 0..n {
-        let _ = v.append_mouse_move(1_764_000_000_000_000 + from + i, 1, 1)?;
-    }
-    v.flush()?;
+    common::try_flushed_moves(&v, n, from)?;
     v.close()
 }
 
-fn cp_a(from: &Path, to: &Path) {
-    let st = Command::new("cp").arg("-a").arg(from).arg(to).status();
-    assert!(st.unwrap().success());
+/// A FIFO at `at`: whoever opens it to read waits for a writer.
+fn mkfifo(at: &Path) {
+    assert!(Command::new("mkfifo").arg(at).status().unwrap().success());
 }
 
 fn err_text<T>(r: &capvault::Result<T>) -> String {
@@ -102,7 +99,7 @@ fn a_backup_opened_after_the_vault_moved_never_rolls_the_vault_back() {
         let backup = d.path().join("backup");
         let data = d.path().join("data");
         vault_with(&srv, "alice", 10);
-        cp_a(&srv, &backup);
+        common::cp_a(&srv, &backup);
         common::move_vault(&srv, &data);
         let copy = if only_look {
             open_and_verify(&backup, "alice")
@@ -141,7 +138,7 @@ fn a_copy_without_a_valid_keychain_file_is_refused_while_the_original_is_there()
         let orig = d.path().join("vault");
         let copy = d.path().join("copy");
         vault_with(&orig, "alice", 10);
-        cp_a(&orig, &copy);
+        common::cp_a(&orig, &copy);
         let file = copy.join("keychain.json");
         if how == "removed" {
             std::fs::remove_file(&file).unwrap();
@@ -180,7 +177,7 @@ fn erasing_another_user_of_a_copy_does_not_make_it_pass_for_the_vault() {
     let bob = format!("a3-bob-{}", std::process::id());
     vault_with(&orig, "alice", 10);
     vault_with(&orig, &bob, 3);
-    cp_a(&orig, &copy);
+    common::cp_a(&orig, &copy);
     match Vault::open(&copy, "alice", o()) {
         Err(Error::InvalidArgument(m)) => assert!(m.contains("is a copy"), "{m}"),
         other => panic!("the copy, before: {}", err_text(&other)),
@@ -210,7 +207,7 @@ fn a_user_erased_through_a_copy_shows_as_erased_in_the_original() {
     let orig = d.path().join("vault");
     let copy = d.path().join("copy");
     vault_with(&orig, "alice", 10);
-    cp_a(&orig, &copy);
+    common::cp_a(&orig, &copy);
     Vault::erase(&copy, "alice", o()).unwrap();
     let hex = common::vault_hex(&orig);
     assert!(
@@ -469,8 +466,7 @@ fn a_link_in_place_of_the_outbox_never_hangs_the_seal() {
     let outbox = capvault::testing::segment_dir(&v, "alice").join("outbox");
     assert!(outbox.exists());
     let fifo = d.path().join("fifo");
-    let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
-    assert!(st.success());
+    mkfifo(&fifo);
     std::fs::remove_file(&outbox).unwrap();
     std::os::unix::fs::symlink(&fifo, &outbox).unwrap();
     let dir = v.clone();
@@ -530,7 +526,7 @@ fn a_backup_opened_while_the_vault_is_unmounted_never_rolls_it_back() {
     {
         let _m = mount();
         vault_with(&vault, "alice", 10);
-        cp_a(&vault, &backup);
+        common::cp_a(&vault, &backup);
     }
     // Not mounted: the backup is checked.
     let copy = open_and_verify(&backup, "alice");
@@ -616,11 +612,7 @@ fn erase_and_open_return_with_a_fifo_in_place_of_the_keychain_file() {
     vault_with(&v, "alice", 5);
     let file = v.join("keychain.json");
     std::fs::remove_file(&file).unwrap();
-    assert!(Command::new("mkfifo")
-        .arg(&file)
-        .status()
-        .unwrap()
-        .success());
+    mkfifo(&file);
     let dir = v.clone();
     let opened = within(60, move || err_text(&Vault::open(&dir, "alice", o())));
     let dir = v.clone();
@@ -686,7 +678,7 @@ fn erase_through_a_copy_is_never_undone_by_the_holder() {
     let orig = d.path().join("vault");
     let copy = d.path().join("copy");
     vault_with(&orig, "alice", 10);
-    cp_a(&orig, &copy);
+    common::cp_a(&orig, &copy);
     let hex = common::vault_hex(&orig);
     let held = Vault::open(&orig, "alice", o()).unwrap();
     Vault::erase(&copy, "alice", o()).unwrap();
@@ -768,9 +760,6 @@ fn a_fifo_or_link_in_place_of_the_database_files_is_refused_promptly() {
             std::fs::copy(&file, &outside).unwrap();
             let before = std::fs::read(&outside).unwrap();
             std::fs::remove_file(&file).unwrap();
-            let mkfifo = |at: &Path| {
-                assert!(Command::new("mkfifo").arg(at).status().unwrap().success());
-            };
             match kind {
                 "fifo" => mkfifo(&file),
                 "link to a copy" => std::os::unix::fs::symlink(&outside, &file).unwrap(),

@@ -8,7 +8,8 @@ use crate::error::Result;
 static ARMED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 /// `CAPVAULT_CRASH_AT=<name>[:<n>]`: the process aborts (as if killed) the n-th time
-/// (default first) it reaches point `name`. For crash tests in a child process.
+/// (default first) it reaches point `name` (`segments:after-write` is the first time,
+/// `segments:after-write:3` the third). For crash tests in a child process.
 #[cfg(feature = "test-hooks")]
 fn crash_here(name: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,10 +17,13 @@ fn crash_here(name: &str) {
     static SEEN: AtomicU64 = AtomicU64::new(0);
     let spec = SPEC.get_or_init(|| {
         let v = std::env::var("CAPVAULT_CRASH_AT").ok()?;
-        Some(match v.rsplit_once(':') {
-            Some((n, k)) => (n.to_string(), k.parse().unwrap_or(1)),
-            None => (v, 1),
-        })
+        // Point names hold colons themselves: only a number after the last one is a count.
+        Some(
+            match v.rsplit_once(':').map(|(n, k)| (n, k.parse::<u64>())) {
+                Some((n, Ok(k))) => (n.to_string(), k),
+                _ => (v, 1),
+            },
+        )
     });
     if let Some((point, nth)) = spec {
         if point == name && SEEN.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
@@ -68,4 +72,89 @@ pub fn arm(name: &str) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(name.to_string());
+}
+
+/// Holds of points armed by [`hold`]: a thread reaching one waits there until released.
+#[cfg(feature = "test-hooks")]
+static HELD: std::sync::Mutex<Vec<(String, std::sync::Arc<HoldState>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+#[cfg(feature = "test-hooks")]
+#[derive(Default)]
+struct HoldState {
+    /// (reached, released)
+    at: std::sync::Mutex<(bool, bool)>,
+    changed: std::sync::Condvar,
+}
+
+#[cfg(feature = "test-hooks")]
+impl HoldState {
+    fn set(&self, f: impl FnOnce(&mut (bool, bool))) {
+        f(&mut self.at.lock().unwrap_or_else(|p| p.into_inner()));
+        self.changed.notify_all();
+    }
+
+    fn wait_for(&self, done: impl Fn(&(bool, bool)) -> bool) {
+        let mut at = self.at.lock().unwrap_or_else(|p| p.into_inner());
+        while !done(&at) {
+            at = self.changed.wait(at).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Waits here while a test holds point `name` (the first thread to reach it, once);
+/// otherwise a no-op. Unlike [`hit`] it never fails: it makes a point observably busy
+/// (a sync in progress) so a test can show what does not wait for it.
+#[inline]
+pub(crate) fn pause(name: &str) {
+    #[cfg(feature = "test-hooks")]
+    {
+        let held = {
+            let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+            held.iter()
+                .position(|(n, _)| n == name)
+                .map(|i| held.remove(i).1)
+        };
+        if let Some(h) = held {
+            h.set(|at| at.0 = true);
+            h.wait_for(|at| at.1);
+        }
+    }
+    let _ = name;
+}
+
+/// A point held by a test (test builds only): see [`hold`].
+#[cfg(feature = "test-hooks")]
+pub struct Hold(std::sync::Arc<HoldState>);
+
+#[cfg(feature = "test-hooks")]
+impl Hold {
+    /// Returns once a thread is waiting at the point.
+    pub fn reached(&self) {
+        self.0.wait_for(|at| at.0);
+    }
+
+    /// Lets the waiting thread (or the next one to reach the point) go on.
+    pub fn release(&self) {
+        self.0.set(|at| at.1 = true);
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+impl Drop for Hold {
+    /// A test that fails while holding a point does not leave a thread waiting.
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Holds point `name` (test builds only): the next thread to reach it waits there until
+/// the returned [`Hold`] is released or dropped.
+#[cfg(feature = "test-hooks")]
+pub fn hold(name: &str) -> Hold {
+    let h = std::sync::Arc::new(HoldState::default());
+    HELD.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((name.to_string(), h.clone()));
+    Hold(h)
 }

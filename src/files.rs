@@ -9,10 +9,10 @@ use std::fs::File;
 use std::io::{Error, ErrorKind, Read};
 use std::path::Path;
 
-/// The bytes of the regular file `path`, at most `max` of them; `Ok(None)` when there is
-/// no file. A link, a FIFO, a device, a directory or a longer file is an error that says
-/// what was found.
-pub(crate) fn read_regular(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+/// The regular file `path`, opened for reading; `Ok(None)` when there is no file. A
+/// link, a FIFO, a device or a directory is an error that says what was found (nothing
+/// is followed, and the open never blocks).
+pub(crate) fn open_regular(path: &Path) -> std::io::Result<Option<File>> {
     use rustix::fs::{Mode, OFlags};
     let fd = match rustix::fs::open(
         path,
@@ -30,13 +30,23 @@ pub(crate) fn read_regular(path: &Path, max: u64) -> std::io::Result<Option<Vec<
         Err(e) => return Err(e.into()),
     };
     let file = File::from(fd);
-    let meta = file.metadata()?;
-    if !meta.file_type().is_file() {
+    if !file.metadata()?.file_type().is_file() {
         return Err(Error::new(
             ErrorKind::InvalidData,
             "it is not a regular file (a directory, FIFO, socket or device)",
         ));
     }
+    Ok(Some(file))
+}
+
+/// The bytes of the regular file `path`, at most `max` of them; `Ok(None)` when there is
+/// no file. A link, a FIFO, a device, a directory or a longer file is an error that says
+/// what was found.
+pub(crate) fn read_regular(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let Some(file) = open_regular(path)? else {
+        return Ok(None);
+    };
+    let meta = file.metadata()?;
     if meta.len() > max {
         return Err(Error::new(
             ErrorKind::InvalidData,

@@ -55,7 +55,7 @@ pub use vault::{Appended, EpochStatus, Erasure, PauseState, Status, Vault};
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub mod testing {
-    pub use crate::failpoint::arm;
+    pub use crate::failpoint::{arm, hold, Hold};
 
     /// Rewrites a closed vault's user in the format of vaults from before stored state
     /// was authenticated (tests of the carry-over).

@@ -208,18 +208,9 @@ fn verifying_a_copy_never_makes_the_original_tampered() {
     let orig = d.path().join("vault");
     let copy = d.path().join("backup");
     let v = Vault::open(&orig, "alice", o()).unwrap();
-    for i in 0..10 {
-        let _ = v.append_mouse_move(i, 1, 1).unwrap();
-    }
-    v.flush().unwrap();
+    common::flushed_moves(&v, 10, 0);
     v.close().unwrap();
-    let cp = Command::new("cp")
-        .arg("-a")
-        .arg(&orig)
-        .arg(&copy)
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    common::cp_a(&orig, &copy);
     match Vault::open(&copy, "alice", o()) {
         Ok(c) => {
             c.verify().unwrap();
@@ -242,13 +233,7 @@ fn verifying_a_copy_never_makes_the_original_tampered() {
     // Copied, then the original removed (the vault moved to another file system): the
     // copy is the vault.
     let moved = d.path().join("moved");
-    let cp = Command::new("cp")
-        .arg("-a")
-        .arg(&orig)
-        .arg(&moved)
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    common::cp_a(&orig, &moved);
     std::fs::remove_dir_all(&orig).unwrap();
     let c = Vault::open(&moved, "alice", o()).unwrap();
     c.verify().unwrap();

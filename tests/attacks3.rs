@@ -30,16 +30,13 @@ fn open_and_verify(dir: &Path, user: &str) -> capvault::Result<()> {
 /// Opens, appends and flushes `n` records, closes: what an agent using the vault does.
 fn use_vault(dir: &Path, user: &str, n: i64, from: i64) -> capvault::Result<()> {
     let v = Vault::open(dir, user, o())?;
-    for i in 0..n {
-        let _ = v.append_mouse_move(1_764_000_000_000_000 + from + i, 1, 1)?;
-    }
-    v.flush()?;
+    common::try_flushed_moves(&v, n, from)?;
     v.close()
 }
 
-fn cp_a(from: &Path, to: &Path) {
-    let st = Command::new("cp").arg("-a").arg(from).arg(to).status();
-    assert!(st.unwrap().success());
+/// A FIFO at `at`: whoever opens it to read waits for a writer.
+fn mkfifo(at: &Path) {
+    assert!(Command::new("mkfifo").arg(at).status().unwrap().success());
 }
 
 fn err_text<T>(r: &capvault::Result<T>) -> String {
@@ -102,7 +99,7 @@ fn a_backup_opened_after_the_vault_moved_never_rolls_the_vault_back() {
         let backup = d.path().join("backup");
         let data = d.path().join("data");
         vault_with(&srv, "alice", 10);
-        cp_a(&srv, &backup);
+        common::cp_a(&srv, &backup);
         common::move_vault(&srv, &data);
         let copy = if only_look {
             open_and_verify(&backup, "alice")
@@ -141,7 +138,7 @@ fn a_copy_without_a_valid_keychain_file_is_refused_while_the_original_is_there()
         let orig = d.path().join("vault");
         let copy = d.path().join("copy");
         vault_with(&orig, "alice", 10);
-        cp_a(&orig, &copy);
+        common::cp_a(&orig, &copy);
         let file = copy.join("keychain.json");
         if how == "removed" {
             std::fs::remove_file(&file).unwrap();
@@ -180,7 +177,7 @@ fn erasing_another_user_of_a_copy_does_not_make_it_pass_for_the_vault() {
     let bob = format!("a3-bob-{}", std::process::id());
     vault_with(&orig, "alice", 10);
     vault_with(&orig, &bob, 3);
-    cp_a(&orig, &copy);
+    common::cp_a(&orig, &copy);
     match Vault::open(&copy, "alice", o()) {
         Err(Error::InvalidArgument(m)) => assert!(m.contains("is a copy"), "{m}"),
         other => panic!("the copy, before: {}", err_text(&other)),
@@ -210,7 +207,7 @@ fn a_user_erased_through_a_copy_shows_as_erased_in_the_original() {
     let orig = d.path().join("vault");
     let copy = d.path().join("copy");
     vault_with(&orig, "alice", 10);
-    cp_a(&orig, &copy);
+    common::cp_a(&orig, &copy);
     Vault::erase(&copy, "alice", o()).unwrap();
     let hex = common::vault_hex(&orig);
     assert!(
@@ -469,8 +466,7 @@ fn a_link_in_place_of_the_outbox_never_hangs_the_seal() {
     let outbox = capvault::testing::segment_dir(&v, "alice").join("outbox");
     assert!(outbox.exists());
     let fifo = d.path().join("fifo");
-    let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
-    assert!(st.success());
+    mkfifo(&fifo);
     std::fs::remove_file(&outbox).unwrap();
     std::os::unix::fs::symlink(&fifo, &outbox).unwrap();
     let dir = v.clone();
@@ -530,7 +526,7 @@ fn a_backup_opened_while_the_vault_is_unmounted_never_rolls_it_back() {
     {
         let _m = mount();
         vault_with(&vault, "alice", 10);
-        cp_a(&vault, &backup);
+        common::cp_a(&vault, &backup);
     }
     // Not mounted: the backup is checked.
     let copy = open_and_verify(&backup, "alice");
@@ -616,11 +612,7 @@ fn erase_and_open_return_with_a_fifo_in_place_of_the_keychain_file() {
     vault_with(&v, "alice", 5);
     let file = v.join("keychain.json");
     std::fs::remove_file(&file).unwrap();
-    assert!(Command::new("mkfifo")
-        .arg(&file)
-        .status()
-        .unwrap()
-        .success());
+    mkfifo(&file);
     let dir = v.clone();
     let opened = within(60, move || err_text(&Vault::open(&dir, "alice", o())));
     let dir = v.clone();
@@ -686,11 +678,13 @@ fn erase_through_a_copy_is_never_undone_by_the_holder() {
     let orig = d.path().join("vault");
     let copy = d.path().join("copy");
     vault_with(&orig, "alice", 10);
-    cp_a(&orig, &copy);
+    common::cp_a(&orig, &copy);
     let hex = common::vault_hex(&orig);
     let held = Vault::open(&orig, "alice", o()).unwrap();
     Vault::erase(&copy, "alice", o()).unwrap();
     let rotated = held.rotate_kek();
+    // The holder carries the erasure out: its handle is erased from then on.
+    let handle_erased = matches!(held.status(), Err(Error::Erased));
     let appended = held
         .append_mouse_move(1_764_000_000_500_000, 1, 1)
         .and_then(|_| held.flush());
@@ -704,8 +698,11 @@ fn erase_through_a_copy_is_never_undone_by_the_holder() {
     let reopened =
         Vault::open(&orig, "alice", o()).and_then(|v| v.test_read_all().map(|e| e.len()));
     assert!(
-        keks.is_empty() && reopened.is_err(),
-        "after erase through a copy: the holder's KEK rotation {:?}, append {:?}; KEK versions in the keychain {keks:?}; the original reopened: {:?}",
+        matches!(rotated, Err(Error::Erased))
+            && handle_erased
+            && keks.is_empty()
+            && reopened.is_err(),
+        "after erase through a copy: the holder's KEK rotation {:?} (its handle erased: {handle_erased}), append {:?}; KEK versions in the keychain {keks:?}; the original reopened: {:?}",
         rotated.map_err(|e| e.to_string()),
         appended.map_err(|e| e.to_string()),
         reopened.map_err(|e| e.to_string())
@@ -739,4 +736,65 @@ fn erase_records_the_erasure_with_a_directory_in_place_of_the_keychain_file() {
         err_text(&erased),
         err_text(&after)
     );
+}
+
+/// Promise (docs/SECURITY.md: whoever can write the vault directory can make the vault
+/// refuse, never make it hang or write elsewhere; src/log/store.rs
+/// `refuse_special_files`).
+///
+/// sled opens its `conf` and `db` by path. Whoever writes the vault directory replaces
+/// one of them, in a closed vault, with a FIFO (sled's open would block for ever), a
+/// link to a file of the owner that holds the very bytes sled expects (sled would open
+/// the vault through it and write its updates there), or a link to a FIFO. Open must
+/// return promptly with an error that names the file and says what to do; erase must
+/// return too; nothing is written through a link.
+#[test]
+fn a_fifo_or_link_in_place_of_the_database_files_is_refused_promptly() {
+    for name in ["conf", "db"] {
+        for kind in ["fifo", "link to a copy", "link to a fifo"] {
+            let d = tempfile::tempdir().unwrap();
+            let v = d.path().join("vault");
+            vault_with(&v, "alice", 5);
+            let file = v.join(name);
+            let outside = d.path().join(format!("outside-{name}"));
+            std::fs::copy(&file, &outside).unwrap();
+            let before = std::fs::read(&outside).unwrap();
+            std::fs::remove_file(&file).unwrap();
+            match kind {
+                "fifo" => mkfifo(&file),
+                "link to a copy" => std::os::unix::fs::symlink(&outside, &file).unwrap(),
+                _ => {
+                    let fifo = d.path().join("fifo");
+                    mkfifo(&fifo);
+                    std::os::unix::fs::symlink(&fifo, &file).unwrap();
+                }
+            }
+            let dir = v.clone();
+            let opened = within(60, move || match Vault::open(&dir, "alice", o()) {
+                Ok(_) => "opened".to_string(),
+                Err(Error::Tampered(m)) if m.contains("is not a regular file") => "refused".into(),
+                Err(e) => format!("failed otherwise: {e}"),
+            });
+            let dir = v.clone();
+            // A tampered vault is still erased (docs/SECURITY.md, "Erasure").
+            let erased = within(60, move || match Vault::erase(&dir, "alice", o()) {
+                Ok(_) => "erased".to_string(),
+                Err(e) => format!("failed: {e}"),
+            });
+            let after = std::fs::read(&outside).unwrap();
+            assert!(
+                opened.as_deref() == Some("refused")
+                    && erased.as_deref() == Some("erased")
+                    && after == before,
+                "{kind} in place of {name}: open {}, erase {}; the file outside {}",
+                opened.unwrap_or_else(|| "hung".into()),
+                erased.unwrap_or_else(|| "hung".into()),
+                if after == before {
+                    "unchanged"
+                } else {
+                    "written through the link"
+                }
+            );
+        }
+    }
 }

@@ -654,3 +654,88 @@ fn kill_9_while_a_chunked_screenshot_is_written() {
         v.close().unwrap();
     }
 }
+
+// ------------------------------------------------------------------------------------
+// A new user: killed once its trees are durable, before the keychain records its format.
+
+#[test]
+#[ignore = "helper: run in a child process by a_kill_before_a_new_users_format_record_leaves_a_usable_user"]
+fn create_child() {
+    let Some(dir) = env("CAPVAULT_CREATE_DIR") else {
+        return;
+    };
+    let kind = common::stores()[env("CAPVAULT_CREATE_STORE")
+        .unwrap()
+        .parse::<usize>()
+        .unwrap()];
+    let v = Vault::open(&dir, USER, options(kind)).unwrap();
+    say("OPENED");
+    v.close().unwrap();
+}
+
+/// Promise (docs/FORMAT.md §12, "Carry-over of older vaults": a mark without the format
+/// record means format 4). A process killed after a new user's trees were made durable
+/// and before the keychain recorded the user's format (`create:before-format`) leaves
+/// trees, a KEK and a mark without the record. The next open takes the user as it is
+/// (format 4, checked against the mark), records the format, and the user works: new
+/// events are stored and read back after another reopen. Both the first user of a new
+/// vault and a second user of an existing one, in every keychain.
+#[test]
+fn a_kill_before_a_new_users_format_record_leaves_a_usable_user() {
+    use std::os::unix::process::ExitStatusExt;
+    for (store, kind) in common::stores().into_iter().enumerate() {
+        for second_user in [false, true] {
+            let case = format!("{kind:?}, second user {second_user}");
+            let d = tempfile::tempdir().unwrap();
+            if second_user {
+                let v = Vault::open(d.path(), "bob", options(kind)).unwrap();
+                common::flushed_moves(&v, 3, 0);
+                v.close().unwrap();
+            }
+            let out = Command::new(std::env::current_exe().unwrap())
+                .args(["--ignored", "--exact", "create_child", "--nocapture"])
+                .env("CAPVAULT_CREATE_DIR", d.path())
+                .env("CAPVAULT_CREATE_STORE", store.to_string())
+                .env("CAPVAULT_CRASH_AT", "create:before-format")
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.signal() == Some(6)
+                    && !String::from_utf8_lossy(&out.stdout).contains("OPENED"),
+                "{case}: the child was not stopped at create:before-format ({:?})",
+                out.status
+            );
+            // Killed where meant: the KEK is in the keychain, the format record is not.
+            let hex = common::vault_hex(d.path());
+            let user_hex: String = USER.bytes().map(|b| format!("{b:02x}")).collect();
+            let format = format!("format/{hex}/{user_hex}");
+            assert!(common::keychain_secret(kind, &common::kek_name(&hex, USER, 1)).is_some());
+            assert!(common::keychain_secret(kind, &format).is_none(), "{case}");
+            let reopened = Vault::open(d.path(), USER, options(kind)).and_then(|v| {
+                v.verify()?;
+                common::flushed_moves(&v, 4, 0);
+                v.close()
+            });
+            assert!(
+                reopened.is_ok(),
+                "{case}: the user killed before its format record: {}",
+                reopened.unwrap_err()
+            );
+            assert!(
+                common::keychain_secret(kind, &format).is_some(),
+                "{case}: the reopen did not record the format"
+            );
+            let v = Vault::open(d.path(), USER, options(kind)).unwrap();
+            v.verify().unwrap();
+            assert_eq!(v.test_read_all().unwrap().len(), 4, "{case}");
+            v.close().unwrap();
+            if second_user {
+                let bob = Vault::open(d.path(), "bob", options(kind)).unwrap();
+                bob.verify().unwrap();
+                bob.close().unwrap();
+            }
+            Vault::erase(d.path(), USER, options(kind)).unwrap();
+        }
+    }
+}

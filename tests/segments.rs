@@ -211,6 +211,41 @@ fn the_byte_budget_holds_on_bytes_on_disk() {
     Vault::erase(d.path(), USER, opts()).unwrap();
 }
 
+/// Promise (docs/PERFORMANCE.md, "Segment size"): the byte budget is read without a
+/// lock, so an append under a refusing budget does not wait for a durable flush that is
+/// syncing the segments. The sync is held inside its fdatasync step (the segments'
+/// lock taken) while another thread appends; the append must come back before the sync
+/// is let go. Before the count was kept apart from that lock, the append waited for the
+/// lock and so for the release: the bound below only turns that wait into a failure
+/// instead of a hang.
+#[test]
+fn an_append_under_a_refusing_budget_does_not_wait_for_a_segment_sync() {
+    let d = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.policy.budget_bytes = 16 << 20;
+    o.policy.on_budget = capvault::BudgetAction::Refuse;
+    let v = Vault::open(d.path(), USER, o).unwrap();
+    let _ = v.append_mouse_move(1, 1, 1).unwrap();
+    let held = capvault::testing::hold("segments:sync");
+    let v = &v;
+    let appended = std::thread::scope(|s| {
+        let flush = s.spawn(|| v.flush());
+        held.reached();
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.spawn(move || tx.send(v.append_mouse_move(2, 1, 1).map(|_| ())));
+        let appended = rx.recv_timeout(Duration::from_secs(60));
+        held.release();
+        flush.join().unwrap().unwrap();
+        appended
+    });
+    match appended {
+        Ok(r) => r.unwrap(),
+        Err(_) => panic!("the append waited for the segment sync held in another thread"),
+    }
+    v.flush().unwrap();
+    assert_eq!(moves(v), vec![1, 2]);
+}
+
 #[test]
 fn bytes_the_index_never_took_are_cut_at_open() {
     let d = tempfile::tempdir().unwrap();

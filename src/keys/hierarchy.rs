@@ -167,7 +167,7 @@ impl KeyHierarchy {
 
     /// Whether the keychain still holds the KEK in use. It only goes with an erasure of
     /// the user, possibly made through a copy of the vault while this process held it.
-    pub(crate) fn kek_in_keychain(&self) -> Result<bool> {
+    fn kek_in_keychain(&self) -> Result<bool> {
         Ok(Self::load_kek(&*self.store, &self.vault_hex, &self.user, self.kek_version)?.is_some())
     }
 
@@ -594,6 +594,8 @@ impl KeyHierarchy {
     /// Rotates the KEK: new KEK in the keychain, rotation marker, rewrap of every entry,
     /// delete of the old KEK, marker removed. `flush` makes each sled step durable.
     /// A failure at any step leaves a vault that [`KeyHierarchy::open`] completes.
+    /// [`Error::Erased`], before anything is written, when the KEK in use is no longer
+    /// in the keychain (the only check of it: every rotation comes through here).
     pub(crate) fn rotate_kek(&mut self, flush: &dyn Fn() -> Result<()>) -> Result<u32> {
         if !self.kek_in_keychain()? {
             // Erased elsewhere (say, through a copy of the vault): a new KEK would

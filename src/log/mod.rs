@@ -11,6 +11,7 @@ pub(crate) mod store;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::aead::TAG_LEN;
@@ -57,6 +58,9 @@ pub(crate) struct Log {
     binding: RecordBinding,
     anchors: AnchorKey,
     state: Mutex<LogState>,
+    /// `state`'s `bytes()`, stored with every change to the counters (under `state`'s
+    /// lock), so [`Log::disk_bytes`] takes no lock on the append path.
+    stored_bytes: AtomicU64,
     segments: Segments,
     /// The last record the synced anchor names (moves forward only).
     synced: Mutex<u64>,
@@ -182,10 +186,12 @@ impl Log {
             Some(v) => Some(anchors.open_synced(&v)?),
             None => None,
         };
+        let stored_bytes = AtomicU64::new(counts.values().map(|c| c.bytes).sum());
         let mut log = Log {
             tree,
             binding,
             anchors,
+            stored_bytes,
             state: Mutex::new(LogState {
                 head,
                 tail,
@@ -315,6 +321,7 @@ impl Log {
         self.tree.apply_batch(batch)?;
         st.head = head;
         st.counts = counts;
+        self.counted(&st);
         Ok(torn.len() as u64)
     }
 
@@ -396,9 +403,17 @@ impl Log {
     /// Bytes the log's records take on disk: their segments (headers and a dead front
     /// not yet given back included), or the records' own size where that is larger
     /// (records of a vault before segments are inside the database).
+    /// Takes no lock: the budget check of every append reads it, and a durable flush
+    /// holds the segments' lock across its fdatasync.
     pub(crate) fn disk_bytes(&self) -> u64 {
-        let stored = self.lock().bytes();
+        let stored = self.stored_bytes.load(Ordering::Relaxed);
         self.segments.bytes().max(stored)
+    }
+
+    /// Publishes the counters' byte total for [`Log::disk_bytes`]; called with the lock
+    /// held after every change to `st.counts`.
+    fn counted(&self, st: &LogState) {
+        self.stored_bytes.store(st.bytes(), Ordering::Relaxed);
     }
 
     fn check_ends(&self) -> Result<()> {
@@ -680,6 +695,7 @@ impl Log {
         }
         st.head = head;
         st.counts.insert(epoch, count);
+        self.counted(&st);
         Ok(())
     }
 
@@ -874,6 +890,7 @@ impl Log {
         st.counts = counts;
         st.tail = tail;
         st.front_moved = true;
+        self.counted(&st);
         Ok(emptied)
     }
 
@@ -959,6 +976,7 @@ impl Log {
         st.tail = tail;
         st.head = Head { state_gen, ..head };
         st.front_moved = true;
+        self.counted(&st);
         Ok(emptied)
     }
 

@@ -573,11 +573,16 @@ type Synced = std::collections::HashSet<(PathBuf, u64)>;
 /// directory is not walked: the vault makes its files owner-only itself, and the log
 /// syncs those it wrote before the flush (`Log::sync_segments`); the outbox file is
 /// synced as it is written.
-fn settle_tree(dir: &Path, mut sync: Option<&mut Synced>) -> Result<()> {
-    let gained = settle_dir(dir, &dir.join("db"), &mut sync)?;
-    if let Some(synced) = sync {
-        // Forget what is gone (old snapshots), so the set stays the directory's size.
-        synced.retain(|(path, _)| path.exists());
+fn settle_tree(dir: &Path, sync: Option<&mut Synced>) -> Result<()> {
+    let mut walk = sync.map(|synced| Walk {
+        synced,
+        seen: Synced::new(),
+    });
+    let gained = settle_dir(dir, &dir.join("db"), &mut walk)?;
+    if let Some(w) = walk {
+        // What the walk found is what is there: the set forgets what is gone (old
+        // snapshots) without looking each entry up again.
+        *w.synced = w.seen;
         if gained {
             fs::File::open(dir)?.sync_all()?;
         }
@@ -585,9 +590,16 @@ fn settle_tree(dir: &Path, mut sync: Option<&mut Synced>) -> Result<()> {
     Ok(())
 }
 
+/// A syncing walk of [`settle_tree`]: what earlier flushes synced, and every entry
+/// this walk found (all of them synced by the end of it).
+struct Walk<'a> {
+    synced: &'a mut Synced,
+    seen: Synced,
+}
+
 /// [`settle_tree`] for one directory; true when it gained an entry (its parent then
 /// syncs it).
-fn settle_dir(dir: &Path, db: &Path, sync: &mut Option<&mut Synced>) -> Result<bool> {
+fn settle_dir(dir: &Path, db: &Path, walk: &mut Option<Walk<'_>>) -> Result<bool> {
     let mut gained = false;
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -608,14 +620,15 @@ fn settle_dir(dir: &Path, db: &Path, sync: &mut Option<&mut Synced>) -> Result<b
             if entry.file_name() == super::segments::SEGMENTS_DIR {
                 continue;
             }
-            if settle_dir(&path, db, sync)? {
+            if settle_dir(&path, db, walk)? {
                 fs::File::open(&path)?.sync_all()?;
             }
-            if let Some(synced) = sync.as_deref_mut() {
-                gained |= synced.insert(key);
+            if let Some(w) = walk.as_mut() {
+                gained |= !w.synced.contains(&key);
+                w.seen.insert(key);
             }
-        } else if let Some(synced) = sync.as_deref_mut() {
-            let first = !synced.contains(&key);
+        } else if let Some(w) = walk.as_mut() {
+            let first = !w.synced.contains(&key);
             if meta.is_file() && (first || path == db) {
                 match fs::File::open(&path) {
                     Ok(f) => f.sync_all()?,
@@ -623,10 +636,8 @@ fn settle_dir(dir: &Path, db: &Path, sync: &mut Option<&mut Synced>) -> Result<b
                     Err(e) => return Err(e.into()),
                 }
             }
-            if first {
-                synced.insert(key);
-                gained = true;
-            }
+            gained |= first;
+            w.seen.insert(key);
         }
     }
     make_private(dir, &fs::metadata(dir)?)?;

@@ -304,15 +304,19 @@ impl Inner {
     }
 
     pub(crate) fn rotate_kek(&self) -> Result<u32> {
-        if !self.keys()?.kek_in_keychain()? {
-            // The user was erased elsewhere (through a copy of the vault, which shares
-            // its keys): carry the erasure out here too, as the hand-off would.
-            self.erase_in_place()?;
-            return Err(Error::Erased);
-        }
         let p = self.quiesce()?;
-        let version = self.keys_mut()?.rotate_kek(&|| self.durable_flush())?;
+        let rotated = self.keys_mut()?.rotate_kek(&|| self.durable_flush());
         drop(p);
+        let version = match rotated {
+            // The keys found the KEK in use gone from the keychain: the user was erased
+            // elsewhere (through a copy of the vault, which shares its keys). Carry the
+            // erasure out here too, as the hand-off would.
+            Err(Error::Erased) => {
+                self.erase_in_place()?;
+                return Err(Error::Erased);
+            }
+            other => other?,
+        };
         super::erase::note_kek(&self.dir(), &self.file_note(), &self.user, version + 1);
         self.audit("rotate-kek", &format!("version {version}"))?;
         Ok(version)

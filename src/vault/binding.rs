@@ -55,10 +55,12 @@ pub(crate) fn hash_of(value: &[u8]) -> Option<String> {
 }
 
 /// The hashes of the binding values found in the bytes of sled's data file in `dir`
-/// (none when there is no file, or nothing in it is recognisable).
+/// (none when there is no file, or nothing in it is recognisable). Only a regular file
+/// is read: a link is not followed (the vault's `db` is its own file), and a FIFO in
+/// its place is neither waited on nor read.
 pub(crate) fn scan(dir: &Path) -> Vec<String> {
     let mut found: Vec<String> = Vec::new();
-    let Ok(mut f) = std::fs::File::open(dir.join("db")) else {
+    let Ok(Some(mut f)) = crate::files::open_regular(&dir.join("db")) else {
         return found;
     };
     let finder = memchr::memmem::Finder::new(MAGIC);

@@ -340,8 +340,11 @@ impl Vault {
         note(keys.kek_version() + 1);
         if let Some(entries) = new_entries {
             create_user(&trees, entries, keys.mac_key(), &vault_id, user)?;
-            // Only a user whose trees are durable is recorded in the keychain.
+            // Only a user whose trees are durable is recorded in the keychain. A crash
+            // in between leaves trees and a mark without the record: the next open takes
+            // that for format 4 (docs/FORMAT.md §12) and records it.
             store.durable_flush()?;
+            crate::failpoint::hit("create:before-format")?;
             keys.record_format()?;
         }
         // How far the user's stored state was carried over: the keys tree says so (a

@@ -118,6 +118,22 @@ pub fn move_vault(from: &Path, to: &Path) {
     std::fs::rename(from, to).unwrap();
 }
 
+/// `cp -a from to`: the copy an administrator makes of a vault directory (a backup, or a
+/// move to another file system), modes and times kept.
+pub fn cp_a(from: &Path, to: &Path) {
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status();
+    assert!(
+        st.unwrap().success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
 /// Copies the directory tree `from` to `to`.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -355,12 +371,15 @@ pub fn alice_entries(dir: &Path, tree: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 /// Appends `n` mouse moves (timestamps from a fixed moment plus `from`) and flushes.
 pub fn flushed_moves(v: &capvault::Vault, n: i64, from: i64) {
+    try_flushed_moves(v, n, from).unwrap();
+}
+
+/// [`flushed_moves`] that returns the first failure (for vaults that may refuse).
+pub fn try_flushed_moves(v: &capvault::Vault, n: i64, from: i64) -> capvault::Result<()> {
     for i in 0..n {
-        let _ = v
-            .append_mouse_move(1_764_000_000_000_000 + from + i, 1, 1)
-            .unwrap();
+        let _ = v.append_mouse_move(1_764_000_000_000_000 + from + i, 1, 1)?;
     }
-    v.flush().unwrap();
+    v.flush()
 }
 
 /// The vault id of the closed vault at `dir`, in hex.

@@ -82,3 +82,34 @@ fn a_full_disk_reports_storage_full_and_loses_nothing_flushed() {
     eprintln!("flushed {flushed} before the disk filled; resume in place: {resumed:?}");
     v.close().unwrap();
 }
+
+/// Closing a paused vault returns (with the error) when saving the count of events the
+/// pause dropped fails, as it does when the disk is full: that save comes before the
+/// writer is told to stop, and its failure must not leave the writer running and the
+/// close waiting for it. The failure is injected (sled takes a write into memory even
+/// on a full disk, and fails it later).
+#[test]
+fn closing_a_paused_vault_returns_when_saving_the_dropped_count_fails() {
+    let d = tempfile::tempdir().unwrap();
+    let v = Vault::open(d.path(), "alice", common::options(KeyStoreKind::Keyutils)).unwrap();
+    let _ = v.append_mouse_move(1, 1, 1).unwrap();
+    v.flush().unwrap();
+    let _ = v.pause(std::time::Duration::from_secs(60)).unwrap();
+    for ts in 2..100 {
+        let _ = v.append_mouse_move(ts, 1, 1).unwrap();
+    }
+    capvault::testing::arm("state:put");
+    let (done, closed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(v.close());
+    });
+    let result = closed
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("close returned");
+    assert!(result.is_err(), "the failure is reported: {result:?}");
+    // Nothing flushed was lost.
+    let v = Vault::open(d.path(), "alice", common::options(KeyStoreKind::Keyutils)).unwrap();
+    let moves = moves(&v.test_read_all().unwrap());
+    assert_eq!(moves.first(), Some(&1));
+    v.close().unwrap();
+}

@@ -489,6 +489,40 @@ fn the_refuse_budget_reports_storage_full() {
     v.close().unwrap();
 }
 
+/// The writer holds records nobody flushed for up to 0.5 s (or 1 MiB); a refusing budget
+/// is still kept to within one payload: near the budget, records are written at once,
+/// so the append path's check sees them.
+#[test]
+fn the_refuse_budget_holds_without_flushes() {
+    let d = tempfile::tempdir().unwrap();
+    let budget = 4u64 << 20;
+    let mut o = options(KeyStoreKind::Keyutils);
+    o.policy.budget_bytes = budget;
+    o.policy.on_budget = capvault::BudgetAction::Refuse;
+    let v = Vault::open(d.path(), "alice", o).unwrap();
+    let shot = noise(200_000, 5);
+    let mut refused = None;
+    for i in 0..100 {
+        match v.append_screenshot(i, 1, 1, "png", &shot) {
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(30)),
+            Err(Error::StorageFull(_)) => {
+                refused = Some(i);
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let stored = v.status().unwrap().stored_bytes;
+    assert!(refused.is_some(), "never refused: {stored} bytes stored");
+    v.flush().unwrap();
+    let stored = v.status().unwrap().stored_bytes;
+    assert!(
+        stored <= budget + shot.len() as u64 + (64 << 10),
+        "{stored} bytes stored against a budget of {budget}"
+    );
+    v.close().unwrap();
+}
+
 #[test]
 fn a_policy_change_is_bound_into_later_records_and_marked() {
     let d = tempfile::tempdir().unwrap();

@@ -3,6 +3,7 @@
 //! if never released. Each removal leaves a loss marker, and data keys with nothing left
 //! to read are destroyed.
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -198,12 +199,17 @@ impl Inner {
         Ok(created.map(|c| c.saturating_add((secs as i64).saturating_mul(1_000_000))))
     }
 
-    /// True when the budget refuses new data (policy `refuse`).
+    /// True when the budget refuses new data (policy `refuse`): what is on disk and what
+    /// the writer has yet to write.
     pub(crate) fn budget_refuses(&self) -> bool {
         let p = &self.opts.policy;
         p.budget_bytes > 0
             && p.on_budget == BudgetAction::Refuse
-            && self.log.disk_bytes() >= p.budget_bytes
+            && self
+                .log
+                .disk_bytes()
+                .saturating_add(self.unwritten.load(Ordering::Relaxed))
+                >= p.budget_bytes
     }
 
     /// Removes records from the tail while `take(header, stored_len)` says so, never

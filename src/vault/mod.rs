@@ -86,16 +86,23 @@ pub(crate) fn now_us() -> TimestampUs {
 /// stopped) for the caller.
 struct Queue<'a> {
     tx: &'a SyncSender<Msg>,
+    unwritten: &'a AtomicU64,
     result: Result<()>,
 }
 
 impl<'a> Queue<'a> {
-    fn new(tx: &'a SyncSender<Msg>) -> Self {
-        Queue { tx, result: Ok(()) }
+    fn new(inner: &'a Inner) -> Self {
+        Queue {
+            tx: &inner.tx,
+            unwritten: &inner.unwritten,
+            result: Ok(()),
+        }
     }
 
     fn send(&mut self, job: Job) {
         if self.result.is_ok() {
+            self.unwritten
+                .fetch_add(job.plaintext.len() as u64, Ordering::Relaxed);
             self.result = self.tx.send(Msg::Record(job)).map_err(|_| Error::Closed);
         }
     }
@@ -146,6 +153,10 @@ pub(crate) struct Inner {
     pub(crate) ledger: crate::audit::Ledger,
     pub(crate) producer: Mutex<Producer>,
     tx: SyncSender<Msg>,
+    /// Bytes of records handed to the writer and not yet written (in its queue or held
+    /// by it): a refusing byte budget counts them, or a writer behind capture would let
+    /// the queue's worth (up to 512 records) past the budget.
+    pub(crate) unwritten: AtomicU64,
     /// Pause deadline (0 when not paused).
     pub(crate) paused_until: AtomicI64,
     pub(crate) dropped_paused: AtomicU64,
@@ -539,6 +550,7 @@ impl Vault {
             log,
             ledger,
             tx,
+            unwritten: AtomicU64::new(0),
             paused_until: AtomicI64::new(paused_until),
             dropped_paused: AtomicU64::new(dropped),
             filtered: AtomicU64::new(0),
@@ -1178,6 +1190,7 @@ impl Inner {
     }
 
     pub(crate) fn state_put(&self, puts: &[Put<'_>]) -> Result<()> {
+        crate::failpoint::hit("state:put")?;
         self.state.put(&self.ledger, &self.log, puts)
     }
 
@@ -1283,7 +1296,7 @@ impl Inner {
         let ts = event.ts_us();
         self.push_markers_at(framer, ts, markers)?;
         if store {
-            let mut queue = Queue::new(&self.tx);
+            let mut queue = Queue::new(self);
             let opens = framer.opens();
             match encoded {
                 Some(whole) => framer.push_encoded_large(whole, &mut |j| queue.send(j)),
@@ -1316,7 +1329,7 @@ impl Inner {
         ts_us: TimestampUs,
         markers: Vec<Marker>,
     ) -> Result<()> {
-        let mut queue = Queue::new(&self.tx);
+        let mut queue = Queue::new(self);
         let opens = framer.opens();
         for marker in markers {
             framer.push(&Event::Marker { ts_us, marker }, &mut |j| queue.send(j));
@@ -1344,7 +1357,9 @@ impl Inner {
             )])?;
         }
         if let Some(job) = p.framer.cut() {
-            self.tx.send(Msg::Record(job)).map_err(|_| Error::Closed)?;
+            let mut queue = Queue::new(self);
+            queue.send(job);
+            queue.result?;
         }
         self.tx.send(msg).map_err(|_| Error::Closed)
     }
@@ -1375,11 +1390,24 @@ impl Inner {
 
     fn stop_writer(&self) -> Result<()> {
         let (reply, wait) = mpsc::channel();
-        {
+        let sent = {
             let mut p = self.producer();
-            self.send_with_open_frame(&mut p, Msg::Stop(reply))?;
-        }
-        wait.recv().map_err(|_| Error::Closed)?
+            let sent = self.send_with_open_frame(&mut p, Msg::Stop(reply.clone()));
+            if sent.is_err() {
+                // The open frame and the stop must reach the writer whatever failed
+                // before them (saving the count of paused events on a full disk, say),
+                // or closing waits for a writer that never ends.
+                if let Some(job) = p.framer.cut() {
+                    let mut queue = Queue::new(self);
+                    queue.send(job);
+                    queue.result?;
+                }
+                self.tx.send(Msg::Stop(reply)).map_err(|_| Error::Closed)?;
+            }
+            sent
+        };
+        let stopped = wait.recv().map_err(|_| Error::Closed)?;
+        sent.and(stopped)
     }
 
     /// Called by the writer thread: encrypts and stores a batch.

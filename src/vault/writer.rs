@@ -2,6 +2,7 @@
 //! order, stores them, and answers flush requests once everything before them is on disk.
 //! It also closes frames that reach the time bound.
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,7 +40,8 @@ const WRITE_AFTER: Duration = Duration::from_millis(500);
 /// (a screenshot, say): memory held by the writer stays bounded.
 const WRITE_BYTES: usize = 1 << 20;
 
-/// A sled flush that failed is tried again this long after.
+/// sled's flush follows a write for size within this, and a failed one is tried again
+/// this long after.
 const LAZY_FLUSH_AFTER: Duration = Duration::from_millis(200);
 
 /// After a failed write (say, a full disk) the batch is tried again this often.
@@ -112,11 +114,11 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
             timers.write.get_or_insert(now + WRITE_AFTER);
         }
         let asked = !b.waiting.is_empty() || b.stop.is_some();
-        let write_now = asked
-            || due(timers.write, now)
-            || due(timers.retry, now)
-            || b.pending.len() >= MAX_BATCH
-            || b.pending_bytes() >= WRITE_BYTES;
+        let by_timer = due(timers.write, now);
+        // After a failed write only the retry timer (or a flush) tries again.
+        let by_size = timers.retry.is_none()
+            && (b.pending.len() >= MAX_BATCH || b.pending_bytes() >= WRITE_BYTES);
+        let write_now = asked || by_timer || by_size || due(timers.retry, now);
         let wrote = write_now && !b.pending.is_empty();
         let written = if write_now {
             inner.write_records(&b.pending)
@@ -125,15 +127,22 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
         };
         match &written {
             Ok(()) if write_now => {
+                inner
+                    .unwritten
+                    .fetch_sub(b.pending_bytes() as u64, Ordering::Relaxed);
                 b.pending.clear();
                 timers.write = None;
                 timers.retry = None;
                 inner.set_write_error(None);
                 if wrote {
-                    // Written without a flush request: sled's flush right away, so the
-                    // bound above holds (its batch leaves the records in its memory
-                    // buffer).
-                    timers.lazy_flush = Some(now);
+                    // sled's batch leaves the records in its memory buffer: flushed at
+                    // once when the timer wrote them, so the bound above holds; after a
+                    // write for size, within LAZY_FLUSH_AFTER (one flush for several).
+                    if by_timer {
+                        timers.lazy_flush = Some(now);
+                    } else {
+                        timers.lazy_flush.get_or_insert(now + LAZY_FLUSH_AFTER);
+                    }
                     inner.records_written();
                 }
             }
@@ -223,6 +232,9 @@ fn cut_old_frame(
         b.take(msg, age, timers);
     }
     if let Some(job) = producer.framer.cut() {
+        inner
+            .unwritten
+            .fetch_add(job.plaintext.len() as u64, Ordering::Relaxed);
         b.pending.push(job);
     }
     // A FrameOpened drained above belongs to the frame just cut.

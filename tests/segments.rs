@@ -425,24 +425,26 @@ fn lines_until(c: &mut std::process::Child, until: &str) -> Vec<String> {
     lines
 }
 
-/// Runs the "torn" child at `dir` and kills it: 500 moves flushed, then 300 moves and a
-/// screenshot never flushed, 1.5 s before the kill (the writer's bound for records
-/// nobody flushed: 0.5 s after the first, plus the frame bound).
-fn killed_after_unflushed_writes(dir: &Path) {
-    let mut c = child(dir, "torn", None);
+/// Runs the "torn" child in a new directory and kills it: 500 moves flushed, then 300
+/// moves and a screenshot never flushed, 1.5 s before the kill (the writer's bound for
+/// records nobody flushed: 0.5 s after the first, plus the frame bound). Returns the
+/// vault's directory (inside the returned temporary one).
+fn killed_after_unflushed_writes() -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("v");
+    let mut c = child(&dir, "torn", None);
     let lines = lines_until(&mut c, "written");
     assert!(lines.iter().any(|l| l.contains("written")), "{lines:?}");
     c.kill().unwrap();
     c.wait().unwrap();
+    (d, dir)
 }
 
 /// Nothing is promised without `flush`, but the writer does not sit on records: a
 /// process killed seconds after appending, never having flushed, keeps them all.
 #[test]
 fn events_nobody_flushed_are_written_soon_and_survive_a_kill() {
-    let d = tempfile::tempdir().unwrap();
-    let dir = d.path().join("v");
-    killed_after_unflushed_writes(&dir);
+    let (_d, dir) = killed_after_unflushed_writes();
     let v = Vault::open(&dir, USER, opts()).unwrap();
     assert_eq!(moves(&v), (1..=800).collect::<Vec<_>>());
     let shots = v
@@ -458,9 +460,7 @@ fn events_nobody_flushed_are_written_soon_and_survive_a_kill() {
 
 #[test]
 fn a_torn_write_after_the_last_durable_flush_is_trimmed_before_it_is_refused() {
-    let d = tempfile::tempdir().unwrap();
-    let dir = d.path().join("v");
-    killed_after_unflushed_writes(&dir);
+    let (d, dir) = killed_after_unflushed_writes();
     let synced = anchor_seq(&dir, b'y');
     let head = anchor_seq(&dir, b'h');
     assert!(

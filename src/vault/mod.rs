@@ -1346,16 +1346,25 @@ impl Inner {
         Ok(wait)
     }
 
-    /// Queues the open frame, then `msg`. The count of events dropped during a pause is
-    /// saved first, so it survives a restart too.
+    /// Saves the count of events dropped during a pause (so it survives a restart too),
+    /// then queues the open frame and `msg`.
     fn send_with_open_frame(&self, p: &mut Producer, msg: Msg) -> Result<()> {
-        if self.paused_until.load(Ordering::Relaxed) != 0 {
-            let dropped = self.dropped_paused.load(Ordering::Relaxed) as i64;
-            self.state_put(&[Put::Sealed(
-                STATE_PAUSE_DROPPED,
-                Some(&dropped.to_be_bytes()),
-            )])?;
+        self.save_paused_count()?;
+        self.send_open_frame_then(p, msg)
+    }
+
+    fn save_paused_count(&self) -> Result<()> {
+        if self.paused_until.load(Ordering::Relaxed) == 0 {
+            return Ok(());
         }
+        let dropped = self.dropped_paused.load(Ordering::Relaxed) as i64;
+        self.state_put(&[Put::Sealed(
+            STATE_PAUSE_DROPPED,
+            Some(&dropped.to_be_bytes()),
+        )])
+    }
+
+    fn send_open_frame_then(&self, p: &mut Producer, msg: Msg) -> Result<()> {
         if let Some(job) = p.framer.cut() {
             let mut queue = Queue::new(self);
             queue.send(job);
@@ -1390,24 +1399,16 @@ impl Inner {
 
     fn stop_writer(&self) -> Result<()> {
         let (reply, wait) = mpsc::channel();
-        let sent = {
+        let saved = {
             let mut p = self.producer();
-            let sent = self.send_with_open_frame(&mut p, Msg::Stop(reply.clone()));
-            if sent.is_err() {
-                // The open frame and the stop must reach the writer whatever failed
-                // before them (saving the count of paused events on a full disk, say),
-                // or closing waits for a writer that never ends.
-                if let Some(job) = p.framer.cut() {
-                    let mut queue = Queue::new(self);
-                    queue.send(job);
-                    queue.result?;
-                }
-                self.tx.send(Msg::Stop(reply)).map_err(|_| Error::Closed)?;
-            }
-            sent
+            // The open frame and the stop reach the writer even when saving the count
+            // fails (on a full disk, say), or closing waits for a writer that never ends.
+            let saved = self.save_paused_count();
+            self.send_open_frame_then(&mut p, Msg::Stop(reply))?;
+            saved
         };
         let stopped = wait.recv().map_err(|_| Error::Closed)?;
-        sent.and(stopped)
+        saved.and(stopped)
     }
 
     /// Called by the writer thread: encrypts and stores a batch.

@@ -116,8 +116,9 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
         let asked = !b.waiting.is_empty() || b.stop.is_some();
         let by_timer = due(timers.write, now);
         // After a failed write only the retry timer (or a flush) tries again.
+        let pending_bytes = b.pending_bytes();
         let by_size = timers.retry.is_none()
-            && (b.pending.len() >= MAX_BATCH || b.pending_bytes() >= WRITE_BYTES);
+            && (b.pending.len() >= MAX_BATCH || pending_bytes >= WRITE_BYTES);
         let write_now = asked || by_timer || by_size || due(timers.retry, now);
         let wrote = write_now && !b.pending.is_empty();
         let written = if write_now {
@@ -129,7 +130,7 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
             Ok(()) if write_now => {
                 inner
                     .unwritten
-                    .fetch_sub(b.pending_bytes() as u64, Ordering::Relaxed);
+                    .fetch_sub(pending_bytes as u64, Ordering::Relaxed);
                 b.pending.clear();
                 timers.write = None;
                 timers.retry = None;

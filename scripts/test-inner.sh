@@ -27,7 +27,22 @@ export RUSTUP_HOME=${RUSTUP_HOME:-$HOME/.rustup}
 [[ -d $HOME/.pyenv && -z ${PYENV_ROOT:-} ]] && export PYENV_ROOT=$HOME/.pyenv
 TEST_ROOT=$(mktemp -d "${TMPDIR:-/tmp}/capvault-test.XXXXXX")
 source scripts/services.sh
+# The kernel keys this run made (see test.sh): as root, those of its own gid; as
+# another user, those that were not there when it started.
+run_gid=$(id -g)
+keys_before=$(awk '$9 ~ /^capvault:/ {print $1}' /proc/keys 2>/dev/null | sort || true)
+remove_run_keys() {
+  local serial
+  if [[ $(id -u) == 0 && $run_gid -ge 5000000 ]]; then
+    awk -v gid="$run_gid" '$6 == 0 && $7 == gid && $9 ~ /^capvault:/ {print $1}' /proc/keys
+  elif [[ $(id -u) != 0 ]]; then
+    awk '$9 ~ /^capvault:/ {print $1}' /proc/keys | sort | comm -13 <(printf '%s\n' "$keys_before") -
+  fi | while read -r serial; do
+    keyctl invalidate "$((16#$serial))" 2>/dev/null || true
+  done
+}
 cleanup() {
+  remove_run_keys
   stop_services
   [[ -n ${PG_ROOT:-} ]] && rm -rf "$PG_ROOT"
   [[ -n ${GNOME_KEYRING_PID:-} ]] && kill "$GNOME_KEYRING_PID" 2>/dev/null || true
@@ -101,7 +116,8 @@ fi
 # working on one test); with no arguments everything below runs.
 if [[ ${1:-} == nextest ]]; then
   shift
-  exec cargo nextest run "$@"
+  cargo nextest run "$@"
+  exit 0
 fi
 
 # --- Rust checks ------------------------------------------------------------------

@@ -55,15 +55,12 @@ fn a_forged_rotation_marker_never_deletes_the_live_kek() {
     );
 }
 
-/// A second uid for the tests that need one (no account needed: `setpriv` switches to
-/// it). Not the uid tests/handoff.rs uses, so their keyrings never meet.
-const OTHER_UID: u32 = 4343;
-
+/// Runs `script` as the second uid ([`common::other_uid`]).
 fn as_other_uid(script: &str) -> std::process::Output {
     Command::new("setpriv")
         .args([
-            &format!("--reuid={OTHER_UID}"),
-            &format!("--regid={OTHER_UID}"),
+            &format!("--reuid={uid}", uid = common::other_uid()),
+            &format!("--regid={uid}", uid = common::other_uid()),
             "--clear-groups",
             "sh",
             "-c",
@@ -139,13 +136,14 @@ impl OtherVault {
         let tmp = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
         let dir = tmp.path().join("v");
         std::fs::create_dir(&dir).unwrap();
-        std::os::unix::fs::chown(&dir, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+        std::os::unix::fs::chown(&dir, Some(common::other_uid()), Some(common::other_uid()))
+            .unwrap();
         let user = format!("attack-{what}-{}", std::process::id());
         let alive = Alive(
             Command::new("setpriv")
                 .args([
-                    &format!("--reuid={OTHER_UID}"),
-                    &format!("--regid={OTHER_UID}"),
+                    &format!("--reuid={uid}", uid = common::other_uid()),
+                    &format!("--regid={uid}", uid = common::other_uid()),
                     "--clear-groups",
                     "sleep",
                     "600",
@@ -181,17 +179,15 @@ impl OtherVault {
 }
 
 impl Drop for OtherVault {
+    /// Removes every entry of the vault (KEKs, format, mark, device, home) from the
+    /// uid's keyring: the kernel keeps them until reboot, against the uid's quota.
     fn drop(&mut self) {
-        let user_hex: String = self.user.bytes().map(|b| format!("{b:02x}")).collect();
-        for name in [
-            self.kek(),
-            format!("format/{}/{user_hex}", self.hex),
-            format!("device/{}", self.hex),
-        ] {
-            as_other_uid(&format!(
-                "id=$(keyctl search @u user 'capvault:{name}') && keyctl invalidate $id"
-            ));
-        }
+        as_other_uid(&format!(
+            "for id in $(keyctl rlist @u); do \
+               case $(keyctl rdescribe $id) in *';capvault:'*/{}*) keyctl invalidate $id;; esac; \
+             done",
+            self.hex
+        ));
     }
 }
 
@@ -418,7 +414,9 @@ fn a_failed_open_by_another_uid_changes_nothing_in_the_vault() {
     let device_before = status().unwrap();
     let owners_before = owners_under(vault);
     assert!(
-        owners_before.iter().all(|(_, uid)| *uid == OTHER_UID),
+        owners_before
+            .iter()
+            .all(|(_, uid)| *uid == common::other_uid()),
         "{owners_before:?}"
     );
 
@@ -433,7 +431,7 @@ fn a_failed_open_by_another_uid_changes_nothing_in_the_vault() {
     }
     let not_the_users: Vec<_> = owners_under(vault)
         .into_iter()
-        .filter(|(_, uid)| *uid != OTHER_UID)
+        .filter(|(_, uid)| *uid != common::other_uid())
         .collect();
     let device_after = status();
     assert!(
@@ -459,8 +457,8 @@ fn root_gets_the_answer_of_a_vault_another_uid_holds() {
     let mut holder = Alive(
         Command::new("setpriv")
             .args([
-                &format!("--reuid={OTHER_UID}"),
-                &format!("--regid={OTHER_UID}"),
+                &format!("--reuid={uid}", uid = common::other_uid()),
+                &format!("--regid={uid}", uid = common::other_uid()),
                 "--clear-groups",
                 env!("CARGO_BIN_EXE_capvault"),
                 "serve",
@@ -489,7 +487,8 @@ fn root_gets_the_answer_of_a_vault_another_uid_holds() {
         .unwrap();
     assert!(
         out.status.success(),
-        "root's status of a vault uid {OTHER_UID} holds: {}",
+        "root's status of a vault uid {} holds: {}",
+        common::other_uid(),
         String::from_utf8_lossy(&out.stderr)
     );
 }

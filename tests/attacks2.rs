@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 
 use capvault::{Error, KeyStoreKind, Vault, VaultOptions};
 
-const OTHER_UID: u32 = 4343;
-
 fn current_uid() -> u32 {
     let out = Command::new("id").arg("-u").output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
@@ -48,7 +46,7 @@ fn root_never_hands_a_file_to_the_holder_outside_requests() {
     std::fs::create_dir(&target).unwrap();
     let vault = tmp.path().join("v");
     std::fs::create_dir(&vault).unwrap();
-    std::os::unix::fs::chown(&vault, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+    std::os::unix::fs::chown(&vault, Some(common::other_uid()), Some(common::other_uid())).unwrap();
     std::fs::set_permissions(
         tmp.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -64,8 +62,8 @@ fn root_never_hands_a_file_to_the_holder_outside_requests() {
     let _race = Alive(
         Command::new("setpriv")
             .args([
-                &format!("--reuid={OTHER_UID}"),
-                &format!("--regid={OTHER_UID}"),
+                &format!("--reuid={uid}", uid = common::other_uid()),
+                &format!("--regid={uid}", uid = common::other_uid()),
                 "--clear-groups",
                 "/usr/bin/python3",
                 "-c",
@@ -78,7 +76,7 @@ fn root_never_hands_a_file_to_the_holder_outside_requests() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut planted = Vec::new();
     // Until a file the uid owns turns up (one root owns shows the race won already).
-    while Instant::now() < deadline && !planted.iter().any(|(_, uid)| *uid == OTHER_UID) {
+    while Instant::now() < deadline && !planted.iter().any(|(_, uid)| *uid == common::other_uid()) {
         let dir = vault.clone();
         // Each request may wait for an answer that never comes: left running.
         std::thread::spawn(move || {

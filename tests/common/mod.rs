@@ -9,6 +9,16 @@ use std::path::{Path, PathBuf};
 
 use capvault::KeyStoreKind;
 
+/// A second uid for the tests that need one (no account needed: `setpriv` switches to
+/// it), one per test process. The kernel's key quota is per uid and shared by every
+/// process on the machine (containers on one host included): a fixed uid would collect
+/// the keys of every run that ever died before removing them, until its quota is full.
+/// Away from the uid tests/handoff.rs uses, so their keyrings never meet.
+pub fn other_uid() -> u32 {
+    static UID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UID.get_or_init(|| 3_000_000 + rand::random::<u32>() % 1_000_000)
+}
+
 /// The keychains every keychain-backed test runs against on this platform. Opening
 /// one that is not usable fails with a message saying what to start; run the suite
 /// through `bash scripts/test.sh`, which provides both on Linux.

@@ -189,6 +189,10 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(Duration::from_secs(5))
+            // A pooled SQLite connection is a file handle, not a socket that can drop:
+            // a liveness ping before each query would only add a round trip to its
+            // worker thread.
+            .test_before_acquire(engine == Engine::Postgres)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if engine == Engine::Sqlite {

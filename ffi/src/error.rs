@@ -225,11 +225,24 @@ impl FfiReturn for () {
 /// unwinds into C, and becomes `CAPVAULT_ERR_PANIC` (or NULL). A success leaves the
 /// last error as it was.
 pub(crate) fn boundary<R: FfiReturn>(body: impl FnOnce() -> Result<R, Fail>) -> R {
+    boundary_noting(body, |_| {})
+}
+
+/// [`boundary`], and a failure (or panic) is also handed to `note` (outside the body, so
+/// after everything the body held is released). One `catch_unwind` per call: a second
+/// one nested inside kept the body from being compiled into the exported function and
+/// made a C call a third slower than the same call from Rust.
+pub(crate) fn boundary_noting<R: FfiReturn>(
+    body: impl FnOnce() -> Result<R, Fail>,
+    note: impl FnOnce(&Fail),
+) -> R {
     let fail = match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(value)) => return value,
         Ok(Err(fail)) => fail,
         Err(payload) => Fail::panic(payload),
     };
+    // Off the common path; whatever `note` does never unwinds into C either.
+    let _ = catch_unwind(AssertUnwindSafe(|| note(&fail)));
     set_last_error(&fail);
     R::failed(&fail)
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 use capvault_core::{Appended, Recipient, Vault, VaultOptions};
 
 use crate::bundle::capvault_bundle;
-use crate::error::{boundary, copy_out, describe, Fail};
+use crate::error::{boundary, boundary_noting, copy_out, describe, Fail, FfiReturn};
 use crate::fork;
 use crate::ptr::{opt_str, out_ptr, req_str, slice, write_out};
 use crate::*;
@@ -126,31 +126,32 @@ fn lookup(v: *const capvault) -> Result<&'static capvault, Fail> {
     Ok(handle)
 }
 
-/// Runs `f` on the open vault behind `v`, holding the handle's read lock. A failure
-/// (or panic) is also recorded as the handle's last error, while the handle is open: a
-/// call on a closed handle leaves its last failure (say, that of the final flush in
+/// The body of an exported function on a vault: runs `f` on the open vault behind `v`,
+/// holding the handle's read lock, inside the panic boundary. A failure (or panic) is
+/// also recorded as the handle's last error, while the handle is open: a call on a
+/// closed handle leaves its last failure (say, that of the final flush in
 /// `capvault_close`) as it was.
-fn with_vault<R>(
+fn on_vault<R: FfiReturn>(
     v: *const capvault,
     f: impl FnOnce(&Vault, &capvault) -> Result<R, Fail>,
-) -> Result<R, Fail> {
-    let handle = lookup(v)?;
-    let mut closed = false;
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        let guard = handle.vault.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(vault) = guard.as_ref() else {
-            closed = true;
-            return Err(Fail::closed());
-        };
-        f(vault, handle)
-    }))
-    .unwrap_or_else(|payload| Err(Fail::panic(payload)));
-    if let Err(fail) = &result {
-        if !closed {
-            handle.record(fail);
-        }
-    }
-    result
+) -> R {
+    let open_handle: Cell<Option<&capvault>> = Cell::new(None);
+    boundary_noting(
+        || {
+            let handle = lookup(v)?;
+            let guard = handle.vault.read().unwrap_or_else(PoisonError::into_inner);
+            let Some(vault) = guard.as_ref() else {
+                return Err(Fail::closed());
+            };
+            open_handle.set(Some(handle));
+            f(vault, handle)
+        },
+        |fail| {
+            if let Some(handle) = open_handle.get() {
+                handle.record(fail);
+            }
+        },
+    )
 }
 
 /// The C code of an append outcome.
@@ -404,10 +405,8 @@ pub extern "C" fn capvault_append_mouse_move(
     x: i32,
     y: i32,
 ) -> capvault_result {
-    boundary(|| {
-        with_vault(v, |vault, _| {
-            Ok(appended(vault.append_mouse_move(ts_us, x, y)?))
-        })
+    on_vault(v, |vault, _| {
+        Ok(appended(vault.append_mouse_move(ts_us, x, y)?))
     })
 }
 
@@ -422,12 +421,10 @@ pub extern "C" fn capvault_append_mouse_button(
     x: i32,
     y: i32,
 ) -> capvault_result {
-    boundary(|| {
-        with_vault(v, |vault, _| {
-            Ok(appended(
-                vault.append_mouse_button(ts_us, button, pressed, x, y)?,
-            ))
-        })
+    on_vault(v, |vault, _| {
+        Ok(appended(
+            vault.append_mouse_button(ts_us, button, pressed, x, y)?,
+        ))
     })
 }
 
@@ -439,10 +436,8 @@ pub extern "C" fn capvault_append_scroll(
     dx: i32,
     dy: i32,
 ) -> capvault_result {
-    boundary(|| {
-        with_vault(v, |vault, _| {
-            Ok(appended(vault.append_scroll(ts_us, dx, dy)?))
-        })
+    on_vault(v, |vault, _| {
+        Ok(appended(vault.append_scroll(ts_us, dx, dy)?))
     })
 }
 
@@ -460,12 +455,10 @@ pub unsafe extern "C" fn capvault_append_key(
     pressed: bool,
     text: *const c_char,
 ) -> capvault_result {
-    boundary(|| {
-        with_vault(v, |vault, _| {
-            // SAFETY: NULL or NUL-terminated (caller contract).
-            let text = unsafe { opt_str(text, "text") }?;
-            Ok(appended(vault.append_key(ts_us, key_code, pressed, text)?))
-        })
+    on_vault(v, |vault, _| {
+        // SAFETY: NULL or NUL-terminated (caller contract).
+        let text = unsafe { opt_str(text, "text") }?;
+        Ok(appended(vault.append_key(ts_us, key_code, pressed, text)?))
     })
 }
 
@@ -482,13 +475,11 @@ pub unsafe extern "C" fn capvault_append_window_focus(
     app: *const c_char,
     title: *const c_char,
 ) -> capvault_result {
-    boundary(|| {
-        with_vault(v, |vault, _| {
-            // SAFETY: NULL or NUL-terminated (caller contract).
-            let app = unsafe { req_str(app, "app") }?;
-            let title = unsafe { req_str(title, "title") }?;
-            Ok(appended(vault.append_window_focus(ts_us, app, title)?))
-        })
+    on_vault(v, |vault, _| {
+        // SAFETY: NULL or NUL-terminated (caller contract).
+        let app = unsafe { req_str(app, "app") }?;
+        let title = unsafe { req_str(title, "title") }?;
+        Ok(appended(vault.append_window_focus(ts_us, app, title)?))
     })
 }
 
@@ -513,16 +504,14 @@ pub unsafe extern "C" fn capvault_append_screenshot(
     data: *const u8,
     len: usize,
 ) -> capvault_result {
-    boundary(|| {
-        with_vault(v, |vault, handle| {
-            check_payload(handle, len, "len")?;
-            // SAFETY: per the caller contract; `len` was checked above.
-            let format = unsafe { req_str(format, "format") }?;
-            let data = unsafe { slice(data, len, "data") }?;
-            Ok(appended(
-                vault.append_screenshot(ts_us, width, height, format, data)?,
-            ))
-        })
+    on_vault(v, |vault, handle| {
+        check_payload(handle, len, "len")?;
+        // SAFETY: per the caller contract; `len` was checked above.
+        let format = unsafe { req_str(format, "format") }?;
+        let data = unsafe { slice(data, len, "data") }?;
+        Ok(appended(
+            vault.append_screenshot(ts_us, width, height, format, data)?,
+        ))
     })
 }
 
@@ -540,14 +529,12 @@ pub unsafe extern "C" fn capvault_append_custom(
     data: *const u8,
     len: usize,
 ) -> capvault_result {
-    boundary(|| {
-        with_vault(v, |vault, handle| {
-            check_payload(handle, len, "len")?;
-            // SAFETY: per the caller contract; `len` was checked above.
-            let kind = unsafe { req_str(kind, "kind") }?;
-            let data = unsafe { slice(data, len, "data") }?;
-            Ok(appended(vault.append_custom(ts_us, kind, data)?))
-        })
+    on_vault(v, |vault, handle| {
+        check_payload(handle, len, "len")?;
+        // SAFETY: per the caller contract; `len` was checked above.
+        let kind = unsafe { req_str(kind, "kind") }?;
+        let data = unsafe { slice(data, len, "data") }?;
+        Ok(appended(vault.append_custom(ts_us, kind, data)?))
     })
 }
 
@@ -555,11 +542,9 @@ pub unsafe extern "C" fn capvault_append_custom(
 /// `fsync: true` it survives a crash or power loss. Thread-safe.
 #[no_mangle]
 pub extern "C" fn capvault_flush(v: *mut capvault) -> capvault_result {
-    boundary(|| {
-        with_vault(v, |vault, _| {
-            vault.flush()?;
-            Ok(CAPVAULT_OK)
-        })
+    on_vault(v, |vault, _| {
+        vault.flush()?;
+        Ok(CAPVAULT_OK)
     })
 }
 
@@ -568,22 +553,18 @@ pub extern "C" fn capvault_flush(v: *mut capvault) -> capvault_result {
 /// pause survives restarts. Thread-safe.
 #[no_mangle]
 pub extern "C" fn capvault_pause(v: *mut capvault, seconds: u32) -> capvault_result {
-    boundary(|| {
-        with_vault(v, |vault, _| {
-            vault.pause(Duration::from_secs(seconds.into()))?;
-            Ok(CAPVAULT_OK)
-        })
+    on_vault(v, |vault, _| {
+        vault.pause(Duration::from_secs(seconds.into()))?;
+        Ok(CAPVAULT_OK)
     })
 }
 
 /// Ends a pause early. Resuming when not paused is harmless. Thread-safe.
 #[no_mangle]
 pub extern "C" fn capvault_resume(v: *mut capvault) -> capvault_result {
-    boundary(|| {
-        with_vault(v, |vault, _| {
-            vault.resume()?;
-            Ok(CAPVAULT_OK)
-        })
+    on_vault(v, |vault, _| {
+        vault.resume()?;
+        Ok(CAPVAULT_OK)
     })
 }
 
@@ -591,11 +572,9 @@ pub extern "C" fn capvault_resume(v: *mut capvault) -> capvault_result {
 /// Thread-safe.
 #[no_mangle]
 pub extern "C" fn capvault_rotate_key(v: *mut capvault) -> capvault_result {
-    boundary(|| {
-        with_vault(v, |vault, _| {
-            vault.rotate_dek()?;
-            Ok(CAPVAULT_OK)
-        })
+    on_vault(v, |vault, _| {
+        vault.rotate_dek()?;
+        Ok(CAPVAULT_OK)
     })
 }
 
@@ -616,19 +595,17 @@ pub unsafe extern "C" fn capvault_status_json(
     v: *mut capvault,
     out_json: *mut *mut c_char,
 ) -> capvault_result {
-    boundary(|| {
-        with_vault(v, |vault, _| {
-            let out = out_ptr(out_json, "out_json")?;
-            let status = vault.status()?;
-            let json = serde_json::to_string(&status)
-                .map_err(|e| Fail::new(CAPVAULT_ERR_STORAGE, format!("status: {e}")))?;
-            // serde_json escapes control characters, so the text has no NUL byte.
-            let json = CString::new(json)
-                .map_err(|_| Fail::new(CAPVAULT_ERR_STORAGE, "status: unexpected NUL byte"))?;
-            // SAFETY: checked by `out_ptr`; writable per the caller contract.
-            unsafe { write_out(out, json.into_raw()) };
-            Ok(CAPVAULT_OK)
-        })
+    on_vault(v, |vault, _| {
+        let out = out_ptr(out_json, "out_json")?;
+        let status = vault.status()?;
+        let json = serde_json::to_string(&status)
+            .map_err(|e| Fail::new(CAPVAULT_ERR_STORAGE, format!("status: {e}")))?;
+        // serde_json escapes control characters, so the text has no NUL byte.
+        let json = CString::new(json)
+            .map_err(|_| Fail::new(CAPVAULT_ERR_STORAGE, "status: unexpected NUL byte"))?;
+        // SAFETY: checked by `out_ptr`; writable per the caller contract.
+        unsafe { write_out(out, json.into_raw()) };
+        Ok(CAPVAULT_OK)
     })
 }
 
@@ -656,21 +633,19 @@ pub unsafe extern "C" fn capvault_seal_next(
     max_bytes: usize,
     out: *mut *mut capvault_bundle,
 ) -> capvault_result {
-    boundary(|| {
-        with_vault(v, |vault, _| {
-            let out = out_ptr(out, "out")?;
-            // SAFETY: NULL or NUL-terminated (caller contract).
-            let recipient: Recipient = unsafe { req_str(recipient, "recipient") }?
-                .parse::<Recipient>()
-                .map_err(capvault_core::Error::from)?;
-            let ptr = match vault.seal_next(&recipient, max_bytes)? {
-                Some(b) => capvault_bundle::new(b)?,
-                None => std::ptr::null_mut(),
-            };
-            // SAFETY: checked by `out_ptr`; writable per the caller contract.
-            unsafe { write_out(out, ptr) };
-            Ok(CAPVAULT_OK)
-        })
+    on_vault(v, |vault, _| {
+        let out = out_ptr(out, "out")?;
+        // SAFETY: NULL or NUL-terminated (caller contract).
+        let recipient: Recipient = unsafe { req_str(recipient, "recipient") }?
+            .parse::<Recipient>()
+            .map_err(capvault_core::Error::from)?;
+        let ptr = match vault.seal_next(&recipient, max_bytes)? {
+            Some(b) => capvault_bundle::new(b)?,
+            None => std::ptr::null_mut(),
+        };
+        // SAFETY: checked by `out_ptr`; writable per the caller contract.
+        unsafe { write_out(out, ptr) };
+        Ok(CAPVAULT_OK)
     })
 }
 
@@ -692,14 +667,12 @@ pub unsafe extern "C" fn capvault_ack(
     receipt: *const u8,
     receipt_len: usize,
 ) -> capvault_result {
-    boundary(|| {
-        with_vault(v, |vault, _| {
-            // SAFETY: per the caller contract.
-            let id = unsafe { req_str(bundle_id, "bundle_id") }?;
-            let receipt = unsafe { slice(receipt, receipt_len, "receipt") }?;
-            let receipt = (!receipt.is_empty()).then_some(receipt);
-            vault.ack(id, receipt)?;
-            Ok(CAPVAULT_OK)
-        })
+    on_vault(v, |vault, _| {
+        // SAFETY: per the caller contract.
+        let id = unsafe { req_str(bundle_id, "bundle_id") }?;
+        let receipt = unsafe { slice(receipt, receipt_len, "receipt") }?;
+        let receipt = (!receipt.is_empty()).then_some(receipt);
+        vault.ack(id, receipt)?;
+        Ok(CAPVAULT_OK)
     })
 }

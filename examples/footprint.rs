@@ -26,15 +26,26 @@ fn allocated(path: &std::path::Path) -> u64 {
     total
 }
 
+fn options() -> VaultOptions {
+    let mut o = VaultOptions::default();
+    o.keystore = KeyStoreKind::Keyutils;
+    o
+}
+
 fn open(name: &str, round: &str) -> (std::path::PathBuf, Vault) {
     let tmp = std::env::temp_dir().join(format!(
         "capvault-footprint-{}-{name}-{round}",
         std::process::id()
     ));
-    let mut o = VaultOptions::default();
-    o.keystore = KeyStoreKind::Keyutils;
-    let v = Vault::open(&tmp, "footprint", o).unwrap();
+    let v = Vault::open(&tmp, "footprint", options()).unwrap();
     (tmp, v)
+}
+
+/// Erases the vault (its keys would stay in the kernel keyring, against the user's key
+/// quota, until reboot), then removes what is left of the directory.
+fn discard(dir: &std::path::Path) {
+    Vault::erase(dir, "footprint", options()).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 fn run(name: &str, events: &[Event]) {
@@ -65,7 +76,7 @@ fn run(name: &str, events: &[Event]) {
         st.disk_bytes,
         plain as f64 / secs / 1e6
     );
-    std::fs::remove_dir_all(&dir).unwrap();
+    discard(&dir);
 
     // Ten rounds, each acknowledged before the next (the collector keeps up).
     let (dir, v) = open(name, "cycles");
@@ -90,7 +101,7 @@ fn run(name: &str, events: &[Event]) {
         disk as f64 / plain as f64,
         peak as f64 / plain as f64,
     );
-    std::fs::remove_dir_all(&dir).unwrap();
+    discard(&dir);
 }
 
 /// The machine's raw sequential write + fdatasync throughput for `bytes` bytes, in the

@@ -284,7 +284,9 @@ fn main() {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    vault.close().unwrap();
+    // Erased, not just removed: its keys would stay in the kernel keyring, against the
+    // user's key quota, until reboot.
+    vault.erase_open().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 
     // P7: CPU at 1 kHz mouse + 10 keys/s for 10 s. The same paced loop without the
@@ -333,6 +335,8 @@ fn main() {
     for (name, ns) in by_thread {
         println!("    {name:26} {:.3}%", pct(ns, secs));
     }
-    vault.close().unwrap();
+    // Erased, not just removed: its keys would stay in the kernel keyring, against the
+    // user's key quota, until reboot.
+    vault.erase_open().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }

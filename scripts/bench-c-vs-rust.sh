@@ -30,6 +30,8 @@ for t in "${THREADS[@]}"; do
   for r in $(seq 1 "$REPEATS"); do
     "$TARGET/release/examples/append_rust" "$work/r$t-$r" "$t" "$EVENTS" | awk '{print $(NF-1)}' >>"$work/rust"
     "$work/bench_append" "$work/c$t-$r" "$t" "$EVENTS" | awk '{print $(NF-1)}' >>"$work/c"
+    # The C API has no erase; without one the vault's keys stay in the kernel keyring.
+    "$TARGET/release/examples/append_rust" --erase "$work/c$t-$r"
     rm -rf "$work/r$t-$r" "$work/c$t-$r"
   done
   rust=$(median <"$work/rust")

@@ -3,7 +3,8 @@
 //! then one durable flush. examples/c/bench_append.c does the same through libcapvault.
 //!
 //! `append_rust VAULT_DIR THREADS EVENTS` prints `rust: THREADS threads, EVENTS events,
-//! SECONDS s, RATE events/s`. Keys in kernel keyutils; VAULT_DIR must not exist.
+//! SECONDS s, RATE events/s`, then erases the vault. Keys in kernel keyutils; VAULT_DIR
+//! must not exist. `append_rust --erase VAULT_DIR` erases the C half's vault.
 
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
@@ -12,14 +13,18 @@ use capvault_core::{KeyStoreKind, Vault, VaultOptions};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    let mut o = VaultOptions::default();
+    o.keystore = KeyStoreKind::Keyutils;
+    if args.len() == 3 && args[1] == "--erase" {
+        Vault::erase(&args[2], "bench", o).expect("erase");
+        return;
+    }
     if args.len() != 4 {
-        eprintln!("usage: append_rust VAULT_DIR THREADS EVENTS");
+        eprintln!("usage: append_rust VAULT_DIR THREADS EVENTS | append_rust --erase VAULT_DIR");
         std::process::exit(2);
     }
     let threads: u64 = args[2].parse().expect("THREADS");
     let events: u64 = args[3].parse().expect("EVENTS");
-    let mut o = VaultOptions::default();
-    o.keystore = KeyStoreKind::Keyutils;
     let vault = Arc::new(Vault::open(&args[1], "bench", o).expect("open"));
     let start = Arc::new(Barrier::new(threads as usize + 1));
     let per = events / threads;
@@ -45,10 +50,12 @@ fn main() {
     }
     vault.flush().expect("flush");
     let secs = t0.elapsed().as_secs_f64();
+    // Erased, not just closed: the script removes the directory, and the vault's keys
+    // would stay in the kernel keyring, against the user's key quota, until reboot.
     Arc::into_inner(vault)
         .expect("sole owner")
-        .close()
-        .expect("close");
+        .erase_open()
+        .expect("erase");
     let total = per * threads;
     println!(
         "rust: {threads} threads, {total} events, {secs:.3} s, {:.0} events/s",

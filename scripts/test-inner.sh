@@ -27,26 +27,33 @@ export RUSTUP_HOME=${RUSTUP_HOME:-$HOME/.rustup}
 [[ -d $HOME/.pyenv && -z ${PYENV_ROOT:-} ]] && export PYENV_ROOT=$HOME/.pyenv
 TEST_ROOT=$(mktemp -d "${TMPDIR:-/tmp}/capvault-test.XXXXXX")
 source scripts/services.sh
-# The kernel keys this run made (see test.sh): as root, those of its own gid; as
-# another user, those that were not there when it started.
-run_gid=$(id -g)
-keys_before=$(awk '$9 ~ /^capvault:/ {print $1}' /proc/keys 2>/dev/null | sort || true)
-remove_run_keys() {
-  local serial
-  if [[ $(id -u) == 0 && $run_gid -ge 5000000 ]]; then
-    awk -v gid="$run_gid" '$6 == 0 && $7 == gid && $9 ~ /^capvault:/ {print $1}' /proc/keys
-  elif [[ $(id -u) != 0 ]]; then
-    awk '$9 ~ /^capvault:/ {print $1}' /proc/keys | sort | comm -13 <(printf '%s\n' "$keys_before") -
-  fi | while read -r serial; do
-    keyctl invalidate "$((16#$serial))" 2>/dev/null || true
+# The kernel keys this run made (see test.sh): with a gid of its own, those of that gid
+# in the user keyring are removed at the end. Read through keyctl (`type;uid;gid;perm;
+# description`), not /proc/keys, which containers may mask.
+run_keys() {
+  local id
+  for id in $(keyctl rlist @u 2>/dev/null); do
+    keyctl rdescribe "$id" 2>/dev/null | awk -F';' -v id="$id" -v gid="$1" \
+      '$1 == "user" && $3 == gid && $5 ~ /^capvault:/ {print id}'
   done
 }
+remove_run_keys() {
+  local id gid=${CAPVAULT_TEST_KEY_GID:-}
+  if [[ -n $gid && $(id -g) == "$gid" ]]; then
+    for id in $(run_keys "$gid"); do
+      keyctl invalidate "$id" 2>/dev/null || true
+    done
+  elif command -v keyctl >/dev/null 2>&1; then
+    say "note: the capvault keys this run made stay in the kernel user keyring until reboot (it holds $(run_keys "$(id -g)" | wc -l) of gid $(id -g); see scripts/test.sh)"
+  fi
+}
 cleanup() {
-  remove_run_keys
   stop_services
   [[ -n ${PG_ROOT:-} ]] && rm -rf "$PG_ROOT"
   [[ -n ${GNOME_KEYRING_PID:-} ]] && kill "$GNOME_KEYRING_PID" 2>/dev/null || true
   rm -rf "$TEST_ROOT"
+  # Last, and never fatal: what it cannot remove is only left where it was.
+  remove_run_keys || true
 }
 trap cleanup EXIT
 export HOME=$TEST_ROOT/home

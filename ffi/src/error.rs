@@ -241,8 +241,11 @@ pub(crate) fn boundary_noting<R: FfiReturn>(
         Ok(Err(fail)) => fail,
         Err(payload) => Fail::panic(payload),
     };
-    // Off the common path; whatever `note` does never unwinds into C either.
-    let _ = catch_unwind(AssertUnwindSafe(|| note(&fail)));
+    // Off the common path; whatever `note` does never unwinds into C either (and a
+    // payload is forgotten, not dropped: its drop could panic again).
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| note(&fail))) {
+        std::mem::forget(payload);
+    }
     set_last_error(&fail);
     R::failed(&fail)
 }

@@ -147,8 +147,13 @@ fn on_vault<R: FfiReturn>(
             f(vault, handle)
         },
         |fail| {
+            // Only while the handle is still open: a close on another thread since the
+            // body ran has recorded its own outcome, which this must not overwrite.
             if let Some(handle) = open_handle.get() {
-                handle.record(fail);
+                let guard = handle.vault.read().unwrap_or_else(PoisonError::into_inner);
+                if guard.is_some() {
+                    handle.record(fail);
+                }
             }
         },
     )
@@ -675,4 +680,76 @@ pub unsafe extern "C" fn capvault_ack(
         vault.ack(id, receipt)?;
         Ok(CAPVAULT_OK)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CStr;
+
+    use super::*;
+    use crate::{CAPVAULT_ERR_CLOSED, CAPVAULT_ERR_INVALID_ARGUMENT, CAPVAULT_ERR_PANIC};
+
+    fn open(dir: &std::path::Path) -> *mut capvault {
+        let d = CString::new(dir.to_str().unwrap()).unwrap();
+        let u = CString::new("alice").unwrap();
+        let o = CString::new(r#"{"keystore": "keyutils"}"#).unwrap();
+        let mut v = std::ptr::null_mut();
+        // SAFETY: NUL-terminated strings and a pointer to write the handle to.
+        let rc = unsafe { capvault_open(d.as_ptr(), u.as_ptr(), o.as_ptr(), &mut v) };
+        assert_eq!(rc, CAPVAULT_OK);
+        v
+    }
+
+    fn handle_error(v: *const capvault) -> String {
+        let mut buf = [0u8; 512];
+        // SAFETY: a handle from `open` and a buffer of `buf.len()` bytes.
+        unsafe { capvault_handle_last_error(v, buf.as_mut_ptr().cast(), buf.len()) };
+        CStr::from_bytes_until_nul(&buf)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// The rules `on_vault` keeps with one `catch_unwind`: a failure or a panic of the
+    /// body is the call's result and the handle's last error, a panic never unwinds out
+    /// of it, a success leaves the last error, and a call on a closed handle leaves what
+    /// the close left.
+    #[test]
+    fn failures_and_panics_on_an_open_handle_are_its_last_error_and_never_unwind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = open(&tmp.path().join("v"));
+        assert_eq!(handle_error(v), "");
+
+        let rc: capvault_result = on_vault(v, |_, _| panic!("boom in the body"));
+        assert_eq!(rc, CAPVAULT_ERR_PANIC);
+        assert!(
+            handle_error(v).contains("boom in the body"),
+            "{}",
+            handle_error(v)
+        );
+
+        let rc = on_vault(v, |_, _| {
+            Err::<capvault_result, _>(Fail::invalid("bad thing"))
+        });
+        assert_eq!(rc, CAPVAULT_ERR_INVALID_ARGUMENT);
+        assert!(handle_error(v).contains("bad thing"));
+
+        assert_eq!(on_vault(v, |_, _| Ok(CAPVAULT_OK)), CAPVAULT_OK);
+        assert!(handle_error(v).contains("bad thing"));
+
+        // A failed lookup is not the handle's: a NULL handle names no handle at all.
+        let rc = on_vault(std::ptr::null(), |_, _| Ok(CAPVAULT_OK));
+        assert_ne!(rc, CAPVAULT_OK);
+
+        capvault_close(v);
+        let after_close = handle_error(v);
+        let ran = std::cell::Cell::new(false);
+        let rc = on_vault(v, |_, _| {
+            ran.set(true);
+            Err::<capvault_result, _>(Fail::invalid("after close"))
+        });
+        assert_eq!(rc, CAPVAULT_ERR_CLOSED);
+        assert!(!ran.get(), "the body ran on a closed handle");
+        assert_eq!(handle_error(v), after_close);
+    }
 }

@@ -13,10 +13,20 @@ use capvault::KeyStoreKind;
 /// it), one per test process. The kernel's key quota is per uid and shared by every
 /// process on the machine (containers on one host included): a fixed uid would collect
 /// the keys of every run that ever died before removing them, until its quota is full.
-/// Away from the uid tests/handoff.rs uses, so their keyrings never meet.
+/// Away from the uid tests/handoff.rs uses, so their keyrings never meet, and never the
+/// uid of an account (directory services hand out uids in this range too).
 pub fn other_uid() -> u32 {
     static UID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *UID.get_or_init(|| 3_000_000 + rand::random::<u32>() % 1_000_000)
+    *UID.get_or_init(|| loop {
+        let uid = 3_000_000 + rand::random::<u32>() % 1_000_000;
+        let taken = std::process::Command::new("getent")
+            .args(["passwd", &uid.to_string()])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !taken {
+            return uid;
+        }
+    })
 }
 
 /// The keychains every keychain-backed test runs against on this platform. Opening

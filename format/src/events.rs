@@ -258,6 +258,7 @@ impl Event {
     }
 
     /// Appends this event's event bytes to `out`.
+    #[inline]
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         // The pointer events are most of what is captured (thousands a second), and
         // postcard writes each varint through a slice copy: they are written here,
@@ -318,7 +319,7 @@ fn push_i32(out: &mut Vec<u8>, v: i32) {
 }
 
 /// A variant of a timestamp and two `i32` (a move, a scroll), with its index.
-#[inline]
+#[inline(always)]
 fn push_two_i32(out: &mut Vec<u8>, variant: u8, ts_us: i64, a: i32, b: i32) {
     out.reserve(1 + 10 + 5 + 5);
     out.push(variant);

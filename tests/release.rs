@@ -465,10 +465,7 @@ fn the_byte_budget_holds_under_sustained_capture() {
 #[test]
 fn the_refuse_budget_reports_storage_full() {
     let d = tempfile::tempdir().unwrap();
-    let mut o = options(KeyStoreKind::Keyutils);
-    o.policy.budget_bytes = 1 << 20;
-    o.policy.on_budget = capvault::BudgetAction::Refuse;
-    let v = Vault::open(d.path(), "alice", o).unwrap();
+    let v = refusing_vault(d.path(), 1 << 20);
     let shot = noise(300_000, 3);
     let mut full = false;
     for i in 0..10 {
@@ -489,17 +486,22 @@ fn the_refuse_budget_reports_storage_full() {
     v.close().unwrap();
 }
 
+/// A vault whose byte budget of `budget` refuses new data once used up.
+fn refusing_vault(dir: &std::path::Path, budget: u64) -> Vault {
+    let mut o = options(KeyStoreKind::Keyutils);
+    o.policy.budget_bytes = budget;
+    o.policy.on_budget = capvault::BudgetAction::Refuse;
+    Vault::open(dir, "alice", o).unwrap()
+}
+
 /// The writer holds records nobody flushed for up to 0.5 s (or 1 MiB); a refusing budget
-/// is still kept to within one payload: near the budget, records are written at once,
-/// so the append path's check sees them.
+/// is still kept to within one payload: the append path's check counts the bytes handed
+/// to the writer and not yet written as well as those on disk.
 #[test]
 fn the_refuse_budget_holds_without_flushes() {
     let d = tempfile::tempdir().unwrap();
     let budget = 4u64 << 20;
-    let mut o = options(KeyStoreKind::Keyutils);
-    o.policy.budget_bytes = budget;
-    o.policy.on_budget = capvault::BudgetAction::Refuse;
-    let v = Vault::open(d.path(), "alice", o).unwrap();
+    let v = refusing_vault(d.path(), budget);
     let shot = noise(200_000, 5);
     let mut refused = None;
     for i in 0..100 {

@@ -17,18 +17,32 @@ use crate::*;
 
 /// A failure on its way to the C caller: a result code and a message for
 /// `capvault_last_error`.
+///
+/// Boxed: a call's `Result<capvault_result, Fail>` then fits in two registers, and the
+/// success path of every call stays out of memory.
 #[derive(Debug)]
-pub(crate) struct Fail {
+pub(crate) struct Fail(Box<Failure>);
+
+#[derive(Debug)]
+pub(crate) struct Failure {
     pub(crate) code: capvault_result,
     pub(crate) msg: String,
 }
 
+impl std::ops::Deref for Fail {
+    type Target = Failure;
+
+    fn deref(&self) -> &Failure {
+        &self.0
+    }
+}
+
 impl Fail {
     pub(crate) fn new(code: capvault_result, msg: impl Into<String>) -> Fail {
-        Fail {
+        Fail(Box::new(Failure {
             code,
             msg: msg.into(),
-        }
+        }))
     }
 
     /// A required pointer argument was NULL.
@@ -232,17 +246,24 @@ pub(crate) fn boundary<R: FfiReturn>(body: impl FnOnce() -> Result<R, Fail>) -> 
 /// after everything the body held is released). One `catch_unwind` per call: a second
 /// one nested inside kept the body from being compiled into the exported function and
 /// made a C call a third slower than the same call from Rust.
+/// Compiled into each exported function, with the failure path out of line.
+#[inline(always)]
 pub(crate) fn boundary_noting<R: FfiReturn>(
     body: impl FnOnce() -> Result<R, Fail>,
     note: impl FnOnce(&Fail),
 ) -> R {
-    let fail = match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(value)) => return value,
-        Ok(Err(fail)) => fail,
-        Err(payload) => Fail::panic(payload),
-    };
-    // Off the common path; whatever `note` does never unwinds into C either (and a
-    // payload is forgotten, not dropped: its drop could panic again).
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(value)) => value,
+        Ok(Err(fail)) => failed(fail, note),
+        Err(payload) => failed(Fail::panic(payload), note),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn failed<R: FfiReturn>(fail: Fail, note: impl FnOnce(&Fail)) -> R {
+    // Whatever `note` does never unwinds into C either (and a payload is forgotten, not
+    // dropped: its drop could panic again).
     if let Err(payload) = catch_unwind(AssertUnwindSafe(|| note(&fail))) {
         std::mem::forget(payload);
     }

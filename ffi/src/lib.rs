@@ -21,6 +21,7 @@
 pub mod bundle;
 mod error;
 mod fork;
+mod inflight;
 mod ptr;
 pub mod strings;
 pub mod vault;

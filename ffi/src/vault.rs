@@ -2,15 +2,14 @@
 //!
 //! A handle is shared by reference between C threads. The pointer handed to C is the
 //! address of a `capvault` that is never freed (a closed handle keeps its small
-//! allocation, about 200 bytes, for the life of the process), so its address is never
+//! allocation for the life of the process), so its address is never
 //! given to a later `capvault_open`: a stale pointer stays CLOSED instead of reaching
 //! another vault. A process-wide registry lists every address handed out; a call checks
 //! its pointer there before dereferencing it, and each thread remembers the last
 //! pointer it checked, so the common case (one handle, many calls) takes no shared
-//! lock. The vault itself sits behind an `RwLock<Option<Vault>>`: every call holds the
-//! read lock for its duration, and `capvault_close` takes it out under the write lock,
-//! so closing on one thread while others are calling is safe (close waits for calls in
-//! flight).
+//! lock. The vault itself is `Shared` (see `inflight`): `capvault_close` takes it once
+//! the calls in flight on other threads have left it, and calls after that find it
+//! gone, so closing on one thread while others are calling is safe.
 //!
 //! Each handle also keeps its last failure (code and message), for runtimes whose
 //! calls hop between threads (Go, C#, Swift), and the fork generation it was opened in
@@ -21,7 +20,6 @@ use std::collections::BTreeSet;
 use std::ffi::{c_char, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 use capvault_core::{Appended, Recipient, Vault, VaultOptions};
@@ -29,13 +27,14 @@ use capvault_core::{Appended, Recipient, Vault, VaultOptions};
 use crate::bundle::capvault_bundle;
 use crate::error::{boundary, boundary_noting, copy_out, describe, Fail, FfiReturn};
 use crate::fork;
+use crate::inflight::{self, Shared, Slot};
 use crate::ptr::{opt_str, out_ptr, req_str, slice, write_out};
 use crate::*;
 
 /// An open vault (opaque). Create it with `capvault_open`, release it with
 /// `capvault_close`. One handle may be used from many threads at once.
 pub struct capvault {
-    vault: RwLock<Option<Vault>>,
+    vault: Shared<Vault>,
     /// `max_payload_bytes` of the options the vault was opened with, checked before a
     /// payload buffer is read.
     max_payload: usize,
@@ -55,7 +54,7 @@ impl capvault {
 
     /// True while the handle holds its vault (a close in progress counts as holding).
     fn holds(&self) -> bool {
-        self.vault.try_read().map_or(true, |g| g.is_some())
+        self.vault.holds()
     }
 }
 
@@ -88,12 +87,6 @@ fn in_use(dir: &str) -> Fail {
 /// The address of every handle this process handed out (none is ever freed).
 static HANDLES: parking_lot::RwLock<BTreeSet<usize>> = parking_lot::const_rwlock(BTreeSet::new());
 
-thread_local! {
-    /// The handle address this thread found in `HANDLES` last. No destructor, so it is
-    /// reachable while the thread exits.
-    static CHECKED: Cell<usize> = const { Cell::new(0) };
-}
-
 /// Held by the fork handlers across `fork()` (see `fork`).
 pub(crate) fn lock_registry() {
     std::mem::forget(HANDLES.write());
@@ -107,16 +100,15 @@ pub(crate) unsafe fn unlock_registry() {
 }
 
 /// The handle behind `v`, checked against the registry before it is dereferenced.
-fn lookup(v: *const capvault) -> Result<&'static capvault, Fail> {
+/// `mine` is this thread's slot, which keeps the last address this thread found there.
+#[inline]
+fn lookup(v: *const capvault, mine: Option<&Slot>) -> Result<&'static capvault, Fail> {
     if v.is_null() {
         return Err(Fail::null("v"));
     }
     let addr = v as usize;
-    if CHECKED.get() != addr {
-        if !HANDLES.read().contains(&addr) {
-            return Err(Fail::closed());
-        }
-        CHECKED.set(addr);
+    if mine.map(Slot::memo) != Some(addr) {
+        registered(addr, mine)?;
     }
     // SAFETY: every address in `HANDLES` is a `capvault` leaked by `capvault_open`.
     let handle = unsafe { &*v };
@@ -126,11 +118,25 @@ fn lookup(v: *const capvault) -> Result<&'static capvault, Fail> {
     Ok(handle)
 }
 
-/// The body of an exported function on a vault: runs `f` on the open vault behind `v`,
-/// holding the handle's read lock, inside the panic boundary. A failure (or panic) is
-/// also recorded as the handle's last error, while the handle is open: a call on a
-/// closed handle leaves its last failure (say, that of the final flush in
-/// `capvault_close`) as it was.
+/// Whether `addr` is a handle's, noted in `mine` when it is.
+#[cold]
+#[inline(never)]
+fn registered(addr: usize, mine: Option<&Slot>) -> Result<(), Fail> {
+    if !HANDLES.read().contains(&addr) {
+        return Err(Fail::closed());
+    }
+    if let Some(slot) = mine {
+        slot.set_memo(addr);
+    }
+    Ok(())
+}
+
+/// The body of an exported function on a vault: runs `f` on the open vault behind `v`
+/// (a close waits for it), inside the panic boundary. A failure (or panic) is also
+/// recorded as the handle's last error, while the handle is open: a call on a closed
+/// handle leaves its last failure (say, that of the final flush in `capvault_close`) as
+/// it was.
+#[inline]
 fn on_vault<R: FfiReturn>(
     v: *const capvault,
     f: impl FnOnce(&Vault, &capvault) -> Result<R, Fail>,
@@ -138,22 +144,21 @@ fn on_vault<R: FfiReturn>(
     let open_handle: Cell<Option<&capvault>> = Cell::new(None);
     boundary_noting(
         || {
-            let handle = lookup(v)?;
-            let guard = handle.vault.read().unwrap_or_else(PoisonError::into_inner);
-            let Some(vault) = guard.as_ref() else {
-                return Err(Fail::closed());
-            };
-            open_handle.set(Some(handle));
-            f(vault, handle)
+            let mine = inflight::this_thread();
+            let handle = lookup(v, mine)?;
+            handle
+                .vault
+                .with(mine, |vault| {
+                    open_handle.set(Some(handle));
+                    f(vault, handle)
+                })
+                .unwrap_or_else(|| Err(Fail::closed()))
         },
         |fail| {
             // Only while the handle is still open: a close on another thread since the
             // body ran has recorded its own outcome, which this must not overwrite.
             if let Some(handle) = open_handle.get() {
-                let guard = handle.vault.read().unwrap_or_else(PoisonError::into_inner);
-                if guard.is_some() {
-                    handle.record(fail);
-                }
+                handle.vault.while_there(|| handle.record(fail));
             }
         },
     )
@@ -316,7 +321,7 @@ pub unsafe extern "C" fn capvault_open(
             Err(e) => return Err(e.into()),
         };
         let handle: &'static capvault = Box::leak(Box::new(capvault {
-            vault: RwLock::new(Some(vault)),
+            vault: Shared::new(vault),
             max_payload,
             generation,
             last_error: parking_lot::Mutex::new(None),
@@ -347,20 +352,15 @@ pub extern "C" fn capvault_close(v: *mut capvault) {
         if v.is_null() {
             return Ok(());
         }
-        let handle = lookup(v)?;
-        let vault = handle
-            .vault
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(vault) = vault {
-            if let Err(e) = vault.close() {
+        let handle = lookup(v, inflight::this_thread())?;
+        handle.vault.close(|vault| match vault.map(Vault::close) {
+            Some(Err(e)) => {
                 let fail = Fail::from(e);
                 handle.record(&fail);
-                return Err(fail);
+                Err(fail)
             }
-        }
-        Ok(())
+            _ => Ok(()),
+        })
     })
 }
 
@@ -385,7 +385,7 @@ pub unsafe extern "C" fn capvault_handle_last_error(
     len: usize,
 ) -> usize {
     let body = || {
-        let msg = match lookup(v) {
+        let msg = match lookup(v, inflight::this_thread()) {
             Ok(handle) => handle.last_error.lock().clone().unwrap_or_default(),
             Err(fail) => fail.c_msg(),
         };
@@ -751,5 +751,61 @@ mod tests {
         assert_eq!(rc, CAPVAULT_ERR_CLOSED);
         assert!(!ran.get(), "the body ran on a closed handle");
         assert_eq!(handle_error(v), after_close);
+    }
+
+    /// `capvault_close` while 4 threads append: each append is accepted or CLOSED, and
+    /// the vault, reopened, holds exactly the accepted ones (none went into a vault
+    /// being dropped, none was lost by the final flush).
+    #[test]
+    fn a_close_while_threads_append_keeps_exactly_the_accepted_events() {
+        use capvault_core::{open_bundle, Event, Identity, KeyStoreKind, Suite};
+        use std::collections::BTreeSet;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("v");
+        let v = open(&dir) as usize;
+        let threads: Vec<_> = (0..4i64)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let mut accepted = Vec::new();
+                    for i in 0.. {
+                        let ts = 1_764_000_000_000_000 + i * 4 + t;
+                        match capvault_append_mouse_move(v as *mut capvault, ts, 1, 2) {
+                            CAPVAULT_OK => accepted.push(ts),
+                            CAPVAULT_ERR_CLOSED => return accepted,
+                            rc => panic!("append returned {rc}"),
+                        }
+                    }
+                    unreachable!()
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(30));
+        capvault_close(v as *mut capvault);
+        let accepted: BTreeSet<i64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        assert!(
+            accepted.len() > 100,
+            "{} appends before the close",
+            accepted.len()
+        );
+
+        let mut o = VaultOptions::default();
+        o.keystore = KeyStoreKind::Keyutils;
+        let vault = Vault::open(&dir, "alice", o.clone()).unwrap();
+        let identity = Identity::generate(Suite::X25519);
+        let mut stored = BTreeSet::new();
+        while let Some(b) = vault.seal_next(&identity.recipient(), 64 << 20).unwrap() {
+            for e in &open_bundle(b.bytes(), &identity).unwrap().events {
+                if let Event::MouseMove { ts_us, .. } = e.event {
+                    assert!(stored.insert(ts_us), "{ts_us} stored twice");
+                }
+            }
+            vault.ack(b.id(), None).unwrap();
+        }
+        vault.erase_open().unwrap();
+        assert_eq!(stored, accepted);
     }
 }

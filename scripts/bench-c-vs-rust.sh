@@ -6,7 +6,9 @@
 # Builds the release library and ffi/examples/append_rust.rs, compiles
 # examples/c/bench_append.c against the library, then for each thread count runs the two
 # alternately REPEATS times (fresh vault each run, keys in kernel keyutils) and prints
-# the median events/s of each and their ratio.
+# the median events/s of each, their ratio, and the median of the ratios of each C run
+# to the Rust run just before it (the machine's speed drifts between minutes; a pair
+# shares it).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
@@ -24,7 +26,7 @@ cc -O2 -std=c11 -pthread examples/c/bench_append.c -I "$work/prefix/include" \
   -L "$work/prefix/lib" -Wl,-rpath,"$work/prefix/lib" -lcapvault -o "$work/bench_append"
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-printf '| threads | Rust path (events/s, median of %s) | C path | C / Rust |\n|---|---|---|---|\n' "$REPEATS"
+printf '| threads | Rust path (events/s, median of %s) | C path | C / Rust | paired C / Rust |\n|---|---|---|---|---|\n' "$REPEATS"
 for t in "${THREADS[@]}"; do
   : >"$work/rust" && : >"$work/c"
   for r in $(seq 1 "$REPEATS"); do
@@ -36,6 +38,7 @@ for t in "${THREADS[@]}"; do
   done
   rust=$(median <"$work/rust")
   c=$(median <"$work/c")
-  awk -v t="$t" -v r="$rust" -v c="$c" \
-    'BEGIN {printf "| %s | %.2f M | %.2f M | %.1f%% |\n", t, r/1e6, c/1e6, 100*c/r}'
+  paired=$(paste "$work/c" "$work/rust" | awk '{print 100 * $1 / $2}' | median)
+  awk -v t="$t" -v r="$rust" -v c="$c" -v p="$paired" \
+    'BEGIN {printf "| %s | %.2f M | %.2f M | %.1f%% | %.1f%% |\n", t, r/1e6, c/1e6, 100*c/r, p}'
 done

@@ -310,22 +310,49 @@ fn push_varint(out: &mut Vec<u8>, mut v: u64) {
 
 #[inline]
 fn push_i64(out: &mut Vec<u8>, v: i64) {
-    push_varint(out, ((v << 1) ^ (v >> 63)) as u64);
+    push_varint(out, zigzag64(v));
 }
 
 #[inline]
 fn push_i32(out: &mut Vec<u8>, v: i32) {
-    push_varint(out, u64::from(((v << 1) ^ (v >> 31)) as u32));
+    push_varint(out, u64::from(zigzag32(v)));
 }
 
-/// A variant of a timestamp and two `i32` (a move, a scroll), with its index.
+/// A variant of a timestamp and two `i32` (a move, a scroll), with its index. Built in
+/// a local buffer and appended in one fixed-size copy (then cut to length): a `push`
+/// per byte stores the vector's length back to memory each time.
 #[inline(always)]
 fn push_two_i32(out: &mut Vec<u8>, variant: u8, ts_us: i64, a: i32, b: i32) {
-    out.reserve(1 + 10 + 5 + 5);
-    out.push(variant);
-    push_i64(out, ts_us);
-    push_i32(out, a);
-    push_i32(out, b);
+    let mut buf = [0u8; 1 + 10 + 5 + 5];
+    buf[0] = variant;
+    let n = put_varint(&mut buf, 1, zigzag64(ts_us));
+    let n = put_varint(&mut buf, n, u64::from(zigzag32(a)));
+    let n = put_varint(&mut buf, n, u64::from(zigzag32(b)));
+    let len = out.len();
+    out.extend_from_slice(&buf);
+    out.truncate(len + n);
+}
+
+/// Writes `v` as a varint into `buf` from `at`; returns the position after it.
+#[inline(always)]
+fn put_varint(buf: &mut [u8; 21], mut at: usize, mut v: u64) -> usize {
+    while v >= 0x80 {
+        buf[at] = v as u8 | 0x80;
+        v >>= 7;
+        at += 1;
+    }
+    buf[at] = v as u8;
+    at + 1
+}
+
+#[inline(always)]
+fn zigzag64(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+#[inline(always)]
+fn zigzag32(v: i32) -> u32 {
+    ((v << 1) ^ (v >> 31)) as u32
 }
 
 impl std::fmt::Debug for Event {

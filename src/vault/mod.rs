@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
@@ -151,7 +151,7 @@ pub(crate) struct Inner {
     outbox: outbox::Outbox,
     pub(crate) log: Log,
     pub(crate) ledger: crate::audit::Ledger,
-    pub(crate) producer: Mutex<Producer>,
+    pub(crate) producer: parking_lot::Mutex<Producer>,
     tx: SyncSender<Msg>,
     /// Bytes of records handed to the writer and not yet written (in its queue or held
     /// by it): a refusing byte budget counts them, or a writer behind capture would let
@@ -529,7 +529,7 @@ impl Vault {
         let options_upload = options.upload.clone();
         let outbox = outbox::Outbox::new(dir, user, options.fsync);
         let inner = Arc::new(Inner {
-            producer: Mutex::new(Producer {
+            producer: parking_lot::Mutex::new(Producer {
                 gate: PolicyGate::resumed(options.policy.clone(), in_denied_window),
                 framer,
             }),
@@ -1208,8 +1208,8 @@ impl Inner {
         Ok(guard)
     }
 
-    pub(crate) fn producer(&self) -> MutexGuard<'_, Producer> {
-        self.producer.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn producer(&self) -> parking_lot::MutexGuard<'_, Producer> {
+        self.producer.lock()
     }
 
     pub(crate) fn purpose_of(&self, version: u32) -> Result<String> {
@@ -1389,7 +1389,7 @@ impl Inner {
     /// Flushes while keeping the append lock: on return every appended event is stored
     /// and nothing new can be appended until the guard drops. Used by operations that
     /// change keys or read the whole log.
-    pub(crate) fn quiesce(&self) -> Result<MutexGuard<'_, Producer>> {
+    pub(crate) fn quiesce(&self) -> Result<parking_lot::MutexGuard<'_, Producer>> {
         self.check_live()?;
         let mut p = self.producer();
         let wait = self.request_flush(&mut p)?;

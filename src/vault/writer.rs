@@ -222,7 +222,7 @@ fn cut_old_frame(
     b: &mut Batch,
     timers: &mut Timers,
 ) -> Option<Instant> {
-    let Ok(mut producer) = inner.producer.try_lock() else {
+    let Some(mut producer) = inner.producer.try_lock() else {
         return Some(Instant::now() + Duration::from_millis(1));
     };
     if !producer.framer.is_older_than(age) {

@@ -15,10 +15,19 @@
 //!
 //! Where that barrier is not available (another OS, a seccomp filter), on a thread whose
 //! slot is gone (it is exiting: a call from another thread-local's destructor) and on a
-//! thread already inside a call (a call from a signal handler), a call takes the value's
-//! read lock instead, which close takes for writing.
+//! thread inside a call on another value (a call from a signal handler), a call takes
+//! the value's read lock instead, which close takes for writing. A call inside a call on
+//! the same value uses it through the interrupted call's slot (the lock may be held by a
+//! close waiting for that call), and a close there refuses rather than wait for itself.
+//! Should the barrier fail at close (a seccomp filter installed after the open), the
+//! value is never freed: calls in flight might still hold it.
+//!
+//! A thread whose first call comes from a POSIX thread-specific-data destructor (after
+//! its thread-locals were destroyed) keeps its slot for the life of the process: 128
+//! bytes, not a hazard.
 
 use std::cell::Cell;
+use std::marker::PhantomData;
 use std::ptr;
 use std::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -143,6 +152,15 @@ fn claim() -> Option<&'static Slot> {
     Some(slot)
 }
 
+/// Marks a close finished, by return or by panic.
+struct Released<'a>(&'a AtomicBool);
+
+impl Drop for Released<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
 /// Leaves the slot when the call ends, by return or by panic.
 struct InSlot(&'static Slot);
 
@@ -162,6 +180,32 @@ pub(crate) struct Shared<T> {
     fast: bool,
     /// Set once the close has finished with the value.
     released: AtomicBool,
+    /// `AtomicPtr` is `Send + Sync` whatever it points to; this keeps `Shared` from
+    /// being either on its own (see the impls below).
+    _value: PhantomData<*const T>,
+    #[cfg(test)]
+    refuse_barrier: AtomicBool,
+}
+
+// SAFETY: calls on many threads get `&T` (so `T: Sync`), and the close may drop or
+// move `T` on any thread (so `T: Send`).
+unsafe impl<T: Send + Sync> Sync for Shared<T> {}
+// SAFETY: moving a `Shared` moves the `T` it owns.
+unsafe impl<T: Send> Send for Shared<T> {}
+
+/// What `Shared::close` hands over.
+pub(crate) enum Taken<T: 'static> {
+    /// The value; no call uses it any more.
+    Value(T),
+    /// Nothing: an earlier close took it.
+    Gone,
+    /// The value, which calls in flight might still be using: the barrier that would
+    /// tell failed. It is left allocated for the life of the process, new calls find it
+    /// gone, and only what may run beside those calls may be done with it.
+    Stuck(&'static T),
+    /// Nothing done: the close was called from inside a call on the same value on this
+    /// thread (a signal handler), which it would wait for forever.
+    Inside,
 }
 
 impl<T> Shared<T> {
@@ -171,6 +215,9 @@ impl<T> Shared<T> {
             lock: RwLock::new(()),
             fast: barrier::register(),
             released: AtomicBool::new(false),
+            _value: PhantomData,
+            #[cfg(test)]
+            refuse_barrier: AtomicBool::new(false),
         }
     }
 
@@ -189,19 +236,32 @@ impl<T> Shared<T> {
         if self.fast {
             // No slot while the thread exits; a busy one means a call from a signal
             // handler that interrupted a call on this thread.
-            if let Some(slot) = mine.filter(|slot| slot.busy.load(Ordering::Relaxed) == 0) {
-                slot.busy.store(self.key(), Ordering::Relaxed);
-                let _leave = InSlot(slot);
-                // Ordered against the close by the barrier it runs on this thread.
-                compiler_fence(Ordering::SeqCst);
-                let value = self.value.load(Ordering::Acquire);
-                // SAFETY: not null, so the close has not taken it yet, and it waits for
-                // this slot (which holds our key until `_leave` drops) before dropping.
-                return unsafe { value.as_ref() }.map(f);
+            if let Some(slot) = mine {
+                let busy = slot.busy.load(Ordering::Relaxed);
+                if busy == 0 {
+                    // Release: a store after the last call's release of the slot must
+                    // not let a close see this one without that release.
+                    slot.busy.store(self.key(), Ordering::Release);
+                    let _leave = InSlot(slot);
+                    // Ordered against the close by the barrier it runs on this thread.
+                    compiler_fence(Ordering::SeqCst);
+                    let value = self.value.load(Ordering::Acquire);
+                    // SAFETY: not null, so the close has not taken it yet, and it waits
+                    // for this slot (our key until `_leave` drops) before dropping it.
+                    return unsafe { value.as_ref() }.map(f);
+                }
+                if busy == self.key() {
+                    // Inside a call on this value, interrupted: that call's slot keeps
+                    // the value from being dropped, and the lock could be held by a
+                    // close waiting for that call.
+                    let value = self.value.load(Ordering::Acquire);
+                    // SAFETY: as above, through the interrupted call's slot.
+                    return unsafe { value.as_ref() }.map(f);
+                }
             }
         }
-        // Recursive: a call from a signal handler on a thread inside a call must not
-        // queue behind a waiting close that waits for that call.
+        // Recursive: never queued behind a waiting close while this thread (in a call it
+        // interrupted) holds the read lock already.
         let _read = self.lock.read_recursive();
         let value = self.value.load(Ordering::Acquire);
         // SAFETY: the close takes the value only under the write lock.
@@ -212,31 +272,52 @@ impl<T> Shared<T> {
     /// takes the read lock, so a close in progress finishes before `f` runs (and `f`
     /// then does not run).
     pub(crate) fn while_there(&self, f: impl FnOnce()) {
-        let _read = self.lock.read();
+        let _read = self.lock.read_recursive();
         if !self.value.load(Ordering::Acquire).is_null() {
             f();
         }
     }
 
-    /// Takes the value once every call in flight has left it, and runs `f` on it (on
-    /// `None` when it was taken before) while calls wait: a call that starts meanwhile
-    /// finds it gone, and `while_there` runs after `f` (and skips its closure).
-    pub(crate) fn close<R>(&self, f: impl FnOnce(Option<T>) -> R) -> R {
+    /// Takes the value once every call in flight has left it, and runs `f` on what it
+    /// took while calls wait: a call that starts meanwhile finds the value gone, and
+    /// `while_there` runs after `f` (and skips its closure).
+    pub(crate) fn close<R>(&self, f: impl FnOnce(Taken<T>) -> R) -> R
+    where
+        T: 'static,
+    {
+        if this_thread().is_some_and(|slot| slot.busy.load(Ordering::Relaxed) == self.key()) {
+            return f(Taken::Inside);
+        }
         let _write = self.lock.write();
+        // Set however `f` ends, a panic included: the value is not held any more.
+        let _released = Released(&self.released);
         let value = self.value.swap(ptr::null_mut(), Ordering::SeqCst);
         if value.is_null() {
-            return f(None);
+            return f(Taken::Gone);
         }
         if self.fast {
-            barrier::everywhere();
+            let proven = barrier::everywhere() && !self.barrier_refused_in_test();
             self.wait_for_calls();
+            if !proven {
+                // SAFETY: from `Box::into_raw`, never freed from here on.
+                return f(Taken::Stuck(unsafe { &*value }));
+            }
         }
         // SAFETY: the pointer came from `Box::into_raw` and is null in `self.value` now;
         // no call holds it (slots checked above, read lock held by none).
         let value = unsafe { Box::from_raw(value) };
-        let result = f(Some(*value));
-        self.released.store(true, Ordering::Release);
-        result
+        f(Taken::Value(*value))
+    }
+
+    /// A refused barrier, injected by a test (no kernel refuses it here).
+    #[cfg(test)]
+    fn barrier_refused_in_test(&self) -> bool {
+        self.refuse_barrier.load(Ordering::SeqCst)
+    }
+
+    #[cfg(not(test))]
+    fn barrier_refused_in_test(&self) -> bool {
+        false
     }
 
     /// Whether the value is there or its close has not finished.
@@ -282,21 +363,11 @@ mod barrier {
         unsafe { libc::syscall(libc::SYS_membarrier, CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0 }
     }
 
-    /// Runs a full memory barrier on every running thread of this process.
-    pub(super) fn everywhere() {
+    /// Runs a full memory barrier on every running thread of this process; false when
+    /// the kernel refused (a seccomp filter installed after the registration).
+    pub(super) fn everywhere() -> bool {
         // SAFETY: as above.
-        let rc = unsafe { libc::syscall(libc::SYS_membarrier, CMD_PRIVATE_EXPEDITED, 0, 0) };
-        if rc != 0 {
-            // Only EPERM (not registered) is documented, and this process registered
-            // before its first call used a slot. Should a kernel refuse anyway, the
-            // close waits a scheduling period for stores in flight to drain and says so.
-            let err = std::io::Error::last_os_error();
-            eprintln!(
-                "capvault: membarrier failed after registration ({err}); closing after a \
-                 grace period"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        unsafe { libc::syscall(libc::SYS_membarrier, CMD_PRIVATE_EXPEDITED, 0, 0) == 0 }
     }
 }
 
@@ -307,7 +378,9 @@ mod barrier {
         false
     }
 
-    pub(super) fn everywhere() {}
+    pub(super) fn everywhere() -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
@@ -317,39 +390,49 @@ mod tests {
 
     use super::*;
 
-    /// A value that counts its uses and notices being used after it was dropped.
-    struct Probe {
+    /// What a probe's users and its drop write: outside the probe, so a use after the
+    /// drop reads `alive` false instead of freed memory.
+    #[derive(Default)]
+    struct State {
         uses: AtomicU64,
-        dropped: Arc<AtomicBool>,
         alive: AtomicBool,
     }
 
+    /// A value that counts its uses and notices being used after it was dropped.
+    struct Probe(Arc<State>);
+
     impl Probe {
-        fn new(dropped: &Arc<AtomicBool>) -> Self {
-            Probe {
-                uses: AtomicU64::new(0),
-                dropped: dropped.clone(),
-                alive: AtomicBool::new(true),
-            }
+        fn new() -> (Self, Arc<State>) {
+            let state = Arc::new(State::default());
+            state.alive.store(true, Ordering::SeqCst);
+            (Probe(state.clone()), state)
         }
 
         fn use_it(&self) {
-            assert!(self.alive.load(Ordering::SeqCst), "used after drop");
-            self.uses.fetch_add(1, Ordering::SeqCst);
+            assert!(self.0.alive.load(Ordering::SeqCst), "used after drop");
+            self.0.uses.fetch_add(1, Ordering::SeqCst);
             std::hint::spin_loop();
-            assert!(self.alive.load(Ordering::SeqCst), "dropped while in use");
+            assert!(self.0.alive.load(Ordering::SeqCst), "dropped while in use");
         }
     }
 
     impl Drop for Probe {
         fn drop(&mut self) {
-            self.alive.store(false, Ordering::SeqCst);
-            self.dropped.store(true, Ordering::SeqCst);
+            self.0.alive.store(false, Ordering::SeqCst);
         }
     }
 
-    fn leaked(shared: Shared<Probe>) -> &'static Shared<Probe> {
-        Box::leak(Box::new(shared))
+    fn leaked() -> (&'static Shared<Probe>, Arc<State>) {
+        let (probe, state) = Probe::new();
+        (Box::leak(Box::new(Shared::new(probe))), state)
+    }
+
+    /// The uses counted in the value a close took (which it then drops).
+    fn uses_of(taken: Taken<Probe>) -> u64 {
+        match taken {
+            Taken::Value(p) => p.0.uses.load(Ordering::SeqCst),
+            _ => panic!("the close did not get the value"),
+        }
     }
 
     #[test]
@@ -357,16 +440,19 @@ mod tests {
         // The suite runs on Linux, where membarrier(2) is there since 4.14: without it
         // the fast path would go untested.
         assert!(barrier::register());
+        fn send_and_sync<T: Send + Sync>() {}
+        send_and_sync::<Shared<capvault_core::Vault>>();
     }
 
     /// Calls on 4 threads while a close takes the value: every call either used the
     /// value before the close took it (its use counted in the value the close got) or
-    /// found it gone; none uses it after.
+    /// found it gone; none uses it after. (A close that skips the wait fails this; one
+    /// that skips the barrier cannot be caught by a test on x86, where the window it
+    /// closes is a store-buffer drain: that part rests on membarrier(2)'s contract.)
     #[test]
     fn a_close_waits_for_calls_in_flight_and_later_calls_find_the_value_gone() {
         for round in 0..50 {
-            let dropped = Arc::new(AtomicBool::new(false));
-            let shared = leaked(Shared::new(Probe::new(&dropped)));
+            let (shared, state) = leaked();
             assert!(shared.fast);
             let ok = Arc::new(AtomicU64::new(0));
             let threads: Vec<_> = (0..4)
@@ -381,18 +467,15 @@ mod tests {
                 })
                 .collect();
             std::thread::sleep(Duration::from_micros(200 * (round % 5)));
-            let uses = shared.close(|p| {
-                let p = p.expect("the value");
-                p.uses.load(Ordering::SeqCst)
-            });
-            assert!(dropped.load(Ordering::SeqCst));
+            let uses = shared.close(uses_of);
+            assert!(!state.alive.load(Ordering::SeqCst));
             for t in threads {
                 t.join().expect("no call saw the value dropped");
             }
             assert_eq!(uses, ok.load(Ordering::SeqCst), "round {round}");
             assert!(shared.with(this_thread(), |_| ()).is_none());
             assert!(!shared.holds());
-            assert!(shared.close(|p| p.is_none()));
+            assert!(shared.close(|t| matches!(t, Taken::Gone)));
         }
     }
 
@@ -415,8 +498,7 @@ mod tests {
         thread_local! {
             static AT_EXIT: Cell<Option<CallsAtExit>> = const { Cell::new(None) };
         }
-        let dropped = Arc::new(AtomicBool::new(false));
-        let shared = leaked(Shared::new(Probe::new(&dropped)));
+        let (shared, _) = leaked();
         let done = Arc::new(AtomicU64::new(0));
         let d = done.clone();
         std::thread::spawn(move || {
@@ -427,14 +509,13 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(done.load(Ordering::SeqCst), 1);
-        shared.close(|p| assert_eq!(p.unwrap().uses.load(Ordering::SeqCst), 2));
+        assert_eq!(shared.close(uses_of), 2);
     }
 
     /// Threads that come and go reuse the slots of threads that are gone.
     #[test]
     fn exited_threads_give_their_slots_back() {
-        let dropped = Arc::new(AtomicBool::new(false));
-        let shared = leaked(Shared::new(Probe::new(&dropped)));
+        let (shared, _) = leaked();
         for _ in 0..20 {
             std::thread::spawn(move || shared.with(this_thread(), |p| p.use_it()).unwrap())
                 .join()
@@ -454,8 +535,7 @@ mod tests {
     /// A close waits for a long call, and `while_there` runs only before the close.
     #[test]
     fn a_close_waits_for_a_long_call_and_while_there_skips_after_it() {
-        let dropped = Arc::new(AtomicBool::new(false));
-        let shared = leaked(Shared::new(Probe::new(&dropped)));
+        let (shared, state) = leaked();
         let (entered_tx, entered_rx) = std::sync::mpsc::channel();
         let finished = Arc::new(AtomicBool::new(false));
         let f = finished.clone();
@@ -471,38 +551,79 @@ mod tests {
         let ran = Cell::new(false);
         shared.while_there(|| ran.set(true));
         assert!(ran.get());
-        shared.close(|p| {
-            assert!(p.is_some());
+        shared.close(|t| {
+            assert!(matches!(t, Taken::Value(_)));
             assert!(finished.load(Ordering::SeqCst), "closed during the call");
         });
         assert!(call.join().unwrap().is_some());
-        assert!(dropped.load(Ordering::SeqCst));
+        assert!(!state.alive.load(Ordering::SeqCst));
         let ran = Cell::new(false);
         shared.while_there(|| ran.set(true));
         assert!(!ran.get());
     }
 
-    /// A call made inside a call on the same thread (as from a signal handler) takes
-    /// the lock instead of the busy slot, and both finish.
+    /// A call made inside a call on the same thread (as from a signal handler) works,
+    /// and a close there refuses instead of waiting for the call it interrupted.
     #[test]
-    fn a_call_inside_a_call_on_the_same_thread_works() {
-        let dropped = Arc::new(AtomicBool::new(false));
-        let shared = leaked(Shared::new(Probe::new(&dropped)));
+    fn calls_and_a_close_inside_a_call_on_the_same_thread_never_wait_for_it() {
+        let (shared, _) = leaked();
         let inner = shared.with(this_thread(), |p| {
             p.use_it();
+            assert!(shared.close(|t| matches!(t, Taken::Inside)));
             shared.with(this_thread(), |p| p.use_it())
         });
         assert_eq!(inner, Some(Some(())));
-        shared.close(|p| assert_eq!(p.unwrap().uses.load(Ordering::SeqCst), 2));
+        assert_eq!(shared.close(uses_of), 2);
+    }
+
+    /// A call inside a call on the same thread while a close on another thread holds
+    /// the lock and waits for the outer call: it finds the value gone at once (it must
+    /// not wait for the lock, which waits for it).
+    #[test]
+    fn a_call_inside_a_call_does_not_wait_for_a_close_that_waits_for_it() {
+        let (shared, state) = leaked();
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let call = std::thread::spawn(move || {
+            shared.with(this_thread(), |p| {
+                p.use_it();
+                entered_tx.send(()).unwrap();
+                // Until the close on the main thread has taken the value.
+                while !shared.value.load(Ordering::SeqCst).is_null() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                shared.with(this_thread(), |p| p.use_it())
+            })
+        });
+        entered_rx.recv().unwrap();
+        assert_eq!(shared.close(uses_of), 1);
+        assert_eq!(call.join().unwrap(), Some(None));
+        assert!(!state.alive.load(Ordering::SeqCst));
+    }
+
+    /// A refused barrier: the close gets the value only to share (it stays allocated,
+    /// never dropped), and calls after the close find it gone.
+    #[test]
+    fn a_refused_barrier_leaves_the_value_allocated_and_closed_to_calls() {
+        let (shared, state) = leaked();
+        shared.refuse_barrier.store(true, Ordering::SeqCst);
+        shared.with(this_thread(), |p| p.use_it()).unwrap();
+        shared.close(|t| match t {
+            Taken::Stuck(p) => p.use_it(),
+            _ => panic!("the close got the value to own"),
+        });
+        assert!(state.alive.load(Ordering::SeqCst), "dropped without proof");
+        assert_eq!(state.uses.load(Ordering::SeqCst), 2);
+        assert!(shared.with(this_thread(), |_| ()).is_none());
+        assert!(!shared.holds());
     }
 
     /// Without the barrier (`fast` false) the lock alone keeps the same rules.
     #[test]
     fn the_lock_alone_keeps_the_rules() {
-        let dropped = Arc::new(AtomicBool::new(false));
-        let mut slow = Shared::new(Probe::new(&dropped));
+        let (probe, _) = Probe::new();
+        let mut slow = Shared::new(probe);
         slow.fast = false;
-        let shared = leaked(slow);
+        let shared: &'static Shared<Probe> = Box::leak(Box::new(slow));
         let ok = Arc::new(AtomicU64::new(0));
         let threads: Vec<_> = (0..4)
             .map(|_| {
@@ -515,7 +636,7 @@ mod tests {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(2));
-        let uses = shared.close(|p| p.unwrap().uses.load(Ordering::SeqCst));
+        let uses = shared.close(uses_of);
         for t in threads {
             t.join().unwrap();
         }

@@ -17,6 +17,7 @@
 
 mod aead;
 mod audit;
+mod background;
 mod error;
 mod failpoint;
 mod files;

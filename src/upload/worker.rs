@@ -399,7 +399,10 @@ impl Uploader {
         let worker = shared.clone();
         let handle = std::thread::Builder::new()
             .name("capvault-upload".into())
-            .spawn(move || run(&inner, &worker, &opts))
+            .spawn(move || {
+                crate::background::enter();
+                run(&inner, &worker, &opts)
+            })
             .map_err(|e| Error::Storage(format!("cannot start the upload thread: {e}")))?;
         Ok(Uploader { shared, handle })
     }

@@ -570,7 +570,10 @@ impl Vault {
         let worker = inner.clone();
         let writer = std::thread::Builder::new()
             .name("capvault-writer".into())
-            .spawn(move || writer::run(worker, rx))
+            .spawn(move || {
+                crate::background::enter();
+                writer::run(worker, rx)
+            })
             .map_err(|e| Error::Storage(format!("cannot start the writer thread: {e}")))?;
         let worker = inner.clone();
         // Opened now, so that what is served is this vault's request directory even if
@@ -578,7 +581,10 @@ impl Vault {
         let requests = crate::handoff::Requests::open(&inner.dir());
         let maintenance = std::thread::Builder::new()
             .name("capvault-maintenance".into())
-            .spawn(move || limits::run(worker, requests, maintenance_woken))
+            .spawn(move || {
+                crate::background::enter();
+                limits::run(worker, requests, maintenance_woken)
+            })
             .map_err(|e| Error::Storage(format!("cannot start the maintenance thread: {e}")))?;
         #[allow(unused_mut)]
         let mut vault = Vault {

@@ -154,6 +154,7 @@ impl PolicyGate {
     }
 
     /// Decides whether `event` is stored and minimises it in place.
+    #[inline]
     pub(crate) fn admit(&mut self, event: &mut Event) -> Admission {
         let mut markers = Vec::new();
         if let Event::WindowFocus { app, title, .. } = event {

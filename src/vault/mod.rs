@@ -1300,7 +1300,9 @@ impl Inner {
             Admission::Drop(m) => (m, false),
         };
         let ts = event.ts_us();
-        self.push_markers_at(framer, ts, markers)?;
+        if !markers.is_empty() {
+            self.push_markers_at(framer, ts, markers)?;
+        }
         if store {
             let mut queue = Queue::new(self);
             let opens = framer.opens();

@@ -23,10 +23,13 @@ static unsigned long long per;
 static void *worker(void *arg) {
     unsigned long long t = (unsigned long long)(uintptr_t)arg;
     pthread_barrier_wait(&start);
-    for (unsigned long long i = 0; i < per; i++) {
-        unsigned long long n = t * per + i;
+    /* In locals, as an agent holds its handle: globals are reloaded after every call. */
+    capvault *vault = v;
+    const unsigned long long count = per;
+    for (unsigned long long i = 0; i < count; i++) {
+        unsigned long long n = t * count + i;
         capvault_result rc = capvault_append_mouse_move(
-            v, 1764000000000000LL + (int64_t)n * 125, (int32_t)(n % 1920), (int32_t)(n % 1080));
+            vault, 1764000000000000LL + (int64_t)n * 125, (int32_t)(n % 1920), (int32_t)(n % 1080));
         if (CAPVAULT_IS_ERROR(rc)) {
             fprintf(stderr, "append: %s\n", capvault_last_error());
             exit(1);

@@ -2,8 +2,8 @@
 //! waited for without a shared write on each call.
 //!
 //! `capvault_close` must not drop a vault while a call on another thread is using it. A
-//! reader-writer lock does that at the price of two atomic read-modify-writes on one
-//! shared cache line per call, a tenth of a small append. Instead each thread owns a
+//! reader-writer lock does that at the price of two atomic read-modify-writes per call on
+//! one cache line that every calling thread writes. Instead each thread owns a
 //! slot, on a cache line of its own, holding the address of the `Shared` it is calling
 //! on (0 when none). A call stores that address into its slot with a plain store, then
 //! reads the value's pointer; a close clears the pointer, makes every thread of the

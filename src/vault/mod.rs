@@ -151,6 +151,8 @@ pub(crate) struct Inner {
     outbox: outbox::Outbox,
     pub(crate) log: Log,
     pub(crate) ledger: crate::audit::Ledger,
+    /// The append lock. `parking_lot`'s spins before it parks: with several capturing
+    /// threads the std mutex put most contended appends to sleep through `futex`.
     pub(crate) producer: parking_lot::Mutex<Producer>,
     tx: SyncSender<Msg>,
     /// Bytes of records handed to the writer and not yet written (in its queue or held

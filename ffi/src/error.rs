@@ -245,8 +245,8 @@ pub(crate) fn boundary<R: FfiReturn>(body: impl FnOnce() -> Result<R, Fail>) -> 
 /// [`boundary`], and a failure (or panic) is also handed to `note` (outside the body, so
 /// after everything the body held is released). One `catch_unwind` per call: a second
 /// one nested inside kept the body from being compiled into the exported function and
-/// made a C call a third slower than the same call from Rust.
-/// Compiled into each exported function, with the failure path out of line.
+/// made a C call a third slower than the same call from Rust. Compiled into each
+/// exported function, with the failure path (`failed`) out of line.
 #[inline(always)]
 pub(crate) fn boundary_noting<R: FfiReturn>(
     body: impl FnOnce() -> Result<R, Fail>,

@@ -3,7 +3,8 @@
 //! append, flush, seal and acknowledge (a collector keeping up). Screenshot ingest is
 //! compared with writing the same bytes to a file and one fdatasync (SPEC P3).
 //!
-//! `cargo run --release --example footprint` (kernel keyutils holds the keys).
+//! `cargo run --release --example footprint [mouse|screenshots]` (both when not named;
+//! kernel keyutils holds the keys).
 
 use std::io::Write;
 use std::time::Instant;
@@ -118,7 +119,25 @@ fn raw_write(bytes: &[u8]) -> f64 {
 }
 
 fn main() {
+    let only = std::env::args().nth(1);
+    if let Some(w) = only
+        .as_deref()
+        .filter(|w| !["mouse", "screenshots"].contains(w))
+    {
+        eprintln!("unknown workload {w:?}: expected mouse or screenshots");
+        std::process::exit(2);
+    }
+    let wanted = |w: &str| only.as_deref().is_none_or(|o| o == w);
     let t0 = 1_764_000_000_000_000i64;
+    if wanted("mouse") {
+        mouse_moves(t0);
+    }
+    if wanted("screenshots") {
+        screenshots(t0);
+    }
+}
+
+fn mouse_moves(t0: i64) {
     let moves: Vec<Event> = (0..2_000_000i64)
         .map(|i| Event::MouseMove {
             ts_us: t0 + i * 125,
@@ -127,7 +146,9 @@ fn main() {
         })
         .collect();
     run("mouse moves (2,000,000)", &moves);
-    drop(moves);
+}
+
+fn screenshots(t0: i64) {
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let shots: Vec<Event> = (0..100i64)
         .map(|i| {

@@ -174,6 +174,10 @@ fn main() {
     let mut appends = Histogram::new();
     let mut shots = Histogram::new();
     let mut flushes = Histogram::new();
+    // Flushes that carry a screenshot (1.5 MB to sync) apart from the others.
+    let mut shot_flushes = Histogram::new();
+    let mut light_flushes = Histogram::new();
+    let mut shot_pending = false;
     let mut disk: Vec<(u64, u64)> = Vec::new();
     let mut peak_rss = 0;
     let mut released = 0usize;
@@ -219,12 +223,19 @@ fn main() {
                     .append_screenshot(ts, 1920, 1080, "png", &shot)
                     .unwrap();
                 shots.record(t.elapsed().as_nanos() as u64);
+                shot_pending = true;
             }
             if last_flush.elapsed() >= Duration::from_millis(100) {
                 last_flush = Instant::now();
                 let t = Instant::now();
                 vault.flush().unwrap();
-                flushes.record(t.elapsed().as_nanos() as u64);
+                let took = t.elapsed().as_nanos() as u64;
+                flushes.record(took);
+                if std::mem::take(&mut shot_pending) {
+                    shot_flushes.record(took);
+                } else {
+                    light_flushes.record(took);
+                }
             }
             if last_sample.elapsed() >= Duration::from_secs(5) {
                 last_sample = Instant::now();
@@ -264,6 +275,18 @@ fn main() {
         flushes.pct(0.99) as f64 / 1e6,
         flushes.pct(1.0) as f64 / 1e6
     );
+    for (what, h) in [
+        ("with a screenshot", &shot_flushes),
+        ("events only", &light_flushes),
+    ] {
+        println!(
+            "    {what:<17} p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} flushes)",
+            h.pct(0.5) as f64 / 1e6,
+            h.pct(0.99) as f64 / 1e6,
+            h.pct(1.0) as f64 / 1e6,
+            h.total
+        );
+    }
     // The disk's own floor for P5, same run: a flush syncs at least a segment, sled's
     // database and the durability mark, each a device flush.
     let raw = raw_sync_latency(&std::env::temp_dir(), 300);

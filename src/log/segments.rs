@@ -32,6 +32,9 @@ const MIN_SEGMENT_BYTES: u64 = 64 << 10;
 const HANDLES: usize = 16;
 /// Granularity of hole punching.
 const BLOCK: u64 = 4096;
+/// A write at least this large (a screenshot) is handed to the disk at once, so that the
+/// flush after it finds its bytes written and waits only for the device's flush.
+const WRITEBACK_AT_ONCE: usize = 512 << 10;
 
 /// Segment size for a byte budget (0: none): at most a sixteenth of the budget, so the
 /// dead front of one segment never holds the budget's slack.
@@ -330,6 +333,9 @@ impl Segments {
                 e,
             ));
         }
+        if self.fsync && buf.len() >= WRITEBACK_AT_ONCE {
+            start_writeback(f, start, buf.len() as u64);
+        }
         self.change(&mut st, active, |s| s.len = start + buf.len() as u64);
         st.dirty.insert(active);
         Ok((
@@ -608,6 +614,24 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 #[cfg(unix)]
 fn write_at(f: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
     std::os::unix::fs::FileExt::write_all_at(f, buf, offset)
+}
+
+/// Starts writing `len` bytes at `offset` back to the disk without waiting for them
+/// (Linux: `POSIX_FADV_DONTNEED` starts the writeback of dirty pages and leaves pages
+/// still being written in the cache). A hint only: durability still comes from the
+/// flush's `fdatasync`, so a refusal changes nothing.
+fn start_writeback(f: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = rustix::fs::fadvise(
+            f,
+            offset,
+            std::num::NonZeroU64::new(len),
+            rustix::fs::Advice::DontNeed,
+        );
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (f, offset, len);
 }
 
 #[cfg(unix)]

@@ -18,6 +18,8 @@
 //!   against all the plaintext, and the peak (after a round's ingest) against one
 //!   round's plaintext.
 
+#![forbid(unsafe_code)]
+
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -233,17 +235,14 @@ impl Layout for SegmentFiles {
                 None => *len,
             } & !4095;
             if upto > 0 {
-                use std::os::fd::AsRawFd;
-                // SAFETY: a plain system call on an open descriptor.
-                let rc = unsafe {
-                    libc::fallocate(
-                        f.as_raw_fd(),
-                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                        0,
-                        upto as libc::off_t,
-                    )
-                };
-                assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+                use rustix::fs::{fallocate, FallocateFlags};
+                fallocate(
+                    f,
+                    FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                    0,
+                    upto,
+                )
+                .expect("punching the released front of a segment");
             }
         }
     }

@@ -12,10 +12,11 @@
 //! Bytes on disk are counted after the store is closed. The vault keeps its keys in
 //! kernel keyutils.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use capvault::{Event, KeyStoreKind, Vault, VaultOptions};
+use capvault_harness::allocated;
 
 const REPEATS: usize = 3;
 const BATCH: u64 = 1000;
@@ -27,23 +28,6 @@ fn event(i: u64) -> Event {
         x: (i % 1920) as i32,
         y: (i % 1080) as i32,
     }
-}
-
-/// Bytes allocated to the files under `path`: what `du` counts (sparse files and
-/// punched holes count for nothing).
-fn dir_size(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    for e in std::fs::read_dir(path).unwrap() {
-        let e = e.unwrap();
-        let m = e.metadata().unwrap();
-        total += if m.is_dir() {
-            dir_size(&e.path())
-        } else {
-            m.blocks() * 512
-        };
-    }
-    total
 }
 
 fn fresh_dir(name: &str, rep: usize) -> PathBuf {
@@ -76,7 +60,7 @@ fn run_vault(n: u64, rep: usize) -> Run {
     v.flush().unwrap();
     let secs = start.elapsed().as_secs_f64();
     v.close().unwrap();
-    let disk_bytes = dir_size(&dir);
+    let disk_bytes = allocated(&dir);
     std::fs::remove_dir_all(&dir).unwrap();
     Run {
         events_per_s: n as f64 / secs,
@@ -101,7 +85,7 @@ fn run_raw_disk(n: u64, rep: usize) -> Run {
     file.sync_data().unwrap();
     let secs = start.elapsed().as_secs_f64();
     drop(file);
-    let disk_bytes = dir_size(&dir);
+    let disk_bytes = allocated(&dir);
     std::fs::remove_dir_all(&dir).unwrap();
     Run {
         events_per_s: n as f64 / secs,
@@ -122,7 +106,7 @@ fn run_sled(n: u64, rep: usize) -> Run {
     db.flush().unwrap();
     let secs = start.elapsed().as_secs_f64();
     drop(db);
-    let disk_bytes = dir_size(&dir);
+    let disk_bytes = allocated(&dir);
     std::fs::remove_dir_all(&dir).unwrap();
     Run {
         events_per_s: n as f64 / secs,
@@ -196,7 +180,7 @@ fn run_sqlcipher(n: u64, rep: usize) -> Run {
         !head.starts_with(b"SQLite format 3\0"),
         "database is not encrypted"
     );
-    let disk_bytes = dir_size(&dir);
+    let disk_bytes = allocated(&dir);
     std::fs::remove_dir_all(&dir).unwrap();
     Run {
         events_per_s: n as f64 / secs,

@@ -22,27 +22,13 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use capvault_harness::allocated;
+
 const OVERHEAD: usize = 40;
 const ROUNDS: usize = 10;
-
-/// Bytes allocated to the files under `path`.
-fn allocated(path: &Path) -> u64 {
-    let mut total = 0;
-    for e in std::fs::read_dir(path).unwrap() {
-        let e = e.unwrap();
-        let Ok(m) = e.metadata() else { continue };
-        total += if m.is_dir() {
-            allocated(&e.path())
-        } else {
-            m.blocks() * 512
-        };
-    }
-    total
-}
 
 /// `fsync` of every file and directory under `path` (sled removes old snapshots and
 /// blobs in the background: a file gone meanwhile needs nothing).

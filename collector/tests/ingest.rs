@@ -261,6 +261,60 @@ fn malformed_requests_get_400_and_oversized_bundles_413() {
 }
 
 #[test]
+fn a_bundle_sent_in_chunks_without_a_length_gets_the_receipt_of_the_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    let (_, token) = init(&dir);
+    let server = Server::start(&dir, &["--max-bundle-bytes", "100000"]);
+    let (id, _) = identity(tmp.path());
+    let mut dev = Device::new(13);
+    assert_eq!(server.enroll(&token, &dev).status, 201);
+
+    // Stored from 63-byte chunks (so one ends inside the signature), then sent whole:
+    // the retry gets the same answer.
+    let b1 = dev.seal_next(&id.recipient(), 40);
+    let chunked = server.upload_chunked(b1.bytes(), 63);
+    assert_eq!(chunked.status, 200, "{}", text(&chunked.body));
+    assert_eq!(chunked.json()["id"], b1.id());
+    assert_eq!(server.upload(b1.bytes()).json(), chunked.json());
+    // Stored whole, then sent in single bytes and in one chunk.
+    let b2 = dev.seal_next(&id.recipient(), 40);
+    let whole = server.upload(b2.bytes());
+    assert_eq!(whole.status, 200, "{}", text(&whole.body));
+    for chunk in [1, b2.bytes().len()] {
+        let r = server.upload_chunked(b2.bytes(), chunk);
+        assert_eq!(r.status, 200, "{}", text(&r.body));
+        assert_eq!(r.json(), whole.json());
+    }
+    // The stored blobs are the bytes sent.
+    for b in [&b1, &b2] {
+        let (_, segment, offset, len) = segment_entries(&dir)
+            .into_iter()
+            .find(|e| e.0 == hex(b.digest()))
+            .expect("the blob is in a segment");
+        let data = std::fs::read(segment).unwrap();
+        assert_eq!(&data[offset as usize..offset as usize + len], b.bytes());
+    }
+    assert_eq!(blob_count(&dir), 2);
+
+    // Chunked, a changed byte is refused like a whole body with one.
+    let b3 = dev.seal_next(&id.recipient(), 40);
+    let mut flipped = b3.bytes().to_vec();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    let r = server.upload_chunked(&flipped, 1000);
+    assert_eq!((r.status, r.code()), (400, "malformed_bundle".to_string()));
+    // A body that is not chunked as it says cannot be read.
+    let r = server.upload_raw_chunked(b"zz\r\nCVBUNDLE\r\n0\r\n\r\n");
+    assert_eq!((r.status, r.code()), (400, "bad_request".to_string()));
+    // Without a declared length the limit still holds.
+    let r = server.upload_chunked(&vec![0u8; 150_000], 10_000);
+    assert_eq!((r.status, r.code()), (413, "too_large".to_string()));
+    assert_eq!(blob_count(&dir), 2);
+    assert_eq!(server.upload(b3.bytes()).status, 200);
+}
+
+#[test]
 fn a_full_server_answers_429_with_retry_after() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("c");

@@ -84,7 +84,8 @@ fn fixed_header_len(version: u16) -> usize {
 /// Longest purpose string, in bytes.
 pub(crate) const MAX_PURPOSE_LEN: usize = 1024;
 const TAG_LEN: usize = 16;
-const SIG_LEN: usize = 64;
+/// Length of the device signature that ends every bundle.
+pub(crate) const SIG_LEN: usize = 64;
 
 /// The clear header of a bundle. It names no user and carries no event content.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -618,12 +619,55 @@ fn frame(bytes: &[u8]) -> Result<Framed<'_>> {
     })
 }
 
-/// Checks the device signature; returns the bundle digest.
-fn verify_signature(f: &Framed<'_>) -> Result<[u8; 32]> {
+/// SHA-256 over the first `len` bytes of one bundle buffer, kept by its owner as the
+/// bytes arrive so that the signed region is not read twice.
+pub(crate) struct RunningHash {
+    ctx: ring::digest::Context,
+    len: usize,
+}
+
+impl RunningHash {
+    pub(crate) fn new() -> RunningHash {
+        RunningHash {
+            ctx: ring::digest::Context::new(&ring::digest::SHA256),
+            len: 0,
+        }
+    }
+
+    /// How many leading bytes are hashed.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The hash of the bytes covered so far.
+    #[cfg(test)]
+    pub(crate) fn clone_finish(&self) -> ring::digest::Digest {
+        self.ctx.clone().finish()
+    }
+
+    /// Makes the hash cover exactly `bytes[..end]`. `bytes` must start with the bytes
+    /// hashed so far (the owner of the hash only ever appends to its buffer).
+    pub(crate) fn cover(&mut self, bytes: &[u8], end: usize) {
+        // Never the case: a buffer's hash stops 64 bytes short of its end, where the
+        // signature of a bundle that frames starts. Were it so, starting over keeps the
+        // result right.
+        debug_assert!(self.len <= end, "hashed {} bytes, past {end}", self.len);
+        if self.len > end {
+            *self = RunningHash::new();
+        }
+        self.ctx.update(&bytes[self.len..end]);
+        self.len = end;
+    }
+}
+
+/// Checks the device signature; returns the bundle digest. `hash` covers a prefix of
+/// `f.bytes` (none of it, or all of the signed region when it was hashed as it
+/// arrived); the rest of the signed region is hashed here.
+fn verify_signature(f: &Framed<'_>, mut hash: RunningHash) -> Result<[u8; 32]> {
     let device_key: [u8; 32] = f.bytes[32..64].try_into().expect("32 bytes");
     let sig = &f.bytes[f.signed_end..];
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(&f.bytes[..f.signed_end]);
+    hash.cover(f.bytes, f.signed_end);
+    let mut ctx = hash.ctx;
     let signed_hash = ctx.clone().finish();
     let msg = signature_input(f.version, signed_hash.as_ref());
     verify_ed25519(&device_key, &msg, sig).map_err(|_| {
@@ -649,8 +693,13 @@ fn decode_header(f: &Framed<'_>) -> Result<BundleHeader> {
 /// decrypt. Errors: not a bundle / unknown version / unknown suite -> InvalidArgument;
 /// truncated, trailing bytes, bad signature, malformed header -> Tampered.
 pub(crate) fn parse_bundle(bytes: &[u8]) -> Result<ParsedBundle<'_>> {
+    parse_hashed_bundle(bytes, RunningHash::new())
+}
+
+/// [`parse_bundle`] of bytes of which `hash` already covers a prefix.
+pub(crate) fn parse_hashed_bundle(bytes: &[u8], hash: RunningHash) -> Result<ParsedBundle<'_>> {
     let f = frame(bytes)?;
-    let digest = verify_signature(&f)?;
+    let digest = verify_signature(&f, hash)?;
     let header = decode_header(&f)?;
     Ok(ParsedBundle {
         header,

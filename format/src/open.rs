@@ -1,5 +1,6 @@
 //! The collector side of one bundle: inspect (framing and device signature, no key
-//! needed) and open (with the collector identity).
+//! needed), also of a bundle hashed as it arrives ([`IncomingBundle`]), and open (with
+//! the collector identity).
 //!
 //! Opening a bundle proves that it is intact and was signed by the device key *in its
 //! header*; it does not prove which device that is. That is what enrollment records
@@ -8,7 +9,10 @@
 use zeroize::Zeroize;
 
 use crate::audit::AuditEntry;
-use crate::bundle::{bundle_id, parse_and_open, parse_bundle, BundleHeader};
+use crate::bundle::{
+    bundle_id, parse_and_open, parse_bundle, parse_hashed_bundle, BundleHeader, ParsedBundle,
+    RunningHash, SIG_LEN,
+};
 use crate::error::{Error, Result};
 use crate::events::SeqEvent;
 use crate::recipient::Identity;
@@ -68,12 +72,74 @@ pub struct InspectedBundle {
 ///
 /// Errors as for [`open_bundle`] up to and including the signature check.
 pub fn inspect_bundle(bytes: &[u8]) -> Result<InspectedBundle> {
-    let p = parse_bundle(bytes)?;
-    Ok(InspectedBundle {
-        id: bundle_id(&p.digest),
-        digest: p.digest,
-        header: p.header,
-    })
+    parse_bundle(bytes).map(InspectedBundle::from_parsed)
+}
+
+impl InspectedBundle {
+    fn from_parsed(p: ParsedBundle<'_>) -> InspectedBundle {
+        InspectedBundle {
+            id: bundle_id(&p.digest),
+            digest: p.digest,
+            header: p.header,
+        }
+    }
+}
+
+/// A bundle being received piece by piece (an HTTP body), hashed as it arrives so that
+/// [`IncomingBundle::inspect`] does not read it all again.
+///
+/// Everything but the last 64 bytes received so far is hashed on [`push`](Self::push):
+/// those may turn out to be the signature, which the signed hash does not cover. The
+/// buffer and its hash are only ever changed together, so the hash always covers
+/// exactly the bytes before the last 64.
+pub struct IncomingBundle {
+    bytes: Vec<u8>,
+    hash: RunningHash,
+}
+
+impl IncomingBundle {
+    /// An empty bundle with room for `capacity` bytes (the declared length of the body,
+    /// when it is known and acceptable).
+    pub fn with_capacity(capacity: usize) -> IncomingBundle {
+        IncomingBundle {
+            bytes: Vec::with_capacity(capacity),
+            hash: RunningHash::new(),
+        }
+    }
+
+    /// Appends the next piece of the bundle.
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.bytes.extend_from_slice(chunk);
+        let signed_end = self.bytes.len().saturating_sub(SIG_LEN);
+        self.hash.cover(&self.bytes, signed_end);
+    }
+
+    /// The number of bytes received.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether nothing was received.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Checks the bytes received as [`inspect_bundle`] does (same checks, same errors,
+    /// same result) and hands them back, as they arrived, with the result.
+    pub fn inspect(self) -> Result<(InspectedBundle, Vec<u8>)> {
+        let IncomingBundle { bytes, hash } = self;
+        let inspected = parse_hashed_bundle(&bytes, hash).map(InspectedBundle::from_parsed)?;
+        Ok((inspected, bytes))
+    }
+}
+
+impl std::fmt::Debug for IncomingBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncomingBundle")
+            .field("len", &self.bytes.len())
+            .field("hashed", &self.hash.len())
+            .finish()
+    }
 }
 
 /// Parses, verifies and decrypts a bundle.
@@ -123,4 +189,29 @@ pub fn open_bundle(bytes: &[u8], identity: &Identity) -> Result<OpenedBundle> {
         id: bundle_id(&digest),
         digest,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_incoming_bundle_hashes_all_but_the_last_64_bytes_as_they_arrive() {
+        let bytes: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        for size in [1, 63, 64, 65, 300, 1000] {
+            let mut incoming = IncomingBundle::with_capacity(0);
+            for chunk in bytes.chunks(size) {
+                incoming.push(chunk);
+                let len = incoming.len();
+                assert_eq!(incoming.hash.len(), len.saturating_sub(SIG_LEN), "{size}");
+                let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+                ctx.update(&bytes[..incoming.hash.len()]);
+                assert_eq!(
+                    incoming.hash.clone_finish().as_ref(),
+                    ctx.finish().as_ref(),
+                    "{size}"
+                );
+            }
+        }
+    }
 }

@@ -8,7 +8,7 @@ use crate::chain::ChainChecker;
 use crate::device::DeviceKey;
 use crate::error::Error;
 use crate::events::{Event, KeyCategory, LossReason, Marker, SeqEvent};
-use crate::open::{inspect_bundle, open_bundle};
+use crate::open::{inspect_bundle, open_bundle, IncomingBundle, InspectedBundle};
 use crate::receipt::verify_receipt;
 use crate::recipient::{Identity, Suite};
 use crate::secret::Key32;
@@ -106,6 +106,16 @@ pub(crate) fn all_events(first_seq: u64, screenshot_len: usize) -> Vec<SeqEvent>
         .collect()
 }
 
+/// A device's first bundle, sealed to `id`.
+fn first_bundle(id: &Identity, events: &[SeqEvent], audit: &[AuditEntry]) -> super::SealedBundle {
+    seal_bundle(
+        &input(1, [0; 32], events, audit),
+        &id.recipient(),
+        &device(1),
+    )
+    .unwrap()
+}
+
 fn audit() -> Vec<AuditEntry> {
     vec![AuditEntry {
         seq: 1,
@@ -160,12 +170,7 @@ fn every_event_type_round_trips_with_a_2mb_screenshot() {
         let id = Identity::generate(suite);
         let events = all_events(40, 2 * 1024 * 1024);
         let audit = audit();
-        let b = seal_bundle(
-            &input(1, [0; 32], &events, &audit),
-            &id.recipient(),
-            &device(1),
-        )
-        .unwrap();
+        let b = first_bundle(&id, &events, &audit);
         let o = open_bundle(b.bytes(), &id).unwrap();
         assert_eq!(o.events, events);
         assert_eq!(o.audit, audit);
@@ -185,7 +190,7 @@ fn every_event_type_round_trips_with_a_2mb_screenshot() {
 #[test]
 fn empty_bundle_round_trips() {
     let id = Identity::generate(Suite::X25519);
-    let b = seal_bundle(&input(1, [0; 32], &[], &[]), &id.recipient(), &device(1)).unwrap();
+    let b = first_bundle(&id, &[], &[]);
     let o = open_bundle(b.bytes(), &id).unwrap();
     assert!(o.events.is_empty());
     assert_eq!(
@@ -203,12 +208,7 @@ fn every_bad_input_has_its_own_error() {
     let id = Identity::generate(Suite::X25519);
     let events = all_events(1, 1000);
     let audit = audit();
-    let b = seal_bundle(
-        &input(1, [0; 32], &events, &audit),
-        &id.recipient(),
-        &device(1),
-    )
-    .unwrap();
+    let b = first_bundle(&id, &events, &audit);
     let bytes = b.bytes();
     let hlen = FIXED_HEADER_LEN + "model-training".len();
 
@@ -503,7 +503,7 @@ fn streams_of_one_device_are_separate_chains() {
 fn receipts_bind_the_bundle() {
     let id = Identity::generate(Suite::X25519);
     let ev = all_events(1, 10);
-    let b1 = seal_bundle(&input(1, [0; 32], &ev, &[]), &id.recipient(), &device(1)).unwrap();
+    let b1 = first_bundle(&id, &ev, &[]);
     let b2 = seal_bundle(
         &input(2, *b1.digest(), &ev, &[]),
         &id.recipient(),
@@ -539,7 +539,7 @@ fn small_bundle() -> (Identity, Vec<u8>) {
     k[0] = 1;
     let id = Identity::from_raw(Suite::X25519, k, [4; 32]);
     let ev = all_events(1, 64);
-    let b = seal_bundle(&input(1, [0; 32], &ev, &[]), &id.recipient(), &device(1)).unwrap();
+    let b = first_bundle(&id, &ev, &[]);
     (id, b.into_bytes())
 }
 
@@ -572,6 +572,164 @@ proptest! {
             data[8..10].copy_from_slice(&1u16.to_be_bytes());
         }
         prop_assert!(open_bundle(&data, &id).is_err());
+    }
+}
+
+// ----- bundles hashed as they arrive -----
+
+/// `bytes` fed to an [`IncomingBundle`] in pieces that end at `cuts` (increasing
+/// offsets), then inspected; the bytes it hands back must be the bytes fed.
+fn receive(bytes: &[u8], cuts: &[usize], capacity: usize) -> crate::Result<InspectedBundle> {
+    let mut incoming = IncomingBundle::with_capacity(capacity);
+    let mut at = 0;
+    for &cut in cuts.iter().chain([&bytes.len()]) {
+        let cut = cut.clamp(at, bytes.len());
+        incoming.push(&bytes[at..cut]);
+        at = cut;
+    }
+    assert_eq!(incoming.len(), bytes.len());
+    assert_eq!(incoming.is_empty(), bytes.is_empty());
+    let (inspected, back) = incoming.inspect()?;
+    assert_eq!(back, bytes);
+    Ok(inspected)
+}
+
+/// Offsets every `size` bytes.
+fn every(size: usize, len: usize) -> Vec<usize> {
+    (1..=len / size).map(|i| i * size).collect()
+}
+
+/// The same outcome, field by field or error by error.
+fn assert_same(
+    got: crate::Result<InspectedBundle>,
+    want: crate::Result<InspectedBundle>,
+    what: &str,
+) {
+    match (got, want) {
+        (Ok(g), Ok(w)) => {
+            assert_eq!(g.id, w.id, "{what}");
+            assert_eq!(g.digest, w.digest, "{what}");
+            assert_eq!(g.header, w.header, "{what}");
+        }
+        (Err(g), Err(w)) => assert_eq!(g, w, "{what}"),
+        (g, w) => panic!("{what}: got {g:?}, inspect_bundle gives {w:?}"),
+    }
+}
+
+/// Every way to cut a body worth trying by hand: single bytes, pieces around the
+/// signature's length, network-sized pieces, and cuts at, just before and just after
+/// the start of the last 64 bytes.
+fn chunkings(len: usize) -> Vec<Vec<usize>> {
+    let mut out = vec![vec![], vec![0, 0, len, len]];
+    for size in [1, 63, 64, 65, 1000, 16 << 10, 64 << 10] {
+        out.push(every(size, len));
+    }
+    let sig = len.saturating_sub(64);
+    for cut in [sig.saturating_sub(1), sig, sig + 1] {
+        out.push(vec![cut]);
+        out.push(vec![cut / 2, cut]);
+    }
+    out.push((sig..=len).collect());
+    out
+}
+
+#[test]
+fn an_incoming_bundle_inspects_as_inspect_bundle_however_it_arrives() {
+    let id = Identity::generate(Suite::X25519);
+    let events = all_events(1, 300_000);
+    let audit = audit();
+    let b = first_bundle(&id, &events, &audit);
+    let bytes = b.bytes();
+    let want = inspect_bundle(bytes).unwrap();
+    assert_eq!(want.digest, *b.digest());
+    for cuts in chunkings(bytes.len()) {
+        // Pre-sized to the declared length, and grown from nothing.
+        for capacity in [bytes.len(), 0] {
+            let what = format!("{} pieces", cuts.len() + 1);
+            assert_same(receive(bytes, &cuts, capacity), Ok(want.clone()), &what);
+        }
+    }
+}
+
+#[test]
+fn an_incoming_bundle_fails_as_inspect_bundle_does() {
+    let (_, bytes) = small_bundle();
+    let len = bytes.len();
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    for at in [0, 9, 40, 200, len / 2, len - 65, len - 64, len - 1] {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x01;
+        cases.push((format!("byte {at} flipped"), bad));
+    }
+    // Shorter than a signature, shorter than a header, one byte short.
+    for n in [0, 1, 8, 10, 63, 64, 65, 100, len - 64, len - 1] {
+        cases.push((format!("first {n} bytes"), bytes[..n].to_vec()));
+    }
+    for extra in [1, 63, 64, 65, 1000] {
+        let mut longer = bytes.clone();
+        longer.resize(len + extra, 0);
+        cases.push((format!("{extra} trailing bytes"), longer));
+    }
+    cases.push(("63 bytes of garbage".into(), vec![0xAB; 63]));
+    cases.push(("64 bytes of garbage".into(), vec![0xAB; 64]));
+    let mut magic_only = b"CVBUNDLE\x00\x02".to_vec();
+    magic_only.resize(64, 0);
+    cases.push(("a 64-byte header start".into(), magic_only));
+    for (what, body) in cases {
+        let want = inspect_bundle(&body);
+        assert!(want.is_err(), "{what}");
+        for cuts in chunkings(body.len()) {
+            assert_same(receive(&body, &cuts, body.len()), want.clone(), &what);
+        }
+    }
+}
+
+/// Version 1 and 2 bundles as committed, good and bad alike.
+#[test]
+fn committed_bundle_vectors_inspect_the_same_as_they_arrive() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/vectors/bundles");
+    let mut n = 0;
+    for version in ["v1", "v2"] {
+        for entry in std::fs::read_dir(root.join(version)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|x| x != "cvb") {
+                continue;
+            }
+            let raw = std::fs::read(&path).unwrap();
+            let split = raw.windows(2).position(|w| w == b"\n\n").unwrap();
+            let body = &raw[split + 2..];
+            let what = path.display().to_string();
+            for cuts in chunkings(body.len()) {
+                assert_same(receive(body, &cuts, 0), inspect_bundle(body), &what);
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 30, "{n} vectors");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn any_split_of_an_incoming_bundle_inspects_the_same(
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+        flip in proptest::option::of((any::<prop::sample::Index>(), 0u8..8)),
+        cut_to in proptest::option::of(any::<prop::sample::Index>()),
+        extra in proptest::collection::vec(any::<u8>(), 0..3),
+    ) {
+        let (_, mut bytes) = small_bundle();
+        if let Some((pos, bit)) = flip {
+            let i = pos.index(bytes.len());
+            bytes[i] ^= 1 << bit;
+        }
+        if let Some(n) = cut_to {
+            bytes.truncate(n.index(bytes.len() + 1));
+        }
+        bytes.extend_from_slice(&extra);
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+        cuts.sort_unstable();
+        assert_same(receive(&bytes, &cuts, 0), inspect_bundle(&bytes), "random split");
     }
 }
 

@@ -123,6 +123,35 @@ impl Server {
     pub fn upload(&self, bundle: &[u8]) -> Resp {
         self.post("/v1/bundles", "application/octet-stream", bundle)
     }
+
+    /// An upload with `Transfer-Encoding: chunked` and no Content-Length, the body in
+    /// chunks of `chunk` bytes.
+    pub fn upload_chunked(&self, bundle: &[u8], chunk: usize) -> Resp {
+        let mut body = Vec::new();
+        for c in bundle.chunks(chunk) {
+            body.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+            body.extend_from_slice(c);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"0\r\n\r\n");
+        self.upload_raw_chunked(&body)
+    }
+
+    /// An upload with `Transfer-Encoding: chunked` whose encoded body is `raw`, as is.
+    pub fn upload_raw_chunked(&self, raw: &[u8]) -> Resp {
+        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "POST /v1/bundles HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            self.addr
+        )
+        .unwrap();
+        // The server may answer (413) before reading all of it: ignore a reset here.
+        let _ = s.write_all(raw);
+        let _ = s.flush();
+        read_response(&mut s).expect("the request completes")
+    }
 }
 
 impl Drop for Server {
@@ -189,6 +218,11 @@ pub fn exchange<S: Read + Write>(
     // The server may answer (413) before reading a large body: ignore a reset here.
     let _ = s.write_all(body);
     let _ = s.flush();
+    read_response(s)
+}
+
+/// Reads an answer until the server closes the connection.
+pub fn read_response<S: Read>(s: &mut S) -> std::io::Result<Resp> {
     let mut raw = Vec::new();
     let mut buf = [0u8; 8192];
     loop {

@@ -1,10 +1,14 @@
 //! Soak harness for SPEC P5-P7: a capture agent at 8 kHz mouse + 1 screenshot/s (1.5 MB,
-//! incompressible) with a flush every 100 ms and continuous seal/ack on another thread.
+//! incompressible) with a flush every 100 ms, alone and then with continuous seal/ack on
+//! another thread.
 //! Reports append and flush latency percentiles (with the disk's own write + fdatasync
 //! latency beside them), peak RSS, disk use over time, and the CPU the vault uses under
 //! a 1 kHz mouse + 10 keys/s load.
 //!
-//! `cargo run --release --example soak -- [SECONDS]` (default 60; SPEC P6 asks for 600).
+//! `cargo run --release --example soak -- [SECONDS] [capture|release|both]`: SECONDS per
+//! phase (default 60; SPEC P6 asks for 600). `capture` is the load of SPEC P5 alone,
+//! `release` adds continuous seal/ack (SPEC P6), `both` (the default) runs one after
+//! the other.
 
 use std::time::{Duration, Instant};
 
@@ -151,11 +155,18 @@ fn options() -> VaultOptions {
     o
 }
 
-fn main() {
-    let secs: u64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+/// What the capture phase runs beside the agent.
+#[derive(Clone, Copy, PartialEq)]
+enum Release {
+    /// Nothing: the load of SPEC P5 (8 kHz mouse + 1 fps screenshots).
+    None,
+    /// Seal and acknowledge as fast as bundles come: the load of SPEC P6.
+    Continuous,
+}
+
+/// The agent at 8 kHz mouse + 1 screenshot/s with a flush every 100 ms for `secs`, with
+/// `release` beside it; prints latencies, peak RSS and disk use.
+fn capture(secs: u64, release: Release) {
     let dir = std::env::temp_dir().join(format!("capvault-soak-{}", std::process::id()));
     let vault = Vault::open(&dir, "soak", options()).unwrap();
     let id = Identity::generate(Suite::X25519);
@@ -183,18 +194,20 @@ fn main() {
     let mut released = 0usize;
     std::thread::scope(|s| {
         // The uploader: seal and acknowledge as fast as bundles come.
-        let uploader = s.spawn(|| {
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match vault.seal_next(&id.recipient(), 16 << 20).unwrap() {
-                    Some(b) => {
-                        vault.ack(b.id(), None).unwrap();
-                        n += 1;
+        let uploader = (release == Release::Continuous).then(|| {
+            s.spawn(|| {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match vault.seal_next(&id.recipient(), 16 << 20).unwrap() {
+                        Some(b) => {
+                            vault.ack(b.id(), None).unwrap();
+                            n += 1;
+                        }
+                        None => std::thread::sleep(Duration::from_millis(50)),
                     }
-                    None => std::thread::sleep(Duration::from_millis(50)),
                 }
-            }
-            n
+                n
+            })
         });
         let start = Instant::now();
         let tick = Duration::from_micros(125); // 8 kHz
@@ -253,9 +266,17 @@ fn main() {
             vault.status().unwrap().disk_bytes,
         ));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        released = uploader.join().unwrap();
+        if let Some(uploader) = uploader {
+            released = uploader.join().unwrap();
+        }
     });
-    println!("soak: {secs} s at 8 kHz mouse + 1 fps 1.5 MB screenshots, flush every 100 ms, continuous seal/ack");
+    let beside = match release {
+        Release::None => "nothing released (SPEC P5)",
+        Release::Continuous => "continuous seal/ack (SPEC P6)",
+    };
+    println!(
+        "soak: {secs} s at 8 kHz mouse + 1 fps 1.5 MB screenshots, flush every 100 ms, {beside}"
+    );
     println!(
         "  mouse append   p50 {:.2} us  p99 {:.2} us  p99.9 {:.2} us  max {:.0} us  ({} appends)",
         appends.pct(0.5) as f64 / 1e3,
@@ -311,6 +332,23 @@ fn main() {
     // user's key quota, until reboot.
     vault.erase_open().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let secs: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let phases: &[Release] = match args.next().as_deref() {
+        None | Some("both") => &[Release::None, Release::Continuous],
+        Some("capture") => &[Release::None],
+        Some("release") => &[Release::Continuous],
+        Some(other) => {
+            eprintln!("soak: unknown phase {other:?} (capture, release or both)");
+            std::process::exit(2);
+        }
+    };
+    for &release in phases {
+        capture(secs, release);
+    }
 
     // P7: CPU at 1 kHz mouse + 10 keys/s for 10 s. The same paced loop without the
     // vault first: sleeping and waking 100 times a second is the harness's cost, not

@@ -823,3 +823,32 @@ fn the_longest_user_name_works_in_every_keychain() {
         );
     }
 }
+
+/// Promise (src/log/store.rs: a flush answers before the durability mark names it, and
+/// a mark that cannot be written fails the next flush): nothing fails silently.
+#[test]
+fn a_durability_mark_that_cannot_be_written_fails_the_next_flush() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("vault");
+    let v = Vault::open(&dir, "alice", options(KeyStoreKind::Keyutils)).unwrap();
+    common::flushed_moves(&v, 10, 0);
+    let mark = dir.join("durable");
+    let good = std::fs::read(&mark).unwrap();
+    std::fs::remove_file(&mark).unwrap();
+    std::fs::create_dir(&mark).unwrap();
+    // This flush's records are durable when it answers; the mark after it fails.
+    common::flushed_moves(&v, 10, 100);
+    let failed = common::try_flushed_moves(&v, 10, 200);
+    match failed {
+        Err(Error::Storage(m)) => assert!(m.contains("durability mark"), "{m}"),
+        other => panic!("a flush went on without its mark: {other:?}"),
+    }
+    std::fs::remove_dir(&mark).unwrap();
+    std::fs::write(&mark, &good).unwrap();
+    common::flushed_moves(&v, 10, 300);
+    v.close().unwrap();
+    let v = Vault::open(&dir, "alice", options(KeyStoreKind::Keyutils)).unwrap();
+    // Every appended move is there: the failed flush lost nothing either.
+    assert_eq!(v.test_read_all().unwrap().len(), 40);
+    v.erase_open().unwrap();
+}

@@ -68,6 +68,16 @@ pub(crate) struct Log {
     trimmed: u64,
 }
 
+/// Records sealed and written to the segments, not yet indexed.
+struct SealedWrite {
+    /// The head after them.
+    head: Head,
+    /// Their index entries (key, location).
+    entries: Vec<(sled::IVec, sled::IVec)>,
+    /// What to pass to [`Segments::undo`] if the index write fails.
+    written: segments::Written,
+}
+
 /// A write of the stored state (src/vault/state.rs) rewrites the log head with the new
 /// state generation in the same transaction: the locked log, the head to write and the
 /// log changes that go with it (eviction).
@@ -556,9 +566,11 @@ impl Log {
         Ok(bound.then_some(head.state_gen))
     }
 
-    /// Seals `jobs` as the records after `head` under the DEK of `epoch`, counting them into
-    /// `count`. Returns the sealed values and the new head.
-    fn seal_jobs(
+    /// Seals `jobs` as the records after `head` under the DEK of `epoch`, counting them
+    /// into `count`, and writes them to the segments as they are sealed (a large batch's
+    /// first bytes go to the disk while the rest of it is sealed). Returns the new head,
+    /// the records' index entries and the write (to undo if the index write fails).
+    fn seal_and_write(
         &self,
         jobs: &[Job],
         head: &Head,
@@ -566,11 +578,20 @@ impl Log {
         purpose_of: &dyn Fn(u32) -> Result<String>,
         now_us: i64,
         count: &mut EpochCount,
-    ) -> Result<(Vec<Vec<u8>>, Head)> {
+    ) -> Result<SealedWrite> {
+        // Looked up before the segments' lock is taken: no other lock is taken under it.
+        let mut purposes: BTreeMap<u32, String> = BTreeMap::new();
+        for job in jobs {
+            if let std::collections::btree_map::Entry::Vacant(slot) =
+                purposes.entry(job.policy_version)
+            {
+                slot.insert(purpose_of(job.policy_version)?);
+            }
+        }
+        crate::failpoint::hit("segments:before-write")?;
+        let mut appending = self.segments.begin(epoch)?;
         let mut seq = head.last_seq;
         let mut prev = head.last_tag;
-        let mut values = Vec::with_capacity(jobs.len());
-        let mut purposes: BTreeMap<u32, String> = BTreeMap::new();
         for job in jobs {
             seq += 1;
             let header = RecordHeader {
@@ -580,11 +601,6 @@ impl Log {
                 policy_version: job.policy_version,
                 created_us: now_us,
             };
-            if let std::collections::btree_map::Entry::Vacant(slot) =
-                purposes.entry(job.policy_version)
-            {
-                slot.insert(purpose_of(job.policy_version)?);
-            }
             let v = self.binding.seal(
                 seq,
                 &header,
@@ -596,7 +612,7 @@ impl Log {
             prev = tag_of(&v);
             count.records += 1;
             count.bytes += v.len() as u64;
-            values.push(v);
+            appending.push(seq, &v)?;
         }
         let head = Head {
             last_seq: seq,
@@ -604,28 +620,12 @@ impl Log {
             next_event_seq: jobs.last().map_or(head.next_event_seq, |j| j.end_event_seq),
             state_gen: head.state_gen,
         };
-        Ok((values, head))
-    }
-
-    /// Writes sealed records after `first_seq - 1` to the segments; returns their index
-    /// entries and the write (to undo if the index write fails).
-    fn write_segments(
-        &self,
-        first_seq: u64,
-        values: &[Vec<u8>],
-        epoch: u32,
-    ) -> Result<(Vec<(sled::IVec, sled::IVec)>, segments::Written)> {
-        let records: Vec<(u64, &[u8])> = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (first_seq + i as u64, v.as_slice()))
-            .collect();
-        crate::failpoint::hit("segments:before-write")?;
-        let (locs, written) = self.segments.append(&records, epoch)?;
+        let (locs, written) = appending.finish()?;
         if let Err(e) = crate::failpoint::hit("segments:after-write") {
             self.segments.undo(written);
             return Err(e);
         }
+        let first_seq = head.last_seq + 1 - locs.len() as u64;
         let entries = locs
             .iter()
             .enumerate()
@@ -636,7 +636,11 @@ impl Log {
                 )
             })
             .collect();
-        Ok((entries, written))
+        Ok(SealedWrite {
+            head,
+            entries,
+            written,
+        })
     }
 
     /// Encrypts `jobs` under the current epoch, appends their bytes to the segments, and
@@ -658,9 +662,11 @@ impl Log {
         let mut st = self.lock();
         Self::usable(&st)?;
         let mut count = st.counts.get(&epoch).copied().unwrap_or_default();
-        let (values, head) =
-            self.seal_jobs(jobs, &st.head, (epoch, dek), purpose_of, now_us, &mut count)?;
-        let (entries, written) = self.write_segments(st.head.last_seq + 1, &values, epoch)?;
+        let SealedWrite {
+            head,
+            entries,
+            written,
+        } = self.seal_and_write(jobs, &st.head, (epoch, dek), purpose_of, now_us, &mut count)?;
         let head_bytes = sled::IVec::from(self.anchors.seal_log_head(&head));
         let mut counts = st.counts.clone();
         counts.insert(epoch, count);
@@ -931,9 +937,11 @@ impl Log {
         if !jobs.is_empty() {
             let (epoch, dek) = keys.current();
             let c = counts.entry(epoch).or_default();
-            let (values, new_head) =
-                self.seal_jobs(jobs, &head, (epoch, dek), purpose_of, now_us, c)?;
-            let (entries, w) = self.write_segments(head.last_seq + 1, &values, epoch)?;
+            let SealedWrite {
+                head: new_head,
+                entries,
+                written: w,
+            } = self.seal_and_write(jobs, &head, (epoch, dek), purpose_of, now_us, c)?;
             // Inserted only where no record is (the commit refuses to replace one); the
             // head goes in with the state generation the commit writes.
             ops.fresh.extend(entries);

@@ -137,6 +137,108 @@ pub(crate) struct Written {
     start: u64,
 }
 
+/// An append in progress ([`Segments::begin`]). Its bytes go out in pieces of
+/// [`WRITEBACK_AT_ONCE`] as they come; the segment's length moves only when it is
+/// finished, and one dropped unfinished is cut back, so its bytes are never named.
+pub(crate) struct Appending<'a> {
+    segments: &'a Segments,
+    st: MutexGuard<'a, SegState>,
+    active: u32,
+    start: u64,
+    epoch: u32,
+    /// Bytes written to the file so far (after `start`).
+    out: u64,
+    /// Bytes not yet written.
+    buf: Vec<u8>,
+    locs: Vec<Loc>,
+    finished: bool,
+}
+
+impl Appending<'_> {
+    /// Adds the next record (`seq` follows the one before).
+    pub(crate) fn push(&mut self, seq: u64, bytes: &[u8]) -> Result<()> {
+        let len = u32::try_from(bytes.len())
+            .map_err(|_| Error::invalid("a record is larger than 4 GiB"))?;
+        let crc = crc32fast::hash(bytes);
+        let offset = self.start + self.out + self.buf.len() as u64;
+        self.buf.extend_from_slice(&seq.to_be_bytes());
+        self.buf.extend_from_slice(&len.to_be_bytes());
+        self.buf.extend_from_slice(&crc.to_be_bytes());
+        self.buf.extend_from_slice(bytes);
+        self.locs.push(Loc {
+            flags: 0,
+            segment: self.active,
+            offset,
+            len,
+            crc,
+            epoch: self.epoch,
+        });
+        if self.buf.len() >= WRITEBACK_AT_ONCE {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is left; returns the records' locations (the last one flagged as the
+    /// end of a write) and what to pass to [`Segments::undo`].
+    pub(crate) fn finish(mut self) -> Result<(Vec<Loc>, Written)> {
+        if let Some(last) = self.locs.last_mut() {
+            last.flags = LOC_BATCH_END;
+        }
+        self.write_out()?;
+        let (active, end) = (self.active, self.start + self.out);
+        self.segments.change(&mut self.st, active, |s| s.len = end);
+        self.st.dirty.insert(active);
+        self.finished = true;
+        Ok((
+            std::mem::take(&mut self.locs),
+            Written {
+                segment: active,
+                start: self.start,
+            },
+        ))
+    }
+
+    fn write_out(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let at = self.start + self.out;
+        let f = self.segments.handle(&mut self.st, self.active)?;
+        if let Err(e) = write_at(f, &self.buf, at) {
+            // A full disk may have taken part of it: cut back when dropped (the next
+            // write starts at `start` anyway).
+            return Err(storage(
+                "cannot write the segment file",
+                &self.segments.path(self.active),
+                e,
+            ));
+        }
+        // Large writes start their own writeback: the flush's fdatasync then waits for
+        // the last piece only.
+        if self.segments.fsync && self.out + self.buf.len() as u64 >= WRITEBACK_AT_ONCE as u64 {
+            start_writeback(f, at, self.buf.len() as u64);
+        }
+        self.out += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl Drop for Appending<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // Best effort: the length the segments know is `start` whatever the file says,
+        // and a reopened log trims what no index entry names.
+        let start = self.start;
+        if let Ok(f) = self.segments.handle(&mut self.st, self.active) {
+            let _ = f.set_len(start);
+        }
+    }
+}
+
 struct Seg {
     len: u64,
     /// Bytes at the front given back to the file system (hole punched).
@@ -283,68 +385,40 @@ impl Segments {
     /// Appends `records` (`(seq, bytes)`, in order) as one write, starting a new segment
     /// when the active one is full. Returns their locations (the last one flagged as
     /// the end of a write) and what to pass to [`Segments::undo`].
+    #[cfg(test)]
     pub(crate) fn append(
         &self,
         records: &[(u64, &[u8])],
         epoch: u32,
     ) -> Result<(Vec<Loc>, Written)> {
+        let mut appending = self.begin(epoch)?;
+        for (seq, bytes) in records {
+            appending.push(*seq, bytes)?;
+        }
+        appending.finish()
+    }
+
+    /// Starts an append that takes its records one at a time ([`Appending::push`]), so
+    /// that the bytes of a large batch go to the disk while the rest of it is sealed.
+    /// Holds the segments' lock until it is finished or dropped.
+    pub(crate) fn begin(&self, epoch: u32) -> Result<Appending<'_>> {
         let mut st = self.lock();
         let active = match st.active {
             Some(n) if st.segs.get(&n).is_some_and(|s| s.len < self.max_bytes) => n,
             _ => self.create(&mut st)?,
         };
         let start = st.segs[&active].len;
-        let total: usize = records
-            .iter()
-            .map(|(_, b)| b.len() + ENTRY_HEADER as usize)
-            .sum();
-        let mut buf = Vec::with_capacity(total);
-        let mut locs = Vec::with_capacity(records.len());
-        for (i, (seq, bytes)) in records.iter().enumerate() {
-            let len = u32::try_from(bytes.len())
-                .map_err(|_| Error::invalid("a record is larger than 4 GiB"))?;
-            let crc = crc32fast::hash(bytes);
-            let offset = start + buf.len() as u64;
-            buf.extend_from_slice(&seq.to_be_bytes());
-            buf.extend_from_slice(&len.to_be_bytes());
-            buf.extend_from_slice(&crc.to_be_bytes());
-            buf.extend_from_slice(bytes);
-            locs.push(Loc {
-                flags: if i + 1 == records.len() {
-                    LOC_BATCH_END
-                } else {
-                    0
-                },
-                segment: active,
-                offset,
-                len,
-                crc,
-                epoch,
-            });
-        }
-        let f = self.handle(&mut st, active)?;
-        if let Err(e) = write_at(f, &buf, start) {
-            // A full disk may have taken part of it: give that back (best effort; the
-            // next write starts at `start` anyway).
-            let _ = f.set_len(start);
-            return Err(storage(
-                "cannot write the segment file",
-                &self.path(active),
-                e,
-            ));
-        }
-        if self.fsync && buf.len() >= WRITEBACK_AT_ONCE {
-            start_writeback(f, start, buf.len() as u64);
-        }
-        self.change(&mut st, active, |s| s.len = start + buf.len() as u64);
-        st.dirty.insert(active);
-        Ok((
-            locs,
-            Written {
-                segment: active,
-                start,
-            },
-        ))
+        Ok(Appending {
+            segments: self,
+            st,
+            active,
+            start,
+            epoch,
+            out: 0,
+            buf: Vec::new(),
+            locs: Vec::new(),
+            finished: false,
+        })
     }
 
     /// Takes back an append whose index write failed: the next append overwrites it.
@@ -770,6 +844,38 @@ mod tests {
         assert_eq!(l[0].offset, 0);
         assert_eq!(s.read(1, &l[0]).unwrap(), b"kept");
         assert_eq!(s.bytes(), ENTRY_HEADER + 4);
+    }
+
+    #[test]
+    fn a_large_append_goes_out_in_pieces_and_one_dropped_unfinished_is_cut_back() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Segments::open(&d.path().join("s"), DEFAULT_SEGMENT_BYTES, true).unwrap();
+        let (first, _) = s.append(&[(1, b"before")], 1).unwrap();
+        let file = d.path().join("s").join(name_of(first[0].segment));
+        let start = fs::metadata(&file).unwrap().len();
+        let chunk = vec![0x5au8; 64 << 10];
+        {
+            let mut a = s.begin(1).unwrap();
+            for seq in 2..20 {
+                a.push(seq, &chunk).unwrap();
+            }
+            // Pieces went to the file before the end (the append is not finished).
+            assert!(fs::metadata(&file).unwrap().len() >= start + (512 << 10));
+            // Dropped unfinished, as when sealing or writing the rest fails.
+        }
+        assert_eq!(fs::metadata(&file).unwrap().len(), start);
+        assert_eq!(s.bytes(), start);
+        // The next append starts where the dropped one did, whole.
+        let records: Vec<(u64, &[u8])> = (2..20).map(|seq| (seq, &chunk[..])).collect();
+        let (l, _) = s.append(&records, 1).unwrap();
+        assert_eq!(l[0].offset, start);
+        assert_eq!(l.iter().filter(|l| l.flags & LOC_BATCH_END != 0).count(), 1);
+        assert_eq!(l.last().unwrap().flags, LOC_BATCH_END);
+        for (i, loc) in l.iter().enumerate() {
+            assert_eq!(s.read(2 + i as u64, loc).unwrap(), chunk);
+        }
+        assert_eq!(s.read(1, &first[0]).unwrap(), b"before");
+        assert_eq!(s.recount(), s.bytes());
     }
 
     #[test]

@@ -113,6 +113,10 @@ pub(crate) struct UserTrees {
     pub ledger: sled::Tree,
 }
 
+/// A durable flush that the mark file does not name yet ([`Store::mark`]).
+#[must_use]
+pub(crate) struct Unmarked(Option<u64>);
+
 /// An open vault directory.
 pub(crate) struct Store {
     pub db: sled::Db,
@@ -121,6 +125,9 @@ pub(crate) struct Store {
     /// The last durable generation handed out, and the last one written to the mark.
     gen: std::sync::atomic::AtomicU64,
     marked: std::sync::Mutex<u64>,
+    /// The last write of the mark failed: the next durable flush writes it before it
+    /// answers.
+    mark_failed: std::sync::atomic::AtomicBool,
     /// What durable flushes synced already (files are synced once, `db` every time).
     synced: std::sync::Mutex<Synced>,
 }
@@ -139,6 +146,7 @@ impl Store {
             fsync,
             gen: gen.into(),
             marked: std::sync::Mutex::new(gen),
+            mark_failed: false.into(),
             synced: std::sync::Mutex::new(Synced::new()),
         };
         store.restrict_permissions()?;
@@ -225,6 +233,16 @@ impl Store {
     /// the first damaged message of its log as a torn tail and silently drops everything
     /// after it; a generation in sled below the mark tells that damage from a crash.
     pub(crate) fn durable_flush(&self) -> Result<()> {
+        let unmarked = self.durable_flush_unmarked()?;
+        self.mark(unmarked)
+    }
+
+    /// [`Store::durable_flush`] up to the mark: everything is durable when it returns,
+    /// and [`Store::mark`] then names it in the mark file. A flush that someone waits
+    /// for answers in between, so that its wait is one device flush shorter; a crash
+    /// before the mark is written leaves the mark behind sled, as a crash between the
+    /// two always could.
+    pub(crate) fn durable_flush_unmarked(&self) -> Result<Unmarked> {
         use std::sync::atomic::Ordering;
         let gen = self.gen.fetch_add(1, Ordering::SeqCst) + 1;
         if self.fsync {
@@ -244,13 +262,36 @@ impl Store {
             )),
             other => other,
         })?;
-        if self.fsync {
-            // Concurrent flushes may finish out of order: the mark only moves forward.
-            let mut marked = self.marked.lock().unwrap_or_else(|p| p.into_inner());
-            if gen > *marked {
-                write_mark(&self.dir, gen)?;
-                *marked = gen;
-            }
+        drop(synced);
+        if !self.fsync {
+            return Ok(Unmarked(None));
+        }
+        if self.mark_failed.load(Ordering::SeqCst) {
+            // The mark could not be written after an earlier flush had answered: this
+            // flush writes it before it answers, and fails if it still cannot.
+            self.mark_up_to(gen)?;
+            return Ok(Unmarked(None));
+        }
+        Ok(Unmarked(Some(gen)))
+    }
+
+    /// Names a durable flush in the mark file (and makes that durable).
+    pub(crate) fn mark(&self, unmarked: Unmarked) -> Result<()> {
+        match unmarked.0 {
+            Some(gen) => self.mark_up_to(gen),
+            None => Ok(()),
+        }
+    }
+
+    fn mark_up_to(&self, gen: u64) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        // Concurrent flushes may finish out of order: the mark only moves forward.
+        let mut marked = self.marked.lock().unwrap_or_else(|p| p.into_inner());
+        if gen > *marked {
+            let written = write_mark(&self.dir, gen);
+            self.mark_failed.store(written.is_err(), Ordering::SeqCst);
+            written?;
+            *marked = gen;
         }
         Ok(())
     }
@@ -321,10 +362,18 @@ fn write_mark(dir: &Path, gen: u64) -> Result<()> {
         opts.mode(0o600)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
     }
-    let mut f = opts.open(dir.join(MARK_FILE))?;
-    f.write_all(&bytes)?;
-    f.sync_data()?;
-    Ok(())
+    let path = dir.join(MARK_FILE);
+    opts.open(&path)
+        .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_data()))
+        .map_err(|e| match Error::from(e) {
+            // A full disk stays a full disk.
+            Error::Storage(why) => Error::Storage(format!(
+                "cannot write the durability mark {}: {why} (it must be a regular file \
+                 of the vault's owner)",
+                path.display()
+            )),
+            other => other,
+        })
 }
 
 /// Creates the mark (generation 0) whole or not at all: written under another name and
@@ -631,7 +680,10 @@ fn settle_dir(dir: &Path, db: &Path, walk: &mut Option<Walk<'_>>) -> Result<bool
             let first = !w.synced.contains(&key);
             if meta.is_file() && (first || path == db) {
                 match fs::File::open(&path) {
-                    Ok(f) => f.sync_all()?,
+                    // Once synced whole, `db` needs its data and size, not its times:
+                    // fdatasync skips the journal commit a changed mtime alone costs.
+                    Ok(f) if first => f.sync_all()?,
+                    Ok(f) => f.sync_data()?,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e.into()),
                 }
@@ -724,6 +776,37 @@ mod tests {
         }
         // A mark behind the database is what a crash between the two leaves: fine.
         write_mark(&dir, gen - 1).unwrap();
+        Store::open(&dir, 1 << 20, true).unwrap();
+    }
+
+    #[test]
+    fn a_mark_that_failed_after_its_flush_answered_fails_the_next_flush_until_written() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("v");
+        let s = Store::open(&dir, 1 << 20, true).unwrap();
+        let path = dir.join(MARK_FILE);
+        let good = fs::read(&path).unwrap();
+        // A directory in the mark's place: it cannot be written.
+        fs::remove_file(&path).unwrap();
+        fs::create_dir(&path).unwrap();
+        // Durable and answered; the mark written after the answer fails.
+        let unmarked = s.durable_flush_unmarked().unwrap();
+        assert!(s.mark(unmarked).is_err());
+        // The next flush writes the mark before it answers: it fails while it cannot.
+        assert!(s.durable_flush_unmarked().is_err());
+        assert!(s.durable_flush().is_err());
+        fs::remove_dir(&path).unwrap();
+        fs::write(&path, &good).unwrap();
+        let unmarked = s.durable_flush_unmarked().unwrap();
+        // Written by that flush already (generation 4: three flushes before it).
+        assert_eq!(decode_mark(&fs::read(&path).unwrap()), Some(4));
+        s.mark(unmarked).unwrap();
+        // And from then on after the answer again.
+        let unmarked = s.durable_flush_unmarked().unwrap();
+        assert_eq!(decode_mark(&fs::read(&path).unwrap()), Some(4));
+        s.mark(unmarked).unwrap();
+        assert_eq!(decode_mark(&fs::read(&path).unwrap()), Some(5));
+        drop(s);
         Store::open(&dir, 1 << 20, true).unwrap();
     }
 

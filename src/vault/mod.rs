@@ -24,7 +24,7 @@ use crate::keys::mark::{self, Keeper, Mark, MarkKey};
 use crate::log::anchor::AnchorKey;
 use crate::log::framer::{encode_large, Framer, Job};
 use crate::log::record::RecordBinding;
-use crate::log::store::{Store, UserTrees};
+use crate::log::store::{Store, Unmarked, UserTrees};
 use crate::log::Log;
 use crate::options::VaultOptions;
 use crate::policy::{Admission, Policy, PolicyGate};
@@ -1435,21 +1435,29 @@ impl Inner {
     /// The segments first, then the index that names their bytes (docs/FORMAT.md §14);
     /// space of records gone from the front comes back once that is durable.
     pub(crate) fn durable_flush(&self) -> Result<()> {
+        let unmarked = self.durable_flush_unmarked()?;
+        self.store.mark(unmarked)
+    }
+
+    /// [`Inner::durable_flush`] up to the mark file ([`Store::durable_flush_unmarked`]):
+    /// the writer answers a waiting `flush` before it writes the mark.
+    pub(crate) fn durable_flush_unmarked(&self) -> Result<Unmarked> {
         if self.is_erased() {
             // The user's log and segments went with the keys: nothing of it to sync or
             // name (a synced anchor would put an entry back into the cleared tree).
-            return self.store.durable_flush();
+            return self.store.durable_flush_unmarked();
         }
         // Taken first: everything it names is applied and so covered by the flush.
         let covered = mark_of(&self.log, &self.ledger);
         self.log.sync_segments()?;
         crate::failpoint::hit("flush:after-segments")?;
-        self.store.durable_flush()?;
+        let unmarked = self.store.durable_flush_unmarked()?;
         if self.mark.durable(covered) {
             let _ = self.maintenance.send(limits::Wake::Mark);
         }
         crate::failpoint::hit("flush:before-release")?;
-        self.log.release_space()
+        self.log.release_space()?;
+        Ok(unmarked)
     }
 
     /// After a state change's durable flush: the keychain mark names it at once. A

@@ -156,16 +156,31 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
             }
         }
         if asked {
-            let result = written.and_then(|()| inner.durable_flush());
-            if result.is_ok() {
+            let flushed = written.and_then(|()| inner.durable_flush_unmarked());
+            if flushed.is_ok() {
                 timers.lazy_flush = None;
             }
+            if let Some(s) = b.stop.take() {
+                // Closing: the mark first, the process may end as soon as close returns.
+                let result = flushed.and_then(|unmarked| inner.store.mark(unmarked));
+                for w in b.waiting.drain(..) {
+                    let _ = w.send(result.clone());
+                }
+                let _ = s.send(result);
+                return;
+            }
+            let (result, unmarked) = match flushed {
+                Ok(unmarked) => (Ok(()), Some(unmarked)),
+                Err(e) => (Err(e), None),
+            };
             for w in b.waiting.drain(..) {
                 let _ = w.send(result.clone());
             }
-            if let Some(s) = b.stop.take() {
-                let _ = s.send(result);
-                return;
+            // Everything is durable already; the mark names it right after the answer.
+            // A mark that cannot be written is remembered by the store and fails the
+            // next flush (which writes it first); appends go on, their records are safe.
+            if let Some(unmarked) = unmarked {
+                let _ = inner.store.mark(unmarked);
             }
         } else if due(timers.lazy_flush, Instant::now()) {
             // Not a durability promise (that is `flush`): it bounds what a crash can

@@ -117,17 +117,25 @@ pub(crate) struct UserTrees {
 #[must_use]
 pub(crate) struct Unmarked(Option<u64>);
 
+/// The mark file's generation, and the highest durable generation a write of it
+/// failed to name, with why: the next write names at least that one, and until one
+/// does, every durable flush writes the mark before it answers.
+struct MarkState {
+    marked: u64,
+    failed: Option<(u64, String)>,
+}
+
 /// An open vault directory.
 pub(crate) struct Store {
     pub db: sled::Db,
     dir: PathBuf,
     fsync: bool,
-    /// The last durable generation handed out, and the last one written to the mark.
-    gen: std::sync::atomic::AtomicU64,
-    marked: std::sync::Mutex<u64>,
-    /// The last write of the mark failed: the next durable flush writes it before it
-    /// answers.
-    mark_failed: std::sync::atomic::AtomicBool,
+    /// The last durable generation handed out. Handed out and written into sled under
+    /// one lock, so sled's value only grows: two flushes at once never leave a lower
+    /// generation in sled than the one the later of them writes into the mark.
+    gen: std::sync::Mutex<u64>,
+    /// What the mark file names, and what it failed to.
+    marked: std::sync::Mutex<MarkState>,
     /// What durable flushes synced already (files are synced once, `db` every time).
     synced: std::sync::Mutex<Synced>,
 }
@@ -144,9 +152,11 @@ impl Store {
             db,
             dir: dir.to_path_buf(),
             fsync,
-            gen: gen.into(),
-            marked: std::sync::Mutex::new(gen),
-            mark_failed: false.into(),
+            gen: std::sync::Mutex::new(gen),
+            marked: std::sync::Mutex::new(MarkState {
+                marked: gen,
+                failed: None,
+            }),
             synced: std::sync::Mutex::new(Synced::new()),
         };
         store.restrict_permissions()?;
@@ -243,11 +253,15 @@ impl Store {
     /// before the mark is written leaves the mark behind sled, as a crash between the
     /// two always could.
     pub(crate) fn durable_flush_unmarked(&self) -> Result<Unmarked> {
-        use std::sync::atomic::Ordering;
-        let gen = self.gen.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.fsync {
-            self.db.insert(DURABLE_GEN_KEY, &gen.to_be_bytes())?;
-        }
+        let gen = {
+            let mut last = self.gen.lock().unwrap_or_else(|p| p.into_inner());
+            if self.fsync {
+                self.db
+                    .insert(DURABLE_GEN_KEY, &(*last + 1).to_be_bytes())?;
+            }
+            *last += 1;
+            *last
+        };
         self.db.flush()?;
         // Files sled made since the last flush (snapshots, blobs) get owner-only modes
         // here, whatever the process's umask was; with fsync they are synced too.
@@ -266,13 +280,19 @@ impl Store {
         if !self.fsync {
             return Ok(Unmarked(None));
         }
-        if self.mark_failed.load(Ordering::SeqCst) {
+        if self.mark_failure().is_some() {
             // The mark could not be written after an earlier flush had answered: this
             // flush writes it before it answers, and fails if it still cannot.
             self.mark_up_to(gen)?;
             return Ok(Unmarked(None));
         }
         Ok(Unmarked(Some(gen)))
+    }
+
+    /// Why the last write of the mark failed, while none has named its generation since.
+    pub(crate) fn mark_failure(&self) -> Option<String> {
+        let st = self.marked.lock().unwrap_or_else(|p| p.into_inner());
+        st.failed.as_ref().map(|(_, why)| why.clone())
     }
 
     /// Names a durable flush in the mark file (and makes that durable).
@@ -283,15 +303,21 @@ impl Store {
         }
     }
 
+    /// `gen` is durable in sled (its flush is done); so is a generation whose mark
+    /// failed, so the mark names the higher of the two.
     fn mark_up_to(&self, gen: u64) -> Result<()> {
-        use std::sync::atomic::Ordering;
         // Concurrent flushes may finish out of order: the mark only moves forward.
-        let mut marked = self.marked.lock().unwrap_or_else(|p| p.into_inner());
-        if gen > *marked {
-            let written = write_mark(&self.dir, gen);
-            self.mark_failed.store(written.is_err(), Ordering::SeqCst);
-            written?;
-            *marked = gen;
+        let mut st = self.marked.lock().unwrap_or_else(|p| p.into_inner());
+        let gen = gen.max(st.failed.as_ref().map_or(0, |(g, _)| *g));
+        if gen > st.marked {
+            if let Err(e) = write_mark(&self.dir, gen) {
+                st.failed = Some((gen, e.to_string()));
+                return Err(e);
+            }
+            st.marked = gen;
+        }
+        if st.failed.as_ref().is_some_and(|(g, _)| *g <= st.marked) {
+            st.failed = None;
         }
         Ok(())
     }
@@ -808,6 +834,62 @@ mod tests {
         assert_eq!(decode_mark(&fs::read(&path).unwrap()), Some(5));
         drop(s);
         Store::open(&dir, 1 << 20, true).unwrap();
+    }
+
+    fn sled_gen(s: &Store) -> u64 {
+        let v = s.db.get(DURABLE_GEN_KEY).unwrap().unwrap();
+        u64::from_be_bytes(v.as_ref().try_into().unwrap())
+    }
+
+    /// The writer (an agent's flush), the uploader (seal, ack) and maintenance flush on
+    /// their own threads: sled must never hold a lower generation than the mark names,
+    /// or the next open after a crash calls an honest vault damaged.
+    #[test]
+    fn concurrent_durable_flushes_never_leave_sled_below_the_mark() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("v");
+        let s = Store::open(&dir, 1 << 20, true).unwrap();
+        for round in 0..150 {
+            let start = std::sync::Barrier::new(3);
+            std::thread::scope(|t| {
+                for _ in 0..3 {
+                    t.spawn(|| {
+                        start.wait();
+                        s.durable_flush().unwrap();
+                    });
+                }
+            });
+            let mark = decode_mark(&fs::read(dir.join(MARK_FILE)).unwrap()).unwrap();
+            assert!(
+                sled_gen(&s) >= mark,
+                "round {round}: sled {} < mark {mark}",
+                sled_gen(&s)
+            );
+        }
+        drop(s);
+        Store::open(&dir, 1 << 20, true).unwrap();
+    }
+
+    #[test]
+    fn a_failed_mark_is_named_by_the_next_write_even_of_an_older_flush() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("v");
+        let s = Store::open(&dir, 1 << 20, true).unwrap();
+        let path = dir.join(MARK_FILE);
+        let good = fs::read(&path).unwrap();
+        let older = s.durable_flush_unmarked().unwrap();
+        let newer = s.durable_flush_unmarked().unwrap();
+        fs::remove_file(&path).unwrap();
+        fs::create_dir(&path).unwrap();
+        assert!(s.mark(newer).is_err());
+        assert!(s.mark_failure().unwrap().contains("durability mark"));
+        fs::remove_dir(&path).unwrap();
+        fs::write(&path, &good).unwrap();
+        // The older flush finishing last names the newer, durable generation, and only
+        // then is the failure over.
+        s.mark(older).unwrap();
+        assert_eq!(decode_mark(&fs::read(&path).unwrap()), Some(2));
+        assert_eq!(s.mark_failure(), None);
     }
 
     #[test]

@@ -119,7 +119,9 @@ pub struct Status {
     /// Audit ledger entries.
     pub audit_entries: u64,
     /// The last failure of background maintenance (retention, budget, scheduled
-    /// rotation), if the most recent run failed.
+    /// rotation), if the most recent run failed; else a durability mark that could not
+    /// be written after a flush returned (the next flush tries again and fails while it
+    /// cannot).
     pub maintenance_error: Option<String>,
     /// Always false for an open vault (an erased vault does not open).
     pub erased: bool,
@@ -257,7 +259,7 @@ impl Inner {
             policy_version: inner.opts.policy.version,
             purpose: inner.opts.policy.purpose.clone(),
             audit_entries: inner.ledger.last_seq(),
-            maintenance_error: inner.maintenance_error(),
+            maintenance_error: inner.maintenance_error().or_else(|| inner.store.mark_failure()),
             erased: false,
             upload: inner.upload.as_ref().map(|u| {
                 // The outbox bundle counts whether or not its records are still logged.

@@ -1350,9 +1350,13 @@ impl Inner {
 
     /// Sends the open frame and a flush request while holding the append lock, so the
     /// flush covers exactly what was appended before. Returns the reply channel.
-    fn request_flush(&self, p: &mut Producer) -> Result<mpsc::Receiver<Result<()>>> {
+    fn request_flush(
+        &self,
+        p: &mut Producer,
+        answer: writer::Answer,
+    ) -> Result<mpsc::Receiver<Result<()>>> {
         let (reply, wait) = mpsc::channel();
-        self.send_with_open_frame(p, Msg::Flush(reply))?;
+        self.send_with_open_frame(p, Msg::Flush(reply, answer))?;
         Ok(wait)
     }
 
@@ -1387,7 +1391,7 @@ impl Inner {
         self.check_live()?;
         let wait = {
             let mut p = self.producer();
-            self.request_flush(&mut p)?
+            self.request_flush(&mut p, writer::Answer::Durable)?
         };
         wait.recv().map_err(|_| Error::Closed)??;
         if let Some(upload) = &self.upload {
@@ -1402,7 +1406,7 @@ impl Inner {
     pub(crate) fn quiesce(&self) -> Result<parking_lot::MutexGuard<'_, Producer>> {
         self.check_live()?;
         let mut p = self.producer();
-        let wait = self.request_flush(&mut p)?;
+        let wait = self.request_flush(&mut p, writer::Answer::Marked)?;
         wait.recv().map_err(|_| Error::Closed)??;
         Ok(p)
     }

@@ -154,7 +154,8 @@ impl Inner {
         // trees are cleared. A flush that fails (a full disk, a log that refuses after a
         // failed write) does not keep the keys: the shred goes ahead, and from then on
         // the writer's retries fail on the erased keys.
-        if let Ok(wait) = self.request_flush(&mut p) {
+        // Answered after the mark: erase may remove the whole directory next.
+        if let Ok(wait) = self.request_flush(&mut p, super::writer::Answer::Marked) {
             let _ = wait.recv();
         }
         let _g = self.release_lock();

@@ -20,9 +20,21 @@ pub(crate) enum Msg {
     /// time bound (the writer sleeps without a timeout while no frame is open).
     FrameOpened(Instant),
     /// Reply once everything sent before is stored and durable.
-    Flush(Sender<Result<()>>),
+    Flush(Sender<Result<()>>, Answer),
     /// Store everything, flush, reply, and exit.
     Stop(Sender<Result<()>>),
+}
+
+/// When a flush's caller gets its answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// Once everything is durable, before the durability mark names it (one device
+    /// flush less to wait for): the agent's `flush`, whose later calls that touch the
+    /// vault's files go through this thread, after the mark.
+    Durable,
+    /// After the mark: callers that go on to change the vault's files themselves
+    /// (erase, key changes) find the writer done with them.
+    Marked,
 }
 
 /// Most records written in one transaction.
@@ -160,14 +172,18 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
             if flushed.is_ok() {
                 timers.lazy_flush = None;
             }
-            if let Some(s) = b.stop.take() {
-                // Closing: the mark first, the process may end as soon as close returns.
+            if b.stop.is_some() || std::mem::take(&mut b.mark_first) {
+                // Closing (the process may end as soon as close returns), or a caller
+                // that changes files next: the mark first.
                 let result = flushed.and_then(|unmarked| inner.store.mark(unmarked));
                 for w in b.waiting.drain(..) {
                     let _ = w.send(result.clone());
                 }
-                let _ = s.send(result);
-                return;
+                if let Some(s) = b.stop.take() {
+                    let _ = s.send(result);
+                    return;
+                }
+                continue;
             }
             let (result, unmarked) = match flushed {
                 Ok(unmarked) => (Ok(()), Some(unmarked)),
@@ -199,6 +215,8 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
 struct Batch {
     pending: Vec<Job>,
     waiting: Vec<Sender<Result<()>>>,
+    /// A waiting caller wants its answer after the mark ([`Answer::Marked`]).
+    mark_first: bool,
     stop: Option<Sender<Result<()>>>,
 }
 
@@ -214,7 +232,10 @@ impl Batch {
                 let bound = at + frame_age;
                 timers.frame = Some(timers.frame.map_or(bound, |t| t.min(bound)));
             }
-            Msg::Flush(s) => self.waiting.push(s),
+            Msg::Flush(s, answer) => {
+                self.waiting.push(s);
+                self.mark_first |= answer == Answer::Marked;
+            }
             Msg::Stop(s) => self.stop = Some(s),
         }
     }

@@ -394,6 +394,27 @@ pub fn flushed_moves(v: &capvault::Vault, n: i64, from: i64) {
     try_flushed_moves(v, n, from).unwrap();
 }
 
+/// Puts what `make` creates in place of the file at `path` of an open vault. The
+/// durability mark is written right after a flush returns, so the vault may put its file
+/// back in between: tried again until `make` finds the name free.
+pub fn replace_in_open_vault(path: &Path, make: impl Fn(&Path) -> std::io::Result<()>) {
+    for _ in 0..400 {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("cannot remove {}: {e}", path.display()),
+        }
+        match make(path) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Err(e) => panic!("cannot create {}: {e}", path.display()),
+        }
+    }
+    panic!("{} kept coming back", path.display());
+}
+
 /// [`flushed_moves`] that returns the first failure (for vaults that may refuse).
 pub fn try_flushed_moves(v: &capvault::Vault, n: i64, from: i64) -> capvault::Result<()> {
     for i in 0..n {

@@ -630,46 +630,51 @@ pub(crate) fn allocated(dir: &Path) -> Result<u64> {
 
 /// Files 0600, directories 0700, under `path` and `path` itself.
 fn restrict(path: &Path) -> Result<()> {
-    settle_tree(path, None)
+    settle_tree(path, None).map(|_| ())
 }
 
-/// What durable flushes synced already, by path and inode (see [`settle_tree`]).
-type Synced = std::collections::HashSet<(PathBuf, u64)>;
+/// What durable flushes synced already: by path and inode, the size and modification
+/// time each file had when it was synced (see [`settle_tree`]).
+type Synced = std::collections::HashMap<(PathBuf, u64), (u64, Option<std::time::SystemTime>)>;
 
 /// Gives every file under `dir` mode 0600 and every directory 0700 (sled creates its
 /// files with the process's umask). With `sync` it also makes the directory durable,
 /// syncing only what changed, since every `fsync` costs a device flush even when the
 /// file is clean: sled's `db`, which sled rewrites in place (its own writes use
-/// `sync_file_range`, which is not durable), at every flush; every other file once, the
-/// first time it is seen under its name (sled writes `conf`, snapshots and blobs once
-/// and renames snapshots into place; the vault syncs its own files as it writes them);
-/// a directory only when it gained an entry. Entries of another owner (a hand-off
+/// `sync_file_range`, which is not durable), at every flush; every other file when it is
+/// first seen under its name, and again when its size or modification time changed
+/// since (sled writes `conf`, snapshots and blobs once and renames snapshots into place,
+/// but a blob another thread is still writing while a flush walks must be synced again
+/// by the next; the vault syncs its own files, the durability mark included, as it
+/// writes them); a directory only when it gained an entry. Entries of another owner (a hand-off
 /// request root wrote) are left to the hand-off, which checks them itself. The segment
 /// directory is not walked: the vault makes its files owner-only itself, and the log
 /// syncs those it wrote before the flush (`Log::sync_segments`); the outbox file is
 /// synced as it is written.
-fn settle_tree(dir: &Path, sync: Option<&mut Synced>) -> Result<()> {
+/// Returns how many files it synced.
+fn settle_tree(dir: &Path, sync: Option<&mut Synced>) -> Result<usize> {
     let mut walk = sync.map(|synced| Walk {
         synced,
         seen: Synced::new(),
+        files: 0,
     });
     let gained = settle_dir(dir, &dir.join("db"), &mut walk)?;
-    if let Some(w) = walk {
-        // What the walk found is what is there: the set forgets what is gone (old
-        // snapshots) without looking each entry up again.
-        *w.synced = w.seen;
-        if gained {
-            fs::File::open(dir)?.sync_all()?;
-        }
+    let Some(w) = walk else { return Ok(0) };
+    // What the walk found is what is there: the set forgets what is gone (old
+    // snapshots) without looking each entry up again.
+    *w.synced = w.seen;
+    if gained {
+        fs::File::open(dir)?.sync_all()?;
     }
-    Ok(())
+    Ok(w.files)
 }
 
-/// A syncing walk of [`settle_tree`]: what earlier flushes synced, and every entry
-/// this walk found (all of them synced by the end of it).
+/// A syncing walk of [`settle_tree`]: what earlier flushes synced, every entry this
+/// walk found (all of them synced by the end of it), and how many files it synced.
 struct Walk<'a> {
     synced: &'a mut Synced,
     seen: Synced,
+    files: usize,
 }
 
 /// [`settle_tree`] for one directory; true when it gained an entry (its parent then
@@ -699,12 +704,17 @@ fn settle_dir(dir: &Path, db: &Path, walk: &mut Option<Walk<'_>>) -> Result<bool
                 fs::File::open(&path)?.sync_all()?;
             }
             if let Some(w) = walk.as_mut() {
-                gained |= !w.synced.contains(&key);
-                w.seen.insert(key);
+                gained |= !w.synced.contains_key(&key);
+                w.seen.insert(key, (0, None));
             }
         } else if let Some(w) = walk.as_mut() {
-            let first = !w.synced.contains(&key);
-            if meta.is_file() && (first || path == db) {
+            let version = (meta.len(), meta.modified().ok());
+            let before = w.synced.get(&key);
+            let first = before.is_none();
+            // The mark syncs itself as it is written (at every flush).
+            let own = path == db.with_file_name(MARK_FILE);
+            let changed = before != Some(&version) && !own;
+            if meta.is_file() && (first || changed || path == db) {
                 match fs::File::open(&path) {
                     // Once synced whole, `db` needs its data and size, not its times:
                     // fdatasync skips the journal commit a changed mtime alone costs.
@@ -713,9 +723,10 @@ fn settle_dir(dir: &Path, db: &Path, walk: &mut Option<Walk<'_>>) -> Result<bool
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e.into()),
                 }
+                w.files += 1;
             }
             gained |= first;
-            w.seen.insert(key);
+            w.seen.insert(key, version);
         }
     }
     make_private(dir, &fs::metadata(dir)?)?;
@@ -890,6 +901,30 @@ mod tests {
         s.mark(older).unwrap();
         assert_eq!(decode_mark(&fs::read(&path).unwrap()), Some(2));
         assert_eq!(s.mark_failure(), None);
+    }
+
+    /// A file another thread was still writing while a flush walked (a sled blob) is
+    /// synced again by the next flush; `db` every time; the mark never (it syncs
+    /// itself); an unchanged file once.
+    #[test]
+    fn a_file_that_changed_since_it_was_synced_is_synced_again() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("v");
+        let s = Store::open(&dir, 1 << 20, true).unwrap();
+        s.durable_flush().unwrap();
+        let blob = dir.join("blobs").join("7");
+        fs::write(&blob, b"first half").unwrap();
+        let mut synced = Synced::new();
+        let walk = |synced: &mut Synced| settle_tree(&dir, Some(synced)).unwrap();
+        let all = walk(&mut synced);
+        // Only `db` again: nothing else changed (the mark was rewritten, but syncs itself).
+        write_mark(&dir, 1).unwrap();
+        assert_eq!(walk(&mut synced), 1);
+        let mut f = fs::OpenOptions::new().append(true).open(&blob).unwrap();
+        std::io::Write::write_all(&mut f, b", second half").unwrap();
+        assert_eq!(walk(&mut synced), 2, "db and the blob");
+        assert_eq!(walk(&mut synced), 1);
+        assert!(all >= 4, "db, conf, the mark, the blob: {all}");
     }
 
     #[test]

@@ -226,7 +226,8 @@ impl Log {
         let synced = *self.synced.lock().unwrap_or_else(|p| p.into_inner());
         self.trim_segments(synced)?;
         self.sync_segments()?;
-        self.release_space()
+        // What was opened is durable as it is.
+        self.release_space(self.front())
     }
 
     /// Records of a torn write removed at open (0 normally).
@@ -384,20 +385,29 @@ impl Log {
         Ok(())
     }
 
-    /// After a durable flush: gives back the space of records that left the front
-    /// (whole segments deleted, the dead front of the first live one punched out). Only
-    /// after the flush, so a crash never finds the index naming deleted bytes.
-    pub(crate) fn release_space(&self) -> Result<()> {
+    /// The first live record: taken before a durable flush, it bounds what that flush
+    /// made durable the removal of ([`Log::release_space`]).
+    pub(crate) fn front(&self) -> u64 {
+        self.lock().tail.first_seq
+    }
+
+    /// After a durable flush that began when the first live record was `front`: gives
+    /// back the space of records before it (whole segments deleted, the dead front of
+    /// the first live one punched out). Only what that flush covered: records removed
+    /// since (an acknowledgement on another thread) wait for the flush that covers
+    /// their removal, so a crash never finds the index naming deleted bytes.
+    pub(crate) fn release_space(&self, front: u64) -> Result<()> {
         let mut st = self.lock();
         // After a failed write the tree may hold part of a removal: the space waits for
         // the reopened log (which gives it back at open).
         if !st.front_moved || st.failed.is_some() {
             return Ok(());
         }
-        let result = if st.tail.first_seq > st.head.last_seq {
+        let front = front.min(st.tail.first_seq);
+        let result = if front > st.head.last_seq {
             self.segments.release_before(None)
         } else {
-            match self.tree.get(record_key(st.tail.first_seq))? {
+            match self.tree.get(record_key(front))? {
                 Some(v) => match Stored::parse(v)? {
                     Stored::At(l) => self.segments.release_before(Some(&l)),
                     // Records of a vault before segments come first: nothing to give back.
@@ -406,7 +416,7 @@ impl Log {
                 None => Ok(()),
             }
         };
-        st.front_moved = result.is_err();
+        st.front_moved = result.is_err() || st.tail.first_seq > front;
         result
     }
 

@@ -384,13 +384,24 @@ fn write_mark(dir: &Path, gen: u64) -> Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        // Never written through a link put in its place: the flush fails instead.
-        opts.mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+        // Never written through a link put in its place, never blocked on a FIFO: the
+        // flush fails instead.
+        opts.mode(0o600).custom_flags(
+            (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+        );
     }
     let path = dir.join(MARK_FILE);
     opts.open(&path)
-        .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_data()))
+        .and_then(|mut f| {
+            if !f.metadata()?.is_file() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "it is not a regular file",
+                ));
+            }
+            f.write_all(&bytes)?;
+            f.sync_data()
+        })
         .map_err(|e| match Error::from(e) {
             // A full disk stays a full disk.
             Error::Storage(why) => Error::Storage(format!(
@@ -925,6 +936,27 @@ mod tests {
         assert_eq!(walk(&mut synced), 2, "db and the blob");
         assert_eq!(walk(&mut synced), 1);
         assert!(all >= 4, "db, conf, the mark, the blob: {all}");
+    }
+
+    /// A FIFO in the mark's place fails the flush at once instead of blocking it (and
+    /// every thread that waits for the mark) until someone opens the FIFO.
+    #[test]
+    fn a_fifo_in_place_of_the_mark_fails_the_flush_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("v");
+        let s = Store::open(&dir, 1 << 20, true).unwrap();
+        let path = dir.join(MARK_FILE);
+        fs::remove_file(&path).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        match s.durable_flush() {
+            Err(Error::Storage(m)) => assert!(m.contains("durability mark"), "{m}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        assert!(s.mark_failure().is_some());
     }
 
     #[test]

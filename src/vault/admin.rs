@@ -259,7 +259,10 @@ impl Inner {
             policy_version: inner.opts.policy.version,
             purpose: inner.opts.policy.purpose.clone(),
             audit_entries: inner.ledger.last_seq(),
-            maintenance_error: inner.maintenance_error().or_else(|| inner.store.mark_failure()),
+            maintenance_error: match (inner.maintenance_error(), inner.store.mark_failure()) {
+                (Some(m), Some(d)) => Some(format!("{m}; {d}")),
+                (m, d) => m.or(d),
+            },
             erased: false,
             upload: inner.upload.as_ref().map(|u| {
                 // The outbox bundle counts whether or not its records are still logged.

@@ -1451,8 +1451,9 @@ impl Inner {
             // name (a synced anchor would put an entry back into the cleared tree).
             return self.store.durable_flush_unmarked();
         }
-        // Taken first: everything it names is applied and so covered by the flush.
+        // Taken first: everything they name is applied and so covered by the flush.
         let covered = mark_of(&self.log, &self.ledger);
+        let front = self.log.front();
         self.log.sync_segments()?;
         crate::failpoint::hit("flush:after-segments")?;
         let unmarked = self.store.durable_flush_unmarked()?;
@@ -1460,7 +1461,7 @@ impl Inner {
             let _ = self.maintenance.send(limits::Wake::Mark);
         }
         crate::failpoint::hit("flush:before-release")?;
-        self.log.release_space()?;
+        self.log.release_space(front)?;
         Ok(unmarked)
     }
 

@@ -787,6 +787,14 @@ mod tests {
         assert!(record_key(u64::MAX).as_slice() < HEAD_KEY);
     }
 
+    /// A new store (with fsync) in a temporary directory, and its path.
+    fn fresh_store() -> (tempfile::TempDir, PathBuf, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("v");
+        let s = Store::open(&dir, 1 << 20, true).unwrap();
+        (d, dir, s)
+    }
+
     fn flushed_store(dir: &Path, flushes: usize) -> u64 {
         let s = Store::open(dir, 1 << 20, true).unwrap();
         for i in 0..flushes {
@@ -829,9 +837,7 @@ mod tests {
 
     #[test]
     fn a_mark_that_failed_after_its_flush_answered_fails_the_next_flush_until_written() {
-        let d = tempfile::tempdir().unwrap();
-        let dir = d.path().join("v");
-        let s = Store::open(&dir, 1 << 20, true).unwrap();
+        let (_d, dir, s) = fresh_store();
         let path = dir.join(MARK_FILE);
         let good = fs::read(&path).unwrap();
         // A directory in the mark's place: it cannot be written.
@@ -868,9 +874,7 @@ mod tests {
     /// or the next open after a crash calls an honest vault damaged.
     #[test]
     fn concurrent_durable_flushes_never_leave_sled_below_the_mark() {
-        let d = tempfile::tempdir().unwrap();
-        let dir = d.path().join("v");
-        let s = Store::open(&dir, 1 << 20, true).unwrap();
+        let (_d, dir, s) = fresh_store();
         for round in 0..150 {
             let start = std::sync::Barrier::new(3);
             std::thread::scope(|t| {
@@ -894,9 +898,7 @@ mod tests {
 
     #[test]
     fn a_failed_mark_is_named_by_the_next_write_even_of_an_older_flush() {
-        let d = tempfile::tempdir().unwrap();
-        let dir = d.path().join("v");
-        let s = Store::open(&dir, 1 << 20, true).unwrap();
+        let (_d, dir, s) = fresh_store();
         let path = dir.join(MARK_FILE);
         let good = fs::read(&path).unwrap();
         let older = s.durable_flush_unmarked().unwrap();
@@ -919,9 +921,7 @@ mod tests {
     /// itself); an unchanged file once.
     #[test]
     fn a_file_that_changed_since_it_was_synced_is_synced_again() {
-        let d = tempfile::tempdir().unwrap();
-        let dir = d.path().join("v");
-        let s = Store::open(&dir, 1 << 20, true).unwrap();
+        let (_d, dir, s) = fresh_store();
         s.durable_flush().unwrap();
         let blob = dir.join("blobs").join("7");
         fs::write(&blob, b"first half").unwrap();
@@ -942,9 +942,7 @@ mod tests {
     /// every thread that waits for the mark) until someone opens the FIFO.
     #[test]
     fn a_fifo_in_place_of_the_mark_fails_the_flush_without_blocking() {
-        let d = tempfile::tempdir().unwrap();
-        let dir = d.path().join("v");
-        let s = Store::open(&dir, 1 << 20, true).unwrap();
+        let (_d, dir, s) = fresh_store();
         let path = dir.join(MARK_FILE);
         fs::remove_file(&path).unwrap();
         let made = std::process::Command::new("mkfifo")
@@ -1017,9 +1015,7 @@ mod tests {
 
     #[test]
     fn second_opener_gets_in_use_and_files_are_private() {
-        let d = tempfile::tempdir().unwrap();
-        let dir = d.path().join("v");
-        let s = Store::open(&dir, 1 << 20, true).unwrap();
+        let (_d, dir, s) = fresh_store();
         assert!(matches!(
             Store::open(&dir, 1 << 20, true),
             Err(Error::InUse)

@@ -1,8 +1,20 @@
-//! The one AEAD used at rest: XChaCha20-Poly1305 with random 192-bit nonces, detached
-//! tags. Every failure is the same opaque error, so callers cannot tell which check failed.
+//! The one AEAD used at rest: XChaCha20-Poly1305 (draft-irtf-cfrg-xchacha) with random
+//! 192-bit nonces, detached tags. Every failure is the same opaque error, so callers
+//! cannot tell which check failed.
+//!
+//! XChaCha20-Poly1305 is HChaCha20 (from the `chacha20` crate) deriving a one-message
+//! subkey from the key and the nonce's first 16 bytes, then IETF ChaCha20-Poly1305 under
+//! that subkey with the nonce `0^4 || nonce[16..24]`. The second step runs in `ring`,
+//! whose vectorised ChaCha20-Poly1305 seals large payloads about twice as fast as the
+//! portable implementation on the same core. The long-lived key never reaches `ring`,
+//! only the subkey, which is held here in zeroizing memory (`ring` keeps its own copy on
+//! the stack for the call and does not wipe it). The Wycheproof and draft vectors (`vectors.rs`,
+//! the tests below) and a comparison with the `chacha20poly1305` crate check that the
+//! bytes are exactly XChaCha20-Poly1305.
 
-use chacha20poly1305::aead::{AeadInOut, KeyInit};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chacha20::hchacha;
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
+use zeroize::{Zeroize, Zeroizing};
 
 use capvault_format::secret::{random_array, Key32};
 
@@ -20,8 +32,19 @@ pub(crate) fn new_nonce() -> [u8; NONCE_LEN] {
     random_array()
 }
 
-fn cipher(key: &Key32) -> XChaCha20Poly1305 {
-    XChaCha20Poly1305::new(key.expose().into())
+/// The ChaCha20-Poly1305 key and nonce that XChaCha20-Poly1305 uses for one message.
+fn one_message_cipher(key: &Key32, nonce: &[u8; NONCE_LEN]) -> (LessSafeKey, Nonce) {
+    let (head, tail) = nonce.split_at(16);
+    let head: &[u8; 16] = head.try_into().expect("16 of 24 bytes");
+    let mut subkey = Zeroizing::new([0u8; 32]);
+    let mut derived = hchacha::<chacha20::R20>(key.expose().into(), head.into());
+    subkey.copy_from_slice(&derived);
+    derived.as_mut_slice().zeroize();
+    let key = UnboundKey::new(&CHACHA20_POLY1305, &subkey[..])
+        .expect("ChaCha20-Poly1305 takes a 32-byte key");
+    let mut inner = [0u8; 12];
+    inner[4..].copy_from_slice(tail);
+    (LessSafeKey::new(key), Nonce::assume_unique_for_key(inner))
 }
 
 /// Encrypts `buf` in place and returns the tag.
@@ -31,13 +54,14 @@ pub(crate) fn seal_in_place(
     ad: &[u8],
     buf: &mut [u8],
 ) -> [u8; TAG_LEN] {
-    let tag = cipher(key)
-        .encrypt_inout_detached(&XNonce::from(*nonce), ad, buf.into())
-        .expect("XChaCha20-Poly1305 accepts any message up to 256 GiB");
-    tag.into()
+    let (cipher, inner_nonce) = one_message_cipher(key, nonce);
+    let tag = cipher
+        .seal_in_place_separate_tag(inner_nonce, Aad::from(ad), buf)
+        .expect("ChaCha20-Poly1305 accepts any message up to 256 GiB");
+    tag.as_ref().try_into().expect("a 16-byte tag")
 }
 
-/// Decrypts `buf` in place; on failure `buf` holds no plaintext.
+/// Decrypts `buf` in place; on failure `buf` holds no plaintext (`ring` zeroes it).
 pub(crate) fn open_in_place(
     key: &Key32,
     nonce: &[u8; NONCE_LEN],
@@ -45,8 +69,10 @@ pub(crate) fn open_in_place(
     buf: &mut [u8],
     tag: &[u8; TAG_LEN],
 ) -> Result<(), Unauthentic> {
-    cipher(key)
-        .decrypt_inout_detached(&XNonce::from(*nonce), ad, buf.into(), &(*tag).into())
+    let (cipher, inner_nonce) = one_message_cipher(key, nonce);
+    cipher
+        .open_in_place_separate_tag(inner_nonce, Aad::from(ad), Tag::from(*tag), buf, 0..)
+        .map(|_| ())
         .map_err(|_| Unauthentic)
 }
 
@@ -130,5 +156,58 @@ mod tests {
         assert!(data_encoding::HEXLOWER
             .encode(&pt)
             .starts_with("bd6d179d3e83d43b9576579493c0e939572a1700252bfaccbed2902c21396cbb"));
+    }
+
+    /// The `chacha20poly1305` crate's XChaCha20-Poly1305, which the bytes must match.
+    fn reference_seal(
+        key: &Key32,
+        nonce: &[u8; NONCE_LEN],
+        ad: &[u8],
+        buf: &mut [u8],
+    ) -> [u8; TAG_LEN] {
+        use chacha20poly1305::aead::{AeadInOut, KeyInit};
+        use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+        XChaCha20Poly1305::new(key.expose().into())
+            .encrypt_inout_detached(&XNonce::from(*nonce), ad, buf.into())
+            .unwrap()
+            .into()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Same ciphertext and tag as the reference for every key, nonce, AD and length
+        /// (lengths cross the 64-byte block and the vectorised paths' strides), and the
+        /// reference's output opens here.
+        #[test]
+        fn matches_the_reference_implementation(
+            key in proptest::array::uniform32(proptest::prelude::any::<u8>()),
+            nonce in proptest::array::uniform24(proptest::prelude::any::<u8>()),
+            ad in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+            len in proptest::prop_oneof![0usize..600, 4000usize..4200, 600_000usize..600_100],
+            fill in proptest::prelude::any::<u8>(),
+        ) {
+            let key = Key32::from_slice_zeroizing(&mut key.clone()).unwrap();
+            let msg: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31) ^ fill).collect();
+            let mut ours = msg.clone();
+            let mut theirs = msg.clone();
+            let tag = seal_in_place(&key, &nonce, &ad, &mut ours);
+            let reference_tag = reference_seal(&key, &nonce, &ad, &mut theirs);
+            proptest::prop_assert_eq!(tag, reference_tag);
+            proptest::prop_assert!(ours == theirs);
+            open_in_place(&key, &nonce, &ad, &mut theirs, &reference_tag).unwrap();
+            proptest::prop_assert!(theirs == msg);
+        }
+    }
+
+    #[test]
+    fn a_failed_open_leaves_no_plaintext() {
+        let key = Key32::generate();
+        let nonce = new_nonce();
+        let secret = b"private chat: the salary figures are attached".to_vec();
+        let mut buf = secret.clone();
+        let mut tag = seal_in_place(&key, &nonce, b"ad", &mut buf);
+        tag[0] ^= 1;
+        assert!(open_in_place(&key, &nonce, b"ad", &mut buf, &tag).is_err());
+        assert!(!buf.windows(8).any(|w| secret.windows(8).any(|s| s == w)));
     }
 }

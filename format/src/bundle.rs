@@ -25,7 +25,6 @@ use hpke::inout::InOutBuf;
 use hpke::kdf::HkdfSha256;
 use hpke::{Deserializable, Kem, OpModeR, OpModeS, Serializable};
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
 
 use crate::audit::AuditEntry;
 use crate::device::{verify_ed25519, DeviceKey};
@@ -33,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::events::{SeqEvent, TimestampUs};
 
 use crate::recipient::{Identity, Recipient, RecipientKey, Suite, X25519Kem, XWingKem};
+use crate::secret::PlainBuf;
 
 /// The first 8 bytes of every bundle.
 pub(crate) const MAGIC: &[u8; 8] = b"CVBUNDLE";
@@ -494,7 +494,7 @@ fn seal_with<K: Kem>(
         .map_err(|e| Error::invalid(format!("the bundle payload does not encode: {e}")))?;
     let ct_len = pt_len + TAG_LEN;
     let total = aad.len() + 2 + enc.len() + RCHECK_LEN + 8 + ct_len + SIG_LEN;
-    let mut buf = Zeroizing::new(Vec::with_capacity(total));
+    let mut buf = PlainBuf::new(Vec::with_capacity(total));
     buf.extend_from_slice(&aad);
     buf.extend_from_slice(&(enc.len() as u16).to_be_bytes());
     buf.extend_from_slice(&enc);
@@ -744,7 +744,7 @@ pub(crate) fn open_payload(
         .map_err(|_| Error::tampered("the bundle payload does not decode"))
 }
 
-fn open_with<K: Kem>(sk: &K::PrivateKey, p: &ParsedBundle<'_>) -> Result<Zeroizing<Vec<u8>>> {
+fn open_with<K: Kem>(sk: &K::PrivateKey, p: &ParsedBundle<'_>) -> Result<PlainBuf> {
     let enc = K::EncappedKey::from_bytes(p.enc)
         .map_err(|_| Error::tampered("the bundle's encapsulated key is malformed"))?;
     let mut ctx = hpke::setup_receiver::<ChaCha20Poly1305, HkdfSha256, K>(
@@ -769,7 +769,7 @@ fn open_with<K: Kem>(sk: &K::PrivateKey, p: &ParsedBundle<'_>) -> Result<Zeroizi
     let (body, tag) = p.ct.split_at(p.ct.len() - TAG_LEN);
     let tag = AeadTag::<ChaCha20Poly1305>::from_bytes(tag)
         .map_err(|_| Error::tampered("the bundle's tag is malformed"))?;
-    let mut buf = Zeroizing::new(body.to_vec());
+    let mut buf = PlainBuf::new(body.to_vec());
     ctx.open_inout_detached(InOutBuf::from(&mut buf[..]), p.aad, &tag)
         .map_err(|_| {
             Error::tampered(

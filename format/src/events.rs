@@ -257,6 +257,21 @@ impl Event {
         }
     }
 
+    /// The most bytes [`Event::encode_into`] appends (exact but for the pointer events),
+    /// so that a caller can first make room in memory it wipes: a vector that grows while
+    /// encoding hands its old allocation back to the allocator as it is.
+    #[inline]
+    pub fn encoded_len_max(&self) -> usize {
+        match self {
+            Event::MouseMove { .. } | Event::MouseButton { .. } | Event::Scroll { .. } => {
+                POINTER_EVENT_MAX
+            }
+            // Counting only: strings and byte strings are measured, not copied.
+            _ => postcard::experimental::serialized_size(self)
+                .expect("postcard sizing of an in-memory event never fails"),
+        }
+    }
+
     /// Appends this event's event bytes to `out`.
     #[inline]
     pub fn encode_into(&self, out: &mut Vec<u8>) {
@@ -273,7 +288,7 @@ impl Event {
                 x,
                 y,
             } => {
-                out.reserve(1 + 10 + 5 + 1 + 5 + 5);
+                out.reserve(POINTER_EVENT_MAX);
                 out.push(1);
                 push_i64(out, ts_us);
                 push_varint(out, u64::from(button));
@@ -317,6 +332,10 @@ fn push_i64(out: &mut Vec<u8>, v: i64) {
 fn push_i32(out: &mut Vec<u8>, v: i32) {
     push_varint(out, u64::from(zigzag32(v)));
 }
+
+/// The longest pointer event: variant, timestamp varint, button varint, a bool and two
+/// coordinate varints.
+const POINTER_EVENT_MAX: usize = 1 + 10 + 5 + 1 + 5 + 5;
 
 /// A variant of a timestamp and two `i32` (a move, a scroll), with its index. Built in
 /// a local buffer and appended in one fixed-size copy (then cut to length): a `push`
@@ -427,6 +446,35 @@ mod tests {
         ]
     }
 
+    /// Room for [`Event::encoded_len_max`] bytes is enough: encoding never moves the
+    /// buffer (whose old allocation would be freed unwiped).
+    #[test]
+    fn encoding_fits_in_the_room_made_for_it() {
+        let mut evs = one_of_each();
+        evs.push(Event::WindowFocus {
+            ts_us: i64::MIN,
+            app: "a".repeat(70_000),
+            title: "\u{1F512}".repeat(40_000),
+        });
+        evs.push(Event::Screenshot {
+            ts_us: i64::MAX,
+            width: u32::MAX,
+            height: u32::MAX,
+            format: "png".into(),
+            data: vec![7; 1 << 20],
+        });
+        for e in &evs {
+            for prefix in [0usize, 8, 100] {
+                let mut out = Vec::with_capacity(prefix + e.encoded_len_max());
+                out.resize(prefix, 0);
+                let (at, room) = (out.as_ptr(), out.capacity());
+                e.encode_into(&mut out);
+                assert_eq!((out.as_ptr(), out.capacity()), (at, room), "{e:?} moved");
+                assert!(out.len() - prefix <= e.encoded_len_max());
+            }
+        }
+    }
+
     #[test]
     fn every_event_round_trips_back_to_back() {
         let evs = one_of_each();
@@ -458,6 +506,7 @@ mod tests {
                 e.encode_into(&mut ours);
                 let theirs = postcard::to_extend(&e, prefix.clone()).unwrap();
                 proptest::prop_assert_eq!(&ours, &theirs);
+                proptest::prop_assert!(ours.len() - prefix.len() <= e.encoded_len_max());
                 let (back, rest) = Event::decode_from(&ours[prefix.len()..]).unwrap();
                 proptest::prop_assert_eq!(back, e);
                 proptest::prop_assert!(rest.is_empty());

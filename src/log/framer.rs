@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::log::record::{RecordKind, FLAG_FIRST, FLAG_LAST};
-use capvault_format::secret::PlainBuf;
+use capvault_format::secret::{extend_zeroizing, reserve_zeroizing, PlainBuf};
 use capvault_format::Event;
 
 /// A record's plaintext: a frame it owns, or one chunk of a large payload shared with
@@ -53,7 +53,7 @@ pub(crate) struct Framer {
 
 /// Chunked-payload plaintext: room for the event sequence number, then the event bytes.
 pub(crate) fn encode_large(event: &Event) -> PlainBuf {
-    let mut whole = PlainBuf::new(Vec::with_capacity(event.payload_len() + 64 + FRAME_PREFIX));
+    let mut whole = PlainBuf::new(Vec::with_capacity(FRAME_PREFIX + event.encoded_len_max()));
     whole.extend_from_slice(&[0u8; FRAME_PREFIX]);
     event.encode_into(&mut whole);
     whole
@@ -106,12 +106,14 @@ impl Framer {
             self.opens += 1;
         }
         let before = self.buf.len();
+        // Room first, in memory that is wiped: encoding never reallocates the frame.
+        reserve_zeroizing(&mut self.buf, event.encoded_len_max());
         event.encode_into(&mut self.buf);
         if self.buf.len() > self.max_bytes && self.events_in_frame > 0 {
             // The event does not fit: close the frame without it and start the next with it.
             let mut moved = PlainBuf::new(Vec::with_capacity(self.max_bytes.min(4096)));
             moved.extend_from_slice(&self.next_event_seq.to_be_bytes());
-            moved.extend_from_slice(&self.buf[before..]);
+            extend_zeroizing(&mut moved, &self.buf[before..]);
             self.buf.truncate(before);
             emit(self.take_frame());
             self.buf = moved;

@@ -611,18 +611,22 @@ impl Log {
                 policy_version: job.policy_version,
                 created_us: now_us,
             };
-            let v = self.binding.seal(
-                seq,
-                &header,
-                &prev,
-                &purposes[&job.policy_version],
-                dek,
-                &job.plaintext,
-            );
-            prev = tag_of(&v);
+            let purpose = &purposes[&job.policy_version];
+            let nonce = crate::aead::new_nonce();
+            let len = appending.push_with(seq, |out| {
+                prev = self.binding.seal_onto(
+                    out,
+                    seq,
+                    &header,
+                    &prev,
+                    purpose,
+                    dek,
+                    &job.plaintext,
+                    &nonce,
+                );
+            })?;
             count.records += 1;
-            count.bytes += v.len() as u64;
-            appending.push(seq, &v)?;
+            count.bytes += u64::from(len);
         }
         let head = Head {
             last_seq: seq,

@@ -142,15 +142,39 @@ impl RecordBinding {
         plaintext: &[u8],
         nonce: &[u8; NONCE_LEN],
     ) -> Vec<u8> {
-        let nonce = *nonce;
         let mut value = Vec::with_capacity(OVERHEAD + plaintext.len());
-        header.write(&mut value);
-        value.extend_from_slice(&nonce);
-        value.extend_from_slice(plaintext);
-        let ad = self.associated_data(seq, header, prev_tag, purpose);
-        let tag = aead::seal_in_place(dek, &nonce, &ad, &mut value[HEADER_LEN + NONCE_LEN..]);
-        value.extend_from_slice(&tag);
+        self.seal_onto(
+            &mut value, seq, header, prev_tag, purpose, dek, plaintext, nonce,
+        );
         value
+    }
+
+    /// Seals `plaintext` as record `seq` and appends the stored value to `out` (the
+    /// segment writer's buffer, so a record is not sealed in one place and copied to
+    /// another). The plaintext is in `out` only between its copy and its sealing, with
+    /// nothing in between that can fail, and `out` grows before the copy: no allocation
+    /// `out` gives back ever held plaintext. Returns the record's tag.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn seal_onto(
+        &self,
+        out: &mut Vec<u8>,
+        seq: u64,
+        header: &RecordHeader,
+        prev_tag: &[u8; TAG_LEN],
+        purpose: &str,
+        dek: &Key32,
+        plaintext: &[u8],
+        nonce: &[u8; NONCE_LEN],
+    ) -> [u8; TAG_LEN] {
+        let ad = self.associated_data(seq, header, prev_tag, purpose);
+        out.reserve(OVERHEAD + plaintext.len());
+        header.write(out);
+        out.extend_from_slice(nonce);
+        let body = out.len();
+        out.extend_from_slice(plaintext);
+        let tag = aead::seal_in_place(dek, nonce, &ad, &mut out[body..]);
+        out.extend_from_slice(&tag);
+        tag
     }
 
     /// Opens record `seq`, which must follow `prev_tag`. Any mismatch is one opaque error.

@@ -156,15 +156,29 @@ pub(crate) struct Appending<'a> {
 
 impl Appending<'_> {
     /// Adds the next record (`seq` follows the one before).
+    #[cfg(test)]
     pub(crate) fn push(&mut self, seq: u64, bytes: &[u8]) -> Result<()> {
-        let len = u32::try_from(bytes.len())
-            .map_err(|_| Error::invalid("a record is larger than 4 GiB"))?;
-        let crc = crc32fast::hash(bytes);
-        let offset = self.start + self.out + self.buf.len() as u64;
+        self.push_with(seq, |buf| buf.extend_from_slice(bytes))
+            .map(drop)
+    }
+
+    /// Adds the next record (`seq` follows the one before), which `put` appends to the
+    /// buffer of bytes on their way to the file. Returns the record's stored length.
+    pub(crate) fn push_with(&mut self, seq: u64, put: impl FnOnce(&mut Vec<u8>)) -> Result<u32> {
+        const HEAD: usize = ENTRY_HEADER as usize;
+        let entry = self.buf.len();
+        let offset = self.start + self.out + entry as u64;
         self.buf.extend_from_slice(&seq.to_be_bytes());
-        self.buf.extend_from_slice(&len.to_be_bytes());
-        self.buf.extend_from_slice(&crc.to_be_bytes());
-        self.buf.extend_from_slice(bytes);
+        self.buf.extend_from_slice(&[0u8; 8]); // length and checksum, once known
+        put(&mut self.buf);
+        let bytes = &self.buf[entry + HEAD..];
+        let Ok(len) = u32::try_from(bytes.len()) else {
+            self.buf.truncate(entry);
+            return Err(Error::invalid("a record is larger than 4 GiB"));
+        };
+        let crc = crc32fast::hash(bytes);
+        self.buf[entry + 8..entry + 12].copy_from_slice(&len.to_be_bytes());
+        self.buf[entry + 12..entry + HEAD].copy_from_slice(&crc.to_be_bytes());
         self.locs.push(Loc {
             flags: 0,
             segment: self.active,
@@ -176,7 +190,7 @@ impl Appending<'_> {
         if self.buf.len() >= WRITEBACK_AT_ONCE {
             self.write_out()?;
         }
-        Ok(())
+        Ok(len)
     }
 
     /// Writes what is left; returns the records' locations (the last one flagged as the

@@ -123,6 +123,10 @@ pub(crate) struct Unmarked(Option<u64>);
 struct MarkState {
     marked: u64,
     failed: Option<(u64, String)>,
+    /// The database's files are removed (its last user was erased through this
+    /// handle): a mark written now would outlive them and make a vault created here
+    /// later look as if it had lost writes.
+    retired: bool,
 }
 
 /// An open vault directory.
@@ -156,6 +160,7 @@ impl Store {
             marked: std::sync::Mutex::new(MarkState {
                 marked: gen,
                 failed: None,
+                retired: false,
             }),
             synced: std::sync::Mutex::new(Synced::new()),
         };
@@ -253,6 +258,15 @@ impl Store {
     /// before the mark is written leaves the mark behind sled, as a crash between the
     /// two always could.
     pub(crate) fn durable_flush_unmarked(&self) -> Result<Unmarked> {
+        if self
+            .marked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retired
+        {
+            // Its files are gone: there is nothing left to make durable.
+            return Ok(Unmarked(None));
+        }
         let gen = {
             let mut last = self.gen.lock().unwrap_or_else(|p| p.into_inner());
             if self.fsync {
@@ -308,6 +322,9 @@ impl Store {
     fn mark_up_to(&self, gen: u64) -> Result<()> {
         // Concurrent flushes may finish out of order: the mark only moves forward.
         let mut st = self.marked.lock().unwrap_or_else(|p| p.into_inner());
+        if st.retired {
+            return Ok(());
+        }
         let gen = gen.max(st.failed.as_ref().map_or(0, |(g, _)| *g));
         if gen > st.marked {
             if let Err(e) = write_mark(&self.dir, gen) {
@@ -320,6 +337,16 @@ impl Store {
             st.failed = None;
         }
         Ok(())
+    }
+
+    /// The database's files are about to be removed (the last user was erased through
+    /// this handle): from now on durable flushes do nothing and no mark is written. A
+    /// mark write under way finishes first, so the removal that follows takes it too.
+    pub(crate) fn retire(&self) {
+        self.marked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retired = true;
     }
 
     /// Hands what was written so far to sled's own flush, without the fsyncs and the
@@ -657,8 +684,10 @@ type Synced = std::collections::HashMap<(PathBuf, u64), (u64, Option<std::time::
 /// since (sled writes `conf`, snapshots and blobs once and renames snapshots into place,
 /// but a blob another thread is still writing while a flush walks must be synced again
 /// by the next; the vault syncs its own files, the durability mark included, as it
-/// writes them); a directory only when it gained an entry. Entries of another owner (a hand-off
-/// request root wrote) are left to the hand-off, which checks them itself. The segment
+/// writes them); a directory only when it gained an entry. Entries of another owner
+/// are neither synced nor walked (the vault did not write them, and its user may not be
+/// able to open them), and hand-off requests are not walked at all (the hand-off
+/// checks them itself). The segment
 /// directory is not walked: the vault makes its files owner-only itself, and the log
 /// syncs those it wrote before the flush (`Log::sync_segments`); the outbox file is
 /// synced as it is written.
@@ -688,6 +717,27 @@ struct Walk<'a> {
     files: usize,
 }
 
+/// Syncs the regular file `path` (all of it, or its data and size); false when it is
+/// gone. It is opened without following a link and without blocking, so an entry
+/// replaced by a link or a FIFO after the walk looked at it is an error that names it,
+/// never a sync of something else or a flush that hangs.
+fn sync_file(path: &Path, whole: bool) -> Result<bool> {
+    // A full disk stays a full disk; anything else (a lease another process holds
+    // included, which a non-blocking open reports as "would block") names the file.
+    let cannot = |e: std::io::Error| {
+        let why = e.to_string();
+        match Error::from(e) {
+            full @ Error::StorageFull(_) => full,
+            _ => Error::Storage(format!("cannot sync {}: {why}", path.display())),
+        }
+    };
+    let Some(f) = crate::files::open_regular(path).map_err(cannot)? else {
+        return Ok(false);
+    };
+    if whole { f.sync_all() } else { f.sync_data() }.map_err(cannot)?;
+    Ok(true)
+}
+
 /// [`settle_tree`] for one directory; true when it gained an entry (its parent then
 /// syncs it).
 fn settle_dir(dir: &Path, db: &Path, walk: &mut Option<Walk<'_>>) -> Result<bool> {
@@ -703,12 +753,21 @@ fn settle_dir(dir: &Path, db: &Path, walk: &mut Option<Walk<'_>>) -> Result<bool
         };
         let path = entry.path();
         make_private(&path, &meta)?;
+        if !owned(&meta) {
+            // Not the vault's (sled and the vault write only as its user): nothing to
+            // make durable, and the user may not be able to open it.
+            continue;
+        }
         let key = (path.clone(), inode(&meta));
         if meta.is_dir() {
             // The segment files are made owner-only by the vault itself and synced by
             // the log as it writes them: walking thousands of them at every flush would
             // only cost.
-            if entry.file_name() == super::segments::SEGMENTS_DIR {
+            // Hand-off requests need no syncing and may belong to root (an admin's
+            // request, or a `requests/` root made): the hand-off checks them itself.
+            if entry.file_name() == super::segments::SEGMENTS_DIR
+                || entry.file_name() == crate::handoff::REQUEST_DIR
+            {
                 continue;
             }
             if settle_dir(&path, db, walk)? {
@@ -726,13 +785,10 @@ fn settle_dir(dir: &Path, db: &Path, walk: &mut Option<Walk<'_>>) -> Result<bool
             let own = path == db.with_file_name(MARK_FILE);
             let changed = before != Some(&version) && !own;
             if meta.is_file() && (first || changed || path == db) {
-                match fs::File::open(&path) {
-                    // Once synced whole, `db` needs its data and size, not its times:
-                    // fdatasync skips the journal commit a changed mtime alone costs.
-                    Ok(f) if first => f.sync_all()?,
-                    Ok(f) => f.sync_data()?,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e.into()),
+                // Once synced whole, `db` needs its data and size, not its times:
+                // fdatasync skips the journal commit a changed mtime alone costs.
+                if !sync_file(&path, first)? {
+                    continue;
                 }
                 w.files += 1;
             }
@@ -773,6 +829,18 @@ fn make_private(path: &Path, meta: &fs::Metadata) -> Result<()> {
 #[cfg(not(unix))]
 fn make_private(_: &Path, _: &fs::Metadata) -> Result<()> {
     Ok(())
+}
+
+/// Whether the entry belongs to the process's effective user.
+#[cfg(unix)]
+fn owned(meta: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    meta.uid() == rustix::process::geteuid().as_raw()
+}
+
+#[cfg(not(unix))]
+fn owned(_: &fs::Metadata) -> bool {
+    true
 }
 
 #[cfg(test)]
@@ -955,6 +1023,85 @@ mod tests {
             other => panic!("{:?}", other.map(|_| ())),
         }
         assert!(s.mark_failure().is_some());
+    }
+
+    /// Hand-off requests and other users' files are not walked: an admin's request is
+    /// root's file, which the vault's user could not open to sync (every flush would
+    /// fail until it is gone).
+    #[test]
+    fn the_walk_leaves_hand_off_requests_alone() {
+        let (_d, dir, s) = fresh_store();
+        s.durable_flush().unwrap();
+        let mut synced = Synced::new();
+        let walk = |synced: &mut Synced| settle_tree(&dir, Some(synced)).unwrap();
+        walk(&mut synced);
+        let requests = dir.join(crate::handoff::REQUEST_DIR);
+        fs::create_dir(&requests).unwrap();
+        fs::write(requests.join("0123.req"), b"{}").unwrap();
+        assert_eq!(walk(&mut synced), 1, "db only");
+        // The same file in a directory of sled's is synced.
+        fs::write(dir.join("blobs").join("0123"), b"{}").unwrap();
+        assert_eq!(walk(&mut synced), 2, "db and the blob");
+        // A file of another user's there is not (the vault's user may not open it).
+        let foreign = dir.join("blobs").join("4567");
+        fs::write(&foreign, b"{}").unwrap();
+        if std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).is_ok() {
+            assert_eq!(walk(&mut synced), 1, "db only");
+        }
+    }
+
+    /// The walk opens a file only as the regular file it found: one replaced by a FIFO
+    /// or a link in between fails the sync at once and names it.
+    #[test]
+    fn a_file_replaced_by_a_fifo_or_link_fails_its_sync_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("conf");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let link = d.path().join("db");
+        let target = d.path().join("elsewhere");
+        fs::write(&target, b"x").unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (f, l) = (fifo.clone(), link.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send((sync_file(&f, true), sync_file(&l, false)));
+        });
+        let (on_fifo, on_link) = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the sync blocked on a FIFO");
+        for (got, path) in [(on_fifo, &fifo), (on_link, &link)] {
+            match got {
+                Err(Error::Storage(m)) => assert!(m.contains(&path.display().to_string()), "{m}"),
+                other => panic!("{path:?}: {:?}", other.map(|_| ())),
+            }
+        }
+        assert!(sync_file(&target, true).unwrap());
+        assert!(!sync_file(&d.path().join("gone"), true).unwrap());
+    }
+
+    /// Once the database's files are removed (its last user erased through the handle),
+    /// flushes write no mark: one left behind would make a vault created in the same
+    /// directory later open as one that lost writes.
+    #[test]
+    fn a_retired_store_writes_no_mark() {
+        let (_d, dir, s) = fresh_store();
+        s.db.insert(b"k", b"v").unwrap();
+        s.durable_flush().unwrap();
+        let unmarked = s.durable_flush_unmarked().unwrap();
+        s.retire();
+        crate::vault::erase::remove_db_files(&dir).unwrap();
+        // A flush that was under way when the store retired marks nothing either.
+        s.mark(unmarked).unwrap();
+        s.db.insert(b"k2", b"v").unwrap();
+        s.durable_flush().unwrap();
+        assert!(!dir.join(MARK_FILE).exists());
+        drop(s);
+        // A new vault in the same directory starts its own count.
+        Store::open(&dir, 1 << 20, true).unwrap();
     }
 
     #[test]

@@ -1026,6 +1026,7 @@ pub(crate) fn finish_in_place(inner: &super::Inner, kek_max: u32) -> Result<bool
         .unwrap_or(false);
     if whole {
         inner.remove_on_drop.arm(&dir);
+        inner.store.retire();
         remove_db_files(&dir)?;
     }
     let loc = Located::open_handle(inner, kek_max);

@@ -194,15 +194,15 @@ impl PolicyGate {
                     KeystrokeLevel::None => return Admission::Drop(markers),
                     KeystrokeLevel::Timing => {
                         *key_code = None;
-                        *text = None;
+                        forget(text);
                         *category = None;
                     }
                     KeystrokeLevel::Categories => {
                         *category = Some(categorize(*key_code, text.as_deref()));
                         *key_code = None;
-                        *text = None;
+                        forget(text);
                     }
-                    KeystrokeLevel::Codes => *text = None,
+                    KeystrokeLevel::Codes => forget(text),
                     KeystrokeLevel::Text => {}
                 }
                 Admission::Store(markers)
@@ -259,6 +259,13 @@ fn glob_match(pattern: &str, text: &str) -> bool {
         }
     }
     p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Drops key text the policy does not keep, wiping it first.
+fn forget(text: &mut Option<String>) {
+    if let Some(mut t) = text.take() {
+        zeroize::Zeroize::zeroize(&mut t);
+    }
 }
 
 #[cfg(test)]

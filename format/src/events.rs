@@ -257,6 +257,21 @@ impl Event {
         }
     }
 
+    /// Wipes what the event captured (text and payload) in place: the payload at
+    /// memset speed (`Zeroize` on a `Vec<u8>` goes one volatile byte at a time), the
+    /// rest with `Zeroize`. Pointer events hold nothing on the heap and are left as they
+    /// are (every move of one copies it on the stack anyway).
+    pub fn wipe(&mut self) {
+        match self {
+            Event::MouseMove { .. } | Event::MouseButton { .. } | Event::Scroll { .. } => {}
+            Event::Screenshot { data, .. } | Event::Custom { data, .. } => {
+                drop(crate::secret::PlainBuf::new(std::mem::take(data)));
+                self.zeroize();
+            }
+            _ => self.zeroize(),
+        }
+    }
+
     /// The most bytes [`Event::encode_into`] appends (exact but for the pointer events),
     /// so that a caller can first make room in memory it wipes: a vector that grows while
     /// encoding hands its old allocation back to the allocator as it is.
@@ -444,6 +459,56 @@ mod tests {
                 marker: Marker::PauseStart { until_us: 9 },
             },
         ]
+    }
+
+    /// A wiped event holds nothing of what was captured; a pointer event is left as is.
+    #[test]
+    fn a_wiped_event_holds_nothing_captured() {
+        let secret = "private chat with the doctor";
+        let mut evs = vec![
+            Event::WindowFocus {
+                ts_us: 1,
+                app: secret.into(),
+                title: secret.into(),
+            },
+            Event::key(2, 0x04, true, Some(secret.into())),
+            Event::Screenshot {
+                ts_us: 3,
+                width: 1,
+                height: 1,
+                format: secret.into(),
+                data: secret.as_bytes().repeat(1000),
+            },
+            Event::Custom {
+                ts_us: 4,
+                kind: secret.into(),
+                data: secret.as_bytes().to_vec(),
+            },
+        ];
+        for e in &mut evs {
+            e.wipe();
+            let mut bytes = Vec::new();
+            e.encode_into(&mut bytes);
+            assert!(
+                !bytes.windows(7).any(|w| w == &secret.as_bytes()[..7]),
+                "{e:?}"
+            );
+            assert_eq!(e.payload_len(), 0);
+        }
+        let mut mouse = Event::MouseMove {
+            ts_us: 5,
+            x: 6,
+            y: 7,
+        };
+        mouse.wipe();
+        assert_eq!(
+            mouse,
+            Event::MouseMove {
+                ts_us: 5,
+                x: 6,
+                y: 7
+            }
+        );
     }
 
     /// Room for [`Event::encoded_len_max`] bytes is enough: encoding never moves the

@@ -820,6 +820,10 @@ impl Log {
             asm.feed(&r.header, r.plaintext, &mut events)
                 .map_err(|e| Error::tampered(format!("record {}: {e}", r.seq)))?;
             report.events += events.len() as u64;
+            // Decoded events are plaintext: wiped, not just dropped.
+            events
+                .iter_mut()
+                .for_each(|e: &mut capvault_format::SeqEvent| e.event.wipe());
             events.clear();
             Ok(true)
         })?;

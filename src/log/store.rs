@@ -753,9 +753,10 @@ fn settle_dir(dir: &Path, db: &Path, walk: &mut Option<Walk<'_>>) -> Result<bool
         };
         let path = entry.path();
         make_private(&path, &meta)?;
-        if !owned(&meta) {
-            // Not the vault's (sled and the vault write only as its user): nothing to
-            // make durable, and the user may not be able to open it.
+        if !owned(&meta) && !is_sleds(dir, db, &entry.file_name()) {
+            // Not the vault's: nothing to make durable, and the user may not be able to
+            // open it. sled's own files are synced whoever owns them (one the user
+            // cannot open fails the flush, naming it).
             continue;
         }
         let key = (path.clone(), inode(&meta));
@@ -829,6 +830,16 @@ fn make_private(path: &Path, meta: &fs::Metadata) -> Result<()> {
 #[cfg(not(unix))]
 fn make_private(_: &Path, _: &fs::Metadata) -> Result<()> {
     Ok(())
+}
+
+/// Whether `name` in `dir` is one of sled's files: `db`, `conf`, `blobs/`, `snap.*` in
+/// the vault directory, anything below it.
+fn is_sleds(dir: &Path, db: &Path, name: &std::ffi::OsStr) -> bool {
+    if Some(dir) != db.parent() {
+        return true;
+    }
+    let name = name.to_string_lossy();
+    matches!(&*name, "db" | "conf" | "blobs") || name.starts_with("snap.")
 }
 
 /// Whether the entry belongs to the process's effective user.
@@ -1042,11 +1053,15 @@ mod tests {
         // The same file in a directory of sled's is synced.
         fs::write(dir.join("blobs").join("0123"), b"{}").unwrap();
         assert_eq!(walk(&mut synced), 2, "db and the blob");
-        // A file of another user's there is not (the vault's user may not open it).
-        let foreign = dir.join("blobs").join("4567");
-        fs::write(&foreign, b"{}").unwrap();
-        if std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).is_ok() {
-            assert_eq!(walk(&mut synced), 1, "db only");
+        // Another user's file beside the database is not (the vault's user may not
+        // open it); one of sled's is, whoever owns it.
+        let stray = dir.join("left-by-root");
+        fs::write(&stray, b"{}").unwrap();
+        let blob = dir.join("blobs").join("4567");
+        fs::write(&blob, b"{}").unwrap();
+        let foreign = |p: &Path| std::os::unix::fs::chown(p, Some(65534), Some(65534)).is_ok();
+        if foreign(&stray) && foreign(&blob) {
+            assert_eq!(walk(&mut synced), 2, "db and the blob");
         }
     }
 

@@ -1255,7 +1255,16 @@ impl Inner {
         self.erased.store(true, Ordering::Relaxed);
     }
 
+    /// Stores `event` (or not, as the policy says); the event's own copy of what was
+    /// captured is wiped before this returns, stored or not.
     fn append(&self, mut event: Event) -> Result<Appended> {
+        let appended = self.append_event(&mut event);
+        // After the append lock is released: other appenders do not wait for the wipe.
+        event.wipe();
+        appended
+    }
+
+    fn append_event(&self, event: &mut Event) -> Result<Appended> {
         self.check_live()?;
         if matches!(event, Event::Marker { .. }) {
             return Err(Error::invalid(
@@ -1287,11 +1296,11 @@ impl Inner {
         // encoded before taking the append lock; the gate keeps or drops such events but
         // never changes them.
         let encoded =
-            (event.payload_len() > self.opts.frame_max_bytes / 2).then(|| encode_large(&event));
+            (event.payload_len() > self.opts.frame_max_bytes / 2).then(|| encode_large(event));
         let mut p = self.producer();
         let Producer { gate, framer } = &mut *p;
         let was_denied = gate.in_denied_window();
-        let admission = gate.admit(&mut event);
+        let admission = gate.admit(event);
         if gate.in_denied_window() != was_denied {
             // Only on focus changes into or out of a deny-listed window.
             let flag = i64::from(gate.in_denied_window());
@@ -1310,7 +1319,7 @@ impl Inner {
             let opens = framer.opens();
             match encoded {
                 Some(whole) => framer.push_encoded_large(whole, &mut |j| queue.send(j)),
-                None => framer.push(&event, &mut |j| queue.send(j)),
+                None => framer.push(event, &mut |j| queue.send(j)),
             }
             queue.frame_opened(framer, opens);
             queue.result?;

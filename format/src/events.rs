@@ -261,15 +261,23 @@ impl Event {
     /// memset speed (`Zeroize` on a `Vec<u8>` goes one volatile byte at a time), the
     /// rest with `Zeroize`. Pointer events hold nothing on the heap and are left as they
     /// are (every move of one copies it on the stack anyway).
+    #[inline]
     pub fn wipe(&mut self) {
-        match self {
-            Event::MouseMove { .. } | Event::MouseButton { .. } | Event::Scroll { .. } => {}
-            Event::Screenshot { data, .. } | Event::Custom { data, .. } => {
-                drop(crate::secret::PlainBuf::new(std::mem::take(data)));
-                self.zeroize();
-            }
-            _ => self.zeroize(),
+        // Inlined down to this test: the pointer events are most appends.
+        if !matches!(
+            self,
+            Event::MouseMove { .. } | Event::MouseButton { .. } | Event::Scroll { .. }
+        ) {
+            self.wipe_content();
         }
+    }
+
+    #[inline(never)]
+    fn wipe_content(&mut self) {
+        if let Event::Screenshot { data, .. } | Event::Custom { data, .. } = self {
+            drop(crate::secret::PlainBuf::new(std::mem::take(data)));
+        }
+        self.zeroize();
     }
 
     /// The most bytes [`Event::encode_into`] appends (exact but for the pointer events),

@@ -110,11 +110,19 @@ pub fn extend_zeroizing(buf: &mut PlainBuf, more: &[u8]) {
 #[inline]
 pub fn reserve_zeroizing(buf: &mut PlainBuf, additional: usize) {
     if buf.capacity() - buf.len() < additional {
-        let cap = (buf.len() + additional).max(buf.capacity() * 2);
-        let mut bigger = PlainBuf::new(Vec::with_capacity(cap));
-        bigger.extend_from_slice(buf);
-        std::mem::swap(buf, &mut bigger); // `bigger`, now the old buffer, is wiped on drop
+        grow_zeroizing(buf, additional);
     }
+}
+
+/// [`reserve_zeroizing`]'s move to a larger allocation, kept out of line: on the append
+/// path it is rare, and inlined it slowed every mouse move by about 5%.
+#[cold]
+#[inline(never)]
+fn grow_zeroizing(buf: &mut PlainBuf, additional: usize) {
+    let cap = (buf.len() + additional).max(buf.capacity() * 2);
+    let mut bigger = PlainBuf::new(Vec::with_capacity(cap));
+    bigger.extend_from_slice(buf);
+    std::mem::swap(buf, &mut bigger); // `bigger`, now the old buffer, is wiped on drop
 }
 
 /// Pushes onto a vector of secret values, wiping the old allocation when it grows (see

@@ -821,9 +821,9 @@ impl Log {
                 .map_err(|e| Error::tampered(format!("record {}: {e}", r.seq)))?;
             report.events += events.len() as u64;
             // Decoded events are plaintext: wiped, not just dropped.
-            events
-                .iter_mut()
-                .for_each(|e: &mut capvault_format::SeqEvent| e.event.wipe());
+            for e in &mut events {
+                e.event.wipe();
+            }
             events.clear();
             Ok(true)
         })?;

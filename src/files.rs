@@ -64,6 +64,13 @@ pub(crate) fn read_regular(path: &Path, max: u64) -> std::io::Result<Option<Vec<
     Ok(Some(bytes))
 }
 
+/// Makes a FIFO at `at` (tests: something that blocks whoever opens it to read).
+#[cfg(test)]
+pub(crate) fn mkfifo(at: &Path) {
+    let made = std::process::Command::new("mkfifo").arg(at).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", at.display());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,11 +97,7 @@ mod tests {
             .to_string()
             .contains("not a regular file"));
         let fifo = d.path().join("fifo");
-        assert!(std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success());
+        mkfifo(&fifo);
         // Returns at once: no writer is waited for.
         assert!(read_regular(&fifo, 10)
             .unwrap_err()

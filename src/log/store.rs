@@ -1024,11 +1024,7 @@ mod tests {
         let (_d, dir, s) = fresh_store();
         let path = dir.join(MARK_FILE);
         fs::remove_file(&path).unwrap();
-        let made = std::process::Command::new("mkfifo")
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(made.success());
+        crate::files::mkfifo(&path);
         match s.durable_flush() {
             Err(Error::Storage(m)) => assert!(m.contains("durability mark"), "{m}"),
             other => panic!("{:?}", other.map(|_| ())),
@@ -1071,11 +1067,7 @@ mod tests {
     fn a_file_replaced_by_a_fifo_or_link_fails_its_sync_without_blocking() {
         let d = tempfile::tempdir().unwrap();
         let fifo = d.path().join("conf");
-        assert!(std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success());
+        crate::files::mkfifo(&fifo);
         let link = d.path().join("db");
         let target = d.path().join("elsewhere");
         fs::write(&target, b"x").unwrap();

@@ -361,6 +361,12 @@ fn segments_child() {
                         .append_screenshot(ts, 1, 1, "raw", &shot(300_000, round))
                         .unwrap();
                 }
+                if round % 13 == 1 {
+                    // Large enough to be written in pieces by the helper thread.
+                    let _ = v
+                        .append_screenshot(ts, 2, 2, "raw", &shot(1_100_000, round))
+                        .unwrap();
+                }
                 v.flush().unwrap();
                 say(&format!("flushed {ts}"));
                 if round % 4 == 3 {
@@ -531,6 +537,8 @@ fn a_death_at_each_step_of_a_write_or_flush_loses_nothing_flushed() {
         "segments:before-write:7",
         "segments:after-write:5",
         "segments:after-write:40",
+        "segments:piece-written:2",
+        "segments:piece-written:5",
         "flush:after-segments:6",
         "flush:before-release:9",
         "prune:before-batch:1",
@@ -580,6 +588,62 @@ fn a_death_at_each_step_of_a_write_or_flush_loses_nothing_flushed() {
         }
         Vault::erase(&dir, USER, opts()).unwrap();
     }
+}
+
+/// A piece of a large append that fails on the helper thread fails its whole write,
+/// which is cut back, reported by `flush` with the file it names, and written again: the
+/// screenshot reads back whole, before and after reopening.
+#[test]
+fn a_failed_piece_of_a_large_write_is_reported_cut_back_and_written_again() {
+    let d = tempfile::tempdir().unwrap();
+    let v = Vault::open(d.path(), USER, opts()).unwrap();
+    let _ = v.append_mouse_move(1, 1, 1).unwrap();
+    v.flush().unwrap();
+    let big = shot(3_000_000, 5);
+    capvault::testing::arm("segments:piece-written");
+    let _ = v.append_screenshot(2, 1, 1, "raw", &big).unwrap();
+    match v.flush() {
+        Err(Error::Storage(m)) => assert!(
+            m.contains("cannot write the segment file") && m.contains("injected failure"),
+            "{m}"
+        ),
+        other => panic!("the failed piece was not reported: {:?}", other.map(|_| ())),
+    }
+    // The writer tries the batch again on its own (the failure point fired once).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while v.flush().is_err() {
+        assert!(std::time::Instant::now() < deadline, "never written again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let shots = |v: &Vault| -> Vec<Vec<u8>> {
+        v.test_read_all()
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e.event {
+                Event::Screenshot { data, .. } => Some(data),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(shots(&v), vec![big.clone()]);
+    assert_eq!(moves(&v), vec![1]);
+    v.verify().unwrap();
+    v.close().unwrap();
+    let v = Vault::open(d.path(), USER, opts()).unwrap();
+    v.verify().unwrap();
+    assert_eq!(shots(&v), vec![big]);
+    // Nothing of the failed attempt is left past the records the index names: the
+    // segments hold one copy of the screenshot, and status counts what du counts.
+    let seg = du(&capvault::testing::segment_dir(d.path(), USER));
+    assert!(seg < 3_000_000 + (64 << 10), "segments take {seg} bytes");
+    let (st, whole) = (v.status().unwrap(), du(d.path()));
+    assert!(
+        st.disk_bytes <= whole && st.disk_bytes + (64 << 10) >= whole,
+        "status {} du {whole}",
+        st.disk_bytes
+    );
+    v.close().unwrap();
+    Vault::erase(d.path(), USER, opts()).unwrap();
 }
 
 /// Attack: whoever can write the vault directory replaces the user's segment directory

@@ -329,6 +329,27 @@ impl Event {
         }
     }
 
+    /// Moves the payload of a screenshot or custom event out, and appends to `head`
+    /// the event's encoding up to the payload, its length included: `head` followed by
+    /// the payload returned is what [`Event::encode_into`] appends, without the payload
+    /// being copied. The event keeps an empty payload. Returns `None`, and leaves
+    /// `head` as it was, for an event without a payload field.
+    pub fn split_payload(&mut self, head: &mut Vec<u8>) -> Option<Vec<u8>> {
+        let (Event::Screenshot { data, .. } | Event::Custom { data, .. }) = self else {
+            return None;
+        };
+        let payload = std::mem::take(data);
+        // The payload is the variant's last field: postcard writes it as a varint length
+        // then the bytes, so the encoding with an empty payload ends in the length 0.
+        let room = self.encoded_len_max() + 10;
+        head.reserve(room);
+        self.encode_into(head);
+        let zero = head.pop();
+        debug_assert_eq!(zero, Some(0), "an empty payload's length ends the encoding");
+        push_varint(head, payload.len() as u64);
+        Some(payload)
+    }
+
     /// Decodes one event from the front of `bytes`, returning it and the rest.
     pub fn decode_from(bytes: &[u8]) -> Result<(Event, &[u8])> {
         postcard::take_from_bytes(bytes)
@@ -546,6 +567,47 @@ mod tests {
                 assert!(out.len() - prefix <= e.encoded_len_max());
             }
         }
+    }
+
+    /// The payload moved out after the head is the event's encoding, byte for byte.
+    #[test]
+    fn a_split_payload_follows_its_head_as_in_the_whole_encoding() {
+        let mut evs = one_of_each();
+        for len in [0usize, 1, 127, 128, 16_383, 16_384, 1_500_000] {
+            evs.push(Event::Screenshot {
+                ts_us: -3,
+                width: 1920,
+                height: u32::MAX,
+                format: "webp".into(),
+                data: (0..len).map(|i| i as u8).collect(),
+            });
+            evs.push(Event::Custom {
+                ts_us: i64::MAX,
+                kind: "k".repeat(len % 300),
+                data: vec![0xA5; len],
+            });
+        }
+        let mut split = 0;
+        for e in evs {
+            let mut whole = vec![9u8; 3];
+            e.encode_into(&mut whole);
+            let mut taken = e.clone();
+            let mut head = vec![9u8; 3];
+            match taken.split_payload(&mut head) {
+                Some(payload) => {
+                    split += 1;
+                    assert_eq!(payload.len(), e.payload_len());
+                    head.extend_from_slice(&payload);
+                    assert_eq!(head, whole, "{e:?}");
+                    assert_eq!(taken.payload_len(), 0);
+                }
+                None => {
+                    assert_eq!(head, [9, 9, 9]);
+                    assert_eq!(taken, e);
+                }
+            }
+        }
+        assert_eq!(split, 16);
     }
 
     #[test]

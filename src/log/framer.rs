@@ -13,16 +13,47 @@ use capvault_format::Event;
 /// the payload's other chunks (so chunking does not copy).
 pub(crate) enum Plaintext {
     Owned(PlainBuf),
-    Chunk(Arc<PlainBuf>, Range<usize>),
+    Chunk(Arc<Large>, Range<usize>),
 }
 
-impl std::ops::Deref for Plaintext {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
+impl Plaintext {
+    pub(crate) fn len(&self) -> usize {
         match self {
-            Plaintext::Owned(b) => b,
-            Plaintext::Chunk(b, r) => &b[r.clone()],
+            Plaintext::Owned(b) => b.len(),
+            Plaintext::Chunk(_, r) => r.len(),
         }
+    }
+
+    /// The bytes, in order, in at most two pieces.
+    pub(crate) fn parts(&self) -> [&[u8]; 2] {
+        match self {
+            Plaintext::Owned(b) => [b, &[]],
+            Plaintext::Chunk(large, r) => large.parts(r.clone()),
+        }
+    }
+}
+
+/// The plaintext of one large payload's records: `head` (room for the event sequence
+/// number, then the event's encoding up to its payload) followed by `body` (the payload,
+/// moved out of the appended event rather than copied). Its chunks are ranges of the two
+/// together.
+pub(crate) struct Large {
+    head: PlainBuf,
+    body: PlainBuf,
+}
+
+impl Large {
+    fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+
+    /// Bytes `r` of `head` followed by `body`.
+    fn parts(&self, r: Range<usize>) -> [&[u8]; 2] {
+        let h = self.head.len();
+        [
+            &self.head[r.start.min(h)..r.end.min(h)],
+            &self.body[r.start.max(h) - h..r.end.max(h) - h],
+        ]
     }
 }
 
@@ -51,12 +82,35 @@ pub(crate) struct Framer {
     policy_version: u32,
 }
 
-/// Chunked-payload plaintext: room for the event sequence number, then the event bytes.
-pub(crate) fn encode_large(event: &Event) -> PlainBuf {
-    let mut whole = PlainBuf::new(Vec::with_capacity(FRAME_PREFIX + event.encoded_len_max()));
-    whole.extend_from_slice(&[0u8; FRAME_PREFIX]);
-    event.encode_into(&mut whole);
-    whole
+/// Chunked-payload plaintext of an event the caller gives up: its payload is moved, not
+/// copied, and the event is left with an empty one.
+pub(crate) fn take_large(event: &mut Event) -> Large {
+    let mut head = PlainBuf::new(vec![0u8; FRAME_PREFIX]);
+    match event.split_payload(&mut head) {
+        Some(payload) => Large {
+            head,
+            body: PlainBuf::new(payload),
+        },
+        None => {
+            reserve_zeroizing(&mut head, event.encoded_len_max());
+            event.encode_into(&mut head);
+            Large {
+                head,
+                body: PlainBuf::new(Vec::new()),
+            }
+        }
+    }
+}
+
+/// Chunked-payload plaintext of an event the caller keeps (a copy of its encoding).
+fn copy_large(event: &Event) -> Large {
+    let mut head = PlainBuf::new(Vec::with_capacity(FRAME_PREFIX + event.encoded_len_max()));
+    head.extend_from_slice(&[0u8; FRAME_PREFIX]);
+    event.encode_into(&mut head);
+    Large {
+        head,
+        body: PlainBuf::new(Vec::new()),
+    }
 }
 
 impl Framer {
@@ -128,16 +182,16 @@ impl Framer {
     }
 
     fn push_large(&mut self, event: &Event, emit: &mut dyn FnMut(Job)) {
-        self.push_encoded_large(encode_large(event), emit);
+        self.push_taken_large(copy_large(event), emit);
     }
 
-    /// Stores a payload encoded by [`encode_large`] (which callers do before taking the
-    /// append lock, so other appenders never wait for a screenshot's copy).
-    pub(crate) fn push_encoded_large(&mut self, mut whole: PlainBuf, emit: &mut dyn FnMut(Job)) {
+    /// Stores a payload taken by [`take_large`] (which callers do before taking the
+    /// append lock, so other appenders never wait for a screenshot).
+    pub(crate) fn push_taken_large(&mut self, mut whole: Large, emit: &mut dyn FnMut(Job)) {
         if let Some(j) = self.cut() {
             emit(j);
         }
-        whole[..FRAME_PREFIX].copy_from_slice(&self.next_event_seq.to_be_bytes());
+        whole.head[..FRAME_PREFIX].copy_from_slice(&self.next_event_seq.to_be_bytes());
         self.next_event_seq += 1;
         let whole = Arc::new(whole);
         let n = whole.len().div_ceil(self.chunk_bytes);

@@ -4,6 +4,7 @@
 
 pub(crate) mod anchor;
 pub(crate) mod assemble;
+pub(crate) mod behind;
 pub(crate) mod framer;
 pub(crate) mod record;
 pub(crate) mod segments;
@@ -621,7 +622,7 @@ impl Log {
                     &prev,
                     purpose,
                     dek,
-                    &job.plaintext,
+                    job.plaintext.parts(),
                     &nonce,
                 );
             })?;
@@ -655,6 +656,12 @@ impl Log {
             entries,
             written,
         })
+    }
+
+    /// Drops the records of a large batch once stored, wiping their plaintext off the
+    /// writer thread (it seals the next batch meanwhile).
+    pub(crate) fn drop_stored(&self, jobs: Vec<Job>) {
+        self.segments.drop_behind(jobs);
     }
 
     /// Encrypts `jobs` under the current epoch, appends their bytes to the segments, and

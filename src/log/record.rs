@@ -144,7 +144,14 @@ impl RecordBinding {
     ) -> Vec<u8> {
         let mut value = Vec::with_capacity(OVERHEAD + plaintext.len());
         self.seal_onto(
-            &mut value, seq, header, prev_tag, purpose, dek, plaintext, nonce,
+            &mut value,
+            seq,
+            header,
+            prev_tag,
+            purpose,
+            dek,
+            [plaintext, &[]],
+            nonce,
         );
         value
     }
@@ -163,15 +170,17 @@ impl RecordBinding {
         prev_tag: &[u8; TAG_LEN],
         purpose: &str,
         dek: &Key32,
-        plaintext: &[u8],
+        plaintext: [&[u8]; 2],
         nonce: &[u8; NONCE_LEN],
     ) -> [u8; TAG_LEN] {
         let ad = self.associated_data(seq, header, prev_tag, purpose);
-        out.reserve(OVERHEAD + plaintext.len());
+        out.reserve(OVERHEAD + plaintext[0].len() + plaintext[1].len());
         header.write(out);
         out.extend_from_slice(nonce);
         let body = out.len();
-        out.extend_from_slice(plaintext);
+        for part in plaintext {
+            out.extend_from_slice(part);
+        }
         let tag = aead::seal_in_place(dek, nonce, &ad, &mut out[body..]);
         out.extend_from_slice(&tag);
         tag

@@ -9,9 +9,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
+use crate::log::behind::Behind;
 
 /// Directory of the segment directories, in the vault directory.
 pub(crate) const SEGMENTS_DIR: &str = "segments";
@@ -35,6 +37,7 @@ const BLOCK: u64 = 4096;
 /// A write at least this large (a screenshot) is handed to the disk at once, so that the
 /// flush after it finds its bytes written and waits only for the device's flush.
 const WRITEBACK_AT_ONCE: usize = 512 << 10;
+const PIECES_IN_FLIGHT: usize = 4;
 
 /// Segment size for a byte budget (0: none): at most a sixteenth of the budget, so the
 /// dead front of one segment never holds the budget's slack.
@@ -137,19 +140,28 @@ pub(crate) struct Written {
     start: u64,
 }
 
+/// A piece of an append being written by the helper thread: its buffer comes back with
+/// the result.
+type PieceWritten = Receiver<(Vec<u8>, std::io::Result<()>)>;
+
 /// An append in progress ([`Segments::begin`]). Its bytes go out in pieces of
-/// [`WRITEBACK_AT_ONCE`] as they come; the segment's length moves only when it is
-/// finished, and one dropped unfinished is cut back, so its bytes are never named.
+/// [`WRITEBACK_AT_ONCE`] as they come, written by the helper thread while the next
+/// records are sealed (one piece at a time, in order); the rest is written by
+/// [`Appending::finish`] once every piece is. The segment's length moves only when it
+/// is finished, and one dropped unfinished waits for its piece and is cut back, so its
+/// bytes are never named.
 pub(crate) struct Appending<'a> {
     segments: &'a Segments,
     st: MutexGuard<'a, SegState>,
     active: u32,
     start: u64,
     epoch: u32,
-    /// Bytes written to the file so far (after `start`).
+    /// Bytes written to the file, or handed to the helper, so far (after `start`).
     out: u64,
     /// Bytes not yet written.
     buf: Vec<u8>,
+    /// The piece the helper is writing.
+    in_flight: std::collections::VecDeque<(PieceWritten, u64)>,
     locs: Vec<Loc>,
     finished: bool,
 }
@@ -188,7 +200,7 @@ impl Appending<'_> {
             epoch: self.epoch,
         });
         if self.buf.len() >= WRITEBACK_AT_ONCE {
-            self.write_out()?;
+            self.send_piece()?;
         }
         Ok(len)
     }
@@ -199,6 +211,7 @@ impl Appending<'_> {
         if let Some(last) = self.locs.last_mut() {
             last.flags = LOC_BATCH_END;
         }
+        self.wait_pieces()?;
         self.write_out()?;
         let (active, end) = (self.active, self.start + self.out);
         self.segments.change(&mut self.st, active, |s| s.len = end);
@@ -213,6 +226,64 @@ impl Appending<'_> {
         ))
     }
 
+    /// Hands the buffer to the helper thread (waiting for the oldest piece when
+    /// [`PIECES_IN_FLIGHT`] are on their way) and goes on with a spare one.
+    fn send_piece(&mut self) -> Result<()> {
+        if self.in_flight.len() >= PIECES_IN_FLIGHT {
+            self.wait_piece()?;
+        }
+        let spare = self.st.spare.pop().unwrap_or_default();
+        let at = self.start + self.out;
+        let f = Arc::clone(self.segments.handle(&mut self.st, self.active)?);
+        let buf = std::mem::replace(&mut self.buf, spare);
+        let len = buf.len() as u64;
+        let writeback = self.segments.fsync;
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.segments.behind.run(move || {
+            let written = write_at(&f, &buf, at).and_then(|()| {
+                crate::failpoint::hit("segments:piece-written")
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            });
+            // The flush's fdatasync then waits for the last piece only.
+            if written.is_ok() && writeback {
+                start_writeback(&f, at, len);
+            }
+            let _ = tx.send((buf, written));
+        });
+        self.in_flight.push_back((rx, at));
+        self.out += len;
+        Ok(())
+    }
+
+    /// Waits for every piece on its way.
+    fn wait_pieces(&mut self) -> Result<()> {
+        while !self.in_flight.is_empty() {
+            self.wait_piece()?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest piece on its way; its buffer becomes a spare.
+    fn wait_piece(&mut self) -> Result<()> {
+        let Some((rx, at)) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let path = || self.segments.path(self.active);
+        match rx.recv() {
+            Ok((buf, Ok(()))) => {
+                keep_spare(&mut self.st, buf);
+                Ok(())
+            }
+            // A full disk may have taken part of it: cut back when dropped (the next
+            // write starts at `start` anyway).
+            Ok((_, Err(e))) => Err(storage("cannot write the segment file", &path(), e)),
+            Err(_) => Err(Error::Storage(format!(
+                "cannot write the segment file {} at {at}: the write was lost",
+                path().display()
+            ))),
+        }
+    }
+
     fn write_out(&mut self) -> Result<()> {
         if self.buf.is_empty() {
             return Ok(());
@@ -220,8 +291,6 @@ impl Appending<'_> {
         let at = self.start + self.out;
         let f = self.segments.handle(&mut self.st, self.active)?;
         if let Err(e) = write_at(f, &self.buf, at) {
-            // A full disk may have taken part of it: cut back when dropped (the next
-            // write starts at `start` anyway).
             return Err(storage(
                 "cannot write the segment file",
                 &self.segments.path(self.active),
@@ -239,10 +308,26 @@ impl Appending<'_> {
     }
 }
 
+/// Keeps an emptied write buffer for the next piece or append (fresh allocations of
+/// this size are mapped, faulted in and unmapped each time). Write buffers only ever
+/// hold sealed records once a record is pushed, so nothing is wiped.
+fn keep_spare(st: &mut SegState, mut buf: Vec<u8>) {
+    if st.spare.len() <= PIECES_IN_FLIGHT && buf.capacity() <= 2 * WRITEBACK_AT_ONCE {
+        buf.clear();
+        st.spare.push(buf);
+    }
+}
+
 impl Drop for Appending<'_> {
     fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        keep_spare(&mut self.st, buf);
         if self.finished {
             return;
+        }
+        // A piece still being written lands before the cut, never after it.
+        while !self.in_flight.is_empty() {
+            let _ = self.wait_piece();
         }
         // Best effort: the length the segments know is `start` whatever the file says,
         // and a reopened log trims what no index entry names.
@@ -268,13 +353,16 @@ impl Seg {
 
 struct SegState {
     segs: BTreeMap<u32, Seg>,
-    handles: BTreeMap<u32, File>,
+    /// Shared with the helper thread while it writes a piece.
+    handles: BTreeMap<u32, Arc<File>>,
     active: Option<u32>,
     next: u32,
     /// Written since the last sync.
     dirty: BTreeSet<u32>,
     /// A segment was created since the directory's last sync.
     dir_dirty: bool,
+    /// Emptied write buffers ([`keep_spare`]).
+    spare: Vec<Vec<u8>>,
 }
 
 /// The segment files of one user.
@@ -290,6 +378,9 @@ pub(crate) struct Segments {
     /// byte budget is read on the append path without waiting for a sync that holds
     /// the lock.
     held: AtomicU64,
+    /// Writes the pieces of large appends (dropped after the state: an append holds
+    /// the state's lock until its pieces are written, so none is left when it goes).
+    behind: Behind,
 }
 
 fn name_of(n: u32) -> String {
@@ -343,8 +434,10 @@ impl Segments {
                 next,
                 dirty: BTreeSet::new(),
                 dir_dirty: false,
+                spare: Vec::new(),
             }),
             held: AtomicU64::new(held),
+            behind: Behind::default(),
         })
     }
 
@@ -372,7 +465,7 @@ impl Segments {
     }
 
     /// The handle of segment `n` (opened on demand; a few are kept).
-    fn handle<'a>(&self, st: &'a mut SegState, n: u32) -> Result<&'a File> {
+    fn handle<'a>(&self, st: &'a mut SegState, n: u32) -> Result<&'a Arc<File>> {
         if !st.handles.contains_key(&n) {
             if st.handles.len() >= HANDLES {
                 let drop_one = st.handles.keys().copied().find(|k| Some(*k) != st.active);
@@ -391,7 +484,7 @@ impl Segments {
                     }
                     _ => storage("cannot open the segment file", &path, e),
                 })?;
-            st.handles.insert(n, f);
+            st.handles.insert(n, Arc::new(f));
         }
         Ok(st.handles.get(&n).expect("inserted"))
     }
@@ -422,6 +515,7 @@ impl Segments {
             _ => self.create(&mut st)?,
         };
         let start = st.segs[&active].len;
+        let buf = st.spare.pop().unwrap_or_default();
         Ok(Appending {
             segments: self,
             st,
@@ -429,7 +523,8 @@ impl Segments {
             start,
             epoch,
             out: 0,
-            buf: Vec::new(),
+            buf,
+            in_flight: std::collections::VecDeque::new(),
             locs: Vec::new(),
             finished: false,
         })
@@ -462,7 +557,7 @@ impl Segments {
             .checked_add(1)
             .ok_or_else(|| Error::Storage("segment numbers ran out".into()))?;
         st.segs.insert(n, Seg { len: 0, punched: 0 });
-        st.handles.insert(n, f);
+        st.handles.insert(n, Arc::new(f));
         st.active = Some(n);
         st.dir_dirty = true;
         Ok(n)
@@ -629,6 +724,12 @@ impl Segments {
     /// Segment numbers present.
     pub(crate) fn numbers(&self) -> Vec<u32> {
         self.lock().segs.keys().copied().collect()
+    }
+
+    /// Drops `stored` on the helper thread (the plaintext of a large batch, which its
+    /// drop wipes), after the pieces handed to it before.
+    pub(crate) fn drop_behind<T: Send + 'static>(&self, stored: T) {
+        self.behind.run(move || drop(stored));
     }
 }
 
@@ -868,19 +969,22 @@ mod tests {
         let file = d.path().join("s").join(name_of(first[0].segment));
         let start = fs::metadata(&file).unwrap().len();
         let chunk = vec![0x5au8; 64 << 10];
+        // Enough pieces that the first must be written before the last is handed over.
+        let n = 2 + ((PIECES_IN_FLIGHT + 2) * WRITEBACK_AT_ONCE / chunk.len()) as u64;
         {
             let mut a = s.begin(1).unwrap();
-            for seq in 2..20 {
+            for seq in 2..n {
                 a.push(seq, &chunk).unwrap();
             }
             // Pieces went to the file before the end (the append is not finished).
             assert!(fs::metadata(&file).unwrap().len() >= start + (512 << 10));
-            // Dropped unfinished, as when sealing or writing the rest fails.
+            // Dropped unfinished with pieces on their way, as when sealing or writing the
+            // rest fails: none of them lands after the cut.
         }
         assert_eq!(fs::metadata(&file).unwrap().len(), start);
         assert_eq!(s.bytes(), start);
         // The next append starts where the dropped one did, whole.
-        let records: Vec<(u64, &[u8])> = (2..20).map(|seq| (seq, &chunk[..])).collect();
+        let records: Vec<(u64, &[u8])> = (2..n).map(|seq| (seq, &chunk[..])).collect();
         let (l, _) = s.append(&records, 1).unwrap();
         assert_eq!(l[0].offset, start);
         assert_eq!(l.iter().filter(|l| l.flags & LOC_BATCH_END != 0).count(), 1);

@@ -22,7 +22,7 @@ use crate::keys::hierarchy::{KeyHierarchy, STATE_FORMAT};
 use crate::keys::keystore::{open_keystore, KeyStore, KeyStoreKind};
 use crate::keys::mark::{self, Keeper, Mark, MarkKey};
 use crate::log::anchor::AnchorKey;
-use crate::log::framer::{encode_large, Framer, Job};
+use crate::log::framer::{take_large, Framer, Job};
 use crate::log::record::RecordBinding;
 use crate::log::store::{Store, Unmarked, UserTrees};
 use crate::log::Log;
@@ -1293,10 +1293,10 @@ impl Inner {
             return Ok(Appended::Paused);
         }
         // A large payload (a screenshot or custom event, the only ones with payloads) is
-        // encoded before taking the append lock; the gate keeps or drops such events but
-        // never changes them.
+        // moved out and the rest encoded before taking the append lock; the gate keeps or
+        // drops such events but never looks at their payload.
         let encoded =
-            (event.payload_len() > self.opts.frame_max_bytes / 2).then(|| encode_large(event));
+            (event.payload_len() > self.opts.frame_max_bytes / 2).then(|| take_large(event));
         let mut p = self.producer();
         let Producer { gate, framer } = &mut *p;
         let was_denied = gate.in_denied_window();
@@ -1318,7 +1318,7 @@ impl Inner {
             let mut queue = Queue::new(self);
             let opens = framer.opens();
             match encoded {
-                Some(whole) => framer.push_encoded_large(whole, &mut |j| queue.send(j)),
+                Some(whole) => framer.push_taken_large(whole, &mut |j| queue.send(j)),
                 None => framer.push(event, &mut |j| queue.send(j)),
             }
             queue.frame_opened(framer, opens);

@@ -143,7 +143,13 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
                 inner
                     .unwritten
                     .fetch_sub(pending_bytes as u64, Ordering::Relaxed);
-                b.pending.clear();
+                if pending_bytes >= WRITE_BYTES {
+                    // Wiped on the helper thread while this one seals the next batch
+                    // (small batches are wiped here: no wake-up for a few bytes).
+                    inner.log.drop_stored(std::mem::take(&mut b.pending));
+                } else {
+                    b.pending.clear();
+                }
                 timers.write = None;
                 timers.retry = None;
                 inner.set_write_error(None);

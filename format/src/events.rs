@@ -332,20 +332,27 @@ impl Event {
     /// Moves the payload of a screenshot or custom event out, and appends to `head`
     /// the event's encoding up to the payload, its length included: `head` followed by
     /// the payload returned is what [`Event::encode_into`] appends, without the payload
-    /// being copied. The event keeps an empty payload. Returns `None`, and leaves
-    /// `head` as it was, for an event without a payload field.
-    pub fn split_payload(&mut self, head: &mut Vec<u8>) -> Option<Vec<u8>> {
+    /// being copied. The event keeps an empty payload. Returns `None`, and leaves the
+    /// event and `head` as they were, for an event without a payload field. Room is made
+    /// through a wiping reallocation, so `head` may already hold secret bytes.
+    pub fn split_payload(&mut self, head: &mut crate::secret::PlainBuf) -> Option<Vec<u8>> {
         let (Event::Screenshot { data, .. } | Event::Custom { data, .. }) = self else {
             return None;
         };
         let payload = std::mem::take(data);
         // The payload is the variant's last field: postcard writes it as a varint length
         // then the bytes, so the encoding with an empty payload ends in the length 0.
-        let room = self.encoded_len_max() + 10;
-        head.reserve(room);
+        let before = head.len();
+        crate::secret::reserve_zeroizing(head, self.encoded_len_max() + 10);
         self.encode_into(head);
-        let zero = head.pop();
-        debug_assert_eq!(zero, Some(0), "an empty payload's length ends the encoding");
+        if head.pop() != Some(0) {
+            // Not so (a field after the payload): the caller encodes the event whole.
+            head.truncate(before);
+            if let Event::Screenshot { data, .. } | Event::Custom { data, .. } = self {
+                *data = payload;
+            }
+            return None;
+        }
         push_varint(head, payload.len() as u64);
         Some(payload)
     }
@@ -592,17 +599,17 @@ mod tests {
             let mut whole = vec![9u8; 3];
             e.encode_into(&mut whole);
             let mut taken = e.clone();
-            let mut head = vec![9u8; 3];
+            let mut head = crate::secret::PlainBuf::new(vec![9u8; 3]);
             match taken.split_payload(&mut head) {
                 Some(payload) => {
                     split += 1;
                     assert_eq!(payload.len(), e.payload_len());
                     head.extend_from_slice(&payload);
-                    assert_eq!(head, whole, "{e:?}");
+                    assert_eq!(*head, whole, "{e:?}");
                     assert_eq!(taken.payload_len(), 0);
                 }
                 None => {
-                    assert_eq!(head, [9, 9, 9]);
+                    assert_eq!(*head, [9, 9, 9]);
                     assert_eq!(taken, e);
                 }
             }

@@ -18,7 +18,16 @@ type Task = Box<dyn FnOnce() + Send>;
 /// The helper thread, started on first use.
 #[derive(Default)]
 pub(crate) struct Behind {
-    thread: Mutex<Option<Running>>,
+    thread: Mutex<Helper>,
+}
+
+#[derive(Default)]
+enum Helper {
+    #[default]
+    NotStarted,
+    Running(Running),
+    /// It could not be started: the callers do the work (not tried again at each call).
+    Unavailable,
 }
 
 struct Running {
@@ -32,15 +41,15 @@ impl Behind {
     pub(crate) fn run(&self, task: impl FnOnce() + Send + 'static) {
         let task: Task = Box::new(task);
         let mut slot = self.thread.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = start();
+        if matches!(*slot, Helper::NotStarted) {
+            *slot = start().map_or(Helper::Unavailable, Helper::Running);
         }
-        let task = match slot.as_ref() {
-            Some(running) => match running.tx.send(task) {
+        let task = match &*slot {
+            Helper::Running(running) => match running.tx.send(task) {
                 Ok(()) => return,
                 Err(mpsc::SendError(task)) => task,
             },
-            None => task,
+            _ => task,
         };
         drop(slot);
         task();
@@ -67,12 +76,8 @@ impl Drop for Behind {
     /// Lets the helper finish what it was given, so nothing is written after the
     /// segments are gone.
     fn drop(&mut self) {
-        let running = self
-            .thread
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(Running { tx, handle }) = running {
+        let helper = std::mem::take(self.thread.get_mut().unwrap_or_else(|p| p.into_inner()));
+        if let Helper::Running(Running { tx, handle }) = helper {
             drop(tx);
             let _ = handle.join();
         }

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use zeroize::Zeroize;
+
 use crate::error::{Error, Result};
 use crate::log::behind::Behind;
 
@@ -37,7 +39,11 @@ const BLOCK: u64 = 4096;
 /// A write at least this large (a screenshot) is handed to the disk at once, so that the
 /// flush after it finds its bytes written and waits only for the device's flush.
 const WRITEBACK_AT_ONCE: usize = 512 << 10;
-const PIECES_IN_FLIGHT: usize = 4;
+/// Bytes of an append's pieces on their way to the file at most (one piece, whatever its
+/// size, when a single record is larger).
+const BYTES_IN_FLIGHT: usize = 4 * WRITEBACK_AT_ONCE;
+/// Emptied write buffers kept at most (each of at most `2 * WRITEBACK_AT_ONCE`).
+const SPARE_BUFFERS: usize = 5;
 
 /// Segment size for a byte budget (0: none): at most a sixteenth of the budget, so the
 /// dead front of one segment never holds the budget's slack.
@@ -146,7 +152,7 @@ type PieceWritten = Receiver<(Vec<u8>, std::io::Result<()>)>;
 
 /// An append in progress ([`Segments::begin`]). Its bytes go out in pieces of
 /// [`WRITEBACK_AT_ONCE`] as they come, written by the helper thread while the next
-/// records are sealed (one piece at a time, in order); the rest is written by
+/// records are sealed (in order, [`BYTES_IN_FLIGHT`] at most); the rest is written by
 /// [`Appending::finish`] once every piece is. The segment's length moves only when it
 /// is finished, and one dropped unfinished waits for its piece and is cut back, so its
 /// bytes are never named.
@@ -161,7 +167,7 @@ pub(crate) struct Appending<'a> {
     /// Bytes not yet written.
     buf: Vec<u8>,
     /// The piece the helper is writing.
-    in_flight: std::collections::VecDeque<(PieceWritten, u64)>,
+    in_flight: std::collections::VecDeque<(PieceWritten, u64, usize)>,
     locs: Vec<Loc>,
     finished: bool,
 }
@@ -226,10 +232,13 @@ impl Appending<'_> {
         ))
     }
 
-    /// Hands the buffer to the helper thread (waiting for the oldest piece when
-    /// [`PIECES_IN_FLIGHT`] are on their way) and goes on with a spare one.
+    /// Hands the buffer to the helper thread (first waiting for the oldest pieces while
+    /// it would take more than [`BYTES_IN_FLIGHT`] on their way) and goes on with a
+    /// spare one.
     fn send_piece(&mut self) -> Result<()> {
-        if self.in_flight.len() >= PIECES_IN_FLIGHT {
+        while !self.in_flight.is_empty()
+            && self.in_flight.iter().map(|p| p.2).sum::<usize>() + self.buf.len() > BYTES_IN_FLIGHT
+        {
             self.wait_piece()?;
         }
         let spare = self.st.spare.pop().unwrap_or_default();
@@ -250,7 +259,7 @@ impl Appending<'_> {
             }
             let _ = tx.send((buf, written));
         });
-        self.in_flight.push_back((rx, at));
+        self.in_flight.push_back((rx, at, len as usize));
         self.out += len;
         Ok(())
     }
@@ -265,7 +274,7 @@ impl Appending<'_> {
 
     /// Waits for the oldest piece on its way; its buffer becomes a spare.
     fn wait_piece(&mut self) -> Result<()> {
-        let Some((rx, at)) = self.in_flight.pop_front() else {
+        let Some((rx, at, _)) = self.in_flight.pop_front() else {
             return Ok(());
         };
         let path = || self.segments.path(self.active);
@@ -312,7 +321,7 @@ impl Appending<'_> {
 /// this size are mapped, faulted in and unmapped each time). Write buffers only ever
 /// hold sealed records once a record is pushed, so nothing is wiped.
 fn keep_spare(st: &mut SegState, mut buf: Vec<u8>) {
-    if st.spare.len() <= PIECES_IN_FLIGHT && buf.capacity() <= 2 * WRITEBACK_AT_ONCE {
+    if st.spare.len() < SPARE_BUFFERS && buf.capacity() <= 2 * WRITEBACK_AT_ONCE {
         buf.clear();
         st.spare.push(buf);
     }
@@ -320,7 +329,13 @@ fn keep_spare(st: &mut SegState, mut buf: Vec<u8>) {
 
 impl Drop for Appending<'_> {
     fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.buf);
+        let mut buf = std::mem::take(&mut self.buf);
+        if !self.finished {
+            // Plaintext is in the buffer only between a record's copy and its sealing,
+            // which nothing interrupts today; an append cut short is wiped all the same.
+            buf.as_mut_slice().zeroize();
+            buf.spare_capacity_mut().zeroize();
+        }
         keep_spare(&mut self.st, buf);
         if self.finished {
             return;
@@ -970,7 +985,7 @@ mod tests {
         let start = fs::metadata(&file).unwrap().len();
         let chunk = vec![0x5au8; 64 << 10];
         // Enough pieces that the first must be written before the last is handed over.
-        let n = 2 + ((PIECES_IN_FLIGHT + 2) * WRITEBACK_AT_ONCE / chunk.len()) as u64;
+        let n = 2 + ((BYTES_IN_FLIGHT + 2 * WRITEBACK_AT_ONCE) / chunk.len()) as u64;
         {
             let mut a = s.begin(1).unwrap();
             for seq in 2..n {
@@ -994,6 +1009,46 @@ mod tests {
         }
         assert_eq!(s.read(1, &first[0]).unwrap(), b"before");
         assert_eq!(s.recount(), s.bytes());
+    }
+
+    /// An append dropped with pieces still queued for the helper (here behind a task
+    /// that blocks it) waits for them before it cuts the segment back: none lands after
+    /// the cut.
+    #[test]
+    fn an_append_dropped_with_pieces_on_their_way_cuts_back_after_they_land() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Segments::open(&d.path().join("s"), DEFAULT_SEGMENT_BYTES, true).unwrap();
+        let (first, _) = s.append(&[(1, b"before")], 1).unwrap();
+        let file = d.path().join("s").join(name_of(first[0].segment));
+        let start = fs::metadata(&file).unwrap().len();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        s.behind.run(move || {
+            let _ = wait.recv();
+        });
+        let chunk = vec![0x5au8; 64 << 10];
+        std::thread::scope(|scope| {
+            let dropping = scope.spawn(|| {
+                let mut a = s.begin(1).unwrap();
+                for seq in 2..20 {
+                    a.push(seq, &chunk).unwrap();
+                }
+                // Dropped unfinished, two pieces queued behind the blocking task.
+            });
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            assert!(!dropping.is_finished(), "dropped before its pieces landed");
+            go.send(()).unwrap();
+            dropping.join().unwrap();
+        });
+        assert_eq!(fs::metadata(&file).unwrap().len(), start);
+        // The next append, other bytes, reads back whole after the first record.
+        let other = vec![0xA7u8; 64 << 10];
+        let records: Vec<(u64, &[u8])> = (2..20).map(|seq| (seq, &other[..])).collect();
+        let (l, _) = s.append(&records, 1).unwrap();
+        assert_eq!(l[0].offset, start);
+        for (i, loc) in l.iter().enumerate() {
+            assert_eq!(s.read(2 + i as u64, loc).unwrap(), other);
+        }
+        assert_eq!(fs::metadata(&file).unwrap().len(), l.last().unwrap().end());
     }
 
     #[test]

@@ -976,13 +976,19 @@ mod tests {
         assert_eq!(s.bytes(), ENTRY_HEADER + 4);
     }
 
+    /// Segments in `dir` holding one record: its location, its file and the file's length.
+    fn one_record(dir: &Path) -> (Segments, Loc, PathBuf, u64) {
+        let s = Segments::open(&dir.join("s"), DEFAULT_SEGMENT_BYTES, true).unwrap();
+        let (first, _) = s.append(&[(1, b"before")], 1).unwrap();
+        let file = dir.join("s").join(name_of(first[0].segment));
+        let start = fs::metadata(&file).unwrap().len();
+        (s, first[0], file, start)
+    }
+
     #[test]
     fn a_large_append_goes_out_in_pieces_and_one_dropped_unfinished_is_cut_back() {
         let d = tempfile::tempdir().unwrap();
-        let s = Segments::open(&d.path().join("s"), DEFAULT_SEGMENT_BYTES, true).unwrap();
-        let (first, _) = s.append(&[(1, b"before")], 1).unwrap();
-        let file = d.path().join("s").join(name_of(first[0].segment));
-        let start = fs::metadata(&file).unwrap().len();
+        let (s, first, file, start) = one_record(d.path());
         let chunk = vec![0x5au8; 64 << 10];
         // Enough pieces that the first must be written before the last is handed over.
         let n = 2 + ((BYTES_IN_FLIGHT + 2 * WRITEBACK_AT_ONCE) / chunk.len()) as u64;
@@ -1007,7 +1013,7 @@ mod tests {
         for (i, loc) in l.iter().enumerate() {
             assert_eq!(s.read(2 + i as u64, loc).unwrap(), chunk);
         }
-        assert_eq!(s.read(1, &first[0]).unwrap(), b"before");
+        assert_eq!(s.read(1, &first).unwrap(), b"before");
         assert_eq!(s.recount(), s.bytes());
     }
 
@@ -1017,10 +1023,7 @@ mod tests {
     #[test]
     fn an_append_dropped_with_pieces_on_their_way_cuts_back_after_they_land() {
         let d = tempfile::tempdir().unwrap();
-        let s = Segments::open(&d.path().join("s"), DEFAULT_SEGMENT_BYTES, true).unwrap();
-        let (first, _) = s.append(&[(1, b"before")], 1).unwrap();
-        let file = d.path().join("s").join(name_of(first[0].segment));
-        let start = fs::metadata(&file).unwrap().len();
+        let (s, _, file, start) = one_record(d.path());
         let (go, wait) = std::sync::mpsc::channel::<()>();
         s.behind.run(move || {
             let _ = wait.recv();

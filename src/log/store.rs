@@ -704,9 +704,26 @@ fn settle_tree(dir: &Path, sync: Option<&mut Synced>) -> Result<usize> {
     // snapshots) without looking each entry up again.
     *w.synced = w.seen;
     if gained {
-        fs::File::open(dir)?.sync_all()?;
+        sync_dir(dir)?;
     }
     Ok(w.files)
+}
+
+/// Syncs directory `dir` (an entry was added to it); an error names it.
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| sync_error(dir, e))
+}
+
+/// A failed sync of `path`: a full disk stays a full disk (fsync reports ENOSPC too);
+/// anything else names the file.
+fn sync_error(path: &Path, e: std::io::Error) -> Error {
+    let why = e.to_string();
+    match Error::from(e) {
+        full @ Error::StorageFull(_) => full,
+        _ => Error::Storage(format!("cannot sync {}: {why}", path.display())),
+    }
 }
 
 /// A syncing walk of [`settle_tree`]: what earlier flushes synced, every entry this
@@ -722,15 +739,9 @@ struct Walk<'a> {
 /// replaced by a link or a FIFO after the walk looked at it is an error that names it,
 /// never a sync of something else or a flush that hangs.
 fn sync_file(path: &Path, whole: bool) -> Result<bool> {
-    // A full disk stays a full disk; anything else (a lease another process holds
-    // included, which a non-blocking open reports as "would block") names the file.
-    let cannot = |e: std::io::Error| {
-        let why = e.to_string();
-        match Error::from(e) {
-            full @ Error::StorageFull(_) => full,
-            _ => Error::Storage(format!("cannot sync {}: {why}", path.display())),
-        }
-    };
+    // A lease another process holds is reported by a non-blocking open as "would
+    // block": an error that names the file too.
+    let cannot = |e: std::io::Error| sync_error(path, e);
     let Some(f) = crate::files::open_regular(path).map_err(cannot)? else {
         return Ok(false);
     };
@@ -772,7 +783,7 @@ fn settle_dir(dir: &Path, db: &Path, walk: &mut Option<Walk<'_>>) -> Result<bool
                 continue;
             }
             if settle_dir(&path, db, walk)? {
-                fs::File::open(&path)?.sync_all()?;
+                sync_dir(&path)?;
             }
             if let Some(w) = walk.as_mut() {
                 gained |= !w.synced.contains_key(&key);

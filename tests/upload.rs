@@ -103,18 +103,24 @@ fn exported_custom_seqs(events: &[serde_json::Value]) -> Vec<u64> {
     seqs
 }
 
+/// A vault for `user` that uploads to `c`, in a new temporary directory.
+fn uploading_vault_of(c: &Collector, keys: &Keys, user: &str) -> (tempfile::TempDir, Vault) {
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(
+        dir.path(),
+        user,
+        vault_options(Some(upload_options(c, keys)), &c.receipt_key),
+    )
+    .unwrap();
+    (dir, v)
+}
+
 /// A running collector, its identity, and a vault for alice that uploads to it.
 fn uploading_vault() -> (Collector, Keys, tempfile::TempDir, Vault) {
     let mut c = Collector::init();
     c.start(&[]);
     let keys = identity();
-    let dir = tempfile::tempdir().unwrap();
-    let v = Vault::open(
-        dir.path(),
-        "alice",
-        vault_options(Some(upload_options(&c, &keys)), &c.receipt_key),
-    )
-    .unwrap();
+    let (dir, v) = uploading_vault_of(&c, &keys, "alice");
     (c, keys, dir, v)
 }
 
@@ -203,13 +209,7 @@ fn a_bandwidth_cap_paces_within_bundles_and_still_drains() {
 fn offline_backs_off_loses_nothing_and_recovers() {
     let mut c = Collector::init();
     let keys = identity();
-    let dir = tempfile::tempdir().unwrap();
-    let v = Vault::open(
-        dir.path(),
-        "bob",
-        vault_options(Some(upload_options(&c, &keys)), &c.receipt_key),
-    )
-    .unwrap();
+    let (_dir, v) = uploading_vault_of(&c, &keys, "bob");
     fill(&v, 10, 1000);
     // The collector is not running: failures accumulate with growing waits.
     let s = wait_for(&v, Duration::from_secs(60), "two failed attempts", |s| {
@@ -243,13 +243,7 @@ fn collector_killed_and_restarted_mid_upload_loses_and_duplicates_nothing() {
     let mut c = Collector::init();
     c.start(&[]);
     let keys = identity();
-    let dir = tempfile::tempdir().unwrap();
-    let v = Vault::open(
-        dir.path(),
-        "carol",
-        vault_options(Some(upload_options(&c, &keys)), &c.receipt_key),
-    )
-    .unwrap();
+    let (_dir, v) = uploading_vault_of(&c, &keys, "carol");
     fill(&v, 200, 8_000);
     v.upload_now();
     wait_for(&v, Duration::from_secs(60), "the first bundles", |s| {
@@ -272,6 +266,69 @@ fn collector_killed_and_restarted_mid_upload_loses_and_duplicates_nothing() {
     v.close().unwrap();
     let seqs = exported_custom_seqs(&c.export(&keys.identity_file));
     assert_eq!(seqs.len(), 200, "nothing lost, nothing duplicated");
+}
+
+/// The collector's state is restored from a backup taken before the device enrolled
+/// (docs/COLLECTOR.md, "Backup"): its uploads meet `unknown_device`, and with a token
+/// configured the vault enrolls again and goes on, instead of retrying for ever while
+/// its records pile up.
+#[test]
+fn a_collector_restored_from_before_the_enrollment_is_enrolled_with_again() {
+    let mut c = Collector::init();
+    let backup = tempfile::tempdir().unwrap();
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", from.display()))
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    copy(c.dir.path(), backup.path());
+    c.start(&[]);
+    let keys = identity();
+    let (_dir, v) = uploading_vault_of(&c, &keys, "dave");
+    fill(&v, 20, 8_000);
+    v.upload_now();
+    let s = wait_for(&v, Duration::from_secs(60), "the first upload", drained);
+    assert!(s.enrolled);
+    // Restored: the device, its token use and its bundles are gone from the collector.
+    c.kill();
+    std::fs::remove_dir_all(c.dir.path()).unwrap();
+    std::fs::create_dir(c.dir.path()).unwrap();
+    copy(backup.path(), c.dir.path());
+    c.start(&[]);
+    let before = s.uploaded_bundles;
+    for i in 20..40 {
+        let _ = v
+            .append_custom(1_764_000_000_000_000 + i, "test", &[7u8; 8_000])
+            .unwrap();
+    }
+    v.flush().unwrap();
+    v.upload_now();
+    let s = wait_for(
+        &v,
+        Duration::from_secs(60),
+        "the upload after the restore",
+        |s| drained(s) && s.uploaded_bundles > before,
+    );
+    assert_eq!(v.status().unwrap().records, 0, "{s:?}");
+    v.close().unwrap();
+    // What the restore lost is reported missing from the start of the stream (exit
+    // 3); what was sent after it is exported.
+    let (code, events, report) = c.export_reporting(&keys.identity_file);
+    assert_eq!(code, Some(3), "{report}");
+    assert!(
+        report.contains(r#"{"kind":"missing_bundles","from":1,"#),
+        "{report}"
+    );
+    let seqs = exported_custom_seqs(&events);
+    assert_eq!(
+        seqs.len(),
+        20,
+        "what was sent after the restore arrived: {seqs:?}"
+    );
 }
 
 #[test]
@@ -328,13 +385,7 @@ fn retry_after_is_honoured() {
     std::fs::remove_dir_all(&store).unwrap();
     std::fs::write(&store, b"").unwrap();
     let keys = identity();
-    let dir = tempfile::tempdir().unwrap();
-    let v = Vault::open(
-        dir.path(),
-        "erin",
-        vault_options(Some(upload_options(&c, &keys)), &c.receipt_key),
-    )
-    .unwrap();
+    let (_dir, v) = uploading_vault_of(&c, &keys, "erin");
     fill(&v, 3, 100);
     v.upload_now();
     let mut attempts = Vec::new();

@@ -106,11 +106,11 @@ struct ServeArgs {
     /// Connections open at once; more wait in the listen backlog.
     #[arg(long, default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
-    /// Base of the body-read deadline (408 after it): this plus the body's size at
-    /// --min-upload-rate [default: 30s].
+    /// Grace for a request body: after it, the body so far must have come at
+    /// --min-upload-rate or faster, else 408 [default: 30s].
     #[arg(long, value_parser = config::parse_duration)]
     body_timeout: Option<std::time::Duration>,
-    /// Slowest upload the body-read deadline allows for, in bytes per second.
+    /// Slowest upload allowed after --body-timeout, in bytes per second.
     #[arg(long, default_value_t = config::DEFAULT_MIN_UPLOAD_RATE)]
     min_upload_rate: u64,
     /// Time to receive a request's headers, and to keep an idle connection

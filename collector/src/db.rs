@@ -655,10 +655,11 @@ async fn classify_and_insert(
         if q == s {
             return Ok(Inserted::Existing(digest));
         }
-        if q == s - 1 && digest != b.prev_digest {
+        // Checked: a sequence number at either end of i64 has no neighbour there.
+        if s.checked_sub(1) == Some(q) && digest != b.prev_digest {
             return Ok(Inserted::PrevMismatch);
         }
-        if q == s + 1 && prev != b.digest {
+        if s.checked_add(1) == Some(q) && prev != b.digest {
             return Ok(Inserted::NextMismatch);
         }
     }

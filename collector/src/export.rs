@@ -270,6 +270,18 @@ async fn check_one(
         return Ok(Checked::Rejected(Issue::NotPinned { seq }));
     }
     let mut issues = Vec::new();
+    match prev {
+        // A device starts each stream at 1, naming no previous bundle: a stream stored
+        // from a later one misses its start (sent to another collector, or lost here).
+        None if seq > 1 => issues.push(Issue::MissingBundles {
+            from: 1,
+            to: seq - 1,
+        }),
+        None if h.prev_digest() != &[0u8; 32] => {
+            issues.push(Issue::PrevDigestMismatch { seq });
+        }
+        _ => {}
+    }
     if let Some(p) = prev {
         if p.seq + 1 == seq {
             if h.prev_digest() != &p.digest {

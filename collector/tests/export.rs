@@ -115,6 +115,31 @@ fn export_reports_a_missing_bundle_and_a_corrupt_blob_with_exit_3() {
     assert_eq!(lines.len(), 2);
 }
 
+/// A stream stored from its third bundle on (the first two went elsewhere, or were
+/// lost) is reported as missing its start, not as a clean chain.
+#[test]
+fn export_reports_a_stream_that_misses_its_first_bundles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    let (_, token) = init(&dir);
+    let server = Server::start(&dir, &[]);
+    let (id, id_path) = identity(tmp.path());
+    let mut a = Device::new(23);
+    assert_eq!(server.enroll(&token, &a).status, 201);
+    let bundles: Vec<_> = (0..4).map(|_| a.seal_next(&id.recipient(), 2)).collect();
+    for b in &bundles[2..] {
+        assert_eq!(server.upload(b.bytes()).status, 200);
+    }
+    drop(server);
+    let (code, lines, report) = export(&dir, &id_path, &[]);
+    assert_eq!(code, 3, "{report}");
+    assert!(
+        report.contains(r#"{"kind":"missing_bundles","from":1,"to":2}"#),
+        "{report}"
+    );
+    assert_eq!(lines.len(), 4, "what is there is exported");
+}
+
 #[test]
 fn a_collector_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
     let tmp = tempfile::tempdir().unwrap();

@@ -113,6 +113,68 @@ fn a_stalled_body_gets_408_within_its_deadline_and_frees_the_slot() {
     );
 }
 
+/// A client that declares a large body and drips a few bytes at a time is cut about one
+/// grace after it started (not after the time the declared size would take at the
+/// minimum rate, 244 s here), on uploads and on enrollments alike.
+#[test]
+fn a_dripping_body_is_cut_after_the_grace_whatever_length_it_declares() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    init(&dir);
+    let server = Server::start(&dir, &["--body-timeout", "1s"]);
+    for (path, declared) in [("/v1/bundles", 16_000_000), ("/v1/enroll", 60_000)] {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\r\n"
+        )
+        .unwrap();
+        let start = Instant::now();
+        let mut dripper = s.try_clone().unwrap();
+        let drip = std::thread::spawn(move || {
+            // 10 bytes every 200 ms until the server closes or 20 s have passed.
+            while start.elapsed() < Duration::from_secs(20) {
+                if dripper.write_all(b"0123456789").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let (status, _) = read_answer(&mut s);
+        let elapsed = start.elapsed();
+        assert_eq!(status, Some(408), "{path}");
+        assert!(
+            elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(6),
+            "{path}: {elapsed:?}"
+        );
+        drop(s);
+        drip.join().unwrap();
+    }
+    let m = text(&server.get("/metrics").body);
+    assert!(
+        m.contains("capvault_collector_bundles_rejected_total{reason=\"timeout\"} 1\n"),
+        "{m}"
+    );
+}
+
+/// An enrollment body larger than any record is refused before it is read.
+#[test]
+fn an_oversized_enrollment_is_refused_before_it_is_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    init(&dir);
+    let server = Server::start(&dir, &[]);
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    write!(
+        s,
+        "POST /v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n"
+    )
+    .unwrap();
+    let (status, elapsed) = read_answer(&mut s);
+    assert_eq!(status, Some(413));
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+}
+
 #[test]
 fn idle_connections_are_closed_and_the_connection_cap_holds() {
     let tmp = tempfile::tempdir().unwrap();

@@ -102,7 +102,9 @@ fn parse_imf_fixdate(s: &str) -> Option<u64> {
     let [h, m, sec] = hms.as_slice() else {
         return None;
     };
-    if !(1970..=9999).contains(&year) || !(1..=31).contains(&day) || *h > 23 || *m > 59 {
+    // A leap second is 60; anything larger is not a time (and could overflow below).
+    if !(1970..=9999).contains(&year) || !(1..=31).contains(&day) || *h > 23 || *m > 59 || *sec > 60
+    {
         return None;
     }
     // Days from the civil date (Howard Hinnant's algorithm), for years from 1970.
@@ -331,6 +333,9 @@ mod tests {
             "soon",
             "Sun, 06 Nov 1994 08:49:37 CET",
             "Sun, 06 Foo 1994 08:49:37 GMT",
+            // Seconds out of range (a huge one overflowed the sum before).
+            "Sun, 06 Nov 1994 08:49:61 GMT",
+            "Sun, 06 Nov 1994 08:49:18446744073709551615 GMT",
         ] {
             assert_eq!(parse_retry_after(bad, 0), None, "{bad}");
         }

@@ -95,6 +95,17 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
+    /// The collector's error code (`{"code": ...}`), when the body is that JSON.
+    pub(crate) fn code(&self) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Coded {
+            code: String,
+        }
+        serde_json::from_slice::<Coded>(&self.body)
+            .ok()
+            .map(|c| c.code)
+    }
+
     /// The collector's error text (`{"error": ..., "code": ...}`), shortened, or the
     /// start of the body when it is not that JSON.
     pub(crate) fn error_text(&self) -> String {
@@ -127,9 +138,16 @@ pub(crate) struct Client {
 
 impl Client {
     /// `https_only`: refuse plain http (true unless the configured URL is http to a
-    /// loopback host).
+    /// loopback host). Plain http to loopback never goes through a proxy named in the
+    /// environment (`HTTP_PROXY`, `ALL_PROXY`): the token and the enrollment record would
+    /// cross the network in clear, to a proxy that reaches its own loopback, not this
+    /// device's. https may (a proxy tunnels it, and TLS is end to end).
     pub(crate) fn new(https_only: bool) -> Client {
-        let config = ureq::Agent::config_builder()
+        let mut config = ureq::Agent::config_builder();
+        if !https_only {
+            config = config.proxy(None);
+        }
+        let config = config
             .http_status_as_error(false)
             .max_redirects(0)
             .https_only(https_only)
@@ -308,6 +326,31 @@ mod tests {
         assert_eq!(location_host("/v1/bundles"), "the same host");
         assert_eq!(location_host("http:///x"), "the same host");
         assert!(location_host(&format!("https://{}", "h".repeat(1000))).len() < 140);
+    }
+
+    /// A proxy in the environment is not used for plain http to loopback: the request
+    /// reaches the server itself (the proxy named is a port where nothing listens).
+    #[test]
+    fn plain_http_to_loopback_ignores_proxies_in_the_environment() {
+        for var in ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
+            std::env::set_var(var, "http://127.0.0.1:9");
+        }
+        for var in ["NO_PROXY", "no_proxy"] {
+            std::env::remove_var(var);
+        }
+        let (url, server) =
+            one_shot("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+        let reply = Client::new(false)
+            .post(
+                &format!("{url}/v1/enroll"),
+                "application/json",
+                2,
+                &b"{}"[..],
+                request_timeout(2, 0),
+            )
+            .unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(server.join().unwrap(), b"{}");
     }
 
     #[test]

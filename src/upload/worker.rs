@@ -184,6 +184,27 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// Forgets that this device enrolled with the collector, so that the next
+    /// [`Engine::enroll`] enrolls it again; false (nothing done) without a token.
+    fn forget_enrollment(&self) -> Result<bool, UploadError> {
+        if self.opts.token.is_none() || !self.is_enrolled()? {
+            return Ok(false);
+        }
+        self.inner
+            .store
+            .db
+            .remove(self.enrolled_key())
+            .map_err(Error::from)?;
+        self.inner.audit(
+            "enroll",
+            &format!(
+                "the collector at {} no longer knows this device: enrolling again",
+                self.url.as_str()
+            ),
+        )?;
+        Ok(true)
+    }
+
     /// Enrolls if needed, then uploads until nothing is pending, `stop` says so, or a
     /// request fails. `sleep` paces the bandwidth cap (false: stop).
     fn cycle(
@@ -200,6 +221,7 @@ impl<'a> Engine<'a> {
             s.set_enrolled(self.is_enrolled()?);
         }
         let bundles_url = self.url.endpoint("/v1/bundles");
+        let mut enrolled_again = false;
         loop {
             if stop() {
                 return Ok(report);
@@ -249,6 +271,17 @@ impl<'a> Engine<'a> {
                 return Ok(report);
             }
             let reply = reply.map_err(UploadError::Network)?;
+            if reply.status == 403
+                && reply.code().as_deref() == Some("unknown_device")
+                && !enrolled_again
+                && self.forget_enrollment()?
+            {
+                // The collector no longer knows this device (its state was restored from
+                // a backup, say): enroll again with the token, once, and send again.
+                enrolled_again = true;
+                report.enrolled |= self.enroll(shared)?;
+                continue;
+            }
             if reply.status != 200 {
                 return Err(classify(&reply, "bundle", bundle.bytes().len()));
             }

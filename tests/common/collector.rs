@@ -130,23 +130,35 @@ impl Collector {
             .collect()
     }
 
-    /// `export` with the identity: every stored event as JSON.
+    /// `export` with the identity: every stored event as JSON (the chain complete).
     pub fn export(&self, identity: &Path) -> Vec<serde_json::Value> {
+        let (code, events, report) = self.export_reporting(identity);
+        assert_eq!(code, Some(0), "export: {report}");
+        events
+    }
+
+    /// `export` with the identity, whatever its chain report: (exit code, events,
+    /// report).
+    #[allow(dead_code)] // not every test binary that shares this module uses it
+    pub fn export_reporting(
+        &self,
+        identity: &Path,
+    ) -> (Option<i32>, Vec<serde_json::Value>, String) {
         let out = Command::new(collector_bin())
             .args(["export", "--dir", self.dir.path().to_str().unwrap()])
             .args(["--identity", identity.to_str().unwrap()])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "export: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
+        let events = String::from_utf8(out.stdout)
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+            .collect();
+        (
+            out.status.code(),
+            events,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 }
 

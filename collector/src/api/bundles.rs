@@ -2,8 +2,8 @@
 //!
 //! Order of checks (the first failure answers; nothing is stored before all pass):
 //!
-//! 1. declared size (413, before the body is read), load (429), then the body within a
-//!    deadline that grows with its size (408) and at most the size limit (413);
+//! 1. declared size (413, before the body is read), load (429), then the body while the
+//!    client keeps up (408; see `body`) and at most the size limit (413);
 //! 2. framing and the device signature (400);
 //! 3. the device named in the header is enrolled with the key that signed the bundle,
 //!    and not revoked (403); a revoked device's identical retry of a bundle stored
@@ -29,7 +29,6 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use capvault_format::IncomingBundle;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 
 use super::AppState;
@@ -68,9 +67,9 @@ fn declared_length(s: &AppState, headers: &HeaderMap) -> Result<Option<u64>, Api
     Ok(declared)
 }
 
-/// Reads the whole body, at most `max_bundle_bytes`, within a deadline that grows with
-/// its size (the declared length, else the limit): a client that stalls is answered
-/// 408 and gives its upload slot back.
+/// Reads the whole body, at most `max_bundle_bytes`, while the client keeps up
+/// ([`super::body`]): one that stalls or drips is answered 408 and gives its upload slot
+/// back.
 ///
 /// The body is hashed as it arrives and lands in one buffer, pre-sized to the declared
 /// length: neither a second pass over it nor a copy of all its frames into a new buffer
@@ -81,38 +80,18 @@ async fn read_body(
     body: Body,
 ) -> Result<IncomingBundle, ApiError> {
     let limit = s.max_bundle_bytes;
-    let deadline = crate::config::body_deadline(
-        s.body_timeout,
-        s.min_upload_rate,
-        declared.unwrap_or(limit as u64),
-    );
     let capacity = declared
         .and_then(|n| usize::try_from(n).ok())
         .filter(|&n| n <= limit)
         .unwrap_or(0);
-    let read = async {
-        let mut body = Limited::new(body, limit);
-        let mut incoming = IncomingBundle::with_capacity(capacity);
-        while let Some(frame) = body.frame().await {
-            // Hashing one frame (what one socket read gave, at most hyper's read
-            // buffer) costs about what decrypting it off a TLS connection already costs
-            // on this task. Trailers, if any, are ignored.
-            if let Ok(data) = frame?.into_data() {
-                incoming.push(&data);
-            }
-        }
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(incoming)
-    };
-    let result = tokio::time::timeout(deadline, read)
-        .await
-        .map_err(|_| ApiError::Timeout)?;
-    result.map_err(|inner| {
-        if inner.downcast_ref::<LengthLimitError>().is_some() {
-            ApiError::TooLarge(limit)
-        } else {
-            ApiError::BadRequest(format!("the request body could not be read: {inner}"))
-        }
+    let mut incoming = IncomingBundle::with_capacity(capacity);
+    // Hashing one frame (what one socket read gave, at most hyper's read buffer) costs
+    // about what decrypting it off a TLS connection already costs on this task.
+    super::body::read_paced(body, limit, s.body_timeout, s.min_upload_rate, |data| {
+        incoming.push(data)
     })
+    .await?;
+    Ok(incoming)
 }
 
 async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepted, ApiError> {

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 
@@ -12,6 +12,9 @@ use super::AppState;
 use crate::db::Enrolled;
 use crate::error::ApiError;
 use capvault_format::EnrollmentRecord;
+
+/// Largest enrollment request body (a token and a record of a few hundred bytes).
+const MAX_ENROLL_BYTES: usize = 64 << 10;
 
 #[derive(Deserialize)]
 struct EnrollRequest {
@@ -26,9 +29,32 @@ struct EnrollRequest {
 /// learns nothing about which ids are enrolled.
 pub async fn enroll(
     State(s): State<Arc<AppState>>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let req: EnrollRequest = serde_json::from_slice(&body)
+    // Refused before anything is read: a declared length over the limit, or no slot.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_ENROLL_BYTES as u64) {
+        return Err(ApiError::TooLarge(MAX_ENROLL_BYTES));
+    }
+    let _permit = s
+        .enrolling
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Busy)?;
+    let mut body_bytes = Vec::new();
+    super::body::read_paced(
+        body,
+        MAX_ENROLL_BYTES,
+        s.body_timeout,
+        s.min_upload_rate,
+        |data| body_bytes.extend_from_slice(data),
+    )
+    .await?;
+    let req: EnrollRequest = serde_json::from_slice(&body_bytes)
         .map_err(|e| ApiError::BadRequest(format!("expected {{\"token\", \"record\"}}: {e}")))?;
     let record = EnrollmentRecord::from_json(&req.record.to_string())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;

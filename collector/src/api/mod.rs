@@ -1,6 +1,7 @@
 //! HTTP API v1 (SPEC 12.7): one module per endpoint group, a shared state, and the
 //! router.
 
+mod body;
 mod bundles;
 mod enroll;
 mod health;
@@ -32,11 +33,16 @@ pub struct AppState {
     pub max_bundle_bytes: usize,
     /// Uploads processed at once.
     pub in_flight: Arc<Semaphore>,
-    /// Base of the body-read deadline.
+    /// Grace before a request body must keep up with `min_upload_rate`.
     pub body_timeout: std::time::Duration,
-    /// Slowest upload rate the body-read deadline allows for (bytes/s).
+    /// Slowest upload rate allowed after the grace (bytes/s).
     pub min_upload_rate: u64,
+    /// Enrollments processed at once (they are few: one per device, ever).
+    pub enrolling: Arc<Semaphore>,
 }
+
+/// Enrollments processed at once; more get 429 with `Retry-After`.
+pub const ENROLLING_AT_ONCE: usize = 16;
 
 /// The router of API v1.
 pub fn router(state: Arc<AppState>) -> Router {

@@ -69,7 +69,6 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ApiError> {
         in_flight: Arc::new(Semaphore::new(cfg.max_in_flight)),
         body_timeout: cfg.body_timeout,
         min_upload_rate: cfg.min_upload_rate,
-        enrolling: Arc::new(Semaphore::new(crate::api::ENROLLING_AT_ONCE)),
     });
     // Each connection holds one permit from accept to close; at the cap, new
     // connections wait in the listen backlog.

@@ -349,6 +349,9 @@ mod tests {
                 request_timeout(2, 0),
             )
             .unwrap();
+        for var in ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
+            std::env::remove_var(var);
+        }
         assert_eq!(reply.status, 200);
         assert_eq!(server.join().unwrap(), b"{}");
     }

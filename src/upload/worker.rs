@@ -280,6 +280,9 @@ impl<'a> Engine<'a> {
                 // a backup, say): enroll again with the token, once, and send again.
                 enrolled_again = true;
                 report.enrolled |= self.enroll(shared)?;
+                if let Some(s) = shared {
+                    s.set_enrolled(self.is_enrolled()?);
+                }
                 continue;
             }
             if reply.status != 200 {

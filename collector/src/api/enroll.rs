@@ -32,7 +32,9 @@ pub async fn enroll(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    // Refused before anything is read: a declared length over the limit, or no slot.
+    // Refused before anything is read: a declared length over the limit. No slot is
+    // taken: each enrollment body is at most 64 KiB (memory bounded by the connection
+    // cap), so a client that holds enrollments open only holds connections.
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -40,11 +42,6 @@ pub async fn enroll(
     if declared.is_some_and(|n| n > MAX_ENROLL_BYTES as u64) {
         return Err(ApiError::TooLarge(MAX_ENROLL_BYTES));
     }
-    let _permit = s
-        .enrolling
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::Busy)?;
     let mut body_bytes = Vec::new();
     super::body::read_paced(
         body,

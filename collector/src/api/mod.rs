@@ -37,12 +37,7 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// Slowest upload rate allowed after the grace (bytes/s).
     pub min_upload_rate: u64,
-    /// Enrollments processed at once (they are few: one per device, ever).
-    pub enrolling: Arc<Semaphore>,
 }
-
-/// Enrollments processed at once; more get 429 with `Retry-After`.
-pub const ENROLLING_AT_ONCE: usize = 16;
 
 /// The router of API v1.
 pub fn router(state: Arc<AppState>) -> Router {

@@ -91,14 +91,7 @@ pub(crate) fn take_large(event: &mut Event) -> Large {
             head,
             body: PlainBuf::new(payload),
         },
-        None => {
-            reserve_zeroizing(&mut head, event.encoded_len_max());
-            event.encode_into(&mut head);
-            Large {
-                head,
-                body: PlainBuf::new(Vec::new()),
-            }
-        }
+        None => copy_large(event),
     }
 }
 

@@ -166,7 +166,7 @@ pub(crate) struct Appending<'a> {
     out: u64,
     /// Bytes not yet written.
     buf: Vec<u8>,
-    /// The piece the helper is writing.
+    /// The pieces on their way to the file, oldest first: (answer, offset, length).
     in_flight: std::collections::VecDeque<(PieceWritten, u64, usize)>,
     locs: Vec<Loc>,
     finished: bool,
@@ -253,7 +253,6 @@ impl Appending<'_> {
                 crate::failpoint::hit("segments:piece-written")
                     .map_err(|e| std::io::Error::other(e.to_string()))
             });
-            // The flush's fdatasync then waits for the last piece only.
             if written.is_ok() && writeback {
                 start_writeback(&f, at, len);
             }

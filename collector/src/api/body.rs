@@ -8,10 +8,23 @@
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::http::{header, HeaderMap};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::config::body_deadline;
 use crate::error::ApiError;
+
+/// The declared body length, refused (413) above `limit` before anything is read.
+pub(crate) fn declared_length(headers: &HeaderMap, limit: usize) -> Result<Option<u64>, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::TooLarge(limit));
+    }
+    Ok(declared)
+}
 
 /// Reads `body` (at most `limit` bytes) frame by frame into `take`, paced as above.
 pub(crate) async fn read_paced(

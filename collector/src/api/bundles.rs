@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use capvault_format::IncomingBundle;
@@ -53,18 +53,6 @@ pub async fn upload(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
             e.into_response()
         }
     }
-}
-
-/// The declared body length, refused (413) above the limit before anything is read.
-fn declared_length(s: &AppState, headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > s.max_bundle_bytes as u64) {
-        return Err(ApiError::TooLarge(s.max_bundle_bytes));
-    }
-    Ok(declared)
 }
 
 /// Reads the whole body, at most `max_bundle_bytes`, while the client keeps up
@@ -96,7 +84,7 @@ async fn read_body(
 
 async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepted, ApiError> {
     // Oversized before anything else: no slot, no read.
-    let declared = declared_length(s, headers)?;
+    let declared = super::body::declared_length(headers, s.max_bundle_bytes)?;
     // The slot bounds the memory held by bodies being read (max_in_flight x
     // max_bundle_bytes); it is taken once the headers are in and given back when the
     // request ends, including on the body-read deadline.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 
@@ -35,13 +35,7 @@ pub async fn enroll(
     // Refused before anything is read: a declared length over the limit. No slot is
     // taken: each enrollment body is at most 64 KiB (memory bounded by the connection
     // cap), so a client that holds enrollments open only holds connections.
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_ENROLL_BYTES as u64) {
-        return Err(ApiError::TooLarge(MAX_ENROLL_BYTES));
-    }
+    super::body::declared_length(&headers, MAX_ENROLL_BYTES)?;
     let mut body_bytes = Vec::new();
     super::body::read_paced(
         body,

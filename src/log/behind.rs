@@ -7,7 +7,7 @@
 //! the tag before it), so only the work around the sealing can move elsewhere. The
 //! helper is started on the first large append and lives as long as the segments; an
 //! idle one sleeps in `recv` and never wakes up. Where it cannot be started (a thread
-//! limit), or has stopped, the work runs on the calling thread as before.
+//! limit), the work runs on the calling thread as before.
 
 use std::sync::mpsc::{self, Sender};
 use std::sync::Mutex;
@@ -47,6 +47,7 @@ impl Behind {
         let task = match &*slot {
             Helper::Running(running) => match running.tx.send(task) {
                 Ok(()) => return,
+                // Only if the helper had exited, which its panic guard prevents.
                 Err(mpsc::SendError(task)) => task,
             },
             _ => task,

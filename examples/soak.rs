@@ -189,7 +189,8 @@ fn capture(secs: u64, release: Release) {
     let mut shot_flushes = Histogram::new();
     let mut light_flushes = Histogram::new();
     let mut shot_pending = false;
-    let mut disk: Vec<(u64, u64)> = Vec::new();
+    // (seconds, bytes on disk, audit ledger entries recorded): two per bundle released.
+    let mut disk: Vec<(u64, u64, u64)> = Vec::new();
     let mut peak_rss = 0;
     let mut released = 0usize;
     std::thread::scope(|s| {
@@ -253,18 +254,14 @@ fn capture(secs: u64, release: Release) {
             if last_sample.elapsed() >= Duration::from_secs(5) {
                 last_sample = Instant::now();
                 peak_rss = peak_rss.max(rss_kib());
-                disk.push((
-                    start.elapsed().as_secs(),
-                    vault.status().unwrap().disk_bytes,
-                ));
+                let st = vault.status().unwrap();
+                disk.push((start.elapsed().as_secs(), st.disk_bytes, st.audit_entries));
             }
         }
         // And once at the end, so that a run shorter than the sampling period has one.
         peak_rss = peak_rss.max(rss_kib());
-        disk.push((
-            start.elapsed().as_secs(),
-            vault.status().unwrap().disk_bytes,
-        ));
+        let st = vault.status().unwrap();
+        disk.push((start.elapsed().as_secs(), st.disk_bytes, st.audit_entries));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(uploader) = uploader {
             released = uploader.join().unwrap();
@@ -322,9 +319,9 @@ fn capture(secs: u64, release: Release) {
         peak_rss as f64 / 1024.0
     );
     println!(
-        "  disk (s, MiB)  {}",
+        "  disk (s:MiB/audit entries)  {}",
         disk.iter()
-            .map(|(t, b)| format!("{t}:{:.0}", *b as f64 / 1048576.0))
+            .map(|(t, b, a)| format!("{t}:{:.1}/{a}", *b as f64 / 1048576.0))
             .collect::<Vec<_>>()
             .join(" ")
     );

@@ -6,14 +6,18 @@
 //! MAC'd head so deleting or editing an entry is detected. The head's third field (the
 //! event counter in a log head) carries the generation of the user's stored state, so
 //! the state and the ledger vouch for each other (src/vault/state.rs).
+//!
+//! The ledger grows with every bundle, so the device keeps the newest [`LEDGER_KEEP`]
+//! entries and drops older ones once they were released in an acknowledged bundle (the
+//! collector holds them); a MAC'd tail anchor says where the kept chain starts.
 
 use std::sync::Mutex;
 
 use crate::aead::TAG_LEN;
 use crate::error::{Error, Result};
-use crate::log::anchor::{AnchorKey, Head};
+use crate::log::anchor::{AnchorKey, Head, Tail};
 use crate::log::record::{tag_of, RecordBinding, RecordHeader, RecordKind};
-use crate::log::store::{record_key, record_keys, seq_of_key, HEAD_KEY};
+use crate::log::store::{record_key, record_keys, seq_of_key, HEAD_KEY, TAIL_KEY};
 use capvault_format::secret::Key32;
 
 pub use capvault_format::AuditEntry;
@@ -21,12 +25,23 @@ pub use capvault_format::AuditEntry;
 /// Ledger entries reuse the record layout with this purpose string.
 const LEDGER_PURPOSE: &str = "capvault-ledger";
 
+/// Entries kept on the device: the newest 10,000 (a few MB, days to weeks of a busy
+/// agent's seals and acks). Older ones go once released in an acknowledged bundle;
+/// entries not yet released are never pruned.
+pub(crate) const LEDGER_KEEP: u64 = 10_000;
+
+/// Entries one prune removes at most, so that an acknowledgement stays short when a
+/// ledger from before pruning has a long history to shed; later acks go on.
+const PRUNE_AT_ONCE: u64 = 1_000;
+
 pub(crate) struct Ledger {
     tree: sled::Tree,
     binding: RecordBinding,
     anchors: AnchorKey,
     key: Key32,
     head: Mutex<Head>,
+    /// Where the kept chain starts (entry 1 until the first prune).
+    tail: Mutex<Tail>,
 }
 
 /// The key of the ledger's head anchor.
@@ -79,13 +94,26 @@ impl Ledger {
             }
             None => Head::default(),
         };
+        let tail = match tree.get(TAIL_KEY)? {
+            Some(t) => anchors.open_tail(&t)?,
+            None => Tail::default(),
+        };
         let last = tree.range(record_keys()).next_back().transpose()?;
         let consistent = match &last {
-            None => head.last_seq == 0,
+            None => head.last_seq + 1 == tail.first_seq && head.last_tag == tail.prev_tag,
             Some((k, v)) => seq_of_key(k) == Some(head.last_seq) && tag_of(v) == head.last_tag,
         };
         if !consistent {
             return Err(Error::tampered("the audit ledger does not match its head anchor (entries were removed or rolled back)"));
+        }
+        let first = tree.range(record_keys()).next().transpose()?;
+        if let Some((k, _)) = first {
+            if seq_of_key(&k) != Some(tail.first_seq) {
+                return Err(Error::tampered(format!(
+                    "the audit ledger does not start at its tail anchor (entry {} was removed)",
+                    tail.first_seq
+                )));
+            }
         }
         Ok(Ledger {
             tree,
@@ -93,6 +121,7 @@ impl Ledger {
             anchors,
             key: derive_ledger_key(mac_key),
             head: Mutex::new(head),
+            tail: Mutex::new(tail),
         })
     }
 
@@ -136,13 +165,56 @@ impl Ledger {
         Ok(seq)
     }
 
-    /// Entries with `seq > after`, checking the whole chain from the first entry.
+    /// Entries with `seq > after` that the device keeps, checked against the head
+    /// anchor: the chain is authenticated from the entry `after` on (its tag is what the
+    /// next entry's associated data binds), so a seal reads only what it releases.
     pub(crate) fn read_after(&self, after: u64) -> Result<Vec<AuditEntry>> {
-        let head = *self.head.lock().unwrap_or_else(|p| p.into_inner());
-        let mut prev = [0u8; TAG_LEN];
-        let mut expect = 1;
+        // Held throughout, so that a prune cannot remove what is being read.
+        let tail = self.lock_tail();
         let mut out = Vec::new();
-        for item in self.tree.range(record_keys()) {
+        if after < tail.first_seq {
+            self.walk(tail.first_seq, tail.prev_tag, |e| out.push(e))?;
+        } else {
+            let stored = self.tree.get(record_key(after))?;
+            let Some(prev) = stored else {
+                if after > self.last_seq() {
+                    return Ok(out);
+                }
+                return Err(Error::tampered(format!(
+                    "audit ledger entry {after} is missing"
+                )));
+            };
+            self.walk(after + 1, tag_of(&prev), |e| out.push(e))?;
+        }
+        Ok(out)
+    }
+
+    /// Checks every kept entry, from the tail anchor to the head anchor.
+    pub(crate) fn check_chain(&self) -> Result<()> {
+        let tail = self.lock_tail();
+        self.walk(tail.first_seq, tail.prev_tag, |_| {})
+    }
+
+    /// Opens entries `from..` in order, the first chained to `prev`, and checks that
+    /// they end at the head anchor (as it stands when the walk starts: entries recorded
+    /// meanwhile are not read). The caller holds the tail lock.
+    fn walk(
+        &self,
+        from: u64,
+        mut prev: [u8; TAG_LEN],
+        mut each: impl FnMut(AuditEntry),
+    ) -> Result<()> {
+        let head = *self.head.lock().unwrap_or_else(|p| p.into_inner());
+        let mut expect = from;
+        // Nothing to read when `from` is past the head (a range must not be inverted).
+        let entries = (from <= head.last_seq)
+            .then(|| {
+                self.tree
+                    .range(record_key(from)..=record_key(head.last_seq))
+            })
+            .into_iter()
+            .flatten();
+        for item in entries {
             let (k, v) = item?;
             let seq = seq_of_key(&k).ok_or_else(|| Error::tampered("a ledger key is malformed"))?;
             if seq != expect {
@@ -156,19 +228,77 @@ impl Ledger {
                 .map_err(|_| {
                     Error::tampered(format!("audit ledger entry {seq} does not authenticate"))
                 })?;
-            let entry = decode_entry(seq, &plain)?;
+            each(decode_entry(seq, &plain)?);
             prev = tag_of(&v);
             expect += 1;
-            if seq > after {
-                out.push(entry);
-            }
         }
         if expect != head.last_seq + 1 || prev != head.last_tag {
             return Err(Error::tampered(
                 "the audit ledger does not end at its head anchor",
             ));
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// Removes the oldest entries up to `released` (entries released in an acknowledged
+    /// bundle), keeping the newest `keep`, at most [`PRUNE_AT_ONCE`] of them per call.
+    /// Each one is authenticated before it goes; the new tail anchor goes in the same
+    /// batch. Returns how many were removed.
+    pub(crate) fn prune(&self, released: u64, keep: u64) -> Result<u64> {
+        // Lock order: tail, then head (as readers take them).
+        let mut tail = self.lock_tail();
+        let head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        let through = released
+            .min(head.last_seq.saturating_sub(keep.max(1)))
+            .min(tail.first_seq.saturating_add(PRUNE_AT_ONCE - 1));
+        if through < tail.first_seq {
+            return Ok(0);
+        }
+        let mut batch = sled::Batch::default();
+        let mut prev = tail.prev_tag;
+        let mut expect = tail.first_seq;
+        for item in self
+            .tree
+            .range(record_key(tail.first_seq)..=record_key(through))
+        {
+            let (k, v) = item?;
+            if seq_of_key(&k) != Some(expect) {
+                return Err(Error::tampered(format!(
+                    "audit ledger entry {expect} is missing"
+                )));
+            }
+            self.binding
+                .open(expect, &v, &prev, LEDGER_PURPOSE, &self.key)
+                .map_err(|_| {
+                    Error::tampered(format!("audit ledger entry {expect} does not authenticate"))
+                })?;
+            prev = tag_of(&v);
+            batch.remove(k);
+            expect += 1;
+        }
+        if expect != through + 1 {
+            return Err(Error::tampered(format!(
+                "audit ledger entry {expect} is missing"
+            )));
+        }
+        let new_tail = Tail {
+            first_seq: through + 1,
+            prev_tag: prev,
+        };
+        batch.insert(TAIL_KEY, self.anchors.seal_tail(&new_tail));
+        self.tree.apply_batch(batch)?;
+        let removed = new_tail.first_seq - tail.first_seq;
+        *tail = new_tail;
+        Ok(removed)
+    }
+
+    /// Entries released and pruned from the device (the oldest ones, `1..=n`).
+    pub(crate) fn pruned(&self) -> u64 {
+        self.lock_tail().first_seq - 1
+    }
+
+    fn lock_tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The generation of the stored state this ledger names (the third field of a
@@ -209,5 +339,230 @@ impl Ledger {
 
     pub(crate) fn last_seq(&self) -> u64 {
         self.head.lock().unwrap_or_else(|p| p.into_inner()).last_seq
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VAULT: [u8; 16] = [0x11; 16];
+
+    fn mac_key() -> Key32 {
+        Key32::from_slice_zeroizing(&mut [0x42; 32]).expect("32 bytes")
+    }
+
+    fn open(tree: &sled::Tree) -> Result<Ledger> {
+        Ledger::open(tree.clone(), &mac_key(), &VAULT, "alice", false)
+    }
+
+    /// A ledger of `n` entries on real files.
+    fn ledger_of(n: u64) -> (tempfile::TempDir, sled::Db, sled::Tree, Ledger) {
+        let d = tempfile::tempdir().unwrap();
+        let db = sled::open(d.path().join("db")).unwrap();
+        let tree = db.open_tree("ledger").unwrap();
+        let l = open(&tree).unwrap();
+        for i in 0..n {
+            l.record(i as i64, "seal", &format!("bundle {i}")).unwrap();
+        }
+        (d, db, tree, l)
+    }
+
+    /// The positions `read_after(after)` returns.
+    fn seqs_after(l: &Ledger, after: u64) -> Vec<u64> {
+        l.read_after(after).unwrap().iter().map(|e| e.seq).collect()
+    }
+
+    fn tampered(r: Result<impl Sized>) -> String {
+        match r {
+            Err(Error::Tampered(m)) => m,
+            Err(e) => panic!("expected Tampered, got {e:?}"),
+            Ok(_) => panic!("expected Tampered, got Ok"),
+        }
+    }
+
+    /// docs/FORMAT.md section 5, computed independently with Python's `hmac`.
+    #[test]
+    fn ledger_tail_vector() {
+        let t = Tail {
+            first_seq: 31,
+            prev_tag: [0xaa; 16],
+        };
+        let sealed = anchor_key(&mac_key(), &VAULT, "alice").seal_tail(&t);
+        assert_eq!(
+            data_encoding::HEXLOWER.encode(&sealed),
+            include_str!("../tests/vectors/ledger_tail.hex").trim()
+        );
+    }
+
+    #[test]
+    fn reading_after_an_entry_returns_the_rest_checked_against_the_head() {
+        let (_d, _db, tree, l) = ledger_of(20);
+        assert_eq!(seqs_after(&l, 0), (1..=20).collect::<Vec<_>>());
+        assert_eq!(seqs_after(&l, 15), (16..=20).collect::<Vec<_>>());
+        assert!(l.read_after(20).unwrap().is_empty());
+        assert!(l.read_after(u64::MAX).unwrap().is_empty());
+        l.check_chain().unwrap();
+
+        // The entry read from is what the next one's associated data binds: an edit of
+        // it is found by the entry after it, and of the last one by the head anchor.
+        for at in [15, 20] {
+            let k = record_key(at);
+            let was = tree.get(k).unwrap().unwrap();
+            let mut edited = was.to_vec();
+            *edited.last_mut().unwrap() ^= 1;
+            tree.insert(k, edited).unwrap();
+            let m = tampered(l.read_after(at));
+            assert!(m.contains("ledger"), "{m}");
+            tampered(l.check_chain());
+            tree.insert(k, was).unwrap();
+        }
+        // An entry after the one read from, removed or edited.
+        let k = record_key(18);
+        let was = tree.remove(k).unwrap().unwrap();
+        assert!(tampered(l.read_after(15)).contains("entry 18 is missing"));
+        tree.insert(k, &was[..was.len() - 1]).unwrap();
+        assert!(tampered(l.read_after(15)).contains("entry 18 does not authenticate"));
+        tree.insert(k, was).unwrap();
+        // The entry read from, removed.
+        let was = tree.remove(record_key(15)).unwrap().unwrap();
+        assert!(tampered(l.read_after(15)).contains("entry 15 is missing"));
+        tree.insert(record_key(15), was).unwrap();
+        assert_eq!(l.read_after(15).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_and_what_was_not_released() {
+        let (_d, _db, tree, l) = ledger_of(50);
+        // Released through 30, keep 10: 1..=30 go.
+        assert_eq!(l.prune(30, 10).unwrap(), 30);
+        assert_eq!(l.pruned(), 30);
+        assert_eq!(seqs_after(&l, 0), (31..=50).collect::<Vec<_>>());
+        assert_eq!(seqs_after(&l, 30), (31..=50).collect::<Vec<_>>());
+        assert_eq!(seqs_after(&l, 44), (45..=50).collect::<Vec<_>>());
+        // Nothing more released: nothing goes.
+        assert_eq!(l.prune(30, 10).unwrap(), 0);
+        // Everything released: the newest 10 stay.
+        assert_eq!(l.prune(50, 10).unwrap(), 10);
+        assert_eq!(seqs_after(&l, 0), (41..=50).collect::<Vec<_>>());
+        // Keeping none still keeps the last entry, whose tag the head names.
+        assert_eq!(l.prune(50, 0).unwrap(), 9);
+        assert_eq!(seqs_after(&l, 0), vec![50]);
+        l.check_chain().unwrap();
+        // Recording goes on after the kept entries, and a reopened ledger agrees.
+        l.record(99, "ack", "bundle 50").unwrap();
+        drop(l);
+        let l = open(&tree).unwrap();
+        assert_eq!(l.pruned(), 49);
+        assert_eq!(seqs_after(&l, 0), vec![50, 51]);
+        l.check_chain().unwrap();
+    }
+
+    #[test]
+    fn a_long_history_is_pruned_a_bounded_step_at_a_time() {
+        let (_d, _db, _tree, l) = ledger_of(2_600);
+        assert_eq!(l.prune(2_600, 100).unwrap(), PRUNE_AT_ONCE);
+        assert_eq!(l.prune(2_600, 100).unwrap(), PRUNE_AT_ONCE);
+        assert_eq!(l.prune(2_600, 100).unwrap(), 500);
+        assert_eq!(l.prune(2_600, 100).unwrap(), 0);
+        assert_eq!(l.read_after(0).unwrap().len(), 100);
+    }
+
+    #[test]
+    fn a_prune_that_meets_an_edited_entry_removes_nothing() {
+        let (_d, _db, tree, l) = ledger_of(30);
+        let k = record_key(7);
+        let mut edited = tree.get(k).unwrap().unwrap().to_vec();
+        edited[20] ^= 1;
+        tree.insert(k, edited).unwrap();
+        assert!(tampered(l.prune(20, 5)).contains("entry 7 does not authenticate"));
+        assert_eq!(l.pruned(), 0);
+        assert!(tree.get(record_key(1)).unwrap().is_some());
+        assert!(tree.get(TAIL_KEY).unwrap().is_none());
+    }
+
+    /// Removing, replacing or forging the tail anchor, or the entries it names, is
+    /// detected at open: pruning gives an attacker no way to drop entries unseen.
+    #[test]
+    fn the_start_of_a_pruned_ledger_is_anchored() {
+        let (_d, _db, tree, l) = ledger_of(40);
+        l.prune(10, 5).unwrap();
+        let older_tail = tree.get(TAIL_KEY).unwrap().unwrap();
+        l.prune(20, 5).unwrap();
+        drop(l);
+        let tail = tree.get(TAIL_KEY).unwrap().unwrap();
+        let restore = |tree: &sled::Tree| {
+            tree.insert(TAIL_KEY, tail.clone()).unwrap();
+        };
+
+        tree.remove(TAIL_KEY).unwrap();
+        assert!(tampered(open(&tree)).contains("entry 1 was removed"));
+        restore(&tree);
+
+        tree.insert(TAIL_KEY, older_tail).unwrap();
+        assert!(tampered(open(&tree)).contains("entry 11 was removed"));
+        restore(&tree);
+
+        // The first kept entry removed (the prefix dropped further).
+        let first = tree.remove(record_key(21)).unwrap().unwrap();
+        assert!(tampered(open(&tree)).contains("entry 21 was removed"));
+        tree.insert(record_key(21), first).unwrap();
+
+        // A tail anchor of the capture log (same MAC key, other label), or of another
+        // user's ledger.
+        let log_anchors = AnchorKey::new(&mac_key(), &VAULT, "alice");
+        let bob = anchor_key(&mac_key(), &VAULT, "bob");
+        let prev_tag = tag_of(&tree.get(record_key(29)).unwrap().unwrap());
+        for forger in [log_anchors, bob] {
+            let forged = forger.seal_tail(&Tail {
+                first_seq: 30,
+                prev_tag,
+            });
+            tree.insert(TAIL_KEY, forged).unwrap();
+            for k in 21..30 {
+                tree.remove(record_key(k)).unwrap();
+            }
+            assert!(tampered(open(&tree)).contains("tail anchor's MAC"));
+        }
+        // Every entry removed, head and tail left.
+        let d2 = tempfile::tempdir().unwrap();
+        let db2 = sled::open(d2.path().join("db")).unwrap();
+        let t2 = db2.open_tree("ledger").unwrap();
+        let l2 = open(&t2).unwrap();
+        for i in 0..10 {
+            l2.record(i, "open", "").unwrap();
+        }
+        l2.prune(10, 3).unwrap();
+        drop(l2);
+        for k in 8..=10 {
+            t2.remove(record_key(k)).unwrap();
+        }
+        assert!(tampered(open(&t2)).contains("does not match its head anchor"));
+    }
+
+    /// Readers, recorders and pruning on other threads never see each other's
+    /// half-done work as tampering.
+    #[test]
+    fn reading_while_entries_are_recorded_and_pruned_finds_no_tampering() {
+        let (_d, _db, _tree, l) = ledger_of(10);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..1_500 {
+                    l.record(i, "seal", "bundle").unwrap();
+                    l.prune(l.last_seq(), 5).unwrap();
+                }
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || reads < 10 {
+                let all = l.read_after(0).unwrap();
+                assert!(all.len() >= 5, "{}", all.len());
+                l.read_after(all[all.len() / 2].seq).unwrap();
+                l.check_chain().unwrap();
+                reads += 1;
+            }
+        });
+        assert_eq!(l.pruned(), l.last_seq() - 5);
     }
 }

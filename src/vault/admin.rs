@@ -116,8 +116,12 @@ pub struct Status {
     pub policy_version: u32,
     /// Purpose in force.
     pub purpose: String,
-    /// Audit ledger entries.
+    /// Audit ledger entries recorded.
     pub audit_entries: u64,
+    /// The oldest of them, `1..=audit_entries_pruned`, released in acknowledged bundles
+    /// and removed from this device (the collector holds them); the device keeps the
+    /// newest 10,000 entries and every one not yet released.
+    pub audit_entries_pruned: u64,
     /// The last failure of background maintenance (retention, budget, scheduled
     /// rotation), if the most recent run failed; else a durability mark that could not
     /// be written after a flush returned (the next flush tries again and fails while it
@@ -259,6 +263,7 @@ impl Inner {
             policy_version: inner.opts.policy.version,
             purpose: inner.opts.policy.purpose.clone(),
             audit_entries: inner.ledger.last_seq(),
+            audit_entries_pruned: inner.ledger.pruned(),
             maintenance_error: match (inner.maintenance_error(), inner.store.mark_failure()) {
                 (Some(m), Some(d)) => Some(format!("{m}; {d}")),
                 (m, d) => m.or(d),
@@ -422,7 +427,7 @@ impl Vault {
         let _p = inner.quiesce()?;
         let keys = inner.keys()?;
         let report = inner.log.verify(&keys, &|v| inner.purpose_of(v))?;
-        inner.ledger.read_after(u64::MAX)?;
+        inner.ledger.check_chain()?;
         inner.state.check_all()?;
         inner.check_generations()?;
         inner.check_mark()?;

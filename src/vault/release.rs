@@ -332,6 +332,9 @@ impl Inner {
         if !emptied.is_empty() {
             self.retire_empty_epochs()?;
         }
+        // The collector holds the released entries now; the device keeps the newest.
+        self.ledger
+            .prune(state.ledger_released, crate::audit::LEDGER_KEEP)?;
         Ok(())
     }
 
@@ -622,5 +625,84 @@ impl Vault {
         // disk, retried under erased keys), which were to be erased anyway.
         let _ = self.shutdown();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::audit::LEDGER_KEEP;
+    use crate::{Identity, KeyStoreKind, Suite, Vault, VaultOptions};
+
+    fn options() -> VaultOptions {
+        VaultOptions {
+            keystore: KeyStoreKind::Keyutils,
+            ..VaultOptions::default()
+        }
+    }
+
+    /// Seals and acknowledges one bundle; returns the ledger entries released so far.
+    fn release_one(v: &Vault, id: &Identity, ts: i64) -> u64 {
+        let _ = v.append_mouse_move(ts, 1, 2).unwrap();
+        v.flush().unwrap();
+        let b = v.seal_next(&id.recipient(), 1 << 20).unwrap().unwrap();
+        v.ack(b.id(), None).unwrap();
+        v.inner().release_state().unwrap().ledger_released
+    }
+
+    /// The ledger stops growing on the device: acknowledged entries beyond the newest
+    /// [`LEDGER_KEEP`] go, a bounded step per acknowledgement, and what stays verifies,
+    /// reads and reopens.
+    #[test]
+    fn acknowledged_ledger_entries_beyond_the_newest_are_pruned() {
+        let d = tempfile::tempdir().unwrap();
+        let id = Identity::generate(Suite::X25519);
+        let v = Vault::open(d.path(), "alice", options()).unwrap();
+        for i in 0..LEDGER_KEEP + 1_500 {
+            v.inner().audit("test", &format!("entry {i}")).unwrap();
+        }
+        assert_eq!(v.status().unwrap().audit_entries_pruned, 0);
+
+        let released = release_one(&v, &id, 1);
+        assert!(released > LEDGER_KEEP + 1_000);
+        assert_eq!(v.status().unwrap().audit_entries_pruned, 1_000, "one step");
+        let released = release_one(&v, &id, 2);
+        let st = v.status().unwrap();
+        assert!(
+            st.audit_entries_pruned <= released,
+            "only released entries go"
+        );
+        let kept = v.audit_log().unwrap();
+        // The newest LEDGER_KEEP when the acknowledgement pruned, and its own entry.
+        assert_eq!(kept.len() as u64, LEDGER_KEEP + 1);
+        assert_eq!(kept[0].seq, st.audit_entries_pruned + 1);
+        assert_eq!(kept.last().unwrap().seq, st.audit_entries);
+        v.verify().unwrap();
+        v.close().unwrap();
+
+        // What is left reopens as it was, and recording goes on after it.
+        let v = Vault::open(d.path(), "alice", options()).unwrap();
+        assert_eq!(v.audit_log().unwrap()[0], kept[0]);
+        v.verify().unwrap();
+        release_one(&v, &id, 3);
+        v.close().unwrap();
+
+        // The tail anchor removed: the kept entries no longer start where the ledger
+        // begins, and the open says so.
+        {
+            let db = crate::testing::open_raw_db(d.path());
+            let hex: String = "alice".bytes().map(|b| format!("{b:02x}")).collect();
+            let ledger = db.open_tree(format!("u/{hex}/ledger")).unwrap();
+            assert!(ledger
+                .remove(crate::log::store::TAIL_KEY)
+                .unwrap()
+                .is_some());
+            db.flush().unwrap();
+        }
+        match Vault::open(d.path(), "alice", options()) {
+            Err(crate::Error::Tampered(m)) => assert!(m.contains("audit ledger"), "{m}"),
+            Err(e) => panic!("expected Tampered, got {e:?}"),
+            Ok(_) => panic!("a ledger without its tail anchor opened"),
+        }
+        Vault::erase(d.path(), "alice", options()).unwrap();
     }
 }

@@ -428,9 +428,15 @@ pub fn render_status(st: &Value) -> String {
         s("purpose")
     ));
     let entries = u(&st["audit_entries"]);
+    let pruned = u(&st["audit_entries_pruned"]);
     o.push_str(&format!(
-        "audit      {entries} ledger {}\n",
-        if entries == 1 { "entry" } else { "entries" }
+        "audit      {entries} ledger {}{}\n",
+        if entries == 1 { "entry" } else { "entries" },
+        if pruned > 0 {
+            format!(", the oldest {pruned} released and pruned from this device")
+        } else {
+            String::new()
+        }
     ));
     render_upload(st, &mut o);
     o
@@ -1036,6 +1042,12 @@ pub fn audit(va: &VaultArgs, json: bool) -> CliResult<()> {
     if json {
         print_json(&serde_json::to_value(&entries).expect("entries serialize"));
     } else {
+        if let Some(first) = entries.first().filter(|e| e.seq > 1) {
+            println!(
+                "(entries 1 to {} were released to the collector and pruned from this device)",
+                first.seq - 1
+            );
+        }
         for e in &entries {
             println!(
                 "{:>6}  {}  {:<14} {}",

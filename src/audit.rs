@@ -42,6 +42,8 @@ pub(crate) struct Ledger {
     head: Mutex<Head>,
     /// Where the kept chain starts (entry 1 until the first prune).
     tail: Mutex<Tail>,
+    /// Why the last prune after an acknowledgement failed (shown in `status`).
+    prune_problem: Mutex<Option<String>>,
 }
 
 /// The key of the ledger's head anchor.
@@ -122,6 +124,7 @@ impl Ledger {
             key: derive_ledger_key(mac_key),
             head: Mutex::new(head),
             tail: Mutex::new(tail),
+            prune_problem: Mutex::new(None),
         })
     }
 
@@ -174,16 +177,12 @@ impl Ledger {
         let mut out = Vec::new();
         if after < tail.first_seq {
             self.walk(tail.first_seq, tail.prev_tag, |e| out.push(e))?;
-        } else {
-            let stored = self.tree.get(record_key(after))?;
-            let Some(prev) = stored else {
-                if after > self.last_seq() {
-                    return Ok(out);
-                }
-                return Err(Error::tampered(format!(
-                    "audit ledger entry {after} is missing"
-                )));
-            };
+        } else if after <= self.last_seq() {
+            // Recorded (the entry goes in before the head moves), so it must be there.
+            let prev = self
+                .tree
+                .get(record_key(after))?
+                .ok_or_else(|| Error::tampered(format!("audit ledger entry {after} is missing")))?;
             self.walk(after + 1, tag_of(&prev), |e| out.push(e))?;
         }
         Ok(out)
@@ -192,6 +191,17 @@ impl Ledger {
     /// Checks every kept entry, from the tail anchor to the head anchor.
     pub(crate) fn check_chain(&self) -> Result<()> {
         let tail = self.lock_tail();
+        // The stored anchor, not only the one this handle holds.
+        let stored = match self.tree.get(TAIL_KEY)? {
+            Some(t) => self.anchors.open_tail(&t)?,
+            None => Tail::default(),
+        };
+        if stored != *tail {
+            return Err(Error::tampered(format!(
+                "the audit ledger's tail anchor names entry {} where this vault's ledger starts at {} (the anchor was removed or replaced)",
+                stored.first_seq, tail.first_seq
+            )));
+        }
         self.walk(tail.first_seq, tail.prev_tag, |_| {})
     }
 
@@ -286,10 +296,37 @@ impl Ledger {
             prev_tag: prev,
         };
         batch.insert(TAIL_KEY, self.anchors.seal_tail(&new_tail));
-        self.tree.apply_batch(batch)?;
+        if let Err(e) = self.tree.apply_batch(batch) {
+            // sled can apply a batch in memory and fail only to log it: follow the tree.
+            if let Some(t) = self.tree.get(TAIL_KEY).ok().flatten() {
+                if let Ok(t) = self.anchors.open_tail(&t) {
+                    *tail = t;
+                }
+            }
+            return Err(e.into());
+        }
         let removed = new_tail.first_seq - tail.first_seq;
         *tail = new_tail;
         Ok(removed)
+    }
+
+    /// Prunes what an acknowledgement released ([`LEDGER_KEEP`] kept). A failure is kept
+    /// for `status` until a later prune succeeds; the entries stay, and `verify` and
+    /// `audit` report a ledger that does not authenticate.
+    pub(crate) fn prune_released(&self, released: u64) {
+        let problem = self
+            .prune(released, LEDGER_KEEP)
+            .err()
+            .map(|e| format!("pruning the audit ledger: {e}"));
+        *self.prune_problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+    }
+
+    /// The failure of the last prune after an acknowledgement, if it failed.
+    pub(crate) fn prune_problem(&self) -> Option<String> {
+        self.prune_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Entries released and pruned from the device (the oldest ones, `1..=n`).
@@ -564,5 +601,41 @@ mod tests {
             }
         });
         assert_eq!(l.pruned(), l.last_seq() - 5);
+    }
+
+    /// A reader asking past the head while entries are recorded gets nothing, never
+    /// "missing".
+    #[test]
+    fn reading_past_the_head_while_entries_are_recorded_finds_nothing_missing() {
+        let (_d, _db, _tree, l) = ledger_of(1);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..5_000 {
+                    l.record(i, "seal", "bundle").unwrap();
+                }
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                l.read_after(l.last_seq() + 1).unwrap();
+            }
+        });
+    }
+
+    #[test]
+    fn pruning_at_the_edges() {
+        let (_d, _db, tree, l) = ledger_of(0);
+        assert_eq!(l.prune(100, 0).unwrap(), 0, "an empty ledger");
+        l.record(1, "open", "").unwrap();
+        assert_eq!(l.prune(1, 0).unwrap(), 0, "the last entry stays");
+        l.record(2, "open", "").unwrap();
+        assert_eq!(l.prune(1, 0).unwrap(), 1);
+        assert_eq!(l.prune(2, 0).unwrap(), 0);
+        drop(l);
+        let l = open(&tree).unwrap();
+        assert_eq!(seqs_after(&l, 0), vec![2]);
+        assert_eq!(seqs_after(&l, 1), vec![2]);
+        assert!(l.read_after(2).unwrap().is_empty());
+        l.check_chain().unwrap();
     }
 }

@@ -123,9 +123,10 @@ pub struct Status {
     /// newest 10,000 entries and every one not yet released.
     pub audit_entries_pruned: u64,
     /// The last failure of background maintenance (retention, budget, scheduled
-    /// rotation), if the most recent run failed; else a durability mark that could not
-    /// be written after a flush returned (the next flush tries again and fails while it
-    /// cannot).
+    /// rotation), if the most recent run failed; a prune of the audit ledger after an
+    /// acknowledgement that failed (tried again at the next one); a durability mark that
+    /// could not be written after a flush returned (the next flush tries again and fails
+    /// while it cannot). Several are joined with "; ".
     pub maintenance_error: Option<String>,
     /// Always false for an open vault (an erased vault does not open).
     pub erased: bool,
@@ -264,9 +265,16 @@ impl Inner {
             purpose: inner.opts.policy.purpose.clone(),
             audit_entries: inner.ledger.last_seq(),
             audit_entries_pruned: inner.ledger.pruned(),
-            maintenance_error: match (inner.maintenance_error(), inner.store.mark_failure()) {
-                (Some(m), Some(d)) => Some(format!("{m}; {d}")),
-                (m, d) => m.or(d),
+            maintenance_error: {
+                let problems: Vec<String> = [
+                    inner.maintenance_error(),
+                    inner.ledger.prune_problem(),
+                    inner.store.mark_failure(),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                (!problems.is_empty()).then(|| problems.join("; "))
             },
             erased: false,
             upload: inner.upload.as_ref().map(|u| {

@@ -332,9 +332,6 @@ impl Inner {
         if !emptied.is_empty() {
             self.retire_empty_epochs()?;
         }
-        // The collector holds the released entries now; the device keeps the newest.
-        self.ledger
-            .prune(state.ledger_released, crate::audit::LEDGER_KEEP)?;
         Ok(())
     }
 
@@ -547,6 +544,9 @@ impl Inner {
             "ack",
             &format!("bundle {seq} ({id}) records {first}..={last} pruned"),
         )?;
+        // The collector holds the released entries now. After the ack's own entry, and
+        // not the ack's result: the ack took effect whatever pruning meets.
+        self.ledger.prune_released(state.ledger_released);
         self.flush()
     }
 }
@@ -672,8 +672,8 @@ mod tests {
             "only released entries go"
         );
         let kept = v.audit_log().unwrap();
-        // The newest LEDGER_KEEP when the acknowledgement pruned, and its own entry.
-        assert_eq!(kept.len() as u64, LEDGER_KEEP + 1);
+        // The newest LEDGER_KEEP, the acknowledgement's own entry among them.
+        assert_eq!(kept.len() as u64, LEDGER_KEEP);
         assert_eq!(kept[0].seq, st.audit_entries_pruned + 1);
         assert_eq!(kept.last().unwrap().seq, st.audit_entries);
         v.verify().unwrap();
@@ -704,5 +704,116 @@ mod tests {
             Ok(_) => panic!("a ledger without its tail anchor opened"),
         }
         Vault::erase(d.path(), "alice", options()).unwrap();
+    }
+    fn fill(v: &Vault, n: u64) {
+        for i in 0..n {
+            v.inner().audit("test", &format!("entry {i}")).unwrap();
+        }
+    }
+
+    /// A prune that meets an edited entry after an acknowledgement: the ack took effect
+    /// and says so, its own entry is in the ledger, `status` shows the failure and
+    /// `verify` the edit; with the entry put back the next ack prunes and clears it.
+    #[test]
+    fn a_prune_that_fails_after_an_ack_leaves_the_ack_done_and_recorded() {
+        let d = tempfile::tempdir().unwrap();
+        let id = Identity::generate(Suite::X25519);
+        let v = Vault::open(d.path(), "alice", options()).unwrap();
+        fill(&v, LEDGER_KEEP + 50);
+        let _ = v.append_mouse_move(1, 1, 2).unwrap();
+        let b = v.seal_next(&id.recipient(), 1 << 20).unwrap().unwrap();
+        // A released entry, edited before the ack prunes it.
+        let ledger = v.inner().ledger.tree().clone();
+        let k = crate::log::store::record_key(5);
+        let was = ledger.get(k).unwrap().unwrap();
+        let mut edited = was.to_vec();
+        edited[20] ^= 1;
+        ledger.insert(k, edited).unwrap();
+
+        v.ack(b.id(), None).unwrap();
+        let st = v.status().unwrap();
+        assert_eq!(st.audit_entries_pruned, 0);
+        let problem = st.maintenance_error.unwrap_or_default();
+        assert!(
+            problem.contains("pruning the audit ledger") && problem.contains("entry 5"),
+            "{problem}"
+        );
+        assert!(matches!(v.verify(), Err(crate::Error::Tampered(_))));
+
+        ledger.insert(k, was).unwrap();
+        let acks = |v: &Vault| {
+            let log = v.audit_log().unwrap();
+            log.iter().filter(|e| e.action == "ack").count()
+        };
+        assert_eq!(acks(&v), 1, "the ack is recorded");
+        release_one(&v, &id, 2);
+        let st = v.status().unwrap();
+        assert!(st.audit_entries_pruned > 0);
+        assert_eq!(st.maintenance_error, None);
+        assert_eq!(acks(&v), 2);
+        v.verify().unwrap();
+        drop(ledger);
+        v.close().unwrap();
+        Vault::erase(d.path(), "alice", options()).unwrap();
+    }
+
+    /// `verify` on an open vault reads the stored tail anchor, not only the one the
+    /// handle holds.
+    #[test]
+    fn verify_finds_a_tail_anchor_removed_under_the_open_vault() {
+        let d = tempfile::tempdir().unwrap();
+        let id = Identity::generate(Suite::X25519);
+        let v = Vault::open(d.path(), "alice", options()).unwrap();
+        fill(&v, LEDGER_KEEP + 50);
+        release_one(&v, &id, 1);
+        assert!(v.status().unwrap().audit_entries_pruned > 0);
+        let ledger = v.inner().ledger.tree().clone();
+        let tail = ledger.remove(crate::log::store::TAIL_KEY).unwrap().unwrap();
+        match v.verify() {
+            Err(crate::Error::Tampered(m)) => assert!(m.contains("tail anchor"), "{m}"),
+            r => panic!("expected Tampered, got {r:?}"),
+        }
+        ledger.insert(crate::log::store::TAIL_KEY, tail).unwrap();
+        v.verify().unwrap();
+        drop(ledger);
+        v.close().unwrap();
+        Vault::erase(d.path(), "alice", options()).unwrap();
+    }
+
+    /// Readers on other threads (`audit`, `status`, `verify`) while bundles are sealed
+    /// and acknowledged, the ledger pruned and entries recorded: none of them sees
+    /// tampering, and the vault verifies and reopens afterwards.
+    #[test]
+    fn readers_during_seals_acks_and_prunes_see_no_tampering() {
+        let d = tempfile::tempdir().unwrap();
+        let id = Identity::generate(Suite::X25519);
+        let v = Vault::open(d.path(), "alice", options()).unwrap();
+        fill(&v, LEDGER_KEEP + 10);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..10 {
+                    release_one(&v, &id, i);
+                    fill(&v, 20);
+                }
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    v.audit_log().unwrap();
+                    v.status().unwrap();
+                }
+            });
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                v.verify().unwrap();
+            }
+        });
+        assert!(v.status().unwrap().audit_entries_pruned > 150);
+        v.verify().unwrap();
+        v.close().unwrap();
+        Vault::open(d.path(), "alice", options())
+            .unwrap()
+            .erase_open()
+            .unwrap();
     }
 }

@@ -18,7 +18,8 @@ pub struct Metrics {
     accepted_bytes: AtomicU64,
     retries: AtomicU64,
     enrolled: AtomicU64,
-    rejected: Mutex<Vec<(&'static str, u64)>>,
+    rejected: Reasons,
+    enroll_rejected: Reasons,
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -43,11 +44,12 @@ impl Metrics {
 
     /// A rejected upload, by error code.
     pub fn rejected(&self, reason: &'static str) {
-        let mut r = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
-        match r.iter_mut().find(|(k, _)| *k == reason) {
-            Some((_, n)) => *n += 1,
-            None => r.push((reason, 1)),
-        }
+        self.rejected.count(reason);
+    }
+
+    /// A refused enrollment, by error code (`bad_token` is the one to alert on).
+    pub fn enroll_rejected(&self, reason: &'static str) {
+        self.enroll_rejected.count(reason);
     }
 
     /// The time one upload took, whatever its outcome.
@@ -89,20 +91,16 @@ impl Metrics {
             "Devices newly enrolled.",
             self.enrolled.load(Relaxed),
         );
-        let name = "capvault_collector_bundles_rejected_total";
-        let _ = writeln!(
-            o,
-            "# HELP {name} Uploads rejected, by reason.\n# TYPE {name} counter"
+        self.rejected.render(
+            &mut o,
+            "capvault_collector_bundles_rejected_total",
+            "Uploads rejected, by reason.",
         );
-        let mut rejected = self
-            .rejected
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        rejected.sort();
-        for (reason, n) in rejected {
-            let _ = writeln!(o, "{name}{{reason=\"{reason}\"}} {n}");
-        }
+        self.enroll_rejected.render(
+            &mut o,
+            "capvault_collector_enrollments_rejected_total",
+            "Enrollments refused, by reason.",
+        );
         let name = "capvault_collector_upload_duration_seconds";
         let _ = writeln!(
             o,
@@ -127,6 +125,29 @@ impl Metrics {
     }
 }
 
+/// A counter per fixed reason (an error code).
+#[derive(Debug, Default)]
+struct Reasons(Mutex<Vec<(&'static str, u64)>>);
+
+impl Reasons {
+    fn count(&self, reason: &'static str) {
+        let mut r = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match r.iter_mut().find(|(k, _)| *k == reason) {
+            Some((_, n)) => *n += 1,
+            None => r.push((reason, 1)),
+        }
+    }
+
+    fn render(&self, o: &mut String, name: &str, help: &str) {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        counts.sort();
+        for (reason, n) in counts {
+            let _ = writeln!(o, "{name}{{reason=\"{reason}\"}} {n}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,11 +158,16 @@ mod tests {
         m.accepted(100);
         m.rejected("conflict");
         m.rejected("conflict");
+        m.enroll_rejected("bad_token");
         m.observe(Duration::from_millis(3));
         let t = m.render();
         assert!(t.contains("capvault_collector_bundles_accepted_total 1\n"));
         assert!(t.contains("capvault_collector_bytes_accepted_total 100\n"));
         assert!(t.contains("capvault_collector_bundles_rejected_total{reason=\"conflict\"} 2\n"));
+        assert!(
+            t.contains("capvault_collector_enrollments_rejected_total{reason=\"bad_token\"} 1\n")
+        );
+        assert!(!t.contains("bundles_rejected_total{reason=\"bad_token\"}"));
         assert!(t.contains("capvault_collector_upload_duration_seconds_bucket{le=\"0.0025\"} 0\n"));
         assert!(t.contains("capvault_collector_upload_duration_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(t.contains("capvault_collector_upload_duration_seconds_count 1\n"));

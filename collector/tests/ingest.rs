@@ -212,6 +212,16 @@ fn tokens_bad_used_up_and_expired_get_401() {
     assert_eq!(server.enroll(&expired, &Device::new(11)).status, 401);
     let later = new_token(&dir, &["--expires", "1h"]);
     assert_eq!(server.enroll(&later, &Device::new(11)).status, 201);
+    // Every refusal counted by its reason, apart from the uploads'.
+    let m = text(&server.get("/metrics").body);
+    assert!(
+        m.contains("capvault_collector_enrollments_rejected_total{reason=\"bad_token\"} 4\n"),
+        "{m}"
+    );
+    assert!(
+        !m.contains("bundles_rejected_total{reason=\"bad_token\"}"),
+        "{m}"
+    );
 
     // Usage errors exit 2.
     let out = cli(&[

@@ -71,6 +71,11 @@ fn an_oversized_content_length_is_refused_before_the_body_is_read() {
     let (status, elapsed) = read_answer(&mut s);
     assert_eq!(status, Some(413));
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    let m = text(&server.get("/metrics").body);
+    assert!(
+        m.contains("capvault_collector_enrollments_rejected_total{reason=\"too_large\"} 1\n"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -155,6 +160,10 @@ fn a_dripping_body_is_cut_after_the_grace_whatever_length_it_declares() {
         m.contains("capvault_collector_bundles_rejected_total{reason=\"timeout\"} 1\n"),
         "{m}"
     );
+    assert!(
+        m.contains("capvault_collector_enrollments_rejected_total{reason=\"timeout\"} 1\n"),
+        "{m}"
+    );
 }
 
 /// An enrollment body larger than any record is refused before it is read.
@@ -173,6 +182,11 @@ fn an_oversized_enrollment_is_refused_before_it_is_read() {
     let (status, elapsed) = read_answer(&mut s);
     assert_eq!(status, Some(413));
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    let m = text(&server.get("/metrics").body);
+    assert!(
+        m.contains("capvault_collector_enrollments_rejected_total{reason=\"too_large\"} 1\n"),
+        "{m}"
+    );
 }
 
 #[test]

@@ -26,16 +26,28 @@ struct EnrollRequest {
 /// use consumed); 401 unknown token, or expired or used-up token for anything but that
 /// re-enrollment; 409 the id is enrolled with another key (usable token only); 400
 /// malformed. The token is checked before the device, so a client without a token
-/// learns nothing about which ids are enrolled.
+/// learns nothing about which ids are enrolled. Refusals are counted by reason.
 pub async fn enroll(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let result = enroll_device(&s, &headers, body).await;
+    if let Err(e) = &result {
+        s.metrics.enroll_rejected(e.code());
+    }
+    result
+}
+
+async fn enroll_device(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     // Refused before anything is read: a declared length over the limit. No slot is
     // taken: each enrollment body is at most 64 KiB (memory bounded by the connection
     // cap), so a client that holds enrollments open only holds connections.
-    super::body::declared_length(&headers, MAX_ENROLL_BYTES)?;
+    super::body::declared_length(headers, MAX_ENROLL_BYTES)?;
     let mut body_bytes = Vec::new();
     super::body::read_paced(
         body,

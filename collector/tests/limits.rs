@@ -73,7 +73,7 @@ fn an_oversized_content_length_is_refused_before_the_body_is_read() {
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
     let m = text(&server.get("/metrics").body);
     assert!(
-        m.contains("capvault_collector_enrollments_rejected_total{reason=\"too_large\"} 1\n"),
+        m.contains("capvault_collector_bundles_rejected_total{reason=\"too_large\"} 1\n"),
         "{m}"
     );
 }

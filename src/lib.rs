@@ -92,8 +92,17 @@ pub mod testing {
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub mod test_hooks {
-    use crate::{Recipient, Result, SealedBundle};
+    use crate::{Recipient, Result, SealedBundle, Vault};
     pub use capvault_format::BundleInput;
+
+    /// Ledger entries the device keeps once released (tests that build a pruned ledger).
+    pub const LEDGER_KEEP: u64 = crate::audit::LEDGER_KEEP;
+
+    /// Records an audit ledger entry as the vault records its own actions, for tests
+    /// that need a long ledger without thousands of real opens or bundles.
+    pub fn record_audit(vault: &Vault, action: &str, detail: &str) -> Result<()> {
+        vault.inner().audit(action, detail)
+    }
 
     /// Seals a bundle as the vault does, signing with the Ed25519 key of `device_seed`.
     pub fn seal_bundle(

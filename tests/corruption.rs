@@ -8,6 +8,9 @@
 //! (hang), a panic, or different output without an error (an accepted change: an event
 //! that differs, a record that appears or vanishes) fails the test.
 //!
+//! A second campaign does the same over a vault whose audit ledger was pruned (a tail
+//! anchor, entries that no longer start at 1), with half the flips.
+//!
 //! `CAPVAULT_FLIPS` sets the number of flips (default 200), `CAPVAULT_FLIP_SEED` the
 //! seed of the flip positions (printed on failure), `CAPVAULT_FLIP_JOBS` the children
 //! run at once (default 2), `CAPVAULT_FLIP_TIMEOUT_S` the time limit per child (default
@@ -107,7 +110,7 @@ fn observe(dir: &Path, recipient: &Recipient) -> capvault::Result<String> {
     let s = v.status()?;
     writeln!(
         out,
-        "status vault={} device={} kek={} epoch={} epochs={:?} records={} stored={} first={} last={} next_event={} policy={} purpose={:?} audit={}",
+        "status vault={} device={} kek={} epoch={} epochs={:?} records={} stored={} first={} last={} next_event={} policy={} purpose={:?} audit={} pruned={}",
         s.vault_id,
         s.device_id,
         s.kek_version,
@@ -120,7 +123,8 @@ fn observe(dir: &Path, recipient: &Recipient) -> capvault::Result<String> {
         s.next_event_seq,
         s.policy_version,
         s.purpose,
-        s.audit_entries
+        s.audit_entries,
+        s.audit_entries_pruned
     )
     .unwrap();
     for a in v.audit_log()? {
@@ -409,17 +413,94 @@ fn classify(stdout: &str, stderr: &str, out: &Path, baseline: &str) -> Outcome {
 
 #[test]
 fn single_bit_flips_are_detected_or_harmless() {
-    let seed = env_u64("CAPVAULT_FLIP_SEED").unwrap_or(DEFAULT_SEED);
+    let work = tempfile::tempdir().unwrap();
+    let made = work.path().join("made");
+    let (identity, written) = build_vault(&made);
     let flips = env_u64("CAPVAULT_FLIPS").unwrap_or(DEFAULT_FLIPS);
+    campaign(work, &made, &identity.recipient(), flips, |baseline| {
+        // It holds what was written: every event after the acknowledged bundle, once.
+        let n_events = baseline.lines().filter(|l| l.starts_with("event ")).count();
+        assert!(
+            n_events > 900 && n_events <= written.len(),
+            "{n_events} of {} events",
+            written.len()
+        );
+    });
+}
+
+/// The same over a vault whose audit ledger was pruned: a tail anchor, and entries that
+/// start past 1. Half the flips by default; most land in the ledger's pages of `db`.
+#[test]
+fn single_bit_flips_in_a_vault_with_a_pruned_ledger_are_detected_or_harmless() {
+    use capvault::test_hooks::{record_audit, LEDGER_KEEP};
+    let work = tempfile::tempdir().unwrap();
+    let made = work.path().join("made");
+    let identity = Identity::generate(Suite::X25519);
+    let v = Vault::open(&made, USER, vault_options()).unwrap();
+    for i in 0..LEDGER_KEEP + 300 {
+        record_audit(&v, "test", &format!("entry {i}")).unwrap();
+    }
+    for i in 0..500 {
+        let _ = v.append_mouse_move(1_000_000 + i, i as i32, 1).unwrap();
+    }
+    v.flush().unwrap();
+    let b = v
+        .seal_next(&identity.recipient(), 1 << 20)
+        .unwrap()
+        .unwrap();
+    v.ack(b.id(), None).unwrap();
+    for i in 0..300 {
+        let _ = v.append_mouse_move(2_000_000 + i, i as i32, 2).unwrap();
+    }
+    v.flush().unwrap();
+    // Pending, so that every observer is offered the same bundle.
+    let _ = v
+        .seal_next(&identity.recipient(), 1 << 20)
+        .unwrap()
+        .unwrap();
+    assert!(v.status().unwrap().audit_entries_pruned > 300);
+    v.close().unwrap();
+    Vault::open(&made, USER, vault_options())
+        .unwrap()
+        .close()
+        .unwrap();
+    let flips = env_u64("CAPVAULT_FLIPS").unwrap_or(DEFAULT_FLIPS) / 2;
+    campaign(
+        work,
+        &made,
+        &identity.recipient(),
+        flips.max(1),
+        |baseline| {
+            let first = baseline
+                .lines()
+                .find_map(|l| l.strip_prefix("audit "))
+                .and_then(|l| l.split(' ').next()?.parse::<u64>().ok());
+            assert!(first.is_some_and(|f| f > 300), "{first:?}");
+            assert_eq!(
+                baseline.lines().filter(|l| l.starts_with("event ")).count(),
+                300
+            );
+        },
+    );
+}
+
+/// Flips `flips` single bits, one per copy of the closed vault made in `made` (moved
+/// into `work` first), each copy observed in a child process; fails on any flip that
+/// hangs, panics or changes what is read without an error. `check_baseline` checks what
+/// the unflipped vault shows. Erases the vault at the end.
+fn campaign(
+    work: tempfile::TempDir,
+    made: &Path,
+    recipient: &Recipient,
+    flips: u64,
+    check_baseline: impl FnOnce(&str),
+) {
+    let seed = env_u64("CAPVAULT_FLIP_SEED").unwrap_or(DEFAULT_SEED);
     let jobs = env_u64("CAPVAULT_FLIP_JOBS").map_or(DEFAULT_JOBS, |j| j.max(1) as usize);
     let timeout =
         Duration::from_secs(env_u64("CAPVAULT_FLIP_TIMEOUT_S").unwrap_or(DEFAULT_TIMEOUT_S));
-    let work = tempfile::tempdir().unwrap();
     let pristine = work.path().join("pristine");
-    let made = work.path().join("made");
-    let (identity, written) = build_vault(&made);
-    common::move_vault(&made, &pristine);
-    let recipient = identity.recipient();
+    common::move_vault(made, &pristine);
 
     // The unflipped vault, observed twice the way the children do: the output must be
     // the same every time, or a harmless flip could not be told from a change.
@@ -428,7 +509,7 @@ fn single_bit_flips_are_detected_or_harmless() {
         let dir = work.path().join(format!("baseline{round}"));
         common::copy_dir(&pristine, &dir);
         let out = work.path().join(format!("baseline{round}.txt"));
-        let o = spawn_child(&dir, &out, &recipient)
+        let o = spawn_child(&dir, &out, recipient)
             .wait_with_output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&o.stdout);
@@ -444,13 +525,7 @@ fn single_bit_flips_are_detected_or_harmless() {
         baseline = Some(text);
     }
     let baseline = baseline.unwrap();
-    // And it holds what was written: every event after the acknowledged bundle, once.
-    let n_events = baseline.lines().filter(|l| l.starts_with("event ")).count();
-    assert!(
-        n_events > 900 && n_events <= written.len(),
-        "{n_events} of {} events",
-        written.len()
-    );
+    check_baseline(&baseline);
 
     let files: Vec<(PathBuf, u64)> = files_under(&pristine)
         .into_iter()
@@ -518,7 +593,7 @@ fn single_bit_flips_are_detected_or_harmless() {
             common::copy_dir(&pristine, &dir);
             flip_bit(&dir.join(&flip.file), flip.bit);
             let out = work.path().join(format!("flip{}.txt", flip.index));
-            let child = spawn_child(&dir, &out, &recipient);
+            let child = spawn_child(&dir, &out, recipient);
             running.push(Running {
                 flip,
                 dir,

@@ -51,6 +51,14 @@ pub(crate) fn anchor_key(mac_key: &Key32, vault_id: &[u8; 16], user: &str) -> An
     AnchorKey::with_label(b"capvault-ledger-anchor-v1", mac_key, vault_id, user)
 }
 
+/// The ledger's stored tail anchor (entry 1 and a zero tag before the first prune).
+fn stored_tail(tree: &sled::Tree, anchors: &AnchorKey) -> Result<Tail> {
+    match tree.get(TAIL_KEY)? {
+        Some(t) => anchors.open_tail(&t),
+        None => Ok(Tail::default()),
+    }
+}
+
 fn derive_ledger_key(mac_key: &Key32) -> Key32 {
     crate::keys::hierarchy::derive_subkey(mac_key, b"capvault-ledger-key-v1", b"ledger")
 }
@@ -96,10 +104,7 @@ impl Ledger {
             }
             None => Head::default(),
         };
-        let tail = match tree.get(TAIL_KEY)? {
-            Some(t) => anchors.open_tail(&t)?,
-            None => Tail::default(),
-        };
+        let tail = stored_tail(&tree, &anchors)?;
         let last = tree.range(record_keys()).next_back().transpose()?;
         let consistent = match &last {
             None => head.last_seq + 1 == tail.first_seq && head.last_tag == tail.prev_tag,
@@ -192,10 +197,7 @@ impl Ledger {
     pub(crate) fn check_chain(&self) -> Result<()> {
         let tail = self.lock_tail();
         // The stored anchor, not only the one this handle holds.
-        let stored = match self.tree.get(TAIL_KEY)? {
-            Some(t) => self.anchors.open_tail(&t)?,
-            None => Tail::default(),
-        };
+        let stored = stored_tail(&self.tree, &self.anchors)?;
         if stored != *tail {
             return Err(Error::tampered(format!(
                 "the audit ledger's tail anchor names entry {} where this vault's ledger starts at {} (the anchor was removed or replaced)",
@@ -208,46 +210,56 @@ impl Ledger {
     /// Opens entries `from..` in order, the first chained to `prev`, and checks that
     /// they end at the head anchor (as it stands when the walk starts: entries recorded
     /// meanwhile are not read). The caller holds the tail lock.
-    fn walk(
+    fn walk(&self, from: u64, prev: [u8; TAG_LEN], mut each: impl FnMut(AuditEntry)) -> Result<()> {
+        let head = *self.head.lock().unwrap_or_else(|p| p.into_inner());
+        let last_tag = self.open_run(from, head.last_seq, prev, |_, e| each(e))?;
+        if last_tag != head.last_tag {
+            return Err(Error::tampered(
+                "the audit ledger does not end at its head anchor",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Opens entries `from..=to`, the first chained to `prev`: every one must be there,
+    /// in order, and authenticate. Gives each its key and entry; returns the last tag
+    /// (`prev` when the run is empty, `from > to`).
+    fn open_run(
         &self,
         from: u64,
+        to: u64,
         mut prev: [u8; TAG_LEN],
-        mut each: impl FnMut(AuditEntry),
-    ) -> Result<()> {
-        let head = *self.head.lock().unwrap_or_else(|p| p.into_inner());
+        mut each: impl FnMut(sled::IVec, AuditEntry),
+    ) -> Result<[u8; TAG_LEN]> {
         let mut expect = from;
-        // Nothing to read when `from` is past the head (a range must not be inverted).
-        let entries = (from <= head.last_seq)
-            .then(|| {
-                self.tree
-                    .range(record_key(from)..=record_key(head.last_seq))
-            })
+        // A range must not be inverted.
+        let entries = (from <= to)
+            .then(|| self.tree.range(record_key(from)..=record_key(to)))
             .into_iter()
             .flatten();
         for item in entries {
             let (k, v) = item?;
-            let seq = seq_of_key(&k).ok_or_else(|| Error::tampered("a ledger key is malformed"))?;
-            if seq != expect {
+            if seq_of_key(&k) != Some(expect) {
                 return Err(Error::tampered(format!(
                     "audit ledger entry {expect} is missing"
                 )));
             }
             let plain = self
                 .binding
-                .open(seq, &v, &prev, LEDGER_PURPOSE, &self.key)
+                .open(expect, &v, &prev, LEDGER_PURPOSE, &self.key)
                 .map_err(|_| {
-                    Error::tampered(format!("audit ledger entry {seq} does not authenticate"))
+                    Error::tampered(format!("audit ledger entry {expect} does not authenticate"))
                 })?;
-            each(decode_entry(seq, &plain)?);
+            each(k, decode_entry(expect, &plain)?);
             prev = tag_of(&v);
             expect += 1;
         }
-        if expect != head.last_seq + 1 || prev != head.last_tag {
-            return Err(Error::tampered(
-                "the audit ledger does not end at its head anchor",
-            ));
+        if expect <= to {
+            return Err(Error::tampered(format!(
+                "audit ledger entry {expect} is missing"
+            )));
         }
-        Ok(())
+        Ok(prev)
     }
 
     /// Removes the oldest entries up to `released` (entries released in an acknowledged
@@ -265,43 +277,18 @@ impl Ledger {
             return Ok(0);
         }
         let mut batch = sled::Batch::default();
-        let mut prev = tail.prev_tag;
-        let mut expect = tail.first_seq;
-        for item in self
-            .tree
-            .range(record_key(tail.first_seq)..=record_key(through))
-        {
-            let (k, v) = item?;
-            if seq_of_key(&k) != Some(expect) {
-                return Err(Error::tampered(format!(
-                    "audit ledger entry {expect} is missing"
-                )));
-            }
-            self.binding
-                .open(expect, &v, &prev, LEDGER_PURPOSE, &self.key)
-                .map_err(|_| {
-                    Error::tampered(format!("audit ledger entry {expect} does not authenticate"))
-                })?;
-            prev = tag_of(&v);
-            batch.remove(k);
-            expect += 1;
-        }
-        if expect != through + 1 {
-            return Err(Error::tampered(format!(
-                "audit ledger entry {expect} is missing"
-            )));
-        }
+        let prev_tag = self.open_run(tail.first_seq, through, tail.prev_tag, |k, _| {
+            batch.remove(k)
+        })?;
         let new_tail = Tail {
             first_seq: through + 1,
-            prev_tag: prev,
+            prev_tag,
         };
         batch.insert(TAIL_KEY, self.anchors.seal_tail(&new_tail));
         if let Err(e) = self.tree.apply_batch(batch) {
             // sled can apply a batch in memory and fail only to log it: follow the tree.
-            if let Some(t) = self.tree.get(TAIL_KEY).ok().flatten() {
-                if let Ok(t) = self.anchors.open_tail(&t) {
-                    *tail = t;
-                }
+            if let Ok(t) = stored_tail(&self.tree, &self.anchors) {
+                *tail = t;
             }
             return Err(e.into());
         }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use capvault::{Event, Identity, KeyStoreKind, SeqEvent, Vault};
+use capvault::{Event, Identity, KeyStoreKind, SeqEvent, Suite, Vault};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_capvault");
@@ -801,6 +801,57 @@ fn show_is_audited_and_erase_leaves_nothing_readable() {
             );
         }
     }
+}
+
+/// A ledger pruned after acknowledgements: `status` and `audit` say which entries left
+/// the device, `--json` gives the count and the kept entries, `verify` passes.
+#[test]
+fn status_and_audit_say_which_ledger_entries_were_pruned() {
+    use capvault::test_hooks::{record_audit, LEDGER_KEEP};
+    let f = Fixture::new(KeyStoreKind::Keyutils);
+    f.init();
+    let id = Identity::generate(Suite::X25519);
+    let v = Vault::open(&f.dir, &f.user, f.options()).unwrap();
+    for i in 0..LEDGER_KEEP + 20 {
+        record_audit(&v, "test", &format!("entry {i}")).unwrap();
+    }
+    for e in events(5, 1_700_000_000_000_000) {
+        let _ = v.append(e).unwrap();
+    }
+    v.flush().unwrap();
+    let b = v.seal_next(&id.recipient(), 1 << 20).unwrap().unwrap();
+    v.ack(b.id(), None).unwrap();
+    let pruned = v.status().unwrap().audit_entries_pruned;
+    assert!(pruned > 20, "{pruned}");
+    v.close().unwrap();
+
+    let st = f.json(&["status"]);
+    assert_eq!(st["audit_entries_pruned"], pruned);
+    let out = f.run(&["status"]);
+    assert_ok(&out, &["status"]);
+    assert!(
+        text(&out.stdout).contains(&format!(
+            "the oldest {pruned} released and pruned from this device"
+        )),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = f.run(&["audit"]);
+    assert_ok(&out, &["audit"]);
+    let shown = text(&out.stdout);
+    assert!(
+        shown.lines().next().unwrap().contains(&format!(
+            "entries 1 to {pruned} were released to the collector and pruned from this device"
+        )),
+        "{}",
+        shown.lines().next().unwrap()
+    );
+    let audit = f.json(&["audit"]);
+    let entries = audit.as_array().unwrap();
+    assert_eq!(entries[0]["seq"], pruned + 1);
+    assert!(entries.iter().any(|e| e["action"] == "ack"));
+    assert_ok(&f.run(&["verify"]), &["verify"]);
+    assert_ok(&f.run(&["erase", "--yes"]), &["erase"]);
 }
 
 #[test]

@@ -57,15 +57,26 @@ fn serve_refuses_limits_over_the_memory_budget() {
 
 #[test]
 fn an_oversized_content_length_is_refused_before_the_body_is_read() {
+    refused_unread(
+        &["--max-bundle-bytes", "100000"],
+        "/v1/bundles",
+        100_000_000,
+        "capvault_collector_bundles_rejected_total",
+    );
+}
+
+/// A request to `path` declaring `declared` bytes, headers only, to a collector started
+/// with `args`: answered 413 at once (the answer must not wait for a body) and counted
+/// as `too_large` in `counter`.
+fn refused_unread(args: &[&str], path: &str, declared: u64, counter: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("c");
     init(&dir);
-    let server = Server::start(&dir, &["--max-bundle-bytes", "100000"]);
+    let server = Server::start(&dir, args);
     let mut s = TcpStream::connect(server.addr).unwrap();
-    // Headers only: the answer must not wait for a body.
     write!(
         s,
-        "POST /v1/bundles HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\r\n"
     )
     .unwrap();
     let (status, elapsed) = read_answer(&mut s);
@@ -73,7 +84,7 @@ fn an_oversized_content_length_is_refused_before_the_body_is_read() {
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
     let m = text(&server.get("/metrics").body);
     assert!(
-        m.contains("capvault_collector_bundles_rejected_total{reason=\"too_large\"} 1\n"),
+        m.contains(&format!("{counter}{{reason=\"too_large\"}} 1\n")),
         "{m}"
     );
 }
@@ -169,23 +180,11 @@ fn a_dripping_body_is_cut_after_the_grace_whatever_length_it_declares() {
 /// An enrollment body larger than any record is refused before it is read.
 #[test]
 fn an_oversized_enrollment_is_refused_before_it_is_read() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("c");
-    init(&dir);
-    let server = Server::start(&dir, &[]);
-    let mut s = TcpStream::connect(server.addr).unwrap();
-    write!(
-        s,
-        "POST /v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n"
-    )
-    .unwrap();
-    let (status, elapsed) = read_answer(&mut s);
-    assert_eq!(status, Some(413));
-    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
-    let m = text(&server.get("/metrics").body);
-    assert!(
-        m.contains("capvault_collector_enrollments_rejected_total{reason=\"too_large\"} 1\n"),
-        "{m}"
+    refused_unread(
+        &[],
+        "/v1/enroll",
+        10_000_000,
+        "capvault_collector_enrollments_rejected_total",
     );
 }
 

@@ -162,6 +162,7 @@ fn a_crash_at_any_point_around_the_mark_is_never_tampered() {
         "outbox:before-rename",
         "ack:after-acking",
         "ack:after-prune",
+        "ack:before-ledger-prune",
         "prune:before-batch",
         "retire:before-batch",
         "segments:after-write",

@@ -245,7 +245,12 @@ fn after_everything_is_acknowledged_no_record_and_no_retired_key_remains() {
 
 #[test]
 fn a_crash_in_the_middle_of_an_ack_neither_loses_nor_repeats_data() {
-    for point in ["ack:after-acking", "ack:after-prune", "prune:before-batch"] {
+    for point in [
+        "ack:after-acking",
+        "ack:after-prune",
+        "ack:before-ledger-prune",
+        "prune:before-batch",
+    ] {
         let d = tempfile::tempdir().unwrap();
         let o = || options(KeyStoreKind::Keyutils);
         let v = Vault::open(d.path(), "alice", o()).unwrap();

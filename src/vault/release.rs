@@ -546,6 +546,7 @@ impl Inner {
         )?;
         // The collector holds the released entries now. After the ack's own entry, and
         // not the ack's result: the ack took effect whatever pruning meets.
+        failpoint::hit("ack:before-ledger-prune")?;
         self.ledger.prune_released(state.ledger_released);
         self.flush()
     }

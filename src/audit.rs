@@ -569,24 +569,20 @@ mod tests {
     #[test]
     fn reading_while_entries_are_recorded_and_pruned_finds_no_tampering() {
         let (_d, _db, _tree, l) = ledger_of(10);
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        std::thread::scope(|s| {
-            s.spawn(|| {
+        read_while(
+            || {
                 for i in 0..1_500 {
                     l.record(i, "seal", "bundle").unwrap();
                     l.prune(l.last_seq(), 5).unwrap();
                 }
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            });
-            let mut reads = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) || reads < 10 {
+            },
+            || {
                 let all = l.read_after(0).unwrap();
                 assert!(all.len() >= 5, "{}", all.len());
                 l.read_after(all[all.len() / 2].seq).unwrap();
                 l.check_chain().unwrap();
-                reads += 1;
-            }
-        });
+            },
+        );
         assert_eq!(l.pruned(), l.last_seq() - 5);
     }
 
@@ -595,16 +591,31 @@ mod tests {
     #[test]
     fn reading_past_the_head_while_entries_are_recorded_finds_nothing_missing() {
         let (_d, _db, _tree, l) = ledger_of(1);
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        std::thread::scope(|s| {
-            s.spawn(|| {
+        read_while(
+            || {
                 for i in 0..5_000 {
                     l.record(i, "seal", "bundle").unwrap();
                 }
+            },
+            || {
+                l.read_after(l.last_seq() + 1).unwrap();
+            },
+        );
+    }
+
+    /// Runs `writer` on another thread and `read` over and over (at least 10 times)
+    /// until the writer is done.
+    fn read_while(writer: impl FnOnce() + Send, mut read: impl FnMut()) {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                writer();
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
             });
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                l.read_after(l.last_seq() + 1).unwrap();
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || reads < 10 {
+                read();
+                reads += 1;
             }
         });
     }

@@ -650,17 +650,28 @@ mod tests {
         v.inner().release_state().unwrap().ledger_released
     }
 
+    /// Records `n` ledger entries as the vault records its own actions.
+    fn fill(v: &Vault, n: u64) {
+        for i in 0..n {
+            v.inner().audit("test", &format!("entry {i}")).unwrap();
+        }
+    }
+
+    /// A new vault on keyutils whose ledger holds [`LEDGER_KEEP`] + `extra` entries
+    /// (none released yet), and an identity to seal to.
+    fn vault_with_long_ledger(extra: u64) -> (tempfile::TempDir, Identity, Vault) {
+        let d = tempfile::tempdir().unwrap();
+        let v = Vault::open(d.path(), "alice", options()).unwrap();
+        fill(&v, LEDGER_KEEP + extra);
+        (d, Identity::generate(Suite::X25519), v)
+    }
+
     /// The ledger stops growing on the device: acknowledged entries beyond the newest
     /// [`LEDGER_KEEP`] go, a bounded step per acknowledgement, and what stays verifies,
     /// reads and reopens.
     #[test]
     fn acknowledged_ledger_entries_beyond_the_newest_are_pruned() {
-        let d = tempfile::tempdir().unwrap();
-        let id = Identity::generate(Suite::X25519);
-        let v = Vault::open(d.path(), "alice", options()).unwrap();
-        for i in 0..LEDGER_KEEP + 1_500 {
-            v.inner().audit("test", &format!("entry {i}")).unwrap();
-        }
+        let (d, id, v) = vault_with_long_ledger(1_500);
         assert_eq!(v.status().unwrap().audit_entries_pruned, 0);
 
         let released = release_one(&v, &id, 1);
@@ -706,21 +717,13 @@ mod tests {
         }
         Vault::erase(d.path(), "alice", options()).unwrap();
     }
-    fn fill(v: &Vault, n: u64) {
-        for i in 0..n {
-            v.inner().audit("test", &format!("entry {i}")).unwrap();
-        }
-    }
 
     /// A prune that meets an edited entry after an acknowledgement: the ack took effect
     /// and says so, its own entry is in the ledger, `status` shows the failure and
     /// `verify` the edit; with the entry put back the next ack prunes and clears it.
     #[test]
     fn a_prune_that_fails_after_an_ack_leaves_the_ack_done_and_recorded() {
-        let d = tempfile::tempdir().unwrap();
-        let id = Identity::generate(Suite::X25519);
-        let v = Vault::open(d.path(), "alice", options()).unwrap();
-        fill(&v, LEDGER_KEEP + 50);
+        let (d, id, v) = vault_with_long_ledger(50);
         let _ = v.append_mouse_move(1, 1, 2).unwrap();
         let b = v.seal_next(&id.recipient(), 1 << 20).unwrap().unwrap();
         // A released entry, edited before the ack prunes it.
@@ -762,10 +765,7 @@ mod tests {
     /// handle holds.
     #[test]
     fn verify_finds_a_tail_anchor_removed_under_the_open_vault() {
-        let d = tempfile::tempdir().unwrap();
-        let id = Identity::generate(Suite::X25519);
-        let v = Vault::open(d.path(), "alice", options()).unwrap();
-        fill(&v, LEDGER_KEEP + 50);
+        let (d, id, v) = vault_with_long_ledger(50);
         release_one(&v, &id, 1);
         assert!(v.status().unwrap().audit_entries_pruned > 0);
         let ledger = v.inner().ledger.tree().clone();
@@ -786,10 +786,7 @@ mod tests {
     /// tampering, and the vault verifies and reopens afterwards.
     #[test]
     fn readers_during_seals_acks_and_prunes_see_no_tampering() {
-        let d = tempfile::tempdir().unwrap();
-        let id = Identity::generate(Suite::X25519);
-        let v = Vault::open(d.path(), "alice", options()).unwrap();
-        fill(&v, LEDGER_KEEP + 10);
+        let (d, id, v) = vault_with_long_ledger(10);
         let stop = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|s| {
             s.spawn(|| {

@@ -1,0 +1,268 @@
+//! The blob store: bundle bytes, written once and never overwritten.
+//!
+//! * A directory (the default, `DIR/bundles`): bundles appended to segment files by a
+//!   writer thread and made durable by group commit ([`segments`]).
+//! * `s3://bucket/prefix` (feature `s3`): object_store's S3 client, configured from the
+//!   standard `AWS_*` environment variables (`AWS_ENDPOINT`, `AWS_REGION`,
+//!   `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP=true` for a
+//!   plain-HTTP endpoint such as a local MinIO). Objects are named by digest,
+//!   `<prefix>/<first 2 hex>/<digest hex>.cvb`, and created with a conditional
+//!   put (`If-None-Match: *`), so they are never overwritten either. A put that is
+//!   refused because the name exists counts as stored only after a HEAD finds the
+//!   object with the expected size: S3 also answers 409 while another conditional put
+//!   of the same name is in flight, and that one may still fail.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::ApiError;
+
+mod direct;
+mod segments;
+
+use segments::LocalStore;
+
+/// Where bundle blobs live.
+#[derive(Clone, Debug)]
+pub struct BlobStore {
+    inner: Backend,
+}
+
+#[derive(Clone, Debug)]
+enum Backend {
+    Local(Arc<LocalStore>),
+    #[cfg(feature = "s3")]
+    S3 {
+        store: Arc<dyn object_store::ObjectStore>,
+        prefix: String,
+    },
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::Unavailable(format!("blob store: {what}: {e}"))
+}
+
+impl BlobStore {
+    /// Opens the store named by `url`: a path, `file://PATH`, or `s3://bucket/prefix`.
+    pub fn open(url: &str) -> Result<BlobStore, ApiError> {
+        if let Some(rest) = url.strip_prefix("s3://") {
+            return Self::open_s3(rest);
+        }
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        let root = PathBuf::from(path);
+        if !root.is_dir() {
+            std::fs::create_dir_all(&root).map_err(|e| {
+                ApiError::Operational(format!(
+                    "cannot create the blob directory {}: {e}",
+                    root.display()
+                ))
+            })?;
+            // Its name in the parent is durable before any segment in it counts.
+            let parent = root.parent().filter(|p| !p.as_os_str().is_empty());
+            std::fs::File::open(parent.unwrap_or(Path::new(".")))
+                .and_then(|d| d.sync_all())
+                .map_err(|e| {
+                    ApiError::Operational(format!(
+                        "cannot sync the directory of {}: {e}",
+                        root.display()
+                    ))
+                })?;
+        }
+        Ok(BlobStore {
+            inner: Backend::Local(Arc::new(LocalStore::new(root))),
+        })
+    }
+
+    #[cfg(feature = "s3")]
+    fn open_s3(rest: &str) -> Result<BlobStore, ApiError> {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(ApiError::Operational(
+                "--store s3://BUCKET[/PREFIX] needs a bucket".into(),
+            ));
+        }
+        let store = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| ApiError::Operational(format!("cannot configure S3: {e}")))?;
+        Ok(BlobStore {
+            inner: Backend::S3 {
+                store: Arc::new(store),
+                prefix: prefix.trim_matches('/').to_string(),
+            },
+        })
+    }
+
+    #[cfg(not(feature = "s3"))]
+    fn open_s3(_: &str) -> Result<BlobStore, ApiError> {
+        Err(ApiError::Operational(
+            "this build has no S3 support (build with the `s3` feature)".into(),
+        ))
+    }
+
+    /// Stores `bytes`, whose SHA-256 is `digest_hex`; returns once the blob is durable,
+    /// with its location for the index row (`None`: the digest names it).
+    pub async fn put(&self, digest_hex: &str, bytes: Bytes) -> Result<Option<String>, ApiError> {
+        match &self.inner {
+            Backend::Local(l) => l.put(digest_hex, bytes).await.map(Some),
+            #[cfg(feature = "s3")]
+            Backend::S3 { store, prefix } => {
+                use object_store::{PutMode, PutOptions, PutPayload};
+                let path = s3_path(prefix, digest_hex);
+                let opts = PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                };
+                let size = bytes.len() as u64;
+                let stored = match store.put_opts(&path, PutPayload::from(bytes), opts).await {
+                    Ok(_) => Ok(()),
+                    // AlreadyExists is not proof that the object is there: object_store
+                    // also maps S3's 409 ConditionalRequestConflict (another conditional
+                    // put of this name still in flight, which may yet fail) to it, and
+                    // Precondition can mean the same race. Only an object that can be
+                    // seen, with the expected size, counts as stored; anything else is
+                    // 503 and the device retries (a receipt is never given for a blob
+                    // that may not land).
+                    Err(
+                        e @ (object_store::Error::AlreadyExists { .. }
+                        | object_store::Error::Precondition { .. }),
+                    ) => {
+                        use object_store::ObjectStoreExt;
+                        match store.head(&path).await {
+                            Ok(meta) if meta.size == size => Ok(()),
+                            Ok(meta) => Err(unavailable(
+                                "put",
+                                format!(
+                                    "an object of {} bytes is stored under this digest, expected {size}",
+                                    meta.size
+                                ),
+                            )),
+                            Err(object_store::Error::NotFound { .. }) => Err(unavailable(
+                                "put",
+                                format!("a concurrent write of this object is not complete ({e})"),
+                            )),
+                            Err(h) => Err(unavailable("head", h)),
+                        }
+                    }
+                    Err(e) => Err(unavailable("put", e)),
+                };
+                stored.map(|()| None)
+            }
+        }
+    }
+
+    /// The blob of `digest_hex` at `location` (from its index row), if it is there.
+    /// The caller checks the digest of what it gets.
+    pub async fn get(
+        &self,
+        digest_hex: &str,
+        location: Option<&str>,
+    ) -> Result<Option<Bytes>, ApiError> {
+        match &self.inner {
+            Backend::Local(l) => {
+                let l = l.clone();
+                let digest = digest_hex.to_string();
+                let location = location.map(str::to_string);
+                tokio::task::spawn_blocking(move || l.get(&digest, location.as_deref()))
+                    .await
+                    .map_err(|e| unavailable("read task", e))?
+            }
+            #[cfg(feature = "s3")]
+            Backend::S3 { store, prefix } => {
+                use object_store::ObjectStoreExt;
+                match store.get(&s3_path(prefix, digest_hex)).await {
+                    Ok(r) => Ok(Some(r.bytes().await.map_err(|e| unavailable("get", e))?)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(unavailable("get", e)),
+                }
+            }
+        }
+    }
+
+    /// True when the store can take writes (for `/healthz`).
+    pub async fn check(&self) -> Result<(), ApiError> {
+        match &self.inner {
+            Backend::Local(l) => {
+                let meta = tokio::fs::metadata(l.root())
+                    .await
+                    .map_err(|e| unavailable("blob directory", e))?;
+                if meta.is_dir() && !meta.permissions().readonly() {
+                    Ok(())
+                } else {
+                    Err(unavailable("blob directory", "not a writable directory"))
+                }
+            }
+            #[cfg(feature = "s3")]
+            Backend::S3 { store, prefix } => {
+                // Listing one level proves the bucket answers with these credentials.
+                let p = object_store::path::Path::from(prefix.as_str());
+                store
+                    .list_with_delimiter(Some(&p))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| unavailable("list", e))
+            }
+        }
+    }
+}
+
+#[cfg(feature = "s3")]
+fn s3_path(prefix: &str, digest_hex: &str) -> object_store::path::Path {
+    let name = format!("{}/{digest_hex}.cvb", &digest_hex[..2]);
+    if prefix.is_empty() {
+        object_store::path::Path::from(name)
+    } else {
+        object_store::path::Path::from(format!("{prefix}/{name}"))
+    }
+}
+
+#[cfg(all(test, feature = "s3"))]
+mod tests {
+    use super::*;
+    use object_store::ObjectStoreExt;
+
+    fn memory() -> (BlobStore, Arc<object_store::memory::InMemory>) {
+        let mem = Arc::new(object_store::memory::InMemory::new());
+        let store = BlobStore {
+            inner: Backend::S3 {
+                store: mem.clone(),
+                prefix: "p".into(),
+            },
+        };
+        (store, mem)
+    }
+
+    #[tokio::test]
+    async fn an_existing_object_counts_only_when_it_is_there_with_the_expected_size() {
+        let digest = "ab".repeat(32);
+        let (store, mem) = memory();
+        store
+            .put(&digest, Bytes::from_static(b"12345"))
+            .await
+            .unwrap();
+        // Refused as existing, found with the same size: stored.
+        store
+            .put(&digest, Bytes::from_static(b"12345"))
+            .await
+            .unwrap();
+        let meta = mem.head(&s3_path("p", &digest)).await.unwrap();
+        assert_eq!(meta.size, 5);
+
+        // Refused as existing, but the object seen is not the expected one: never
+        // "already stored" (503, no receipt).
+        let other = "cd".repeat(32);
+        mem.put(
+            &s3_path("p", &other),
+            object_store::PutPayload::from_static(b"123"),
+        )
+        .await
+        .unwrap();
+        let e = store
+            .put(&other, Bytes::from_static(b"12345"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ApiError::Unavailable(_)), "{e}");
+    }
+}

@@ -1,6 +1,8 @@
 //! A receipt means the collector holds the bundle: the collector is killed (SIGKILL)
 //! right after it sent receipts, with more uploads in flight, and restarted; every
-//! bundle it gave a receipt for is still there, byte for byte, and exports.
+//! bundle it gave a receipt for is still there, byte for byte, and exports. Every fifth
+//! bundle carries a 1.5 MB screenshot, so direct writes (bundles of 1 MiB and more) and
+//! writes through the page cache share the segments the kills cut.
 
 mod common;
 
@@ -26,7 +28,10 @@ fn every_receipted_bundle_survives_a_kill_right_after_its_receipt() {
         assert_eq!(server.enroll(&token, &dev).status, 201);
         chains.push(
             (0..per_device)
-                .map(|_| dev.seal_next(&id.recipient(), 2))
+                .map(|i| match i % 5 {
+                    4 => dev.seal_next_screenshot(&id.recipient(), 1_500_000),
+                    _ => dev.seal_next(&id.recipient(), 2),
+                })
                 .collect(),
         );
     }
@@ -117,7 +122,38 @@ fn every_receipted_bundle_survives_a_kill_right_after_its_receipt() {
     check_stored(&dir, &receipted);
     let (code, lines, report) = export(&dir, &id_path, &[]);
     assert_eq!(code, 0, "{report}");
-    assert_eq!(lines.len(), devices * per_device as usize * 2);
+    let large = per_device as usize / 5;
+    assert_eq!(
+        lines.len(),
+        devices * ((per_device as usize - large) * 2 + large)
+    );
+    // The large ones were written directly where the file system takes that: each
+    // at a multiple of 4096 (its 48-byte header first).
+    let large_entries: Vec<_> = segment_entries(&dir)
+        .into_iter()
+        .filter(|e| e.3 >= 1 << 20)
+        .collect();
+    assert!(large_entries.len() >= devices * large);
+    if takes_direct_writes(&dir) {
+        for (_, segment, offset, _) in &large_entries {
+            assert_eq!(offset % 4096, 48, "{}", segment.display());
+        }
+    }
+}
+
+/// Whether the file system under `dir` takes `O_DIRECT` writes.
+fn takes_direct_writes(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = dir.join("direct-probe");
+    let taken = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe)
+        .is_ok();
+    let _ = std::fs::remove_file(&probe);
+    taken
 }
 
 /// `copy-bundles` finds every receipted bundle with the same bytes.

@@ -10,8 +10,9 @@
 //!
 //! Direct writes need the file offset, the length and the buffer's address aligned to
 //! the device's logical block size; [`DIRECT_ALIGN`] (a page) covers every size a
-//! device reports. Where the file system refuses the flag (tmpfs, some network file
-//! systems) a segment has no direct handle and everything goes through the page cache.
+//! device reports. Where the file system refuses the flag (some network and FUSE file
+//! systems; tmpfs before Linux 6.6) a segment has no direct handle and everything goes
+//! through the page cache; tmpfs since 6.6 takes direct writes without alignment rules.
 
 use std::fs::File;
 use std::path::Path;
@@ -59,24 +60,29 @@ pub(super) struct DirectFailed {
     pub wrote: bool,
 }
 
-/// Opens `path` again for direct writes; `None` where the file system refuses them.
+/// Opens `path` again for direct writes; `None` where the file system refuses them, or
+/// if `path` is no longer the file `same_as` (replaced since it was created).
 #[cfg(target_os = "linux")]
-pub(super) fn open(path: &Path) -> Option<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
+pub(super) fn open(path: &Path, same_as: &File) -> Option<File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)
-        .ok()
+        .ok()?;
+    let (a, b) = (file.metadata().ok()?, same_as.metadata().ok()?);
+    (a.dev() == b.dev() && a.ino() == b.ino()).then_some(file)
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(super) fn open(_: &Path) -> Option<File> {
+pub(super) fn open(_: &Path, _: &File) -> Option<File> {
     None
 }
 
 /// Writes `parts`, one after the other, at `at` (a multiple of [`DIRECT_ALIGN`]) through
 /// `stage`, zeros after them up to the next multiple; returns where the write ended.
+/// A failure says whether any byte may have reached the file (a short write counts).
+#[cfg(unix)]
 pub(super) fn write_at(
     file: &File,
     stage: &mut Stage,
@@ -84,7 +90,7 @@ pub(super) fn write_at(
     at: u64,
 ) -> Result<u64, DirectFailed> {
     use std::os::unix::fs::FileExt;
-    let mut parts = parts.iter().copied().filter(|p| !p.is_empty()).peekable();
+    let mut parts = parts.iter().copied().filter(|p| !p.is_empty());
     let mut pos = at;
     let mut rest: &[u8] = parts.next().unwrap_or_default();
     loop {
@@ -105,13 +111,30 @@ pub(super) fn write_at(
         }
         let padded = filled.next_multiple_of(DIRECT_ALIGN);
         window[filled..padded].fill(0);
-        file.write_all_at(&window[..padded], pos)
-            .map_err(|error| DirectFailed {
+        let mut done = 0;
+        while done < padded {
+            let failed = |error| DirectFailed {
                 error,
-                wrote: pos > at,
-            })?;
+                wrote: pos > at || done > 0,
+            };
+            match file.write_at(&window[done..padded], pos + done as u64) {
+                Ok(0) => return Err(failed(std::io::ErrorKind::WriteZero.into())),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(failed(e)),
+            }
+        }
         pos += padded as u64;
     }
+}
+
+#[cfg(not(unix))]
+pub(super) fn write_at(_: &File, _: &mut Stage, _: &[&[u8]], _: u64) -> Result<u64, DirectFailed> {
+    let error = std::io::Error::from(std::io::ErrorKind::Unsupported);
+    Err(DirectFailed {
+        error,
+        wrote: false,
+    })
 }
 
 #[cfg(test)]
@@ -126,7 +149,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("seg");
         std::fs::write(&path, vec![0xEEu8; 100]).unwrap();
-        let Some(file) = open(&path) else {
+        let Some(file) = open(&path, &File::open(&path).unwrap()) else {
             eprintln!("this file system takes no direct writes: nothing to check here");
             return;
         };
@@ -157,20 +180,100 @@ mod tests {
         assert_eq!(write_at(&file, &mut stage, &[&[]], at).unwrap(), at);
     }
 
-    /// An offset the device cannot take is refused before anything is written: what
-    /// the writer relies on to fall back to the page cache with nothing to take back.
+    /// A write the device cannot take (an unaligned offset) is refused before anything
+    /// is written: what the writer relies on to fall back to the page cache with
+    /// nothing to take back. A file system without alignment rules (tmpfs) takes it,
+    /// and then it must land whole where it was asked to.
     #[test]
-    fn an_unaligned_offset_is_refused_with_nothing_written() {
+    fn an_unaligned_write_is_refused_with_nothing_written_or_taken_whole() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("seg");
         std::fs::write(&path, b"").unwrap();
-        let Some(file) = open(&path) else {
+        let Some(file) = open(&path, &File::open(&path).unwrap()) else {
+            eprintln!("this file system takes no direct writes: nothing to check here");
             return;
         };
         let mut stage = Stage::new().unwrap();
-        let e = write_at(&file, &mut stage, &[b"x"], 1).unwrap_err();
-        assert_eq!(e.error.kind(), std::io::ErrorKind::InvalidInput);
-        assert!(!e.wrote);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        match write_at(&file, &mut stage, &[b"x"], 1) {
+            Err(e) => {
+                assert_eq!(e.error.kind(), std::io::ErrorKind::InvalidInput);
+                assert!(!e.wrote);
+                assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+            }
+            Ok(end) => {
+                eprintln!("this file system has no alignment rules for direct writes");
+                assert_eq!(end, 1 + DIRECT_ALIGN as u64);
+                let mut expected = vec![0u8; 1 + DIRECT_ALIGN];
+                expected[1] = b'x';
+                assert_eq!(std::fs::read(&path).unwrap(), expected);
+            }
+        }
+    }
+
+    /// A direct write cut short (here by the file size limit, `prlimit --fsize`) that
+    /// then fails says bytes may have reached the file, so the writer abandons the
+    /// segment instead of appending after bytes it does not know of. Runs itself in a
+    /// child process with the limit (and SIGXFSZ ignored, so the write fails instead).
+    #[test]
+    fn a_write_cut_short_then_failing_says_bytes_may_have_landed() {
+        const CHILD: &str = "CAPVAULT_TEST_FSIZE_CHILD";
+        const NAME: &str =
+            "store::direct::tests::a_write_cut_short_then_failing_says_bytes_may_have_landed";
+        if let Some(dir) = std::env::var_os(CHILD) {
+            let path = Path::new(&dir).join("seg");
+            let created = File::create(&path).unwrap();
+            let Some(file) = open(&path, &created) else {
+                println!("child: no direct writes here");
+                return;
+            };
+            let e =
+                write_at(&file, &mut Stage::new().unwrap(), &[&vec![1u8; 2 << 20]], 0).unwrap_err();
+            let len = std::fs::metadata(&path).unwrap().len();
+            assert!(e.wrote, "{e:?}, the file has {len} bytes");
+            assert!(len > 0);
+            println!("child: cut short after {len} bytes: {}", e.error);
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(r#"trap '' XFSZ; exec prlimit --fsize=1048576 -- "$0" --exact "$1" --nocapture"#)
+            .arg(&exe)
+            .arg(NAME)
+            .env(CHILD, tmp.path())
+            .output()
+            .expect("bash and prlimit (util-linux)");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if stdout.contains("child: no direct writes here") {
+            eprintln!("this file system takes no direct writes: nothing to check here");
+            return;
+        }
+        assert!(
+            stdout.contains("child: cut short after 1048576 bytes"),
+            "{stdout}"
+        );
+    }
+
+    /// A file put in the segment's place between its creation and the direct handle's
+    /// open gets no direct writes.
+    #[test]
+    fn a_replaced_file_gets_no_direct_handle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("seg");
+        std::fs::write(&path, b"").unwrap();
+        let created = File::open(&path).unwrap();
+        if open(&path, &created).is_none() {
+            eprintln!("this file system takes no direct writes: nothing to check here");
+            return;
+        }
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        assert!(open(&path, &created).is_none());
     }
 }

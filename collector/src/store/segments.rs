@@ -228,8 +228,9 @@ struct Recent {
 }
 
 impl Segment {
-    /// A new, empty segment, its directory entry durable.
-    fn create(root: &Path) -> std::io::Result<Segment> {
+    /// A new, empty segment, its directory entry durable; with a direct handle too if
+    /// `direct_writes` and the file system allows them.
+    fn create(root: &Path, direct_writes: bool) -> std::io::Result<Segment> {
         let mut nonce = [0u8; 4];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
             .map_err(|_| std::io::Error::other("no random numbers"))?;
@@ -248,7 +249,7 @@ impl Segment {
         }
         let path = root.join(&name);
         let file = opts.open(&path)?;
-        let direct = direct::open(&path);
+        let direct = direct_writes.then(|| direct::open(&path, &file)).flatten();
         std::fs::File::open(root)?.sync_all()?;
         Ok(Segment {
             name,
@@ -279,6 +280,13 @@ impl Segment {
                     }) if error.kind() == std::io::ErrorKind::InvalidInput => {
                         tracing::warn!(error = %error, "blob store: direct writes refused, writing through the page cache");
                         *stage = None;
+                        // Appends through the page cache go to the end of the file:
+                        // it must be where this segment's entries end.
+                        if self.shared.file.metadata()?.len() != self.len {
+                            return Err(std::io::Error::other(
+                                "a refused direct write changed the segment's length",
+                            ));
+                        }
                     }
                     Err(DirectFailed { error, .. }) => return Err(error),
                 }
@@ -363,7 +371,7 @@ fn segment_writer(
                     .as_ref()
                     .is_none_or(|s| s.len >= segment_bytes || s.shared.failed.get())
                 {
-                    segment = Some(Segment::create(root)?);
+                    segment = Some(Segment::create(root, stage.is_some())?);
                 }
                 let Some(s) = segment.as_mut() else {
                     return Err(std::io::Error::other("no segment"));
@@ -554,7 +562,7 @@ mod local_tests {
     #[test]
     fn a_failed_sync_never_answers_its_segment_as_stored() {
         let tmp = tempfile::tempdir().unwrap();
-        let good = Segment::create(tmp.path()).unwrap().shared;
+        let good = Segment::create(tmp.path(), true).unwrap().shared;
         let (_pipe_reader, pipe_writer) = std::io::pipe().unwrap();
         let bad = Arc::new(SegmentFile {
             file: std::fs::File::from(std::os::fd::OwnedFd::from(pipe_writer)),
@@ -688,8 +696,7 @@ mod local_tests {
             locations.push(l.unwrap());
         }
         let probe = tmp.path().join("probe");
-        std::fs::File::create(&probe).unwrap();
-        let direct_here = direct::open(&probe).is_some();
+        let direct_here = direct::open(&probe, &std::fs::File::create(&probe).unwrap()).is_some();
         let mut entries = Vec::new();
         for (b, l) in blobs.iter().zip(&locations) {
             let got = store.get(&digest(b), Some(l)).await.unwrap().unwrap();
@@ -729,10 +736,12 @@ mod local_tests {
 
     /// A direct write the kernel refuses (here from a buffer it cannot take) writes
     /// nothing; the bundle goes through the page cache, and so does every later one.
+    /// (A file system without alignment rules, such as tmpfs, takes the write: then the
+    /// bundles must read back all the same.)
     #[test]
     fn a_refused_direct_write_falls_back_to_the_page_cache() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut segment = Segment::create(tmp.path()).unwrap();
+        let mut segment = Segment::create(tmp.path(), true).unwrap();
         if segment.direct.is_none() {
             eprintln!("this file system takes no direct writes: nothing to check here");
             return;
@@ -741,11 +750,7 @@ mod local_tests {
         let blob: &'static [u8] = Box::leak(vec![5u8; direct::DIRECT_MIN].into_boxed_slice());
         let (a, _answer) = append_of(blob);
         let first = segment.append(&a, &mut stage).unwrap();
-        assert!(stage.is_none());
-        assert_eq!(
-            first,
-            format!("{}:{ENTRY_HEADER}:{}", segment.name, blob.len())
-        );
+        let refused = stage.is_none();
         let (a, _answer) = append_of(blob);
         let second = segment.append(&a, &mut stage).unwrap();
         let store = LocalStore::new(tmp.path().to_path_buf());
@@ -755,10 +760,66 @@ mod local_tests {
                 blob
             );
         }
+        if !refused {
+            eprintln!("this file system has no alignment rules for direct writes");
+            return;
+        }
+        // Both through the page cache: back to back, as if direct writes never were.
+        let entry = ENTRY_HEADER + blob.len();
+        assert_eq!(
+            first,
+            format!("{}:{ENTRY_HEADER}:{}", segment.name, blob.len())
+        );
+        assert_eq!(
+            second,
+            format!("{}:{}:{}", segment.name, entry + ENTRY_HEADER, blob.len())
+        );
         let len = std::fs::metadata(tmp.path().join(&segment.name))
             .unwrap()
             .len();
-        assert_eq!(len, 2 * (ENTRY_HEADER + blob.len()) as u64);
+        assert_eq!(len, 2 * entry as u64);
+    }
+
+    /// A refused direct write in a segment whose file is longer than the entries the
+    /// writer put in it (bytes it does not know of) is not followed by an append through
+    /// the page cache, which would land somewhere other than the location it reports:
+    /// the append fails and the segment is given up.
+    #[test]
+    fn a_fallback_in_a_segment_of_unexpected_length_fails_instead_of_misplacing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut segment = Segment::create(tmp.path(), true).unwrap();
+        if segment.direct.is_none() {
+            eprintln!("this file system takes no direct writes: nothing to check here");
+            return;
+        }
+        let (a, _answer) = append_of(b"small");
+        segment.append(&a, &mut None).unwrap();
+        // Bytes the writer does not know of.
+        let path = tmp.path().join(&segment.name);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"stray")
+            .unwrap();
+        let mut stage = Some(direct::Stage::misaligned_for_tests());
+        let blob: &'static [u8] = Box::leak(vec![6u8; direct::DIRECT_MIN].into_boxed_slice());
+        let (a, _answer) = append_of(blob);
+        match segment.append(&a, &mut stage) {
+            Err(e) => {
+                assert!(stage.is_none());
+                assert!(e.to_string().contains("length"), "{e}");
+                let len = std::fs::metadata(&path).unwrap().len();
+                assert_eq!(len, (ENTRY_HEADER + 5 + 5) as u64);
+            }
+            Ok(location) => {
+                // No alignment rules here (tmpfs): the write was taken where asked.
+                assert!(stage.is_some());
+                let store = LocalStore::new(tmp.path().to_path_buf());
+                let got = store.get(&digest(blob), Some(&location)).unwrap().unwrap();
+                assert_eq!(&got[..], blob);
+            }
+        }
     }
 
     /// Runs the futures concurrently on the test runtime.

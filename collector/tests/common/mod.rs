@@ -320,6 +320,32 @@ impl Device {
         b
     }
 
+    /// Seals the next bundle of the chain with one screenshot of `size` random bytes
+    /// (a bundle of about that size).
+    pub fn seal_next_screenshot(&mut self, recipient: &Recipient, size: usize) -> SealedBundle {
+        let prev = self.sealed.last().map(|b| *b.digest()).unwrap_or([0; 32]);
+        let seq = self.sealed.len() as u64 + 1;
+        let mut data = vec![0u8; size];
+        for chunk in data.chunks_mut(32) {
+            let r: [u8; 32] = capvault_format::secret::random_array();
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
+        let event = SeqEvent {
+            seq: self.next_event,
+            event: Event::Screenshot {
+                ts_us: 1_764_000_000_000_000 + self.next_event as i64,
+                width: 1920,
+                height: 1080,
+                format: "png".into(),
+                data,
+            },
+        };
+        self.next_event += 1;
+        let b = self.seal_events(recipient, seq, prev, &[event]);
+        self.sealed.push(b.clone());
+        b
+    }
+
     /// Seals a bundle at an arbitrary position (for conflicts), not kept in the chain.
     pub fn seal_at(
         &mut self,
@@ -340,6 +366,16 @@ impl Device {
             })
             .collect();
         self.next_event += n;
+        self.seal_events(recipient, seq, prev, &events)
+    }
+
+    fn seal_events(
+        &self,
+        recipient: &Recipient,
+        seq: u64,
+        prev: [u8; 32],
+        events: &[SeqEvent],
+    ) -> SealedBundle {
         let input = BundleInput {
             device_id: self.id,
             stream_id: self.stream,
@@ -351,7 +387,7 @@ impl Device {
             created_us: 1_764_000_000_000_000,
             purpose: "activity-capture",
             user: &self.user,
-            events: &events,
+            events,
             audit: &[],
         };
         seal_bundle(&input, recipient, &self.key()).expect("seals")
@@ -372,8 +408,9 @@ pub fn identity(dir: &Path) -> (Identity, PathBuf) {
 
 /// Every bundle entry in the segment files under `dir/bundles`, read with the format
 /// of docs/COLLECTOR.md (48-byte header: `cvseg01\n`, u64 LE length, SHA-256; then the
-/// bytes): (digest hex, segment file, offset of the bytes, length). The digest in each
-/// header is checked against the bytes; a cut entry at the end of a segment is left out.
+/// bytes; zeros between entries, before and after those written directly): (digest
+/// hex, segment file, offset of the bytes, length). The digest in each header is
+/// checked against the bytes; a cut entry at the end of a segment is left out.
 pub fn segment_entries(dir: &Path) -> Vec<(String, PathBuf, u64, usize)> {
     let mut out = Vec::new();
     let Ok(files) = std::fs::read_dir(dir.join("bundles")) else {
@@ -387,6 +424,10 @@ pub fn segment_entries(dir: &Path) -> Vec<(String, PathBuf, u64, usize)> {
         let bytes = std::fs::read(&path).unwrap();
         let mut at = 0usize;
         while at + 48 <= bytes.len() {
+            if bytes[at] == 0 {
+                at += 1;
+                continue;
+            }
             assert_eq!(&bytes[at..at + 8], b"cvseg01\n", "{}", path.display());
             let len = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap()) as usize;
             let digest = hex(&bytes[at + 16..at + 48]);

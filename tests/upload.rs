@@ -205,6 +205,63 @@ fn a_bandwidth_cap_paces_within_bundles_and_still_drains() {
     );
 }
 
+/// An erase (here through the hand-off, as `capvault erase` does while an agent holds
+/// the vault) while a bundle is being sent stops that send at its next piece and returns
+/// only then: the collector never gets the erased user's bundle, not even once the
+/// time the rest of its body would have taken has passed.
+#[test]
+fn an_erase_while_a_bundle_is_being_sent_stops_it() {
+    let mut c = Collector::init();
+    c.start(&[]);
+    let keys = identity();
+    let dir = tempfile::tempdir().unwrap();
+    // One bundle of about 600 KB at 128 KiB/s: about 4.6 s on the wire.
+    let mut up = upload_options(&c, &keys);
+    up.max_bundle_bytes = 1 << 20;
+    up.max_bytes_per_sec = 128 * 1024;
+    let v = Vault::open(dir.path(), "ines", vault_options(None, &c.receipt_key)).unwrap();
+    fill(&v, 10, 60_000);
+    v.close().unwrap();
+    let v = Vault::open(dir.path(), "ines", vault_options(Some(up), &c.receipt_key)).unwrap();
+    wait_for(&v, Duration::from_secs(30), "a send under way", |s| {
+        s.enrolled && s.last_attempt_us.is_some() && s.next_attempt_us.is_none() && !s.idle
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = Command::new(CAPVAULT)
+        .args([
+            "erase",
+            "--yes",
+            "--wait",
+            "20s",
+            "--keystore",
+            "keyutils",
+            "--user",
+            "ines",
+            "--vault",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let erased = Instant::now();
+    assert!(c.stored_bundles().is_empty());
+    // Past the time the whole body would have taken.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        c.stored_bundles().is_empty(),
+        "the erased user's bundle reached the collector {:?} after the erase",
+        erased.elapsed()
+    );
+    // The handle answers nothing for the erased user any more.
+    assert!(matches!(v.status(), Err(capvault::Error::Erased)));
+    drop(v);
+    assert!(exported_custom_seqs(&c.export(&keys.identity_file)).is_empty());
+}
+
 #[test]
 fn offline_backs_off_loses_nothing_and_recovers() {
     let mut c = Collector::init();
@@ -456,12 +513,68 @@ fn bad_upload_options_fail_at_open() {
         e.contains("upload.max_bundle_bytes") && e.contains("64 MiB"),
         "{e}"
     );
+    // A cap below the collector's minimum upload rate would never let a bundle land.
+    let mut up = UploadOptions::new("https://ingest.example.com", keys.recipient.clone());
+    up.max_bytes_per_sec = 16 * 1024;
+    let e = open(vault_options(Some(up), &key));
+    assert!(
+        e.contains("upload.max_bytes_per_sec") && e.contains("--min-upload-rate"),
+        "{e}"
+    );
     let e = VaultOptions::from_json(r#"{"upload": {"url": "https://x", "recipent": "r"}}"#)
         .unwrap_err()
         .to_string();
     assert!(e.contains("recipent"), "{e}");
     // Nothing was created.
     assert!(common::files_under(dir.path()).is_empty());
+}
+
+/// With `upload` set, an event too large for any bundle a collector takes by default
+/// (16 MiB) is refused when it is appended: sealed alone, it would be refused for good
+/// and every later bundle would wait behind it. One larger than `max_bundle_bytes` but
+/// within that still goes, alone, and so does everything after the refused one.
+#[test]
+fn an_event_too_large_for_an_upload_bundle_is_refused_and_the_stream_goes_on() {
+    let (c, keys, _dir, v) = uploading_vault();
+    let e = v
+        .append_custom(1_764_000_000_000_000, "screenshot", &vec![7u8; 17 << 20])
+        .unwrap_err();
+    assert!(matches!(e, capvault::Error::InvalidArgument(_)), "{e}");
+    assert!(e.to_string().contains("upload.max_bundle_bytes"), "{e}");
+    // Bundles of 64 KiB here: this one goes alone.
+    let _ = v
+        .append_custom(1_764_000_000_000_001, "screenshot", &vec![8u8; 200_000])
+        .unwrap();
+    fill(&v, 3, 50_000);
+    wait_for(&v, Duration::from_secs(30), "the upload", drained);
+    v.close().unwrap();
+    assert_eq!(
+        exported_custom_seqs(&c.export(&keys.identity_file)).len(),
+        4
+    );
+}
+
+/// A bundle larger than the collector takes is answered 413, or, when the collector
+/// closes the connection while the body is still going out, reported as a closed
+/// connection that names the collector's limits: never a bare "broken pipe".
+#[test]
+fn a_bundle_over_the_collectors_limit_is_reported_with_the_limit() {
+    let mut c = Collector::init();
+    c.start(&["--max-bundle-bytes", "1048576"]);
+    let keys = identity();
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::open(dir.path(), "jorge", vault_options(None, &c.receipt_key)).unwrap();
+    fill(&v, 4, 2_000_000);
+    let records = v.status().unwrap().records;
+    let mut up = upload_options(&c, &keys);
+    up.max_bundle_bytes = 16 << 20;
+    let e = v.upload_pending(&up).unwrap_err().to_string();
+    assert!(
+        e.contains("413") || e.contains("too large") || e.contains("--max-bundle-bytes"),
+        "{e}"
+    );
+    assert_eq!(v.status().unwrap().records, records, "nothing is pruned");
+    v.close().unwrap();
 }
 
 #[test]

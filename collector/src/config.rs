@@ -26,6 +26,12 @@ pub const DEFAULT_MIN_UPLOAD_RATE: u64 = 64 << 10;
 /// Time allowed to receive a request's headers by default; also how long an idle
 /// keep-alive connection is kept.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// What one open connection may hold besides an upload body: hyper's read buffer (at
+/// most this much: request headers are small, and body bytes pass through it on
+/// their way to the upload's own buffer) and an enrollment body (at most this much).
+pub const CONNECTION_READ_BUFFER: usize = 64 << 10;
+/// Largest enrollment request body (a token and a record of a few hundred bytes).
+pub const MAX_ENROLL_BYTES: usize = 64 << 10;
 
 /// Everything `serve` needs, checked before the server starts.
 #[derive(Clone, Debug)]
@@ -44,7 +50,8 @@ pub struct ServeConfig {
     pub max_bundle_bytes: usize,
     /// Uploads processed at once (each holds at most `max_bundle_bytes` in memory).
     pub max_in_flight: usize,
-    /// Memory budget for upload bodies: `max_in_flight × max_bundle_bytes` must fit.
+    /// Memory budget for upload bodies and connection buffers: `max_in_flight ×
+    /// max_bundle_bytes` plus `max_connections` × 128 KiB must fit.
     pub max_memory: u64,
     /// Connections open at once.
     pub max_connections: usize,
@@ -73,13 +80,18 @@ impl ServeConfig {
         if self.min_upload_rate == 0 {
             return usage("--min-upload-rate must be at least 1 byte per second".into());
         }
-        let need = (self.max_in_flight as u64).saturating_mul(self.max_bundle_bytes as u64);
+        let bodies = (self.max_in_flight as u64).saturating_mul(self.max_bundle_bytes as u64);
+        let per_connection = (CONNECTION_READ_BUFFER + MAX_ENROLL_BYTES) as u64;
+        let connections = (self.max_connections as u64).saturating_mul(per_connection);
+        let need = bodies.saturating_add(connections);
         if need > self.max_memory {
             return usage(format!(
-                "--max-in-flight {} x --max-bundle-bytes {} = {need} bytes of upload buffers, \
-                 over the --max-memory budget of {} bytes: lower --max-in-flight or \
-                 --max-bundle-bytes, or raise --max-memory if this host has the memory",
-                self.max_in_flight, self.max_bundle_bytes, self.max_memory
+                "--max-in-flight {} x --max-bundle-bytes {} = {bodies} bytes of upload \
+                 buffers, and --max-connections {} x {per_connection} bytes of connection \
+                 buffers, {need} bytes in all, over the --max-memory budget of {} bytes: \
+                 lower --max-in-flight, --max-bundle-bytes or --max-connections, or raise \
+                 --max-memory if this host has the memory",
+                self.max_in_flight, self.max_bundle_bytes, self.max_connections, self.max_memory
             ));
         }
         Ok(())
@@ -220,9 +232,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "w" => 7 * 86_400,
         _ => return Err(format!("{s:?}: the unit must be one of s, m, h, d, w")),
     };
+    // Ten years is longer than any timeout or token should live; far longer ones
+    // overflow clocks (a deadline past what `Instant` holds, a negative expiry).
+    const MAX_SECS: u64 = 10 * 366 * 86_400;
     n.checked_mul(secs)
+        .filter(|&t| t <= MAX_SECS)
         .map(Duration::from_secs)
-        .ok_or_else(|| format!("{s:?} is too long"))
+        .ok_or_else(|| format!("{s:?} is too long: at most 10 years (520w)"))
 }
 
 #[cfg(test)]
@@ -257,8 +273,17 @@ mod tests {
         .unwrap();
         let e = cfg(256, 64 << 20, DEFAULT_MAX_MEMORY).check().unwrap_err();
         assert!(e.to_string().contains("--max-memory"), "{e}");
-        cfg(256, 64 << 20, 16 << 30).check().unwrap();
+        cfg(256, 64 << 20, 17 << 30).check().unwrap();
         assert!(cfg(0, 1, 1).check().is_err());
+        // Connections count too: each may hold a read buffer and an enrollment body.
+        let mut many = cfg(
+            DEFAULT_MAX_IN_FLIGHT,
+            DEFAULT_MAX_BUNDLE_BYTES,
+            DEFAULT_MAX_MEMORY,
+        );
+        many.max_connections = 8192;
+        let e = many.check().unwrap_err();
+        assert!(e.to_string().contains("--max-connections 8192"), "{e}");
     }
 
     #[test]
@@ -276,5 +301,13 @@ mod tests {
         assert!(parse_duration("7").is_err());
         assert!(parse_duration("d").is_err());
         assert!(parse_duration("3y").is_err());
+        assert_eq!(
+            parse_duration("520w").unwrap(),
+            Duration::from_secs(520 * 604_800)
+        );
+        for long in ["20000000w", "20000000000000w", "18446744073709551615s"] {
+            let e = parse_duration(long).unwrap_err();
+            assert!(e.contains("too long"), "{e}");
+        }
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! Files are named `<device>-<stream>-<sequence, 20 digits>.cvb`, so a sorted listing
 //! is chain order. Each blob is checked against the digest in its index row before it
-//! is written; a missing or altered blob is reported, not copied, and the command ends
-//! with exit 3. An existing file is never overwritten.
+//! is written; a missing, unreadable or altered blob is reported, not copied, and the
+//! command ends with exit 3. An existing file is never overwritten.
 
 use std::io::Write;
 use std::path::Path;
@@ -18,8 +18,9 @@ use crate::store::BlobStore;
 pub struct CopyReport {
     /// Files written.
     pub copied: usize,
-    /// Rows whose blob is missing or does not match its digest: (file name, problem).
-    pub failed: Vec<(String, &'static str)>,
+    /// Rows whose blob is missing, unreadable or does not match its digest: (file name,
+    /// problem).
+    pub failed: Vec<(String, String)>,
 }
 
 /// Copies every indexed bundle (of one device, if given) into `out`, created if needed.
@@ -34,13 +35,23 @@ pub async fn copy_bundles(
     let mut report = CopyReport::default();
     for row in db.bundles(device).await? {
         let name = format!("{}-{}-{:020}.cvb", row.device_id, row.stream_id, row.seq);
-        let Some(bytes) = store.get(&row.digest, row.location.as_deref()).await? else {
-            report.failed.push((name, "blob missing"));
-            continue;
+        let bytes = match store.get(&row.digest, row.location.as_deref()).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                report.failed.push((name, "blob missing".into()));
+                continue;
+            }
+            Err(ApiError::Integrity(why)) => {
+                report.failed.push((name, why));
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
         if data_encoding::HEXLOWER.encode(digest.as_ref()) != row.digest {
-            report.failed.push((name, "blob does not match its digest"));
+            report
+                .failed
+                .push((name, "blob does not match its digest".into()));
             continue;
         }
         let path = out.join(&name);

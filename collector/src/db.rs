@@ -365,14 +365,20 @@ impl Db {
         record: &str,
         now_us: i64,
     ) -> Result<Enrolled, ApiError> {
-        let token = self.token_state(token_hash, now_us).await?;
+        let Some(usable) = self.token_state(token_hash, now_us).await? else {
+            // An unknown token learns nothing, not even from timing: no device lookup,
+            // no transaction (whose write lock uploads would wait for).
+            return Ok(Enrolled::BadToken);
+        };
         if let Some(d) = self.device(device_id).await? {
-            return Ok(match token {
-                None => Enrolled::BadToken,
-                Some(_) if d.device_key == device_key => Enrolled::Same,
-                Some(true) => Enrolled::OtherKey,
-                Some(false) => Enrolled::BadToken,
+            return Ok(match usable {
+                _ if d.device_key == device_key => Enrolled::Same,
+                true => Enrolled::OtherKey,
+                false => Enrolled::BadToken,
             });
+        }
+        if !usable {
+            return Ok(Enrolled::BadToken);
         }
         let mut tx = self.pool.begin().await?;
         let used = sqlx::query(

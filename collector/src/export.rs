@@ -32,6 +32,14 @@ pub enum Issue {
         /// Sequence number.
         seq: u64,
     },
+    /// The index row or the stored file cannot be what the store wrote (a location or
+    /// digest that does not parse, a link, a FIFO, a read error).
+    BlobUnreadable {
+        /// Sequence number.
+        seq: u64,
+        /// What was found.
+        error: String,
+    },
     /// The blob's bytes do not hash to the indexed digest.
     BlobCorrupt {
         /// Sequence number.
@@ -245,8 +253,14 @@ async fn check_one(
     prev: Option<&Link>,
 ) -> Result<Checked, ApiError> {
     let seq = row.seq;
-    let Some(bytes) = store.get(&row.digest, row.location.as_deref()).await? else {
-        return Ok(Checked::Rejected(Issue::BlobMissing { seq }));
+    let bytes = match store.get(&row.digest, row.location.as_deref()).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(Checked::Rejected(Issue::BlobMissing { seq })),
+        // This row's blob alone: the others are still checked and exported.
+        Err(ApiError::Integrity(error)) => {
+            return Ok(Checked::Rejected(Issue::BlobUnreadable { seq, error }))
+        }
+        Err(e) => return Err(e),
     };
     let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
     if data_encoding::HEXLOWER.encode(digest.as_ref()) != row.digest {

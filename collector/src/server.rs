@@ -69,6 +69,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ApiError> {
         in_flight: Arc::new(Semaphore::new(cfg.max_in_flight)),
         body_timeout: cfg.body_timeout,
         min_upload_rate: cfg.min_upload_rate,
+        refusal_log: Default::default(),
     });
     // Each connection holds one permit from accept to close; at the cap, new
     // connections wait in the listen backlog.
@@ -122,6 +123,9 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ApiError> {
                 // Runs from the moment the connection waits for a request: the time to
                 // send the headers, and the idle keep-alive timeout.
                 b.timer(TokioTimer::new()).header_read_timeout(idle_timeout);
+                // Within the memory budget (hyper's default is about 400 KiB a
+                // connection, which a client sending never-ending headers fills).
+                b.max_buf_size(crate::config::CONNECTION_READ_BUFFER);
                 b
             };
             let result = match tls {

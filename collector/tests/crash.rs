@@ -165,13 +165,7 @@ fn check_stored(dir: &std::path::Path, receipted: &HashMap<[u8; 32], Vec<u8>>) {
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     ));
-    let r = cli(&[
-        "copy-bundles",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let r = copy_bundles(dir, &out);
     assert!(r.status.success(), "copy-bundles: {}", text(&r.stderr));
     let mut copied: HashMap<[u8; 32], Vec<u8>> = HashMap::new();
     for f in std::fs::read_dir(&out).unwrap().flatten() {

@@ -115,6 +115,83 @@ fn export_reports_a_missing_bundle_and_a_corrupt_blob_with_exit_3() {
     assert_eq!(lines.len(), 2);
 }
 
+/// Stored data that cannot be what the store wrote (an index row whose location leaves
+/// the store, a segment replaced by a FIFO, a segment replaced by a link) is reported
+/// for its bundles alone, with exit 3: export neither stops at the first one nor waits
+/// on the FIFO, and everything else is still exported; `copy-bundles` likewise.
+#[test]
+fn unreadable_blobs_are_reported_one_by_one_and_the_rest_exported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    init(&dir);
+    let token = new_token(&dir, &["--uses", "3"]);
+    let (id, id_path) = identity(tmp.path());
+    // Each device in a segment of its own (a new segment at every start).
+    let mut segments = Vec::new();
+    let mut devices = Vec::new();
+    for tag in [41u8, 42, 43] {
+        let before: Vec<_> = segment_entries(&dir).into_iter().map(|e| e.1).collect();
+        let server = Server::start(&dir, &[]);
+        let mut d = Device::new(tag);
+        assert_eq!(server.enroll(&token, &d).status, 201);
+        for _ in 0..2 {
+            let b = d.seal_next(&id.recipient(), 2);
+            assert_eq!(server.upload(b.bytes()).status, 200);
+        }
+        drop(server);
+        let seg = segment_entries(&dir)
+            .into_iter()
+            .map(|e| e.1)
+            .find(|p| !before.contains(p))
+            .unwrap();
+        segments.push(seg);
+        devices.push(d);
+    }
+    // Device 41's second row names a place outside the store.
+    let sql = format!(
+        "UPDATE bundles SET location = '../../etc/passwd:48:5' WHERE device_id = '{}' AND seq = 2",
+        devices[0].id_hex()
+    );
+    let db = dir.join("collector.db");
+    let py = "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); \
+              c.commit(); assert c.total_changes == 1";
+    let out = std::process::Command::new("python3")
+        .args(["-c", py])
+        .arg(&db)
+        .arg(&sql)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Device 42's segment is now a FIFO, device 43's a link to device 41's.
+    std::fs::remove_file(&segments[1]).unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(&segments[1])
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    std::fs::remove_file(&segments[2]).unwrap();
+    std::os::unix::fs::symlink(&segments[0], &segments[2]).unwrap();
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (d, p) = (dir.clone(), id_path.clone());
+    std::thread::spawn(move || tx.send(export(&d, &p, &[])).unwrap());
+    let (code, lines, report) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("export ends, whatever the store holds");
+    assert_eq!(code, 3, "{report}");
+    assert_eq!(report.matches("blob_unreadable").count(), 5, "{report}");
+    assert!(report.contains("not a segment location"), "{report}");
+    assert!(report.contains("not a regular file"), "{report}");
+    assert!(report.contains("symbolic link"), "{report}");
+    // Device 41's first bundle, two events, is all that is released.
+    assert_eq!(lines.len(), 2, "{report}");
+
+    let out = dir.parent().unwrap().join("copies");
+    let r = copy_bundles(&dir, &out);
+    assert_eq!(r.status.code(), Some(3), "{}", text(&r.stderr));
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+}
+
 /// A stream stored from its third bundle on (the first two went elsewhere, or were
 /// lost) is reported as missing its start, not as a clean chain.
 #[test]

@@ -253,6 +253,11 @@ fn malformed_requests_get_400_and_oversized_bundles_413() {
     flipped[mid] ^= 1;
     assert_eq!(server.upload(&flipped).status, 400);
     assert_eq!(server.upload(&b.bytes()[..b.bytes().len() - 1]).status, 400);
+    // Sequence 0, properly signed: before any stream's first bundle.
+    let zero = dev.seal_at(&id.recipient(), 0, [0; 32], 1);
+    let r = server.upload(zero.bytes());
+    assert_eq!((r.status, r.code()), (400, "malformed_bundle".to_string()));
+    assert!(r.json()["error"].as_str().unwrap().contains("start at 1"));
 
     let r = server.post("/v1/enroll", "application/json", b"{\"token\": 1}");
     assert_eq!((r.status, r.code()), (400, "bad_request".to_string()));

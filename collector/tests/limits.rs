@@ -55,6 +55,34 @@ fn serve_refuses_limits_over_the_memory_budget() {
     assert!(err.contains("--max-memory"), "{err}");
 }
 
+/// Headers that never end fill at most the connection's read buffer (64 KiB, counted
+/// in the memory budget): the server answers 431 and closes once they pass it, instead
+/// of buffering hundreds of kilobytes per connection until the idle timeout.
+#[test]
+fn endless_headers_are_cut_at_the_connection_buffer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    init(&dir);
+    let server = Server::start(&dir, &[]);
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.write_all(b"POST /v1/enroll HTTP/1.1\r\nHost: x\r\nX-Filler: ")
+        .unwrap();
+    // 128 KiB of one header, never finished; the server may close before it all went.
+    let filler = vec![b'a'; 4096];
+    let mut sent = 0;
+    while sent < 128 << 10 && s.write_all(&filler).is_ok() {
+        sent += filler.len();
+    }
+    let (status, elapsed) = read_answer(&mut s);
+    assert_eq!(status, Some(431), "after {sent} bytes");
+    assert!(elapsed < Duration::from_secs(20));
+    // The server still serves.
+    assert_eq!(
+        request(server.addr, "GET", "/healthz", "text/plain", b"").status,
+        200
+    );
+}
+
 #[test]
 fn an_oversized_content_length_is_refused_before_the_body_is_read() {
     refused_unread(

@@ -278,8 +278,10 @@ fn bad_option_key(json: &str) -> Option<String> {
 ///   required: "https://..."; "http://" only to 127.0.0.0/8, ::1 or localhost),
 ///   `recipient` (string, required: the collector's "cvrecip-..."), `token` (string,
 ///   default null: enrollment token, sent once, never logged or reported),
-///   `max_bundle_bytes` (integer, default 8388608, 65536..1073741824),
-///   `max_bytes_per_sec` (integer, default 0 = unlimited), `interval_secs` (integer,
+///   `max_bundle_bytes` (integer, default 8388608, 65536..67108864; a larger event goes
+///   alone, and one too large for a bundle of the larger of this and 16 MiB is refused
+///   when appended), `max_bytes_per_sec` (integer,
+///   default 0 = unlimited, else at least 65536), `interval_secs` (integer,
 ///   default 30, 1..86400: how often to look for new data while idle).
 ///   `capvault_status_json` then reports `upload`.
 ///

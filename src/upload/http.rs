@@ -252,6 +252,21 @@ fn transport_error(e: &ureq::Error) -> String {
             "the collector refused the connection (is it running?)".to_string()
         }
         ureq::Error::HostNotFound => "the collector's host name does not resolve".to_string(),
+        // Mid-request: a collector answers a body over its --max-bundle-bytes (413) or
+        // one arriving slower than its --min-upload-rate (408) and closes the
+        // connection while the body is still being sent, so the answer is not read.
+        ureq::Error::Io(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            format!(
+                "the collector closed the connection while the request was being sent ({io}): \
+                 a collector does that to a bundle larger than its --max-bundle-bytes or \
+                 arriving slower than its --min-upload-rate"
+            )
+        }
         other => format!("cannot reach the collector: {other}"),
     }
 }

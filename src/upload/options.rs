@@ -12,9 +12,16 @@ use capvault_format::Recipient;
 
 /// Default largest bundle the uploader seals (8 MiB).
 pub const DEFAULT_MAX_BUNDLE_BYTES: usize = 8 * 1024 * 1024;
-/// The largest `max_bundle_bytes` accepted (64 MiB): the largest bundle a collector
-/// accepts by default. Bundles above it would only ever be refused (413).
+/// The largest `max_bundle_bytes` accepted (64 MiB). A collector accepts bundles up to
+/// its `--max-bundle-bytes` ([`COLLECTOR_DEFAULT_MAX_BUNDLE_BYTES`] by default) and
+/// refuses larger ones (413): keep `max_bundle_bytes` at or below it.
 pub const MAX_BUNDLE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+/// The largest bundle a collector accepts by default (its `--max-bundle-bytes`, 16 MiB).
+pub const COLLECTOR_DEFAULT_MAX_BUNDLE_BYTES: usize = 16 * 1024 * 1024;
+/// The lowest bandwidth cap accepted (64 KiB/s): a collector cuts an upload that
+/// arrives slower than its `--min-upload-rate` (64 KiB/s by default), so a bundle paced
+/// below it would be sent again and again and never land.
+pub const MIN_BYTES_PER_SEC: u64 = 64 * 1024;
 /// Default seconds between checks for new data while idle.
 pub const DEFAULT_INTERVAL_SECS: u64 = 30;
 
@@ -38,12 +45,17 @@ pub struct UploadOptions {
     /// `String`).
     #[serde(with = "secret_token")]
     pub token: Option<Zeroizing<String>>,
-    /// Largest bundle to seal, in bytes (default 8 MiB, at most 64 MiB: the largest
-    /// bundle the collector accepts). A single event larger than this still goes, alone.
+    /// Largest bundle to seal, in bytes (default 8 MiB, from 64 KiB to 64 MiB; keep it
+    /// at or below the collector's `--max-bundle-bytes`, 16 MiB by default). A single
+    /// event larger than this goes alone. With `upload` set, an event too large for a
+    /// bundle of the larger of this and 16 MiB is refused when it is appended
+    /// (`InvalidArgument`): a collector with its default limit would refuse it for
+    /// good, and every later bundle would wait behind it.
     pub max_bundle_bytes: usize,
-    /// Average upload bandwidth cap in bytes per second (default 0: unlimited), applied
-    /// within each request as well as between bundles (bursts of up to one second's
-    /// worth). Requests get time for their body at the slower of this and 16 KiB/s.
+    /// Average upload bandwidth cap in bytes per second (default 0: unlimited; else at
+    /// least 64 KiB/s, the collector's default `--min-upload-rate`), applied within each
+    /// request as well as between bundles (bursts of up to one second's worth).
+    /// Requests get time for their body at the slower of this and 16 KiB/s.
     pub max_bytes_per_sec: u64,
     /// Seconds between checks for new data while idle (default 30).
     pub interval_secs: u64,
@@ -106,8 +118,14 @@ impl UploadOptions {
         }
         if !(64 * 1024..=MAX_BUNDLE_BYTES_LIMIT).contains(&self.max_bundle_bytes) {
             return Err(Error::invalid(format!(
-                "upload.max_bundle_bytes must be between 65536 and {MAX_BUNDLE_BYTES_LIMIT} (64 MiB, the largest bundle the collector accepts); got {}",
+                "upload.max_bundle_bytes must be between 65536 and {MAX_BUNDLE_BYTES_LIMIT} (64 MiB; and at most the collector's --max-bundle-bytes, 16 MiB by default); got {}",
                 self.max_bundle_bytes
+            )));
+        }
+        if self.max_bytes_per_sec != 0 && self.max_bytes_per_sec < MIN_BYTES_PER_SEC {
+            return Err(Error::invalid(format!(
+                "upload.max_bytes_per_sec must be 0 (no cap) or at least {MIN_BYTES_PER_SEC}: a collector cuts an upload that arrives slower than its --min-upload-rate (64 KiB/s by default), so bundles capped below it would never land; got {}",
+                self.max_bytes_per_sec
             )));
         }
         if !(1..=86_400).contains(&self.interval_secs) {
@@ -172,7 +190,15 @@ impl CollectorUrl {
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
-            (host, after.strip_prefix(':'))
+            let port = match after {
+                "" => None,
+                _ => Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| bad("only :PORT may follow ']'"))?,
+                ),
+            };
+            (host, port)
         } else {
             match authority.split_once(':') {
                 Some((h, p)) => (h, Some(p)),
@@ -253,6 +279,9 @@ mod tests {
             "https://host:0",
             "https://host:99999",
             "https://[::1",
+            "http://[::1]evil.example.com",
+            "http://[::1]:80evil",
+            "https://[2001:db8::1]x",
         ] {
             let e = CollectorUrl::parse(bad).unwrap_err();
             assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e}");

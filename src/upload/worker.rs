@@ -245,8 +245,13 @@ impl<'a> Engine<'a> {
             }
             let len = bundle.bytes().len() as u64;
             // The body goes out in pieces: each waits for the bandwidth cap and checks
-            // for a stop, so one large bundle is paced too and closing the vault does
-            // not wait for it to finish.
+            // for a stop and for an erase (which closes the gate and waits for this
+            // send), so one large bundle is paced too, closing the vault does not wait
+            // for it to finish, and an erased user's bundle stops going out.
+            let gate = &self.inner.send_gate;
+            let Some(sending) = gate.enter() else {
+                return Err(Error::Erased.into());
+            };
             let limiter = &mut self.limiter;
             let mut stopped = false;
             let body = PacedBody::new(
@@ -254,8 +259,10 @@ impl<'a> Engine<'a> {
                 chunk_size(self.opts.max_bytes_per_sec),
                 |n| {
                     let go = !stop()
+                        && !gate.is_closed()
                         && limiter.acquire(n as u64, &Instant::now, &mut |d| sleep(d))
-                        && !stop();
+                        && !stop()
+                        && !gate.is_closed();
                     stopped |= !go;
                     go
                 },
@@ -267,6 +274,10 @@ impl<'a> Engine<'a> {
                 body,
                 request_timeout(len, self.opts.max_bytes_per_sec),
             );
+            drop(sending);
+            if gate.is_closed() {
+                return Err(Error::Erased.into());
+            }
             if stopped {
                 return Ok(report);
             }

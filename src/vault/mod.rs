@@ -7,6 +7,7 @@ pub(crate) mod erase;
 mod limits;
 mod outbox;
 pub(crate) mod release;
+pub(crate) mod send_gate;
 pub(crate) mod state;
 mod writer;
 
@@ -165,6 +166,8 @@ pub(crate) struct Inner {
     pub(crate) filtered: AtomicU64,
     /// Set once this user was erased through this handle: every later call fails.
     erased: std::sync::atomic::AtomicBool,
+    /// Bundles leave through it; an erase closes it first.
+    pub(crate) send_gate: send_gate::SendGate,
     write_error: Mutex<Option<String>>,
     write_failed: std::sync::atomic::AtomicBool,
     maintenance_error: Mutex<Option<String>>,
@@ -181,6 +184,11 @@ pub(crate) struct Inner {
     /// Declared last: fields drop in order, so every sled handle above is gone first.
     pub(crate) remove_on_drop: erase::RemoveOnDrop,
 }
+
+/// Room an event's fields other than its payload take in a bundle (timestamps, sizes,
+/// a short format or kind name), on top of the payload itself.
+#[cfg(feature = "upload")]
+const EVENT_ENCODING_ROOM: usize = 1024;
 
 /// An open vault for one user. Cheap to share between threads (`&Vault` is `Sync`);
 /// appends from many threads are serialized in one order.
@@ -557,6 +565,7 @@ impl Vault {
             dropped_paused: AtomicU64::new(dropped),
             filtered: AtomicU64::new(0),
             erased: std::sync::atomic::AtomicBool::new(false),
+            send_gate: Default::default(),
             write_error: Mutex::new(None),
             write_failed: std::sync::atomic::AtomicBool::new(false),
             maintenance_error: Mutex::new(None),
@@ -1235,6 +1244,22 @@ impl Inner {
                 "payload of {len} bytes exceeds max_payload_bytes ({})",
                 self.opts.max_payload_bytes
             )));
+        }
+        // The built-in uploader seals an event larger than `upload.max_bundle_bytes`
+        // alone; one too large for the collector's limit (at least its default, or the
+        // larger `max_bundle_bytes` the administrator set to match it) would be refused
+        // for good, with every later bundle waiting behind it.
+        #[cfg(feature = "upload")]
+        if let Some(up) = &self.opts.upload {
+            let bundle = up
+                .max_bundle_bytes
+                .max(crate::upload::COLLECTOR_DEFAULT_MAX_BUNDLE_BYTES);
+            let room = bundle.saturating_sub(release::BUNDLE_OVERHEAD + EVENT_ENCODING_ROOM);
+            if len > room {
+                return Err(Error::invalid(format!(
+                    "payload of {len} bytes does not fit in one upload bundle of {bundle} bytes (the larger of upload.max_bundle_bytes and a collector's default --max-bundle-bytes; {room} bytes for an event): it could never be uploaded; send smaller events, or raise the collector's --max-bundle-bytes and upload.max_bundle_bytes to match"
+                )));
+            }
         }
         Ok(())
     }

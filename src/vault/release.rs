@@ -47,7 +47,7 @@ pub(crate) fn derive_outbox_key(mac_key: &Key32) -> Key32 {
 /// Version of the stored release state (1: before streams and the outbox).
 const RELEASE_STATE_VERSION: u32 = 2;
 /// Room kept in a bundle for its header, HPKE encapsulation, tag, signature and ledger.
-const BUNDLE_OVERHEAD: usize = 4096;
+pub(crate) const BUNDLE_OVERHEAD: usize = 4096;
 
 /// The release cursor of one user: one chain (stream) per user.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +149,9 @@ impl Inner {
     /// the handle fails with `Erased`.
     pub(crate) fn erase_in_place(&self) -> Result<()> {
         self.check_live()?;
+        // Nothing of this user leaves the device from here on: a bundle being sent
+        // stops at its next piece, and the erase waits until it has.
+        self.send_gate.close_and_wait();
         let mut p = self.producer();
         // What was appended goes to the writer first, so nothing is written after the
         // trees are cleared. A flush that fails (a full disk, a log that refuses after a

@@ -38,7 +38,10 @@ pub(crate) async fn read_paced(
     let mut body = Limited::new(body, limit);
     let mut received = 0u64;
     loop {
-        let due = start + body_deadline(grace, min_rate, received);
+        // A deadline past what the clock holds is no deadline (never a panic).
+        let due = start
+            .checked_add(body_deadline(grace, min_rate, received))
+            .unwrap_or_else(|| start + Duration::from_secs(10 * 366 * 86_400));
         let frame = match tokio::time::timeout_at(due, body.frame()).await {
             Err(_) => return Err(ApiError::Timeout),
             Ok(None) => return Ok(()),

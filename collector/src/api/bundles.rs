@@ -109,6 +109,13 @@ async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepte
     let device_id = h.device_id_hex();
     let stream_id = h.stream_id_hex();
     let seq = h.bundle_seq();
+    if seq == 0 {
+        // A device numbers each stream's bundles from 1; 0 would stand before the
+        // stream's first bundle, which names no predecessor.
+        return Err(ApiError::MalformedBundle(
+            "bundle sequence numbers start at 1".into(),
+        ));
+    }
     let digest = hex(&inspected.digest);
 
     // Enrollment and pinning: a forged bundle is never stored.

@@ -9,12 +9,10 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::AppState;
+use crate::config::MAX_ENROLL_BYTES;
 use crate::db::Enrolled;
 use crate::error::ApiError;
 use capvault_format::EnrollmentRecord;
-
-/// Largest enrollment request body (a token and a record of a few hundred bytes).
-const MAX_ENROLL_BYTES: usize = 64 << 10;
 
 #[derive(Deserialize)]
 struct EnrollRequest {
@@ -81,11 +79,15 @@ async fn enroll_device(
         }
         Enrolled::Same => Ok((StatusCode::OK, body)),
         Enrolled::OtherKey => {
-            tracing::warn!(device_id = %device_id, "enrollment refused: id enrolled with another key");
+            if let Some(skipped) = s.refusal_log.allow() {
+                tracing::warn!(device_id = %device_id, skipped, "enrollment refused: id enrolled with another key");
+            }
             Err(ApiError::EnrolledWithOtherKey(device_id))
         }
         Enrolled::BadToken => {
-            tracing::warn!(device_id = %device_id, "enrollment refused: bad token");
+            if let Some(skipped) = s.refusal_log.allow() {
+                tracing::warn!(device_id = %device_id, skipped, "enrollment refused: bad token");
+            }
             Err(ApiError::BadToken)
         }
     }

@@ -5,6 +5,7 @@ mod body;
 mod bundles;
 mod enroll;
 mod health;
+mod throttle;
 
 use std::sync::Arc;
 
@@ -37,6 +38,8 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// Slowest upload rate allowed after the grace (bytes/s).
     pub min_upload_rate: u64,
+    /// Paces the log lines of refused enrollments (anyone can cause them).
+    pub refusal_log: throttle::Throttle,
 }
 
 /// The router of API v1.

@@ -153,13 +153,23 @@ impl BlobStore {
         }
     }
 
-    /// The blob of `digest_hex` at `location` (from its index row), if it is there.
+    /// The blob of `digest_hex` at `location` (from its index row), if it is there. A row
+    /// or stored file that cannot be what the store wrote (a bad digest or location, a
+    /// link, a FIFO) is [`ApiError::Integrity`], for that blob alone; a store that
+    /// cannot be reached is [`ApiError::Unavailable`].
     /// The caller checks the digest of what it gets.
     pub async fn get(
         &self,
         digest_hex: &str,
         location: Option<&str>,
     ) -> Result<Option<Bytes>, ApiError> {
+        // From the index, which may have been edited: never sliced or joined unchecked.
+        let is_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+        if digest_hex.len() != 64 || !digest_hex.bytes().all(is_hex) {
+            return Err(ApiError::Integrity(format!(
+                "the index names a blob by {digest_hex:?}, which is not a SHA-256 digest"
+            )));
+        }
         match &self.inner {
             Backend::Local(l) => {
                 let l = l.clone();
@@ -232,6 +242,27 @@ mod tests {
             },
         };
         (store, mem)
+    }
+
+    /// An index row whose digest is not one (an edited database) is an integrity
+    /// failure for that blob, never a slice out of bounds, in either backend.
+    #[tokio::test]
+    async fn a_digest_that_is_not_one_is_an_integrity_failure() {
+        let tmp = tempfile::tempdir().unwrap();
+        let local = BlobStore::open(tmp.path().to_str().unwrap()).unwrap();
+        for store in [memory().0, local] {
+            for bad in [
+                "",
+                "é",
+                "ab",
+                &"AB".repeat(32),
+                &"0g".repeat(32),
+                &"ab".repeat(33),
+            ] {
+                let e = store.get(bad, None).await.unwrap_err();
+                assert!(matches!(e, ApiError::Integrity(_)), "{bad:?}: {e}");
+            }
+        }
     }
 
     #[tokio::test]

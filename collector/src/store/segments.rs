@@ -125,14 +125,19 @@ impl LocalStore {
         digest_hex: &str,
         location: Option<&str>,
     ) -> Result<Option<Bytes>, ApiError> {
-        let Some(location) = location else {
-            return match std::fs::read(self.legacy_path(digest_hex)) {
-                Ok(b) => Ok(Some(Bytes::from(b))),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(unavailable("read", e)),
-            };
+        let damaged = |why: String| {
+            ApiError::Integrity(format!("the blob of {digest_hex} cannot be read: {why}"))
         };
-        let bad = || unavailable("read", format!("not a segment location: {location:?}"));
+        let Some(location) = location else {
+            let Some(mut f) = open_stored(&self.legacy_path(digest_hex)).map_err(damaged)? else {
+                return Ok(None);
+            };
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf)
+                .map_err(|e| damaged(e.to_string()))?;
+            return Ok(Some(Bytes::from(buf)));
+        };
+        let bad = || damaged(format!("not a segment location: {location:?}"));
         let mut parts = location.split(':');
         let (Some(name), Some(offset), Some(len), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -148,12 +153,10 @@ impl LocalStore {
         if offset < ENTRY_HEADER as u64 {
             return Err(bad());
         }
-        let mut f = match std::fs::File::open(self.root.join(name)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(unavailable("read", e)),
+        let Some(mut f) = open_stored(&self.root.join(name)).map_err(damaged)? else {
+            return Ok(None);
         };
-        let size = f.metadata().map_err(|e| unavailable("read", e))?.len();
+        let size = f.metadata().map_err(|e| damaged(e.to_string()))?.len();
         if offset.saturating_add(len as u64) > size {
             // Shorter than the index says: missing, as a deleted file would be.
             return Ok(None);
@@ -162,8 +165,35 @@ impl LocalStore {
         let mut buf = vec![0u8; len];
         f.seek(SeekFrom::Start(offset))
             .and_then(|_| f.read_exact(&mut buf))
-            .map_err(|e| unavailable("read", e))?;
+            .map_err(|e| damaged(e.to_string()))?;
         Ok(Some(Bytes::from(buf)))
+    }
+}
+
+/// Opens a stored file to read it: `None` when it is not there. A symbolic link is not
+/// followed and a FIFO not waited on: anything but a regular file is damage (`Err`,
+/// saying what it is), reported for its bundle alone.
+fn open_stored(path: &Path) -> Result<Option<std::fs::File>, String> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    match opts.open(path) {
+        Ok(f) => match f.metadata() {
+            Ok(m) if m.is_file() => Ok(Some(f)),
+            Ok(_) => Err(format!("{} is not a regular file", path.display())),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        #[cfg(unix)]
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(format!(
+            "{} is a symbolic link (not followed)",
+            path.display()
+        )),
+        Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }
 

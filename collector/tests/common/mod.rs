@@ -452,6 +452,17 @@ pub fn blob_count(dir: &Path) -> usize {
     digests.len()
 }
 
+/// `copy-bundles` of `dir` into `out`.
+pub fn copy_bundles(dir: &Path, out: &Path) -> Output {
+    cli(&[
+        "copy-bundles",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
 /// `export` of `dir`: (exit code, stdout lines as JSON, stderr).
 pub fn export(
     dir: &Path,

@@ -1,0 +1,101 @@
+//! The gate bundles leave the device through. The uploader sends only while the gate
+//! is open and checks it before every piece of a body; an erase closes it and waits for
+//! a send under way to end, so no byte of the erased user's bundles is handed to the
+//! network after the erase returned. (A body already handed over whole went out before
+//! the erase: its bundle was released before it, as one acknowledged earlier was.)
+
+use std::sync::{Condvar, Mutex};
+
+#[derive(Debug, Default)]
+pub(crate) struct SendGate {
+    state: Mutex<GateState>,
+    idle: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    closed: bool,
+    sending: usize,
+}
+
+/// A send under way; the gate counts it until this is dropped.
+#[derive(Debug)]
+pub(crate) struct Sending<'a>(&'a SendGate);
+
+impl SendGate {
+    fn state(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a send; `None` once the gate is closed.
+    pub(crate) fn enter(&self) -> Option<Sending<'_>> {
+        let mut st = self.state();
+        if st.closed {
+            return None;
+        }
+        st.sending += 1;
+        Some(Sending(self))
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state().closed
+    }
+
+    /// Closes the gate for good and waits until no send is under way. A send stops at
+    /// its next piece; one whose body went out whole waits for its reply, at most the
+    /// request's timeout.
+    pub(crate) fn close_and_wait(&self) {
+        let mut st = self.state();
+        st.closed = true;
+        while st.sending > 0 {
+            st = self.idle.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.state();
+        st.sending -= 1;
+        if st.sending == 0 {
+            self.0.idle.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Closing waits for the send under way and refuses new ones from then on.
+    #[test]
+    fn close_waits_for_the_send_under_way_and_refuses_new_ones() {
+        let gate = Arc::new(SendGate::default());
+        let (entered, sender_in) = std::sync::mpsc::channel();
+        let (finish, may_finish) = std::sync::mpsc::channel::<()>();
+        let g = gate.clone();
+        let sender = std::thread::spawn(move || {
+            let sending = g.enter().expect("open");
+            entered.send(()).unwrap();
+            // A piece at a time, until the gate says stop.
+            while !g.is_closed() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            may_finish.recv().unwrap();
+            drop(sending);
+        });
+        sender_in.recv().unwrap();
+        let g = gate.clone();
+        let closer = std::thread::spawn(move || g.close_and_wait());
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!closer.is_finished(), "closed while a send was under way");
+        finish.send(()).unwrap();
+        closer.join().unwrap();
+        sender.join().unwrap();
+        assert!(gate.enter().is_none());
+        // Closing again does not wait for anything.
+        gate.close_and_wait();
+    }
+}

@@ -1031,6 +1031,12 @@ pub fn request(
 ) -> Result<Response, HandoffError> {
     let dir = ClientDir::open(vault_dir).map_err(HandoffError::Io)?;
     let id = random_id();
+    // Once taken, an erase may first wait for the holder's upload to stop: at most one
+    // stalled socket write (60 s) before its next piece.
+    let taken_wait = match op {
+        Op::Erase => Duration::from_secs(90),
+        _ => Duration::from_secs(30),
+    };
     let req = Request {
         v: VERSION,
         id: id.clone(),
@@ -1063,8 +1069,8 @@ pub fn request(
         true => Err(HandoffError::NoAnswer),
         false => {
             // Taken: the owner is working on it (a KEK rotation over a big vault takes a
-            // while). Wait as long again, at least 30 s.
-            let more = wait.max(Duration::from_secs(30));
+            // while). Wait as long again, at least 30 s (90 s for an erase).
+            let more = wait.max(taken_wait);
             poll(Instant::now() + more).ok_or(HandoffError::Accepted)
         }
     }

@@ -115,6 +115,19 @@ impl VaultOptions {
                     "this build of capvault has no built-in uploader (feature `upload`); remove `upload` or use seal_next and ack",
                 ));
             }
+            // A frame is sealed whole: one larger than a bundle a collector takes would
+            // make a bundle it refuses for good.
+            let bundle = upload
+                .max_bundle_bytes
+                .max(crate::upload::COLLECTOR_DEFAULT_MAX_BUNDLE_BYTES);
+            let room =
+                bundle - crate::vault::release::BUNDLE_OVERHEAD - crate::vault::release::AUDIT_ROOM;
+            if self.frame_max_bytes > room {
+                return Err(Error::invalid(format!(
+                    "frame_max_bytes {} is more than fits in an upload bundle of {bundle} bytes ({room} bytes for events; the larger of upload.max_bundle_bytes and a collector's default --max-bundle-bytes)",
+                    self.frame_max_bytes
+                )));
+            }
         }
         self.policy.validate()
     }

@@ -513,6 +513,17 @@ fn bad_upload_options_fail_at_open() {
         e.contains("upload.max_bundle_bytes") && e.contains("64 MiB"),
         "{e}"
     );
+    // A frame is sealed whole: one larger than a default collector's bundle is refused.
+    let mut o = vault_options(
+        Some(UploadOptions::new(
+            "https://ingest.example.com",
+            keys.recipient.clone(),
+        )),
+        &key,
+    );
+    o.frame_max_bytes = 16 << 20;
+    let e = open(o);
+    assert!(e.contains("frame_max_bytes"), "{e}");
     // A cap below the collector's minimum upload rate would never let a bundle land.
     let mut up = UploadOptions::new("https://ingest.example.com", keys.recipient.clone());
     up.max_bytes_per_sec = 16 * 1024;
@@ -529,6 +540,45 @@ fn bad_upload_options_fail_at_open() {
     assert!(common::files_under(dir.path()).is_empty());
 }
 
+/// An erase through a copy of the vault (which shares its keys) while another process
+/// holds the original and uploads: before its next bundle leaves, the holder finds the
+/// KEK gone from the keychain, carries the erasure out and sends nothing more.
+#[test]
+fn an_erase_through_a_copy_stops_the_holders_uploads() {
+    let (c, _keys, dir, v) = uploading_vault();
+    fill(&v, 3, 1_000);
+    wait_for(&v, Duration::from_secs(30), "the first upload", drained);
+    let stored = c.stored_bundles().len();
+    assert!(stored >= 1);
+    let copy = dir.path().parent().unwrap().join(format!(
+        "copy-of-{}",
+        dir.path().file_name().unwrap().to_string_lossy()
+    ));
+    common::cp_a(dir.path(), &copy);
+    Vault::erase(&copy, "alice", vault_options(None, &c.receipt_key)).unwrap();
+    let _ = std::fs::remove_dir_all(&copy);
+    // Appends still go in until the holder notices; none of them may leave.
+    for i in 0..5 {
+        let _ = v.append_custom(1_764_000_000_100_000 + i, "after", b"x");
+    }
+    let _ = v.flush();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !matches!(v.status(), Err(capvault::Error::Erased)) {
+        assert!(
+            Instant::now() < deadline,
+            "the holder never noticed the erasure"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        c.stored_bundles().len(),
+        stored,
+        "a bundle left after the erasure"
+    );
+    drop(v);
+}
+
 /// With `upload` set, an event too large for any bundle a collector takes by default
 /// (16 MiB) is refused when it is appended: sealed alone, it would be refused for good
 /// and every later bundle would wait behind it. One larger than `max_bundle_bytes` but
@@ -541,6 +591,17 @@ fn an_event_too_large_for_an_upload_bundle_is_refused_and_the_stream_goes_on() {
         .unwrap_err();
     assert!(matches!(e, capvault::Error::InvalidArgument(_)), "{e}");
     assert!(e.to_string().contains("upload.max_bundle_bytes"), "{e}");
+    // Strings count as much as payloads: a window title, a screenshot's format.
+    let huge = "t".repeat(17 << 20);
+    let refused = [
+        v.append_window_focus(1_764_000_000_000_000, "app", &huge),
+        v.append_screenshot(1_764_000_000_000_000, 1, 1, &huge, b"png"),
+        v.append_custom(1_764_000_000_000_000, &huge, b"x"),
+    ];
+    for r in refused {
+        let e = r.unwrap_err();
+        assert!(matches!(e, capvault::Error::InvalidArgument(_)), "{e}");
+    }
     // Bundles of 64 KiB here: this one goes alone.
     let _ = v
         .append_custom(1_764_000_000_000_001, "screenshot", &vec![8u8; 200_000])

@@ -167,7 +167,7 @@ impl KeyHierarchy {
 
     /// Whether the keychain still holds the KEK in use. It only goes with an erasure of
     /// the user, possibly made through a copy of the vault while this process held it.
-    fn kek_in_keychain(&self) -> Result<bool> {
+    pub(crate) fn kek_in_keychain(&self) -> Result<bool> {
         Ok(Self::load_kek(&*self.store, &self.vault_hex, &self.user, self.kek_version)?.is_some())
     }
 

@@ -248,10 +248,15 @@ impl<'a> Engine<'a> {
             // for a stop and for an erase (which closes the gate and waits for this
             // send), so one large bundle is paced too, closing the vault does not wait
             // for it to finish, and an erased user's bundle stops going out.
+            self.inner.check_not_erased_elsewhere()?;
             let gate = &self.inner.send_gate;
             let Some(sending) = gate.enter() else {
                 return Err(Error::Erased.into());
             };
+            // Given up once the last piece is handed over: an erase then waits for no
+            // reply (the bundle went out before it; its ack fails on the erased keys).
+            let mut sending = Some(sending);
+            let mut handed = 0u64;
             let limiter = &mut self.limiter;
             let mut stopped = false;
             let body = PacedBody::new(
@@ -264,6 +269,10 @@ impl<'a> Engine<'a> {
                         && !stop()
                         && !gate.is_closed();
                     stopped |= !go;
+                    handed += n as u64;
+                    if go && handed >= len {
+                        sending = None;
+                    }
                     go
                 },
             );

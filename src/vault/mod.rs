@@ -185,11 +185,6 @@ pub(crate) struct Inner {
     pub(crate) remove_on_drop: erase::RemoveOnDrop,
 }
 
-/// Room an event's fields other than its payload take in a bundle (timestamps, sizes,
-/// a short format or kind name), on top of the payload itself.
-#[cfg(feature = "upload")]
-const EVENT_ENCODING_ROOM: usize = 1024;
-
 /// An open vault for one user. Cheap to share between threads (`&Vault` is `Sync`);
 /// appends from many threads are serialized in one order.
 pub struct Vault {
@@ -1245,21 +1240,28 @@ impl Inner {
                 self.opts.max_payload_bytes
             )));
         }
-        // The built-in uploader seals an event larger than `upload.max_bundle_bytes`
-        // alone; one too large for the collector's limit (at least its default, or the
-        // larger `max_bundle_bytes` the administrator set to match it) would be refused
-        // for good, with every later bundle waiting behind it.
-        #[cfg(feature = "upload")]
-        if let Some(up) = &self.opts.upload {
-            let bundle = up
-                .max_bundle_bytes
-                .max(crate::upload::COLLECTOR_DEFAULT_MAX_BUNDLE_BYTES);
-            let room = bundle.saturating_sub(release::BUNDLE_OVERHEAD + EVENT_ENCODING_ROOM);
-            if len > room {
-                return Err(Error::invalid(format!(
-                    "payload of {len} bytes does not fit in one upload bundle of {bundle} bytes (the larger of upload.max_bundle_bytes and a collector's default --max-bundle-bytes; {room} bytes for an event): it could never be uploaded; send smaller events, or raise the collector's --max-bundle-bytes and upload.max_bundle_bytes to match"
-                )));
-            }
+        Ok(())
+    }
+
+    /// With the built-in uploader, an event whose encoding (payload and strings alike)
+    /// cannot fit in one bundle a collector takes is refused: sealed alone, it would be
+    /// refused for good, with every later bundle waiting behind it. The collector's
+    /// limit is taken as at least its default, or the larger `max_bundle_bytes` the
+    /// administrator set to match theirs.
+    #[cfg(feature = "upload")]
+    fn check_fits_an_upload(&self, event: &Event) -> Result<()> {
+        let Some(up) = &self.opts.upload else {
+            return Ok(());
+        };
+        let bundle = up
+            .max_bundle_bytes
+            .max(crate::upload::COLLECTOR_DEFAULT_MAX_BUNDLE_BYTES);
+        let room = bundle.saturating_sub(release::BUNDLE_OVERHEAD + release::AUDIT_ROOM);
+        let len = event.encoded_len_max();
+        if len > room {
+            return Err(Error::invalid(format!(
+                "an event of {len} bytes does not fit in one upload bundle of {bundle} bytes (the larger of upload.max_bundle_bytes and a collector's default --max-bundle-bytes; {room} bytes for events): it could never be uploaded; send smaller events, or raise the collector's --max-bundle-bytes and upload.max_bundle_bytes to match"
+            )));
         }
         Ok(())
     }
@@ -1297,6 +1299,8 @@ impl Inner {
             ));
         }
         self.check_payload(event.payload_len())?;
+        #[cfg(feature = "upload")]
+        self.check_fits_an_upload(event)?;
         // The flag keeps the common case to one atomic load.
         if self.write_failed.load(Ordering::Relaxed) {
             let e = self

@@ -46,8 +46,19 @@ pub(crate) fn derive_outbox_key(mac_key: &Key32) -> Key32 {
 }
 /// Version of the stored release state (1: before streams and the outbox).
 const RELEASE_STATE_VERSION: u32 = 2;
-/// Room kept in a bundle for its header, HPKE encapsulation, tag, signature and ledger.
+/// Room kept in a bundle for its header, HPKE encapsulation, tag and signature.
 pub(crate) const BUNDLE_OVERHEAD: usize = 4096;
+/// Most bytes of audit entries one bundle carries (and at most half its size); the
+/// entries beyond wait for the next bundle. With [`BUNDLE_OVERHEAD`], what a bundle
+/// holds besides its events: a device keeps at most [`crate::audit::LEDGER_KEEP`]
+/// released entries, about half of this, so one bundle usually carries every entry due.
+pub(crate) const AUDIT_ROOM: usize = 1024 * 1024;
+
+/// An upper bound of an audit entry's encoded size: two varints of at most 10 bytes,
+/// two strings with length prefixes of at most 5.
+fn audit_entry_size(e: &capvault_format::AuditEntry) -> usize {
+    30 + e.action.len() + e.detail.len()
+}
 
 /// The release cursor of one user: one chain (stream) per user.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +204,20 @@ impl Inner {
             (Err(e), Ok(whole)) if !whole => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// Before a bundle leaves: the KEK in use must still be in the keychain. Gone, the
+    /// user was erased elsewhere (through a copy of the vault, which shares its keys):
+    /// the erasure is carried out here too, as a KEK rotation would, and nothing is sent.
+    /// A keychain that cannot be asked right now is no proof of an erasure.
+    #[cfg_attr(not(feature = "upload"), allow(dead_code))]
+    pub(crate) fn check_not_erased_elsewhere(&self) -> Result<()> {
+        let present = self.keys()?.kek_in_keychain();
+        if matches!(present, Ok(false)) {
+            self.erase_in_place()?;
+            return Err(Error::Erased);
+        }
+        Ok(())
     }
 
     /// The release state. A user without one starts a fresh stream whose records so
@@ -404,9 +429,25 @@ impl Inner {
             }
             return self.outbox_bundle(p).map(Some);
         }
+        // The ledger entries since the last released one, as many as fit in their room
+        // (the rest go with the next bundle), then the events in what is left.
+        let audit_room = AUDIT_ROOM.min(max_bytes / 2);
+        let mut audit_bytes = 0;
+        let audit: Vec<_> = self
+            .ledger
+            .read_after(state.ledger_released)?
+            .into_iter()
+            .take_while(|e| {
+                audit_bytes += audit_entry_size(e);
+                audit_bytes <= audit_room
+            })
+            .collect();
+        let ledger_through = audit.last().map_or(state.ledger_released, |e| e.seq);
+        let audit_taken: usize = audit.iter().map(audit_entry_size).sum();
         let keys = self.keys()?;
         let head = self.log.lock().head.last_seq;
-        let (events, last) = self.collect(&keys, head, max_bytes)?;
+        let (events, last) =
+            self.collect(&keys, head, max_bytes.saturating_sub(audit_taken).max(1))?;
         drop(keys);
         if events.is_empty() {
             return Ok(None);
@@ -422,13 +463,6 @@ impl Inner {
                 state.last_sealed_record, state.records_lost
             )));
         }
-        let ledger_through = self.ledger.last_seq();
-        let audit: Vec<_> = self
-            .ledger
-            .read_after(state.ledger_released)?
-            .into_iter()
-            .filter(|e| e.seq <= ledger_through)
-            .collect();
         let stream_id = *state.stream_id.get_or_insert_with(random_array);
         let bundle_seq = state.next_bundle_seq;
         let device = DeviceKey::from_seed(&self.device_seed)?;
@@ -648,7 +682,8 @@ mod tests {
     fn release_one(v: &Vault, id: &Identity, ts: i64) -> u64 {
         let _ = v.append_mouse_move(ts, 1, 2).unwrap();
         v.flush().unwrap();
-        let b = v.seal_next(&id.recipient(), 1 << 20).unwrap().unwrap();
+        // Room for every entry these tests record (about 45 bytes each).
+        let b = v.seal_next(&id.recipient(), 4 << 20).unwrap().unwrap();
         v.ack(b.id(), None).unwrap();
         v.inner().release_state().unwrap().ledger_released
     }
@@ -667,6 +702,38 @@ mod tests {
         let v = Vault::open(d.path(), "alice", options()).unwrap();
         fill(&v, LEDGER_KEEP + extra);
         (d, Identity::generate(Suite::X25519), v)
+    }
+
+    /// Audit entries take at most half a bundle: with more due than that, a bundle
+    /// carries what fits, within its size, and the next ones the rest, in order, none
+    /// twice and none left out.
+    #[test]
+    fn audit_entries_beyond_their_room_wait_for_the_next_bundle() {
+        let d = tempfile::tempdir().unwrap();
+        let v = Vault::open(d.path(), "alice", options()).unwrap();
+        fill(&v, 3_000);
+        let id = Identity::generate(Suite::X25519);
+        let max = 64 * 1024;
+        let mut released = v.inner().release_state().unwrap().ledger_released;
+        let mut bundles = 0;
+        while released < 3_000 {
+            let _ = v.append_mouse_move(bundles, 1, 2).unwrap();
+            let b = v.seal_next(&id.recipient(), max).unwrap().unwrap();
+            assert!(
+                b.bytes().len() <= max,
+                "bundle of {} bytes",
+                b.bytes().len()
+            );
+            let audit = crate::open_bundle(b.bytes(), &id).unwrap().audit.clone();
+            assert_eq!(audit.first().unwrap().seq, released + 1);
+            assert!(audit.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+            released = audit.last().unwrap().seq;
+            v.ack(b.id(), None).unwrap();
+            assert_eq!(v.inner().release_state().unwrap().ledger_released, released);
+            bundles += 1;
+        }
+        assert!(bundles >= 3, "{bundles} bundles");
+        v.close().unwrap();
     }
 
     /// The ledger stops growing on the device: acknowledged entries beyond the newest

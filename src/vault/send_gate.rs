@@ -1,8 +1,10 @@
 //! The gate bundles leave the device through. The uploader sends only while the gate
 //! is open and checks it before every piece of a body; an erase closes it and waits for
-//! a send under way to end, so no byte of the erased user's bundles is handed to the
-//! network after the erase returned. (A body already handed over whole went out before
-//! the erase: its bundle was released before it, as one acknowledged earlier was.)
+//! a send under way to stop, so no piece of the erased user's bundles is handed to the
+//! network after the erase returned. A send counts until its last piece is handed over
+//! (a body handed over whole went out before the erase, as an acknowledged bundle did),
+//! so the erase waits at most for one piece, not for the collector's reply; a piece
+//! whose socket write stalls holds it for the write timeout (60 s).
 
 use std::sync::{Condvar, Mutex};
 
@@ -20,8 +22,10 @@ struct GateState {
 
 /// A send under way; the gate counts it until this is dropped.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "upload"), allow(dead_code))]
 pub(crate) struct Sending<'a>(&'a SendGate);
 
+#[cfg_attr(not(feature = "upload"), allow(dead_code))]
 impl SendGate {
     fn state(&self) -> std::sync::MutexGuard<'_, GateState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -41,9 +45,8 @@ impl SendGate {
         self.state().closed
     }
 
-    /// Closes the gate for good and waits until no send is under way. A send stops at
-    /// its next piece; one whose body went out whole waits for its reply, at most the
-    /// request's timeout.
+    /// Closes the gate for good and waits until no send is under way: each stops at
+    /// its next piece, or has handed over its last.
     pub(crate) fn close_and_wait(&self) {
         let mut st = self.state();
         st.closed = true;

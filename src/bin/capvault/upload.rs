@@ -44,12 +44,12 @@ pub struct UploadArgs {
     /// Upload everything pending, then exit (0 when drained, 1 with the error).
     #[arg(long)]
     pub once: bool,
-    /// Largest bundle to seal, in bytes (65536 to 67108864: the collector accepts
-    /// bundles up to 64 MiB).
+    /// Largest bundle to seal, in bytes (65536 to 67108864; at most the collector's
+    /// --max-bundle-bytes, 16 MiB by default).
     #[arg(long, value_name = "N", default_value_t = UploadOptions::default().max_bundle_bytes)]
     pub max_bundle_bytes: usize,
-    /// Average bandwidth cap in bytes per second (0: unlimited), paced within each
-    /// bundle.
+    /// Average bandwidth cap in bytes per second (0: unlimited, else at least 65536),
+    /// paced within each bundle.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_bytes_per_sec: u64,
     /// Seconds between checks for new data while running in the background.

@@ -117,15 +117,12 @@ impl VaultOptions {
             }
             // A frame is sealed whole: one larger than a bundle a collector takes would
             // make a bundle it refuses for good.
-            let bundle = upload
-                .max_bundle_bytes
-                .max(crate::upload::COLLECTOR_DEFAULT_MAX_BUNDLE_BYTES);
-            let room =
-                bundle - crate::vault::release::BUNDLE_OVERHEAD - crate::vault::release::AUDIT_ROOM;
-            if self.frame_max_bytes > room {
+            if self.frame_max_bytes > upload.event_room() {
                 return Err(Error::invalid(format!(
-                    "frame_max_bytes {} is more than fits in an upload bundle of {bundle} bytes ({room} bytes for events; the larger of upload.max_bundle_bytes and a collector's default --max-bundle-bytes)",
-                    self.frame_max_bytes
+                    "frame_max_bytes {} is more than fits in an upload bundle of {} bytes ({} bytes for events; the larger of upload.max_bundle_bytes and a collector's default --max-bundle-bytes)",
+                    self.frame_max_bytes,
+                    upload.bundle_limit(),
+                    upload.event_room()
                 )));
             }
         }

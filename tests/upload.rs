@@ -215,12 +215,13 @@ fn an_erase_while_a_bundle_is_being_sent_stops_it() {
     c.start(&[]);
     let keys = identity();
     let dir = tempfile::tempdir().unwrap();
-    // One bundle of about 600 KB at 128 KiB/s: about 4.6 s on the wire.
+    // One bundle of about 1.5 MB at 128 KiB/s: about 11 s on the wire, time enough for
+    // the erase to get through on a loaded machine.
     let mut up = upload_options(&c, &keys);
-    up.max_bundle_bytes = 1 << 20;
+    up.max_bundle_bytes = 2 << 20;
     up.max_bytes_per_sec = 128 * 1024;
     let v = Vault::open(dir.path(), "ines", vault_options(None, &c.receipt_key)).unwrap();
-    fill(&v, 10, 60_000);
+    fill(&v, 25, 60_000);
     v.close().unwrap();
     let v = Vault::open(dir.path(), "ines", vault_options(Some(up), &c.receipt_key)).unwrap();
     wait_for(&v, Duration::from_secs(30), "a send under way", |s| {
@@ -250,7 +251,7 @@ fn an_erase_while_a_bundle_is_being_sent_stops_it() {
     let erased = Instant::now();
     assert!(c.stored_bundles().is_empty());
     // Past the time the whole body would have taken.
-    std::thread::sleep(Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(12));
     assert!(
         c.stored_bundles().is_empty(),
         "the erased user's bundle reached the collector {:?} after the erase",

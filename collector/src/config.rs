@@ -11,7 +11,7 @@ use capvault_format::ReceiptSigner;
 
 /// Largest bundle accepted by default (bytes): twice the devices' default
 /// `upload.max_bundle_bytes` (8 MiB), for sealing overhead and headroom.
-pub const DEFAULT_MAX_BUNDLE_BYTES: usize = 16 << 20;
+pub const DEFAULT_MAX_BUNDLE_BYTES: usize = capvault_format::COLLECTOR_DEFAULT_MAX_BUNDLE_BYTES;
 /// Uploads processed at once by default; more get 429 with `Retry-After`.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
 /// Memory budget for upload bodies by default (bytes): `serve` refuses to start when
@@ -22,7 +22,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Base of the body-read deadline by default (see [`ServeConfig::body_deadline`]).
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Slowest upload rate allowed for by the body-read deadline by default (bytes/s).
-pub const DEFAULT_MIN_UPLOAD_RATE: u64 = 64 << 10;
+pub const DEFAULT_MIN_UPLOAD_RATE: u64 = capvault_format::COLLECTOR_DEFAULT_MIN_UPLOAD_RATE;
 /// Time allowed to receive a request's headers by default; also how long an idle
 /// keep-alive connection is kept.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -217,6 +217,11 @@ pub fn now_us() -> i64 {
 }
 
 /// Parses a duration such as `90s`, `30m`, `12h`, `7d` or `2w`.
+/// The longest duration any option takes: longer than any timeout or token should
+/// live; far longer ones overflow clocks (a deadline past what `Instant` holds, a
+/// negative expiry).
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 86_400);
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -232,11 +237,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "w" => 7 * 86_400,
         _ => return Err(format!("{s:?}: the unit must be one of s, m, h, d, w")),
     };
-    // Ten years is longer than any timeout or token should live; far longer ones
-    // overflow clocks (a deadline past what `Instant` holds, a negative expiry).
-    const MAX_SECS: u64 = 10 * 366 * 86_400;
     n.checked_mul(secs)
-        .filter(|&t| t <= MAX_SECS)
+        .filter(|&t| t <= MAX_DURATION.as_secs())
         .map(Duration::from_secs)
         .ok_or_else(|| format!("{s:?} is too long: at most 10 years (520w)"))
 }

@@ -22,6 +22,13 @@ mod receipt;
 mod recipient;
 pub mod secret;
 
+/// The largest bundle a collector accepts by default (its `--max-bundle-bytes`), which
+/// devices size their bundles and events by.
+pub const COLLECTOR_DEFAULT_MAX_BUNDLE_BYTES: usize = 16 << 20;
+/// The slowest upload a collector lets finish by default (its `--min-upload-rate`, in
+/// bytes per second), below which a device's bandwidth cap would never let a bundle land.
+pub const COLLECTOR_DEFAULT_MIN_UPLOAD_RATE: u64 = 64 << 10;
+
 pub use audit::AuditEntry;
 pub use bundle::{bundle_id, seal_bundle, BundleHeader, BundleInput, SealedBundle};
 pub use chain::{ChainChecker, ChainIssue, ChainReport, DeviceChain};

@@ -595,7 +595,8 @@ impl KeyHierarchy {
     /// delete of the old KEK, marker removed. `flush` makes each sled step durable.
     /// A failure at any step leaves a vault that [`KeyHierarchy::open`] completes.
     /// [`Error::Erased`], before anything is written, when the KEK in use is no longer
-    /// in the keychain (the only check of it: every rotation comes through here).
+    /// in the keychain (every rotation comes through here; the uploader also looks
+    /// before each bundle it sends).
     pub(crate) fn rotate_kek(&mut self, flush: &dyn Fn() -> Result<()>) -> Result<u32> {
         if !self.kek_in_keychain()? {
             // Erased elsewhere (say, through a copy of the vault): a new KEK would

@@ -53,7 +53,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub use options::UploadOptions;
-pub(crate) use options::COLLECTOR_DEFAULT_MAX_BUNDLE_BYTES;
 #[cfg(feature = "upload")]
 pub(crate) use worker::Uploader;
 #[cfg(feature = "upload")]

@@ -17,11 +17,12 @@ pub const DEFAULT_MAX_BUNDLE_BYTES: usize = 8 * 1024 * 1024;
 /// refuses larger ones (413): keep `max_bundle_bytes` at or below it.
 pub const MAX_BUNDLE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 /// The largest bundle a collector accepts by default (its `--max-bundle-bytes`, 16 MiB).
-pub const COLLECTOR_DEFAULT_MAX_BUNDLE_BYTES: usize = 16 * 1024 * 1024;
+pub const COLLECTOR_DEFAULT_MAX_BUNDLE_BYTES: usize =
+    capvault_format::COLLECTOR_DEFAULT_MAX_BUNDLE_BYTES;
 /// The lowest bandwidth cap accepted (64 KiB/s): a collector cuts an upload that
 /// arrives slower than its `--min-upload-rate` (64 KiB/s by default), so a bundle paced
 /// below it would be sent again and again and never land.
-pub const MIN_BYTES_PER_SEC: u64 = 64 * 1024;
+pub const MIN_BYTES_PER_SEC: u64 = capvault_format::COLLECTOR_DEFAULT_MIN_UPLOAD_RATE;
 /// Default seconds between checks for new data while idle.
 pub const DEFAULT_INTERVAL_SECS: u64 = 30;
 
@@ -89,6 +90,22 @@ impl std::fmt::Debug for UploadOptions {
 }
 
 impl UploadOptions {
+    /// The largest bundle this uploader may send: the larger of `max_bundle_bytes` and
+    /// what a collector accepts by default (a single event larger than
+    /// `max_bundle_bytes` goes alone).
+    pub(crate) fn bundle_limit(&self) -> usize {
+        self.max_bundle_bytes
+            .max(COLLECTOR_DEFAULT_MAX_BUNDLE_BYTES)
+    }
+
+    /// Room for events (encoded) in a bundle of [`Self::bundle_limit`]: what is left
+    /// after the bundle's own overhead and its audit entries.
+    pub(crate) fn event_room(&self) -> usize {
+        self.bundle_limit().saturating_sub(
+            crate::vault::release::BUNDLE_OVERHEAD + crate::vault::release::AUDIT_ROOM,
+        )
+    }
+
     /// Options for `url` and `recipient`, everything else default.
     pub fn new(url: impl Into<String>, recipient: impl Into<String>) -> Self {
         UploadOptions {

@@ -253,7 +253,7 @@ impl<'a> Engine<'a> {
             let Some(sending) = gate.enter() else {
                 return Err(Error::Erased.into());
             };
-            // Given up once the last piece is handed over: an erase then waits for no
+            // Given up once the last piece is let through: an erase then waits for no
             // reply (the bundle went out before it; its ack fails on the erased keys).
             let mut sending = Some(sending);
             let mut handed = 0u64;

@@ -185,6 +185,20 @@ pub(crate) struct Inner {
     pub(crate) remove_on_drop: erase::RemoveOnDrop,
 }
 
+/// Refuses an event of `len` encoded bytes (or a payload that long) that cannot fit in
+/// one bundle the uploader may send.
+#[cfg(feature = "upload")]
+fn check_upload_room(up: &crate::upload::UploadOptions, len: usize) -> Result<()> {
+    let room = up.event_room();
+    if len > room {
+        return Err(Error::invalid(format!(
+            "an event of {len} bytes does not fit in one upload bundle of {} bytes (the larger of upload.max_bundle_bytes and a collector's default --max-bundle-bytes; {room} bytes for events): it could never be uploaded; send smaller events, or raise the collector's --max-bundle-bytes and upload.max_bundle_bytes to match",
+            up.bundle_limit()
+        )));
+    }
+    Ok(())
+}
+
 /// An open vault for one user. Cheap to share between threads (`&Vault` is `Sync`);
 /// appends from many threads are serialized in one order.
 pub struct Vault {
@@ -1240,6 +1254,10 @@ impl Inner {
                 self.opts.max_payload_bytes
             )));
         }
+        #[cfg(feature = "upload")]
+        if let Some(up) = &self.opts.upload {
+            check_upload_room(up, len)?;
+        }
         Ok(())
     }
 
@@ -1247,23 +1265,20 @@ impl Inner {
     /// cannot fit in one bundle a collector takes is refused: sealed alone, it would be
     /// refused for good, with every later bundle waiting behind it. The collector's
     /// limit is taken as at least its default, or the larger `max_bundle_bytes` the
-    /// administrator set to match theirs.
+    /// administrator set to match it. (A payload alone is checked before it is copied,
+    /// in [`Inner::check_payload`]; pointer events always fit.)
     #[cfg(feature = "upload")]
     fn check_fits_an_upload(&self, event: &Event) -> Result<()> {
         let Some(up) = &self.opts.upload else {
             return Ok(());
         };
-        let bundle = up
-            .max_bundle_bytes
-            .max(crate::upload::COLLECTOR_DEFAULT_MAX_BUNDLE_BYTES);
-        let room = bundle.saturating_sub(release::BUNDLE_OVERHEAD + release::AUDIT_ROOM);
-        let len = event.encoded_len_max();
-        if len > room {
-            return Err(Error::invalid(format!(
-                "an event of {len} bytes does not fit in one upload bundle of {bundle} bytes (the larger of upload.max_bundle_bytes and a collector's default --max-bundle-bytes; {room} bytes for events): it could never be uploaded; send smaller events, or raise the collector's --max-bundle-bytes and upload.max_bundle_bytes to match"
-            )));
+        if matches!(
+            event,
+            Event::MouseMove { .. } | Event::MouseButton { .. } | Event::Scroll { .. }
+        ) {
+            return Ok(());
         }
-        Ok(())
+        check_upload_room(up, event.encoded_len_max())
     }
 
     /// Fails with [`Error::Erased`] once the user was erased through this handle.

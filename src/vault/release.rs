@@ -433,21 +433,19 @@ impl Inner {
         // (the rest go with the next bundle), then the events in what is left.
         let audit_room = AUDIT_ROOM.min(max_bytes / 2);
         let mut audit_bytes = 0;
-        let audit: Vec<_> = self
-            .ledger
-            .read_after(state.ledger_released)?
-            .into_iter()
-            .take_while(|e| {
-                audit_bytes += audit_entry_size(e);
-                audit_bytes <= audit_room
-            })
-            .collect();
+        let mut audit = Vec::new();
+        for e in self.ledger.read_after(state.ledger_released)? {
+            let size = audit_entry_size(&e);
+            if audit_bytes + size > audit_room {
+                break;
+            }
+            audit_bytes += size;
+            audit.push(e);
+        }
         let ledger_through = audit.last().map_or(state.ledger_released, |e| e.seq);
-        let audit_taken: usize = audit.iter().map(audit_entry_size).sum();
         let keys = self.keys()?;
         let head = self.log.lock().head.last_seq;
-        let (events, last) =
-            self.collect(&keys, head, max_bytes.saturating_sub(audit_taken).max(1))?;
+        let (events, last) = self.collect(&keys, head, max_bytes.saturating_sub(audit_bytes))?;
         drop(keys);
         if events.is_empty() {
             return Ok(None);

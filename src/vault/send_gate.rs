@@ -1,10 +1,11 @@
 //! The gate bundles leave the device through. The uploader sends only while the gate
-//! is open and checks it before every piece of a body; an erase closes it and waits for
-//! a send under way to stop, so no piece of the erased user's bundles is handed to the
-//! network after the erase returned. A send counts until its last piece is handed over
-//! (a body handed over whole went out before the erase, as an acknowledged bundle did),
-//! so the erase waits at most for one piece, not for the collector's reply; a piece
-//! whose socket write stalls holds it for the write timeout (60 s).
+//! is open and asks it before handing over each piece of a body; an erase closes it and
+//! waits for a send under way to stop, so no piece of the erased user's bundles is let
+//! through after the erase returned. A send counts until its last piece is let
+//! through: that piece may still be on its way when the erase returns (the body went
+//! out before the erase, as an acknowledged bundle did), and the erase never waits for
+//! the collector's reply. A piece whose socket write stalls holds the wait for the
+//! write timeout (60 s).
 
 use std::sync::{Condvar, Mutex};
 
@@ -77,6 +78,7 @@ mod tests {
     fn close_waits_for_the_send_under_way_and_refuses_new_ones() {
         let gate = Arc::new(SendGate::default());
         let (entered, sender_in) = std::sync::mpsc::channel();
+        let (saw_closed, closed_seen) = std::sync::mpsc::channel();
         let (finish, may_finish) = std::sync::mpsc::channel::<()>();
         let g = gate.clone();
         let sender = std::thread::spawn(move || {
@@ -86,13 +88,16 @@ mod tests {
             while !g.is_closed() {
                 std::thread::sleep(Duration::from_millis(1));
             }
+            saw_closed.send(()).unwrap();
             may_finish.recv().unwrap();
             drop(sending);
         });
         sender_in.recv().unwrap();
         let g = gate.clone();
         let closer = std::thread::spawn(move || g.close_and_wait());
-        std::thread::sleep(Duration::from_millis(100));
+        // The closer has closed the gate and is waiting: the send is still counted.
+        closed_seen.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
         assert!(!closer.is_finished(), "closed while a send was under way");
         finish.send(()).unwrap();
         closer.join().unwrap();

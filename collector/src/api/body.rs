@@ -41,7 +41,7 @@ pub(crate) async fn read_paced(
         // A deadline past what the clock holds is no deadline (never a panic).
         let due = start
             .checked_add(body_deadline(grace, min_rate, received))
-            .unwrap_or_else(|| start + Duration::from_secs(10 * 366 * 86_400));
+            .unwrap_or_else(|| start + crate::config::MAX_DURATION);
         let frame = match tokio::time::timeout_at(due, body.frame()).await {
             Err(_) => return Err(ApiError::Timeout),
             Ok(None) => return Ok(()),

@@ -295,31 +295,32 @@ impl Segment {
     /// Appends one bundle (not yet durable) and returns its location: directly when it
     /// is large and the file system allows it, else through the page cache.
     fn append(&mut self, a: &Append, stage: &mut Option<Stage>) -> std::io::Result<String> {
-        if let Some(st) = stage
-            .as_mut()
-            .filter(|_| a.bytes.len() >= direct::DIRECT_MIN)
-        {
-            if self.direct.is_some() {
-                match self.append_direct(a, st) {
-                    Ok(location) => return Ok(location),
-                    // Refused before anything was written (a file system that takes
-                    // the flag but not the writes): through the page cache from now on.
-                    Err(DirectFailed {
-                        error,
-                        wrote: false,
-                    }) if error.kind() == std::io::ErrorKind::InvalidInput => {
-                        tracing::warn!(error = %error, "blob store: direct writes refused, writing through the page cache");
-                        *stage = None;
-                        // Appends through the page cache go to the end of the file:
-                        // it must be where this segment's entries end.
-                        if self.shared.file.metadata()?.len() != self.len {
-                            return Err(std::io::Error::other(
-                                "a refused direct write changed the segment's length",
-                            ));
-                        }
-                    }
-                    Err(DirectFailed { error, .. }) => return Err(error),
+        let large = a.bytes.len() >= direct::DIRECT_MIN;
+        if let (true, Some(st), Some(file)) = (large, stage.as_mut(), self.direct.as_ref()) {
+            let start = self.len.next_multiple_of(direct::DIRECT_ALIGN as u64);
+            match direct::write_at(file, st, &[&entry_header(a), &a.bytes], start) {
+                Ok(end) => {
+                    self.len = end;
+                    let offset = start + ENTRY_HEADER as u64;
+                    return Ok(format!("{}:{offset}:{}", self.name, a.bytes.len()));
                 }
+                // Refused before anything was written (a file system that takes the
+                // flag but not the writes): through the page cache from now on.
+                Err(DirectFailed {
+                    error,
+                    wrote: false,
+                }) if error.kind() == std::io::ErrorKind::InvalidInput => {
+                    tracing::warn!(error = %error, "blob store: direct writes refused, writing through the page cache");
+                    *stage = None;
+                    // Appends through the page cache go to the end of the file: it
+                    // must be where this segment's entries end.
+                    if self.shared.file.metadata()?.len() != self.len {
+                        return Err(std::io::Error::other(
+                            "a refused direct write changed the segment's length",
+                        ));
+                    }
+                }
+                Err(DirectFailed { error, .. }) => return Err(error),
             }
         }
         self.append_buffered(a)
@@ -331,23 +332,6 @@ impl Segment {
         file.write_all(&a.bytes)?;
         let offset = self.len + ENTRY_HEADER as u64;
         self.len = offset + a.bytes.len() as u64;
-        Ok(format!("{}:{offset}:{}", self.name, a.bytes.len()))
-    }
-
-    /// Appends one bundle with direct writes through `stage` (a segment with a direct
-    /// handle only): the entry starts at the next multiple of [`direct::DIRECT_ALIGN`]
-    /// (the gap reads as zeros) and is followed by zeros up to the next one.
-    fn append_direct(&mut self, a: &Append, stage: &mut Stage) -> Result<String, DirectFailed> {
-        let Some(file) = self.direct.as_ref() else {
-            let error = std::io::Error::other("the segment has no direct handle");
-            return Err(DirectFailed {
-                error,
-                wrote: false,
-            });
-        };
-        let start = self.len.next_multiple_of(direct::DIRECT_ALIGN as u64);
-        self.len = direct::write_at(file, stage, &[&entry_header(a), &a.bytes], start)?;
-        let offset = start + ENTRY_HEADER as u64;
         Ok(format!("{}:{offset}:{}", self.name, a.bytes.len()))
     }
 }

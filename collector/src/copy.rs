@@ -11,7 +11,7 @@ use std::path::Path;
 
 use crate::db::Db;
 use crate::error::ApiError;
-use crate::store::BlobStore;
+use crate::store::{BlobStore, StoredBlob};
 
 /// What a copy did.
 #[derive(Debug, Default)]
@@ -35,35 +35,28 @@ pub async fn copy_bundles(
     let mut report = CopyReport::default();
     for row in db.bundles(device).await? {
         let name = format!("{}-{}-{:020}.cvb", row.device_id, row.stream_id, row.seq);
-        let bytes = match store.get(&row.digest, row.location.as_deref()).await {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => {
-                report.failed.push((name, "blob missing".into()));
+        let problem = match store
+            .get_checked(&row.digest, row.location.as_deref())
+            .await?
+        {
+            StoredBlob::Found(bytes) => {
+                let path = out.join(&name);
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(|e| op(format!("cannot create {}", path.display()), e))?;
+                f.write_all(&bytes)
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| op(format!("cannot write {}", path.display()), e))?;
+                report.copied += 1;
                 continue;
             }
-            Err(ApiError::Integrity(why)) => {
-                report.failed.push((name, why));
-                continue;
-            }
-            Err(e) => return Err(e),
+            StoredBlob::Missing => "blob missing".to_string(),
+            StoredBlob::Unreadable(why) => why,
+            StoredBlob::Corrupt => "blob does not match its digest".to_string(),
         };
-        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
-        if data_encoding::HEXLOWER.encode(digest.as_ref()) != row.digest {
-            report
-                .failed
-                .push((name, "blob does not match its digest".into()));
-            continue;
-        }
-        let path = out.join(&name);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| op(format!("cannot create {}", path.display()), e))?;
-        f.write_all(&bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| op(format!("cannot write {}", path.display()), e))?;
-        report.copied += 1;
+        report.failed.push((name, problem));
     }
     Ok(report)
 }

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::db::{BundleRow, Db};
 use crate::error::ApiError;
-use crate::store::BlobStore;
+use crate::store::{BlobStore, StoredBlob};
 use capvault_format::{DevicePins, EnrollmentRecord, Identity, OpenedBundle, PinVerdict};
 
 /// One finding of the export.
@@ -253,19 +253,18 @@ async fn check_one(
     prev: Option<&Link>,
 ) -> Result<Checked, ApiError> {
     let seq = row.seq;
-    let bytes = match store.get(&row.digest, row.location.as_deref()).await {
-        Ok(Some(bytes)) => bytes,
-        Ok(None) => return Ok(Checked::Rejected(Issue::BlobMissing { seq })),
-        // This row's blob alone: the others are still checked and exported.
-        Err(ApiError::Integrity(error)) => {
+    // Each row's blob alone: the others are still checked and exported.
+    let bytes = match store
+        .get_checked(&row.digest, row.location.as_deref())
+        .await?
+    {
+        StoredBlob::Found(bytes) => bytes,
+        StoredBlob::Missing => return Ok(Checked::Rejected(Issue::BlobMissing { seq })),
+        StoredBlob::Unreadable(error) => {
             return Ok(Checked::Rejected(Issue::BlobUnreadable { seq, error }))
         }
-        Err(e) => return Err(e),
+        StoredBlob::Corrupt => return Ok(Checked::Rejected(Issue::BlobCorrupt { seq })),
     };
-    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
-    if data_encoding::HEXLOWER.encode(digest.as_ref()) != row.digest {
-        return Ok(Checked::Rejected(Issue::BlobCorrupt { seq }));
-    }
     let opened = match capvault_format::open_bundle(&bytes, identity) {
         Ok(o) => o,
         Err(e) => {

@@ -24,6 +24,19 @@ mod segments;
 
 use segments::LocalStore;
 
+/// What reading an index row's blob found ([`BlobStore::get_checked`]).
+#[derive(Debug)]
+pub enum StoredBlob {
+    /// The bytes, which hash to the row's digest.
+    Found(Bytes),
+    /// Not in the store.
+    Missing,
+    /// The row or the stored file cannot be what the store wrote: what was found.
+    Unreadable(String),
+    /// Bytes that do not hash to the row's digest.
+    Corrupt,
+}
+
 /// Where bundle blobs live.
 #[derive(Clone, Debug)]
 pub struct BlobStore {
@@ -189,6 +202,26 @@ impl BlobStore {
                 }
             }
         }
+    }
+
+    /// The blob of an index row, checked against the row's digest: what `export` and
+    /// `copy-bundles` report on. Only a store that cannot be reached is an `Err`.
+    pub async fn get_checked(
+        &self,
+        digest_hex: &str,
+        location: Option<&str>,
+    ) -> Result<StoredBlob, ApiError> {
+        let bytes = match self.get(digest_hex, location).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(StoredBlob::Missing),
+            Err(ApiError::Integrity(why)) => return Ok(StoredBlob::Unreadable(why)),
+            Err(e) => return Err(e),
+        };
+        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        if data_encoding::HEXLOWER.encode(digest.as_ref()) != digest_hex {
+            return Ok(StoredBlob::Corrupt);
+        }
+        Ok(StoredBlob::Found(bytes))
     }
 
     /// True when the store can take writes (for `/healthz`).

@@ -1032,9 +1032,9 @@ pub fn request(
     let dir = ClientDir::open(vault_dir).map_err(HandoffError::Io)?;
     let id = random_id();
     // Once taken, an erase may first wait for the holder's upload to stop: at most one
-    // stalled socket write (60 s) before its next piece.
+    // stalled socket write before its next piece.
     let taken_wait = match op {
-        Op::Erase => Duration::from_secs(90),
+        Op::Erase => crate::vault::send_gate::PIECE_WRITE_TIMEOUT + Duration::from_secs(30),
         _ => Duration::from_secs(30),
     };
     let req = Request {

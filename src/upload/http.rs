@@ -16,7 +16,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Waiting for the response head after the body was sent.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A single socket write that makes no progress for this long means the link stalled.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+const WRITE_TIMEOUT: Duration = crate::vault::send_gate::PIECE_WRITE_TIMEOUT;
 /// The whole-request timeout is this plus the body's time at [`MIN_RATE`].
 const BASE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The slowest link a request is given time for, in bytes per second (16 KiB/s,

@@ -8,6 +8,11 @@
 //! write timeout (60 s).
 
 use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+/// The longest one piece may take to go out: the uploader's timeout for a socket write
+/// that makes no progress, and so the longest [`SendGate::close_and_wait`] waits.
+pub(crate) const PIECE_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 pub(crate) struct SendGate {
@@ -71,7 +76,6 @@ impl Drop for Sending<'_> {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::time::Duration;
 
     /// Closing waits for the send under way and refuses new ones from then on.
     #[test]

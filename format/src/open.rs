@@ -93,7 +93,11 @@ impl InspectedBundle {
 /// buffer and its hash are only ever changed together, so the hash always covers
 /// exactly the bytes before the last 64.
 pub struct IncomingBundle {
+    /// A prefix the caller keeps before the bundle (see [`IncomingBundle::after_prefix`]),
+    /// then the bundle bytes received so far.
     bytes: Vec<u8>,
+    /// Where the bundle starts in `bytes`.
+    start: usize,
     hash: RunningHash,
 }
 
@@ -101,8 +105,17 @@ impl IncomingBundle {
     /// An empty bundle with room for `capacity` bytes (the declared length of the body,
     /// when it is known and acceptable).
     pub fn with_capacity(capacity: usize) -> IncomingBundle {
+        IncomingBundle::after_prefix(Vec::with_capacity(capacity))
+    }
+
+    /// An empty bundle received into `buffer`, after the bytes already in it: a prefix
+    /// the caller keeps in front of the bundle (room for its own framing, so that it can
+    /// store the buffer as it is), neither hashed nor checked. Its capacity is the room
+    /// for the bundle.
+    pub fn after_prefix(buffer: Vec<u8>) -> IncomingBundle {
         IncomingBundle {
-            bytes: Vec::with_capacity(capacity),
+            start: buffer.len(),
+            bytes: buffer,
             hash: RunningHash::new(),
         }
     }
@@ -110,25 +123,28 @@ impl IncomingBundle {
     /// Appends the next piece of the bundle.
     pub fn push(&mut self, chunk: &[u8]) {
         self.bytes.extend_from_slice(chunk);
-        let signed_end = self.bytes.len().saturating_sub(SIG_LEN);
-        self.hash.cover(&self.bytes, signed_end);
+        let bundle = &self.bytes[self.start..];
+        self.hash
+            .cover(bundle, bundle.len().saturating_sub(SIG_LEN));
     }
 
-    /// The number of bytes received.
+    /// The number of bundle bytes received.
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.bytes.len() - self.start
     }
 
     /// Whether nothing was received.
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.len() == 0
     }
 
     /// Checks the bytes received as [`inspect_bundle`] does (same checks, same errors,
-    /// same result) and hands them back, as they arrived, with the result.
+    /// same result) and hands the buffer back with the result: the prefix it was given,
+    /// then the bundle as it arrived.
     pub fn inspect(self) -> Result<(InspectedBundle, Vec<u8>)> {
-        let IncomingBundle { bytes, hash } = self;
-        let inspected = parse_hashed_bundle(&bytes, hash).map(InspectedBundle::from_parsed)?;
+        let IncomingBundle { bytes, start, hash } = self;
+        let inspected =
+            parse_hashed_bundle(&bytes[start..], hash).map(InspectedBundle::from_parsed)?;
         Ok((inspected, bytes))
     }
 }
@@ -136,7 +152,7 @@ impl IncomingBundle {
 impl std::fmt::Debug for IncomingBundle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IncomingBundle")
-            .field("len", &self.bytes.len())
+            .field("len", &self.len())
             .field("hashed", &self.hash.len())
             .finish()
     }

@@ -578,9 +578,31 @@ proptest! {
 // ----- bundles hashed as they arrive -----
 
 /// `bytes` fed to an [`IncomingBundle`] in pieces that end at `cuts` (increasing
-/// offsets), then inspected; the bytes it hands back must be the bytes fed.
+/// offsets), then inspected; the bytes it hands back must be the bytes fed. The same
+/// pieces received after a caller's prefix must give the same outcome and hand back
+/// the prefix untouched.
 fn receive(bytes: &[u8], cuts: &[usize], capacity: usize) -> crate::Result<InspectedBundle> {
-    let mut incoming = IncomingBundle::with_capacity(capacity);
+    let plain = receive_after(&[], bytes, cuts, capacity);
+    let prefix: Vec<u8> = (0..100u8).map(|i| i ^ 0xA5).collect();
+    let after = receive_after(&prefix, bytes, cuts, capacity);
+    match (&plain, &after) {
+        (Ok(a), Ok(b)) => assert_eq!((&a.id, &a.digest, &a.header), (&b.id, &b.digest, &b.header)),
+        (Err(a), Err(b)) => assert_eq!(a, b),
+        (a, b) => panic!("without a prefix {a:?}, after one {b:?}"),
+    }
+    plain
+}
+
+fn receive_after(
+    prefix: &[u8],
+    bytes: &[u8],
+    cuts: &[usize],
+    capacity: usize,
+) -> crate::Result<InspectedBundle> {
+    let mut buffer = Vec::with_capacity(prefix.len() + capacity);
+    buffer.extend_from_slice(prefix);
+    let mut incoming = IncomingBundle::after_prefix(buffer);
+    assert!(incoming.is_empty());
     let mut at = 0;
     for &cut in cuts.iter().chain([&bytes.len()]) {
         let cut = cut.clamp(at, bytes.len());
@@ -590,7 +612,8 @@ fn receive(bytes: &[u8], cuts: &[usize], capacity: usize) -> crate::Result<Inspe
     assert_eq!(incoming.len(), bytes.len());
     assert_eq!(incoming.is_empty(), bytes.is_empty());
     let (inspected, back) = incoming.inspect()?;
-    assert_eq!(back, bytes);
+    assert_eq!(&back[..prefix.len()], prefix);
+    assert_eq!(&back[prefix.len()..], bytes);
     Ok(inspected)
 }
 

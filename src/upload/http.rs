@@ -6,10 +6,16 @@
 //! (from the collector or anything in front of it) is an error naming where it pointed,
 //! so nothing on the path can send the device, its enrollment token or its bundles to
 //! another host or down to plain http. An https URL also makes the agent refuse any
-//! plain-http connection.
+//! plain-http connection; plain http connects only to loopback addresses.
 
 use std::io::Read;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
+
+use ureq::config::Config;
+use ureq::http::uri::{Scheme, Uri};
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 /// Connecting (TCP and TLS) gives up after this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -141,7 +147,8 @@ impl Client {
     /// loopback host). Plain http to loopback never goes through a proxy named in the
     /// environment (`HTTP_PROXY`, `ALL_PROXY`): the token and the enrollment record would
     /// cross the network in clear, to a proxy that reaches its own loopback, not this
-    /// device's. https may (a proxy tunnels it, and TLS is end to end).
+    /// device's. https may (a proxy tunnels it, and TLS is end to end). For the same
+    /// reason plain http connects only to loopback addresses ([`LoopbackResolver`]).
     pub(crate) fn new(https_only: bool) -> Client {
         let mut config = ureq::Agent::config_builder();
         if !https_only {
@@ -157,9 +164,12 @@ impl Client {
             .timeout_global(Some(request_timeout(0, 0)))
             .user_agent(concat!("capvault/", env!("CARGO_PKG_VERSION")))
             .build();
-        Client {
-            agent: config.into(),
-        }
+        let agent = if https_only {
+            config.into()
+        } else {
+            ureq::Agent::with_parts(config, DefaultConnector::default(), LoopbackResolver)
+        };
+        Client { agent }
     }
 
     /// POSTs `body` (with a Content-Length) within `timeout` (see [`request_timeout`]).
@@ -216,6 +226,49 @@ impl Client {
             retry_after,
             body,
         })
+    }
+}
+
+/// The plain-http client's resolver. Plain http is allowed only to loopback hosts
+/// ([`super::options::CollectorUrl`]), but the system resolver may answer `localhost`
+/// with another address (a bad /etc/hosts, a resolver that asks DNS), and the token and
+/// bundles would then cross the network in clear. So `localhost` is answered here,
+/// never asked, and any other answer that is not loopback is refused.
+#[derive(Debug)]
+struct LoopbackResolver;
+
+impl Resolver for LoopbackResolver {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        config: &Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let host = uri.host().unwrap_or_default();
+        let addrs = if host.eq_ignore_ascii_case("localhost") {
+            let https = uri.scheme() == Some(&Scheme::HTTPS);
+            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+            let mut addrs = self.empty();
+            let both = [
+                SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+            ];
+            config
+                .ip_family()
+                .keep_wanted(both.into_iter())
+                .for_each(|a| addrs.push(a));
+            addrs
+        } else {
+            DefaultResolver::default().resolve(uri, config, timeout)?
+        };
+        match addrs.iter().find(|a| !a.ip().is_loopback()) {
+            None if !addrs.is_empty() => Ok(addrs),
+            None => Err(ureq::Error::HostNotFound),
+            Some(a) => Err(ureq::Error::Io(std::io::Error::other(format!(
+                "{host} resolved to {}, not a loopback address: plain http goes only to loopback",
+                a.ip()
+            )))),
+        }
     }
 }
 
@@ -312,15 +365,7 @@ mod tests {
         let (url, server) = one_shot(
             "HTTP/1.1 302 Found\r\nLocation: http://other-host.example:8080/v1/enroll?x=1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         );
-        let err = Client::new(false)
-            .post(
-                &format!("{url}/v1/enroll"),
-                "application/json",
-                2,
-                &b"{}"[..],
-                request_timeout(2, 0),
-            )
-            .unwrap_err();
+        let err = post_json(&Client::new(false), &format!("{url}/v1/enroll")).unwrap_err();
         assert!(
             err.contains("302") && err.contains("http://other-host.example:8080"),
             "{err}"
@@ -343,6 +388,17 @@ mod tests {
         assert!(location_host(&format!("https://{}", "h".repeat(1000))).len() < 140);
     }
 
+    /// POSTs `{}` to `url` as an enrollment would be sent.
+    fn post_json(client: &Client, url: &str) -> Result<Reply, String> {
+        client.post(
+            url,
+            "application/json",
+            2,
+            &b"{}"[..],
+            request_timeout(2, 0),
+        )
+    }
+
     /// A proxy in the environment is not used for plain http to loopback: the request
     /// reaches the server itself (the proxy named is a port where nothing listens).
     #[test]
@@ -355,20 +411,64 @@ mod tests {
         }
         let (url, server) =
             one_shot("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
-        let reply = Client::new(false)
-            .post(
-                &format!("{url}/v1/enroll"),
-                "application/json",
-                2,
-                &b"{}"[..],
-                request_timeout(2, 0),
-            )
-            .unwrap();
+        let reply = post_json(&Client::new(false), &format!("{url}/v1/enroll")).unwrap();
         for var in ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
             std::env::remove_var(var);
         }
         assert_eq!(reply.status, 200);
         assert_eq!(server.join().unwrap(), b"{}");
+    }
+
+    #[test]
+    fn localhost_resolves_to_loopback_without_the_system_and_nothing_else_passes() {
+        let resolve = |url: &str| {
+            LoopbackResolver.resolve(
+                &url.parse().unwrap(),
+                &Config::default(),
+                NextTimeout::default(),
+            )
+        };
+        for (url, port) in [
+            ("http://localhost:8080/v1/enroll", 8080),
+            ("http://LOCALHOST/", 80),
+            ("http://LocalHost:1", 1),
+        ] {
+            let addrs: Vec<SocketAddr> = resolve(url).unwrap().iter().copied().collect();
+            assert_eq!(
+                addrs,
+                [
+                    SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                    SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+                ],
+                "{url}"
+            );
+        }
+        // Other hosts go to ureq's resolver (literals here: no lookup), loopback only.
+        assert!(resolve("http://127.9.8.7:81").is_ok());
+        assert!(resolve("http://[::1]:81").is_ok());
+        for url in [
+            "http://10.0.0.1:80",
+            "http://[2001:db8::1]",
+            "http://0.0.0.0:80",
+        ] {
+            let e = resolve(url).unwrap_err().to_string();
+            assert!(e.contains("not a loopback address"), "{url}: {e}");
+        }
+    }
+
+    /// The plain-http client reaches a server on 127.0.0.1 by the name `localhost`, and
+    /// refuses a non-loopback address before connecting.
+    #[test]
+    fn the_plain_http_client_reaches_localhost_and_only_loopback() {
+        let (url, server) =
+            one_shot("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+        let url = url.replace("127.0.0.1", "localhost");
+        let reply = post_json(&Client::new(false), &format!("{url}/v1/enroll")).unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(server.join().unwrap(), b"{}");
+        // 192.0.2.1 (TEST-NET-1): without the check this would try to connect.
+        let err = post_json(&Client::new(false), "http://192.0.2.1:9/v1/enroll").unwrap_err();
+        assert!(err.contains("not a loopback address"), "{err}");
     }
 
     #[test]

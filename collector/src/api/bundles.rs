@@ -23,7 +23,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -60,26 +60,29 @@ pub async fn upload(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
 /// back.
 ///
 /// The body is hashed as it arrives and lands in one buffer, pre-sized to the declared
-/// length: neither a second pass over it nor a copy of all its frames into a new buffer
-/// at the end.
+/// length and laid out by the store (a large bundle is written from it as it is):
+/// neither a second pass over it nor a copy of all its frames into a new buffer at the
+/// end. Returns the bundle and where it starts in the buffer.
 async fn read_body(
     s: &AppState,
     declared: Option<u64>,
     body: Body,
-) -> Result<IncomingBundle, ApiError> {
+) -> Result<(IncomingBundle, usize), ApiError> {
     let limit = s.max_bundle_bytes;
     let capacity = declared
         .and_then(|n| usize::try_from(n).ok())
         .filter(|&n| n <= limit)
         .unwrap_or(0);
-    let mut incoming = IncomingBundle::with_capacity(capacity);
+    let buffer = s.store.receive_buffer(capacity);
+    let start = buffer.len();
+    let mut incoming = IncomingBundle::after_prefix(buffer);
     // Hashing one frame (what one socket read gave, at most hyper's read buffer) costs
     // about what decrypting it off a TLS connection already costs on this task.
     super::body::read_paced(body, limit, s.body_timeout, s.min_upload_rate, |data| {
         incoming.push(data)
     })
     .await?;
-    Ok(incoming)
+    Ok((incoming, start))
 }
 
 async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepted, ApiError> {
@@ -93,17 +96,17 @@ async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepte
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::Busy)?;
-    let incoming = read_body(s, declared, body).await?;
+    let (incoming, start) = read_body(s, declared, body).await?;
 
     // What is left once the body is in (framing, the last 64 bytes of the digest, one
     // Ed25519 verification) takes tens of microseconds whatever the size: done in
     // place, a hop to the blocking pool would cost more.
-    let (inspected, bytes) = incoming
+    let (inspected, buffer) = incoming
         .inspect()
         .map_err(|e| ApiError::MalformedBundle(e.to_string()))?;
     // The buffer becomes the stored blob as it is, without a copy.
-    let bytes = Bytes::from(bytes);
-    let size = bytes.len() as u64;
+    let blob = s.store.received(buffer, start);
+    let size = blob.len() as u64;
     let h = &inspected.header;
     let hex = |b: &[u8]| data_encoding::HEXLOWER.encode(b);
     let device_id = h.device_id_hex();
@@ -178,7 +181,7 @@ async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepte
     }
 
     // Blob first, then the index row.
-    let location = s.store.put(&digest, bytes).await?;
+    let location = s.store.put(&digest, blob).await?;
     let row = BundleRow {
         device_id: device_id.clone(),
         stream_id: stream_id.clone(),

@@ -3,10 +3,11 @@
 //! A buffered write of an 8 MiB bundle costs the writer thread more CPU than the SHA-256
 //! the upload handler already spent on it: the kernel allocates, charges and fills 2,048
 //! page-cache pages, which the following `fdatasync` then writes out. A direct write hands
-//! the device the bytes from an aligned buffer the writer reuses, so all that is left is
-//! one copy into that buffer. Durability does not change: the segment is still synced
-//! (`fdatasync`, for the device's write cache and the file's new size) before any
-//! upload in it is answered.
+//! the device the bytes as they are: an upload received into a buffer laid out as its
+//! entry ([`super::blob`]) is written from that buffer, anything else is copied through
+//! an aligned buffer the writer reuses ([`Stage`]). Durability does not change: the
+//! segment is still synced (`fdatasync`, for the device's write cache and the file's new
+//! size) before any upload in it is answered.
 //!
 //! Direct writes need the file offset, the length and the buffer's address aligned to
 //! the device's logical block size; [`DIRECT_ALIGN`] (a page) covers every size a
@@ -89,7 +90,6 @@ pub(super) fn write_at(
     parts: &[&[u8]],
     at: u64,
 ) -> Result<u64, DirectFailed> {
-    use std::os::unix::fs::FileExt;
     let mut parts = parts.iter().copied().filter(|p| !p.is_empty());
     let mut pos = at;
     let mut rest: &[u8] = parts.next().unwrap_or_default();
@@ -111,25 +111,47 @@ pub(super) fn write_at(
         }
         let padded = filled.next_multiple_of(DIRECT_ALIGN);
         window[filled..padded].fill(0);
-        let mut done = 0;
-        while done < padded {
-            let failed = |error| DirectFailed {
-                error,
-                wrote: pos > at || done > 0,
-            };
-            match file.write_at(&window[done..padded], pos + done as u64) {
-                Ok(0) => return Err(failed(std::io::ErrorKind::WriteZero.into())),
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(failed(e)),
-            }
-        }
-        pos += padded as u64;
+        pos = write_aligned(file, &window[..padded], pos).map_err(|e| DirectFailed {
+            wrote: e.wrote || pos > at,
+            ..e
+        })?;
     }
 }
 
+/// Writes `entry` (at an aligned address, its length and `at` multiples of
+/// [`DIRECT_ALIGN`]) at `at` as it is; returns where the write ended. A failure says
+/// whether any byte may have reached the file (a short write counts).
+#[cfg(unix)]
+pub(super) fn write_aligned(file: &File, entry: &[u8], at: u64) -> Result<u64, DirectFailed> {
+    use std::os::unix::fs::FileExt;
+    let mut done = 0;
+    while done < entry.len() {
+        let failed = |error| DirectFailed {
+            error,
+            wrote: done > 0,
+        };
+        match file.write_at(&entry[done..], at + done as u64) {
+            Ok(0) => return Err(failed(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    Ok(at + entry.len() as u64)
+}
+
 #[cfg(not(unix))]
-pub(super) fn write_at(_: &File, _: &mut Stage, _: &[&[u8]], _: u64) -> Result<u64, DirectFailed> {
+pub(super) fn write_at(
+    file: &File,
+    _: &mut Stage,
+    _: &[&[u8]],
+    _: u64,
+) -> Result<u64, DirectFailed> {
+    write_aligned(file, &[], 0)
+}
+
+#[cfg(not(unix))]
+pub(super) fn write_aligned(_: &File, _: &[u8], _: u64) -> Result<u64, DirectFailed> {
     let error = std::io::Error::from(std::io::ErrorKind::Unsupported);
     Err(DirectFailed {
         error,

@@ -19,8 +19,11 @@ use bytes::Bytes;
 
 use crate::error::ApiError;
 
+mod blob;
 mod direct;
 mod segments;
+
+pub use blob::Blob;
 
 use segments::LocalStore;
 
@@ -115,14 +118,41 @@ impl BlobStore {
         ))
     }
 
-    /// Stores `bytes`, whose SHA-256 is `digest_hex`; returns once the blob is durable,
-    /// with its location for the index row (`None`: the digest names it).
-    pub async fn put(&self, digest_hex: &str, bytes: Bytes) -> Result<Option<String>, ApiError> {
+    /// A buffer to receive a bundle of `len` bytes into, after the bytes it holds: a
+    /// prefix that lets the store write a large bundle without copying it again (see
+    /// [`blob`]), or none.
+    pub fn receive_buffer(&self, len: usize) -> Vec<u8> {
         match &self.inner {
-            Backend::Local(l) => l.put(digest_hex, bytes).await.map(Some),
+            Backend::Local(l) => l.receive_buffer(len),
+            #[cfg(feature = "s3")]
+            Backend::S3 { .. } => None,
+        }
+        .unwrap_or_else(|| Vec::with_capacity(len))
+    }
+
+    /// The blob of a bundle received into a buffer from [`Self::receive_buffer`], after
+    /// its first `start` bytes.
+    pub fn received(&self, buf: Vec<u8>, start: usize) -> Blob {
+        match &self.inner {
+            Backend::Local(l) if start > 0 => l.received(buf, start),
+            _ => Bytes::from(buf).slice(start..).into(),
+        }
+    }
+
+    /// Stores `blob`, whose SHA-256 is `digest_hex`; returns once it is durable, with its
+    /// location for the index row (`None`: the digest names it).
+    pub async fn put(
+        &self,
+        digest_hex: &str,
+        blob: impl Into<Blob>,
+    ) -> Result<Option<String>, ApiError> {
+        let blob = blob.into();
+        match &self.inner {
+            Backend::Local(l) => l.put(digest_hex, blob).await.map(Some),
             #[cfg(feature = "s3")]
             Backend::S3 { store, prefix } => {
                 use object_store::{PutMode, PutOptions, PutPayload};
+                let bytes = blob.into_bytes();
                 let path = s3_path(prefix, digest_hex);
                 let opts = PutOptions {
                     mode: PutMode::Create,

@@ -28,6 +28,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::blob::{Blob, ReceiveBuffers};
 use super::direct::{self, DirectFailed, Stage};
 use super::unavailable;
 use crate::error::ApiError;
@@ -41,20 +42,22 @@ const MAX_GROUP_BYTES: usize = 64 << 20;
 const RECENT_DIGESTS: usize = 65_536;
 /// The header before each bundle in a segment: magic, length (u64 LE), SHA-256.
 const ENTRY_MAGIC: &[u8; 8] = b"cvseg01\n";
-const ENTRY_HEADER: usize = 8 + 8 + 32;
+pub(super) const ENTRY_HEADER: usize = 8 + 8 + 32;
 
 #[derive(Debug)]
 pub(super) struct LocalStore {
     root: PathBuf,
     /// The segment writer, started by the first put (export and init only read).
     writer: Mutex<Option<mpsc::Sender<Append>>>,
+    /// Buffers large uploads are received into, laid out for a direct write.
+    buffers: Arc<ReceiveBuffers>,
 }
 
 /// One bundle waiting for the segment writer; answered with its location once durable.
 #[derive(Debug)]
 struct Append {
     digest: [u8; 32],
-    bytes: Bytes,
+    blob: Blob,
     reply: oneshot::Sender<Result<String, String>>,
 }
 
@@ -63,7 +66,20 @@ impl LocalStore {
         LocalStore {
             root,
             writer: Mutex::new(None),
+            buffers: Arc::default(),
         }
+    }
+
+    /// A buffer to receive a bundle of `len` bytes into, after the prefix it holds
+    /// (see [`ReceiveBuffers::take`]); `None` for a bundle small enough to go through
+    /// the page cache.
+    pub(super) fn receive_buffer(&self, len: usize) -> Option<Vec<u8>> {
+        (len >= direct::DIRECT_MIN).then(|| self.buffers.take(len))
+    }
+
+    /// The blob of a bundle received into a [`Self::receive_buffer`] after `start` bytes.
+    pub(super) fn received(&self, buf: Vec<u8>, start: usize) -> Blob {
+        Blob::received(buf, start, self.buffers.clone())
     }
 
     pub(super) fn root(&self) -> &Path {
@@ -72,7 +88,7 @@ impl LocalStore {
 
     /// Appends `bytes`, whose SHA-256 is `digest_hex`, and returns its location once it
     /// is durable.
-    pub(super) async fn put(&self, digest_hex: &str, bytes: Bytes) -> Result<String, ApiError> {
+    pub(super) async fn put(&self, digest_hex: &str, blob: Blob) -> Result<String, ApiError> {
         let mut digest = [0u8; 32];
         data_encoding::HEXLOWER
             .decode_mut(digest_hex.as_bytes(), &mut digest)
@@ -81,7 +97,7 @@ impl LocalStore {
         self.writer()?
             .send(Append {
                 digest,
-                bytes,
+                blob,
                 reply,
             })
             .map_err(|_| unavailable("put", "the segment writer stopped"))?;
@@ -235,7 +251,7 @@ struct Segment {
 fn entry_header(a: &Append) -> [u8; ENTRY_HEADER] {
     let mut header = [0u8; ENTRY_HEADER];
     header[..8].copy_from_slice(ENTRY_MAGIC);
-    header[8..16].copy_from_slice(&(a.bytes.len() as u64).to_le_bytes());
+    header[8..16].copy_from_slice(&(a.blob.len() as u64).to_le_bytes());
     header[16..].copy_from_slice(&a.digest);
     header
 }
@@ -293,16 +309,23 @@ impl Segment {
     }
 
     /// Appends one bundle (not yet durable) and returns its location: directly when it
-    /// is large and the file system allows it, else through the page cache.
-    fn append(&mut self, a: &Append, stage: &mut Option<Stage>) -> std::io::Result<String> {
-        let large = a.bytes.len() >= direct::DIRECT_MIN;
+    /// is large and the file system allows it (in place when it was received into a
+    /// buffer laid out for it, else through `stage`), else through the page cache.
+    fn append(&mut self, a: &mut Append, stage: &mut Option<Stage>) -> std::io::Result<String> {
+        let len = a.blob.len();
+        let large = len >= direct::DIRECT_MIN;
         if let (true, Some(st), Some(file)) = (large, stage.as_mut(), self.direct.as_ref()) {
             let start = self.len.next_multiple_of(direct::DIRECT_ALIGN as u64);
-            match direct::write_at(file, st, &[&entry_header(a), &a.bytes], start) {
+            let header = entry_header(a);
+            let wrote = match a.blob.direct_entry(&header) {
+                Some(entry) => direct::write_aligned(file, entry, start),
+                None => direct::write_at(file, st, &[&header, a.blob.as_slice()], start),
+            };
+            match wrote {
                 Ok(end) => {
                     self.len = end;
                     let offset = start + ENTRY_HEADER as u64;
-                    return Ok(format!("{}:{offset}:{}", self.name, a.bytes.len()));
+                    return Ok(format!("{}:{offset}:{len}", self.name));
                 }
                 // Refused before anything was written (a file system that takes the
                 // flag but not the writes): through the page cache from now on.
@@ -328,11 +351,12 @@ impl Segment {
 
     fn append_buffered(&mut self, a: &Append) -> std::io::Result<String> {
         let mut file = &self.shared.file;
+        let bytes = a.blob.as_slice();
         file.write_all(&entry_header(a))?;
-        file.write_all(&a.bytes)?;
+        file.write_all(bytes)?;
         let offset = self.len + ENTRY_HEADER as u64;
-        self.len = offset + a.bytes.len() as u64;
-        Ok(format!("{}:{offset}:{}", self.name, a.bytes.len()))
+        self.len = offset + bytes.len() as u64;
+        Ok(format!("{}:{offset}:{}", self.name, bytes.len()))
     }
 }
 
@@ -351,12 +375,12 @@ fn segment_writer(
     let mut recent: HashMap<[u8; 32], Recent> = HashMap::new();
     let mut stage = Stage::new();
     while let Ok(first) = rx.recv() {
-        let mut bytes = first.bytes.len();
+        let mut bytes = first.blob.len();
         let mut group = vec![first];
         while group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
             match rx.try_recv() {
                 Ok(a) => {
-                    bytes += a.bytes.len();
+                    bytes += a.blob.len();
                     group.push(a);
                 }
                 Err(_) => break,
@@ -365,7 +389,9 @@ fn segment_writer(
         let mut written = Vec::with_capacity(group.len());
         let mut group = group.into_iter();
         let failure = loop {
-            let Some(a) = group.next() else { break None };
+            let Some(mut a) = group.next() else {
+                break None;
+            };
             if a.reply.is_closed() {
                 // Its upload ended (the client left, or its deadline passed): nobody
                 // would get the receipt, and the device sends it again.
@@ -390,7 +416,7 @@ fn segment_writer(
                 let Some(s) = segment.as_mut() else {
                     return Err(std::io::Error::other("no segment"));
                 };
-                Ok((s.append(&a, &mut stage)?, s.shared.clone()))
+                Ok((s.append(&mut a, &mut stage)?, s.shared.clone()))
             })();
             match appended {
                 Ok((location, seg)) => {
@@ -562,7 +588,7 @@ mod local_tests {
         let (reply, answer) = oneshot::channel();
         let a = Append {
             digest: d,
-            bytes: Bytes::from_static(bytes),
+            blob: Bytes::from_static(bytes).into(),
             reply,
         };
         (a, answer)
@@ -705,8 +731,17 @@ mod local_tests {
             .map(|(i, &n)| (0..n).map(|j| (j * 7 + i * 13 + 1) as u8).collect())
             .collect();
         let mut locations = Vec::new();
-        for b in &blobs {
-            let l = store.put(&digest(b), Bytes::from(b.clone())).await.unwrap();
+        for (i, b) in blobs.iter().enumerate() {
+            // Received as an upload is (large ones in place), and handed over as bytes.
+            let blob = if i % 2 == 0 {
+                let mut buf = store.receive_buffer(b.len());
+                let start = buf.len();
+                buf.extend_from_slice(b);
+                store.received(buf, start)
+            } else {
+                Bytes::from(b.clone()).into()
+            };
+            let l = store.put(&digest(b), blob).await.unwrap();
             locations.push(l.unwrap());
         }
         let probe = tmp.path().join("probe");
@@ -762,11 +797,11 @@ mod local_tests {
         }
         let mut stage = Some(direct::Stage::misaligned_for_tests());
         let blob: &'static [u8] = Box::leak(vec![5u8; direct::DIRECT_MIN].into_boxed_slice());
-        let (a, _answer) = append_of(blob);
-        let first = segment.append(&a, &mut stage).unwrap();
+        let (mut a, _answer) = append_of(blob);
+        let first = segment.append(&mut a, &mut stage).unwrap();
         let refused = stage.is_none();
-        let (a, _answer) = append_of(blob);
-        let second = segment.append(&a, &mut stage).unwrap();
+        let (mut a, _answer) = append_of(blob);
+        let second = segment.append(&mut a, &mut stage).unwrap();
         let store = LocalStore::new(tmp.path().to_path_buf());
         for l in [&first, &second] {
             assert_eq!(
@@ -806,8 +841,8 @@ mod local_tests {
             eprintln!("this file system takes no direct writes: nothing to check here");
             return;
         }
-        let (a, _answer) = append_of(b"small");
-        segment.append(&a, &mut None).unwrap();
+        let (mut a, _answer) = append_of(b"small");
+        segment.append(&mut a, &mut None).unwrap();
         // Bytes the writer does not know of.
         let path = tmp.path().join(&segment.name);
         std::fs::OpenOptions::new()
@@ -818,8 +853,8 @@ mod local_tests {
             .unwrap();
         let mut stage = Some(direct::Stage::misaligned_for_tests());
         let blob: &'static [u8] = Box::leak(vec![6u8; direct::DIRECT_MIN].into_boxed_slice());
-        let (a, _answer) = append_of(blob);
-        match segment.append(&a, &mut stage) {
+        let (mut a, _answer) = append_of(blob);
+        match segment.append(&mut a, &mut stage) {
             Err(e) => {
                 assert!(stage.is_none());
                 assert!(e.to_string().contains("length"), "{e}");

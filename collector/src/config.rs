@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::ApiError;
+use crate::store::RECEIVE_SLACK;
 use capvault_format::ReceiptSigner;
 
 /// Largest bundle accepted by default (bytes): twice the devices' default
@@ -80,14 +81,16 @@ impl ServeConfig {
         if self.min_upload_rate == 0 {
             return usage("--min-upload-rate must be at least 1 byte per second".into());
         }
-        let bodies = (self.max_in_flight as u64).saturating_mul(self.max_bundle_bytes as u64);
+        // A large body's buffer also has room for its segment entry's framing.
+        let per_body = (self.max_bundle_bytes as u64).saturating_add(RECEIVE_SLACK as u64);
+        let bodies = (self.max_in_flight as u64).saturating_mul(per_body);
         let per_connection = (CONNECTION_READ_BUFFER + MAX_ENROLL_BYTES) as u64;
         let connections = (self.max_connections as u64).saturating_mul(per_connection);
         let need = bodies.saturating_add(connections);
         if need > self.max_memory {
             return usage(format!(
-                "--max-in-flight {} x --max-bundle-bytes {} = {bodies} bytes of upload \
-                 buffers, and --max-connections {} x {per_connection} bytes of connection \
+                "--max-in-flight {} x (--max-bundle-bytes {} + {RECEIVE_SLACK}) = {bodies} \
+                 bytes of upload buffers, and --max-connections {} x {per_connection} bytes of connection \
                  buffers, {need} bytes in all, over the --max-memory budget of {} bytes: \
                  lower --max-in-flight, --max-bundle-bytes or --max-connections, or raise \
                  --max-memory if this host has the memory",

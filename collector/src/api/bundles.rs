@@ -88,10 +88,12 @@ async fn read_body(
 async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepted, ApiError> {
     // Oversized before anything else: no slot, no read.
     let declared = super::body::declared_length(headers, s.max_bundle_bytes)?;
-    // The slot bounds the memory held by bodies being read (max_in_flight x
-    // max_bundle_bytes); it is taken once the headers are in and given back when the
-    // request ends, including on the body-read deadline.
-    let _permit = s
+    // The slot bounds the memory held by bodies (max_in_flight x max_bundle_bytes): it
+    // is taken once the headers are in and given back with the body, once the store
+    // has written it (or the upload ended first: refused, cut at the body-read
+    // deadline, or given up by its client; a body still queued for the segment writer
+    // keeps its slot until it is written).
+    let slot = s
         .in_flight
         .clone()
         .try_acquire_owned()
@@ -105,7 +107,7 @@ async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepte
         .inspect()
         .map_err(|e| ApiError::MalformedBundle(e.to_string()))?;
     // The buffer becomes the stored blob as it is, without a copy.
-    let blob = s.store.received(buffer, start);
+    let blob = s.store.received(buffer, start).holding(slot);
     let size = blob.len() as u64;
     let h = &inspected.header;
     let hex = |b: &[u8]| data_encoding::HEXLOWER.encode(b);

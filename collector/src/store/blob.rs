@@ -13,15 +13,25 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::direct::{DIRECT_ALIGN, DIRECT_MIN};
 use super::segments::ENTRY_HEADER;
 
 /// At most this many bytes of receive buffers are kept between uploads.
 const KEEP_BYTES: usize = 64 << 20;
+/// What a receive buffer holds beyond its bundle: the entry's header, and up to
+/// `DIRECT_ALIGN - 1` bytes each to align the entry and to pad it.
+pub const RECEIVE_SLACK: usize = ENTRY_HEADER + 2 * DIRECT_ALIGN;
 
 /// Bundle bytes handed to [`super::BlobStore::put`].
-pub struct Blob(Inner);
+pub struct Blob {
+    inner: Inner,
+    /// The upload slot of the body held here, given back with the bytes: once written
+    /// (a segment writer's queue holds bytes past the end of an upload that was given
+    /// up), not when the upload ends.
+    slot: Option<OwnedSemaphorePermit>,
+}
 
 enum Inner {
     Shared(Bytes),
@@ -44,7 +54,10 @@ impl Drop for Received {
 
 impl From<Bytes> for Blob {
     fn from(bytes: Bytes) -> Blob {
-        Blob(Inner::Shared(bytes))
+        Blob {
+            inner: Inner::Shared(bytes),
+            slot: None,
+        }
     }
 }
 
@@ -53,17 +66,26 @@ impl Blob {
     /// `buf[start..]`.
     pub(super) fn received(buf: Vec<u8>, start: usize, pool: Arc<ReceiveBuffers>) -> Blob {
         let start = start.min(buf.len());
-        Blob(Inner::Received(Received {
-            len: buf.len() - start,
-            buf,
-            start,
-            pool,
-        }))
+        Blob {
+            inner: Inner::Received(Received {
+                len: buf.len() - start,
+                buf,
+                start,
+                pool,
+            }),
+            slot: None,
+        }
+    }
+
+    /// The blob, holding `slot` until its bytes are dropped.
+    pub fn holding(mut self, slot: OwnedSemaphorePermit) -> Blob {
+        self.slot = Some(slot);
+        self
     }
 
     /// The bundle's bytes.
     pub fn as_slice(&self) -> &[u8] {
-        match &self.0 {
+        match &self.inner {
             Inner::Shared(b) => b,
             Inner::Received(r) => &r.buf[r.start..r.start + r.len],
         }
@@ -75,15 +97,16 @@ impl Blob {
     }
 
     /// The bundle's bytes as shared bytes (without a copy; a receive buffer is not
-    /// reused then).
-    pub fn into_bytes(self) -> Bytes {
-        match self.0 {
+    /// reused then), and the upload slot to hold for as long as they are.
+    pub fn into_bytes(self) -> (Bytes, Option<OwnedSemaphorePermit>) {
+        let bytes = match self.inner {
             Inner::Shared(b) => b,
             Inner::Received(mut r) => {
                 let (start, len) = (r.start, r.len);
                 Bytes::from(std::mem::take(&mut r.buf)).slice(start..start + len)
             }
-        }
+        };
+        (bytes, self.slot)
     }
 
     /// The segment entry for a direct write, made in place: `header`, the bundle, then
@@ -92,20 +115,21 @@ impl Blob {
     /// writer then copies it through its staging buffer). The bundle's bytes are not
     /// changed.
     pub(super) fn direct_entry(&mut self, header: &[u8; ENTRY_HEADER]) -> Option<&[u8]> {
-        let Inner::Received(r) = &mut self.0 else {
+        let Inner::Received(r) = &mut self.inner else {
             return None;
         };
         let entry = r.start.checked_sub(ENTRY_HEADER)?;
         let padded = (ENTRY_HEADER + r.len).next_multiple_of(DIRECT_ALIGN);
-        // Within the capacity, so the buffer stays where it is.
-        if entry + padded > r.buf.capacity() {
+        // Aligned, and the padding within the capacity, so the buffer stays where it is.
+        if r.buf[entry..].as_ptr().align_offset(DIRECT_ALIGN) != 0
+            || entry + padded > r.buf.capacity()
+        {
             return None;
         }
         r.buf.truncate(r.start + r.len);
         r.buf.resize(entry + padded, 0);
         r.buf[entry..r.start].copy_from_slice(header);
-        let bytes = &r.buf[entry..entry + padded];
-        (bytes.as_ptr().align_offset(DIRECT_ALIGN) == 0).then_some(bytes)
+        Some(&r.buf[entry..entry + padded])
     }
 }
 
@@ -126,21 +150,22 @@ impl ReceiveBuffers {
     /// buffer's contents, zeros): the entry header's room, ending where the bundle
     /// starts. Every buffer that exists is either in use or kept here, and one is only
     /// made when none kept is large enough (dropping one that is not), so they never
-    /// add up to more than the uploads in flight at once.
+    /// outnumber the upload slots: each buffer in use holds one ([`Blob::holding`]).
     pub(super) fn take(&self, len: usize) -> Vec<u8> {
-        // The entry may start up to DIRECT_ALIGN - 1 bytes into the buffer, and its
-        // padding takes up to DIRECT_ALIGN - 1 more.
-        let need = len + ENTRY_HEADER + 2 * DIRECT_ALIGN;
-        let kept = {
+        let need = len.saturating_add(RECEIVE_SLACK);
+        let (kept, too_small) = {
             let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-            match free.iter().position(|b| b.capacity() >= need) {
-                Some(i) => Some(free.swap_remove(i)),
-                None => {
-                    free.pop();
-                    None
-                }
+            // The smallest that fits: large ones stay for large bundles.
+            let fit = (0..free.len())
+                .filter(|&i| free[i].capacity() >= need)
+                .min_by_key(|&i| free[i].capacity());
+            match fit {
+                Some(i) => (Some(free.swap_remove(i)), None),
+                None => (None, free.pop()),
             }
         };
+        // Freed outside the lock.
+        drop(too_small);
         let mut buf = kept.unwrap_or_else(|| Vec::with_capacity(need));
         buf.clear();
         let entry = buf.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
@@ -206,7 +231,7 @@ mod tests {
             assert_eq!(blob.direct_entry(&header).unwrap(), &entry[..], "twice");
             assert_eq!(blob.as_slice(), &bundle[..]);
             assert_eq!(blob.len(), len);
-            assert_eq!(blob.into_bytes(), bundle);
+            assert_eq!(blob.into_bytes().0, bundle);
         }
     }
 
@@ -253,10 +278,7 @@ mod tests {
             .map(|_| received(&pool, &vec![1; 8 << 20]))
             .collect();
         drop(big);
-        assert_eq!(
-            pool.kept(),
-            KEEP_BYTES / ((8 << 20) + ENTRY_HEADER + 2 * DIRECT_ALIGN)
-        );
+        assert_eq!(pool.kept(), KEEP_BYTES / ((8 << 20) + RECEIVE_SLACK));
         let kept_before = pool.kept();
         let larger = received(&pool, &vec![1; 9 << 20]);
         assert_eq!(pool.kept(), kept_before - 1, "one too small was dropped");

@@ -23,7 +23,7 @@ mod blob;
 mod direct;
 mod segments;
 
-pub use blob::Blob;
+pub use blob::{Blob, RECEIVE_SLACK};
 
 use segments::LocalStore;
 
@@ -152,7 +152,8 @@ impl BlobStore {
             #[cfg(feature = "s3")]
             Backend::S3 { store, prefix } => {
                 use object_store::{PutMode, PutOptions, PutPayload};
-                let bytes = blob.into_bytes();
+                // The upload slot is held until the bytes are gone.
+                let (bytes, _slot) = blob.into_bytes();
                 let path = s3_path(prefix, digest_hex);
                 let opts = PutOptions {
                     mode: PutMode::Create,

@@ -715,6 +715,62 @@ mod local_tests {
         syncer.join().unwrap();
     }
 
+    /// An upload's slot comes back once its body is written, also when the upload was
+    /// given up while its body waited for the writer (the body is still in memory until
+    /// then, and the slots are what bound that memory); never before, and none is lost.
+    #[tokio::test]
+    async fn an_upload_slot_is_held_until_its_body_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(tmp.path().to_path_buf());
+        let slots = Arc::new(tokio::sync::Semaphore::new(4));
+        let body = |i: u8| vec![i; direct::DIRECT_MIN + i as usize];
+        let received = |b: &[u8]| {
+            let mut buf = store.receive_buffer(b.len()).unwrap();
+            let start = buf.len();
+            buf.extend_from_slice(b);
+            let slot = slots.clone().try_acquire_owned().unwrap();
+            store.received(buf, start).holding(slot)
+        };
+        // Held while the bytes are, given back with them.
+        let blob = received(&body(0));
+        assert_eq!(slots.available_permits(), 3);
+        let (_bytes, slot) = blob.into_bytes();
+        assert_eq!(slots.available_permits(), 3);
+        drop(slot);
+        assert_eq!(slots.available_permits(), 4);
+        // Uploads given up while their bodies wait in the writer's queue (their replies
+        // closed): each slot travels with its body, and comes back when the writer drops
+        // it (how soon depends on the writer, so only that they come back is checked).
+        let writer = store.writer().unwrap();
+        for i in 1..=3u8 {
+            let b = body(i);
+            let mut digest = [0u8; 32];
+            digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &b).as_ref());
+            let (reply, answer) = oneshot::channel();
+            drop(answer);
+            let blob = received(&b);
+            writer
+                .send(Append {
+                    digest,
+                    blob,
+                    reply,
+                })
+                .unwrap();
+        }
+        // A put after them is answered after the writer passed them.
+        let b = body(9);
+        store.put(&digest(&b), received(&b)).await.unwrap();
+        assert_eq!(slots.available_permits(), 4);
+        // Nothing of the given-up uploads was written: only the last bundle is there.
+        let seg: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(seg.len(), 1);
+        let len = seg[0].as_ref().unwrap().metadata().unwrap().len() as usize;
+        assert_eq!(
+            len,
+            (ENTRY_HEADER + b.len()).next_multiple_of(direct::DIRECT_ALIGN)
+        );
+    }
+
     /// Large bundles (written directly) and small ones (through the page cache), in any
     /// order, read back byte for byte from their locations; each entry has its header,
     /// a direct one starts at a multiple of 4096, and the bytes between entries are

@@ -507,6 +507,61 @@ fn test_bundles(identity: &Identity) -> Vec<capvault::SealedBundle> {
     out
 }
 
+/// `capvault open` writes every event of the bundles in clear: a redirected stdout of
+/// one's own is made owner-only first; one with another name, or another user's, is
+/// refused before anything is written.
+#[test]
+fn open_writes_plaintext_only_where_no_one_else_can_read_it() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let id_file = tmp.path().join("collector.identity");
+    assert_ok(
+        &run(&["recipient", "new", "--out", id_file.to_str().unwrap()]),
+        &[],
+    );
+    let identity = Identity::read_from_file(&id_file).unwrap();
+    let bundle = tmp.path().join("b.cvb");
+    std::fs::write(&bundle, test_bundles(&identity)[0].bytes()).unwrap();
+    let open_into = |file: &Path| {
+        Command::new(BIN)
+            .args(["open", "--identity"])
+            .args([&id_file, &bundle])
+            .stdout(std::fs::OpenOptions::new().write(true).open(file).unwrap())
+            .output()
+            .unwrap()
+    };
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+    let mine = tmp.path().join("events.jsonl");
+    std::fs::write(&mine, b"").unwrap();
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = open_into(&mine);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("owner-only"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(mode(&mine), 0o600);
+    assert!(std::fs::metadata(&mine).unwrap().len() > 0);
+
+    let linked = tmp.path().join("linked.jsonl");
+    std::fs::write(&linked, b"").unwrap();
+    std::fs::hard_link(&linked, tmp.path().join("their-name")).unwrap();
+    let out = open_into(&linked);
+    assert_fails(&out, 1, "other names");
+    assert_eq!(std::fs::metadata(&linked).unwrap().len(), 0);
+
+    if std::fs::metadata("/proc/self").unwrap().uid() == 0 {
+        let theirs = tmp.path().join("theirs.jsonl");
+        std::fs::write(&theirs, b"").unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        let out = open_into(&theirs);
+        assert_fails(&out, 1, "another user");
+        assert_eq!(std::fs::metadata(&theirs).unwrap().len(), 0);
+    }
+}
+
 #[test]
 fn recipient_open_receipt_as_a_collector_would() {
     let tmp = tempfile::tempdir().unwrap();

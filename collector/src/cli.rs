@@ -58,8 +58,10 @@ struct DirArgs {
     /// The collector directory.
     #[arg(long)]
     dir: PathBuf,
-    /// State database URL (default: sqlite file in DIR).
-    #[arg(long)]
+    /// State database URL (default: sqlite file in DIR). Keep a password out of it
+    /// (PGPASSWORD or ~/.pgpass), or give the URL in the environment: a command line is
+    /// visible to every local user.
+    #[arg(long, env = "CAPVAULT_COLLECTOR_DB", hide_env_values = true)]
     db: Option<String>,
 }
 
@@ -68,8 +70,10 @@ struct InitArgs {
     /// The collector directory to create.
     #[arg(long)]
     dir: PathBuf,
-    /// State database URL (default: sqlite file in DIR).
-    #[arg(long)]
+    /// State database URL (default: sqlite file in DIR). Keep a password out of it
+    /// (PGPASSWORD or ~/.pgpass), or give the URL in the environment: a command line is
+    /// visible to every local user.
+    #[arg(long, env = "CAPVAULT_COLLECTOR_DB", hide_env_values = true)]
     db: Option<String>,
     /// Print {"receipt_key", "token"}.
     #[arg(long)]
@@ -169,6 +173,10 @@ struct ExportArgs {
     /// Only this device (hex id).
     #[arg(long)]
     device: Option<String>,
+    /// Write the events to this new file (owner-only; never over an existing file,
+    /// removed if the export fails) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
     /// Chain report as JSON on stderr.
     #[arg(long)]
     json: bool,
@@ -387,13 +395,37 @@ async fn dispatch(command: Command) -> Result<u8, ApiError> {
                 .map_err(|e| ApiError::Operational(e.to_string()))?;
             let db = open_db(&a.dir.dir, a.dir.db.as_deref()).await?;
             let store = BlobStore::open(&config::store_url(&a.dir.dir, a.store.as_deref()))?;
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            let report =
-                crate::export::export(&db, &store, &identity, a.device.as_deref(), &mut out)
-                    .await?;
+            // Plaintext goes only where no one else can read it, checked before any of it
+            // is written.
+            let target: Box<dyn Write> = match &a.out {
+                Some(path) => Box::new(crate::plaintext_out::create(path)?),
+                None => {
+                    crate::plaintext_out::check_stdout()?;
+                    Box::new(std::io::stdout().lock())
+                }
+            };
+            let mut out = std::io::BufWriter::new(target);
+            let exported =
+                crate::export::export(&db, &store, &identity, a.device.as_deref(), &mut out).await;
+            let flushed = out.flush();
             drop(out);
             db.close().await;
+            let report = match (exported, flushed) {
+                (Ok(report), Ok(())) => report,
+                (exported, flushed) => {
+                    let e = exported.err().unwrap_or_else(|| {
+                        let e = flushed.err().map(|e| e.to_string()).unwrap_or_default();
+                        ApiError::Operational(format!("cannot write the events: {e}"))
+                    });
+                    // No partial plaintext left behind.
+                    if let Some(path) = &a.out {
+                        if std::fs::remove_file(path).is_ok() {
+                            eprintln!("capvault-collector: removed the partial {}", path.display());
+                        }
+                    }
+                    return Err(e);
+                }
+            };
             let mut err = std::io::stderr().lock();
             if a.json {
                 let _ = writeln!(

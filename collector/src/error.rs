@@ -127,13 +127,29 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// 503s come in bursts (every upload while the store is down): their log lines are
+/// paced.
+static UNAVAILABLE_LOG: crate::api::throttle::Throttle = crate::api::throttle::Throttle::new();
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
-            tracing::error!(code = self.code(), error = %self, "request failed");
-        }
-        let body = serde_json::json!({ "error": self.to_string(), "code": self.code() });
+        // The detail of a server-side failure (an S3 or database error: endpoints,
+        // buckets, key ids, paths) is for the operator's log, not for whoever called.
+        let text = match &self {
+            ApiError::Unavailable(_) => {
+                if let Some(skipped) = UNAVAILABLE_LOG.allow() {
+                    tracing::warn!(error = %self, skipped, "request answered 503");
+                }
+                "storage is unavailable; retry later".to_string()
+            }
+            e if status.is_server_error() => {
+                tracing::error!(code = e.code(), error = %e, "request failed");
+                "the collector failed; its log says why".to_string()
+            }
+            e => e.to_string(),
+        };
+        let body = serde_json::json!({ "error": text, "code": self.code() });
         let mut resp = (status, axum::Json(body)).into_response();
         if matches!(self, ApiError::Busy | ApiError::Unavailable(_)) {
             resp.headers_mut()

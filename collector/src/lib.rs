@@ -20,6 +20,7 @@ mod db;
 mod error;
 mod export;
 mod metrics;
+mod plaintext_out;
 mod server;
 mod store;
 mod tokens;

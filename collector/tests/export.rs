@@ -273,3 +273,176 @@ fn a_collector_killed_mid_stream_loses_nothing_and_duplicates_nothing() {
     assert_eq!(code, 0, "{report}");
     check_events(&lines, &[&dev], total * 2);
 }
+
+/// A collector with one device and one bundle of 3 events: (collector dir, identity
+/// file).
+fn one_bundle_collector(tmp: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = tmp.join("c");
+    let (_, token) = init(&dir);
+    let server = Server::start(&dir, &[]);
+    let (id, id_path) = identity(tmp);
+    let mut dev = Device::new(30);
+    assert_eq!(server.enroll(&token, &dev).status, 201);
+    assert_eq!(
+        server
+            .upload(dev.seal_next(&id.recipient(), 3).bytes())
+            .status,
+        200
+    );
+    (dir, id_path)
+}
+
+/// `export` runs with its standard output sent to `file`.
+fn export_to(
+    dir: &std::path::Path,
+    id: &std::path::Path,
+    file: std::fs::File,
+) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(["export", "--dir", dir.to_str().unwrap(), "--identity"])
+        .arg(id)
+        .stdout(file)
+        .output()
+        .unwrap()
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Every captured event of every device is in an export: it goes only where no one else
+/// can read it. `--out` makes a new owner-only file and never writes over one or through
+/// a link; a redirected stdout of one's own is made owner-only; a file of someone
+/// else's, or one with other names, is refused before anything is written.
+#[test]
+fn exported_plaintext_goes_only_where_no_one_else_can_read_it() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, id) = one_bundle_collector(tmp.path());
+    let export_out = |out: &std::path::Path| {
+        let (d, i) = (dir.to_str().unwrap(), id.to_str().unwrap());
+        cli(&[
+            "export",
+            "--dir",
+            d,
+            "--identity",
+            i,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+
+    let out = tmp.path().join("events.jsonl");
+    let o = export_out(&out);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(o.stdout.is_empty());
+    assert_eq!(mode(&out), 0o600);
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 3);
+    // Never over an existing file, nor through a symbolic link.
+    let o = export_out(&out);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("already exists"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 3);
+    let planted = tmp.path().join("planted");
+    let link = tmp.path().join("link.jsonl");
+    std::os::unix::fs::symlink(&planted, &link).unwrap();
+    let o = export_out(&link);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!planted.exists());
+
+    // `> file` with a umask of 022: made owner-only, then written.
+    let redirected = tmp.path().join("redirected.jsonl");
+    std::fs::write(&redirected, b"").unwrap();
+    std::fs::set_permissions(
+        &redirected,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let o = export_to(&dir, &id, std::fs::File::create(&redirected).unwrap());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("made it owner-only"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(mode(&redirected), 0o600);
+    assert_eq!(
+        std::fs::read_to_string(&redirected)
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+
+    // A file with a second name (made by someone to read it through): refused.
+    let linked = tmp.path().join("linked.jsonl");
+    std::fs::write(&linked, b"").unwrap();
+    std::fs::hard_link(&linked, tmp.path().join("their-name")).unwrap();
+    let o = export_to(&dir, &id, std::fs::File::create(&linked).unwrap());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("other names"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(std::fs::metadata(&linked).unwrap().len(), 0);
+
+    // A file that belongs to another user (who made it, writable, in a shared place).
+    let me = std::fs::metadata("/proc/self").unwrap().uid();
+    if me == 0 {
+        let theirs = tmp.path().join("theirs.jsonl");
+        std::fs::write(&theirs, b"").unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        let o = export_to(&dir, &id, std::fs::File::create(&theirs).unwrap());
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            text(&o.stderr).contains("another user"),
+            "{}",
+            text(&o.stderr)
+        );
+        assert_eq!(std::fs::metadata(&theirs).unwrap().len(), 0);
+    } else {
+        eprintln!("not root: the file of another user is not checked here");
+    }
+
+    // A pipe is the caller's choice: as before.
+    let (code, lines, _) = export(&dir, &id, &[]);
+    assert_eq!((code, lines.len()), (0, 3));
+}
+
+/// An identity typed where its file's path belongs is refused before anything runs,
+/// and never echoed (stderr, like the shell's history, outlives the command).
+#[test]
+fn an_identity_given_as_an_argument_is_refused_and_not_echoed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, id) = one_bundle_collector(tmp.path());
+    let secret = std::fs::read_to_string(&id).unwrap();
+    let secret = secret.lines().find(|l| l.starts_with("CVSECRET-")).unwrap();
+    let body = &secret[20..40];
+    for args in [
+        vec![
+            "export",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--identity",
+            secret,
+        ],
+        vec!["export", "--dir", dir.to_str().unwrap(), secret],
+        vec!["nonsense", &secret.to_ascii_lowercase()],
+    ] {
+        let o = cli(&args);
+        assert_eq!(o.status.code(), Some(2));
+        let all = format!("{}{}", text(&o.stdout), text(&o.stderr));
+        assert!(
+            !all.to_ascii_uppercase()
+                .contains(&body.to_ascii_uppercase()),
+            "{all}"
+        );
+        assert!(all.contains("not shown"), "{all}");
+    }
+}

@@ -438,3 +438,23 @@ fn secrets_at_rest_are_owner_only_and_an_open_signing_key_is_refused() {
         "{err}"
     );
 }
+
+/// A store that cannot be reached is 503 with `Retry-After` and a fixed message: the
+/// detail (an S3 endpoint, bucket and key id, a path, a database error) is for the
+/// operator's log, and anyone can call `/healthz`.
+#[test]
+fn a_503_says_storage_is_unavailable_and_no_more() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    init(&dir);
+    let store = tmp.path().join("store-at-a-private-path");
+    let server = Server::start(&dir, &["--store", store.to_str().unwrap()]);
+    assert_eq!(server.get("/healthz").status, 200);
+    std::fs::remove_dir_all(&store).unwrap();
+    let r = server.get("/healthz");
+    assert_eq!(r.status, 503, "{}", text(&r.body));
+    assert_eq!(r.header("retry-after"), Some("2"));
+    assert_eq!(r.code(), "unavailable");
+    assert_eq!(r.json()["error"], "storage is unavailable; retry later");
+    assert!(!text(&r.body).contains("blob"), "{}", text(&r.body));
+}

@@ -39,7 +39,7 @@ pub use events::{Event, KeyCategory, LossReason, Marker, SeqEvent, TimestampUs};
 pub use jsonl::{write_bundle_json_lines, write_json_lines};
 pub use open::{inspect_bundle, open_bundle, IncomingBundle, InspectedBundle, OpenedBundle};
 pub use receipt::{verify_receipt, ReceiptSigner, RECEIPT_LEN};
-pub use recipient::{Identity, ReceiptKey, Recipient, Suite};
+pub use recipient::{holds_identity, Identity, ReceiptKey, Recipient, Suite};
 
 #[cfg(test)]
 mod tests;

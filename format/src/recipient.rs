@@ -308,6 +308,18 @@ impl FromStr for ReceiptKey {
 
 // ----- identities -----
 
+/// True when `s` holds an identity with key material (`CVSECRET-X25519-1` or
+/// `CVSECRET-XWING-1` followed by more, in any letter case): text that must not be
+/// echoed, such as an identity given where the path of its file belongs.
+pub fn holds_identity(s: &str) -> bool {
+    let upper = s.to_ascii_uppercase();
+    [IDENTITY_X25519, IDENTITY_XWING].iter().any(|prefix| {
+        upper
+            .match_indices(prefix)
+            .any(|(at, _)| upper.len() > at + prefix.len())
+    })
+}
+
 /// A collector's secret key, as text (`CVSECRET-X25519-1…` or `CVSECRET-XWING-1…`): the
 /// KEM private key that opens bundles and the Ed25519 seed that signs receipts.
 ///
@@ -414,6 +426,13 @@ impl Identity {
     /// Reads an identity file written by [`Identity::write_to_file`] (blank lines and
     /// `#` comments are skipped; exactly one identity line is expected).
     pub fn read_from_file(path: &Path) -> Result<Identity> {
+        if holds_identity(&path.to_string_lossy()) {
+            // Never echoed: it is the secret itself.
+            return Err(Error::invalid(
+                "an identity was given where the path of its file belongs: pass the file \
+                 that holds it (the identity given is not shown)",
+            ));
+        }
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Error::NotFound(format!("identity file {}", path.display()))
@@ -569,6 +588,22 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         let back = Identity::read_from_file(&path).unwrap();
+        // The secret given as a path is refused, and not echoed.
+        let secret = id.to_secret_string();
+        for given in [
+            secret.to_string(),
+            secret.to_ascii_lowercase(),
+            format!("./{}", &*secret),
+        ] {
+            let e = Identity::read_from_file(Path::new(&given))
+                .unwrap_err()
+                .to_string();
+            assert!(!holds_identity(&e) && e.contains("not shown"), "{e}");
+        }
+        assert!(
+            !holds_identity("CVSECRET-X25519-1"),
+            "a bare label is a hint"
+        );
         assert_eq!(back.recipient(), id.recipient());
         let e = Identity::generate(Suite::X25519)
             .write_to_file(&path)

@@ -5,7 +5,7 @@ mod body;
 mod bundles;
 mod enroll;
 mod health;
-mod throttle;
+pub(crate) mod throttle;
 
 use std::sync::Arc;
 

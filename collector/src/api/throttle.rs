@@ -17,6 +17,16 @@ struct State {
 }
 
 impl Throttle {
+    /// A throttle that has let nothing through yet (usable in a `static`).
+    pub const fn new() -> Throttle {
+        Throttle {
+            state: Mutex::new(State {
+                last: None,
+                skipped: 0,
+            }),
+        }
+    }
+
     /// `Some(lines skipped since the last one)` when a line may be written now.
     pub fn allow(&self) -> Option<u64> {
         self.allow_at(Instant::now())

@@ -416,6 +416,7 @@ fn open_bundles(a: &OpenArgs, json: bool, run: &mut Run) -> CliResult<()> {
     order.sort_by_key(|o| o.0);
     // Pass 2: open the accepted bundles in chain order; a bundle's events are written
     // only once it has fully opened and checked. Retries of one bundle: opened once.
+    files::private_stdout()?;
     let pb = output::bar(order.len() as u64, "opening");
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

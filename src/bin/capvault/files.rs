@@ -173,3 +173,48 @@ pub fn read_error(path: &Path, what: &str, e: &std::io::Error) -> CliError {
     };
     CliError::failure(format!("cannot read {what} {}: {why}", path.display()))
 }
+
+/// Before plaintext goes to stdout: a pipe or a terminal is the caller's choice; a
+/// regular file must be this user's and have no other name (whoever made or linked it
+/// could read what lands in it), and one that others could read is made owner-only
+/// first (said on stderr). Refused before anything is written.
+#[cfg(unix)]
+pub fn private_stdout() -> CliResult<()> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let cannot = |e: std::io::Error| CliError::failure(format!("cannot check stdout: {e}"));
+    let dup = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(cannot)?;
+    let file = File::from(dup);
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Ok(());
+    }
+    // /proc/self belongs to this process's user.
+    let own = std::fs::metadata("/proc/self").is_ok_and(|me| me.uid() == meta.uid());
+    let problem = match (own, meta.nlink()) {
+        (false, _) => Some("belongs to another user"),
+        (true, 2..) => Some("has other names (hard links)"),
+        _ => None,
+    };
+    if let Some(problem) = problem {
+        return Err(CliError::failure(format!(
+            "stdout is a file that {problem}: the events are plaintext; redirect to a new \
+             file of your own, or pipe them"
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(cannot)?;
+        eprintln!("capvault: stdout (a file of mode {mode:o}) was made owner-only (600)");
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+pub fn private_stdout() -> CliResult<()> {
+    Ok(())
+}

@@ -253,17 +253,67 @@ async fn open_db(dir: &Path, db: Option<&str>) -> Result<Db, ApiError> {
             dir.display()
         )));
     }
+    crate::private::check_collector_dir(dir, db.is_none(), false)?;
     Db::open(&config::db_url(dir, db)).await
+}
+
+/// The blob store of collector directory `dir` (checked when it is the default one),
+/// or the one given.
+fn open_store(dir: &Path, store: Option<&str>) -> Result<BlobStore, ApiError> {
+    crate::private::check_collector_dir(dir, false, store.is_none())?;
+    BlobStore::open(&config::store_url(dir, store))
+}
+
+/// `init`: a new or empty directory of this user's, a receipt signing key, the
+/// database, the blob directory and a first token. Whatever it made is taken back if a
+/// later step fails, so that it can be run again.
+async fn init(
+    dir: &Path,
+    db_url: Option<&str>,
+) -> Result<(capvault_format::ReceiptSigner, String), ApiError> {
+    let created = crate::private::prepare_init_dir(dir)?;
+    let made = async {
+        let signer = config::create_signer(dir)?;
+        let db = Db::open(&config::db_url(dir, db_url)).await?;
+        let token = async {
+            BlobStore::open(&config::store_url(dir, None))?;
+            crate::tokens::create(&db, 1, None).await
+        }
+        .await;
+        db.close().await;
+        Ok((signer, token?))
+    }
+    .await;
+    if made.is_err() {
+        // The directory was new or empty: everything in it is this init's.
+        let undone = if created {
+            std::fs::remove_dir_all(dir)
+        } else {
+            std::fs::read_dir(dir).and_then(|entries| {
+                entries.into_iter().try_for_each(|e| {
+                    let path = e?.path();
+                    if path.is_dir() {
+                        std::fs::remove_dir_all(path)
+                    } else {
+                        std::fs::remove_file(path)
+                    }
+                })
+            })
+        };
+        if let Err(e) = undone {
+            eprintln!(
+                "capvault-collector: could not take back what init made in {}: {e}",
+                dir.display()
+            );
+        }
+    }
+    made
 }
 
 async fn dispatch(command: Command) -> Result<u8, ApiError> {
     match command {
         Command::Init(a) => {
-            let signer = config::create_signer(&a.dir)?;
-            let db = Db::open(&config::db_url(&a.dir, a.db.as_deref())).await?;
-            BlobStore::open(&config::store_url(&a.dir, None))?;
-            let token = crate::tokens::create(&db, 1, None).await?;
-            db.close().await;
+            let (signer, token) = init(&a.dir, a.db.as_deref()).await?;
             let key = signer.receipt_key().to_string();
             if a.json {
                 print_out(&format!(
@@ -297,6 +347,7 @@ async fn dispatch(command: Command) -> Result<u8, ApiError> {
                 dir: a.dir.dir,
             };
             cfg.check()?;
+            crate::private::check_collector_dir(&cfg.dir, a.dir.db.is_none(), a.store.is_none())?;
             crate::server::serve(cfg).await?;
             Ok(0)
         }
@@ -375,7 +426,7 @@ async fn dispatch(command: Command) -> Result<u8, ApiError> {
         }
         Command::CopyBundles(a) => {
             let db = open_db(&a.dir.dir, a.dir.db.as_deref()).await?;
-            let store = BlobStore::open(&config::store_url(&a.dir.dir, a.store.as_deref()))?;
+            let store = open_store(&a.dir.dir, a.store.as_deref())?;
             let report = crate::copy::copy_bundles(&db, &store, a.device.as_deref(), &a.out).await;
             db.close().await;
             let report = report?;
@@ -391,10 +442,11 @@ async fn dispatch(command: Command) -> Result<u8, ApiError> {
             Ok(if report.failed.is_empty() { 0 } else { 3 })
         }
         Command::Export(a) => {
+            crate::private::check_key_file(&a.identity, "the identity file")?;
             let identity = capvault_format::Identity::read_from_file(&a.identity)
                 .map_err(|e| ApiError::Operational(e.to_string()))?;
             let db = open_db(&a.dir.dir, a.dir.db.as_deref()).await?;
-            let store = BlobStore::open(&config::store_url(&a.dir.dir, a.store.as_deref()))?;
+            let store = open_store(&a.dir.dir, a.store.as_deref())?;
             // Plaintext goes only where no one else can read it, checked before any of it
             // is written.
             let target: Box<dyn Write> = match &a.out {

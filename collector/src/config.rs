@@ -135,17 +135,11 @@ pub fn store_url(dir: &Path, given: Option<&str>) -> String {
     )
 }
 
-/// Creates the collector directory (0700) and a new receipt signing key file (0600);
-/// refuses to replace an existing key.
+/// Creates a new receipt signing key file (0600) in the collector directory (see
+/// [`crate::private::prepare_init_dir`]), durable with its name; refuses to replace an
+/// existing key.
 pub fn create_signer(dir: &Path) -> Result<ReceiptSigner, ApiError> {
     let op = |what: &str, e: std::io::Error| ApiError::Operational(format!("{what}: {e}"));
-    std::fs::create_dir_all(dir).map_err(|e| op(&format!("cannot create {}", dir.display()), e))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| op("cannot restrict the directory", e))?;
-    }
     let path = signer_path(dir);
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -172,6 +166,7 @@ pub fn create_signer(dir: &Path) -> Result<ReceiptSigner, ApiError> {
     text.push('\n');
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::File::open(dir)?.sync_all())
         .map_err(|e| op("cannot write the receipt signing key", e))?;
     Ok(signer)
 }
@@ -180,21 +175,7 @@ pub fn create_signer(dir: &Path) -> Result<ReceiptSigner, ApiError> {
 /// key, refuses a file that its group or others may read or write.
 pub fn load_signer(dir: &Path) -> Result<ReceiptSigner, ApiError> {
     let path = signer_path(dir);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(&path) {
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(ApiError::Operational(format!(
-                    "permissions {mode:04o} for {} are too open: the receipt signing key must be \
-                     accessible by its owner only (chmod 600 {})",
-                    path.display(),
-                    path.display()
-                )));
-            }
-        }
-    }
+    crate::private::check_key_file(&path, "the receipt signing key")?;
     let text = zeroize::Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| {
         ApiError::Operational(format!(
             "cannot read {} ({e}); run `capvault-collector init --dir {}` first",

@@ -126,6 +126,8 @@ pub enum Inserted {
     PrevMismatch,
     /// The stored successor (`seq + 1`) does not name this row's bundle as previous.
     NextMismatch,
+    /// The device was revoked (after the upload's own check, before its row).
+    Revoked,
 }
 
 /// Result of an enrollment attempt.
@@ -615,6 +617,7 @@ async fn check_and_insert(
          SELECT $1, $2, $3, $4, $5, $6, $7, $8
          WHERE NOT EXISTS (SELECT 1 FROM bundles WHERE device_id = $1 AND stream_id = $2
              AND ((seq = $9 AND digest <> $5) OR (seq = $10 AND prev_digest <> $4)))
+         AND NOT EXISTS (SELECT 1 FROM devices WHERE device_id = $1 AND revoked_us IS NOT NULL)
          ON CONFLICT DO NOTHING",
     )
     .bind(&b.device_id)
@@ -668,6 +671,16 @@ async fn classify_and_insert(
         if s.checked_add(1) == Some(q) && prev != b.digest {
             return Ok(Inserted::NextMismatch);
         }
+    }
+    // A revocation that came while the upload was being received and stored: nothing
+    // new from the device from then on (a stored bundle's retry was answered above).
+    let revoked =
+        sqlx::query("SELECT 1 FROM devices WHERE device_id = $1 AND revoked_us IS NOT NULL")
+            .bind(&b.device_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if revoked.is_some() {
+        return Ok(Inserted::Revoked);
     }
     if insert_row(&mut *conn, b, now_us).await? == 1 {
         Ok(Inserted::New)
@@ -845,6 +858,30 @@ mod tests {
         let rows = db.bundles(None).await.unwrap();
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[1].location.as_deref(), Some("x.seg:48:5"));
+
+        // A device revoked while its upload was in flight (after the handler's check):
+        // the row is refused, and a retry of a stored bundle is still answered.
+        db.add_token("t", 1, None, 1).await.unwrap();
+        assert_eq!(
+            db.enroll("t", "e", "key", "{}", 1).await.unwrap(),
+            Enrolled::New
+        );
+        let e1 = BundleRow {
+            device_id: "e".into(),
+            ..row(1, "e1", "00", None)
+        };
+        assert_eq!(db.insert_bundle(&e1, 7).await.unwrap(), Inserted::New);
+        assert!(db.revoke("e", 8).await.unwrap());
+        let e2 = BundleRow {
+            device_id: "e".into(),
+            ..row(2, "e2", "e1", None)
+        };
+        assert_eq!(db.insert_bundle(&e2, 9).await.unwrap(), Inserted::Revoked);
+        assert_eq!(
+            db.insert_bundle(&e1, 10).await.unwrap(),
+            Inserted::Existing("e1".into())
+        );
+        assert_eq!(db.bundles(Some("e")).await.unwrap().len(), 1);
         db.close().await;
 
         // Opening again does not migrate again.

@@ -21,6 +21,7 @@ mod error;
 mod export;
 mod metrics;
 mod plaintext_out;
+mod private;
 mod server;
 mod store;
 mod tokens;

@@ -53,9 +53,7 @@ pub fn check_stdout() -> Result<(), ApiError> {
              use --out FILE (a new owner-only file), or a file of your own with mode 600"
         )))
     };
-    // The owner of /proc/self is this process's user.
-    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
-    if me != Some(meta.uid()) {
+    if crate::private::my_uid() != Some(meta.uid()) {
         return refuse("that belongs to another user");
     }
     if meta.nlink() > 1 {

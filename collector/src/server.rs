@@ -37,6 +37,7 @@ fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, ApiError> {
             files.cert.display()
         )));
     }
+    crate::private::check_key_file(&files.key, "the TLS key")?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
         op(
             &format!("cannot read the private key from {}", files.key.display()),

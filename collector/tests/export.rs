@@ -445,4 +445,12 @@ fn an_identity_given_as_an_argument_is_refused_and_not_echoed() {
         );
         assert!(all.contains("not shown"), "{all}");
     }
+    // An identity file others can read is refused, as ssh refuses such a key.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let (code, lines, err) = export(&dir, &id, &[]);
+    assert_eq!((code, lines.len()), (1, 0), "{err}");
+    assert!(err.contains("too open"), "{err}");
 }

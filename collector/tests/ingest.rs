@@ -458,3 +458,156 @@ fn a_503_says_storage_is_unavailable_and_no_more() {
     assert_eq!(r.json()["error"], "storage is unavailable; retry later");
     assert!(!text(&r.body).contains("blob"), "{}", text(&r.body));
 }
+
+fn mode_of(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn set_mode(p: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").unwrap().uid() == 0
+}
+
+/// `init` takes a new path, or an empty directory of one's own (made 0700); never a
+/// directory in use (a shared one such as /tmp, where others' files would sit beside
+/// the collector's and others could plant its database), a link, or another user's.
+#[test]
+fn init_takes_only_a_new_or_empty_directory_of_ones_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let init_in = |dir: &std::path::Path| cli(&["init", "--dir", dir.to_str().unwrap()]);
+
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    set_mode(&empty, 0o755);
+    let out = init_in(&empty);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(mode_of(&empty), 0o700);
+    assert_eq!(mode_of(&empty.join("bundles")), 0o700);
+
+    // A shared directory with someone's file in it: refused, and left as it was.
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    set_mode(&shared, 0o1777);
+    std::fs::write(shared.join("someone-elses"), b"x").unwrap();
+    let out = init_in(&shared);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not empty"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(mode_of(&shared), 0o1777);
+    assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 1);
+    // An initialized collector: refused, untouched.
+    let out = init_in(&empty);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(empty.join("receipt-signing.key").exists());
+    // A link to a directory.
+    let target = tmp.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = init_in(&link);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("symbolic link"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
+    if running_as_root() {
+        let theirs = tmp.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        let out = init_in(&theirs);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            text(&out.stderr).contains("another user"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+/// An `init` that fails part-way (here its database cannot be created) takes back what
+/// it made, so the same command works once the cause is fixed.
+#[test]
+fn an_init_that_fails_takes_back_what_it_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    let bad_db = format!("sqlite://{}/missing/dir/x.db", tmp.path().display());
+    let out = cli(&["init", "--dir", dir.to_str().unwrap(), "--db", &bad_db]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        !dir.exists(),
+        "init left {:?}",
+        std::fs::read_dir(&dir).map(|d| d.count())
+    );
+    let out = cli(&["init", "--dir", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+/// Every command refuses a collector directory that someone else could change: the
+/// directory writable by others, a database with a second name or another owner, a
+/// blob directory that is a link. Whoever could write them could mint tokens, swap
+/// enrollment records or delete stored bundles.
+#[test]
+fn commands_refuse_a_collector_directory_others_can_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    init(&dir);
+    let d = dir.to_str().unwrap();
+    let refused = |what: &str| {
+        for args in [
+            vec!["devices", "list", "--dir", d],
+            vec!["token", "new", "--dir", d],
+            vec!["serve", "--dir", d, "--listen", "127.0.0.1:0"],
+        ] {
+            let out = cli(&args);
+            assert_eq!(out.status.code(), Some(1), "{what}: {args:?}");
+            assert!(
+                text(&out.stderr).contains(what),
+                "{what}: {}",
+                text(&out.stderr)
+            );
+        }
+    };
+    assert_eq!(cli(&["devices", "list", "--dir", d]).status.code(), Some(0));
+
+    set_mode(&dir, 0o777);
+    refused("written by group or others");
+    set_mode(&dir, 0o700);
+
+    let db = dir.join("collector.db");
+    let other_name = tmp.path().join("planted-name.db");
+    std::fs::hard_link(&db, &other_name).unwrap();
+    refused("names (hard links)");
+    std::fs::remove_file(&other_name).unwrap();
+
+    let bundles = dir.join("bundles");
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::rename(&bundles, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &bundles).unwrap();
+    let out = cli(&["serve", "--dir", d, "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("give --store"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::remove_file(&bundles).unwrap();
+    std::fs::rename(&elsewhere, &bundles).unwrap();
+
+    if running_as_root() {
+        std::os::unix::fs::chown(&db, Some(65534), None).unwrap();
+        refused("another user");
+        std::os::unix::fs::chown(&db, Some(0), None).unwrap();
+    }
+    assert_eq!(cli(&["devices", "list", "--dir", d]).status.code(), Some(0));
+}

@@ -51,6 +51,32 @@ fn serves_https_with_the_given_certificate() {
     let key_path = tmp.path().join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    // A key others can read is refused, as ssh does.
+    let serve_with_key = |key: &std::path::Path| {
+        cli(&[
+            "serve",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ])
+    };
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = serve_with_key(&key_path);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("too open"),
+            "{}",
+            text(&out.stderr)
+        );
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let server = Server::start(
         &dir,
         &[
@@ -76,16 +102,6 @@ fn serves_https_with_the_given_certificate() {
     assert!(try_request(server.addr, "GET", "/healthz", "text/plain", b"").is_err());
 
     // A missing key file is an operational error at start.
-    let out = cli(&[
-        "serve",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        cert_path.to_str().unwrap(),
-        "--tls-key",
-        tmp.path().join("nope.pem").to_str().unwrap(),
-    ]);
+    let out = serve_with_key(&tmp.path().join("nope.pem"));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
 }

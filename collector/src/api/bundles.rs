@@ -206,6 +206,7 @@ async fn ingest(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Accepte
             "bundle {seq} of device {device_id} stream {stream_id} does not link to the stored bundle {}",
             seq - 1
         ))),
+        Inserted::Revoked => Err(ApiError::RevokedDevice(device_id)),
         Inserted::NextMismatch => Err(ApiError::Conflict(format!(
             "the stored bundle {} of device {device_id} stream {stream_id} does not link to this bundle",
             seq + 1

@@ -69,7 +69,15 @@ impl BlobStore {
         let path = url.strip_prefix("file://").unwrap_or(url);
         let root = PathBuf::from(path);
         if !root.is_dir() {
-            std::fs::create_dir_all(&root).map_err(|e| {
+            // Owner-only, like the collector directory: bundles are nobody else's.
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                builder.mode(0o700);
+            }
+            builder.create(&root).map_err(|e| {
                 ApiError::Operational(format!(
                     "cannot create the blob directory {}: {e}",
                     root.display()

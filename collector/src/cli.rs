@@ -75,6 +75,10 @@ struct InitArgs {
     /// visible to every local user.
     #[arg(long, env = "CAPVAULT_COLLECTOR_DB", hide_env_values = true)]
     db: Option<String>,
+    /// Blob store URL every replica will use (default: DIR/bundles); recorded in the
+    /// database, so that a replica or export given another is refused.
+    #[arg(long)]
+    store: Option<String>,
     /// Print {"receipt_key", "token"}.
     #[arg(long)]
     json: bool,
@@ -270,13 +274,16 @@ fn open_store(dir: &Path, store: Option<&str>) -> Result<BlobStore, ApiError> {
 async fn init(
     dir: &Path,
     db_url: Option<&str>,
+    store: Option<&str>,
 ) -> Result<(capvault_format::ReceiptSigner, String), ApiError> {
     let created = crate::private::prepare_init_dir(dir)?;
     let made = async {
         let signer = config::create_signer(dir)?;
         let db = Db::open(&config::db_url(dir, db_url)).await?;
         let token = async {
-            BlobStore::open(&config::store_url(dir, None))?;
+            let store = BlobStore::open(&config::store_url(dir, store))?;
+            let key = signer.receipt_key().to_string();
+            config::check_bindings(&db, &store, Some(&key), true).await?;
             crate::tokens::create(&db, 1, None).await
         }
         .await;
@@ -313,7 +320,7 @@ async fn init(
 async fn dispatch(command: Command) -> Result<u8, ApiError> {
     match command {
         Command::Init(a) => {
-            let (signer, token) = init(&a.dir, a.db.as_deref()).await?;
+            let (signer, token) = init(&a.dir, a.db.as_deref(), a.store.as_deref()).await?;
             let key = signer.receipt_key().to_string();
             if a.json {
                 print_out(&format!(
@@ -427,6 +434,7 @@ async fn dispatch(command: Command) -> Result<u8, ApiError> {
         Command::CopyBundles(a) => {
             let db = open_db(&a.dir.dir, a.dir.db.as_deref()).await?;
             let store = open_store(&a.dir.dir, a.store.as_deref())?;
+            config::check_bindings(&db, &store, None, false).await?;
             let report = crate::copy::copy_bundles(&db, &store, a.device.as_deref(), &a.out).await;
             db.close().await;
             let report = report?;
@@ -447,6 +455,7 @@ async fn dispatch(command: Command) -> Result<u8, ApiError> {
                 .map_err(|e| ApiError::Operational(e.to_string()))?;
             let db = open_db(&a.dir.dir, a.dir.db.as_deref()).await?;
             let store = open_store(&a.dir.dir, a.store.as_deref())?;
+            config::check_bindings(&db, &store, None, false).await?;
             // Plaintext goes only where no one else can read it, checked before any of it
             // is written.
             let target: Box<dyn Write> = match &a.out {

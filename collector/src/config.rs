@@ -69,6 +69,20 @@ impl ServeConfig {
     /// limits.
     pub fn check(&self) -> Result<(), ApiError> {
         let usage = |m: String| Err(ApiError::Operational(m));
+        // A receipt promises the row survives: not a database that vanishes at exit or
+        // cannot be written.
+        let lower = self.db_url.to_ascii_lowercase();
+        if lower.starts_with("sqlite:")
+            && (lower.contains(":memory:")
+                || lower.contains("mode=memory")
+                || lower.contains("mode=ro"))
+        {
+            return usage(
+                "--db: serve needs a SQLite database on disk that it can write (not mode=memory, \
+                 :memory: or mode=ro): receipts promise that rows survive"
+                    .into(),
+            );
+        }
         if self.max_in_flight == 0 || self.max_connections == 0 || self.max_bundle_bytes == 0 {
             return usage(
                 "--max-in-flight, --max-connections and --max-bundle-bytes must be at least 1"
@@ -227,6 +241,46 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{s:?} is too long: at most 10 years (520w)"))
 }
 
+/// What every replica and export of one collector must share, held in its database
+/// (recorded by `init`, or by the first `serve` of a database made before): where the
+/// blobs are and the receipt key. A replica started without `--store`, or with
+/// another directory's key, would answer receipts for bundles no export finds, or that
+/// devices cannot verify; it is refused instead. `bind`: record what is not recorded
+/// yet (`init`, `serve`); otherwise only compare (`export`, `copy-bundles`).
+pub async fn check_bindings(
+    db: &crate::db::Db,
+    store: &crate::store::BlobStore,
+    receipt_key: Option<&str>,
+    bind: bool,
+) -> Result<(), ApiError> {
+    let mut wanted = vec![("store", store.binding(), "--store")];
+    if let Some(key) = receipt_key {
+        wanted.push(("receipt_key", key, "the receipt signing key"));
+    }
+    for (name, mine, what) in wanted {
+        let bound = if bind {
+            Some(db.bind_setting(name, mine).await?)
+        } else {
+            db.setting(name).await?
+        };
+        match bound {
+            Some(bound) if bound != mine => {
+                let fix = if name == "store" {
+                    format!("give --store {bound} (a `local` store is DIR/bundles or a directory)")
+                } else {
+                    "copy the receipt-signing.key that init made to every replica".to_string()
+                };
+                return Err(ApiError::Operational(format!(
+                    "this collector's database holds {name} {bound}, and {what} here is \
+                     {mine}: every replica and export of one collector must share it; {fix}"
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +300,33 @@ mod tests {
             min_upload_rate: DEFAULT_MIN_UPLOAD_RATE,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
+    }
+
+    #[test]
+    fn serve_refuses_a_database_that_would_not_keep_its_rows() {
+        let base = cfg(1, 1 << 20, DEFAULT_MAX_MEMORY);
+        for url in [
+            "sqlite::memory:",
+            "sqlite://x.db?mode=memory&cache=shared",
+            "SQLITE://x.db?MODE=RO",
+        ] {
+            let c = ServeConfig {
+                db_url: url.into(),
+                ..cfg(1, 1 << 20, DEFAULT_MAX_MEMORY)
+            };
+            assert!(c.check().is_err(), "{url}");
+        }
+        for url in [
+            "sqlite:///var/c/collector.db?mode=rwc",
+            "postgres://u@h/memory",
+        ] {
+            let c = ServeConfig {
+                db_url: url.into(),
+                ..cfg(1, 1 << 20, DEFAULT_MAX_MEMORY)
+            };
+            c.check().unwrap();
+        }
+        base.check().unwrap();
     }
 
     #[test]

@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::ApiError;
 
 /// The schema version this code writes.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS tokens (
@@ -63,6 +63,10 @@ const SCHEMA_V1: &[&str] = &[
 
 /// From version 1 to 2: the blob location.
 const SCHEMA_V2: &[&str] = &["ALTER TABLE bundles ADD COLUMN location TEXT"];
+
+/// From version 2 to 3: what every replica on this database must share (the receipt
+/// key, where the blobs are), bound by the first to start.
+const SCHEMA_V3: &[&str] = &["CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)"];
 
 /// Which engine a URL names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,7 +263,8 @@ impl Db {
                 ))),
                 Some(v) if v == SCHEMA_VERSION => Ok(()),
                 from => {
-                    let steps: &[(i64, &[&'static str])] = &[(1, SCHEMA_V1), (2, SCHEMA_V2)];
+                    let steps: &[(i64, &[&'static str])] =
+                        &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
                     for (version, stmts) in steps {
                         if from.is_some_and(|v| v >= *version) {
                             continue;
@@ -283,6 +288,31 @@ impl Db {
                 .await?;
         }
         result
+    }
+
+    /// The value bound to `name`: `value` when nothing was bound yet (it is bound now),
+    /// else what was bound first (by this or another replica).
+    pub async fn bind_setting(&self, name: &str, value: &str) -> Result<String, ApiError> {
+        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(name)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        let bound: String = sqlx::query("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(bound)
+    }
+
+    /// The value bound to `name`, if any.
+    pub async fn setting(&self, name: &str) -> Result<Option<String>, ApiError> {
+        let row = sqlx::query("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
     /// True when the database answers.
@@ -892,7 +922,7 @@ mod tests {
             .unwrap()
             .try_get(0)
             .unwrap();
-        assert_eq!(versions, 2);
+        assert_eq!(versions, 3);
         db.close().await;
     }
 }

@@ -147,9 +147,17 @@ impl IntoResponse for ApiError {
                 tracing::error!(code = e.code(), error = %e, "request failed");
                 "the collector failed; its log says why".to_string()
             }
+            // Answered as an unknown device: whoever sends a bundle signed by any key
+            // learns nothing about which ids are enrolled (enrollment hides it too).
+            // The log and the metrics tell the two apart.
+            ApiError::WrongDeviceKey(id) => ApiError::UnknownDevice(id.clone()).to_string(),
             e => e.to_string(),
         };
-        let body = serde_json::json!({ "error": text, "code": self.code() });
+        let code = match &self {
+            ApiError::WrongDeviceKey(_) => "unknown_device",
+            e => e.code(),
+        };
+        let body = serde_json::json!({ "error": text, "code": code });
         let mut resp = (status, axum::Json(body)).into_response();
         if matches!(self, ApiError::Busy | ApiError::Unavailable(_)) {
             resp.headers_mut()

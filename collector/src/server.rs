@@ -61,6 +61,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ApiError> {
     let tls = cfg.tls.as_ref().map(load_tls).transpose()?;
     let db = Db::open(&cfg.db_url).await?;
     let store = BlobStore::open(&cfg.store_url)?;
+    let key = signer.receipt_key().to_string();
+    crate::config::check_bindings(&db, &store, Some(&key), true).await?;
     let state = Arc::new(AppState {
         db: db.clone(),
         store,

@@ -454,3 +454,69 @@ fn an_identity_given_as_an_argument_is_refused_and_not_echoed() {
     assert_eq!((code, lines.len()), (1, 0), "{err}");
     assert!(err.contains("too open"), "{err}");
 }
+
+/// `copy-bundles` writes owner-only files whole, takes a device id in any case, can be
+/// run again after an interruption (files with the same bytes count as copied, a
+/// leftover `.partial` is replaced), never replaces a file with other bytes, and never
+/// names a file from an index row whose ids are not hex (a path out of `--out`).
+#[test]
+fn copy_bundles_is_owner_only_resumable_and_stays_in_its_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, _) = one_bundle_collector(tmp.path());
+    let out = tmp.path().join("copies");
+    let device = Device::new(30).id_hex().to_ascii_uppercase();
+    let copy = || copy_bundles_with(&dir, &out, &["--device", &device]);
+    let r = copy();
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r.stderr));
+    assert!(
+        text(&r.stdout).contains("copied 1 bundles"),
+        "{}",
+        text(&r.stdout)
+    );
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&out), 0o700);
+    let files: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1);
+    assert_eq!(mode(&files[0]), 0o600);
+    // Again, with a leftover partial file: the same result, the partial gone.
+    std::fs::write(files[0].with_extension("cvb.partial"), b"cut").unwrap();
+    let r = copy();
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r.stderr));
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+    // A file with other bytes under that name: reported, left as it is.
+    std::fs::write(&files[0], b"someone else's").unwrap();
+    let r = copy();
+    assert_eq!(r.status.code(), Some(3));
+    assert!(
+        text(&r.stderr).contains("other bytes"),
+        "{}",
+        text(&r.stderr)
+    );
+    assert_eq!(std::fs::read(&files[0]).unwrap(), b"someone else's");
+
+    // An index row whose device id is a path: no file outside --out, reported.
+    let db = dir.join("collector.db");
+    let sql = "UPDATE bundles SET device_id = '../../escaped'";
+    let out2 = tmp.path().join("copies2");
+    let r = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(sql)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let r = copy_bundles(&dir, &out2);
+    assert_eq!(r.status.code(), Some(3), "{}", text(&r.stderr));
+    assert!(text(&r.stderr).contains("not hex"), "{}", text(&r.stderr));
+    assert_eq!(std::fs::read_dir(&out2).unwrap().count(), 0);
+    assert!(!tmp.path().join("escaped").exists());
+    let escaped: Vec<_> = std::fs::read_dir(tmp.path().parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("escaped"))
+        .collect();
+    assert!(escaped.is_empty());
+}

@@ -148,7 +148,18 @@ fn forged_unknown_and_revoked_devices_are_refused_and_nothing_is_stored() {
     let mut impostor = Device::impostor_of(&dev);
     let forged = impostor.seal_next(&id.recipient(), 2);
     let r = server.upload(forged.bytes());
-    assert_eq!((r.status, r.code()), (403, "wrong_device_key".to_string()));
+    // Answered as an unknown device would be (which ids are enrolled is not told to
+    // whoever signs a bundle); the metrics count it apart.
+    assert_eq!((r.status, r.code()), (403, "unknown_device".to_string()));
+    assert_eq!(
+        r.json()["error"],
+        format!("device {} is not enrolled", dev.id_hex())
+    );
+    assert!(server
+        .get("/metrics")
+        .body
+        .windows(b"reason=\"wrong_device_key\"} 1".len())
+        .any(|w| w == b"reason=\"wrong_device_key\"} 1"));
 
     // The impostor cannot enroll the id with its key either.
     let t2 = new_token(&dir, &[]);
@@ -181,7 +192,7 @@ fn forged_unknown_and_revoked_devices_are_refused_and_nothing_is_stored() {
     assert_eq!(r.status, 200, "{}", text(&r.body));
     assert_eq!(r.json()["id"], b1.id());
     let r = server.upload(impostor.seal_at(&id.recipient(), 1, [0; 32], 2).bytes());
-    assert_eq!((r.status, r.code()), (403, "wrong_device_key".to_string()));
+    assert_eq!((r.status, r.code()), (403, "unknown_device".to_string()));
     let r = server.upload(dev.seal_at(&id.recipient(), 1, [0; 32], 1).bytes());
     assert_eq!((r.status, r.code()), (403, "revoked_device".to_string()));
 
@@ -610,4 +621,52 @@ fn commands_refuse_a_collector_directory_others_can_change() {
         std::os::unix::fs::chown(&db, Some(0), None).unwrap();
     }
     assert_eq!(cli(&["devices", "list", "--dir", d]).status.code(), Some(0));
+}
+
+/// One collector's database holds where its blobs are and its receipt key: a replica
+/// started without the store the others use, or with another directory's key, and an
+/// export given another store, are refused (they would answer receipts for bundles no
+/// export finds, or that devices cannot verify).
+#[test]
+fn replicas_and_exports_of_one_collector_share_its_store_and_receipt_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    init(&dir);
+    let d = dir.to_str().unwrap();
+    let serve = |dir: &str, extra: &[&str]| {
+        let mut args = vec!["serve", "--dir", dir, "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+    let out = serve(d, &["--store", "s3://bucket/prefix"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("holds store local") && err.contains("give --store"),
+        "{err}"
+    );
+
+    // Another collector's key file with this database.
+    let other = tmp.path().join("other");
+    init(&other);
+    std::fs::copy(
+        other.join("receipt-signing.key"),
+        dir.join("receipt-signing.key"),
+    )
+    .unwrap();
+    let out = serve(d, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("receipt_key"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let (_, id) = identity(tmp.path());
+    let (code, _, err) = export(&dir, &id, &["--store", "s3://bucket/prefix"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("give --store local") || err.contains("holds store local"),
+        "{err}"
+    );
 }

@@ -1,9 +1,9 @@
 //! The scale tier: two replicas sharing a PostgreSQL state database and one blob store
 //! (a shared directory, or S3). Runs only when `CAPVAULT_TEST_POSTGRES_URL` is set, for
-//! example `postgres://capv:capv@127.0.0.1/capv` (any database the user may create
-//! tables in; runs may share it: devices are random). With `CAPVAULT_TEST_S3_URL`
-//! (`s3://bucket/prefix`, endpoint and credentials from the `AWS_*` variables) the
-//! blobs go to S3 as well.
+//! example `postgres://capv:capv@127.0.0.1/capv`; each run makes a database of its own
+//! there (the user needs CREATEDB): one database is one collector, with one receipt
+//! key and one store. With `CAPVAULT_TEST_S3_URL` (`s3://bucket/prefix`, endpoint and
+//! credentials from the `AWS_*` variables) the blobs go to S3 as well.
 
 mod common;
 
@@ -13,10 +13,11 @@ use common::*;
 
 #[test]
 fn two_replicas_on_postgres_store_one_copy_and_answer_one_receipt() {
-    let Ok(db) = std::env::var("CAPVAULT_TEST_POSTGRES_URL") else {
+    let Ok(server_url) = std::env::var("CAPVAULT_TEST_POSTGRES_URL") else {
         eprintln!("skipped: set CAPVAULT_TEST_POSTGRES_URL to run the PostgreSQL tier");
         return;
     };
+    let db = new_database(&server_url);
     let tmp = tempfile::tempdir().unwrap();
     let store = std::env::var("CAPVAULT_TEST_S3_URL").unwrap_or_else(|_| {
         tmp.path()
@@ -102,4 +103,39 @@ fn two_replicas_on_postgres_store_one_copy_and_answer_one_receipt() {
     assert_eq!(code, 0, "{report}");
     let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=15).collect::<Vec<_>>());
+}
+
+/// A new, empty database on the server of `url` (same user); its URL.
+fn new_database(url: &str) -> String {
+    let name = format!("capv_scale_{}", hex(&rand_bytes()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(url)
+            .await
+            .expect("the test database");
+        // `name` is ours: a prefix and hex digits.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&pool)
+            .await
+            .expect("CREATE DATABASE (the test user needs CREATEDB)");
+        pool.close().await;
+    });
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let server = base.rsplit_once('/').map_or(base, |(s, _)| s);
+    match query {
+        Some(q) => format!("{server}/{name}?{q}"),
+        None => format!("{server}/{name}"),
+    }
+}
+
+fn rand_bytes() -> [u8; 8] {
+    let mut b = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).unwrap();
+    b
 }

@@ -44,6 +44,9 @@ pub enum StoredBlob {
 #[derive(Clone, Debug)]
 pub struct BlobStore {
     inner: Backend,
+    /// Where the blobs are, as every replica and export of one collector must agree:
+    /// `s3://bucket/prefix`, or `local` (a directory each machine has its own of).
+    binding: String,
 }
 
 #[derive(Clone, Debug)]
@@ -96,6 +99,7 @@ impl BlobStore {
         }
         Ok(BlobStore {
             inner: Backend::Local(Arc::new(LocalStore::new(root))),
+            binding: "local".into(),
         })
     }
 
@@ -111,10 +115,12 @@ impl BlobStore {
             .with_bucket_name(bucket)
             .build()
             .map_err(|e| ApiError::Operational(format!("cannot configure S3: {e}")))?;
+        let prefix = prefix.trim_matches('/').to_string();
         Ok(BlobStore {
+            binding: format!("s3://{bucket}/{prefix}"),
             inner: Backend::S3 {
                 store: Arc::new(store),
-                prefix: prefix.trim_matches('/').to_string(),
+                prefix,
             },
         })
     }
@@ -124,6 +130,12 @@ impl BlobStore {
         Err(ApiError::Operational(
             "this build has no S3 support (build with the `s3` feature)".into(),
         ))
+    }
+
+    /// Where the blobs are, for the database's binding (see [`crate::db::Db::bind_setting`]):
+    /// `s3://bucket/prefix` or `local`.
+    pub fn binding(&self) -> &str {
+        &self.binding
     }
 
     /// A buffer to receive a bundle of `len` bytes into, after the bytes it holds: a
@@ -312,6 +324,7 @@ mod tests {
                 store: mem.clone(),
                 prefix: "p".into(),
             },
+            binding: "memory".into(),
         };
         (store, mem)
     }

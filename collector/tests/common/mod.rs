@@ -454,13 +454,19 @@ pub fn blob_count(dir: &Path) -> usize {
 
 /// `copy-bundles` of `dir` into `out`.
 pub fn copy_bundles(dir: &Path, out: &Path) -> Output {
-    cli(&[
+    copy_bundles_with(dir, out, &[])
+}
+
+pub fn copy_bundles_with(dir: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
         "copy-bundles",
         "--dir",
         dir.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-    ])
+    ];
+    args.extend_from_slice(extra);
+    cli(&args)
 }
 
 /// `export` of `dir`: (exit code, stdout lines as JSON, stderr).

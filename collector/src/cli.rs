@@ -139,9 +139,25 @@ enum TokenCommand {
         /// Lifetime, e.g. 30m, 12h, 7d (default: no expiry).
         #[arg(long, value_parser = config::parse_duration)]
         expires: Option<std::time::Duration>,
-        /// Print {"token", "uses", "expires_us"}.
+        /// Print {"token", "id", "uses", "expires_us"}.
         #[arg(long)]
         json: bool,
+    },
+    /// List the tokens: id, uses left, expiry, creation (never the tokens).
+    List {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// JSON Lines: {"id", "uses_left", "expires_us", "created_us"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Use up a token (lost or leaked): it enrolls no new device from then on. Devices
+    /// it enrolled stay enrolled (`devices revoke` them).
+    Revoke {
+        /// The token's id, from `token list` or `token new` (at least 8 hex digits).
+        id: String,
+        #[command(flatten)]
+        dir: DirArgs,
     },
 }
 
@@ -281,9 +297,10 @@ async fn init(
         let signer = config::create_signer(dir)?;
         let db = Db::open(&config::db_url(dir, db_url)).await?;
         let token = async {
-            let store = BlobStore::open(&config::store_url(dir, store))?;
+            let blobs = BlobStore::open(&config::store_url(dir, store))?;
+            // The store is recorded when it is named (else by the first `serve`).
             let key = signer.receipt_key().to_string();
-            config::check_bindings(&db, &store, Some(&key), true).await?;
+            config::check_bindings(&db, store.map(|_| &blobs), Some(&key), true).await?;
             crate::tokens::create(&db, 1, None).await
         }
         .await;
@@ -371,14 +388,67 @@ async fn dispatch(command: Command) -> Result<u8, ApiError> {
             let expires_us = expires.map(|d| config::now_us().saturating_add(d.as_micros() as i64));
             let token = crate::tokens::create(&db, uses, expires_us).await?;
             db.close().await;
+            let hash = crate::tokens::hash(&token);
+            let id = crate::tokens::id(&hash);
             if json {
                 print_out(&format!(
                     "{}\n",
-                    serde_json::json!({ "token": token, "uses": uses, "expires_us": expires_us })
+                    serde_json::json!({ "token": token, "id": id, "uses": uses, "expires_us": expires_us })
                 ))?;
             } else {
                 print_out(&format!("{token}\n"))?;
+                eprintln!("token id {id} (for `token list` and `token revoke`)");
             }
+            Ok(0)
+        }
+        Command::Token {
+            command: TokenCommand::List { dir, json },
+        } => {
+            let db = open_db(&dir.dir, dir.db.as_deref()).await?;
+            let tokens = db.tokens().await?;
+            db.close().await;
+            let now = config::now_us();
+            let mut text = String::new();
+            for t in &tokens {
+                let id = crate::tokens::id(&t.hash);
+                if json {
+                    let line = serde_json::json!({
+                        "id": id, "uses_left": t.uses_left,
+                        "expires_us": t.expires_us, "created_us": t.created_us,
+                    });
+                    text.push_str(&format!("{line}\n"));
+                } else {
+                    let state = match t.expires_us {
+                        _ if t.uses_left <= 0 => "used up".to_string(),
+                        Some(e) if e <= now => "expired".to_string(),
+                        Some(e) => format!("expires in {}", config::format_duration_us(e - now)),
+                        None => "no expiry".to_string(),
+                    };
+                    text.push_str(&format!(
+                        "{id}  {} uses left  {state}\n",
+                        t.uses_left.max(0)
+                    ));
+                }
+            }
+            print_out(&text)?;
+            Ok(0)
+        }
+        Command::Token {
+            command: TokenCommand::Revoke { id, dir },
+        } => {
+            let db = open_db(&dir.dir, dir.db.as_deref()).await?;
+            let revoked = async {
+                let hash = crate::tokens::find(&db, &id).await?;
+                db.revoke_token(&hash).await?;
+                Ok::<_, ApiError>(hash)
+            }
+            .await;
+            db.close().await;
+            let hash = revoked?;
+            print_out(&format!(
+                "token {} can enroll no new device\n",
+                crate::tokens::id(&hash)
+            ))?;
             Ok(0)
         }
         Command::Devices {
@@ -434,7 +504,7 @@ async fn dispatch(command: Command) -> Result<u8, ApiError> {
         Command::CopyBundles(a) => {
             let db = open_db(&a.dir.dir, a.dir.db.as_deref()).await?;
             let store = open_store(&a.dir.dir, a.store.as_deref())?;
-            config::check_bindings(&db, &store, None, false).await?;
+            config::check_bindings(&db, Some(&store), None, false).await?;
             let report = crate::copy::copy_bundles(&db, &store, a.device.as_deref(), &a.out).await;
             db.close().await;
             let report = report?;
@@ -455,7 +525,7 @@ async fn dispatch(command: Command) -> Result<u8, ApiError> {
                 .map_err(|e| ApiError::Operational(e.to_string()))?;
             let db = open_db(&a.dir.dir, a.dir.db.as_deref()).await?;
             let store = open_store(&a.dir.dir, a.store.as_deref())?;
-            config::check_bindings(&db, &store, None, false).await?;
+            config::check_bindings(&db, Some(&store), None, false).await?;
             // Plaintext goes only where no one else can read it, checked before any of it
             // is written.
             let target: Box<dyn Write> = match &a.out {

@@ -214,6 +214,17 @@ pub fn now_us() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
+/// `us` microseconds as the largest whole unit: `3d`, `5h`, `12m`, `40s`.
+pub fn format_duration_us(us: i64) -> String {
+    let s = us.max(0) / 1_000_000;
+    match s {
+        s if s >= 86_400 => format!("{}d", s / 86_400),
+        s if s >= 3600 => format!("{}h", s / 3600),
+        s if s >= 60 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// Parses a duration such as `90s`, `30m`, `12h`, `7d` or `2w`.
 /// The longest duration any option takes: longer than any timeout or token should
 /// live; far longer ones overflow clocks (a deadline past what `Instant` holds, a
@@ -241,19 +252,23 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{s:?} is too long: at most 10 years (520w)"))
 }
 
-/// What every replica and export of one collector must share, held in its database
-/// (recorded by `init`, or by the first `serve` of a database made before): where the
-/// blobs are and the receipt key. A replica started without `--store`, or with
-/// another directory's key, would answer receipts for bundles no export finds, or that
-/// devices cannot verify; it is refused instead. `bind`: record what is not recorded
+/// What every replica and export of one collector must share, held in its database:
+/// where the blobs are (recorded by `init --store`, else by the first `serve`) and the
+/// receipt key (recorded by `init`, or by the first `serve` of a database made
+/// before). A replica started without `--store`, or with another directory's key,
+/// would answer receipts for bundles no export finds, or that devices cannot verify; it
+/// is refused instead. `store: None`: not checked. `bind`: record what is not recorded
 /// yet (`init`, `serve`); otherwise only compare (`export`, `copy-bundles`).
 pub async fn check_bindings(
     db: &crate::db::Db,
-    store: &crate::store::BlobStore,
+    store: Option<&crate::store::BlobStore>,
     receipt_key: Option<&str>,
     bind: bool,
 ) -> Result<(), ApiError> {
-    let mut wanted = vec![("store", store.binding(), "--store")];
+    let mut wanted = Vec::new();
+    if let Some(store) = store {
+        wanted.push(("store", store.binding(), "--store"));
+    }
     if let Some(key) = receipt_key {
         wanted.push(("receipt_key", key, "the receipt signing key"));
     }
@@ -266,7 +281,11 @@ pub async fn check_bindings(
         match bound {
             Some(bound) if bound != mine => {
                 let fix = if name == "store" {
-                    format!("give --store {bound} (a `local` store is DIR/bundles or a directory)")
+                    format!(
+                        "give --store {bound} (`local`: DIR/bundles or another directory); if \
+                         that was recorded by mistake and nothing is stored yet, remove it \
+                         (DELETE FROM settings WHERE name = 'store') and start again"
+                    )
                 } else {
                     "copy the receipt-signing.key that init made to every replica".to_string()
                 };

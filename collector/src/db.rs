@@ -82,7 +82,58 @@ pub const DEFAULT_FILE: &str = "collector.db";
 
 /// The default database URL for a collector directory.
 pub fn default_url(dir: &Path) -> String {
-    format!("sqlite://{}?mode=rwc", dir.join(DEFAULT_FILE).display())
+    // The URL's path is percent-decoded by the driver: `%`, `?` and `#` in a directory
+    // name are escaped so that it names that directory.
+    let path = dir.join(DEFAULT_FILE).to_string_lossy().into_owned();
+    let escaped = path
+        .replace('%', "%25")
+        .replace('?', "%3F")
+        .replace('#', "%23");
+    format!("sqlite://{escaped}?mode=rwc")
+}
+
+/// The file a `sqlite:` URL names, percent-decoded as the driver reads it; `None` for
+/// one in memory.
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let raw = rest.split(['?', '#']).next().unwrap_or(rest);
+    if raw.is_empty() || raw == ":memory:" {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut rest = raw.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b, tail) {
+            (b'%', [h, l, more @ ..]) if hex(*h).is_some() && hex(*l).is_some() => {
+                bytes.push((hex(*h)? * 16 + hex(*l)?) as u8);
+                rest = more;
+            }
+            _ => {
+                bytes.push(b);
+                rest = tail;
+            }
+        }
+    }
+    Some(std::path::PathBuf::from(
+        String::from_utf8_lossy(&bytes).into_owned(),
+    ))
+}
+
+/// A token row (the token itself is never stored).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TokenRow {
+    /// SHA-256 of the token, hex.
+    pub hash: String,
+    /// Enrollments it still allows.
+    pub uses_left: i64,
+    /// When it stops being accepted (µs since the epoch), if ever.
+    pub expires_us: Option<i64>,
+    /// When it was made (µs since the epoch).
+    pub created_us: i64,
 }
 
 /// A device row.
@@ -341,6 +392,36 @@ impl Db {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Every token, oldest first.
+    pub async fn tokens(&self) -> Result<Vec<TokenRow>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT hash, uses_left, expires_us, created_us FROM tokens ORDER BY created_us, hash",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TokenRow {
+                    hash: r.try_get(0)?,
+                    uses_left: r.try_get(1)?,
+                    expires_us: r.try_get(2)?,
+                    created_us: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Uses up the token whose hash is `hash`: it enrolls no new device from then on.
+    /// False when there is none.
+    pub async fn revoke_token(&self, hash: &str) -> Result<bool, ApiError> {
+        let n = sqlx::query("UPDATE tokens SET uses_left = 0 WHERE hash = $1")
+            .bind(hash)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
     }
 
     // ----- devices -----
@@ -771,12 +852,10 @@ async fn batch_writer(pool: AnyPool, mut rx: mpsc::Receiver<PendingRow>) {
 /// that SQLite opens it rather than creating it with the umask's permissions (its WAL
 /// and shared-memory files take the database file's permissions).
 fn create_private_sqlite_file(url: &str) -> Result<(), ApiError> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
-    let path = rest.split('?').next().unwrap_or(rest);
-    if path.is_empty() || path == ":memory:" || Path::new(path).exists() {
+    let Some(path) = sqlite_file(url) else {
+        return Ok(());
+    };
+    if path.exists() {
         return Ok(());
     }
     let mut opts = std::fs::OpenOptions::new();
@@ -818,6 +897,46 @@ mod tests {
             size: 5,
             location: location.map(str::to_string),
         }
+    }
+
+    /// The file made owner-only before the driver opens it is the file the driver
+    /// opens: percent escapes decoded the same way, in the default URL too.
+    #[tokio::test]
+    async fn a_sqlite_url_names_the_same_file_for_us_and_for_the_driver() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("odd %25 ?# dir");
+        std::fs::create_dir(&dir).unwrap();
+        let db = Db::open(&default_url(&dir)).await.unwrap();
+        db.close().await;
+        let file = dir.join(DEFAULT_FILE);
+        assert!(
+            file.is_file(),
+            "{:?}",
+            std::fs::read_dir(&dir).unwrap().collect::<Vec<_>>()
+        );
+        assert_eq!(
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .filter(|e| e
+                    .as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "db"))
+                .count(),
+            1
+        );
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let url = format!("sqlite://{}/a%25b.db?mode=rwc", tmp.path().display());
+        let db = Db::open(&url).await.unwrap();
+        db.close().await;
+        assert!(tmp.path().join("a%b.db").is_file());
+        assert!(!tmp.path().join("a%25b.db").exists());
+        assert_eq!(sqlite_file("sqlite::memory:"), None);
     }
 
     #[tokio::test]

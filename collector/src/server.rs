@@ -62,7 +62,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ApiError> {
     let db = Db::open(&cfg.db_url).await?;
     let store = BlobStore::open(&cfg.store_url)?;
     let key = signer.receipt_key().to_string();
-    crate::config::check_bindings(&db, &store, Some(&key), true).await?;
+    crate::config::check_bindings(&db, Some(&store), Some(&key), true).await?;
     let state = Arc::new(AppState {
         db: db.clone(),
         store,

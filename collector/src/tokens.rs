@@ -31,3 +31,33 @@ pub async fn create(db: &Db, uses: u32, expires_us: Option<i64>) -> Result<Strin
         .await?;
     Ok(token)
 }
+
+/// A token's id, for `token list` and `token revoke`: the first 12 hex digits of its
+/// hash (the token itself is never shown again).
+pub fn id(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
+/// The one stored hash whose id starts with `prefix` (at least 8 hex digits).
+pub async fn find(db: &Db, prefix: &str) -> Result<String, ApiError> {
+    let prefix = prefix.trim().to_ascii_lowercase();
+    if prefix.len() < 8 || !prefix.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ApiError::BadRequest(
+            "a token id is at least 8 hex digits (see `token list`)".into(),
+        ));
+    }
+    let mut found = db
+        .tokens()
+        .await?
+        .into_iter()
+        .filter(|t| t.hash.starts_with(&prefix));
+    match (found.next(), found.next()) {
+        (Some(t), None) => Ok(t.hash),
+        (None, _) => Err(ApiError::Operational(format!(
+            "no token has the id {prefix}"
+        ))),
+        (Some(_), Some(_)) => Err(ApiError::Operational(format!(
+            "more than one token has an id starting {prefix}: give more digits"
+        ))),
+    }
+}

@@ -633,6 +633,8 @@ fn replicas_and_exports_of_one_collector_share_its_store_and_receipt_key() {
     let dir = tmp.path().join("c");
     init(&dir);
     let d = dir.to_str().unwrap();
+    // `init` without --store leaves the store to the first `serve` to record.
+    drop(Server::start(&dir, &[]));
     let serve = |dir: &str, extra: &[&str]| {
         let mut args = vec!["serve", "--dir", dir, "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
@@ -668,5 +670,86 @@ fn replicas_and_exports_of_one_collector_share_its_store_and_receipt_key() {
     assert!(
         err.contains("give --store local") || err.contains("holds store local"),
         "{err}"
+    );
+}
+
+/// A leaked token can be found (`token list`: ids, uses, expiry, never the tokens) and
+/// used up (`token revoke`): it enrolls no new device from then on, and devices it
+/// enrolled stay enrolled.
+#[test]
+fn a_leaked_token_can_be_listed_and_used_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    let (_, first) = init(&dir);
+    let d = dir.to_str().unwrap();
+    let out = cli(&[
+        "token",
+        "new",
+        "--dir",
+        d,
+        "--uses",
+        "5",
+        "--expires",
+        "2d",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (token, id) = (
+        made["token"].as_str().unwrap(),
+        made["id"].as_str().unwrap(),
+    );
+    assert_eq!(id.len(), 12);
+
+    let server = Server::start(&dir, &[]);
+    let before = Device::new(60);
+    assert_eq!(server.enroll(token, &before).status, 201);
+
+    let out = cli(&["token", "list", "--dir", d]);
+    let listed = text(&out.stdout);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(
+        listed.contains(&format!("{id}  4 uses left  expires in 1d")),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains(token) && !listed.contains(&first),
+        "{listed}"
+    );
+    let out = cli(&["token", "list", "--dir", d, "--json"]);
+    assert!(!text(&out.stdout).contains(token));
+
+    // Too short, unknown: refused, nothing changed.
+    assert_eq!(
+        cli(&["token", "revoke", &id[..6], "--dir", d])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        cli(&["token", "revoke", "0123456789ab", "--dir", d])
+            .status
+            .code(),
+        Some(1)
+    );
+    let out = cli(&[
+        "token",
+        "revoke",
+        &id.to_ascii_uppercase()[..10],
+        "--dir",
+        d,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(id), "{}", text(&out.stdout));
+
+    let after = Device::new(61);
+    let r = server.enroll(token, &after);
+    assert_eq!((r.status, r.code()), (401, "bad_token".to_string()));
+    // The device it enrolled before is still enrolled (the same key again: 200).
+    assert_eq!(server.enroll(token, &before).status, 200);
+    let listed = text(&cli(&["token", "list", "--dir", d]).stdout);
+    assert!(
+        listed.contains(&format!("{id}  0 uses left  used up")),
+        "{listed}"
     );
 }

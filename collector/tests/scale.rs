@@ -27,7 +27,7 @@ fn two_replicas_on_postgres_store_one_copy_and_answer_one_receipt() {
     });
     let dir1 = tmp.path().join("r1");
     let dir2 = tmp.path().join("r2");
-    let (receipt_key, token) = init_with(&dir1, &["--db", &db]);
+    let (receipt_key, token) = init_with(&dir1, &["--db", &db, "--store", &store]);
     // Replicas share the receipt signing key, the database and the store.
     std::fs::create_dir(&dir2).unwrap();
     std::fs::copy(

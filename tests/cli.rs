@@ -507,9 +507,9 @@ fn test_bundles(identity: &Identity) -> Vec<capvault::SealedBundle> {
     out
 }
 
-/// `capvault open` writes every event of the bundles in clear: a redirected stdout of
-/// one's own is made owner-only first; one with another name, or another user's, is
-/// refused before anything is written.
+/// `capvault open` writes every event of the bundles in clear: a redirected stdout must
+/// be one's own, owner-only already and have one name; anything else is refused before
+/// anything is written.
 #[test]
 fn open_writes_plaintext_only_where_no_one_else_can_read_it() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -532,18 +532,33 @@ fn open_writes_plaintext_only_where_no_one_else_can_read_it() {
     };
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
 
+    // Others could open it (and may have already): refused, nothing written.
     let mine = tmp.path().join("events.jsonl");
     std::fs::write(&mine, b"").unwrap();
     std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_fails(&open_into(&mine), 1, "umask 077");
+    assert_eq!(std::fs::metadata(&mine).unwrap().len(), 0);
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = open_into(&mine);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("owner-only"),
-        "{}",
-        text(&out.stderr)
-    );
     assert_eq!(mode(&mine), 0o600);
     assert!(std::fs::metadata(&mine).unwrap().len() > 0);
+    // The identity is a secret: `recipient new --out -` likewise.
+    let id_out = tmp.path().join("identity.out");
+    std::fs::write(&id_out, b"").unwrap();
+    std::fs::set_permissions(&id_out, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(BIN)
+        .args(["recipient", "new", "--out", "-"])
+        .stdout(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&id_out)
+                .unwrap(),
+        )
+        .output()
+        .unwrap();
+    assert_fails(&out, 1, "umask 077");
+    assert_eq!(std::fs::metadata(&id_out).unwrap().len(), 0);
 
     let linked = tmp.path().join("linked.jsonl");
     std::fs::write(&linked, b"").unwrap();

@@ -277,6 +277,15 @@ async fn open_db(dir: &Path, db: Option<&str>) -> Result<Db, ApiError> {
     Db::open(&config::db_url(dir, db)).await
 }
 
+/// `export` and `copy-bundles` only read, and check every blob against its digest: a
+/// store other than the one recorded is said, not refused (the report then shows what
+/// it lacks).
+fn warn_unbound(checked: Result<Vec<&'static str>, ApiError>) {
+    if let Err(e) = checked {
+        eprintln!("capvault-collector: warning: {e}");
+    }
+}
+
 /// The blob store of collector directory `dir` (checked when it is the default one),
 /// or the one given.
 fn open_store(dir: &Path, store: Option<&str>) -> Result<BlobStore, ApiError> {
@@ -293,45 +302,68 @@ async fn init(
     store: Option<&str>,
 ) -> Result<(capvault_format::ReceiptSigner, String), ApiError> {
     let created = crate::private::prepare_init_dir(dir)?;
+    // The key file, made new, is this init's claim on the directory: another init that
+    // got there first has it, and this one stops having made nothing.
+    let signer = match config::create_signer(dir) {
+        Ok(signer) => signer,
+        Err(e) => {
+            if created {
+                // Empty: only what this init made (removes nothing otherwise).
+                let _ = std::fs::remove_dir(dir);
+            }
+            return Err(e);
+        }
+    };
     let made = async {
-        let signer = config::create_signer(dir)?;
         let db = Db::open(&config::db_url(dir, db_url)).await?;
         let token = async {
             let blobs = BlobStore::open(&config::store_url(dir, store))?;
-            // The store is recorded when it is named (else by the first `serve`).
             let key = signer.receipt_key().to_string();
-            config::check_bindings(&db, store.map(|_| &blobs), Some(&key), true).await?;
-            crate::tokens::create(&db, 1, None).await
+            let bound = config::check_bindings(&db, Some(&blobs), Some(&key), true).await?;
+            let token = crate::tokens::create(&db, 1, None).await;
+            if token.is_err() {
+                // Nothing recorded for a collector that did not come to be.
+                let _ = db.unbind(&bound).await;
+            }
+            token
         }
         .await;
         db.close().await;
-        Ok((signer, token?))
+        token
     }
     .await;
-    if made.is_err() {
-        // The directory was new or empty: everything in it is this init's.
-        let undone = if created {
-            std::fs::remove_dir_all(dir)
-        } else {
-            std::fs::read_dir(dir).and_then(|entries| {
-                entries.into_iter().try_for_each(|e| {
-                    let path = e?.path();
-                    if path.is_dir() {
-                        std::fs::remove_dir_all(path)
-                    } else {
-                        std::fs::remove_file(path)
-                    }
+    match made {
+        Ok(token) => Ok((signer, token)),
+        Err(e) => {
+            // The directory was new or empty and this init holds it: everything in it
+            // is this init's.
+            let undone = if created {
+                std::fs::remove_dir_all(dir)
+            } else {
+                std::fs::read_dir(dir).and_then(|entries| {
+                    entries.into_iter().try_for_each(|e| {
+                        let e = e?;
+                        if e.file_name() == "lost+found" {
+                            return Ok(());
+                        }
+                        let path = e.path();
+                        if path.is_dir() && !path.is_symlink() {
+                            std::fs::remove_dir_all(path)
+                        } else {
+                            std::fs::remove_file(path)
+                        }
+                    })
                 })
-            })
-        };
-        if let Err(e) = undone {
-            eprintln!(
-                "capvault-collector: could not take back what init made in {}: {e}",
-                dir.display()
-            );
+            };
+            if let Err(e) = undone {
+                eprintln!(
+                    "capvault-collector: could not take back what init made in {}: {e}",
+                    dir.display()
+                );
+            }
+            Err(e)
         }
     }
-    made
 }
 
 async fn dispatch(command: Command) -> Result<u8, ApiError> {
@@ -504,7 +536,7 @@ async fn dispatch(command: Command) -> Result<u8, ApiError> {
         Command::CopyBundles(a) => {
             let db = open_db(&a.dir.dir, a.dir.db.as_deref()).await?;
             let store = open_store(&a.dir.dir, a.store.as_deref())?;
-            config::check_bindings(&db, Some(&store), None, false).await?;
+            warn_unbound(config::check_bindings(&db, Some(&store), None, false).await);
             let report = crate::copy::copy_bundles(&db, &store, a.device.as_deref(), &a.out).await;
             db.close().await;
             let report = report?;
@@ -525,7 +557,7 @@ async fn dispatch(command: Command) -> Result<u8, ApiError> {
                 .map_err(|e| ApiError::Operational(e.to_string()))?;
             let db = open_db(&a.dir.dir, a.dir.db.as_deref()).await?;
             let store = open_store(&a.dir.dir, a.store.as_deref())?;
-            config::check_bindings(&db, Some(&store), None, false).await?;
+            warn_unbound(config::check_bindings(&db, Some(&store), None, false).await);
             // Plaintext goes only where no one else can read it, checked before any of it
             // is written.
             let target: Box<dyn Write> = match &a.out {

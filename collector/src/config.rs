@@ -253,18 +253,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// What every replica and export of one collector must share, held in its database:
-/// where the blobs are (recorded by `init --store`, else by the first `serve`) and the
-/// receipt key (recorded by `init`, or by the first `serve` of a database made
-/// before). A replica started without `--store`, or with another directory's key,
+/// where the blobs are and the receipt key (recorded by `init`, or by the first `serve`
+/// of a database made before). A replica started without `--store`, or with another directory's key,
 /// would answer receipts for bundles no export finds, or that devices cannot verify; it
 /// is refused instead. `store: None`: not checked. `bind`: record what is not recorded
-/// yet (`init`, `serve`); otherwise only compare (`export`, `copy-bundles`).
+/// yet (`init`, `serve`; returns what this call recorded); otherwise only compare
+/// (`export`, `copy-bundles`).
 pub async fn check_bindings(
     db: &crate::db::Db,
     store: Option<&crate::store::BlobStore>,
     receipt_key: Option<&str>,
     bind: bool,
-) -> Result<(), ApiError> {
+) -> Result<Vec<&'static str>, ApiError> {
+    let mut recorded = Vec::new();
     let mut wanted = Vec::new();
     if let Some(store) = store {
         wanted.push(("store", store.binding(), "--store"));
@@ -274,12 +275,18 @@ pub async fn check_bindings(
     }
     for (name, mine, what) in wanted {
         let bound = if bind {
-            Some(db.bind_setting(name, mine).await?)
+            let (bound, inserted) = db.bind_setting(name, mine).await?;
+            if inserted {
+                recorded.push(name);
+            }
+            Some(bound)
         } else {
             db.setting(name).await?
         };
         match bound {
             Some(bound) if bound != mine => {
+                // Nothing recorded by a call that refuses.
+                db.unbind(&recorded).await?;
                 let fix = if name == "store" {
                     format!(
                         "give --store {bound} (`local`: DIR/bundles or another directory); if \
@@ -297,7 +304,7 @@ pub async fn check_bindings(
             _ => {}
         }
     }
-    Ok(())
+    Ok(recorded)
 }
 
 #[cfg(test)]

@@ -113,7 +113,14 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), Problem> {
         f.write_all(bytes)?;
         f.sync_all()
     });
-    let linked = written.and_then(|()| std::fs::hard_link(&partial, path));
+    let linked = written.and_then(|()| match std::fs::hard_link(&partial, path) {
+        // A file system without hard links (FAT, exFAT: a USB stick to the offline
+        // identity): a rename, after a last look that the name is free.
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists && !path.exists() => {
+            std::fs::rename(&partial, path).map_err(|_| e)
+        }
+        other => other,
+    });
     let _ = std::fs::remove_file(&partial);
     match linked {
         Ok(()) => Ok(()),

@@ -66,7 +66,8 @@ const SCHEMA_V2: &[&str] = &["ALTER TABLE bundles ADD COLUMN location TEXT"];
 
 /// From version 2 to 3: what every replica on this database must share (the receipt
 /// key, where the blobs are), bound by the first to start.
-const SCHEMA_V3: &[&str] = &["CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)"];
+const SCHEMA_V3: &[&str] =
+    &["CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)"];
 
 /// Which engine a URL names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,7 +100,8 @@ fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
         .unwrap_or(url);
-    let raw = rest.split(['?', '#']).next().unwrap_or(rest);
+    // As the driver reads it: the path ends at `?`, nowhere else.
+    let raw = rest.split('?').next().unwrap_or(rest);
     if raw.is_empty() || raw == ":memory:" {
         return None;
     }
@@ -342,19 +344,35 @@ impl Db {
     }
 
     /// The value bound to `name`: `value` when nothing was bound yet (it is bound now),
-    /// else what was bound first (by this or another replica).
-    pub async fn bind_setting(&self, name: &str, value: &str) -> Result<String, ApiError> {
-        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(name)
-            .bind(value)
-            .execute(&self.pool)
-            .await?;
+    /// else what was bound first (by this or another replica); and whether this call
+    /// bound it.
+    pub async fn bind_setting(&self, name: &str, value: &str) -> Result<(String, bool), ApiError> {
+        let inserted = sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1;
         let bound: String = sqlx::query("SELECT value FROM settings WHERE name = $1")
             .bind(name)
             .fetch_one(&self.pool)
             .await?
             .try_get(0)?;
-        Ok(bound)
+        Ok((bound, inserted))
+    }
+
+    /// Removes the bindings named (made by an `init` that then failed).
+    pub async fn unbind(&self, names: &[&str]) -> Result<(), ApiError> {
+        for name in names {
+            sqlx::query("DELETE FROM settings WHERE name = $1")
+                .bind(*name)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
     }
 
     /// The value bound to `name`, if any.

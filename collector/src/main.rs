@@ -19,6 +19,13 @@ fn main() -> std::process::ExitCode {
         );
         return std::process::ExitCode::from(2);
     }
+    // A database named in the environment applies to every command, whatever --dir
+    // says: said, so that a staging command does not go to production unnoticed.
+    if std::env::var_os("CAPVAULT_COLLECTOR_DB").is_some()
+        && !std::env::args().any(|a| a == "--db" || a.starts_with("--db="))
+    {
+        eprintln!("capvault-collector: using the database named in CAPVAULT_COLLECTOR_DB");
+    }
     if password_on_command_line(std::env::args().skip(1)) {
         eprintln!(
             "capvault-collector: warning: --db holds a password, which every local user can \
@@ -38,10 +45,14 @@ fn password_on_command_line(mut args: impl Iterator<Item = String>) -> bool {
             _ => continue,
         };
         let authority = url.split_once("://").map_or("", |(_, rest)| rest);
+        let query = authority.split_once('?').map_or("", |(_, q)| q);
         let authority = authority.split(['/', '?']).next().unwrap_or_default();
         if authority
             .rsplit_once('@')
             .is_some_and(|(user, _)| user.contains(':'))
+            || query
+                .split('&')
+                .any(|p| p.to_ascii_lowercase().starts_with("password="))
         {
             return true;
         }
@@ -62,6 +73,11 @@ mod tests {
         ]));
         assert!(!seen(&["serve", "--db", "postgres://u@db/c"]));
         assert!(!seen(&["serve", "--db", "postgres://db/c?user=a:b"]));
+        assert!(seen(&[
+            "serve",
+            "--db",
+            "postgres://u@db/c?sslmode=require&password=x"
+        ]));
         assert!(!seen(&[
             "serve",
             "--db",

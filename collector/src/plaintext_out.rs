@@ -29,12 +29,14 @@ pub fn create(path: &Path) -> Result<File, ApiError> {
     })
 }
 
-/// Checks standard output before plaintext goes to it; a regular file of this user's
-/// that others could read is made owner-only (said on stderr).
+/// Checks standard output before plaintext goes to it: a terminal, a socket, /dev/null
+/// or an anonymous pipe is the caller's choice; a regular file or a named FIFO must be
+/// this user's, have no other name, and be closed to others already (a mode changed
+/// now would not take the file back from whoever opened it in the meantime).
 #[cfg(unix)]
 pub fn check_stdout() -> Result<(), ApiError> {
     use std::os::fd::AsFd;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
     let failed = |e: std::io::Error| ApiError::Operational(format!("cannot check stdout: {e}"));
     let out = File::from(
         std::io::stdout()
@@ -43,32 +45,28 @@ pub fn check_stdout() -> Result<(), ApiError> {
             .map_err(failed)?,
     );
     let meta = out.metadata().map_err(failed)?;
-    if !meta.is_file() {
-        // A pipe, a terminal, /dev/null: what reads it is the caller's choice.
+    let kind = meta.file_type();
+    let anonymous_pipe = kind.is_fifo()
+        && std::fs::read_link("/proc/self/fd/1")
+            .is_ok_and(|l| l.to_string_lossy().starts_with("pipe:"));
+    if !(kind.is_file() || kind.is_fifo()) || anonymous_pipe {
         return Ok(());
     }
-    let refuse = |why: &str| {
-        Err(ApiError::Operational(format!(
-            "standard output is a file {why}: others could read every event exported; \
-             use --out FILE (a new owner-only file), or a file of your own with mode 600"
-        )))
-    };
-    if crate::private::my_uid() != Some(meta.uid()) {
-        return refuse("that belongs to another user");
-    }
-    if meta.nlink() > 1 {
-        return refuse("with other names (hard links)");
-    }
     let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        out.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(failed)?;
-        eprintln!(
-            "capvault-collector: standard output is a file others could read (mode {mode:o}): \
-             made it owner-only (600)"
-        );
-    }
-    Ok(())
+    let why = if crate::private::my_uid().is_some_and(|me| me != meta.uid()) {
+        "belongs to another user".to_string()
+    } else if meta.nlink() > 1 {
+        "has other names (hard links)".to_string()
+    } else if mode & 0o077 != 0 {
+        format!("others could open (mode {mode:04o}), and may hold open already")
+    } else {
+        return Ok(());
+    };
+    Err(ApiError::Operational(format!(
+        "standard output is a file that {why}: every event exported would be readable \
+         by them; use --out FILE (a new owner-only file), or redirect with `umask 077` \
+         set, or pipe"
+    )))
 }
 
 #[cfg(not(unix))]

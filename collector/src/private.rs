@@ -11,13 +11,11 @@ use std::path::Path;
 
 use crate::error::ApiError;
 
-/// This process's user: the owner of `/proc/self`. `None` where that cannot be read
-/// (ownership is then not checked).
+/// This process's effective user; `None` off Unix (ownership is then not checked).
 pub fn my_uid() -> Option<u32> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+        Some(rustix::process::geteuid().as_raw())
     }
     #[cfg(not(unix))]
     None
@@ -44,8 +42,9 @@ fn refused(path: &Path, what: &str, why: &str, fix: &str) -> ApiError {
     ApiError::Operational(format!("{what} {} {why}: {fix}", path.display()))
 }
 
-/// A key file (the receipt signing key, an identity, a TLS key): this user's, and
-/// readable by nobody else.
+/// A key file (the receipt signing key, an identity, a TLS key): this user's and
+/// readable by nobody else; or, as PostgreSQL allows, root's and readable by its group
+/// at most (the `ssl-cert` group, a container's secret volume).
 pub fn check_key_file(path: &Path, what: &str) -> Result<(), ApiError> {
     #[cfg(unix)]
     {
@@ -55,23 +54,27 @@ pub fn check_key_file(path: &Path, what: &str) -> Result<(), ApiError> {
             return Ok(());
         };
         let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(refused(
-                path,
-                what,
-                &format!("has permissions {mode:04o}, too open"),
-                &format!(
-                    "it must be accessible by its owner only (chmod 600 {})",
-                    path.display()
-                ),
-            ));
-        }
-        if my_uid().is_some_and(|me| me != meta.uid()) {
+        let me = my_uid();
+        let roots = meta.uid() == 0 && me != Some(0);
+        if me.is_some_and(|me| me != meta.uid()) && !roots {
             return Err(refused(
                 path,
                 what,
                 &format!("belongs to another user (uid {})", meta.uid()),
                 "use a key file of your own",
+            ));
+        }
+        let open_to = if roots { 0o037 } else { 0o077 };
+        if mode & open_to != 0 {
+            return Err(refused(
+                path,
+                what,
+                &format!("has permissions {mode:04o}, too open"),
+                &format!(
+                    "it must be accessible by its owner only (chmod 600 {}; or owned by \
+                     root, 640)",
+                    path.display()
+                ),
             ));
         }
     }
@@ -108,8 +111,8 @@ pub fn prepare_init_dir(dir: &Path) -> Result<bool, ApiError> {
                 Some("is not a directory".to_string())
             } else if std::fs::read_dir(dir)
                 .map_err(|e| op(format!("cannot read {}", dir.display()), e))?
-                .next()
-                .is_some()
+                // A fresh file system's root holds only lost+found.
+                .any(|e| e.is_ok_and(|e| e.file_name() != "lost+found"))
             {
                 Some(
                     "is not empty (an initialized collector, or a directory others use)"

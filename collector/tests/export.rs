@@ -313,7 +313,7 @@ fn mode(path: &std::path::Path) -> u32 {
 
 /// Every captured event of every device is in an export: it goes only where no one else
 /// can read it. `--out` makes a new owner-only file and never writes over one or through
-/// a link; a redirected stdout of one's own is made owner-only; a file of someone
+/// a link; a redirected stdout must be one's own and owner-only already; a file of someone
 /// else's, or one with other names, is refused before anything is written.
 #[test]
 fn exported_plaintext_goes_only_where_no_one_else_can_read_it() {
@@ -355,7 +355,8 @@ fn exported_plaintext_goes_only_where_no_one_else_can_read_it() {
     assert_eq!(o.status.code(), Some(1));
     assert!(!planted.exists());
 
-    // `> file` with a umask of 022: made owner-only, then written.
+    // `> file` with a umask of 022: refused, nothing written (a mode changed now would
+    // not take the file back from a reader that opened it already); with 600: written.
     let redirected = tmp.path().join("redirected.jsonl");
     std::fs::write(&redirected, b"").unwrap();
     std::fs::set_permissions(
@@ -364,12 +365,16 @@ fn exported_plaintext_goes_only_where_no_one_else_can_read_it() {
     )
     .unwrap();
     let o = export_to(&dir, &id, std::fs::File::create(&redirected).unwrap());
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("umask 077"), "{}", text(&o.stderr));
+    assert_eq!(std::fs::metadata(&redirected).unwrap().len(), 0);
+    std::fs::set_permissions(
+        &redirected,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let o = export_to(&dir, &id, std::fs::File::create(&redirected).unwrap());
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    assert!(
-        text(&o.stderr).contains("made it owner-only"),
-        "{}",
-        text(&o.stderr)
-    );
     assert_eq!(mode(&redirected), 0o600);
     assert_eq!(
         std::fs::read_to_string(&redirected)
@@ -378,6 +383,26 @@ fn exported_plaintext_goes_only_where_no_one_else_can_read_it() {
             .count(),
         3
     );
+
+    // A named FIFO others can open (someone reading behind it): refused.
+    let fifo = tmp.path().join("events.fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .args(["-m", "644"])
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(&fifo).unwrap())
+    };
+    let o = export_to(
+        &dir,
+        &id,
+        std::fs::OpenOptions::new().write(true).open(&fifo).unwrap(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(reader.join().unwrap().is_empty());
 
     // A file with a second name (made by someone to read it through): refused.
     let linked = tmp.path().join("linked.jsonl");

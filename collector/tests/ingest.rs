@@ -631,10 +631,8 @@ fn commands_refuse_a_collector_directory_others_can_change() {
 fn replicas_and_exports_of_one_collector_share_its_store_and_receipt_key() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("c");
-    init(&dir);
+    let (receipt_key, _) = init(&dir);
     let d = dir.to_str().unwrap();
-    // `init` without --store leaves the store to the first `serve` to record.
-    drop(Server::start(&dir, &[]));
     let serve = |dir: &str, extra: &[&str]| {
         let mut args = vec!["serve", "--dir", dir, "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
@@ -664,12 +662,29 @@ fn replicas_and_exports_of_one_collector_share_its_store_and_receipt_key() {
         text(&out.stderr)
     );
 
+    // An export only reads and checks every blob: another store is said, not refused.
     let (_, id) = identity(tmp.path());
-    let (code, _, err) = export(&dir, &id, &["--store", "s3://bucket/prefix"]);
-    assert_eq!(code, 1, "{err}");
+    let (_, _, err) = export(&dir, &id, &["--store", "s3://bucket/prefix"]);
     assert!(
-        err.contains("give --store local") || err.contains("holds store local"),
+        err.contains("warning") && err.contains("holds store local"),
         "{err}"
+    );
+
+    // An init on a database that is another collector's: refused, and what that
+    // collector recorded stays as it was.
+    let third = tmp.path().join("third");
+    let db_url = format!("sqlite://{}/collector.db?mode=rwc", dir.display());
+    let out = cli(&["init", "--dir", third.to_str().unwrap(), "--db", &db_url]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(!third.exists());
+    let out = std::process::Command::new("sqlite3")
+        .arg(dir.join("collector.db"))
+        .arg("SELECT name, value FROM settings ORDER BY name")
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        format!("receipt_key|{receipt_key}\nstore|local\n")
     );
 }
 

@@ -426,19 +426,29 @@ impl Identity {
     /// Reads an identity file written by [`Identity::write_to_file`] (blank lines and
     /// `#` comments are skipped; exactly one identity line is expected).
     pub fn read_from_file(path: &Path) -> Result<Identity> {
-        if holds_identity(&path.to_string_lossy()) {
+        let text = path.to_string_lossy();
+        if holds_identity(&text) {
             // Never echoed: it is the secret itself.
             return Err(Error::invalid(
                 "an identity was given where the path of its file belongs: pass the file \
                  that holds it (the identity given is not shown)",
             ));
         }
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
+        // A path with a long base32 run may be a key without its prefix: a file of that
+        // name that is not there is not named.
+        let base32_run = text.split(|c: char| !c.is_ascii_alphanumeric()).any(|w| {
+            w.len() >= 40
+                && w.bytes()
+                    .all(|b| matches!(b.to_ascii_uppercase(), b'A'..=b'Z' | b'2'..=b'7'))
+        });
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound if base32_run => Error::NotFound(
+                "identity file (its name looks like a key, so it is not shown)".into(),
+            ),
+            std::io::ErrorKind::NotFound => {
                 Error::NotFound(format!("identity file {}", path.display()))
-            } else {
-                Error::from(e)
             }
+            _ => Error::from(e),
         })?);
         Self::from_file_text(&text, &path.display().to_string())
     }
@@ -604,6 +614,12 @@ mod tests {
             !holds_identity("CVSECRET-X25519-1"),
             "a bare label is a hint"
         );
+        // The key without its prefix, as a path that is not there: not echoed.
+        let body = secret[IDENTITY_X25519.len()..].to_string();
+        let e = Identity::read_from_file(Path::new(&body))
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains(&body[..30]) && e.contains("not shown"), "{e}");
         assert_eq!(back.recipient(), id.recipient());
         let e = Identity::generate(Suite::X25519)
             .write_to_file(&path)

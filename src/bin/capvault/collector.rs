@@ -30,6 +30,8 @@ pub fn recipient_new(a: &NewRecipientArgs, json: bool) -> CliResult<()> {
     let receipt_key = id.receipt_key().to_string();
     if files::is_dash(&a.out) {
         // As `age-keygen` without -o: the identity is the output, the public part a note.
+        // A secret: only to a stdout no one else can read.
+        files::private_stdout()?;
         if json {
             print_json(&json!({
                 "recipient": recipient,

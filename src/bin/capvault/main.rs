@@ -31,7 +31,7 @@ Examples:
   capvault keys rotate --kek --vault /var/lib/capvault --user alice
   capvault recipient new --out collector.identity
   capvault recipient show -i collector.identity          the recipient of an identity
-  capvault open -i collector.identity bundles/*.cvb > events.jsonl
+  (umask 077; capvault open -i collector.identity bundles/*.cvb > events.jsonl)
 
 Short flags: -v/--vault, -u/--user, -o/--out (--out-dir for seal), -i/--identity,
 -t/--to (seal). `-` stands for stdout (--out) or stdin (--identity, bundles, --receipt).
@@ -171,7 +171,7 @@ pub enum Cmd {
     Recipient(RecipientCmd),
     /// Open bundles: events as JSON Lines on stdout, chain check on stderr.
     #[command(
-        after_help = "Example:\n  capvault open --identity collector.identity inbox/*.cvb --blobs-dir blobs/ > events.jsonl\n\nExit 3 when a bundle or the chain fails an integrity check."
+        after_help = "Example:\n  (umask 077; capvault open --identity collector.identity inbox/*.cvb --blobs-dir blobs/ > events.jsonl)\n\nThe events are plaintext: stdout may be a terminal, a pipe, or a file only you can \nopen (umask 077); any other file is refused.\n\nExit 3 when a bundle or the chain fails an integrity check."
     )]
     Open(collector::OpenArgs),
     /// Write collector receipts for bundles (give them to `capvault ack --receipt`).

@@ -1,8 +1,7 @@
 //! Where `export` writes plaintext, every event of every device it covers: a new file
 //! only its owner can read (`--out`), or a standard output no other user can read (a
-//! pipe, a terminal, or a file of this user's that is, or is made, owner-only). A file
-//! that belongs to someone else, or has other names, is refused before anything is
-//! written: whoever made it could read what lands in it.
+//! pipe, a terminal, or a file of this user's that is owner-only already). Anything
+//! else is refused before anything is written.
 
 use std::fs::File;
 use std::path::Path;
@@ -29,47 +28,16 @@ pub fn create(path: &Path) -> Result<File, ApiError> {
     })
 }
 
-/// Checks standard output before plaintext goes to it: a terminal, a socket, /dev/null
-/// or an anonymous pipe is the caller's choice; a regular file or a named FIFO must be
-/// this user's, have no other name, and be closed to others already (a mode changed
-/// now would not take the file back from whoever opened it in the meantime).
-#[cfg(unix)]
+/// Checks standard output before plaintext goes to it
+/// ([`capvault_format::stdout_not_private`]).
 pub fn check_stdout() -> Result<(), ApiError> {
-    use std::os::fd::AsFd;
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-    let failed = |e: std::io::Error| ApiError::Operational(format!("cannot check stdout: {e}"));
-    let out = File::from(
-        std::io::stdout()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(failed)?,
-    );
-    let meta = out.metadata().map_err(failed)?;
-    let kind = meta.file_type();
-    let anonymous_pipe = kind.is_fifo()
-        && std::fs::read_link("/proc/self/fd/1")
-            .is_ok_and(|l| l.to_string_lossy().starts_with("pipe:"));
-    if !(kind.is_file() || kind.is_fifo()) || anonymous_pipe {
-        return Ok(());
+    match capvault_format::stdout_not_private() {
+        Err(e) => Err(ApiError::Operational(format!("cannot check stdout: {e}"))),
+        Ok(None) => Ok(()),
+        Ok(Some(why)) => Err(ApiError::Operational(format!(
+            "standard output is a file that {why}: every event exported would be readable \
+             by them; use --out FILE (a new owner-only file), or redirect with `umask 077` \
+             set, or pipe"
+        ))),
     }
-    let mode = meta.permissions().mode() & 0o7777;
-    let why = if crate::private::my_uid().is_some_and(|me| me != meta.uid()) {
-        "belongs to another user".to_string()
-    } else if meta.nlink() > 1 {
-        "has other names (hard links)".to_string()
-    } else if mode & 0o077 != 0 {
-        format!("others could open (mode {mode:04o}), and may hold open already")
-    } else {
-        return Ok(());
-    };
-    Err(ApiError::Operational(format!(
-        "standard output is a file that {why}: every event exported would be readable \
-         by them; use --out FILE (a new owner-only file), or redirect with `umask 077` \
-         set, or pipe"
-    )))
-}
-
-#[cfg(not(unix))]
-pub fn check_stdout() -> Result<(), ApiError> {
-    Ok(())
 }

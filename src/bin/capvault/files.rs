@@ -174,44 +174,15 @@ pub fn read_error(path: &Path, what: &str, e: &std::io::Error) -> CliError {
     CliError::failure(format!("cannot read {what} {}: {why}", path.display()))
 }
 
-/// Before plaintext (or a secret) goes to stdout: a terminal, a socket, /dev/null or an
-/// anonymous pipe is the caller's choice; a regular file or a named FIFO must be this
-/// user's, have no other name (whoever made or linked it could read what lands in it),
-/// and be closed to others already: a mode changed now would not take it back from
-/// whoever opened it in the meantime. Refused before anything is written.
-#[cfg(unix)]
+/// Before plaintext (or a secret) goes to stdout
+/// ([`capvault_format::stdout_not_private`]): refused before anything is written.
 pub fn private_stdout() -> CliResult<()> {
-    use std::os::fd::AsFd;
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-    let cannot = |e: std::io::Error| CliError::failure(format!("cannot check stdout: {e}"));
-    let dup = std::io::stdout()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(cannot)?;
-    let meta = File::from(dup).metadata().map_err(cannot)?;
-    let kind = meta.file_type();
-    let pipe = std::fs::read_link("/proc/self/fd/1")
-        .is_ok_and(|l| l.to_string_lossy().starts_with("pipe:"));
-    if !(kind.is_file() || kind.is_fifo()) || (kind.is_fifo() && pipe) {
-        return Ok(());
+    match capvault_format::stdout_not_private() {
+        Err(e) => Err(CliError::failure(format!("cannot check stdout: {e}"))),
+        Ok(None) => Ok(()),
+        Ok(Some(problem)) => Err(CliError::failure(format!(
+            "stdout is a file that {problem}: what is written is for you only; redirect \
+             with `umask 077` set, or to a new file of your own, or pipe it"
+        ))),
     }
-    let mode = meta.permissions().mode() & 0o7777;
-    let problem = if meta.uid() != rustix::process::geteuid().as_raw() {
-        "belongs to another user".to_string()
-    } else if meta.nlink() > 1 {
-        "has other names (hard links)".to_string()
-    } else if mode & 0o077 == 0 {
-        return Ok(());
-    } else {
-        format!("others could open (mode {mode:04o}), and may hold open already")
-    };
-    Err(CliError::failure(format!(
-        "stdout is a file that {problem}: what is written is for you only; redirect \
-         with `umask 077` set, or to a new file of your own, or pipe it"
-    )))
-}
-
-#[cfg(not(unix))]
-pub fn private_stdout() -> CliResult<()> {
-    Ok(())
 }

@@ -472,15 +472,24 @@ async fn dispatch(command: Command) -> Result<u8, ApiError> {
             let revoked = async {
                 let hash = crate::tokens::find(&db, &id).await?;
                 db.revoke_token(&hash).await?;
-                Ok::<_, ApiError>(hash)
+                let devices = db.enrolled_with(&hash).await?;
+                Ok::<_, ApiError>((hash, devices))
             }
             .await;
             db.close().await;
-            let hash = revoked?;
-            print_out(&format!(
-                "token {} can enroll no new device\n",
-                crate::tokens::id(&hash)
-            ))?;
+            let (hash, devices) = revoked?;
+            let mut text = format!(
+                "token {} can enroll no new device; it enrolled {}",
+                crate::tokens::id(&hash),
+                devices.len()
+            );
+            if !devices.is_empty() {
+                text.push_str(" (`devices revoke` those that should not upload):");
+                for d in &devices {
+                    text.push_str(&format!("\n  {d}"));
+                }
+            }
+            print_out(&format!("{text}\n"))?;
             Ok(0)
         }
         Command::Devices {

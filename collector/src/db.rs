@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::ApiError;
 
 /// The schema version this code writes.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA_V1: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS tokens (
@@ -68,6 +68,10 @@ const SCHEMA_V2: &[&str] = &["ALTER TABLE bundles ADD COLUMN location TEXT"];
 /// key, where the blobs are), bound by the first to start.
 const SCHEMA_V3: &[&str] =
     &["CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)"];
+
+/// From version 3 to 4: the token each device enrolled with (its hash), so that the
+/// devices a leaked token let in can be found.
+const SCHEMA_V4: &[&str] = &["ALTER TABLE devices ADD COLUMN token_hash TEXT"];
 
 /// Which engine a URL names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -317,7 +321,7 @@ impl Db {
                 Some(v) if v == SCHEMA_VERSION => Ok(()),
                 from => {
                     let steps: &[(i64, &[&'static str])] =
-                        &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
+                        &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3), (4, SCHEMA_V4)];
                     for (version, stmts) in steps {
                         if from.is_some_and(|v| v >= *version) {
                             continue;
@@ -431,6 +435,17 @@ impl Db {
             .collect()
     }
 
+    /// The devices that enrolled with the token whose hash is `hash`, by id (devices
+    /// enrolled before schema version 4 are not known by their token).
+    pub async fn enrolled_with(&self, hash: &str) -> Result<Vec<String>, ApiError> {
+        let rows =
+            sqlx::query("SELECT device_id FROM devices WHERE token_hash = $1 ORDER BY device_id")
+                .bind(hash)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
     /// Uses up the token whose hash is `hash`: it enrolls no new device from then on.
     /// False when there is none.
     pub async fn revoke_token(&self, hash: &str) -> Result<bool, ApiError> {
@@ -526,13 +541,14 @@ impl Db {
             return Ok(Enrolled::BadToken);
         }
         let inserted = sqlx::query(
-            "INSERT INTO devices (device_id, device_key, record, enrolled_us) VALUES ($1, $2, $3, $4)
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO devices (device_id, device_key, record, enrolled_us, token_hash)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         )
         .bind(device_id)
         .bind(device_key)
         .bind(record)
         .bind(now_us)
+        .bind(token_hash)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -1059,7 +1075,7 @@ mod tests {
             .unwrap()
             .try_get(0)
             .unwrap();
-        assert_eq!(versions, 3);
+        assert_eq!(versions, 4);
         db.close().await;
     }
 }

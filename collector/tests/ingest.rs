@@ -689,8 +689,8 @@ fn replicas_and_exports_of_one_collector_share_its_store_and_receipt_key() {
 }
 
 /// A leaked token can be found (`token list`: ids, uses, expiry, never the tokens) and
-/// used up (`token revoke`): it enrolls no new device from then on, and devices it
-/// enrolled stay enrolled.
+/// used up (`token revoke`): it enrolls no new device from then on, devices it enrolled
+/// stay enrolled, and `token revoke` names them.
 #[test]
 fn a_leaked_token_can_be_listed_and_used_up() {
     let tmp = tempfile::tempdir().unwrap();
@@ -755,7 +755,13 @@ fn a_leaked_token_can_be_listed_and_used_up() {
         d,
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains(id), "{}", text(&out.stdout));
+    // It names the devices the token let in.
+    let said = text(&out.stdout);
+    assert!(
+        said.contains(id) && said.contains("it enrolled 1"),
+        "{said}"
+    );
+    assert!(said.contains(&before.id_hex()), "{said}");
 
     let after = Device::new(61);
     let r = server.enroll(token, &after);

@@ -739,3 +739,59 @@ fn a_kill_before_a_new_users_format_record_leaves_a_usable_user() {
         }
     }
 }
+
+/// sled writes a snapshot at every open, to `snap.<lsn>.generating`, renamed once
+/// complete; a process killed while writing it leaves that file, which sled 0.34 reads at
+/// the next open as the newest snapshot and calls corrupt. The vault opens whole all the
+/// same; while another holder has the vault, such a file (its writer's) is left alone.
+#[test]
+fn a_snapshot_cut_by_a_kill_does_not_make_the_vault_corrupt() {
+    let d = tempfile::tempdir().unwrap();
+    let v = Vault::open(d.path(), USER, vault_options()).unwrap();
+    common::flushed_moves(&v, 5, 0);
+    v.close().unwrap();
+    // An open of a vault with a log writes the first snapshot.
+    Vault::open(d.path(), USER, vault_options())
+        .unwrap()
+        .close()
+        .unwrap();
+    let mut snaps: Vec<String> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("snap."))
+        .collect();
+    snaps.sort();
+    let newest = snaps.last().cloned().unwrap_or_else(|| {
+        panic!(
+            "sled wrote no snapshot: {:?}",
+            std::fs::read_dir(d.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect::<Vec<_>>()
+        )
+    });
+    for cut in [
+        format!("{newest}.generating"),
+        "snap.FFFFFFFFFFFFFFFF.generating".to_string(),
+    ] {
+        std::fs::write(d.path().join(&cut), b"half a snapshot").unwrap();
+        let v =
+            Vault::open(d.path(), USER, vault_options()).unwrap_or_else(|e| panic!("{cut}: {e}"));
+        v.verify().unwrap();
+        assert_eq!(v.test_read_all().unwrap().len(), 5, "{cut}");
+        v.close().unwrap();
+        assert!(!d.path().join(&cut).exists(), "{cut}");
+    }
+    // Held: another opener touches nothing.
+    let holder = Vault::open(d.path(), USER, vault_options()).unwrap();
+    let live = d.path().join("snap.FFFFFFFFFFFFFFFF.generating");
+    std::fs::write(&live, b"being written").unwrap();
+    assert!(matches!(
+        Vault::open(d.path(), USER, vault_options()),
+        Err(capvault::Error::InUse)
+    ));
+    assert!(live.exists());
+    std::fs::remove_file(&live).unwrap();
+    holder.close().unwrap();
+    Vault::erase(d.path(), USER, vault_options()).unwrap();
+}

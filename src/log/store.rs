@@ -202,6 +202,8 @@ impl Store {
                 .map_err(|e| Error::Storage(format!("cannot create {}: {e}", blobs.display())))?;
         }
         refuse_special_files(dir)?;
+        #[cfg(unix)]
+        remove_interrupted_snapshot(dir)?;
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
@@ -607,6 +609,43 @@ pub(crate) fn held_by_another_process(dir: &Path) -> bool {
         }
         Err(_) => true,
     }
+}
+
+/// sled 0.34 writes each snapshot to `snap.<lsn>.generating`, renamed once complete, but
+/// at open reads the newest `snap.*` file, a `.generating` one included: one left by a
+/// process killed while writing it (sled writes one at every open) made the next open
+/// fail as corrupt. While no process holds the vault (sled's lock on `db`, held by a
+/// writer for as long as it writes, is free), such a file is a leftover, and without it
+/// sled opens from the previous snapshot and its log, as if the kill had come just
+/// before the write. Removed then, under that lock.
+#[cfg(unix)]
+fn remove_interrupted_snapshot(dir: &Path) -> Result<()> {
+    use rustix::fs::{flock, FlockOperation};
+    let Ok(db) = fs::File::open(dir.join("db")) else {
+        return Ok(());
+    };
+    if flock(&db, FlockOperation::NonBlockingLockExclusive).is_err() {
+        // Held: sled says so at open.
+        return Ok(());
+    }
+    let removed = (|| {
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("snap.") && name.ends_with(".generating") {
+                fs::remove_file(entry.path())?;
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    })();
+    let _ = flock(&db, FlockOperation::Unlock);
+    removed.map_err(|e| {
+        Error::Storage(format!(
+            "cannot remove an interrupted snapshot in {}: {e}",
+            dir.display()
+        ))
+    })
 }
 
 /// sled opens its `conf` and `db` by path, and would wait forever on a FIFO there, or

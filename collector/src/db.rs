@@ -322,17 +322,42 @@ impl Db {
                 from => {
                     let steps: &[(i64, &[&'static str])] =
                         &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3), (4, SCHEMA_V4)];
+                    // Each step is one transaction with its version row (a crash leaves
+                    // it made or not), taken with the write lock (IMMEDIATE on SQLite;
+                    // PostgreSQL: the advisory lock above), and skipped when another
+                    // process made it while this one waited.
+                    let begin = match self.engine {
+                        Engine::Sqlite => "BEGIN IMMEDIATE",
+                        Engine::Postgres => "BEGIN",
+                    };
                     for (version, stmts) in steps {
                         if from.is_some_and(|v| v >= *version) {
                             continue;
                         }
-                        for stmt in *stmts {
-                            sqlx::query(*stmt).execute(&mut *conn).await?;
+                        sqlx::query(begin).execute(&mut *conn).await?;
+                        let step = async {
+                            let now: Option<i64> =
+                                sqlx::query("SELECT MAX(version) FROM schema_version")
+                                    .fetch_one(&mut *conn)
+                                    .await?
+                                    .try_get(0)?;
+                            if now.is_some_and(|v| v >= *version) {
+                                return Ok(());
+                            }
+                            for stmt in *stmts {
+                                sqlx::query(*stmt).execute(&mut *conn).await?;
+                            }
+                            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+                                .bind(*version)
+                                .execute(&mut *conn)
+                                .await?;
+                            Ok::<(), sqlx::Error>(())
                         }
-                        sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
-                            .bind(*version)
-                            .execute(&mut *conn)
-                            .await?;
+                        .await;
+                        let end = if step.is_ok() { "COMMIT" } else { "ROLLBACK" };
+                        let ended = sqlx::query(end).execute(&mut *conn).await;
+                        step?;
+                        ended?;
                     }
                     Ok(())
                 }
@@ -973,28 +998,37 @@ mod tests {
         assert_eq!(sqlite_file("sqlite::memory:"), None);
     }
 
+    /// A database at `url` made by the schema `steps` of an older version.
+    async fn old_database(url: &str, steps: &[&[&'static str]]) -> AnyPool {
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(url)
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE schema_version (version BIGINT NOT NULL)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        for (i, stmts) in steps.iter().enumerate() {
+            for stmt in *stmts {
+                sqlx::query(*stmt).execute(&pool).await.unwrap();
+            }
+            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+                .bind(i as i64 + 1)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool
+    }
+
     #[tokio::test]
     async fn a_version_1_database_is_upgraded_in_place_and_keeps_its_rows() {
         let tmp = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", tmp.path().join("c.db").display());
         sqlx::any::install_default_drivers();
         {
-            let pool = AnyPoolOptions::new()
-                .max_connections(1)
-                .connect(&url)
-                .await
-                .unwrap();
-            sqlx::query("CREATE TABLE schema_version (version BIGINT NOT NULL)")
-                .execute(&pool)
-                .await
-                .unwrap();
-            for stmt in SCHEMA_V1 {
-                sqlx::query(*stmt).execute(&pool).await.unwrap();
-            }
-            sqlx::query("INSERT INTO schema_version (version) VALUES (1)")
-                .execute(&pool)
-                .await
-                .unwrap();
+            let pool = old_database(&url, &[SCHEMA_V1]).await;
             sqlx::query(
                 "INSERT INTO bundles (device_id, stream_id, seq, digest, prev_digest, size, received_us)
                  VALUES ('d', 's', 1, 'aa', '00', 5, 1)",
@@ -1066,6 +1100,27 @@ mod tests {
         );
         assert_eq!(db.bundles(Some("e")).await.unwrap().len(), 1);
         db.close().await;
+
+        // Two processes opening a database of an older version at once: both open, the
+        // steps made once.
+        let old = tmp.path().join("v2.db");
+        let old_url = format!("sqlite://{}?mode=rwc", old.display());
+        old_database(&old_url, &[SCHEMA_V1, SCHEMA_V2])
+            .await
+            .close()
+            .await;
+        let (a, b) = tokio::join!(Db::open(&old_url), Db::open(&old_url));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let versions: Vec<i64> = sqlx::query("SELECT version FROM schema_version ORDER BY version")
+            .fetch_all(&a.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get(0).unwrap())
+            .collect();
+        assert_eq!(versions, [1, 2, 3, 4]);
+        a.close().await;
+        b.close().await;
 
         // Opening again does not migrate again.
         let db = Db::open(&url).await.unwrap();

@@ -782,6 +782,21 @@ fn a_snapshot_cut_by_a_kill_does_not_make_the_vault_corrupt() {
         v.close().unwrap();
         assert!(!d.path().join(&cut).exists(), "{cut}");
     }
+    // Held for a moment when the open begins (a probe of the lock, another opener about
+    // to give up), free before its grace ends: the leftover is still removed.
+    let cut = d.path().join("snap.FFFFFFFFFFFFFFFF.generating");
+    std::fs::write(&cut, b"half a snapshot").unwrap();
+    let probe = std::fs::File::open(d.path().join("db")).unwrap();
+    rustix::fs::flock(&probe, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        drop(probe);
+    });
+    let v = Vault::open(d.path(), USER, vault_options()).expect("opens once the probe is gone");
+    release.join().unwrap();
+    assert_eq!(v.test_read_all().unwrap().len(), 5);
+    v.close().unwrap();
+    assert!(!cut.exists());
     // Held: another opener touches nothing.
     let holder = Vault::open(d.path(), USER, vault_options()).unwrap();
     let live = d.path().join("snap.FFFFFFFFFFFFFFFF.generating");

@@ -202,8 +202,6 @@ impl Store {
                 .map_err(|e| Error::Storage(format!("cannot create {}: {e}", blobs.display())))?;
         }
         refuse_special_files(dir)?;
-        #[cfg(unix)]
-        remove_interrupted_snapshot(dir)?;
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
@@ -213,6 +211,10 @@ impl Store {
         // owner in this process closed it; wait briefly before calling the vault in use.
         let deadline = std::time::Instant::now() + LOCK_GRACE;
         loop {
+            // Before every attempt: a holder seen by one attempt (a probe of the lock,
+            // an opener about to give up) may be gone by the next.
+            #[cfg(any(target_os = "linux", target_os = "macos"))]
+            remove_interrupted_snapshot(dir)?;
             match config.open() {
                 // sled wrote its files (a snapshot, at least) with the process's umask.
                 Ok(db) => return restrict(dir).map(|()| db),
@@ -617,8 +619,8 @@ pub(crate) fn held_by_another_process(dir: &Path) -> bool {
 /// fail as corrupt. While no process holds the vault (sled's lock on `db`, held by a
 /// writer for as long as it writes, is free), such a file is a leftover, and without it
 /// sled opens from the previous snapshot and its log, as if the kill had come just
-/// before the write. Removed then, under that lock.
-#[cfg(unix)]
+/// before the write. Removed then, under that lock (where sled takes it: Linux, macOS).
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 fn remove_interrupted_snapshot(dir: &Path) -> Result<()> {
     use rustix::fs::{flock, FlockOperation};
     let Ok(db) = fs::File::open(dir.join("db")) else {

@@ -385,11 +385,11 @@ impl Db {
         .await?
         .rows_affected()
             == 1;
-        let bound: String = sqlx::query("SELECT value FROM settings WHERE name = $1")
-            .bind(name)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?;
+        // Inserted now or before: there is a row (settings are never removed while a
+        // command binds one; `unbind` runs only in the `init` that made them).
+        let bound = self.setting(name).await?.ok_or_else(|| {
+            ApiError::Unavailable(format!("the setting {name:?} vanished as it was bound"))
+        })?;
         Ok((bound, inserted))
     }
 

@@ -9,17 +9,9 @@
 
 use std::path::Path;
 
-use crate::error::ApiError;
+use capvault_format::effective_uid;
 
-/// This process's effective user; `None` off Unix (ownership is then not checked).
-pub fn my_uid() -> Option<u32> {
-    #[cfg(unix)]
-    {
-        Some(rustix::process::geteuid().as_raw())
-    }
-    #[cfg(not(unix))]
-    None
-}
+use crate::error::ApiError;
 
 /// What is wrong with `meta` for a file or directory only this user may change:
 /// another owner, or write access for group or others.
@@ -27,7 +19,7 @@ pub fn my_uid() -> Option<u32> {
 fn not_private(meta: &std::fs::Metadata) -> Option<String> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mode = meta.permissions().mode() & 0o7777;
-    if my_uid().is_some_and(|me| me != meta.uid()) {
+    if effective_uid().is_some_and(|me| me != meta.uid()) {
         Some(format!("belongs to another user (uid {})", meta.uid()))
     } else if mode & 0o022 != 0 {
         Some(format!(
@@ -54,7 +46,7 @@ pub fn check_key_file(path: &Path, what: &str) -> Result<(), ApiError> {
             return Ok(());
         };
         let mode = meta.permissions().mode() & 0o777;
-        let me = my_uid();
+        let me = effective_uid();
         let roots = meta.uid() == 0 && me != Some(0);
         if me.is_some_and(|me| me != meta.uid()) && !roots {
             return Err(refused(
@@ -122,7 +114,7 @@ pub fn prepare_init_dir(dir: &Path) -> Result<bool, ApiError> {
                 #[cfg(unix)]
                 {
                     use std::os::unix::fs::MetadataExt;
-                    my_uid()
+                    effective_uid()
                         .filter(|&me| me != meta.uid())
                         .map(|_| format!("belongs to another user (uid {})", meta.uid()))
                 }

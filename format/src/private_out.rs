@@ -1,6 +1,16 @@
 //! Where released plaintext (or a secret) may go: the check both command lines make on
 //! their standard output before they write anything to it.
 
+/// This process's effective user; `None` off Unix (ownership is then not checked).
+pub fn effective_uid() -> Option<u32> {
+    #[cfg(unix)]
+    {
+        Some(rustix::process::geteuid().as_raw())
+    }
+    #[cfg(not(unix))]
+    None
+}
+
 /// Why standard output is not a place only this user can read, or `None` when it is.
 /// A terminal, a socket, /dev/null or an anonymous pipe is the caller's choice; a
 /// regular file or a named FIFO must be this (effective) user's, have one name (whoever
@@ -20,7 +30,7 @@ pub fn stdout_not_private() -> std::io::Result<Option<String>> {
         return Ok(None);
     }
     let mode = meta.permissions().mode() & 0o7777;
-    Ok(if meta.uid() != rustix::process::geteuid().as_raw() {
+    Ok(if effective_uid() != Some(meta.uid()) {
         Some("belongs to another user".to_string())
     } else if meta.nlink() > 1 {
         Some("has other names (hard links)".to_string())

@@ -157,6 +157,7 @@ fn a_crash_at_any_point_around_the_mark_is_never_tampered() {
         "mark:write",
         "flush:after-segments",
         "flush:before-release",
+        "flush:before-naming",
         "write:before-batch",
         "seal:after-outbox",
         "outbox:before-rename",

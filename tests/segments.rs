@@ -348,6 +348,22 @@ fn segments_child() {
             say("written");
             std::thread::sleep(Duration::from_secs(60));
         }
+        // A flush, then a second with nothing new or two idle seconds; killed by the
+        // parent.
+        "flushed-twice" | "flushed-then-idle" => {
+            for i in 1..=500 {
+                let _ = v.append_mouse_move(i, 1, 1).unwrap();
+            }
+            v.flush().unwrap();
+            if mode == "flushed-twice" {
+                v.flush().unwrap();
+            } else {
+                // Four times the writer's bound for making the anchor durable.
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            say("flushed");
+            std::thread::sleep(Duration::from_secs(60));
+        }
         // Rounds of writes, flushes, and releases, until CAPVAULT_CRASH_AT aborts us.
         _ => {
             let id = Identity::generate(Suite::X25519);
@@ -516,26 +532,84 @@ fn a_torn_write_after_the_last_durable_flush_is_trimmed_before_it_is_refused() {
     // opened as a moved vault: the original goes from its place first.)
     let moved = d.path().join("moved");
     common::move_vault(&dir, &moved);
-    let (path, offset, _) = common::record_entry(&copy, USER, synced);
+    cut_back_is_damage(&copy, synced);
+    Vault::erase(&moved, USER, opts()).unwrap();
+}
+
+/// Cuts the segment back into record `seq` (its header and a little more left) and
+/// expects the vault refused as damaged, with what to do.
+fn cut_back_is_damage(dir: &Path, seq: u64) {
+    let (path, offset, _) = common::record_entry(dir, USER, seq);
     std::fs::OpenOptions::new()
         .write(true)
         .open(&path)
         .unwrap()
         .set_len(offset + 40)
         .unwrap();
-    match Vault::open(&copy, USER, opts()) {
+    match Vault::open(dir, USER, opts()) {
         Err(Error::Tampered(m)) => {
             assert!(m.contains("durable flush") && m.contains("restore"), "{m}")
         }
-        other => panic!("{:?}", other.map(|_| ())),
+        other => panic!("{}: {:?}", dir.display(), other.map(|_| ())),
     }
-    Vault::erase(&moved, USER, opts()).unwrap();
+}
+
+/// A flush that an agent waits for writes the synced anchor beside the index's flush
+/// (docs/FORMAT.md §14), so the anchor may reach sled after the flush took its buffers.
+/// The next durable flush makes it durable, and the writer runs one soon when no flush
+/// comes: a process killed right after a second flush returned, or idle for a while
+/// after one, has every flushed record named, so cutting the last one back is damage,
+/// not a torn write.
+#[test]
+fn the_synced_anchor_of_a_flush_is_made_durable_by_the_next_flush_or_soon() {
+    let d = tempfile::tempdir().unwrap();
+    for mode in ["flushed-twice", "flushed-then-idle"] {
+        let dir = d.path().join(mode);
+        let mut c = child(&dir, mode, None);
+        let lines = lines_until(&mut c, "flushed");
+        assert!(lines.iter().any(|l| l.ends_with("flushed")), "{lines:?}");
+        c.kill().unwrap();
+        c.wait().unwrap();
+        let head = anchor_seq(&dir, b'h');
+        assert_eq!(
+            anchor_seq(&dir, b'y'),
+            head,
+            "{mode}: the synced anchor names every flushed record"
+        );
+        cut_back_is_damage(&dir, head);
+    }
+}
+
+/// The flush the writer runs to make a synced anchor durable, when no flush came soon
+/// after the one that wrote it, has no caller to tell of a failure: the next `flush`
+/// reports it (a retried fdatasync may succeed where the failed one lost the bytes),
+/// and the one after goes on.
+#[test]
+fn a_failure_of_the_writer_s_own_flush_is_reported_by_the_next_flush() {
+    let d = tempfile::tempdir().unwrap();
+    let v = Vault::open(d.path(), USER, opts()).unwrap();
+    for i in 1..=100 {
+        let _ = v.append_mouse_move(i, 1, 1).unwrap();
+    }
+    v.flush().unwrap();
+    capvault::testing::arm("flush:naming");
+    // Three times the writer's bound for that flush.
+    std::thread::sleep(Duration::from_millis(1500));
+    match v.flush() {
+        Err(Error::Storage(m)) => assert!(m.contains("flush:naming"), "{m}"),
+        other => panic!("the failure was not reported: {other:?}"),
+    }
+    let _ = v.append_mouse_move(101, 1, 1).unwrap();
+    v.flush().unwrap();
+    assert_eq!(moves(&v), (1..=101).collect::<Vec<_>>());
+    v.close().unwrap();
 }
 
 /// A process that dies at each step of writing records and of a durable flush (the
 /// segment created, its bytes written and not indexed, the segments synced and the
-/// index not, the index durable and the space not yet given back) loses nothing it
-/// flushed, and its vault opens and verifies.
+/// index not, the index durable and the space not yet given back, a flush answered and
+/// its records not yet named) loses nothing it flushed, and its vault opens and
+/// verifies.
 #[test]
 fn a_death_at_each_step_of_a_write_or_flush_loses_nothing_flushed() {
     let points = [
@@ -547,6 +621,7 @@ fn a_death_at_each_step_of_a_write_or_flush_loses_nothing_flushed() {
         "segments:piece-written:5",
         "flush:after-segments:6",
         "flush:before-release:9",
+        "flush:before-naming:4",
         "prune:before-batch:1",
     ];
     let d = tempfile::tempdir().unwrap();

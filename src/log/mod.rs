@@ -12,7 +12,7 @@ pub(crate) mod store;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::aead::TAG_LEN;
@@ -65,6 +65,9 @@ pub(crate) struct Log {
     segments: Segments,
     /// The last record the synced anchor names (moves forward only).
     synced: Mutex<u64>,
+    /// The user is being erased: nothing names records again (set under `synced`'s
+    /// lock, so an anchor is written either before the tree is cleared or not at all).
+    retired: AtomicBool,
     /// Records of a torn write removed at open.
     trimmed: u64,
 }
@@ -212,6 +215,7 @@ impl Log {
             }),
             segments,
             synced: Mutex::new(synced.unwrap_or(0)),
+            retired: AtomicBool::new(false),
             trimmed: 0,
         };
         log.trimmed = log.trim_torn_tail(synced.map(|s| s.max(marked)), bound)?;
@@ -357,7 +361,14 @@ impl Log {
         match at(st.head.last_seq)? {
             Some(last) => {
                 self.segments.continue_at(last.segment, last.end())?;
-                let from = at(synced + 1)?.map_or(last.segment, |l| l.segment);
+                // From the first live record after the anchor (the ones before it may
+                // have left the front since); when that is not in a segment, every one.
+                let first_unsynced = (synced + 1).max(st.tail.first_seq);
+                let from = match at(first_unsynced)? {
+                    Some(l) => l.segment,
+                    None if first_unsynced > st.head.last_seq => last.segment,
+                    None => 0,
+                };
                 for n in self.segments.numbers() {
                     if n >= from {
                         self.segments.touch(n);
@@ -374,16 +385,42 @@ impl Log {
     /// last one, then name the last record they hold in the synced anchor (written to
     /// sled, made durable by the flush that follows).
     pub(crate) fn sync_segments(&self) -> Result<()> {
+        let last = self.sync_segment_bytes()?;
+        self.name_synced(last).map(|_| ())
+    }
+
+    /// fdatasyncs the segments written since the last sync; returns the last record
+    /// whose bytes are now durable (for [`Log::name_synced`]). It may run beside the
+    /// index's own flush: only the synced anchor must wait for it.
+    pub(crate) fn sync_segment_bytes(&self) -> Result<u64> {
         let last = self.lock().head.last_seq;
         self.segments.sync()?;
+        Ok(last)
+    }
+
+    /// Names `last` in the synced anchor (in sled; a durable flush of the index makes it
+    /// durable). Only after a [`Log::sync_segment_bytes`] that returned it. Returns
+    /// whether the anchor changed.
+    pub(crate) fn name_synced(&self, last: u64) -> Result<bool> {
         let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if self.retired.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
         if last > *synced || self.tree.get(SYNCED_KEY)?.is_none() {
             let last = last.max(*synced);
             self.tree
                 .insert(SYNCED_KEY, self.anchors.seal_synced(last))?;
             *synced = last;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// Before the user's trees are cleared (erase): from now on nothing writes the
+    /// synced anchor, which would leave an entry in the cleared tree.
+    pub(crate) fn retire(&self) {
+        let _synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        self.retired.store(true, Ordering::Relaxed);
     }
 
     /// The first live record: taken before a durable flush, it bounds what that flush

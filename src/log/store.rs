@@ -307,6 +307,12 @@ impl Store {
         Ok(Unmarked(Some(gen)))
     }
 
+    /// Whether durable flushes sync (`fsync` in the options); without, nothing is
+    /// promised durable.
+    pub(crate) fn syncs(&self) -> bool {
+        self.fsync
+    }
+
     /// Why the last write of the mark failed, while none has named its generation since.
     pub(crate) fn mark_failure(&self) -> Option<String> {
         let st = self.marked.lock().unwrap_or_else(|p| p.into_inner());

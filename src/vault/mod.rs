@@ -1518,6 +1518,53 @@ impl Inner {
         Ok(unmarked)
     }
 
+    /// A durable flush that an agent waits for, one device round trip shorter: the
+    /// segments' fdatasync runs on a second thread beside the index's flush (sled's
+    /// write and the fdatasync of its file), and the synced anchor, which must not be
+    /// durable before the bytes it names, goes into sled only once that sync is done
+    /// (docs/FORMAT.md §14). Everything the flush covers is durable when it returns.
+    /// Also returns whether the synced anchor moved and so may not be durable yet (it
+    /// rode along only if it reached sled before the index's flush took its buffers):
+    /// the next durable flush makes it so, and the writer runs one when none comes soon.
+    pub(crate) fn durable_flush_overlapped(&self) -> Result<(Unmarked, bool)> {
+        if self.is_erased() || !self.store.syncs() {
+            return Ok((self.durable_flush_unmarked()?, false));
+        }
+        let covered = mark_of(&self.log, &self.ledger);
+        let front = self.log.front();
+        let sync_and_name = || -> Result<bool> {
+            let last = self.log.sync_segment_bytes()?;
+            crate::failpoint::hit("flush:before-naming")?;
+            self.log.name_synced(last)
+        };
+        let both = std::thread::scope(|s| {
+            let segments = std::thread::Builder::new()
+                .name("capvault-sync".into())
+                .spawn_scoped(s, sync_and_name)
+                .ok()?;
+            let index = self.store.durable_flush_unmarked();
+            let segments = segments
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            Some((segments, index))
+        });
+        // No thread to be had (a process at its limit): the flush in order, on this one.
+        let Some((segments, index)) = both else {
+            return Ok((self.durable_flush_unmarked()?, false));
+        };
+        // When the segments' sync failed, the index's generation stays unmarked and
+        // nothing names their records.
+        let named = segments?;
+        let unmarked = index?;
+        crate::failpoint::hit("flush:after-segments")?;
+        if self.mark.durable(covered) {
+            let _ = self.maintenance.send(limits::Wake::Mark);
+        }
+        crate::failpoint::hit("flush:before-release")?;
+        self.log.release_space(front)?;
+        Ok((unmarked, named))
+    }
+
     /// After a state change's durable flush: the keychain mark names it at once. A
     /// failed write is tried again by the maintenance thread and shown by `status`; the
     /// change itself stands.

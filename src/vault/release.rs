@@ -178,8 +178,10 @@ impl Inner {
             // handle fails with `Erased` instead of finding them gone.
             let mut keys = self.keys_mut()?;
             self.mark_erased();
-            // No mark is written after the shred deletes it.
+            // No mark is written after the shred deletes it, nor a synced anchor after
+            // the log's tree is cleared (a flush on the writer may still be under way).
             self.mark.retire();
+            self.log.retire();
             keys.shred()?
         };
         super::erase::note_erasing(self, kek_max);

@@ -59,6 +59,13 @@ const LAZY_FLUSH_AFTER: Duration = Duration::from_millis(200);
 /// After a failed write (say, a full disk) the batch is tried again this often.
 const RETRY_AFTER: Duration = Duration::from_millis(50);
 
+/// The synced anchor written by an agent's flush (beside the index's flush, so perhaps
+/// not made durable by it) is made durable by the next durable flush, or by one the
+/// writer runs this long after when none came; after a failure, twice as long each
+/// time, up to [`NAME_RETRY_MAX`].
+const NAME_AFTER: Duration = Duration::from_millis(500);
+const NAME_RETRY_MAX: Duration = Duration::from_secs(60);
+
 /// The writer's timers. Each is armed by work and disarmed when done, so an idle vault's
 /// writer sleeps in `recv` without waking up.
 #[derive(Default)]
@@ -71,14 +78,27 @@ struct Timers {
     lazy_flush: Option<Instant>,
     /// A failed batch is tried again.
     retry: Option<Instant>,
+    /// The synced anchor of the last flush is made durable.
+    name: Option<Instant>,
+    /// How long after a failed attempt the next one comes.
+    name_backoff: Duration,
+    /// Why that attempt failed: the next `flush` reports it (a retried fdatasync may
+    /// succeed where the one that failed lost the bytes).
+    name_failed: Option<crate::error::Error>,
 }
 
 impl Timers {
     fn next(&self) -> Option<Instant> {
-        [self.frame, self.write, self.lazy_flush, self.retry]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.frame,
+            self.write,
+            self.lazy_flush,
+            self.retry,
+            self.name,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
@@ -89,7 +109,10 @@ fn due(t: Option<Instant>, now: Instant) -> bool {
 
 pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
     let frame_age = Duration::from_millis(inner.opts.frame_max_ms);
-    let mut timers = Timers::default();
+    let mut timers = Timers {
+        name_backoff: NAME_AFTER,
+        ..Timers::default()
+    };
     let mut b = Batch::default();
     loop {
         let received = match timers.next() {
@@ -174,14 +197,22 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
             }
         }
         if asked {
-            let flushed = written.and_then(|()| inner.durable_flush_unmarked());
-            if flushed.is_ok() {
-                timers.lazy_flush = None;
-            }
             if b.stop.is_some() || std::mem::take(&mut b.mark_first) {
                 // Closing (the process may end as soon as close returns), or a caller
-                // that changes files next: the mark first.
-                let result = flushed.and_then(|unmarked| inner.store.mark(unmarked));
+                // that changes files next: everything in order (the synced anchor made
+                // durable too), the mark first.
+                let result = written
+                    .and_then(|()| inner.durable_flush_unmarked())
+                    .and_then(|unmarked| inner.store.mark(unmarked));
+                if result.is_ok() {
+                    timers.lazy_flush = None;
+                    timers.name = None;
+                    timers.name_backoff = NAME_AFTER;
+                }
+                let result = match timers.name_failed.take() {
+                    Some(e) => Err(e),
+                    None => result,
+                };
                 for w in b.waiting.drain(..) {
                     let _ = w.send(result.clone());
                 }
@@ -191,9 +222,28 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
                 }
                 continue;
             }
+            let flushed = written.and_then(|()| inner.durable_flush_overlapped());
             let (result, unmarked) = match flushed {
-                Ok(unmarked) => (Ok(()), Some(unmarked)),
-                Err(e) => (Err(e), None),
+                Ok((unmarked, anchor_moved)) => {
+                    timers.lazy_flush = None;
+                    if anchor_moved {
+                        timers.name_backoff = NAME_AFTER;
+                        timers.name = Some(Instant::now() + NAME_AFTER);
+                    }
+                    (Ok(()), Some(unmarked))
+                }
+                // The anchor may have moved before the failure: made durable soon all
+                // the same (or the failure tried again).
+                Err(e) => {
+                    timers
+                        .name
+                        .get_or_insert(Instant::now() + timers.name_backoff);
+                    (Err(e), None)
+                }
+            };
+            let result = match timers.name_failed.take() {
+                Some(e) => Err(e),
+                None => result,
             };
             for w in b.waiting.drain(..) {
                 let _ = w.send(result.clone());
@@ -204,6 +254,24 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
             if let Some(unmarked) = unmarked {
                 let _ = inner.store.mark(unmarked);
             }
+        } else if due(timers.name, Instant::now()) {
+            // No durable flush came since the last one, whose synced anchor may be in
+            // sled's memory only. A failure is tried again later, and the next `flush`
+            // reports it.
+            let flushed =
+                crate::failpoint::hit("flush:naming").and_then(|()| inner.durable_flush());
+            timers.name = match flushed {
+                Ok(()) => {
+                    timers.lazy_flush = None;
+                    timers.name_backoff = NAME_AFTER;
+                    None
+                }
+                Err(e) => {
+                    timers.name_failed = Some(e);
+                    timers.name_backoff = (timers.name_backoff * 2).min(NAME_RETRY_MAX);
+                    Some(Instant::now() + timers.name_backoff)
+                }
+            };
         } else if due(timers.lazy_flush, Instant::now()) {
             // Not a durability promise (that is `flush`): it bounds what a crash can
             // take of records nobody flushed. A failure is tried again later, and the

@@ -1510,12 +1510,19 @@ impl Inner {
         self.log.sync_segments()?;
         crate::failpoint::hit("flush:after-segments")?;
         let unmarked = self.store.durable_flush_unmarked()?;
+        self.flushed(covered, front)?;
+        Ok(unmarked)
+    }
+
+    /// After a durable flush that began with the keychain mark's `covered` and the
+    /// first live record at `front`: the keychain mark may name what it covered, and
+    /// the space of records gone from the front comes back.
+    fn flushed(&self, covered: Mark, front: u64) -> Result<()> {
         if self.mark.durable(covered) {
             let _ = self.maintenance.send(limits::Wake::Mark);
         }
         crate::failpoint::hit("flush:before-release")?;
-        self.log.release_space(front)?;
-        Ok(unmarked)
+        self.log.release_space(front)
     }
 
     /// A durable flush that an agent waits for, one device round trip shorter: the
@@ -1557,11 +1564,7 @@ impl Inner {
         let named = segments?;
         let unmarked = index?;
         crate::failpoint::hit("flush:after-segments")?;
-        if self.mark.durable(covered) {
-            let _ = self.maintenance.send(limits::Wake::Mark);
-        }
-        crate::failpoint::hit("flush:before-release")?;
-        self.log.release_space(front)?;
+        self.flushed(covered, front)?;
         Ok((unmarked, named))
     }
 

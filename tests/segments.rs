@@ -348,16 +348,19 @@ fn segments_child() {
             say("written");
             std::thread::sleep(Duration::from_secs(60));
         }
-        // A flush, then a second with nothing new or two idle seconds; killed by the
-        // parent.
-        "flushed-twice" | "flushed-then-idle" => {
+        // A flush, then a second with nothing new or two idle seconds, or one flush
+        // that finds no thread for the segments' sync; killed by the parent.
+        "flushed-twice" | "flushed-then-idle" | "flushed-without-a-thread" => {
             for i in 1..=500 {
                 let _ = v.append_mouse_move(i, 1, 1).unwrap();
+            }
+            if mode == "flushed-without-a-thread" {
+                capvault::testing::arm("flush:spawn");
             }
             v.flush().unwrap();
             if mode == "flushed-twice" {
                 v.flush().unwrap();
-            } else {
+            } else if mode == "flushed-then-idle" {
                 // Four times the writer's bound for making the anchor durable.
                 std::thread::sleep(Duration::from_secs(2));
             }
@@ -559,11 +562,17 @@ fn cut_back_is_damage(dir: &Path, seq: u64) {
 /// The next durable flush makes it durable, and the writer runs one soon when no flush
 /// comes: a process killed right after a second flush returned, or idle for a while
 /// after one, has every flushed record named, so cutting the last one back is damage,
-/// not a torn write.
+/// not a torn write. A flush that finds no thread for the segments' sync (a process at
+/// its limit) syncs in order on the writer, the anchor before the index: it is durable
+/// when that one flush returns.
 #[test]
 fn the_synced_anchor_of_a_flush_is_made_durable_by_the_next_flush_or_soon() {
     let d = tempfile::tempdir().unwrap();
-    for mode in ["flushed-twice", "flushed-then-idle"] {
+    for mode in [
+        "flushed-twice",
+        "flushed-then-idle",
+        "flushed-without-a-thread",
+    ] {
         let dir = d.path().join(mode);
         let mut c = child(&dir, mode, None);
         let lines = lines_until(&mut c, "flushed");
@@ -603,6 +612,55 @@ fn a_failure_of_the_writer_s_own_flush_is_reported_by_the_next_flush() {
     v.flush().unwrap();
     assert_eq!(moves(&v), (1..=101).collect::<Vec<_>>());
     v.close().unwrap();
+}
+
+/// When a sync fails, the kernel may have given up the pages it could not write and
+/// marked them clean, so a retried sync succeeds without writing them. After a failed
+/// sync of the segments or of the database, every later flush (and close) fails too,
+/// saying to open the vault again; the vault opened again holds what was flushed, and
+/// flushes again.
+#[test]
+fn after_a_failed_sync_every_flush_fails_until_the_vault_is_opened_again() {
+    for point in ["segments:fdatasync", "store:fsync"] {
+        let d = tempfile::tempdir().unwrap();
+        let v = Vault::open(d.path(), USER, opts()).unwrap();
+        for i in 1..=100 {
+            let _ = v.append_mouse_move(i, 1, 1).unwrap();
+        }
+        v.flush().unwrap();
+        for i in 101..=200 {
+            let _ = v.append_mouse_move(i, 1, 1).unwrap();
+        }
+        capvault::testing::arm(point);
+        match v.flush() {
+            Err(Error::Storage(m)) => assert!(m.contains(point), "{point}: {m}"),
+            other => panic!("{point}: the failed sync was not reported: {other:?}"),
+        }
+        for attempt in 1..=2 {
+            let _ = v.append_mouse_move(200 + attempt, 1, 1).unwrap();
+            match v.flush() {
+                Err(Error::Storage(m)) => {
+                    assert!(
+                        m.contains(point) && m.contains("opened again"),
+                        "{point}: {m}"
+                    )
+                }
+                other => panic!("{point}: flush {attempt} after the failed sync: {other:?}"),
+            }
+        }
+        match v.close() {
+            Err(Error::Storage(m)) => assert!(m.contains("opened again"), "{point}: {m}"),
+            other => panic!("{point}: close after the failed sync: {other:?}"),
+        }
+        let v = Vault::open(d.path(), USER, opts()).unwrap();
+        let kept = moves(&v);
+        assert_eq!(kept[..100], (1..=100).collect::<Vec<_>>(), "{point}");
+        let _ = v.append_mouse_move(1000, 1, 1).unwrap();
+        v.flush().unwrap();
+        assert_eq!(moves(&v).last(), Some(&1000), "{point}");
+        v.verify().unwrap();
+        v.close().unwrap();
+    }
 }
 
 /// A process that dies at each step of writing records and of a durable flush (the

@@ -74,8 +74,11 @@ pub(crate) struct Framer {
     buf: PlainBuf,
     events_in_frame: u64,
     started: Option<Instant>,
-    /// Frames opened so far (the writer is told of each, to close it in time).
+    /// Frames opened so far (the writer is told of each it does not watch for).
     opens: u64,
+    /// The writer looks at the open frame again within a frame's age on its own (it
+    /// does while frames keep coming): appenders need not wake it for a new one.
+    watched: bool,
     max_bytes: usize,
     chunk_bytes: usize,
     next_event_seq: u64,
@@ -118,6 +121,7 @@ impl Framer {
             events_in_frame: 0,
             started: None,
             opens: 0,
+            watched: false,
             max_bytes,
             chunk_bytes,
             next_event_seq,
@@ -125,9 +129,15 @@ impl Framer {
         }
     }
 
-    /// True when the open frame is older than `max_age`.
-    pub(crate) fn is_older_than(&self, max_age: std::time::Duration) -> bool {
-        self.started.is_some_and(|s| s.elapsed() >= max_age)
+    /// Whether the writer watches the open frame (see [`Framer::set_watched`]).
+    pub(crate) fn watched(&self) -> bool {
+        self.watched
+    }
+
+    /// Set by whoever holds the append lock: `true` when the writer was told of a frame
+    /// or will look again on its own, `false` when it stops looking.
+    pub(crate) fn set_watched(&mut self, watched: bool) {
+        self.watched = watched;
     }
 
     /// When the open frame was opened (`None`: no frame is open).

@@ -9,6 +9,7 @@ pub(crate) mod framer;
 pub(crate) mod record;
 pub(crate) mod segments;
 pub(crate) mod store;
+pub(crate) mod sync_latch;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};

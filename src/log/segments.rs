@@ -16,6 +16,7 @@ use zeroize::Zeroize;
 
 use crate::error::{Error, Result};
 use crate::log::behind::Behind;
+use crate::log::sync_latch::SyncLatch;
 
 /// Directory of the segment directories, in the vault directory.
 pub(crate) const SEGMENTS_DIR: &str = "segments";
@@ -395,6 +396,8 @@ pub(crate) struct Segments {
     /// Writes the pieces of large appends (dropped after the state: an append holds
     /// the state's lock until its pieces are written, so none is left when it goes).
     behind: Behind,
+    /// Once a sync of these files failed, every later one fails too.
+    latch: SyncLatch,
 }
 
 fn name_of(n: u32) -> String {
@@ -452,6 +455,7 @@ impl Segments {
             }),
             held: AtomicU64::new(held),
             behind: Behind::default(),
+            latch: SyncLatch::default(),
         })
     }
 
@@ -632,22 +636,26 @@ impl Segments {
             st.dir_dirty = false;
             return Ok(());
         }
-        let dirty: Vec<u32> = st.dirty.iter().copied().collect();
-        for n in dirty {
-            if !st.segs.contains_key(&n) {
-                continue;
+        self.latch.sync(|| {
+            let dirty: Vec<u32> = st.dirty.iter().copied().collect();
+            for n in dirty {
+                if !st.segs.contains_key(&n) {
+                    continue;
+                }
+                let path = self.path(n);
+                let f = self.handle(&mut st, n)?;
+                // Tests make a sync fail here, as a disk that cannot write would.
+                crate::failpoint::hit("segments:fdatasync")?;
+                f.sync_data()
+                    .map_err(|e| storage("cannot sync the segment file", &path, e))?;
+                st.dirty.remove(&n);
             }
-            let path = self.path(n);
-            let f = self.handle(&mut st, n)?;
-            f.sync_data()
-                .map_err(|e| storage("cannot sync the segment file", &path, e))?;
-            st.dirty.remove(&n);
-        }
-        if st.dir_dirty {
-            sync_dir(&self.dir)?;
-            st.dir_dirty = false;
-        }
-        Ok(())
+            if st.dir_dirty {
+                sync_dir(&self.dir)?;
+                st.dir_dirty = false;
+            }
+            Ok(())
+        })
     }
 
     /// Marks segment `n` as written (to be synced by the next [`Segments::sync`]).

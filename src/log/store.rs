@@ -14,6 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::log::sync_latch::SyncLatch;
 
 const RECORD_PREFIX: u8 = 0x00;
 pub(crate) const HEAD_KEY: &[u8] = &[0x01, b'h'];
@@ -142,6 +143,8 @@ pub(crate) struct Store {
     marked: std::sync::Mutex<MarkState>,
     /// What durable flushes synced already (files are synced once, `db` every time).
     synced: std::sync::Mutex<Synced>,
+    /// Once a sync of the database's files failed, every later one fails too.
+    sync_latch: SyncLatch,
 }
 
 impl Store {
@@ -163,6 +166,7 @@ impl Store {
                 retired: false,
             }),
             synced: std::sync::Mutex::new(Synced::new()),
+            sync_latch: SyncLatch::default(),
         };
         store.restrict_permissions()?;
         Ok(store)
@@ -285,7 +289,7 @@ impl Store {
         // here, whatever the process's umask was; with fsync they are synced too.
         let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
         let sync = if self.fsync { Some(&mut *synced) } else { None };
-        settle_tree(&self.dir, sync).map_err(|e| match e {
+        settle_tree(&self.dir, sync, &self.sync_latch).map_err(|e| match e {
             // A full disk stays a full disk (fsync reports ENOSPC too).
             Error::Storage(why) => Error::Storage(format!(
                 "cannot sync the vault directory {} (was it moved or deleted while \
@@ -715,7 +719,7 @@ pub(crate) fn allocated(dir: &Path) -> Result<u64> {
 
 /// Files 0600, directories 0700, under `path` and `path` itself.
 fn restrict(path: &Path) -> Result<()> {
-    settle_tree(path, None).map(|_| ())
+    settle_tree(path, None, &SyncLatch::default()).map(|_| ())
 }
 
 /// What durable flushes synced already: by path and inode, the size and modification
@@ -739,11 +743,12 @@ type Synced = std::collections::HashMap<(PathBuf, u64), (u64, Option<std::time::
 /// syncs those it wrote before the flush (`Log::sync_segments`); the outbox file is
 /// synced as it is written.
 /// Returns how many files it synced.
-fn settle_tree(dir: &Path, sync: Option<&mut Synced>) -> Result<usize> {
+fn settle_tree(dir: &Path, sync: Option<&mut Synced>, latch: &SyncLatch) -> Result<usize> {
     let mut walk = sync.map(|synced| Walk {
         synced,
         seen: Synced::new(),
         files: 0,
+        latch,
     });
     let gained = settle_dir(dir, &dir.join("db"), &mut walk)?;
     let Some(w) = walk else { return Ok(0) };
@@ -751,16 +756,15 @@ fn settle_tree(dir: &Path, sync: Option<&mut Synced>) -> Result<usize> {
     // snapshots) without looking each entry up again.
     *w.synced = w.seen;
     if gained {
-        sync_dir(dir)?;
+        sync_dir(dir, latch)?;
     }
     Ok(w.files)
 }
 
 /// Syncs directory `dir` (an entry was added to it); an error names it.
-fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| sync_error(dir, e))
+fn sync_dir(dir: &Path, latch: &SyncLatch) -> Result<()> {
+    let d = fs::File::open(dir).map_err(|e| sync_error(dir, e))?;
+    latch.sync(|| d.sync_all().map_err(|e| sync_error(dir, e)))
 }
 
 /// A failed sync of `path`: a full disk stays a full disk (fsync reports ENOSPC too);
@@ -779,20 +783,26 @@ struct Walk<'a> {
     synced: &'a mut Synced,
     seen: Synced,
     files: usize,
+    /// Once a sync failed, every later one fails too.
+    latch: &'a SyncLatch,
 }
 
 /// Syncs the regular file `path` (all of it, or its data and size); false when it is
 /// gone. It is opened without following a link and without blocking, so an entry
 /// replaced by a link or a FIFO after the walk looked at it is an error that names it,
 /// never a sync of something else or a flush that hangs.
-fn sync_file(path: &Path, whole: bool) -> Result<bool> {
+fn sync_file(path: &Path, whole: bool, latch: &SyncLatch) -> Result<bool> {
     // A lease another process holds is reported by a non-blocking open as "would
     // block": an error that names the file too.
     let cannot = |e: std::io::Error| sync_error(path, e);
     let Some(f) = crate::files::open_regular(path).map_err(cannot)? else {
         return Ok(false);
     };
-    if whole { f.sync_all() } else { f.sync_data() }.map_err(cannot)?;
+    latch.sync(|| {
+        // Tests make a sync fail here, as a disk that cannot write would.
+        crate::failpoint::hit("store:fsync")?;
+        if whole { f.sync_all() } else { f.sync_data() }.map_err(cannot)
+    })?;
     Ok(true)
 }
 
@@ -830,7 +840,9 @@ fn settle_dir(dir: &Path, db: &Path, walk: &mut Option<Walk<'_>>) -> Result<bool
                 continue;
             }
             if settle_dir(&path, db, walk)? {
-                sync_dir(&path)?;
+                if let Some(w) = walk.as_ref() {
+                    sync_dir(&path, w.latch)?;
+                }
             }
             if let Some(w) = walk.as_mut() {
                 gained |= !w.synced.contains_key(&key);
@@ -846,7 +858,7 @@ fn settle_dir(dir: &Path, db: &Path, walk: &mut Option<Walk<'_>>) -> Result<bool
             if meta.is_file() && (first || changed || path == db) {
                 // Once synced whole, `db` needs its data and size, not its times:
                 // fdatasync skips the journal commit a changed mtime alone costs.
-                if !sync_file(&path, first)? {
+                if !sync_file(&path, first, w.latch)? {
                     continue;
                 }
                 w.files += 1;
@@ -1063,7 +1075,8 @@ mod tests {
         let blob = dir.join("blobs").join("7");
         fs::write(&blob, b"first half").unwrap();
         let mut synced = Synced::new();
-        let walk = |synced: &mut Synced| settle_tree(&dir, Some(synced)).unwrap();
+        let walk =
+            |synced: &mut Synced| settle_tree(&dir, Some(synced), &SyncLatch::default()).unwrap();
         let all = walk(&mut synced);
         // Only `db` again: nothing else changed (the mark was rewritten, but syncs itself).
         write_mark(&dir, 1).unwrap();
@@ -1098,7 +1111,8 @@ mod tests {
         let (_d, dir, s) = fresh_store();
         s.durable_flush().unwrap();
         let mut synced = Synced::new();
-        let walk = |synced: &mut Synced| settle_tree(&dir, Some(synced)).unwrap();
+        let walk =
+            |synced: &mut Synced| settle_tree(&dir, Some(synced), &SyncLatch::default()).unwrap();
         walk(&mut synced);
         let requests = dir.join(crate::handoff::REQUEST_DIR);
         fs::create_dir(&requests).unwrap();
@@ -1133,7 +1147,8 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let (f, l) = (fifo.clone(), link.clone());
         std::thread::spawn(move || {
-            let _ = tx.send((sync_file(&f, true), sync_file(&l, false)));
+            let latch = SyncLatch::default();
+            let _ = tx.send((sync_file(&f, true, &latch), sync_file(&l, false, &latch)));
         });
         let (on_fifo, on_link) = rx
             .recv_timeout(std::time::Duration::from_secs(20))
@@ -1144,8 +1159,9 @@ mod tests {
                 other => panic!("{path:?}: {:?}", other.map(|_| ())),
             }
         }
-        assert!(sync_file(&target, true).unwrap());
-        assert!(!sync_file(&d.path().join("gone"), true).unwrap());
+        let latch = SyncLatch::default();
+        assert!(sync_file(&target, true, &latch).unwrap());
+        assert!(!sync_file(&d.path().join("gone"), true, &latch).unwrap());
     }
 
     /// Once the database's files are removed (its last user erased through the handle),

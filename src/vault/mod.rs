@@ -109,9 +109,10 @@ impl<'a> Queue<'a> {
     }
 
     /// Tells the writer when the frame open now was opened, if it was opened since the
-    /// framer had counted `opens_before` (the writer sleeps while no frame is open).
-    fn frame_opened(&mut self, framer: &Framer, opens_before: u64) {
-        if framer.opens() == opens_before || self.result.is_err() {
+    /// framer had counted `opens_before` and the writer is not watching already (it
+    /// sleeps while no frame is open).
+    fn frame_opened(&mut self, framer: &mut Framer, opens_before: u64) {
+        if framer.opens() == opens_before || framer.watched() || self.result.is_err() {
             return;
         }
         if let Some(at) = framer.opened_at() {
@@ -119,6 +120,7 @@ impl<'a> Queue<'a> {
                 .tx
                 .send(Msg::FrameOpened(at))
                 .map_err(|_| Error::Closed);
+            framer.set_watched(self.result.is_ok());
         }
     }
 }
@@ -1545,6 +1547,8 @@ impl Inner {
             self.log.name_synced(last)
         };
         let both = std::thread::scope(|s| {
+            // Tests make the spawn fail here, as a process at its thread limit would.
+            crate::failpoint::hit("flush:spawn").ok()?;
             let segments = std::thread::Builder::new()
                 .name("capvault-sync".into())
                 .spawn_scoped(s, sync_and_name)

@@ -88,6 +88,15 @@ struct Timers {
 }
 
 impl Timers {
+    /// A flush's answer: the failure of the writer's own flush since the last answer, if
+    /// there was one (it had no caller to tell), else `result`.
+    fn report_name_failure(&mut self, result: Result<()>) -> Result<()> {
+        match self.name_failed.take() {
+            Some(e) => Err(e),
+            None => result,
+        }
+    }
+
     fn next(&self) -> Option<Instant> {
         [
             self.frame,
@@ -209,10 +218,7 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
                     timers.name = None;
                     timers.name_backoff = NAME_AFTER;
                 }
-                let result = match timers.name_failed.take() {
-                    Some(e) => Err(e),
-                    None => result,
-                };
+                let result = timers.report_name_failure(result);
                 for w in b.waiting.drain(..) {
                     let _ = w.send(result.clone());
                 }
@@ -241,10 +247,7 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
                     (Err(e), None)
                 }
             };
-            let result = match timers.name_failed.take() {
-                Some(e) => Err(e),
-                None => result,
-            };
+            let result = timers.report_name_failure(result);
             for w in b.waiting.drain(..) {
                 let _ = w.send(result.clone());
             }
@@ -323,8 +326,10 @@ fn ends_mid_payload(pending: &[Job]) -> bool {
 
 /// Closes the open frame when it reached the time bound. Holding the append lock means
 /// nothing new can be queued, so draining the queue first keeps records in order.
-/// Returns when to look again: the bound of a frame opened since, or in a moment when an
-/// appender holds the lock.
+/// Returns when to look again: one frame's age after a cut (appenders do not wake the
+/// writer for frames opened while it watches), the bound of a younger frame, or in a
+/// moment when an appender holds the lock; `None` when no frame is open (the next
+/// appender to open one wakes the writer).
 fn cut_old_frame(
     inner: &Inner,
     rx: &Receiver<Msg>,
@@ -335,8 +340,15 @@ fn cut_old_frame(
     let Some(mut producer) = inner.producer.try_lock() else {
         return Some(Instant::now() + Duration::from_millis(1));
     };
-    if !producer.framer.is_older_than(age) {
-        return producer.framer.opened_at().map(|at| at + age);
+    let now = Instant::now();
+    let Some(opened) = producer.framer.opened_at() else {
+        producer.framer.set_watched(false);
+        return None;
+    };
+    // A frame within a quarter of its age of the bound is cut now: under steady input the
+    // frame opened just after a cut is cut at the next look, one wake-up per frame.
+    if opened + age > now + age / 4 {
+        return Some(opened + age);
     }
     timers.frame = None;
     while let Ok(msg) = rx.try_recv() {
@@ -349,5 +361,6 @@ fn cut_old_frame(
         b.pending.push(job);
     }
     // A FrameOpened drained above belongs to the frame just cut.
-    None
+    producer.framer.set_watched(true);
+    Some(now + age)
 }

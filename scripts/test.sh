@@ -20,6 +20,7 @@ declare -A APT_FOR=(
   [keyctl]=keyutils
   [valgrind]=valgrind
   [strace]=strace
+  [fincore]=util-linux-extra
   [pkg-config]=pkg-config
   [cc]=gcc
   [python3]=python3

@@ -338,6 +338,9 @@ fn segments_child() {
             }
             v.flush().unwrap();
             say("flushed 500");
+            // Past the flush the writer runs 500 ms after this one to make its synced
+            // anchor durable: run later, it would sync and name what follows too.
+            std::thread::sleep(Duration::from_secs(1));
             for i in 501..=800 {
                 let _ = v.append_mouse_move(i, 2, 2).unwrap();
             }
@@ -614,6 +617,17 @@ fn a_failure_of_the_writer_s_own_flush_is_reported_by_the_next_flush() {
     v.close().unwrap();
 }
 
+/// Pages of `path` in the page cache (`fincore`, util-linux).
+fn cached_pages(path: &Path) -> u64 {
+    let out = std::process::Command::new("fincore")
+        .args(["--noheadings", "--output", "PAGES"])
+        .arg(path)
+        .output()
+        .expect("fincore (util-linux) runs");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
 /// When a sync fails, the kernel may have given up the pages it could not write and
 /// marked them clean, so a retried sync succeeds without writing them. After a failed
 /// sync of the segments or of the database, every later flush (and close) fails too,
@@ -635,6 +649,22 @@ fn after_a_failed_sync_every_flush_fails_until_the_vault_is_opened_again() {
         match v.flush() {
             Err(Error::Storage(m)) => assert!(m.contains(point), "{point}: {m}"),
             other => panic!("{point}: the failed sync was not reported: {other:?}"),
+        }
+        // The file whose sync failed has no page left in the cache: what is read next
+        // comes from the disk (here the pages were written, so nothing is lost).
+        let failed = if point == "store:fsync" {
+            vec![d.path().join("db")]
+        } else {
+            segment_files(d.path())
+        };
+        assert!(!failed.is_empty(), "{point}");
+        for f in &failed {
+            assert_eq!(
+                cached_pages(f),
+                0,
+                "{point}: {} is still cached",
+                f.display()
+            );
         }
         for attempt in 1..=2 {
             let _ = v.append_mouse_move(200 + attempt, 1, 1).unwrap();

@@ -65,12 +65,20 @@ pub(crate) struct Log {
     stored_bytes: AtomicU64,
     segments: Segments,
     /// The last record the synced anchor names (moves forward only).
-    synced: Mutex<u64>,
+    synced: Mutex<SyncedAnchor>,
     /// The user is being erased: nothing names records again (set under `synced`'s
     /// lock, so an anchor is written either before the tree is cleared or not at all).
     retired: AtomicBool,
     /// Records of a torn write removed at open.
     trimmed: u64,
+}
+
+/// What the synced anchor names, and whether that is in sled yet.
+struct SyncedAnchor {
+    last: u64,
+    /// Named by a sync beside the index's flush, to be put into sled by the next durable
+    /// flush ([`Log::put_named_synced`]).
+    unwritten: bool,
 }
 
 /// Records sealed and written to the segments, not yet indexed.
@@ -215,7 +223,10 @@ impl Log {
                 front_moved: true,
             }),
             segments,
-            synced: Mutex::new(synced.unwrap_or(0)),
+            synced: Mutex::new(SyncedAnchor {
+                last: synced.unwrap_or(0),
+                unwritten: false,
+            }),
             retired: AtomicBool::new(false),
             trimmed: 0,
         };
@@ -229,7 +240,7 @@ impl Log {
     /// the log is known to belong with the stored state (an older copy of the log put
     /// back is refused before it can cut the segments the current log names).
     pub(crate) fn settle_segments(&self) -> Result<()> {
-        let synced = *self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        let synced = self.synced.lock().unwrap_or_else(|p| p.into_inner()).last;
         self.trim_segments(synced)?;
         self.sync_segments()?;
         // What was opened is durable as it is.
@@ -407,14 +418,48 @@ impl Log {
         if self.retired.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        if last > *synced || self.tree.get(SYNCED_KEY)?.is_none() {
-            let last = last.max(*synced);
+        if last > synced.last || synced.unwritten || self.tree.get(SYNCED_KEY)?.is_none() {
+            let last = last.max(synced.last);
             self.tree
                 .insert(SYNCED_KEY, self.anchors.seal_synced(last))?;
-            *synced = last;
+            *synced = SyncedAnchor {
+                last,
+                unwritten: false,
+            };
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// [`Log::name_synced`] for a sync that ran beside the index's flush: the anchor is
+    /// put into sled by the next durable flush, before it flushes the index
+    /// ([`Log::put_named_synced`]), rather than on its own now. Written now it would
+    /// land in sled's buffer after that flush took it, and cost the next batch of
+    /// records one more of sled's buffer writes (a device round trip) before its own.
+    /// Returns whether the anchor moved.
+    pub(crate) fn name_synced_later(&self, last: u64) -> bool {
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if self.retired.load(Ordering::Relaxed) || last <= synced.last {
+            return false;
+        }
+        *synced = SyncedAnchor {
+            last,
+            unwritten: true,
+        };
+        true
+    }
+
+    /// Before a durable flush of the index: puts the anchor named by
+    /// [`Log::name_synced_later`] into sled, so that this flush makes it durable.
+    pub(crate) fn put_named_synced(&self) -> Result<()> {
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if !synced.unwritten || self.retired.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.tree
+            .insert(SYNCED_KEY, self.anchors.seal_synced(synced.last))?;
+        synced.unwritten = false;
+        Ok(())
     }
 
     /// Before the user's trees are cleared (erase): from now on nothing writes the

@@ -16,7 +16,7 @@ use zeroize::Zeroize;
 
 use crate::error::{Error, Result};
 use crate::log::behind::Behind;
-use crate::log::sync_latch::SyncLatch;
+use crate::log::sync_latch::{forget_cached, SyncLatch};
 
 /// Directory of the segment directories, in the vault directory.
 pub(crate) const SEGMENTS_DIR: &str = "segments";
@@ -636,26 +636,41 @@ impl Segments {
             st.dir_dirty = false;
             return Ok(());
         }
-        self.latch.sync(|| {
-            let dirty: Vec<u32> = st.dirty.iter().copied().collect();
-            for n in dirty {
-                if !st.segs.contains_key(&n) {
-                    continue;
-                }
-                let path = self.path(n);
-                let f = self.handle(&mut st, n)?;
-                // Tests make a sync fail here, as a disk that cannot write would.
-                crate::failpoint::hit("segments:fdatasync")?;
+        // A failed sync fails every later one (a retry would succeed for lost pages);
+        // only the syncs themselves are latched, not opening what they sync.
+        self.latch.check()?;
+        let dirty: Vec<u32> = st.dirty.iter().copied().collect();
+        for n in dirty {
+            if !st.segs.contains_key(&n) {
+                continue;
+            }
+            let path = self.path(n);
+            let f = Arc::clone(self.handle(&mut st, n)?);
+            self.latch.sync(|| {
                 f.sync_data()
-                    .map_err(|e| storage("cannot sync the segment file", &path, e))?;
-                st.dirty.remove(&n);
+                    .map_err(|e| storage("cannot sync the segment file", &path, e))
+                    // Tests make the sync fail here, as a disk that cannot write would.
+                    .and_then(|()| crate::failpoint::hit("segments:fdatasync"))
+                    .inspect_err(|_| forget_cached(&f))
+            })?;
+            st.dirty.remove(&n);
+        }
+        if st.dir_dirty {
+            for d in [Some(self.dir.as_path()), self.dir.parent()]
+                .into_iter()
+                .flatten()
+            {
+                let handle = File::open(d)
+                    .map_err(|e| storage("cannot open the segment directory", d, e))?;
+                self.latch.sync(|| {
+                    handle
+                        .sync_all()
+                        .map_err(|e| storage("cannot sync the segment directory", d, e))
+                })?;
             }
-            if st.dir_dirty {
-                sync_dir(&self.dir)?;
-                st.dir_dirty = false;
-            }
-            Ok(())
-        })
+            st.dir_dirty = false;
+        }
+        Ok(())
     }
 
     /// Marks segment `n` as written (to be synced by the next [`Segments::sync`]).

@@ -14,7 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::log::sync_latch::SyncLatch;
+use crate::log::sync_latch::{forget_cached, SyncLatch};
 
 const RECORD_PREFIX: u8 = 0x00;
 pub(crate) const HEAD_KEY: &[u8] = &[0x01, b'h'];
@@ -275,6 +275,9 @@ impl Store {
             // Its files are gone: there is nothing left to make durable.
             return Ok(Unmarked(None));
         }
+        // After a failed sync nothing is promised durable until the vault is opened again
+        // (said as it is, not as a failure of this flush's walk).
+        self.sync_latch.check()?;
         let gen = {
             let mut last = self.gen.lock().unwrap_or_else(|p| p.into_inner());
             if self.fsync {
@@ -799,9 +802,11 @@ fn sync_file(path: &Path, whole: bool, latch: &SyncLatch) -> Result<bool> {
         return Ok(false);
     };
     latch.sync(|| {
-        // Tests make a sync fail here, as a disk that cannot write would.
-        crate::failpoint::hit("store:fsync")?;
-        if whole { f.sync_all() } else { f.sync_data() }.map_err(cannot)
+        if whole { f.sync_all() } else { f.sync_data() }
+            .map_err(cannot)
+            // Tests make the sync fail here, as a disk that cannot write would.
+            .and_then(|()| crate::failpoint::hit("store:fsync"))
+            .inspect_err(|_| forget_cached(&f))
     })?;
     Ok(true)
 }

@@ -1,9 +1,12 @@
 //! A sync that stays failed. When `fsync` or `fdatasync` fails, Linux may already have
 //! given up the dirty pages it could not write and marked them clean, so a later sync of
-//! the same file succeeds although those bytes never reached the disk. Once a sync of
-//! the vault's files fails, every later one through the same latch fails too, until the
-//! vault is opened again (the open checks what is on disk and syncs it anew).
+//! the same file succeeds although those bytes never reached the disk, and reads still
+//! return them from the page cache. Once a sync of the vault's files fails, every later
+//! one through the same latch fails too, until the vault is opened again; and the file
+//! whose sync failed has its cached pages dropped ([`forget_cached`]), so that what is
+//! read next, by this handle or by the open that follows, is what the disk holds.
 
+use std::fs::File;
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
@@ -13,6 +16,14 @@ use crate::error::{Error, Result};
 pub(crate) struct SyncLatch(Mutex<Option<Error>>);
 
 impl SyncLatch {
+    /// The error of an earlier failed sync, if there was one.
+    pub(crate) fn check(&self) -> Result<()> {
+        match self.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(first) => Err(latched(first)),
+            None => Ok(()),
+        }
+    }
+
     /// Runs `sync` unless an earlier one failed, and remembers its failure.
     pub(crate) fn sync(&self, sync: impl FnOnce() -> Result<()>) -> Result<()> {
         let mut failed = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -21,6 +32,20 @@ impl SyncLatch {
         }
         sync().inspect_err(|e| *failed = Some(e.clone()))
     }
+}
+
+/// Drops the cached pages of `f` after its sync failed (Linux: `POSIX_FADV_DONTNEED`;
+/// the pages the failed writeback left clean go, dirty ones are written back first), so
+/// that reads come from the disk: an open then finds bytes the disk never got as damage
+/// or a torn tail, never as records that were made durable. A refusal changes nothing
+/// else: the sync has failed either way.
+pub(crate) fn forget_cached(f: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = rustix::fs::fadvise(f, 0, None, rustix::fs::Advice::DontNeed);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = f;
 }
 
 /// The error of every sync after the first failed one: of the same kind (a full disk
@@ -45,6 +70,7 @@ mod tests {
     fn after_one_failure_every_sync_fails_without_running() {
         let latch = SyncLatch::default();
         latch.sync(|| Ok(())).unwrap();
+        latch.check().unwrap();
         let e = latch
             .sync(|| Err(Error::StorageFull("no space".into())))
             .unwrap_err();
@@ -63,6 +89,7 @@ mod tests {
             !ran,
             "a sync after a failure must not run (it would succeed)"
         );
+        assert!(latch.check().is_err());
         match e {
             Error::StorageFull(m) => {
                 assert!(m.contains("no space") && m.contains("opened again"), "{m}")

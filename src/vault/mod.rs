@@ -13,7 +13,7 @@ mod writer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
@@ -88,6 +88,7 @@ pub(crate) fn now_us() -> TimestampUs {
 struct Queue<'a> {
     tx: &'a SyncSender<Msg>,
     unwritten: &'a AtomicU64,
+    writer_exited: &'a AtomicBool,
     result: Result<()>,
 }
 
@@ -96,6 +97,7 @@ impl<'a> Queue<'a> {
         Queue {
             tx: &inner.tx,
             unwritten: &inner.unwritten,
+            writer_exited: &inner.writer_exited,
             result: Ok(()),
         }
     }
@@ -112,7 +114,8 @@ impl<'a> Queue<'a> {
     /// framer had counted `opens_before` and the writer is not watching already (it
     /// sleeps while no frame is open).
     fn frame_opened(&mut self, framer: &mut Framer, opens_before: u64) {
-        if framer.opens() == opens_before || framer.watched() || self.result.is_err() {
+        let watched = framer.watched() && !self.writer_exited.load(Ordering::Acquire);
+        if framer.opens() == opens_before || watched || self.result.is_err() {
             return;
         }
         if let Some(at) = framer.opened_at() {
@@ -182,6 +185,9 @@ pub(crate) struct Inner {
     release: Mutex<()>,
     /// The built-in uploader's state, when `upload` is configured (for `status`).
     pub(crate) upload: Option<Arc<crate::upload::Shared>>,
+    /// The writer thread has ended (closed, or a bug): appenders tell it of frames again,
+    /// which fails, rather than count on it to cut them.
+    writer_exited: AtomicBool,
     /// Removes the database files after an erase of the last user, once sled is closed.
     /// Declared last: fields drop in order, so every sled handle above is gone first.
     pub(crate) remove_on_drop: erase::RemoveOnDrop,
@@ -587,6 +593,7 @@ impl Vault {
             upload: options_upload
                 .as_ref()
                 .map(|u| Arc::new(crate::upload::Shared::new(u))),
+            writer_exited: AtomicBool::new(false),
             remove_on_drop: Default::default(),
         });
         let worker = inner.clone();
@@ -594,6 +601,14 @@ impl Vault {
             .name("capvault-writer".into())
             .spawn(move || {
                 crate::background::enter();
+                // Set however the writer ends, a panic included.
+                struct Exited(Arc<Inner>);
+                impl Drop for Exited {
+                    fn drop(&mut self) {
+                        self.0.writer_exited.store(true, Ordering::Release);
+                    }
+                }
+                let _exited = Exited(worker.clone());
                 writer::run(worker, rx)
             })
             .map_err(|e| Error::Storage(format!("cannot start the writer thread: {e}")))?;
@@ -1541,10 +1556,13 @@ impl Inner {
         }
         let covered = mark_of(&self.log, &self.ledger);
         let front = self.log.front();
+        // The anchor the last such flush named goes into sled now, with this flush's
+        // index (never on its own: that would cost sled a buffer write of its own).
+        self.log.put_named_synced()?;
         let sync_and_name = || -> Result<bool> {
             let last = self.log.sync_segment_bytes()?;
             crate::failpoint::hit("flush:before-naming")?;
-            self.log.name_synced(last)
+            Ok(self.log.name_synced_later(last))
         };
         let both = std::thread::scope(|s| {
             // Tests make the spawn fail here, as a process at its thread limit would.

@@ -85,6 +85,8 @@ struct Timers {
     /// Why that attempt failed: the next `flush` reports it (a retried fdatasync may
     /// succeed where the one that failed lost the bytes).
     name_failed: Option<crate::error::Error>,
+    /// How long the last look at the open frame waited for the append lock.
+    lock_wait: Duration,
 }
 
 impl Timers {
@@ -327,9 +329,9 @@ fn ends_mid_payload(pending: &[Job]) -> bool {
 /// Closes the open frame when it reached the time bound. Holding the append lock means
 /// nothing new can be queued, so draining the queue first keeps records in order.
 /// Returns when to look again: one frame's age after a cut (appenders do not wake the
-/// writer for frames opened while it watches), the bound of a younger frame, or in a
-/// moment when an appender holds the lock; `None` when no frame is open (the next
-/// appender to open one wakes the writer).
+/// writer for frames opened while it watches), the bound of a younger frame, or, while
+/// someone holds the append lock, 1 ms later, doubling up to a quarter of a frame's age;
+/// `None` when no frame is open (the next appender to open one wakes the writer).
 fn cut_old_frame(
     inner: &Inner,
     rx: &Receiver<Msg>,
@@ -338,8 +340,16 @@ fn cut_old_frame(
     timers: &mut Timers,
 ) -> Option<Instant> {
     let Some(mut producer) = inner.producer.try_lock() else {
-        return Some(Instant::now() + Duration::from_millis(1));
+        // An appender holds the lock for microseconds; a long holder (key rotation,
+        // eviction, subject access) is looked at less and less often, up to a quarter of
+        // a frame's age.
+        let most = (age / 4).max(Duration::from_millis(1));
+        timers.lock_wait = (timers.lock_wait * 2)
+            .max(Duration::from_millis(1))
+            .min(most);
+        return Some(Instant::now() + timers.lock_wait);
     };
+    timers.lock_wait = Duration::ZERO;
     let now = Instant::now();
     let Some(opened) = producer.framer.opened_at() else {
         producer.framer.set_watched(false);

@@ -257,7 +257,12 @@ impl Log {
         match stored {
             Stored::Inline(v) => Ok(Cow::Borrowed(v)),
             Stored::At(loc) => self.segments.read(seq, loc).map(Cow::Owned).map_err(|why| {
-                tampered_at(seq, &format!("cannot be read: {why}; {DAMAGED_ADVICE}"))
+                // After a failed sync the cache of that file was dropped: what the disk
+                // did not get reads back wrong, which is the disk's failure.
+                let what = format!("record {seq} cannot be read ({why})");
+                self.segments.sync_failure(&what).unwrap_or_else(|| {
+                    tampered_at(seq, &format!("cannot be read: {why}; {DAMAGED_ADVICE}"))
+                })
             }),
         }
     }
@@ -397,6 +402,9 @@ impl Log {
     /// last one, then name the last record they hold in the synced anchor (written to
     /// sled, made durable by the flush that follows).
     pub(crate) fn sync_segments(&self) -> Result<()> {
+        // An anchor named by an earlier sync goes in first: its bytes are durable whatever
+        // this sync does, and a later flush of the index carries it even if this fails.
+        self.put_named_synced()?;
         let last = self.sync_segment_bytes()?;
         self.name_synced(last).map(|_| ())
     }

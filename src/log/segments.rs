@@ -673,6 +673,12 @@ impl Segments {
         Ok(())
     }
 
+    /// After a sync of these files failed: the error to report for `what` (a read that
+    /// found bytes other than those written), naming that failure.
+    pub(crate) fn sync_failure(&self, what: &str) -> Option<Error> {
+        self.latch.failure(what)
+    }
+
     /// Marks segment `n` as written (to be synced by the next [`Segments::sync`]).
     pub(crate) fn touch(&self, n: u32) {
         self.lock().dirty.insert(n);

@@ -24,6 +24,16 @@ impl SyncLatch {
         }
     }
 
+    /// After a failed sync: the error for `what`, which that failure explains.
+    pub(crate) fn failure(&self, what: &str) -> Option<Error> {
+        let failed = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        failed.as_ref().map(|first| match latched(first) {
+            Error::StorageFull(m) => Error::StorageFull(format!("{what}: {m}")),
+            Error::Storage(m) => Error::Storage(format!("{what}: {m}")),
+            other => other,
+        })
+    }
+
     /// Runs `sync` unless an earlier one failed, and remembers its failure.
     pub(crate) fn sync(&self, sync: impl FnOnce() -> Result<()>) -> Result<()> {
         let mut failed = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -71,6 +81,7 @@ mod tests {
         let latch = SyncLatch::default();
         latch.sync(|| Ok(())).unwrap();
         latch.check().unwrap();
+        assert!(latch.failure("a read").is_none());
         let e = latch
             .sync(|| Err(Error::StorageFull("no space".into())))
             .unwrap_err();
@@ -90,6 +101,15 @@ mod tests {
             "a sync after a failure must not run (it would succeed)"
         );
         assert!(latch.check().is_err());
+        match latch.failure("record 7 cannot be read") {
+            Some(Error::StorageFull(m)) => {
+                assert!(
+                    m.starts_with("record 7 cannot be read: ") && m.contains("no space"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
         match e {
             Error::StorageFull(m) => {
                 assert!(m.contains("no space") && m.contains("opened again"), "{m}")

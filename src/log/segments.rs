@@ -656,18 +656,7 @@ impl Segments {
             st.dirty.remove(&n);
         }
         if st.dir_dirty {
-            for d in [Some(self.dir.as_path()), self.dir.parent()]
-                .into_iter()
-                .flatten()
-            {
-                let handle = File::open(d)
-                    .map_err(|e| storage("cannot open the segment directory", d, e))?;
-                self.latch.sync(|| {
-                    handle
-                        .sync_all()
-                        .map_err(|e| storage("cannot sync the segment directory", d, e))
-                })?;
-            }
+            sync_dir(&self.dir, &self.latch)?;
             st.dir_dirty = false;
         }
         Ok(())
@@ -834,11 +823,16 @@ fn refuse_link(dir: &Path) -> Result<()> {
 }
 
 /// fsync of `dir` and of its parent (a new entry in `dir`, and `dir` itself new).
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    let sync = |d: &Path| File::open(d).and_then(|f| f.sync_all());
-    sync(dir).map_err(|e| storage("cannot sync the segment directory", dir, e))?;
-    if let Some(parent) = dir.parent() {
-        sync(parent).map_err(|e| storage("cannot sync the segment directory", parent, e))?;
+/// Each sync goes through `latch` (opening the directories does not).
+pub(crate) fn sync_dir(dir: &Path, latch: &SyncLatch) -> Result<()> {
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        let handle =
+            File::open(d).map_err(|e| storage("cannot open the segment directory", d, e))?;
+        latch.sync(|| {
+            handle
+                .sync_all()
+                .map_err(|e| storage("cannot sync the segment directory", d, e))
+        })?;
     }
     Ok(())
 }

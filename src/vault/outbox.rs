@@ -72,7 +72,9 @@ impl Outbox {
         crate::failpoint::hit("outbox:before-rename")?;
         fs::rename(&temp, &path).map_err(|e| storage("cannot rename the outbox file", &path, e))?;
         if self.fsync {
-            segments::sync_dir(&self.dir)?;
+            // A latch of its own each time: a failed write of the outbox is written anew
+            // (a new file renamed into place), so its retry is a real one.
+            segments::sync_dir(&self.dir, &Default::default())?;
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use capvault_core::{Appended, Recipient, Vault, VaultOptions};
+use capvault_core::{Appended, Event, Recipient, Vault, VaultOptions};
 
 use crate::bundle::capvault_bundle;
 use crate::error::{boundary, boundary_noting, copy_out, describe, Fail, FfiReturn};
@@ -439,8 +439,10 @@ pub extern "C" fn capvault_append_mouse_move(
     x: i32,
     y: i32,
 ) -> capvault_result {
+    // `Vault::append` itself, not `append_mouse_move`: the typed helpers are not inlined
+    // across crates, and skipping one is a tenth of what this function adds per event.
     on_vault(v, |vault, _| {
-        Ok(appended(vault.append_mouse_move(ts_us, x, y)?))
+        Ok(appended(vault.append(Event::MouseMove { ts_us, x, y })?))
     })
 }
 
@@ -456,9 +458,13 @@ pub extern "C" fn capvault_append_mouse_button(
     y: i32,
 ) -> capvault_result {
     on_vault(v, |vault, _| {
-        Ok(appended(
-            vault.append_mouse_button(ts_us, button, pressed, x, y)?,
-        ))
+        Ok(appended(vault.append(Event::MouseButton {
+            ts_us,
+            button,
+            pressed,
+            x,
+            y,
+        })?))
     })
 }
 
@@ -471,7 +477,7 @@ pub extern "C" fn capvault_append_scroll(
     dy: i32,
 ) -> capvault_result {
     on_vault(v, |vault, _| {
-        Ok(appended(vault.append_scroll(ts_us, dx, dy)?))
+        Ok(appended(vault.append(Event::Scroll { ts_us, dx, dy })?))
     })
 }
 

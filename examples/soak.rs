@@ -46,25 +46,55 @@ fn thread_cpu_ns() -> std::collections::HashMap<u64, (String, u64)> {
     out
 }
 
-/// P7 alternates this many slices with the vault and as many without it.
-const P7_ROUNDS: u32 = 4;
-/// Seconds per P7 slice.
-const P7_SLICE_SECS: u64 = 5;
+/// Seconds of SPEC P7's load.
+const P7_SECS: u64 = 20;
+
+/// This thread's CPU time so far, in nanoseconds (exact: the kernel brings the running
+/// thread's count up to date for this clock, where `schedstat` lags until it sleeps).
+fn this_thread_cpu_ns() -> u64 {
+    cpu_ns(rustix::time::ClockId::ThreadCPUTime)
+}
+
+fn cpu_ns(clock: rustix::time::ClockId) -> u64 {
+    let t = rustix::time::clock_gettime(clock);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// What the vault used under a load: the process's CPU less the calling thread's, plus
+/// that thread's CPU inside the appends (`vault_ns`, which also counts threads that began
+/// and ended during the load); and its parts: the appends, and every other thread alive
+/// at both ends, by name.
+struct Used {
+    vault_ns: u64,
+    threads: Vec<(String, u64)>,
+    appends_ns: u64,
+    secs: f64,
+}
 
 /// The load of SPEC P7 for `secs`: 1 kHz mouse moves and 10 keys/s through `append`,
-/// paced in 10 ms slices of 10 moves. Returns the CPU (ns) each thread used meanwhile,
-/// by name (threads alive at both ends), and the elapsed time.
-fn paced_load(secs: u64, append: &dyn Fn(i64, bool)) -> (Vec<(String, u64)>, f64) {
+/// paced in 10 ms slices of 10 moves. The pacing (sleeping and waking 100 times a
+/// second) is the harness's, not the vault's, so of the calling thread only the time
+/// inside the appends is counted.
+fn paced_load(secs: u64, append: &dyn Fn(i64, bool)) -> Used {
+    let me = std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| p.file_name()?.to_str()?.parse::<u64>().ok());
     let before = thread_cpu_ns();
+    let (process_before, me_before) = (
+        cpu_ns(rustix::time::ClockId::ProcessCPUTime),
+        this_thread_cpu_ns(),
+    );
     let start = Instant::now();
     let mut next = start;
     let mut i: u64 = 0;
+    let mut appends_ns = 0;
     while start.elapsed() < Duration::from_secs(secs) {
         let now = Instant::now();
         if now < next {
             std::thread::sleep(next - now);
         }
         next += Duration::from_millis(10);
+        let cpu = this_thread_cpu_ns();
         for _ in 0..10 {
             i += 1;
             append(
@@ -72,16 +102,25 @@ fn paced_load(secs: u64, append: &dyn Fn(i64, bool)) -> (Vec<(String, u64)>, f64
                 i.is_multiple_of(100),
             );
         }
+        appends_ns += this_thread_cpu_ns() - cpu;
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    let used = thread_cpu_ns()
+    let secs = start.elapsed().as_secs_f64();
+    let others_ns = (cpu_ns(rustix::time::ClockId::ProcessCPUTime) - process_before)
+        .saturating_sub(this_thread_cpu_ns() - me_before);
+    let threads = thread_cpu_ns()
         .into_iter()
+        .filter(|(tid, _)| Some(*tid) != me)
         .filter_map(|(tid, (name, ns))| {
             let (_, was) = before.get(&tid)?;
             Some((name, ns.saturating_sub(*was)))
         })
         .collect();
-    (used, elapsed)
+    Used {
+        vault_ns: others_ns + appends_ns,
+        threads,
+        appends_ns,
+        secs,
+    }
 }
 
 /// Latency of `n` writes of 4 KiB, each followed by `fdatasync`, 10 ms apart, to a
@@ -352,69 +391,35 @@ fn main() {
         capture(secs, release);
     }
 
-    // P7: CPU at 1 kHz mouse + 10 keys/s. The paced loop's own cost (sleeping and
-    // waking 100 times a second) is not the vault's, and on a virtual machine it is not
-    // small and drifts from one second to the next. So the loop runs in alternating
-    // slices, with the vault and then without it (the vault open, left alone), and the
-    // vault's share is everything the process used less the loop's own cost, which the
-    // agent thread shows in the slices without the vault. Work the vault's threads do in
-    // those (a frame cut, the naming flush after the last appends) is the vault's.
-    let main_tid: u64 = std::fs::read_link("/proc/thread-self")
-        .ok()
-        .and_then(|p| p.file_name()?.to_str()?.parse().ok())
-        .unwrap_or(0);
-    let main_name = thread_cpu_ns()
-        .remove(&main_tid)
-        .map(|(n, _)| n)
-        .unwrap_or_default();
+    // P7: CPU at 1 kHz mouse + 10 keys/s: the appends themselves and everything the
+    // vault's threads (and sled's) did meanwhile.
     let pct = |ns: u64, secs: f64| ns as f64 / 1e9 / secs * 100.0;
     let dir = std::env::temp_dir().join(format!("capvault-cpu-{}", std::process::id()));
     let vault = Vault::open(&dir, "cpu", options()).unwrap();
-    let (mut loop_ns, mut loop_secs, mut vault_secs) = (0u64, 0.0, 0.0);
-    let mut with_vault: std::collections::BTreeMap<String, u64> = Default::default();
-    let mut after_vault = 0u64;
-    for _ in 0..P7_ROUNDS {
-        let (used, secs) = paced_load(P7_SLICE_SECS, &|ts, key| {
-            let _ = vault.append_mouse_move(ts, 1, 1).unwrap();
-            if key {
-                let _ = vault.append_key(ts, 0x04, true, Some("a")).unwrap();
-            }
-        });
-        vault_secs += secs;
-        for (name, ns) in used {
-            // sled-io-0..6 and the like under one name.
-            let key = if name == main_name {
-                "agent (appends + pacing)".to_string()
-            } else {
-                name.trim_end_matches(|c: char| c.is_ascii_digit())
-                    .to_string()
-            };
-            *with_vault.entry(key).or_default() += ns;
+    let used = paced_load(P7_SECS, &|ts, key| {
+        let _ = vault.append_mouse_move(ts, 1, 1).unwrap();
+        if key {
+            let _ = vault.append_key(ts, 0x04, true, Some("a")).unwrap();
         }
-        let (alone, secs) = paced_load(P7_SLICE_SECS, &|ts, _| {
-            std::hint::black_box(ts);
-        });
-        loop_secs += secs;
-        for (name, ns) in alone {
-            if name == main_name {
-                loop_ns += ns;
-            } else {
-                after_vault += ns;
-            }
-        }
+    });
+    let mut by_thread: std::collections::BTreeMap<String, u64> = Default::default();
+    by_thread.insert("appends (agent thread)".to_string(), used.appends_ns);
+    for (name, ns) in used.threads {
+        // sled-io-0..6 and the like under one name.
+        let key = name.trim_end_matches(|c: char| c.is_ascii_digit());
+        *by_thread.entry(key.to_string()).or_default() += ns;
     }
-    let process: u64 = with_vault.values().sum();
-    let loop_pct = pct(loop_ns, loop_secs);
-    println!(
-        "  CPU at 1 kHz mouse + 10 keys/s ({P7_ROUNDS} x {P7_SLICE_SECS} s with the vault, \
-         alternated with as many without): vault {:.2}% of a core (process {:.2}% and \
-         {:.3}% after the slices, minus the paced loop alone {loop_pct:.2}%)",
-        pct(process + after_vault, vault_secs) - loop_pct,
-        pct(process, vault_secs),
-        pct(after_vault, vault_secs),
+    let named: u64 = by_thread.values().sum();
+    by_thread.insert(
+        "threads begun and ended".to_string(),
+        used.vault_ns.saturating_sub(named),
     );
-    for (name, ns) in with_vault {
-        println!("    {name:26} {:.3}%", pct(ns, vault_secs));
+    println!(
+        "  CPU at 1 kHz mouse + 10 keys/s ({P7_SECS} s): vault {:.2}% of a core",
+        pct(used.vault_ns, used.secs)
+    );
+    for (name, ns) in by_thread {
+        println!("    {name:26} {:.3}%", pct(ns, used.secs));
     }
     // Erased, not just removed: its keys would stay in the kernel keyring, against the
     // user's key quota, until reboot.

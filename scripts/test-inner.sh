@@ -138,6 +138,7 @@ step "cargo doc, C library crate (warnings denied)" \
   env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p capvault-ffi
 step "cargo nextest" cargo nextest run --workspace --no-fail-fast
 step "docs/RELIABILITY.md names only tests that exist" bash scripts/check-reliability-map.sh
+step "vendor/sled is sled 0.34.7 with vendor/sled.patch" bash scripts/check-vendored-sled.sh
 
 # --- fuzz smoke run ----------------------------------------------------------------
 # Every target in fuzz/ for a few seconds from its seed corpus (FUZZ_SECONDS, default 5),

@@ -24,6 +24,8 @@ declare -A APT_FOR=(
   [pkg-config]=pkg-config
   [cc]=gcc
   [python3]=python3
+  [curl]=curl
+  [update-ca-certificates]=ca-certificates
 )
 missing=()
 for cmd in "${!APT_FOR[@]}"; do

@@ -45,7 +45,7 @@ const MAX_BATCH: usize = 256;
 /// Not a durability promise (that is `flush`): it bounds what a crash can take of
 /// records nobody flushed, to this plus the frame bound. Writing at every frame cost
 /// more than the frames themselves at 1 kHz: each sled batch writes two of sled's I/O
-/// buffers, and each buffer write wakes every thread of sled's I/O pool.
+/// buffers, each a task for a thread of sled's I/O pool.
 const WRITE_AFTER: Duration = Duration::from_millis(500);
 
 /// Records waiting to be written are written at once when they hold this many bytes

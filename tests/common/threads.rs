@@ -4,11 +4,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Context switches (voluntary + involuntary) of every thread of this process but the
-/// calling one and sled's I/O pool, by "tid name".
-///
-/// sled 0.34 keeps seven `sled-io-N` threads per process that each wake once a second
-/// to look for work (its threadpool's `recv_timeout`); that is sled's, not configurable,
-/// and left out here. Everything capvault starts is counted.
+/// calling one, by "tid name": capvault's and sled's I/O pool (whose seven `sled-io-N`
+/// threads woke once a second each before vendor/sled's change).
 pub fn switches() -> BTreeMap<String, u64> {
     // "<pid>/task/<tid>": the calling thread.
     let me = std::fs::read_link("/proc/thread-self").unwrap();
@@ -25,9 +22,6 @@ pub fn switches() -> BTreeMap<String, u64> {
         ) else {
             continue; // the thread ended meanwhile
         };
-        if name.starts_with("sled-io-") {
-            continue;
-        }
         let n: u64 = status
             .lines()
             .filter(|l| l.contains("ctxt_switches"))
@@ -36,6 +30,27 @@ pub fn switches() -> BTreeMap<String, u64> {
         out.insert(format!("{tid} {}", name.trim()), n);
     }
     out
+}
+
+/// Voluntary context switches (sleeps) summed over the threads whose name `is_counted`:
+/// a busy machine preempting a thread is not that thread's doing.
+pub fn sleeps_of(is_counted: impl Fn(&str) -> bool) -> u64 {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|n| is_counted(n.trim()))
+        })
+        .filter_map(|t| {
+            let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
 /// Threads that switched between two readings, with how often.

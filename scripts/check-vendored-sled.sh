@@ -35,7 +35,7 @@ done
 extra=$(cd vendor/sled && ls -A | grep -vxF -f <(printf '%s\n' "${KEPT[@]}") || true)
 [[ -z $extra ]] || { printf 'error: vendor/sled holds files not from the crate: %s\n' "$extra" >&2; exit 1; }
 
-(cd "$work" && git diff --no-index --no-prefix --no-color a b >"$work/changes.patch") || true
+(cd "$work" && git diff --no-index --no-prefix --no-color --diff-algorithm=myers a b >"$work/changes.patch") || true
 if [[ ${1:-} == --write ]]; then
   cp "$work/changes.patch" vendor/sled.patch
   echo "wrote vendor/sled.patch"
@@ -43,4 +43,15 @@ if [[ ${1:-} == --write ]]; then
 fi
 diff -u vendor/sled.patch "$work/changes.patch" ||
   { printf 'error: vendor/sled differs from sled %s by more (or less) than vendor/sled.patch\n' "$VERSION" >&2; exit 1; }
-echo "vendor/sled is sled $VERSION with vendor/sled.patch"
+# And every build uses the copy: `[patch]` that no longer matches the version asked for
+# is only a warning, and cargo then takes sled from the registry (a `source` line).
+for lock in Cargo.lock harness/Cargo.lock fuzz/Cargo.lock; do
+  awk -v lock="$lock" -v version="$VERSION" '
+    /^\[\[package\]\]/ { in_sled = 0 }
+    /^name = "sled"$/ { in_sled = 1; found = 1 }
+    in_sled && /^version = / && $3 != "\"" version "\"" { print "error: " lock " builds sled " $3 ", not " version; bad = 1 }
+    in_sled && /^source = / { print "error: " lock " takes sled from " $3 ", not vendor/sled"; bad = 1 }
+    END { if (!found) { print "error: " lock " has no sled"; bad = 1 } exit bad }
+  ' "$lock" >&2
+done
+echo "vendor/sled is sled $VERSION with vendor/sled.patch, and every lock file builds it"

@@ -108,6 +108,7 @@ fn perform_work(is_immortal: bool) {
         debug_delay();
         let task_res =
             QUEUE.recv_timeout(if is_immortal { None } else { Some(wait_limit) });
+        let waited_in_vain = task_res.is_none();
 
         if let Some(task) = task_res {
             WAITING_THREAD_COUNT.fetch_sub(1, SeqCst);
@@ -132,6 +133,15 @@ fn perform_work(is_immortal: bool) {
             contiguous_overshoots += 1;
         } else {
             contiguous_overshoots = 0;
+        }
+
+        // capvault: a dynamic thread ends once it has waited its second for
+        // nothing, as the comment on maybe_spawn_new_thread says. The rule above
+        // never ends the last one: it counts itself out of the waiting threads,
+        // so it sees at most the seven immortal ones, and it woke every second
+        // for the life of the process.
+        if !is_immortal && waited_in_vain {
+            break;
         }
     }
 }

@@ -414,6 +414,30 @@ fn a_link_in_place_of_a_segment_file_is_never_opened() {
     }
 }
 
+/// Promise (docs/SECURITY.md, "Segment files": "files in the segment directory that are
+/// not segments are left alone").
+///
+/// Files named like a segment's number but not as the vault names them (`1`, `01`,
+/// `+1`: ten digits is the name) were taken for that segment: an empty `1` took
+/// segment 1's length, and the vault was refused as damaged, with the advice to erase.
+#[test]
+fn files_named_like_a_segment_number_are_left_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let v = d.path().join("vault");
+    vault_with(&v, "alice", 20);
+    let (seg_file, _, _) = common::record_entry(&v, "alice", 1);
+    let seg_dir = seg_file.parent().unwrap();
+    for name in ["1", "01", "+1", "000000001", "00000000001"] {
+        std::fs::write(seg_dir.join(name), b"").unwrap();
+    }
+    open_and_verify(&v, "alice").unwrap();
+    use_vault(&v, "alice", 5, 100).unwrap();
+    open_and_verify(&v, "alice").unwrap();
+    for name in ["1", "01", "+1", "000000001", "00000000001"] {
+        assert!(seg_dir.join(name).exists(), "{name} was removed");
+    }
+}
+
 /// Promise (docs/SECURITY.md, "Erasure and crypto-shredding": a vault whose state was
 /// tampered with, whose files are corrupted, or whose disk is full is erased).
 ///

@@ -211,6 +211,35 @@ fn the_byte_budget_holds_on_bytes_on_disk() {
     Vault::erase(d.path(), USER, opts()).unwrap();
 }
 
+/// An agent opened with the default policy keeps the one the vault records, budget
+/// included, and so the segment size of that budget (a sixteenth of it): with the
+/// caller's (no budget, 16 MiB segments) the dead front of one segment could hold more
+/// than the whole budget where holes cannot be punched.
+#[test]
+fn the_default_policy_keeps_the_recorded_budget_s_segment_size() {
+    let d = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.policy.budget_bytes = 2 << 20;
+    Vault::open(d.path(), USER, o).unwrap().close().unwrap();
+    let v = Vault::open(d.path(), USER, opts()).unwrap();
+    for i in 0..10 {
+        let _ = v
+            .append_screenshot(i, 1, 1, "raw", &shot(100_000, i as u64))
+            .unwrap();
+        v.flush().unwrap();
+    }
+    v.close().unwrap();
+    let segments = common::segments_snapshot(d.path(), USER);
+    // 128 KiB segments: a new one at least every second screenshot.
+    assert!(
+        segments.len() >= 5,
+        "{} segments for 1 MB: {:?}",
+        segments.len(),
+        segments.iter().map(|(_, b)| b.len()).collect::<Vec<_>>()
+    );
+    Vault::erase(d.path(), USER, opts()).unwrap();
+}
+
 /// Promise (docs/PERFORMANCE.md, "Segment size"): the byte budget is read without a
 /// lock, so an append under a refusing budget does not wait for a durable flush that is
 /// syncing the segments. The sync is held inside its fdatasync step (the segments'
@@ -558,6 +587,60 @@ fn a_torn_write_after_the_last_durable_flush_is_trimmed_before_it_is_refused() {
     common::move_vault(&dir, &moved);
     cut_back_is_damage(&copy, synced);
     Vault::erase(&moved, USER, opts()).unwrap();
+}
+
+/// A power loss can lose the bytes of an earlier unsynced write and keep a later one's:
+/// the kernel writes a large record back at once while the small frames before it wait.
+/// The first unsynced record reads back as zeros (a hole) while everything after it is
+/// intact: the torn tail starts there, not at the first unreadable record from the
+/// head, and the later records go with it (their chain runs through the lost one).
+#[test]
+fn a_lost_write_before_intact_unsynced_ones_is_trimmed_with_them() {
+    let (_d, dir) = killed_after_unflushed_writes();
+    let synced = anchor_seq(&dir, b'y');
+    let head = anchor_seq(&dir, b'h');
+    assert!(
+        head > synced + 2,
+        "the index ran ahead of the flush: {synced} {head}"
+    );
+    let zero_entry = |dir: &Path, seq: u64| {
+        use std::os::unix::fs::FileExt;
+        let (path, offset, bytes) = common::record_entry(dir, USER, seq);
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&vec![0u8; 16 + bytes.len()], offset)
+            .unwrap();
+    };
+    zero_entry(&dir, synced + 1);
+    // The newest record still reads back: only the walk past it finds the loss.
+    let (path, offset, bytes) = common::record_entry(&dir, USER, head);
+    assert!(
+        bytes.iter().any(|&b| b != 0),
+        "{} at {offset}",
+        path.display()
+    );
+    let v = Vault::open(&dir, USER, opts()).unwrap();
+    assert_eq!(moves(&v), (1..=500).collect::<Vec<_>>());
+    assert_eq!(v.status().unwrap().last_record, synced);
+    assert!(
+        v.audit_log().unwrap().iter().any(|a| a.action == "recover"),
+        "the trim is audited"
+    );
+    v.verify().unwrap();
+    let _ = v.append_mouse_move(10_000, 1, 1).unwrap();
+    v.close().unwrap();
+    let v = Vault::open(&dir, USER, opts()).unwrap();
+    assert_eq!(moves(&v).last(), Some(&10_000));
+    v.verify().unwrap();
+    v.close().unwrap();
+
+    // The same hole in a durable record, with everything after it intact, is damage:
+    // refused at open (at the log's front) or by the first read of it, with what to do.
+    zero_entry(&dir, synced);
+    match Vault::open(&dir, USER, opts()).and_then(|v| v.verify()) {
+        Err(Error::Tampered(m)) => assert!(m.contains("restore"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    Vault::erase(&dir, USER, opts()).unwrap();
 }
 
 /// Cuts the segment back into record `seq` (its header and a little more left) and

@@ -235,6 +235,52 @@ impl Log {
         Ok(log)
     }
 
+    /// The records after the synced anchor from the oldest whose bytes cannot be read up
+    /// to the head (none when every one reads back), and the record below them. A power
+    /// loss need not lose the newest bytes only: the kernel writes a large record back
+    /// at once (segments.rs) while smaller ones written before it wait, so a later
+    /// write can be on disk and an earlier one not. The later ones cannot stay: their
+    /// chain runs through the lost ones. Records after the synced anchor exist only
+    /// after a crash, so a clean open reads none.
+    fn after_oldest_loss(
+        &self,
+        first: u64,
+        head: u64,
+        synced: Option<u64>,
+    ) -> Result<(Vec<(u64, Loc)>, u64)> {
+        let mut unsynced: Vec<(u64, Loc)> = Vec::new();
+        let mut oldest_loss = None;
+        let mut k = head;
+        while k >= first && k > 0 {
+            let Some(v) = self.tree.get(record_key(k))? else {
+                break; // check_ends reports it
+            };
+            let Stored::At(loc) = Stored::parse(v)? else {
+                break;
+            };
+            let Some(synced) = synced else {
+                break; // the walk below reports it
+            };
+            if k <= synced {
+                break;
+            }
+            if self.segments.read(k, &loc).is_err() {
+                oldest_loss = Some(unsynced.len());
+            }
+            unsynced.push((k, loc));
+            k -= 1;
+        }
+        Ok(match oldest_loss {
+            // The walk goes on from the oldest loss, which it takes for torn again.
+            Some(i) => {
+                let below = unsynced[i].0;
+                unsynced.truncate(i);
+                (unsynced, below)
+            }
+            None => (Vec::new(), head),
+        })
+    }
+
     /// Puts the segment files in order for appending: cuts bytes the index never took,
     /// writes the synced anchor, gives back the space of released records. Called once
     /// the log is known to belong with the stored state (an older copy of the log put
@@ -245,6 +291,13 @@ impl Log {
         self.sync_segments()?;
         // What was opened is durable as it is.
         self.release_space(self.front())
+    }
+
+    /// Sets the size at which a new segment is begun, for the budget of the policy in
+    /// force ([`segments::segment_bytes_for`]).
+    pub(crate) fn set_segment_budget(&mut self, budget_bytes: u64) {
+        self.segments
+            .set_max_bytes(segments::segment_bytes_for(budget_bytes));
     }
 
     /// Records of a torn write removed at open (0 normally).
@@ -270,13 +323,13 @@ impl Log {
     /// A crash can leave the index of the last writes durable without their segment
     /// bytes (sled writes on its own schedule; the segments are synced by the durable
     /// flush). Records after the synced anchor whose bytes are missing or damaged are
-    /// such a torn tail: they are removed back to the start of their write, and the
-    /// head and counters moved back. Up to the synced anchor the same finding is damage.
+    /// such a torn tail: they are removed, with every later record and back to the
+    /// start of their write, and the head and counters moved back. Up to the synced
+    /// anchor the same finding is damage.
     fn trim_torn_tail(&self, synced: Option<u64>, bound: bool) -> Result<u64> {
         let mut st = self.lock();
         let first = st.tail.first_seq;
-        let mut k = st.head.last_seq;
-        let mut torn: Vec<(u64, Loc)> = Vec::new();
+        let (mut torn, mut k) = self.after_oldest_loss(first, st.head.last_seq, synced)?;
         while k >= first && k > 0 {
             let Some(v) = self.tree.get(record_key(k))? else {
                 break; // check_ends reports it

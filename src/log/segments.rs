@@ -56,6 +56,14 @@ pub(crate) fn segment_bytes_for(budget: u64) -> u64 {
     }
 }
 
+/// The number of a segment file named `name`: exactly as the vault names them (ten
+/// digits), so that a file named `1` or `+1` is not taken for segment 1.
+fn segment_number(name: &str) -> Option<u32> {
+    (name.len() == 10 && name.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| name.parse().ok())
+        .flatten()
+}
+
 /// The segment directory of `user` in the vault directory `dir`. Named by a hash of the
 /// user name, so any name (up to the name limit) fits a file name.
 pub(crate) fn user_dir(dir: &Path, user: &str) -> PathBuf {
@@ -413,6 +421,12 @@ fn storage(what: &str, path: &Path, e: std::io::Error) -> Error {
 }
 
 impl Segments {
+    /// Sets the size at which a new segment is begun (the policy recorded in the vault,
+    /// known only after the segments opened, may set another budget than the caller's).
+    pub(crate) fn set_max_bytes(&mut self, max_bytes: u64) {
+        self.max_bytes = max_bytes.max(MIN_SEGMENT_BYTES);
+    }
+
     /// Opens (creating if needed) the segment directory `dir`, private to the owner.
     pub(crate) fn open(dir: &Path, max_bytes: u64, fsync: bool) -> Result<Segments> {
         create_private(dir.parent().unwrap_or(dir))?;
@@ -423,7 +437,7 @@ impl Segments {
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name();
-            let Some(n) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(n) = name.to_str().and_then(segment_number) else {
                 // Not a segment (nothing of ours has another name): left alone.
                 continue;
             };

@@ -426,7 +426,7 @@ impl Vault {
             crate::log::segments::segment_bytes_for(options.policy.budget_bytes),
             options.fsync,
         )?;
-        let log = Log::open(
+        let mut log = Log::open(
             trees.log.clone(),
             RecordBinding::new(&vault_id, user),
             AnchorKey::new(keys.mac_key(), &vault_id, user),
@@ -516,6 +516,9 @@ impl Vault {
         let (purposes, policy_changed, policy) =
             record_policy(&state, &ledger, &log, &options.policy)?;
         options.policy = policy;
+        // The segments opened with the caller's budget; the policy in force may be the
+        // one recorded in the vault.
+        log.set_segment_budget(options.policy.budget_bytes);
         let next_event_seq = log.lock().head.next_event_seq;
         let framer = Framer::new(
             options.frame_max_bytes,

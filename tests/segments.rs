@@ -560,26 +560,7 @@ fn a_torn_write_after_the_last_durable_flush_is_trimmed_before_it_is_refused() {
         .unwrap()
         .set_len(offset + 40)
         .unwrap();
-    let v = Vault::open(&dir, USER, opts()).unwrap();
-    let got = moves(&v);
-    assert!(got.len() >= 500, "{}", got.len());
-    assert_eq!(&got[..500], &(1..=500).collect::<Vec<_>>()[..]);
-    let st = v.status().unwrap();
-    assert_eq!(
-        st.last_record, synced,
-        "trimmed back to the last durable record"
-    );
-    assert!(
-        v.audit_log().unwrap().iter().any(|a| a.action == "recover"),
-        "the trim is audited"
-    );
-    v.verify().unwrap();
-    let _ = v.append_mouse_move(10_000, 1, 1).unwrap();
-    v.close().unwrap();
-    let v = Vault::open(&dir, USER, opts()).unwrap();
-    assert_eq!(moves(&v).last(), Some(&10_000));
-    v.verify().unwrap();
-    v.close().unwrap();
+    trimmed_back_to_the_synced_anchor(&dir, synced);
 
     // The same loss before the synced anchor is damage, not a torn write. (The copy is
     // opened as a moved vault: the original goes from its place first.)
@@ -618,20 +599,7 @@ fn a_lost_write_before_intact_unsynced_ones_is_trimmed_with_them() {
         "{} at {offset}",
         path.display()
     );
-    let v = Vault::open(&dir, USER, opts()).unwrap();
-    assert_eq!(moves(&v), (1..=500).collect::<Vec<_>>());
-    assert_eq!(v.status().unwrap().last_record, synced);
-    assert!(
-        v.audit_log().unwrap().iter().any(|a| a.action == "recover"),
-        "the trim is audited"
-    );
-    v.verify().unwrap();
-    let _ = v.append_mouse_move(10_000, 1, 1).unwrap();
-    v.close().unwrap();
-    let v = Vault::open(&dir, USER, opts()).unwrap();
-    assert_eq!(moves(&v).last(), Some(&10_000));
-    v.verify().unwrap();
-    v.close().unwrap();
+    trimmed_back_to_the_synced_anchor(&dir, synced);
 
     // The same hole in a durable record, with everything after it intact, is damage:
     // refused at open (at the log's front) or by the first read of it, with what to do.
@@ -641,6 +609,29 @@ fn a_lost_write_before_intact_unsynced_ones_is_trimmed_with_them() {
         other => panic!("{other:?}"),
     }
     Vault::erase(&dir, USER, opts()).unwrap();
+}
+
+/// Opens a vault whose records after the synced anchor (`synced`) were torn: they are
+/// removed, the open is audited, and the vault takes and keeps new records.
+fn trimmed_back_to_the_synced_anchor(dir: &Path, synced: u64) {
+    let v = Vault::open(dir, USER, opts()).unwrap();
+    assert_eq!(moves(&v), (1..=500).collect::<Vec<_>>());
+    assert_eq!(
+        v.status().unwrap().last_record,
+        synced,
+        "trimmed back to the last durable record"
+    );
+    assert!(
+        v.audit_log().unwrap().iter().any(|a| a.action == "recover"),
+        "the trim is audited"
+    );
+    v.verify().unwrap();
+    let _ = v.append_mouse_move(10_000, 1, 1).unwrap();
+    v.close().unwrap();
+    let v = Vault::open(dir, USER, opts()).unwrap();
+    assert_eq!(moves(&v).last(), Some(&10_000));
+    v.verify().unwrap();
+    v.close().unwrap();
 }
 
 /// Cuts the segment back into record `seq` (its header and a little more left) and

@@ -235,6 +235,18 @@ impl Log {
         Ok(log)
     }
 
+    /// Where record `seq`'s bytes are in the segments; `None` when the index has no such
+    /// record (check_ends reports it) or holds its bytes itself (vaults before segments).
+    fn in_segment(&self, seq: u64) -> Result<Option<Loc>> {
+        Ok(match self.tree.get(record_key(seq))? {
+            Some(v) => match Stored::parse(v)? {
+                Stored::At(loc) => Some(loc),
+                Stored::Inline(_) => None,
+            },
+            None => None,
+        })
+    }
+
     /// The records after the synced anchor from the oldest whose bytes cannot be read up
     /// to the head (none when every one reads back), and the record below them. A power
     /// loss need not lose the newest bytes only: the kernel writes a large record back
@@ -252,10 +264,7 @@ impl Log {
         let mut oldest_loss = None;
         let mut k = head;
         while k >= first && k > 0 {
-            let Some(v) = self.tree.get(record_key(k))? else {
-                break; // check_ends reports it
-            };
-            let Stored::At(loc) = Stored::parse(v)? else {
+            let Some(loc) = self.in_segment(k)? else {
                 break;
             };
             let Some(synced) = synced else {
@@ -331,10 +340,7 @@ impl Log {
         let first = st.tail.first_seq;
         let (mut torn, mut k) = self.after_oldest_loss(first, st.head.last_seq, synced)?;
         while k >= first && k > 0 {
-            let Some(v) = self.tree.get(record_key(k))? else {
-                break; // check_ends reports it
-            };
-            let Stored::At(loc) = Stored::parse(v)? else {
+            let Some(loc) = self.in_segment(k)? else {
                 break;
             };
             let Some(synced) = synced else {
@@ -420,13 +426,7 @@ impl Log {
             if seq < st.tail.first_seq || seq > st.head.last_seq {
                 return Ok(None);
             }
-            Ok(match self.tree.get(record_key(seq))? {
-                Some(v) => match Stored::parse(v)? {
-                    Stored::At(l) => Some(l),
-                    Stored::Inline(_) => None,
-                },
-                None => None,
-            })
+            self.in_segment(seq)
         };
         match at(st.head.last_seq)? {
             Some(last) => {

@@ -611,6 +611,33 @@ fn a_lost_write_before_intact_unsynced_ones_is_trimmed_with_them() {
     Vault::erase(&dir, USER, opts()).unwrap();
 }
 
+/// A segment that cannot be read at open (an I/O error, no file handle left) says
+/// nothing of its bytes: the open fails with Storage and removes nothing, and the next
+/// open, reading again, finds every record. Before, any failed read of a record after
+/// the synced anchor was taken for a torn write, and the records were removed for good.
+#[test]
+fn a_read_error_at_open_fails_the_open_and_removes_nothing() {
+    let (_d, dir) = killed_after_unflushed_writes();
+    // Two failed reads: one taken for a loss would leave the other to the walk that
+    // trims. Each fails an open.
+    capvault::testing::arm("segments:read");
+    capvault::testing::arm("segments:read");
+    for _ in 0..2 {
+        match Vault::open(&dir, USER, opts()) {
+            Err(Error::Storage(m)) => assert!(m.contains("segments:read"), "{m}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+    let v = Vault::open(&dir, USER, opts()).unwrap();
+    assert_eq!(moves(&v), (1..=800).collect::<Vec<_>>());
+    assert!(
+        !v.audit_log().unwrap().iter().any(|a| a.action == "recover"),
+        "nothing was trimmed"
+    );
+    v.verify().unwrap();
+    v.close().unwrap();
+}
+
 /// Opens a vault whose records after the synced anchor (`synced`) were torn: they are
 /// removed, the open is audited, and the vault takes and keeps new records.
 fn trimmed_back_to_the_synced_anchor(dir: &Path, synced: u64) {

@@ -69,8 +69,8 @@ pub(crate) struct Log {
     /// The user is being erased: nothing names records again (set under `synced`'s
     /// lock, so an anchor is written either before the tree is cleared or not at all).
     retired: AtomicBool,
-    /// Records of a torn write removed at open.
-    trimmed: u64,
+    /// Records of a torn write removed at open: how many, and the first one's number.
+    trimmed: Option<(u64, u64)>,
 }
 
 /// What the synced anchor names, and whether that is in sled yet.
@@ -228,7 +228,7 @@ impl Log {
                 unwritten: false,
             }),
             retired: AtomicBool::new(false),
-            trimmed: 0,
+            trimmed: None,
         };
         log.trimmed = log.trim_torn_tail(synced.map(|s| s.max(marked)), bound)?;
         log.check_ends()?;
@@ -273,7 +273,8 @@ impl Log {
             if k <= synced {
                 break;
             }
-            if self.segments.read(k, &loc).is_err() {
+            // A file that cannot be read now fails the open: its bytes may be whole.
+            if self.segments.read_or_lost(k, &loc)?.is_err() {
                 oldest_loss = Some(unsynced.len());
             }
             unsynced.push((k, loc));
@@ -309,8 +310,9 @@ impl Log {
             .set_max_bytes(segments::segment_bytes_for(budget_bytes));
     }
 
-    /// Records of a torn write removed at open (0 normally).
-    pub(crate) fn trimmed(&self) -> u64 {
+    /// Records of a torn write removed at open, as how many and the first one's number
+    /// (`None` normally).
+    pub(crate) fn trimmed(&self) -> Option<(u64, u64)> {
         self.trimmed
     }
 
@@ -318,14 +320,20 @@ impl Log {
     fn load<'a>(&self, seq: u64, stored: &'a Stored) -> Result<Cow<'a, [u8]>> {
         match stored {
             Stored::Inline(v) => Ok(Cow::Borrowed(v)),
-            Stored::At(loc) => self.segments.read(seq, loc).map(Cow::Owned).map_err(|why| {
-                // After a failed sync the cache of that file was dropped: what the disk
-                // did not get reads back wrong, which is the disk's failure.
-                let what = format!("record {seq} cannot be read ({why})");
-                self.segments.sync_failure(&what).unwrap_or_else(|| {
-                    tampered_at(seq, &format!("cannot be read: {why}; {DAMAGED_ADVICE}"))
-                })
-            }),
+            // A file that cannot be read now is the disk's or the process's trouble
+            // (Storage), not damage.
+            Stored::At(loc) => self
+                .segments
+                .read_or_lost(seq, loc)?
+                .map(Cow::Owned)
+                .map_err(|why| {
+                    // After a failed sync the cache of that file was dropped: what the disk
+                    // did not get reads back wrong, which is the disk's failure.
+                    let what = format!("record {seq} cannot be read ({why})");
+                    self.segments.sync_failure(&what).unwrap_or_else(|| {
+                        tampered_at(seq, &format!("cannot be read: {why}; {DAMAGED_ADVICE}"))
+                    })
+                }),
         }
     }
 
@@ -335,7 +343,7 @@ impl Log {
     /// such a torn tail: they are removed, with every later record and back to the
     /// start of their write, and the head and counters moved back. Up to the synced
     /// anchor the same finding is damage.
-    fn trim_torn_tail(&self, synced: Option<u64>, bound: bool) -> Result<u64> {
+    fn trim_torn_tail(&self, synced: Option<u64>, bound: bool) -> Result<Option<(u64, u64)>> {
         let mut st = self.lock();
         let first = st.tail.first_seq;
         let (mut torn, mut k) = self.after_oldest_loss(first, st.head.last_seq, synced)?;
@@ -349,7 +357,7 @@ impl Log {
                 ));
             };
             let durable = k <= synced;
-            match self.segments.read(k, &loc) {
+            match self.segments.read_or_lost(k, &loc)? {
                 Err(why) if durable => {
                     return Err(tampered_at(
                         k,
@@ -372,7 +380,7 @@ impl Log {
             k -= 1;
         }
         if torn.is_empty() {
-            return Ok(0);
+            return Ok(None);
         }
         let last_tag = if k >= first {
             let v = self
@@ -414,7 +422,7 @@ impl Log {
         st.head = head;
         st.counts = counts;
         self.counted(&st);
-        Ok(torn.len() as u64)
+        Ok(Some((torn.len() as u64, k + 1)))
     }
 
     /// Removes segment bytes the index does not name after the head (a write whose index

@@ -596,47 +596,75 @@ impl Segments {
     }
 
     /// Reads record `seq` at `loc`, checking its entry header and checksum. The error
-    /// says what is wrong (missing file, short file, damaged bytes).
+    /// says what is wrong (missing file, short file, damaged bytes, a file that cannot be
+    /// read).
+    #[cfg(any(test, feature = "test-hooks"))]
     pub(crate) fn read(&self, seq: u64, loc: &Loc) -> std::result::Result<Vec<u8>, String> {
+        self.read_or_lost(seq, loc)
+            .unwrap_or_else(|e| Err(e.to_string()))
+    }
+
+    /// Reads record `seq` at `loc`, checking its entry header and checksum, and tells
+    /// bytes that are not there (`Ok(Err(why))`: a missing or short file, the released
+    /// front, other bytes than written: what a crash or a writer of the files leaves)
+    /// from a file that cannot be read now (`Err`: out of file handles, an I/O error),
+    /// which says nothing of the bytes and must not be taken for their loss.
+    pub(crate) fn read_or_lost(
+        &self,
+        seq: u64,
+        loc: &Loc,
+    ) -> Result<std::result::Result<Vec<u8>, String>> {
         let mut st = self.lock();
         let path = self.path(loc.segment);
         let Some(seg) = st.segs.get(&loc.segment) else {
-            return Err(format!("its segment file {} is missing", path.display()));
+            return Ok(Err(format!(
+                "its segment file {} is missing",
+                path.display()
+            )));
+        };
+        let too_short = |len: u64| {
+            format!(
+                "its segment file {} ends at byte {len} before the record does ({})",
+                path.display(),
+                loc.end()
+            )
         };
         if loc.end() > seg.len {
-            return Err(format!(
-                "its segment file {} ends at byte {} before the record does ({})",
-                path.display(),
-                seg.len,
-                loc.end()
-            ));
+            return Ok(Err(too_short(seg.len)));
         }
         if loc.offset < seg.punched {
-            return Err(format!(
+            return Ok(Err(format!(
                 "it lies in the released front of segment file {}",
                 path.display()
-            ));
+            )));
         }
-        let f = self
-            .handle(&mut st, loc.segment)
-            .map_err(|e| e.to_string())?;
+        let f = self.handle(&mut st, loc.segment)?;
+        // Tests make the read fail here, as a disk that cannot read would.
+        crate::failpoint::hit("segments:read")?;
         let mut buf = vec![0u8; (ENTRY_HEADER + u64::from(loc.len)) as usize];
-        read_at(f, &mut buf, loc.offset)
-            .map_err(|e| format!("cannot read segment file {}: {e}", path.display()))?;
+        match read_at(f, &mut buf, loc.offset) {
+            Ok(()) => {}
+            // Cut shorter since it was opened.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                let len = f.metadata().map_or(0, |m| m.len());
+                return Ok(Err(too_short(len)));
+            }
+            Err(e) => return Err(storage("cannot read segment file", &path, e)),
+        }
         let (head, bytes) = buf.split_at(ENTRY_HEADER as usize);
         let mut want = Vec::with_capacity(16);
         want.extend_from_slice(&seq.to_be_bytes());
         want.extend_from_slice(&loc.len.to_be_bytes());
         want.extend_from_slice(&loc.crc.to_be_bytes());
         if head != want.as_slice() || crc32fast::hash(bytes) != loc.crc {
-            return Err(format!(
+            return Ok(Err(format!(
                 "its bytes in segment file {} at offset {} are damaged (checksum)",
                 path.display(),
                 loc.offset
-            ));
+            )));
         }
         buf.drain(..ENTRY_HEADER as usize);
-        Ok(buf)
+        Ok(Ok(buf))
     }
 
     /// fdatasync of every segment written since the last sync, and of the directory when
@@ -1088,6 +1116,25 @@ mod tests {
             assert_eq!(s.read(2 + i as u64, loc).unwrap(), other);
         }
         assert_eq!(fs::metadata(&file).unwrap().len(), l.last().unwrap().end());
+    }
+
+    #[test]
+    fn only_names_of_ten_digits_are_segments() {
+        assert_eq!(segment_number("0000000001"), Some(1));
+        assert_eq!(segment_number("4294967295"), Some(u32::MAX));
+        for name in [
+            "1",
+            "01",
+            "+1",
+            "+000000001",
+            "00000000001",
+            "4294967296",
+            "000000001a",
+            " 000000001",
+            "outbox",
+        ] {
+            assert_eq!(segment_number(name), None, "{name}");
+        }
     }
 
     #[test]

@@ -651,12 +651,11 @@ impl Vault {
                 &format!("stored state authenticated (format 2); KEK rotated to v{v}"),
             )?;
         }
-        if vault.inner.log.trimmed() > 0 {
+        if let Some((records, from)) = vault.inner.log.trimmed() {
             vault.inner.audit(
                 "recover",
                 &format!(
-                    "{} records of a write a crash interrupted were removed (never flushed)",
-                    vault.inner.log.trimmed()
+                    "{records} records from record {from} on were removed: written after the last durable flush, their bytes (or an earlier record's) did not all reach the disk before a crash (never flushed, or flushed in the moment before it)"
                 ),
             )?;
         }

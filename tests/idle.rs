@@ -230,6 +230,39 @@ fn a_flush_syncs_only_what_changed() {
     v.close().unwrap();
 }
 
+/// A write that keeps failing (here the first segment's name taken by a FIFO, so the
+/// segment cannot be created; a full disk does the same) is tried again after a pause
+/// that doubles up to 5 s: the writer woke 20 times a second and sealed the batch again
+/// each time. The failure is reported to the appender and to `flush` meanwhile.
+#[test]
+fn a_write_that_keeps_failing_is_tried_again_less_and_less_often() {
+    let d = tempfile::tempdir().unwrap();
+    let v = Vault::open(d.path(), "alice", options(KeyStoreKind::Keyutils)).unwrap();
+    let segments = capvault::testing::segment_dir(d.path(), "alice");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        segments.join("0000000001"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let _ = v.append_mouse_move(1, 1, 1).unwrap();
+    assert!(matches!(v.flush(), Err(capvault::Error::Storage(_))));
+    let writer = || sleeps_of(|name| name == "capvault-writer");
+    let before = writer();
+    std::thread::sleep(Duration::from_secs(4));
+    let woke = writer() - before;
+    // About 14 here (with the naming flush's own backed-off retries), 86 with the
+    // batch tried every 50 ms.
+    assert!(woke <= 30, "the writer woke {woke} times in 4 s");
+    assert!(
+        v.append_mouse_move(2, 1, 1).is_err(),
+        "appends are refused while writes fail"
+    );
+    drop(v);
+}
+
 /// sled's I/O pool wakes one of its threads per task (vendor/README.md), not all seven.
 /// Over twenty small flushes (and the writer's own flush after them) its threads
 /// switched about 110 times here, and about 360 times with every thread woken per task.

@@ -433,6 +433,10 @@ impl Vault {
     pub fn verify(&self) -> Result<VerifyReport> {
         let inner = self.inner();
         let _p = inner.quiesce()?;
+        // An acknowledgement on another thread prunes the log's front: not while the
+        // walk and its count of each epoch's records are compared with the counters
+        // (the same order as eviction's: appends, then release).
+        let _r = inner.release_lock();
         let keys = inner.keys()?;
         let report = inner.log.verify(&keys, &|v| inner.purpose_of(v))?;
         inner.ledger.check_chain()?;

@@ -56,8 +56,11 @@ const WRITE_BYTES: usize = 1 << 20;
 /// this long after.
 const LAZY_FLUSH_AFTER: Duration = Duration::from_millis(200);
 
-/// After a failed write (say, a full disk) the batch is tried again this often.
+/// After a failed write (say, a full disk) the batch is tried again this long after, the
+/// pause doubling with each failure up to [`RETRY_MAX`]: a write that keeps failing
+/// neither wakes the vault 20 times a second nor seals the batch again each time.
 const RETRY_AFTER: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// The synced anchor written by an agent's flush (beside the index's flush, so perhaps
 /// not made durable by it) is made durable by the next durable flush, or by one the
@@ -78,6 +81,8 @@ struct Timers {
     lazy_flush: Option<Instant>,
     /// A failed batch is tried again.
     retry: Option<Instant>,
+    /// How long after the next failed write the batch is tried again.
+    retry_backoff: Duration,
     /// The synced anchor of the last flush is made durable.
     name: Option<Instant>,
     /// How long after a failed attempt the next one comes.
@@ -121,6 +126,7 @@ fn due(t: Option<Instant>, now: Instant) -> bool {
 pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
     let frame_age = Duration::from_millis(inner.opts.frame_max_ms);
     let mut timers = Timers {
+        retry_backoff: RETRY_AFTER,
         name_backoff: NAME_AFTER,
         ..Timers::default()
     };
@@ -186,6 +192,7 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
                 }
                 timers.write = None;
                 timers.retry = None;
+                timers.retry_backoff = RETRY_AFTER;
                 inner.set_write_error(None);
                 if wrote {
                     // sled's batch leaves the records in its memory buffer: flushed at
@@ -203,7 +210,8 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
             Err(e) => {
                 // Tried again after a pause, not at every wake-up.
                 timers.write = None;
-                timers.retry = Some(now + RETRY_AFTER);
+                timers.retry = Some(now + timers.retry_backoff);
+                timers.retry_backoff = (timers.retry_backoff * 2).min(RETRY_MAX);
                 inner.set_write_error(Some(e));
             }
         }

@@ -962,9 +962,8 @@ fn fail_a_piece(v: Vault) {
     v.flush().unwrap();
     let big = shot(3_000_000, 5);
     // Twenty failures: the writer may meet the first before `flush` asks (a write for
-    // size) and try again on its own every 50 ms, so on a loaded machine several are
-    // spent before the flush's own write, which must still meet one (about a second of
-    // retries in all, well within the wait below).
+    // size) and try again on its own (after 50 ms, then pauses doubling), so on a loaded
+    // machine several are spent before the flush's own write, which must still meet one.
     for _ in 0..20 {
         capvault::testing::arm("segments:piece-written");
     }

@@ -248,7 +248,7 @@ impl Log {
     }
 
     /// The records after the synced anchor from the oldest whose bytes cannot be read up
-    /// to the head (none when every one reads back), and the record below them. A power
+    /// to the head (none when every one reads back), and where the walk back goes on. A power
     /// loss need not lose the newest bytes only: the kernel writes a large record back
     /// at once (segments.rs) while smaller ones written before it wait, so a later
     /// write can be on disk and an earlier one not. The later ones cannot stay: their
@@ -281,10 +281,10 @@ impl Log {
             k -= 1;
         }
         Ok(match oldest_loss {
-            // The walk goes on from the oldest loss, which it takes for torn again.
+            // Below the oldest loss: the rest of its write is torn too.
             Some(i) => {
-                let below = unsynced[i].0;
-                unsynced.truncate(i);
+                unsynced.truncate(i + 1);
+                let below = unsynced[i].0 - 1;
                 (unsynced, below)
             }
             None => (Vec::new(), head),

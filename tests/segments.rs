@@ -915,7 +915,8 @@ fn a_death_at_each_step_of_a_write_or_flush_loses_nothing_flushed() {
 
 /// A piece of a large append that fails on the helper thread fails its whole write,
 /// which is cut back, reported by `flush` with the file it names, and written again: the
-/// screenshot reads back whole, before and after reopening. (In a child process: the
+/// screenshot reads back whole, before and after reopening. So does one whose write
+/// fails after its last piece. (In a child process: the
 /// failure point is the process's, and other tests write large screenshots too.)
 #[test]
 fn a_failed_piece_of_a_large_write_is_reported_cut_back_and_written_again() {
@@ -930,11 +931,14 @@ fn a_failed_piece_of_a_large_write_is_reported_cut_back_and_written_again() {
     );
     let v = Vault::open(&dir, USER, child_opts()).unwrap();
     v.verify().unwrap();
-    assert_eq!(screenshots(&v), vec![shot(3_000_000, 5)]);
-    // Nothing of the failed attempt is left past the records the index names: the
-    // segments hold one copy of the screenshot, and status counts what du counts.
+    assert_eq!(
+        screenshots(&v),
+        vec![shot(3_000_000, 5), shot(2_000_000, 6)]
+    );
+    // Nothing of the failed attempts is left past the records the index names: the
+    // segments hold one copy of each screenshot, and status counts what du counts.
     let seg = du(&capvault::testing::segment_dir(&dir, USER));
-    assert!(seg < 3_000_000 + (64 << 10), "segments take {seg} bytes");
+    assert!(seg < 5_000_000 + (64 << 10), "segments take {seg} bytes");
     let (st, whole) = (v.status().unwrap(), du(&dir));
     assert!(
         st.disk_bytes <= whole && st.disk_bytes + (64 << 10) >= whole,
@@ -981,8 +985,26 @@ fn fail_a_piece(v: Vault) {
         assert!(std::time::Instant::now() < deadline, "never written again");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(screenshots(&v), vec![big]);
+    assert_eq!(screenshots(&v), vec![big.clone()]);
     assert_eq!(moves(&v), vec![1]);
+    // A write that fails once every piece is in the file (its index not written): cut
+    // back too, and its chunks, sealed where they lay, are opened again and sealed
+    // afresh when tried again.
+    let second = shot(2_000_000, 6);
+    for _ in 0..20 {
+        capvault::testing::arm("segments:after-write");
+    }
+    let _ = v.append_screenshot(3, 1, 1, "raw", &second).unwrap();
+    match v.flush() {
+        Err(Error::Storage(m)) => assert!(m.contains("injected failure"), "{m}"),
+        other => panic!("the failed write was not reported: {:?}", other.map(|_| ())),
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while v.flush().is_err() {
+        assert!(std::time::Instant::now() < deadline, "never written again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(screenshots(&v), vec![big, second]);
     v.verify().unwrap();
     v.close().unwrap();
     say("checked");

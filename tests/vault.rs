@@ -14,7 +14,8 @@ const SECRET_TEXT: &str = "TYPED-51be2d";
 const SECRET_CUSTOM: &[u8] = b"CUSTOM-PAYLOAD-e4d1b0";
 
 fn screenshot_bytes(len: usize) -> Vec<u8> {
-    // Incompressible but recognisable: a marker followed by pseudo-random bytes.
+    // Incompressible but recognisable: a marker, pseudo-random bytes, and a marker at the
+    // end (in the payload's last chunk, which the writer seals where it lies).
     let mut v = b"SCREENSHOT-MARKER-c0ffee".to_vec();
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     while v.len() < len {
@@ -24,8 +25,14 @@ fn screenshot_bytes(len: usize) -> Vec<u8> {
         v.extend_from_slice(&x.to_le_bytes());
     }
     v.truncate(len);
+    let tail = SCREENSHOT_TAIL.len();
+    if len >= 2 * tail {
+        v[len - tail..].copy_from_slice(SCREENSHOT_TAIL);
+    }
     v
 }
+
+const SCREENSHOT_TAIL: &[u8] = b"SCREENSHOT-TAIL-0ddba11";
 
 fn every_event() -> Vec<Event> {
     vec![
@@ -139,6 +146,7 @@ fn no_plaintext_or_key_bytes_anywhere_in_the_vault_directory() {
             SECRET_TEXT.as_bytes(),
             SECRET_CUSTOM,
             b"SCREENSHOT-MARKER-c0ffee",
+            SCREENSHOT_TAIL,
             b"SMALL-SHOT-77",
             &kek,
         ];

@@ -1,6 +1,6 @@
 //! A helper thread that takes the writer's slow, order-free work off it: writing the
 //! sealed pieces of a large append to the segment file while the next records are
-//! sealed, and wiping the plaintext of a large batch once it is stored.
+//! sealed, and dropping a large batch once it is stored.
 //!
 //! With screenshots the writer thread is the bottleneck (docs/PERFORMANCE.md, P3): it
 //! seals every record of a user one after another (each record's associated data holds

@@ -1,60 +1,36 @@
 //! Packs events into frames (small events) and chunks (large payloads) on the append
 //! path. It only encodes and copies; encryption and storage happen on the writer thread.
 
-use std::ops::Range;
-use std::sync::Arc;
 use std::time::Instant;
 
+use crate::log::chunk::{self, Chunk};
 use crate::log::record::{RecordKind, FLAG_FIRST, FLAG_LAST};
 use capvault_format::secret::{extend_zeroizing, reserve_zeroizing, PlainBuf};
 use capvault_format::Event;
 
-/// A record's plaintext: a frame it owns, or one chunk of a large payload shared with
-/// the payload's other chunks (so chunking does not copy).
+/// A record's plaintext: a frame it owns, or one chunk of a large payload, its own part
+/// of the payload's buffer (so chunking does not copy, and the writer seals it in place).
 pub(crate) enum Plaintext {
     Owned(PlainBuf),
-    Chunk(Arc<Large>, Range<usize>),
+    Chunk(Chunk),
 }
 
 impl Plaintext {
     pub(crate) fn len(&self) -> usize {
         match self {
             Plaintext::Owned(b) => b.len(),
-            Plaintext::Chunk(_, r) => r.len(),
-        }
-    }
-
-    /// The bytes, in order, in at most two pieces.
-    pub(crate) fn parts(&self) -> [&[u8]; 2] {
-        match self {
-            Plaintext::Owned(b) => [b, &[]],
-            Plaintext::Chunk(large, r) => large.parts(r.clone()),
+            Plaintext::Chunk(c) => c.len(),
         }
     }
 }
 
 /// The plaintext of one large payload's records: `head` (room for the event sequence
 /// number, then the event's encoding up to its payload) followed by `body` (the payload,
-/// moved out of the appended event rather than copied). Its chunks are ranges of the two
-/// together.
+/// moved out of the appended event rather than copied). [`chunk::carve`] cuts the two
+/// into chunks.
 pub(crate) struct Large {
     head: PlainBuf,
     body: PlainBuf,
-}
-
-impl Large {
-    fn len(&self) -> usize {
-        self.head.len() + self.body.len()
-    }
-
-    /// Bytes `r` of `head` followed by `body`.
-    fn parts(&self, r: Range<usize>) -> [&[u8]; 2] {
-        let h = self.head.len();
-        [
-            &self.head[r.start.min(h)..r.end.min(h)],
-            &self.body[r.start.max(h) - h..r.end.max(h) - h],
-        ]
-    }
 }
 
 /// A record's plaintext on its way to the writer.
@@ -196,11 +172,9 @@ impl Framer {
         }
         whole.head[..FRAME_PREFIX].copy_from_slice(&self.next_event_seq.to_be_bytes());
         self.next_event_seq += 1;
-        let whole = Arc::new(whole);
-        let n = whole.len().div_ceil(self.chunk_bytes);
-        for i in 0..n {
-            let start = i * self.chunk_bytes;
-            let end = (start + self.chunk_bytes).min(whole.len());
+        let chunks = chunk::carve(&mut whole.head, &mut whole.body, self.chunk_bytes);
+        let n = chunks.len();
+        for (i, c) in chunks.into_iter().enumerate() {
             let mut flags = 0;
             if i == 0 {
                 flags |= FLAG_FIRST;
@@ -211,7 +185,7 @@ impl Framer {
             emit(Job {
                 kind: RecordKind::Chunk,
                 flags,
-                plaintext: Plaintext::Chunk(whole.clone(), start..end),
+                plaintext: Plaintext::Chunk(c),
                 end_event_seq: self.next_event_seq,
                 policy_version: self.policy_version,
             });

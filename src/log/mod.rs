@@ -5,6 +5,7 @@
 pub(crate) mod anchor;
 pub(crate) mod assemble;
 pub(crate) mod behind;
+pub(crate) mod chunk;
 pub(crate) mod framer;
 pub(crate) mod record;
 pub(crate) mod segments;
@@ -21,8 +22,8 @@ use crate::error::{Error, Result};
 use crate::keys::hierarchy::KeyHierarchy;
 use anchor::{AnchorKey, Head, Tail};
 use capvault_format::secret::PlainBuf;
-use framer::Job;
-use record::{tag_of, RecordBinding, RecordHeader};
+use framer::{Job, Plaintext};
+use record::{tag_of, RecordBinding, RecordHeader, PREFIX_LEN};
 use segments::{Loc, Segments, Stored, LOC_BATCH_END};
 use store::{
     record_key, record_keys, seq_of_key, EpochCount, COUNTS_KEY, DAMAGED_ADVICE, HEAD_KEY,
@@ -735,7 +736,7 @@ impl Log {
     /// the records' index entries and the write (to undo if the index write fails).
     fn seal_and_write(
         &self,
-        jobs: &[Job],
+        jobs: &mut [Job],
         head: &Head,
         (epoch, dek): (u32, &capvault_format::secret::Key32),
         purpose_of: &dyn Fn(u32) -> Result<String>,
@@ -744,7 +745,7 @@ impl Log {
     ) -> Result<SealedWrite> {
         // Looked up before the segments' lock is taken: no other lock is taken under it.
         let mut purposes: BTreeMap<u32, String> = BTreeMap::new();
-        for job in jobs {
+        for job in jobs.iter() {
             if let std::collections::btree_map::Entry::Vacant(slot) =
                 purposes.entry(job.policy_version)
             {
@@ -755,7 +756,7 @@ impl Log {
         let mut appending = self.segments.begin(epoch)?;
         let mut seq = head.last_seq;
         let mut prev = head.last_tag;
-        for job in jobs {
+        for job in jobs.iter_mut() {
             seq += 1;
             let header = RecordHeader {
                 kind: job.kind,
@@ -766,18 +767,33 @@ impl Log {
             };
             let purpose = &purposes[&job.policy_version];
             let nonce = crate::aead::new_nonce();
-            let len = appending.push_with(seq, |out| {
-                prev = self.binding.seal_onto(
-                    out,
-                    seq,
-                    &header,
-                    &prev,
-                    purpose,
-                    dek,
-                    job.plaintext.parts(),
-                    &nonce,
-                );
-            })?;
+            let len = match &mut job.plaintext {
+                Plaintext::Owned(plaintext) => appending.push_with(seq, |out| {
+                    prev = self.binding.seal_onto(
+                        out,
+                        seq,
+                        &header,
+                        &prev,
+                        purpose,
+                        dek,
+                        [plaintext, &[]],
+                        &nonce,
+                    );
+                })?,
+                // Sealed where it lies and written from there: not copied.
+                Plaintext::Chunk(chunk) => {
+                    let mut prefix = [0u8; PREFIX_LEN];
+                    let sealed = chunk.seal(|body| {
+                        let (p, opener) = self
+                            .binding
+                            .seal_in_place(seq, &header, &prev, purpose, dek, body, &nonce);
+                        prefix = p;
+                        prev = opener.tag;
+                        opener
+                    })?;
+                    appending.push_sealed(seq, &prefix, sealed, &prev)?
+                }
+            };
             count.records += 1;
             count.bytes += u64::from(len);
         }
@@ -810,8 +826,9 @@ impl Log {
         })
     }
 
-    /// Drops the records of a large batch once stored, wiping their plaintext off the
-    /// writer thread (it seals the next batch meanwhile).
+    /// Drops the records of a large batch once stored off the writer thread (it seals the
+    /// next batch meanwhile): their frames are wiped, and the payload buffers their
+    /// chunks were sealed in, which hold ciphertext only, go back to the allocator.
     pub(crate) fn drop_stored(&self, jobs: Vec<Job>) {
         self.segments.drop_behind(jobs);
     }
@@ -820,10 +837,29 @@ impl Log {
     /// stores their locations with the new head anchor and counters in one batch that
     /// replaces no record. A failed segment write takes its bytes back and changes
     /// nothing else; a failed index write takes the segment bytes back too, and leaves
-    /// the log refusing until reopened.
+    /// the log refusing until reopened. After a failure `jobs` hold their plaintext again
+    /// (see [`chunk`]), to be tried again.
     pub(crate) fn append(
         &self,
-        jobs: &[Job],
+        jobs: &mut [Job],
+        keys: &KeyHierarchy,
+        purpose_of: &dyn Fn(u32) -> Result<String>,
+        now_us: i64,
+    ) -> Result<()> {
+        let result = self.seal_and_store(jobs, keys, purpose_of, now_us);
+        if result.is_err() {
+            for job in jobs.iter_mut() {
+                if let Plaintext::Chunk(chunk) = &mut job.plaintext {
+                    chunk.unseal(|epoch| keys.dek(epoch));
+                }
+            }
+        }
+        result
+    }
+
+    fn seal_and_store(
+        &self,
+        jobs: &mut [Job],
         keys: &KeyHierarchy,
         purpose_of: &dyn Fn(u32) -> Result<String>,
         now_us: i64,
@@ -1081,12 +1117,13 @@ impl Log {
     /// of the removal) after the head. `commit` writes these log changes and the new
     /// head in one transaction with the release state that counts the removed records
     /// (a crash leaves either none or all of it), and returns the state generation the
-    /// head now names. Returns the epochs that have no records left.
+    /// head now names. Returns the epochs that have no records left. `jobs` are not tried
+    /// again after a failure (the caller gives their event numbers back).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn evict_through(
         &self,
         last: u64,
-        jobs: &[Job],
+        jobs: &mut [Job],
         keys: &KeyHierarchy,
         purpose_of: &dyn Fn(u32) -> Result<String>,
         now_us: i64,

@@ -4,12 +4,15 @@
 
 use crate::aead::{self, Unauthentic, NONCE_LEN, TAG_LEN};
 use crate::error::{Error, Result};
+use crate::log::chunk::Opener;
 use capvault_format::secret::{Key32, PlainBuf};
 
 /// Record format version.
 pub(crate) const RECORD_VERSION: u8 = 1;
 /// Bytes before the nonce: version, kind, flags, epoch, policy version, created time.
 pub(crate) const HEADER_LEN: usize = 1 + 1 + 1 + 4 + 4 + 8;
+/// Bytes of a record before its ciphertext: header and nonce.
+pub(crate) const PREFIX_LEN: usize = HEADER_LEN + NONCE_LEN;
 /// Bytes a record adds to its plaintext.
 pub(crate) const OVERHEAD: usize = HEADER_LEN + NONCE_LEN + TAG_LEN;
 
@@ -173,17 +176,47 @@ impl RecordBinding {
         plaintext: [&[u8]; 2],
         nonce: &[u8; NONCE_LEN],
     ) -> [u8; TAG_LEN] {
-        let ad = self.associated_data(seq, header, prev_tag, purpose);
         out.reserve(OVERHEAD + plaintext[0].len() + plaintext[1].len());
-        header.write(out);
-        out.extend_from_slice(nonce);
-        let body = out.len();
+        let start = out.len();
+        out.extend_from_slice(&[0; PREFIX_LEN]);
         for part in plaintext {
             out.extend_from_slice(part);
         }
-        let tag = aead::seal_in_place(dek, nonce, &ad, &mut out[body..]);
-        out.extend_from_slice(&tag);
-        tag
+        let body = &mut out[start + PREFIX_LEN..];
+        let (prefix, opener) = self.seal_in_place(seq, header, prev_tag, purpose, dek, body, nonce);
+        out[start..start + PREFIX_LEN].copy_from_slice(&prefix);
+        out.extend_from_slice(&opener.tag);
+        opener.tag
+    }
+
+    /// Seals `body` in place as record `seq`, chained to `prev_tag`: the stored value is
+    /// the returned prefix (header || nonce), then `body`, then the tag, the same bytes
+    /// [`RecordBinding::seal_onto`] gives. Also returns what opens `body` again in place.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn seal_in_place(
+        &self,
+        seq: u64,
+        header: &RecordHeader,
+        prev_tag: &[u8; TAG_LEN],
+        purpose: &str,
+        dek: &Key32,
+        body: &mut [u8],
+        nonce: &[u8; NONCE_LEN],
+    ) -> ([u8; PREFIX_LEN], Opener) {
+        let ad = self.associated_data(seq, header, prev_tag, purpose);
+        let tag = aead::seal_in_place(dek, nonce, &ad, body);
+        let mut prefix = Vec::with_capacity(PREFIX_LEN);
+        header.write(&mut prefix);
+        prefix.extend_from_slice(nonce);
+        (
+            prefix.try_into().expect("header and nonce"),
+            Opener {
+                epoch: header.epoch,
+                nonce: *nonce,
+                ad,
+                tag,
+            },
+        )
     }
 
     /// Opens record `seq`, which must follow `prev_tag`. Any mismatch is one opaque error.
@@ -360,6 +393,29 @@ mod tests {
             println!("dek: {}\nvault_id: {}\nuser: alice\nseq: {seq}\nkind: {}\nflags: {flags}\nepoch: 3\npolicy_version: 1\ncreated_us: 1764000000000000\nprev_tag: {}\npurpose: activity-capture\nnonce: {}\nplaintext: {}\nexpect: {}\n",
                 hexs(dek.expose()), hexs(&vault), if kind == RecordKind::Frame { "frame" } else { "chunk" }, hexs(&prev), hexs(&nonce), hexs(&pt), hexs(&v));
         }
+    }
+
+    /// A chunk sealed where it lies is stored as the same bytes a copy sealed into the
+    /// segment buffer would be, and opens like any record.
+    #[test]
+    fn sealing_in_place_stores_what_sealing_a_copy_does() {
+        let b = RecordBinding::new(&[1; 16], "alice");
+        let dek = Key32::generate();
+        let nonce = [5u8; NONCE_LEN];
+        let plaintext: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let copy = b.seal_with_nonce(4, &header(), &[2; 16], "p", &dek, &plaintext, &nonce);
+        let mut body = plaintext.clone();
+        let (prefix, opener) =
+            b.seal_in_place(4, &header(), &[2; 16], "p", &dek, &mut body, &nonce);
+        let stored = [&prefix[..], &body, &opener.tag].concat();
+        assert_eq!(stored, copy);
+        assert_eq!(tag_of(&stored), opener.tag);
+        assert_eq!(
+            &b.open(4, &stored, &[2; 16], "p", &dek).unwrap()[..],
+            &plaintext[..]
+        );
+        aead::open_in_place(&dek, &opener.nonce, &opener.ad, &mut body, &opener.tag).unwrap();
+        assert_eq!(body, plaintext);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::Bytes;
 use zeroize::Zeroize;
 
 use crate::error::{Error, Result};
@@ -155,9 +156,59 @@ pub(crate) struct Written {
     start: u64,
 }
 
-/// A piece of an append being written by the helper thread: its buffer comes back with
-/// the result.
-type PieceWritten = Receiver<(Vec<u8>, std::io::Result<()>)>;
+/// A piece of an append being written by the helper thread: it comes back with the
+/// result.
+type PieceWritten = Receiver<(Piece, std::io::Result<()>)>;
+
+/// Bytes on their way to a segment file: a buffer of record entries, with the sealed
+/// chunks of large payloads placed between its bytes (each at the buffer position it
+/// goes before) and written from where they lie instead of being copied in.
+#[derive(Default)]
+struct Piece {
+    bytes: Vec<u8>,
+    shared: Vec<(usize, Bytes)>,
+    shared_len: usize,
+}
+
+impl Piece {
+    fn over(bytes: Vec<u8>) -> Piece {
+        Piece {
+            bytes,
+            ..Piece::default()
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.bytes.len() + self.shared_len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.shared.clear();
+        self.shared_len = 0;
+    }
+
+    /// Writes the piece at `offset` of `f`, in order.
+    fn write_at(&self, f: &File, offset: u64) -> std::io::Result<()> {
+        if self.shared.is_empty() {
+            return write_at(f, &self.bytes, offset);
+        }
+        let mut slices = Vec::with_capacity(2 * self.shared.len() + 1);
+        let mut from = 0;
+        for (at, sealed) in &self.shared {
+            slices.push(std::io::IoSlice::new(&self.bytes[from..*at]));
+            slices.push(std::io::IoSlice::new(sealed));
+            from = *at;
+        }
+        slices.push(std::io::IoSlice::new(&self.bytes[from..]));
+        slices.retain(|s| !s.is_empty());
+        write_vectored_at(f, &mut slices, offset)
+    }
+}
 
 /// An append in progress ([`Segments::begin`]). Its bytes go out in pieces of
 /// [`WRITEBACK_AT_ONCE`] as they come, written by the helper thread while the next
@@ -174,7 +225,7 @@ pub(crate) struct Appending<'a> {
     /// Bytes written to the file, or handed to the helper, so far (after `start`).
     out: u64,
     /// Bytes not yet written.
-    buf: Vec<u8>,
+    buf: Piece,
     /// The pieces on their way to the file, oldest first: (answer, offset, length).
     in_flight: std::collections::VecDeque<(PieceWritten, u64, usize)>,
     locs: Vec<Loc>,
@@ -193,19 +244,56 @@ impl Appending<'_> {
     /// buffer of bytes on their way to the file. Returns the record's stored length.
     pub(crate) fn push_with(&mut self, seq: u64, put: impl FnOnce(&mut Vec<u8>)) -> Result<u32> {
         const HEAD: usize = ENTRY_HEADER as usize;
-        let entry = self.buf.len();
-        let offset = self.start + self.out + entry as u64;
-        self.buf.extend_from_slice(&seq.to_be_bytes());
-        self.buf.extend_from_slice(&[0u8; 8]); // length and checksum, once known
-        put(&mut self.buf);
-        let bytes = &self.buf[entry + HEAD..];
+        let offset = self.start + self.out + self.buf.len() as u64;
+        let buf = &mut self.buf.bytes;
+        let entry = buf.len();
+        buf.extend_from_slice(&seq.to_be_bytes());
+        buf.extend_from_slice(&[0u8; 8]); // length and checksum, once known
+        put(buf);
+        let bytes = &buf[entry + HEAD..];
         let Ok(len) = u32::try_from(bytes.len()) else {
-            self.buf.truncate(entry);
+            buf.truncate(entry);
             return Err(Error::invalid("a record is larger than 4 GiB"));
         };
         let crc = crc32fast::hash(bytes);
-        self.buf[entry + 8..entry + 12].copy_from_slice(&len.to_be_bytes());
-        self.buf[entry + 12..entry + HEAD].copy_from_slice(&crc.to_be_bytes());
+        buf[entry + 8..entry + 12].copy_from_slice(&len.to_be_bytes());
+        buf[entry + 12..entry + HEAD].copy_from_slice(&crc.to_be_bytes());
+        self.pushed(offset, len, crc)?;
+        Ok(len)
+    }
+
+    /// Adds the next record (`seq` follows the one before) stored as `prefix`, then
+    /// `sealed` (written from where it lies), then `tag`. Returns its stored length.
+    pub(crate) fn push_sealed(
+        &mut self,
+        seq: u64,
+        prefix: &[u8],
+        sealed: Bytes,
+        tag: &[u8],
+    ) -> Result<u32> {
+        let Ok(len) = u32::try_from(prefix.len() + sealed.len() + tag.len()) else {
+            return Err(Error::invalid("a record is larger than 4 GiB"));
+        };
+        let mut crc = crc32fast::Hasher::new();
+        for part in [prefix, &sealed, tag] {
+            crc.update(part);
+        }
+        let crc = crc.finalize();
+        let offset = self.start + self.out + self.buf.len() as u64;
+        let buf = &mut self.buf.bytes;
+        buf.extend_from_slice(&seq.to_be_bytes());
+        buf.extend_from_slice(&len.to_be_bytes());
+        buf.extend_from_slice(&crc.to_be_bytes());
+        buf.extend_from_slice(prefix);
+        self.buf.shared_len += sealed.len();
+        self.buf.shared.push((buf.len(), sealed));
+        self.buf.bytes.extend_from_slice(tag);
+        self.pushed(offset, len, crc)?;
+        Ok(len)
+    }
+
+    /// Names the record just added, at `offset`, and sends the buffer on once large.
+    fn pushed(&mut self, offset: u64, len: u32, crc: u32) -> Result<()> {
         self.locs.push(Loc {
             flags: 0,
             segment: self.active,
@@ -217,7 +305,7 @@ impl Appending<'_> {
         if self.buf.len() >= WRITEBACK_AT_ONCE {
             self.send_piece()?;
         }
-        Ok(len)
+        Ok(())
     }
 
     /// Writes what is left; returns the records' locations (the last one flagged as the
@@ -253,12 +341,12 @@ impl Appending<'_> {
         let spare = self.st.spare.pop().unwrap_or_default();
         let at = self.start + self.out;
         let f = Arc::clone(self.segments.handle(&mut self.st, self.active)?);
-        let buf = std::mem::replace(&mut self.buf, spare);
+        let buf = std::mem::replace(&mut self.buf, Piece::over(spare));
         let len = buf.len() as u64;
         let writeback = self.segments.fsync;
         let (tx, rx) = mpsc::sync_channel(1);
         self.segments.behind.run(move || {
-            let written = write_at(&f, &buf, at).and_then(|()| {
+            let written = buf.write_at(&f, at).and_then(|()| {
                 crate::failpoint::hit("segments:piece-written")
                     .map_err(|e| std::io::Error::other(e.to_string()))
             });
@@ -307,7 +395,7 @@ impl Appending<'_> {
         }
         let at = self.start + self.out;
         let f = self.segments.handle(&mut self.st, self.active)?;
-        if let Err(e) = write_at(f, &self.buf, at) {
+        if let Err(e) = self.buf.write_at(f, at) {
             return Err(storage(
                 "cannot write the segment file",
                 &self.segments.path(self.active),
@@ -326,9 +414,11 @@ impl Appending<'_> {
 }
 
 /// Keeps an emptied write buffer for the next piece or append (fresh allocations of
-/// this size are mapped, faulted in and unmapped each time). Write buffers only ever
-/// hold sealed records once a record is pushed, so nothing is wiped.
-fn keep_spare(st: &mut SegState, mut buf: Vec<u8>) {
+/// this size are mapped, faulted in and unmapped each time); the sealed chunks it named
+/// are let go. Write buffers only ever hold sealed records once a record is pushed, so
+/// nothing is wiped.
+fn keep_spare(st: &mut SegState, piece: Piece) {
+    let mut buf = piece.bytes;
     if st.spare.len() < SPARE_BUFFERS && buf.capacity() <= 2 * WRITEBACK_AT_ONCE {
         buf.clear();
         st.spare.push(buf);
@@ -341,8 +431,8 @@ impl Drop for Appending<'_> {
         if !self.finished {
             // Plaintext is in the buffer only between a record's copy and its sealing,
             // which nothing interrupts today; an append cut short is wiped all the same.
-            buf.as_mut_slice().zeroize();
-            buf.spare_capacity_mut().zeroize();
+            buf.bytes.as_mut_slice().zeroize();
+            buf.bytes.spare_capacity_mut().zeroize();
         }
         keep_spare(&mut self.st, buf);
         if self.finished {
@@ -547,7 +637,7 @@ impl Segments {
             _ => self.create(&mut st)?,
         };
         let start = st.segs[&active].len;
-        let buf = st.spare.pop().unwrap_or_default();
+        let buf = Piece::over(st.spare.pop().unwrap_or_default());
         Ok(Appending {
             segments: self,
             st,
@@ -800,8 +890,8 @@ impl Segments {
         self.lock().segs.keys().copied().collect()
     }
 
-    /// Drops `stored` on the helper thread (the plaintext of a large batch, which its
-    /// drop wipes), after the pieces handed to it before.
+    /// Drops `stored` on the helper thread (a large batch once stored), after the pieces
+    /// handed to it before.
     pub(crate) fn drop_behind<T: Send + 'static>(&self, stored: T) {
         self.behind.run(move || drop(stored));
     }
@@ -882,6 +972,51 @@ pub(crate) fn sync_dir(dir: &Path, latch: &SyncLatch) -> Result<()> {
 #[cfg(unix)]
 fn write_at(f: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
     std::os::unix::fs::FileExt::write_all_at(f, buf, offset)
+}
+
+/// Writes `slices` in order at `offset` with `pwritev`, going on after a short write
+/// (rustix passes at most `IOV_MAX`, 1024 on Linux, slices a call). A system without
+/// it (`ENOSYS`: macOS before 11) or that rustix gives none gets one write a slice.
+fn write_vectored_at(
+    f: &File,
+    mut slices: &mut [std::io::IoSlice<'_>],
+    mut offset: u64,
+) -> std::io::Result<()> {
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "freebsd",
+        target_os = "netbsd",
+        target_os = "openbsd",
+        target_os = "dragonfly"
+    ))]
+    while !slices.is_empty() {
+        match rustix::io::pwritev(f, slices, offset) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => {
+                offset += written as u64;
+                std::io::IoSlice::advance_slices(&mut slices, written);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::NOSYS) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    write_each_at(f, slices, offset)
+}
+
+/// Writes `slices` in order at `offset`, one write each.
+fn write_each_at(
+    f: &File,
+    slices: &[std::io::IoSlice<'_>],
+    mut offset: u64,
+) -> std::io::Result<()> {
+    for s in slices {
+        write_at(f, s, offset)?;
+        offset += s.len() as u64;
+    }
+    Ok(())
 }
 
 /// Starts writing `len` bytes at `offset` back to the disk without waiting for them
@@ -1076,6 +1211,44 @@ mod tests {
         assert_eq!(l.last().unwrap().flags, LOC_BATCH_END);
         for (i, loc) in l.iter().enumerate() {
             assert_eq!(s.read(2 + i as u64, loc).unwrap(), chunk);
+        }
+        assert_eq!(s.read(1, &first).unwrap(), b"before");
+        assert_eq!(s.recount(), s.bytes());
+    }
+
+    /// Records pushed as sealed parts written from where they lie read back like records
+    /// copied in, mixed with those, also when a piece has more parts than one `pwritev`
+    /// takes (1024) and when it goes out in several pieces.
+    #[test]
+    fn records_written_from_where_they_lie_read_back_like_copied_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, first, _, start) = one_record(d.path());
+        let record = |seq: u64, len: usize| -> Vec<u8> {
+            (0..len).map(|i| (seq as usize * 31 + i) as u8).collect()
+        };
+        // Small parts: 700 records of 40 + 100 + 16 bytes and some copied in, in one piece
+        // of more than 1024 slices; then large ones, in several pieces.
+        let lens: Vec<usize> = (0..700)
+            .map(|_| 156)
+            .chain((0..40).map(|_| 70_000))
+            .collect();
+        let mut a = s.begin(1).unwrap();
+        for (i, len) in lens.iter().enumerate() {
+            let seq = 2 + i as u64;
+            let r = record(seq, *len);
+            if i % 7 == 3 {
+                a.push(seq, &r).unwrap();
+            } else {
+                let body = bytes::Bytes::copy_from_slice(&r[40..len - 16]);
+                let stored = a.push_sealed(seq, &r[..40], body, &r[len - 16..]).unwrap();
+                assert_eq!(stored as usize, *len);
+            }
+        }
+        let (locs, _) = a.finish().unwrap();
+        assert_eq!(locs[0].offset, start);
+        for (i, loc) in locs.iter().enumerate() {
+            let seq = 2 + i as u64;
+            assert_eq!(s.read(seq, loc).unwrap(), record(seq, lens[i]), "{seq}");
         }
         assert_eq!(s.read(1, &first).unwrap(), b"before");
         assert_eq!(s.recount(), s.bytes());

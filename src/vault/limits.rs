@@ -252,7 +252,7 @@ impl Inner {
             })?;
         drop(keys);
         let Some(last) = last else { return Ok(()) };
-        let (jobs, rewind_to) = if lost > 0 {
+        let (mut jobs, rewind_to) = if lost > 0 {
             p.framer.standalone(&Event::Marker {
                 ts_us: now_us(),
                 marker: Marker::Loss {
@@ -270,7 +270,7 @@ impl Inner {
             let keys = self.keys()?;
             self.log.evict_through(
                 last,
-                &jobs,
+                &mut jobs,
                 &keys,
                 &|v| self.purpose_of(v),
                 now_us(),

@@ -1498,7 +1498,7 @@ impl Inner {
     }
 
     /// Called by the writer thread: encrypts and stores a batch.
-    pub(crate) fn write_records(&self, jobs: &[Job]) -> Result<()> {
+    pub(crate) fn write_records(&self, jobs: &mut [Job]) -> Result<()> {
         if jobs.is_empty() {
             return Ok(());
         }

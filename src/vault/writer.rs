@@ -174,7 +174,7 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
         let write_now = asked || by_timer || by_size || due(timers.retry, now);
         let wrote = write_now && !b.pending.is_empty();
         let written = if write_now {
-            inner.write_records(&b.pending)
+            inner.write_records(&mut b.pending)
         } else {
             Ok(())
         };
@@ -184,8 +184,8 @@ pub(crate) fn run(inner: Arc<Inner>, rx: Receiver<Msg>) {
                     .unwritten
                     .fetch_sub(pending_bytes as u64, Ordering::Relaxed);
                 if pending_bytes >= WRITE_BYTES {
-                    // Wiped on the helper thread while this one seals the next batch
-                    // (small batches are wiped here: no wake-up for a few bytes).
+                    // Given back on the helper thread while this one seals the next batch
+                    // (small batches are dropped here: no wake-up for a few bytes).
                     inner.log.drop_stored(std::mem::take(&mut b.pending));
                 } else {
                     b.pending.clear();

@@ -445,6 +445,53 @@ fn files_named_like_a_segment_number_are_left_alone() {
     }
 }
 
+/// Promise (docs/SECURITY.md, what a directory writer can do: never more than make the
+/// vault refuse, with a message).
+///
+/// A file named with the last segment number (`4294967295`) in the user's segment
+/// directory was taken for the newest segment: open removed it (no record names it),
+/// but numbering went on after it, so once the open vault needed a new segment every
+/// write failed ("segment numbers ran out") until it was opened again, with the vault
+/// holding records and without.
+#[test]
+fn a_planted_file_with_the_last_segment_number_does_not_stop_writes() {
+    for records in [20, 0] {
+        let d = tempfile::tempdir().unwrap();
+        let v = d.path().join("vault");
+        vault_with(&v, "alice", 20);
+        let seg_dir = capvault::testing::segment_dir(&v, "alice");
+        if records == 0 {
+            // Everything acknowledged: no record is left in a segment.
+            let vault = Vault::open(&v, "alice", o()).unwrap();
+            let id = capvault::Identity::generate(capvault::Suite::X25519);
+            while let Some(b) = vault.seal_next(&id.recipient(), 1 << 20).unwrap() {
+                vault.ack(b.id(), None).unwrap();
+            }
+            vault.close().unwrap();
+        }
+        std::fs::create_dir_all(&seg_dir).unwrap();
+        std::fs::write(seg_dir.join("4294967295"), b"planted").unwrap();
+        // More than a segment holds, so that new segments are begun, in the open that
+        // finds the file.
+        let vault = Vault::open(&v, "alice", o()).unwrap();
+        assert_eq!(vault.status().unwrap().records == 0, records == 0);
+        let shot = vec![7u8; 9 << 20];
+        for i in 0..3 {
+            let _ = vault
+                .append_screenshot(i, 1, 1, "raw", &shot)
+                .unwrap_or_else(|e| panic!("{records}: {e}"));
+            vault.flush().unwrap_or_else(|e| panic!("{records}: {e}"));
+        }
+        vault.close().unwrap();
+        open_and_verify(&v, "alice").unwrap();
+        let names: Vec<String> = std::fs::read_dir(&seg_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.contains(&"4294967295".to_string()), "{names:?}");
+    }
+}
+
 /// Promise (docs/SECURITY.md, "Erasure and crypto-shredding": a vault whose state was
 /// tampered with, whose files are corrupted, or whose disk is full is erased).
 ///

@@ -454,8 +454,12 @@ impl Log {
                     }
                 }
             }
-            // No record in a segment: whatever the segments hold was never indexed.
-            None => self.segments.release_before(None)?,
+            // No record in a segment: whatever the segments hold was never indexed, and
+            // numbering starts again.
+            None => {
+                self.segments.release_before(None)?;
+                self.segments.number_from(1);
+            }
         }
         Ok(())
     }

@@ -817,6 +817,9 @@ impl Segments {
         for k in later {
             self.remove(&mut st, k)?;
         }
+        // Numbered on from the last segment kept: the ones removed after it were never
+        // indexed (a planted `4294967295` would otherwise leave no number to go on with).
+        st.next = n.saturating_add(1);
         if st.segs.get(&n).is_some_and(|s| s.len > len) {
             let path = self.path(n);
             let f = self.handle(&mut st, n)?;
@@ -829,6 +832,13 @@ impl Segments {
             st.active = Some(n);
         }
         Ok(())
+    }
+
+    /// Numbers the next segment created `n` (at open, once no segment is left).
+    pub(crate) fn number_from(&self, n: u32) {
+        let mut st = self.lock();
+        debug_assert!(st.segs.is_empty(), "segments are numbered on from the last");
+        st.next = n;
     }
 
     fn remove(&self, st: &mut SegState, n: u32) -> Result<()> {

@@ -380,6 +380,22 @@ fn segments_child() {
             say("written");
             std::thread::sleep(Duration::from_secs(60));
         }
+        // 500 moves flushed under the first data key, then the key rotated (a durable
+        // flush) and 300 moves under the second never flushed; killed by the parent.
+        "torn-rotated" => {
+            for i in 1..=500 {
+                let _ = v.append_mouse_move(i, 1, 1).unwrap();
+            }
+            v.flush().unwrap();
+            assert_eq!(v.rotate_dek().unwrap(), 2);
+            std::thread::sleep(Duration::from_secs(2));
+            for i in 501..=800 {
+                let _ = v.append_mouse_move(i, 2, 2).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(1500));
+            say("written");
+            std::thread::sleep(Duration::from_secs(60));
+        }
         // A flush, then a second with nothing new or two idle seconds, or one flush
         // that finds no thread for the segments' sync; killed by the parent.
         "flushed-twice" | "flushed-then-idle" | "flushed-without-a-thread" => {
@@ -511,14 +527,65 @@ fn lines_until(c: &mut std::process::Child, until: &str) -> Vec<String> {
 /// records nobody flushed: 0.5 s after the first, plus the frame bound). Returns the
 /// vault's directory (inside the returned temporary one).
 fn killed_after_unflushed_writes() -> (tempfile::TempDir, PathBuf) {
+    killed_once_written("torn")
+}
+
+/// Runs child `mode` in a new directory and kills it once it says "written".
+fn killed_once_written(mode: &str) -> (tempfile::TempDir, PathBuf) {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("v");
-    let mut c = child(&dir, "torn", None);
+    let mut c = child(&dir, mode, None);
     let lines = lines_until(&mut c, "written");
     assert!(lines.iter().any(|l| l.contains("written")), "{lines:?}");
     c.kill().unwrap();
     c.wait().unwrap();
     (d, dir)
+}
+
+/// Attack: after a crash, whoever can edit the database points the index locations of
+/// the records written since the last durable flush (all under the second data key) at
+/// the first key's epoch, and breaks their bytes so that open trims them as a torn
+/// write. The trim takes each record's epoch from its location, so the counters say
+/// the first epoch has no records left, while the 500 flushed moves are under it. The
+/// vault must not destroy that key: the moves stay readable and `verify` reports the
+/// counters. (Before, open retired the key and every flushed move was lost for good,
+/// also to a backup of the files.)
+#[test]
+fn a_trim_misled_by_edited_locations_does_not_destroy_a_key_in_use() {
+    let (_d, dir) = killed_once_written("torn-rotated");
+    let synced = anchor_seq(&dir, b'y');
+    let head = anchor_seq(&dir, b'h');
+    assert!(
+        head > synced,
+        "nothing after the flush reached the index: {synced} {head}"
+    );
+    {
+        let db = capvault::testing::open_raw_db(&dir);
+        let log = common::user_tree(&db, USER, "log");
+        for seq in synced + 1..=head {
+            let mut key = vec![0u8];
+            key.extend_from_slice(&seq.to_be_bytes());
+            let mut loc = log.get(&key).unwrap().unwrap().to_vec();
+            assert_eq!(u32::from_be_bytes(loc[22..26].try_into().unwrap()), 2);
+            loc[22..26].copy_from_slice(&1u32.to_be_bytes());
+            loc[18] ^= 0xff; // the checksum: the bytes no longer match, a torn write
+            log.insert(&key, loc).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let v = Vault::open(&dir, USER, opts()).unwrap();
+    assert_eq!(v.status().unwrap().last_record, synced, "trimmed");
+    assert_eq!(moves(&v), (1..=500).collect::<Vec<_>>());
+    match v.verify() {
+        Err(Error::Tampered(m)) => assert!(m.contains("counter"), "{m}"),
+        other => panic!("the counters were not reported: {:?}", other.map(|_| ())),
+    }
+    v.close().unwrap();
+    // Opened again (a retirement runs at every open): still there.
+    let v = Vault::open(&dir, USER, opts()).unwrap();
+    assert_eq!(moves(&v), (1..=500).collect::<Vec<_>>());
+    v.close().unwrap();
+    Vault::erase(&dir, USER, opts()).unwrap();
 }
 
 /// Nothing is promised without `flush`, but the writer does not sit on records: a

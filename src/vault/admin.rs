@@ -340,16 +340,34 @@ impl Inner {
         Ok(version)
     }
 
-    /// Destroys the keys of epochs that have no records left (never the current one).
+    /// Destroys the keys of epochs that have no records left (never the current one):
+    /// epochs the counters name empty and older than the first live record's. Epochs
+    /// only grow along the log, and that record's epoch is read from the record itself
+    /// (authenticated), so counters that went wrong (a trim after a crash takes its
+    /// records' epochs from the index's locations, which whoever edits the database
+    /// could point elsewhere) cannot make a key of a live record go: the mismatch is
+    /// left for `verify` to report. An empty epoch between live ones goes once the
+    /// front passes it; when the first record cannot be read, nothing goes.
     pub(crate) fn retire_empty_epochs(&self) -> Result<Vec<u32>> {
         let live = self.log.live_epochs();
+        let empty_by_count = |keys: &crate::keys::hierarchy::KeyHierarchy| -> Vec<u32> {
+            let current = keys.current().0;
+            keys.epochs()
+                .iter()
+                .map(|e| e.epoch)
+                .filter(|e| *e != current && !live.contains(e))
+                .collect()
+        };
+        if empty_by_count(&*self.keys()?).is_empty() {
+            return Ok(Vec::new());
+        }
+        let Ok(first_live) = self.first_live_epoch() else {
+            return Ok(Vec::new());
+        };
         let mut keys = self.keys_mut()?;
-        let current = keys.current().0;
-        let dead: Vec<u32> = keys
-            .epochs()
-            .iter()
-            .map(|e| e.epoch)
-            .filter(|e| *e != current && !live.contains(e))
+        let dead: Vec<u32> = empty_by_count(&keys)
+            .into_iter()
+            .filter(|e| first_live.is_none_or(|first| *e < first))
             .collect();
         if dead.is_empty() {
             return Ok(dead);
@@ -360,6 +378,19 @@ impl Inner {
         self.durable_flush()?;
         self.audit("retire-dek", &format!("epochs {dead:?} destroyed"))?;
         Ok(dead)
+    }
+
+    /// The epoch of the first live record, read and checked from the log's tail
+    /// (`None`: the log is empty).
+    fn first_live_epoch(&self) -> Result<Option<u32>> {
+        let keys = self.keys()?;
+        let mut first = None;
+        self.log
+            .read(&keys, &|v| self.purpose_of(v), self.log.front(), &mut |r| {
+                first = Some(r.header.epoch);
+                Ok(false)
+            })?;
+        Ok(first)
     }
 
     /// The signed enrollment record of this vault's device key. Its creation time is

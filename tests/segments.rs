@@ -584,6 +584,15 @@ fn a_trim_misled_by_edited_locations_does_not_destroy_a_key_in_use() {
     // Opened again (a retirement runs at every open): still there.
     let v = Vault::open(&dir, USER, opts()).unwrap();
     assert_eq!(moves(&v), (1..=500).collect::<Vec<_>>());
+    // Nor do the counters keep a dead key: the second epoch, counted with the records
+    // the trim took from the first, goes once everything before the third is released.
+    assert_eq!(v.rotate_dek().unwrap(), 3);
+    let id = Identity::generate(Suite::X25519);
+    while let Some(b) = v.seal_next(&id.recipient(), 1 << 20).unwrap() {
+        v.ack(b.id(), None).unwrap();
+    }
+    let epochs: Vec<u32> = v.status().unwrap().epochs.iter().map(|e| e.epoch).collect();
+    assert_eq!(epochs, vec![3]);
     v.close().unwrap();
     Vault::erase(&dir, USER, opts()).unwrap();
 }

@@ -663,6 +663,14 @@ impl Segments {
 
     fn create(&self, st: &mut SegState) -> Result<u32> {
         let n = st.next;
+        // Checked before the file is made, so none is left that no segment names.
+        let next = n.checked_add(1).ok_or_else(|| {
+            Error::Storage(format!(
+                "segment numbers ran out in {}: open the vault again (the segments after \
+                 the last record are removed and numbering goes on from it)",
+                self.dir.display()
+            ))
+        })?;
         let path = self.path(n);
         let mut o = fs::OpenOptions::new();
         o.read(true).write(true).create_new(true);
@@ -675,9 +683,7 @@ impl Segments {
             .open(&path)
             .map_err(|e| storage("cannot create the segment file", &path, e))?;
         crate::failpoint::hit("segments:after-create")?;
-        st.next = n
-            .checked_add(1)
-            .ok_or_else(|| Error::Storage("segment numbers ran out".into()))?;
+        st.next = next;
         st.segs.insert(n, Seg { len: 0, punched: 0 });
         st.handles.insert(n, Arc::new(f));
         st.active = Some(n);
@@ -809,11 +815,10 @@ impl Segments {
     /// lies after them (a write the index never took) and every later segment.
     pub(crate) fn continue_at(&self, n: u32, len: u64) -> Result<()> {
         let mut st = self.lock();
-        let later: Vec<u32> = st
-            .segs
-            .range(n.saturating_add(1)..)
-            .map(|(k, _)| *k)
-            .collect();
+        let later: Vec<u32> = match n.checked_add(1) {
+            Some(after) => st.segs.range(after..).map(|(k, _)| *k).collect(),
+            None => Vec::new(),
+        };
         for k in later {
             self.remove(&mut st, k)?;
         }

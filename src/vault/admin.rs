@@ -341,31 +341,28 @@ impl Inner {
     }
 
     /// Destroys the keys of epochs that have no records left (never the current one):
-    /// epochs the counters name empty and older than the first live record's. Epochs
-    /// only grow along the log, and that record's epoch is read from the record itself
-    /// (authenticated), so counters that went wrong (a trim after a crash takes its
-    /// records' epochs from the index's locations, which whoever edits the database
-    /// could point elsewhere) cannot make a key of a live record go: the mismatch is
-    /// left for `verify` to report. An empty epoch between live ones goes once the
-    /// front passes it; when the first record cannot be read, nothing goes.
+    /// every epoch older than the first live record's, or all when the log is empty.
+    /// Epochs only grow along the log, and that record's epoch is read from the record
+    /// itself (authenticated), so the per-epoch counters decide nothing here: a trim after
+    /// a crash takes its records' epochs from the index's locations, which whoever edits
+    /// the database could point elsewhere, and the counters that follow cannot make a key
+    /// of a live record go (`verify` reports them), nor keep a dead one. An empty epoch
+    /// between live ones goes once the front passes it. The keys are held throughout, so
+    /// no record is appended and no key rotated between the read and the retirement.
     pub(crate) fn retire_empty_epochs(&self) -> Result<Vec<u32>> {
-        let live = self.log.live_epochs();
-        let empty_by_count = |keys: &crate::keys::hierarchy::KeyHierarchy| -> Vec<u32> {
-            let current = keys.current().0;
-            keys.epochs()
-                .iter()
-                .map(|e| e.epoch)
-                .filter(|e| *e != current && !live.contains(e))
-                .collect()
-        };
-        if empty_by_count(&*self.keys()?).is_empty() {
-            return Ok(Vec::new());
-        }
-        let Ok(first_live) = self.first_live_epoch() else {
-            return Ok(Vec::new());
-        };
         let mut keys = self.keys_mut()?;
-        let dead: Vec<u32> = empty_by_count(&keys)
+        let current = keys.current().0;
+        let older: Vec<u32> = keys
+            .epochs()
+            .iter()
+            .map(|e| e.epoch)
+            .filter(|e| *e != current)
+            .collect();
+        if older.is_empty() {
+            return Ok(older);
+        }
+        let first_live = self.first_live_epoch(&keys)?;
+        let dead: Vec<u32> = older
             .into_iter()
             .filter(|e| first_live.is_none_or(|first| *e < first))
             .collect();
@@ -381,16 +378,25 @@ impl Inner {
     }
 
     /// The epoch of the first live record, read and checked from the log's tail
-    /// (`None`: the log is empty).
-    fn first_live_epoch(&self) -> Result<Option<u32>> {
-        let keys = self.keys()?;
-        let mut first = None;
-        self.log
-            .read(&keys, &|v| self.purpose_of(v), self.log.front(), &mut |r| {
-                first = Some(r.header.epoch);
-                Ok(false)
-            })?;
-        Ok(first)
+    /// (`None`: the log is empty). An acknowledgement on another thread may take that
+    /// record away while it is read: then it is read again from the new front.
+    fn first_live_epoch(&self, keys: &crate::keys::hierarchy::KeyHierarchy) -> Result<Option<u32>> {
+        let mut moved = 0;
+        loop {
+            let front = self.log.front();
+            let mut first = None;
+            let read = self
+                .log
+                .read(keys, &|v| self.purpose_of(v), front, &mut |r| {
+                    first = Some(r.header.epoch);
+                    Ok(false)
+                });
+            match read {
+                Ok(()) => return Ok(first),
+                Err(_) if self.log.front() != front && moved < 8 => moved += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The signed enrollment record of this vault's device key. Its creation time is

@@ -1206,6 +1206,28 @@ impl Log {
         Ok(emptied)
     }
 
+    /// Drops the counters of `epochs`, which have no record left (they are older than
+    /// the first live record's): a count a trim misled by an edited location left there
+    /// would otherwise ask, at every open, for the key their retirement destroys.
+    pub(crate) fn forget_epochs(&self, epochs: &[u32]) -> Result<()> {
+        let mut st = self.lock();
+        Self::usable(&st)?;
+        if !epochs.iter().any(|e| st.counts.contains_key(e)) {
+            return Ok(());
+        }
+        let mut counts = st.counts.clone();
+        counts.retain(|e, _| !epochs.contains(e));
+        let sealed = self
+            .anchors
+            .seal_counts(st.head.last_seq, st.tail.first_seq, &counts);
+        if let Err(e) = self.tree.insert(COUNTS_KEY, sealed) {
+            return Err(Self::failed(&mut st, e.into()));
+        }
+        st.counts = counts;
+        self.counted(&st);
+        Ok(())
+    }
+
     /// Epochs that still have records.
     pub(crate) fn live_epochs(&self) -> BTreeSet<u32> {
         self.lock()

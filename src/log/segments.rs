@@ -666,8 +666,10 @@ impl Segments {
         // Checked before the file is made, so none is left that no segment names.
         let next = n.checked_add(1).ok_or_else(|| {
             Error::Storage(format!(
-                "segment numbers ran out in {}: open the vault again (the segments after \
-                 the last record are removed and numbering goes on from it)",
+                "segment numbers ran out in {} (the last is 4294967295): if no record is \
+                 in that segment, open the vault again (segments after the last record are \
+                 removed and numbering goes on from it); otherwise release its records \
+                 (seal and acknowledge them) so that numbering starts again",
                 self.dir.display()
             ))
         })?;

@@ -370,6 +370,9 @@ impl Inner {
             return Ok(dead);
         }
         crate::failpoint::hit("retire:before-batch")?;
+        // The counters first: a crash in between leaves keys that the next open retires,
+        // never counters that ask for a key that is gone.
+        self.log.forget_epochs(&dead)?;
         keys.retire(&dead)?;
         drop(keys);
         self.durable_flush()?;

@@ -337,17 +337,18 @@ impl Inner {
         self.release.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Finishes an acknowledgement interrupted by a crash.
-    fn complete_ack(&self, state: &mut ReleaseState) -> Result<()> {
+    /// Finishes an acknowledgement interrupted by a crash. Returns whether one was
+    /// finished; the caller retires emptied epochs once its own record of it is written.
+    fn complete_ack(&self, state: &mut ReleaseState) -> Result<bool> {
         let (Some(digest), Some(p)) = (state.acking, state.pending.clone()) else {
             if state.acking.is_some() {
                 state.acking = None;
                 self.save_release_state(state, None)?;
             }
-            return Ok(());
+            return Ok(false);
         };
         // Records of the bundle that eviction already removed need no pruning.
-        let emptied = self.log.prune_through(p.last_record)?;
+        self.log.prune_through(p.last_record)?;
         failpoint::hit("ack:after-prune")?;
         state.pending = None;
         state.acking = None;
@@ -359,10 +360,7 @@ impl Inner {
         self.durable_flush()?;
         self.mark_now();
         self.outbox.remove()?;
-        if !emptied.is_empty() {
-            self.retire_empty_epochs()?;
-        }
-        Ok(())
+        Ok(true)
     }
 
     /// Finishes interrupted work found at open.
@@ -417,7 +415,9 @@ impl Inner {
         self.flush()?;
         let _g = self.release_lock();
         let mut state = self.release_state()?;
-        self.complete_ack(&mut state)?;
+        if self.complete_ack(&mut state)? {
+            self.retire_empty_epochs()?;
+        }
         if let Some(p) = &state.pending {
             // Final: the same bytes until acknowledged, whatever max_bytes says now.
             let to = recipient.to_string();
@@ -553,7 +553,9 @@ impl Inner {
         self.check_live()?;
         let _g = self.release_lock();
         let mut state = self.release_state()?;
-        self.complete_ack(&mut state)?;
+        if self.complete_ack(&mut state)? {
+            self.retire_empty_epochs()?;
+        }
         if state.last_acked_id.as_deref() == Some(id) {
             return Ok(());
         }
@@ -585,6 +587,9 @@ impl Inner {
         // not the ack's result: the ack took effect whatever pruning meets.
         failpoint::hit("ack:before-ledger-prune")?;
         self.ledger.prune_released(state.ledger_released);
+        // Keys of epochs the front has passed go last: a failure here is reported, after
+        // the ack and its record (the next ack, eviction or open tries again).
+        self.retire_empty_epochs()?;
         self.flush()
     }
 }

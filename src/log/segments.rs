@@ -669,7 +669,8 @@ impl Segments {
                 "segment numbers ran out in {} (the last is 4294967295): if no record is \
                  in that segment, open the vault again (segments after the last record are \
                  removed and numbering goes on from it); otherwise release its records \
-                 (seal and acknowledge them) so that numbering starts again",
+                 (seal and acknowledge them) and open it again, so that numbering starts \
+                 again",
                 self.dir.display()
             ))
         })?;

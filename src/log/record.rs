@@ -68,12 +68,19 @@ impl RecordHeader {
     }
 
     pub(crate) fn write(&self, out: &mut Vec<u8>) {
-        out.push(RECORD_VERSION);
-        out.push(self.kind as u8);
-        out.push(self.flags);
-        out.extend_from_slice(&self.epoch.to_be_bytes());
-        out.extend_from_slice(&self.policy_version.to_be_bytes());
-        out.extend_from_slice(&self.created_us.to_be_bytes());
+        out.extend_from_slice(&self.bytes());
+    }
+
+    /// The header as stored.
+    fn bytes(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0] = RECORD_VERSION;
+        b[1] = self.kind as u8;
+        b[2] = self.flags;
+        b[3..7].copy_from_slice(&self.epoch.to_be_bytes());
+        b[7..11].copy_from_slice(&self.policy_version.to_be_bytes());
+        b[11..19].copy_from_slice(&self.created_us.to_be_bytes());
+        b
     }
 }
 
@@ -205,11 +212,11 @@ impl RecordBinding {
     ) -> ([u8; PREFIX_LEN], Opener) {
         let ad = self.associated_data(seq, header, prev_tag, purpose);
         let tag = aead::seal_in_place(dek, nonce, &ad, body);
-        let mut prefix = Vec::with_capacity(PREFIX_LEN);
-        header.write(&mut prefix);
-        prefix.extend_from_slice(nonce);
+        let mut prefix = [0u8; PREFIX_LEN];
+        prefix[..HEADER_LEN].copy_from_slice(&header.bytes());
+        prefix[HEADER_LEN..].copy_from_slice(nonce);
         (
-            prefix.try_into().expect("header and nonce"),
+            prefix,
             Opener {
                 epoch: header.epoch,
                 nonce: *nonce,

@@ -773,16 +773,9 @@ impl Log {
             let nonce = crate::aead::new_nonce();
             let len = match &mut job.plaintext {
                 Plaintext::Owned(plaintext) => appending.push_with(seq, |out| {
-                    prev = self.binding.seal_onto(
-                        out,
-                        seq,
-                        &header,
-                        &prev,
-                        purpose,
-                        dek,
-                        [plaintext, &[]],
-                        &nonce,
-                    );
+                    prev = self
+                        .binding
+                        .seal_onto(out, seq, &header, &prev, purpose, dek, plaintext, &nonce);
                 })?,
                 // Sealed where it lies and written from there: not copied.
                 Plaintext::Chunk(chunk) => {
@@ -1075,12 +1068,11 @@ impl Log {
     }
 
     /// Removes records from the tail through `last` (inclusive), moving the tail anchor.
-    /// Returns the epochs that have no records left.
-    pub(crate) fn prune_through(&self, last: u64) -> Result<Vec<u32>> {
+    pub(crate) fn prune_through(&self, last: u64) -> Result<()> {
         let mut st = self.lock();
         Self::usable(&st)?;
         if last < st.tail.first_seq {
-            return Ok(Vec::new());
+            return Ok(());
         }
         if last > st.head.last_seq {
             return Err(Error::invalid("cannot prune past the head of the log"));
@@ -1095,11 +1087,6 @@ impl Log {
             prev_tag,
         };
         batch.insert(TAIL_KEY, self.anchors.seal_tail(&tail));
-        let emptied: Vec<u32> = counts
-            .iter()
-            .filter(|(_, c)| c.records == 0)
-            .map(|(e, _)| *e)
-            .collect();
         batch.insert(
             COUNTS_KEY,
             self.anchors
@@ -1114,15 +1101,15 @@ impl Log {
         st.tail = tail;
         st.front_moved = true;
         self.counted(&st);
-        Ok(emptied)
+        Ok(())
     }
 
     /// Removes records from the tail through `last` and appends `jobs` (the loss marker
     /// of the removal) after the head. `commit` writes these log changes and the new
     /// head in one transaction with the release state that counts the removed records
     /// (a crash leaves either none or all of it), and returns the state generation the
-    /// head now names. Returns the epochs that have no records left. `jobs` are not tried
-    /// again after a failure (the caller gives their event numbers back).
+    /// head now names. `jobs` are not tried again after a failure (the caller gives their
+    /// event numbers back).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn evict_through(
         &self,
@@ -1132,7 +1119,7 @@ impl Log {
         purpose_of: &dyn Fn(u32) -> Result<String>,
         now_us: i64,
         commit: &dyn Fn(HeadWrite<'_>) -> Result<u64>,
-    ) -> Result<Vec<u32>> {
+    ) -> Result<()> {
         let mut st = self.lock();
         Self::usable(&st)?;
         if last < st.tail.first_seq || last > st.head.last_seq {
@@ -1192,18 +1179,13 @@ impl Log {
                 return Err(Self::failed(&mut st, e));
             }
         };
-        let emptied = counts
-            .iter()
-            .filter(|(_, c)| c.records == 0)
-            .map(|(e, _)| *e)
-            .collect();
         counts.retain(|_, c| c.records > 0);
         st.counts = counts;
         st.tail = tail;
         st.head = Head { state_gen, ..head };
         st.front_moved = true;
         self.counted(&st);
-        Ok(emptied)
+        Ok(())
     }
 
     /// Drops the counters of `epochs`, which have no record left (they are older than

@@ -154,14 +154,7 @@ impl RecordBinding {
     ) -> Vec<u8> {
         let mut value = Vec::with_capacity(OVERHEAD + plaintext.len());
         self.seal_onto(
-            &mut value,
-            seq,
-            header,
-            prev_tag,
-            purpose,
-            dek,
-            [plaintext, &[]],
-            nonce,
+            &mut value, seq, header, prev_tag, purpose, dek, plaintext, nonce,
         );
         value
     }
@@ -180,15 +173,13 @@ impl RecordBinding {
         prev_tag: &[u8; TAG_LEN],
         purpose: &str,
         dek: &Key32,
-        plaintext: [&[u8]; 2],
+        plaintext: &[u8],
         nonce: &[u8; NONCE_LEN],
     ) -> [u8; TAG_LEN] {
-        out.reserve(OVERHEAD + plaintext[0].len() + plaintext[1].len());
+        out.reserve(OVERHEAD + plaintext.len());
         let start = out.len();
         out.extend_from_slice(&[0; PREFIX_LEN]);
-        for part in plaintext {
-            out.extend_from_slice(part);
-        }
+        out.extend_from_slice(plaintext);
         let body = &mut out[start + PREFIX_LEN..];
         let (prefix, opener) = self.seal_in_place(seq, header, prev_tag, purpose, dek, body, nonce);
         out[start..start + PREFIX_LEN].copy_from_slice(&prefix);

@@ -203,6 +203,38 @@ fn receipts_are_required_when_configured_and_forgeries_do_not_prune() {
     v.close().unwrap();
 }
 
+/// Retirement reads one user's log and destroys that user's keys only: a second user of
+/// the same vault, with rotated keys and records under each, keeps every key and record
+/// while the first acknowledges everything (and the first's old keys go).
+#[test]
+fn retiring_one_users_keys_leaves_another_users_alone() {
+    let kind = KeyStoreKind::Keyutils;
+    let d = tempfile::tempdir().unwrap();
+    let moves_of = |v: &Vault| captured(&v.test_read_all().unwrap()).len();
+    for user in ["alice", "bob"] {
+        let v = Vault::open(d.path(), user, options(kind)).unwrap();
+        for i in 0..300 {
+            let _ = v.append_mouse_move(i, 1, 1).unwrap();
+        }
+        v.rotate_dek().unwrap();
+        for i in 0..300 {
+            let _ = v.append_mouse_move(i, 2, 2).unwrap();
+        }
+        v.close().unwrap();
+    }
+    let v = Vault::open(d.path(), "alice", options(kind)).unwrap();
+    let _ = drain(&v, &Identity::generate(Suite::X25519), 4000, false);
+    let epochs: Vec<u32> = v.status().unwrap().epochs.iter().map(|e| e.epoch).collect();
+    assert_eq!(epochs, vec![2], "alice's first key went");
+    v.close().unwrap();
+    let v = Vault::open(d.path(), "bob", options(kind)).unwrap();
+    let epochs: Vec<u32> = v.status().unwrap().epochs.iter().map(|e| e.epoch).collect();
+    assert_eq!(epochs, vec![1, 2], "bob keeps both keys");
+    assert_eq!(moves_of(&v), 600);
+    v.verify().unwrap();
+    v.close().unwrap();
+}
+
 #[test]
 fn after_everything_is_acknowledged_no_record_and_no_retired_key_remains() {
     for kind in common::stores() {
